@@ -1,0 +1,3 @@
+from corral.agent.main import main
+
+main()

@@ -1,0 +1,73 @@
+"""The agent's end of the node channel: framed reads from stdin, locked writes to stdout."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, BinaryIO
+
+from corral.api import agent_protocol as proto
+
+
+class Channel:
+    """A framed, thread-safe duplex channel over two file descriptors."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self._reader: BinaryIO = os.fdopen(read_fd, "rb", buffering=256 * 1024)
+        self._write_fd = write_fd
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def send(self, header: dict[str, Any], data: bytes = b"") -> None:
+        """Send one frame; frames from different threads never interleave."""
+        frame = memoryview(proto.encode(header, data))
+        with self._lock:
+            if self.closed:
+                return
+            try:
+                while frame:
+                    written = os.write(self._write_fd, frame)
+                    frame = frame[written:]
+            except OSError:
+                self.closed = True
+
+    def recv(self) -> tuple[dict[str, Any], bytes] | None:
+        """Return the next frame, or None when the node closed the channel."""
+        prefix = self._reader.read(proto.HEADER.size)
+        if len(prefix) < proto.HEADER.size:
+            return None
+        head_len, data_len = proto.parse_prefix(prefix)
+        raw = self._reader.read(head_len)
+        data = self._reader.read(data_len) if data_len else b""
+        if len(raw) < head_len or len(data) < data_len:
+            return None
+        return proto.parse_header(raw), data
+
+
+class Credits:
+    """Flow-control credits for one outgoing stream (see :mod:`corral.api.agent_protocol`)."""
+
+    def __init__(self, window: int = proto.STREAM_WINDOW) -> None:
+        self._cond = threading.Condition()
+        self._available = window
+        self._closed = False
+
+    def take(self) -> bool:
+        """Block until one credit is free; False once the stream was cancelled."""
+        with self._cond:
+            while self._available <= 0 and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return False
+            self._available -= 1
+            return True
+
+    def give(self, count: int) -> None:
+        with self._cond:
+            self._available += max(0, min(count, proto.STREAM_WINDOW))
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()

@@ -1,0 +1,267 @@
+"""File operations inside the sandbox.
+
+The agent runs inside the sandbox's own root, so every path (symlinks included) resolves
+within the sandbox: there is no host path to escape to. What remains to guard is the
+agent itself: kernel pseudo-filesystems (``/proc``, ``/sys``, ``/dev``) are refused, since
+``/proc/self/fd`` would hand out the agent's channel; only regular files are read (a FIFO or
+``/dev/zero`` would hang or never end); and writes land in a temporary file renamed into
+place on success, so a failed upload (disk full, cancelled) leaves the old file intact.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from typing import Any
+
+from corral.api import agent_protocol as proto
+
+from .channel import Channel, Credits
+from .errors import RequestError
+
+MAX_PATH = 4096
+MAX_NAME = 255
+MAX_LIST_ENTRIES = 10_000
+MAX_LIST_DEPTH = 16
+PSEUDO_ROOTS = ("/proc", "/sys", "/dev")
+
+
+def check_path(path: object) -> str:
+    """Validate a request path and return it normalized (absolute, no ``..``)."""
+    if not isinstance(path, str) or not path:
+        raise RequestError("invalid_argument", "path must be a non-empty string")
+    if "\0" in path:
+        raise RequestError("invalid_argument", "path contains a NUL byte")
+    if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH:
+        raise RequestError("invalid_argument", f"path is longer than {MAX_PATH} bytes")
+    if not path.startswith("/"):
+        raise RequestError("invalid_argument", f"path {path!r} is not absolute")
+    normal = os.path.normpath(path)
+    if normal.startswith("//"):
+        normal = "/" + normal.lstrip("/")
+    for part in normal.split("/"):
+        if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME:
+            raise RequestError("invalid_argument",
+                               f"a path component is longer than {MAX_NAME} bytes")
+    real = os.path.realpath(normal)
+    for root in PSEUDO_ROOTS:
+        if real == root or real.startswith(root + "/"):
+            raise RequestError("permission_denied", f"the file API does not serve {root}")
+    return normal
+
+
+def _os_error(action: str, path: str, exc: OSError) -> RequestError:
+    codes = {
+        errno.ENOENT: "not_found",
+        errno.EACCES: "permission_denied",
+        errno.EPERM: "permission_denied",
+        errno.EROFS: "permission_denied",
+        errno.EEXIST: "already_exists",
+        errno.ENOTEMPTY: "already_exists",
+        errno.ENOSPC: "resource_exhausted",
+        errno.EDQUOT: "resource_exhausted",
+    }
+    code = codes.get(exc.errno or 0, "invalid_argument")
+    detail = "disk limit reached" if code == "resource_exhausted" else exc.strerror
+    return RequestError(code, f"{action} {path!r}: {detail}")
+
+
+def entry(path: str, st: os.stat_result) -> dict[str, Any]:
+    """Describe one file the way ``stat`` and ``list`` answer."""
+    mode = st.st_mode
+    kind = ("dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode)
+            else "symlink" if stat.S_ISLNK(mode) else "other")
+    info: dict[str, Any] = {
+        "name": os.path.basename(path) or "/", "path": path, "type": kind,
+        "size": st.st_size, "mode": stat.S_IMODE(mode), "mtime": st.st_mtime,
+        "uid": st.st_uid, "gid": st.st_gid,
+    }
+    if kind == "symlink":
+        try:
+            info["target"] = os.readlink(path)
+        except OSError:
+            info["target"] = None
+    return info
+
+
+class Files:
+    """Handlers for the file operations of the protocol."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._uploads: dict[int, tuple[int, str, str]] = {}  # id -> (fd, tmp path, final path)
+        self.downloads: dict[int, Credits] = {}
+
+    def stat(self, req: dict[str, Any]) -> dict[str, Any]:
+        path = check_path(req.get("path"))
+        try:
+            return entry(path, os.lstat(path))
+        except OSError as exc:
+            raise _os_error("stat", path, exc) from None
+
+    def exists(self, req: dict[str, Any]) -> dict[str, Any]:
+        path = check_path(req.get("path"))
+        return {"exists": os.path.lexists(path)}
+
+    def list(self, req: dict[str, Any]) -> dict[str, Any]:
+        path = check_path(req.get("path"))
+        depth = req.get("depth", 1)
+        if not isinstance(depth, int) or not 1 <= depth <= MAX_LIST_DEPTH:
+            raise RequestError("invalid_argument", f"depth must be between 1 and {MAX_LIST_DEPTH}")
+        entries: list[dict[str, Any]] = []
+        truncated = False
+        pending = [(path, 1)]
+        while pending and not truncated:
+            folder, level = pending.pop(0)
+            try:
+                with os.scandir(folder) as it:
+                    for item in it:
+                        if len(entries) >= MAX_LIST_ENTRIES:
+                            truncated = True
+                            break
+                        child = os.path.join(folder, item.name)
+                        st = item.stat(follow_symlinks=False)
+                        entries.append(entry(child, st))
+                        if level < depth and stat.S_ISDIR(st.st_mode):
+                            pending.append((child, level + 1))
+            except OSError as exc:
+                if folder == path:
+                    raise _os_error("list", path, exc) from None
+        entries.sort(key=lambda e: str(e["path"]))
+        return {"entries": entries, "truncated": truncated}
+
+    def mkdir(self, req: dict[str, Any]) -> dict[str, Any]:
+        path = check_path(req.get("path"))
+        if os.path.isdir(path):
+            return {"created": False}
+        try:
+            if req.get("parents", True):
+                os.makedirs(path)
+            else:
+                os.mkdir(path)
+        except OSError as exc:
+            raise _os_error("mkdir", path, exc) from None
+        return {"created": True}
+
+    def remove(self, req: dict[str, Any]) -> dict[str, Any]:
+        path = check_path(req.get("path"))
+        if path == "/":
+            raise RequestError("invalid_argument", "refusing to remove /")
+        try:
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                if req.get("recursive", False):
+                    shutil.rmtree(path)  # never follows symlinks out of the tree
+                else:
+                    os.rmdir(path)
+            else:
+                os.unlink(path)
+        except OSError as exc:
+            raise _os_error("remove", path, exc) from None
+        return {}
+
+    def rename(self, req: dict[str, Any]) -> dict[str, Any]:
+        src, dst = check_path(req.get("src")), check_path(req.get("dst"))
+        if not req.get("overwrite", False) and os.path.lexists(dst):
+            raise RequestError("already_exists", f"{dst!r} already exists")
+        try:
+            os.rename(src, dst)
+        except OSError as exc:
+            raise _os_error("rename", src, exc) from None
+        return {}
+
+    # -- streamed transfers -------------------------------------------------------------
+
+    def read(self, req_id: int, req: dict[str, Any]) -> None:
+        """Stream a regular file as data frames (runs on its own thread)."""
+        path = check_path(req.get("path"))
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _os_error("read", path, exc) from None
+        credits = Credits()
+        self.downloads[req_id] = credits
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+                raise RequestError("invalid_argument", f"{path!r} is {kind}")
+            os.set_blocking(fd, True)
+            self._channel.send({"id": req_id, "ev": proto.EV_OK, "size": st.st_size})
+            while True:
+                chunk = os.read(fd, proto.CHUNK)
+                if not chunk:
+                    break
+                if not credits.take():
+                    return
+                self._channel.send({"id": req_id, "ev": proto.EV_DATA}, chunk)
+            self._channel.send({"id": req_id, "ev": proto.EV_END})
+        except OSError as exc:
+            raise _os_error("read", path, exc) from None
+        finally:
+            os.close(fd)
+            self.downloads.pop(req_id, None)
+
+    def write_open(self, req_id: int, req: dict[str, Any]) -> None:
+        path = check_path(req.get("path"))
+        mode = req.get("mode", 0o644)
+        if not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+            raise RequestError("invalid_argument", "mode must be an integer between 0 and 0o7777")
+        if os.path.isdir(path):
+            raise RequestError("invalid_argument", f"{path!r} is a directory")
+        parent = os.path.dirname(path)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            tmp = os.path.join(parent, f".corral-upload-{req_id}-{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         mode & 0o777)
+        except OSError as exc:
+            raise _os_error("write", path, exc) from None
+        self._uploads[req_id] = (fd, tmp, path)
+        self._channel.send({"id": req_id, "ev": proto.EV_OK})
+
+    def write_chunk(self, req: dict[str, Any], data: bytes) -> None:
+        """Append one chunk to an open upload; finish it on ``eof``."""
+        target = req.get("target")
+        upload = self._uploads.get(target) if isinstance(target, int) else None
+        if upload is None:
+            return  # the upload already failed and was reported; drop its remaining chunks
+        assert isinstance(target, int)
+        fd, tmp, path = upload
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if req.get("eof"):
+                del self._uploads[target]
+                size = os.fstat(fd).st_size
+                os.fchmod(fd, os.fstat(fd).st_mode & 0o7777)
+                os.close(fd)
+                os.rename(tmp, path)
+                self._channel.send({"id": target, "ev": proto.EV_END, "size": size})
+            else:
+                self._channel.send({"id": target, "ev": proto.EV_ACK})
+        except OSError as exc:
+            self.abort(target)
+            err = _os_error("write", path, exc)
+            self._channel.send({"id": target, "ev": proto.EV_ERROR, "code": err.code,
+                                "message": err.message})
+
+    def cancel(self, target: int) -> None:
+        """Stop a download or abandon an upload (its temporary file is removed)."""
+        credits = self.downloads.get(target)
+        if credits is not None:
+            credits.close()
+        self.abort(target)
+
+    def abort(self, target: int) -> None:
+        upload = self._uploads.pop(target, None)
+        if upload is not None:
+            fd, tmp, _ = upload
+            os.close(fd)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass

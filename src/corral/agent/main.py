@@ -1,0 +1,128 @@
+"""The agent's entry point and request loop.
+
+The main thread reads frames from the node and dispatches them. Quick operations (stat,
+mkdir, starting a process, writing an upload chunk) run inline; anything that streams or
+may block (file downloads) gets a thread of its own, so one slow stream never stalls the
+channel.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import traceback
+from typing import Any
+from collections.abc import Callable
+
+from corral.api import agent_protocol as proto
+
+from .channel import Channel
+from .errors import RequestError
+from .files import Files
+from .processes import ProcessTable
+
+
+class Agent:
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.processes = ProcessTable(channel)
+        self.files = Files(channel)
+        simple: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            proto.OP_STAT: self.files.stat,
+            proto.OP_EXISTS: self.files.exists,
+            proto.OP_LIST: self.files.list,
+            proto.OP_MKDIR: self.files.mkdir,
+            proto.OP_REMOVE: self.files.remove,
+            proto.OP_RENAME: self.files.rename,
+            proto.OP_PING: lambda req: {"pid": os.getpid()},
+            proto.OP_PROCESSES: lambda req: {"processes": self.processes.list()},
+        }
+        self._simple = simple
+
+    def serve(self) -> None:
+        self.channel.send({"id": 0, "ev": proto.EV_HELLO, "version": proto.PROTOCOL_VERSION,
+                           "pid": os.getpid()})
+        while True:
+            try:
+                frame = self.channel.recv()
+            except proto.ProtocolError as exc:
+                print(f"corral-agent: closing the channel: {exc}", file=sys.stderr)
+                break
+            if frame is None:
+                break
+            header, data = frame
+            self._dispatch(header, data)
+        self.processes.kill_all()
+
+    def _dispatch(self, req: dict[str, Any], data: bytes) -> None:
+        req_id, op = req["id"], req.get("op")
+        try:
+            if op in self._simple:
+                self._reply(req_id, self._simple[op](req))
+            elif op == proto.OP_EXEC:
+                self.processes.exec(req_id, req)
+            elif op == proto.OP_CHUNK:
+                self.files.write_chunk(req, data)
+            elif op == proto.OP_CREDIT:
+                self.processes.grant(req)
+                target = req.get("target")
+                credits = self.files.downloads.get(target) if isinstance(target, int) else None
+                if credits is not None and isinstance(req.get("n"), int):
+                    credits.give(req["n"])
+            elif op == proto.OP_CANCEL:
+                target = req.get("target")
+                if isinstance(target, int):
+                    self.files.cancel(target)
+            elif op == proto.OP_STDIN:
+                self.processes.stdin(req_id, req, data)
+            elif op == proto.OP_SIGNAL:
+                self.processes.signal(req)
+                self._reply(req_id, {})
+            elif op == proto.OP_WRITE:
+                self.files.write_open(req_id, req)
+            elif op == proto.OP_READ:
+                threading.Thread(target=self._guarded, args=(req_id, self.files.read, req),
+                                 daemon=True).start()
+            else:
+                raise RequestError("invalid_argument", f"unknown operation {op!r}")
+        except RequestError as exc:
+            self._fail(req_id, exc.code, exc.message)
+        except Exception as exc:  # a bug in the agent must not end the sandbox
+            self._fail(req_id, "agent_error", f"{type(exc).__name__}: {exc}")
+            traceback.print_exc(file=sys.stderr)
+
+    def _guarded(self, req_id: int, handler: Callable[[int, dict[str, Any]], None],
+                 req: dict[str, Any]) -> None:
+        try:
+            handler(req_id, req)
+        except RequestError as exc:
+            self._fail(req_id, exc.code, exc.message)
+        except Exception as exc:
+            self._fail(req_id, "agent_error", f"{type(exc).__name__}: {exc}")
+
+    def _reply(self, req_id: int, result: dict[str, Any]) -> None:
+        self.channel.send({"id": req_id, "ev": proto.EV_OK, **result})
+
+    def _fail(self, req_id: int, code: str, message: str) -> None:
+        self.channel.send({"id": req_id, "ev": proto.EV_ERROR, "code": code, "message": message})
+
+
+def main() -> None:
+    # As PID 1 the agent only gets signals it handles; a no-op handler (reset to the
+    # default in every child at exec) keeps sandbox code from interrupting it.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(signum, lambda *_: None)
+    read_fd, write_fd = os.dup(0), os.dup(1)
+    devnull = os.open("/dev/null", os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    os.set_inheritable(read_fd, False)
+    os.set_inheritable(write_fd, False)
+    Agent(Channel(read_fd, write_fd)).serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The framed protocol between the node and the in-sandbox agent. Pure functions, stdlib only.
+
+The agent's stdin and stdout are the channel: no network exists inside the sandbox, and a
+pipe needs none. Each frame is::
+
+    +----------------+----------------+------------------+-------------------+
+    | u32 header len | u32 data len   | header: JSON obj | data: raw bytes   |
+    +----------------+----------------+------------------+-------------------+
+
+The header always carries ``id`` (an integer the node picked for the request this frame
+belongs to). Node -> agent headers carry ``op``; agent -> node headers carry ``ev``.
+Bulk bytes (output, file contents, stdin) travel in ``data`` so nothing is base64-encoded.
+
+Both directions are bounded by :data:`MAX_HEADER` and :data:`MAX_DATA`; a peer that breaks a
+bound or sends a header that is not a JSON object is speaking out of protocol and the
+channel is closed. The node treats everything the agent says as untrusted: code running in
+the sandbox can reach the agent's pipes.
+
+Streams (command output, file downloads) use credit-based flow control: the sender may
+have at most :data:`STREAM_WINDOW` unacknowledged data frames in flight per stream; the
+receiver sends ``{"op": "credit", "target": id, "n": k}`` as it consumes them.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+HEADER = struct.Struct(">II")
+MAX_HEADER = 64 * 1024
+MAX_DATA = 1024 * 1024
+CHUNK = 64 * 1024
+STREAM_WINDOW = 32
+
+# Node -> agent operations.
+OP_EXEC = "exec"
+OP_STDIN = "stdin"
+OP_SIGNAL = "signal"
+OP_CREDIT = "credit"
+OP_PROCESSES = "processes"
+OP_READ = "read"
+OP_WRITE = "write"
+OP_CHUNK = "chunk"
+OP_LIST = "list"
+OP_STAT = "stat"
+OP_MKDIR = "mkdir"
+OP_REMOVE = "remove"
+OP_RENAME = "rename"
+OP_EXISTS = "exists"
+OP_PING = "ping"
+OP_CANCEL = "cancel"
+
+# Agent -> node events.
+EV_HELLO = "hello"
+EV_OK = "ok"
+EV_ERROR = "error"
+EV_STARTED = "started"
+EV_STDOUT = "stdout"
+EV_STDERR = "stderr"
+EV_EXIT = "exit"
+EV_DATA = "data"
+EV_END = "end"
+EV_ACK = "ack"
+
+# Reasons a command's exit carries besides its status.
+REASON_TIMEOUT = "timeout"
+REASON_KILLED = "killed"
+
+
+class ProtocolError(Exception):
+    """The peer broke the framing rules; the channel must be closed."""
+
+
+def encode(header: dict[str, Any], data: bytes = b"") -> bytes:
+    """Serialize one frame."""
+    head = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode()
+    if len(head) > MAX_HEADER:
+        raise ProtocolError(f"frame header of {len(head)} bytes exceeds {MAX_HEADER}")
+    if len(data) > MAX_DATA:
+        raise ProtocolError(f"frame data of {len(data)} bytes exceeds {MAX_DATA}")
+    return HEADER.pack(len(head), len(data)) + head + data
+
+
+def parse_prefix(prefix: bytes) -> tuple[int, int]:
+    """Read the two lengths of a frame prefix and check them against the bounds."""
+    if len(prefix) != HEADER.size:
+        raise ProtocolError("truncated frame prefix")
+    head_len, data_len = HEADER.unpack(prefix)
+    if not 2 <= head_len <= MAX_HEADER:
+        raise ProtocolError(f"frame header length {head_len} out of bounds")
+    if data_len > MAX_DATA:
+        raise ProtocolError(f"frame data length {data_len} out of bounds")
+    return head_len, data_len
+
+
+def parse_header(raw: bytes) -> dict[str, Any]:
+    """Decode a frame header: a JSON object with an integer ``id``."""
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"frame header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("frame header is not a JSON object")
+    frame_id = header.get("id")
+    if not isinstance(frame_id, int) or isinstance(frame_id, bool) or frame_id < 0:
+        raise ProtocolError("frame header lacks a non-negative integer id")
+    return header

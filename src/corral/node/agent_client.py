@@ -1,0 +1,225 @@
+"""The node's end of the agent channel: an asyncio client multiplexing requests by id.
+
+Everything the agent sends is untrusted (code in the sandbox can reach the agent's pipes),
+so the reader enforces the frame bounds, drops frames for unknown ids, and closes the
+channel when a stream overruns its flow-control window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from corral.api import agent_protocol as proto
+from corral.api.errors import AgentError, SandboxNotRunningError, error_from_code
+
+_CLOSED = ({"ev": "__closed__"}, b"")
+# A well-behaved agent never has more than the window plus a few control frames queued.
+_QUEUE_LIMIT = 2 * proto.STREAM_WINDOW + 16
+
+
+class Stream:
+    """Frames for one request id, in order."""
+
+    def __init__(self, client: AgentClient, req_id: int, credited: bool) -> None:
+        self._client = client
+        self.id = req_id
+        self._credited = credited
+        self._queue: asyncio.Queue[tuple[dict[str, Any], bytes]] = asyncio.Queue()
+        self._consumed = 0
+
+    def _put(self, frame: tuple[dict[str, Any], bytes]) -> bool:
+        if self._queue.qsize() >= _QUEUE_LIMIT and frame is not _CLOSED:
+            return False
+        self._queue.put_nowait(frame)
+        return True
+
+    async def next(self) -> tuple[dict[str, Any], bytes]:
+        """The next frame; raises if the channel closed or the agent reported an error."""
+        header, data = await self._queue.get()
+        if header is _CLOSED[0]:
+            raise self._client.closed_error()
+        if header.get("ev") == proto.EV_ERROR:
+            code, message = header.get("code"), header.get("message")
+            raise error_from_code(str(code), str(message)[:2000])
+        if self._credited and header.get("ev") in (proto.EV_DATA, proto.EV_STDOUT,
+                                                    proto.EV_STDERR):
+            self._consumed += 1
+            if self._consumed >= proto.STREAM_WINDOW // 2:
+                await self._client.send({"id": 0, "op": proto.OP_CREDIT, "target": self.id,
+                                         "n": self._consumed})
+                self._consumed = 0
+        return header, data
+
+    def close(self) -> None:
+        self._client._streams.pop(self.id, None)
+
+
+class AgentClient:
+    """Talks to one sandbox's agent over the reader/writer pair the runtime opened."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 label: str) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._label = label
+        self._ids = itertools.count(1)
+        self._streams: dict[int, Stream] = {}
+        self._write_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self.closed = False
+        self.close_reason: str | None = None
+        self.on_close: Callable[[str], None] | None = None
+        self.agent_pid: int | None = None
+
+    async def handshake(self, timeout: float) -> None:
+        """Wait for the agent's hello, then start the reader loop."""
+        try:
+            async with asyncio.timeout(timeout):
+                prefix = await self._reader.readexactly(proto.HEADER.size)
+                head_len, data_len = proto.parse_prefix(prefix)
+                header = proto.parse_header(await self._reader.readexactly(head_len))
+                await self._reader.readexactly(data_len)
+        except TimeoutError:
+            raise AgentError(f"{self._label}: the agent did not start within {timeout:g} s") from None
+        except (asyncio.IncompleteReadError, ConnectionError):
+            raise AgentError(f"{self._label}: the agent exited during start-up") from None
+        except proto.ProtocolError as exc:
+            raise AgentError(f"{self._label}: the agent spoke out of protocol: {exc}") from None
+        if header.get("ev") != proto.EV_HELLO or header.get("version") != proto.PROTOCOL_VERSION:
+            raise AgentError(f"{self._label}: unexpected agent greeting {header!r:.200}")
+        pid = header.get("pid")
+        self.agent_pid = pid if isinstance(pid, int) else None
+        self._task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    async def _read_loop(self) -> None:
+        reason = "the agent closed its channel"
+        try:
+            while True:
+                prefix = await self._reader.readexactly(proto.HEADER.size)
+                head_len, data_len = proto.parse_prefix(prefix)
+                header = proto.parse_header(await self._reader.readexactly(head_len))
+                data = await self._reader.readexactly(data_len) if data_len else b""
+                stream = self._streams.get(header["id"])
+                if stream is not None and not stream._put((header, data)):
+                    reason = "the agent overran a stream's flow-control window"
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except proto.ProtocolError as exc:
+            reason = f"the agent spoke out of protocol: {exc}"
+        self._shut(reason)
+
+    def _shut(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        for stream in list(self._streams.values()):
+            stream._put(_CLOSED)
+        self._streams.clear()
+        self._writer.close()
+        if self.on_close is not None:
+            self.on_close(reason)
+
+    def closed_error(self) -> SandboxNotRunningError:
+        return SandboxNotRunningError(f"{self._label} is not running: {self.close_reason}")
+
+    async def send(self, header: dict[str, Any], data: bytes = b"") -> None:
+        if self.closed:
+            raise self.closed_error()
+        frame = proto.encode(header, data)
+        async with self._write_lock:
+            try:
+                self._writer.write(frame)
+                await self._writer.drain()
+            except (ConnectionError, RuntimeError):
+                self._shut("the agent's channel broke")
+                raise self.closed_error() from None
+
+    async def open(self, op: str, data: bytes = b"", *, credited: bool = False,
+                   **fields: Any) -> Stream:
+        """Send a request and return the stream its replies arrive on."""
+        if self.closed:
+            raise self.closed_error()
+        req_id = next(self._ids)
+        stream = Stream(self, req_id, credited)
+        self._streams[req_id] = stream
+        try:
+            await self.send({"id": req_id, "op": op, **fields}, data)
+        except BaseException:
+            stream.close()
+            raise
+        return stream
+
+    async def call(self, op: str, data: bytes = b"", **fields: Any) -> dict[str, Any]:
+        """Send a request and return its single ``ok`` reply."""
+        stream = await self.open(op, data, **fields)
+        try:
+            header, _ = await stream.next()
+        finally:
+            stream.close()
+        if header.get("ev") != proto.EV_OK:
+            raise AgentError(f"{self._label}: unexpected reply {header.get('ev')!r} to {op}")
+        return header
+
+    async def read_file(self, path: str) -> tuple[int, AsyncIterator[bytes]]:
+        """Open a download; returns the file's size and an iterator over its chunks."""
+        stream = await self.open(proto.OP_READ, path=path, credited=True)
+        try:
+            header, _ = await stream.next()
+        except BaseException:
+            stream.close()
+            raise
+        size = header.get("size")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                while True:
+                    head, data = await stream.next()
+                    if head.get("ev") == proto.EV_END:
+                        return
+                    yield data
+            finally:
+                if not self.closed and stream.id in self._streams:
+                    stream.close()
+                    await self.send({"id": 0, "op": proto.OP_CANCEL, "target": stream.id})
+        return (size if isinstance(size, int) else -1), chunks()
+
+    async def write_file(self, path: str, chunks: AsyncIterator[bytes], mode: int) -> int:
+        """Upload a file from ``chunks`` with a bounded number of chunks in flight."""
+        stream = await self.open(proto.OP_WRITE, path=path, mode=mode)
+        try:
+            await stream.next()  # opened
+            in_flight = 0
+            buffer = bytearray()
+            async for piece in chunks:
+                buffer += piece
+                while len(buffer) >= proto.CHUNK:
+                    await self.send({"id": 0, "op": proto.OP_CHUNK, "target": stream.id},
+                                    bytes(buffer[:proto.CHUNK]))
+                    del buffer[:proto.CHUNK]
+                    in_flight += 1
+                    while in_flight >= proto.STREAM_WINDOW // 2:
+                        await stream.next()  # ack
+                        in_flight -= 1
+            await self.send({"id": 0, "op": proto.OP_CHUNK, "target": stream.id, "eof": True},
+                            bytes(buffer))
+            while True:
+                header, _ = await stream.next()
+                if header.get("ev") == proto.EV_END:
+                    size = header.get("size")
+                    return size if isinstance(size, int) else -1
+        except BaseException:
+            if not self.closed:
+                await self.send({"id": 0, "op": proto.OP_CANCEL, "target": stream.id})
+            raise
+        finally:
+            stream.close()
+
+    async def close(self) -> None:
+        self._shut("the sandbox was stopped")
+        if self._task is not None:
+            self._task.cancel()

@@ -1,0 +1,200 @@
+"""Running commands in a sandbox: one-shot with captured output, or in the background."""
+
+from __future__ import annotations
+
+import signal as signals
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from corral.api import agent_protocol as proto
+from corral.api.errors import CommandTimeoutError, InvalidArgumentError
+from corral.api.resources import check_timeout
+
+from .agent_client import Stream
+from .models import CommandResult, ProcessInfo
+from .validation import check_env, resolve_path
+
+if TYPE_CHECKING:
+    from .sandbox import Sandbox
+
+#: Output kept per stream by :meth:`Commands.run`; the rest is dropped (``truncated``).
+MAX_CAPTURE = 16 * 1024 * 1024
+DEFAULT_TIMEOUT = 60.0
+OutputCallback = Callable[[bytes], None]
+
+
+@dataclass(frozen=True)
+class OutputEvent:
+    """A chunk of a running command's output."""
+
+    stream: str  # "stdout" | "stderr"
+    data: bytes
+
+
+class CommandHandle:
+    """A command started with :meth:`Commands.start`.
+
+    Iterate it for output (``async for event in handle``) or :meth:`wait` for the result.
+    """
+
+    def __init__(self, sandbox: Sandbox, stream: Stream, pid: int, counters: tuple[int, int],
+                 started: float) -> None:
+        self._sandbox = sandbox
+        self._stream = stream
+        self.pid = pid
+        self.id = stream.id
+        self._counters = counters
+        self._started = started
+        self._exit: dict[str, Any] | None = None
+
+    async def __aiter__(self) -> AsyncIterator[OutputEvent]:
+        while self._exit is None:
+            try:
+                header, data = await self._stream.next()
+            except BaseException:
+                self._stream.close()
+                raise
+            event = header.get("ev")
+            if event in (proto.EV_STDOUT, proto.EV_STDERR):
+                yield OutputEvent(str(event), data)
+            elif event == proto.EV_EXIT:
+                self._exit = header
+                self._stream.close()
+
+    async def wait(self, on_stdout: OutputCallback | None = None,
+                   on_stderr: OutputCallback | None = None) -> CommandResult:
+        """Wait for the command to end, capturing up to :data:`MAX_CAPTURE` per stream."""
+        out, err = bytearray(), bytearray()
+        truncated = False
+        async for event in self:
+            buffer, callback = (out, on_stdout) if event.stream == "stdout" else (err, on_stderr)
+            if callback is not None:
+                callback(event.data)
+            room = MAX_CAPTURE - len(buffer)
+            if len(event.data) > room:
+                truncated = True
+            buffer += event.data[:max(room, 0)]
+        return self._result(bytes(out), bytes(err), truncated)
+
+    def _result(self, out: bytes, err: bytes, truncated: bool) -> CommandResult:
+        assert self._exit is not None
+        exit_code = self._exit.get("exit_code")
+        sig = self._exit.get("signal")
+        reason = self._exit.get("reason")
+        if not isinstance(reason, str):
+            reason = None
+            if sig == signals.SIGKILL:
+                reason = self._sandbox._limit_hit(self._counters)
+        return CommandResult(
+            exit_code=exit_code if isinstance(exit_code, int) else -1,
+            stdout=out.decode("utf-8", "replace"), stderr=err.decode("utf-8", "replace"),
+            signal=sig if isinstance(sig, int) else None, reason=reason,
+            duration=time.monotonic() - self._started, truncated=truncated,
+            stdout_bytes=out, stderr_bytes=err)
+
+    async def send_stdin(self, data: bytes | str, eof: bool = False) -> None:
+        """Write to the command's stdin (it must have been started with ``stdin=True``)."""
+        payload = data.encode() if isinstance(data, str) else bytes(data)
+        for start in range(0, max(len(payload), 1), proto.CHUNK):
+            last = start + proto.CHUNK >= len(payload)
+            await self._sandbox._agent().call(proto.OP_STDIN, payload[start:start + proto.CHUNK],
+                                              target=self.id, eof=eof and last)
+
+    async def close_stdin(self) -> None:
+        await self.send_stdin(b"", eof=True)
+
+    async def signal(self, signum: int) -> None:
+        """Send ``signum`` to the command's process group."""
+        await self._sandbox._agent().call(proto.OP_SIGNAL, target=self.id, signal=int(signum))
+
+    async def kill(self) -> None:
+        """SIGKILL the command and every process it started."""
+        await self.signal(signals.SIGKILL)
+
+
+class Commands:
+    """``sandbox.commands``: start processes inside the sandbox."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sandbox = sandbox
+
+    async def start(self, cmd: str | Sequence[str], *, env: Mapping[str, str] | None = None,
+                    cwd: str | None = None, user: str | int | None = None,
+                    timeout: float | None = None, stdin: bool = False) -> CommandHandle:
+        """Start a command in the background and return its handle.
+
+        Args:
+            cmd: a shell string (run by ``/bin/sh -c``) or an argv list (no shell).
+            env: extra environment variables, on top of the sandbox's.
+            cwd: working directory (default: the image's, usually ``/work``).
+            user: user name or uid inside the sandbox (default: root).
+            timeout: seconds after which the command and all its descendants are killed.
+            stdin: keep stdin open for :meth:`CommandHandle.send_stdin`.
+        """
+        fields: dict[str, Any] = {"stdin": stdin}
+        if isinstance(cmd, str):
+            fields["cmd"] = cmd
+        elif isinstance(cmd, Sequence) and all(isinstance(a, str) for a in cmd) and cmd:
+            fields["argv"] = list(cmd)
+        else:
+            raise InvalidArgumentError("cmd must be a string or a non-empty list of strings")
+        sandbox = self._sandbox
+        fields["env"] = {**sandbox.env, **check_env(env)}
+        fields["cwd"] = resolve_path(cwd or sandbox.workdir, sandbox.workdir)
+        if user is not None:
+            if isinstance(user, bool) or not isinstance(user, (str, int)):
+                raise InvalidArgumentError("user must be a name or a uid")
+            fields["user"] = user
+        if timeout is not None:
+            fields["timeout"] = check_timeout(timeout, "command timeout")
+        counters = sandbox._counters()
+        started = time.monotonic()
+        stream = await sandbox._agent().open(proto.OP_EXEC, credited=True, **fields)
+        try:
+            header, _ = await stream.next()
+        except BaseException:
+            stream.close()
+            raise
+        pid = header.get("pid")
+        return CommandHandle(sandbox, stream, pid if isinstance(pid, int) else -1, counters,
+                             started)
+
+    async def run(self, cmd: str | Sequence[str], *, env: Mapping[str, str] | None = None,
+                  cwd: str | None = None, user: str | int | None = None,
+                  timeout: float | None = DEFAULT_TIMEOUT, stdin: bytes | str | None = None,
+                  on_stdout: OutputCallback | None = None,
+                  on_stderr: OutputCallback | None = None) -> CommandResult:
+        """Run a command to completion and return its :class:`CommandResult`.
+
+        A non-zero exit is not an error. Raises :class:`CommandTimeoutError` (with the
+        partial result as ``.result``) when ``timeout`` passes.
+
+        Example::
+
+            r = await sb.commands.run("python3 -c 'print(2+2)'")
+            assert r.stdout == "4\\n"
+        """
+        handle = await self.start(cmd, env=env, cwd=cwd, user=user, timeout=timeout,
+                                  stdin=stdin is not None)
+        if stdin is not None:
+            await handle.send_stdin(stdin, eof=True)
+        result = await handle.wait(on_stdout, on_stderr)
+        if result.reason == proto.REASON_TIMEOUT:
+            error = CommandTimeoutError(f"command timed out after {timeout:g} s and was killed")
+            error.result = result  # type: ignore[attr-defined]
+            raise error
+        return result
+
+    async def list(self) -> list[ProcessInfo]:
+        """Commands started through the API that are still running."""
+        reply = await self._sandbox._agent().call(proto.OP_PROCESSES)
+        found = []
+        for raw in reply.get("processes", []) if isinstance(reply.get("processes"), list) else []:
+            if isinstance(raw, dict):
+                found.append(ProcessInfo(
+                    id=int(raw.get("id", 0)), pid=int(raw.get("pid", 0)),
+                    argv=[str(a) for a in raw.get("argv", [])][:4096],
+                    started_at=float(raw.get("started_at", 0.0))))
+        return found

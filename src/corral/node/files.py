@@ -1,0 +1,122 @@
+"""``sandbox.files``: read, write, list and manage files inside a sandbox.
+
+Paths are resolved by the agent inside the sandbox's own root, so no path, link or ``..``
+can reach the host. Large files stream in 64 KiB chunks with flow control; nothing here
+holds a whole file in memory unless you ask for ``read``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from typing import TYPE_CHECKING
+
+from corral.api import agent_protocol as proto
+from corral.api.errors import InvalidArgumentError, ResourceExhaustedError
+
+from .models import EntryInfo
+from .validation import resolve_path
+
+if TYPE_CHECKING:
+    from .sandbox import Sandbox
+
+#: Largest file :meth:`Files.read` returns in memory; use :meth:`Files.read_stream` beyond.
+MAX_READ = 256 * 1024 * 1024
+
+
+async def _iterate(data: bytes | str | Iterable[bytes] | AsyncIterable[bytes]
+                   ) -> AsyncIterator[bytes]:
+    if isinstance(data, str):
+        data = data.encode()
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        view = memoryview(data)
+        for start in range(0, len(view), proto.CHUNK):
+            yield bytes(view[start:start + proto.CHUNK])
+        return
+    if isinstance(data, AsyncIterable):
+        async for piece in data:
+            if not isinstance(piece, (bytes, bytearray)):
+                raise InvalidArgumentError("file content chunks must be bytes")
+            yield bytes(piece)
+        return
+    for piece in data:
+        if not isinstance(piece, (bytes, bytearray)):
+            raise InvalidArgumentError("file content chunks must be bytes")
+        yield bytes(piece)
+
+
+class Files:
+    """File operations on one sandbox."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sandbox = sandbox
+
+    def _path(self, path: str) -> str:
+        return resolve_path(path, self._sandbox.workdir)
+
+    async def read_stream(self, path: str) -> AsyncIterator[bytes]:
+        """Yield a regular file's content in chunks (for files of any size)."""
+        _, chunks = await self._sandbox._agent().read_file(self._path(path))
+        async for chunk in chunks:
+            yield chunk
+
+    async def read(self, path: str) -> bytes:
+        """Return a whole file (at most :data:`MAX_READ` bytes)."""
+        size, chunks = await self._sandbox._agent().read_file(self._path(path))
+        if size > MAX_READ:
+            await chunks.aclose()  # type: ignore[attr-defined]
+            raise ResourceExhaustedError(
+                f"{path!r} is {size} bytes, more than read() returns ({MAX_READ}); "
+                "use read_stream()")
+        out = bytearray()
+        async for chunk in chunks:
+            out += chunk
+            if len(out) > MAX_READ:
+                await chunks.aclose()  # type: ignore[attr-defined]
+                raise ResourceExhaustedError(f"{path!r} grew past {MAX_READ} bytes while read")
+        return bytes(out)
+
+    async def read_text(self, path: str) -> str:
+        return (await self.read(path)).decode("utf-8", "replace")
+
+    async def write(self, path: str, data: bytes | str | Iterable[bytes] | AsyncIterable[bytes],
+                    mode: int = 0o644) -> int:
+        """Write a file atomically (parents created); returns its size.
+
+        ``data`` may be bytes, text, or an (async) iterable of byte chunks for large
+        uploads. A failed write (e.g. the disk limit) leaves any previous file intact.
+        """
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+            raise InvalidArgumentError("mode must be an integer between 0 and 0o7777")
+        return await self._sandbox._agent().write_file(self._path(path), _iterate(data), mode)
+
+    async def list(self, path: str = ".", depth: int = 1) -> list[EntryInfo]:
+        """Entries under a directory, recursing ``depth`` levels (at most 10,000 entries)."""
+        reply = await self._sandbox._agent().call(proto.OP_LIST, path=self._path(path),
+                                                  depth=depth)
+        raw = reply.get("entries")
+        return [EntryInfo.from_wire(e) for e in raw if isinstance(e, dict)] if isinstance(
+            raw, list) else []
+
+    async def stat(self, path: str) -> EntryInfo:
+        """Describe one path (links are not followed)."""
+        return EntryInfo.from_wire(await self._sandbox._agent().call(
+            proto.OP_STAT, path=self._path(path)))
+
+    async def exists(self, path: str) -> bool:
+        reply = await self._sandbox._agent().call(proto.OP_EXISTS, path=self._path(path))
+        return reply.get("exists") is True
+
+    async def mkdir(self, path: str, parents: bool = True) -> bool:
+        """Create a directory; returns False if it already existed."""
+        reply = await self._sandbox._agent().call(proto.OP_MKDIR, path=self._path(path),
+                                                  parents=parents)
+        return reply.get("created") is True
+
+    async def remove(self, path: str, recursive: bool = False) -> None:
+        """Remove a file, link or (with ``recursive``) a directory tree."""
+        await self._sandbox._agent().call(proto.OP_REMOVE, path=self._path(path),
+                                          recursive=recursive)
+
+    async def rename(self, src: str, dst: str, overwrite: bool = False) -> None:
+        await self._sandbox._agent().call(proto.OP_RENAME, src=self._path(src),
+                                          dst=self._path(dst), overwrite=overwrite)

@@ -1,0 +1,236 @@
+"""The node: creates, tracks and destroys the sandboxes of one host (async core).
+
+A sandbox's life: validate the request, let the runtime build the host side and start the
+agent, wait for the agent's hello, then serve commands and files until it is killed, times
+out, or its agent dies. Every way out ends in :meth:`Node._stop`, which records why and
+tears the sandbox down without making the caller wait for slow runtime tools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.api.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+    SandboxError,
+)
+from corral.api.resources import Resources, check_timeout
+from corral.runtime import Runtime, SandboxSpec, get_runtime
+from corral.runtime._host import sweep
+from corral.runtime.agent_bundle import ensure_bundle
+
+from .agent_client import AgentClient
+from .images import ImageStore
+from .models import SandboxState
+from .sandbox import Sandbox
+from .validation import SANDBOX_ID, check_env, check_metadata
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 300.0
+AGENT_START_TIMEOUT = 30.0
+STDERR_TAIL = 16 * 1024
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Where a node keeps its state. Read once, at start.
+
+    Attributes:
+        data_dir: sandboxes' host state and the agent bundle (``CORRAL_DATA_DIR``,
+            default ``/var/lib/corral``).
+        image_dir: built images (``CORRAL_IMAGE_DIR``, default ``<data_dir>/images``).
+        max_sandboxes: live sandboxes this node accepts before answering "resource exhausted".
+    """
+
+    data_dir: Path
+    image_dir: Path
+    max_sandboxes: int = 1000
+
+    @classmethod
+    def from_env(cls, data_dir: Path | None = None) -> NodeSettings:
+        data = data_dir or Path(os.environ.get("CORRAL_DATA_DIR", "/var/lib/corral"))
+        images = Path(os.environ.get("CORRAL_IMAGE_DIR", str(data / "images")))
+        return cls(data_dir=data.absolute(), image_dir=images.absolute())
+
+    @property
+    def node_key(self) -> str:
+        """Names this node's cgroups, so that sweeping never touches another node's."""
+        return hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:12]
+
+
+class Node:
+    """Sandboxes on this host. Use as ``async with Node() as node: ...``."""
+
+    def __init__(self, settings: NodeSettings | None = None) -> None:
+        self.settings = settings or NodeSettings.from_env()
+        self.images = ImageStore(self.settings.image_dir)
+        self._sandboxes: dict[str, Sandbox] = {}
+        self._runtimes: dict[str | None, Runtime] = {}
+        self._bundle: Path | None = None
+        self._pending = 0
+
+    @property
+    def sandboxes_dir(self) -> Path:
+        return self.settings.data_dir / "sandboxes"
+
+    async def start(self) -> None:
+        """Prepare directories and sweep sandboxes a previous run of this node left."""
+        self.sandboxes_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.settings.data_dir, 0o711)
+        os.chmod(self.sandboxes_dir, 0o711)
+        swept = await asyncio.to_thread(sweep, self.sandboxes_dir, self.settings.node_key,
+                                        set(self._sandboxes))
+        if swept:
+            log.warning("swept %d sandboxes left by a previous run: %s", len(swept), swept)
+        self._bundle = await asyncio.to_thread(ensure_bundle, self.settings.data_dir / "agent")
+
+    async def close(self) -> None:
+        """Stop every sandbox this node holds."""
+        await asyncio.gather(*(self._stop(sb, "node shutting down")
+                               for sb in list(self._sandboxes.values())))
+
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def runtime(self, name: str | None) -> Runtime:
+        """The named runtime (or the default), probed once per node."""
+        if name not in self._runtimes:
+            runtime = get_runtime(name)
+            self._runtimes[name] = runtime
+            self._runtimes.setdefault(runtime.name, runtime)
+        return self._runtimes[name]
+
+    async def create(self, image: str = "python", *, runtime: str | None = None,
+                     resources: Resources | None = None, env: Mapping[str, str] | None = None,
+                     timeout: float = DEFAULT_TIMEOUT,
+                     metadata: Mapping[str, str] | None = None) -> Sandbox:
+        """Start a sandbox and return it once its agent answers.
+
+        Args:
+            image: a built image name (``corral image build NAME`` builds one).
+            runtime: ``"gvisor"`` or ``"namespaces"``; default: the strongest that works.
+            resources: limits (:class:`corral.api.resources.Resources`).
+            env: environment variables for every command in the sandbox.
+            timeout: maximum lifetime in seconds; the sandbox is killed after it.
+            metadata: string labels to find the sandbox by.
+        """
+        if self._bundle is None:
+            raise SandboxError("the node is not started; use `async with Node()`")
+        resources = resources or Resources()
+        self._check_host_fits(resources)
+        timeout = check_timeout(timeout)
+        env, metadata = check_env(env), check_metadata(metadata)
+        built = self.images.get(image)
+        chosen = self.runtime(runtime)
+        if len(self._sandboxes) + self._pending >= self.settings.max_sandboxes:
+            raise ResourceExhaustedError(
+                f"this node already runs {self.settings.max_sandboxes} sandboxes; kill some first")
+        sandbox_id = f"sbx-{secrets.token_hex(8)}"
+        spec = SandboxSpec(sandbox_id=sandbox_id, cgroup=f"{self.settings.node_key}/{sandbox_id}",
+                           rootfs=built.rootfs, resources=resources, agent_bundle=self._bundle,
+                           directory=self.sandboxes_dir / sandbox_id)
+        self._pending += 1
+        try:
+            handle = await chosen.create(spec)
+        finally:
+            self._pending -= 1
+        sandbox = Sandbox(self, sandbox_id, image, chosen, handle, resources,
+                          {**dict(built.env), **env}, built.workdir, metadata, timeout)
+        self._sandboxes[sandbox_id] = sandbox
+        try:
+            process = await chosen.start(handle)
+            assert process.stdout is not None and process.stdin is not None
+            if process.stderr is not None:
+                asyncio.get_running_loop().create_task(self._drain_stderr(sandbox, process.stderr))
+            agent = AgentClient(process.stdout, process.stdin, f"sandbox {sandbox_id}")
+            sandbox.agent = agent
+            await agent.handshake(AGENT_START_TIMEOUT)
+        except BaseException as exc:
+            detail = bytes(sandbox.stderr_tail[-2000:]).decode(errors="replace").strip()
+            await asyncio.shield(self._stop(sandbox, f"failed to start: {exc}"))
+            if isinstance(exc, SandboxError) and detail:
+                raise type(exc)(f"{exc.message} (runtime said: {detail})") from exc
+            raise
+        agent.on_close = lambda reason: self._agent_closed(sandbox, reason)
+        sandbox.state = SandboxState.RUNNING
+        sandbox._arm_timer()
+        log.info("sandbox %s started (%s, image %s)", sandbox_id, chosen.name, image)
+        return sandbox
+
+    def _check_host_fits(self, resources: Resources) -> None:
+        total_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+        cpus = os.cpu_count() or 1
+        if resources.memory_mib > total_mib:
+            raise InvalidArgumentError(
+                f"memory {resources.memory_mib} MiB exceeds this host's {total_mib} MiB")
+        if resources.disk_mib > total_mib:
+            raise InvalidArgumentError(
+                f"disk {resources.disk_mib} MiB exceeds this host's memory ({total_mib} MiB), "
+                "which backs the writable layer")
+        if resources.cpus > cpus:
+            raise InvalidArgumentError(f"cpus {resources.cpus:g} exceeds this host's {cpus}")
+
+    async def _drain_stderr(self, sandbox: Sandbox, stream: asyncio.StreamReader) -> None:
+        with contextlib.suppress(Exception):
+            while chunk := await stream.read(4096):
+                sandbox.stderr_tail += chunk
+                del sandbox.stderr_tail[:-STDERR_TAIL]
+
+    def _agent_closed(self, sandbox: Sandbox, reason: str) -> None:
+        if sandbox.state is SandboxState.RUNNING:
+            why = sandbox._limit_hit((0, 0)) or f"the sandbox's agent exited ({reason})"
+            asyncio.get_running_loop().create_task(self._stop(sandbox, why))
+
+    def get(self, sandbox_id: str) -> Sandbox:
+        """The sandbox with this id, running or recently stopped."""
+        if not isinstance(sandbox_id, str) or not SANDBOX_ID.match(sandbox_id):
+            raise NotFoundError(f"no sandbox {sandbox_id!r:.80}")
+        try:
+            return self._sandboxes[sandbox_id]
+        except KeyError:
+            raise NotFoundError(f"no sandbox {sandbox_id!r}") from None
+
+    def list(self, metadata: Mapping[str, str] | None = None,
+             state: SandboxState | None = None) -> list[Sandbox]:
+        """Sandboxes of this node, optionally those whose metadata includes ``metadata``."""
+        wanted = dict(metadata or {})
+        return [sb for sb in self._sandboxes.values()
+                if all(sb.metadata.get(k) == v for k, v in wanted.items())
+                and (state is None or sb.state is state)]
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Kill a sandbox and remove everything it left on the host."""
+        await self._stop(self.get(sandbox_id), "killed by request")
+
+    async def _stop(self, sandbox: Sandbox, reason: str) -> None:
+        if sandbox.state in (SandboxState.STOPPING, SandboxState.STOPPED):
+            return
+        sandbox.state = SandboxState.STOPPING
+        if sandbox.stop_reason is None:
+            sandbox.stop_reason = reason
+        if sandbox._timer is not None:
+            sandbox._timer.cancel()
+        if sandbox.agent is not None:
+            sandbox.agent.on_close = None
+            await sandbox.agent.close()
+        try:
+            await sandbox.runtime.destroy(sandbox.handle)
+        finally:
+            sandbox.state = SandboxState.STOPPED
+            self._sandboxes.pop(sandbox.id, None)
+            log.info("sandbox %s stopped: %s", sandbox.id, sandbox.stop_reason)

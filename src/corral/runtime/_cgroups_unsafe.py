@@ -1,0 +1,179 @@
+"""Host cgroups for one sandbox. Privileged: needs root on the host.
+
+This host kind runs hybrid cgroups: the v1 controllers (memory, pids, cpu) enforce limits,
+and the v2 hierarchy at ``/sys/fs/cgroup/unified`` offers ``cgroup.kill``, which ends every
+process of a sandbox at once (runsc's sandbox, gofer and helpers included) without walking
+process trees. On a pure v2 host the same files live in one hierarchy; see
+:func:`cgroup_layout`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path("/sys/fs/cgroup")
+PARENT = "corral"
+V1_CONTROLLERS = ("memory", "pids", "cpu")
+CPU_PERIOD_US = 100_000
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the controllers are mounted on this host."""
+
+    v1: dict[str, Path]
+    unified: Path | None
+
+
+def cgroup_layout() -> Layout:
+    v1 = {c: ROOT / c for c in V1_CONTROLLERS if (ROOT / c / "cgroup.procs").exists()}
+    unified = None
+    for candidate in (ROOT / "unified", ROOT):
+        if (candidate / "cgroup.controllers").exists():
+            unified = candidate
+            break
+    return Layout(v1=v1, unified=unified)
+
+
+def check_host() -> str | None:
+    """Why this host cannot limit and kill sandboxes, or None if it can."""
+    layout = cgroup_layout()
+    missing = [c for c in V1_CONTROLLERS if c not in layout.v1]
+    if missing:
+        return f"cgroup v1 controllers missing: {', '.join(missing)}"
+    if layout.unified is None:
+        return "no cgroup v2 hierarchy (needed for cgroup.kill)"
+    if os.geteuid() != 0:
+        return "cgroups need root: run corral as root"
+    return None
+
+
+def _write(path: Path, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+class SandboxCgroups:
+    """The cgroups named ``corral/<name>`` in every hierarchy."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.layout = cgroup_layout()
+        self.v1 = {c: p / PARENT / name for c, p in self.layout.v1.items()}
+        self.unified = self.layout.unified / PARENT / name if self.layout.unified else None
+
+    @property
+    def relative_path(self) -> str:
+        """The path runsc takes as the OCI ``cgroupsPath``."""
+        return f"/{PARENT}/{self.name}"
+
+    def create_unified(self) -> None:
+        """Make only the v2 cgroup (runsc makes and limits the v1 ones itself: it leaves
+        limits alone on a cgroup that already exists)."""
+        if self.unified is not None:
+            self.unified.mkdir(parents=True, exist_ok=True)
+
+    def create(self, memory_mib: int, cpus: float, pids: int) -> None:
+        """Make the cgroups in every hierarchy and write the v1 limits."""
+        for path in [*self.v1.values(), *([self.unified] if self.unified else [])]:
+            path.mkdir(parents=True, exist_ok=True)
+        limit = str(memory_mib * 1024 * 1024)
+        _write(self.v1["memory"] / "memory.limit_in_bytes", limit)
+        memsw = self.v1["memory"] / "memory.memsw.limit_in_bytes"
+        if memsw.exists():
+            _write(memsw, limit)
+        _write(self.v1["pids"] / "pids.max", str(pids))
+        _write(self.v1["cpu"] / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+        _write(self.v1["cpu"] / "cpu.cfs_quota_us", str(int(cpus * CPU_PERIOD_US)))
+
+    def joiner(self, v1: bool) -> Callable[[], None]:
+        """A pre-exec hook that moves the calling (child) process into these cgroups."""
+        paths = [str(p / "cgroup.procs") for p in self.v1.values()] if v1 else []
+        if self.unified is not None:
+            paths.append(str(self.unified / "cgroup.procs"))
+
+        def join() -> None:
+            for path in paths:
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    os.write(fd, b"0")
+                finally:
+                    os.close(fd)
+
+        return join
+
+    def _read(self, controller: str, filename: str) -> str:
+        try:
+            return (self.v1[controller] / filename).read_text()
+        except (OSError, KeyError):
+            return ""
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel OOM-killed in this sandbox so far."""
+        for line in self._read("memory", "memory.oom_control").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                return int(value)
+        return 0
+
+    def pids_hits(self) -> int:
+        """How many forks the pids limit refused so far."""
+        _, _, value = self._read("pids", "pids.events").partition(" ")
+        return int(value) if value.strip().isdigit() else 0
+
+    def memory_peak(self) -> int:
+        value = self._read("memory", "memory.max_usage_in_bytes").strip()
+        return int(value) if value.isdigit() else 0
+
+    def kill(self, timeout: float = 5.0) -> bool:
+        """SIGKILL every process in the sandbox; True once none is left."""
+        if self.unified is None or not self.unified.exists():
+            return True
+        with contextlib.suppress(FileNotFoundError):
+            _write(self.unified / "cgroup.kill", "1")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if not (self.unified / "cgroup.procs").read_text().strip():
+                    return True
+            except FileNotFoundError:
+                return True
+            time.sleep(0.002)
+        return False
+
+    def remove(self, timeout: float = 5.0) -> list[str]:
+        """Remove every cgroup of the sandbox (children first); returns what could not go."""
+        left = []
+        for path in [*self.v1.values(), *([self.unified] if self.unified else [])]:
+            deadline = time.monotonic() + timeout
+            while path.exists():
+                try:
+                    for child in sorted(path.glob("**/"), key=lambda p: -len(p.parts)):
+                        if child != path:
+                            child.rmdir()
+                    path.rmdir()
+                except OSError as exc:
+                    if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY, errno.ENOENT):
+                        raise
+                    if time.monotonic() > deadline:
+                        left.append(str(path))
+                        break
+                    time.sleep(0.005)
+        return left
+
+
+def leftover_names(node_key: str) -> set[str]:
+    """Sandbox ids with cgroups under ``corral/<node_key>`` (for sweeping after a crash)."""
+    layout = cgroup_layout()
+    names: set[str] = set()
+    for base in [*layout.v1.values(), *([layout.unified] if layout.unified else [])]:
+        parent = base / PARENT / node_key
+        if parent.is_dir():
+            names.update(p.name for p in parent.iterdir() if p.is_dir())
+    return names

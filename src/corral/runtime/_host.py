@@ -1,0 +1,105 @@
+"""What both local runtimes share: the copy-on-write root, cgroups, teardown and sweeping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from . import _cgroups_unsafe as cgroups
+from . import _mounts_unsafe as mounts
+from .base import Runtime, RuntimeSandbox, RuntimeState, SandboxSpec
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+INODES_PER_MIB = 256
+
+
+def inode_limit(disk_mib: int) -> int:
+    return max(4096, min(disk_mib * INODES_PER_MIB, 4_000_000))
+
+
+def prepare_root(spec: SandboxSpec, userns: mounts.UserNamespace | None) -> Path:
+    """Mount the sandbox's root: image (read-only lower) + tmpfs upper of ``disk_mib``."""
+    directory = spec.directory
+    directory.mkdir(mode=0o711, parents=True)
+    os.chmod(directory, 0o711)  # the sandbox's unprivileged uid must traverse it
+    disk, root = directory / "disk", directory / "rootfs"
+    disk.mkdir()
+    root.mkdir()
+    mounts.mount_tmpfs(disk, spec.resources.disk_mib * MIB, inode_limit(spec.resources.disk_mib))
+    (disk / "upper").mkdir()
+    (disk / "work").mkdir()
+    os.chmod(disk / "upper", 0o755)
+    lower = spec.rootfs
+    if userns is not None:
+        lower = directory / "lower"
+        lower.mkdir()
+        mounts.bind_idmapped(spec.rootfs, lower, userns.fd)
+        os.chown(disk / "upper", userns.base, userns.base)
+    mounts.mount_overlay(lower, disk / "upper", disk / "work", root)
+    return root
+
+
+def teardown(directory: Path, name: str) -> None:
+    """Kill, unmount, uncgroup and delete one sandbox's host state. Idempotent."""
+    groups = cgroups.SandboxCgroups(name)
+    if not groups.kill():
+        log.warning("sandbox %s: processes survived cgroup.kill for 5 s", name)
+    mounts.unmount_all(directory)
+    left = groups.remove()
+    if left:
+        log.warning("sandbox %s: could not remove cgroups %s", name, left)
+    if directory.exists():
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def sweep(sandboxes_dir: Path, node_key: str, keep: set[str]) -> list[str]:
+    """Tear down sandboxes a dead node left behind (its cgroups, mounts, directories).
+
+    Only this node's own sandboxes are touched: their cgroups sit under ``node_key`` and
+    their directories under ``sandboxes_dir``. Returns the sandbox ids swept.
+    """
+    names = cgroups.leftover_names(node_key)
+    if sandboxes_dir.is_dir():
+        names.update(p.name for p in sandboxes_dir.iterdir() if p.is_dir())
+    swept = sorted(names - keep)
+    for name in swept:
+        teardown(sandboxes_dir / name, f"{node_key}/{name}")
+    return swept
+
+
+class HostRuntime(Runtime):
+    """A runtime whose sandboxes are host processes in cgroups over an overlay root."""
+
+    async def destroy(self, sandbox: RuntimeSandbox) -> None:
+        if sandbox.state is RuntimeState.DESTROYED:
+            return
+        spec = sandbox.spec
+        await asyncio.to_thread(teardown, spec.directory, spec.cgroup)
+        userns = sandbox.extra.pop("userns", None)
+        if isinstance(userns, mounts.UserNamespace):
+            userns.close()
+        if sandbox.process is not None and sandbox.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                sandbox.process.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sandbox.process.wait(), 5)
+        sandbox.state = RuntimeState.DESTROYED
+
+    def counters(self, sandbox: RuntimeSandbox) -> tuple[int, int]:
+        groups = cgroups.SandboxCgroups(sandbox.spec.cgroup)
+        return groups.oom_kills(), groups.pids_hits()
+
+    def limit_hit(self, sandbox: RuntimeSandbox, since: tuple[int, int]) -> str | None:
+        oom, pids = self.counters(sandbox)
+        if oom > since[0]:
+            return f"killed: memory limit {sandbox.spec.resources.memory_mib} MiB"
+        if pids > since[1]:
+            return f"pids limit {sandbox.spec.resources.pids} reached"
+        return None
+

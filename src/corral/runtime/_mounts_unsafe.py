@@ -1,0 +1,148 @@
+"""Host mounts and user namespaces for sandboxes. Privileged: needs root on the host.
+
+Each sandbox gets a copy-on-write root: the image directory (never written) as the lower
+layer of an overlay whose upper layer lives on a size-limited tmpfs — the sandbox's
+writable disk. For the namespaces runtime the lower layer is first bound through an
+*idmapped mount*, so the image's root-owned files appear owned by the sandbox's own
+unprivileged host uid range, and sandbox root is never host root.
+
+Python 3.11 exposes none of ``mount``, ``open_tree``, ``mount_setattr`` or ``move_mount``;
+they are called through libc here, and only here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import time
+from pathlib import Path
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
+_SYS_MOUNT_SETATTR = 442
+_OPEN_TREE_CLONE = 1
+_O_CLOEXEC = 0o2000000
+_AT_FDCWD = -100
+_AT_EMPTY_PATH = 0x1000
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_MOUNT_ATTR_IDMAP = 0x100000
+_MNT_DETACH = 2
+_MS_NOSUID = 2
+_MS_NODEV = 4
+
+UID_RANGE = 65536
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _check(result: int, action: str) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{action}: {os.strerror(err)}")
+    return result
+
+
+def mount_tmpfs(target: Path, size_bytes: int, inodes: int, mode: int = 0o700) -> None:
+    opts = f"size={size_bytes},nr_inodes={inodes},mode={mode:o}"
+    _check(_libc.mount(b"tmpfs", bytes(target), b"tmpfs", _MS_NOSUID | _MS_NODEV,
+                       opts.encode()), f"mounting tmpfs on {target}")
+
+
+def mount_overlay(lower: Path, upper: Path, work: Path, target: Path) -> None:
+    opts = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    if len(opts) > 4000:
+        raise OSError(0, f"overlay options too long for {target}")
+    _check(_libc.mount(b"overlay", bytes(target), b"overlay", _MS_NODEV, opts.encode()),
+           f"mounting overlay on {target}")
+
+
+def bind_idmapped(source: Path, target: Path, userns_fd: int) -> None:
+    """Bind ``source`` at ``target`` with ownership shifted by ``userns_fd``'s id map."""
+    fd = _check(_libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, bytes(source),
+                              _OPEN_TREE_CLONE | _O_CLOEXEC), f"cloning {source}")
+    try:
+        attr = _MountAttr(_MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+        _check(_libc.syscall(_SYS_MOUNT_SETATTR, fd, b"", _AT_EMPTY_PATH, ctypes.byref(attr),
+                             ctypes.sizeof(attr)), f"idmapping {source}")
+        _check(_libc.syscall(_SYS_MOVE_MOUNT, fd, b"", _AT_FDCWD, bytes(target),
+                             _MOVE_MOUNT_F_EMPTY_PATH), f"attaching {target}")
+    finally:
+        os.close(fd)
+
+
+def mounts_under(directory: Path) -> list[Path]:
+    """Mount points at or below ``directory``, deepest first."""
+    prefix = str(directory).rstrip("/")
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].replace("\\040", " ")
+            if point == prefix or point.startswith(prefix + "/"):
+                found.append(Path(point))
+    return sorted(set(found), key=lambda p: -len(p.parts))
+
+
+def unmount_all(directory: Path) -> None:
+    """Detach every mount at or below ``directory``."""
+    for point in mounts_under(directory):
+        result = _libc.umount2(bytes(point), _MNT_DETACH)
+        if result < 0 and ctypes.get_errno() not in (22, 2):  # EINVAL: not a mount; ENOENT
+            err = ctypes.get_errno()
+            raise OSError(err, f"unmounting {point}: {os.strerror(err)}")
+
+
+class UserNamespace:
+    """A user namespace mapping ``0..65535`` inside to ``base..base+65535`` on the host.
+
+    A throwaway ``unshare --user`` process creates it; the host (root) writes its maps,
+    and the namespace lives on through the open fd and, later, the sandbox's processes.
+    """
+
+    def __init__(self, base: int) -> None:
+        self.base = base
+        holder = subprocess.Popen(["unshare", "--user", "cat"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            mine = os.stat("/proc/self/ns/user").st_ino
+            deadline = time.monotonic() + 5
+            ns_path = f"/proc/{holder.pid}/ns/user"
+            while os.stat(ns_path).st_ino == mine:
+                if holder.poll() is not None or time.monotonic() > deadline:
+                    raise OSError(0, "could not create a user namespace: "
+                                  + (holder.stderr.read().decode(errors="replace")
+                                     if holder.stderr and holder.poll() is not None else "timeout"))
+                time.sleep(0.0002)
+            mapping = f"0 {base} {UID_RANGE}\n".encode()
+            for name in ("uid_map", "gid_map"):
+                with open(f"/proc/{holder.pid}/{name}", "wb") as f:
+                    f.write(mapping)
+            self.fd = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            if holder.stdin:
+                holder.stdin.close()
+            holder.wait()
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+_SETNS = _libc.setns
+_CLONE_NEWUSER = 0x10000000
+
+
+def enter_userns(fd: int) -> None:
+    """In a freshly forked child: join the namespace and become its root (host ``base``)."""
+    _check(_SETNS(fd, _CLONE_NEWUSER), "joining the sandbox user namespace")
+    os.setgroups([])
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)

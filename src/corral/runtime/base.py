@@ -1,0 +1,120 @@
+"""The runtime interface: how a sandbox is isolated, started and torn down on one host.
+
+Shaped like jupyter_client's kernel provisioners: an abstract class of async methods, each
+documented with who calls it, in which state, and whether it may be repeated. The node is
+the only caller. Commands and files do not go through the runtime: the runtime starts the
+in-sandbox agent with its stdin/stdout as the channel, and the node talks to the agent
+(``runsc exec`` costs 26-51 ms a call; a request over the channel costs well under one).
+
+States a runtime sandbox moves through (the node persists each transition)::
+
+    CREATED --start--> RUNNING --destroy--> DESTROYED
+       \\________________________destroy______/
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from corral.api.errors import RuntimeUnavailableError
+from corral.api.resources import Resources
+
+
+class RuntimeState(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    DESTROYED = "destroyed"
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a runtime works on this host; if not, why and how to fix it."""
+
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything a runtime needs to build one sandbox."""
+
+    sandbox_id: str
+    #: The sandbox's cgroup name, ``<node key>/<sandbox id>``, under ``corral/``.
+    cgroup: str
+    rootfs: Path
+    resources: Resources
+    agent_bundle: Path
+    directory: Path
+
+
+@dataclass
+class RuntimeSandbox:
+    """A runtime's handle on one sandbox. Owned by the node; mutated only by the runtime."""
+
+    spec: SandboxSpec
+    state: RuntimeState = RuntimeState.CREATED
+    process: asyncio.subprocess.Process | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Runtime(ABC):
+    """One isolation backend. Subclasses are stateless apart from host-wide caches."""
+
+    name: str
+    #: Higher is stronger isolation; the default runtime is the strongest that works.
+    strength: int
+
+    @abstractmethod
+    def check(self) -> Availability:
+        """Probe the host. Called by ``corral doctor`` and when a node starts; cheap, repeatable."""
+
+    @abstractmethod
+    async def create(self, spec: SandboxSpec) -> RuntimeSandbox:
+        """Prepare the host side: copy-on-write root, cgroups and limits, namespaces.
+
+        Called once per sandbox, before :meth:`start`. On failure it undoes what it did and
+        raises; nothing is left behind.
+        """
+
+    @abstractmethod
+    async def start(self, sandbox: RuntimeSandbox) -> asyncio.subprocess.Process:
+        """Start the sandbox with the agent as its first process; CREATED -> RUNNING.
+
+        The returned process's stdin/stdout are the agent channel. Called once.
+        """
+
+    @abstractmethod
+    async def destroy(self, sandbox: RuntimeSandbox) -> None:
+        """Kill every process and remove every mount, cgroup and directory of the sandbox.
+
+        Callable in any state, any number of times (idempotent); fast, never waits on a
+        slow runtime tool.
+        """
+
+    @abstractmethod
+    def limit_hit(self, sandbox: RuntimeSandbox, since: tuple[int, int]) -> str | None:
+        """If a limit killed something since ``since`` (a :meth:`counters` reading), say which.
+
+        Returns e.g. ``"killed: memory limit 512 MiB"``; None when no limit was hit.
+        """
+
+    @abstractmethod
+    def counters(self, sandbox: RuntimeSandbox) -> tuple[int, int]:
+        """A cheap reading of the limit counters (OOM kills, refused forks)."""
+
+    async def pause(self, sandbox: RuntimeSandbox) -> None:
+        """Freeze the sandbox in memory. Not supported by any runtime yet."""
+        raise RuntimeUnavailableError(f"the {self.name} runtime cannot pause sandboxes yet")
+
+    async def checkpoint(self, sandbox: RuntimeSandbox, path: Path) -> None:
+        """Save the sandbox's memory and filesystem state. Not supported yet."""
+        raise RuntimeUnavailableError(f"the {self.name} runtime cannot checkpoint sandboxes yet")
+
+    async def restore(self, spec: SandboxSpec, path: Path) -> RuntimeSandbox:
+        """Start a sandbox from a checkpoint. Not supported yet."""
+        raise RuntimeUnavailableError(f"the {self.name} runtime cannot restore sandboxes yet")

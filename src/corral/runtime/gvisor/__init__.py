@@ -1,0 +1,1 @@
+"""The gVisor (runsc) runtime."""

@@ -1,0 +1,161 @@
+"""The ``namespaces`` runtime: bubblewrap in a user namespace, cgroups, seccomp.
+
+Layers, outermost first:
+
+* cgroups v1 (memory, pids, cpu) and v2 (for ``cgroup.kill``) — limits, and a clean kill.
+* a user namespace mapping sandbox uids 0..65535 to a host range of their own
+  (``100000 + slot * 65536``): sandbox root is an unprivileged host uid, distinct per
+  sandbox, and the image is seen through an idmapped mount so its files still belong to
+  sandbox root.
+* bubblewrap: new mount, pid, network (loopback only), ipc, uts and cgroup namespaces;
+  the overlay root; a fresh ``/proc`` and minimal ``/dev``; no ``/sys``.
+* capabilities cut to Docker's default set (namespaced: they grant nothing on the host),
+  no-new-privileges, and a seccomp filter (:mod:`._seccomp`).
+
+The kernel is shared with the host: this is a weaker wall than gVisor's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import threading
+
+from corral.api.errors import InternalError, ResourceExhaustedError
+
+from .. import _cgroups_unsafe as cgroups
+from .. import _mounts_unsafe as mounts
+from .._host import HostRuntime, prepare_root, teardown
+from ..agent_bundle import MOUNT_POINT, agent_command, agent_env
+from ..base import Availability, RuntimeSandbox, RuntimeState, SandboxSpec
+from . import _seccomp
+
+UID_BASE = 100_000
+MAX_SLOTS = 30_000
+CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_SETFCAP",
+    "CAP_AUDIT_WRITE",
+)
+
+
+class _Slots:
+    """Host uid ranges handed to live sandboxes, one range each."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._used: set[int] = set()
+
+    def take(self) -> int:
+        with self._lock:
+            for slot in range(MAX_SLOTS):
+                if slot not in self._used:
+                    self._used.add(slot)
+                    return slot
+        raise ResourceExhaustedError("no free uid range for another namespaces sandbox")
+
+    def give(self, slot: int) -> None:
+        with self._lock:
+            self._used.discard(slot)
+
+
+class NamespacesRuntime(HostRuntime):
+    name = "namespaces"
+    strength = 1
+
+    def __init__(self) -> None:
+        self._slots = _Slots()
+
+    def check(self) -> Availability:
+        bwrap = shutil.which("bwrap")
+        if bwrap is None:
+            return Availability(False, "bubblewrap is not installed",
+                                "apt-get install bubblewrap")
+        if shutil.which("unshare") is None:
+            return Availability(False, "unshare (util-linux) is not installed",
+                                "apt-get install util-linux")
+        problem = cgroups.check_host()
+        if problem:
+            return Availability(False, problem, "run as root on a host with cgroups mounted")
+        try:
+            userns = mounts.UserNamespace(UID_BASE)
+            userns.close()
+        except OSError as exc:
+            return Availability(False, f"cannot create user namespaces: {exc}",
+                                "sysctl -w kernel.unprivileged_userns_clone=1 "
+                                "and user.max_user_namespaces > 0")
+        try:
+            _seccomp.build_filter_bpf()
+        except Exception as exc:  # noqa: BLE001 - any failure means "unavailable"
+            return Availability(False, f"cannot build the seccomp filter: {exc}",
+                                "apt-get install libseccomp2")
+        return Availability(True, f"bubblewrap ({bwrap}), user namespaces, cgroups, seccomp")
+
+    async def create(self, spec: SandboxSpec) -> RuntimeSandbox:
+        slot = self._slots.take()
+        sandbox = RuntimeSandbox(spec=spec, extra={"slot": slot})
+        try:
+            await asyncio.to_thread(self._prepare, sandbox, UID_BASE + slot * mounts.UID_RANGE)
+        except BaseException as exc:
+            self._slots.give(slot)
+            userns = sandbox.extra.pop("userns", None)
+            if isinstance(userns, mounts.UserNamespace):
+                userns.close()
+            await asyncio.to_thread(teardown, spec.directory, spec.cgroup)
+            if isinstance(exc, OSError):
+                raise InternalError(f"preparing sandbox {spec.sandbox_id}: {exc}") from exc
+            raise
+        return sandbox
+
+    def _prepare(self, sandbox: RuntimeSandbox, base: int) -> None:
+        spec = sandbox.spec
+        userns = mounts.UserNamespace(base)
+        sandbox.extra["userns"] = userns
+        prepare_root(spec, userns)
+        res = spec.resources
+        cgroups.SandboxCgroups(spec.cgroup).create(res.memory_mib, res.cpus, res.pids)
+
+    async def start(self, sandbox: RuntimeSandbox) -> asyncio.subprocess.Process:
+        spec = sandbox.spec
+        userns = sandbox.extra["userns"]
+        assert isinstance(userns, mounts.UserNamespace)
+        join = cgroups.SandboxCgroups(spec.cgroup).joiner(v1=True)
+        userns_fd = userns.fd
+        seccomp_fd = _seccomp.filter_fd()
+
+        def pre_exec() -> None:
+            join()  # while still host root: cgroup files belong to the host
+            mounts.enter_userns(userns_fd)
+
+        argv = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+                "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--as-pid-1",
+                "--hostname", "sandbox", "--bind", str(spec.directory / "rootfs"), "/",
+                "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm",
+                "--ro-bind", str(spec.agent_bundle), MOUNT_POINT, "--chdir", "/",
+                "--cap-drop", "ALL"]
+        for cap in CAPABILITIES:
+            argv += ["--cap-add", cap]
+        argv += ["--seccomp", str(seccomp_fd), "--clearenv"]
+        for key, value in agent_env().items():
+            argv += ["--setenv", key, value]
+        argv += ["--", *agent_command()]
+        try:
+            os.set_inheritable(userns_fd, True)
+            process = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, preexec_fn=pre_exec,
+                pass_fds=(seccomp_fd, userns_fd), limit=1024 * 1024)
+        except OSError as exc:
+            raise InternalError(f"starting bubblewrap for {spec.sandbox_id}: {exc}") from exc
+        finally:
+            os.close(seccomp_fd)
+        sandbox.process = process
+        sandbox.state = RuntimeState.RUNNING
+        return process
+
+    async def destroy(self, sandbox: RuntimeSandbox) -> None:
+        await super().destroy(sandbox)
+        slot = sandbox.extra.pop("slot", None)
+        if isinstance(slot, int):
+            self._slots.give(slot)
