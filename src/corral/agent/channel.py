@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, BinaryIO
 
 from corral.api import agent_protocol as proto
+
+# typing is not imported at run time: every module the agent loads slows sandbox start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
 
 
 class Channel:

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
-from typing import Any
 
 from corral.api import agent_protocol as proto
 
 from .channel import Channel, Credits
 from .errors import RequestError
+
+# typing is not imported at run time: every module the agent loads slows sandbox start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_PATH = 4096
 MAX_NAME = 255
@@ -153,7 +156,9 @@ class Files:
             st = os.lstat(path)
             if stat.S_ISDIR(st.st_mode):
                 if req.get("recursive", False):
-                    shutil.rmtree(path)  # never follows symlinks out of the tree
+                    import shutil  # only here: it is slow to import
+
+                    shutil.rmtree(path)  # never follows symlinks
                 else:
                     os.rmdir(path)
             else:

@@ -12,9 +12,6 @@ import os
 import signal
 import sys
 import threading
-import traceback
-from typing import Any
-from collections.abc import Callable
 
 from corral.api import agent_protocol as proto
 
@@ -22,6 +19,12 @@ from .channel import Channel
 from .errors import RequestError
 from .files import Files
 from .processes import ProcessTable
+
+# typing is not imported at run time: every module the agent loads slows sandbox start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 
 class Agent:
@@ -91,6 +94,8 @@ class Agent:
             self._fail(req_id, exc.code, exc.message)
         except Exception as exc:  # a bug in the agent must not end the sandbox
             self._fail(req_id, "agent_error", f"{type(exc).__name__}: {exc}")
+            import traceback  # only here: it is slow to import
+
             traceback.print_exc(file=sys.stderr)
 
     def _guarded(self, req_id: int, handler: Callable[[int, dict[str, Any]], None],

@@ -17,8 +17,6 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 from corral.api import agent_protocol as proto
 
@@ -26,24 +24,29 @@ from .channel import Channel, Credits
 from .errors import RequestError
 from .users import resolve_user
 
+# typing is not imported at run time: every module the agent loads slows sandbox start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 EXIT_GRACE = 0.2  # seconds to keep draining output after the command's own exit
 MAX_ARGV = 4096
 MAX_ENV = 4096
 
 
-@dataclass
 class Proc:
     """One command the node started."""
 
-    req_id: int
-    popen: subprocess.Popen[bytes]
-    argv: list[str]
-    started: float
-    credits: Credits = field(default_factory=Credits)
-    stdin_queue: queue.Queue[tuple[int, bytes, bool]] | None = None
-    reason: str | None = None
-    status: int | None = None
-    exited: threading.Event = field(default_factory=threading.Event)
+    def __init__(self, req_id: int, popen: subprocess.Popen[bytes], argv: list[str]) -> None:
+        self.req_id = req_id
+        self.popen = popen
+        self.argv = argv
+        self.started = time.time()
+        self.credits = Credits()
+        self.stdin_queue: queue.Queue[tuple[int, bytes, bool]] | None = None
+        self.reason: str | None = None
+        self.status: int | None = None
+        self.exited = threading.Event()
 
 
 class ProcessTable:
@@ -99,7 +102,7 @@ class ProcessTable:
                 raise RequestError("permission_denied", f"cannot execute {argv[0]!r}") from None
             except OSError as exc:
                 raise RequestError("invalid_argument", f"cannot start {argv[0]!r}: {exc}") from None
-            proc = Proc(req_id=req_id, popen=popen, argv=argv, started=time.time())
+            proc = Proc(req_id, popen, argv)
             self._by_id[req_id] = proc
             self._by_pid[popen.pid] = proc
             early = self._orphan_status.pop(popen.pid, None)

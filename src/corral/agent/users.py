@@ -7,18 +7,12 @@ answer must come from the image's files only.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-
 from .errors import RequestError
 
 
-@dataclass(frozen=True)
 class User:
-    name: str
-    uid: int
-    gid: int
-    home: str
-    groups: tuple[int, ...]
+    def __init__(self, name: str, uid: int, gid: int, home: str, groups: tuple[int, ...]) -> None:
+        self.name, self.uid, self.gid, self.home, self.groups = name, uid, gid, home, groups
 
 
 def _read_table(path: str) -> list[list[str]]:

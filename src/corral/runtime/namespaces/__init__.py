@@ -1,0 +1,1 @@
+"""Namespace (bubblewrap) runtime: user/pid/net/mount namespaces plus seccomp."""
