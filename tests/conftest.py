@@ -1,0 +1,65 @@
+"""Shared fixtures: a node per test session, one parametrized over every working runtime.
+
+Integration tests need root, cgroups, and the ``python`` image (built on first use, which
+takes about a minute on a fresh machine and is cached under ``CORRAL_IMAGE_DIR``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.node import NodeSettings, SyncNode, SyncSandbox
+from corral.node.images import ImageStore
+from corral.runtime import RUNTIME_NAMES, available_runtimes
+
+IMAGE_DIR = Path(os.environ.get("CORRAL_IMAGE_DIR", "/var/lib/corral/images"))
+_PROBED = available_runtimes() if os.geteuid() == 0 else {}
+WORKING = [name for name, (_, status) in _PROBED.items() if status.ok]
+
+
+def runtime_params() -> list[object]:
+    """One pytest param per runtime; those that cannot work here are skipped with why."""
+    params: list[object] = []
+    for name in RUNTIME_NAMES:
+        status = _PROBED.get(name)
+        reason = status[1].detail if status else "integration tests need root"
+        marks = [] if name in WORKING else [pytest.mark.skip(reason=f"{name}: {reason}")]
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
+
+
+@pytest.fixture(scope="session")
+def python_image() -> str:
+    ImageStore(IMAGE_DIR).ensure("python", progress=lambda line: None)
+    return "python"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="corral-test-") as tmp:
+        yield Path(tmp)
+
+
+@pytest.fixture(scope="session")
+def node(data_dir: Path, python_image: str) -> Iterator[SyncNode]:
+    with SyncNode(NodeSettings(data_dir=data_dir, image_dir=IMAGE_DIR)) as n:
+        yield n
+
+
+@pytest.fixture(params=runtime_params())
+def runtime(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def sandbox(node: SyncNode, runtime: str) -> Iterator[SyncSandbox]:
+    sb = node.create("python", runtime=runtime, timeout=600)
+    try:
+        yield sb
+    finally:
+        sb.kill()
