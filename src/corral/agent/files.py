@@ -48,10 +48,10 @@ def check_path(path: object) -> str:
         if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME:
             raise RequestError("invalid_argument",
                                f"a path component is longer than {MAX_NAME} bytes")
-    real = os.path.realpath(normal)
-    for root in PSEUDO_ROOTS:
-        if real == root or real.startswith(root + "/"):
-            raise RequestError("permission_denied", f"the file API does not serve {root}")
+    for candidate in (normal, os.path.realpath(normal)):
+        for root in PSEUDO_ROOTS:
+            if candidate == root or candidate.startswith(root + "/"):
+                raise RequestError("permission_denied", f"the file API does not serve {root}")
     return normal
 
 
@@ -62,7 +62,6 @@ def _os_error(action: str, path: str, exc: OSError) -> RequestError:
         errno.EPERM: "permission_denied",
         errno.EROFS: "permission_denied",
         errno.EEXIST: "already_exists",
-        errno.ENOTEMPTY: "already_exists",
         errno.ENOSPC: "resource_exhausted",
         errno.EDQUOT: "resource_exhausted",
     }
@@ -159,6 +158,10 @@ class Files:
                     import shutil  # only here: it is slow to import
 
                     shutil.rmtree(path)  # never follows symlinks
+                elif os.listdir(path):
+                    raise RequestError("invalid_argument",
+                                       f"{path!r} is a directory that is not empty; "
+                                       "pass recursive=True to remove it")
                 else:
                     os.rmdir(path)
             else:
