@@ -24,7 +24,8 @@ def test_argv_is_not_shell_interpreted(sandbox: SyncSandbox) -> None:
 
 def test_python_and_data_stack_are_installed(sandbox: SyncSandbox) -> None:
     r = sandbox.commands.run(
-        ["python3", "-c", "import numpy, pandas, matplotlib, requests; print(numpy.arange(3).sum())"])
+        ["python3", "-c",
+         "import numpy, pandas, matplotlib, requests; print(numpy.arange(3).sum())"])
     assert r.stdout == "3\n", r.stderr
 
 
@@ -78,7 +79,8 @@ def test_background_process_can_be_listed_fed_and_signalled(sandbox: SyncSandbox
 def test_timeout_kills_the_whole_tree(sandbox: SyncSandbox) -> None:
     # Children, a grandchild in a new session, a grandchild in a new process group.
     script = ("sleep 301 & sh -c 'setsid sleep 302 & wait' & "
-              "python3 -c 'import os; os.setpgid(0, 0); os.execvp(\"sleep\", [\"sleep\", \"303\"])' & "
+              "python3 -c 'import os; os.setpgid(0, 0); "
+              "os.execvp(\"sleep\", [\"sleep\", \"303\"])' & "
               "echo started; wait")
     with pytest.raises(CommandTimeoutError) as caught:
         sandbox.commands.run(script, timeout=2)

@@ -42,7 +42,8 @@ def _bounded(value: float, bounds: tuple[float, float], what: str, unit: str) ->
     if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
         raise InvalidArgumentError(f"{what} must be a number")
     if not low <= value <= high:
-        raise InvalidArgumentError(f"{what} {value:g}{unit} is outside {low:g}{unit}..{high:g}{unit}")
+        raise InvalidArgumentError(
+            f"{what} {value:g}{unit} is outside {low:g}{unit}..{high:g}{unit}")
 
 
 @dataclass(frozen=True)

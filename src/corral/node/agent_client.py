@@ -83,7 +83,8 @@ class AgentClient:
                 header = proto.parse_header(await self._reader.readexactly(head_len))
                 await self._reader.readexactly(data_len)
         except TimeoutError:
-            raise AgentError(f"{self._label}: the agent did not start within {timeout:g} s") from None
+            raise AgentError(
+                f"{self._label}: the agent did not start within {timeout:g} s") from None
         except (asyncio.IncompleteReadError, ConnectionError):
             raise AgentError(f"{self._label}: the agent exited during start-up") from None
         except proto.ProtocolError as exc:

@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import stat
 import threading
+from pathlib import Path
 
-from corral.api.errors import InternalError, ResourceExhaustedError
+from corral.api.errors import InternalError, InvalidArgumentError, ResourceExhaustedError
 
 from .. import _cgroups_unsafe as cgroups
 from .. import _mounts_unsafe as mounts
@@ -38,6 +40,20 @@ CAPABILITIES = (
     "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_SETFCAP",
     "CAP_AUDIT_WRITE",
 )
+
+
+def _check_traversable(directory: Path) -> None:
+    """Sandbox root maps to an unprivileged host uid, which must reach the sandbox's root."""
+    for folder in [directory, *directory.parents]:
+        try:
+            mode = folder.stat().st_mode
+        except FileNotFoundError:
+            continue
+        if not mode & stat.S_IXOTH:
+            raise InvalidArgumentError(
+                f"{folder} (mode {stat.S_IMODE(mode):o}) is not searchable by other users, so "
+                "namespaces sandboxes under it cannot reach their root; use a data dir outside "
+                f"it or run `chmod o+x {folder}`")
 
 
 class _Slots:
@@ -93,6 +109,7 @@ class NamespacesRuntime(HostRuntime):
         return Availability(True, f"bubblewrap ({bwrap}), user namespaces, cgroups, seccomp")
 
     async def create(self, spec: SandboxSpec) -> RuntimeSandbox:
+        _check_traversable(spec.directory.parent)
         slot = self._slots.take()
         sandbox = RuntimeSandbox(spec=spec, extra={"slot": slot})
         try:

@@ -1,0 +1,153 @@
+"""The bare primitives Corral is compared with, each timed the same way Corral is.
+
+* ``runsc run`` of a minimal OCI bundle whose root is the image's rootfs (read-only):
+  what one gVisor container costs without Corral's cgroups, overlay and agent.
+* ``bwrap --unshare-all`` over the same rootfs: one namespaced process.
+* a host ``fork+exec`` of ``/bin/true``: the floor for any exec round trip.
+* a host write-then-read of a file on tmpfs: the floor for a file round trip.
+
+Every bare runsc run gets a fresh state directory that is deleted afterwards, runs under a
+timeout, and has any process still naming that directory killed, so none outlives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from corral.api.errors import InternalError
+
+RUN_TIMEOUT = 60.0
+
+
+def _timed(argv: list[str], what: str, timeout: float = RUN_TIMEOUT) -> float:
+    """Run ``argv`` to completion and return its wall time; InternalError if it fails."""
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise InternalError(f"{what} did not finish within {timeout:g} s") from exc
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace").strip()[-1000:]
+        raise InternalError(f"{what} failed (exit status {done.returncode}): {tail}")
+    return elapsed
+
+
+def host_exec() -> float:
+    """One host ``fork+exec`` of ``/bin/true`` through :func:`subprocess.run`."""
+    return _timed(["/bin/true"], "host /bin/true")
+
+
+def host_file_round_trip(directory: Path, data: bytes) -> float:
+    """Write ``data`` to a file in ``directory`` and read it back (bytes through the page cache)."""
+    path = directory / f"bench-{secrets.token_hex(4)}"
+    started = time.perf_counter()
+    path.write_bytes(data)
+    back = path.read_bytes()
+    elapsed = time.perf_counter() - started
+    path.unlink()
+    if len(back) != len(data):
+        raise InternalError(f"host file round trip returned {len(back)} of {len(data)} bytes")
+    return elapsed
+
+
+def bwrap_run(rootfs: Path, argv: list[str]) -> float:
+    """``bwrap --unshare-all`` of ``argv`` over ``rootfs`` mounted read-only."""
+    cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", str(rootfs), "/",
+           "--proc", "/proc", "--dev", "/dev", *argv]
+    return _timed(cmd, "bare bwrap")
+
+
+class BareRunsc:
+    """Bare ``runsc run`` of a minimal bundle over an image's rootfs.
+
+    Use as a context manager: it holds a temporary directory with one bundle per command.
+    """
+
+    def __init__(self, rootfs: Path, runsc: str = "runsc", platform: str = "ptrace") -> None:
+        self.rootfs = rootfs
+        self.runsc = runsc
+        self.platform = platform
+        self._tmp: Path | None = None
+        self._bundles: dict[tuple[str, ...], Path] = {}
+
+    def __enter__(self) -> BareRunsc:
+        self._tmp = Path(tempfile.mkdtemp(prefix="corral-bench-runsc-"))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def _bundle(self, argv: list[str]) -> Path:
+        """A bundle from ``runsc spec``, pointed at the image's rootfs, read-only."""
+        if self._tmp is None:
+            raise InternalError("BareRunsc is used outside its `with` block")
+        key = tuple(argv)
+        if key not in self._bundles:
+            bundle = self._tmp / f"bundle-{len(self._bundles)}"
+            bundle.mkdir()
+            subprocess.run([self.runsc, "spec", "--bundle", str(bundle), "--", *argv],
+                           check=True, capture_output=True, timeout=30)
+            config = json.loads((bundle / "config.json").read_text())
+            config["root"] = {"path": str(self.rootfs), "readonly": True}
+            config["process"]["terminal"] = False
+            (bundle / "config.json").write_text(json.dumps(config, indent=2))
+            self._bundles[key] = bundle
+        return self._bundles[key]
+
+    def run(self, argv: list[str]) -> float:
+        """Time one ``runsc run`` of ``argv`` (create, start, wait, destroy: all of it)."""
+        bundle = self._bundle(argv)
+        assert self._tmp is not None
+        container = f"bench-{secrets.token_hex(6)}"
+        state = self._tmp / f"state-{container}"
+        state.mkdir()
+        cmd = [self.runsc, "--root", str(state), "--network=none",
+               f"--platform={self.platform}", "run", "--bundle", str(bundle), container]
+        try:
+            return _timed(cmd, f"bare runsc run of {' '.join(argv)}")
+        finally:
+            _kill_naming(str(state))
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def _kill_naming(marker: str) -> None:
+    """SIGKILL every process whose command line names ``marker`` (our unique state dir).
+
+    ``runsc run`` normally reaps its sandbox and gofer before it exits; after a timeout or
+    a crash they may outlive it, and only their command line ties them to this run.
+    """
+    needle = marker.encode()
+    for _ in range(50):
+        pids = list(_pids_naming(needle))
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
+
+
+def _pids_naming(needle: bytes) -> Iterator[int]:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if needle in f.read():
+                    yield int(entry)
+        except OSError:
+            continue

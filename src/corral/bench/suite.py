@@ -1,0 +1,228 @@
+"""What the benchmark measures, per runtime, and in which order.
+
+Each Corral measure is interleaved with its bare primitive, iteration by iteration, so that
+whatever else the host is doing weighs on both alike. Every measure starts with warm-up
+iterations that are not recorded (first-use costs: page cache, the agent bundle).
+Timings come from :func:`time.perf_counter`; nothing here judges them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from corral.api.errors import InternalError, InvalidArgumentError
+from corral.node import Node, NodeSettings
+from corral.node.images import Image, ImageStore
+from corral.runtime import available_runtimes
+
+from . import primitives
+from .report import BenchReport, machine_info
+from .stats import Row, RuntimeResult, Stat
+
+MIB = 1024 * 1024
+Progress = Callable[[str], None]
+SANDBOX_LIFETIME = 600.0
+HOST_TMPFS = Path("/dev/shm")
+TRUE = ["/bin/true"]
+PYTHON = ["/usr/bin/python3", "-S", "-c", "pass"]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """How much to measure.
+
+    Attributes:
+        iterations: recorded create→first command runs per runtime (and bare runs beside).
+        exec_iterations: recorded warm exec round trips per runtime.
+        file_iterations: recorded write+read round trips per file size.
+        file_sizes: sizes of the file round trips, in bytes.
+        warmup: unrecorded iterations before each measure.
+        image: the image every sandbox and bare run uses.
+        runtimes: runtimes to measure; empty means every one that works here.
+    """
+
+    iterations: int = 20
+    exec_iterations: int = 100
+    file_iterations: int = 5
+    file_sizes: tuple[int, ...] = (1 * MIB, 64 * MIB)
+    warmup: int = 2
+    image: str = "python"
+    runtimes: tuple[str, ...] = ()
+
+    @classmethod
+    def quick(cls, image: str = "python", runtimes: tuple[str, ...] = ()) -> BenchConfig:
+        """Few iterations: a smoke run in well under a minute, not figures to publish."""
+        return cls(iterations=3, exec_iterations=20, file_iterations=2, warmup=1, image=image,
+                   runtimes=runtimes)
+
+
+async def measure(node: Node, image: Image, config: BenchConfig,
+                  progress: Progress) -> list[RuntimeResult]:
+    """Measure every selected runtime on a started ``node``; skipped ones carry a note."""
+    results = []
+    for name, (_, status) in available_runtimes().items():
+        if config.runtimes and name not in config.runtimes:
+            continue
+        result = RuntimeResult(runtime=name, detail=status.detail)
+        if not status.ok:
+            result.notes.append(f"skipped: {status.detail}")
+        else:
+            await _measure_runtime(node, image, config, result, progress)
+        results.append(result)
+    unknown = set(config.runtimes) - {r.runtime for r in results}
+    if unknown:
+        raise InternalError(f"unknown runtimes: {', '.join(sorted(unknown))}")
+    return results
+
+
+async def _measure_runtime(node: Node, image: Image, config: BenchConfig,
+                           result: RuntimeResult, progress: Progress) -> None:
+    name = result.runtime
+    has_python = os.path.exists(image.rootfs / PYTHON[0].lstrip("/"))
+    if not has_python:
+        result.notes.append(f"image {image.name} has no {PYTHON[0]}: python start-up skipped")
+    with contextlib.ExitStack() as stack:
+        bare_label, bare = _bare_runner(name, image.rootfs, stack)
+        total: list[float] = []
+        create: list[float] = []
+        first: list[float] = []
+        kill: list[float] = []
+        bare_true: list[float] = []
+        bare_python: list[float] = []
+        rounds = config.warmup + config.iterations
+        for i in range(rounds):
+            progress(f"{name}: create → first command, {_step(i, config.warmup, rounds)}")
+            times = await _create_to_first(node, name, config.image)
+            bare_times = [await asyncio.to_thread(bare, TRUE)]
+            if has_python:
+                bare_times.append(await asyncio.to_thread(bare, PYTHON))
+            if i >= config.warmup:
+                for samples, value in zip((total, create, first, kill), times, strict=True):
+                    samples.append(value)
+                bare_true.append(bare_times[0])
+                if has_python:
+                    bare_python.append(bare_times[1])
+
+    label = "create → first command"
+    result.rows.append(Row("create_to_first_command", label, _stat(total),
+                           f"{bare_label} /bin/true", _stat(bare_true)))
+    if has_python:
+        result.rows.append(Row("create_to_first_command_vs_python", label, _stat(total),
+                               f"{bare_label} python3 -S -c pass", _stat(bare_python)))
+    result.rows.append(Row("create", "  of which create (agent answered)", _stat(create)))
+    result.rows.append(Row("first_command", "  of which first command", _stat(first)))
+    result.rows.append(Row("teardown", "teardown (kill)", _stat(kill)))
+    await _measure_warm(node, config, result, progress)
+
+
+def _bare_runner(runtime: str, rootfs: Path,
+                 stack: contextlib.ExitStack) -> tuple[str, Callable[[list[str]], float]]:
+    """The bare primitive for ``runtime``: its label and a function timing one run."""
+    if runtime == "gvisor":
+        runsc = stack.enter_context(primitives.BareRunsc(rootfs))
+        return "runsc run", runsc.run
+    return "bwrap --unshare-all", lambda argv: primitives.bwrap_run(rootfs, argv)
+
+
+async def _create_to_first(node: Node, runtime: str, image: str) -> tuple[float, ...]:
+    """(create→first result, create alone, first command alone, kill) in seconds."""
+    started = time.perf_counter()
+    sandbox = await node.create(image, runtime=runtime, timeout=SANDBOX_LIFETIME)
+    created = time.perf_counter()
+    try:
+        reply = await sandbox.commands.run(["true"])
+        answered = time.perf_counter()
+    finally:
+        killing = time.perf_counter()
+        await sandbox.kill()
+        killed = time.perf_counter()
+    if reply.exit_code != 0:
+        raise InternalError(f"`true` exited {reply.exit_code} in a {runtime} sandbox")
+    return answered - started, created - started, answered - created, killed - killing
+
+
+async def _measure_warm(node: Node, config: BenchConfig, result: RuntimeResult,
+                        progress: Progress) -> None:
+    """Exec and file round trips on one already-running sandbox."""
+    name = result.runtime
+    async with await node.create(config.image, runtime=name,
+                                 timeout=SANDBOX_LIFETIME) as sandbox:
+        warm: list[float] = []
+        host: list[float] = []
+        rounds = config.warmup * 5 + config.exec_iterations
+        for i in range(rounds):
+            if i % 10 == 0:
+                progress(f"{name}: warm exec, {_step(i, config.warmup * 5, rounds)}")
+            started = time.perf_counter()
+            reply = await sandbox.commands.run(["true"])
+            elapsed = time.perf_counter() - started
+            if reply.exit_code != 0:
+                raise InternalError(f"`true` exited {reply.exit_code} in a {name} sandbox")
+            bare = await asyncio.to_thread(primitives.host_exec)
+            if i >= config.warmup * 5:
+                warm.append(elapsed)
+                host.append(bare)
+        result.rows.append(Row("warm_exec", "exec round trip (warm sandbox)", _stat(warm),
+                               "host fork+exec /bin/true", _stat(host)))
+
+        for size in config.file_sizes:
+            data = os.urandom(size)
+            trips: list[float] = []
+            floor: list[float] = []
+            rounds = config.warmup + config.file_iterations
+            for i in range(rounds):
+                step = _step(i, config.warmup, rounds)
+                progress(f"{name}: file round trip {size // MIB} MiB, {step}")
+                started = time.perf_counter()
+                await sandbox.files.write("/tmp/corral-bench.bin", data)
+                back = await sandbox.files.read("/tmp/corral-bench.bin")
+                elapsed = time.perf_counter() - started
+                if back != data:
+                    raise InternalError(f"a {size}-byte file came back changed from {name}")
+                bare = await asyncio.to_thread(primitives.host_file_round_trip, HOST_TMPFS, data)
+                if i >= config.warmup:
+                    trips.append(elapsed)
+                    floor.append(bare)
+            label = f"{size // MIB} MiB"
+            result.rows.append(Row(f"file_round_trip_{size // MIB}mib",
+                                   f"file write+read {label}", _stat(trips),
+                                   f"host tmpfs write+read {label}", _stat(floor), size))
+
+
+def _step(i: int, warmup: int, rounds: int) -> str:
+    if i < warmup:
+        return f"warm-up {i + 1}/{warmup}"
+    return f"{i + 1 - warmup}/{rounds - warmup}"
+
+
+def _stat(samples: list[float]) -> Stat:
+    if not samples:
+        raise InternalError("a measure has no samples (iterations must be at least 1)")
+    return Stat(tuple(samples))
+
+
+async def run_benchmark(settings: NodeSettings, config: BenchConfig,
+                        progress: Progress) -> BenchReport:
+    """Start a node on ``settings``, measure, and return the whole report.
+
+    The node must be this benchmark's own (it sweeps its data dir when it starts).
+    """
+    if min(config.iterations, config.exec_iterations, config.file_iterations) < 1:
+        raise InvalidArgumentError("iterations must be at least 1")
+    image = ImageStore(settings.image_dir).get(config.image)
+    machine = machine_info()
+    started = datetime.now(UTC)
+    async with Node(settings) as node:
+        results = await measure(node, image, config, progress)
+    machine["loadavg_end"] = list(os.getloadavg())
+    doc = dataclasses.asdict(config)
+    return BenchReport(machine=machine, config=doc, started=started,
+                       finished=datetime.now(UTC), results=results)

@@ -1,0 +1,81 @@
+"""``corral bench``: measure Corral beside the bare primitives it is built on."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from corral.bench import BenchConfig, markdown, rich_table, run_benchmark
+from corral.runtime import RUNTIME_NAMES
+
+from ._common import DataDirOption, node_settings, private_node, reporting_errors, say, stderr
+
+
+def _check_runtimes(values: list[str] | None) -> list[str] | None:
+    for value in values or []:
+        if value not in RUNTIME_NAMES:
+            raise typer.BadParameter(
+                f"unknown runtime {value!r}; choose one of: {', '.join(RUNTIME_NAMES)}")
+    return values
+
+
+def bench(
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="A few iterations only (under a minute): a smoke run.")] = False,
+    iterations: Annotated[int | None, typer.Option(
+        "--iterations", "-n", min=1, show_default="20, or 3 with --quick",
+        help="Recorded create→first command runs per runtime.")] = None,
+    runtime: Annotated[list[str] | None, typer.Option(
+        "--runtime", "-r", callback=_check_runtimes, show_default="every one that works",
+        help=f"Runtime to measure ({', '.join(RUNTIME_NAMES)}); repeatable.")] = None,
+    image: Annotated[str, typer.Option(help="Image for every sandbox and bare run.")] = "python",
+    json_path: Annotated[Path | None, typer.Option(
+        "--json", metavar="PATH", help="Also write every figure and sample as JSON.")] = None,
+    markdown_path: Annotated[Path | None, typer.Option(
+        "--markdown", metavar="PATH", help="Also write the tables as Markdown.")] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Measure sandbox start-up, exec and file round trips against bare runsc/bwrap.
+
+    For each runtime that works: create → first command (p50/p95) beside a bare
+    `runsc run` (gvisor) or `bwrap` (namespaces) of the same image, teardown, a warm exec
+    round trip beside a host fork+exec, and 1 MiB / 64 MiB file round trips. Ratios are
+    Corral / bare. The image must be built (`corral image build python`).
+
+    Examples:
+
+        corral bench --quick
+
+        corral bench -n 20 --json bench.json --runtime gvisor
+    """
+    runtimes = tuple(runtime or ())
+    config = BenchConfig.quick(image, runtimes) if quick else BenchConfig(
+        image=image, runtimes=runtimes)
+    if iterations is not None:
+        config = dataclasses.replace(config, iterations=iterations)
+    settings = node_settings(data_dir)
+    with reporting_errors(), private_node(settings) as private:
+        if stderr.is_terminal:
+            with stderr.status("starting") as status:
+                report = asyncio.run(run_benchmark(private, config, status.update))
+        else:
+            report = asyncio.run(run_benchmark(private, config, lambda line: None))
+    console = Console()
+    machine = report.machine
+    console.print(f"[bold]Corral benchmark[/] {report.started:%Y-%m-%d %H:%M} UTC · "
+                  f"{machine['cpu_count']} CPUs ({machine['cpu_model']}) · {machine['kernel']}"
+                  f" · {machine['runsc_version']} · image {config.image}")
+    for result in report.results:
+        console.print(rich_table(result))
+    if json_path is not None:
+        json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        say(f"wrote {json_path}")
+    if markdown_path is not None:
+        markdown_path.write_text(markdown(report))
+        say(f"wrote {markdown_path}")
