@@ -100,6 +100,10 @@ class ProcessTable:
                 raise RequestError("not_found", f"executable {argv[0]!r} not found") from None
             except PermissionError:
                 raise RequestError("permission_denied", f"cannot execute {argv[0]!r}") from None
+            except BlockingIOError:  # EAGAIN from fork: the pids limit is used up
+                raise RequestError("resource_exhausted",
+                                   "cannot start a process: the sandbox's pids limit is reached"
+                                   ) from None
             except OSError as exc:
                 raise RequestError("invalid_argument", f"cannot start {argv[0]!r}: {exc}") from None
             proc = Proc(req_id, popen, argv)
@@ -107,15 +111,28 @@ class ProcessTable:
             self._by_pid[popen.pid] = proc
             early = self._orphan_status.pop(popen.pid, None)
         self._have_children.set()
-        if want_stdin:
-            proc.stdin_queue = queue.Queue()
-            threading.Thread(target=self._feed_stdin, args=(proc,), daemon=True).start()
+        go = threading.Event()
+        try:
+            # Every helper thread starts before "started" is sent: if the pids limit stops
+            # one, the command is undone and refused instead of left half-served.
+            if want_stdin:
+                proc.stdin_queue = queue.Queue()
+                threading.Thread(target=self._feed_stdin, args=(proc,), daemon=True).start()
+            if timeout is not None:
+                timer = threading.Timer(float(timeout), self._time_out, args=(proc,))
+                timer.daemon = True
+                timer.start()
+            threading.Thread(target=self._pump, args=(proc, go), daemon=True).start()
+        except RuntimeError:
+            _kill_tree(popen.pid)
+            if proc.stdin_queue is not None:
+                proc.stdin_queue.put((-1, b"", True))
+            with self._lock:
+                self._by_id.pop(req_id, None)
+            raise RequestError("resource_exhausted", "cannot start a thread to serve the "
+                               "command: the sandbox's pids limit is reached") from None
         self._channel.send({"id": req_id, "ev": proto.EV_STARTED, "pid": popen.pid})
-        if timeout is not None:
-            timer = threading.Timer(float(timeout), self._time_out, args=(proc,))
-            timer.daemon = True
-            timer.start()
-        threading.Thread(target=self._pump, args=(proc,), daemon=True).start()
+        go.set()
         if early is not None:
             self._record_exit(proc, early)
 
@@ -206,8 +223,9 @@ class ProcessTable:
             else:
                 self._channel.send({"id": req_id, "ev": proto.EV_OK})
 
-    def _pump(self, proc: Proc) -> None:
+    def _pump(self, proc: Proc, go: threading.Event) -> None:
         """Forward stdout/stderr until both reach EOF or the command exited a while ago."""
+        go.wait()
         sel = selectors.DefaultSelector()
         assert proc.popen.stdout is not None and proc.popen.stderr is not None
         streams = {proc.popen.stdout.fileno(): proto.EV_STDOUT,

@@ -3,6 +3,8 @@
 * ``runsc run`` of a minimal OCI bundle whose root is the image's rootfs (read-only):
   what one gVisor container costs without Corral's cgroups, overlay and agent.
 * ``bwrap --unshare-all`` over the same rootfs: one namespaced process.
+* either of them running the agent's own interpreter from the agent bundle (mounted at
+  ``/.corral`` as Corral mounts it) importing the agent: what loading the agent costs.
 * a host ``fork+exec`` of ``/bin/true``: the floor for any exec round trip.
 * a host write-then-read of a file on tmpfs: the floor for a file round trip.
 
@@ -25,8 +27,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from corral.api.errors import InternalError
+from corral.runtime.agent_bundle import MOUNT_POINT, agent_command, agent_env
 
 RUN_TIMEOUT = 60.0
+
+
+def agent_import_argv() -> list[str]:
+    """The agent's start command, importing the agent instead of running it."""
+    argv = agent_command()
+    if argv[-2:] != ["-m", "corral.agent"]:
+        raise InternalError(f"unexpected agent command {argv}")
+    return [*argv[:-2], "-c", "import corral.agent.main"]
 
 
 def _timed(argv: list[str], what: str, timeout: float = RUN_TIMEOUT) -> float:
@@ -62,11 +73,19 @@ def host_file_round_trip(directory: Path, data: bytes) -> float:
     return elapsed
 
 
-def bwrap_run(rootfs: Path, argv: list[str]) -> float:
-    """``bwrap --unshare-all`` of ``argv`` over ``rootfs`` mounted read-only."""
+def bwrap_run(rootfs: Path, argv: list[str], agent_bundle: Path | None = None) -> float:
+    """``bwrap --unshare-all`` of ``argv`` over ``rootfs`` mounted read-only.
+
+    With ``agent_bundle``, the bundle is mounted read-only at ``/.corral`` and the agent's
+    environment set, as the namespaces runtime does.
+    """
     cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", str(rootfs), "/",
-           "--proc", "/proc", "--dev", "/dev", *argv]
-    return _timed(cmd, "bare bwrap")
+           "--proc", "/proc", "--dev", "/dev"]
+    if agent_bundle is not None:
+        cmd += ["--ro-bind", str(agent_bundle), MOUNT_POINT]
+        for key, value in agent_env().items():
+            cmd += ["--setenv", key, value]
+    return _timed([*cmd, *argv], "bare bwrap")
 
 
 class BareRunsc:
@@ -75,8 +94,10 @@ class BareRunsc:
     Use as a context manager: it holds a temporary directory with one bundle per command.
     """
 
-    def __init__(self, rootfs: Path, runsc: str = "runsc", platform: str = "ptrace") -> None:
+    def __init__(self, rootfs: Path, agent_bundle: Path | None = None, runsc: str = "runsc",
+                 platform: str = "ptrace") -> None:
         self.rootfs = rootfs
+        self.agent_bundle = agent_bundle
         self.runsc = runsc
         self.platform = platform
         self._tmp: Path | None = None
@@ -92,7 +113,11 @@ class BareRunsc:
             self._tmp = None
 
     def _bundle(self, argv: list[str]) -> Path:
-        """A bundle from ``runsc spec``, pointed at the image's rootfs, read-only."""
+        """A bundle from ``runsc spec``, pointed at the image's rootfs, read-only.
+
+        A command under ``/.corral`` also gets the agent bundle mounted there, read-only,
+        with the agent's environment.
+        """
         if self._tmp is None:
             raise InternalError("BareRunsc is used outside its `with` block")
         key = tuple(argv)
@@ -104,6 +129,11 @@ class BareRunsc:
             config = json.loads((bundle / "config.json").read_text())
             config["root"] = {"path": str(self.rootfs), "readonly": True}
             config["process"]["terminal"] = False
+            if argv[0].startswith(MOUNT_POINT + "/") and self.agent_bundle is not None:
+                config["mounts"].append({"destination": MOUNT_POINT, "type": "bind",
+                                         "source": str(self.agent_bundle),
+                                         "options": ["rbind", "ro"]})
+                config["process"]["env"] += [f"{k}={v}" for k, v in agent_env().items()]
             (bundle / "config.json").write_text(json.dumps(config, indent=2))
             self._bundles[key] = bundle
         return self._bundles[key]

@@ -97,44 +97,50 @@ def _ratio(value: float | None) -> str:
 
 
 def _throughput(row: Row) -> str:
-    corral = row.throughput_mib_s()
-    if corral is None:
-        return ""
-    host = (2 * (row.size_bytes or 0) / (1024 * 1024) / row.bare.p50
-            if row.bare is not None and row.bare.p50 > 0 else None)
-    return f"{corral:.0f}" + (f" (host {host:.0f})" if host is not None else "")
+    value = row.throughput_mib_s()
+    return "" if value is None else f"{value:.0f}"
 
 
-def _cells(runtime: str, row: Row) -> list[str]:
+def _cells(row: Row) -> list[str]:
     bare = row.bare
-    verdict = target_verdict(runtime, row)
-    target = "" if verdict is None else f"{'met' if verdict[1] else 'MISSED'}: {verdict[0]}"
     return [row.label, _ms(row.corral.p50), _ms(row.corral.p95), row.bare_label or "-",
             _ms(bare.p50 if bare else None), _ms(bare.p95 if bare else None),
-            _ratio(row.ratio("p50")), _ratio(row.ratio("p95")), _throughput(row), target]
+            _ratio(row.ratio("p50")), _ratio(row.ratio("p95")), _throughput(row)]
 
 
-HEADERS = ["measure", "Corral p50 ms", "p95 ms", "bare primitive", "bare p50 ms", "p95 ms",
-           "ratio p50", "ratio p95", "MiB/s p50", "target"]
+HEADERS = ["measure", "p50 ms", "p95 ms", "bare primitive", "bare p50", "bare p95",
+           "ratio p50", "ratio p95", "MiB/s"]
+_LEFT = (0, 3)
+
+
+def verdicts(result: RuntimeResult) -> list[tuple[str, bool]]:
+    """One sentence per design goal that applies to ``result``, and whether it is met."""
+    found = []
+    for row in result.rows:
+        verdict = target_verdict(result.runtime, row)
+        if verdict is None:
+            continue
+        goal, met = verdict
+        ratio = row.ratio("p50")
+        measured = f"p50 {_ms(row.corral.p50)} ms" + (f", {_ratio(ratio)}" if ratio else "")
+        found.append((f"{row.label}: goal {goal}; measured {measured}", met))
+    return found
 
 
 def rich_table(result: RuntimeResult) -> Table:
     """One runtime's rows as a rich table (times in milliseconds)."""
     n = result.rows[0].corral.n if result.rows else 0
-    table = Table(title=f"{result.runtime} — {result.detail}", caption=f"n = {n} per create "
-                  "measure; ratio = Corral / bare; lower is better")
+    caption = [f"n = {n} create runs; ratio = Corral / bare, lower is better"]
+    caption += [f"[{'green' if met else 'red'}]{'met' if met else 'MISSED'}[/] {text}"
+                for text, met in verdicts(result)]
+    caption += [f"[yellow]note:[/] {note}" for note in result.notes]
+    table = Table(title=f"{result.runtime} — {result.detail}", caption="\n".join(caption),
+                  caption_justify="left")
     for i, header in enumerate(HEADERS):
-        table.add_column(header, justify="left" if i in (0, 3, 9) else "right",
-                         style="bold" if i == 0 else None)
+        table.add_column(header, justify="left" if i in _LEFT else "right",
+                         style="bold" if i == 0 else None, no_wrap=i in _LEFT)
     for row in result.rows:
-        cells = _cells(result.runtime, row)
-        if cells[-1].startswith("MISSED"):
-            cells[-1] = f"[red]{cells[-1]}[/]"
-        elif cells[-1].startswith("met"):
-            cells[-1] = f"[green]{cells[-1]}[/]"
-        table.add_row(*cells)
-    for note in result.notes:
-        table.add_row(f"[yellow]note: {note}[/]", *[""] * (len(HEADERS) - 1))
+        table.add_row(*_cells(row))
     return table
 
 
@@ -144,10 +150,13 @@ def markdown(report: BenchReport) -> str:
     for result in report.results:
         lines += [f"### {result.runtime}", "", f"{result.detail}", ""]
         lines.append("| " + " | ".join(HEADERS) + " |")
-        lines.append("|" + "|".join("---" if i in (0, 3, 9) else "---:"
+        lines.append("|" + "|".join("---" if i in _LEFT else "---:"
                                     for i in range(len(HEADERS))) + "|")
         for row in result.rows:
-            lines.append("| " + " | ".join(_cells(result.runtime, row)) + " |")
-        lines += [f"\n_Note: {note}_" for note in result.notes]
+            lines.append("| " + " | ".join(_cells(row)) + " |")
+        lines.append("")
+        lines += [f"* {'met' if met else '**missed**'}: {text}"
+                  for text, met in verdicts(result)]
+        lines += [f"* note: {note}" for note in result.notes]
         lines.append("")
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from corral.api.errors import InternalError, InvalidArgumentError
 from corral.node import Node, NodeSettings
 from corral.node.images import Image, ImageStore
 from corral.runtime import available_runtimes
+from corral.runtime.agent_bundle import MOUNT_POINT, ensure_bundle
 
 from . import primitives
 from .report import BenchReport, machine_info
@@ -90,46 +91,47 @@ async def _measure_runtime(node: Node, image: Image, config: BenchConfig,
     if not has_python:
         result.notes.append(f"image {image.name} has no {PYTHON[0]}: python start-up skipped")
     with contextlib.ExitStack() as stack:
-        bare_label, bare = _bare_runner(name, image.rootfs, stack)
-        total: list[float] = []
-        create: list[float] = []
-        first: list[float] = []
-        kill: list[float] = []
-        bare_true: list[float] = []
-        bare_python: list[float] = []
+        bundle = ensure_bundle(node.settings.data_dir / "agent")  # the node's own
+        bare_label, bare = _bare_runner(name, image.rootfs, bundle, stack)
+        primitives_argv = {"true": TRUE, "agent": primitives.agent_import_argv()}
+        if has_python:
+            primitives_argv["python"] = PYTHON
+        corral: dict[str, list[float]] = {k: [] for k in ("total", "create", "first", "kill")}
+        bare_samples: dict[str, list[float]] = {k: [] for k in primitives_argv}
         rounds = config.warmup + config.iterations
         for i in range(rounds):
             progress(f"{name}: create → first command, {_step(i, config.warmup, rounds)}")
             times = await _create_to_first(node, name, config.image)
-            bare_times = [await asyncio.to_thread(bare, TRUE)]
-            if has_python:
-                bare_times.append(await asyncio.to_thread(bare, PYTHON))
+            measured = {key: await asyncio.to_thread(bare, argv)
+                        for key, argv in primitives_argv.items()}
             if i >= config.warmup:
-                for samples, value in zip((total, create, first, kill), times, strict=True):
+                for samples, value in zip(corral.values(), times, strict=True):
                     samples.append(value)
-                bare_true.append(bare_times[0])
-                if has_python:
-                    bare_python.append(bare_times[1])
+                for key, value in measured.items():
+                    bare_samples[key].append(value)
 
-    label = "create → first command"
-    result.rows.append(Row("create_to_first_command", label, _stat(total),
-                           f"{bare_label} /bin/true", _stat(bare_true)))
+    label, total = "create → first command", _stat(corral["total"])
+    result.rows.append(Row("create_to_first_command", label, total,
+                           f"{bare_label} /bin/true", _stat(bare_samples["true"])))
     if has_python:
-        result.rows.append(Row("create_to_first_command_vs_python", label, _stat(total),
-                               f"{bare_label} python3 -S -c pass", _stat(bare_python)))
-    result.rows.append(Row("create", "  of which create (agent answered)", _stat(create)))
-    result.rows.append(Row("first_command", "  of which first command", _stat(first)))
-    result.rows.append(Row("teardown", "teardown (kill)", _stat(kill)))
+        result.rows.append(Row("create_to_first_command_vs_python", label, total,
+                               f"{bare_label} python3 -S", _stat(bare_samples["python"])))
+    result.rows.append(Row("create_to_first_command_vs_agent", label, total,
+                           f"{bare_label} agent import", _stat(bare_samples["agent"])))
+    result.rows.append(Row("create", "  create (agent up)", _stat(corral["create"])))
+    result.rows.append(Row("first_command", "  first command", _stat(corral["first"])))
+    result.rows.append(Row("teardown", "teardown (kill)", _stat(corral["kill"])))
     await _measure_warm(node, config, result, progress)
 
 
-def _bare_runner(runtime: str, rootfs: Path,
+def _bare_runner(runtime: str, rootfs: Path, bundle: Path,
                  stack: contextlib.ExitStack) -> tuple[str, Callable[[list[str]], float]]:
     """The bare primitive for ``runtime``: its label and a function timing one run."""
     if runtime == "gvisor":
-        runsc = stack.enter_context(primitives.BareRunsc(rootfs))
+        runsc = stack.enter_context(primitives.BareRunsc(rootfs, bundle))
         return "runsc run", runsc.run
-    return "bwrap --unshare-all", lambda argv: primitives.bwrap_run(rootfs, argv)
+    return "bwrap", lambda argv: primitives.bwrap_run(
+        rootfs, argv, bundle if argv[0].startswith(MOUNT_POINT) else None)
 
 
 async def _create_to_first(node: Node, runtime: str, image: str) -> tuple[float, ...]:
@@ -170,8 +172,8 @@ async def _measure_warm(node: Node, config: BenchConfig, result: RuntimeResult,
             if i >= config.warmup * 5:
                 warm.append(elapsed)
                 host.append(bare)
-        result.rows.append(Row("warm_exec", "exec round trip (warm sandbox)", _stat(warm),
-                               "host fork+exec /bin/true", _stat(host)))
+        result.rows.append(Row("warm_exec", "warm exec round trip", _stat(warm),
+                               "host fork+exec", _stat(host)))
 
         for size in config.file_sizes:
             data = os.urandom(size)
@@ -194,7 +196,7 @@ async def _measure_warm(node: Node, config: BenchConfig, result: RuntimeResult,
             label = f"{size // MIB} MiB"
             result.rows.append(Row(f"file_round_trip_{size // MIB}mib",
                                    f"file write+read {label}", _stat(trips),
-                                   f"host tmpfs write+read {label}", _stat(floor), size))
+                                   "host tmpfs", _stat(floor), size))
 
 
 def _step(i: int, warmup: int, rounds: int) -> str:

@@ -67,10 +67,12 @@ def bench(
         else:
             report = asyncio.run(run_benchmark(private, config, lambda line: None))
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)  # a log or a file: do not squeeze the tables into 80
     machine = report.machine
     console.print(f"[bold]Corral benchmark[/] {report.started:%Y-%m-%d %H:%M} UTC · "
                   f"{machine['cpu_count']} CPUs ({machine['cpu_model']}) · {machine['kernel']}"
-                  f" · {machine['runsc_version']} · image {config.image}")
+                  f" · {machine['runsc_version']} · image {config.image}", soft_wrap=True)
     for result in report.results:
         console.print(rich_table(result))
     if json_path is not None:

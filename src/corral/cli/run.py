@@ -178,8 +178,11 @@ async def _run_in(sandbox: Sandbox, request: RunRequest) -> int:
         if reason.startswith(LIMIT_REASONS):
             say(reason)
             return EXIT_LIMIT_KILLED
+        hint = (" (gVisor stops the whole sandbox when it runs out of memory: "
+                "try a larger --memory)" if sandbox.runtime.name == "gvisor" else "")
         raise SandboxNotRunningError(
-            f"the sandbox stopped while the command ran: {reason or exc.message}") from exc
+            f"the sandbox stopped while the command ran: {reason or exc.message}{hint}"
+        ) from exc
     finally:
         if feeder is not None:
             feeder.cancel()

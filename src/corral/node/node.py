@@ -26,6 +26,7 @@ from corral.api.errors import (
 )
 from corral.api.resources import Resources, check_timeout
 from corral.runtime import Runtime, SandboxSpec, get_runtime
+from corral.runtime._cgroups_unsafe import remove_parent
 from corral.runtime._host import sweep
 from corral.runtime.agent_bundle import ensure_bundle
 
@@ -99,6 +100,7 @@ class Node:
         """Stop every sandbox this node holds."""
         await asyncio.gather(*(self._stop(sb, "node shutting down")
                                for sb in list(self._sandboxes.values())))
+        remove_parent(self.settings.node_key)
 
     async def __aenter__(self) -> Node:
         await self.start()

@@ -73,12 +73,6 @@ class SandboxCgroups:
         """The path runsc takes as the OCI ``cgroupsPath``."""
         return f"/{PARENT}/{self.name}"
 
-    def create_unified(self) -> None:
-        """Make only the v2 cgroup (runsc makes and limits the v1 ones itself: it leaves
-        limits alone on a cgroup that already exists)."""
-        if self.unified is not None:
-            self.unified.mkdir(parents=True, exist_ok=True)
-
     def create(self, memory_mib: int, cpus: float, pids: int) -> None:
         """Make the cgroups in every hierarchy and write the v1 limits."""
         for path in [*self.v1.values(), *([self.unified] if self.unified else [])]:
@@ -166,6 +160,14 @@ class SandboxCgroups:
                         break
                     time.sleep(0.005)
         return left
+
+
+def remove_parent(node_key: str) -> None:
+    """Remove a node's (empty) parent cgroups; a no-op while sandboxes remain."""
+    layout = cgroup_layout()
+    for base in [*layout.v1.values(), *([layout.unified] if layout.unified else [])]:
+        with contextlib.suppress(OSError):
+            (base / PARENT / node_key).rmdir()
 
 
 def leftover_names(node_key: str) -> set[str]:

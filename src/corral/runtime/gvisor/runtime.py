@@ -122,9 +122,12 @@ class GvisorRuntime(HostRuntime):
         bundle.mkdir()
         (bundle / "config.json").write_text(json.dumps(oci_spec(spec)))
         (spec.directory / "state").mkdir()
-        # runsc creates and limits the v1 cgroups from the spec; only the v2 one (for
-        # cgroup.kill) is made here, so that every runsc process can be killed at once.
-        cgroups.SandboxCgroups(spec.cgroup).create_unified()
+        # The cgroups are made and limited here, not by runsc: runsc deletes cgroups it made
+        # as soon as the sandbox exits, taking the OOM and pids counters that say why with
+        # them; it joins (and leaves alone) cgroups that already exist.
+        res = spec.resources
+        cgroups.SandboxCgroups(spec.cgroup).create(res.memory_mib, res.cpus,
+                                                    res.pids + GVISOR_TASK_ALLOWANCE)
 
     def _argv(self, directory: Path, sandbox_id: str) -> list[str]:
         return [self.runsc, "--root", str(directory / "state"), "--network=none",

@@ -1,0 +1,153 @@
+"""The ``corral`` command line without sandboxes: help, argument checking, exit codes.
+
+Every malformed invocation here must be refused before a node starts, so these tests need
+neither root nor a built image; each points ``--data-dir`` at a temporary directory that
+must stay empty.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner, Result
+
+from corral.bench import BenchReport, Row, RuntimeResult, Stat, markdown, rich_table
+from corral.bench.stats import percentile
+from corral.cli import app
+from corral.cli.run import parse_env
+
+HELP_PATHS = [[], ["run"], ["doctor"], ["bench"], ["image"], ["image", "build"],
+              ["image", "list"], ["image", "rm"]]
+
+
+def invoke(*args: str, data_dir: Path | None = None) -> Result:
+    extra = ["--data-dir", str(data_dir)] if data_dir is not None else []
+    command = list(args)
+    if "--" in command:  # options must come before the command of `corral run`
+        at = command.index("--")
+        command[at:at] = extra
+    else:
+        command += extra
+    return CliRunner().invoke(app, command)
+
+
+@pytest.mark.parametrize("path", HELP_PATHS, ids=lambda p: " ".join(p) or "corral")
+def test_help_of_every_command(path: list[str]) -> None:
+    result = invoke(*path, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Usage: corral" in result.stdout
+    assert "--help" in result.stdout
+
+
+def test_help_of_run_shows_examples_and_options() -> None:
+    out = invoke("run", "--help").stdout
+    for text in ("corral run -- python3", "--runtime", "--memory", "--timeout", "--env",
+                 "--interactive", "--data-dir", "125"):
+        assert text in out
+
+
+def test_version() -> None:
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.startswith("corral ")
+
+
+@pytest.mark.parametrize("value", ["NOEQUALS", "=value", ""])
+def test_run_rejects_a_malformed_env(tmp_path: Path, value: str) -> None:
+    result = invoke("run", "-e", value, "--", "true", data_dir=tmp_path)
+    assert result.exit_code == 2
+    assert "KEY=VALUE" in result.stderr
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_parse_env_keeps_everything_after_the_first_equals() -> None:
+    assert parse_env(["A=1", "B=x=y", "C="]) == {"A": "1", "B": "x=y", "C": ""}
+    assert parse_env(None) == {}
+    with pytest.raises(typer.BadParameter):
+        parse_env(["A=1", "B"])
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--memory", "lots", "memory 'lots' is not a size"),
+    ("--disk", "1Q", "disk '1Q' is not a size"),
+    ("--memory", "1M", "memory 1 MiB is outside"),
+    ("--pids", "1", "pids 1 is outside"),
+    ("--timeout", "0", "timeout 0 s is outside"),
+])
+def test_run_rejects_bad_limits(tmp_path: Path, option: str, value: str, message: str) -> None:
+    result = invoke("run", option, value, "--", "true", data_dir=tmp_path)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [["run", "--runtime", "foo", "--", "true"],
+                                     ["bench", "--runtime", "foo"]])
+def test_unknown_runtime_names_the_valid_ones(tmp_path: Path, command: list[str]) -> None:
+    result = invoke(*command, data_dir=tmp_path)
+    assert result.exit_code == 2
+    assert "unknown runtime 'foo'" in result.stderr
+    assert "gvisor" in result.stderr and "namespaces" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_needs_a_command(tmp_path: Path) -> None:
+    result = invoke("run", data_dir=tmp_path)
+    assert result.exit_code == 2
+    assert "CMD" in result.stderr
+
+
+def test_image_rm_of_an_invalid_name_is_a_corral_error(tmp_path: Path) -> None:
+    result = invoke("image", "rm", "Not/Valid", data_dir=tmp_path)
+    assert result.exit_code == 125
+    assert result.stderr.startswith("corral: error: invalid image name 'Not/Valid'")
+
+
+def test_image_rm_of_an_image_that_is_not_built(tmp_path: Path) -> None:
+    result = invoke("image", "rm", "minimal", data_dir=tmp_path)
+    assert result.exit_code == 125
+    assert "corral: error: image 'minimal' is not built" in result.stderr
+
+
+def test_image_list_shows_known_images_as_not_built(tmp_path: Path) -> None:
+    result = invoke("image", "list", data_dir=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "python" in result.stdout and "minimal" in result.stdout
+    assert "yes" not in result.stdout
+
+
+def test_percentile_is_nearest_rank() -> None:
+    samples = tuple(float(i) for i in range(1, 21))
+    assert percentile(samples, 95) == 19.0
+    assert percentile(samples, 50) == 10.0
+    assert percentile((3.0,), 95) == 3.0
+    assert Stat((4.0, 1.0, 2.0, 3.0)).p50 == 2.5
+
+
+def _report() -> BenchReport:
+    create = Row("create_to_first_command", "create → first command",
+                 Stat((0.020, 0.022, 0.030)), "bwrap /bin/true", Stat((0.010, 0.011, 0.012)))
+    files = Row("file_round_trip_1mib", "file write+read 1 MiB", Stat((0.004,)),
+                "host tmpfs", Stat((0.001,)), 1024 * 1024)
+    result = RuntimeResult("namespaces", "bubblewrap", [create, files], ["a note"])
+    now = datetime.now(UTC)
+    return BenchReport(machine={"cpu_count": 2}, config={"iterations": 3}, started=now,
+                       finished=now, results=[result])
+
+
+def test_bench_report_ratios_targets_and_json() -> None:
+    report = _report()
+    row = report.results[0].rows[0]
+    assert row.ratio("p50") == pytest.approx(2.0)
+    assert report.results[0].rows[1].throughput_mib_s() == pytest.approx(500.0)
+    text = markdown(report)
+    row_text = "| create → first command | 22.0 | 30.0 | bwrap /bin/true | 11.0 | 12.0 | 2.00× |"
+    assert row_text in text
+    assert "* met: create → first command: goal < 25 ms" in text
+    assert "* note: a note" in text
+    doc = report.to_json()
+    assert doc["runtimes"][0]["rows"][0]["ratio"]["p50"] == pytest.approx(2.0)
+    assert rich_table(report.results[0]).row_count == 2
