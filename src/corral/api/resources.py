@@ -53,7 +53,9 @@ class Resources:
     Attributes:
         memory_mib: memory limit; the sandbox (or its largest process) is killed past it.
         cpus: CPU time as a number of cores (0.5 = half a core).
-        pids: processes and threads the sandbox may have at once.
+        pids: processes and threads the sandbox may have at once. Under gVisor it bounds
+            the sandbox's host tasks instead (plus an allowance for gVisor itself), and the
+            sandbox is stopped, not refused a fork, when it is reached.
         disk_mib: size of the writable layer on top of the image. It is memory-backed
             (tmpfs) today, so writes also count toward ``memory_mib``.
     """
