@@ -84,9 +84,13 @@ class HostRuntime(Runtime):
         userns = sandbox.extra.pop("userns", None)
         if isinstance(userns, mounts.UserNamespace):
             userns.close()
-        if sandbox.process is not None and sandbox.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                sandbox.process.kill()
+        if sandbox.process is not None:
+            # Closing the transport kills the process if needed and closes its pipes: on
+            # Python 3.11, wait() would otherwise hang on a pipe left full and unread by a
+            # channel that was shut because the agent flooded it.
+            transport = getattr(sandbox.process, "_transport", None)
+            if transport is not None:
+                transport.close()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sandbox.process.wait(), 5)
         sandbox.state = RuntimeState.DESTROYED
