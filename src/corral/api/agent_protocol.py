@@ -25,7 +25,12 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any
+
+# typing is not imported at run time: the agent imports this module, and every module it
+# loads slows sandbox start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 PROTOCOL_VERSION = 1
 

@@ -26,7 +26,7 @@ from corral.api.errors import (
 )
 from corral.api.resources import Resources, check_timeout
 from corral.runtime import Runtime, SandboxSpec, get_runtime
-from corral.runtime._cgroups_unsafe import remove_parent
+from corral.runtime._cgroups_unsafe import favor_dynamic_changes, remove_parent
 from corral.runtime._host import sweep
 from corral.runtime.agent_bundle import ensure_bundle
 
@@ -52,17 +52,22 @@ class NodeSettings:
             default ``/var/lib/corral``).
         image_dir: built images (``CORRAL_IMAGE_DIR``, default ``<data_dir>/images``).
         max_sandboxes: live sandboxes this node accepts before answering "resource exhausted".
+        tune_cgroups: remount the cgroup v2 hierarchy with ``favordynmods`` at start
+            (``CORRAL_TUNE_CGROUPS=0`` to leave the host alone); see
+            :func:`corral.runtime._cgroups_unsafe.favor_dynamic_changes`.
     """
 
     data_dir: Path
     image_dir: Path
     max_sandboxes: int = 1000
+    tune_cgroups: bool = True
 
     @classmethod
     def from_env(cls, data_dir: Path | None = None) -> NodeSettings:
         data = data_dir or Path(os.environ.get("CORRAL_DATA_DIR", "/var/lib/corral"))
         images = Path(os.environ.get("CORRAL_IMAGE_DIR", str(data / "images")))
-        return cls(data_dir=data.absolute(), image_dir=images.absolute())
+        tune = os.environ.get("CORRAL_TUNE_CGROUPS", "1") != "0"
+        return cls(data_dir=data.absolute(), image_dir=images.absolute(), tune_cgroups=tune)
 
     @property
     def node_key(self) -> str:
@@ -95,6 +100,9 @@ class Node:
         if swept:
             log.warning("swept %d sandboxes left by a previous run: %s", len(swept), swept)
         self._bundle = await asyncio.to_thread(ensure_bundle, self.settings.data_dir / "agent")
+        if self.settings.tune_cgroups and os.geteuid() == 0:
+            if await asyncio.to_thread(favor_dynamic_changes) is None:
+                log.warning("could not enable cgroup favordynmods; sandbox starts will be slower")
 
     async def close(self) -> None:
         """Stop every sandbox this node holds."""

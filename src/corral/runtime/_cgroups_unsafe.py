@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +53,30 @@ def check_host() -> str | None:
     if os.geteuid() != 0:
         return "cgroups need root: run corral as root"
     return None
+
+
+def favor_dynamic_changes() -> bool | None:
+    """Remount the v2 hierarchy with ``favordynmods`` if it lacks it; True if it is on now.
+
+    Every sandbox start moves a process into fresh cgroups. Without this option each move
+    waits for an RCU grace period on the global cgroup lock: 5-20 ms measured here, most of a
+    namespaces sandbox's start. ``favordynmods`` (Linux 6.0+) trades that for slightly slower
+    fork/exit, the kernel's documented choice for hosts that create cgroups dynamically.
+    Returns None when the host has no v2 hierarchy or the kernel refuses the option.
+    """
+    unified = cgroup_layout().unified
+    if unified is None:
+        return None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == str(unified):
+                if "favordynmods" in line:
+                    return True
+                break
+    result = subprocess.run(["mount", "-o", "remount,favordynmods", str(unified)],
+                            capture_output=True)
+    return True if result.returncode == 0 else None
 
 
 def _write(path: Path, value: str) -> None:
