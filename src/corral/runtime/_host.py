@@ -81,9 +81,6 @@ class HostRuntime(Runtime):
             return
         spec = sandbox.spec
         await asyncio.to_thread(teardown, spec.directory, spec.cgroup)
-        userns = sandbox.extra.pop("userns", None)
-        if isinstance(userns, mounts.UserNamespace):
-            userns.close()
         if sandbox.process is not None:
             # Closing the transport kills the process if needed and closes its pipes: on
             # Python 3.11, wait() would otherwise hang on a pipe left full and unread by a

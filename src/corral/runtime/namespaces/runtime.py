@@ -82,6 +82,18 @@ class NamespacesRuntime(HostRuntime):
 
     def __init__(self) -> None:
         self._slots = _Slots()
+        # One user namespace per slot, made on first use and reused by the slot's later
+        # sandboxes: a namespace holds nothing but its id map, and the slot's previous
+        # sandbox is gone (every process killed) before the slot is handed out again.
+        self._namespaces: dict[int, mounts.UserNamespace] = {}
+        self._namespaces_lock = threading.Lock()
+
+    def _userns(self, base: int) -> mounts.UserNamespace:
+        with self._namespaces_lock:
+            userns = self._namespaces.get(base)
+            if userns is None:
+                userns = self._namespaces[base] = mounts.UserNamespace(base)
+            return userns
 
     def check(self) -> Availability:
         bwrap = shutil.which("bwrap")
@@ -116,9 +128,6 @@ class NamespacesRuntime(HostRuntime):
             await asyncio.to_thread(self._prepare, sandbox, UID_BASE + slot * mounts.UID_RANGE)
         except BaseException as exc:
             self._slots.give(slot)
-            userns = sandbox.extra.pop("userns", None)
-            if isinstance(userns, mounts.UserNamespace):
-                userns.close()
             await asyncio.to_thread(teardown, spec.directory, spec.cgroup)
             if isinstance(exc, OSError):
                 raise InternalError(f"preparing sandbox {spec.sandbox_id}: {exc}") from exc
@@ -127,16 +136,16 @@ class NamespacesRuntime(HostRuntime):
 
     def _prepare(self, sandbox: RuntimeSandbox, base: int) -> None:
         spec = sandbox.spec
-        userns = mounts.UserNamespace(base)
-        sandbox.extra["userns"] = userns
+        userns = self._userns(base)
         prepare_root(spec, userns)
         res = spec.resources
         cgroups.SandboxCgroups(spec.cgroup).create(res.memory_mib, res.cpus, res.pids)
 
     async def start(self, sandbox: RuntimeSandbox) -> asyncio.subprocess.Process:
         spec = sandbox.spec
-        userns = sandbox.extra["userns"]
-        assert isinstance(userns, mounts.UserNamespace)
+        slot = sandbox.extra["slot"]
+        assert isinstance(slot, int)
+        userns = self._userns(UID_BASE + slot * mounts.UID_RANGE)
         join = cgroups.SandboxCgroups(spec.cgroup).joiner(v1=True)
         userns_fd = userns.fd
         seccomp_fd = _seccomp.filter_fd()
