@@ -135,9 +135,6 @@ def test_a_command_timeout_exits_124(cli_data_dir: Path, runtime: str) -> None:
 def test_a_memory_limit_kill_exits_137_and_says_why(cli_data_dir: Path, runtime: str) -> None:
     done = corral(cli_data_dir, runtime, "--memory", "64M", "--", "python3", "-c",
                   "x = bytearray(300 * 1024 * 1024)")
-    if runtime == "gvisor" and done.returncode == 125:
-        pytest.xfail("gVisor: runsc deletes the sandbox's memory cgroup before the node reads "
-                     "its OOM counter, so the kill is reported as the agent exiting")
     assert done.returncode == 137, done.stderr
     assert b"corral: killed: memory limit 64 MiB" in done.stderr
 

@@ -18,6 +18,7 @@ from corral.bench import BenchReport, Row, RuntimeResult, Stat, markdown, rich_t
 from corral.bench.stats import percentile
 from corral.cli import app
 from corral.cli.run import parse_env
+from corral.runtime import Availability
 
 HELP_PATHS = [[], ["run"], ["doctor"], ["bench"], ["image"], ["image", "build"],
               ["image", "list"], ["image", "rm"]]
@@ -31,7 +32,10 @@ def invoke(*args: str, data_dir: Path | None = None) -> Result:
         command[at:at] = extra
     else:
         command += extra
-    return CliRunner().invoke(app, command)
+    # Wide enough that rich never wraps the words the tests look for, whatever the terminal;
+    # and never the shared image dir of the environment: `image rm` would delete from it.
+    env = {"COLUMNS": "200", "CORRAL_IMAGE_DIR": None, "CORRAL_DATA_DIR": None}
+    return CliRunner(env=env).invoke(app, command)
 
 
 @pytest.mark.parametrize("path", HELP_PATHS, ids=lambda p: " ".join(p) or "corral")
@@ -151,3 +155,28 @@ def test_bench_report_ratios_targets_and_json() -> None:
     doc = report.to_json()
     assert doc["runtimes"][0]["rows"][0]["ratio"]["p50"] == pytest.approx(2.0)
     assert rich_table(report.results[0]).row_count == 2
+
+
+def _fake_runtimes(monkeypatch: pytest.MonkeyPatch, ok: dict[str, bool]) -> None:
+    found = {name: (None, Availability(works, f"{name} detail", "" if works else f"fix {name}"))
+             for name, works in ok.items()}
+    monkeypatch.setattr("corral.cli.doctor.available_runtimes", lambda: found)
+
+
+def test_doctor_exits_0_and_names_the_default_when_a_runtime_works(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_runtimes(monkeypatch, {"gvisor": False, "namespaces": True})
+    result = invoke("doctor", data_dir=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "namespaces (default)" in result.stdout
+    assert "fix gvisor" in result.stdout
+    assert "micro-VMs are not supported" in result.stdout
+    assert str(tmp_path) in result.stdout
+
+
+def test_doctor_exits_1_when_no_runtime_works(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_runtimes(monkeypatch, {"gvisor": False, "namespaces": False})
+    result = invoke("doctor", data_dir=tmp_path)
+    assert result.exit_code == 1
+    assert "No runtime works" in result.stdout

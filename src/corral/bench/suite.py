@@ -118,8 +118,8 @@ async def _measure_runtime(node: Node, image: Image, config: BenchConfig,
                                f"{bare_label} python3 -S", _stat(bare_samples["python"])))
     result.rows.append(Row("create_to_first_command_vs_agent", label, total,
                            f"{bare_label} agent import", _stat(bare_samples["agent"])))
-    result.rows.append(Row("create", "  create (agent up)", _stat(corral["create"])))
-    result.rows.append(Row("first_command", "  first command", _stat(corral["first"])))
+    result.rows.append(Row("create", "↳ create (agent up)", _stat(corral["create"])))
+    result.rows.append(Row("first_command", "↳ first command", _stat(corral["first"])))
     result.rows.append(Row("teardown", "teardown (kill)", _stat(corral["kill"])))
     await _measure_warm(node, config, result, progress)
 

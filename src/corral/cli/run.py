@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -36,11 +37,11 @@ from ._common import (
 #: not the sandbox's, is what ends a runaway command.
 LIFETIME_SLACK = 30.0
 TEARDOWN_WAIT = 30.0
+STDIN_CHUNK = 64 * 1024
 EXIT_LIMIT_KILLED = 128 + signal.SIGKILL
+EXIT_TERMINATED = 128 + signal.SIGTERM
 #: How the node words a stop caused by a limit (see ``Runtime.limit_hit``).
 LIMIT_REASONS = ("killed:", "pids limit")
-EXIT_TERMINATED = 128 + signal.SIGTERM
-STDIN_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -171,18 +172,16 @@ async def _run_in(sandbox: Sandbox, request: RunRequest) -> int:
     try:
         await _stream(handle)
     except SandboxNotRunningError as exc:
-        # The whole sandbox died under the command: with gVisor, a memory limit kills the
-        # sandbox itself. The node records why a moment after the channel closes.
+        # The whole sandbox died under the command (with gVisor, a memory limit kills the
+        # sandbox itself). The node records why in a task of its own, a moment after the
+        # channel closes: give it that moment.
         await asyncio.sleep(0.05)
         reason = sandbox.stop_reason or ""
         if reason.startswith(LIMIT_REASONS):
             say(reason)
             return EXIT_LIMIT_KILLED
-        hint = (" (gVisor stops the whole sandbox when it runs out of memory: "
-                "try a larger --memory)" if sandbox.runtime.name == "gvisor" else "")
         raise SandboxNotRunningError(
-            f"the sandbox stopped while the command ran: {reason or exc.message}{hint}"
-        ) from exc
+            f"the sandbox stopped while the command ran: {reason or exc.message}") from exc
     finally:
         if feeder is not None:
             feeder.cancel()
@@ -252,7 +251,7 @@ async def _forward_stdin(handle: CommandHandle) -> None:
                 chunk = b""
             try:
                 asyncio.run_coroutine_threadsafe(queue.put(chunk), loop).result()
-            except (RuntimeError, asyncio.CancelledError):
+            except (RuntimeError, concurrent.futures.CancelledError):
                 return  # the loop has finished: nobody wants the rest
 
     threading.Thread(target=read, name="corral-stdin", daemon=True).start()
