@@ -42,6 +42,7 @@ def python_image() -> str:
 @pytest.fixture(scope="session")
 def data_dir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="corral-test-") as tmp:
+        os.chmod(tmp, 0o711)  # namespaces sandboxes' own uids traverse it to their root
         yield Path(tmp)
 
 

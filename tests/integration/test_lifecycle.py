@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from corral import InvalidArgumentError, SandboxNotRunningError
+from corral.api.errors import AlreadyExistsError
 from corral.node import NodeSettings, SandboxState, SyncNode, SyncSandbox
 from corral.runtime import _cgroups_unsafe as cgroups
 from corral.runtime._mounts_unsafe import mounts_under
@@ -141,6 +143,7 @@ def test_metadata_filters_list(node: SyncNode, runtime: str) -> None:
 def test_a_restarted_node_sweeps_what_a_dead_one_left(runtime: str, python_image: str) -> None:
     # Not pytest's tmp_path: it sits in a 0700 folder sandbox uids cannot traverse.
     with tempfile.TemporaryDirectory(prefix="corral-sweep-") as tmp:
+        os.chmod(tmp, 0o711)
         _sweep_after_crash(Path(tmp), runtime)
 
 
@@ -174,3 +177,21 @@ def _sweep_after_crash(tmp_path: Path, runtime: str) -> None:
         assert not mounts_under(tmp_path / "sandboxes")
         assert not any(p.exists() for p in _cgroup_paths(fresh, sandbox_id))
         _wait_for(lambda: not _processes_mentioning(sandbox_id), 10)
+
+
+def test_a_data_dir_has_one_node(node: SyncNode) -> None:
+    with pytest.raises(AlreadyExistsError, match="another Corral node"):
+        SyncNode(node.node.settings)
+    assert node.list() is not None  # the first node is unaffected
+
+
+def test_concurrent_kills_all_wait_for_the_end(node: SyncNode, runtime: str) -> None:
+    sb = node.create("python", runtime=runtime)
+    inner = node.node.get(sb.id)
+
+    async def kill_twice() -> None:
+        await asyncio.gather(inner.kill(), inner.kill(), node.node.destroy(sb.id))
+
+    node._portal.call(kill_twice)
+    assert sb.info().state is SandboxState.STOPPED
+    assert not (node.node.sandboxes_dir / sb.id).exists()

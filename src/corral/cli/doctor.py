@@ -6,6 +6,8 @@ import os
 import platform
 from pathlib import Path
 
+from corral.runtime._cgroups_unsafe import cgroup_layout
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -53,6 +55,7 @@ def doctor(data_dir: DataDirOption = None) -> None:
     host.add_row("cpus", str(os.cpu_count()))
     host.add_row("memory", human_size(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")))
     host.add_row("cgroups", _cgroup_fact())
+    host.add_row("cgroup favordynmods", _favordynmods_fact())
     host.add_row("/dev/kvm", _kvm_fact())
     host.add_row("running as", "root" if os.geteuid() == 0 else f"uid {os.geteuid()} (need root)")
     host.add_row("data dir", str(settings.data_dir))
@@ -89,6 +92,17 @@ def _cgroup_fact() -> str:
     parts = [f"v1 controllers: {', '.join(v1) or 'none'}",
              "v2 at /sys/fs/cgroup/unified" if unified else "no v2 hierarchy"]
     return "hybrid; " + "; ".join(parts)
+
+
+def _favordynmods_fact() -> str:
+    """Whether cgroup moves are fast (the node turns it on at start; see ARCHITECTURE.md)."""
+    unified = cgroup_layout().unified
+    if unified is None:
+        return "no v2 hierarchy"
+    with open("/proc/self/mountinfo") as f:
+        on = any(line.split()[4] == str(unified) and "favordynmods" in line for line in f)
+    return ("on" if on else "off: a node turns it on when it starts (CORRAL_TUNE_CGROUPS=0 "
+            "leaves it off; each sandbox start then waits 5-20 ms on the cgroup lock)")
 
 
 def _kvm_fact() -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.api.errors import (
+    AlreadyExistsError,
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
@@ -85,6 +87,7 @@ class Node:
         self._runtimes: dict[str | None, Runtime] = {}
         self._bundle: Path | None = None
         self._pending = 0
+        self._lock_fd: int | None = None
 
     @property
     def sandboxes_dir(self) -> Path:
@@ -92,9 +95,10 @@ class Node:
 
     async def start(self) -> None:
         """Prepare directories and sweep sandboxes a previous run of this node left."""
-        self.sandboxes_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.settings.data_dir, 0o711)
-        os.chmod(self.sandboxes_dir, 0o711)
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_data_dir()
+        self.sandboxes_dir.mkdir(exist_ok=True)
+        os.chmod(self.sandboxes_dir, 0o711)  # sandbox uids traverse it to their root
         swept = await asyncio.to_thread(sweep, self.sandboxes_dir, self.settings.node_key,
                                         set(self._sandboxes))
         if swept:
@@ -104,11 +108,27 @@ class Node:
             if await asyncio.to_thread(favor_dynamic_changes) is None:
                 log.warning("could not enable cgroup favordynmods; sandbox starts will be slower")
 
+    def _lock_data_dir(self) -> None:
+        """Own the data dir: a second node on it would sweep this one's sandboxes."""
+        path = self.settings.data_dir / "node.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AlreadyExistsError(
+                f"another Corral node is using {self.settings.data_dir}; stop it or give this "
+                "one another data dir (--data-dir / CORRAL_DATA_DIR)") from None
+        self._lock_fd = fd
+
     async def close(self) -> None:
-        """Stop every sandbox this node holds."""
+        """Stop every sandbox this node holds, then release the data dir."""
         await asyncio.gather(*(self._stop(sb, "node shutting down")
                                for sb in list(self._sandboxes.values())))
         remove_parent(self.settings.node_key)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     async def __aenter__(self) -> Node:
         await self.start()
@@ -204,6 +224,10 @@ class Node:
     def _agent_closed(self, sandbox: Sandbox, reason: str) -> None:
         if sandbox.state is SandboxState.RUNNING:
             why = sandbox._limit_hit((0, 0)) or f"the sandbox's agent exited ({reason})"
+            # Recorded now, before any waiter wakes: their errors then carry the real reason.
+            sandbox.stop_reason = why
+            if sandbox.agent is not None:
+                sandbox.agent.close_reason = why
             asyncio.get_running_loop().create_task(self._stop(sandbox, why))
 
     def get(self, sandbox_id: str) -> Sandbox:
@@ -228,8 +252,13 @@ class Node:
         await self._stop(self.get(sandbox_id), "killed by request")
 
     async def _stop(self, sandbox: Sandbox, reason: str) -> None:
-        if sandbox.state in (SandboxState.STOPPING, SandboxState.STOPPED):
-            return
+        """Stop a sandbox; callers that arrive while it is stopping wait for the same end."""
+        if sandbox._stopped is None:
+            sandbox._stopped = asyncio.get_running_loop().create_task(
+                self._teardown(sandbox, reason))
+        await asyncio.shield(sandbox._stopped)
+
+    async def _teardown(self, sandbox: Sandbox, reason: str) -> None:
         sandbox.state = SandboxState.STOPPING
         if sandbox.stop_reason is None:
             sandbox.stop_reason = reason

@@ -48,6 +48,7 @@ class Sandbox:
         self.commands = Commands(self)
         self.files = Files(self)
         self._timer: asyncio.TimerHandle | None = None
+        self._stopped: asyncio.Task[None] | None = None
 
     def info(self) -> SandboxInfo:
         return SandboxInfo(id=self.id, image=self.image, runtime=self.runtime.name,
