@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from typing import Annotated, BinaryIO
 
@@ -18,7 +17,7 @@ import typer
 from corral.api import agent_protocol as proto
 from corral.api.errors import InvalidArgumentError, SandboxError, SandboxNotRunningError
 from corral.api.resources import Resources, check_timeout
-from corral.node import CommandHandle, CommandResult, Node, NodeSettings, Sandbox, SandboxState
+from corral.node import CommandHandle, CommandResult, Node, NodeSettings, Sandbox
 from corral.node.images import ImageStore
 from corral.runtime import RUNTIME_NAMES
 
@@ -36,7 +35,6 @@ from ._common import (
 #: The sandbox outlives the command's timeout by this much, so the command's own timeout,
 #: not the sandbox's, is what ends a runaway command.
 LIFETIME_SLACK = 30.0
-TEARDOWN_WAIT = 30.0
 STDIN_CHUNK = 64 * 1024
 EXIT_LIMIT_KILLED = 128 + signal.SIGKILL
 EXIT_TERMINATED = 128 + signal.SIGTERM
@@ -173,9 +171,7 @@ async def _run_in(sandbox: Sandbox, request: RunRequest) -> int:
         await _stream(handle)
     except SandboxNotRunningError as exc:
         # The whole sandbox died under the command (with gVisor, a memory limit kills the
-        # sandbox itself). The node records why in a task of its own, a moment after the
-        # channel closes: give it that moment.
-        await asyncio.sleep(0.05)
+        # sandbox itself); the node recorded why as the channel closed.
         reason = sandbox.stop_reason or ""
         if reason.startswith(LIMIT_REASONS):
             say(reason)
@@ -190,17 +186,8 @@ async def _run_in(sandbox: Sandbox, request: RunRequest) -> int:
 
 
 async def _destroy(sandbox: Sandbox) -> None:
-    """Kill the sandbox and wait until its teardown is over.
-
-    ``kill`` returns at once when the node is already stopping the sandbox (its agent
-    died, its lifetime ended); that teardown runs in a task of its own which the end of
-    ``asyncio.run`` would cancel half-way, leaving mounts and directories behind, so
-    wait for the state to reach STOPPED.
-    """
+    """Kill the sandbox; returns once its teardown is over (also one already under way)."""
     await sandbox.kill()
-    deadline = time.monotonic() + TEARDOWN_WAIT
-    while sandbox.state is not SandboxState.STOPPED and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
 
 
 async def _stream(handle: CommandHandle) -> None:
