@@ -57,10 +57,21 @@ def runtime(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def sandbox(node: SyncNode, runtime: str) -> Iterator[SyncSandbox]:
+def _fresh(node: SyncNode, runtime: str) -> Iterator[SyncSandbox]:
     sb = node.create("python", runtime=runtime, timeout=600)
     try:
         yield sb
     finally:
         sb.kill()
+
+
+@pytest.fixture
+def sandbox(node: SyncNode, runtime: str) -> Iterator[SyncSandbox]:
+    """A fresh sandbox with default limits, killed after the test."""
+    yield from _fresh(node, runtime)
+
+
+@pytest.fixture
+def neighbour(node: SyncNode, runtime: str) -> Iterator[SyncSandbox]:
+    """A second sandbox on the same runtime: the one that must stay unharmed."""
+    yield from _fresh(node, runtime)

@@ -1,6 +1,6 @@
 """Isolation on every runtime: each test fails if the wall it checks were missing.
 
-What the sandbox must not see or reach: the host's files, the host's processes, other
+What the sandbox must not see or reach: the host's files, the host's processes, neighbour
 sandboxes' files and processes, any network beyond its own loopback, and (namespaces)
 host root or privileged kernel operations.
 
@@ -87,16 +87,6 @@ def host_markers() -> Iterator[tuple[list[Path], str]]:
             path.unlink(missing_ok=True)
 
 
-@pytest.fixture
-def other(node: SyncNode, runtime: str) -> Iterator[SyncSandbox]:
-    """A second sandbox on the same runtime."""
-    sb = node.create("python", runtime=runtime, timeout=600)
-    try:
-        yield sb
-    finally:
-        sb.kill()
-
-
 # -- the host's filesystem ----------------------------------------------------------------
 
 
@@ -145,27 +135,27 @@ def test_host_processes_are_invisible(sandbox: SyncSandbox) -> None:
     assert b"pytest" not in r.stdout_bytes
 
 
-# -- other sandboxes ----------------------------------------------------------------------
+# -- neighbour sandboxes ----------------------------------------------------------------------
 
 
-def test_other_sandboxes_files_are_invisible(sandbox: SyncSandbox, other: SyncSandbox) -> None:
+def test_other_sandboxes_files_are_invisible(sandbox: SyncSandbox, neighbour: SyncSandbox) -> None:
     secret = uuid.uuid4().hex
     for path in ("/work/mine.txt", "/tmp/mine.txt"):
         sandbox.files.write(path, secret)
         assert sandbox.files.read_text(path) == secret
-        assert not other.files.exists(path)
-        r = other.commands.run(["cat", path])
+        assert not neighbour.files.exists(path)
+        r = neighbour.commands.run(["cat", path])
         assert r.exit_code != 0 and secret not in r.stdout
-    r = other.commands.run(f"grep -rl {secret} /work /tmp /root 2>/dev/null; true")
+    r = neighbour.commands.run(f"grep -rl {secret} /work /tmp /root 2>/dev/null; true")
     assert r.stdout.strip() == ""
 
 
 def test_other_sandboxes_processes_are_invisible(sandbox: SyncSandbox,
-                                                 other: SyncSandbox) -> None:
+                                                 neighbour: SyncSandbox) -> None:
     handle = sandbox.commands.start(["sleep", "123"])
     try:
         assert "sleep 123" in proc_table(sandbox).values()  # it does run, over there
-        theirs = proc_table(other)
+        theirs = proc_table(neighbour)
         assert not any("sleep 123" in cmd for cmd in theirs.values()), theirs
         assert handle.pid not in theirs or "sleep" not in theirs[handle.pid]
     finally:

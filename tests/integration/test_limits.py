@@ -56,16 +56,6 @@ def limited(node: SyncNode, runtime: str, **limits: object) -> Iterator[SyncSand
         sb.kill()
 
 
-@pytest.fixture
-def neighbour(node: SyncNode, runtime: str) -> Iterator[SyncSandbox]:
-    """A sandbox with default limits next to the one being abused."""
-    sb = node.create("python", runtime=runtime, timeout=600)
-    try:
-        yield sb
-    finally:
-        sb.kill()
-
-
 def cgroup_file(node: SyncNode, sb: SyncSandbox, controller: str, name: str) -> Path:
     return CGROUP_ROOT / controller / "corral" / node.node.settings.node_key / sb.id / name
 
