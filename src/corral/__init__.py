@@ -1,11 +1,15 @@
 """Corral: self-hosted sandboxes for untrusted, AI-generated code.
 
-The one-machine engine is :mod:`corral.node`; errors share the root
+:class:`Sandbox` (blocking) and :class:`AsyncSandbox` talk to a Corral server
+(``corral serve``); the one-machine engine is :mod:`corral.node`. Errors share the root
 :class:`corral.SandboxError`.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from corral.api.errors import (
     AgentError,
+    AuthenticationError,
     CommandTimeoutError,
     InvalidArgumentError,
     NotFoundError,
@@ -20,8 +24,22 @@ from corral.api.resources import Resources
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:
+    from corral.sdk import AsyncSandbox, Sandbox
+
+
+def __getattr__(name: str) -> Any:
+    # The SDK (httpx, pydantic) loads on first use, so `import corral` stays light for the
+    # CLI and the node.
+    if name in ("Sandbox", "AsyncSandbox"):
+        from corral import sdk
+
+        return getattr(sdk, name)
+    raise AttributeError(f"module 'corral' has no attribute {name!r}")
+
 __all__ = [
-    "AgentError", "CommandTimeoutError", "InvalidArgumentError", "NotFoundError",
-    "PermissionDeniedError", "Resources", "ResourceExhaustedError", "RuntimeUnavailableError",
-    "SandboxError", "SandboxNotRunningError", "SandboxTimeoutError", "__version__",
+    "AgentError", "AsyncSandbox", "AuthenticationError", "CommandTimeoutError",
+    "InvalidArgumentError", "NotFoundError", "PermissionDeniedError", "Resources",
+    "ResourceExhaustedError", "RuntimeUnavailableError",
+    "Sandbox", "SandboxError", "SandboxNotRunningError", "SandboxTimeoutError", "__version__",
 ]

@@ -84,7 +84,7 @@ def test_timeout_kills_the_whole_tree(sandbox: SyncSandbox) -> None:
               "echo started; wait")
     with pytest.raises(CommandTimeoutError) as caught:
         sandbox.commands.run(script, timeout=2)
-    partial = caught.value.result  # type: ignore[attr-defined]
+    partial = caught.value.result
     assert partial.stdout == "started\n" and partial.reason == "timeout"
     left = sandbox.commands.run("ps -eo args | grep -c '^sleep 30' || true").stdout
     assert left.strip() == "0"

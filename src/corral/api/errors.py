@@ -8,6 +8,7 @@ always surfaces as the same exception wherever it was raised.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 
 class ErrorCode(StrEnum):
@@ -24,6 +25,7 @@ class ErrorCode(StrEnum):
     SANDBOX_NOT_RUNNING = "sandbox_not_running"
     RUNTIME_UNAVAILABLE = "runtime_unavailable"
     AGENT_ERROR = "agent_error"
+    REQUEST_TOO_LARGE = "request_too_large"
     INTERNAL = "internal"
 
 
@@ -88,9 +90,18 @@ class SandboxTimeoutError(SandboxError):
 
 
 class CommandTimeoutError(SandboxError):
-    """A command ran past its timeout; it and its descendants were killed."""
+    """A command ran past its timeout; it and its descendants were killed.
+
+    Attributes:
+        result: what the command printed before it was killed (a ``CommandResult``), when
+            known.
+    """
 
     code = ErrorCode.COMMAND_TIMEOUT
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class SandboxNotRunningError(SandboxError):
@@ -109,6 +120,12 @@ class AgentError(SandboxError):
     """The in-sandbox agent misbehaved: crashed, hung, or spoke out of protocol."""
 
     code = ErrorCode.AGENT_ERROR
+
+
+class RequestTooLargeError(ResourceExhaustedError):
+    """An HTTP request body was larger than the server accepts for that route."""
+
+    code = ErrorCode.REQUEST_TOO_LARGE
 
 
 class InternalError(SandboxError):
@@ -131,9 +148,41 @@ ERROR_CLASSES: dict[ErrorCode, type[SandboxError]] = {
         SandboxNotRunningError,
         RuntimeUnavailableError,
         AgentError,
+        RequestTooLargeError,
         InternalError,
     )
 }
+
+#: The HTTP status each code is answered with; the server and the SDK share it. Every code
+#: has its own status, so a body-less error (from a proxy, say) still maps back to a class.
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_ARGUMENT: 400,  # every validation failure, pydantic's included
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.PERMISSION_DENIED: 403,
+    ErrorCode.NOT_FOUND: 404,  # also another tenant's sandbox: never 403, which would leak
+    ErrorCode.SANDBOX_TIMEOUT: 408,
+    ErrorCode.ALREADY_EXISTS: 409,
+    ErrorCode.SANDBOX_NOT_RUNNING: 410,
+    ErrorCode.REQUEST_TOO_LARGE: 413,
+    ErrorCode.RESOURCE_EXHAUSTED: 429,
+    ErrorCode.INTERNAL: 500,
+    ErrorCode.AGENT_ERROR: 502,
+    ErrorCode.RUNTIME_UNAVAILABLE: 503,
+    ErrorCode.COMMAND_TIMEOUT: 504,
+}
+_CODE_OF_STATUS = {status: code for code, status in HTTP_STATUS.items()}
+
+
+def http_status(code: ErrorCode) -> int:
+    """The HTTP status answering ``code``."""
+    return HTTP_STATUS[code]
+
+
+def code_for_status(status: int) -> ErrorCode:
+    """The code for an HTTP error status without a Corral error body (405, 502 from a proxy)."""
+    if status in _CODE_OF_STATUS:
+        return _CODE_OF_STATUS[status]
+    return ErrorCode.INVALID_ARGUMENT if 400 <= status < 500 else ErrorCode.INTERNAL
 
 
 def error_from_code(code: str, message: str) -> SandboxError:

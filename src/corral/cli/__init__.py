@@ -4,6 +4,7 @@
     corral doctor                               # what works on this host
     corral image build python                   # build an image
     corral bench --quick                        # measure start-up against bare runsc/bwrap
+    corral serve                                # the HTTP API (see corral keys create)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import typer
 
 from corral import __version__
 
-from . import bench, doctor, image, run
+from . import bench, doctor, image, keys, run, serve
 
 __all__ = ["app", "main"]
 
@@ -30,6 +31,8 @@ app.command(context_settings={"allow_interspersed_args": False})(run.run)
 app.command()(doctor.doctor)
 app.command()(bench.bench)
 app.add_typer(image.app, name="image")
+app.command()(serve.serve)
+app.add_typer(keys.app, name="keys")
 
 
 def _version(value: bool) -> None:

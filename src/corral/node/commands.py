@@ -182,9 +182,8 @@ class Commands:
             await handle.send_stdin(stdin, eof=True)
         result = await handle.wait(on_stdout, on_stderr)
         if result.reason == proto.REASON_TIMEOUT:
-            error = CommandTimeoutError(f"command timed out after {timeout:g} s and was killed")
-            error.result = result  # type: ignore[attr-defined]
-            raise error
+            raise CommandTimeoutError(
+                f"command timed out after {timeout:g} s and was killed", result)
         return result
 
     async def list(self) -> list[ProcessInfo]:

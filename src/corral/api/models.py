@@ -1,0 +1,326 @@
+"""Wire models of the HTTP API, shared by the server and the SDK (pydantic v2, no I/O).
+
+Every request model forbids unknown fields and bounds every string, list and mapping, so a
+request is refused at the door rather than half-processed. The semantic rules live where
+they already did: limits in :mod:`corral.api.resources` (called from here), environment
+names, metadata keys and paths in the node, which the server calls with the same values
+and whose :class:`~corral.api.errors.InvalidArgumentError` answers with the same 400 body.
+Responses allow unknown fields, so an older SDK keeps working against a newer server.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .errors import InvalidArgumentError
+from .resources import Resources, check_timeout
+
+MAX_NAME = 128
+MAX_PATH = 4096
+MAX_ARGV = 4096
+MAX_COMMAND = 128 * 1024
+MAX_MAPPING = 256
+MAX_VALUE = 128 * 1024
+#: Largest stdin a command request carries inline; stream more with ``.../stdin``.
+MAX_INLINE_STDIN = 512 * 1024
+MAX_SIGNAL = 64
+
+SandboxStateName = Literal["starting", "running", "stopping", "stopped"]
+Path = Annotated[str, Field(min_length=1, max_length=MAX_PATH)]
+Mapping = Annotated[dict[Annotated[str, Field(max_length=256)],
+                         Annotated[str, Field(max_length=MAX_VALUE)]],
+                    Field(max_length=MAX_MAPPING)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+def _checked(check: Any, *args: Any) -> Any:
+    """Run a :mod:`corral.api.resources` check, reporting its message as pydantic's."""
+    try:
+        return check(*args)
+    except InvalidArgumentError as exc:
+        raise ValueError(exc.message) from None
+
+
+# -- sandboxes ---------------------------------------------------------------------------
+
+class ResourcesSpec(BaseModel):
+    """Limits of one sandbox. Sizes are MiB as numbers or strings such as ``"512M"``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    memory: Annotated[str, Field(max_length=32)] | Annotated[int, Field(strict=True)] | None \
+        = None
+    cpus: float | None = None
+    pids: Annotated[int, Field(strict=True)] | None = None
+    disk: Annotated[str, Field(max_length=32)] | Annotated[int, Field(strict=True)] | None \
+        = None
+
+    @model_validator(mode="after")
+    def _within_bounds(self) -> ResourcesSpec:
+        self.to_resources()
+        return self
+
+    def to_resources(self) -> Resources:
+        """The checked :class:`~corral.api.resources.Resources` these values describe."""
+        result: Resources = _checked(Resources.parse, self.memory, self.cpus, self.pids,
+                                     self.disk)
+        return result
+
+    @classmethod
+    def of(cls, resources: Resources) -> ResourcesSpec:
+        return cls(memory=resources.memory_mib, cpus=resources.cpus, pids=resources.pids,
+                   disk=resources.disk_mib)
+
+
+class SandboxCreate(_Request):
+    """``POST /v1/sandboxes``."""
+
+    image: Annotated[str, Field(min_length=1, max_length=MAX_NAME)] = "python"
+    runtime: Annotated[str, Field(min_length=1, max_length=32)] | None = None
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    env: Mapping = Field(default_factory=dict)
+    metadata: Mapping = Field(default_factory=dict)
+    timeout: float = Field(default=300.0, description="maximum lifetime, seconds")
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: float) -> float:
+        result: float = _checked(check_timeout, value)
+        return result
+
+
+class TimeoutUpdate(_Request):
+    """``POST /v1/sandboxes/{id}/timeout``: live ``timeout`` more seconds from now."""
+
+    timeout: float
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: float) -> float:
+        result: float = _checked(check_timeout, value)
+        return result
+
+
+class Sandbox(_Response):
+    """A sandbox as the API describes it; stopped ones keep their ``stop_reason``."""
+
+    id: str
+    image: str
+    runtime: str
+    state: SandboxStateName
+    resources: ResourcesSpec
+    metadata: dict[str, str]
+    created_at: datetime
+    expires_at: datetime
+    stop_reason: str | None = None
+
+
+class SandboxList(_Response):
+    sandboxes: list[Sandbox]
+
+
+# -- commands ----------------------------------------------------------------------------
+
+class CommandRequest(_Request):
+    """``POST /v1/sandboxes/{id}/commands``.
+
+    ``cmd`` is a shell string (``/bin/sh -c``) or an argv list (no shell). Without
+    ``stream`` or ``background`` the call waits and answers a :class:`CommandResult`;
+    ``stream`` answers NDJSON :class:`CommandEvent` lines as output arrives;
+    ``background`` answers :class:`CommandStarted` at once and lets the command run.
+    Inline stdin (``stdin`` text or ``stdin_base64`` bytes) is written, then closed unless
+    ``stdin_open``; with ``stdin_open`` more can be sent to ``.../commands/{cid}/stdin``.
+    """
+
+    cmd: Annotated[str, Field(min_length=1, max_length=MAX_COMMAND)] | Annotated[
+        list[Annotated[str, Field(max_length=MAX_COMMAND)]],
+        Field(min_length=1, max_length=MAX_ARGV)]
+    env: Mapping = Field(default_factory=dict)
+    cwd: Path | None = None
+    user: Annotated[str, Field(min_length=1, max_length=64)] | Annotated[
+        int, Field(ge=0, le=2**32 - 2)] | None = None
+    timeout: float | None = Field(default=None, description="seconds; default 60 unless "
+                                  "background or stream, which have none")
+    stdin: Annotated[str, Field(max_length=MAX_INLINE_STDIN)] | None = None
+    stdin_base64: Annotated[str, Field(max_length=MAX_INLINE_STDIN * 4 // 3 + 4)] | None = None
+    stdin_open: bool = False
+    stream: bool = False
+    background: bool = False
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: float | None) -> float | None:
+        return None if value is None else float(_checked(check_timeout, value,
+                                                         "command timeout"))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CommandRequest:
+        if self.stream and self.background:
+            raise ValueError("choose one of stream and background")
+        if self.stdin is not None and self.stdin_base64 is not None:
+            raise ValueError("choose one of stdin and stdin_base64")
+        self.stdin_bytes()
+        return self
+
+    def stdin_bytes(self) -> bytes | None:
+        """The inline stdin as bytes, if any."""
+        if self.stdin is not None:
+            return self.stdin.encode()
+        if self.stdin_base64 is None:
+            return None
+        try:
+            return base64.b64decode(self.stdin_base64, validate=True)
+        except binascii.Error:
+            raise ValueError("stdin_base64 is not valid base64") from None
+
+
+class CommandResult(_Response):
+    """How a finished command ended.
+
+    ``exit_code`` is ``128 + n`` when killed by signal ``n``; ``reason`` says why Corral
+    ended it (``"timeout"``, ``"killed"``, ``"killed: memory limit 512 MiB"``), and
+    ``truncated`` that output past the server's capture limit was dropped.
+    """
+
+    exit_code: int
+    stdout: str = ""
+    stderr: str = ""
+    signal: int | None = None
+    reason: str | None = None
+    duration: float = 0.0
+    truncated: bool = False
+
+
+class CommandStarted(_Response):
+    """A command started in the background: ``id`` addresses it in later calls."""
+
+    id: int
+    pid: int
+
+
+class StartedEvent(_Response):
+    type: Literal["started"] = "started"
+    id: int
+    pid: int
+
+
+class OutputEvent(_Response):
+    """A chunk of output; ``data`` is base64, as output need not be text."""
+
+    type: Literal["stdout", "stderr"]
+    data: str
+
+    def payload(self) -> bytes:
+        return base64.b64decode(self.data)
+
+
+class ExitEvent(_Response):
+    type: Literal["exit"] = "exit"
+    exit_code: int
+    signal: int | None = None
+    reason: str | None = None
+    duration: float = 0.0
+
+
+class ErrorEvent(_Response):
+    """The stream ended by an error after it began (the sandbox stopped, say)."""
+
+    type: Literal["error"] = "error"
+    error: ErrorDetail
+
+
+CommandEvent = Annotated[StartedEvent | OutputEvent | ExitEvent | ErrorEvent,
+                         Field(discriminator="type")]
+
+
+class SignalRequest(_Request):
+    """``POST .../commands/{cid}/signal``; 9 (SIGKILL) kills the command and its children."""
+
+    signal: Annotated[int, Field(ge=1, le=MAX_SIGNAL)]
+
+
+class ProcessInfo(_Response):
+    id: int
+    pid: int
+    argv: list[str]
+    started_at: float
+
+
+class ProcessList(_Response):
+    processes: list[ProcessInfo]
+
+
+# -- files -------------------------------------------------------------------------------
+
+class EntryInfo(_Response):
+    """One file, directory or link inside a sandbox (links are not followed)."""
+
+    name: str
+    path: str
+    type: Literal["file", "dir", "symlink", "other"]
+    size: int
+    mode: int
+    mtime: float
+    uid: int
+    gid: int
+    target: str | None = None
+
+
+class EntryList(_Response):
+    entries: list[EntryInfo]
+
+
+class WriteResult(_Response):
+    path: str
+    size: int
+
+
+class Exists(_Response):
+    exists: bool
+
+
+class MakeDir(_Request):
+    path: Path
+    parents: bool = True
+
+
+class Created(_Response):
+    created: bool
+
+
+class Rename(_Request):
+    src: Path
+    dst: Path
+    overwrite: bool = False
+
+
+# -- errors ------------------------------------------------------------------------------
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """The one shape of every error response: ``{"error": {"code", "message"}}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    error: ErrorDetail
+
+
+ErrorEvent.model_rebuild()

@@ -1,0 +1,28 @@
+"""The Python SDK: :class:`AsyncSandbox` (the core) and :class:`Sandbox` (its blocking face).
+
+Example::
+
+    from corral import Sandbox
+
+    with Sandbox.create(image="python", timeout=600) as sb:
+        r = sb.commands.run("python3 -c 'print(2+2)'")
+        print(r.exit_code, r.stdout, r.stderr)
+
+Set ``CORRAL_URL`` and ``CORRAL_API_KEY`` (``corral keys create``), or pass ``url=`` and
+``api_key=``. Errors are the same classes the server raised, rooted at
+:class:`corral.SandboxError`.
+"""
+
+from corral.api.models import CommandResult, EntryInfo, ProcessInfo
+from corral.api.models import Sandbox as SandboxInfo
+
+from .commands import AsyncCommandHandle, AsyncCommands, Output
+from .files import AsyncFiles
+from .sandbox import AsyncSandbox
+from .sync import CommandHandle, Commands, Files, Sandbox
+
+__all__ = [
+    "AsyncCommandHandle", "AsyncCommands", "AsyncFiles", "AsyncSandbox", "CommandHandle",
+    "CommandResult", "Commands", "EntryInfo", "Files", "Output", "ProcessInfo", "Sandbox",
+    "SandboxInfo",
+]

@@ -1,0 +1,135 @@
+"""The SDK's HTTP client: configuration, requests, and error bodies back into exceptions.
+
+Every error the server answers is ``{"error": {"code", "message"}}``; :func:`error_of`
+turns it into the same class the server raised (:func:`corral.api.errors.error_from_code`).
+A response without that body (a proxy's 502, say) maps by status through the shared
+table; a connection failure is a :class:`corral.SandboxError` naming the URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from corral import __version__
+from corral.api.errors import (
+    AuthenticationError,
+    InvalidArgumentError,
+    SandboxError,
+    code_for_status,
+    error_from_code,
+)
+from corral.api.models import ErrorBody
+
+DEFAULT_URL = "http://127.0.0.1:8470"
+#: Seconds to wait for an ordinary answer; command and file calls set their own.
+DEFAULT_TIMEOUT = 60.0
+#: How long a create may take (the first start of an image can be slow).
+CREATE_TIMEOUT = 180.0
+
+Params = Mapping[str, str | int | float | bool]
+
+
+def error_of(response: httpx.Response) -> SandboxError:
+    """The exception an error response stands for."""
+    try:
+        body = ErrorBody.model_validate_json(response.content)
+    except ValidationError:
+        text = response.text[:300].strip() or response.reason_phrase
+        return error_from_code(code_for_status(response.status_code),
+                               f"HTTP {response.status_code} from {response.url}: {text}")
+    return error_from_code(body.error.code, body.error.message)
+
+
+@contextlib.contextmanager
+def transport_errors(url: str) -> Iterator[None]:
+    """Turn httpx's connection and protocol errors into :class:`SandboxError`."""
+    try:
+        yield
+    except httpx.HTTPError as exc:
+        raise SandboxError(f"talking to the Corral server at {url} failed: "
+                           f"{type(exc).__name__}: {exc}") from exc
+
+
+def checked(model: type[BaseModel], **fields: Any) -> Any:
+    """Build a request model, reporting a bad argument as :class:`InvalidArgumentError`."""
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}"
+                           for e in exc.errors()[:5])
+        raise InvalidArgumentError(detail) from None
+
+
+class ApiClient:
+    """One connection pool to one server with one key.
+
+    Args:
+        url: the server (default ``CORRAL_URL``, else ``http://127.0.0.1:8470``).
+        api_key: the key (default ``CORRAL_API_KEY``); ``corral keys create`` makes one.
+    """
+
+    def __init__(self, url: str | None = None, api_key: str | None = None) -> None:
+        self.url = (url or os.environ.get("CORRAL_URL") or DEFAULT_URL).rstrip("/")
+        key = api_key or os.environ.get("CORRAL_API_KEY")
+        if not key:
+            raise AuthenticationError("no API key: pass api_key= or set CORRAL_API_KEY "
+                                      "(`corral keys create` makes one)")
+        self._client = httpx.AsyncClient(
+            base_url=self.url, timeout=httpx.Timeout(DEFAULT_TIMEOUT, connect=10.0),
+            headers={"Authorization": f"Bearer {key}",
+                     "User-Agent": f"corral-python/{__version__}"})
+
+    def __repr__(self) -> str:  # never the key
+        return f"ApiClient(url={self.url!r})"
+
+    async def call(self, method: str, path: str, *, body: BaseModel | None = None,
+                   params: Params | None = None, content: Any = None,
+                   read_timeout: float | None = DEFAULT_TIMEOUT) -> httpx.Response:
+        """Send a request and return its (successful) response, read in full."""
+        request = self._build(method, path, body, params, content, read_timeout)
+        with transport_errors(self.url):
+            response = await self._client.send(request)
+        if response.is_error:
+            raise error_of(response)
+        return response
+
+    async def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = await self.call(method, path, **kwargs)
+        return json.loads(response.content)
+
+    @contextlib.asynccontextmanager
+    async def stream(self, method: str, path: str, *, body: BaseModel | None = None,
+                     params: Params | None = None) -> AsyncIterator[httpx.Response]:
+        """A response whose body is read as it arrives (no read timeout)."""
+        request = self._build(method, path, body, params, None, None)
+        with transport_errors(self.url):
+            response = await self._client.send(request, stream=True)
+        try:
+            if response.is_error:
+                with transport_errors(self.url):
+                    await response.aread()
+                raise error_of(response)
+            yield response
+        finally:
+            await response.aclose()
+
+    def _build(self, method: str, path: str, body: BaseModel | None, params: Params | None,
+               content: Any, read_timeout: float | None) -> httpx.Request:
+        headers = {}
+        if body is not None:
+            content = body.model_dump_json(exclude_none=True).encode()
+            headers["Content-Type"] = "application/json"
+        return self._client.build_request(
+            method, path, params=dict(params) if params else None, content=content,
+            headers=headers, timeout=httpx.Timeout(DEFAULT_TIMEOUT, connect=10.0,
+                                                   read=read_timeout))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,116 @@
+"""``sandbox.files``: read, write and manage files inside a sandbox.
+
+Uploads and downloads stream, so files of any size (up to the sandbox's disk) move
+without being held in memory; :meth:`AsyncFiles.read` is the convenience that does hold
+one. Relative paths start at the image's working directory (``/work``).
+
+Example::
+
+    await sb.files.write("/work/data.csv", b"a,b\\n1,2\\n")
+    assert await sb.files.read("/work/data.csv") == b"a,b\\n1,2\\n"
+    with open("big.bin", "rb") as f:
+        await sb.files.write("big.bin", iter(lambda: f.read(1 << 20), b""))
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from typing import TYPE_CHECKING
+
+from corral.api import models
+from corral.api.errors import InvalidArgumentError
+
+from ._http import checked, transport_errors
+
+if TYPE_CHECKING:
+    from .sandbox import AsyncSandbox
+
+#: Seconds a file transfer may sit without progress.
+TRANSFER_TIMEOUT = 300.0
+CHUNK = 1024 * 1024
+FileData = bytes | str | Iterable[bytes] | AsyncIterable[bytes]
+
+
+class AsyncFiles:
+    """``sandbox.files`` of an :class:`corral.AsyncSandbox`."""
+
+    def __init__(self, sandbox: AsyncSandbox) -> None:
+        self._api = sandbox._api
+        self._base = f"/v1/sandboxes/{sandbox.id}/files"
+
+    async def read(self, path: str) -> bytes:
+        """A whole file's content."""
+        response = await self._api.call("GET", self._base, params={"path": path},
+                                        read_timeout=TRANSFER_TIMEOUT)
+        return response.content
+
+    async def read_text(self, path: str) -> str:
+        return (await self.read(path)).decode("utf-8", "replace")
+
+    async def read_stream(self, path: str) -> AsyncIterator[bytes]:
+        """A file's content in chunks, as it arrives."""
+        async with self._api.stream("GET", self._base, params={"path": path}) as response:
+            with transport_errors(self._api.url):
+                async for chunk in response.aiter_bytes(CHUNK):
+                    yield chunk
+
+    async def write(self, path: str, data: FileData, mode: int = 0o644) -> int:
+        """Write a file atomically (parents created) and return its size.
+
+        ``data`` is bytes, text, or an iterable or async iterable of byte chunks, streamed.
+        """
+        content: bytes | AsyncIterable[bytes]
+        if isinstance(data, str):
+            content = data.encode()
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            content = bytes(data)
+        else:
+            content = _chunks(data)
+        reply = await self._api.json("PUT", self._base, params={"path": path, "mode": mode},
+                                     content=content, read_timeout=TRANSFER_TIMEOUT)
+        return models.WriteResult.model_validate(reply).size
+
+    async def list(self, path: str = ".", depth: int = 1) -> list[models.EntryInfo]:
+        """Entries under a directory, ``depth`` levels down."""
+        reply = await self._api.json("GET", f"{self._base}/list",
+                                     params={"path": path, "depth": depth})
+        return models.EntryList.model_validate(reply).entries
+
+    async def stat(self, path: str) -> models.EntryInfo:
+        """Describe one path (links are not followed)."""
+        reply = await self._api.json("GET", f"{self._base}/stat", params={"path": path})
+        return models.EntryInfo.model_validate(reply)
+
+    async def exists(self, path: str) -> bool:
+        reply = await self._api.json("GET", f"{self._base}/exists", params={"path": path})
+        return models.Exists.model_validate(reply).exists
+
+    async def mkdir(self, path: str, parents: bool = True) -> bool:
+        """Create a directory; False if it already existed."""
+        reply = await self._api.json("POST", f"{self._base}/mkdir",
+                                     body=checked(models.MakeDir, path=path, parents=parents))
+        return models.Created.model_validate(reply).created
+
+    async def remove(self, path: str, recursive: bool = False) -> None:
+        """Remove a file, link or (with ``recursive``) a directory tree."""
+        await self._api.call("DELETE", self._base,
+                             params={"path": path, "recursive": "true" if recursive else "false"})
+
+    async def rename(self, src: str, dst: str, overwrite: bool = False) -> None:
+        await self._api.call("POST", f"{self._base}/rename",
+                             body=checked(models.Rename, src=src, dst=dst, overwrite=overwrite))
+
+
+async def _chunks(data: Iterable[bytes] | AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    if isinstance(data, AsyncIterable):
+        async for piece in data:
+            yield _bytes(piece)
+    else:
+        for piece in data:
+            yield _bytes(piece)
+
+
+def _bytes(piece: object) -> bytes:
+    if not isinstance(piece, (bytes, bytearray, memoryview)):
+        raise InvalidArgumentError("file content chunks must be bytes")
+    return bytes(piece)

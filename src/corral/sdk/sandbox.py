@@ -1,0 +1,145 @@
+"""``AsyncSandbox``: the SDK's core. :class:`corral.Sandbox` is its blocking face.
+
+Example::
+
+    from corral import AsyncSandbox
+
+    async with await AsyncSandbox.create(image="python", timeout=600) as sb:
+        await sb.files.write("/work/hello.py", "print('hello')")
+        r = await sb.commands.run("python3 hello.py")
+        print(r.exit_code, r.stdout)
+
+The server and key come from ``url=``/``api_key=`` or ``CORRAL_URL``/``CORRAL_API_KEY``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from corral.api import models
+from corral.api.resources import Resources
+
+from ._http import CREATE_TIMEOUT, ApiClient, checked
+from .commands import AsyncCommands
+from .files import AsyncFiles
+
+ResourcesArg = Resources | models.ResourcesSpec | Mapping[str, Any]
+
+
+class AsyncSandbox:
+    """A sandbox on a Corral server.
+
+    Attributes:
+        commands: run processes (:class:`corral.sdk.commands.AsyncCommands`).
+        files: move files in and out (:class:`corral.sdk.files.AsyncFiles`).
+        info: the description last fetched (:meth:`refresh` updates it).
+    """
+
+    def __init__(self, info: models.Sandbox, api: ApiClient) -> None:
+        self.info = info
+        self._api = api
+        self.commands = AsyncCommands(self)
+        self.files = AsyncFiles(self)
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    def __repr__(self) -> str:
+        return f"AsyncSandbox(id={self.id!r}, state={self.info.state!r})"
+
+    @classmethod
+    async def create(cls, image: str = "python", *, timeout: float = 300.0,
+                     env: Mapping[str, str] | None = None,
+                     metadata: Mapping[str, str] | None = None,
+                     resources: ResourcesArg | None = None, runtime: str | None = None,
+                     url: str | None = None, api_key: str | None = None) -> AsyncSandbox:
+        """Start a sandbox and return once it can run commands.
+
+        Args:
+            image: a built image (``corral image build NAME``).
+            timeout: seconds to live; it is killed after (:meth:`set_timeout` extends it).
+            env: environment variables of every command.
+            metadata: string labels, to find it with :meth:`list`.
+            resources: limits, e.g. ``{"memory": "1G", "cpus": 2}`` or a
+                :class:`corral.Resources`.
+            runtime: ``"gvisor"`` or ``"namespaces"``; default: the server's strongest.
+        """
+        api = ApiClient(url, api_key)
+        try:
+            request = checked(models.SandboxCreate, image=image, runtime=runtime,
+                              resources=_resources(resources), env=dict(env or {}),
+                              metadata=dict(metadata or {}), timeout=float(timeout))
+            reply = await api.json("POST", "/v1/sandboxes", body=request,
+                                   read_timeout=CREATE_TIMEOUT)
+        except BaseException:
+            await api.aclose()
+            raise
+        return cls(models.Sandbox.model_validate(reply), api)
+
+    @classmethod
+    async def connect(cls, sandbox_id: str, *, url: str | None = None,
+                      api_key: str | None = None) -> AsyncSandbox:
+        """An existing sandbox of yours, by id."""
+        api = ApiClient(url, api_key)
+        try:
+            reply = await api.json("GET", f"/v1/sandboxes/{sandbox_id}")
+        except BaseException:
+            await api.aclose()
+            raise
+        return cls(models.Sandbox.model_validate(reply), api)
+
+    @staticmethod
+    async def list(*, metadata: Mapping[str, str] | None = None, state: str | None = None,
+                   url: str | None = None, api_key: str | None = None) -> list[models.Sandbox]:
+        """Your sandboxes, newest first: those whose metadata includes ``metadata``."""
+        params = {f"metadata.{k}": v for k, v in (metadata or {}).items()}
+        if state is not None:
+            params["state"] = state
+        api = ApiClient(url, api_key)
+        try:
+            reply = await api.json("GET", "/v1/sandboxes", params=params)
+        finally:
+            await api.aclose()
+        return models.SandboxList.model_validate(reply).sandboxes
+
+    async def refresh(self) -> models.Sandbox:
+        """Fetch the sandbox's current description (state, expiry, stop reason)."""
+        self.info = models.Sandbox.model_validate(
+            await self._api.json("GET", f"/v1/sandboxes/{self.id}"))
+        return self.info
+
+    async def set_timeout(self, seconds: float) -> None:
+        """Let the sandbox live ``seconds`` more from now."""
+        self.info = models.Sandbox.model_validate(await self._api.json(
+            "POST", f"/v1/sandboxes/{self.id}/timeout",
+            body=checked(models.TimeoutUpdate, timeout=float(seconds))))
+
+    async def kill(self) -> None:
+        """Stop the sandbox now (killing a stopped one is not an error)."""
+        await self._api.call("DELETE", f"/v1/sandboxes/{self.id}")
+
+    async def close(self) -> None:
+        """Close the connection, leaving the sandbox running."""
+        await self._api.aclose()
+
+    async def __aenter__(self) -> AsyncSandbox:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.kill()
+        finally:
+            await self.close()
+
+
+def _resources(value: ResourcesArg | None) -> models.ResourcesSpec:
+    if value is None:
+        return models.ResourcesSpec()
+    if isinstance(value, Resources):
+        return models.ResourcesSpec.of(value)
+    if isinstance(value, models.ResourcesSpec):
+        return value
+    spec: models.ResourcesSpec = checked(models.ResourcesSpec, **dict(value))
+    return spec

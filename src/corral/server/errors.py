@@ -1,0 +1,66 @@
+"""Every error the server answers, in one shape: ``{"error": {"code", "message"}}``.
+
+The status comes from :data:`corral.api.errors.HTTP_STATUS`, the table the SDK reads back.
+Validation messages name the field and the rule, never the value sent (it may be a secret
+or code). Unexpected exceptions are logged with a reference the client is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from corral.api.errors import ErrorCode, SandboxError, code_for_status, http_status
+from corral.api.models import ErrorBody, ErrorDetail
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 2000
+
+
+def error_response(code: ErrorCode, message: str, status: int | None = None) -> JSONResponse:
+    body = ErrorBody(error=ErrorDetail(code=code.value, message=message[:MAX_MESSAGE]))
+    return JSONResponse(body.model_dump(), status_code=status or http_status(code))
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:10]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def install(app: FastAPI) -> None:
+    """Route every exception the app can raise to the one error shape."""
+
+    @app.exception_handler(SandboxError)
+    async def sandbox_error(_: Request, exc: SandboxError) -> JSONResponse:
+        return error_response(exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        kind = request.headers.get("content-type", "")
+        if request.method in ("POST", "PUT") and "json" not in kind and any(
+                tuple(e.get("loc", ())) == ("body",) for e in exc.errors()):
+            return error_response(ErrorCode.INVALID_ARGUMENT,
+                                  "the request body must be JSON, sent with "
+                                  "Content-Type: application/json")
+        return error_response(ErrorCode.INVALID_ARGUMENT, _validation_message(exc))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return error_response(code_for_status(exc.status_code), str(exc.detail),
+                              exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        ref = secrets.token_hex(6)
+        log.error("internal error %s on %s %s: %s", ref, request.method, request.url.path,
+                  type(exc).__name__, exc_info=exc)
+        return error_response(ErrorCode.INTERNAL, f"internal error (reference {ref})")

@@ -1,0 +1,80 @@
+"""``/v1/sandboxes/{id}/files``: streamed download (GET) and upload (PUT) of one file,
+and ``list``, ``stat``, ``exists``, ``mkdir``, ``rename``, DELETE."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.types import Scope
+
+from corral.api import models
+
+from ..auth import Tenant
+from ._deps import Files, SandboxId
+
+router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/files", tags=["files"])
+FilePath = Annotated[str, Query(min_length=1, max_length=models.MAX_PATH)]
+_UPLOAD = re.compile(r"^/v1/sandboxes/[^/]+/files$")
+
+
+def is_upload(scope: Scope) -> bool:
+    """Whether a request is a file upload, whose body the sandbox's disk bounds."""
+    return scope.get("method") == "PUT" and bool(_UPLOAD.match(scope.get("path", "")))
+
+
+@router.get("", response_class=StreamingResponse,
+            responses={200: {"content": {"application/octet-stream": {}}}})
+async def download(sandbox_id: SandboxId, path: FilePath, tenant: Tenant,
+                   service: Files) -> StreamingResponse:
+    chunks = await service.read_stream(tenant, sandbox_id, path)
+    return StreamingResponse(chunks, media_type="application/octet-stream")
+
+
+@router.put("")
+async def upload(sandbox_id: SandboxId, path: FilePath, request: Request, tenant: Tenant,
+                 service: Files, mode: Annotated[int, Query(ge=0, le=0o7777)] = 0o644
+                 ) -> models.WriteResult:
+    """The raw request body becomes the file, written atomically (parents created)."""
+    return await service.write(tenant, sandbox_id, path, request.stream(), mode)
+
+
+@router.delete("", status_code=204)
+async def remove(sandbox_id: SandboxId, path: FilePath, tenant: Tenant, service: Files,
+                 recursive: bool = False) -> Response:
+    await service.remove(tenant, sandbox_id, path, recursive)
+    return Response(status_code=204)
+
+
+@router.get("/list")
+async def list_(sandbox_id: SandboxId, tenant: Tenant, service: Files,
+                path: FilePath = ".", depth: Annotated[int, Query(ge=1, le=16)] = 1
+                ) -> models.EntryList:
+    return await service.list(tenant, sandbox_id, path, depth)
+
+
+@router.get("/stat")
+async def stat(sandbox_id: SandboxId, path: FilePath, tenant: Tenant,
+               service: Files) -> models.EntryInfo:
+    return await service.stat(tenant, sandbox_id, path)
+
+
+@router.get("/exists")
+async def exists(sandbox_id: SandboxId, path: FilePath, tenant: Tenant,
+                 service: Files) -> models.Exists:
+    return await service.exists(tenant, sandbox_id, path)
+
+
+@router.post("/mkdir")
+async def mkdir(sandbox_id: SandboxId, body: models.MakeDir, tenant: Tenant,
+                service: Files) -> models.Created:
+    return await service.mkdir(tenant, sandbox_id, body)
+
+
+@router.post("/rename", status_code=204)
+async def rename(sandbox_id: SandboxId, body: models.Rename, tenant: Tenant,
+                 service: Files) -> Response:
+    await service.rename(tenant, sandbox_id, body)
+    return Response(status_code=204)

@@ -1,0 +1,153 @@
+"""Commands in a tenant's sandboxes: run and wait, stream as NDJSON, or run in the background.
+
+Every started command is registered under its sandbox until it ends, so that stdin and
+signals sent by later requests find it. A streamed command whose client goes away is
+killed (nobody is left to read it); a background one has its output drained and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import anyio
+
+from corral.api import models
+from corral.api.errors import NotFoundError, SandboxError
+from corral.node import CommandHandle
+from corral.node import CommandResult as NodeResult
+
+from .sandboxes import SandboxService
+
+log = logging.getLogger(__name__)
+
+#: Timeout of a command that waits for its result when the request names none.
+DEFAULT_TIMEOUT = 60.0
+
+
+class CommandService:
+    def __init__(self, sandboxes: SandboxService) -> None:
+        self._sandboxes = sandboxes
+        self._handles: dict[str, dict[int, CommandHandle]] = {}
+        self._drains: set[asyncio.Task[None]] = set()
+        sandboxes.on_stopped.append(self._forget_sandbox)
+
+    async def run(self, tenant: str, sandbox_id: str,
+                  request: models.CommandRequest) -> models.CommandResult:
+        """Run to completion. A timeout is a result (``reason="timeout"``), not an error."""
+        handle = await self._start(tenant, sandbox_id, request)
+        try:
+            result = await handle.wait()
+        finally:
+            self._forget(sandbox_id, handle.id)
+        return models.CommandResult(
+            exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr,
+            signal=result.signal, reason=result.reason, duration=result.duration,
+            truncated=result.truncated)
+
+    async def stream(self, tenant: str, sandbox_id: str,
+                     request: models.CommandRequest) -> AsyncIterator[bytes]:
+        """Start the command (errors surface here), then stream its events as NDJSON."""
+        handle = await self._start(tenant, sandbox_id, request)
+        return self._events(sandbox_id, handle)
+
+    async def background(self, tenant: str, sandbox_id: str,
+                         request: models.CommandRequest) -> models.CommandStarted:
+        handle = await self._start(tenant, sandbox_id, request)
+        task = asyncio.get_running_loop().create_task(self._drain(sandbox_id, handle))
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+        return models.CommandStarted(id=handle.id, pid=handle.pid)
+
+    async def send_stdin(self, tenant: str, sandbox_id: str, command_id: int, data: bytes,
+                         eof: bool) -> None:
+        await self._handle(tenant, sandbox_id, command_id).send_stdin(data, eof=eof)
+
+    async def signal(self, tenant: str, sandbox_id: str, command_id: int, signum: int) -> None:
+        await self._handle(tenant, sandbox_id, command_id).signal(signum)
+
+    async def list(self, tenant: str, sandbox_id: str) -> models.ProcessList:
+        sandbox = await self._sandboxes.owned(tenant, sandbox_id)
+        return models.ProcessList(processes=[
+            models.ProcessInfo(id=p.id, pid=p.pid, argv=p.argv, started_at=p.started_at)
+            for p in await sandbox.commands.list()])
+
+    async def _start(self, tenant: str, sandbox_id: str,
+                     request: models.CommandRequest) -> CommandHandle:
+        sandbox = await self._sandboxes.owned(tenant, sandbox_id)
+        data = request.stdin_bytes()
+        timeout = request.timeout
+        if timeout is None and not (request.stream or request.background):
+            timeout = DEFAULT_TIMEOUT
+        handle = await sandbox.commands.start(
+            request.cmd, env=request.env, cwd=request.cwd, user=request.user, timeout=timeout,
+            stdin=data is not None or request.stdin_open)
+        self._handles.setdefault(sandbox_id, {})[handle.id] = handle
+        if data is not None:
+            try:
+                await handle.send_stdin(data, eof=not request.stdin_open)
+            except BaseException:
+                await self._abandon(sandbox_id, handle)
+                raise
+        return handle
+
+    def _handle(self, tenant: str, sandbox_id: str, command_id: int) -> CommandHandle:
+        self._sandboxes.running(tenant, sandbox_id)  # ownership first: never hint at others'
+        handle = self._handles.get(sandbox_id, {}).get(command_id)
+        if handle is None:
+            raise NotFoundError(f"no running command {command_id} in sandbox {sandbox_id}")
+        return handle
+
+    def _forget_sandbox(self, sandbox_id: str) -> None:
+        self._handles.pop(sandbox_id, None)
+
+    def _forget(self, sandbox_id: str, command_id: int) -> None:
+        self._handles.get(sandbox_id, {}).pop(command_id, None)
+
+    async def _abandon(self, sandbox_id: str, handle: CommandHandle) -> None:
+        """Kill a command nobody will read, even from a cancelled request."""
+        self._forget(sandbox_id, handle.id)
+        with anyio.CancelScope(shield=True), contextlib.suppress(SandboxError):
+            await handle.kill()
+
+    async def _events(self, sandbox_id: str, handle: CommandHandle) -> AsyncIterator[bytes]:
+        ended = False
+        try:
+            yield _line(models.StartedEvent(id=handle.id, pid=handle.pid))
+            try:
+                async for event in handle:
+                    yield _line(models.OutputEvent(
+                        type="stdout" if event.stream == "stdout" else "stderr",
+                        data=base64.b64encode(event.data).decode()))
+                # Iterated to the end: wait() returns the exit status at once.
+                result: NodeResult = await handle.wait()
+                ended = True
+                yield _line(models.ExitEvent(exit_code=result.exit_code, signal=result.signal,
+                                             reason=result.reason, duration=result.duration))
+            except SandboxError as exc:
+                ended = True
+                yield _line(models.ErrorEvent(error=models.ErrorDetail(
+                    code=exc.code.value, message=exc.message)))
+        finally:
+            if ended:
+                self._forget(sandbox_id, handle.id)
+            else:
+                await self._abandon(sandbox_id, handle)
+
+    async def _drain(self, sandbox_id: str, handle: CommandHandle) -> None:
+        try:
+            async for _ in handle:
+                pass
+        except SandboxError as exc:
+            log.info("background command %d in %s ended: %s", handle.id, sandbox_id,
+                     exc.code.value)
+        finally:
+            self._forget(sandbox_id, handle.id)
+
+
+def _line(event: models.StartedEvent | models.OutputEvent | models.ExitEvent
+          | models.ErrorEvent) -> bytes:
+    return event.model_dump_json().encode() + b"\n"

@@ -1,0 +1,168 @@
+"""Sandbox lifecycle for tenants: ownership, the node's sandboxes, and their records.
+
+A tenant only ever learns about its own sandboxes: any id it does not own, running or
+not, existing or not, is answered exactly like an id that never existed.
+
+The node stops sandboxes on its own too (lifetime timeout, a limit, the agent's death)
+and has no hook to say so, so the service looks: on every request touching a sandbox,
+and once a second for all of them, it writes any change of state to the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+
+from corral.api import models
+from corral.api.errors import NotFoundError, SandboxNotRunningError
+from corral.node import Node, SandboxState
+from corral.node import Sandbox as NodeSandbox
+from corral.node.validation import SANDBOX_ID, check_metadata
+
+from ..store import SandboxRecord, SandboxStore
+from ..store._time import from_epoch
+
+log = logging.getLogger(__name__)
+
+SYNC_INTERVAL = 1.0
+RESTART_REASON = "the server restarted; its sandboxes were stopped"
+
+
+class SandboxService:
+    def __init__(self, node: Node, store: SandboxStore) -> None:
+        self._node = node
+        self._store = store
+        self._live: dict[str, tuple[str, NodeSandbox]] = {}
+        self._written: dict[str, tuple[str, str | None, float]] = {}
+        self._watcher: asyncio.Task[None] | None = None
+        #: Called with a sandbox's id once it has stopped (the command registry listens).
+        self.on_stopped: list[Callable[[str], None]] = []
+
+    async def start(self) -> None:
+        """Close the records a previous run left open (its node swept their sandboxes)."""
+        left = await asyncio.to_thread(self._store.stop_all_active, RESTART_REASON)
+        if left:
+            log.warning("marked %d sandboxes of a previous run stopped", left)
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def close(self) -> None:
+        """Stop watching; call :meth:`record_all` once the node has stopped its sandboxes."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+
+    async def record_all(self) -> None:
+        """Write every sandbox's state now (after the node closed: all stopped)."""
+        for _, sandbox in list(self._live.values()):
+            await self._sync(sandbox)
+
+    async def create(self, tenant: str, request: models.SandboxCreate) -> models.Sandbox:
+        sandbox = await self._node.create(
+            request.image, runtime=request.runtime, resources=request.resources.to_resources(),
+            env=request.env, timeout=request.timeout, metadata=request.metadata)
+        self._live[sandbox.id] = (tenant, sandbox)
+        info = sandbox.info()
+        record = SandboxRecord(
+            id=info.id, tenant=tenant, image=info.image, runtime=info.runtime,
+            state=info.state.value, resources=models.ResourcesSpec.of(info.resources)
+            .model_dump(), metadata=info.metadata, created_at=from_epoch(info.created_at),
+            expires_at=from_epoch(info.expires_at), stop_reason=info.stop_reason)
+        await asyncio.to_thread(self._store.add, record)
+        self._written[sandbox.id] = (info.state.value, info.stop_reason, info.expires_at)
+        log.info("sandbox %s created for tenant %s", sandbox.id, tenant)
+        return await self.describe(tenant, sandbox.id)
+
+    def running(self, tenant: str, sandbox_id: str) -> NodeSandbox:
+        """The tenant's running sandbox ``sandbox_id``, for commands and files."""
+        owned = self._live.get(sandbox_id)
+        if owned is None or owned[0] != tenant:
+            # Not live, or not the tenant's: the store says which error to give.
+            raise NotFoundError(f"no sandbox {sandbox_id!r:.80}")
+        sandbox = owned[1]
+        if sandbox.state is not SandboxState.RUNNING:
+            raise SandboxNotRunningError(f"sandbox {sandbox_id} is {sandbox.state.value}"
+                                         + (f": {sandbox.stop_reason}"
+                                            if sandbox.stop_reason else ""))
+        return sandbox
+
+    async def owned(self, tenant: str, sandbox_id: str) -> NodeSandbox:
+        """Like :meth:`running`, but a stopped sandbox of the tenant's says why it stopped."""
+        try:
+            return self.running(tenant, sandbox_id)
+        except NotFoundError:
+            record = await self._record(tenant, sandbox_id)
+            raise SandboxNotRunningError(
+                f"sandbox {sandbox_id} is {record.state}"
+                + (f": {record.stop_reason}" if record.stop_reason else "")) from None
+
+    async def describe(self, tenant: str, sandbox_id: str) -> models.Sandbox:
+        owned = self._live.get(sandbox_id)
+        if owned is not None and owned[0] == tenant:
+            await self._sync(owned[1])
+        return _wire(await self._record(tenant, sandbox_id))
+
+    async def list(self, tenant: str, metadata: Mapping[str, str] | None = None,
+                   state: SandboxState | None = None) -> models.SandboxList:
+        wanted = check_metadata(metadata)
+        for owner, sandbox in list(self._live.values()):
+            if owner == tenant:
+                await self._sync(sandbox)
+        records = await asyncio.to_thread(self._store.list, tenant, wanted,
+                                          state.value if state else None)
+        return models.SandboxList(sandboxes=[_wire(r) for r in records])
+
+    async def set_timeout(self, tenant: str, sandbox_id: str, seconds: float) -> models.Sandbox:
+        sandbox = await self.owned(tenant, sandbox_id)
+        await sandbox.set_timeout(seconds)
+        return await self.describe(tenant, sandbox_id)
+
+    async def kill(self, tenant: str, sandbox_id: str) -> None:
+        """Stop the sandbox; killing a stopped one of the tenant's is not an error."""
+        owned = self._live.get(sandbox_id)
+        if owned is None or owned[0] != tenant:
+            await self._record(tenant, sandbox_id)
+            return
+        await owned[1].kill()
+        await self._sync(owned[1])
+
+    async def _record(self, tenant: str, sandbox_id: str) -> SandboxRecord:
+        if not SANDBOX_ID.match(sandbox_id):
+            raise NotFoundError(f"no sandbox {sandbox_id!r:.80}")
+        record = await asyncio.to_thread(self._store.get, sandbox_id)
+        if record is None or record.tenant != tenant:
+            raise NotFoundError(f"no sandbox {sandbox_id!r}")
+        return record
+
+    async def _sync(self, sandbox: NodeSandbox) -> None:
+        """Write the sandbox's state to the store if it changed since the last write."""
+        now = (sandbox.state.value, sandbox.stop_reason, sandbox.expires_at)
+        if self._written.get(sandbox.id) != now:
+            await asyncio.to_thread(self._store.set_state, sandbox.id, now[0], now[1],
+                                    from_epoch(now[2]))
+            self._written[sandbox.id] = now
+        if sandbox.state is SandboxState.STOPPED and sandbox.id in self._live:
+            del self._live[sandbox.id]
+            self._written.pop(sandbox.id, None)
+            for hook in self.on_stopped:
+                hook(sandbox.id)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(SYNC_INTERVAL)
+            for _, sandbox in list(self._live.values()):
+                try:
+                    await self._sync(sandbox)
+                except Exception:
+                    log.exception("recording the state of sandbox %s failed", sandbox.id)
+
+
+def _wire(record: SandboxRecord) -> models.Sandbox:
+    return models.Sandbox(
+        id=record.id, image=record.image, runtime=record.runtime,
+        state=record.state,  # type: ignore[arg-type]
+        resources=models.ResourcesSpec.model_validate(record.resources),
+        metadata=record.metadata, created_at=record.created_at, expires_at=record.expires_at,
+        stop_reason=record.stop_reason)

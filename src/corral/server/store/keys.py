@@ -1,0 +1,109 @@
+"""Tenants and their API keys. Only a key's sha256 is stored; the key is shown once.
+
+A key is ``crl_`` and 43 url-safe characters (256 random bits), so its sha256 is as good a
+secret as the key and a lookup by hash compares nothing secret-dependent in Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, insert, select, update
+
+from corral.api.errors import InvalidArgumentError, NotFoundError
+
+from ._time import aware, now
+from .schema import api_keys, tenants
+
+KEY_PREFIX = "crl_"
+MAX_KEY_LENGTH = 256
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_KEY_ID = re.compile(r"^key-[0-9a-f]{12}$")
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A key as listed: never the key itself."""
+
+    id: str
+    tenant: str
+    last4: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A freshly made key: ``key`` is its only copy."""
+
+    id: str
+    tenant: str
+    key: str = ""
+
+    def __repr__(self) -> str:  # never print the key by accident
+        return f"NewKey(id={self.id!r}, tenant={self.tenant!r})"
+
+
+class KeyStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def create(self, tenant: str = "default") -> NewKey:
+        """Make a key for ``tenant`` (created if new)."""
+        if not TENANT_NAME.match(tenant):
+            raise InvalidArgumentError(
+                f"tenant name {tenant!r:.80} must be lowercase letters, digits, '.', '_' or "
+                "'-' (at most 64)")
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        key_id = f"key-{secrets.token_hex(6)}"
+        with self._engine.begin() as db:
+            if db.execute(select(tenants.c.name).where(tenants.c.name == tenant)).first() is None:
+                db.execute(insert(tenants).values(name=tenant, created_at=now()))
+            db.execute(insert(api_keys).values(id=key_id, tenant=tenant, key_hash=key_hash(key),
+                                               last4=key[-4:], created_at=now()))
+        return NewKey(id=key_id, tenant=tenant, key=key)
+
+    def list(self) -> list[ApiKey]:
+        with self._engine.connect() as db:
+            rows = db.execute(select(api_keys).order_by(api_keys.c.created_at)).all()
+        return [ApiKey(id=r.id, tenant=r.tenant, last4=r.last4, created_at=aware(r.created_at),
+                       revoked_at=aware(r.revoked_at) if r.revoked_at else None) for r in rows]
+
+    def revoke(self, key_id: str) -> None:
+        """Revoke a key; it stops working on the server's next request."""
+        if not _KEY_ID.match(key_id):
+            raise NotFoundError(f"no API key {key_id!r:.80}")
+        with self._engine.begin() as db:
+            done = db.execute(update(api_keys).where(api_keys.c.id == key_id,
+                                                     api_keys.c.revoked_at.is_(None))
+                              .values(revoked_at=now()))
+            if done.rowcount == 0:
+                found = db.execute(select(api_keys.c.id).where(api_keys.c.id == key_id)).first()
+                if found is None:
+                    raise NotFoundError(f"no API key {key_id!r}")
+
+    def tenant_of(self, key: str) -> str | None:
+        """The tenant a live key belongs to, or None for an unknown or revoked key."""
+        if not key.startswith(KEY_PREFIX) or len(key) > MAX_KEY_LENGTH:
+            return None
+        digest = key_hash(key)
+        with self._engine.connect() as db:
+            row = db.execute(select(api_keys.c.tenant, api_keys.c.key_hash)
+                             .where(api_keys.c.key_hash == digest,
+                                    api_keys.c.revoked_at.is_(None))).first()
+        if row is None or not hmac.compare_digest(row.key_hash, digest):
+            return None
+        return str(row.tenant)

@@ -1,0 +1,81 @@
+"""Sandbox records: one row per sandbox, rewritten on every state change the server sees."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, insert, select, update
+
+from ._time import aware
+from .schema import sandboxes
+
+ACTIVE_STATES = ("starting", "running", "stopping")
+
+
+@dataclass(frozen=True)
+class SandboxRecord:
+    id: str
+    tenant: str
+    image: str
+    runtime: str
+    state: str
+    resources: dict[str, Any]
+    metadata: dict[str, str]
+    created_at: datetime
+    expires_at: datetime
+    stop_reason: str | None = None
+
+
+def _record(row: Any) -> SandboxRecord:
+    return SandboxRecord(id=row.id, tenant=row.tenant, image=row.image, runtime=row.runtime,
+                         state=row.state, resources=dict(row.resources),
+                         metadata=dict(row.metadata), created_at=aware(row.created_at),
+                         expires_at=aware(row.expires_at), stop_reason=row.stop_reason)
+
+
+class SandboxStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def add(self, record: SandboxRecord) -> None:
+        with self._engine.begin() as db:
+            db.execute(insert(sandboxes).values(
+                id=record.id, tenant=record.tenant, image=record.image, runtime=record.runtime,
+                state=record.state, resources=record.resources, metadata=record.metadata,
+                created_at=record.created_at, expires_at=record.expires_at,
+                stop_reason=record.stop_reason))
+
+    def set_state(self, sandbox_id: str, state: str, stop_reason: str | None,
+                  expires_at: datetime) -> None:
+        with self._engine.begin() as db:
+            db.execute(update(sandboxes).where(sandboxes.c.id == sandbox_id).values(
+                state=state, stop_reason=stop_reason, expires_at=expires_at))
+
+    def get(self, sandbox_id: str) -> SandboxRecord | None:
+        with self._engine.connect() as db:
+            row = db.execute(select(sandboxes).where(sandboxes.c.id == sandbox_id)).first()
+        return None if row is None else _record(row)
+
+    def list(self, tenant: str, metadata: Mapping[str, str] | None = None,
+             state: str | None = None, limit: int = 1000) -> list[SandboxRecord]:
+        """A tenant's sandboxes, newest first. Metadata is matched here rather than in SQL:
+        JSON operators differ between SQLite and PostgreSQL, and a tenant's rows are few."""
+        query = select(sandboxes).where(sandboxes.c.tenant == tenant)
+        if state is not None:
+            query = query.where(sandboxes.c.state == state)
+        with self._engine.connect() as db:
+            rows = db.execute(query.order_by(sandboxes.c.created_at.desc())).all()
+        wanted = dict(metadata or {})
+        found = [r for r in map(_record, rows)
+                 if all(r.metadata.get(k) == v for k, v in wanted.items())]
+        return found[:limit]
+
+    def stop_all_active(self, reason: str) -> int:
+        """Mark every not-yet-stopped sandbox stopped (their node is gone); returns how many."""
+        with self._engine.begin() as db:
+            done = db.execute(update(sandboxes).where(sandboxes.c.state.in_(ACTIVE_STATES))
+                              .values(state="stopped", stop_reason=reason))
+        return int(done.rowcount)

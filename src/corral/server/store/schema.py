@@ -1,0 +1,83 @@
+"""Tables, and the engine that holds them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+)
+
+metadata = MetaData()
+
+tenants = Table(
+    "tenants", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+api_keys = Table(
+    "api_keys", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant", String(64), ForeignKey("tenants.name"), nullable=False),
+    # sha256 of the key, hex. The key itself is shown once, at creation, and never stored.
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("last4", String(4), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+sandboxes = Table(
+    "sandboxes", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant", String(64), ForeignKey("tenants.name"), nullable=False),
+    Column("image", String(128), nullable=False),
+    Column("runtime", String(32), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("resources", JSON, nullable=False),
+    Column("metadata", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("stop_reason", String(2048), nullable=True),
+    Index("ix_sandboxes_tenant_state", "tenant", "state"),
+)
+
+
+def database_url(data_dir: Path, url: str | None) -> str:
+    """``url`` if given, else SQLite in ``data_dir``."""
+    return url or f"sqlite:///{data_dir / 'corral.db'}"
+
+
+def open_engine(url: str) -> Engine:
+    """An engine on ``url`` with every table created. SQLite gets WAL and a busy timeout,
+    so ``corral keys`` can write while the server runs."""
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+        if engine.url.database and engine.url.database != ":memory:":
+            # Key hashes and tenants' metadata: readable by root alone.
+            path = Path(engine.url.database)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    metadata.create_all(engine)
+    return engine
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

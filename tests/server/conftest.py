@@ -1,0 +1,108 @@
+"""A real ``corral serve`` for the session: uvicorn on 127.0.0.1 and a free port, in a thread,
+on a data dir of its own (mode 0711: namespaces sandboxes' uids traverse it) and the shared
+image dir, so the built ``python`` image is reused. Tests drive it over HTTP with the SDK.
+
+Keys: tenant ``alpha`` (the tests' own), tenant ``beta`` (the other tenant, who must see
+nothing of alpha's), and a revoked key of alpha's.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from corral import Sandbox
+from corral.node import NodeSettings
+from corral.server import ServerSettings, create_app
+from corral.server.store import KeyStore, open_engine
+from corral.server.store.schema import database_url
+from tests.conftest import IMAGE_DIR
+
+START_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    keys: KeyStore
+    key: str  # tenant alpha
+    other_key: str  # tenant beta
+    revoked_key: str  # alpha's, revoked
+
+    def http(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60.0)
+
+    def sdk(self) -> dict[str, Any]:
+        """The SDK's connection arguments for tenant alpha."""
+        return {"url": self.url, "api_key": self.key}
+
+
+@pytest.fixture(scope="session")
+def server_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="corral-server-test-") as tmp:
+        os.chmod(tmp, 0o711)
+        yield Path(tmp)
+
+
+@pytest.fixture(scope="session")
+def server(server_dir: Path, python_image: str) -> Iterator[Server]:
+    settings = ServerSettings(node=NodeSettings(data_dir=server_dir, image_dir=IMAGE_DIR),
+                              port=0)
+    keys = KeyStore(open_engine(database_url(server_dir, None)))
+    alpha, beta, revoked = keys.create("alpha"), keys.create("beta"), keys.create("alpha")
+    keys.revoke(revoked.id)
+    uv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0,
+                                       log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=uv.run, name="corral-test-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT
+    while not uv.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("the server did not start")
+        time.sleep(0.05)
+    port = uv.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield Server(url=f"http://127.0.0.1:{port}", keys=keys, key=alpha.key,
+                     other_key=beta.key, revoked_key=revoked.key)
+    finally:
+        uv.should_exit = True
+        thread.join(60)
+
+
+@pytest.fixture
+def sandbox(server: Server, runtime: str) -> Iterator[Sandbox]:
+    """A fresh sandbox of tenant alpha on each runtime, killed after the test."""
+    with Sandbox.create("python", runtime=runtime, timeout=600, **server.sdk()) as sb:
+        yield sb
+
+
+@pytest.fixture
+def default_sandbox(server: Server) -> Iterator[Sandbox]:
+    """A sandbox on the server's default runtime (for tests about the API, not runtimes)."""
+    with Sandbox.create("python", timeout=600, metadata={"suite": "server"},
+                        **server.sdk()) as sb:
+        yield sb
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> str:
+    """The response is exactly ``{"error": {"code", "message"}}`` with this status and code;
+    returns the message."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return str(body["error"]["message"])
