@@ -25,9 +25,7 @@ from ..conftest import IMAGE_DIR
 
 def _cgroup_paths(node: SyncNode, sandbox_id: str) -> list[Path]:
     name = f"{cgroups.PARENT}/{node.node.settings.node_key}/{sandbox_id}"
-    layout = cgroups.cgroup_layout()
-    bases = [*layout.v1.values(), *([layout.unified] if layout.unified else [])]
-    return [base / name for base in bases]
+    return [base / name for base in cgroups.cgroup_layout().hierarchies]
 
 
 def _host_pids(node: SyncNode, sandbox_id: str) -> list[int]:

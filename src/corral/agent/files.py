@@ -11,6 +11,7 @@ place on success, so a failed upload (disk full, cancelled) leaves the old file 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 
@@ -24,6 +25,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+#: A handler result under this key is sent as the reply frame's data, not its header.
+DATA_KEY = "__data__"
 MAX_PATH = 4096
 MAX_NAME = 255
 MAX_LIST_ENTRIES = 10_000
@@ -132,7 +135,13 @@ class Files:
                 if folder == path:
                     raise _os_error("list", path, exc) from None
         entries.sort(key=lambda e: str(e["path"]))
-        return {"entries": entries, "truncated": truncated}
+        # The entries travel as the frame's data (up to 1 MiB), not in its header.
+        payload = json.dumps(entries, separators=(",", ":")).encode()
+        while len(payload) > proto.MAX_DATA - 1024:
+            entries = entries[: len(entries) * 3 // 4]
+            truncated = True
+            payload = json.dumps(entries, separators=(",", ":")).encode()
+        return {"truncated": truncated, "count": len(entries), DATA_KEY: payload}
 
     def mkdir(self, req: dict[str, Any]) -> dict[str, Any]:
         path = check_path(req.get("path"))

@@ -17,7 +17,7 @@ from corral.api import agent_protocol as proto
 
 from .channel import Channel
 from .errors import RequestError
-from .files import Files
+from .files import DATA_KEY, Files
 from .processes import ProcessTable
 
 # typing is not imported at run time: every module the agent loads slows sandbox start.
@@ -25,6 +25,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
+
+
+MAX_MESSAGE = 2000
 
 
 class Agent:
@@ -108,10 +111,16 @@ class Agent:
             self._fail(req_id, "agent_error", f"{type(exc).__name__}: {exc}")
 
     def _reply(self, req_id: int, result: dict[str, Any]) -> None:
-        self.channel.send({"id": req_id, "ev": proto.EV_OK, **result})
+        data = result.pop(DATA_KEY, b"")
+        try:
+            self.channel.send({"id": req_id, "ev": proto.EV_OK, **result}, data)
+        except proto.ProtocolError as exc:
+            self._fail(req_id, "resource_exhausted", f"the reply is too large: {exc}")
 
     def _fail(self, req_id: int, code: str, message: str) -> None:
-        self.channel.send({"id": req_id, "ev": proto.EV_ERROR, "code": code, "message": message})
+        # Messages may echo request fields of any length: keep them well inside a frame.
+        self.channel.send({"id": req_id, "ev": proto.EV_ERROR, "code": code,
+                           "message": message[:MAX_MESSAGE]})
 
 
 def main() -> None:

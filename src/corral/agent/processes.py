@@ -170,9 +170,11 @@ class ProcessTable:
     def list(self) -> list[dict[str, Any]]:
         with self._lock:
             procs = [p for p in self._by_id.values() if not p.exited.is_set()]
+        # argv may be long (a whole script): listings show its start only.
         return [
-            {"id": p.req_id, "pid": p.popen.pid, "argv": p.argv, "started_at": p.started}
-            for p in procs
+            {"id": p.req_id, "pid": p.popen.pid, "argv": [a[:256] for a in p.argv[:32]],
+             "started_at": p.started}
+            for p in procs[:1000]
         ]
 
     def kill_all(self) -> None:

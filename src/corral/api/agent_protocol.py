@@ -35,7 +35,10 @@ if TYPE_CHECKING:
 PROTOCOL_VERSION = 1
 
 HEADER = struct.Struct(">II")
-MAX_HEADER = 64 * 1024
+#: Largest header a node request may have (argv, env and paths travel in it).
+MAX_HEADER = 1024 * 1024
+#: Largest header the node accepts from an agent: replies keep bulk data in ``data``.
+MAX_REPLY_HEADER = 64 * 1024
 MAX_DATA = 1024 * 1024
 CHUNK = 64 * 1024
 STREAM_WINDOW = 32
@@ -89,12 +92,12 @@ def encode(header: dict[str, Any], data: bytes = b"") -> bytes:
     return HEADER.pack(len(head), len(data)) + head + data
 
 
-def parse_prefix(prefix: bytes) -> tuple[int, int]:
+def parse_prefix(prefix: bytes, max_header: int = MAX_HEADER) -> tuple[int, int]:
     """Read the two lengths of a frame prefix and check them against the bounds."""
     if len(prefix) != HEADER.size:
         raise ProtocolError("truncated frame prefix")
     head_len, data_len = HEADER.unpack(prefix)
-    if not 2 <= head_len <= MAX_HEADER:
+    if not 2 <= head_len <= max_header:
         raise ProtocolError(f"frame header length {head_len} out of bounds")
     if data_len > MAX_DATA:
         raise ProtocolError(f"frame data length {data_len} out of bounds")

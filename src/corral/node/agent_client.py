@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from corral.api import agent_protocol as proto
-from corral.api.errors import AgentError, SandboxNotRunningError, error_from_code
+from corral.api.errors import (
+    AgentError,
+    InvalidArgumentError,
+    SandboxNotRunningError,
+    error_from_code,
+)
 
 _CLOSED = ({"ev": "__closed__"}, b"")
-# A well-behaved agent never has more than the window plus a few control frames queued.
-_QUEUE_LIMIT = 2 * proto.STREAM_WINDOW + 16
+T = TypeVar("T")
+#: Longest a single-reply request (stat, mkdir, list, signal, stdin...) may wait.
+CALL_TIMEOUT = 60.0
+# A well-behaved agent never has more than its credit window (plus a few control frames)
+# queued on one stream; code in the sandbox can forge frames, so the bound is in bytes too.
+_QUEUE_FRAMES = proto.STREAM_WINDOW + 8
+_QUEUE_BYTES = _QUEUE_FRAMES * proto.CHUNK + proto.MAX_DATA
 
 
 class Stream:
@@ -28,17 +38,24 @@ class Stream:
         self.id = req_id
         self._credited = credited
         self._queue: asyncio.Queue[tuple[dict[str, Any], bytes]] = asyncio.Queue()
+        self._queued_bytes = 0
         self._consumed = 0
 
     def _put(self, frame: tuple[dict[str, Any], bytes]) -> bool:
-        if self._queue.qsize() >= _QUEUE_LIMIT and frame is not _CLOSED:
-            return False
+        if frame is not _CLOSED:
+            size = len(frame[1]) + 256
+            if (self._queue.qsize() >= _QUEUE_FRAMES
+                    or self._queued_bytes + size > _QUEUE_BYTES):
+                return False
+            self._queued_bytes += size
         self._queue.put_nowait(frame)
         return True
 
     async def next(self) -> tuple[dict[str, Any], bytes]:
         """The next frame; raises if the channel closed or the agent reported an error."""
         header, data = await self._queue.get()
+        if header is not _CLOSED[0]:
+            self._queued_bytes -= len(data) + 256
         if header is _CLOSED[0]:
             raise self._client.closed_error()
         if header.get("ev") == proto.EV_ERROR:
@@ -79,7 +96,7 @@ class AgentClient:
         try:
             async with asyncio.timeout(timeout):
                 prefix = await self._reader.readexactly(proto.HEADER.size)
-                head_len, data_len = proto.parse_prefix(prefix)
+                head_len, data_len = proto.parse_prefix(prefix, proto.MAX_REPLY_HEADER)
                 header = proto.parse_header(await self._reader.readexactly(head_len))
                 await self._reader.readexactly(data_len)
         except TimeoutError:
@@ -100,7 +117,7 @@ class AgentClient:
         try:
             while True:
                 prefix = await self._reader.readexactly(proto.HEADER.size)
-                head_len, data_len = proto.parse_prefix(prefix)
+                head_len, data_len = proto.parse_prefix(prefix, proto.MAX_REPLY_HEADER)
                 header = proto.parse_header(await self._reader.readexactly(head_len))
                 data = await self._reader.readexactly(data_len) if data_len else b""
                 stream = self._streams.get(header["id"])
@@ -131,7 +148,10 @@ class AgentClient:
     async def send(self, header: dict[str, Any], data: bytes = b"") -> None:
         if self.closed:
             raise self.closed_error()
-        frame = proto.encode(header, data)
+        try:
+            frame = proto.encode(header, data)
+        except proto.ProtocolError as exc:
+            raise InvalidArgumentError(f"request too large for the sandbox: {exc}") from None
         async with self._write_lock:
             try:
                 self._writer.write(frame)
@@ -155,16 +175,38 @@ class AgentClient:
             raise
         return stream
 
-    async def call(self, op: str, data: bytes = b"", **fields: Any) -> dict[str, Any]:
+    async def call(self, op: str, data: bytes = b"", *, deadline: float | None = CALL_TIMEOUT,
+                   **fields: Any) -> dict[str, Any]:
         """Send a request and return its single ``ok`` reply."""
+        header, _ = await self.call_with_data(op, data, deadline=deadline, **fields)
+        return header
+
+    async def call_with_data(self, op: str, data: bytes = b"", *,
+                             deadline: float | None = CALL_TIMEOUT, **fields: Any
+                             ) -> tuple[dict[str, Any], bytes]:
+        """Send a request and return its single ``ok`` reply with the reply's data.
+
+        The agent must answer within ``deadline`` seconds; one that does not is wedged or
+        subverted, and the channel (so the sandbox) is closed.
+        """
         stream = await self.open(op, data, **fields)
         try:
-            header, _ = await stream.next()
+            header, reply_data = await self.within(deadline, stream.next(), op)
         finally:
             stream.close()
         if header.get("ev") != proto.EV_OK:
             raise AgentError(f"{self._label}: unexpected reply {header.get('ev')!r} to {op}")
-        return header
+        return header, reply_data
+
+    async def within(self, deadline: float | None, awaitable: Awaitable[T], what: str) -> T:
+        """Await a reply the agent owes; past ``deadline``, stop trusting it: close the channel."""
+        try:
+            async with asyncio.timeout(deadline):
+                return await awaitable
+        except TimeoutError:
+            self._shut(f"the agent did not answer {what} within {deadline:g} s")
+            raise AgentError(f"{self._label}: the agent did not answer {what} within "
+                             f"{deadline:g} s; the sandbox was stopped") from None
 
     async def read_file(self, path: str) -> tuple[int, AsyncIterator[bytes]]:
         """Open a download; returns the file's size and an iterator over its chunks."""
@@ -204,12 +246,12 @@ class AgentClient:
                     del buffer[:proto.CHUNK]
                     in_flight += 1
                     while in_flight >= proto.STREAM_WINDOW // 2:
-                        await stream.next()  # ack
+                        await self.within(CALL_TIMEOUT, stream.next(), "an upload chunk")
                         in_flight -= 1
             await self.send({"id": 0, "op": proto.OP_CHUNK, "target": stream.id, "eof": True},
                             bytes(buffer))
             while True:
-                header, _ = await stream.next()
+                header, _ = await self.within(CALL_TIMEOUT, stream.next(), "an upload")
                 if header.get("ev") == proto.EV_END:
                     size = header.get("size")
                     return size if isinstance(size, int) else -1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import signal as signals
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -9,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from corral.api import agent_protocol as proto
-from corral.api.errors import CommandTimeoutError, InvalidArgumentError
+from corral.api.errors import CommandTimeoutError, InvalidArgumentError, SandboxError
 from corral.api.resources import check_timeout
 
 from .agent_client import Stream
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 #: Output kept per stream by :meth:`Commands.run`; the rest is dropped (``truncated``).
 MAX_CAPTURE = 16 * 1024 * 1024
 DEFAULT_TIMEOUT = 60.0
+AGENT_GRACE = 30.0
 OutputCallback = Callable[[bytes], None]
 
 
@@ -99,8 +102,9 @@ class CommandHandle:
         payload = data.encode() if isinstance(data, str) else bytes(data)
         for start in range(0, max(len(payload), 1), proto.CHUNK):
             last = start + proto.CHUNK >= len(payload)
+            # No deadline: a command may legitimately leave its stdin unread for long.
             await self._sandbox._agent().call(proto.OP_STDIN, payload[start:start + proto.CHUNK],
-                                              target=self.id, eof=eof and last)
+                                              deadline=None, target=self.id, eof=eof and last)
 
     async def close_stdin(self) -> None:
         await self.send_stdin(b"", eof=True)
@@ -178,9 +182,19 @@ class Commands:
         """
         handle = await self.start(cmd, env=env, cwd=cwd, user=user, timeout=timeout,
                                   stdin=stdin is not None)
-        if stdin is not None:
-            await handle.send_stdin(stdin, eof=True)
-        result = await handle.wait(on_stdout, on_stderr)
+        try:
+            if stdin is not None:
+                await handle.send_stdin(stdin, eof=True)
+            # The agent enforces the timeout; the node does not rely on it: past the timeout
+            # and a grace period the agent is wedged or subverted, and the sandbox is stopped.
+            deadline = None if timeout is None else timeout + AGENT_GRACE
+            result = await self._sandbox._agent().within(
+                deadline, handle.wait(on_stdout, on_stderr), "a command's end")
+        except asyncio.CancelledError:
+            # The caller gave up: the command must not run on unobserved.
+            with contextlib.suppress(SandboxError):
+                await asyncio.shield(handle.kill())
+            raise
         if result.reason == proto.REASON_TIMEOUT:
             raise CommandTimeoutError(
                 f"command timed out after {timeout:g} s and was killed", result)

@@ -7,11 +7,12 @@ holds a whole file in memory unless you ask for ``read``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import TYPE_CHECKING
 
 from corral.api import agent_protocol as proto
-from corral.api.errors import InvalidArgumentError, ResourceExhaustedError
+from corral.api.errors import AgentError, InvalidArgumentError, ResourceExhaustedError
 
 from .models import EntryInfo
 from .validation import resolve_path
@@ -91,9 +92,14 @@ class Files:
 
     async def list(self, path: str = ".", depth: int = 1) -> list[EntryInfo]:
         """Entries under a directory, recursing ``depth`` levels (at most 10,000 entries)."""
-        reply = await self._sandbox._agent().call(proto.OP_LIST, path=self._path(path),
-                                                  depth=depth)
-        raw = reply.get("entries")
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 16:
+            raise InvalidArgumentError("depth must be an integer between 1 and 16")
+        _, data = await self._sandbox._agent().call_with_data(
+            proto.OP_LIST, path=self._path(path), depth=depth)
+        try:
+            raw = json.loads(data)
+        except ValueError:
+            raise AgentError("the agent sent a malformed listing") from None
         return [EntryInfo.from_wire(e) for e in raw if isinstance(e, dict)] if isinstance(
             raw, list) else []
 

@@ -64,12 +64,17 @@ class NodeSettings:
     max_sandboxes: int = 1000
     tune_cgroups: bool = True
 
+    def __post_init__(self) -> None:
+        # Resolved: mount points are compared with /proc/self/mountinfo, which has no links.
+        object.__setattr__(self, "data_dir", Path(os.path.realpath(self.data_dir)))
+        object.__setattr__(self, "image_dir", Path(os.path.realpath(self.image_dir)))
+
     @classmethod
     def from_env(cls, data_dir: Path | None = None) -> NodeSettings:
         data = data_dir or Path(os.environ.get("CORRAL_DATA_DIR", "/var/lib/corral"))
         images = Path(os.environ.get("CORRAL_IMAGE_DIR", str(data / "images")))
         tune = os.environ.get("CORRAL_TUNE_CGROUPS", "1") != "0"
-        return cls(data_dir=data.absolute(), image_dir=images.absolute(), tune_cgroups=tune)
+        return cls(data_dir=data, image_dir=images, tune_cgroups=tune)
 
     @property
     def node_key(self) -> str:
@@ -141,8 +146,9 @@ class Node:
         """The named runtime (or the default), probed once per node."""
         if name not in self._runtimes:
             runtime = get_runtime(name)
-            self._runtimes[name] = runtime
-            self._runtimes.setdefault(runtime.name, runtime)
+            # One instance per runtime, whichever way it was asked for: a runtime holds
+            # host-wide state (the namespaces runtime's uid slots).
+            self._runtimes[name] = self._runtimes.setdefault(runtime.name, runtime)
         return self._runtimes[name]
 
     async def create(self, image: str = "python", *, runtime: str | None = None,
@@ -150,6 +156,11 @@ class Node:
                      timeout: float = DEFAULT_TIMEOUT,
                      metadata: Mapping[str, str] | None = None) -> Sandbox:
         """Start a sandbox and return it once its agent answers.
+
+        Cancelling the call does not cut a start in half (that would strand mounts and a
+        subprocess): the start runs to its end in a task of its own, and what it made is
+        stopped at once.
+
 
         Args:
             image: a built image name (``corral image build NAME`` builds one).
@@ -159,6 +170,23 @@ class Node:
             timeout: maximum lifetime in seconds; the sandbox is killed after it.
             metadata: string labels to find the sandbox by.
         """
+        task = asyncio.get_running_loop().create_task(
+            self._create(image, runtime, resources, env, timeout, metadata))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._discard_abandoned)
+            raise
+
+    def _discard_abandoned(self, task: asyncio.Task[Sandbox]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            sandbox = task.result()
+            asyncio.get_running_loop().create_task(
+                self._stop(sandbox, "the caller gave up while it started"))
+
+    async def _create(self, image: str, runtime: str | None, resources: Resources | None,
+                      env: Mapping[str, str] | None, timeout: float,
+                      metadata: Mapping[str, str] | None) -> Sandbox:
         if self._bundle is None:
             raise SandboxError("the node is not started; use `async with Node()`")
         resources = resources or Resources()

@@ -26,10 +26,18 @@ CPU_PERIOD_US = 100_000
 
 @dataclass(frozen=True)
 class Layout:
-    """Where the controllers are mounted on this host."""
+    """Where the controllers are mounted on this host.
+
+    Attributes:
+        v1: the v1 hierarchies whose limits Corral writes (memory, pids, cpu).
+        unified: the v2 hierarchy, for ``cgroup.kill``.
+        hierarchies: every mounted hierarchy; runsc creates a sandbox's cgroup in all of
+            them (blkio, cpuset, devices, freezer, ...), so removal and sweeping visit all.
+    """
 
     v1: dict[str, Path]
     unified: Path | None
+    hierarchies: tuple[Path, ...]
 
 
 def cgroup_layout() -> Layout:
@@ -39,7 +47,12 @@ def cgroup_layout() -> Layout:
         if (candidate / "cgroup.controllers").exists():
             unified = candidate
             break
-    return Layout(v1=v1, unified=unified)
+    if (ROOT / "cgroup.procs").exists():
+        hierarchies: tuple[Path, ...] = (ROOT,)
+    else:
+        hierarchies = tuple(sorted(p for p in ROOT.iterdir()
+                                   if not p.is_symlink() and (p / "cgroup.procs").exists()))
+    return Layout(v1=v1, unified=unified, hierarchies=hierarchies)
 
 
 def check_host() -> str | None:
@@ -169,7 +182,7 @@ class SandboxCgroups:
     def remove(self, timeout: float = 5.0) -> list[str]:
         """Remove every cgroup of the sandbox (children first); returns what could not go."""
         left = []
-        for path in [*self.v1.values(), *([self.unified] if self.unified else [])]:
+        for path in [base / PARENT / self.name for base in self.layout.hierarchies]:
             deadline = time.monotonic() + timeout
             while path.exists():
                 try:
@@ -189,17 +202,15 @@ class SandboxCgroups:
 
 def remove_parent(node_key: str) -> None:
     """Remove a node's (empty) parent cgroups; a no-op while sandboxes remain."""
-    layout = cgroup_layout()
-    for base in [*layout.v1.values(), *([layout.unified] if layout.unified else [])]:
+    for base in cgroup_layout().hierarchies:
         with contextlib.suppress(OSError):
             (base / PARENT / node_key).rmdir()
 
 
 def leftover_names(node_key: str) -> set[str]:
     """Sandbox ids with cgroups under ``corral/<node_key>`` (for sweeping after a crash)."""
-    layout = cgroup_layout()
     names: set[str] = set()
-    for base in [*layout.v1.values(), *([layout.unified] if layout.unified else [])]:
+    for base in cgroup_layout().hierarchies:
         parent = base / PARENT / node_key
         if parent.is_dir():
             names.update(p.name for p in parent.iterdir() if p.is_dir())

@@ -9,6 +9,8 @@ import os
 import shutil
 from pathlib import Path
 
+from corral.api.errors import InternalError
+
 from . import _cgroups_unsafe as cgroups
 from . import _mounts_unsafe as mounts
 from .base import Runtime, RuntimeSandbox, RuntimeState, SandboxSpec
@@ -24,10 +26,15 @@ def inode_limit(disk_mib: int) -> int:
 
 
 def prepare_root(spec: SandboxSpec, userns: mounts.UserNamespace | None) -> Path:
-    """Mount the sandbox's root: image (read-only lower) + tmpfs upper of ``disk_mib``."""
+    """Mount the sandbox's root: image (read-only lower) + tmpfs upper of ``disk_mib``.
+
+    The sandbox's directory is 0700, owned by root (gvisor) or by the sandbox's own root uid
+    (namespaces, whose bwrap runs as that uid): no other host user can reach its files.
+    """
     directory = spec.directory
-    directory.mkdir(mode=0o711, parents=True)
-    os.chmod(directory, 0o711)  # the sandbox's unprivileged uid must traverse it
+    directory.mkdir(mode=0o700)
+    if userns is not None:
+        os.chown(directory, userns.base, userns.base)
     disk, root = directory / "disk", directory / "rootfs"
     disk.mkdir()
     root.mkdir()
@@ -46,7 +53,11 @@ def prepare_root(spec: SandboxSpec, userns: mounts.UserNamespace | None) -> Path
 
 
 def teardown(directory: Path, name: str) -> None:
-    """Kill, unmount, uncgroup and delete one sandbox's host state. Idempotent."""
+    """Kill, unmount, uncgroup and delete one sandbox's host state. Idempotent.
+
+    The directory is deleted only once nothing is mounted below it any more: deleting
+    through a mount could reach the shared image.
+    """
     groups = cgroups.SandboxCgroups(name)
     if not groups.kill():
         log.warning("sandbox %s: processes survived cgroup.kill for 5 s", name)
@@ -54,8 +65,27 @@ def teardown(directory: Path, name: str) -> None:
     left = groups.remove()
     if left:
         log.warning("sandbox %s: could not remove cgroups %s", name, left)
+    still_mounted = mounts.mounts_under(directory)
+    if still_mounted:
+        raise InternalError(f"sandbox {name}: refusing to delete {directory}, still mounted: "
+                            f"{[str(p) for p in still_mounted]}")
     if directory.exists():
-        shutil.rmtree(directory, ignore_errors=True)
+        _remove_tree(directory)
+
+
+def _remove_tree(directory: Path) -> None:
+    """rmtree that never leaves the directory's filesystem (belt and braces)."""
+    device = directory.stat().st_dev
+
+    def onerror(function: object, path: str, excinfo: object) -> None:
+        log.warning("could not remove %s", path)
+
+    for root, dirs, _ in os.walk(directory):
+        for name in dirs:
+            child = os.path.join(root, name)
+            if os.lstat(child).st_dev != device:
+                raise InternalError(f"refusing to delete {directory}: {child} is a mount point")
+    shutil.rmtree(directory, onerror=onerror)
 
 
 def sweep(sandboxes_dir: Path, node_key: str, keep: set[str]) -> list[str]:
@@ -69,7 +99,10 @@ def sweep(sandboxes_dir: Path, node_key: str, keep: set[str]) -> list[str]:
         names.update(p.name for p in sandboxes_dir.iterdir() if p.is_dir())
     swept = sorted(names - keep)
     for name in swept:
-        teardown(sandboxes_dir / name, f"{node_key}/{name}")
+        try:
+            teardown(sandboxes_dir / name, f"{node_key}/{name}")
+        except InternalError as exc:
+            log.error("could not sweep sandbox %s: %s", name, exc)
     return swept
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -29,6 +30,9 @@ _AT_FDCWD = -100
 _AT_EMPTY_PATH = 0x1000
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _MOUNT_ATTR_IDMAP = 0x100000
+_MOUNT_ATTR_RDONLY = 0x1
+_MOUNT_ATTR_NOSUID = 0x2
+_MOUNT_ATTR_NODEV = 0x4
 _MNT_DETACH = 2
 _MS_NOSUID = 2
 _MS_NODEV = 4
@@ -62,16 +66,23 @@ def mount_overlay(lower: Path, upper: Path, work: Path, target: Path) -> None:
     opts = f"lowerdir={lower},upperdir={upper},workdir={work}"
     if len(opts) > 4000:
         raise OSError(0, f"overlay options too long for {target}")
-    _check(_libc.mount(b"overlay", bytes(target), b"overlay", _MS_NODEV, opts.encode()),
-           f"mounting overlay on {target}")
+    # nosuid: the merged tree is also reachable from the host, where a setuid file the
+    # sandbox wrote must never run with privilege.
+    _check(_libc.mount(b"overlay", bytes(target), b"overlay", _MS_NOSUID | _MS_NODEV,
+                       opts.encode()), f"mounting overlay on {target}")
 
 
 def bind_idmapped(source: Path, target: Path, userns_fd: int) -> None:
-    """Bind ``source`` at ``target`` with ownership shifted by ``userns_fd``'s id map."""
+    """Bind ``source`` read-only at ``target``, ownership shifted by ``userns_fd``'s id map.
+
+    Read-only, nosuid and nodev: the image is shared by every sandbox, and through a
+    writable bind anyone reaching ``target`` could change it for all of them.
+    """
     fd = _check(_libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, bytes(source),
                               _OPEN_TREE_CLONE | _O_CLOEXEC), f"cloning {source}")
     try:
-        attr = _MountAttr(_MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+        attr = _MountAttr(_MOUNT_ATTR_IDMAP | _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID
+                          | _MOUNT_ATTR_NODEV, 0, 0, userns_fd)
         _check(_libc.syscall(_SYS_MOUNT_SETATTR, fd, b"", _AT_EMPTY_PATH, ctypes.byref(attr),
                              ctypes.sizeof(attr)), f"idmapping {source}")
         _check(_libc.syscall(_SYS_MOVE_MOUNT, fd, b"", _AT_FDCWD, bytes(target),
@@ -80,13 +91,18 @@ def bind_idmapped(source: Path, target: Path, userns_fd: int) -> None:
         os.close(fd)
 
 
+def _unescape(field: str) -> str:
+    """Decode mountinfo's octal escapes (space, tab, newline, backslash)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
 def mounts_under(directory: Path) -> list[Path]:
-    """Mount points at or below ``directory``, deepest first."""
-    prefix = str(directory).rstrip("/")
+    """Mount points at or below ``directory`` (symlinks resolved), deepest first."""
+    prefix = os.path.realpath(directory).rstrip("/")
     found = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
-            point = line.split()[4].replace("\\040", " ")
+            point = _unescape(line.split()[4])
             if point == prefix or point.startswith(prefix + "/"):
                 found.append(Path(point))
     return sorted(set(found), key=lambda p: -len(p.parts))

@@ -81,7 +81,7 @@ _HOST_ADMIN = (
     "lookup_dcookie", "move_pages", "migrate_pages",
 )  # fmt: skip
 _OBSOLETE = (
-    "uselib", "nfsservctl", "ustat", "sysfs", "_sysctl", "vm86", "vm86old",
+    "uselib", "nfsservctl", "ustat", "sysfs", "_sysctl", "vm86", "vm86old", "modify_ldt",
     "create_module", "get_kernel_syms", "query_module",
 )  # fmt: skip
 

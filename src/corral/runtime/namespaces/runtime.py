@@ -18,6 +18,7 @@ The kernel is shared with the host: this is a weaker wall than gVisor's.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import stat
@@ -34,6 +35,7 @@ from ..base import Availability, RuntimeSandbox, RuntimeState, SandboxSpec
 from . import _seccomp
 
 UID_BASE = 100_000
+SLOT_DIR = Path("/run/corral/uid-slots")
 MAX_SLOTS = 30_000
 CAPABILITIES = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
@@ -57,23 +59,40 @@ def _check_traversable(directory: Path) -> None:
 
 
 class _Slots:
-    """Host uid ranges handed to live sandboxes, one range each."""
+    """Host uid ranges handed to live sandboxes, one range each, host-wide.
 
-    def __init__(self) -> None:
+    A slot is held by an exclusive ``flock`` on ``/run/corral/uid-slots/<n>``, so two nodes
+    on one host (or a node and its crashed predecessor's leftovers) never share a range; a
+    lock dies with the process that held it.
+    """
+
+    def __init__(self, directory: Path = SLOT_DIR) -> None:
+        self._directory = directory
         self._lock = threading.Lock()
-        self._used: set[int] = set()
+        self._held: dict[int, int] = {}
 
     def take(self) -> int:
+        self._directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         with self._lock:
             for slot in range(MAX_SLOTS):
-                if slot not in self._used:
-                    self._used.add(slot)
-                    return slot
+                if slot in self._held:
+                    continue
+                fd = os.open(self._directory / str(slot), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                             0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                self._held[slot] = fd
+                return slot
         raise ResourceExhaustedError("no free uid range for another namespaces sandbox")
 
     def give(self, slot: int) -> None:
         with self._lock:
-            self._used.discard(slot)
+            fd = self._held.pop(slot, None)
+        if fd is not None:
+            os.close(fd)
 
 
 class NamespacesRuntime(HostRuntime):
@@ -153,11 +172,12 @@ class NamespacesRuntime(HostRuntime):
         def pre_exec() -> None:
             join()  # while still host root: cgroup files belong to the host
             mounts.enter_userns(userns_fd)
+            os.close(userns_fd)  # joined: the sandbox must not inherit a handle on it
 
         argv = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
                 "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--as-pid-1",
                 "--hostname", "sandbox", "--bind", str(spec.directory / "rootfs"), "/",
-                "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm",
+                "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm",
                 "--ro-bind", str(spec.agent_bundle), MOUNT_POINT, "--chdir", "/",
                 "--cap-drop", "ALL"]
         for cap in CAPABILITIES:
@@ -167,11 +187,10 @@ class NamespacesRuntime(HostRuntime):
             argv += ["--setenv", key, value]
         argv += ["--", *agent_command()]
         try:
-            os.set_inheritable(userns_fd, True)
             process = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, preexec_fn=pre_exec,
-                pass_fds=(seccomp_fd, userns_fd), limit=1024 * 1024)
+                pass_fds=(seccomp_fd,), limit=1024 * 1024)
         except OSError as exc:
             raise InternalError(f"starting bubblewrap for {spec.sandbox_id}: {exc}") from exc
         finally:
