@@ -16,6 +16,7 @@ import pytest
 from corral.node import NodeSettings, SyncNode, SyncSandbox
 from corral.node.images import ImageStore
 from corral.runtime import RUNTIME_NAMES, available_runtimes
+from corral.runtime._host import sweep
 
 IMAGE_DIR = Path(os.environ.get("CORRAL_IMAGE_DIR", "/var/lib/corral/images"))
 _PROBED = available_runtimes() if os.geteuid() == 0 else {}
@@ -44,6 +45,10 @@ def data_dir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="corral-test-") as tmp:
         os.chmod(tmp, 0o711)  # namespaces sandboxes' own uids traverse it to their root
         yield Path(tmp)
+        # Should a test have crashed the node, sweep what it left before the directory is
+        # deleted: never delete through a sandbox's mounts.
+        settings = NodeSettings(data_dir=Path(tmp), image_dir=IMAGE_DIR)
+        sweep(settings.data_dir / "sandboxes", settings.node_key, set())
 
 
 @pytest.fixture(scope="session")
