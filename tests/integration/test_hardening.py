@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from corral import InvalidArgumentError, NotFoundError
+from corral.api.errors import AlreadyExistsError
 from corral.node import NodeSettings, SandboxState, SyncNode, SyncSandbox
+from corral.node.images import BUILTIN_IMAGES, ImageStore, _mounts_using
 from corral.runtime._mounts_unsafe import mounts_under
 
 from ..conftest import IMAGE_DIR
@@ -128,3 +131,23 @@ def test_two_nodes_never_share_a_uid_range(node: SyncNode, second_node: SyncNode
     finally:
         a.kill()
         b.kill()
+
+
+def test_an_image_in_use_cannot_be_removed(node: SyncNode, sandbox: SyncSandbox,
+                                           tmp_path: Path) -> None:
+    # The running sandbox's image is seen as in use (checked without removing anything)...
+    assert _mounts_using(node.node.images.get("python").rootfs) >= 1
+    # ...and removal of an image in use is refused (a throwaway image, bind-mounted).
+    store = ImageStore(tmp_path / "images")
+    built = tmp_path / "images" / f"minimal-{BUILTIN_IMAGES['minimal'].cache_key()}"
+    (built / "rootfs" / "etc").mkdir(parents=True)
+    (built / "image.json").write_text("{}")
+    target = tmp_path / "mnt"
+    target.mkdir()
+    subprocess.run(["mount", "--bind", str(built / "rootfs"), str(target)], check=True)
+    try:
+        with pytest.raises(AlreadyExistsError, match="in use"):
+            store.remove("minimal")
+        assert (built / "rootfs" / "etc").is_dir()
+    finally:
+        subprocess.run(["umount", str(target)], check=True)

@@ -36,7 +36,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from subprocess import DEVNULL, PIPE, STDOUT
 
-from corral.api.errors import InternalError, InvalidArgumentError, NotFoundError
+from corral.api.errors import (
+    AlreadyExistsError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 
 RECIPE_FORMAT = 1
 """Bump when the build or :func:`customize_rootfs` changes: every cache key changes with it."""
@@ -171,6 +176,12 @@ class ImageStore:
         if not found:
             raise NotFoundError(f"image {name!r} is not built")
         for match in found:
+            users = _mounts_using(self.root / match.string / "rootfs")
+            if users:
+                raise AlreadyExistsError(
+                    f"image {name!r} is in use by {users} mounts of running sandboxes; "
+                    "kill them first")
+        for match in found:
             with self._locked(name, match["key"], None):
                 trash = self.root / f".build-{match['key']}-removed-{secrets.token_hex(4)}"
                 os.rename(self.root / match.string, trash)  # get() stops seeing it at once
@@ -294,6 +305,15 @@ def customize_rootfs(tree: Path, recipe: ImageRecipe) -> None:
     for entry in os.scandir(cache) if os.path.isdir(cache) else ():
         if entry.name.endswith(".bin") and not entry.is_dir(follow_symlinks=False):
             os.unlink(entry.path)
+
+
+def _mounts_using(rootfs: Path) -> int:
+    """How many host mounts use ``rootfs`` (a sandbox's overlay lower, or its idmapped bind)."""
+    needle = str(rootfs)
+    with open("/proc/self/mountinfo") as f:
+        return sum(1 for line in f
+                   if any(field == needle or field.startswith(needle + "/")
+                          or f"lowerdir={needle}" in field for field in line.split()))
 
 
 def _check_name(name: str) -> None:
