@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +125,13 @@ def test_hostile_agent_cannot_hang_or_flood_the_node() -> None:
         await process.wait()
 
     asyncio.run(scenario())
+
+
+def test_sandbox_uid_ranges_start_above_every_subordinate_range(tmp_path: Path) -> None:
+    from corral.runtime.namespaces.runtime import uid_base
+
+    assert uid_base(()) == 131072
+    subuid = tmp_path / "subuid"
+    subuid.write_text("alice:100000:65536\nbob:165536:65536\n# junk\nbad:line\n")
+    assert uid_base((subuid,)) == 262144
+    assert uid_base((tmp_path / "missing",)) == 131072

@@ -35,6 +35,7 @@ from ..base import Availability, RuntimeSandbox, RuntimeState, SandboxSpec
 from . import _seccomp
 
 UID_BASE = 100_000
+SUBID_FILES = (Path("/etc/subuid"), Path("/etc/subgid"))
 SLOT_DIR = Path("/run/corral/uid-slots")
 MAX_SLOTS = 30_000
 CAPABILITIES = (
@@ -42,6 +43,26 @@ CAPABILITIES = (
     "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_SETFCAP",
     "CAP_AUDIT_WRITE",
 )
+
+
+def uid_base(files: tuple[Path, ...] = SUBID_FILES) -> int:
+    """The first host uid of slot 0: above every range /etc/subuid and /etc/subgid hand out.
+
+    Those ranges belong to rootless containers of host users; a sandbox sharing one would
+    share file ownership with them. Rounded up to a whole range.
+    """
+    end = UID_BASE
+    for path in files:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.strip().split(":")
+            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                end = max(end, int(parts[1]) + int(parts[2]))
+    ranges = -(-end // mounts.UID_RANGE)
+    return ranges * mounts.UID_RANGE
 
 
 def _check_traversable(directory: Path) -> None:
@@ -101,6 +122,9 @@ class NamespacesRuntime(HostRuntime):
 
     def __init__(self) -> None:
         self._slots = _Slots()
+        self._base = uid_base()
+        if self._base + MAX_SLOTS * mounts.UID_RANGE >= 2**32 - 1:
+            raise InternalError(f"uid base {self._base} leaves no room for sandbox uid ranges")
         # One user namespace per slot, made on first use and reused by the slot's later
         # sandboxes: a namespace holds nothing but its id map, and the slot's previous
         # sandbox is gone (every process killed) before the slot is handed out again.
@@ -126,7 +150,7 @@ class NamespacesRuntime(HostRuntime):
         if problem:
             return Availability(False, problem, "run as root on a host with cgroups mounted")
         try:
-            userns = mounts.UserNamespace(UID_BASE)
+            userns = mounts.UserNamespace(uid_base())
             userns.close()
         except OSError as exc:
             return Availability(False, f"cannot create user namespaces: {exc}",
@@ -144,7 +168,7 @@ class NamespacesRuntime(HostRuntime):
         slot = self._slots.take()
         sandbox = RuntimeSandbox(spec=spec, extra={"slot": slot})
         try:
-            await asyncio.to_thread(self._prepare, sandbox, UID_BASE + slot * mounts.UID_RANGE)
+            await asyncio.to_thread(self._prepare, sandbox, self._base + slot * mounts.UID_RANGE)
         except BaseException as exc:
             self._slots.give(slot)
             await asyncio.to_thread(teardown, spec.directory, spec.cgroup)
@@ -164,7 +188,7 @@ class NamespacesRuntime(HostRuntime):
         spec = sandbox.spec
         slot = sandbox.extra["slot"]
         assert isinstance(slot, int)
-        userns = self._userns(UID_BASE + slot * mounts.UID_RANGE)
+        userns = self._userns(self._base + slot * mounts.UID_RANGE)
         join = cgroups.SandboxCgroups(spec.cgroup).joiner(v1=True)
         userns_fd = userns.fd
         seccomp_fd = _seccomp.filter_fd()
