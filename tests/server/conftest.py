@@ -2,6 +2,10 @@
 on a data dir of its own (mode 0711: namespaces sandboxes' uids traverse it) and the shared
 image dir, so the built ``python`` image is reused. Tests drive it over HTTP with the SDK.
 
+Every response the server sends is checked against its own OpenAPI document
+(:class:`tests.server._spec.SpecCheck`); a test whose calls got an undocumented status or a
+body off its schema fails in teardown.
+
 Keys: tenant ``alpha`` (the tests' own), tenant ``beta`` (the other tenant, who must see
 nothing of alpha's), and a revoked key of alpha's.
 """
@@ -28,6 +32,9 @@ from corral.server.store import KeyStore, open_engine
 from corral.server.store.schema import database_url
 from tests.conftest import IMAGE_DIR
 
+from ._db import BACKENDS, fresh_database
+from ._spec import SpecCheck
+
 START_TIMEOUT = 60.0
 
 
@@ -38,6 +45,7 @@ class Server:
     key: str  # tenant alpha
     other_key: str  # tenant beta
     revoked_key: str  # alpha's, revoked
+    spec_check: SpecCheck  # what the server answered that its OpenAPI document does not say
 
     def http(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -62,7 +70,8 @@ def server(server_dir: Path, python_image: str) -> Iterator[Server]:
     keys = KeyStore(open_engine(database_url(server_dir, None)))
     alpha, beta, revoked = keys.create("alpha"), keys.create("beta"), keys.create("alpha")
     keys.revoke(revoked.id)
-    uv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0,
+    spec_check = SpecCheck(create_app(settings))
+    uv = uvicorn.Server(uvicorn.Config(spec_check, host="127.0.0.1", port=0,
                                        log_level="warning", lifespan="on"))
     thread = threading.Thread(target=uv.run, name="corral-test-server", daemon=True)
     thread.start()
@@ -74,10 +83,27 @@ def server(server_dir: Path, python_image: str) -> Iterator[Server]:
     port = uv.servers[0].sockets[0].getsockname()[1]
     try:
         yield Server(url=f"http://127.0.0.1:{port}", keys=keys, key=alpha.key,
-                     other_key=beta.key, revoked_key=revoked.key)
+                     other_key=beta.key, revoked_key=revoked.key, spec_check=spec_check)
+        problems = spec_check.drain()
+        if problems:
+            pytest.fail("responses that do not match the OpenAPI document:\n"
+                        + "\n".join(problems[:20]))
     finally:
         uv.should_exit = True
         thread.join(60)
+
+
+@pytest.fixture(autouse=True)
+def responses_match_spec(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test whose server responses stray from the published OpenAPI document."""
+    yield
+    if "server" not in request.fixturenames:
+        return
+    server: Server = request.getfixturevalue("server")
+    problems = server.spec_check.drain()
+    if problems:
+        pytest.fail("responses that do not match the OpenAPI document:\n"
+                    + "\n".join(problems[:20]))
 
 
 @pytest.fixture
@@ -106,3 +132,10 @@ def assert_error(response: httpx.Response, status: int, code: str) -> str:
     assert body["error"]["code"] == code, body
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
     return str(body["error"]["message"])
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database on each store backend (SQLite; PostgreSQL when one is given)."""
+    with fresh_database(str(request.param), tmp_path) as url:
+        yield url

@@ -93,12 +93,21 @@ class SandboxCreate(_Request):
     env: Mapping = Field(default_factory=dict)
     metadata: Mapping = Field(default_factory=dict)
     timeout: float = Field(default=300.0, description="maximum lifetime, seconds")
+    idle_timeout: float | None = Field(
+        default=None, description="stop it after this many seconds without API activity "
+        "(running commands count as activity); default: never")
 
     @field_validator("timeout")
     @classmethod
     def _timeout(cls, value: float) -> float:
         result: float = _checked(check_timeout, value)
         return result
+
+    @field_validator("idle_timeout")
+    @classmethod
+    def _idle_timeout(cls, value: float | None) -> float | None:
+        return None if value is None else float(_checked(check_timeout, value,
+                                                         "idle timeout"))
 
 
 class TimeoutUpdate(_Request):
@@ -125,6 +134,7 @@ class Sandbox(_Response):
     created_at: datetime
     expires_at: datetime
     stop_reason: str | None = None
+    idle_timeout: float | None = None
 
 
 class SandboxList(_Response):

@@ -5,6 +5,7 @@
     corral image build python                   # build an image
     corral bench --quick                        # measure start-up against bare runsc/bwrap
     corral serve                                # the HTTP API (see corral keys create)
+    corral sandbox create | list | exec | kill  # sandboxes on that server
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import typer
 
 from corral import __version__
 
-from . import bench, doctor, image, keys, run, serve
+from . import bench, doctor, image, keys, run, sandbox, serve
 
 __all__ = ["app", "main"]
 
@@ -33,6 +34,7 @@ app.command()(bench.bench)
 app.add_typer(image.app, name="image")
 app.command()(serve.serve)
 app.add_typer(keys.app, name="keys")
+app.add_typer(sandbox.app, name="sandbox")
 
 
 def _version(value: bool) -> None:

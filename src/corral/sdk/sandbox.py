@@ -54,7 +54,8 @@ class AsyncSandbox:
                      env: Mapping[str, str] | None = None,
                      metadata: Mapping[str, str] | None = None,
                      resources: ResourcesArg | None = None, runtime: str | None = None,
-                     url: str | None = None, api_key: str | None = None) -> AsyncSandbox:
+                     idle_timeout: float | None = None, url: str | None = None,
+                     api_key: str | None = None) -> AsyncSandbox:
         """Start a sandbox and return once it can run commands.
 
         Args:
@@ -65,12 +66,16 @@ class AsyncSandbox:
             resources: limits, e.g. ``{"memory": "1G", "cpus": 2}`` or a
                 :class:`corral.Resources`.
             runtime: ``"gvisor"`` or ``"namespaces"``; default: the server's strongest.
+            idle_timeout: stop it after this many seconds in which no call touched it and
+                no command ran in it; default: only ``timeout`` ends it.
         """
         api = ApiClient(url, api_key)
         try:
             request = checked(models.SandboxCreate, image=image, runtime=runtime,
                               resources=_resources(resources), env=dict(env or {}),
-                              metadata=dict(metadata or {}), timeout=float(timeout))
+                              metadata=dict(metadata or {}), timeout=float(timeout),
+                              idle_timeout=None if idle_timeout is None
+                              else float(idle_timeout))
             reply = await api.json("POST", "/v1/sandboxes", body=request,
                                    read_timeout=CREATE_TIMEOUT)
         except BaseException:

@@ -2,8 +2,8 @@
 
 One process holds the control plane and the node: the lifespan opens the store, starts
 the node (which sweeps what a previous run left) and closes both in reverse. Requests go
-through authentication, then the body bound, then a route. Docs pages are off: every
-path needs a key, and the OpenAPI document is available as ``app.openapi()``.
+through authentication, then the body bound, then a route. Docs pages are off; every
+path needs a key but the OpenAPI document, ``GET /openapi.json``.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from fastapi import FastAPI
 from corral import __version__
 from corral.node import Node
 
-from . import errors
-from .auth import Authenticate
+from . import errors, openapi
 from .limits import BodyLimit
-from .routes import commands, files, sandboxes
-from .services import CommandService, FileService, SandboxService
+from .metrics import HttpMetrics, Metrics
+from .routes import commands, files, metrics, sandboxes
+from .services import CommandService, FileService, IdleReaper, SandboxService
 from .settings import ServerSettings
 from .store import KeyStore, SandboxStore, open_engine
 from .store.schema import database_url
@@ -35,31 +35,38 @@ def create_app(settings: ServerSettings) -> FastAPI:
     keys = KeyStore(engine)
     node = Node(settings.node)
     sandbox_service = SandboxService(node, SandboxStore(engine))
+    reaper = IdleReaper(sandbox_service, settings.idle_check_interval)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await node.start()
         try:
             await sandbox_service.start()
+            reaper.start()
             log.info("corral server ready on %s", settings.url)
             yield
         finally:
+            await reaper.close()
             await sandbox_service.close()
             await node.close()
             await sandbox_service.record_all()
             engine.dispose()
 
     app = FastAPI(title="Corral", version=__version__, lifespan=lifespan, docs_url=None,
-                  redoc_url=None, openapi_url=None)
+                  redoc_url=None, openapi_url=openapi.SPEC_PATH)
     app.state.settings = settings
     app.state.keys = keys
     app.state.sandboxes = sandbox_service
     app.state.commands = CommandService(sandbox_service)
     app.state.files = FileService(sandbox_service)
+    app.state.metrics = Metrics(node)
     errors.install(app)
-    for module in (sandboxes, commands, files):
+    openapi.install(app)
+    for module in (sandboxes, commands, files, metrics):
         app.include_router(module.router)
-    # Added last runs first: authentication, then the body bound, then the routes.
+    # Added last runs first: metrics, authentication, then the body bound, then the routes.
     app.add_middleware(BodyLimit, limit=settings.max_body, exempt=files.is_upload)
-    app.add_middleware(Authenticate, keys=keys)
+    app.add_middleware(openapi.AuthenticateExceptSpec, keys=keys)
+    app.add_middleware(HttpMetrics, metrics=app.state.metrics,
+                       templates=lambda: app.openapi()["paths"])
     return app

@@ -23,6 +23,8 @@ class ServerSettings:
         host, port: where to listen (``CORRAL_HOST``, ``CORRAL_PORT``); loopback by default.
         database_url: SQLAlchemy URL (``CORRAL_DATABASE_URL``), default SQLite in the data dir.
         max_body: largest request body outside file uploads, in bytes.
+        idle_check_interval: seconds between two looks for sandboxes idle past their
+            ``idle_timeout``.
     """
 
     node: NodeSettings
@@ -30,6 +32,7 @@ class ServerSettings:
     port: int = DEFAULT_PORT
     database_url: str = ""
     max_body: int = MAX_BODY
+    idle_check_interval: float = 1.0
 
     @classmethod
     def from_env(cls, *, data_dir: Path | None = None, host: str | None = None,

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
+from ..metrics import Metrics as MetricsT
 from ..services import CommandService, FileService, SandboxService
 
 
@@ -24,7 +25,13 @@ def _files(request: Request) -> FileService:
     return service
 
 
+def _metrics(request: Request) -> MetricsT:
+    metrics: MetricsT = request.app.state.metrics
+    return metrics
+
+
 Sandboxes = Annotated[SandboxService, Depends(_sandboxes)]
 Commands = Annotated[CommandService, Depends(_commands)]
 Files = Annotated[FileService, Depends(_files)]
+Metrics = Annotated[MetricsT, Depends(_metrics)]
 SandboxId = Annotated[str, Path(max_length=64)]

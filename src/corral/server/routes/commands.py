@@ -3,33 +3,63 @@ start, stdin, signals, and the list of running commands."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import StreamingResponse
 
 from corral.api import models
+from corral.api.errors import SandboxError
 
 from ..auth import Tenant
-from ._deps import Commands, SandboxId
+from ..metrics import Metrics as MetricsT
+from ._deps import Commands, Metrics, SandboxId
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/commands", tags=["commands"])
 NDJSON = "application/x-ndjson"
 CommandId = Annotated[int, Path(ge=0, le=2**53)]
 
 
-@router.post("", response_model=None, responses={
-    200: {"description": "CommandResult, or with `stream` NDJSON events",
-          "content": {NDJSON: {}}}})
+_EVENTS = {"$ref": "#/components/schemas/CommandEvent"}
+_RESULT = {"oneOf": [{"$ref": "#/components/schemas/CommandResult"},
+                     {"$ref": "#/components/schemas/CommandStarted"}]}
+
+
+@router.post("", response_model=None, responses={200: {
+    "description": "A CommandResult once the command ended; CommandStarted at once with "
+                   "`background`; with `stream`, NDJSON: one CommandEvent per line",
+    "content": {"application/json": {"schema": _RESULT}, NDJSON: {"schema": _EVENTS}}}})
 async def run(sandbox_id: SandboxId, body: models.CommandRequest, tenant: Tenant,
-              service: Commands) -> models.CommandResult | models.CommandStarted | Response:
-    if body.stream:
-        events = await service.stream(tenant, sandbox_id, body)
-        return StreamingResponse(events, media_type=NDJSON,
-                                 headers={"Cache-Control": "no-store"})
-    if body.background:
-        return await service.background(tenant, sandbox_id, body)
-    return await service.run(tenant, sandbox_id, body)
+              service: Commands, metrics: Metrics
+              ) -> models.CommandResult | models.CommandStarted | Response:
+    try:
+        if body.stream:
+            events = await service.stream(tenant, sandbox_id, body)
+            return StreamingResponse(_counted(events, metrics), media_type=NDJSON,
+                                     headers={"Cache-Control": "no-store"})
+        if body.background:
+            started = await service.background(tenant, sandbox_id, body)
+            metrics.commands.labels("background").inc()
+            return started
+        result = await service.run(tenant, sandbox_id, body)
+    except SandboxError:
+        metrics.commands.labels("error").inc()
+        raise
+    metrics.command_ended(result.exit_code, result.reason)
+    return result
+
+
+async def _counted(events: AsyncIterator[bytes], metrics: MetricsT) -> AsyncIterator[bytes]:
+    """Pass the NDJSON lines on, counting the command's outcome from its last event."""
+    async for line in events:
+        if line.startswith(b'{"type":"exit"'):
+            end = models.ExitEvent.model_validate(json.loads(line))
+            metrics.command_ended(end.exit_code, end.reason)
+        elif line.startswith(b'{"type":"error"'):
+            metrics.commands.labels("error").inc()
+        yield line
 
 
 @router.get("")
@@ -38,7 +68,9 @@ async def list_(sandbox_id: SandboxId, tenant: Tenant, service: Commands
     return await service.list(tenant, sandbox_id)
 
 
-@router.post("/{command_id}/stdin", status_code=204)
+@router.post("/{command_id}/stdin", status_code=204, openapi_extra={"requestBody": {
+    "required": False, "content": {"application/octet-stream": {
+        "schema": {"type": "string", "format": "binary"}}}}})
 async def stdin(sandbox_id: SandboxId, command_id: CommandId, request: Request,
                 tenant: Tenant, service: Commands, eof: bool = False) -> Response:
     """The raw request body goes to the command's stdin; ``eof=true`` closes it after."""

@@ -26,14 +26,21 @@ def is_upload(scope: Scope) -> bool:
 
 
 @router.get("", response_class=StreamingResponse,
-            responses={200: {"content": {"application/octet-stream": {}}}})
+            responses={200: {"description": "The file's bytes, streamed",
+                             "content": {"application/octet-stream": {
+                                 "schema": {"type": "string", "format": "binary"}}}}})
 async def download(sandbox_id: SandboxId, path: FilePath, tenant: Tenant,
                    service: Files) -> StreamingResponse:
     chunks = await service.read_stream(tenant, sandbox_id, path)
     return StreamingResponse(chunks, media_type="application/octet-stream")
 
 
-@router.put("")
+#: How the spec describes a raw byte request body (FastAPI cannot see one read by hand).
+RAW_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {
+    "schema": {"type": "string", "format": "binary"}}}}}
+
+
+@router.put("", openapi_extra=RAW_BODY)
 async def upload(sandbox_id: SandboxId, path: FilePath, request: Request, tenant: Tenant,
                  service: Files, mode: Annotated[int, Query(ge=0, le=0o7777)] = 0o644
                  ) -> models.WriteResult:

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Request, Response
 
 from corral.api import models
-from corral.api.errors import InvalidArgumentError
+from corral.api.errors import ErrorCode, InvalidArgumentError
 from corral.node import SandboxState
 
 from ..auth import Tenant
-from ._deps import Sandboxes, SandboxId
+from ..openapi import errors
+from ._deps import Metrics, Sandboxes, SandboxId
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 METADATA_PREFIX = "metadata."
 
 
-@router.post("", status_code=201)
-async def create(body: models.SandboxCreate, tenant: Tenant,
-                 service: Sandboxes) -> models.Sandbox:
-    return await service.create(tenant, body)
+@router.post("", status_code=201, responses=errors(
+    ErrorCode.NOT_FOUND, why="no such image (`corral image build NAME` builds one)"))
+async def create(body: models.SandboxCreate, tenant: Tenant, service: Sandboxes,
+                 metrics: Metrics) -> models.Sandbox:
+    started = time.perf_counter()
+    sandbox = await service.create(tenant, body)
+    metrics.create_seconds.observe(time.perf_counter() - started)  # only those that started
+    return sandbox
 
 
 @router.get("")

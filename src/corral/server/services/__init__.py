@@ -2,6 +2,7 @@
 
 from .commands import CommandService
 from .files import FileService
+from .reaper import IdleReaper
 from .sandboxes import SandboxService
 
-__all__ = ["CommandService", "FileService", "SandboxService"]
+__all__ = ["CommandService", "FileService", "IdleReaper", "SandboxService"]

@@ -6,6 +6,12 @@ not, existing or not, is answered exactly like an id that never existed.
 The node stops sandboxes on its own too (lifetime timeout, a limit, the agent's death)
 and has no hook to say so, so the service looks: on every request touching a sandbox,
 and once a second for all of them, it writes any change of state to the store.
+
+Idle timeouts: a sandbox created with ``idle_timeout`` is stopped once that long has passed
+with no call touching it (a command, a file, a get; listing does not count, so a dashboard
+polling the list keeps nothing alive) and no command running in it. The service keeps the
+last activity (in memory: a restarted server stops its sandboxes anyway); the reaper
+(:mod:`.reaper`) calls :meth:`SandboxService.reap_idle` every second.
 """
 
 from __future__ import annotations
@@ -13,10 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from corral.api import models
-from corral.api.errors import NotFoundError, SandboxNotRunningError
+from corral.api.errors import NotFoundError, SandboxError, SandboxNotRunningError
 from corral.node import Node, SandboxState
 from corral.node import Sandbox as NodeSandbox
 from corral.node.validation import SANDBOX_ID, check_metadata
@@ -30,6 +38,18 @@ SYNC_INTERVAL = 1.0
 RESTART_REASON = "the server restarted; its sandboxes were stopped"
 
 
+def idle_reason(idle_timeout: float) -> str:
+    return f"idle timeout: no activity for {idle_timeout:g} s"
+
+
+@dataclass
+class _Activity:
+    """When a sandbox with an idle timeout was last used (``time.monotonic()``)."""
+
+    idle_timeout: float
+    last: float
+
+
 class SandboxService:
     def __init__(self, node: Node, store: SandboxStore) -> None:
         self._node = node
@@ -37,6 +57,7 @@ class SandboxService:
         self._live: dict[str, tuple[str, NodeSandbox]] = {}
         self._written: dict[str, tuple[str, str | None, float]] = {}
         self._watcher: asyncio.Task[None] | None = None
+        self._activity: dict[str, _Activity] = {}
         #: Called with a sandbox's id once it has stopped (the command registry listens).
         self.on_stopped: list[Callable[[str], None]] = []
 
@@ -64,12 +85,15 @@ class SandboxService:
             request.image, runtime=request.runtime, resources=request.resources.to_resources(),
             env=request.env, timeout=request.timeout, metadata=request.metadata)
         self._live[sandbox.id] = (tenant, sandbox)
+        if request.idle_timeout is not None:
+            self._activity[sandbox.id] = _Activity(request.idle_timeout, time.monotonic())
         info = sandbox.info()
         record = SandboxRecord(
             id=info.id, tenant=tenant, image=info.image, runtime=info.runtime,
             state=info.state.value, resources=models.ResourcesSpec.of(info.resources)
             .model_dump(), metadata=info.metadata, created_at=from_epoch(info.created_at),
-            expires_at=from_epoch(info.expires_at), stop_reason=info.stop_reason)
+            expires_at=from_epoch(info.expires_at), stop_reason=info.stop_reason,
+            idle_timeout=request.idle_timeout)
         await asyncio.to_thread(self._store.add, record)
         self._written[sandbox.id] = (info.state.value, info.stop_reason, info.expires_at)
         log.info("sandbox %s created for tenant %s", sandbox.id, tenant)
@@ -81,6 +105,7 @@ class SandboxService:
         if owned is None or owned[0] != tenant:
             # Not live, or not the tenant's: the store says which error to give.
             raise NotFoundError(f"no sandbox {sandbox_id!r:.80}")
+        self._touch(sandbox_id)
         sandbox = owned[1]
         if sandbox.state is not SandboxState.RUNNING:
             raise SandboxNotRunningError(f"sandbox {sandbox_id} is {sandbox.state.value}"
@@ -101,6 +126,7 @@ class SandboxService:
     async def describe(self, tenant: str, sandbox_id: str) -> models.Sandbox:
         owned = self._live.get(sandbox_id)
         if owned is not None and owned[0] == tenant:
+            self._touch(sandbox_id)
             await self._sync(owned[1])
         return _wire(await self._record(tenant, sandbox_id))
 
@@ -128,6 +154,51 @@ class SandboxService:
         await owned[1].kill()
         await self._sync(owned[1])
 
+    async def reap_idle(self) -> int:
+        """Stop every sandbox idle past its idle timeout; returns how many were stopped."""
+        now = time.monotonic()
+        due = [(sandbox_id, activity) for sandbox_id, activity in self._activity.items()
+               if now - activity.last >= activity.idle_timeout]
+        stopped = await asyncio.gather(*(self._reap(sandbox_id, activity)
+                                         for sandbox_id, activity in due))
+        return sum(stopped)
+
+    async def _reap(self, sandbox_id: str, activity: _Activity) -> bool:
+        owned = self._live.get(sandbox_id)
+        if owned is None:
+            self._activity.pop(sandbox_id, None)
+            return False
+        sandbox = owned[1]
+        if sandbox.state is not SandboxState.RUNNING:
+            return False  # stopping already; the watcher records how it ended
+        try:
+            # A command still running (in the background, streamed, or waited on) is
+            # activity. The agent answers this: a hostile one can claim to be busy, but
+            # then only its lifetime timeout ends it, which bounds every sandbox anyway.
+            busy = bool(await sandbox.commands.list())
+        except SandboxError:
+            return False  # it is stopping on its own
+        if busy:
+            activity.last = time.monotonic()
+            return False
+        if (sandbox.state is not SandboxState.RUNNING
+                or time.monotonic() - activity.last < activity.idle_timeout):
+            return False  # it stopped, or a request touched it, while we asked
+        reason = idle_reason(activity.idle_timeout)
+        log.info("sandbox %s stopped: %s", sandbox_id, reason)
+        # The node keeps a reason recorded before the stop (as it does for a dead agent),
+        # so requests in flight and the record both say why.
+        if sandbox.stop_reason is None:
+            sandbox.stop_reason = reason
+        await sandbox.kill()
+        await self._sync(sandbox)
+        return True
+
+    def _touch(self, sandbox_id: str) -> None:
+        activity = self._activity.get(sandbox_id)
+        if activity is not None:
+            activity.last = time.monotonic()
+
     async def _record(self, tenant: str, sandbox_id: str) -> SandboxRecord:
         if not SANDBOX_ID.match(sandbox_id):
             raise NotFoundError(f"no sandbox {sandbox_id!r:.80}")
@@ -146,6 +217,7 @@ class SandboxService:
         if sandbox.state is SandboxState.STOPPED and sandbox.id in self._live:
             del self._live[sandbox.id]
             self._written.pop(sandbox.id, None)
+            self._activity.pop(sandbox.id, None)
             for hook in self.on_stopped:
                 hook(sandbox.id)
 
@@ -165,4 +237,4 @@ def _wire(record: SandboxRecord) -> models.Sandbox:
         state=record.state,  # type: ignore[arg-type]
         resources=models.ResourcesSpec.model_validate(record.resources),
         metadata=record.metadata, created_at=record.created_at, expires_at=record.expires_at,
-        stop_reason=record.stop_reason)
+        stop_reason=record.stop_reason, idle_timeout=record.idle_timeout)

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, insert, select, update
 
 from ._time import aware
-from .schema import sandboxes
+from .schema import STOP_REASON_LENGTH, bounded, sandboxes
 
 ACTIVE_STATES = ("starting", "running", "stopping")
 
@@ -27,13 +27,15 @@ class SandboxRecord:
     created_at: datetime
     expires_at: datetime
     stop_reason: str | None = None
+    idle_timeout: float | None = None
 
 
 def _record(row: Any) -> SandboxRecord:
     return SandboxRecord(id=row.id, tenant=row.tenant, image=row.image, runtime=row.runtime,
                          state=row.state, resources=dict(row.resources),
                          metadata=dict(row.metadata), created_at=aware(row.created_at),
-                         expires_at=aware(row.expires_at), stop_reason=row.stop_reason)
+                         expires_at=aware(row.expires_at), stop_reason=row.stop_reason,
+                         idle_timeout=row.idle_timeout)
 
 
 class SandboxStore:
@@ -46,13 +48,15 @@ class SandboxStore:
                 id=record.id, tenant=record.tenant, image=record.image, runtime=record.runtime,
                 state=record.state, resources=record.resources, metadata=record.metadata,
                 created_at=record.created_at, expires_at=record.expires_at,
-                stop_reason=record.stop_reason))
+                stop_reason=bounded(record.stop_reason, STOP_REASON_LENGTH),
+                idle_timeout=record.idle_timeout))
 
     def set_state(self, sandbox_id: str, state: str, stop_reason: str | None,
                   expires_at: datetime) -> None:
         with self._engine.begin() as db:
             db.execute(update(sandboxes).where(sandboxes.c.id == sandbox_id).values(
-                state=state, stop_reason=stop_reason, expires_at=expires_at))
+                state=state, stop_reason=bounded(stop_reason, STOP_REASON_LENGTH),
+                expires_at=expires_at))
 
     def get(self, sandbox_id: str) -> SandboxRecord | None:
         with self._engine.connect() as db:
@@ -77,5 +81,6 @@ class SandboxStore:
         """Mark every not-yet-stopped sandbox stopped (their node is gone); returns how many."""
         with self._engine.begin() as db:
             done = db.execute(update(sandboxes).where(sandboxes.c.state.in_(ACTIVE_STATES))
-                              .values(state="stopped", stop_reason=reason))
+                              .values(state="stopped",
+                                      stop_reason=bounded(reason, STOP_REASON_LENGTH)))
         return int(done.rowcount)

@@ -1,4 +1,10 @@
-"""Tables, and the engine that holds them."""
+"""Tables, and the engine that holds them.
+
+Portable across SQLite and PostgreSQL: only Core types, no dialect's SQL. PostgreSQL
+enforces ``String`` lengths where SQLite does not, so writers bound free text to the column
+(:func:`bounded`). Columns added after a database was first created are added on open
+(:func:`_add_missing_columns`): nullable ones only, which every dialect can add in place.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    Float,
     ForeignKey,
     Index,
     MetaData,
@@ -18,7 +25,11 @@ from sqlalchemy import (
     Table,
     create_engine,
     event,
+    inspect,
+    text,
 )
+
+STOP_REASON_LENGTH = 2048
 
 metadata = MetaData()
 
@@ -50,7 +61,9 @@ sandboxes = Table(
     Column("metadata", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
-    Column("stop_reason", String(2048), nullable=True),
+    Column("stop_reason", String(STOP_REASON_LENGTH), nullable=True),
+    # Seconds without API activity after which the server stops it; NULL: never.
+    Column("idle_timeout", Float, nullable=True),
     Index("ix_sandboxes_tenant_state", "tenant", "state"),
 )
 
@@ -63,8 +76,10 @@ def database_url(data_dir: Path, url: str | None) -> str:
 def open_engine(url: str) -> Engine:
     """An engine on ``url`` with every table created. SQLite gets WAL and a busy timeout,
     so ``corral keys`` can write while the server runs."""
-    engine = create_engine(url)
-    if engine.dialect.name == "sqlite":
+    sqlite = url.startswith("sqlite")
+    # A server restarted under the pool would otherwise hand out dead connections once.
+    engine = create_engine(url, pool_pre_ping=not sqlite)
+    if sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
         if engine.url.database and engine.url.database != ":memory:":
             # Key hashes and tenants' metadata: readable by root alone.
@@ -72,7 +87,34 @@ def open_engine(url: str) -> Engine:
             path.parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
     metadata.create_all(engine)
+    _add_missing_columns(engine)
     return engine
+
+
+def bounded(text: str | None, length: int) -> str | None:
+    """``text`` cut to a column of ``length`` characters (PostgreSQL refuses longer)."""
+    if text is None or len(text) <= length:
+        return text
+    return text[:length - 1] + "…"
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add the nullable columns a database made by an older Corral lacks."""
+    present = inspect(engine)
+    quote = engine.dialect.identifier_preparer.quote
+    with engine.begin() as db:
+        for table in metadata.sorted_tables:
+            have = {c["name"] for c in present.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in have:
+                    continue
+                if not column.nullable:
+                    raise RuntimeError(
+                        f"database table {table.name} lacks column {column.name}, which "
+                        "cannot be added in place; migrate it by hand")
+                kind = column.type.compile(dialect=engine.dialect)
+                db.execute(text(f"ALTER TABLE {quote(table.name)} "
+                                f"ADD COLUMN {quote(column.name)} {kind}"))
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:

@@ -1,0 +1,192 @@
+"""``corral sandbox create | list | exec | kill``: sandboxes on a Corral server, via the SDK.
+
+The server and key come from ``--url``/``--api-key`` or ``CORRAL_URL``/``CORRAL_API_KEY``.
+Unlike ``corral run``, a created sandbox outlives the command: it lives until ``kill`` or
+its ``--timeout``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, BinaryIO
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from corral.api.agent_protocol import REASON_TIMEOUT
+from corral.sdk import Sandbox
+
+from ._common import EXIT_CORRAL_ERROR, EXIT_TIMEOUT, reporting_errors, say
+from .run import parse_env
+
+app = typer.Typer(
+    help="Sandboxes on a Corral server (CORRAL_URL, CORRAL_API_KEY).\n\n"
+         "Example: `id=$(corral sandbox create --meta job=demo)`, then "
+         "`corral sandbox exec $id -- python3 -V`, `corral sandbox list --meta job=demo`, "
+         "`corral sandbox kill $id`.",
+    no_args_is_help=True)
+
+UrlOption = Annotated[str | None, typer.Option(
+    "--url", envvar="CORRAL_URL", show_default="http://127.0.0.1:8470",
+    help="The Corral server (env CORRAL_URL).")]
+KeyOption = Annotated[str | None, typer.Option(
+    "--api-key", envvar="CORRAL_API_KEY", show_default=False, show_envvar=True,
+    help="API key (env CORRAL_API_KEY); `corral keys create` makes one.")]
+MetaOption = Annotated[list[str] | None, typer.Option(
+    "--meta", "-m", metavar="KEY=VALUE", show_default=False,
+    help="Metadata label (repeatable).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead.")]
+
+
+def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
+    try:
+        return parse_env(values)
+    except typer.BadParameter as exc:
+        raise typer.BadParameter(exc.message, param_hint=option) from None
+
+
+@app.command()
+def create(
+    image: Annotated[str, typer.Option(help="A built image on the server.")] = "python",
+    timeout: Annotated[float, typer.Option(
+        help="Seconds the sandbox lives, unless killed first.")] = 300.0,
+    runtime: Annotated[str | None, typer.Option(
+        "--runtime", "-r", show_default="the server's strongest",
+        help="gvisor or namespaces.")] = None,
+    memory: Annotated[str | None, typer.Option(help="Memory limit, e.g. 1G.")] = None,
+    cpus: Annotated[float | None, typer.Option(help="CPU time, in cores.")] = None,
+    env: Annotated[list[str] | None, typer.Option(
+        "--env", "-e", metavar="KEY=VALUE", show_default=False,
+        help="Environment variable of every command (repeatable).")] = None,
+    meta: MetaOption = None,
+    as_json: JsonOption = False,
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Start a sandbox and print its id (it keeps running after this command).
+
+    Examples:
+
+        corral sandbox create --meta job=demo --timeout 600
+
+        corral sandbox create --image python --memory 1G --json
+    """
+    resources = {k: v for k, v in (("memory", memory), ("cpus", cpus)) if v is not None}
+    with reporting_errors():
+        sb = Sandbox.create(image, timeout=timeout, runtime=runtime, resources=resources,
+                            env=_pairs(env, "'--env'"), metadata=_pairs(meta, "'--meta'"),
+                            url=url, api_key=api_key)
+        sb.close()  # leaves it running
+    typer.echo(sb.info.model_dump_json(indent=2) if as_json else sb.id)
+
+
+@app.command("list")
+def list_(
+    meta: MetaOption = None,
+    state: Annotated[str | None, typer.Option(
+        help="Only sandboxes in this state: starting, running, stopping, stopped.")] = None,
+    as_json: JsonOption = False,
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """List your sandboxes, newest first; --meta filters by labels (all must match).
+
+    Examples:
+
+        corral sandbox list --state running
+
+        corral sandbox list --meta job=demo --json
+    """
+    with reporting_errors():
+        found = Sandbox.list(metadata=_pairs(meta, "'--meta'"), state=state, url=url,
+                             api_key=api_key)
+    if as_json:
+        typer.echo(json.dumps([json.loads(sb.model_dump_json()) for sb in found], indent=2))
+        return
+    table = Table("id", "state", "image", "runtime", "created", "expires", "metadata",
+                  "stop reason")
+    table.columns[0].no_wrap = True
+    for sb in found:
+        table.add_row(sb.id, sb.state, sb.image, sb.runtime,
+                      f"{sb.created_at:%Y-%m-%d %H:%M:%S}", f"{sb.expires_at:%H:%M:%S}",
+                      " ".join(f"{k}={v}" for k, v in sorted(sb.metadata.items())),
+                      sb.stop_reason or "")
+    Console().print(table)
+
+
+@app.command("exec", context_settings={"allow_interspersed_args": False})
+def exec_(
+    sandbox_id: Annotated[str, typer.Argument(help="The sandbox's id.")],
+    command: Annotated[list[str], typer.Argument(
+        metavar="CMD", show_default=False,
+        help="The command and its arguments, as an argv list; put `--` before it.")],
+    timeout: Annotated[float, typer.Option(
+        help="Seconds before the command is killed (exit 124).")] = 60.0,
+    env: Annotated[list[str] | None, typer.Option(
+        "--env", "-e", metavar="KEY=VALUE", show_default=False,
+        help="Environment variable (repeatable).")] = None,
+    workdir: Annotated[str | None, typer.Option(
+        "--workdir", "-w", metavar="DIR", help="Working directory.")] = None,
+    user: Annotated[str | None, typer.Option("--user", "-u", help="User name or uid.")] = None,
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Run a command in a sandbox, streaming its output; exit with its status.
+
+    The command's stdout and stderr go to ours as they arrive. Exits 124 when --timeout
+    killed it, 125 when Corral failed.
+
+    Examples:
+
+        corral sandbox exec sbx-0123abcd4567 -- python3 -c 'print(2 + 2)'
+
+        corral sandbox exec $id -- sh -c 'ls /work; exit 3'; echo $?
+    """
+    if command[:1] == ["--"]:  # after the id, click passes `--` on as an argument
+        command = command[1:]
+    if not command:
+        raise typer.BadParameter("no command after the sandbox id", param_hint="CMD")
+    with reporting_errors():
+        sb = Sandbox.connect(sandbox_id, url=url, api_key=api_key)
+        try:
+            with sb.commands.start(command, env=_pairs(env, "'--env'"), cwd=workdir,
+                                   user=user, timeout=timeout) as handle:
+                sinks: dict[str, BinaryIO] = {"stdout": sys.stdout.buffer,
+                                              "stderr": sys.stderr.buffer}
+                for chunk in handle:
+                    sinks[chunk.stream].write(chunk.data)
+                    sinks[chunk.stream].flush()
+                result = handle.wait()
+        finally:
+            sb.close()
+    if result.reason == REASON_TIMEOUT:
+        say(f"command timed out after {timeout:g} s and was killed")
+        raise typer.Exit(EXIT_TIMEOUT)
+    if result.reason:
+        say(result.reason)
+    raise typer.Exit(result.exit_code if 0 <= result.exit_code <= 255 else EXIT_CORRAL_ERROR)
+
+
+@app.command()
+def kill(
+    sandbox_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Sandbox ids.")],
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Stop sandboxes now (killing a stopped one is not an error).
+
+    Example:
+
+        corral sandbox kill sbx-0123abcd4567
+    """
+    with reporting_errors():
+        for sandbox_id in sandbox_ids:
+            sb = Sandbox.connect(sandbox_id, url=url, api_key=api_key)
+            try:
+                sb.kill()
+            finally:
+                sb.close()
+            say(f"killed {sandbox_id}")
+

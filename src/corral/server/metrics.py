@@ -1,0 +1,134 @@
+"""Prometheus metrics of one server, served at ``GET /metrics`` (behind the API key).
+
+Labels are drawn from small, fixed sets only: route templates (never the path as sent),
+HTTP statuses, error codes, command outcomes and sandbox states. Nothing is labelled by
+sandbox id, tenant, key or anything a client chose, so the series stay few and a scrape
+reveals no one's data. Each app has its own registry, so several apps in one process
+(tests) never collide.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from corral.api.errors import code_for_status
+from corral.node import Node, SandboxState
+
+#: Route label of a request that matched no route (its path is never a label).
+UNMATCHED: Final = "unmatched"
+#: How a command ended, as ``corral_commands_total{outcome}`` names it.
+OUTCOMES: Final = ("success", "failure", "timeout", "killed", "error", "background")
+#: Sandbox create takes tens of milliseconds to tens of seconds (a cold image).
+CREATE_BUCKETS: Final = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 180.0)
+_LIVE_STATES: Final = (SandboxState.STARTING, SandboxState.RUNNING, SandboxState.STOPPING)
+
+
+class _SandboxStates(Collector):
+    """``corral_sandboxes{state}``: the node's live sandboxes, counted at scrape time."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def collect(self) -> Iterable[Metric]:
+        counts = dict.fromkeys(_LIVE_STATES, 0)
+        for sandbox in self._node.list():
+            if sandbox.state in counts:
+                counts[sandbox.state] += 1
+        family = GaugeMetricFamily("corral_sandboxes", "Sandboxes on this node by state",
+                                   labels=["state"])
+        for state, count in counts.items():
+            family.add_metric([state.value], count)
+        yield family
+
+
+class Metrics:
+    """The server's metrics; :meth:`exposition` renders them for Prometheus."""
+
+    def __init__(self, node: Node) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_SandboxStates(node))
+        self.create_seconds = Histogram(
+            "corral_sandbox_create_seconds", "Time to create a sandbox that started",
+            buckets=CREATE_BUCKETS, registry=self.registry)
+        self.commands = Counter(
+            "corral_commands", "Commands run through the API, by how they ended",
+            ["outcome"], registry=self.registry)
+        self.requests = Counter(
+            "corral_http_requests", "HTTP requests by route template, method and status",
+            ["route", "method", "status"], registry=self.registry)
+        self.errors = Counter(
+            "corral_errors", "Error responses by error code", ["code"],
+            registry=self.registry)
+        for outcome in OUTCOMES:  # present from the start, so rate() sees the first one
+            self.commands.labels(outcome)
+
+    def command_ended(self, exit_code: int, reason: str | None) -> None:
+        self.commands.labels(outcome_of(exit_code, reason)).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def outcome_of(exit_code: int, reason: str | None) -> str:
+    """``success`` / ``failure`` by exit status, unless Corral ended it (timeout, kill)."""
+    if reason == "timeout":
+        return "timeout"
+    if reason:
+        return "killed"
+    return "success" if exit_code == 0 else "failure"
+
+
+class HttpMetrics:
+    """Count every response by route template and status, and errors by code.
+
+    Outermost middleware, so answers of the layers inside it (401 from authentication,
+    413 from the body bound) are counted too. The route label is the path template of the
+    published OpenAPI document the path matches, never the path as sent.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics,
+                 templates: Callable[[], Iterable[str]]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self._templates = templates
+        self._patterns: list[tuple[re.Pattern[str], str]] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # an exception that escapes every handler ends as a 500
+
+        async def recording(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording)
+        finally:
+            self._count(scope, status)
+
+    def _count(self, scope: Scope, status: int) -> None:
+        self.metrics.requests.labels(self.route(scope["path"]), scope["method"],
+                                     str(status)).inc()
+        if status >= 400:
+            self.metrics.errors.labels(code_for_status(status).value).inc()
+
+    def route(self, path: str) -> str:
+        """The template ``path`` matches (``/v1/sandboxes/{sandbox_id}``), or ``unmatched``."""
+        if self._patterns is None:
+            self._patterns = [(re.compile("^" + re.sub(r"\{[^/}]+\}", "[^/]+", t) + "$"), t)
+                              for t in self._templates()]
+        for pattern, template in self._patterns:
+            if pattern.match(path):
+                return template
+        return UNMATCHED

@@ -1,0 +1,141 @@
+"""The published OpenAPI document, ``GET /openapi.json``: the one path needing no key.
+
+FastAPI derives paths, parameters and JSON bodies from the routes and wire models; this
+module adds what it cannot know: the one error shape on every status each operation can
+answer (FastAPI's 422 never happens here: validation failures are 400), the NDJSON events
+of a streamed command, raw byte bodies, and how to authenticate.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import TypeAdapter
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from corral.api import models
+from corral.api.errors import ErrorCode, http_status
+
+from .auth import Authenticate
+from .store import KeyStore
+
+SPEC_PATH: Final = "/openapi.json"
+NDJSON: Final = "application/x-ndjson"
+_REF = "#/components/schemas/{model}"
+
+_MEANING: Final = {
+    ErrorCode.INVALID_ARGUMENT: "a malformed or out-of-range request (never 422)",
+    ErrorCode.UNAUTHENTICATED: "no API key, or an unknown or revoked one",
+    ErrorCode.PERMISSION_DENIED: "the operation is not allowed on that path",
+    ErrorCode.NOT_FOUND: "no such sandbox (or not yours), command or file",
+    ErrorCode.SANDBOX_TIMEOUT: "the sandbox's lifetime ended during the call",
+    ErrorCode.ALREADY_EXISTS: "the thing to create is already there",
+    ErrorCode.SANDBOX_NOT_RUNNING: "the sandbox has stopped; the message says why",
+    ErrorCode.REQUEST_TOO_LARGE: "the request body is over the limit (1 MiB by default)",
+    ErrorCode.RESOURCE_EXHAUSTED: "a limit was reached (sandboxes, memory, disk)",
+    ErrorCode.INTERNAL: "a bug; the message carries a reference to the server's log",
+    ErrorCode.AGENT_ERROR: "the agent inside the sandbox failed",
+    ErrorCode.RUNTIME_UNAVAILABLE: "the runtime asked for does not work on this host",
+    ErrorCode.COMMAND_TIMEOUT: "a command ran past its timeout",
+}
+#: Every operation may answer these: authentication and the body bound come before the
+#: route, and any call can meet a limit or a failure of the host.
+_ANY: Final = (ErrorCode.INVALID_ARGUMENT, ErrorCode.UNAUTHENTICATED,
+               ErrorCode.REQUEST_TOO_LARGE, ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.INTERNAL,
+               ErrorCode.AGENT_ERROR, ErrorCode.RUNTIME_UNAVAILABLE)
+#: And an operation on one sandbox these.
+_ONE_SANDBOX: Final = (ErrorCode.NOT_FOUND, ErrorCode.SANDBOX_NOT_RUNNING,
+                       ErrorCode.SANDBOX_TIMEOUT)
+_BY_TAG: Final = {
+    "files": (ErrorCode.PERMISSION_DENIED, ErrorCode.ALREADY_EXISTS),
+    "commands": (ErrorCode.PERMISSION_DENIED, ErrorCode.COMMAND_TIMEOUT),
+}
+
+
+def errors(*codes: ErrorCode, why: str = "") -> dict[int | str, dict[str, Any]]:
+    """Extra error responses of one route, beyond those every route documents."""
+    return {http_status(code): {"model": models.ErrorBody,
+                                "description": f"`{code.value}`: {why or _MEANING[code]}"}
+            for code in codes}
+
+
+def install(app: FastAPI) -> None:
+    """Build the document once, on first use, from ``app``'s routes."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def build(app: FastAPI) -> dict[str, Any]:
+    spec = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                       description=__doc__.split("\n\n")[0] if __doc__ else None)
+    schemas: dict[str, Any] = spec.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    _add_models(schemas)
+    spec["components"]["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer",
+                   "description": "`Authorization: Bearer <key>`; `corral keys create`"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    }
+    spec["security"] = [{"bearer": []}, {"apiKey": []}]
+    for path, operations in spec["paths"].items():
+        for operation in operations.values():
+            _document_errors(path, operation)
+    spec["paths"][SPEC_PATH] = {"get": {
+        "summary": "This document", "operationId": "openapi", "tags": ["meta"],
+        "security": [],
+        "responses": {"200": {"description": "The OpenAPI document",
+                              "content": {"application/json": {
+                                  "schema": {"type": "object"}}}}}}}
+    return spec
+
+
+def _add_models(schemas: dict[str, Any]) -> None:
+    """The error shape and the NDJSON event union, which no route returns as JSON."""
+    for model in (models.ErrorBody, models.CommandResult, models.CommandStarted):
+        schema = model.model_json_schema(ref_template=_REF, mode="serialization")
+        schemas.update(schema.pop("$defs", {}))
+        schemas.setdefault(model.__name__, schema)
+    event = TypeAdapter(models.CommandEvent).json_schema(ref_template=_REF,
+                                                         mode="serialization")
+    schemas.update(event.pop("$defs", {}))
+    event["description"] = ("One line of a streamed command: `started` first, then "
+                            "`stdout`/`stderr` chunks (base64), then `exit` or `error`.")
+    schemas["CommandEvent"] = event
+
+
+def _document_errors(path: str, operation: dict[str, Any]) -> None:
+    responses: dict[str, Any] = operation.setdefault("responses", {})
+    responses.pop("422", None)
+    codes = list(_ANY)
+    if "{sandbox_id}" in path:
+        codes += _ONE_SANDBOX
+    for tag in operation.get("tags", ()):
+        codes += _BY_TAG.get(tag, ())
+    for code in sorted(set(codes), key=http_status):
+        responses.setdefault(str(http_status(code)), {
+            "description": f"`{code.value}`: {_MEANING[code]}",
+            "content": {"application/json": {"schema": {"$ref": _REF.format(
+                model="ErrorBody")}}}})
+
+
+class AuthenticateExceptSpec(Authenticate):
+    """:class:`~corral.server.auth.Authenticate`, but ``GET /openapi.json`` needs no key:
+    the document describes the API, not anyone's data."""
+
+    def __init__(self, app: ASGIApp, keys: KeyStore) -> None:
+        super().__init__(app, keys)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] == "http" and scope["path"] == SPEC_PATH
+                and scope["method"] in ("GET", "HEAD")):
+            await self.app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)

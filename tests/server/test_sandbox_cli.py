@@ -1,0 +1,69 @@
+"""``corral sandbox create | list | exec | kill`` against the running server."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from corral import Sandbox
+from corral.cli import app
+
+from .conftest import Server
+
+
+def runner(server: Server) -> CliRunner:
+    return CliRunner(env={"CORRAL_URL": server.url, "CORRAL_API_KEY": server.key,
+                          "COLUMNS": "250"})
+
+
+def test_create_list_exec_kill(server: Server) -> None:
+    cli = runner(server)
+    made = cli.invoke(app, ["sandbox", "create", "--meta", "suite=cli", "--meta", "n=1",
+                            "--timeout", "300"])
+    assert made.exit_code == 0, made.output
+    sid = made.stdout.strip()
+    try:
+        assert Sandbox.connect(sid, **server.sdk()).info.metadata == {"suite": "cli", "n": "1"}
+
+        table = cli.invoke(app, ["sandbox", "list", "--meta", "suite=cli"])
+        assert table.exit_code == 0, table.output
+        assert sid in table.stdout and "running" in table.stdout
+        listed = cli.invoke(app, ["sandbox", "list", "--meta", "suite=cli", "--meta", "n=1",
+                                  "--json"])
+        assert [sb["id"] for sb in json.loads(listed.stdout)] == [sid]
+        other = cli.invoke(app, ["sandbox", "list", "--meta", "suite=none", "--json"])
+        assert json.loads(other.stdout) == []
+
+        ran = cli.invoke(app, ["sandbox", "exec", sid, "--", "sh", "-c",
+                               "echo out; echo err >&2; exit 3"])
+        assert ran.exit_code == 3, ran.output
+        assert ran.stdout == "out\n" and "err\n" in ran.stderr
+        slow = cli.invoke(app, ["sandbox", "exec", "--timeout", "1", sid, "--", "sleep", "30"])
+        assert slow.exit_code == 124 and "timed out" in slow.stderr
+    finally:
+        killed = cli.invoke(app, ["sandbox", "kill", sid])
+    assert killed.exit_code == 0, killed.output
+    stopped = cli.invoke(app, ["sandbox", "list", "--state", "stopped", "--json"])
+    assert sid in {sb["id"] for sb in json.loads(stopped.stdout)}
+
+
+def test_create_json_and_flags_over_env(server: Server) -> None:
+    cli = CliRunner(env={"CORRAL_URL": "http://127.0.0.1:9", "CORRAL_API_KEY": "crl_wrong"})
+    made = cli.invoke(app, ["sandbox", "create", "--json", "--url", server.url,
+                            "--api-key", server.key])
+    assert made.exit_code == 0, made.output
+    info = json.loads(made.stdout)
+    assert info["state"] == "running"
+    assert cli.invoke(app, ["sandbox", "kill", info["id"], "--url", server.url,
+                            "--api-key", server.key]).exit_code == 0
+
+
+def test_errors_exit_125_with_a_message(server: Server) -> None:
+    cli = runner(server)
+    missing = cli.invoke(app, ["sandbox", "exec", "sbx-000000000000", "--", "true"])
+    assert missing.exit_code == 125 and "no sandbox" in missing.stderr
+    unauthenticated = CliRunner(env={"CORRAL_URL": server.url, "CORRAL_API_KEY": ""}).invoke(
+        app, ["sandbox", "list"])
+    assert unauthenticated.exit_code == 125 and "API key" in unauthenticated.stderr
+    assert cli.invoke(app, ["sandbox", "create", "--meta", "novalue"]).exit_code == 2

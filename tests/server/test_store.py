@@ -1,0 +1,105 @@
+"""The store on each backend (SQLite, and PostgreSQL when CORRAL_TEST_DATABASE_URL is set):
+keys, sandbox records, timestamps, JSON, bounded text, and upgrading an older schema."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy
+
+from corral.api.errors import InvalidArgumentError, NotFoundError
+from corral.server.services.sandboxes import RESTART_REASON
+from corral.server.store import KeyStore, SandboxRecord, SandboxStore, open_engine
+from corral.server.store.schema import STOP_REASON_LENGTH
+
+
+def _record(sandbox_id: str, tenant: str = "alpha", state: str = "running",
+            **changes: object) -> SandboxRecord:
+    now = datetime.now(UTC).replace(microsecond=123456)
+    fields: dict[str, object] = dict(
+        id=sandbox_id, tenant=tenant, image="python", runtime="gvisor", state=state,
+        resources={"memory": 512, "cpus": 1.5, "pids": None}, metadata={"k": "v", "é": "ü"},
+        created_at=now, expires_at=now + timedelta(seconds=300), stop_reason=None)
+    fields.update(changes)
+    return SandboxRecord(**fields)  # type: ignore[arg-type]
+
+
+def test_keys(store_url: str) -> None:
+    keys = KeyStore(open_engine(store_url))
+    made = keys.create("alpha")
+    other = keys.create("alpha")  # the tenant exists now: a second key, no second tenant
+    assert keys.tenant_of(made.key) == keys.tenant_of(other.key) == "alpha"
+    assert keys.tenant_of(made.key + "x") is None and keys.tenant_of("nope") is None
+    keys.revoke(made.id)
+    keys.revoke(made.id)  # revoking twice is not an error
+    assert keys.tenant_of(made.key) is None and keys.tenant_of(other.key) == "alpha"
+    listed = {k.id: k for k in keys.list()}
+    assert listed[made.id].revoked and not listed[other.id].revoked
+    assert listed[made.id].created_at.tzinfo is not None
+    assert listed[made.id].last4 == made.key[-4:]
+    with pytest.raises(NotFoundError):
+        keys.revoke("key-000000000000")
+    with pytest.raises(InvalidArgumentError):
+        keys.create("Not A Tenant")
+
+
+def test_sandbox_records(store_url: str) -> None:
+    engine = open_engine(store_url)
+    KeyStore(engine).create("alpha")
+    KeyStore(engine).create("beta")
+    store = SandboxStore(engine)
+    first = _record("sbx-0000000000000001", idle_timeout=30.0)
+    store.add(first)
+    store.add(_record("sbx-0000000000000002", created_at=first.created_at
+                      + timedelta(seconds=1), metadata={"k": "w"}))
+    store.add(_record("sbx-0000000000000003", tenant="beta"))
+
+    got = store.get(first.id)
+    assert got == first  # JSON, aware timestamps (microseconds kept), idle timeout
+    assert store.get("sbx-ffffffffffffffff") is None
+    assert [r.id[-1] for r in store.list("alpha")] == ["2", "1"]  # newest first
+    assert [r.id[-1] for r in store.list("alpha", {"k": "v"})] == ["1"]
+    assert [r.id[-1] for r in store.list("alpha", {"é": "ü"})] == ["1"]
+    assert [r.id[-1] for r in store.list("alpha", limit=1)] == ["2"]
+    assert [r.id[-1] for r in store.list("beta")] == ["3"]
+
+    later = first.expires_at + timedelta(hours=1)
+    store.set_state(first.id, "stopped", "x" * 10_000, later)
+    stopped = store.get(first.id)
+    assert stopped is not None and stopped.state == "stopped" and stopped.expires_at == later
+    # PostgreSQL refuses text longer than its column; the store cuts it.
+    assert stopped.stop_reason is not None and len(stopped.stop_reason) == STOP_REASON_LENGTH
+    assert [r.id[-1] for r in store.list("alpha", state="running")] == ["2"]
+
+    assert store.stop_all_active(RESTART_REASON) == 2  # alpha's second and beta's
+    assert {(r.id[-1], r.state, r.stop_reason == RESTART_REASON)
+            for r in store.list("alpha") + store.list("beta")} == {
+        ("1", "stopped", False), ("2", "stopped", True), ("3", "stopped", True)}
+    assert store.stop_all_active(RESTART_REASON) == 0
+
+
+def test_records_need_a_known_tenant(store_url: str) -> None:
+    store = SandboxStore(open_engine(store_url))
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        store.add(_record("sbx-0000000000000001", tenant="nobody"))
+
+
+def test_an_older_database_gains_the_new_columns(store_url: str) -> None:
+    """A database made before ``idle_timeout`` existed is upgraded in place on open."""
+    engine = open_engine(store_url)
+    KeyStore(engine).create("alpha")
+    SandboxStore(engine).add(_record("sbx-0000000000000001"))
+    with engine.begin() as db:
+        db.execute(sqlalchemy.text("ALTER TABLE sandboxes DROP COLUMN idle_timeout"))
+    engine.dispose()
+
+    upgraded = open_engine(store_url)
+    store = SandboxStore(upgraded)
+    old = store.get("sbx-0000000000000001")
+    assert old is not None and old.idle_timeout is None
+    store.add(_record("sbx-0000000000000002", idle_timeout=5.0))
+    new = store.get("sbx-0000000000000002")
+    assert new is not None and new.idle_timeout == 5.0
+    open_engine(store_url).dispose()  # opening an up-to-date database changes nothing
+    upgraded.dispose()
