@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from corral.server import ServerSettings, create_app
+from corral.server.tls import TlsFiles, ensure_tls
 
 from ._common import DataDirOption, reporting_errors, say
 
@@ -20,25 +21,47 @@ def serve(
     port: Annotated[int | None, typer.Option(
         "--port", envvar="CORRAL_PORT", show_default="8470", min=1, max=65535,
         help="Port to listen on (env CORRAL_PORT).")] = None,
+    tls: Annotated[bool | None, typer.Option(
+        "--tls/--no-tls", envvar="CORRAL_TLS", show_default="off",
+        help="Serve HTTPS with a certificate from a local CA made on first use and kept in "
+             "DATA_DIR/tls (env CORRAL_TLS=1).")] = None,
+    tls_names: Annotated[list[str] | None, typer.Option(
+        "--tls-name", show_default=False,
+        help="A host name or IP address the certificate must name besides localhost, "
+             "127.0.0.1 and ::1; repeat for more (env CORRAL_TLS_NAMES, comma-separated).")
+    ] = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Serve the Corral HTTP API (sandboxes, commands, files) on this host.
 
     Every request needs an API key: make one with `corral keys create`, then
     `export CORRAL_URL=http://127.0.0.1:8470 CORRAL_API_KEY=crl_...` for the SDK.
+    With --tls the URL is https:// and clients trust the CA file it prints.
     """
     import uvicorn
 
     with reporting_errors():
-        settings = ServerSettings.from_env(data_dir=data_dir, host=host, port=port)
+        settings = ServerSettings.from_env(data_dir=data_dir, host=host, port=port, tls=tls,
+                                           tls_names=tls_names)
+        files = ensure_tls(settings.tls_dir, settings.tls_names) if settings.tls else None
         app = create_app(settings)
     if not _is_loopback(settings.host):
-        say(f"warning: listening on {settings.host}, reachable from the network and without "
-            "TLS", style="yellow")
+        say(f"warning: listening on {settings.host}, reachable from the network"
+            + ("" if files else " and without TLS"), style="yellow")
     say(f"serving on {settings.url} (data in {settings.node.data_dir})", style="green")
+    if files:
+        _say_trust(files)
     say(f"make an API key with: corral keys create --data-dir {settings.node.data_dir}")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
-                server_header=False)
+                server_header=False, ssl_keyfile=str(files.key) if files else None,
+                ssl_certfile=str(files.cert) if files else None)
+
+
+def _say_trust(files: TlsFiles) -> None:
+    ca = files.ca_cert
+    say(f"TLS certificate signed by Corral's local CA: {ca}")
+    say(f"trust it with: CORRAL_CA_FILE={ca} (the Corral SDK), SSL_CERT_FILE={ca} "
+        f"(httpx, curl, Python's ssl), REQUESTS_CA_BUNDLE={ca} (requests)")
 
 
 def _is_loopback(host: str) -> bool:

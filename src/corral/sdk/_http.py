@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import ssl
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -57,6 +58,18 @@ def transport_errors(url: str) -> Iterator[None]:
                            f"{type(exc).__name__}: {exc}") from exc
 
 
+def tls_context(ca_file: str | os.PathLike[str] | None = None) -> ssl.SSLContext | bool:
+    """What verifies the server: an SSL context trusting ``ca_file`` (or
+    ``CORRAL_CA_FILE``) when one is given, else httpx's default (verification on)."""
+    path = ca_file or os.environ.get("CORRAL_CA_FILE") or None
+    if path is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=os.fspath(path))
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidArgumentError(f"loading the CA file {os.fspath(path)}: {exc}") from exc
+
+
 def checked(model: type[BaseModel], **fields: Any) -> Any:
     """Build a request model, reporting a bad argument as :class:`InvalidArgumentError`."""
     try:
@@ -73,16 +86,21 @@ class ApiClient:
     Args:
         url: the server (default ``CORRAL_URL``, else ``http://127.0.0.1:8470``).
         api_key: the key (default ``CORRAL_API_KEY``); ``corral keys create`` makes one.
+        ca_file: PEM certificates to verify an ``https://`` server against instead of the
+            usual trust store (default ``CORRAL_CA_FILE``): the ``ca.pem`` that
+            ``corral serve --tls`` prints. Verification is never turned off.
     """
 
-    def __init__(self, url: str | None = None, api_key: str | None = None) -> None:
+    def __init__(self, url: str | None = None, api_key: str | None = None,
+                 ca_file: str | os.PathLike[str] | None = None) -> None:
         self.url = (url or os.environ.get("CORRAL_URL") or DEFAULT_URL).rstrip("/")
         key = api_key or os.environ.get("CORRAL_API_KEY")
         if not key:
             raise AuthenticationError("no API key: pass api_key= or set CORRAL_API_KEY "
                                       "(`corral keys create` makes one)")
         self._client = httpx.AsyncClient(
-            base_url=self.url, timeout=httpx.Timeout(DEFAULT_TIMEOUT, connect=10.0),
+            base_url=self.url, verify=tls_context(ca_file),
+            timeout=httpx.Timeout(DEFAULT_TIMEOUT, connect=10.0),
             headers={"Authorization": f"Bearer {key}",
                      "User-Agent": f"corral-python/{__version__}"})
 

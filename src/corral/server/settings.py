@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,10 @@ class ServerSettings:
         max_body: largest request body outside file uploads, in bytes.
         idle_check_interval: seconds between two looks for sandboxes idle past their
             ``idle_timeout``.
+        tls: serve HTTPS with a certificate from the server's own CA (``CORRAL_TLS=1``);
+            off by default.
+        tls_names: host names or addresses the certificate names besides ``localhost``,
+            ``127.0.0.1`` and ``::1`` (``CORRAL_TLS_NAMES``, comma-separated).
     """
 
     node: NodeSettings
@@ -33,20 +38,38 @@ class ServerSettings:
     database_url: str = ""
     max_body: int = MAX_BODY
     idle_check_interval: float = 1.0
+    tls: bool = False
+    tls_names: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, *, data_dir: Path | None = None, host: str | None = None,
-                 port: int | None = None) -> ServerSettings:
+                 port: int | None = None, tls: bool | None = None,
+                 tls_names: Sequence[str] | None = None) -> ServerSettings:
         node = NodeSettings.from_env(data_dir)
+        if tls is None:
+            tls = _flag(os.environ.get("CORRAL_TLS", ""))
+        if not tls_names:
+            tls_names = os.environ.get("CORRAL_TLS_NAMES", "").split(",")
         return cls(
             node=node,
             host=host or os.environ.get("CORRAL_HOST", DEFAULT_HOST),
             port=port if port is not None else int(os.environ.get("CORRAL_PORT",
                                                                   DEFAULT_PORT)),
             database_url=database_url(node.data_dir, os.environ.get("CORRAL_DATABASE_URL")),
+            tls=tls,
+            tls_names=tuple(n.strip() for n in tls_names if n.strip()),
         )
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
+    @property
+    def tls_dir(self) -> Path:
+        """Where the CA and the server certificate live."""
+        return self.node.data_dir / "tls"
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
