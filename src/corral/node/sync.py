@@ -1,4 +1,4 @@
-"""The blocking face of the node, derived from the async core.
+"""The blocking face of the node, derived from the async core (see :mod:`corral._blocking`).
 
 Every method here runs its async twin on a private event loop (an anyio blocking
 portal) and waits for it, so the two faces cannot drift: the logic exists once. Streams
@@ -15,95 +15,70 @@ Example::
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import Any, TypeVar
+from typing import Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from corral._blocking import Proxy, blocking, iterate
 
 from .commands import CommandHandle, Commands
 from .files import Files
 from .node import Node, NodeSettings
 from .sandbox import Sandbox
 
-T = TypeVar("T")
 
-
-def _blocking(name: str, source: type) -> Callable[..., Any]:
-    """A method that calls ``self._inner.<name>`` on the portal and waits for it."""
-
-    def method(self: _Proxy, *args: Any, **kwargs: Any) -> Any:
-        return self._portal.call(functools.partial(getattr(self._inner, name), *args, **kwargs))
-
-    method.__name__ = name
-    method.__doc__ = getattr(source, name).__doc__
-    return method
-
-
-def _iterate(portal: BlockingPortal, iterator: AsyncIterator[T]) -> Iterator[T]:
-    while True:
-        try:
-            yield portal.call(iterator.__anext__)
-        except StopAsyncIteration:
-            return
-
-
-class _Proxy:
-    def __init__(self, inner: Any, portal: BlockingPortal) -> None:
-        self._inner = inner
-        self._portal = portal
-
-
-class SyncCommandHandle(_Proxy):
+class SyncCommandHandle(Proxy):
     """Blocking :class:`corral.node.commands.CommandHandle`; iterate it for output."""
 
-    wait = _blocking("wait", CommandHandle)
-    send_stdin = _blocking("send_stdin", CommandHandle)
-    close_stdin = _blocking("close_stdin", CommandHandle)
-    signal = _blocking("signal", CommandHandle)
-    kill = _blocking("kill", CommandHandle)
+    wait = blocking("wait", CommandHandle)
+    send_stdin = blocking("send_stdin", CommandHandle)
+    close_stdin = blocking("close_stdin", CommandHandle)
+    signal = blocking("signal", CommandHandle)
+    kill = blocking("kill", CommandHandle)
 
     @property
     def pid(self) -> int:
         return int(self._inner.pid)
 
     def __iter__(self) -> Iterator[Any]:
-        return _iterate(self._portal, self._inner.__aiter__())
+        return iterate(self._portal, self._inner.__aiter__())
 
 
-class SyncCommands(_Proxy):
+class SyncCommands(Proxy):
     """Blocking :class:`corral.node.commands.Commands`."""
 
-    run = _blocking("run", Commands)
-    list = _blocking("list", Commands)
+    run = blocking("run", Commands)
+    list = blocking("list", Commands)
 
     def start(self, *args: Any, **kwargs: Any) -> SyncCommandHandle:
         handle = self._portal.call(functools.partial(self._inner.start, *args, **kwargs))
         return SyncCommandHandle(handle, self._portal)
 
 
-class SyncFiles(_Proxy):
+class SyncFiles(Proxy):
     """Blocking :class:`corral.node.files.Files`."""
 
-    read = _blocking("read", Files)
-    read_text = _blocking("read_text", Files)
-    write = _blocking("write", Files)
-    list = _blocking("list", Files)
-    stat = _blocking("stat", Files)
-    exists = _blocking("exists", Files)
-    mkdir = _blocking("mkdir", Files)
-    remove = _blocking("remove", Files)
-    rename = _blocking("rename", Files)
+    read = blocking("read", Files)
+    read_text = blocking("read_text", Files)
+    write = blocking("write", Files)
+    list = blocking("list", Files)
+    stat = blocking("stat", Files)
+    exists = blocking("exists", Files)
+    mkdir = blocking("mkdir", Files)
+    remove = blocking("remove", Files)
+    rename = blocking("rename", Files)
 
     def read_stream(self, path: str) -> Iterator[bytes]:
-        return _iterate(self._portal, self._inner.read_stream(path))
+        return iterate(self._portal, self._inner.read_stream(path))
 
 
-class SyncSandbox(_Proxy):
+class SyncSandbox(Proxy):
     """Blocking :class:`corral.node.sandbox.Sandbox`; a context manager that kills it."""
 
-    kill = _blocking("kill", Sandbox)
-    set_timeout = _blocking("set_timeout", Sandbox)
+    kill = blocking("kill", Sandbox)
+    set_timeout = blocking("set_timeout", Sandbox)
 
     def __init__(self, inner: Sandbox, portal: BlockingPortal) -> None:
         super().__init__(inner, portal)

@@ -6,14 +6,18 @@ close a sandbox still ends (its sandbox then ends at its timeout).
 
 from __future__ import annotations
 
-import functools
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypeVar
 
 import anyio
 from anyio.from_thread import BlockingPortal
+
+from corral import _blocking
+from corral._blocking import blocking
+
+__all__ = ["Proxy", "blocking", "iterate", "portal"]
 
 T = TypeVar("T")
 _lock = threading.Lock()
@@ -38,33 +42,13 @@ def portal() -> BlockingPortal:
         return _portal
 
 
-def blocking(name: str, source: type) -> Callable[..., Any]:
-    """A method that runs ``self._inner.<name>`` on the portal and waits for it."""
-
-    def method(self: Proxy, *args: Any, **kwargs: Any) -> Any:
-        return portal().call(functools.partial(getattr(self._inner, name), *args, **kwargs))
-
-    method.__name__ = name
-    method.__doc__ = getattr(source, name).__doc__
-    return method
-
-
 def iterate(iterator: AsyncIterator[T]) -> Iterator[T]:
-    """A blocking iterator over an async one; leaving it early closes the async one."""
-    done = False
-    try:
-        while True:
-            try:
-                yield portal().call(iterator.__anext__)
-            except StopAsyncIteration:
-                done = True
-                return
-    finally:
-        aclose = getattr(iterator, "aclose", None)
-        if not done and aclose is not None:
-            portal().call(aclose)
+    """A blocking iterator over an async one, on the shared portal."""
+    return _blocking.iterate(portal(), iterator)
 
 
-class Proxy:
+class Proxy(_blocking.Proxy):
+    """A blocking wrapper whose calls run on the shared portal."""
+
     def __init__(self, inner: Any) -> None:
-        self._inner = inner
+        super().__init__(inner, portal())
