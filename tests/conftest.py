@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -40,15 +41,25 @@ def python_image() -> str:
     return "python"
 
 
-@pytest.fixture(scope="session")
-def data_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="corral-test-") as tmp:
-        os.chmod(tmp, 0o711)  # namespaces sandboxes' own uids traverse it to their root
+@contextmanager
+def sandbox_data_dir(prefix: str) -> Iterator[Path]:
+    """A temporary data dir sandboxes can use, swept of their leftovers before deletion.
+
+    Mode 0711: namespaces sandboxes' own uids traverse it to their root (pytest's tmp_path
+    sits in a 0700 folder). Should a test have crashed a node, what it left is swept first:
+    never delete through a sandbox's mounts.
+    """
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        os.chmod(tmp, 0o711)
         yield Path(tmp)
-        # Should a test have crashed the node, sweep what it left before the directory is
-        # deleted: never delete through a sandbox's mounts.
         settings = NodeSettings(data_dir=Path(tmp), image_dir=IMAGE_DIR)
         sweep(settings.data_dir / "sandboxes", settings.node_key, set())
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Iterator[Path]:
+    with sandbox_data_dir("corral-test-") as path:
+        yield path
 
 
 @pytest.fixture(scope="session")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import stat
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ from corral.node import NodeSettings, SandboxState, SyncNode, SyncSandbox
 from corral.node.images import BUILTIN_IMAGES, ImageStore, _mounts_using
 from corral.runtime._mounts_unsafe import mounts_under
 
-from ..conftest import IMAGE_DIR
+from ..conftest import IMAGE_DIR, sandbox_data_dir
 
 
 def _mount_options(point: Path) -> set[str]:
@@ -49,11 +47,10 @@ def test_sandbox_files_are_unreachable_and_inert_on_the_host(node: SyncNode,
 
 def test_a_symlinked_data_dir_never_deletes_through_mounts(runtime: str,
                                                            python_image: str) -> None:
-    with tempfile.TemporaryDirectory(prefix="corral-link-") as tmp:
-        os.chmod(tmp, 0o711)
-        real = Path(tmp) / "real"
+    with sandbox_data_dir("corral-link-") as tmp:
+        real = tmp / "real"
         real.mkdir(mode=0o711)
-        link = Path(tmp) / "link"
+        link = tmp / "link"
         link.symlink_to(real)
         before = sum(1 for _ in (IMAGE_DIR).glob("python-*/rootfs/etc/*"))
         with SyncNode(NodeSettings(data_dir=link, image_dir=IMAGE_DIR)) as n:
@@ -116,9 +113,8 @@ def test_cancelled_create_leaves_nothing(node: SyncNode, runtime: str) -> None:
 
 @pytest.fixture
 def second_node(python_image: str) -> Iterator[SyncNode]:
-    with tempfile.TemporaryDirectory(prefix="corral-second-") as tmp:
-        os.chmod(tmp, 0o711)
-        with SyncNode(NodeSettings(data_dir=Path(tmp), image_dir=IMAGE_DIR)) as n:
+    with sandbox_data_dir("corral-second-") as tmp:
+        with SyncNode(NodeSettings(data_dir=tmp, image_dir=IMAGE_DIR)) as n:
             yield n
 
 

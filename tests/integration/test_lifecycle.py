@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from corral.node import NodeSettings, SandboxState, SyncNode, SyncSandbox
 from corral.runtime import _cgroups_unsafe as cgroups
 from corral.runtime._mounts_unsafe import mounts_under
 
-from ..conftest import IMAGE_DIR
+from ..conftest import IMAGE_DIR, sandbox_data_dir
 
 
 def _cgroup_paths(node: SyncNode, sandbox_id: str) -> list[Path]:
@@ -140,9 +139,8 @@ def test_metadata_filters_list(node: SyncNode, runtime: str) -> None:
 
 def test_a_restarted_node_sweeps_what_a_dead_one_left(runtime: str, python_image: str) -> None:
     # Not pytest's tmp_path: it sits in a 0700 folder sandbox uids cannot traverse.
-    with tempfile.TemporaryDirectory(prefix="corral-sweep-") as tmp:
-        os.chmod(tmp, 0o711)
-        _sweep_after_crash(Path(tmp), runtime)
+    with sandbox_data_dir("corral-sweep-") as tmp:
+        _sweep_after_crash(tmp, runtime)
 
 
 def test_unreachable_data_dir_is_a_clear_error(tmp_path: Path, python_image: str) -> None:

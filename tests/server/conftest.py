@@ -12,10 +12,6 @@ nothing of alpha's), and a revoked key of alpha's.
 
 from __future__ import annotations
 
-import os
-import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,20 +19,17 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from corral import Sandbox
 from corral.node import NodeSettings
 from corral.server import ServerSettings, create_app
 from corral.server.store import KeyStore, open_engine
 from corral.server.store.schema import database_url
-from tests.conftest import IMAGE_DIR
+from tests.conftest import IMAGE_DIR, sandbox_data_dir
 
 from ._db import BACKENDS, fresh_database
+from ._serving import serving
 from ._spec import SpecCheck
-
-START_TIMEOUT = 60.0
-
 
 @dataclass(frozen=True)
 class Server:
@@ -58,9 +51,8 @@ class Server:
 
 @pytest.fixture(scope="session")
 def server_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="corral-server-test-") as tmp:
-        os.chmod(tmp, 0o711)
-        yield Path(tmp)
+    with sandbox_data_dir("corral-server-test-") as path:
+        yield path
 
 
 @pytest.fixture(scope="session")
@@ -71,26 +63,13 @@ def server(server_dir: Path, python_image: str) -> Iterator[Server]:
     alpha, beta, revoked = keys.create("alpha"), keys.create("beta"), keys.create("alpha")
     keys.revoke(revoked.id)
     spec_check = SpecCheck(create_app(settings))
-    uv = uvicorn.Server(uvicorn.Config(spec_check, host="127.0.0.1", port=0,
-                                       log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=uv.run, name="corral-test-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + START_TIMEOUT
-    while not uv.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the server did not start")
-        time.sleep(0.05)
-    port = uv.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield Server(url=f"http://127.0.0.1:{port}", keys=keys, key=alpha.key,
+    with serving(spec_check) as url:
+        yield Server(url=url, keys=keys, key=alpha.key,
                      other_key=beta.key, revoked_key=revoked.key, spec_check=spec_check)
         problems = spec_check.drain()
         if problems:
             pytest.fail("responses that do not match the OpenAPI document:\n"
                         + "\n".join(problems[:20]))
-    finally:
-        uv.should_exit = True
-        thread.join(60)
 
 
 @pytest.fixture(autouse=True)

@@ -3,8 +3,6 @@ restart the server on the same database, and find every record stopped, with why
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -14,22 +12,18 @@ import pytest
 
 from corral import Sandbox, SandboxNotRunningError
 from corral.node import NodeSettings
-from corral.runtime._host import sweep
-from corral.server import ServerSettings
+from corral.server import ServerSettings, create_app
 from corral.server.services.sandboxes import RESTART_REASON
 from corral.server.store import KeyStore, SandboxRecord, SandboxStore, open_engine
-from tests.conftest import IMAGE_DIR
+from tests.conftest import IMAGE_DIR, sandbox_data_dir
 
-from ._db import serving
+from ._serving import serving
 
 
 @pytest.fixture
 def own_data_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="corral-restart-test-") as tmp:
-        os.chmod(tmp, 0o711)  # namespaces sandboxes' own uids traverse it
-        yield Path(tmp)
-        settings = NodeSettings(data_dir=Path(tmp), image_dir=IMAGE_DIR)
-        sweep(settings.data_dir / "sandboxes", settings.node_key, set())
+    with sandbox_data_dir("corral-restart-test-") as path:
+        yield path
 
 
 def test_records_survive_a_restart(store_url: str, own_data_dir: Path,
@@ -40,7 +34,7 @@ def test_records_survive_a_restart(store_url: str, own_data_dir: Path,
     key = KeyStore(engine).create("alpha").key
     label = {"run": f"restart-{time.monotonic_ns()}"}
 
-    with serving(settings) as url:
+    with serving(create_app(settings)) as url:
         sdk = {"url": url, "api_key": key}
         killed = Sandbox.create("python", timeout=120, metadata=label, **sdk)
         kept = Sandbox.create("python", timeout=120, idle_timeout=60, metadata=label, **sdk)
@@ -58,7 +52,7 @@ def test_records_survive_a_restart(store_url: str, own_data_dir: Path,
         state="running", resources={}, metadata=label, created_at=now, expires_at=now))
     engine.dispose()
 
-    with serving(settings) as url:
+    with serving(create_app(settings)) as url:
         sdk = {"url": url, "api_key": key}
         after = {s.id: s for s in Sandbox.list(metadata=label, **sdk)}
         assert {i: s.state for i, s in after.items()} == {

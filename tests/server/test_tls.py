@@ -5,32 +5,26 @@ files are private, and a later start keeps the CA (renewing only the server cert
 from __future__ import annotations
 
 import datetime as dt
-import os
 import ssl
 import stat
-import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from cryptography import x509
 
 from corral import Sandbox, SandboxError
 from corral.node import NodeSettings
-from corral.runtime._host import sweep
 from corral.server import ServerSettings, create_app
 from corral.server import tls as tls_module
 from corral.server.store import KeyStore, open_engine
 from corral.server.store.schema import database_url
 from corral.server.tls import TlsFiles, ensure_tls, fingerprint
-from tests.conftest import IMAGE_DIR
+from tests.conftest import IMAGE_DIR, sandbox_data_dir
 
-from .conftest import START_TIMEOUT
+from ._serving import serving
 
 
 @dataclass(frozen=True)
@@ -42,11 +36,8 @@ class TlsServer:
 
 @pytest.fixture(scope="module")
 def tls_data_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="corral-tls-test-") as tmp:
-        os.chmod(tmp, 0o711)  # namespaces sandboxes' own uids traverse it
-        yield Path(tmp)
-        node = NodeSettings(data_dir=Path(tmp), image_dir=IMAGE_DIR)
-        sweep(node.data_dir / "sandboxes", node.node_key, set())
+    with sandbox_data_dir("corral-tls-test-") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
@@ -56,23 +47,9 @@ def tls_server(tls_data_dir: Path, python_image: str) -> Iterator[TlsServer]:
                               port=0, tls=True)
     files = ensure_tls(settings.tls_dir, settings.tls_names)
     key = KeyStore(open_engine(database_url(tls_data_dir, None))).create("alpha").key
-    uv = uvicorn.Server(uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=0, log_level="warning", lifespan="on",
-        ssl_keyfile=str(files.key), ssl_certfile=str(files.cert)))
-    thread = threading.Thread(target=uv.run, name="corral-test-server-tls", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + START_TIMEOUT
-    while not uv.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the TLS server did not start")
-        time.sleep(0.05)
-    port = uv.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield TlsServer(url=f"https://127.0.0.1:{port}", key=key, files=files)
-    finally:
-        uv.should_exit = True
-        thread.join(60)
-    assert not thread.is_alive(), "the TLS server did not shut down"
+    with serving(create_app(settings), scheme="https", ssl_keyfile=str(files.key),
+                 ssl_certfile=str(files.cert)) as url:
+        yield TlsServer(url=url, key=key, files=files)
 
 
 @pytest.fixture

@@ -5,7 +5,9 @@
 
 from .commands import CommandHandle, Commands, OutputEvent
 from .files import Files
-from .models import CommandResult, EntryInfo, ProcessInfo, SandboxInfo, SandboxState
+from corral.api.models import EntryInfo
+
+from .models import CommandResult, ProcessInfo, SandboxInfo, SandboxState
 from .node import Node, NodeSettings
 from .sandbox import Sandbox
 from .sync import SyncNode, SyncSandbox

@@ -11,10 +11,12 @@ import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from corral.api import agent_protocol as proto
 from corral.api.errors import AgentError, InvalidArgumentError, ResourceExhaustedError
+from corral.api.models import EntryInfo
 
-from .models import EntryInfo
 from .validation import resolve_path
 
 if TYPE_CHECKING:
@@ -43,6 +45,14 @@ async def _iterate(data: bytes | str | Iterable[bytes] | AsyncIterable[bytes]
         if not isinstance(piece, (bytes, bytearray)):
             raise InvalidArgumentError("file content chunks must be bytes")
         yield bytes(piece)
+
+
+def _entry(raw: object) -> EntryInfo:
+    """An entry the agent described; the agent is untrusted, so anything off-shape is refused."""
+    try:
+        return EntryInfo.model_validate(raw)
+    except ValidationError:
+        raise AgentError("the agent sent a malformed file entry") from None
 
 
 class Files:
@@ -100,12 +110,13 @@ class Files:
             raw = json.loads(data)
         except ValueError:
             raise AgentError("the agent sent a malformed listing") from None
-        return [EntryInfo.from_wire(e) for e in raw if isinstance(e, dict)] if isinstance(
-            raw, list) else []
+        if not isinstance(raw, list):
+            raise AgentError("the agent sent a malformed listing")
+        return [_entry(e) for e in raw]
 
     async def stat(self, path: str) -> EntryInfo:
         """Describe one path (links are not followed)."""
-        return EntryInfo.from_wire(await self._sandbox._agent().call(
+        return _entry(await self._sandbox._agent().call(
             proto.OP_STAT, path=self._path(path)))
 
     async def exists(self, path: str) -> bool:

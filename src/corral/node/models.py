@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
 
 from corral.api.resources import Resources
 
@@ -54,38 +53,6 @@ class ProcessInfo:
     pid: int
     argv: list[str]
     started_at: float
-
-
-@dataclass(frozen=True)
-class EntryInfo:
-    """One file, directory or link inside a sandbox."""
-
-    name: str
-    path: str
-    type: str  # "file" | "dir" | "symlink" | "other"
-    size: int
-    mode: int
-    mtime: float
-    uid: int
-    gid: int
-    target: str | None = None
-
-    @classmethod
-    def from_wire(cls, raw: dict[str, Any]) -> EntryInfo:
-        def text(key: str) -> str:
-            value = raw.get(key)
-            return value[:4096] if isinstance(value, str) else ""
-
-        def number(key: str) -> int:
-            value = raw.get(key)
-            return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-        mtime = raw.get("mtime")
-        target = raw.get("target")
-        return cls(name=text("name"), path=text("path"), type=text("type"), size=number("size"),
-                   mode=number("mode"), mtime=float(mtime) if isinstance(mtime, (int, float))
-                   else 0.0, uid=number("uid"), gid=number("gid"),
-                   target=target[:4096] if isinstance(target, str) else None)
 
 
 @dataclass(frozen=True)

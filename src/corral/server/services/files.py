@@ -12,7 +12,6 @@ from collections.abc import AsyncIterable, AsyncIterator
 import anyio
 
 from corral.api import models
-from corral.node import EntryInfo as NodeEntry
 
 from .sandboxes import SandboxService
 
@@ -41,12 +40,11 @@ class FileService:
     async def list(self, tenant: str, sandbox_id: str, path: str,
                    depth: int) -> models.EntryList:
         sandbox = await self._sandboxes.owned(tenant, sandbox_id)
-        return models.EntryList(entries=[_entry(e) for e in
-                                         await sandbox.files.list(path, depth)])
+        return models.EntryList(entries=await sandbox.files.list(path, depth))
 
     async def stat(self, tenant: str, sandbox_id: str, path: str) -> models.EntryInfo:
         sandbox = await self._sandboxes.owned(tenant, sandbox_id)
-        return _entry(await sandbox.files.stat(path))
+        return await sandbox.files.stat(path)
 
     async def exists(self, tenant: str, sandbox_id: str, path: str) -> models.Exists:
         sandbox = await self._sandboxes.owned(tenant, sandbox_id)
@@ -64,13 +62,6 @@ class FileService:
     async def rename(self, tenant: str, sandbox_id: str, request: models.Rename) -> None:
         sandbox = await self._sandboxes.owned(tenant, sandbox_id)
         await sandbox.files.rename(request.src, request.dst, request.overwrite)
-
-
-def _entry(entry: NodeEntry) -> models.EntryInfo:
-    kind = entry.type if entry.type in ("file", "dir", "symlink", "other") else "other"
-    return models.EntryInfo(name=entry.name, path=entry.path, type=kind,  # type: ignore[arg-type]
-                            size=entry.size, mode=entry.mode, mtime=entry.mtime,
-                            uid=entry.uid, gid=entry.gid, target=entry.target)
 
 
 async def _prefixed(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
