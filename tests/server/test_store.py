@@ -1,9 +1,13 @@
 """The store on each backend (SQLite, and PostgreSQL when CORRAL_TEST_DATABASE_URL is set):
-keys, sandbox records, timestamps, JSON, bounded text, and upgrading an older schema."""
+keys (made concurrently too), sandbox records, timestamps, JSON, bounded text, and upgrading
+an older schema."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy
@@ -42,6 +46,32 @@ def test_keys(store_url: str) -> None:
         keys.revoke("key-000000000000")
     with pytest.raises(InvalidArgumentError):
         keys.create("Not A Tenant")
+
+
+def test_concurrent_keys_for_a_new_tenant_make_one_tenant(store_url: str) -> None:
+    engine = open_engine(store_url)
+    parties = 4
+    # Every create reaches its tenant insert before any of them runs it: the interleaving
+    # in which a look-then-insert has all of them find no tenant and all but one fail.
+    at_insert = threading.Barrier(parties, timeout=30)
+
+    def hold(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO TENANTS"):
+            at_insert.wait()
+
+    sqlalchemy.event.listen(engine, "before_cursor_execute", hold)
+    keys = KeyStore(engine)
+    with ThreadPoolExecutor(parties) as pool:
+        made = list(pool.map(lambda _: keys.create("gamma"), range(parties)))
+    sqlalchemy.event.remove(engine, "before_cursor_execute", hold)
+
+    assert len({k.key for k in made}) == parties
+    assert all(keys.tenant_of(k.key) == "gamma" for k in made)
+    with engine.connect() as db:
+        names = db.execute(sqlalchemy.text("SELECT name FROM tenants")).scalars().all()
+    assert names == ["gamma"]
+    assert keys.create("gamma").tenant == "gamma"  # and later ones still work
+    engine.dispose()
 
 
 def test_sandbox_records(store_url: str) -> None:

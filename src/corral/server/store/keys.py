@@ -13,9 +13,10 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, Executable, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
-from corral.api.errors import InvalidArgumentError, NotFoundError
+from corral.api.errors import InternalError, InvalidArgumentError, NotFoundError
 
 from ._time import aware, now
 from .schema import api_keys, tenants
@@ -70,8 +71,7 @@ class KeyStore:
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         key_id = f"key-{secrets.token_hex(6)}"
         with self._engine.begin() as db:
-            if db.execute(select(tenants.c.name).where(tenants.c.name == tenant)).first() is None:
-                db.execute(insert(tenants).values(name=tenant, created_at=now()))
+            _add_tenant(db, tenant)
             db.execute(insert(api_keys).values(id=key_id, tenant=tenant, key_hash=key_hash(key),
                                                last4=key[-4:], created_at=now()))
         return NewKey(id=key_id, tenant=tenant, key=key)
@@ -107,3 +107,22 @@ class KeyStore:
         if row is None or not hmac.compare_digest(row.key_hash, digest):
             return None
         return str(row.tenant)
+
+
+def _add_tenant(db: Connection, tenant: str) -> None:
+    """Insert ``tenant`` unless it exists, in one statement.
+
+    ``INSERT ... ON CONFLICT DO NOTHING``: a concurrent transaction adding the same tenant
+    makes this one wait for it and then insert nothing, where a look-then-insert would let
+    both look, both insert, and one fail on the primary key.
+    """
+    values = {"name": tenant, "created_at": now()}
+    statement: Executable
+    if db.dialect.name == "sqlite":
+        statement = sqlite.insert(tenants).values(values).on_conflict_do_nothing()
+    elif db.dialect.name == "postgresql":
+        statement = postgresql.insert(tenants).values(values).on_conflict_do_nothing()
+    else:
+        raise InternalError(f"the key store supports SQLite and PostgreSQL, not "
+                            f"{db.dialect.name}")
+    db.execute(statement)
