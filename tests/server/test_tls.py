@@ -1,6 +1,7 @@
 """``corral serve --tls``: the real app over HTTPS with a certificate from the server's own
-CA; the SDK trusts it through ``CORRAL_CA_FILE``, a client without it is refused, the key
-files are private, and a later start keeps the CA (renewing only the server certificate)."""
+CA; the SDK trusts it through ``CORRAL_CA_FILE`` or ``ca_file=`` (which wins), a client
+without it is refused, the key files are private, and a later start keeps the CA (renewing
+only the server certificate)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from cryptography import x509
 
-from corral import Sandbox, SandboxError
+from corral import AsyncSandbox, InvalidArgumentError, Sandbox, SandboxError
 from corral.node import NodeSettings
 from corral.server import ServerSettings, create_app
 from corral.server import tls as tls_module
@@ -68,6 +70,67 @@ def test_sdk_runs_a_command_over_https(tls_server: TlsServer, no_trust_env: None
         result = sb.commands.run("cat /work/hello.txt; echo done")
         assert result.exit_code == 0
         assert result.stdout == "over tls\ndone\n"
+
+
+def test_sdk_takes_the_ca_file_as_an_argument(tls_server: TlsServer, no_trust_env: None
+                                             ) -> None:
+    ca = tls_server.files.ca_cert
+    server = {"url": tls_server.url, "api_key": tls_server.key}
+    with Sandbox.create("python", timeout=120, metadata={"suite": "tls-ca-arg"},
+                        ca_file=str(ca), **server) as sb:
+        assert sb.commands.run("echo made").stdout == "made\n"
+        again = Sandbox.connect(sb.id, ca_file=ca, **server)  # a Path does as well
+        try:
+            assert again.commands.run("echo connected").stdout == "connected\n"
+        finally:
+            again.close()
+        listed = Sandbox.list(metadata={"suite": "tls-ca-arg"}, ca_file=ca, **server)
+        assert [info.id for info in listed] == [sb.id]
+
+        async def through_the_async_face() -> list[str]:
+            found = await AsyncSandbox.list(metadata={"suite": "tls-ca-arg"}, ca_file=ca,
+                                            **server)
+            async_sb = await AsyncSandbox.connect(sb.id, ca_file=ca, **server)
+            try:
+                ran = await async_sb.commands.run("echo async")
+            finally:
+                await async_sb.close()
+            return [*(info.id for info in found), ran.stdout]
+
+        assert anyio.run(through_the_async_face) == [sb.id, "async\n"]
+
+
+def test_the_ca_file_argument_wins_over_the_environment(
+        tls_server: TlsServer, no_trust_env: None, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    other_ca = ensure_tls(tmp_path / "other").ca_cert  # a CA that signed nothing here
+    server = {"url": tls_server.url, "api_key": tls_server.key}
+
+    monkeypatch.setenv("CORRAL_CA_FILE", str(other_ca))
+    with pytest.raises(SandboxError) as refused:
+        Sandbox.list(**server)
+    assert "CERTIFICATE_VERIFY_FAILED" in str(refused.value)
+    assert isinstance(Sandbox.list(ca_file=tls_server.files.ca_cert, **server), list)
+
+    monkeypatch.setenv("CORRAL_CA_FILE", str(tls_server.files.ca_cert))
+    assert isinstance(Sandbox.list(**server), list)
+    with pytest.raises(SandboxError) as refused:
+        Sandbox.list(ca_file=other_ca, **server)
+    assert "CERTIFICATE_VERIFY_FAILED" in str(refused.value)
+
+
+def test_an_unreadable_ca_file_is_an_invalid_argument(tls_server: TlsServer,
+                                                      no_trust_env: None,
+                                                      tmp_path: Path) -> None:
+    server = {"url": tls_server.url, "api_key": tls_server.key}
+    with pytest.raises(InvalidArgumentError) as missing:
+        Sandbox.create("python", ca_file=tmp_path / "nope.pem", **server)
+    assert "nope.pem" in str(missing.value)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    with pytest.raises(InvalidArgumentError) as bad:
+        Sandbox.connect("sbx-000000000000", ca_file=garbage, **server)
+    assert "garbage.pem" in str(bad.value)
 
 
 def test_a_client_without_the_ca_is_refused(tls_server: TlsServer, no_trust_env: None) -> None:

@@ -9,11 +9,17 @@ Example::
         r = await sb.commands.run("python3 hello.py")
         print(r.exit_code, r.stdout)
 
-The server and key come from ``url=``/``api_key=`` or ``CORRAL_URL``/``CORRAL_API_KEY``.
+The server and key come from ``url=``/``api_key=`` or ``CORRAL_URL``/``CORRAL_API_KEY``;
+an ``https://`` server made by ``corral serve --tls`` is trusted through ``ca_file=`` or
+``CORRAL_CA_FILE`` (the ``ca.pem`` it prints)::
+
+    sb = await AsyncSandbox.create(url="https://127.0.0.1:8470", api_key="crl_...",
+                                   ca_file="/var/lib/corral/tls/ca.pem")
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +31,7 @@ from .commands import AsyncCommands
 from .files import AsyncFiles
 
 ResourcesArg = Resources | models.ResourcesSpec | Mapping[str, Any]
+CaFile = str | os.PathLike[str]
 
 
 class AsyncSandbox:
@@ -55,7 +62,8 @@ class AsyncSandbox:
                      metadata: Mapping[str, str] | None = None,
                      resources: ResourcesArg | None = None, runtime: str | None = None,
                      idle_timeout: float | None = None, url: str | None = None,
-                     api_key: str | None = None) -> AsyncSandbox:
+                     api_key: str | None = None, ca_file: CaFile | None = None
+                     ) -> AsyncSandbox:
         """Start a sandbox and return once it can run commands.
 
         Args:
@@ -68,8 +76,20 @@ class AsyncSandbox:
             runtime: ``"gvisor"`` or ``"namespaces"``; default: the server's strongest.
             idle_timeout: stop it after this many seconds in which no call touched it and
                 no command ran in it; default: only ``timeout`` ends it.
+            url: the server; default ``CORRAL_URL``, else ``http://127.0.0.1:8470``.
+            api_key: your key; default ``CORRAL_API_KEY`` (``corral keys create`` makes one).
+            ca_file: a PEM CA bundle to verify an ``https://`` server against instead of
+                the system's trust store; default ``CORRAL_CA_FILE``. Verification is never
+                turned off.
+
+        Example::
+
+            sb = await AsyncSandbox.create("python", timeout=600, metadata={"job": "etl"},
+                                           resources={"memory": "1G"})
+            sb = await AsyncSandbox.create(url="https://corral.internal:8470",
+                                           api_key=key, ca_file="ca.pem")
         """
-        api = ApiClient(url, api_key)
+        api = ApiClient(url, api_key, ca_file)
         try:
             request = checked(models.SandboxCreate, image=image, runtime=runtime,
                               resources=_resources(resources), env=dict(env or {}),
@@ -85,9 +105,18 @@ class AsyncSandbox:
 
     @classmethod
     async def connect(cls, sandbox_id: str, *, url: str | None = None,
-                      api_key: str | None = None) -> AsyncSandbox:
-        """An existing sandbox of yours, by id."""
-        api = ApiClient(url, api_key)
+                      api_key: str | None = None, ca_file: CaFile | None = None
+                      ) -> AsyncSandbox:
+        """An existing sandbox of yours, by id (``url``, ``api_key`` and ``ca_file`` as
+        in :meth:`create`).
+
+        Example::
+
+            sb = await AsyncSandbox.connect("sbx-0123abcd4567")
+            await sb.commands.run("ls /work")
+            await sb.close()  # leaves it running; sb.kill() stops it
+        """
+        api = ApiClient(url, api_key, ca_file)
         try:
             reply = await api.json("GET", f"/v1/sandboxes/{sandbox_id}")
         except BaseException:
@@ -97,12 +126,20 @@ class AsyncSandbox:
 
     @staticmethod
     async def list(*, metadata: Mapping[str, str] | None = None, state: str | None = None,
-                   url: str | None = None, api_key: str | None = None) -> list[models.Sandbox]:
-        """Your sandboxes, newest first: those whose metadata includes ``metadata``."""
+                   url: str | None = None, api_key: str | None = None,
+                   ca_file: CaFile | None = None) -> list[models.Sandbox]:
+        """Your sandboxes, newest first: those whose metadata includes ``metadata``
+        (``url``, ``api_key`` and ``ca_file`` as in :meth:`create`).
+
+        Example::
+
+            for info in await AsyncSandbox.list(metadata={"job": "etl"}, state="running"):
+                print(info.id, info.created_at)
+        """
         params = {f"metadata.{k}": v for k, v in (metadata or {}).items()}
         if state is not None:
             params["state"] = state
-        api = ApiClient(url, api_key)
+        api = ApiClient(url, api_key, ca_file)
         try:
             reply = await api.json("GET", "/v1/sandboxes", params=params)
         finally:

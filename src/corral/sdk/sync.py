@@ -13,6 +13,10 @@ Example::
         sb.files.write("/work/data.csv", b"a,b\\n1,2\\n")
         r = sb.commands.run(["python3", "-c", "print(open('data.csv').read())"])
         print(r.exit_code, r.stdout, r.stderr)
+
+    # A server started with `corral serve --tls`, trusted through the CA file it printed:
+    found = Sandbox.list(url="https://127.0.0.1:8470", api_key="crl_...",
+                         ca_file="/var/lib/corral/tls/ca.pem")
 """
 
 from __future__ import annotations
