@@ -1,4 +1,9 @@
-"""``corral run``: one command in a throwaway sandbox, like ``docker run --rm``."""
+"""``corral run``: one command in a throwaway sandbox, like ``docker run --rm``.
+
+With ``CORRAL_URL`` set the sandbox is made on that server, through the SDK (key from
+``CORRAL_API_KEY``, CA from ``CORRAL_CA_FILE``); otherwise on a node private to this
+process. Both paths share the streaming, stdin and exit-status code below.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +14,20 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
-from typing import Annotated, BinaryIO
+from typing import Annotated, BinaryIO, Protocol
 
 import typer
 
 from corral.api import agent_protocol as proto
+from corral.api import models
 from corral.api.errors import InvalidArgumentError, SandboxError, SandboxNotRunningError
 from corral.api.resources import Resources, check_timeout
-from corral.node import CommandHandle, CommandResult, Node, NodeSettings, Sandbox
+from corral.node import CommandResult, Node, NodeSettings, Sandbox
 from corral.node.images import ImageStore
 from corral.runtime import RUNTIME_NAMES
+from corral.sdk import AsyncCommandHandle, AsyncSandbox
 
 from ._common import (
     EXIT_CORRAL_ERROR,
@@ -40,6 +48,28 @@ EXIT_LIMIT_KILLED = 128 + signal.SIGKILL
 EXIT_TERMINATED = 128 + signal.SIGTERM
 #: How the node words a stop caused by a limit (see ``Runtime.limit_hit``).
 LIMIT_REASONS = ("killed:", "pids limit")
+#: Metadata of the sandboxes ``corral run`` makes on a server, to tell them apart.
+REMOTE_METADATA = {"created-by": "corral-run"}
+
+
+class _Chunk(Protocol):
+    @property
+    def stream(self) -> str: ...
+
+    @property
+    def data(self) -> bytes: ...
+
+
+class _Handle(Protocol):
+    """What both the node's and the SDK's command handles offer."""
+
+    def __aiter__(self) -> AsyncIterator[_Chunk]: ...
+
+    async def send_stdin(self, data: bytes, eof: bool = False) -> None: ...
+
+    async def close_stdin(self) -> None: ...
+
+    async def signal(self, signum: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -107,6 +137,11 @@ def run(
     Corral's own messages go to stderr. Exits with the command's status; 124 when
     --timeout killed it, 125 when Corral itself failed (like docker run).
 
+    With CORRAL_URL set, the sandbox is made on that Corral server (key from
+    CORRAL_API_KEY, CA from CORRAL_CA_FILE), with the same options, output and exit
+    statuses; the image must be built there, and --data-dir is not used. Without it, a
+    node private to this command runs the sandbox on this host.
+
     Examples:
 
         corral run -- python3 -c 'print(2 + 2)'
@@ -114,20 +149,22 @@ def run(
         corral run --runtime namespaces --memory 256M -- sh -c 'echo $HOME; exit 3'
 
         echo hello | corral run -i -- tr a-z A-Z
+
+        CORRAL_URL=http://127.0.0.1:8470 CORRAL_API_KEY=crl_... corral run -- python3 -V
     """
     request = RunRequest(
         argv=command, image=image, runtime=runtime, resources=_resources(memory, cpus, pids, disk),
         timeout=_timeout(timeout), env=parse_env(env), workdir=workdir, user=user,
         interactive=interactive)
-    settings = node_settings(data_dir)
+    url = os.environ.get("CORRAL_URL", "").strip()
     with reporting_errors():
-        ensure_image(ImageStore(settings.image_dir), image)
-        with private_node(settings) as private:
-            try:
-                code = asyncio.run(_main(private, request))
-            except asyncio.CancelledError:  # SIGTERM; the sandbox is already gone
-                say("terminated")
-                code = EXIT_TERMINATED
+        if url:
+            code = _until_terminated(_main_remote(url, request))
+        else:
+            settings = node_settings(data_dir)
+            ensure_image(ImageStore(settings.image_dir), image)
+            with private_node(settings) as private:
+                code = _until_terminated(_main(private, request))
     raise typer.Exit(code)
 
 
@@ -145,12 +182,24 @@ def _timeout(seconds: float) -> float:
         raise typer.BadParameter(exc.message, param_hint="'--timeout'") from None
 
 
+def _until_terminated(main: Coroutine[None, None, int]) -> int:
+    """Run ``main``; SIGTERM cancels it, so its ``finally`` tears the sandbox down."""
+    try:
+        return asyncio.run(main)
+    except asyncio.CancelledError:  # SIGTERM; the sandbox is already gone
+        say("terminated")
+        return EXIT_TERMINATED
+
+
+def _cancel_on_sigterm() -> None:
+    task = asyncio.current_task()
+    if task is not None:  # SIGTERM tears down like Ctrl-C instead of leaving the sandbox
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+
+
 async def _main(settings: NodeSettings, request: RunRequest) -> int:
     """Create, run, stream, and always destroy the sandbox, whatever ends the run."""
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    if task is not None:  # SIGTERM tears down like Ctrl-C instead of leaving the sandbox
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    _cancel_on_sigterm()
     async with Node(settings) as node:
         sandbox = await node.create(request.image, runtime=request.runtime,
                                     resources=request.resources,
@@ -161,28 +210,68 @@ async def _main(settings: NodeSettings, request: RunRequest) -> int:
             await _destroy(sandbox)
 
 
+async def _main_remote(url: str, request: RunRequest) -> int:
+    """The same as :func:`_main`, with the sandbox on the server at ``url``."""
+    _cancel_on_sigterm()
+    sandbox = await AsyncSandbox.create(
+        request.image, runtime=request.runtime, resources=request.resources,
+        timeout=request.timeout + LIFETIME_SLACK, metadata=REMOTE_METADATA, url=url)
+    try:
+        return await _run_remote(sandbox, request)
+    finally:
+        try:
+            await sandbox.kill()
+        finally:
+            await sandbox.close()
+
+
 async def _run_in(sandbox: Sandbox, request: RunRequest) -> int:
     handle = await sandbox.commands.start(
         request.argv, env=request.env, cwd=request.workdir, user=request.user,
         timeout=request.timeout, stdin=request.interactive)
-    feeder = (asyncio.get_running_loop().create_task(_forward_stdin(handle))
-              if request.interactive else None)
     try:
-        await _stream(handle)
+        await _stream_with_stdin(handle, request.interactive)
     except SandboxNotRunningError as exc:
         # The whole sandbox died under the command (with gVisor, a memory limit kills the
         # sandbox itself); the node recorded why as the channel closed.
-        reason = sandbox.stop_reason or ""
-        if reason.startswith(LIMIT_REASONS):
-            say(reason)
-            return EXIT_LIMIT_KILLED
-        raise SandboxNotRunningError(
-            f"the sandbox stopped while the command ran: {reason or exc.message}") from exc
+        return _sandbox_stopped(sandbox.stop_reason, exc)
+    result = await handle.wait()  # the output was consumed above; this is the exit
+    return _exit_code(result, request.timeout)
+
+
+async def _run_remote(sandbox: AsyncSandbox, request: RunRequest) -> int:
+    handle: AsyncCommandHandle = await sandbox.commands.start(
+        request.argv, env=request.env, cwd=request.workdir, user=request.user,
+        timeout=request.timeout, stdin=request.interactive)
+    async with handle:
+        try:
+            await _stream_with_stdin(handle, request.interactive)
+        except SandboxNotRunningError as exc:
+            with contextlib.suppress(SandboxError):
+                await sandbox.refresh()  # the server's record says why it stopped
+            return _sandbox_stopped(sandbox.info.stop_reason, exc)
+        result = await handle.wait()
+    return _exit_code(result, request.timeout)
+
+
+async def _stream_with_stdin(handle: _Handle, interactive: bool) -> None:
+    """Stream the output to ours, feeding our stdin to the command meanwhile if asked."""
+    feeder = (asyncio.get_running_loop().create_task(_forward_stdin(handle))
+              if interactive else None)
+    try:
+        await _stream(handle)
     finally:
         if feeder is not None:
             feeder.cancel()
-    result = await handle.wait()  # the output was consumed above; this is the exit
-    return _exit_code(result, request.timeout)
+
+
+def _sandbox_stopped(reason: str | None, exc: SandboxNotRunningError) -> int:
+    """The exit status of a command whose whole sandbox stopped under it."""
+    if reason and reason.startswith(LIMIT_REASONS):
+        say(reason)
+        return EXIT_LIMIT_KILLED
+    raise SandboxNotRunningError(
+        f"the sandbox stopped while the command ran: {reason or exc.message}") from exc
 
 
 async def _destroy(sandbox: Sandbox) -> None:
@@ -190,7 +279,7 @@ async def _destroy(sandbox: Sandbox) -> None:
     await sandbox.kill()
 
 
-async def _stream(handle: CommandHandle) -> None:
+async def _stream(handle: _Handle) -> None:
     """Copy output to our stdout/stderr as it arrives.
 
     When our stdout is a closed pipe (``corral run ... | head``), the command gets SIGPIPE,
@@ -220,7 +309,7 @@ def _silence(sink: BinaryIO) -> None:
         os.close(devnull)
 
 
-async def _forward_stdin(handle: CommandHandle) -> None:
+async def _forward_stdin(handle: _Handle) -> None:
     """Send our stdin to the command in chunks, then close its stdin.
 
     A daemon thread reads, because a blocking read of a terminal cannot be cancelled and
@@ -250,7 +339,7 @@ async def _forward_stdin(handle: CommandHandle) -> None:
         pass  # the command ended (or closed its stdin) before reading everything
 
 
-def _exit_code(result: CommandResult, timeout: float) -> int:
+def _exit_code(result: CommandResult | models.CommandResult, timeout: float) -> int:
     if result.reason == proto.REASON_TIMEOUT:
         say(f"command timed out after {timeout:g} s; it and its children were killed")
         return EXIT_TIMEOUT
