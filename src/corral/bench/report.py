@@ -27,6 +27,8 @@ TARGETS: dict[tuple[str, str], tuple[str, Callable[[Row], bool]]] = {
     ("namespaces", "create_to_first_command"): (
         "< 25 ms", lambda row: row.corral.p50 < 0.025),
     ("*", "warm_exec"): ("< 5 ms", lambda row: row.corral.p50 < 0.005),
+    ("*", "api_exec"): ("< 5 ms through HTTP on localhost",
+                        lambda row: row.corral.p50 < 0.005),
 }
 
 

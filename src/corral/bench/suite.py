@@ -24,7 +24,7 @@ from corral.node.images import Image, ImageStore
 from corral.runtime import available_runtimes
 from corral.runtime.agent_bundle import MOUNT_POINT, ensure_bundle
 
-from . import primitives
+from . import api, primitives
 from .report import BenchReport, machine_info
 from .stats import Row, RuntimeResult, Stat
 
@@ -122,6 +122,7 @@ async def _measure_runtime(node: Node, image: Image, config: BenchConfig,
     result.rows.append(Row("first_command", "↳ first command", _stat(corral["first"])))
     result.rows.append(Row("teardown", "teardown (kill)", _stat(corral["kill"])))
     await _measure_warm(node, config, result, progress)
+    await api.measure_api_exec(node, config, result, progress)
 
 
 def _bare_runner(runtime: str, rootfs: Path, bundle: Path,
