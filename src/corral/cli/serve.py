@@ -52,6 +52,8 @@ def serve(
     if files:
         _say_trust(files)
     say(f"make an API key with: corral keys create --data-dir {settings.node.data_dir}")
+    say(f"then, for the SDK and the CLI: export CORRAL_URL={settings.url} "
+        "CORRAL_API_KEY=<the key>" + (f" CORRAL_CA_FILE={files.ca_cert}" if files else ""))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
                 server_header=False, ssl_keyfile=str(files.key) if files else None,
                 ssl_certfile=str(files.cert) if files else None)
