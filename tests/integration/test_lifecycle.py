@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -19,7 +16,7 @@ from corral.node import NodeSettings, SandboxState, SyncNode, SyncSandbox
 from corral.runtime import _cgroups_unsafe as cgroups
 from corral.runtime._mounts_unsafe import mounts_under
 
-from ..conftest import IMAGE_DIR, sandbox_data_dir
+from ..conftest import IMAGE_DIR
 
 
 def _cgroup_paths(node: SyncNode, sandbox_id: str) -> list[Path]:
@@ -137,42 +134,11 @@ def test_metadata_filters_list(node: SyncNode, runtime: str) -> None:
         b.kill()
 
 
-def test_a_restarted_node_sweeps_what_a_dead_one_left(runtime: str, python_image: str) -> None:
-    # Not pytest's tmp_path: it sits in a 0700 folder sandbox uids cannot traverse.
-    with sandbox_data_dir("corral-sweep-") as tmp:
-        _sweep_after_crash(tmp, runtime)
-
-
 def test_unreachable_data_dir_is_a_clear_error(tmp_path: Path, python_image: str) -> None:
     with SyncNode(NodeSettings(data_dir=tmp_path / "data", image_dir=IMAGE_DIR)) as private:
         with pytest.raises(InvalidArgumentError, match="not searchable"):
             private.create("python", runtime="namespaces")
         assert list((tmp_path / "data" / "sandboxes").iterdir()) == []
-
-
-def _sweep_after_crash(tmp_path: Path, runtime: str) -> None:
-    script = textwrap.dedent(f"""
-        import os, sys
-        from pathlib import Path
-        from corral.node import NodeSettings, SyncNode
-        node = SyncNode(NodeSettings(data_dir=Path({str(tmp_path)!r}),
-                                     image_dir=Path({str(IMAGE_DIR)!r})))
-        sb = node.create("python", runtime={runtime!r})
-        sb.commands.start("sleep 1000")
-        print(sb.id, flush=True)
-        os.kill(os.getpid(), 9)
-    """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=120)
-    sandbox_id = out.stdout.strip()
-    assert sandbox_id.startswith("sbx-"), out.stderr
-    settings = NodeSettings(data_dir=tmp_path, image_dir=IMAGE_DIR)
-    assert (tmp_path / "sandboxes" / sandbox_id).exists()
-    with SyncNode(settings) as fresh:
-        assert not (tmp_path / "sandboxes" / sandbox_id).exists()
-        assert not mounts_under(tmp_path / "sandboxes")
-        assert not any(p.exists() for p in _cgroup_paths(fresh, sandbox_id))
-        _wait_for(lambda: not _processes_mentioning(sandbox_id), 10)
 
 
 def test_a_data_dir_has_one_node(node: SyncNode) -> None:

@@ -18,8 +18,9 @@ START_TIMEOUT = 60.0
 def serving(app: Any, scheme: str = "http", **config: Any) -> Iterator[str]:
     """Serve ``app`` on 127.0.0.1 and a free port; yields its base URL.
 
-    Leaving shuts it down as SIGTERM would (its node stops every sandbox it holds), and
-    fails the test if it does not stop. ``config`` goes to ``uvicorn.Config`` (TLS files).
+    Leaving shuts it down as SIGTERM would (its node stops the sandboxes it holds, or
+    leaves them to the next server with ``keep_sandboxes``), and fails the test if it does
+    not stop. ``config`` goes to ``uvicorn.Config`` (TLS files).
     """
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
                                        lifespan="on", **config))

@@ -1,9 +1,17 @@
-"""The agent's end of the node channel: framed reads from stdin, locked writes to stdout."""
+"""The agent's end of the node channel: framed reads, locked writes.
+
+The first channel is the agent's stdin/stdout, which the node opened when it started the
+sandbox. When that node goes away (a server restart), the agent keeps the sandbox alive and
+waits for the next node on a Unix socket (:func:`reconnect`); the channel is then re-attached
+to that socket and everything else in the agent carries on.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
 import threading
+import time
 
 from corral.api import agent_protocol as proto
 
@@ -17,10 +25,29 @@ class Channel:
     """A framed, thread-safe duplex channel over two file descriptors."""
 
     def __init__(self, read_fd: int, write_fd: int) -> None:
-        self._reader: BinaryIO = os.fdopen(read_fd, "rb", buffering=256 * 1024)
-        self._write_fd = write_fd
         self._lock = threading.Lock()
-        self.closed = False
+        self.attach(read_fd, write_fd)
+
+    def attach(self, read_fd: int, write_fd: int) -> None:
+        """Serve a node over these two descriptors (the previous ones must be detached)."""
+        reader: BinaryIO = os.fdopen(read_fd, "rb", buffering=256 * 1024)
+        with self._lock:
+            self._reader = reader
+            self._write_fd = write_fd
+            self.closed = False
+
+    def detach(self) -> None:
+        """Drop the node that went away: later sends are discarded until :meth:`attach`."""
+        with self._lock:
+            self.closed = True
+            reader, write_fd = self._reader, self._write_fd
+            self._write_fd = -1
+        reader.close()
+        if write_fd >= 0:
+            try:
+                os.close(write_fd)
+            except OSError:
+                pass
 
     def send(self, header: dict[str, Any], data: bytes = b"") -> None:
         """Send one frame; frames from different threads never interleave."""
@@ -46,6 +73,27 @@ class Channel:
         if len(raw) < head_len or len(data) < data_len:
             return None
         return proto.parse_header(raw), data
+
+
+def reconnect(path: str, deadline: float) -> int | None:
+    """Connect to the next node's socket at ``path``; None once ``deadline`` passed.
+
+    Returns the connected socket's descriptor. The node binds the socket only after it
+    restarted, so until then every attempt fails fast and is retried.
+    """
+    while time.monotonic() < deadline:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+        except OSError:
+            sock.close()
+            time.sleep(RECONNECT_INTERVAL)
+            continue
+        return sock.detach()
+    return None
+
+
+RECONNECT_INTERVAL = 0.1
 
 
 class Credits:

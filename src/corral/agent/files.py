@@ -273,6 +273,11 @@ class Files:
             credits.close()
         self.abort(target)
 
+    def detach(self) -> None:
+        """The node went away: stop its downloads, abandon its unfinished uploads."""
+        for target in list(self.downloads) + list(self._uploads):
+            self.cancel(target)
+
     def abort(self, target: int) -> None:
         upload = self._uploads.pop(target, None)
         if upload is not None:

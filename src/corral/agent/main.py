@@ -4,6 +4,12 @@ The main thread reads frames from the node and dispatches them. Quick operations
 mkdir, starting a process, writing an upload chunk) run inline; anything that streams or
 may block (file downloads) gets a thread of its own, so one slow stream never stalls the
 channel.
+
+When the node goes away (its end of the channel closes), the sandbox lives on: transfers in
+flight are dropped, running commands keep running with their output discarded, and the
+agent waits up to ``CORRAL_AGENT_ORPHAN_GRACE`` seconds for a restarted node to connect to
+the socket at ``CORRAL_AGENT_SOCKET``. Past that, it kills everything and exits, which ends
+the sandbox: no sandbox outlives its node for long.
 """
 
 from __future__ import annotations
@@ -12,10 +18,11 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from corral.api import agent_protocol as proto
 
-from .channel import Channel
+from .channel import Channel, reconnect
 from .errors import RequestError
 from .files import DATA_KEY, Files
 from .processes import ProcessTable
@@ -28,6 +35,7 @@ if TYPE_CHECKING:
 
 
 MAX_MESSAGE = 2000
+DEFAULT_ORPHAN_GRACE = 600.0
 
 
 class Agent:
@@ -46,21 +54,41 @@ class Agent:
             proto.OP_PROCESSES: lambda req: {"processes": self.processes.list()},
         }
         self._simple = simple
+        self._last_id = 0
 
-    def serve(self) -> None:
+    def serve(self, socket_path: str | None = None, orphan_grace: float = 0.0) -> None:
+        """Serve nodes until none comes back within ``orphan_grace``; then end the sandbox."""
+        while True:
+            self._serve_one()
+            self.channel.detach()
+            self.processes.detach()
+            self.files.detach()
+            fd = None
+            if socket_path is not None and orphan_grace > 0:
+                fd = reconnect(socket_path, time.monotonic() + orphan_grace)
+            if fd is None:
+                break
+            self.channel.attach(fd, os.dup(fd))
+        self.processes.kill_all()
+
+    def _serve_one(self) -> None:
+        # next_id: request ids the node must not reuse (commands started by a previous
+        # node keep theirs, so that a re-attached node can still signal them).
         self.channel.send({"id": 0, "ev": proto.EV_HELLO, "version": proto.PROTOCOL_VERSION,
-                           "pid": os.getpid()})
+                           "pid": os.getpid(), "next_id": self._last_id + 1})
         while True:
             try:
                 frame = self.channel.recv()
             except proto.ProtocolError as exc:
-                print(f"corral-agent: closing the channel: {exc}", file=sys.stderr)
-                break
+                _log(f"closing the channel: {exc}")
+                return
             if frame is None:
-                break
+                return
             header, data = frame
+            req_id = header.get("id")
+            if isinstance(req_id, int) and req_id > self._last_id:
+                self._last_id = req_id
             self._dispatch(header, data)
-        self.processes.kill_all()
 
     def _dispatch(self, req: dict[str, Any], data: bytes) -> None:
         req_id, op = req["id"], req.get("op")
@@ -99,7 +127,7 @@ class Agent:
             self._fail(req_id, "agent_error", f"{type(exc).__name__}: {exc}")
             import traceback  # only here: it is slow to import
 
-            traceback.print_exc(file=sys.stderr)
+            _log(traceback.format_exc())
 
     def _guarded(self, req_id: int, handler: Callable[[int, dict[str, Any]], None],
                  req: dict[str, Any]) -> None:
@@ -123,6 +151,21 @@ class Agent:
                            "message": message[:MAX_MESSAGE]})
 
 
+def _log(message: str) -> None:
+    """A line on stderr, which the node keeps a tail of; nowhere once the node is gone."""
+    try:
+        print(f"corral-agent: {message}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _orphan_grace() -> float:
+    try:
+        return max(0.0, float(os.environ.get("CORRAL_AGENT_ORPHAN_GRACE", DEFAULT_ORPHAN_GRACE)))
+    except ValueError:
+        return DEFAULT_ORPHAN_GRACE
+
+
 def main() -> None:
     # As PID 1 the agent only gets signals it handles; a no-op handler (reset to the
     # default in every child at exec) keeps sandbox code from interrupting it.
@@ -135,7 +178,8 @@ def main() -> None:
     os.close(devnull)
     os.set_inheritable(read_fd, False)
     os.set_inheritable(write_fd, False)
-    Agent(Channel(read_fd, write_fd)).serve()
+    socket_path = os.environ.get("CORRAL_AGENT_SOCKET") or None
+    Agent(Channel(read_fd, write_fd)).serve(socket_path, _orphan_grace())
 
 
 if __name__ == "__main__":

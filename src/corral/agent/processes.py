@@ -177,6 +177,13 @@ class ProcessTable:
             for p in procs[:1000]
         ]
 
+    def detach(self) -> None:
+        """The node went away: keep every command running, drop its output from now on."""
+        with self._lock:
+            procs = list(self._by_id.values())
+        for proc in procs:
+            proc.credits.close()
+
     def kill_all(self) -> None:
         with self._lock:
             pids = [p.popen.pid for p in self._by_id.values()]

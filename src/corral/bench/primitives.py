@@ -83,7 +83,7 @@ def bwrap_run(rootfs: Path, argv: list[str], agent_bundle: Path | None = None) -
            "--proc", "/proc", "--dev", "/dev"]
     if agent_bundle is not None:
         cmd += ["--ro-bind", str(agent_bundle), MOUNT_POINT]
-        for key, value in agent_env().items():
+        for key, value in agent_env(orphan_grace=0).items():
             cmd += ["--setenv", key, value]
     return _timed([*cmd, *argv], "bare bwrap")
 
@@ -133,7 +133,8 @@ class BareRunsc:
                 config["mounts"].append({"destination": MOUNT_POINT, "type": "bind",
                                          "source": str(self.agent_bundle),
                                          "options": ["rbind", "ro"]})
-                config["process"]["env"] += [f"{k}={v}" for k, v in agent_env().items()]
+                config["process"]["env"] += [
+                    f"{k}={v}" for k, v in agent_env(orphan_grace=0).items()]
             (bundle / "config.json").write_text(json.dumps(config, indent=2))
             self._bundles[key] = bundle
         return self._bundles[key]

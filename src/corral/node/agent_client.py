@@ -110,6 +110,10 @@ class AgentClient:
             raise AgentError(f"{self._label}: unexpected agent greeting {header!r:.200}")
         pid = header.get("pid")
         self.agent_pid = pid if isinstance(pid, int) else None
+        # A re-attached agent still runs commands under the ids a previous node gave them.
+        next_id = header.get("next_id")
+        if isinstance(next_id, int) and 1 <= next_id < 2**53:
+            self._ids = itertools.count(next_id)
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
 
     async def _read_loop(self) -> None:

@@ -200,6 +200,14 @@ class Commands:
                 f"command timed out after {timeout:g} s and was killed", result)
         return result
 
+    async def signal(self, command_id: int, signum: int) -> None:
+        """Signal a running command by id, one a previous node started included.
+
+        Raises NotFoundError if no command with that id is running.
+        """
+        await self._sandbox._agent().call(proto.OP_SIGNAL, target=int(command_id),
+                                          signal=int(signum))
+
     async def list(self) -> list[ProcessInfo]:
         """Commands started through the API that are still running."""
         reply = await self._sandbox._agent().call(proto.OP_PROCESSES)

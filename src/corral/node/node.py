@@ -4,6 +4,12 @@ A sandbox's life: validate the request, let the runtime build the host side and 
 agent, wait for the agent's hello, then serve commands and files until it is killed, times
 out, or its agent dies. Every way out ends in :meth:`Node._stop`, which records why and
 tears the sandbox down without making the caller wait for slow runtime tools.
+
+Sandboxes can outlive their node: ``close(detach=True)`` lets go of the running ones, and
+the next node on the same data dir adopts them when it starts (it reads what the previous
+node recorded, :mod:`.records`, and waits for each agent to reconnect on a socket in the
+sandbox's run folder). Those it cannot adopt are torn down and listed in :attr:`Node.lost`
+with the reason.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.api.errors import (
+    AgentError,
     AlreadyExistsError,
     InvalidArgumentError,
     NotFoundError,
@@ -29,9 +36,10 @@ from corral.api.errors import (
 from corral.api.resources import Resources, check_timeout
 from corral.runtime import Runtime, SandboxSpec, get_runtime
 from corral.runtime._cgroups_unsafe import favor_dynamic_changes, remove_parent
-from corral.runtime._host import sweep
-from corral.runtime.agent_bundle import ensure_bundle
+from corral.runtime._host import channel_socket, sweep
+from corral.runtime.agent_bundle import ORPHAN_GRACE, ensure_bundle
 
+from . import records
 from .agent_client import AgentClient
 from .images import ImageStore
 from .models import SandboxState
@@ -42,6 +50,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 300.0
 AGENT_START_TIMEOUT = 30.0
+#: How long a starting node waits for each surviving sandbox's agent to reconnect.
+ADOPT_TIMEOUT = 10.0
 STDERR_TAIL = 16 * 1024
 
 
@@ -57,12 +67,16 @@ class NodeSettings:
         tune_cgroups: remount the cgroup v2 hierarchy with ``favordynmods`` at start
             (``CORRAL_TUNE_CGROUPS=0`` to leave the host alone); see
             :func:`corral.runtime._cgroups_unsafe.favor_dynamic_changes`.
+        orphan_grace: seconds a sandbox outlives its node, waiting for a restarted node on
+            the same data dir to adopt it (``CORRAL_ORPHAN_GRACE``); 0 ends sandboxes with
+            their node.
     """
 
     data_dir: Path
     image_dir: Path
     max_sandboxes: int = 1000
     tune_cgroups: bool = True
+    orphan_grace: float = ORPHAN_GRACE
 
     def __post_init__(self) -> None:
         # Resolved: mount points are compared with /proc/self/mountinfo, which has no links.
@@ -74,7 +88,16 @@ class NodeSettings:
         data = data_dir or Path(os.environ.get("CORRAL_DATA_DIR", "/var/lib/corral"))
         images = Path(os.environ.get("CORRAL_IMAGE_DIR", str(data / "images")))
         tune = os.environ.get("CORRAL_TUNE_CGROUPS", "1") != "0"
-        return cls(data_dir=data, image_dir=images, tune_cgroups=tune)
+        grace = os.environ.get("CORRAL_ORPHAN_GRACE", f"{ORPHAN_GRACE:g}")
+        try:
+            orphan_grace = float(grace)
+        except ValueError:
+            raise InvalidArgumentError(f"CORRAL_ORPHAN_GRACE={grace!r:.40} is not a number of "
+                                       "seconds") from None
+        if not 0 <= orphan_grace <= 7 * 24 * 3600:
+            raise InvalidArgumentError("CORRAL_ORPHAN_GRACE must be 0 to 604800 seconds")
+        return cls(data_dir=data, image_dir=images, tune_cgroups=tune,
+                   orphan_grace=orphan_grace)
 
     @property
     def node_key(self) -> str:
@@ -93,22 +116,31 @@ class Node:
         self._bundle: Path | None = None
         self._pending = 0
         self._lock_fd: int | None = None
+        #: Sandboxes a previous node left that this one could not adopt: id -> why.
+        self.lost: dict[str, str] = {}
 
     @property
     def sandboxes_dir(self) -> Path:
         return self.settings.data_dir / "sandboxes"
 
     async def start(self) -> None:
-        """Prepare directories and sweep sandboxes a previous run of this node left."""
+        """Prepare directories, adopt the sandboxes a previous node released, sweep the rest."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_data_dir()
         self.sandboxes_dir.mkdir(exist_ok=True)
         os.chmod(self.sandboxes_dir, 0o711)  # sandbox uids traverse it to their root
+        self._bundle = await asyncio.to_thread(ensure_bundle, self.settings.data_dir / "agent")
+        found = [p for p in self.sandboxes_dir.iterdir()
+                 if (p / records.RECORD_NAME).is_file() and not p.is_symlink()]
+        await asyncio.gather(*(self._adopt(directory) for directory in found))
+        if self._sandboxes:
+            log.info("adopted %d running sandboxes", len(self._sandboxes))
         swept = await asyncio.to_thread(sweep, self.sandboxes_dir, self.settings.node_key,
                                         set(self._sandboxes))
+        for sandbox_id in swept:
+            self.lost.setdefault(sandbox_id, "its node stopped without handing it over")
         if swept:
             log.warning("swept %d sandboxes left by a previous run: %s", len(swept), swept)
-        self._bundle = await asyncio.to_thread(ensure_bundle, self.settings.data_dir / "agent")
         if self.settings.tune_cgroups and os.geteuid() == 0:
             if await asyncio.to_thread(favor_dynamic_changes) is None:
                 log.warning("could not enable cgroup favordynmods; sandbox starts will be slower")
@@ -126,8 +158,16 @@ class Node:
                 "one another data dir (--data-dir / CORRAL_DATA_DIR)") from None
         self._lock_fd = fd
 
-    async def close(self) -> None:
-        """Stop every sandbox this node holds, then release the data dir."""
+    async def close(self, *, detach: bool = False) -> None:
+        """Stop every sandbox this node holds, then release the data dir.
+
+        With ``detach``, running sandboxes are left running for the next node on this data
+        dir to adopt (:meth:`start`); their agents end them if none comes within
+        :data:`corral.runtime.agent_bundle.ORPHAN_GRACE` seconds.
+        """
+        if detach and self.settings.orphan_grace > 0:
+            running = [sb for sb in self._sandboxes.values() if sb.state is SandboxState.RUNNING]
+            await asyncio.gather(*(self._release(sb) for sb in running))
         await asyncio.gather(*(self._stop(sb, "node shutting down")
                                for sb in list(self._sandboxes.values())))
         remove_parent(self.settings.node_key)
@@ -201,7 +241,8 @@ class Node:
         sandbox_id = f"sbx-{secrets.token_hex(8)}"
         spec = SandboxSpec(sandbox_id=sandbox_id, cgroup=f"{self.settings.node_key}/{sandbox_id}",
                            rootfs=built.rootfs, resources=resources, agent_bundle=self._bundle,
-                           directory=self.sandboxes_dir / sandbox_id)
+                           directory=self.sandboxes_dir / sandbox_id,
+                           orphan_grace=self.settings.orphan_grace)
         self._pending += 1
         try:
             handle = await chosen.create(spec)
@@ -227,8 +268,102 @@ class Node:
         agent.on_close = lambda reason: self._agent_closed(sandbox, reason)
         sandbox.state = SandboxState.RUNNING
         sandbox._arm_timer()
+        self._write_record(sandbox)
         log.info("sandbox %s started (%s, image %s)", sandbox_id, chosen.name, image)
         return sandbox
+
+    def _write_record(self, sandbox: Sandbox) -> None:
+        """Write down what the next node needs to adopt ``sandbox``."""
+        try:
+            records.write(sandbox.handle.spec.directory, records.SandboxRecord(
+                id=sandbox.id, image=sandbox.image, runtime=sandbox.runtime.name,
+                resources=sandbox.resources, env=sandbox.env, workdir=sandbox.workdir,
+                metadata=sandbox.metadata, created_at=sandbox.created_at,
+                expires_at=sandbox.expires_at, extra=dict(sandbox.handle.extra)))
+        except OSError as exc:
+            # The sandbox runs; it just will not survive a restart of this node.
+            log.warning("sandbox %s: cannot record it for a restart: %s", sandbox.id, exc)
+
+    async def _adopt(self, directory: Path) -> None:
+        """Take over a sandbox a previous node released; on failure note why in ``lost``."""
+        sandbox_id = directory.name
+        try:
+            record = await asyncio.to_thread(records.read, directory)
+            chosen = self.runtime(record.runtime)
+            built = self.images.get(record.image)
+            assert self._bundle is not None
+            spec = SandboxSpec(sandbox_id=sandbox_id, rootfs=built.rootfs,
+                               cgroup=f"{self.settings.node_key}/{sandbox_id}",
+                               resources=record.resources, agent_bundle=self._bundle,
+                               directory=directory)
+            handle = await chosen.adopt(spec, record.extra)
+        except (ValueError, OSError, SandboxError) as exc:
+            self.lost[sandbox_id] = f"lost while its node was down: {_message(exc)}"
+            log.warning("sandbox %s: %s", sandbox_id, self.lost[sandbox_id])
+            return  # the sweep that follows removes what is left of it
+        sandbox = Sandbox(self, sandbox_id, record.image, chosen, handle, record.resources,
+                          record.env, record.workdir, record.metadata, DEFAULT_TIMEOUT)
+        sandbox.created_at, sandbox.expires_at = record.created_at, record.expires_at
+        self._sandboxes[sandbox_id] = sandbox
+        try:
+            agent = await self._reconnect(spec, f"sandbox {sandbox_id}")
+        except (OSError, SandboxError) as exc:
+            self.lost[sandbox_id] = f"lost while its node was down: {_message(exc)}"
+            log.warning("sandbox %s: %s", sandbox_id, self.lost[sandbox_id])
+            await self._stop(sandbox, self.lost[sandbox_id])
+            return
+        sandbox.agent = agent
+        agent.on_close = lambda reason: self._agent_closed(sandbox, reason)
+        sandbox.state = SandboxState.RUNNING
+        sandbox._arm_timer()  # already past its lifetime: stopped at once
+        log.info("sandbox %s adopted (%s, image %s)", sandbox_id, chosen.name, record.image)
+
+    async def _reconnect(self, spec: SandboxSpec, label: str) -> AgentClient:
+        """Listen on the sandbox's channel socket until its agent reconnects and says hello."""
+        path = channel_socket(spec)
+        path.unlink(missing_ok=True)
+        connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+            asyncio.get_running_loop().create_future())
+
+        def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if connected.done():
+                writer.close()  # one agent per sandbox: later callers are turned away
+            else:
+                connected.set_result((reader, writer))
+
+        server = await asyncio.start_unix_server(on_connect, path=str(path))
+        try:
+            # Connecting takes write permission on the socket: the sandbox's root only.
+            owner = path.parent.stat()
+            os.chown(path, owner.st_uid, owner.st_gid)
+            os.chmod(path, 0o600)
+            try:
+                reader, writer = await asyncio.wait_for(connected, ADOPT_TIMEOUT)
+            except TimeoutError:
+                raise AgentError(f"its agent did not reconnect within {ADOPT_TIMEOUT:g} s"
+                                 ) from None
+        finally:
+            server.close()
+            path.unlink(missing_ok=True)
+        agent = AgentClient(reader, writer, label)
+        await agent.handshake(ADOPT_TIMEOUT)
+        return agent
+
+    async def _release(self, sandbox: Sandbox) -> None:
+        """Let go of a running sandbox without stopping it (see :meth:`close`)."""
+        if sandbox._timer is not None:
+            sandbox._timer.cancel()
+        if sandbox.agent is not None:
+            sandbox.agent.on_close = None
+            await sandbox.agent.close()  # the agent sees its channel end and waits
+        try:
+            await sandbox.runtime.release(sandbox.handle)
+        except SandboxError as exc:
+            log.warning("sandbox %s cannot outlive this node (%s); stopping it", sandbox.id,
+                        exc.message)
+            return  # close() stops it with the others
+        self._sandboxes.pop(sandbox.id, None)
+        log.info("sandbox %s released, still running", sandbox.id)
 
     def _check_host_fits(self, resources: Resources) -> None:
         total_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
@@ -301,3 +436,7 @@ class Node:
             sandbox.state = SandboxState.STOPPED
             self._sandboxes.pop(sandbox.id, None)
             log.info("sandbox %s stopped: %s", sandbox.id, sandbox.stop_reason)
+
+
+def _message(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, SandboxError) else str(exc)

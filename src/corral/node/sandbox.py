@@ -89,6 +89,7 @@ class Sandbox:
     async def kill(self) -> None:
         """Stop the sandbox now and remove everything it left on the host."""
         await self._node._stop(self, "killed by request")
+        self._node._write_record(self)
 
     async def __aenter__(self) -> Sandbox:
         return self

@@ -39,6 +39,10 @@ class SyncCommandHandle(Proxy):
     kill = blocking("kill", CommandHandle)
 
     @property
+    @property
+    def id(self) -> int:
+        return int(self._inner.id)
+
     def pid(self) -> int:
         return int(self._inner.pid)
 
@@ -52,6 +56,7 @@ class SyncCommands(Proxy):
     run = blocking("run", Commands)
     list = blocking("list", Commands)
 
+    signal = blocking("signal", Commands)
     def start(self, *args: Any, **kwargs: Any) -> SyncCommandHandle:
         handle = self._portal.call(functools.partial(self._inner.start, *args, **kwargs))
         return SyncCommandHandle(handle, self._portal)
@@ -131,7 +136,11 @@ class SyncNode:
     def destroy(self, sandbox_id: str) -> None:
         self._portal.call(self._node.destroy, sandbox_id)
 
-    def close(self) -> None:
+    @property
+    def lost(self) -> dict[str, str]:
+        return self._node.lost
+
+    def close(self, *, detach: bool = False) -> None:
         try:
             self._portal.call(self._node.close)
         finally:

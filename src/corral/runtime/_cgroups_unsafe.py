@@ -163,6 +163,16 @@ class SandboxCgroups:
         value = self._read("memory", "memory.max_usage_in_bytes").strip()
         return int(value) if value.isdigit() else 0
 
+    def pids(self) -> list[int]:
+        """The processes in the sandbox's unified cgroup and its children (empty if gone)."""
+        if self.unified is None:
+            return []
+        found: list[int] = []
+        for procs in self.unified.glob("**/cgroup.procs"):
+            with contextlib.suppress(OSError):
+                found += [int(line) for line in procs.read_text().split() if line.isdigit()]
+        return found
+
     def kill(self, timeout: float = 5.0) -> bool:
         """SIGKILL every process in the sandbox; True once none is left."""
         if self.unified is None or not self.unified.exists():

@@ -13,6 +13,7 @@ from corral.api.errors import InternalError
 
 from . import _cgroups_unsafe as cgroups
 from . import _mounts_unsafe as mounts
+from .agent_bundle import CHANNEL_SOCKET_NAME
 from .base import Runtime, RuntimeSandbox, RuntimeState, SandboxSpec
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ def prepare_root(spec: SandboxSpec, userns: mounts.UserNamespace | None) -> Path
 
     The sandbox's directory is 0700, owned by root (gvisor) or by the sandbox's own root uid
     (namespaces, whose bwrap runs as that uid): no other host user can reach its files.
+    Its ``run`` folder (mounted read-only at :data:`CHANNEL_MOUNT_POINT`) is where a
+    restarted node binds the socket the agent reconnects to.
     """
     directory = spec.directory
     directory.mkdir(mode=0o700)
@@ -38,6 +41,9 @@ def prepare_root(spec: SandboxSpec, userns: mounts.UserNamespace | None) -> Path
     disk, root = directory / "disk", directory / "rootfs"
     disk.mkdir()
     root.mkdir()
+    channel_dir(spec).mkdir(mode=0o700)
+    if userns is not None:
+        os.chown(channel_dir(spec), userns.base, userns.base)
     mounts.mount_tmpfs(disk, spec.resources.disk_mib * MIB, inode_limit(spec.resources.disk_mib))
     (disk / "upper").mkdir()
     (disk / "work").mkdir()
@@ -50,6 +56,27 @@ def prepare_root(spec: SandboxSpec, userns: mounts.UserNamespace | None) -> Path
         os.chown(disk / "upper", userns.base, userns.base)
     mounts.mount_overlay(lower, disk / "upper", disk / "work", root)
     return root
+
+
+def channel_dir(spec: SandboxSpec) -> Path:
+    """The host folder a sandbox sees at :data:`CHANNEL_MOUNT_POINT`."""
+    return spec.directory / "run"
+
+
+def channel_socket(spec: SandboxSpec) -> Path:
+    """Where a restarted node listens for the sandbox's agent."""
+    return channel_dir(spec) / CHANNEL_SOCKET_NAME
+
+
+def check_alive(spec: SandboxSpec) -> list[int]:
+    """The sandbox's processes, after checking its root is still mounted; raises if gone."""
+    root = spec.directory / "rootfs"
+    if root not in mounts.mounts_under(spec.directory):
+        raise InternalError(f"sandbox {spec.sandbox_id}: its root is no longer mounted")
+    pids = cgroups.SandboxCgroups(spec.cgroup).pids()
+    if not pids:
+        raise InternalError(f"sandbox {spec.sandbox_id}: no process is left in it")
+    return pids
 
 
 def teardown(directory: Path, name: str) -> None:
@@ -124,6 +151,21 @@ class HostRuntime(Runtime):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sandbox.process.wait(), 5)
         sandbox.state = RuntimeState.DESTROYED
+
+    async def adopt(self, spec: SandboxSpec, extra: dict[str, object]) -> RuntimeSandbox:
+        await asyncio.to_thread(check_alive, spec)
+        return RuntimeSandbox(spec=spec, state=RuntimeState.RUNNING, extra=dict(extra))
+
+    async def release(self, sandbox: RuntimeSandbox) -> None:
+        # The runtime's process (runsc or bwrap) lives in its own session and cgroup; the
+        # node closes its pipes to it (not the transport: that would kill it) and goes.
+        transport = getattr(sandbox.process, "_transport", None)
+        if transport is not None:
+            for fd in (0, 1, 2):
+                pipe = transport.get_pipe_transport(fd)
+                if pipe is not None:
+                    pipe.close()
+        sandbox.process = None
 
     def counters(self, sandbox: RuntimeSandbox) -> tuple[int, int]:
         groups = cgroups.SandboxCgroups(sandbox.spec.cgroup)

@@ -19,6 +19,12 @@ from pathlib import Path
 
 
 MOUNT_POINT = "/.corral"
+#: Where a sandbox sees its host directory ``<sandbox dir>/run`` (read-only): a restarted
+#: node binds the socket its agents reconnect to there.
+CHANNEL_MOUNT_POINT = "/.corral-run"
+CHANNEL_SOCKET_NAME = "node.sock"
+#: How long an agent whose node went away waits for the next one before ending the sandbox.
+ORPHAN_GRACE = 600.0
 HOST_PYTHON = Path("/usr/bin/python3")
 BUNDLE_FORMAT = 1
 # Standard-library parts the agent never imports; left out to keep the bundle small.
@@ -118,7 +124,13 @@ def agent_command() -> list[str]:
             f"{MOUNT_POINT}/bin/python3", "-S", "-s", "-B", "-m", "corral.agent"]
 
 
-def agent_env() -> dict[str, str]:
-    return {"PYTHONHOME": MOUNT_POINT, "PYTHONPATH": f"{MOUNT_POINT}/py",
-            "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8",
-            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+def agent_env(orphan_grace: float = ORPHAN_GRACE) -> dict[str, str]:
+    """The agent's environment; with an ``orphan_grace`` (seconds) above zero, an agent
+    whose node went away waits that long for a restarted one before ending the sandbox."""
+    env = {"PYTHONHOME": MOUNT_POINT, "PYTHONPATH": f"{MOUNT_POINT}/py",
+           "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8",
+           "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    if orphan_grace > 0:
+        env["CORRAL_AGENT_SOCKET"] = f"{CHANNEL_MOUNT_POINT}/{CHANNEL_SOCKET_NAME}"
+        env["CORRAL_AGENT_ORPHAN_GRACE"] = f"{orphan_grace:g}"
+    return env

@@ -10,6 +10,10 @@ States a runtime sandbox moves through (the node persists each transition)::
 
     CREATED --start--> RUNNING --destroy--> DESTROYED
        \\________________________destroy______/
+
+A RUNNING sandbox outlives the node that started it: :meth:`Runtime.release` lets go of
+it without stopping it (a server restart), and the next node takes it back with
+:meth:`Runtime.adopt`.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ class SandboxSpec:
     resources: Resources
     agent_bundle: Path
     directory: Path
+    #: Seconds the agent waits for a restarted node once its node is gone; 0: none.
+    orphan_grace: float = 600.0
 
 
 @dataclass
@@ -95,6 +101,22 @@ class Runtime(ABC):
         Callable in any state, any number of times (idempotent); fast, never waits on a
         slow runtime tool.
         """
+
+    async def adopt(self, spec: SandboxSpec, extra: dict[str, object]) -> RuntimeSandbox:
+        """Take back a RUNNING sandbox that a previous node started and released.
+
+        Called by a starting node, once per sandbox it finds, with the ``extra`` that
+        :meth:`create` recorded. Raises if the sandbox is gone or cannot be taken back;
+        the node then destroys what is left of it.
+        """
+        raise RuntimeUnavailableError(f"the {self.name} runtime cannot re-attach sandboxes")
+
+    async def release(self, sandbox: RuntimeSandbox) -> None:
+        """Let go of a RUNNING sandbox without stopping it (the node is shutting down).
+
+        Called once per sandbox, by a node that keeps its sandboxes across a restart.
+        """
+        raise RuntimeUnavailableError(f"the {self.name} runtime cannot release sandboxes")
 
     @abstractmethod
     def limit_hit(self, sandbox: RuntimeSandbox, since: tuple[int, int]) -> str | None:

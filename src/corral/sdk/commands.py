@@ -224,6 +224,32 @@ class AsyncCommands:
             raise
         return AsyncCommandHandle(self, started, response, lines)
 
+    async def run_background(self, cmd: str | Sequence[str], *,
+                             env: Mapping[str, str] | None = None, cwd: str | None = None,
+                             user: str | int | None = None, timeout: float | None = None
+                             ) -> models.CommandStarted:
+        """Start a command that runs on its own; its output is discarded.
+
+        Returns its ``id`` and ``pid`` at once. Find it again with :meth:`list` (it survives
+        a server restart), stop it with :meth:`kill`::
+
+            started = await sb.commands.run_background("python3 -m http.server 8000")
+            ...
+            await sb.commands.kill(started.id)
+        """
+        request = self._request(cmd, env, cwd, user, timeout, background=True)
+        return models.CommandStarted.model_validate(
+            await self._api.json("POST", self._base, body=request))
+
+    async def signal(self, command_id: int, signum: int) -> None:
+        """Send ``signum`` to a running command, by the id :meth:`list` shows."""
+        await self._api.call("POST", f"{self._base}/{command_id}/signal",
+                             body=checked(models.SignalRequest, signal=signum))
+
+    async def kill(self, command_id: int) -> None:
+        """SIGKILL a running command, and every process it started, by its id."""
+        await self.signal(command_id, 9)
+
     async def list(self) -> list[models.ProcessInfo]:
         """Commands started through the API that still run."""
         reply = await self._api.json("GET", self._base)

@@ -65,6 +65,9 @@ class Commands(Proxy):
     """Blocking :class:`corral.sdk.commands.AsyncCommands`."""
 
     run = blocking("run", AsyncCommands)
+    run_background = blocking("run_background", AsyncCommands)
+    signal = blocking("signal", AsyncCommands)
+    kill = blocking("kill", AsyncCommands)
     list = blocking("list", AsyncCommands)
 
     def start(self, *args: Any, **kwargs: Any) -> CommandHandle:

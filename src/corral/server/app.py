@@ -48,7 +48,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         finally:
             await reaper.close()
             await sandbox_service.close()
-            await node.close()
+            await node.close(detach=settings.keep_sandboxes)
             await sandbox_service.record_all()
             engine.dispose()
 

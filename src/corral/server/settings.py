@@ -30,6 +30,9 @@ class ServerSettings:
             off by default.
         tls_names: host names or addresses the certificate names besides ``localhost``,
             ``127.0.0.1`` and ``::1`` (``CORRAL_TLS_NAMES``, comma-separated).
+        keep_sandboxes: leave running sandboxes running when the server stops, for the next
+            server on the same data dir to re-attach (``CORRAL_KEEP_SANDBOXES=0`` stops
+            them instead); see ``NodeSettings.orphan_grace``.
     """
 
     node: NodeSettings
@@ -40,6 +43,7 @@ class ServerSettings:
     idle_check_interval: float = 1.0
     tls: bool = False
     tls_names: tuple[str, ...] = ()
+    keep_sandboxes: bool = True
 
     @classmethod
     def from_env(cls, *, data_dir: Path | None = None, host: str | None = None,
@@ -58,6 +62,7 @@ class ServerSettings:
             database_url=database_url(node.data_dir, os.environ.get("CORRAL_DATABASE_URL")),
             tls=tls,
             tls_names=tuple(n.strip() for n in tls_names if n.strip()),
+            keep_sandboxes=_flag(os.environ.get("CORRAL_KEEP_SANDBOXES", "1")),
         )
 
     @property

@@ -22,8 +22,8 @@ from typing import Any
 from corral.api.errors import InternalError
 
 from .. import _cgroups_unsafe as cgroups
-from .._host import HostRuntime, prepare_root, teardown
-from ..agent_bundle import MOUNT_POINT, agent_command, agent_env
+from .._host import HostRuntime, channel_dir, prepare_root, teardown
+from ..agent_bundle import CHANNEL_MOUNT_POINT, MOUNT_POINT, agent_command, agent_env
 from ..base import Availability, RuntimeSandbox, RuntimeState, SandboxSpec
 
 # The Sentry, gofer and ptrace stubs are host tasks that count toward the pids cgroup: an
@@ -42,7 +42,7 @@ MASKED_PATHS = ["/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer
 def oci_spec(spec: SandboxSpec) -> dict[str, Any]:
     """The OCI runtime spec for one sandbox; the agent is its only initial process."""
     res = spec.resources
-    env = [f"{k}={v}" for k, v in agent_env().items()]
+    env = [f"{k}={v}" for k, v in agent_env(spec.orphan_grace).items()]
     caps = {k: CAPABILITIES for k in ("bounding", "effective", "permitted")}
     return {
         "ociVersion": "1.0.2",
@@ -65,6 +65,9 @@ def oci_spec(spec: SandboxSpec) -> dict[str, Any]:
              "options": ["nosuid", "noexec", "nodev", "ro"]},
             {"destination": MOUNT_POINT, "type": "bind", "source": str(spec.agent_bundle),
              "options": ["rbind", "ro", "nosuid", "nodev"]},
+            {"destination": CHANNEL_MOUNT_POINT, "type": "bind",
+             "source": str(channel_dir(spec)),
+             "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]},
         ],
         "linux": {
             "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
@@ -130,9 +133,13 @@ class GvisorRuntime(HostRuntime):
                                                     res.pids + GVISOR_TASK_ALLOWANCE)
 
     def _argv(self, directory: Path, sandbox_id: str) -> list[str]:
+        # --host-uds=open: the agent may connect to host sockets it can see, and it sees
+        # one: the socket a restarted node binds in the read-only run folder. Creating host
+        # sockets stays refused. --detach: the sandbox does not die with `runsc run` (or the
+        # node); runsc returns once it started, and the agent's stdio stays the channel.
         return [self.runsc, "--root", str(directory / "state"), "--network=none",
-                f"--platform={self.platform}", "run", "--bundle", str(directory / "bundle"),
-                sandbox_id]
+                f"--platform={self.platform}", "--host-uds=open", "run", "--detach",
+                "--bundle", str(directory / "bundle"), sandbox_id]
 
     async def start(self, sandbox: RuntimeSandbox) -> asyncio.subprocess.Process:
         spec = sandbox.spec
@@ -141,7 +148,7 @@ class GvisorRuntime(HostRuntime):
             process = await asyncio.create_subprocess_exec(
                 *self._argv(spec.directory, spec.sandbox_id), stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                preexec_fn=join, limit=1024 * 1024)
+                preexec_fn=join, start_new_session=True, limit=1024 * 1024)
         except OSError as exc:
             raise InternalError(f"starting runsc for {spec.sandbox_id}: {exc}") from exc
         sandbox.process = process

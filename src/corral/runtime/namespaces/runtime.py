@@ -18,6 +18,7 @@ The kernel is shared with the host: this is a weaker wall than gVisor's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import shutil
@@ -29,8 +30,8 @@ from corral.api.errors import InternalError, InvalidArgumentError, ResourceExhau
 
 from .. import _cgroups_unsafe as cgroups
 from .. import _mounts_unsafe as mounts
-from .._host import HostRuntime, prepare_root, teardown
-from ..agent_bundle import MOUNT_POINT, agent_command, agent_env
+from .._host import HostRuntime, channel_dir, check_alive, prepare_root, teardown
+from ..agent_bundle import CHANNEL_MOUNT_POINT, MOUNT_POINT, agent_command, agent_env
 from ..base import Availability, RuntimeSandbox, RuntimeState, SandboxSpec
 from . import _seccomp
 
@@ -83,8 +84,10 @@ class _Slots:
     """Host uid ranges handed to live sandboxes, one range each, host-wide.
 
     A slot is held by an exclusive ``flock`` on ``/run/corral/uid-slots/<n>``, so two nodes
-    on one host (or a node and its crashed predecessor's leftovers) never share a range; a
-    lock dies with the process that held it.
+    on one host (or a node and its crashed predecessor's leftovers) never share a range.
+    The sandbox's agent inherits the locked descriptor (read-only: the file is host root's,
+    mode 0600, so sandbox code cannot reopen it), so the lock lasts exactly as long as the
+    sandbox, whether or not the node that made it is still there.
     """
 
     def __init__(self, directory: Path = SLOT_DIR) -> None:
@@ -98,8 +101,8 @@ class _Slots:
             for slot in range(MAX_SLOTS):
                 if slot in self._held:
                     continue
-                fd = os.open(self._directory / str(slot), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                             0o600)
+                fd = os.open(self._directory / str(slot),
+                             os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
@@ -109,10 +112,32 @@ class _Slots:
                 return slot
         raise ResourceExhaustedError("no free uid range for another namespaces sandbox")
 
+    def fd(self, slot: int) -> int:
+        """The node's locked descriptor of a slot it took (-1 for an adopted slot)."""
+        with self._lock:
+            return self._held[slot]
+
+    def adopt(self, slot: int, pids: list[int]) -> None:
+        """Count a slot held by a running sandbox (one of ``pids``) as this node's."""
+        path = str(self._directory / str(slot))
+        holders = []
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        if os.readlink(f"/proc/{pid}/fd/{fd}") == path:
+                            holders.append(pid)
+        if not holders:
+            raise InternalError(f"no process of the sandbox holds uid slot {slot}")
+        with self._lock:
+            if slot in self._held:
+                raise InternalError(f"uid slot {slot} is already in use by another sandbox")
+            self._held[slot] = -1
+
     def give(self, slot: int) -> None:
         with self._lock:
             fd = self._held.pop(slot, None)
-        if fd is not None:
+        if fd is not None and fd >= 0:
             os.close(fd)
 
 
@@ -191,6 +216,7 @@ class NamespacesRuntime(HostRuntime):
         userns = self._userns(self._base + slot * mounts.UID_RANGE)
         join = cgroups.SandboxCgroups(spec.cgroup).joiner(v1=True)
         userns_fd = userns.fd
+        slot_fd = self._slots.fd(slot)
         seccomp_fd = _seccomp.filter_fd()
 
         def pre_exec() -> None:
@@ -198,23 +224,26 @@ class NamespacesRuntime(HostRuntime):
             mounts.enter_userns(userns_fd)
             os.close(userns_fd)  # joined: the sandbox must not inherit a handle on it
 
+        # No --die-with-parent: the sandbox outlives a node restart (the agent ends it if
+        # no node comes back). The agent inherits the uid slot's lock (see _Slots).
         argv = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
-                "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--as-pid-1",
+                "--unshare-cgroup-try", "--new-session", "--as-pid-1",
                 "--hostname", "sandbox", "--bind", str(spec.directory / "rootfs"), "/",
                 "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm",
-                "--ro-bind", str(spec.agent_bundle), MOUNT_POINT, "--chdir", "/",
+                "--ro-bind", str(spec.agent_bundle), MOUNT_POINT,
+                "--ro-bind", str(channel_dir(spec)), CHANNEL_MOUNT_POINT, "--chdir", "/",
                 "--cap-drop", "ALL"]
         for cap in CAPABILITIES:
             argv += ["--cap-add", cap]
         argv += ["--seccomp", str(seccomp_fd), "--clearenv"]
-        for key, value in agent_env().items():
+        for key, value in agent_env(spec.orphan_grace).items():
             argv += ["--setenv", key, value]
         argv += ["--", *agent_command()]
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, preexec_fn=pre_exec,
-                pass_fds=(seccomp_fd,), limit=1024 * 1024)
+                stderr=asyncio.subprocess.PIPE, preexec_fn=pre_exec, start_new_session=True,
+                pass_fds=(seccomp_fd, slot_fd), limit=1024 * 1024)
         except OSError as exc:
             raise InternalError(f"starting bubblewrap for {spec.sandbox_id}: {exc}") from exc
         finally:
@@ -222,6 +251,20 @@ class NamespacesRuntime(HostRuntime):
         sandbox.process = process
         sandbox.state = RuntimeState.RUNNING
         return process
+
+    async def adopt(self, spec: SandboxSpec, extra: dict[str, object]) -> RuntimeSandbox:
+        slot = extra.get("slot")
+        if not isinstance(slot, int) or not 0 <= slot < MAX_SLOTS:
+            raise InternalError(f"sandbox {spec.sandbox_id}: no valid uid slot recorded")
+        pids = await asyncio.to_thread(check_alive, spec)
+        await asyncio.to_thread(self._slots.adopt, slot, pids)
+        return RuntimeSandbox(spec=spec, state=RuntimeState.RUNNING, extra={"slot": slot})
+
+    async def release(self, sandbox: RuntimeSandbox) -> None:
+        await super().release(sandbox)
+        slot = sandbox.extra.get("slot")
+        if isinstance(slot, int):
+            self._slots.give(slot)  # the sandbox's agent still holds the lock
 
     async def destroy(self, sandbox: RuntimeSandbox) -> None:
         await super().destroy(sandbox)

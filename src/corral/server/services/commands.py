@@ -67,7 +67,12 @@ class CommandService:
         await self._handle(tenant, sandbox_id, command_id).send_stdin(data, eof=eof)
 
     async def signal(self, tenant: str, sandbox_id: str, command_id: int, signum: int) -> None:
-        await self._handle(tenant, sandbox_id, command_id).signal(signum)
+        sandbox = self._sandboxes.running(tenant, sandbox_id)
+        handle = self._handles.get(sandbox_id, {}).get(command_id)
+        if handle is not None:
+            await handle.signal(signum)
+        else:  # started before a server restart: the agent still knows it by its id
+            await sandbox.commands.signal(command_id, signum)
 
     async def list(self, tenant: str, sandbox_id: str) -> models.ProcessList:
         sandbox = await self._sandboxes.owned(tenant, sandbox_id)

@@ -7,10 +7,16 @@ The node stops sandboxes on its own too (lifetime timeout, a limit, the agent's 
 and has no hook to say so, so the service looks: on every request touching a sandbox,
 and once a second for all of them, it writes any change of state to the store.
 
+Restarts: the node adopts the sandboxes its predecessor left running; at start the service
+matches them with the records still open. A record whose sandbox the node adopted is live
+again; one whose sandbox is gone is closed with the reason the node gives; a sandbox the
+node adopted that no record claims (created, then the server died before recording it) is
+killed, since no tenant could ever reach it.
+
 Idle timeouts: a sandbox created with ``idle_timeout`` is stopped once that long has passed
 with no call touching it (a command, a file, a get; listing does not count, so a dashboard
 polling the list keeps nothing alive) and no command running in it. The service keeps the
-last activity (in memory: a restarted server stops its sandboxes anyway); the reaper
+last activity in memory (a restart counts as activity); the reaper
 (:mod:`.reaper`) calls :meth:`SandboxService.reap_idle` every second.
 """
 
@@ -35,7 +41,8 @@ from ..store._time import from_epoch
 log = logging.getLogger(__name__)
 
 SYNC_INTERVAL = 1.0
-RESTART_REASON = "the server restarted; its sandboxes were stopped"
+RESTART_REASON = "gone when the server restarted"
+ORPHAN_REASON = "no record of it: the server stopped while creating it"
 
 
 def idle_reason(idle_timeout: float) -> str:
@@ -62,10 +69,26 @@ class SandboxService:
         self.on_stopped: list[Callable[[str], None]] = []
 
     async def start(self) -> None:
-        """Close the records a previous run left open (its node swept their sandboxes)."""
-        left = await asyncio.to_thread(self._store.stop_all_active, RESTART_REASON)
-        if left:
-            log.warning("marked %d sandboxes of a previous run stopped", left)
+        """Take back what a previous run left: live again if the node adopted it, else closed."""
+        adopted = {sandbox.id: sandbox for sandbox in self._node.list()}
+        for record in await asyncio.to_thread(self._store.active):
+            sandbox = adopted.pop(record.id, None)
+            if sandbox is None:
+                reason = self._node.lost.get(record.id, RESTART_REASON)
+                await asyncio.to_thread(self._store.set_state, record.id, "stopped", reason,
+                                        record.expires_at)
+                log.warning("sandbox %s of tenant %s is gone: %s", record.id, record.tenant,
+                            reason)
+                continue
+            self._live[record.id] = (record.tenant, sandbox)
+            if record.idle_timeout is not None:
+                self._activity[record.id] = _Activity(record.idle_timeout, time.monotonic())
+            await self._sync(sandbox)
+            log.info("sandbox %s of tenant %s re-attached", record.id, record.tenant)
+        for sandbox in adopted.values():
+            sandbox.stop_reason = ORPHAN_REASON
+            await sandbox.kill()
+            log.warning("sandbox %s killed: %s", sandbox.id, ORPHAN_REASON)
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def close(self) -> None:
@@ -76,7 +99,8 @@ class SandboxService:
                 await self._watcher
 
     async def record_all(self) -> None:
-        """Write every sandbox's state now (after the node closed: all stopped)."""
+        """Write every sandbox's state now (after the node closed: stopped, or left running
+        for the next server to re-attach)."""
         for _, sandbox in list(self._live.values()):
             await self._sync(sandbox)
 

@@ -58,6 +58,13 @@ class SandboxStore:
                 state=state, stop_reason=bounded(stop_reason, STOP_REASON_LENGTH),
                 expires_at=expires_at))
 
+    def active(self) -> list[SandboxRecord]:
+        """Every tenant's sandboxes not yet recorded stopped."""
+        with self._engine.connect() as db:
+            rows = db.execute(select(sandboxes).where(
+                sandboxes.c.state.in_(ACTIVE_STATES))).all()
+        return [_record(r) for r in rows]
+
     def get(self, sandbox_id: str) -> SandboxRecord | None:
         with self._engine.connect() as db:
             row = db.execute(select(sandboxes).where(sandboxes.c.id == sandbox_id)).first()

@@ -1,0 +1,105 @@
+"""What a node writes down about each running sandbox, so that the next node can adopt it.
+
+One JSON file per sandbox, ``<sandbox dir>/sandbox.json``, readable by root alone (the
+sandbox's environment may hold secrets). It is written once the sandbox runs and again when
+its lifetime changes; a restarted node reads it back to take the sandbox over
+(:meth:`corral.node.Node.start`). Nothing in it is trusted blindly: paths are never read
+from it (they follow from the sandbox id and the node's settings), and every field is
+checked as a request would be.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from corral.api.errors import InvalidArgumentError
+from corral.api.resources import Resources
+
+from .validation import SANDBOX_ID, check_env, check_metadata
+
+RECORD_NAME = "sandbox.json"
+RECORD_FORMAT = 1
+MAX_RECORD_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SandboxRecord:
+    """A running sandbox as its node left it."""
+
+    id: str
+    image: str
+    runtime: str
+    resources: Resources
+    env: dict[str, str]
+    workdir: str
+    metadata: dict[str, str]
+    created_at: float
+    expires_at: float
+    #: What the runtime's ``create`` recorded in its handle (e.g. the uid slot).
+    extra: dict[str, Any]
+
+
+def write(directory: Path, record: SandboxRecord) -> None:
+    """Write (or replace, atomically) the record in ``directory``."""
+    body = {"format": RECORD_FORMAT, **dataclasses.asdict(record)}
+    tmp = directory / f".{RECORD_NAME}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
+                 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(body, f)
+    os.replace(tmp, directory / RECORD_NAME)
+
+
+def read(directory: Path) -> SandboxRecord:
+    """The record in ``directory``; ValueError if it is missing, foreign or malformed."""
+    path = directory / RECORD_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ValueError(f"no readable record: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(MAX_RECORD_BYTES + 1)
+    if len(raw) > MAX_RECORD_BYTES:
+        raise ValueError("the record is too large")
+    try:
+        body = json.loads(raw)
+        if not isinstance(body, dict) or body.get("format") != RECORD_FORMAT:
+            raise ValueError("unknown record format")
+        record = SandboxRecord(
+            id=_text(body, "id"), image=_text(body, "image"), runtime=_text(body, "runtime"),
+            resources=Resources(**_mapping(body, "resources")),
+            env=check_env(_mapping(body, "env")), workdir=_text(body, "workdir"),
+            metadata=check_metadata(_mapping(body, "metadata")),
+            created_at=_number(body, "created_at"), expires_at=_number(body, "expires_at"),
+            extra=_mapping(body, "extra"))
+    except (TypeError, InvalidArgumentError) as exc:
+        raise ValueError(f"malformed record: {exc}") from None
+    if record.id != directory.name or not SANDBOX_ID.match(record.id):
+        raise ValueError(f"the record names another sandbox ({record.id!r:.80})")
+    return record
+
+
+def _text(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value or len(value) > 4096:
+        raise ValueError(f"malformed record: {key} is not a string")
+    return value
+
+
+def _number(body: dict[str, Any], key: str) -> float:
+    value = body.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"malformed record: {key} is not a number")
+    return float(value)
+
+
+def _mapping(body: dict[str, Any], key: str) -> dict[str, Any]:
+    value = body.get(key)
+    if not isinstance(value, dict):
+        raise ValueError(f"malformed record: {key} is not an object")
+    return value
