@@ -25,20 +25,25 @@ from corral.api.resources import Resources
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from corral.sdk import AsyncSandbox, Sandbox
+    from corral.sdk import AsyncSandbox, Context, Execution, ExecutionError, Logs, Result, Sandbox
+
+
+#: The code interpreter's values (``sb.run_code`` returns an ``Execution``).
+_CODE = ("Context", "Execution", "ExecutionError", "Logs", "Result")
 
 
 def __getattr__(name: str) -> Any:
     # The SDK (httpx, pydantic) loads on first use, so `import corral` stays light for the
     # CLI and the node.
-    if name in ("Sandbox", "AsyncSandbox"):
+    if name in ("Sandbox", "AsyncSandbox") or name in _CODE:
         from corral import sdk
 
         return getattr(sdk, name)
     raise AttributeError(f"module 'corral' has no attribute {name!r}")
 
 __all__ = [
-    "AgentError", "AsyncSandbox", "AuthenticationError", "CommandTimeoutError",
+    "AgentError", "AsyncSandbox", "AuthenticationError", "CommandTimeoutError", "Context",
+    "Execution", "ExecutionError", "Logs", "Result",
     "InvalidArgumentError", "NotFoundError", "PermissionDeniedError", "Resources",
     "ResourceExhaustedError", "RuntimeUnavailableError",
     "Sandbox", "SandboxError", "SandboxNotRunningError", "SandboxTimeoutError", "__version__",

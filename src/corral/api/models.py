@@ -334,3 +334,161 @@ class ErrorBody(BaseModel):
 
 
 ErrorEvent.model_rebuild()
+
+
+# -- code interpreter --------------------------------------------------------------------
+
+#: Longest cell a request may carry, in UTF-8 bytes (the node checks bytes; this, chars).
+MAX_CODE = 512 * 1024
+#: ``ExecutionError.name`` of a cell stopped at its timeout (the context keeps its state).
+TIMEOUT_ERROR = "TimeoutError"
+#: ``ExecutionError.name`` when the context's kernel died (restart the context).
+KERNEL_DIED = "KernelDied"
+ContextId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class ContextCreate(_Request):
+    """``POST /v1/sandboxes/{id}/code/contexts``: a kernel of its own, with its own state."""
+
+    language: Annotated[str, Field(min_length=1, max_length=32)] = "python"
+    cwd: Path | None = None
+    env: Mapping = Field(default_factory=dict)
+
+
+class CodeContext(_Response):
+    """A stateful code context: one kernel. ``default`` is the one used when none is named."""
+
+    id: str
+    language: str
+    cwd: str
+
+
+class ContextList(_Response):
+    contexts: list[CodeContext]
+
+
+class RunCodeRequest(_Request):
+    """``POST /v1/sandboxes/{id}/code``: run a cell in a context (default: ``default``,
+    created on first use in ``language``). With ``stream`` the answer is NDJSON
+    :class:`CodeEvent` lines as output arrives; without, one :class:`Execution`."""
+
+    code: Annotated[str, Field(max_length=MAX_CODE)]
+    language: Annotated[str, Field(min_length=1, max_length=32)] | None = None
+    context: ContextId | None = None
+    timeout: float | None = Field(default=None, description="seconds; default 60. At the "
+                                  "timeout the cell is interrupted; the context lives on")
+    stream: bool = False
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: float | None) -> float | None:
+        return None if value is None else float(_checked(check_timeout, value,
+                                                         "code timeout"))
+
+
+class Result(_Response):
+    """One rich output of a cell, a MIME bundle: each format it came in is set.
+
+    ``is_main_result`` marks the cell's value (``Out[n]``); the others are displays
+    (``display()``, matplotlib figures). ``png``/``jpeg``/``pdf`` are base64; ``json`` is
+    the decoded value; ``extra`` holds other MIME types, by type.
+    """
+
+    text: str | None = None
+    html: str | None = None
+    markdown: str | None = None
+    svg: str | None = None
+    png: str | None = None
+    jpeg: str | None = None
+    pdf: str | None = None
+    latex: str | None = None
+    json_data: Any = Field(default=None, alias="json")
+    javascript: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+    is_main_result: bool = False
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True,
+                              serialize_by_alias=True)
+
+    @property
+    def json(self) -> Any:
+        """The ``application/json`` value, if the result had one."""
+        return self.json_data
+
+    def formats(self) -> list[str]:
+        """The formats this result has (``"text"``, ``"png"``, ...)."""
+        names = ("text", "html", "markdown", "svg", "png", "jpeg", "pdf", "latex",
+                 "json_data", "javascript")
+        found = [n.removesuffix("_data") for n in names if getattr(self, n) is not None]
+        return found + list(self.extra)
+
+
+class Logs(_Response):
+    """What a cell printed, chunk by chunk, as it arrived."""
+
+    stdout: list[str] = Field(default_factory=list)
+    stderr: list[str] = Field(default_factory=list)
+
+
+class ExecutionError(_Response):
+    """A cell's exception: ``name`` (``ZeroDivisionError``), ``value`` and ``traceback``.
+
+    Two names are Corral's own: ``TimeoutError`` (the cell ran past its timeout and was
+    interrupted; the context keeps its state) and ``KernelDied`` (restart the context).
+    """
+
+    name: str
+    value: str
+    traceback: str = ""
+
+
+class Execution(_Response):
+    """The outcome of one cell: rich ``results``, ``logs``, and ``error`` if it raised.
+
+    ``truncated`` says output past the per-execution limit was dropped.
+    """
+
+    results: list[Result] = Field(default_factory=list)
+    logs: Logs = Field(default_factory=Logs)
+    error: ExecutionError | None = None
+    execution_count: int | None = None
+    context: str = "default"
+    truncated: bool = False
+    duration: float = 0.0
+
+    @property
+    def text(self) -> str | None:
+        """The text of the cell's value (its main result), if it had one."""
+        for result in self.results:
+            if result.is_main_result:
+                return result.text
+        return None
+
+
+class CodeOutputEvent(_Response):
+    type: Literal["stdout", "stderr"]
+    text: str
+
+
+class CodeResultEvent(_Response):
+    type: Literal["result"] = "result"
+    result: Result
+
+
+class CodeErrorEvent(_Response):
+    """The cell raised (or timed out, or its kernel died: see :class:`ExecutionError`)."""
+
+    type: Literal["execution_error"] = "execution_error"
+    error: ExecutionError
+
+
+class CodeEndEvent(_Response):
+    type: Literal["end"] = "end"
+    context: str
+    execution_count: int | None = None
+    truncated: bool = False
+    duration: float = 0.0
+
+
+CodeEvent = Annotated[CodeOutputEvent | CodeResultEvent | CodeErrorEvent | CodeEndEvent
+                      | ErrorEvent, Field(discriminator="type")]

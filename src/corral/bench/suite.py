@@ -24,7 +24,7 @@ from corral.node.images import Image, ImageStore
 from corral.runtime import available_runtimes
 from corral.runtime.agent_bundle import MOUNT_POINT, ensure_bundle
 
-from . import api, primitives
+from . import api, code, primitives
 from .report import BenchReport, machine_info
 from .stats import Row, RuntimeResult, Stat
 
@@ -123,6 +123,8 @@ async def _measure_runtime(node: Node, image: Image, config: BenchConfig,
     result.rows.append(Row("teardown", "teardown (kill)", _stat(corral["kill"])))
     await _measure_warm(node, config, result, progress)
     await api.measure_api_exec(node, config, result, progress)
+    await code.measure_code(node, config.image, image.rootfs, config.iterations,
+                            config.exec_iterations, config.warmup, result, progress)
 
 
 def _bare_runner(runtime: str, rootfs: Path, bundle: Path,

@@ -1,4 +1,4 @@
-"""``corral sandbox create | list | exec | kill``: sandboxes on a Corral server, via the SDK.
+"""``corral sandbox create | list | exec | run-code | kill``: sandboxes on a Corral server.
 
 The server and key come from ``--url``/``--api-key`` or ``CORRAL_URL``/``CORRAL_API_KEY``.
 Unlike ``corral run``, a created sandbox outlives the command: it lives until ``kill`` or
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Annotated, BinaryIO
 
 import typer
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from corral.api.agent_protocol import REASON_TIMEOUT
+from corral.api.models import TIMEOUT_ERROR
 from corral.sdk import Sandbox
 
 from ._common import EXIT_CORRAL_ERROR, EXIT_TIMEOUT, reporting_errors, say
@@ -167,6 +169,66 @@ def exec_(
     if result.reason:
         say(result.reason)
     raise typer.Exit(result.exit_code if 0 <= result.exit_code <= 255 else EXIT_CORRAL_ERROR)
+
+
+@app.command("run-code")
+def run_code(
+    sandbox_id: Annotated[str, typer.Argument(help="The sandbox's id.")],
+    code: Annotated[str, typer.Argument(
+        metavar="CODE", help="The cell to run; `-` reads it from stdin.")],
+    context: Annotated[str | None, typer.Option(
+        "--context", "-c", show_default="default",
+        help="A context id (`corral sandbox run-code` uses the sandbox's default one).")] = None,
+    language: Annotated[str | None, typer.Option(help="Language (python).")] = None,
+    timeout: Annotated[float, typer.Option(
+        help="Seconds before the cell is interrupted (exit 124).")] = 60.0,
+    json_out: JsonOption = False,
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Run a cell in a stateful Jupyter context, streaming its output.
+
+    Prints stdout and stderr as they arrive, then the text of each result (the cell's
+    value last) and the error's traceback if it raised. Exits 1 when the cell raised,
+    124 when it timed out (its context keeps its state), 125 when Corral failed.
+
+    Examples:
+
+        corral sandbox run-code $id 'import pandas as pd; df = pd.DataFrame({"a": [1, 2]})'
+
+        corral sandbox run-code $id 'df.a.sum()'          # 3: the context kept df
+
+        echo 'print(2 + 2)' | corral sandbox run-code $id -
+    """
+    if code == "-":
+        code = sys.stdin.read()
+    with reporting_errors():
+        sb = Sandbox.connect(sandbox_id, url=url, api_key=api_key)
+        try:
+            def echo(stream: BinaryIO) -> Callable[[str], None]:
+                def write(text: str) -> None:
+                    stream.write(text.encode())
+                    stream.flush()
+                return write
+
+            execution = sb.run_code(
+                code, context=context, language=language, timeout=timeout,
+                on_stdout=None if json_out else echo(sys.stdout.buffer),
+                on_stderr=None if json_out else echo(sys.stderr.buffer))
+        finally:
+            sb.close()
+    if json_out:
+        typer.echo(execution.model_dump_json(indent=2))
+    else:
+        for result in execution.results:
+            text = result.text if result.text is not None else f"<{', '.join(result.formats())}>"
+            typer.echo(text)
+        if execution.error is not None:
+            say(execution.error.traceback or f"{execution.error.name}: {execution.error.value}")
+    error = execution.error
+    if error is not None and error.name == TIMEOUT_ERROR:
+        raise typer.Exit(EXIT_TIMEOUT)
+    raise typer.Exit(1 if error is not None else 0)
 
 
 @app.command()

@@ -209,11 +209,16 @@ class Commands:
                                           signal=int(signum))
 
     async def list(self) -> list[ProcessInfo]:
-        """Commands started through the API that are still running."""
+        """Commands started through the API that are still running.
+
+        The code interpreter's kernel bridge is listed only while it runs a cell, so an
+        idle context does not count as activity (the idle reaper asks this list).
+        """
         reply = await self._sandbox._agent().call(proto.OP_PROCESSES)
+        hidden = self._sandbox.code.idle_command_ids()
         found = []
         for raw in reply.get("processes", []) if isinstance(reply.get("processes"), list) else []:
-            if isinstance(raw, dict):
+            if isinstance(raw, dict) and raw.get("id") not in hidden:
                 found.append(ProcessInfo(
                     id=int(raw.get("id", 0)), pid=int(raw.get("pid", 0)),
                     argv=[str(a) for a in raw.get("argv", [])][:4096],

@@ -13,6 +13,7 @@ from corral.runtime import Runtime, RuntimeSandbox
 from .agent_client import AgentClient
 from .commands import Commands
 from .files import Files
+from .interpreter import CodeInterpreter
 from .models import SandboxInfo, SandboxState
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ class Sandbox:
     Attributes:
         commands: run processes (:class:`corral.node.commands.Commands`).
         files: move files in and out (:class:`corral.node.files.Files`).
+        code: run code in stateful Jupyter contexts
+            (:class:`corral.node.interpreter.CodeInterpreter`).
     """
 
     def __init__(self, node: Node, sandbox_id: str, image: str, runtime: Runtime,
@@ -47,6 +50,7 @@ class Sandbox:
         self.stderr_tail = bytearray()
         self.commands = Commands(self)
         self.files = Files(self)
+        self.code = CodeInterpreter(self)
         self._timer: asyncio.TimerHandle | None = None
         self._stopped: asyncio.Task[None] | None = None
 
@@ -85,11 +89,11 @@ class Sandbox:
         check_timeout(seconds)
         self.expires_at = time.time() + seconds
         self._arm_timer()
+        self._node._write_record(self)
 
     async def kill(self) -> None:
         """Stop the sandbox now and remove everything it left on the host."""
         await self._node._stop(self, "killed by request")
-        self._node._write_record(self)
 
     async def __aenter__(self) -> Sandbox:
         return self

@@ -25,6 +25,7 @@ from corral._blocking import Proxy, blocking, iterate
 
 from .commands import CommandHandle, Commands
 from .files import Files
+from .interpreter import CodeInterpreter
 from .node import Node, NodeSettings
 from .sandbox import Sandbox
 
@@ -79,6 +80,21 @@ class SyncFiles(Proxy):
         return iterate(self._portal, self._inner.read_stream(path))
 
 
+class SyncCodeInterpreter(Proxy):
+    """Blocking :class:`corral.node.interpreter.CodeInterpreter`."""
+
+    run = blocking("run", CodeInterpreter)
+    create_context = blocking("create_context", CodeInterpreter)
+    list_contexts = blocking("list_contexts", CodeInterpreter)
+    restart_context = blocking("restart_context", CodeInterpreter)
+    delete_context = blocking("delete_context", CodeInterpreter)
+    interrupt = blocking("interrupt", CodeInterpreter)
+
+    def stream(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        events = self._portal.call(functools.partial(self._inner.stream, *args, **kwargs))
+        return iterate(self._portal, events)
+
+
 class SyncSandbox(Proxy):
     """Blocking :class:`corral.node.sandbox.Sandbox`; a context manager that kills it."""
 
@@ -89,6 +105,7 @@ class SyncSandbox(Proxy):
         super().__init__(inner, portal)
         self.commands = SyncCommands(inner.commands, portal)
         self.files = SyncFiles(inner.files, portal)
+        self.code = SyncCodeInterpreter(inner.code, portal)
 
     @property
     def id(self) -> str:

@@ -37,10 +37,11 @@ _LIB_LINE = re.compile(r"=>\s*(/\S+)|^\s*(/\S+)\s*\(")
 
 
 def _agent_sources() -> list[tuple[str, Path]]:
-    """(path inside the bundle, source file) for the agent and the api it imports."""
+    """(path inside the bundle, source file) for the agent and the api it imports, and
+    the kernel bridge (run by the image's own python3: see corral.bridge)."""
     root = Path(__file__).resolve().parent.parent
     files = []
-    for package in ("agent", "api"):
+    for package in ("agent", "api", "bridge"):
         for path in sorted((root / package).glob("*.py")):
             files.append((f"py/corral/{package}/{path.name}", path))
     return files

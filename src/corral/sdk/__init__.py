@@ -16,12 +16,15 @@ Set ``CORRAL_URL`` and ``CORRAL_API_KEY`` (``corral keys create``), or pass ``ur
 from corral.api.models import CommandResult, EntryInfo, ProcessInfo
 from corral.api.models import Sandbox as SandboxInfo
 
+from .code import AsyncCodeInterpreter, Context, Execution, ExecutionError, Logs, Result
 from .commands import AsyncCommandHandle, AsyncCommands, Output
 from .files import AsyncFiles
 from .sandbox import AsyncSandbox
-from .sync import CommandHandle, Commands, Files, Sandbox
+from .sync import CodeInterpreter, CommandHandle, Commands, Files, Sandbox
 
 __all__ = [
+    "AsyncCodeInterpreter", "CodeInterpreter", "Context", "Execution", "ExecutionError",
+    "Logs", "Result",
     "AsyncCommandHandle", "AsyncCommands", "AsyncFiles", "AsyncSandbox", "CommandHandle",
     "CommandResult", "Commands", "EntryInfo", "Files", "Output", "ProcessInfo", "Sandbox",
     "SandboxInfo",

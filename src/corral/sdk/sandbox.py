@@ -27,6 +27,7 @@ from corral.api import models
 from corral.api.resources import Resources
 
 from ._http import CREATE_TIMEOUT, ApiClient, checked
+from .code import AsyncCodeInterpreter, Execution
 from .commands import AsyncCommands
 from .files import AsyncFiles
 
@@ -40,6 +41,8 @@ class AsyncSandbox:
     Attributes:
         commands: run processes (:class:`corral.sdk.commands.AsyncCommands`).
         files: move files in and out (:class:`corral.sdk.files.AsyncFiles`).
+        code: stateful code contexts (:class:`corral.sdk.code.AsyncCodeInterpreter`);
+            :meth:`run_code` runs a cell.
         info: the description last fetched (:meth:`refresh` updates it).
     """
 
@@ -48,6 +51,7 @@ class AsyncSandbox:
         self._api = api
         self.commands = AsyncCommands(self)
         self.files = AsyncFiles(self)
+        self.code = AsyncCodeInterpreter(self)
 
     @property
     def id(self) -> str:
@@ -157,6 +161,17 @@ class AsyncSandbox:
         self.info = models.Sandbox.model_validate(await self._api.json(
             "POST", f"/v1/sandboxes/{self.id}/timeout",
             body=checked(models.TimeoutUpdate, timeout=float(seconds))))
+
+    async def run_code(self, code: str, **kwargs: Any) -> Execution:
+        """Run a cell in a stateful context, like a notebook; see
+        :meth:`corral.sdk.code.AsyncCodeInterpreter.run` for the arguments.
+
+        Example::
+
+            ex = await sb.run_code("import pandas as pd; pd.DataFrame({'a': [1, 2]})")
+            print(ex.results[0].html, ex.logs.stdout, ex.error)
+        """
+        return await self.code.run(code, **kwargs)
 
     async def kill(self) -> None:
         """Stop the sandbox now (killing a stopped one is not an error)."""

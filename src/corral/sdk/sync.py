@@ -28,6 +28,7 @@ from typing import Any
 from corral.api import models
 
 from ._portal import Proxy, blocking, iterate, portal
+from .code import AsyncCodeInterpreter
 from .commands import AsyncCommandHandle, AsyncCommands, Output
 from .files import AsyncFiles
 from .sandbox import AsyncSandbox
@@ -95,6 +96,18 @@ class Files(Proxy):
         return iterate(self._inner.read_stream(path))
 
 
+class CodeInterpreter(Proxy):
+    """Blocking :class:`corral.sdk.code.AsyncCodeInterpreter`; callbacks run on the SDK's
+    thread."""
+
+    run = blocking("run", AsyncCodeInterpreter)
+    create_context = blocking("create_context", AsyncCodeInterpreter)
+    list_contexts = blocking("list_contexts", AsyncCodeInterpreter)
+    restart_context = blocking("restart_context", AsyncCodeInterpreter)
+    interrupt = blocking("interrupt", AsyncCodeInterpreter)
+    delete_context = blocking("delete_context", AsyncCodeInterpreter)
+
+
 class Sandbox(Proxy):
     """A sandbox on a Corral server, blocking. A context manager that kills it at exit.
 
@@ -104,12 +117,14 @@ class Sandbox(Proxy):
     refresh = blocking("refresh", AsyncSandbox)
     set_timeout = blocking("set_timeout", AsyncSandbox)
     kill = blocking("kill", AsyncSandbox)
+    run_code = blocking("run_code", AsyncSandbox)
     close = blocking("close", AsyncSandbox)
 
     def __init__(self, inner: AsyncSandbox) -> None:
         super().__init__(inner)
         self.commands = Commands(inner.commands)
         self.files = Files(inner.files)
+        self.code = CodeInterpreter(inner.code)
 
     @classmethod
     def create(cls, *args: Any, **kwargs: Any) -> Sandbox:

@@ -20,8 +20,9 @@ from corral.node import Node
 from . import errors, openapi
 from .limits import BodyLimit
 from .metrics import HttpMetrics, Metrics
-from .routes import commands, files, metrics, sandboxes
+from .routes import code, commands, files, metrics, sandboxes
 from .services import CommandService, FileService, IdleReaper, SandboxService
+from .services.code import CodeService
 from .settings import ServerSettings
 from .store import KeyStore, SandboxStore, open_engine
 from .store.schema import database_url
@@ -59,10 +60,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.sandboxes = sandbox_service
     app.state.commands = CommandService(sandbox_service)
     app.state.files = FileService(sandbox_service)
+    app.state.code = CodeService(sandbox_service)
     app.state.metrics = Metrics(node)
     errors.install(app)
     openapi.install(app)
-    for module in (sandboxes, commands, files, metrics):
+    for module in (sandboxes, commands, files, code, metrics):
         app.include_router(module.router)
     # Added last runs first: metrics, authentication, then the body bound, then the routes.
     app.add_middleware(BodyLimit, limit=settings.max_body, exempt=files.is_upload)

@@ -109,6 +109,14 @@ def _add_models(schemas: dict[str, Any]) -> None:
     event["description"] = ("One line of a streamed command: `started` first, then "
                             "`stdout`/`stderr` chunks (base64), then `exit` or `error`.")
     schemas["CommandEvent"] = event
+    execution = models.Execution.model_json_schema(ref_template=_REF, mode="serialization")
+    schemas.update(execution.pop("$defs", {}))
+    schemas.setdefault("Execution", execution)
+    code = TypeAdapter(models.CodeEvent).json_schema(ref_template=_REF, mode="serialization")
+    schemas.update(code.pop("$defs", {}))
+    code["description"] = ("One line of a streamed cell: `stdout`/`stderr` text, `result`s, "
+                           "`execution_error` if it raised, then `end`; or `error`.")
+    schemas["CodeEvent"] = code
 
 
 def _document_errors(path: str, operation: dict[str, Any]) -> None:

@@ -1,0 +1,6 @@
+"""Code that runs INSIDE a sandbox on the image's own interpreter (not the agent's).
+
+:mod:`corral.bridge.kernel_bridge` is shipped in the agent bundle (``/.corral``) and run by
+the image's ``python3`` as a plain script: it imports nothing from Corral, only the
+standard library and the image's ``jupyter_client``/``pyzmq``.
+"""

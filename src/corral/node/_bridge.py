@@ -1,0 +1,211 @@
+"""The node's end of a sandbox's kernel bridge (:mod:`corral.bridge.kernel_bridge`).
+
+The bridge is an ordinary command in the sandbox, started with its stdin open; requests go
+to its stdin and events come back on its stdout, one JSON object per line. Everything it
+says is untrusted (code in the sandbox runs as root beside it): lines are bounded, events
+must be JSON objects with an integer ``id`` for a request still waiting, and every wait has
+a deadline past which the bridge is killed rather than trusted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from corral.api.errors import AgentError, SandboxError
+from corral.runtime.agent_bundle import MOUNT_POINT
+
+if TYPE_CHECKING:
+    from .commands import CommandHandle
+    from .sandbox import Sandbox
+
+log = logging.getLogger(__name__)
+
+BRIDGE_ARGV = ["python3", "-I", f"{MOUNT_POINT}/py/corral/bridge/kernel_bridge.py"]
+HELLO_TIMEOUT = 60.0
+STDERR_TAIL = 4096
+_QUEUE_EVENTS = 256
+
+
+class BridgeGone(SandboxError):
+    """The bridge process ended; its kernels ended with it."""
+
+
+class Bridge:
+    """One running bridge: requests out, events in, routed by request id.
+
+    Args:
+        max_line: the longest event line accepted; a longer one ends the bridge.
+    """
+
+    def __init__(self, sandbox: Sandbox, handle: CommandHandle, max_line: int) -> None:
+        self._sandbox = sandbox
+        self._handle = handle
+        self.command_id = handle.id
+        self._max_line = max_line
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Queue[dict[str, Any]]] = {}
+        self._send_lock = asyncio.Lock()
+        self._hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._stderr = bytearray()
+        self.closed_reason: str | None = None
+        self._task = asyncio.get_running_loop().create_task(self._read())
+
+    @classmethod
+    async def start(cls, sandbox: Sandbox, max_line: int) -> Bridge:
+        """Start the bridge in ``sandbox`` and wait for its hello."""
+        # ipykernel, imported to find the kernel, warns about debuggers unless told not to.
+        handle = await sandbox.commands.start(BRIDGE_ARGV, stdin=True, cwd="/",
+                                              env={"PYDEVD_DISABLE_FILE_VALIDATION": "1"})
+        bridge = cls(sandbox, handle, max_line)
+        try:
+            async with asyncio.timeout(HELLO_TIMEOUT):
+                await asyncio.shield(bridge._hello)
+        except TimeoutError:
+            await bridge.close("it did not start")
+            raise AgentError(f"sandbox {sandbox.id}: the kernel bridge did not start within "
+                             f"{HELLO_TIMEOUT:g} s") from None
+        except BridgeGone as exc:
+            raise SandboxError(f"sandbox {sandbox.id}: cannot run code: {exc.message}") from None
+        return bridge
+
+    @property
+    def alive(self) -> bool:
+        return self.closed_reason is None
+
+    async def request(self, op: str, **fields: Any) -> tuple[int, asyncio.Queue[dict[str, Any]]]:
+        """Send a request; its events arrive on the returned queue (drop it with
+        :meth:`forget`)."""
+        if self.closed_reason is not None:
+            raise BridgeGone(self.closed_reason)
+        req_id = next(self._ids)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(_QUEUE_EVENTS)
+        self._waiting[req_id] = queue
+        line = json.dumps({"id": req_id, "op": op, **fields}, separators=(",", ":")) + "\n"
+        try:
+            async with self._send_lock:
+                # The bridge reads its stdin promptly; one that does not is wedged.
+                async with asyncio.timeout(30.0):
+                    await self._handle.send_stdin(line.encode())
+        except TimeoutError:
+            self.forget(req_id)
+            await self.close("it stopped reading requests")
+            raise BridgeGone("the kernel bridge stopped reading requests") from None
+        except BaseException:
+            self.forget(req_id)
+            raise
+        return req_id, queue
+
+    async def next(self, queue: asyncio.Queue[dict[str, Any]], deadline: float | None,
+                   what: str) -> dict[str, Any]:
+        """The next event on ``queue``; past ``deadline`` s the bridge is killed."""
+        if queue.empty() and self.closed_reason is not None:
+            raise BridgeGone(self.closed_reason)
+        try:
+            async with asyncio.timeout(deadline):
+                event = await queue.get()
+        except TimeoutError:
+            await self.close(f"it did not answer {what} within {deadline:g} s")
+            raise BridgeGone(f"the kernel bridge did not answer {what} within {deadline:g} s; "
+                             "it was stopped with every context's kernel") from None
+        if event.get("ev") == "__gone__":
+            raise BridgeGone(str(event.get("reason")))
+        return event
+
+    async def call(self, op: str, deadline: float, **fields: Any) -> dict[str, Any]:
+        """A request with one answer: ``ok``, or ``fail`` (returned as is)."""
+        req_id, queue = await self.request(op, **fields)
+        try:
+            return await self.next(queue, deadline, op)
+        finally:
+            self.forget(req_id)
+
+    def forget(self, req_id: int) -> None:
+        self._waiting.pop(req_id, None)
+
+    async def _read(self) -> None:
+        buffer = bytearray()
+        reason, quiet = "it exited", False
+        try:
+            async for chunk in self._handle:
+                if chunk.stream == "stderr":
+                    self._stderr += chunk.data
+                    del self._stderr[:-STDERR_TAIL]
+                    continue
+                buffer += chunk.data
+                while (end := buffer.find(b"\n")) >= 0:
+                    line = bytes(buffer[:end])
+                    del buffer[:end + 1]
+                    problem = await self._route(line)
+                    if problem:
+                        raise _OutOfProtocol(problem)
+                if len(buffer) > self._max_line:
+                    raise _OutOfProtocol(f"an event line over {self._max_line} bytes")
+            result = await self._handle.wait()
+            reason = f"it exited ({result.reason or f'status {result.exit_code}'})"
+        except _OutOfProtocol as exc:
+            reason = f"it spoke out of protocol: {exc}"
+            await self._kill()
+        except SandboxError as exc:  # the sandbox stopped: its reason says it all
+            reason, quiet = exc.message, True
+        except asyncio.CancelledError:
+            reason = "it was stopped"
+            raise
+        finally:
+            self._gone(reason, quiet)
+
+    async def _route(self, line: bytes) -> str | None:
+        if not line.strip():
+            return None
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return "an event that is not JSON"
+        if not isinstance(event, dict) or not isinstance(event.get("id"), int):
+            return "an event without an integer id"
+        if event["id"] == 0:
+            if event.get("ev") == "hello" and not self._hello.done():
+                self._hello.set_result(event)
+            elif event.get("ev") == "fatal":
+                return f"it gave up: {str(event.get('message'))[:500]}"
+            return None
+        queue = self._waiting.get(event["id"])
+        if queue is not None:
+            # A full queue (a slow reader) holds the bridge back: its stdout fills, and the
+            # agent's flow control stops it, rather than memory growing here.
+            await queue.put(event)
+        return None
+
+    def _gone(self, reason: str, quiet: bool = True) -> None:
+        if self.closed_reason is not None:
+            return
+        detail = "" if quiet else bytes(self._stderr[-800:]).decode("utf-8", "replace").strip()
+        self.closed_reason = f"the kernel bridge ended: {reason}" + (
+            f" (it said: {detail})" if detail else "")
+        if not self._hello.done():
+            self._hello.set_exception(BridgeGone(self.closed_reason))
+            self._hello.exception()  # retrieved: nobody may be waiting
+        for queue in self._waiting.values():
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait({"ev": "__gone__", "reason": self.closed_reason})
+        self._waiting.clear()
+
+    async def _kill(self) -> None:
+        with contextlib.suppress(SandboxError):
+            await self._handle.kill()
+
+    async def close(self, why: str = "it was stopped") -> None:
+        """Kill the bridge and every kernel it started."""
+        self._gone(why)
+        await self._kill()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, SandboxError):
+            await self._task
+
+
+class _OutOfProtocol(Exception):
+    pass

@@ -1,0 +1,382 @@
+"""The code interpreter of one sandbox: stateful contexts on real Jupyter kernels.
+
+``sandbox.code`` runs cells in *contexts*. A context is one kernel (ipykernel for Python)
+inside the sandbox, so variables, imports and the working directory persist from one cell
+to the next, and two contexts never share state. ``default`` is created on first use.
+
+The kernels belong to a *kernel bridge* (:mod:`corral.bridge.kernel_bridge`), a process the
+node starts in the sandbox through the ordinary command API on the image's own
+``python3``; :mod:`._bridge` is the node's end of it. The agent stays stdlib-only and
+image-independent; only images with ``jupyter_client``/``ipykernel`` can run code.
+
+What a cell produces streams as :data:`corral.api.models.CodeEvent` values (stdout and
+stderr text, rich results, the cell's error, then the end); :meth:`CodeInterpreter.run`
+collects them into an :class:`~corral.api.models.Execution`. A cell past its timeout is
+interrupted and reported as ``TimeoutError``: the context keeps its state. A kernel that
+dies (the memory limit, ``os._exit``) is reported as ``KernelDied``; restart the context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from corral.api import models
+from corral.api.errors import (
+    AgentError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+    SandboxError,
+    error_from_code,
+)
+from corral.api.code_events import collect
+from corral.api.resources import check_timeout
+
+from ._bridge import Bridge, BridgeGone
+from .validation import check_env, resolve_path
+
+if TYPE_CHECKING:
+    from .sandbox import Sandbox
+
+LANGUAGES = ("python",)
+DEFAULT_CONTEXT = "default"
+DEFAULT_TIMEOUT = 60.0
+#: stdout and stderr kept per execution, and as much again for results and the traceback;
+#: the rest is dropped, with a marker at the end of the output.
+MAX_OUTPUT = 8 * 1024 * 1024
+MAX_CONTEXTS = 32
+#: The bridge gives a kernel 120 s to start; the node waits a little longer before it
+#: stops trusting the bridge.
+START_DEADLINE = 150.0
+CALL_DEADLINE = 60.0
+#: Beyond a cell's timeout: the bridge's interrupt grace (3 s) and slack for a loaded host.
+EXECUTE_GRACE = 30.0
+_CONTEXT_ID = re.compile(r"default(-[a-z]+)?|ctx-[0-9a-f]{16}")
+_MIME_FIELDS = {
+    "text/plain": "text", "text/html": "html", "text/markdown": "markdown",
+    "image/svg+xml": "svg", "image/png": "png", "image/jpeg": "jpeg",
+    "application/pdf": "pdf", "text/latex": "latex", "application/json": "json",
+    "application/javascript": "javascript",
+}
+_BINARY = ("png", "jpeg", "pdf")
+Callback = Callable[[Any], None]
+
+
+@dataclass
+class _Context:
+    id: str
+    language: str
+    cwd: str
+    env: dict[str, str]
+    bridge: Bridge | None = None  # the bridge its kernel lives in
+    dead: str | None = None  # why its kernel is gone
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def info(self) -> models.CodeContext:
+        return models.CodeContext(id=self.id, language=self.language, cwd=self.cwd)
+
+
+class CodeInterpreter:
+    """``sandbox.code``: contexts and cells. Get it from a running node sandbox."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sandbox = sandbox
+        self._bridge: Bridge | None = None
+        self._bridge_lock = asyncio.Lock()
+        self._contexts: dict[str, _Context] = {}
+        self._create_lock = asyncio.Lock()
+        #: Seconds the last finished cell took inside the bridge (the benchmark reads it).
+        self.last_kernel_seconds: float | None = None
+
+    # -- contexts ------------------------------------------------------------------------
+
+    async def create_context(self, language: str = "python", *, cwd: str | None = None,
+                             env: Mapping[str, str] | None = None) -> models.CodeContext:
+        """Start a new context (its own kernel) and return it once it can run code."""
+        async with self._create_lock:
+            ctx = await self._create(f"ctx-{secrets.token_hex(8)}", language, cwd, env)
+        return ctx.info()
+
+    async def list_contexts(self) -> list[models.CodeContext]:
+        """The contexts of this sandbox, oldest first."""
+        return [ctx.info() for ctx in self._contexts.values()]
+
+    async def restart_context(self, context_id: str) -> models.CodeContext:
+        """Replace a context's kernel with a fresh one: its state is lost, its id kept."""
+        ctx = self._get(context_id)
+        bridge = await self._ensure_bridge()
+        if ctx.bridge is bridge:
+            reply = await bridge.call("restart", START_DEADLINE, ctx=ctx.id)
+        else:  # its kernel died with an earlier bridge: start one in this bridge
+            reply = await bridge.call("create", START_DEADLINE, ctx=ctx.id,
+                                      language=ctx.language, cwd=ctx.cwd, env=ctx.env)
+        ctx.bridge, ctx.dead = None, "it failed to restart"
+        _check(reply, f"restarting context {ctx.id}")
+        ctx.bridge, ctx.dead = bridge, None
+        return ctx.info()
+
+    async def delete_context(self, context_id: str) -> None:
+        """Stop a context's kernel and forget the context."""
+        ctx = self._get(context_id)
+        self._contexts.pop(ctx.id, None)
+        if ctx.bridge is not None and ctx.bridge.alive and ctx.dead is None:
+            _check(await ctx.bridge.call("delete", CALL_DEADLINE, ctx=ctx.id),
+                   f"deleting context {ctx.id}")
+
+    async def interrupt(self, context_id: str = DEFAULT_CONTEXT) -> None:
+        """Interrupt the cell a context is running (SIGINT, like Jupyter's stop button).
+
+        The cell ends with ``KeyboardInterrupt``; a cell that ignores it is killed after a
+        few seconds, with its kernel (``KernelDied``). Nothing running: nothing happens.
+        """
+        ctx = self._get(context_id)
+        if ctx.bridge is not None and ctx.bridge.alive and ctx.dead is None:
+            _check(await ctx.bridge.call("interrupt", CALL_DEADLINE, ctx=ctx.id),
+                   f"interrupting context {ctx.id}")
+
+    # -- cells ---------------------------------------------------------------------------
+
+    async def run(self, code: str, *, language: str | None = None, context: str | None = None,
+                  timeout: float | None = DEFAULT_TIMEOUT, on_stdout: Callback | None = None,
+                  on_stderr: Callback | None = None, on_result: Callback | None = None,
+                  on_error: Callback | None = None) -> models.Execution:
+        """Run a cell and return its :class:`~corral.api.models.Execution`.
+
+        Callbacks get stdout/stderr text, each :class:`~corral.api.models.Result` and the
+        :class:`~corral.api.models.ExecutionError` as they arrive. The cell's own
+        exception is ``Execution.error``, not raised.
+
+        Example::
+
+            ex = await sb.code.run("import math; math.pi")
+            assert ex.text == "3.141592653589793"
+        """
+        events = await self.stream(code, language=language, context=context, timeout=timeout)
+        return await collect(events, on_stdout, on_stderr, on_result, on_error)
+
+    async def stream(self, code: str, *, language: str | None = None,
+                     context: str | None = None, timeout: float | None = DEFAULT_TIMEOUT
+                     ) -> AsyncIterator[models.CodeEvent]:
+        """Check the request and make sure the context exists (errors raise here), then
+        return the cell's events; leaving the iteration early interrupts the cell."""
+        if not isinstance(code, str):
+            raise InvalidArgumentError("code must be a string")
+        size = len(code.encode("utf-8", "surrogatepass"))
+        if size > models.MAX_CODE:
+            raise InvalidArgumentError(f"code of {size} bytes exceeds the limit of "
+                                       f"{models.MAX_CODE} bytes; write it to a file and "
+                                       "run that instead")
+        if timeout is not None:
+            timeout = check_timeout(timeout, "code timeout")
+        self._sandbox._agent()  # a stopped sandbox says so, with its reason
+        if context is None:
+            ctx = await self._default(_language(language or "python"))
+        else:
+            ctx = self._get(context)
+            if language is not None and _language(language) != ctx.language:
+                raise InvalidArgumentError(f"context {ctx.id} runs {ctx.language}, "
+                                           f"not {language}")
+        return self._events(ctx, code, timeout)
+
+    async def _events(self, ctx: _Context, code: str, timeout: float | None
+                      ) -> AsyncIterator[models.CodeEvent]:
+        async with ctx.lock:
+            started = time.monotonic()
+            bridge = ctx.bridge
+            if ctx.dead is not None or bridge is None or not bridge.alive:
+                self._sandbox._agent()
+                ctx.dead = ctx.dead or (bridge.closed_reason if bridge else None) or "gone"
+                yield _died(f"the context's kernel is gone ({ctx.dead}); restart the context")
+                yield _end(ctx, started)
+                return
+            counters = self._sandbox._counters()
+            try:
+                req_id, queue = await bridge.request(
+                    "execute", ctx=ctx.id, code=code, timeout=timeout, max_output=MAX_OUTPUT)
+            except BridgeGone as exc:
+                self._gone(ctx, exc)
+                yield _died(exc.message)
+                yield _end(ctx, started)
+                return
+            end_at = None if timeout is None else started + timeout + EXECUTE_GRACE
+            finished = False
+            error: models.ExecutionError | None = None
+            try:
+                while True:
+                    left = None if end_at is None else max(0.1, end_at - time.monotonic())
+                    try:
+                        event = await bridge.next(queue, left, "a cell")
+                    except BridgeGone as exc:
+                        finished = True
+                        self._gone(ctx, exc)
+                        yield _died(exc.message)
+                        yield _end(ctx, started)
+                        return
+                    kind = event.get("ev")
+                    if kind in ("stdout", "stderr") and isinstance(event.get("text"), str):
+                        yield models.CodeOutputEvent(type=kind, text=event["text"])
+                    elif kind == "result" and isinstance(event.get("data"), dict):
+                        yield models.CodeResultEvent(
+                            result=_result(event["data"], event.get("main") is True))
+                    elif kind == "error":
+                        error = models.ExecutionError(
+                            name=_text(event.get("name")), value=_text(event.get("value")),
+                            traceback=_text(event.get("traceback")))
+                    elif kind == "done":
+                        finished = True
+                        seconds = event.get("kernel_seconds")
+                        self.last_kernel_seconds = (float(seconds) if isinstance(
+                            seconds, (int, float)) else None)
+                        if event.get("timed_out") is True:
+                            error = _timed_out(timeout)
+                        if error is not None:
+                            yield models.CodeErrorEvent(error=error)
+                        count = event.get("execution_count")
+                        yield _end(ctx, started, count if isinstance(count, int) else None,
+                                   event.get("truncated") is True)
+                        return
+                    elif kind == "died":
+                        finished = True
+                        ctx.dead = self._death(_text(event.get("reason")), counters)
+                        timed = " after the cell timed out" if event.get("timed_out") else ""
+                        yield _died(f"{ctx.dead}{timed}; restart the context")
+                        yield _end(ctx, started)
+                        return
+                    elif kind == "fail":
+                        finished = True
+                        if event.get("code") == "kernel_dead":
+                            ctx.dead = _text(event.get("message"))
+                            yield _died(f"{ctx.dead}; restart the context")
+                            yield _end(ctx, started)
+                            return
+                        raise _failure(event, f"running a cell in context {ctx.id}")
+            finally:
+                bridge.forget(req_id)
+                if not finished and bridge.alive:
+                    # The caller left mid-cell: stop the cell rather than let it run unseen.
+                    with contextlib.suppress(SandboxError):
+                        await asyncio.shield(bridge.call("interrupt", CALL_DEADLINE,
+                                                         ctx=ctx.id))
+
+    def idle_command_ids(self) -> set[int]:
+        """The bridge's command id while no cell runs (see :meth:`Commands.list`)."""
+        busy = any(ctx.lock.locked() for ctx in self._contexts.values())
+        bridge = self._bridge
+        return set() if busy or bridge is None or not bridge.alive else {bridge.command_id}
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _get(self, context_id: str) -> _Context:
+        ctx = self._contexts.get(context_id) if isinstance(context_id, str) else None
+        if ctx is None:
+            raise NotFoundError(f"no code context {context_id!r:.80} in sandbox "
+                                f"{self._sandbox.id}")
+        return ctx
+
+    async def _default(self, language: str) -> _Context:
+        name = DEFAULT_CONTEXT if language == "python" else f"{DEFAULT_CONTEXT}-{language}"
+        async with self._create_lock:
+            ctx = self._contexts.get(name)
+            if ctx is None:
+                ctx = await self._create(name, language, None, None)
+        return ctx
+
+    async def _create(self, ctx_id: str, language: str, cwd: str | None,
+                      env: Mapping[str, str] | None) -> _Context:
+        sandbox = self._sandbox
+        language = _language(language)
+        if len(self._contexts) >= MAX_CONTEXTS:
+            raise ResourceExhaustedError(f"sandbox {sandbox.id} already has {MAX_CONTEXTS} "
+                                         "code contexts; delete some first")
+        ctx = _Context(ctx_id, language, resolve_path(cwd or sandbox.workdir, sandbox.workdir),
+                       check_env(env))
+        bridge = await self._ensure_bridge()
+        _check(await bridge.call("create", START_DEADLINE, ctx=ctx.id, language=language,
+                                 cwd=ctx.cwd, env=ctx.env), "starting a code context")
+        ctx.bridge = bridge
+        self._contexts[ctx.id] = ctx
+        return ctx
+
+    async def _ensure_bridge(self) -> Bridge:
+        self._sandbox._agent()  # a stopped sandbox says so, with its reason
+        async with self._bridge_lock:
+            if self._bridge is None or not self._bridge.alive:
+                self._bridge = await Bridge.start(self._sandbox, MAX_OUTPUT + 1024 * 1024)
+            return self._bridge
+
+    def _gone(self, ctx: _Context, exc: BridgeGone) -> None:
+        """The bridge ended: a stopped sandbox is an error of its own; else the kernel died."""
+        self._sandbox._agent()
+        ctx.dead = exc.message
+
+    def _death(self, reason: str, counters: tuple[int, int]) -> str:
+        limit = self._sandbox._limit_hit(counters)
+        return f"{reason} ({limit})" if limit else reason
+
+
+def _language(language: str) -> str:
+    if language not in LANGUAGES:
+        raise InvalidArgumentError(f"unknown language {language!r:.40}; "
+                                   f"supported: {', '.join(LANGUAGES)}")
+    return language
+
+
+def _check(reply: dict[str, Any], action: str) -> None:
+    if reply.get("ev") != "ok":
+        raise _failure(reply, action)
+
+
+def _failure(reply: dict[str, Any], action: str) -> SandboxError:
+    code, message = _text(reply.get("code")), _text(reply.get("message"))[:2000]
+    if code in ("not_found", "invalid_argument", "already_exists"):
+        return error_from_code(code, f"{action}: {message}")
+    if reply.get("ev") == "fail":
+        return AgentError(f"{action}: {message}")
+    return AgentError(f"{action}: unexpected answer {reply.get('ev')!r:.40} from the bridge")
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _result(data: dict[str, Any], main: bool) -> models.Result:
+    fields: dict[str, Any] = {"is_main_result": main}
+    extra: dict[str, Any] = {}
+    for mime, value in list(data.items())[:64]:
+        name = _MIME_FIELDS.get(mime)
+        if name == "json":
+            fields["json"] = value
+        elif name is not None:
+            if isinstance(value, list):  # Jupyter may split text into lines
+                value = "".join(v for v in value if isinstance(v, str))
+            if isinstance(value, str):
+                fields[name] = value.replace("\n", "") if name in _BINARY else value
+        elif isinstance(mime, str):
+            extra[mime] = value
+    return models.Result.model_validate({**fields, "extra": extra})
+
+
+def _died(reason: str) -> models.CodeErrorEvent:
+    return models.CodeErrorEvent(error=models.ExecutionError(
+        name=models.KERNEL_DIED, value=reason))
+
+
+def _timed_out(timeout: float | None) -> models.ExecutionError:
+    return models.ExecutionError(
+        name=models.TIMEOUT_ERROR,
+        value=f"the cell ran past its timeout of {timeout:g} s and was interrupted; the "
+              "context keeps its state")
+
+
+def _end(ctx: _Context, started: float, count: int | None = None,
+         truncated: bool = False) -> models.CodeEndEvent:
+    return models.CodeEndEvent(context=ctx.id, execution_count=count, truncated=truncated,
+                               duration=time.monotonic() - started)
+

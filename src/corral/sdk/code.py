@@ -1,0 +1,119 @@
+"""``sandbox.code`` and ``sandbox.run_code``: stateful code contexts on Jupyter kernels.
+
+Example::
+
+    ex = await sb.run_code("import pandas as pd; pd.DataFrame({'a': [1, 2]})")
+    print(ex.results[0].html)                 # the DataFrame as HTML, like a notebook
+    ex = await sb.run_code("1/0")
+    print(ex.error.name, ex.error.value)      # ZeroDivisionError division by zero
+
+    ctx = await sb.code.create_context(cwd="/tmp")       # a kernel of its own
+    await sb.run_code("x = 1", context=ctx)
+    await sb.run_code("for i in range(3): print(i)", context=ctx,
+                      on_stdout=lambda text: print("got", text, end=""))
+
+A cell's exception is :attr:`Execution.error`, not raised; so is a timeout
+(``TimeoutError``: the cell was interrupted, the context keeps its state) and a kernel
+that died (``KernelDied``: :meth:`AsyncCodeInterpreter.restart_context`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING
+
+from pydantic import TypeAdapter
+
+from corral.api import models
+from corral.api.code_events import collect
+from corral.api.errors import SandboxError, error_from_code
+from corral.api.models import CodeContext as Context
+from corral.api.models import Execution, ExecutionError, Logs, Result
+
+from ._http import checked, transport_errors
+
+if TYPE_CHECKING:
+    from .sandbox import AsyncSandbox
+
+__all__ = ["AsyncCodeInterpreter", "Context", "Execution", "ExecutionError", "Logs", "Result"]
+
+DEFAULT_TIMEOUT = 60.0
+_EVENT: TypeAdapter[models.CodeEvent] = TypeAdapter(models.CodeEvent)
+ContextArg = Context | str | None
+
+
+class AsyncCodeInterpreter:
+    """``sandbox.code`` of an :class:`corral.AsyncSandbox`."""
+
+    def __init__(self, sandbox: AsyncSandbox) -> None:
+        self._api = sandbox._api
+        self._base = f"/v1/sandboxes/{sandbox.id}/code"
+
+    async def run(self, code: str, *, language: str | None = None,
+                  context: ContextArg = None, timeout: float = DEFAULT_TIMEOUT,
+                  on_stdout: Callable[[str], None] | None = None,
+                  on_stderr: Callable[[str], None] | None = None,
+                  on_result: Callable[[Result], None] | None = None,
+                  on_error: Callable[[ExecutionError], None] | None = None) -> Execution:
+        """Run a cell and return its :class:`Execution`.
+
+        ``context`` is a :class:`Context` (or its id); default: the sandbox's ``default``
+        context, created on first use in ``language`` (``"python"``). At ``timeout``
+        seconds the cell is interrupted. Callbacks get output while the cell runs.
+        """
+        request = checked(models.RunCodeRequest, code=code, language=language,
+                          context=_context_id(context), timeout=float(timeout),
+                          stream=any((on_stdout, on_stderr, on_result, on_error)))
+        if not request.stream:
+            reply = await self._api.json("POST", self._base, body=request,
+                                         read_timeout=timeout + 60.0)
+            return Execution.model_validate(reply)
+        async with self._api.stream("POST", self._base, body=request) as response:
+            return await collect(_events(response.aiter_lines(), self._api.url), on_stdout,
+                                 on_stderr, on_result, on_error)
+
+    async def create_context(self, language: str = "python", *, cwd: str | None = None,
+                             env: Mapping[str, str] | None = None) -> Context:
+        """Start a new context: a kernel of its own (variables, imports, working dir)."""
+        request = checked(models.ContextCreate, language=language, cwd=cwd,
+                          env=dict(env or {}))
+        reply = await self._api.json("POST", f"{self._base}/contexts", body=request,
+                                     read_timeout=180.0)
+        return Context.model_validate(reply)
+
+    async def list_contexts(self) -> list[Context]:
+        """This sandbox's contexts (``default`` once a cell ran without one)."""
+        reply = await self._api.json("GET", f"{self._base}/contexts")
+        return models.ContextList.model_validate(reply).contexts
+
+    async def restart_context(self, context: Context | str) -> Context:
+        """A fresh kernel for the context: its state is lost, its id kept."""
+        reply = await self._api.json("POST", f"{self._base}/contexts/{_context_id(context)}"
+                                     "/restart", read_timeout=180.0)
+        return Context.model_validate(reply)
+
+    async def interrupt(self, context: Context | str = "default") -> None:
+        """Interrupt the cell the context runs (it ends with ``KeyboardInterrupt``)."""
+        await self._api.call("POST", f"{self._base}/contexts/{_context_id(context)}/interrupt")
+
+    async def delete_context(self, context: Context | str) -> None:
+        """Stop the context's kernel and forget it."""
+        await self._api.call("DELETE", f"{self._base}/contexts/{_context_id(context)}")
+
+
+def _context_id(context: ContextArg) -> str | None:
+    return context.id if isinstance(context, Context) else context
+
+
+async def _events(lines: AsyncIterator[str], url: str) -> AsyncIterator[models.CodeEvent]:
+    while True:
+        with transport_errors(url):
+            line = await anext(lines, None)
+        if line is None:
+            raise SandboxError("the server ended the cell's output early")
+        if not line.strip():
+            continue
+        event = _EVENT.validate_json(line)
+        if isinstance(event, models.ErrorEvent):
+            raise error_from_code(event.error.code, event.error.message)
+        yield event

@@ -1,0 +1,80 @@
+"""Code contexts and cells in a tenant's sandboxes (:mod:`corral.node.interpreter`).
+
+A cell runs to its end and answers one :class:`~corral.api.models.Execution`, or streams
+NDJSON :data:`~corral.api.models.CodeEvent` lines as output arrives. A streamed cell whose
+client goes away is interrupted (the context keeps its state); so is a waited-on one whose
+request is cancelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from corral.api import models
+from corral.api.errors import SandboxError
+from corral.node import Sandbox as NodeSandbox
+from corral.api.code_events import collect
+from corral.node.interpreter import DEFAULT_TIMEOUT
+
+from .sandboxes import SandboxService
+
+
+class CodeService:
+    def __init__(self, sandboxes: SandboxService) -> None:
+        self._sandboxes = sandboxes
+
+    async def run(self, tenant: str, sandbox_id: str,
+                  request: models.RunCodeRequest) -> models.Execution:
+        return await collect(await self._events(tenant, sandbox_id, request))
+
+    async def stream(self, tenant: str, sandbox_id: str,
+                     request: models.RunCodeRequest) -> AsyncIterator[bytes]:
+        """Check the request and find its context (errors surface here), then stream."""
+        events = await self._events(tenant, sandbox_id, request)
+        return _lines(events)
+
+    async def create_context(self, tenant: str, sandbox_id: str,
+                             request: models.ContextCreate) -> models.CodeContext:
+        sandbox = await self._sandbox(tenant, sandbox_id)
+        return await sandbox.code.create_context(request.language, cwd=request.cwd,
+                                                 env=request.env)
+
+    async def list_contexts(self, tenant: str, sandbox_id: str) -> models.ContextList:
+        sandbox = await self._sandbox(tenant, sandbox_id)
+        return models.ContextList(contexts=await sandbox.code.list_contexts())
+
+    async def restart_context(self, tenant: str, sandbox_id: str,
+                              context_id: str) -> models.CodeContext:
+        sandbox = await self._sandbox(tenant, sandbox_id)
+        return await sandbox.code.restart_context(context_id)
+
+    async def interrupt(self, tenant: str, sandbox_id: str, context_id: str) -> None:
+        sandbox = await self._sandbox(tenant, sandbox_id)
+        await sandbox.code.interrupt(context_id)
+
+    async def delete_context(self, tenant: str, sandbox_id: str, context_id: str) -> None:
+        sandbox = await self._sandbox(tenant, sandbox_id)
+        await sandbox.code.delete_context(context_id)
+
+    async def _sandbox(self, tenant: str, sandbox_id: str) -> NodeSandbox:
+        return await self._sandboxes.owned(tenant, sandbox_id)
+
+    async def _events(self, tenant: str, sandbox_id: str, request: models.RunCodeRequest
+                      ) -> AsyncIterator[models.CodeEvent]:
+        sandbox = await self._sandbox(tenant, sandbox_id)
+        timeout = DEFAULT_TIMEOUT if request.timeout is None else request.timeout
+        return await sandbox.code.stream(request.code, language=request.language,
+                                         context=request.context, timeout=timeout)
+
+
+async def _lines(events: AsyncIterator[models.CodeEvent]) -> AsyncIterator[bytes]:
+    try:
+        async for event in events:
+            yield event.model_dump_json(by_alias=True).encode() + b"\n"
+    except SandboxError as exc:
+        yield models.ErrorEvent(error=models.ErrorDetail(
+            code=exc.code.value, message=exc.message)).model_dump_json().encode() + b"\n"
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
