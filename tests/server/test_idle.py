@@ -8,6 +8,7 @@ the sandbox itself, which would keep it alive.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -66,3 +67,19 @@ def test_idle_timeout_is_bounded(server: Server) -> None:
     for bad in (0, -1, 10**9):
         with pytest.raises(InvalidArgumentError, match="idle timeout"):
             Sandbox.create("python", idle_timeout=bad, **server.sdk())
+
+
+def test_a_long_upload_is_activity(server: Server) -> None:
+    label = {"idle": f"upload-{time.monotonic_ns()}"}
+    pieces = 4 * IDLE  # one every half second: the upload lasts twice the idle timeout
+
+    def slow() -> Iterator[bytes]:
+        for _ in range(pieces):
+            time.sleep(0.5)
+            yield b"x" * 65536
+
+    with Sandbox.create("python", timeout=300, idle_timeout=IDLE, metadata=label,
+                        **server.sdk()) as sb:
+        assert sb.files.write("/work/slow.bin", slow()) == pieces * 65536
+        assert _state(server, sb) == ("running", None)
+        assert _wait_stopped(server, sb) == f"idle timeout: no activity for {IDLE} s"

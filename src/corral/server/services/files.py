@@ -7,7 +7,7 @@ than a broken stream; uploads stream into the sandbox and are bounded by its dis
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 
 import anyio
 
@@ -29,12 +29,13 @@ class FileService:
         except BaseException:
             await _close(chunks)
             raise
-        return _prefixed(first, chunks)
+        return _prefixed(first, chunks, lambda: self._sandboxes.touch(sandbox_id))
 
     async def write(self, tenant: str, sandbox_id: str, path: str,
                     chunks: AsyncIterable[bytes], mode: int) -> models.WriteResult:
         sandbox = await self._sandboxes.owned(tenant, sandbox_id)
-        size = await sandbox.files.write(path, chunks, mode)
+        size = await sandbox.files.write(path, _touching(chunks, lambda: self._sandboxes.touch(
+            sandbox_id)), mode)
         return models.WriteResult(path=path, size=size)
 
     async def list(self, tenant: str, sandbox_id: str, path: str,
@@ -64,15 +65,26 @@ class FileService:
         await sandbox.files.rename(request.src, request.dst, request.overwrite)
 
 
-async def _prefixed(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _prefixed(first: bytes | None, rest: AsyncIterator[bytes],
+                    touch: Callable[[], None]) -> AsyncIterator[bytes]:
+    """The download's chunks; each one is activity for the idle timeout."""
     try:
         if first is None:
             return
         yield first
         async for chunk in rest:
+            touch()
             yield chunk
     finally:
         await _close(rest)
+
+
+async def _touching(chunks: AsyncIterable[bytes], touch: Callable[[], None]
+                    ) -> AsyncIterator[bytes]:
+    """An upload's chunks; each one is activity for the idle timeout."""
+    async for chunk in chunks:
+        touch()
+        yield chunk
 
 
 async def _close(chunks: AsyncIterator[bytes]) -> None:

@@ -15,7 +15,8 @@ killed, since no tenant could ever reach it.
 
 Idle timeouts: a sandbox created with ``idle_timeout`` is stopped once that long has passed
 with no call touching it (a command, a file, a get; listing does not count, so a dashboard
-polling the list keeps nothing alive) and no command running in it. The service keeps the
+polling the list keeps nothing alive; each piece of a file transfer does) and no command
+running in it. The service keeps the
 last activity in memory (a restart counts as activity); the reaper
 (:mod:`.reaper`) calls :meth:`SandboxService.reap_idle` every second.
 """
@@ -217,6 +218,10 @@ class SandboxService:
         await sandbox.kill()
         await self._sync(sandbox)
         return True
+
+    def touch(self, sandbox_id: str) -> None:
+        """Count activity on the sandbox now (each piece of a long transfer)."""
+        self._touch(sandbox_id)
 
     def _touch(self, sandbox_id: str) -> None:
         activity = self._activity.get(sandbox_id)
