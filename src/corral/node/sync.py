@@ -40,10 +40,10 @@ class SyncCommandHandle(Proxy):
     kill = blocking("kill", CommandHandle)
 
     @property
-    @property
     def id(self) -> int:
         return int(self._inner.id)
 
+    @property
     def pid(self) -> int:
         return int(self._inner.pid)
 
@@ -56,8 +56,8 @@ class SyncCommands(Proxy):
 
     run = blocking("run", Commands)
     list = blocking("list", Commands)
-
     signal = blocking("signal", Commands)
+
     def start(self, *args: Any, **kwargs: Any) -> SyncCommandHandle:
         handle = self._portal.call(functools.partial(self._inner.start, *args, **kwargs))
         return SyncCommandHandle(handle, self._portal)
@@ -159,7 +159,7 @@ class SyncNode:
 
     def close(self, *, detach: bool = False) -> None:
         try:
-            self._portal.call(self._node.close)
+            self._portal.call(functools.partial(self._node.close, detach=detach))
         finally:
             self._portal_cm.__exit__(None, None, None)
 
