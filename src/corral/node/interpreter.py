@@ -265,6 +265,12 @@ class CodeInterpreter:
                         await asyncio.shield(bridge.call("interrupt", CALL_DEADLINE,
                                                          ctx=ctx.id))
 
+    def default_ready(self) -> bool:
+        """Whether the default Python context's kernel is running (a warmed pool sandbox)."""
+        ctx = self._contexts.get(DEFAULT_CONTEXT)
+        return (ctx is not None and ctx.dead is None and ctx.bridge is not None
+                and ctx.bridge.alive)
+
     def idle_command_ids(self) -> set[int]:
         """The bridge's command id while no cell runs (see :meth:`Commands.list`)."""
         busy = any(ctx.lock.locked() for ctx in self._contexts.values())

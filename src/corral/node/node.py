@@ -18,22 +18,25 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import secrets
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.api.errors import (
     AgentError,
     AlreadyExistsError,
+    InternalError,
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
     SandboxError,
 )
-from corral.api.resources import Resources, check_timeout
+from corral.api.resources import TIMEOUT_RANGE, Resources, check_timeout
 from corral.runtime import Runtime, SandboxSpec, get_runtime
 from corral.runtime._cgroups_unsafe import favor_dynamic_changes, remove_parent
 from corral.runtime._host import channel_socket, sweep
@@ -43,6 +46,7 @@ from . import records
 from .agent_client import AgentClient
 from .images import ImageStore
 from .models import SandboxState
+from .pools import Pool, PoolSpec
 from .sandbox import Sandbox
 from .validation import SANDBOX_ID, check_env, check_metadata
 
@@ -52,6 +56,10 @@ DEFAULT_TIMEOUT = 300.0
 AGENT_START_TIMEOUT = 30.0
 #: How long a starting node waits for each surviving sandbox's agent to reconnect.
 ADOPT_TIMEOUT = 10.0
+#: Lifetime of a sandbox waiting in a warm pool (its real one starts at hand-out).
+POOLED_LIFETIME = TIMEOUT_RANGE[1]
+#: Longest a pool sandbox's kernel may take to start and import its warm modules.
+WARM_TIMEOUT = 180.0
 STDERR_TAIL = 16 * 1024
 
 
@@ -70,6 +78,12 @@ class NodeSettings:
         orphan_grace: seconds a sandbox outlives its node, waiting for a restarted node on
             the same data dir to adopt it (``CORRAL_ORPHAN_GRACE``); 0 ends sandboxes with
             their node.
+        pools: warm pools to keep filled (``CORRAL_POOLS=python:gvisor=4,python=2``); see
+            :mod:`corral.node.pools`.
+        max_starting: sandboxes starting at once; more wait their turn (default: twice the
+            CPUs, ``CORRAL_MAX_STARTING``). Starting is CPU-bound: more at once only thrash.
+        start_queue: creates that may wait for a turn; one more is refused as "resource
+            exhausted" at once instead of queueing without bound (``CORRAL_START_QUEUE``).
     """
 
     data_dir: Path
@@ -77,8 +91,15 @@ class NodeSettings:
     max_sandboxes: int = 1000
     tune_cgroups: bool = True
     orphan_grace: float = ORPHAN_GRACE
+    pools: tuple[PoolSpec, ...] = ()
+    max_starting: int = field(default_factory=lambda: 2 * (os.cpu_count() or 1))
+    start_queue: int = 256
 
     def __post_init__(self) -> None:
+        if self.max_starting < 1 or self.start_queue < 0:
+            raise InvalidArgumentError("max_starting must be at least 1 and start_queue >= 0")
+        if sum(pool.size for pool in self.pools) > self.max_sandboxes:
+            raise InvalidArgumentError("the warm pools hold more sandboxes than max_sandboxes")
         # Resolved: mount points are compared with /proc/self/mountinfo, which has no links.
         object.__setattr__(self, "data_dir", Path(os.path.realpath(self.data_dir)))
         object.__setattr__(self, "image_dir", Path(os.path.realpath(self.image_dir)))
@@ -96,8 +117,12 @@ class NodeSettings:
                                        "seconds") from None
         if not 0 <= orphan_grace <= 7 * 24 * 3600:
             raise InvalidArgumentError("CORRAL_ORPHAN_GRACE must be 0 to 604800 seconds")
+        pools = PoolSpec.parse_list(os.environ.get("CORRAL_POOLS", ""))
+        defaults = cls(data_dir=data, image_dir=images)
         return cls(data_dir=data, image_dir=images, tune_cgroups=tune,
-                   orphan_grace=orphan_grace)
+                   orphan_grace=orphan_grace, pools=pools,
+                   max_starting=_int_env("CORRAL_MAX_STARTING", defaults.max_starting),
+                   start_queue=_int_env("CORRAL_START_QUEUE", defaults.start_queue))
 
     @property
     def node_key(self) -> str:
@@ -118,6 +143,10 @@ class Node:
         self._lock_fd: int | None = None
         #: Sandboxes a previous node left that this one could not adopt: id -> why.
         self.lost: dict[str, str] = {}
+        self.pools: list[Pool] = []
+        self._pooled: set[str] = set()
+        self._start_turns = asyncio.Semaphore(self.settings.max_starting)
+        self._waiting = 0
 
     @property
     def sandboxes_dir(self) -> Path:
@@ -144,6 +173,16 @@ class Node:
         if self.settings.tune_cgroups and os.geteuid() == 0:
             if await asyncio.to_thread(favor_dynamic_changes) is None:
                 log.warning("could not enable cgroup favordynmods; sandbox starts will be slower")
+        for spec in self.settings.pools:
+            try:
+                pool = Pool(self, spec, self.runtime(spec.runtime or None).name)
+                self.images.get(spec.image)
+            except SandboxError as exc:
+                log.error("warm pool %s:%s not started: %s", spec.image, spec.runtime,
+                          exc.message)
+                continue
+            self.pools.append(pool)
+            pool.start()
 
     def _lock_data_dir(self) -> None:
         """Own the data dir: a second node on it would sweep this one's sandboxes."""
@@ -165,8 +204,12 @@ class Node:
         dir to adopt (:meth:`start`); their agents end them if none comes within
         :data:`corral.runtime.agent_bundle.ORPHAN_GRACE` seconds.
         """
+        for pool in self.pools:
+            for sandbox in await pool.close():
+                await self._stop(sandbox, "its warm pool closed")
         if detach and self.settings.orphan_grace > 0:
-            running = [sb for sb in self._sandboxes.values() if sb.state is SandboxState.RUNNING]
+            running = [sb for sb in self._sandboxes.values()
+                       if sb.state is SandboxState.RUNNING and sb.id not in self._pooled]
             await asyncio.gather(*(self._release(sb) for sb in running))
         await asyncio.gather(*(self._stop(sb, "node shutting down")
                                for sb in list(self._sandboxes.values())))
@@ -235,9 +278,90 @@ class Node:
         env, metadata = check_env(env), check_metadata(metadata)
         built = self.images.get(image)
         chosen = self.runtime(runtime)
+        for pool in self.pools:
+            if pool.matches(image, chosen.name, resources):
+                sandbox = await pool.take()
+                if sandbox is not None:
+                    return await self._hand_out(sandbox, env, metadata, timeout)
+        sandbox = await self._start(image, chosen, resources, {**dict(built.env), **env},
+                                    metadata, timeout, pooled=False)
+        self._write_record(sandbox)
+        return sandbox
+
+    async def _hand_out(self, sandbox: Sandbox, env: dict[str, str], metadata: dict[str, str],
+                        timeout: float) -> Sandbox:
+        """Bind a pooled sandbox to the request that takes it."""
+        if env and sandbox.code.default_ready():
+            # The warm kernel started before the request: give it the request's env too.
+            # (This cell runs inside the sandbox; the env travels as a JSON string literal.)
+            cell = (f"import json as _j, os as _o; _o.environ.update(_j.loads("
+                    f"{json.dumps(env)!r})); del _j, _o")
+            execution = await sandbox.code.run(cell, timeout=30)
+            if execution.error is not None:
+                await self._stop(sandbox, "its warm kernel refused the request's env")
+                raise InternalError("a warm pool sandbox could not take the request's env; "
+                                    "retry")
+        sandbox.env, sandbox.metadata = {**sandbox.env, **env}, metadata
+        sandbox.created_at = time.time()
+        sandbox.expires_at = sandbox.created_at + timeout
+        sandbox._arm_timer()
+        self._pooled.discard(sandbox.id)
+        self._write_record(sandbox)
+        log.info("sandbox %s handed out from a warm pool", sandbox.id)
+        return sandbox
+
+    async def _start_pooled(self, spec: PoolSpec, runtime: str) -> Sandbox:
+        """Start a sandbox for a warm pool (shielded like :meth:`create`)."""
+        task = asyncio.get_running_loop().create_task(self._start_warm(spec, runtime))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._discard_abandoned)
+            raise
+
+    async def _start_warm(self, spec: PoolSpec, runtime: str) -> Sandbox:
+        built = self.images.get(spec.image)
+        sandbox = await self._start(spec.image, self.runtime(runtime), spec.resources,
+                                    dict(built.env), {}, POOLED_LIFETIME, pooled=True)
+        if spec.warm:
+            try:
+                execution = await sandbox.code.run(f"import {', '.join(spec.warm)}",
+                                                   timeout=WARM_TIMEOUT)
+                if execution.error is not None:
+                    raise InternalError(f"importing {', '.join(spec.warm)} failed: "
+                                        f"{execution.error.name}: {execution.error.value}")
+            except BaseException:
+                await asyncio.shield(self._stop(sandbox, "warming its kernel failed"))
+                raise
+        return sandbox
+
+    async def _start(self, image: str, chosen: Runtime, resources: Resources,
+                     env: dict[str, str], metadata: dict[str, str], timeout: float,
+                     pooled: bool) -> Sandbox:
+        """Build and start one sandbox, waiting for a start turn (admission control)."""
         if len(self._sandboxes) + self._pending >= self.settings.max_sandboxes:
             raise ResourceExhaustedError(
                 f"this node already runs {self.settings.max_sandboxes} sandboxes; kill some first")
+        if self._start_turns.locked() and self._waiting >= self.settings.start_queue:
+            raise ResourceExhaustedError(
+                f"{self.settings.start_queue} sandboxes are already waiting to start on this "
+                "node; retry in a moment")
+        self._waiting += 1
+        try:
+            await self._start_turns.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            return await self._start_now(image, chosen, resources, env, metadata, timeout,
+                                         pooled)
+        finally:
+            self._start_turns.release()
+
+    async def _start_now(self, image: str, chosen: Runtime, resources: Resources,
+                         env: dict[str, str], metadata: dict[str, str], timeout: float,
+                         pooled: bool) -> Sandbox:
+        assert self._bundle is not None
+        built = self.images.get(image)
         sandbox_id = f"sbx-{secrets.token_hex(8)}"
         spec = SandboxSpec(sandbox_id=sandbox_id, cgroup=f"{self.settings.node_key}/{sandbox_id}",
                            rootfs=built.rootfs, resources=resources, agent_bundle=self._bundle,
@@ -248,8 +372,10 @@ class Node:
             handle = await chosen.create(spec)
         finally:
             self._pending -= 1
-        sandbox = Sandbox(self, sandbox_id, image, chosen, handle, resources,
-                          {**dict(built.env), **env}, built.workdir, metadata, timeout)
+        sandbox = Sandbox(self, sandbox_id, image, chosen, handle, resources, env,
+                          built.workdir, metadata, timeout)
+        if pooled:
+            self._pooled.add(sandbox_id)
         self._sandboxes[sandbox_id] = sandbox
         try:
             process = await chosen.start(handle)
@@ -268,8 +394,8 @@ class Node:
         agent.on_close = lambda reason: self._agent_closed(sandbox, reason)
         sandbox.state = SandboxState.RUNNING
         sandbox._arm_timer()
-        self._write_record(sandbox)
-        log.info("sandbox %s started (%s, image %s)", sandbox_id, chosen.name, image)
+        log.info("sandbox %s started (%s, image %s%s)", sandbox_id, chosen.name, image,
+                 ", warm pool" if pooled else "")
         return sandbox
 
     def _write_record(self, sandbox: Sandbox) -> None:
@@ -397,17 +523,17 @@ class Node:
         """The sandbox with this id, running or recently stopped."""
         if not isinstance(sandbox_id, str) or not SANDBOX_ID.match(sandbox_id):
             raise NotFoundError(f"no sandbox {sandbox_id!r:.80}")
-        try:
-            return self._sandboxes[sandbox_id]
-        except KeyError:
-            raise NotFoundError(f"no sandbox {sandbox_id!r}") from None
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None or sandbox_id in self._pooled:
+            raise NotFoundError(f"no sandbox {sandbox_id!r}")
+        return sandbox
 
     def list(self, metadata: Mapping[str, str] | None = None,
              state: SandboxState | None = None) -> list[Sandbox]:
         """Sandboxes of this node, optionally those whose metadata includes ``metadata``."""
         wanted = dict(metadata or {})
-        return [sb for sb in self._sandboxes.values()
-                if all(sb.metadata.get(k) == v for k, v in wanted.items())
+        return [sb for sb in self._sandboxes.values() if sb.id not in self._pooled
+                and all(sb.metadata.get(k) == v for k, v in wanted.items())
                 and (state is None or sb.state is state)]
 
     async def destroy(self, sandbox_id: str) -> None:
@@ -435,8 +561,17 @@ class Node:
         finally:
             sandbox.state = SandboxState.STOPPED
             self._sandboxes.pop(sandbox.id, None)
+            self._pooled.discard(sandbox.id)
             log.info("sandbox %s stopped: %s", sandbox.id, sandbox.stop_reason)
 
 
 def _message(exc: BaseException) -> str:
     return exc.message if isinstance(exc, SandboxError) else str(exc)
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise InvalidArgumentError(f"{name}={raw!r:.40} is not a whole number") from None

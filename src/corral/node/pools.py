@@ -1,0 +1,201 @@
+"""Warm pools: sandboxes started ahead of demand, handed out by :meth:`Node.create`.
+
+A pool is a number of ready sandboxes of one (image, runtime, resources). A create request
+that matches a pool takes one of its sandboxes instead of starting one: the request's env,
+metadata and lifetime are bound to it at hand-out, so pooled sandboxes are interchangeable
+until then.
+
+Pre-warmed interpreters: a pool's sandboxes can also have their default code context's
+Jupyter kernel running, with heavy modules already imported (``warm``; by default numpy,
+pandas and matplotlib), so a first ``run_code`` that imports pandas costs a round trip, not
+seconds. Measured against the alternatives (docs/benchmarks.md, ARCHITECTURE.md): a warm
+kernel per pooled sandbox is what this host runs best; gVisor checkpoint/restore restores
+slower than a cold start here. The request's env reaches that kernel at hand-out.
+
+Only a sandbox whose agent answers a ping (and whose warm kernel is alive) is handed out;
+anything else falls back to a cold start, so a pool can only make a create faster, never
+make it fail. Each pool refills itself in the background, one sandbox at a time, backing
+off when starts fail.
+
+Pooled sandboxes are the node's alone: they are not listed, cannot be fetched by id, are
+never handed to a restarted node (they carry no record) and count toward ``max_sandboxes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from corral.api.errors import InvalidArgumentError, SandboxError
+from corral.api.resources import Resources
+
+from .models import SandboxState
+
+if TYPE_CHECKING:
+    from .node import Node
+    from .sandbox import Sandbox
+
+log = logging.getLogger(__name__)
+
+#: A pooled sandbox must answer this fast to be handed out.
+HEALTH_TIMEOUT = 2.0
+MAX_POOL_SIZE = 1000
+_BACKOFF = (1.0, 60.0)
+DEFAULT_WARM = ("numpy", "pandas", "matplotlib")
+_SPEC = re.compile(r"^(?P<image>[a-z0-9][a-z0-9._-]{0,63})(?::(?P<runtime>[a-z0-9-]{1,32}))?"
+                   r"=(?P<size>\d{1,4})(?:/(?P<warm>[A-Za-z0-9_.+]*))?$")
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """What one pool holds ready.
+
+    Attributes:
+        image: the image of its sandboxes.
+        runtime: their runtime; empty means the node's default.
+        size: how many it keeps ready.
+        resources: their limits; a request matches only with exactly these.
+        warm: modules the default code context imports ahead; None: start no kernel.
+    """
+
+    image: str
+    size: int
+    runtime: str = ""
+    resources: Resources = field(default_factory=Resources)
+    warm: tuple[str, ...] | None = DEFAULT_WARM
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.size <= MAX_POOL_SIZE:
+            raise InvalidArgumentError(f"pool size {self.size} is outside 0..{MAX_POOL_SIZE}")
+        for module in self.warm or ():
+            if not _MODULE.match(module) or len(module) > 200:
+                raise InvalidArgumentError(f"{module!r:.80} is not a module name")
+
+    @classmethod
+    def parse(cls, text: str) -> PoolSpec:
+        """``IMAGE[:RUNTIME]=SIZE[/MODULE+MODULE...]``.
+
+        ``python:gvisor=4`` keeps 4 sandboxes with a kernel that imported numpy, pandas
+        and matplotlib; ``python=2/numpy`` imports numpy only; ``python=2/`` starts no kernel.
+        """
+        match = _SPEC.match(text.strip())
+        if match is None:
+            raise InvalidArgumentError(
+                f"pool {text!r:.80} is not IMAGE[:RUNTIME]=SIZE[/MODULES], e.g. "
+                "python:gvisor=4 or python=2/numpy+pandas")
+        warm: tuple[str, ...] | None = DEFAULT_WARM
+        if match["warm"] is not None:
+            warm = tuple(m for m in match["warm"].split("+") if m) or None
+        return cls(image=match["image"], runtime=match["runtime"] or "", size=int(match["size"]),
+                   warm=warm)
+
+    @classmethod
+    def parse_list(cls, text: str) -> tuple[PoolSpec, ...]:
+        """Comma-separated :meth:`parse` specs (``CORRAL_POOLS``)."""
+        return tuple(cls.parse(part) for part in text.split(",") if part.strip())
+
+
+@dataclass
+class PoolStats:
+    """Counters of one pool since the node started."""
+
+    ready: int = 0
+    starting: int = 0
+    hits: int = 0
+    misses: int = 0
+    unhealthy: int = 0
+    failed_starts: int = 0
+
+
+class Pool:
+    """Ready sandboxes of one :class:`PoolSpec`, and the task that refills them."""
+
+    def __init__(self, node: Node, spec: PoolSpec, runtime: str) -> None:
+        self._node = node
+        self.spec = spec
+        self.runtime = runtime
+        self._ready: collections.deque[Sandbox] = collections.deque()
+        self._starting = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.stats = PoolStats()
+
+    def matches(self, image: str, runtime: str, resources: Resources) -> bool:
+        return (image, runtime, resources) == (self.spec.image, self.runtime,
+                                               self.spec.resources)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._fill())
+
+    async def take(self) -> Sandbox | None:
+        """A healthy ready sandbox, or None (the caller starts one cold)."""
+        try:
+            while self._ready:
+                sandbox = self._ready.popleft()
+                self._wake.set()
+                if await self._healthy(sandbox):
+                    self.stats.hits += 1
+                    return sandbox
+                self.stats.unhealthy += 1
+                await self._node._stop(sandbox, "unhealthy in its warm pool")
+            self.stats.misses += 1
+            return None
+        finally:
+            self.stats.ready = len(self._ready)
+
+    async def _healthy(self, sandbox: Sandbox) -> bool:
+        if sandbox.state is not SandboxState.RUNNING or sandbox.agent is None:
+            return False
+        if self.spec.warm and not sandbox.code.default_ready():
+            return False
+        try:
+            await sandbox.agent.call("ping", deadline=HEALTH_TIMEOUT)
+        except SandboxError:
+            return False
+        return True
+
+    async def _fill(self) -> None:
+        failures = 0
+        while True:
+            self._ready = collections.deque(sb for sb in self._ready
+                                            if sb.state is SandboxState.RUNNING)
+            self.stats.ready = len(self._ready)
+            if len(self._ready) + self._starting >= self.spec.size:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            self._starting += 1
+            self.stats.starting = self._starting
+            try:
+                sandbox = await self._node._start_pooled(self.spec, self.runtime)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a pool must outlive failed starts
+                failures += 1
+                self.stats.failed_starts += 1
+                delay = min(_BACKOFF[0] * 2 ** (failures - 1), _BACKOFF[1])
+                log.warning("warm pool %s: a start failed (%s); retrying in %g s",
+                            self.spec.image, exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            finally:
+                self._starting -= 1
+                self.stats.starting = self._starting
+            failures = 0
+            self._ready.append(sandbox)
+            self.stats.ready = len(self._ready)
+
+    async def close(self) -> list[Sandbox]:
+        """Stop refilling; returns the ready sandboxes, for the node to stop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        ready, self._ready = list(self._ready), collections.deque()
+        return ready
