@@ -14,11 +14,13 @@ from corral.api.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    RateLimitedError,
     ResourceExhaustedError,
     RuntimeUnavailableError,
     SandboxError,
     SandboxNotRunningError,
     SandboxTimeoutError,
+    UnavailableError,
 )
 from corral.api.resources import Resources
 
@@ -44,7 +46,8 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AgentError", "AsyncSandbox", "AuthenticationError", "CommandTimeoutError", "Context",
     "Execution", "ExecutionError", "Logs", "Result",
-    "InvalidArgumentError", "NotFoundError", "PermissionDeniedError", "Resources",
-    "ResourceExhaustedError", "RuntimeUnavailableError",
-    "Sandbox", "SandboxError", "SandboxNotRunningError", "SandboxTimeoutError", "__version__",
+    "InvalidArgumentError", "NotFoundError", "PermissionDeniedError", "RateLimitedError",
+    "Resources", "ResourceExhaustedError", "RuntimeUnavailableError",
+    "Sandbox", "SandboxError", "SandboxNotRunningError", "SandboxTimeoutError",
+    "UnavailableError", "__version__",
 ]

@@ -19,8 +19,10 @@ from jsonschema import Draft202012Validator
 from starlette.types import Message, Receive, Scope, Send
 
 NDJSON = "application/x-ndjson"
-#: Statuses a request to a path or method the API lacks may get (authentication first).
-UNROUTED = {401, 404, 405}
+#: Statuses a request to a path or method the API lacks may get: the checks that come
+#: before routing (header size 400, server cap 503, authentication 401, failed
+#: authentications 429), then 404 or 405.
+UNROUTED = {400, 401, 404, 405, 429, 503}
 _KEEP = 8 * 1024 * 1024  # enough of a body to check; downloads are not kept
 
 

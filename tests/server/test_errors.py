@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from corral import Sandbox
-from corral.api.errors import HTTP_STATUS, ErrorCode, RequestTooLargeError, code_for_status
+from corral.api.errors import (
+    HTTP_STATUS,
+    ErrorCode,
+    RateLimitedError,
+    RequestTooLargeError,
+    ResourceExhaustedError,
+    code_for_status,
+)
 from corral.sdk._http import ApiClient
 
 from .conftest import Server, assert_error
@@ -102,11 +109,23 @@ def test_unknown_routes_and_methods_keep_the_shape(server: Server) -> None:
         assert_error(http.patch("/v1/sandboxes"), 405, "invalid_argument")
 
 
-def test_status_table_is_one_to_one() -> None:
+def test_status_table_maps_back() -> None:
+    """Every code has a status; a body-less status maps back to its one code, or for the
+    two shared statuses to what a proxy means by it (a rate limit, an unavailable
+    upstream), whose classes are still ``except``-able as the other code's where it was
+    already the parent class."""
+    shared = {429: {ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.RATE_LIMITED},
+              503: {ErrorCode.RUNTIME_UNAVAILABLE, ErrorCode.UNAVAILABLE}}
     assert set(HTTP_STATUS) == set(ErrorCode)
-    assert len(set(HTTP_STATUS.values())) == len(HTTP_STATUS)
     for code, status in HTTP_STATUS.items():
-        assert code_for_status(status) is code
+        if status in shared:
+            assert code in shared[status]
+        else:
+            assert code_for_status(status) is code
+    assert len(set(HTTP_STATUS.values())) == len(HTTP_STATUS) - len(shared)
+    assert code_for_status(429) is ErrorCode.RATE_LIMITED
+    assert code_for_status(503) is ErrorCode.UNAVAILABLE
+    assert issubclass(RateLimitedError, ResourceExhaustedError)
     assert code_for_status(418) is ErrorCode.INVALID_ARGUMENT
     assert code_for_status(599) is ErrorCode.INTERNAL
 

@@ -26,6 +26,8 @@ class ErrorCode(StrEnum):
     RUNTIME_UNAVAILABLE = "runtime_unavailable"
     AGENT_ERROR = "agent_error"
     REQUEST_TOO_LARGE = "request_too_large"
+    RATE_LIMITED = "rate_limited"
+    UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
 
 
@@ -35,9 +37,13 @@ class SandboxError(Exception):
     Attributes:
         code: the :class:`ErrorCode` naming what went wrong.
         message: a sentence for people, saying what to do next where that is known.
+        retry_after: seconds the server asked the caller to wait before trying again (its
+            ``Retry-After`` header), when it said; set on :class:`RateLimitedError` and
+            :class:`UnavailableError`.
     """
 
     code: ErrorCode = ErrorCode.INTERNAL
+    retry_after: float | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -128,6 +134,20 @@ class RequestTooLargeError(ResourceExhaustedError):
     code = ErrorCode.REQUEST_TOO_LARGE
 
 
+class RateLimitedError(ResourceExhaustedError):
+    """Too many requests with this API key (or, unauthenticated, from this address): the
+    request was refused before it did anything; try again after :attr:`retry_after` s."""
+
+    code = ErrorCode.RATE_LIMITED
+
+
+class UnavailableError(SandboxError):
+    """The server is at its limit of requests in flight (or shutting down): nothing was done;
+    try again after :attr:`retry_after` seconds."""
+
+    code = ErrorCode.UNAVAILABLE
+
+
 class InternalError(SandboxError):
     """A bug or an unexpected host failure."""
 
@@ -149,12 +169,16 @@ ERROR_CLASSES: dict[ErrorCode, type[SandboxError]] = {
         RuntimeUnavailableError,
         AgentError,
         RequestTooLargeError,
+        RateLimitedError,
+        UnavailableError,
         InternalError,
     )
 }
 
-#: The HTTP status each code is answered with; the server and the SDK share it. Every code
-#: has its own status, so a body-less error (from a proxy, say) still maps back to a class.
+#: The HTTP status each code is answered with; the server and the SDK share it. Two statuses
+#: answer two codes each: 429 (``resource_exhausted``, ``rate_limited``) and 503
+#: (``runtime_unavailable``, ``unavailable``); every other status belongs to one code, so a
+#: body-less error (from a proxy, say) still maps back to a class (:func:`code_for_status`).
 HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_ARGUMENT: 400,  # every validation failure, pydantic's included
     ErrorCode.UNAUTHENTICATED: 401,
@@ -165,11 +189,15 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.SANDBOX_NOT_RUNNING: 410,
     ErrorCode.REQUEST_TOO_LARGE: 413,
     ErrorCode.RESOURCE_EXHAUSTED: 429,
+    ErrorCode.RATE_LIMITED: 429,  # the request was refused before it did anything
     ErrorCode.INTERNAL: 500,
     ErrorCode.AGENT_ERROR: 502,
     ErrorCode.RUNTIME_UNAVAILABLE: 503,
+    ErrorCode.UNAVAILABLE: 503,  # the server is at its limit of requests in flight
     ErrorCode.COMMAND_TIMEOUT: 504,
 }
+#: A body-less 429 or 503 comes from a proxy or a load balancer: a rate limit, an upstream
+#: that is unavailable. The later entry of a shared status wins.
 _CODE_OF_STATUS = {status: code for code, status in HTTP_STATUS.items()}
 
 

@@ -6,6 +6,7 @@
     corral bench --quick                        # measure start-up against bare runsc/bwrap
     corral serve                                # the HTTP API (see corral keys create)
     corral sandbox create | list | exec | kill  # sandboxes on that server
+    corral audit                                # who did what to which sandbox
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import typer
 
 from corral import __version__
 
-from . import bench, doctor, image, keys, run, sandbox, serve
+from . import audit, bench, doctor, image, keys, run, sandbox, serve
 
 __all__ = ["app", "main"]
 
@@ -34,6 +35,7 @@ app.command()(bench.bench)
 app.add_typer(image.app, name="image")
 app.command()(serve.serve)
 app.add_typer(keys.app, name="keys")
+app.command()(audit.audit)
 app.add_typer(sandbox.app, name="sandbox")
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Annotated
 
 import typer
 
-from corral.server import ServerSettings, create_app
+from corral.server import ServerSettings, create_app, logs
+from corral.server.http import uvicorn_options
 from corral.server.tls import TlsFiles, ensure_tls
 
 from ._common import DataDirOption, reporting_errors, say
@@ -30,6 +32,22 @@ def serve(
         help="A host name or IP address the certificate must name besides localhost, "
              "127.0.0.1 and ::1; repeat for more (env CORRAL_TLS_NAMES, comma-separated).")
     ] = None,
+    rate: Annotated[float | None, typer.Option(
+        "--rate", min=0, show_default="50",
+        help="Requests a second one API key may make, sustained; past it 429 with "
+             "Retry-After (env CORRAL_RATE; 0: no limit).")] = None,
+    burst: Annotated[int | None, typer.Option(
+        "--burst", min=0, show_default="200",
+        help="Requests one API key may make at once above --rate (env CORRAL_BURST).")
+    ] = None,
+    in_flight: Annotated[int | None, typer.Option(
+        "--in-flight", min=0, show_default="1024",
+        help="Requests served at once, all keys together; past it 503 (env "
+             "CORRAL_IN_FLIGHT).")] = None,
+    in_flight_per_key: Annotated[int | None, typer.Option(
+        "--in-flight-per-key", min=0, show_default="128",
+        help="Requests of one API key served at once, streams included; past it 429 (env "
+             "CORRAL_IN_FLIGHT_PER_KEY). docs/api.md lists every limit.")] = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Serve the Corral HTTP API (sandboxes, commands, files) on this host.
@@ -42,7 +60,12 @@ def serve(
 
     with reporting_errors():
         settings = ServerSettings.from_env(data_dir=data_dir, host=host, port=port, tls=tls,
-                                           tls_names=tls_names)
+                                           tls_names=tls_names, limits={
+                                               "rate": rate, "burst": burst,
+                                               "in_flight": in_flight,
+                                               "in_flight_per_key": in_flight_per_key})
+        # JSON lines on stderr: the request log, sandbox events, errors (server/logs.py).
+        logs.configure(os.environ.get("CORRAL_LOG_LEVEL", "INFO").upper())
         files = ensure_tls(settings.tls_dir, settings.tls_names) if settings.tls else None
         app = create_app(settings)
     if not _is_loopback(settings.host):
@@ -54,8 +77,8 @@ def serve(
     say(f"make an API key with: corral keys create --data-dir {settings.node.data_dir}")
     say(f"then, for the SDK and the CLI: export CORRAL_URL={settings.url} "
         "CORRAL_API_KEY=<the key>" + (f" CORRAL_CA_FILE={files.ca_cert}" if files else ""))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
-                server_header=False, ssl_keyfile=str(files.key) if files else None,
+    uvicorn.run(app, host=settings.host, port=settings.port, **uvicorn_options(settings),
+                ssl_keyfile=str(files.key) if files else None,
                 ssl_certfile=str(files.cert) if files else None)
 
 

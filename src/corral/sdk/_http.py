@@ -38,14 +38,26 @@ Params = Mapping[str, str | int | float | bool]
 
 
 def error_of(response: httpx.Response) -> SandboxError:
-    """The exception an error response stands for."""
+    """The exception an error response stands for (with the server's ``Retry-After``)."""
     try:
         body = ErrorBody.model_validate_json(response.content)
     except ValidationError:
         text = response.text[:300].strip() or response.reason_phrase
-        return error_from_code(code_for_status(response.status_code),
-                               f"HTTP {response.status_code} from {response.url}: {text}")
-    return error_from_code(body.error.code, body.error.message)
+        error = error_from_code(code_for_status(response.status_code),
+                                f"HTTP {response.status_code} from {response.url}: {text}")
+    else:
+        error = error_from_code(body.error.code, body.error.message)
+    error.retry_after = _seconds(response.headers.get("retry-after"))
+    return error
+
+
+def _seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` of seconds (the only form the server sends), or None."""
+    try:
+        seconds = float(value) if value else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < 86400 else None
 
 
 @contextlib.contextmanager

@@ -2,7 +2,8 @@
 
 One process holds the control plane and the node: the lifespan opens the store, starts
 the node (which sweeps what a previous run left) and closes both in reverse. Requests go
-through authentication, then the body bound, then a route. Docs pages are off; every
+through logging, rate limits, authentication, the audit trail and the body bounds
+(:mod:`.middleware`), then a route. Docs pages are off; every
 path needs a key but the OpenAPI document, ``GET /openapi.json``.
 """
 
@@ -17,14 +18,14 @@ from fastapi import FastAPI
 from corral import __version__
 from corral.node import Node
 
-from . import errors, openapi
-from .limits import BodyLimit
-from .metrics import HttpMetrics, Metrics
-from .routes import code, commands, files, metrics, sandboxes
+from . import errors, middleware, openapi
+from .metrics import Metrics
+from .routes import audit, code, commands, files, metrics, sandboxes
 from .services import CommandService, FileService, IdleReaper, SandboxService
 from .services.code import CodeService
 from .settings import ServerSettings
 from .store import KeyStore, SandboxStore, open_engine
+from .store.audit import AuditStore
 from .store.schema import database_url
 
 log = logging.getLogger(__name__)
@@ -64,11 +65,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.metrics = Metrics(node)
     errors.install(app)
     openapi.install(app)
-    for module in (sandboxes, commands, files, code, metrics):
+    for module in (sandboxes, commands, files, code, metrics, audit):
         app.include_router(module.router)
-    # Added last runs first: metrics, authentication, then the body bound, then the routes.
-    app.add_middleware(BodyLimit, limit=settings.max_body, exempt=files.is_upload)
-    app.add_middleware(openapi.AuthenticateExceptSpec, keys=keys)
-    app.add_middleware(HttpMetrics, metrics=app.state.metrics,
-                       templates=lambda: app.openapi()["paths"])
+    app.state.audit = AuditStore(engine)
+    # Logs, metrics, limits, authentication, audit, body bounds: see middleware.py.
+    middleware.install(app, settings, keys, app.state.audit)
     return app

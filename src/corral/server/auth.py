@@ -5,12 +5,23 @@ without a live key is answered 401 before its body is read or parsed, whatever i
 path. Keys are looked up by their sha256 (:mod:`corral.server.store.keys`), so nothing
 compares the secret byte by byte. Routes take the tenant from :data:`Tenant`. Keys are
 never logged.
+
+Failed authentications are rate limited per client address (a token bucket,
+:class:`corral.server.ratelimit.Buckets`): an address out of tokens is answered
+``429 rate_limited`` without a lookup, unless the key it presents authenticated recently,
+so that a client sharing an address with a guesser (behind one proxy, say) keeps working.
+Keys carry 256 random bits, so the limit bounds the cost of a flood of bad keys (lookups,
+log lines) more than the odds of a guess, which are nil either way.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+import hashlib
+import math
+import time
+from collections import OrderedDict
+from typing import Annotated, Final
 
 from fastapi import Depends, Request
 from starlette.datastructures import Headers
@@ -19,9 +30,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from corral.api.errors import AuthenticationError, ErrorCode
 
 from .errors import error_response
-from .store import KeyStore
+from .ratelimit import KEY_ID_SCOPE, Buckets, client_name, retry_after
+from .store import KeyRef, KeyStore
 
 _SCOPE_KEY = "corral.tenant"
+#: How long a key that authenticated stays exempt from its address's failure limit.
+RECENT_KEY_SECONDS: Final = 600.0
 _HINT = "send `Authorization: Bearer <key>`; `corral keys create` makes one"
 
 
@@ -34,25 +48,55 @@ def presented_key(headers: Headers) -> str | None:
 
 
 class Authenticate:
-    """Answer 401 unless the request carries a live key; record its tenant in the scope."""
+    """Answer 401 unless the request carries a live key; record its tenant and key id in
+    the scope. Failures are limited per client address by ``failures`` (none: unlimited)."""
 
-    def __init__(self, app: ASGIApp, keys: KeyStore) -> None:
+    def __init__(self, app: ASGIApp, keys: KeyStore, failures: Buckets | None = None,
+                 recent_size: int = 10_000) -> None:
         self.app = app
         self.keys = keys
+        self.failures = failures if failures is not None else Buckets(0, 0)
+        # sha256 of keys that authenticated lately -> when; oldest first, bounded.
+        self._recent: OrderedDict[str, float] = OrderedDict()
+        self._recent_size = max(1, recent_size)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         key = presented_key(Headers(scope=scope))
-        tenant = await asyncio.to_thread(self.keys.tenant_of, key) if key else None
-        if tenant is None:
+        address = client_name(scope)
+        digest = hashlib.sha256(key.encode()).hexdigest() if key else ""
+        wait = self.failures.wait(address)
+        if wait > 0 and not self._recently_good(digest):
+            message = ("too many failed authentications from this address; try again in "
+                       f"{max(1, math.ceil(wait))} s")
+            await error_response(ErrorCode.RATE_LIMITED, message,
+                                 headers=retry_after(wait))(scope, receive, send)
+            return
+        found: KeyRef | None = (await asyncio.to_thread(self.keys.identify, key)
+                                if key else None)
+        if found is None:
+            self.failures.take(address)
+            self._recent.pop(digest, None)
             message = (f"no API key: {_HINT}" if not key
                        else "the API key is not valid (unknown or revoked)")
             await error_response(ErrorCode.UNAUTHENTICATED, message)(scope, receive, send)
             return
-        scope[_SCOPE_KEY] = tenant
+        self._remember(digest)
+        scope[_SCOPE_KEY] = found.tenant
+        scope[KEY_ID_SCOPE] = found.id
         await self.app(scope, receive, send)
+
+    def _recently_good(self, digest: str) -> bool:
+        seen = self._recent.get(digest) if digest else None
+        return seen is not None and time.monotonic() - seen < RECENT_KEY_SECONDS
+
+    def _remember(self, digest: str) -> None:
+        self._recent[digest] = time.monotonic()
+        self._recent.move_to_end(digest)
+        while len(self._recent) > self._recent_size:
+            self._recent.popitem(last=False)
 
 
 def _tenant(request: Request) -> str:
@@ -63,3 +107,9 @@ def _tenant(request: Request) -> str:
 
 
 Tenant = Annotated[str, Depends(_tenant)]
+
+
+def tenant_of(scope: Scope) -> str | None:
+    """The authenticated tenant of a request, once :class:`Authenticate` has run."""
+    tenant = scope.get(_SCOPE_KEY)
+    return tenant if isinstance(tenant, str) else None

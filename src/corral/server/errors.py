@@ -2,13 +2,15 @@
 
 The status comes from :data:`corral.api.errors.HTTP_STATUS`, the table the SDK reads back.
 Validation messages name the field and the rule, never the value sent (it may be a secret
-or code). Unexpected exceptions are logged with a reference the client is given.
+or code). Unexpected exceptions are logged with a reference the client is given. Answers
+may carry headers (``Retry-After`` on 429 and 503).
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,9 +25,11 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE = 2000
 
 
-def error_response(code: ErrorCode, message: str, status: int | None = None) -> JSONResponse:
+def error_response(code: ErrorCode, message: str, status: int | None = None,
+                   headers: Mapping[str, str] | None = None) -> JSONResponse:
     body = ErrorBody(error=ErrorDetail(code=code.value, message=message[:MAX_MESSAGE]))
-    return JSONResponse(body.model_dump(), status_code=status or http_status(code))
+    return JSONResponse(body.model_dump(), status_code=status or http_status(code),
+                        headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -61,6 +65,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         ref = secrets.token_hex(6)
-        log.error("internal error %s on %s %s: %s", ref, request.method, request.url.path,
-                  type(exc).__name__, exc_info=exc)
+        # The path as sent is not logged (the access line names its route template), nor
+        # the exception's message, which may quote a request field: only its type and stack.
+        log.error("internal error %s on %s: %s", ref, request.method, type(exc).__name__,
+                  exc_info=exc)
         return error_response(ErrorCode.INTERNAL, f"internal error (reference {ref})")

@@ -9,6 +9,7 @@ reveals no one's data. Each app has its own registry, so several apps in one pro
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable
 from typing import Final
@@ -18,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from corral.api.errors import code_for_status
+from corral.api.errors import ErrorCode, code_for_status
 from corral.node import Node, SandboxState
 
 #: Route label of a request that matched no route (its path is never a label).
@@ -85,50 +86,83 @@ def outcome_of(exit_code: int, reason: str | None) -> str:
     return "success" if exit_code == 0 else "failure"
 
 
+class RouteTemplates:
+    """Which path template of the published document a path matches, and its
+    ``{sandbox_id}``; built on first use, since the document is too."""
+
+    def __init__(self, templates: Callable[[], Iterable[str]]) -> None:
+        self._templates = templates
+        self._patterns: list[tuple[re.Pattern[str], str]] | None = None
+
+    def __call__(self, path: str) -> tuple[str, str | None]:
+        """``(template, sandbox id)``; ``(UNMATCHED, None)`` for a path the API lacks."""
+        if self._patterns is None:
+            self._patterns = [
+                (re.compile("^" + re.sub(r"\{([^/}]+)\}", r"(?P<\1>[^/]+)", t) + "$"), t)
+                for t in self._templates()]
+        for pattern, template in self._patterns:
+            found = pattern.match(path)
+            if found:
+                return template, found.groupdict().get("sandbox_id")
+        return UNMATCHED, None
+
+
 class HttpMetrics:
     """Count every response by route template and status, and errors by code.
 
     Outermost middleware, so answers of the layers inside it (401 from authentication,
-    413 from the body bound) are counted too. The route label is the path template of the
-    published OpenAPI document the path matches, never the path as sent.
+    413 from the body bound, 429 from rate limits) are counted too. The route label is the
+    path template of the published OpenAPI document the path matches, never the path as
+    sent. The error code is the one the body names (429 and 503 each answer two codes).
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics,
-                 templates: Callable[[], Iterable[str]]) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, templates: RouteTemplates) -> None:
         self.app = app
         self.metrics = metrics
         self._templates = templates
-        self._patterns: list[tuple[re.Pattern[str], str]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         status = 500  # an exception that escapes every handler ends as a 500
+        code: str | None = None
 
         async def recording(message: Message) -> None:
-            nonlocal status
+            nonlocal status, code
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+            elif (message["type"] == "http.response.body" and status >= 400
+                  and code is None):
+                code = error_code_of(message.get("body", b""))
             await send(message)
 
         try:
             await self.app(scope, receive, recording)
         finally:
-            self._count(scope, status)
+            self._count(scope, status, code)
 
-    def _count(self, scope: Scope, status: int) -> None:
+    def _count(self, scope: Scope, status: int, code: str | None) -> None:
         self.metrics.requests.labels(self.route(scope["path"]), scope["method"],
                                      str(status)).inc()
         if status >= 400:
-            self.metrics.errors.labels(code_for_status(status).value).inc()
+            self.metrics.errors.labels(code or code_for_status(status).value).inc()
 
     def route(self, path: str) -> str:
         """The template ``path`` matches (``/v1/sandboxes/{sandbox_id}``), or ``unmatched``."""
-        if self._patterns is None:
-            self._patterns = [(re.compile("^" + re.sub(r"\{[^/}]+\}", "[^/]+", t) + "$"), t)
-                              for t in self._templates()]
-        for pattern, template in self._patterns:
-            if pattern.match(path):
-                return template
-        return UNMATCHED
+        return self._templates(path)[0]
+
+
+_CODES: Final = frozenset(code.value for code in ErrorCode)
+
+
+def error_code_of(body: bytes) -> str | None:
+    """The code of an error body in the one shape, if it is one (and a known code: the
+    label set stays fixed)."""
+    if not body.startswith(b'{"error"') or len(body) > 8192:
+        return None
+    try:
+        code = json.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return code if code in _CODES else None

@@ -13,13 +13,12 @@ from typing import Any, Final
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import TypeAdapter
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from corral.api import models
 from corral.api.errors import ErrorCode, http_status
 
 from .auth import Authenticate
-from .store import KeyStore
 
 SPEC_PATH: Final = "/openapi.json"
 NDJSON: Final = "application/x-ndjson"
@@ -35,6 +34,10 @@ _MEANING: Final = {
     ErrorCode.SANDBOX_NOT_RUNNING: "the sandbox has stopped; the message says why",
     ErrorCode.REQUEST_TOO_LARGE: "the request body is over the limit (1 MiB by default)",
     ErrorCode.RESOURCE_EXHAUSTED: "a limit was reached (sandboxes, memory, disk)",
+    ErrorCode.RATE_LIMITED: "too many requests with this key (or failed authentications from "
+                            "this address); nothing was done; `Retry-After` says when to retry",
+    ErrorCode.UNAVAILABLE: "the server is at its limit of requests or connections; nothing "
+                           "was done; `Retry-After` says when to retry",
     ErrorCode.INTERNAL: "a bug; the message carries a reference to the server's log",
     ErrorCode.AGENT_ERROR: "the agent inside the sandbox failed",
     ErrorCode.RUNTIME_UNAVAILABLE: "the runtime asked for does not work on this host",
@@ -43,8 +46,11 @@ _MEANING: Final = {
 #: Every operation may answer these: authentication and the body bound come before the
 #: route, and any call can meet a limit or a failure of the host.
 _ANY: Final = (ErrorCode.INVALID_ARGUMENT, ErrorCode.UNAUTHENTICATED,
-               ErrorCode.REQUEST_TOO_LARGE, ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.INTERNAL,
-               ErrorCode.AGENT_ERROR, ErrorCode.RUNTIME_UNAVAILABLE)
+               ErrorCode.REQUEST_TOO_LARGE, ErrorCode.RESOURCE_EXHAUSTED,
+               ErrorCode.RATE_LIMITED, ErrorCode.INTERNAL, ErrorCode.AGENT_ERROR,
+               ErrorCode.RUNTIME_UNAVAILABLE, ErrorCode.UNAVAILABLE)
+#: Statuses whose answers carry ``Retry-After``.
+_RETRY: Final = {ErrorCode.RATE_LIMITED, ErrorCode.UNAVAILABLE}
 #: And an operation on one sandbox these.
 _ONE_SANDBOX: Final = (ErrorCode.NOT_FOUND, ErrorCode.SANDBOX_NOT_RUNNING,
                        ErrorCode.SANDBOX_TIMEOUT)
@@ -127,19 +133,23 @@ def _document_errors(path: str, operation: dict[str, Any]) -> None:
         codes += _ONE_SANDBOX
     for tag in operation.get("tags", ()):
         codes += _BY_TAG.get(tag, ())
-    for code in sorted(set(codes), key=http_status):
-        responses.setdefault(str(http_status(code)), {
-            "description": f"`{code.value}`: {_MEANING[code]}",
+    by_status: dict[int, list[ErrorCode]] = {}
+    for code in sorted(set(codes), key=lambda c: (http_status(c), c.value)):
+        by_status.setdefault(http_status(code), []).append(code)
+    for status, shared in by_status.items():
+        response = responses.setdefault(str(status), {
+            "description": "; ".join(f"`{c.value}`: {_MEANING[c]}" for c in shared),
             "content": {"application/json": {"schema": {"$ref": _REF.format(
                 model="ErrorBody")}}}})
+        if _RETRY & set(shared):
+            response.setdefault("headers", {})["Retry-After"] = {
+                "description": "Seconds to wait before trying again",
+                "schema": {"type": "integer", "minimum": 1}}
 
 
 class AuthenticateExceptSpec(Authenticate):
     """:class:`~corral.server.auth.Authenticate`, but ``GET /openapi.json`` needs no key:
     the document describes the API, not anyone's data."""
-
-    def __init__(self, app: ASGIApp, keys: KeyStore) -> None:
-        super().__init__(app, keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] == "http" and scope["path"] == SPEC_PATH

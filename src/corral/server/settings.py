@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from corral.api.errors import InvalidArgumentError
 from corral.node import NodeSettings
 
 from .store.schema import database_url
@@ -15,6 +16,102 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8470
 #: Largest JSON (or stdin) request body; file uploads stream and are bounded by the disk.
 MAX_BODY = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one client may ask of the server, and how long it may take to ask.
+
+    Each can be set with ``CORRAL_<NAME>`` (``CORRAL_RATE=100``); docs/api.md lists them.
+    A rate, burst or count of 0 turns that limit off.
+
+    Attributes:
+        rate: requests a second one API key may make, sustained (a token bucket).
+        burst: requests one API key may make at once, above ``rate``.
+        in_flight_per_key: requests of one API key being served at once (streams included).
+        in_flight: requests being served at once, all keys together; past it: 503.
+        auth_failure_rate, auth_failure_burst: failed authentications one client address
+            (an IPv6 /64) may make, sustained and at once; past them its requests with a key
+            not recently seen working are refused (429) without a lookup.
+        buckets: client addresses (and keys) whose buckets are kept; the longest unused
+            are dropped first, and a dropped bucket was full anyway unless the table
+            overflowed.
+        json_depth: deepest nesting of arrays and objects a JSON body may have.
+        body_timeout: seconds a JSON (or stdin) body may take to arrive whole.
+        body_idle_timeout: seconds a streamed upload may pause between two pieces.
+        header_timeout: seconds a connection may take to send a request's line and headers.
+        keep_alive: seconds an idle connection is kept open between requests.
+        max_connections: open connections; one more is answered 503 and closed.
+        shutdown_grace: seconds requests in flight get to finish when the server stops.
+    """
+
+    rate: float = 50.0
+    burst: int = 200
+    in_flight_per_key: int = 128
+    in_flight: int = 1024
+    auth_failure_rate: float = 1.0
+    auth_failure_burst: int = 200
+    buckets: int = 10_000
+    json_depth: int = 64
+    body_timeout: float = 30.0
+    body_idle_timeout: float = 60.0
+    header_timeout: float = 10.0
+    keep_alive: float = 5.0
+    max_connections: int = 1000
+    shutdown_grace: float = 30.0
+
+    @classmethod
+    def from_env(cls, overrides: Mapping[str, float | None] | None = None,
+                 env: Mapping[str, str] | None = None) -> RequestLimits:
+        """Defaults, overridden by ``CORRAL_<NAME>``, overridden by ``overrides`` (flags)."""
+        env = os.environ if env is None else env
+        values: dict[str, float] = {}
+        for f in fields(cls):
+            raw = env.get(f"CORRAL_{f.name.upper()}")
+            given = (overrides or {}).get(f.name)
+            if given is not None:
+                values[f.name] = given
+            elif raw:
+                try:
+                    values[f.name] = float(raw)
+                except ValueError:
+                    raise InvalidArgumentError(
+                        f"CORRAL_{f.name.upper()}={raw!r:.40} is not a number") from None
+        return cls().with_values(values)
+
+    def with_values(self, values: Mapping[str, float]) -> RequestLimits:
+        """A copy with ``values`` checked and converted to each field's type."""
+        checked: dict[str, float | int] = {}
+        for f in fields(self):
+            if f.name not in values:
+                continue
+            value = values[f.name]
+            if not value >= 0 or value == float("inf"):
+                raise InvalidArgumentError(f"limit {f.name} must be a number >= 0, not "
+                                           f"{value!r:.40}")
+            checked[f.name] = int(value) if f.type in ("int", int) else float(value)
+        return replace(self, **checked)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """How much of the audit log is kept (``CORRAL_AUDIT_MAX_ROWS``,
+    ``CORRAL_AUDIT_MAX_AGE_DAYS``): the newest ``max_rows`` records, none older than
+    ``max_age_days``. 0 keeps everything (not recommended: the table then only grows)."""
+
+    max_rows: int = 1_000_000
+    max_age_days: float = 90.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AuditSettings:
+        env = os.environ if env is None else env
+        try:
+            return cls(max_rows=int(env.get("CORRAL_AUDIT_MAX_ROWS") or cls.max_rows),
+                       max_age_days=float(env.get("CORRAL_AUDIT_MAX_AGE_DAYS")
+                                          or cls.max_age_days))
+        except ValueError:
+            raise InvalidArgumentError("CORRAL_AUDIT_MAX_ROWS and CORRAL_AUDIT_MAX_AGE_DAYS "
+                                       "must be numbers") from None
 
 
 @dataclass(frozen=True)
@@ -30,6 +127,8 @@ class ServerSettings:
             off by default.
         tls_names: host names or addresses the certificate names besides ``localhost``,
             ``127.0.0.1`` and ``::1`` (``CORRAL_TLS_NAMES``, comma-separated).
+        limits: rate limits, concurrency caps and timeouts of requests.
+        audit: how much of the audit log is kept.
         keep_sandboxes: leave running sandboxes running when the server stops, for the next
             server on the same data dir to re-attach (``CORRAL_KEEP_SANDBOXES=0`` stops
             them instead); see ``NodeSettings.orphan_grace``.
@@ -43,12 +142,15 @@ class ServerSettings:
     idle_check_interval: float = 1.0
     tls: bool = False
     tls_names: tuple[str, ...] = ()
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     keep_sandboxes: bool = True
 
     @classmethod
     def from_env(cls, *, data_dir: Path | None = None, host: str | None = None,
                  port: int | None = None, tls: bool | None = None,
-                 tls_names: Sequence[str] | None = None) -> ServerSettings:
+                 tls_names: Sequence[str] | None = None,
+                 limits: Mapping[str, float | None] | None = None) -> ServerSettings:
         node = NodeSettings.from_env(data_dir)
         if tls is None:
             tls = _flag(os.environ.get("CORRAL_TLS", ""))
@@ -62,6 +164,8 @@ class ServerSettings:
             database_url=database_url(node.data_dir, os.environ.get("CORRAL_DATABASE_URL")),
             tls=tls,
             tls_names=tuple(n.strip() for n in tls_names if n.strip()),
+            limits=RequestLimits.from_env(limits),
+            audit=AuditSettings.from_env(),
             keep_sandboxes=_flag(os.environ.get("CORRAL_KEEP_SANDBOXES", "1")),
         )
 

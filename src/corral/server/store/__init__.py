@@ -7,8 +7,9 @@ used. The store is synchronous (the CLI uses it as is); the server calls it thro
 so a slow disk never stalls the event loop.
 """
 
-from .keys import ApiKey, KeyStore, NewKey
+from .keys import ApiKey, KeyRef, KeyStore, NewKey
 from .sandboxes import SandboxRecord, SandboxStore
 from .schema import open_engine
 
-__all__ = ["ApiKey", "KeyStore", "NewKey", "SandboxRecord", "SandboxStore", "open_engine"]
+__all__ = ["ApiKey", "KeyRef", "KeyStore", "NewKey", "SandboxRecord", "SandboxStore",
+           "open_engine"]

@@ -47,6 +47,14 @@ class ApiKey:
 
 
 @dataclass(frozen=True)
+class KeyRef:
+    """Who a request's key says the caller is: the key's id (never the key) and tenant."""
+
+    id: str
+    tenant: str
+
+
+@dataclass(frozen=True)
 class NewKey:
     """A freshly made key: ``key`` is its only copy."""
 
@@ -97,16 +105,21 @@ class KeyStore:
 
     def tenant_of(self, key: str) -> str | None:
         """The tenant a live key belongs to, or None for an unknown or revoked key."""
+        found = self.identify(key)
+        return found.tenant if found else None
+
+    def identify(self, key: str) -> KeyRef | None:
+        """Which live key ``key`` is (its id and tenant), or None if unknown or revoked."""
         if not key.startswith(KEY_PREFIX) or len(key) > MAX_KEY_LENGTH:
             return None
         digest = key_hash(key)
         with self._engine.connect() as db:
-            row = db.execute(select(api_keys.c.tenant, api_keys.c.key_hash)
+            row = db.execute(select(api_keys.c.id, api_keys.c.tenant, api_keys.c.key_hash)
                              .where(api_keys.c.key_hash == digest,
                                     api_keys.c.revoked_at.is_(None))).first()
         if row is None or not hmac.compare_digest(row.key_hash, digest):
             return None
-        return str(row.tenant)
+        return KeyRef(id=str(row.id), tenant=str(row.tenant))
 
 
 def _add_tenant(db: Connection, tenant: str) -> None:

@@ -14,12 +14,14 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     DateTime,
     Engine,
     Float,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     String,
     Table,
@@ -65,6 +67,25 @@ sandboxes = Table(
     # Seconds without API activity after which the server stops it; NULL: never.
     Column("idle_timeout", Float, nullable=True),
     Index("ix_sandboxes_tenant_state", "tenant", "state"),
+)
+
+#: The audit log: who did what to which sandbox, and how it ended. Never request content.
+#: No foreign keys: a record must be writable whatever else is in the database.
+audit_log = Table(
+    "audit_log", metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("tenant", String(64), nullable=False),
+    Column("key_id", String(32), nullable=True),
+    Column("action", String(128), nullable=False),
+    Column("sandbox_id", String(64), nullable=True),
+    Column("outcome", String(32), nullable=False),  # "ok" or the error code
+    Column("status", Integer, nullable=False),  # HTTP status; 0: the client left first
+    Column("request_id", String(64), nullable=True),
+    Column("client", String(64), nullable=True),
+    Index("ix_audit_log_tenant_seq", "tenant", "seq"),
+    Index("ix_audit_log_at", "at"),
 )
 
 

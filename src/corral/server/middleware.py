@@ -1,0 +1,58 @@
+"""The layers every request passes before a route, in order (outermost first):
+
+1. :class:`~corral.server.logs.RequestLog`: request id, ``X-Request-ID``, the access line.
+2. :class:`~corral.server.metrics.HttpMetrics`: counts every answer, refusals included.
+3. :class:`~corral.server.ratelimit.ServerCap`: requests in flight server-wide (503).
+4. :class:`~corral.server.limits.HeaderLimit`: header bytes (400).
+5. :class:`~corral.server.openapi.AuthenticateExceptSpec`: the key (401), failed
+   authentications per client address (429).
+6. :class:`~corral.server.ratelimit.KeyLimits`: the key's token bucket and requests in
+   flight (429).
+7. :class:`~corral.server.audit.AuditTrail`: who did what to which sandbox.
+8. :class:`~corral.server.limits.BodyLimit`: body size, nesting and deadlines (413, 400).
+
+Each refuses as early as it can, so a refused request costs little: no key lookup past
+the server's cap, no body read past authentication and rate limits.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from . import openapi
+from .audit import AuditTrail
+from .limits import BodyLimit, HeaderLimit
+from .logs import RequestLog
+from .metrics import HttpMetrics, RouteTemplates
+from .ratelimit import Buckets, KeyLimits, ServerCap
+from .routes import files
+from .settings import ServerSettings
+from .store import KeyStore
+from .store.audit import AuditStore
+
+events = logging.getLogger("corral.server.events")
+
+
+def install(app: FastAPI, settings: ServerSettings, keys: KeyStore, audit: AuditStore) -> None:
+    """Add the layers above to ``app`` (Starlette runs the one added last first)."""
+    limits = settings.limits
+    routes = RouteTemplates(lambda: app.openapi()["paths"])
+    app.add_middleware(BodyLimit, limit=settings.max_body, exempt=files.is_upload,
+                       json_depth=limits.json_depth, timeout=limits.body_timeout,
+                       idle_timeout=limits.body_idle_timeout)
+    app.add_middleware(AuditTrail, store=audit, settings=settings.audit, route=routes)
+    app.add_middleware(KeyLimits, rate=limits.rate, burst=limits.burst,
+                       in_flight=limits.in_flight_per_key, size=limits.buckets)
+    app.add_middleware(openapi.AuthenticateExceptSpec, keys=keys,
+                       failures=Buckets(limits.auth_failure_rate, limits.auth_failure_burst,
+                                        limits.buckets),
+                       recent_size=limits.buckets)
+    app.add_middleware(HeaderLimit)
+    app.add_middleware(ServerCap, limit=limits.in_flight)
+    app.add_middleware(HttpMetrics, metrics=app.state.metrics, templates=routes)
+    app.add_middleware(RequestLog, route=routes)
+    app.state.sandboxes.on_stopped.append(
+        lambda sandbox_id: events.info("sandbox %s stopped", sandbox_id,
+                                       extra={"event": "sandbox.stopped"}))

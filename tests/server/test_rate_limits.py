@@ -1,0 +1,212 @@
+"""Rate limits: a token bucket per key (exactly ``burst`` at once, then 429 with Retry-After,
+then recovery), requests in flight per key (429) and server-wide (503), failed
+authentications per client address (429, without locking out a key that works), and
+bounded tables. The buckets are checked exactly on a fake clock; over HTTP, against a
+server of the tests' own with tight limits (:mod:`tests.server._guarded`)."""
+
+from __future__ import annotations
+
+import math
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from corral import RateLimitedError, Sandbox, UnavailableError
+from corral.api.errors import ResourceExhaustedError
+from corral.server.ratelimit import Buckets, client_name
+
+from ._guarded import Guarded, guarded_server
+from .conftest import assert_error
+
+DEADLINE = 30.0  # bounds every wait below; never asserted on
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_bucket_allows_exactly_burst_then_refills_at_rate() -> None:
+    clock = Clock()
+    buckets = Buckets(rate=2.0, burst=5, clock=clock)
+    assert [buckets.take("k") for _ in range(5)] == [0.0] * 5
+    assert buckets.take("k") == pytest.approx(0.5)  # one token comes in 1/rate s
+    assert buckets.wait("k") == pytest.approx(0.5)
+    assert buckets.take("other") == 0.0  # buckets are per name
+    clock.now += 0.5
+    assert buckets.take("k") == 0.0
+    assert buckets.take("k") > 0
+    clock.now += 100  # refills to burst, never beyond
+    assert [buckets.take("k") for _ in range(5)] == [0.0] * 5
+    assert buckets.take("k") > 0
+
+
+def test_a_bucket_table_stays_bounded() -> None:
+    clock = Clock()
+    buckets = Buckets(rate=1.0, burst=3, size=100, clock=clock)
+    for i in range(10_000):
+        buckets.take(f"k{i}")
+    assert len(buckets) <= 100
+    # Entries that have refilled are dropped as new ones come: they equal no entry.
+    clock.now += 10
+    for i in range(5):
+        buckets.take(f"fresh{i}")
+    assert len(buckets) <= 100
+
+
+def test_zero_turns_a_limit_off() -> None:
+    buckets = Buckets(rate=0, burst=0)
+    assert all(buckets.take("k") == 0 for _ in range(1000)) and len(buckets) == 0
+
+
+@pytest.mark.parametrize(("host", "name"), [
+    ("203.0.113.7", "203.0.113.7"),
+    ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff::1", "2001:db8:1:2::/64"),  # the same /64: one bucket
+    ("::ffff:198.51.100.1", "198.51.100.1"),
+])
+def test_client_addresses_count_by_host_and_ipv6_64(host: str, name: str) -> None:
+    assert client_name({"client": (host, 1234)}) == name
+    assert client_name({}) == "unknown"
+
+
+@pytest.fixture(scope="module")
+def guarded(python_image: str) -> Iterator[Guarded]:
+    with guarded_server(python_image) as server:
+        yield server
+
+
+def test_a_key_gets_its_burst_then_429_then_recovers(guarded: Guarded) -> None:
+    limits = guarded.limits
+    with guarded.http(guarded.key()) as http:
+        started = time.monotonic()
+        admitted = 0
+        while (response := http.get("/v1/sandboxes")).status_code == 200:
+            admitted += 1
+            assert admitted < 10 * limits.burst, "the key was never limited"
+        elapsed = time.monotonic() - started
+        message = assert_error(response, 429, "rate_limited")
+        # At least the burst; beyond it, only what the rate refilled meanwhile.
+        assert limits.burst <= admitted <= limits.burst + math.ceil(elapsed * limits.rate)
+        assert "API key" in message
+        wait = int(response.headers["retry-after"])
+        assert wait >= 1
+        # Another key is not limited by this one's use.
+        with guarded.http(guarded.key()) as other:
+            assert other.get("/v1/sandboxes").status_code == 200
+        time.sleep(wait)
+        assert http.get("/v1/sandboxes").status_code == 200
+
+
+def test_the_sdk_raises_a_typed_error_with_retry_after(guarded: Guarded) -> None:
+    key = guarded.key()
+    with pytest.raises(RateLimitedError) as caught:
+        for _ in range(10 * guarded.limits.burst):
+            Sandbox.list(url=guarded.url, api_key=key)
+    assert caught.value.retry_after is not None and caught.value.retry_after >= 1
+    assert isinstance(caught.value, ResourceExhaustedError)  # callers catching that still do
+
+
+def _hold(guarded: Guarded, key: str, address: str) -> socket.socket:
+    """A request in flight until its socket closes: headers sent, the body never is."""
+    sock = guarded.connect(address)
+    sock.sendall(b"POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                 + key.encode() + b"\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 100\r\n\r\n{")
+    return sock
+
+
+def _until(check: Callable[[], bool], what: str, seen: list[int] | None = None) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not check():
+        assert time.monotonic() < deadline, f"{what} (statuses seen: {Counter(seen or [])})"
+        time.sleep(0.05)
+
+
+def _statuses(http: httpx.Client) -> int:
+    return http.get("/v1/sandboxes").status_code
+
+
+def _polled(http: httpx.Client, seen: list[int], wanted: int) -> Callable[[], bool]:
+    """A check that asks once more and notes the status."""
+    def check() -> bool:
+        seen.append(_statuses(http))
+        return seen[-1] == wanted
+    return check
+
+
+def test_requests_in_flight_per_key_are_capped(guarded: Guarded) -> None:
+    key = guarded.key()
+    address = guarded.address()
+    held = [_hold(guarded, key, address) for _ in range(guarded.limits.in_flight_per_key)]
+    try:
+        with guarded.http(key, address) as http:
+            seen: list[int] = []
+            _until(_polled(http, seen, 429),
+                   "the key's requests in flight were not capped", seen)
+            message = assert_error(http.get("/v1/sandboxes"), 429, "rate_limited")
+            assert "in flight" in message
+            with guarded.http(guarded.key()) as other:  # another key is served meanwhile
+                assert other.get("/v1/sandboxes").status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+    with guarded.http(key, address) as http:
+        _until(lambda: _statuses(http) == 200, "the key stayed capped after its requests ended")
+
+
+def test_requests_in_flight_server_wide_get_503(guarded: Guarded) -> None:
+    per_key = guarded.limits.in_flight_per_key
+    # One key more than the cap needs: requests of earlier tests may still be ending.
+    keys = [guarded.key() for _ in range(math.ceil(guarded.limits.in_flight / per_key) + 1)]
+    address = guarded.address()
+    held = [_hold(guarded, key, address) for key in keys for _ in range(per_key)]
+    try:
+        with guarded.http(guarded.key(), address) as http:
+            seen: list[int] = []
+            _until(_polled(http, seen, 503),
+                   "the server's requests were not capped", seen)
+            response = http.get("/v1/sandboxes")
+            assert_error(response, 503, "unavailable")
+            assert int(response.headers["retry-after"]) >= 1
+            with pytest.raises(UnavailableError):
+                Sandbox.list(url=guarded.url, api_key=guarded.key())
+    finally:
+        for sock in held:
+            sock.close()
+    with guarded.http(guarded.key()) as http:
+        _until(lambda: _statuses(http) == 200, "the server stayed capped")
+
+
+def test_failed_authentications_are_limited_per_address(guarded: Guarded) -> None:
+    limits = guarded.limits
+    address = guarded.address()
+    good = guarded.key()
+    with guarded.http(good, address) as http:
+        assert http.get("/v1/sandboxes").status_code == 200  # a key seen working here
+    with guarded.http("crl_guess", address) as guesser:
+        started = time.monotonic()
+        failures = 0
+        while (response := guesser.get("/v1/sandboxes")).status_code == 401:
+            failures += 1
+            assert failures < 10 * limits.auth_failure_burst, "failures were never limited"
+        elapsed = time.monotonic() - started
+        message = assert_error(response, 429, "rate_limited")
+        assert "failed authentications" in message and int(response.headers["retry-after"])
+        assert (limits.auth_failure_burst <= failures
+                <= limits.auth_failure_burst + math.ceil(elapsed * limits.auth_failure_rate))
+        # Even a right key is not looked up from this address now, unless seen working.
+        with guarded.http(guarded.key(), address) as unseen:
+            assert_error(unseen.get("/v1/sandboxes"), 429, "rate_limited")
+    with guarded.http(good, address) as http:
+        assert http.get("/v1/sandboxes").status_code == 200
+    # Other addresses are not affected.
+    with guarded.http("crl_guess") as elsewhere:
+        assert_error(elsewhere.get("/v1/sandboxes"), 401, "unauthenticated")
