@@ -58,6 +58,26 @@ class SandboxSpec:
     orphan_grace: float = 600.0
 
 
+@dataclass(frozen=True)
+class Weakening:
+    """Walls a runtime leaves out: only for the security suite's proof that its checks fail.
+
+    The hostile-program tests must be able to fail; ``tests/security/test_weakened.py``
+    starts runtimes built with one of these and asserts that the attacks then succeed.
+    Only a runtime's constructor takes it: no setting, environment variable, flag or API
+    field reaches it, and :func:`corral.runtime.get_runtime` always builds full-strength
+    runtimes. Every field defaults to the safe value.
+    """
+
+    #: namespaces: start without the seccomp filter.
+    no_seccomp: bool = False
+    #: Keep every capability (namespaces: in the sandbox's user namespace; gvisor: in the
+    #: Sentry) instead of Docker's default set.
+    all_capabilities: bool = False
+    #: namespaces: leave /proc's host-describing files unmasked.
+    unmasked_proc: bool = False
+
+
 @dataclass
 class RuntimeSandbox:
     """A runtime's handle on one sandbox. Owned by the node; mutated only by the runtime."""

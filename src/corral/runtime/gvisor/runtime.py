@@ -24,7 +24,7 @@ from corral.api.errors import InternalError
 from .. import _cgroups_unsafe as cgroups
 from .._host import HostRuntime, channel_dir, prepare_root, teardown
 from ..agent_bundle import CHANNEL_MOUNT_POINT, MOUNT_POINT, agent_command, agent_env
-from ..base import Availability, RuntimeSandbox, RuntimeState, SandboxSpec
+from ..base import Availability, RuntimeSandbox, RuntimeState, SandboxSpec, Weakening
 
 # The Sentry, gofer and ptrace stubs are host tasks that count toward the pids cgroup: an
 # idle python sandbox holds ~34 and gVisor panics when the limit is hit, so the host limit
@@ -35,15 +35,25 @@ CAPABILITIES = [
     "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_SETFCAP",
     "CAP_AUDIT_WRITE",
 ]
+#: Added to the set above only by a :class:`Weakening` with ``all_capabilities``.
+WEAKENED_EXTRA_CAPABILITIES = [
+    "CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_PTRACE", "CAP_MKNOD",
+    "CAP_DAC_READ_SEARCH", "CAP_SYS_MODULE",
+]
 MASKED_PATHS = ["/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
                 "/proc/sched_debug", "/sys/firmware", "/proc/scsi"]
 
 
-def oci_spec(spec: SandboxSpec) -> dict[str, Any]:
-    """The OCI runtime spec for one sandbox; the agent is its only initial process."""
+def oci_spec(spec: SandboxSpec, weakening: Weakening | None = None) -> dict[str, Any]:
+    """The OCI runtime spec for one sandbox; the agent is its only initial process.
+
+    ``weakening``: for the security suite only (see :class:`Weakening`).
+    """
+    weak = weakening or Weakening()
     res = spec.resources
     env = [f"{k}={v}" for k, v in agent_env(spec.orphan_grace).items()]
-    caps = {k: CAPABILITIES for k in ("bounding", "effective", "permitted")}
+    granted = CAPABILITIES + (WEAKENED_EXTRA_CAPABILITIES if weak.all_capabilities else [])
+    caps = {k: granted for k in ("bounding", "effective", "permitted")}
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -87,9 +97,12 @@ class GvisorRuntime(HostRuntime):
     name = "gvisor"
     strength = 2
 
-    def __init__(self, runsc: str = "runsc", platform: str = "ptrace") -> None:
+    def __init__(self, runsc: str = "runsc", platform: str = "ptrace",
+                 weakening: Weakening | None = None) -> None:
+        """``weakening``: for the security suite only (see :class:`Weakening`)."""
         self.runsc = runsc
         self.platform = platform
+        self._weakening = weakening or Weakening()
 
     def check(self) -> Availability:
         path = shutil.which(self.runsc)
@@ -123,7 +136,7 @@ class GvisorRuntime(HostRuntime):
         prepare_root(spec, userns=None)
         bundle = spec.directory / "bundle"
         bundle.mkdir()
-        (bundle / "config.json").write_text(json.dumps(oci_spec(spec)))
+        (bundle / "config.json").write_text(json.dumps(oci_spec(spec, self._weakening)))
         (spec.directory / "state").mkdir()
         # The cgroups are made and limited here, not by runsc: runsc deletes cgroups it made
         # as soon as the sandbox exits, taking the OOM and pids counters that say why with

@@ -8,7 +8,8 @@ Layers, outermost first:
   sandbox, and the image is seen through an idmapped mount so its files still belong to
   sandbox root.
 * bubblewrap: new mount, pid, network (loopback only), ipc, uts and cgroup namespaces;
-  the overlay root; a fresh ``/proc`` and minimal ``/dev``; no ``/sys``.
+  the overlay root; a fresh ``/proc`` (its files that describe the host's hardware and
+  kernel masked, see :data:`MASKED_PROC_FILES`) and minimal ``/dev``; no ``/sys``.
 * capabilities cut to Docker's default set (namespaced: they grant nothing on the host),
   no-new-privileges, and a seccomp filter (:mod:`._seccomp`).
 
@@ -32,7 +33,7 @@ from .. import _cgroups_unsafe as cgroups
 from .. import _mounts_unsafe as mounts
 from .._host import HostRuntime, channel_dir, check_alive, prepare_root, teardown
 from ..agent_bundle import CHANNEL_MOUNT_POINT, MOUNT_POINT, agent_command, agent_env
-from ..base import Availability, RuntimeSandbox, RuntimeState, SandboxSpec
+from ..base import Availability, RuntimeSandbox, RuntimeState, SandboxSpec, Weakening
 from . import _seccomp
 
 UID_BASE = 100_000
@@ -44,6 +45,38 @@ CAPABILITIES = (
     "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_SETFCAP",
     "CAP_AUDIT_WRITE",
 )
+#: /proc files masked (unreadable) in every sandbox: Docker's masked paths, and those that
+#: describe the host's hardware, kernel build, devices, disks and other tenants' activity
+#: (kernel symbols, interrupts by device, I/O memory map, boot command line, config.gz,
+#: global file locks, swap devices, ...). A fresh /proc is the host kernel's, not
+#: namespaced like gVisor's. Some stay readable because programs rely on them: cpuinfo,
+#: meminfo, stat, loadavg, uptime, version, vmstat (SECURITY.md, "Known limits").
+MASKED_PROC_FILES = (
+    "kcore", "keys", "key-users", "timer_list", "timer_stats", "sched_debug",
+    "latency_stats", "kallsyms", "config.gz", "cmdline", "iomem", "ioports", "interrupts",
+    "softirqs", "kpagecount", "kpageflags", "kpagecgroup", "slabinfo", "vmallocinfo",
+    "pagetypeinfo", "zoneinfo", "buddyinfo", "kmsg", "modules", "mtrr", "dma", "partitions",
+    "diskstats", "misc", "consoles", "devices", "fb", "locks", "swaps",
+)  # fmt: skip
+#: /proc folders replaced by an empty read-only tmpfs.
+MASKED_PROC_DIRS = ("acpi", "scsi", "asound", "driver", "dynamic_debug")
+
+
+def proc_mask_args() -> list[str]:
+    """bwrap arguments masking the host's /proc entries above (those this kernel has).
+
+    Files get the host's ``/dev/null`` bound over them: bwrap mounts it ``nodev``, so the
+    sandbox cannot even open it. A sandbox cannot lift a mask: ``umount`` needs
+    CAP_SYS_ADMIN and is refused by seccomp as well.
+    """
+    args: list[str] = []
+    for name in MASKED_PROC_FILES:
+        if os.path.lexists(f"/proc/{name}") and not os.path.isdir(f"/proc/{name}"):
+            args += ["--ro-bind", "/dev/null", f"/proc/{name}"]
+    for name in MASKED_PROC_DIRS:
+        if os.path.isdir(f"/proc/{name}"):
+            args += ["--tmpfs", f"/proc/{name}", "--remount-ro", f"/proc/{name}"]
+    return args
 
 
 def uid_base(files: tuple[Path, ...] = SUBID_FILES) -> int:
@@ -145,7 +178,9 @@ class NamespacesRuntime(HostRuntime):
     name = "namespaces"
     strength = 1
 
-    def __init__(self) -> None:
+    def __init__(self, weakening: Weakening | None = None) -> None:
+        """``weakening``: for the security suite only (see :class:`Weakening`)."""
+        self._weakening = weakening or Weakening()
         self._slots = _Slots()
         self._base = uid_base()
         if self._base + MAX_SLOTS * mounts.UID_RANGE >= 2**32 - 1:
@@ -217,7 +252,8 @@ class NamespacesRuntime(HostRuntime):
         join = cgroups.SandboxCgroups(spec.cgroup).joiner(v1=True)
         userns_fd = userns.fd
         slot_fd = self._slots.fd(slot)
-        seccomp_fd = _seccomp.filter_fd()
+        weak = self._weakening
+        seccomp_fd = -1 if weak.no_seccomp else _seccomp.filter_fd()
 
         def pre_exec() -> None:
             join()  # while still host root: cgroup files belong to the host
@@ -229,13 +265,19 @@ class NamespacesRuntime(HostRuntime):
         argv = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
                 "--unshare-cgroup-try", "--new-session", "--as-pid-1",
                 "--hostname", "sandbox", "--bind", str(spec.directory / "rootfs"), "/",
-                "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm",
+                "--proc", "/proc", *([] if weak.unmasked_proc else proc_mask_args()),
+                "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm",
                 "--ro-bind", str(spec.agent_bundle), MOUNT_POINT,
-                "--ro-bind", str(channel_dir(spec)), CHANNEL_MOUNT_POINT, "--chdir", "/",
-                "--cap-drop", "ALL"]
-        for cap in CAPABILITIES:
-            argv += ["--cap-add", cap]
-        argv += ["--seccomp", str(seccomp_fd), "--clearenv"]
+                "--ro-bind", str(channel_dir(spec)), CHANNEL_MOUNT_POINT, "--chdir", "/"]
+        if weak.all_capabilities:
+            argv += ["--cap-add", "ALL"]
+        else:
+            argv += ["--cap-drop", "ALL"]
+            for cap in CAPABILITIES:
+                argv += ["--cap-add", cap]
+        if seccomp_fd >= 0:
+            argv += ["--seccomp", str(seccomp_fd)]
+        argv += ["--clearenv"]
         for key, value in agent_env(spec.orphan_grace).items():
             argv += ["--setenv", key, value]
         argv += ["--", *agent_command()]
@@ -243,11 +285,13 @@ class NamespacesRuntime(HostRuntime):
             process = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, preexec_fn=pre_exec, start_new_session=True,
-                pass_fds=(seccomp_fd, slot_fd), limit=1024 * 1024)
+                pass_fds=(slot_fd,) if seccomp_fd < 0 else (seccomp_fd, slot_fd),
+                limit=1024 * 1024)
         except OSError as exc:
             raise InternalError(f"starting bubblewrap for {spec.sandbox_id}: {exc}") from exc
         finally:
-            os.close(seccomp_fd)
+            if seccomp_fd >= 0:
+                os.close(seccomp_fd)
         sandbox.process = process
         sandbox.state = RuntimeState.RUNNING
         return process
