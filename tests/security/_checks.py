@@ -1,0 +1,162 @@
+"""Hostile checks shared by the suite and by ``test_weakened.py``.
+
+Each ``check_*`` function runs one attack in a sandbox and raises ``AssertionError`` if the
+attack got anywhere. The same functions run against deliberately weakened runtimes in
+``test_weakened.py``, which asserts that they then fail: none of them can pass vacuously.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from corral.node import SyncSandbox
+
+PROGRAMS = Path(__file__).with_name("programs")
+#: Docker's default capability set, as /proc/self/status prints it.
+DOCKER_CAPS = "00000000a00405fb"
+
+
+@dataclass(frozen=True)
+class Victim:
+    """A neighbour sandbox holding a secret file; see :meth:`assert_unharmed`."""
+
+    PATH = "/work/victim-secret.txt"
+
+    sandbox: SyncSandbox
+    secret: str
+    host_dir: Path  # its directory on the host, which an attacker may try to reach
+
+    def assert_unharmed(self) -> None:
+        assert self.sandbox.files.read_text(self.PATH) == self.secret
+        r = self.sandbox.commands.run(["cat", self.PATH], timeout=60)
+        assert r.exit_code == 0 and r.stdout == self.secret, (r.stdout, r.stderr)
+
+
+def run_python(sb: SyncSandbox, source: str, *args: str, timeout: float = 120,
+               user: str | None = None) -> Any:
+    """Run ``source`` with the image's python3; it prints one JSON value as its last line."""
+    r = sb.commands.run(["python3", "-c", source, *args], timeout=timeout, user=user)
+    assert r.exit_code == 0, f"the hostile program itself broke: {r.stderr[-3000:]}"
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def run_program(sb: SyncSandbox, name: str, *args: str, timeout: float = 120) -> Any:
+    """Run ``programs/<name>`` the same way."""
+    return run_python(sb, (PROGRAMS / name).read_text(), *args, timeout=timeout)
+
+
+# -- privilege ----------------------------------------------------------------------------
+
+#: What programs/privilege.py tries, and what each runtime must answer.
+NAMESPACES_REFUSED = (
+    "mount", "mount_proc", "mount_cgroup", "umount_proc", "pivot_root", "ptrace_agent",
+    "process_vm_readv_agent", "init_module", "finit_module", "delete_module",
+    "bpf_prog_load", "bpf_map_create", "perf_event_open", "keyctl", "add_key",
+    "userfaultfd", "io_uring_setup", "kexec_load", "reboot", "open_by_handle_at",
+    "mknod_block", "swapon", "syslog_read", "settimeofday", "iopl", "fsopen",
+    "socket_packet", "socket_raw_inet", "socket_vsock", "unshare_user", "unshare_mount",
+    "unshare_net", "unshare_cgroup", "setns", "clone_newuser",
+)  # fmt: skip
+#: Under gVisor every syscall is served by the Sentry, never by the host kernel; these are
+#: the ones the Sentry must refuse as well. The rest (unshare, io_uring, mknod, a fake
+#: syslog, ...) the Sentry implements for the sandbox alone, which reaches nothing outside.
+GVISOR_REFUSED = (
+    "mount", "mount_proc", "mount_cgroup", "umount_proc", "pivot_root", "ptrace_agent",
+    "process_vm_readv_agent", "init_module", "finit_module", "delete_module",
+    "bpf_prog_load", "bpf_map_create", "perf_event_open", "keyctl", "add_key",
+    "userfaultfd", "kexec_load", "reboot", "open_by_handle_at", "swapon", "settimeofday",
+    "iopl", "fsopen", "socket_packet", "socket_raw_inet", "socket_vsock", "unshare_net",
+    "setns",
+)  # fmt: skip
+
+
+def check_privileged_syscalls(sb: SyncSandbox, runtime: str) -> dict[str, str]:
+    """mount, unshare, ptrace of the agent, modules, bpf, perf, keyctl, userfaultfd, raw
+    and packet sockets, ...: all refused; Docker's capabilities; no-new-privileges."""
+    results: dict[str, str] = run_program(sb, "privilege.py", timeout=60)
+    assert results["CapEff"] == DOCKER_CAPS, f"capabilities beyond Docker's: CapEff {results}"
+    assert results["no_new_privs"] == "1", "no-new-privileges is off"
+    if runtime == "namespaces":
+        # Seccomp answers EPERM; nothing is killed, so programs can fall back.
+        wrong = {k: results[k] for k in NAMESPACES_REFUSED if results[k] != "EPERM"}
+    else:
+        wrong = {k: results[k] for k in GVISOR_REFUSED if results[k] == "ok"}
+    assert not wrong, f"privileged operations that were not refused: {wrong}"
+    if runtime == "namespaces":
+        assert results["Seccomp"] == "2", "no seccomp filter"
+    return results
+
+
+SETUID = """
+import json, os, shutil, subprocess
+shutil.copy("/usr/bin/python3", "/work/suid-python")
+os.chown("/work/suid-python", 0, 0)
+os.chmod("/work/suid-python", 0o4755)
+
+def demote():
+    os.setgroups([]); os.setgid(1000); os.setuid(1000)
+
+out = subprocess.run(["/work/suid-python", "-c", "import os; print(os.geteuid())"],
+                     capture_output=True, text=True, preexec_fn=demote)
+print(json.dumps({"euid": out.stdout.strip(), "stderr": out.stderr[-500:]}))
+"""
+
+
+def check_setuid_does_not_elevate(sb: SyncSandbox) -> None:
+    """A setuid-root binary run by an unprivileged user stays unprivileged."""
+    result = run_python(sb, SETUID)
+    assert result["euid"] == "1000", result
+
+
+# -- /proc and /sys ------------------------------------------------------------------------
+
+#: Files that describe the host (its kernel build, hardware, devices, disks, other
+#: tenants' activity). In a sandbox each must be absent, unreadable or empty.
+HOST_DESCRIBING = (
+    "/proc/kallsyms", "/proc/config.gz", "/proc/cmdline", "/proc/iomem", "/proc/ioports",
+    "/proc/interrupts", "/proc/softirqs", "/proc/timer_list", "/proc/keys",
+    "/proc/key-users", "/proc/kcore", "/proc/sched_debug", "/proc/slabinfo",
+    "/proc/vmallocinfo", "/proc/zoneinfo", "/proc/buddyinfo", "/proc/pagetypeinfo",
+    "/proc/kpageflags", "/proc/kmsg", "/proc/modules", "/proc/partitions", "/proc/diskstats",
+    "/proc/devices", "/proc/misc", "/proc/consoles", "/proc/locks", "/proc/swaps",
+    "/proc/mtrr", "/proc/dma", "/sys/class/dmi/id/product_uuid",
+    "/sys/class/dmi/id/product_serial", "/sys/class/dmi/id/board_serial",
+    "/sys/class/dmi/id/sys_vendor", "/sys/firmware/acpi/tables/DSDT",
+    "/sys/kernel/notes", "/sys/fs/cgroup/memory/release_agent",
+    "/sys/fs/cgroup/unified/cgroup.procs",
+)  # fmt: skip
+PROC_DIRS = ("/proc/acpi", "/proc/scsi", "/proc/driver", "/proc/asound", "/sys/firmware")
+
+#: gVisor's Sentry makes up its own /proc/cmdline (of a 4.4.0 "gvisor" kernel).
+SYNTHETIC = {"/proc/cmdline": "-gvisor "}
+ERRORS = {"No such file or directory", "Permission denied", "Operation not permitted"}
+
+READ_ALL = """
+import json, os, sys
+files, dirs = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+out = {}
+for path in files:
+    try:
+        with open(path, "rb") as f:
+            out[path] = f.read(1 << 20)[:200].decode("latin-1")
+    except OSError as exc:
+        out[path] = exc.strerror
+for path in dirs:
+    try:
+        out[path] = " ".join(os.listdir(path))
+    except OSError as exc:
+        out[path] = exc.strerror
+print(json.dumps(out))
+"""
+
+
+def check_host_describing_files_masked(sb: SyncSandbox) -> dict[str, Any]:
+    """/proc and /sys files describing the host read as absent, refused or empty."""
+    seen = run_python(sb, READ_ALL, json.dumps(HOST_DESCRIBING), json.dumps(PROC_DIRS))
+    leaking = {path: text for path, text in seen.items()
+               if text and text not in ERRORS and SYNTHETIC.get(path, "\0") not in text}
+    assert not leaking, f"host-describing files readable in the sandbox: {leaking}"
+    return dict(seen)

@@ -1,0 +1,97 @@
+"""The suite can fail: the same checks against runtimes started without one of their walls.
+
+Each runtime is built here with a :class:`corral.runtime.base.Weakening` (a constructor
+argument that only tests pass; no setting, flag or API field reaches it) and put into a
+node of its own. Every check below then must raise ``AssertionError``: the attack it tries
+succeeds. Were a check unable to fail, this test would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+import corral.node.node as node_module
+from corral.node import NodeSettings, SyncNode, SyncSandbox
+from corral.runtime import Runtime
+from corral.runtime.base import Weakening
+from corral.runtime.gvisor.runtime import GvisorRuntime
+from corral.runtime.namespaces.runtime import NamespacesRuntime
+from tests.conftest import IMAGE_DIR, WORKING, sandbox_data_dir
+
+from ._checks import (
+    check_host_describing_files_masked,
+    check_privileged_syscalls,
+)
+
+
+@contextmanager
+def weakened_sandbox(runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+                     ) -> Iterator[SyncSandbox]:
+    """A sandbox of ``runtime`` in a node of its own (the node's runtime lookup patched)."""
+    monkeypatch.setattr(node_module, "get_runtime", lambda name: runtime)
+    with sandbox_data_dir("corral-weak-") as data_dir:
+        with SyncNode(NodeSettings(data_dir=data_dir, image_dir=IMAGE_DIR)) as node:
+            sb = node.create("python", runtime=runtime.name, timeout=300)
+            try:
+                yield sb
+            finally:
+                sb.kill()
+
+
+def _must_fail(check: Callable[[], object], what: str) -> str:
+    with pytest.raises(AssertionError) as caught:
+        check()
+    message = str(caught.value)
+    assert "the hostile program itself broke" not in message, message
+    return f"{what}: {message[:3000]}"
+
+
+@pytest.mark.skipif("namespaces" not in WORKING, reason="namespaces does not work here")
+def test_namespaces_without_seccomp_fails_the_privilege_checks(
+        python_image: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    weak = NamespacesRuntime(Weakening(no_seccomp=True))
+    with weakened_sandbox(weak, monkeypatch) as sb:
+        failure = _must_fail(lambda: check_privileged_syscalls(sb, "namespaces"), "seccomp")
+        # Without the filter a nested user namespace, the keyring, io_uring... all open up.
+        assert "unshare_user" in failure and "keyctl" in failure, failure
+
+
+@pytest.mark.skipif("namespaces" not in WORKING, reason="namespaces does not work here")
+def test_namespaces_with_every_capability_fails_the_privilege_checks(
+        python_image: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    weak = NamespacesRuntime(Weakening(all_capabilities=True))
+    with weakened_sandbox(weak, monkeypatch) as sb:
+        failure = _must_fail(lambda: check_privileged_syscalls(sb, "namespaces"), "caps")
+        assert "CapEff" in failure or "ffff" in failure, failure
+
+
+@pytest.mark.skipif("namespaces" not in WORKING, reason="namespaces does not work here")
+def test_namespaces_with_an_unmasked_proc_fails_the_leak_checks(
+        python_image: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    weak = NamespacesRuntime(Weakening(unmasked_proc=True))
+    with weakened_sandbox(weak, monkeypatch) as sb:
+        failure = _must_fail(lambda: check_host_describing_files_masked(sb), "proc")
+        assert "/proc/cmdline" in failure and "/proc/kallsyms" in failure, failure
+
+
+@pytest.mark.skipif("gvisor" not in WORKING, reason="gvisor does not work here")
+def test_gvisor_with_more_capabilities_fails_the_privilege_checks(
+        python_image: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    weak = GvisorRuntime(weakening=Weakening(all_capabilities=True))
+    with weakened_sandbox(weak, monkeypatch) as sb:
+        failure = _must_fail(lambda: check_privileged_syscalls(sb, "gvisor"), "caps")
+        assert "CapEff" in failure, failure
+        # With CAP_SYS_ADMIN and CAP_SYS_PTRACE the Sentry lets the attacks through.
+        assert "'mount': 'ok'" in failure and "'ptrace_agent': 'ok'" in failure, failure
+
+
+def test_full_strength_runtimes_take_no_weakening_from_outside() -> None:
+    """What the server and the CLI build (get_runtime) is always full strength."""
+    from corral.runtime import _make
+
+    for name in ("gvisor", "namespaces"):
+        runtime = _make(name)
+        assert runtime._weakening == Weakening()  # type: ignore[attr-defined]
