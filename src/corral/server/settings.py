@@ -45,8 +45,8 @@ class RequestLimits:
         shutdown_grace: seconds requests in flight get to finish when the server stops.
     """
 
-    rate: float = 50.0
-    burst: int = 200
+    rate: float = 1000.0
+    burst: int = 2000
     in_flight_per_key: int = 128
     in_flight: int = 1024
     auth_failure_rate: float = 1.0
