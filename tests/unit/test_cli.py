@@ -180,3 +180,11 @@ def test_doctor_exits_1_when_no_runtime_works(tmp_path: Path,
     result = invoke("doctor", data_dir=tmp_path)
     assert result.exit_code == 1
     assert "No runtime works" in result.stdout
+
+
+@pytest.mark.parametrize("value", ["python", "python=lots", "python:gvisor=1/os;id"])
+def test_serve_rejects_a_malformed_pool_before_starting(tmp_path: Path, value: str) -> None:
+    result = invoke("serve", "--pool", value, "--port", "1", data_dir=tmp_path)
+    assert result.exit_code != 0
+    assert "IMAGE[:RUNTIME]=SIZE" in result.stderr or "module name" in result.stderr
+    assert "serving on" not in result.output

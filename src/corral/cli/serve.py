@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from dataclasses import replace
 from typing import Annotated
 
 import typer
 
+from corral.node.pools import PoolSpec
 from corral.server import ServerSettings, create_app, logs
 from corral.server.http import uvicorn_options
 from corral.server.tls import TlsFiles, ensure_tls
@@ -33,11 +35,11 @@ def serve(
              "127.0.0.1 and ::1; repeat for more (env CORRAL_TLS_NAMES, comma-separated).")
     ] = None,
     rate: Annotated[float | None, typer.Option(
-        "--rate", min=0, show_default="50",
+        "--rate", min=0, show_default="1000",
         help="Requests a second one API key may make, sustained; past it 429 with "
              "Retry-After (env CORRAL_RATE; 0: no limit).")] = None,
     burst: Annotated[int | None, typer.Option(
-        "--burst", min=0, show_default="200",
+        "--burst", min=0, show_default="2000",
         help="Requests one API key may make at once above --rate (env CORRAL_BURST).")
     ] = None,
     in_flight: Annotated[int | None, typer.Option(
@@ -48,6 +50,16 @@ def serve(
         "--in-flight-per-key", min=0, show_default="128",
         help="Requests of one API key served at once, streams included; past it 429 (env "
              "CORRAL_IN_FLIGHT_PER_KEY). docs/api.md lists every limit.")] = None,
+    pool: Annotated[list[str] | None, typer.Option(
+        "--pool", show_default=False, metavar="IMAGE[:RUNTIME]=SIZE[/MODULES]",
+        help="Keep SIZE sandboxes ready, each with a kernel that imported MODULES "
+             "(default numpy+pandas+matplotlib; '/' alone: no kernel), e.g. "
+             "--pool python:gvisor=4; repeat for more (env CORRAL_POOLS, comma-separated)."),
+    ] = None,
+    keep_sandboxes: Annotated[bool | None, typer.Option(
+        "--keep-sandboxes/--stop-sandboxes", show_default="keep",
+        help="When the server stops, leave running sandboxes for the next server on this "
+             "data dir to re-attach, or stop them (env CORRAL_KEEP_SANDBOXES=0).")] = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Serve the Corral HTTP API (sandboxes, commands, files) on this host.
@@ -64,6 +76,11 @@ def serve(
                                                "rate": rate, "burst": burst,
                                                "in_flight": in_flight,
                                                "in_flight_per_key": in_flight_per_key})
+        if pool:
+            pools = tuple(p for text in pool for p in PoolSpec.parse_list(text))
+            settings = replace(settings, node=replace(settings.node, pools=pools))
+        if keep_sandboxes is not None:
+            settings = replace(settings, keep_sandboxes=keep_sandboxes)
         # JSON lines on stderr: the request log, sandbox events, errors (server/logs.py).
         logs.configure(os.environ.get("CORRAL_LOG_LEVEL", "INFO").upper())
         files = ensure_tls(settings.tls_dir, settings.tls_names) if settings.tls else None
