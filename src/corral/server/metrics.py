@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -49,12 +49,38 @@ class _SandboxStates(Collector):
         yield family
 
 
+class _Pools(Collector):
+    """``corral_pool_*{image,runtime}``: warm pools (operator-configured labels only)."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ["image", "runtime"]
+        ready = GaugeMetricFamily("corral_pool_ready", "Sandboxes ready in a warm pool",
+                                  labels=labels)
+        counters = {name: CounterMetricFamily(f"corral_pool_{name}", help_text, labels=labels)
+                    for name, help_text in (
+                        ("hits", "Creates served from a warm pool"),
+                        ("misses", "Creates that matched a pool but found it empty"),
+                        ("unhealthy", "Pooled sandboxes dropped by the health check"),
+                        ("failed_starts", "Pool refills that failed to start"))}
+        for pool in self._node.pools:
+            key = [pool.spec.image, pool.runtime]
+            ready.add_metric(key, pool.stats.ready)
+            for name, family in counters.items():
+                family.add_metric(key, getattr(pool.stats, name))
+        yield ready
+        yield from counters.values()
+
+
 class Metrics:
     """The server's metrics; :meth:`exposition` renders them for Prometheus."""
 
     def __init__(self, node: Node) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_SandboxStates(node))
+        self.registry.register(_Pools(node))
         self.create_seconds = Histogram(
             "corral_sandbox_create_seconds", "Time to create a sandbox that started",
             buckets=CREATE_BUCKETS, registry=self.registry)

@@ -1,0 +1,59 @@
+"""A server with a warm pool: creates through the API are served from it (the metrics say
+so), bound to the request, and the pool's own sandboxes never show in a listing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from corral import Sandbox
+from corral.node import NodeSettings
+from corral.node.pools import PoolSpec
+from corral.server import ServerSettings, create_app
+from corral.server.store import KeyStore, open_engine
+from corral.server.store.schema import database_url
+from tests.conftest import IMAGE_DIR, sandbox_data_dir
+
+from ._serving import serving
+
+
+@pytest.fixture
+def pool_dir() -> Iterator[Path]:
+    with sandbox_data_dir("corral-pool-server-") as path:
+        yield path
+
+
+def pool_samples(url: str, key: str) -> dict[str, float]:
+    response = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 200
+    return {sample.name: sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+            if sample.name.startswith("corral_pool_")
+            and sample.labels == {"image": "python", "runtime": "namespaces"}}
+
+
+def test_creates_are_served_from_the_warm_pool(pool_dir: Path, python_image: str) -> None:
+    pool = PoolSpec("python", 1, "namespaces", warm=None)
+    settings = ServerSettings(node=NodeSettings(data_dir=pool_dir, image_dir=IMAGE_DIR,
+                                                pools=(pool,)), port=0, keep_sandboxes=False)
+    key = KeyStore(open_engine(database_url(pool_dir, None))).create("alpha").key
+    with serving(create_app(settings)) as url:
+        deadline = time.monotonic() + 60
+        while pool_samples(url, key).get("corral_pool_ready") != 1:
+            assert time.monotonic() < deadline, "the pool never filled"
+            time.sleep(0.1)
+        assert Sandbox.list(url=url, api_key=key) == []
+        with Sandbox.create("python", runtime="namespaces", env={"WHO": "pooled"},
+                            metadata={"k": "v"}, timeout=120, url=url, api_key=key) as sb:
+            assert sb.commands.run("echo $WHO").stdout == "pooled\n"
+            assert [s.id for s in Sandbox.list(metadata={"k": "v"}, url=url,
+                                               api_key=key)] == [sb.id]
+            samples = pool_samples(url, key)
+            assert samples["corral_pool_hits_total"] == 1
+            assert samples["corral_pool_misses_total"] == 0
