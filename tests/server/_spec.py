@@ -26,13 +26,23 @@ UNROUTED = {400, 401, 404, 405, 429, 503}
 _KEEP = 8 * 1024 * 1024  # enough of a body to check; downloads are not kept
 
 
+def _pattern(template: str, operations: dict[str, Any]) -> re.Pattern[str]:
+    """A path template as a regex: a parameter is one segment, unless its schema says
+    ``"format": "path"`` (a ``{name:path}`` route), which spans several."""
+    spanning = {p["name"] for op in operations.values() if isinstance(op, dict)
+                for p in op.get("parameters", ())
+                if p.get("in") == "path" and p.get("schema", {}).get("format") == "path"}
+    return re.compile("^" + re.sub(r"\{([^/}]+)\}", lambda m: ".+" if m.group(1) in spanning
+                                   else "[^/]+", template) + "$")
+
+
 class Spec:
     """An OpenAPI document, ready to check responses against."""
 
     def __init__(self, document: dict[str, Any]) -> None:
         self.document = document
-        self._paths = [(re.compile("^" + re.sub(r"\{[^/}]+\}", "[^/]+", path) + "$"), path)
-                       for path in document["paths"]]
+        self._paths = [(_pattern(path, operations), path)
+                       for path, operations in document["paths"].items()]
         self._validators: dict[str, Draft202012Validator] = {}
 
     def template(self, path: str) -> str | None:

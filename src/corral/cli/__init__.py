@@ -7,6 +7,7 @@
     corral serve                                # the HTTP API (see corral keys create)
     corral sandbox create | list | exec | kill  # sandboxes on that server
     corral audit                                # who did what to which sandbox
+    corral mcp                                  # sandbox tools for MCP clients (stdio)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import typer
 
 from corral import __version__
 
-from . import audit, bench, doctor, image, keys, run, sandbox, serve
+from . import audit, bench, doctor, image, keys, mcp, run, sandbox, serve
 
 __all__ = ["app", "main"]
 
@@ -37,6 +38,7 @@ app.command()(serve.serve)
 app.add_typer(keys.app, name="keys")
 app.command()(audit.audit)
 app.add_typer(sandbox.app, name="sandbox")
+app.command()(mcp.mcp)
 
 
 def _version(value: bool) -> None:

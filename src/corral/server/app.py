@@ -20,11 +20,14 @@ from corral.node import Node
 
 from . import errors, middleware, openapi
 from .metrics import Metrics
-from .routes import audit, code, commands, files, metrics, sandboxes
+from .routes import aca, audit, code, commands, files, mcp, metrics, sandboxes
 from .services import CommandService, FileService, IdleReaper, SandboxService
+from .services.aca import AcaService
+from .services.mcp import McpEndpoint
 from .services.code import CodeService
 from .settings import ServerSettings
 from .store import KeyStore, SandboxStore, open_engine
+from .store.aca_sessions import AcaSessionStore
 from .store.audit import AuditStore
 from .store.schema import database_url
 
@@ -44,11 +47,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
         await node.start()
         try:
             await sandbox_service.start()
+            await app.state.aca.start()
+            await app.state.mcp.start()
             reaper.start()
             log.info("corral server ready on %s", settings.url)
             yield
         finally:
             await reaper.close()
+            await app.state.mcp.close()
+            await app.state.aca.close()
             await sandbox_service.close()
             await node.close(detach=settings.keep_sandboxes)
             await sandbox_service.record_all()
@@ -62,10 +69,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.commands = CommandService(sandbox_service)
     app.state.files = FileService(sandbox_service)
     app.state.code = CodeService(sandbox_service)
+    app.state.aca = AcaService(sandbox_service, app.state.files, AcaSessionStore(engine),
+                               settings.aca)
+    app.state.mcp = McpEndpoint(sandbox_service)
     app.state.metrics = Metrics(node)
     errors.install(app)
     openapi.install(app)
-    for module in (sandboxes, commands, files, code, metrics, audit):
+    for module in (sandboxes, commands, files, code, metrics, audit, aca, mcp):
         app.include_router(module.router)
     app.state.audit = AuditStore(engine)
     # Logs, metrics, limits, authentication, audit, body bounds: see middleware.py.

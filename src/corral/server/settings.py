@@ -115,6 +115,40 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class AcaSettings:
+    """The Azure Container Apps dynamic-sessions façade (``/aca/{pool}/``).
+
+    Attributes:
+        pools: pool name -> the image its sessions' sandboxes start from
+            (``CORRAL_ACA_POOLS=default=python,big=python-ml``); ``default`` always exists.
+        cooldown: seconds a session may go unused before its sandbox is stopped, as a
+            pool's ``cooldownPeriodInSeconds`` in Azure (``CORRAL_ACA_COOLDOWN``).
+        lifetime: seconds a session's sandbox may live at most (``CORRAL_ACA_LIFETIME``).
+    """
+
+    pools: Mapping[str, str] = field(default_factory=lambda: {"default": "python"})
+    cooldown: float = 300.0
+    lifetime: float = 3600.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AcaSettings:
+        env = os.environ if env is None else env
+        pools = {"default": "python"}
+        for item in filter(None, (p.strip() for p in env.get("CORRAL_ACA_POOLS", "").split(","))):
+            name, sep, image = item.partition("=")
+            if not sep or not name.strip() or not image.strip():
+                raise InvalidArgumentError("CORRAL_ACA_POOLS is NAME=IMAGE[,NAME=IMAGE...]")
+            pools[name.strip()] = image.strip()
+        try:
+            return cls(pools=pools,
+                       cooldown=float(env.get("CORRAL_ACA_COOLDOWN") or cls.cooldown),
+                       lifetime=float(env.get("CORRAL_ACA_LIFETIME") or cls.lifetime))
+        except ValueError:
+            raise InvalidArgumentError("CORRAL_ACA_COOLDOWN and CORRAL_ACA_LIFETIME must be "
+                                       "numbers of seconds") from None
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     """Attributes:
         node: where the embedded node keeps sandboxes and images.
@@ -132,6 +166,7 @@ class ServerSettings:
         keep_sandboxes: leave running sandboxes running when the server stops, for the next
             server on the same data dir to re-attach (``CORRAL_KEEP_SANDBOXES=0`` stops
             them instead); see ``NodeSettings.orphan_grace``.
+        aca: the Azure Container Apps dynamic-sessions façade's pools and timeouts.
     """
 
     node: NodeSettings
@@ -145,6 +180,7 @@ class ServerSettings:
     limits: RequestLimits = field(default_factory=RequestLimits)
     audit: AuditSettings = field(default_factory=AuditSettings)
     keep_sandboxes: bool = True
+    aca: AcaSettings = field(default_factory=AcaSettings)
 
     @classmethod
     def from_env(cls, *, data_dir: Path | None = None, host: str | None = None,
@@ -167,6 +203,7 @@ class ServerSettings:
             limits=RequestLimits.from_env(limits),
             audit=AuditSettings.from_env(),
             keep_sandboxes=_flag(os.environ.get("CORRAL_KEEP_SANDBOXES", "1")),
+            aca=AcaSettings.from_env(),
         )
 
     @property

@@ -13,6 +13,7 @@ from starlette.types import Scope
 from corral.api import models
 
 from ..auth import Tenant
+from . import aca
 from ._deps import Files, SandboxId
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/files", tags=["files"])
@@ -21,8 +22,10 @@ _UPLOAD = re.compile(r"^/v1/sandboxes/[^/]+/files$")
 
 
 def is_upload(scope: Scope) -> bool:
-    """Whether a request is a file upload, whose body the sandbox's disk bounds."""
-    return scope.get("method") == "PUT" and bool(_UPLOAD.match(scope.get("path", "")))
+    """Whether a request is a file upload (here, or through the dynamic-sessions façade),
+    whose body the sandbox's disk bounds."""
+    return ((scope.get("method") == "PUT" and bool(_UPLOAD.match(scope.get("path", ""))))
+            or aca.is_upload(scope))
 
 
 @router.get("", response_class=StreamingResponse,

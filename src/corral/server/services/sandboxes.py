@@ -124,6 +124,10 @@ class SandboxService:
         log.info("sandbox %s created for tenant %s", sandbox.id, tenant)
         return await self.describe(tenant, sandbox.id)
 
+    def live_ids(self) -> set[str]:
+        """The sandboxes the server holds now (not yet seen stopped), every tenant's."""
+        return set(self._live)
+
     def running(self, tenant: str, sandbox_id: str) -> NodeSandbox:
         """The tenant's running sandbox ``sandbox_id``, for commands and files."""
         owned = self._live.get(sandbox_id)

@@ -69,6 +69,21 @@ sandboxes = Table(
     Index("ix_sandboxes_tenant_state", "tenant", "state"),
 )
 
+#: Azure Container Apps dynamic sessions (the ``/aca`` façade): which sandbox serves a
+#: tenant's session identifier in a pool. The identifier is kept only as its sha256 (it
+#: may be a user's or a conversation's id, of any length); the tenant is part of the key,
+#: so two tenants' equal identifiers never meet. A row outlives its sandbox only until
+#: the sandbox is seen stopped: the next request with that identifier starts a new one.
+aca_sessions = Table(
+    "aca_sessions", metadata,
+    Column("tenant", String(64), ForeignKey("tenants.name"), primary_key=True),
+    Column("pool", String(64), primary_key=True),
+    Column("identifier_hash", String(64), primary_key=True),
+    Column("sandbox_id", String(32), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_aca_sessions_sandbox", "sandbox_id"),
+)
+
 #: The audit log: who did what to which sandbox, and how it ended. Never request content.
 #: No foreign keys: a record must be writable whatever else is in the database.
 audit_log = Table(

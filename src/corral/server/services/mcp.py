@@ -1,0 +1,80 @@
+"""The MCP tools of :mod:`corral.integrations.mcp`, served by ``corral serve`` itself over
+streamable HTTP (``/mcp``): their backend is the server's own sandbox service, acting for
+the tenant whose API key authenticated the request, exactly as the REST routes do.
+
+Stateless (no MCP session is kept between requests) and answered as JSON, so any number
+of servers behind a balancer serve the same tools.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from typing import Any
+
+from mcp.server.fastmcp import Context
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from starlette.types import Receive, Scope, Send
+
+from corral.api import models
+from corral.api.errors import AuthenticationError
+from corral.integrations.mcp.server import NAME_KEY, build_server
+from corral.node import SandboxState
+
+from ..auth import tenant_of
+from .sandboxes import SandboxService
+
+
+class ServiceBackend:
+    def __init__(self, sandboxes: SandboxService) -> None:
+        self._sandboxes = sandboxes
+
+    async def create(self, ctx: Context[Any, Any, Any], name: str | None, image: str,
+                     timeout: float) -> str:
+        tenant = _tenant(ctx)
+        if name:
+            found = await self._sandboxes.list(tenant, {NAME_KEY: name}, SandboxState.RUNNING)
+            if found.sandboxes:
+                return found.sandboxes[0].id
+        info = await self._sandboxes.create(tenant, models.SandboxCreate(
+            image=image, timeout=float(timeout), metadata={NAME_KEY: name} if name else {}))
+        return info.id
+
+    @contextlib.asynccontextmanager
+    async def _open(self, tenant: str, sandbox_id: str) -> AsyncIterator[Any]:
+        yield await self._sandboxes.owned(tenant, sandbox_id)
+
+    def open(self, ctx: Context[Any, Any, Any], sandbox_id: str
+             ) -> AbstractAsyncContextManager[Any]:
+        return self._open(_tenant(ctx), sandbox_id)
+
+    async def kill(self, ctx: Context[Any, Any, Any], sandbox_id: str) -> None:
+        await self._sandboxes.kill(_tenant(ctx), sandbox_id)
+
+
+def _tenant(ctx: Context[Any, Any, Any]) -> str:
+    request = ctx.request_context.request
+    tenant = tenant_of(request.scope) if request is not None else None
+    if tenant is None:  # only if the authentication layer were left out of the app
+        raise AuthenticationError("no API key")
+    return tenant
+
+
+class McpEndpoint:
+    """The streamable-HTTP transport of the MCP server; :meth:`start` with the app."""
+
+    def __init__(self, sandboxes: SandboxService) -> None:
+        server = build_server(ServiceBackend(sandboxes))
+        self._manager = StreamableHTTPSessionManager(
+            app=server._mcp_server, json_response=True, stateless=True)
+        self._stack = AsyncExitStack()
+
+    async def start(self) -> None:
+        await self._stack.enter_async_context(self._manager.run())
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._manager.handle_request(scope, receive, send)
