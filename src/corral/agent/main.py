@@ -35,6 +35,12 @@ if TYPE_CHECKING:
 
 
 MAX_MESSAGE = 2000
+CAUGHT_SIGNALS = (
+    signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+    signal.SIGUSR2, signal.SIGALRM, signal.SIGVTALRM, signal.SIGPROF, signal.SIGIO,
+    signal.SIGPWR, signal.SIGXCPU, signal.SIGXFSZ, signal.SIGTSTP, signal.SIGTTIN,
+    signal.SIGTTOU, signal.SIGABRT, signal.SIGTRAP,
+)
 DEFAULT_ORPHAN_GRACE = 600.0
 
 
@@ -168,8 +174,12 @@ def _orphan_grace() -> float:
 
 def main() -> None:
     # As PID 1 the agent only gets signals it handles; a no-op handler (reset to the
-    # default in every child at exec) keeps sandbox code from interrupting it.
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+    # default in every child at exec) keeps sandbox code from interrupting it. gVisor 2022
+    # does not shield its init from signals sent inside the sandbox, so every catchable
+    # signal whose default ends or stops a process gets one (not SIGSEGV and friends: a
+    # real fault would loop). SIGKILL and SIGSTOP stay fatal there: the node then stops
+    # the sandbox with the reason (SECURITY.md).
+    for signum in CAUGHT_SIGNALS:
         signal.signal(signum, lambda *_: None)
     read_fd, write_fd = os.dup(0), os.dup(1)
     devnull = os.open("/dev/null", os.O_RDWR)
