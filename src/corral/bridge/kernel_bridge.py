@@ -44,7 +44,9 @@ MAX_KERNEL_MESSAGE = 256 * 1024 * 1024
 INTERRUPT_GRACE = 3.0
 START_TIMEOUT = 120.0
 #: After the execute reply, how long to wait for the iopub ``idle`` that ends the output.
-IDLE_GRACE = 2.0
+#: Only a message zmq dropped (oversized) leaves it missing; on a loaded host the idle
+#: status can trail the reply by seconds, and finishing early would lose the cell's result.
+IDLE_GRACE = 15.0
 STDERR_TAIL = 8 * 1024
 #: Connection files and ipc sockets, one folder per bridge (a second bridge may run).
 RUN_DIR = f"/tmp/.corral-kernels-{os.getpid()}"
