@@ -80,9 +80,6 @@ def test_no_operation_answers_5xx(server: Server, fuzz_victim: Sandbox) -> None:
     assert fuzz_victim.commands.run("echo alive").stdout == "alive\n"
 
 
-@pytest.mark.xfail(reason="the /mcp routes answer 405/406 with a JSON body that the OpenAPI "
-                   "document does not describe (found by this fuzzing; src/corral/server is "
-                   "another engineer's area)", strict=False)
 def test_fuzzed_responses_match_the_spec(server: Server) -> None:  # noqa: F811
     time.sleep(0.5)  # the last answer's check (see off_spec_checked_here)
     _OFF_SPEC.extend(server.spec_check.drain())

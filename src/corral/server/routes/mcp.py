@@ -28,8 +28,12 @@ class _Delegated(Response):
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The JSON-RPC answer", "content": {"application/json": _RPC}},
     202: {"description": "A notification or response was accepted"},
-    405: {"description": "Streams and sessions are not offered (stateless server): use POST"},
-    406: {"description": "The client does not accept JSON answers"}}
+    400: {"description": "A malformed MCP message (a JSON-RPC error) or request (Corral's "
+                          "error shape)", "content": {"application/json": _RPC}},
+    405: {"description": "Streams and sessions are not offered (stateless server): use POST; "
+                         "the body is a JSON-RPC error", "content": {"application/json": _RPC}},
+    406: {"description": "The client does not accept JSON answers; the body is a JSON-RPC "
+                         "error", "content": {"application/json": _RPC}}}
 
 
 async def mcp(request: Request) -> Response:
