@@ -29,7 +29,8 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The JSON-RPC answer", "content": {"application/json": _RPC}},
     202: {"description": "A notification or response was accepted"},
     400: {"description": "A malformed MCP message (a JSON-RPC error) or request (Corral's "
-                          "error shape)", "content": {"application/json": _RPC}},
+                          "error shape)", "content": {"application/json": {"schema": {"anyOf": [
+                              {"$ref": "#/components/schemas/ErrorBody"}, _RPC["schema"]]}}}},
     405: {"description": "Streams and sessions are not offered (stateless server): use POST; "
                          "the body is a JSON-RPC error", "content": {"application/json": _RPC}},
     406: {"description": "The client does not accept JSON answers; the body is a JSON-RPC "
