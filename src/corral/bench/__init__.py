@@ -1,4 +1,5 @@
-"""Corral's benchmark: sandbox start-up, exec and file round trips, each beside its bare
+"""Corral's benchmark: sandbox start-up, exec and file round trips, run_code, warm pools,
+creation throughput, idle density and (gVisor) checkpoint/restore, each beside its bare
 primitive (``runsc run``, ``bwrap``, a host ``fork+exec``) measured in the same run.
 
 Run it with ``corral bench``; the results and how to read them are in docs/benchmarks.md.

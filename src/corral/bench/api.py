@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -30,12 +29,12 @@ from typing import TYPE_CHECKING
 import httpx
 
 from corral.api.errors import InternalError
-from corral.node import Node, NodeSettings
-from corral.runtime._host import sweep
+from corral.node import Node
 from corral.sdk import AsyncSandbox
 from corral.server.store import KeyStore, open_engine
 from corral.server.store.schema import database_url
 
+from ._scratch import remove_data_dir
 from .stats import Row, RuntimeResult, Stat
 
 if TYPE_CHECKING:
@@ -111,7 +110,7 @@ async def api_server(image_dir: Path) -> AsyncIterator[ApiServer]:
         finally:
             await asyncio.to_thread(_stop, process)
     finally:
-        await asyncio.to_thread(_remove, data_dir, image_dir)
+        await asyncio.to_thread(remove_data_dir, data_dir, image_dir)
 
 
 def _start(data_dir: Path, image_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -163,22 +162,6 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(STOP_TIMEOUT)
-
-
-def _remove(data_dir: Path, image_dir: Path) -> None:
-    """Sweep what a killed server left (cgroups, mounts), then delete the data dir.
-
-    Never deletes through a mount: with one still below it the directory is left in place.
-    """
-    settings = NodeSettings(data_dir=data_dir, image_dir=image_dir)
-    sweep(settings.data_dir / "sandboxes", settings.node_key, set())
-    prefix = str(settings.data_dir) + "/"
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        mounted = [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
-    if mounted:
-        raise InternalError(f"mounts are left under {data_dir} ({mounted[0]}, ...); "
-                            "it was not deleted")
-    shutil.rmtree(data_dir)
 
 
 def _free_port() -> int:

@@ -28,20 +28,24 @@ JUPYTER_CLIENT = ("/usr/lib/python3/dist-packages/jupyter_client",
 
 async def measure_code(node: Node, image: str, rootfs: Path, iterations: int,
                        warm_iterations: int, warmup: int, result: RuntimeResult,
-                       progress: Callable[[str], None]) -> None:
+                       progress: Callable[[str], None], cold_warmup: int | None = None) -> None:
     """Add the code interpreter's rows to ``result`` (its runtime's), or a note saying why
-    not: the image must have Jupyter (``jupyter_client`` and ``ipykernel``)."""
+    not: the image must have Jupyter (``jupyter_client`` and ``ipykernel``).
+
+    ``cold_warmup``: unrecorded cold starts before the recorded ones (default ``warmup``).
+    """
     name = result.runtime
     if not any((rootfs / lib.lstrip("/")).is_dir() for lib in JUPYTER_CLIENT):
         result.notes.append(f"image {image} has no jupyter_client: run_code skipped")
         return
     first: list[float] = []
     command: list[float] = []
-    for i in range(warmup + iterations):
-        progress(f"{name}: create → first run_code, {_step(i, warmup, warmup + iterations)}")
+    cold = warmup if cold_warmup is None else cold_warmup
+    for i in range(cold + iterations):
+        progress(f"{name}: create → first run_code, {_step(i, cold, cold + iterations)}")
         code_time = await _create_to_first(node, name, image, code=True)
         command_time = await _create_to_first(node, name, image, code=False)
-        if i >= warmup:
+        if i >= cold:
             first.append(code_time)
             command.append(command_time)
     result.rows.append(Row("create_to_first_run_code", "create → first run_code result",

@@ -7,6 +7,8 @@
   ``/.corral`` as Corral mounts it) importing the agent: what loading the agent costs.
 * a host ``fork+exec`` of ``/bin/true``: the floor for any exec round trip.
 * a host write-then-read of a file on tmpfs: the floor for a file round trip.
+* idle bare sandboxes (``runsc run --detach`` / ``bwrap`` of ``sleep``) in cgroups of
+  their own, and the PSS of a cgroup's processes: the floor for memory per sandbox.
 
 Every bare runsc run gets a fresh state directory that is deleted afterwards, runs under a
 timeout, and has any process still naming that directory killed, so none outlives it.
@@ -22,11 +24,14 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from corral.api.errors import InternalError
+from corral.runtime._cgroups_unsafe import SandboxCgroups
 from corral.runtime.agent_bundle import MOUNT_POINT, agent_command, agent_env
 
 RUN_TIMEOUT = 60.0
@@ -102,6 +107,7 @@ class BareRunsc:
         self.platform = platform
         self._tmp: Path | None = None
         self._bundles: dict[tuple[str, ...], Path] = {}
+        self._lock = threading.Lock()  # runs come from several threads at once
 
     def __enter__(self) -> BareRunsc:
         self._tmp = Path(tempfile.mkdtemp(prefix="corral-bench-runsc-"))
@@ -121,23 +127,60 @@ class BareRunsc:
         if self._tmp is None:
             raise InternalError("BareRunsc is used outside its `with` block")
         key = tuple(argv)
-        if key not in self._bundles:
-            bundle = self._tmp / f"bundle-{len(self._bundles)}"
-            bundle.mkdir()
-            subprocess.run([self.runsc, "spec", "--bundle", str(bundle), "--", *argv],
-                           check=True, capture_output=True, timeout=30)
-            config = json.loads((bundle / "config.json").read_text())
-            config["root"] = {"path": str(self.rootfs), "readonly": True}
-            config["process"]["terminal"] = False
-            if argv[0].startswith(MOUNT_POINT + "/") and self.agent_bundle is not None:
-                config["mounts"].append({"destination": MOUNT_POINT, "type": "bind",
-                                         "source": str(self.agent_bundle),
-                                         "options": ["rbind", "ro"]})
-                config["process"]["env"] += [
-                    f"{k}={v}" for k, v in agent_env(orphan_grace=0).items()]
-            (bundle / "config.json").write_text(json.dumps(config, indent=2))
-            self._bundles[key] = bundle
-        return self._bundles[key]
+        with self._lock:
+            return self._bundles.get(key) or self._new_bundle(key, argv, self._tmp)
+
+    def _new_bundle(self, key: tuple[str, ...], argv: list[str], tmp: Path) -> Path:
+        bundle = tmp / f"bundle-{len(self._bundles)}"
+        bundle.mkdir()
+        config = self.config(argv, bundle)
+        (bundle / "config.json").write_text(json.dumps(config, indent=2))
+        self._bundles[key] = bundle
+        return bundle
+
+    def config(self, argv: list[str], bundle: Path) -> dict[str, Any]:
+        """The OCI config of a bare run of ``argv`` (``runsc spec``, written in ``bundle``)."""
+        subprocess.run([self.runsc, "spec", "--bundle", str(bundle), "--", *argv],
+                       check=True, capture_output=True, timeout=30)
+        config: dict[str, Any] = json.loads((bundle / "config.json").read_text())
+        config["root"] = {"path": str(self.rootfs), "readonly": True}
+        config["process"]["terminal"] = False
+        if argv[0].startswith(MOUNT_POINT + "/") and self.agent_bundle is not None:
+            config["mounts"].append({"destination": MOUNT_POINT, "type": "bind",
+                                     "source": str(self.agent_bundle),
+                                     "options": ["rbind", "ro"]})
+            config["process"]["env"] += [
+                f"{k}={v}" for k, v in agent_env(orphan_grace=0).items()]
+        return config
+
+    def argv(self, state: Path, *command: str) -> list[str]:
+        """``runsc`` with this run's global flags and its own ``state`` directory."""
+        return [self.runsc, "--root", str(state), "--network=none",
+                f"--platform={self.platform}", *command]
+
+    def start_idle(self, argv: list[str], directory: Path, cgroup: SandboxCgroups) -> None:
+        """``runsc run --detach`` of ``argv`` in ``cgroup``; returns once it runs.
+
+        Its bundle and state live in ``directory``; ``cgroup`` must exist (made by the
+        caller, as Corral's runtime makes it), so its processes can be found and killed.
+        """
+        bundle = directory / "bundle"
+        bundle.mkdir(parents=True)
+        config = self.config(argv, bundle)
+        config["linux"]["cgroupsPath"] = cgroup.relative_path
+        (bundle / "config.json").write_text(json.dumps(config))
+        (directory / "state").mkdir()
+        cmd = self.argv(directory / "state", "run", "--detach", "--bundle", str(bundle),
+                        directory.name)
+        # stderr to a file: the detached sandbox keeps it open, a pipe would never end.
+        with open(directory / "stderr", "wb") as log:
+            started = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=log, timeout=RUN_TIMEOUT, check=False,
+                                     preexec_fn=cgroup.joiner(v1=False),
+                                     start_new_session=True)
+        if started.returncode != 0:
+            tail = (directory / "stderr").read_text(errors="replace").strip()[-1000:]
+            raise InternalError(f"bare runsc run --detach failed: {tail}")
 
     def run(self, argv: list[str]) -> float:
         """Time one ``runsc run`` of ``argv`` (create, start, wait, destroy: all of it)."""
@@ -146,16 +189,53 @@ class BareRunsc:
         container = f"bench-{secrets.token_hex(6)}"
         state = self._tmp / f"state-{container}"
         state.mkdir()
-        cmd = [self.runsc, "--root", str(state), "--network=none",
-               f"--platform={self.platform}", "run", "--bundle", str(bundle), container]
+        cmd = self.argv(state, "run", "--bundle", str(bundle), container)
         try:
             return _timed(cmd, f"bare runsc run of {' '.join(argv)}")
         finally:
-            _kill_naming(str(state))
+            kill_naming(str(state))
             shutil.rmtree(state, ignore_errors=True)
 
 
-def _kill_naming(marker: str) -> None:
+def bwrap_start_idle(rootfs: Path, argv: list[str],
+                     cgroup: SandboxCgroups) -> subprocess.Popen[bytes]:
+    """``bwrap --unshare-all`` of ``argv`` over ``rootfs``, left running in ``cgroup``."""
+    cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", str(rootfs), "/",
+           "--proc", "/proc", "--dev", "/dev", *argv]
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, preexec_fn=cgroup.joiner(v1=True),
+                            start_new_session=True)
+
+
+def pss_kib(pids: list[int]) -> int:
+    """Proportional set size of these processes, summed from ``/proc/<pid>/smaps_rollup``.
+
+    PSS charges each shared page to the processes mapping it in equal parts, so summing it
+    over every process of many sandboxes never counts a page twice.
+    """
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                        break
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or a kernel thread
+    return total
+
+
+def mem_available_kib() -> int:
+    """The host's ``MemAvailable`` (what can be used without swapping), in KiB."""
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1])
+    raise InternalError("/proc/meminfo has no MemAvailable")
+
+
+def kill_naming(marker: str) -> None:
     """SIGKILL every process whose command line names ``marker`` (our unique state dir).
 
     ``runsc run`` normally reaps its sandbox and gofer before it exits; after a timeout or

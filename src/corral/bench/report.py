@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import platform
 import shutil
@@ -19,8 +20,17 @@ from .stats import Row, RuntimeResult
 
 MS = 1000.0
 
-#: Goals from the design brief, as (runtime or "*", row key) -> (goal, whether a row meets it).
-TARGETS: dict[tuple[str, str], tuple[str, Callable[[Row], bool]]] = {
+def _clients(row: Row) -> float:
+    return float(row.extra.get("clients", 0))
+
+
+def _rate_ratio(row: Row) -> float:
+    return row.rate.ratio or 99.0 if row.rate is not None else 99.0
+
+
+#: Goals from the design brief and the "speed at scale" issue, as (runtime or "*", row key
+#: or fnmatch pattern) -> (goal, whether a row meets it, or None where it does not apply).
+TARGETS: dict[tuple[str, str], tuple[str, Callable[[Row], bool | None]]] = {
     ("gvisor", "create_to_first_command"): (
         "≤ 1.3× bare runsc, < 150 ms",
         lambda row: (row.ratio("p50") or 99.0) <= 1.3 and row.corral.p50 < 0.150),
@@ -29,6 +39,21 @@ TARGETS: dict[tuple[str, str], tuple[str, Callable[[Row], bool]]] = {
     ("*", "warm_exec"): ("< 5 ms", lambda row: row.corral.p50 < 0.005),
     ("*", "api_exec"): ("< 5 ms through HTTP on localhost",
                         lambda row: row.corral.p50 < 0.005),
+    ("*", "warm_run_code"): ("< 5 ms", lambda row: row.corral.p50 < 0.005),
+    ("*", "pool_acquire_first_command"): ("< 10 ms", lambda row: row.corral.p50 < 0.010),
+    ("*", "pool_import_pandas"): ("< 50 ms", lambda row: row.corral.p50 < 0.050),
+    ("*", "pool_burst"): (
+        "100 creates from pools in < 1 s (< 10 ms each)",
+        lambda row: row.rate is not None and row.rate.corral_seconds / row.rate.count < 0.010),
+    ("gvisor", "create_throughput_*"): (
+        "≤ 1.2× bare runsc's wall time for as many creates, as many at once",
+        lambda row: _rate_ratio(row) <= 1.2 if _clients(row) > 1 else None),
+    ("namespaces", "create_throughput_*"): (
+        "≥ 100 creates/s",
+        lambda row: (row.rate is not None and row.rate.corral_per_s >= 100)
+        if _clients(row) > 1 else None),
+    ("gvisor", "idle_pss"): ("< 20 MiB PSS per idle sandbox (goal: 500 live)",
+                             lambda row: row.corral.p50 < 20),
 }
 
 
@@ -80,11 +105,11 @@ def _first_line(argv: list[str]) -> str | None:
 
 def target_verdict(runtime: str, row: Row) -> tuple[str, bool] | None:
     """The design goal that applies to ``row``, and whether it is met; None if none applies."""
-    found = TARGETS.get((runtime, row.key)) or TARGETS.get(("*", row.key))
-    if found is None:
-        return None
-    goal, check = found
-    return goal, check(row)
+    for (who, pattern), (goal, check) in TARGETS.items():
+        if who in (runtime, "*") and fnmatch.fnmatchcase(row.key, pattern):
+            met = check(row)
+            return None if met is None else (goal, met)
+    return None
 
 
 def _ms(seconds: float | None) -> str:
@@ -98,21 +123,51 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}×"
 
 
-def _throughput(row: Row) -> str:
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _rate(row: Row) -> str:
+    """The last column: MiB/s of a file round trip, or creates/s beside the bare rate."""
     value = row.throughput_mib_s()
-    return "" if value is None else f"{value:.0f}"
+    if value is not None:
+        return f"{value:.0f} MiB/s"
+    if row.rate is None:
+        return ""
+    bare = row.rate.bare_per_s
+    text = f"{row.rate.corral_per_s:.1f}/s"
+    if bare is not None:
+        text += f" vs {bare:.1f}/s ({_ratio(row.rate.ratio)})"
+    return text
 
 
 def _cells(row: Row) -> list[str]:
     bare = row.bare
     return [row.label, _ms(row.corral.p50), _ms(row.corral.p95), row.bare_label or "-",
             _ms(bare.p50 if bare else None), _ms(bare.p95 if bare else None),
-            _ratio(row.ratio("p50")), _ratio(row.ratio("p95")), _throughput(row)]
+            _ratio(row.ratio("p50")), _ratio(row.ratio("p95")), _rate(row)]
+
+
+def _memory_cells(row: Row) -> list[str]:
+    bare = row.bare
+    ratio = row.corral.mean / bare.mean if bare is not None and bare.mean > 0 else None
+    return [row.label, _mib(row.corral.p50), _mib(row.corral.p95), _mib(row.corral.mean),
+            row.bare_label or "-", _mib(bare.p50 if bare else None),
+            _mib(bare.mean if bare else None), _ratio(row.ratio("p50")), _ratio(ratio)]
 
 
 HEADERS = ["measure", "p50 ms", "p95 ms", "bare primitive", "bare p50", "bare p95",
-           "ratio p50", "ratio p95", "MiB/s"]
+           "ratio p50", "ratio p95", "rate"]
+MEMORY_HEADERS = ["memory", "p50 MiB", "p95 MiB", "mean MiB", "bare primitive", "bare p50",
+                  "bare mean", "ratio p50", "ratio mean"]
 _LEFT = (0, 3)
+_MEMORY_LEFT = (0, 4)
+
+
+def _split(result: RuntimeResult) -> tuple[list[Row], list[Row]]:
+    """(time rows, memory rows)."""
+    return ([r for r in result.rows if r.unit == "s"],
+            [r for r in result.rows if r.unit == "MiB"])
 
 
 def verdicts(result: RuntimeResult) -> list[tuple[str, bool]]:
@@ -124,15 +179,24 @@ def verdicts(result: RuntimeResult) -> list[tuple[str, bool]]:
             continue
         goal, met = verdict
         ratio = row.ratio("p50")
-        measured = f"p50 {_ms(row.corral.p50)} ms" + (f", {_ratio(ratio)}" if ratio else "")
+        if row.unit == "MiB":
+            measured = f"p50 {_mib(row.corral.p50)} MiB"
+        elif row.rate is not None:
+            measured = f"{_rate(row)}, wall {_ms(row.rate.corral_seconds)} ms"
+        else:
+            measured = f"p50 {_ms(row.corral.p50)} ms"
+        if ratio and row.rate is None:
+            measured += f", {_ratio(ratio)}"
         found.append((f"{row.label}: goal {goal}; measured {measured}", met))
     return found
 
 
 def rich_table(result: RuntimeResult) -> Table:
-    """One runtime's rows as a rich table (times in milliseconds)."""
-    n = result.rows[0].corral.n if result.rows else 0
-    caption = [f"n = {n} create runs; ratio = Corral / bare, lower is better"]
+    """One runtime's rows as a rich table (times in milliseconds, memory apart)."""
+    rows, memory = _split(result)
+    n = rows[0].corral.n if rows else 0
+    caption = [f"n = {n} create runs; ratio = Corral / bare, lower is better; rate: "
+               "Corral vs bare, ratio of wall times"]
     caption += [f"[{'green' if met else 'red'}]{'met' if met else 'MISSED'}[/] {text}"
                 for text, met in verdicts(result)]
     caption += [f"[yellow]note:[/] {note}" for note in result.notes]
@@ -141,22 +205,54 @@ def rich_table(result: RuntimeResult) -> Table:
     for i, header in enumerate(HEADERS):
         table.add_column(header, justify="left" if i in _LEFT else "right",
                          style="bold" if i == 0 else None, no_wrap=i in _LEFT)
-    for row in result.rows:
+    for row in rows:
         table.add_row(*_cells(row))
+    if memory:
+        table.add_section()
+        table.add_row(*(f"[dim]{h}[/]" for h in MEMORY_HEADERS))
+        for row in memory:
+            table.add_row(*_memory_cells(row))
     return table
+
+
+def _markdown_table(headers: list[str], left: tuple[int, ...], cells: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |",
+             "|" + "|".join("---" if i in left else "---:" for i in range(len(headers))) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in cells]
+
+
+def candidates(result: RuntimeResult) -> list[list[str]]:
+    """Ways to have pandas imported at create, side by side (the rows that were measured)."""
+    found = []
+    warm_pss = result.row("pool_pss_warm_kernel")
+    for key, what in (("pool_import_pandas", "warm kernel in a pooled sandbox"),
+                      ("restore_first_command", "runsc restore of a checkpoint"),
+                      ("cold_import_pandas", "cold kernel start")):
+        row = result.row(key)
+        if row is None:
+            continue
+        memory = _mib(warm_pss.corral.p50) if key == "pool_import_pandas" and warm_pss else "-"
+        found.append([what, row.label, _ms(row.corral.p50), _ms(row.corral.p95), memory])
+    return found
 
 
 def markdown(report: BenchReport) -> str:
     """Every runtime's rows as Markdown tables, ready for docs/benchmarks.md."""
     lines = []
     for result in report.results:
+        rows, memory = _split(result)
         lines += [f"### {result.runtime}", "", f"{result.detail}", ""]
-        lines.append("| " + " | ".join(HEADERS) + " |")
-        lines.append("|" + "|".join("---" if i in _LEFT else "---:"
-                                    for i in range(len(HEADERS))) + "|")
-        for row in result.rows:
-            lines.append("| " + " | ".join(_cells(row)) + " |")
+        lines += _markdown_table(HEADERS, _LEFT, [_cells(row) for row in rows])
         lines.append("")
+        if memory:
+            lines += _markdown_table(MEMORY_HEADERS, _MEMORY_LEFT,
+                                     [_memory_cells(row) for row in memory])
+            lines.append("")
+        found = candidates(result)
+        if found:
+            lines += _markdown_table(["candidate", "measure", "p50 ms", "p95 ms",
+                                      "PSS MiB"], (0, 1), found)
+            lines.append("")
         lines += [f"* {'met' if met else '**missed**'}: {text}"
                   for text, met in verdicts(result)]
         lines += [f"* note: {note}" for note in result.notes]

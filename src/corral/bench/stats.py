@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,11 +49,46 @@ class Stat:
 
 
 @dataclass(frozen=True)
+class Rate:
+    """``count`` operations done by Corral in ``corral_seconds`` of wall time, and the same
+    count of bare primitives in ``bare_seconds`` (creation throughput, bursts)."""
+
+    count: int
+    corral_seconds: float
+    bare_seconds: float | None = None
+
+    @property
+    def corral_per_s(self) -> float:
+        return self.count / self.corral_seconds if self.corral_seconds > 0 else 0.0
+
+    @property
+    def bare_per_s(self) -> float | None:
+        if self.bare_seconds is None or self.bare_seconds <= 0:
+            return None
+        return self.count / self.bare_seconds
+
+    @property
+    def ratio(self) -> float | None:
+        """Corral's wall time / bare's (= bare rate / Corral rate; above 1: Corral slower)."""
+        if self.bare_seconds is None or self.bare_seconds <= 0:
+            return None
+        return self.corral_seconds / self.bare_seconds
+
+    def to_json(self) -> dict[str, Any]:
+        return {"count": self.count, "corral_seconds": self.corral_seconds,
+                "bare_seconds": self.bare_seconds, "corral_per_s": self.corral_per_s,
+                "bare_per_s": self.bare_per_s, "ratio": self.ratio}
+
+
+@dataclass(frozen=True)
 class Row:
     """One line of a report: a Corral measure, with the bare primitive it is compared to.
 
     ``size_bytes`` is set for file transfers: each sample wrote and then read that many
-    bytes, so the throughput is ``2 * size / time``.
+    bytes, so the throughput is ``2 * size / time``. ``unit`` is what the samples count:
+    seconds (``"s"``), or ``"MiB"`` for memory rows. ``rate`` is set for throughput rows
+    (the samples are then each operation's latency); ``extra`` holds facts of the row
+    (clients, sandboxes live, image size) for the JSON document and the verdicts.
     """
 
     key: str
@@ -61,6 +97,9 @@ class Row:
     bare_label: str = ""
     bare: Stat | None = None
     size_bytes: int | None = None
+    unit: str = "s"
+    rate: Rate | None = None
+    extra: Mapping[str, float | str] = field(default_factory=dict)
 
     def ratio(self, q: str) -> float | None:
         """``corral / bare`` at ``q`` ("p50" or "p95"); None without a primitive."""
@@ -78,14 +117,18 @@ class Row:
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"key": self.key, "label": self.label,
-                               "corral": self.corral.to_json()}
+                               "corral": {**self.corral.to_json(), "unit": self.unit}}
         if self.bare is not None:
-            doc["bare"] = {"label": self.bare_label, **self.bare.to_json()}
+            doc["bare"] = {"label": self.bare_label, **self.bare.to_json(), "unit": self.unit}
             doc["ratio"] = {"p50": self.ratio("p50"), "p95": self.ratio("p95")}
         if self.size_bytes is not None:
             doc["size_bytes"] = self.size_bytes
             doc["throughput_mib_s"] = {"p50": self.throughput_mib_s("p50"),
                                        "p95": self.throughput_mib_s("p95")}
+        if self.rate is not None:
+            doc["rate"] = self.rate.to_json()
+        if self.extra:
+            doc["extra"] = dict(self.extra)
         return doc
 
 
@@ -97,6 +140,10 @@ class RuntimeResult:
     detail: str
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    def row(self, key: str) -> Row | None:
+        """The row named ``key``, if it was measured."""
+        return next((row for row in self.rows if row.key == key), None)
 
     def to_json(self) -> dict[str, Any]:
         return {"runtime": self.runtime, "detail": self.detail,

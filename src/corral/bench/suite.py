@@ -22,9 +22,10 @@ from corral.api.errors import InternalError, InvalidArgumentError
 from corral.node import Node, NodeSettings
 from corral.node.images import Image, ImageStore
 from corral.runtime import available_runtimes
+from corral.runtime._cgroups_unsafe import remove_parent
 from corral.runtime.agent_bundle import MOUNT_POINT, ensure_bundle
 
-from . import api, code, primitives
+from . import api, checkpoint, code, pools, primitives, scale
 from .report import BenchReport, machine_info
 from .stats import Row, RuntimeResult, Stat
 
@@ -48,6 +49,19 @@ class BenchConfig:
         warmup: unrecorded iterations before each measure.
         image: the image every sandbox and bare run uses.
         runtimes: runtimes to measure; empty means every one that works here.
+        code_iterations: recorded cold create → first run_code runs (default: iterations).
+        code_warmup: unrecorded ones before them (default: warmup).
+        pool_iterations: recorded warm-pool acquires (each of two kinds) per runtime.
+        pool_warmup: unrecorded ones before them (each takes two pooled sandboxes).
+        cold_pandas_iterations: recorded cold create → import pandas runs.
+        burst: creates at once from a full warm pool.
+        clients: concurrencies of the creation throughput measure.
+        creates_per_client: creates per client in each throughput batch.
+        min_creates: creates in each throughput batch, at least.
+        settle: seconds idle sandboxes settle before their memory is read.
+        density: idle sandboxes held at once for the memory measure.
+        checkpoint_iterations: recorded gVisor checkpoint/restore rounds.
+        scale: measure the warm pool, throughput, density and checkpoint rows at all.
     """
 
     iterations: int = 20
@@ -57,12 +71,28 @@ class BenchConfig:
     warmup: int = 2
     image: str = "python"
     runtimes: tuple[str, ...] = ()
+    code_iterations: int | None = None
+    code_warmup: int | None = None
+    pool_iterations: int = 10
+    pool_warmup: int = 1
+    cold_pandas_iterations: int = 3
+    burst: int = 100
+    clients: tuple[int, ...] = (1, 8, 32)
+    creates_per_client: int = 3
+    min_creates: int = 8
+    density: int = 100
+    checkpoint_iterations: int = 3
+    settle: float = 2.0
+    scale: bool = True
 
     @classmethod
     def quick(cls, image: str = "python", runtimes: tuple[str, ...] = ()) -> BenchConfig:
-        """Few iterations: a smoke run in well under a minute, not figures to publish."""
+        """Few iterations: a smoke run in under a minute, not figures to publish."""
         return cls(iterations=3, exec_iterations=20, file_iterations=2, warmup=1, image=image,
-                   runtimes=runtimes)
+                   runtimes=runtimes, code_iterations=1, code_warmup=0, pool_iterations=1,
+                   pool_warmup=0, cold_pandas_iterations=0, burst=10, clients=(8,),
+                   creates_per_client=1, min_creates=4, density=10, checkpoint_iterations=1,
+                   settle=0.5)
 
 
 async def measure(node: Node, image: Image, config: BenchConfig,
@@ -93,22 +123,39 @@ async def _measure_runtime(node: Node, image: Image, config: BenchConfig,
     with contextlib.ExitStack() as stack:
         bundle = ensure_bundle(node.settings.data_dir / "agent")  # the node's own
         bare_label, bare = _bare_runner(name, image.rootfs, bundle, stack)
-        primitives_argv = {"true": TRUE, "agent": primitives.agent_import_argv()}
-        if has_python:
-            primitives_argv["python"] = PYTHON
-        corral: dict[str, list[float]] = {k: [] for k in ("total", "create", "first", "kill")}
-        bare_samples: dict[str, list[float]] = {k: [] for k in primitives_argv}
-        rounds = config.warmup + config.iterations
-        for i in range(rounds):
-            progress(f"{name}: create → first command, {_step(i, config.warmup, rounds)}")
-            times = await _create_to_first(node, name, config.image)
-            measured = {key: await asyncio.to_thread(bare, argv)
-                        for key, argv in primitives_argv.items()}
-            if i >= config.warmup:
-                for samples, value in zip(corral.values(), times, strict=True):
-                    samples.append(value)
-                for key, value in measured.items():
-                    bare_samples[key].append(value)
+        await _measure_start(node, image, config, result, progress, bare_label, bare,
+                             has_python)
+        await _measure_warm(node, config, result, progress)
+        await api.measure_api_exec(node, config, result, progress)
+        code_iterations = config.code_iterations or config.iterations
+        await code.measure_code(node, config.image, image.rootfs, code_iterations,
+                                config.exec_iterations, config.warmup, result, progress,
+                                config.code_warmup)
+        if config.scale:
+            await measure_scale(node, image, config, result, progress, bare_label, bare)
+
+
+async def _measure_start(node: Node, image: Image, config: BenchConfig,
+                         result: RuntimeResult, progress: Progress, bare_label: str,
+                         bare: Callable[[list[str]], float], has_python: bool) -> None:
+    """create → first command beside the bare runs, and its parts."""
+    name = result.runtime
+    primitives_argv = {"true": TRUE, "agent": primitives.agent_import_argv()}
+    if has_python:
+        primitives_argv["python"] = PYTHON
+    corral: dict[str, list[float]] = {k: [] for k in ("total", "create", "first", "kill")}
+    bare_samples: dict[str, list[float]] = {k: [] for k in primitives_argv}
+    rounds = config.warmup + config.iterations
+    for i in range(rounds):
+        progress(f"{name}: create → first command, {_step(i, config.warmup, rounds)}")
+        times = await _create_to_first(node, name, config.image)
+        measured = {key: await asyncio.to_thread(bare, argv)
+                    for key, argv in primitives_argv.items()}
+        if i >= config.warmup:
+            for samples, value in zip(corral.values(), times, strict=True):
+                samples.append(value)
+            for key, value in measured.items():
+                bare_samples[key].append(value)
 
     label, total = "create → first command", _stat(corral["total"])
     result.rows.append(Row("create_to_first_command", label, total,
@@ -121,10 +168,30 @@ async def _measure_runtime(node: Node, image: Image, config: BenchConfig,
     result.rows.append(Row("create", "↳ create (agent up)", _stat(corral["create"])))
     result.rows.append(Row("first_command", "↳ first command", _stat(corral["first"])))
     result.rows.append(Row("teardown", "teardown (kill)", _stat(corral["kill"])))
-    await _measure_warm(node, config, result, progress)
-    await api.measure_api_exec(node, config, result, progress)
-    await code.measure_code(node, config.image, image.rootfs, config.iterations,
-                            config.exec_iterations, config.warmup, result, progress)
+
+
+async def measure_scale(node: Node, image: Image, config: BenchConfig,
+                         result: RuntimeResult, progress: Progress, bare_label: str,
+                         bare: Callable[[list[str]], float]) -> None:
+    """Warm pools, creation throughput, density and (gVisor) checkpoint/restore."""
+    name = result.runtime
+    bench = pools.PoolBench(image=config.image, iterations=config.pool_iterations,
+                            warmup=config.pool_warmup,
+                            cold_iterations=config.cold_pandas_iterations,
+                            burst=config.burst, bare=bare, bare_label=bare_label)
+    await pools.measure_pools(node, bench, result, progress)
+    await scale.measure_throughput(node, config.image, config.clients,
+                                   (config.creates_per_client, config.min_creates), bare,
+                                   bare_label, result, progress)
+    with contextlib.ExitStack() as stack:
+        runsc = (stack.enter_context(primitives.BareRunsc(image.rootfs))
+                 if name == "gvisor" else None)
+        await scale.measure_density(node, config.image, image.rootfs, config.density,
+                                    config.settle, runsc, result, progress)
+    if name == "gvisor" and config.checkpoint_iterations > 0:
+        await scale.run_to_end(checkpoint.measure_checkpoint, image.rootfs,
+                               config.checkpoint_iterations, config.pool_warmup, result,
+                               progress)
 
 
 def _bare_runner(runtime: str, rootfs: Path, bundle: Path,
@@ -225,8 +292,13 @@ async def run_benchmark(settings: NodeSettings, config: BenchConfig,
     image = ImageStore(settings.image_dir).get(config.image)
     machine = machine_info()
     started = datetime.now(UTC)
-    async with Node(settings) as node:
-        results = await measure(node, image, config, progress)
+    try:
+        async with Node(settings) as node:
+            results = await measure(node, image, config, progress)
+    finally:
+        # The node removes its parent cgroups when it closes; bare idle sandboxes live
+        # under them too, and are torn down before it closes, but never leave them behind.
+        remove_parent(settings.node_key)
     machine["loadavg_end"] = list(os.getloadavg())
     doc = dataclasses.asdict(config)
     return BenchReport(machine=machine, config=doc, started=started,

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from corral.bench import BenchConfig, markdown, rich_table, run_benchmark
+from corral.bench.plots import render_plots
 from corral.runtime import RUNTIME_NAMES
 
 from ._common import DataDirOption, node_settings, private_node, reporting_errors, say, stderr
@@ -39,6 +40,13 @@ def bench(
         "--json", metavar="PATH", help="Also write every figure and sample as JSON.")] = None,
     markdown_path: Annotated[Path | None, typer.Option(
         "--markdown", metavar="PATH", help="Also write the tables as Markdown.")] = None,
+    density: Annotated[int | None, typer.Option(
+        "--density", min=1, max=2000, show_default="100, or 10 with --quick",
+        help="Idle sandboxes held at once for the memory (PSS) measure; 500 needs ~10 GB.")
+    ] = None,
+    plots: Annotated[Path | None, typer.Option(
+        "--plots", metavar="DIR", help="Also render PNG plots into DIR (needs matplotlib: "
+        "the `bench` extra).")] = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Measure sandbox start-up, exec and file round trips against bare runsc/bwrap.
@@ -56,12 +64,16 @@ def bench(
         corral bench --quick
 
         corral bench -n 20 --json bench.json --runtime gvisor
+
+        corral bench --density 500 --runtime gvisor --plots docs/img
     """
     runtimes = tuple(runtime or ())
     config = BenchConfig.quick(image, runtimes) if quick else BenchConfig(
         image=image, runtimes=runtimes)
     if iterations is not None:
         config = dataclasses.replace(config, iterations=iterations)
+    if density is not None:
+        config = dataclasses.replace(config, density=density)
     settings = node_settings(data_dir)
     with reporting_errors(), private_node(settings) as private:
         if stderr.is_terminal:
@@ -84,3 +96,7 @@ def bench(
     if markdown_path is not None:
         markdown_path.write_text(markdown(report))
         say(f"wrote {markdown_path}")
+    if plots is not None:
+        with reporting_errors():
+            for path in render_plots(report.to_json(), plots):
+                say(f"wrote {path}")

@@ -1,0 +1,86 @@
+"""The benchmark report's scale rows: rates beside the bare rate, memory rows in a table of
+their own, the goals that apply, the candidates for pre-warmed interpreters, and the plots."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from corral.bench import BenchReport, Row, RuntimeResult, Stat, markdown, rich_table
+from corral.bench.report import verdicts
+from corral.bench.stats import Rate
+
+
+def _result(runtime: str) -> RuntimeResult:
+    rows = [
+        Row("create_to_first_command", "create → first command", Stat((0.26, 0.27)),
+            "runsc run /bin/true", Stat((0.10, 0.11))),
+        Row("create_throughput_1", "creation throughput, 1 clients", Stat((0.3, 0.3)),
+            "runsc run /bin/true, 1 at once", Stat((0.1, 0.1)), rate=Rate(8, 2.4, 0.8),
+            extra={"clients": 1, "creates": 8}),
+        Row("create_throughput_8", "creation throughput, 8 clients", Stat((1.0, 1.1)),
+            "runsc run /bin/true, 8 at once", Stat((0.5, 0.6)), rate=Rate(24, 4.0, 3.6),
+            extra={"clients": 8, "creates": 24}),
+        Row("pool_acquire_first_command", "warm pool acquire → first command",
+            Stat((0.012, 0.014)), "exec on a running sandbox", Stat((0.009, 0.010))),
+        Row("pool_import_pandas", "warm pool create → import pandas result",
+            Stat((0.020, 0.030)), "runsc run python3 import pandas", Stat((1.5, 1.6))),
+        Row("pool_burst", "burst of 100 creates from a pool", Stat((0.01,) * 4),
+            "runsc run /bin/true, 32 at once", Stat((0.5,) * 4), rate=Rate(100, 0.8, 9.0)),
+        Row("idle_pss", "PSS per idle sandbox, 500 live", Stat((17.0, 18.0, 19.0)),
+            "runsc run sleep (idle)", Stat((10.0, 10.0, 10.0)), unit="MiB",
+            extra={"live": 500}),
+        Row("pool_pss_warm_kernel", "PSS per pooled sandbox (warm kernel)",
+            Stat((190.0, 200.0)), unit="MiB"),
+        Row("restore_first_command", "runsc restore → first command", Stat((0.4, 0.5)),
+            "runsc run python3 → pandas imported", Stat((1.5, 1.6))),
+    ]
+    return RuntimeResult(runtime, "test", rows)
+
+
+def _report() -> BenchReport:
+    now = datetime.now(UTC)
+    return BenchReport(machine={}, config={}, started=now, finished=now,
+                       results=[_result("gvisor")])
+
+
+def test_rates_memory_rows_and_goals() -> None:
+    report = _report()
+    text = markdown(report)
+    assert "| creation throughput, 8 clients |" in text
+    assert "6.0/s vs 6.7/s (1.11×)" in text  # 24 creates in 4.0 s vs 3.6 s
+    assert "| PSS per idle sandbox, 500 live | 18.0 | 19.0 | 18.0 | runsc run sleep (idle) |" \
+        in text
+    assert "| memory | p50 MiB |" in text
+    assert "| warm kernel in a pooled sandbox | warm pool create → import pandas result | 25.0 |" \
+        in text
+    found = dict(verdicts(report.results[0]))
+    assert [met for goal, met in found.items() if goal.startswith("creation throughput, 8")] \
+        == [True]  # within 1.2× of the bare rate
+    assert not any(goal.startswith("creation throughput, 1 ") for goal in found)  # serial
+    assert [met for goal, met in found.items() if goal.startswith("warm pool acquire")] \
+        == [False]  # 13 ms, goal < 10 ms
+    assert [met for goal, met in found.items() if goal.startswith("burst")] == [True]
+    assert [met for goal, met in found.items() if goal.startswith("PSS per idle")] == [True]
+    doc = report.to_json()["runtimes"][0]["rows"]
+    throughput = next(row for row in doc if row["key"] == "create_throughput_8")
+    assert throughput["rate"]["ratio"] == pytest.approx(4.0 / 3.6)
+    assert throughput["extra"]["clients"] == 8
+    idle = next(row for row in doc if row["key"] == "idle_pss")
+    assert idle["corral"]["unit"] == "MiB" and idle["bare"]["unit"] == "MiB"
+    assert rich_table(report.results[0]).row_count == len(report.results[0].rows) + 1
+
+
+def test_plots_are_rendered_from_the_json(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from corral.bench.plots import render_plots
+
+    doc = json.loads(json.dumps(_report().to_json()))  # as read back from --json
+    written = render_plots(doc, tmp_path / "img")
+    assert sorted(p.name for p in written) == ["bench-create.png", "bench-pss.png",
+                                               "bench-throughput.png"]
+    for path in written:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
