@@ -9,8 +9,10 @@ Pre-warmed interpreters: a pool's sandboxes can also have their default code con
 Jupyter kernel running, with heavy modules already imported (``warm``; by default numpy,
 pandas and matplotlib), so a first ``run_code`` that imports pandas costs a round trip, not
 seconds. Measured against the alternatives (docs/benchmarks.md, ARCHITECTURE.md): a warm
-kernel per pooled sandbox is what this host runs best; gVisor checkpoint/restore restores
-slower than a cold start here. The request's env reaches that kernel at hand-out.
+kernel per pooled sandbox answers in milliseconds, where restoring a checkpointed warm
+process with runsc takes hundreds. The request's env reaches that kernel at hand-out.
+Each pooled sandbox also runs one command before it counts as ready, so the first
+command of its user does not pay for warming the exec path.
 
 Only a sandbox whose agent answers a ping (and whose warm kernel is alive) is handed out;
 anything else falls back to a cold start, so a pool can only make a create faster, never
