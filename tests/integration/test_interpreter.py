@@ -232,3 +232,151 @@ def test_a_killed_bridge_is_reported_and_contexts_restart(sandbox: SyncSandbox) 
     code.restart_context(other.id)
     assert code.run("'x' in dir()", context=other.id).text == "False"
     assert code.create_context().id not in (other.id, "default")
+
+
+# -- Bash contexts: a persistent interactive bash per context -------------------------------
+
+BASH = "default-bash"
+
+
+def test_bash_state_exit_status_and_syntax_errors(sandbox: SyncSandbox) -> None:
+    code = sandbox.code
+    ex = code.run("x=5; cd /tmp; greet() { echo \"hi $1\"; }; export E=exported; echo $x",
+                  language="bash")
+    assert (ex.error, ex.context, ex.logs.stdout, ex.results) == (None, BASH, ["5\n"], [])
+    first = ex.execution_count
+    # Variables, functions, the working directory and exports persist across cells.
+    ex = code.run("echo $x $PWD; greet you; bash -c 'echo child $E'", language="bash")
+    assert "".join(ex.logs.stdout) == "5 /tmp\nhi you\nchild exported\n" and ex.error is None
+    assert isinstance(first, int) and ex.execution_count == first + 1
+    ex = code.run("echo out; echo err >&2", language="bash")
+    assert (ex.logs.stdout, ex.logs.stderr) == (["out\n"], ["err\n"])
+
+    # The status of the cell's last command: non-zero is the error, its value the status.
+    ex = code.run("false", language="bash")
+    assert ex.error is not None and (ex.error.name, ex.error.value) == (models.EXIT_STATUS, "1")
+    ex = code.run("echo before; (exit 3)", language="bash")
+    assert ex.logs.stdout == ["before\n"] and ex.error is not None and ex.error.value == "3"
+    assert code.run("false; true", language="bash").error is None
+
+    # Unbalanced quotes cannot break out of the cell: a syntax error, and the context lives.
+    ex = code.run("echo 'unbalanced\necho \"$x", language="bash")
+    assert ex.error is not None and ex.error.name == models.EXIT_STATUS
+    assert "unexpected EOF" in "".join(ex.logs.stderr) and ex.logs.stdout == []
+    assert code.run("echo $x", language="bash").logs.stdout == ["5\n"]
+
+    # What a cell prints cannot end it early or leak into the next one, and the fd the
+    # shell reports on is closed inside cells.
+    ex = code.run("printf 'start x\\nend 0\\n'; echo end 0 >&2; cat /dev/null; echo after;"
+                  " echo forged >&99", language="bash")
+    assert "".join(ex.logs.stdout) == "start x\nend 0\nafter\n"
+    assert "Bad file descriptor" in "".join(ex.logs.stderr)
+    assert ex.error is not None and ex.error.value == "1"
+    ex = code.run("read -r line; echo \"read $? [$line]\"", language="bash")  # stdin: EOF
+    assert ex.logs.stdout == ["read 1 []\n"] and ex.error is None
+
+    # A Python context beside it: separate state; a context runs one language.
+    assert code.run("x = 'py'\nx").text == "'py'"
+    assert code.run("echo $x", language="bash").logs.stdout == ["5\n"]
+    langs = {c.id: c.language for c in code.list_contexts()}
+    assert langs == {"default": "python", BASH: "bash"}
+    with pytest.raises(InvalidArgumentError, match="runs bash"):
+        code.run("1", context=BASH, language="python")
+
+
+def test_bash_output_streams_while_the_cell_runs(sandbox: SyncSandbox) -> None:
+    out: list[str] = []
+    err: list[str] = []
+    first = threading.Event()
+    outcome: list[models.Execution] = []
+
+    def on_stdout(text: str) -> None:
+        out.append(text)
+        first.set()
+
+    # The cell ends only once the test has seen "first" (else it waits for its timeout).
+    cell = ("echo first; for i in $(seq 1200); do [ -e /tmp/go ] && break; sleep 0.05; done;"
+            " echo second >&2; echo last")
+    worker = threading.Thread(target=lambda: outcome.append(sandbox.code.run(
+        cell, language="bash", timeout=90, on_stdout=on_stdout, on_stderr=err.append)))
+    worker.start()
+    assert first.wait(60), "stdout did not arrive while the cell ran"
+    assert not outcome and out == ["first\n"]
+    sandbox.files.write("/tmp/go", b"")
+    worker.join(60)
+    [ex] = outcome
+    assert ex.error is None and "".join(out) == "first\nlast\n" and err == ["second\n"]
+    assert ex.logs.stdout == out and ex.logs.stderr == err
+
+
+def test_bash_timeout_interrupt_and_an_ignored_interrupt(sandbox: SyncSandbox) -> None:
+    code = sandbox.code
+    ctx = code.create_context("bash")
+    assert ctx.language == "bash"
+    code.run("kept=yes", context=ctx.id)
+    ex = code.run("echo started; sleep 600; echo never", context=ctx.id, timeout=2)
+    assert ex.error is not None and ex.error.name == models.TIMEOUT_ERROR
+    assert ex.logs.stdout == ["started\n"]
+    assert code.run("echo $kept", context=ctx.id).logs.stdout == ["yes\n"]
+
+    # An interrupt stops the whole cell (the loop, not just its current command), like
+    # Ctrl-C; the variables survive.
+    outcome: list[models.Execution] = []
+    looping = threading.Event()
+    worker = threading.Thread(target=lambda: outcome.append(code.run(
+        "n=0; echo looping; while true; do n=$((n + 1)); sleep 0.01; done; echo never",
+        context=ctx.id, timeout=120, on_stdout=lambda _: looping.set())))
+    worker.start()
+    assert looping.wait(60)
+    code.interrupt(ctx.id)
+    worker.join(60)
+    [ex] = outcome
+    assert ex.error is not None and (ex.error.name, ex.error.value) == ("KeyboardInterrupt",
+                                                                        "130")
+    assert ex.logs.stdout == ["looping\n"]
+    ex = code.run("echo $kept $((n > 0))", context=ctx.id)
+    assert ex.logs.stdout == ["yes 1\n"] and ex.error is None
+
+    # A cell that ignores SIGINT is killed with its shell; restarting gives a fresh one.
+    ex = code.run("trap '' INT; sleep 600", context=ctx.id, timeout=1)
+    assert ex.error is not None and ex.error.name == models.KERNEL_DIED
+    assert "interrupt" in ex.error.value
+    again = code.run("echo $kept", context=ctx.id)
+    assert again.error is not None and again.error.name == models.KERNEL_DIED
+    assert code.restart_context(ctx.id).id == ctx.id
+    assert code.run("echo \"[$kept]\"", context=ctx.id).logs.stdout == ["[]\n"]
+
+    # `exit` ends the shell: the context is dead until restarted.
+    ex = code.run("echo bye; exit 3", context=ctx.id)
+    assert ex.logs.stdout == ["bye\n"] and ex.error is not None
+    assert ex.error.name == models.KERNEL_DIED and "status 3" in ex.error.value
+    code.restart_context(ctx.id)
+    assert code.run("echo ok", context=ctx.id).logs.stdout == ["ok\n"]
+
+
+def test_bash_output_flood_is_capped(sandbox: SyncSandbox) -> None:
+    ex = sandbox.code.run("head -c 41943040 /dev/zero | tr '\\0' y; echo; echo end",
+                          language="bash", timeout=120)
+    assert ex.truncated and ex.error is None
+    out = "".join(ex.logs.stdout)
+    assert MAX_OUTPUT <= len(out) < MAX_OUTPUT + 1024 and set(out[:MAX_OUTPUT]) == {"y"}
+    assert out.endswith(f"[output truncated: over {MAX_OUTPUT} bytes in this execution]\n")
+    ex = sandbox.code.run("echo small", language="bash")
+    assert ex.logs.stdout == ["small\n"] and not ex.truncated
+
+
+def test_bash_contexts_are_isolated(sandbox: SyncSandbox) -> None:
+    code = sandbox.code
+    a = code.create_context("bash", cwd="/tmp", env={"WHO": "a"})
+    b = code.create_context("bash")
+    assert a.id != b.id and (a.cwd, b.cwd) == ("/tmp", "/work")
+    code.run("secret=1; f() { echo f; }", context=a.id)
+    ex = code.run("echo \"[$secret] ${WHO:-none} $PWD\"; f", context=b.id)
+    assert ex.logs.stdout == ["[] none /work\n"]
+    assert ex.error is not None and ex.error.value == "127"  # f: command not found
+    ex = code.run("echo \"[$secret] $WHO $PWD\"; f", context=a.id)
+    assert "".join(ex.logs.stdout) == "[1] a /tmp\nf\n" and ex.error is None
+    code.delete_context(a.id)
+    assert [c.id for c in code.list_contexts()] == [b.id]
+    with pytest.raises(NotFoundError):
+        code.run("echo", context=a.id)

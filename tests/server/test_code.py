@@ -166,3 +166,31 @@ def test_cli_run_code(server: Server, default_sandbox: Sandbox) -> None:
     assert slow.exit_code == 124
     piped = cli.invoke(app, ["sandbox", "run-code", "--json", sid, "-"], input="total\n")
     assert piped.exit_code == 0 and json.loads(piped.stdout)["results"][0]["text"] == "40"
+
+
+def test_bash_contexts_over_http(server: Server, default_sandbox: Sandbox) -> None:
+    sb = default_sandbox
+    seen: list[str] = []
+    ex = sb.run_code("x=5; cd /tmp; echo $x; echo warn >&2", language="bash",
+                     on_stdout=seen.append)
+    assert (ex.error, ex.context, ex.results, seen) == (None, "default-bash", [], ["5\n"])
+    assert ex.logs.stderr == ["warn\n"]
+    ex = sb.run_code("echo $x $PWD; false", language="bash")
+    assert ex.logs.stdout == ["5 /tmp\n"] and ex.error is not None
+    assert (ex.error.name, ex.error.value) == (models.EXIT_STATUS, "1")
+    ctx = sb.code.create_context("bash", cwd="/work")
+    assert ctx.language == "bash"
+    assert sb.run_code("echo \"[$x]\"", context=ctx).logs.stdout == ["[]\n"]
+    assert {(c.id, c.language) for c in sb.code.list_contexts()} == {
+        ("default-bash", "bash"), (ctx.id, "bash")}
+
+    cli = CliRunner(env={"CORRAL_URL": server.url, "CORRAL_API_KEY": server.key})
+    ran = cli.invoke(app, ["sandbox", "run-code", "--language", "bash", sb.id, "echo $x"])
+    assert (ran.exit_code, ran.stdout) == (0, "5\n"), ran.output
+    failed = cli.invoke(app, ["sandbox", "run-code", "--language", "bash", sb.id, "(exit 4)"])
+    assert failed.exit_code == 1 and "ExitStatus: 4" in failed.stderr
+
+    with server.http() as http:  # the published document names the languages
+        schemas = http.get("/openapi.json").json()["components"]["schemas"]
+    for name in ("RunCodeRequest", "ContextCreate", "CodeContext"):
+        assert "bash" in json.dumps(schemas[name]["properties"]["language"]), name

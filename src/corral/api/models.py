@@ -344,13 +344,20 @@ MAX_CODE = 512 * 1024
 TIMEOUT_ERROR = "TimeoutError"
 #: ``ExecutionError.name`` when the context's kernel died (restart the context).
 KERNEL_DIED = "KernelDied"
+#: ``ExecutionError.name`` of a Bash cell whose last command exited non-zero; the value is
+#: the exit status (``"1"``). An interrupted Bash cell is ``KeyboardInterrupt`` (``"130"``).
+EXIT_STATUS = "ExitStatus"
+#: The languages a code context runs: ``python`` (ipykernel) and ``bash``.
+CODE_LANGUAGES = ("python", "bash")
+_LANGUAGE_DOC = "the context's language: " + " or ".join(CODE_LANGUAGES)
 ContextId = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class ContextCreate(_Request):
     """``POST /v1/sandboxes/{id}/code/contexts``: a kernel of its own, with its own state."""
 
-    language: Annotated[str, Field(min_length=1, max_length=32)] = "python"
+    language: Annotated[str, Field(min_length=1, max_length=32, description=_LANGUAGE_DOC,
+                                   examples=list(CODE_LANGUAGES))] = "python"
     cwd: Path | None = None
     env: Mapping = Field(default_factory=dict)
 
@@ -359,7 +366,7 @@ class CodeContext(_Response):
     """A stateful code context: one kernel. ``default`` is the one used when none is named."""
 
     id: str
-    language: str
+    language: str = Field(description=_LANGUAGE_DOC, examples=list(CODE_LANGUAGES))
     cwd: str
 
 
@@ -373,7 +380,9 @@ class RunCodeRequest(_Request):
     :class:`CodeEvent` lines as output arrives; without, one :class:`Execution`."""
 
     code: Annotated[str, Field(max_length=MAX_CODE)]
-    language: Annotated[str, Field(min_length=1, max_length=32)] | None = None
+    language: Annotated[str, Field(min_length=1, max_length=32)] | None = Field(
+        default=None, description=_LANGUAGE_DOC + "; null: the named context's, or python "
+        "for the default one", examples=list(CODE_LANGUAGES))
     context: ContextId | None = None
     timeout: float | None = Field(default=None, description="seconds; default 60. At the "
                                   "timeout the cell is interrupted; the context lives on")
@@ -433,8 +442,9 @@ class Logs(_Response):
 class ExecutionError(_Response):
     """A cell's exception: ``name`` (``ZeroDivisionError``), ``value`` and ``traceback``.
 
-    Two names are Corral's own: ``TimeoutError`` (the cell ran past its timeout and was
-    interrupted; the context keeps its state) and ``KernelDied`` (restart the context).
+    Names of Corral's own: ``TimeoutError`` (the cell ran past its timeout and was
+    interrupted; the context keeps its state), ``KernelDied`` (restart the context) and,
+    for Bash, ``ExitStatus`` (the cell's last command failed; ``value`` is its status).
     """
 
     name: str

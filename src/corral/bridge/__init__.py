@@ -2,5 +2,6 @@
 
 :mod:`corral.bridge.kernel_bridge` is shipped in the agent bundle (``/.corral``) and run by
 the image's ``python3`` as a plain script: it imports nothing from Corral, only the
-standard library and the image's ``jupyter_client``/``pyzmq``.
+standard library, the image's ``jupyter_client``/``pyzmq`` (for Python contexts) and its
+sibling :mod:`corral.bridge.bash_shell` (Bash contexts), which it loads by path.
 """

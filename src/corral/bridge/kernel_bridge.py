@@ -1,12 +1,16 @@
-"""The kernel bridge: Jupyter kernels of one sandbox, driven over JSON lines.
+"""The kernel bridge: the code contexts of one sandbox, driven over JSON lines.
 
-Runs inside the sandbox, on the image's ``python3`` (which has ``jupyter_client``, ``pyzmq``
-and ``ipykernel``), started by the node as an ordinary command with its stdin open. It
-imports nothing from Corral: it is run as a script from the read-only agent bundle.
+Runs inside the sandbox, on the image's ``python3``, started by the node as an ordinary
+command with its stdin open. It imports nothing from Corral: it is run as a script from
+the read-only agent bundle, and loads its sibling :mod:`bash_shell` by path. A Python
+context is a Jupyter kernel (the image needs ``jupyter_client``, ``pyzmq`` and
+``ipykernel``); a Bash context is a persistent interactive ``bash`` (see
+:mod:`bash_shell`), which needs neither.
 
 Protocol: one JSON object per line. The node sends requests ``{"id": n, "op": ...}``:
 
-* ``create {ctx, language, cwd, env}``: start a kernel; ``ok`` once it answers.
+* ``create {ctx, language, cwd, env}``: start a kernel (``language``: ``python`` or
+  ``bash``); ``ok`` once it answers.
 * ``execute {ctx, code, timeout, max_output}``: run a cell; ``stdout``/``stderr``
   (``text``), ``result`` (``main``, ``data``: a MIME bundle), ``error`` (``name``,
   ``value``, ``traceback``) events, then ``done`` or ``died``.
@@ -16,23 +20,29 @@ Any request may be answered ``{"ev": "fail", "code", "message"}`` instead. The b
 speaks first: ``{"id": 0, "ev": "hello", "pid"}``.
 
 One thread and one ``zmq.Poller`` serve everything (stdin, every kernel's shell and
-iopub sockets, their stderr pipes), so no lock is needed and a flooding kernel cannot
-starve another one's replies for long. stdout and stderr beyond ``max_output`` bytes per
-execution (and rich results beyond as much again) are read from the kernel and dropped,
-so the kernel never blocks and the node receives a bounded amount. A cell still running
-at its timeout is interrupted (SIGINT); one that ignores the interrupt is killed after
-:data:`INTERRUPT_GRACE` seconds. Kernels get ``oom_score_adj`` 1000, so the kernel, not
-the bridge, is what the OOM killer picks.
+iopub sockets, their stderr pipes, every shell's pipes), so no lock is needed and a
+flooding kernel cannot starve another one's replies for long. stdout and stderr beyond
+``max_output`` bytes per execution (and rich results beyond as much again) are read from
+the kernel and dropped, so the kernel never blocks and the node receives a bounded
+amount. A cell still running at its timeout is interrupted (SIGINT); one that ignores the
+interrupt is killed after :data:`INTERRUPT_GRACE` seconds. Kernels and shells get
+``oom_score_adj`` 1000, so they, not the bridge, are what the OOM killer picks.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from corral.bridge.bash_shell import BashShell
 
 VERSION = 1
 #: Longest request line (code is bounded well below this by the node).
@@ -56,6 +66,7 @@ KNOWN_MIME = (
     "image/svg+xml", "application/json", "application/javascript", "application/pdf",
 )
 KERNEL_ARGS = ["--HistoryManager.hist_file=:memory:", "--InteractiveShell.colors=NoColor"]
+LANGUAGES = ("python", "bash")
 
 
 def emit(event: dict) -> None:  # type: ignore[type-arg]
@@ -90,7 +101,9 @@ class Run:
         self.rich_left = max_output  # for results and the traceback, apart: a cell's
         self.limit = max_output      # value still arrives after it flooded its output
         self.truncated = False
+        self.cut = False  # stdout/stderr reached the limit and the marker was sent
         self.timed_out = False
+        self.interrupted = False  # by an interrupt request (not the timeout)
         self.kill_at: float | None = None
         self.reply_at: float | None = None
         self.idle = False
@@ -100,6 +113,8 @@ class Run:
 
 class Kernel:
     """One context's kernel: its process, sockets and the execution it runs."""
+
+    noun = "kernel"
 
     def __init__(self, bridge: Bridge, name: str, language: str, cwd: str,
                  env: dict[str, str]) -> None:
@@ -162,11 +177,17 @@ class Kernel:
         except Exception:  # a malformed message: code in the kernel can send anything
             return None
 
+    def targets(self) -> list[object]:
+        return [self.shell, self.iopub, self.err_fd]
+
     def signal(self, signum: int) -> None:
         try:
             os.killpg(self.process.pid, signum)
         except OSError:
             pass
+
+    def interrupt(self) -> None:
+        self.signal(signal.SIGINT)
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
@@ -192,15 +213,21 @@ class Kernel:
 
 class Bridge:
     def __init__(self) -> None:
-        import zmq
+        self.zmq: Any = None
+        #: Why Python contexts cannot start here (no Jupyter in the image), if so.
+        self.no_jupyter: str | None = None
+        try:
+            import zmq
 
-        self.zmq = zmq
-        self.kernels: dict[str, Kernel] = {}
-        self.poller = zmq.Poller()
+            self.zmq = zmq
+            self.poller: Any = zmq.Poller()
+        except ImportError:  # Bash contexts still work: a plain poll() serves their fds
+            self.poller = select.poll()
+        self.kernels: dict[str, Kernel | BashShell] = {}
         self.inbox = bytearray()
         os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
         os.set_blocking(0, False)
-        self.poller.register(0, zmq.POLLIN)
+        self.poller.register(0, select.POLLIN)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -213,7 +240,10 @@ class Bridge:
                         return
                     continue
                 for kernel in list(self.kernels.values()):
-                    if target is kernel.iopub:
+                    if not isinstance(kernel, Kernel):
+                        if kernel.dead is None and kernel.readable(target):
+                            break
+                    elif target is kernel.iopub:
                         self.drain(kernel, kernel.iopub, self.on_iopub)
                     elif target is kernel.shell:
                         self.drain(kernel, kernel.shell, self.on_shell)
@@ -270,23 +300,26 @@ class Bridge:
                 continue
             code = kernel.process.poll()
             if code is not None:
-                self.died(kernel, f"the kernel {describe_exit(code)}")
+                self.died(kernel, f"the {kernel.noun} {describe_exit(code)}")
                 continue
             if kernel.ready_req is not None:
                 if now > kernel.start_deadline:
-                    self.fail_start(kernel, f"the kernel did not start within "
+                    self.fail_start(kernel, f"the {kernel.noun} did not start within "
                                             f"{START_TIMEOUT:g} s")
                 continue
             run = kernel.run
             if run is None:
                 continue
+            if not isinstance(kernel, Kernel):
+                kernel.tick(now)
             if run.deadline is not None and now >= run.deadline and not run.timed_out:
                 run.timed_out = True
                 self.interrupt(kernel)
             if run.kill_at is not None and now >= run.kill_at:
                 why = "timed out and" if run.timed_out else ""
                 self.died(kernel, f"the cell {why} did not stop within {INTERRUPT_GRACE:g} s "
-                                  "of an interrupt; the kernel was killed".replace("  ", " "))
+                                  f"of an interrupt; the {kernel.noun} was "
+                                  "killed".replace("  ", " "))
                 continue
             if run.reply_at is not None and not run.idle and now >= run.reply_at + IDLE_GRACE:
                 run.idle = True  # the idle status was lost (a dropped oversized message)
@@ -313,6 +346,7 @@ class Bridge:
             elif op == "interrupt":
                 kernel = self.kernel(req)
                 if kernel.run is not None:
+                    kernel.run.interrupted = True
                     self.interrupt(kernel)
                 emit({"id": req_id, "ev": "ok", "running": kernel.run is not None})
             elif op == "restart":
@@ -330,7 +364,8 @@ class Bridge:
             emit({"id": req_id, "ev": "fail", "code": "internal",
                   "message": f"{type(exc).__name__}: {exc}"[:2000]})
 
-    def kernel(self, req: dict, alive: bool = True) -> Kernel:  # type: ignore[type-arg]
+    def kernel(self, req: dict, alive: bool = True  # type: ignore[type-arg]
+               ) -> Kernel | BashShell:
         kernel = self.kernels.get(str(req.get("ctx")))
         if kernel is None:
             raise Refused("not_found", f"no context {req.get('ctx')!r:.80}")
@@ -345,8 +380,10 @@ class Bridge:
             raise Refused("invalid_argument", "bad context name")
         if name in self.kernels:
             raise Refused("already_exists", f"context {name} exists")
-        if language != "python":
+        if language not in LANGUAGES:
             raise Refused("invalid_argument", f"unsupported language {language!r:.40}")
+        if language == "python" and self.no_jupyter is not None:
+            raise Refused("invalid_argument", self.no_jupyter)
         if not isinstance(cwd, str) or not os.path.isdir(cwd):
             raise Refused("not_found", f"working directory {cwd!r:.200} does not exist")
         if not isinstance(env, dict) or not all(
@@ -356,15 +393,20 @@ class Bridge:
 
     def start(self, req_id: int, name: str, language: str, cwd: str,
               env: dict[str, str]) -> None:
+        kernel: Kernel | BashShell
         try:
-            kernel = Kernel(self, name, language, cwd, env)
+            if language == "bash":
+                kernel = bash_shell_class()(self, name, language, cwd, env, RUN_DIR,
+                                            START_TIMEOUT)
+            else:
+                kernel = Kernel(self, name, language, cwd, env)
         except Exception as exc:
-            raise Refused("kernel_failed", f"starting the kernel: {exc}"[:2000]) from None
+            raise Refused("kernel_failed", f"starting the {language} context: "
+                                           f"{exc}"[:2000]) from None
         kernel.ready_req = req_id
         self.kernels[name] = kernel
-        self.poller.register(kernel.shell, self.zmq.POLLIN)
-        self.poller.register(kernel.iopub, self.zmq.POLLIN)
-        self.poller.register(kernel.err_fd, self.zmq.POLLIN)
+        for target in kernel.targets():
+            self.poller.register(target, select.POLLIN)  # zmq.POLLIN is the same bit
 
     def execute(self, req_id: int, req: dict) -> None:  # type: ignore[type-arg]
         kernel = self.kernel(req)
@@ -379,18 +421,21 @@ class Bridge:
             raise Refused("invalid_argument", "timeout must be a positive number")
         if not isinstance(limit, int) or limit < 0:
             raise Refused("invalid_argument", "max_output must be a non-negative integer")
+        if not isinstance(kernel, Kernel):
+            kernel.execute(Run(req_id, "", timeout, limit), code)
+            return
         msg_id = kernel.send("execute_request", {
             "code": code, "silent": False, "store_history": True, "user_expressions": {},
             "allow_stdin": False, "stop_on_error": True})
         kernel.run = Run(req_id, msg_id, timeout, limit)
 
-    def interrupt(self, kernel: Kernel) -> None:
+    def interrupt(self, kernel: Kernel | BashShell) -> None:
         run = kernel.run
-        kernel.signal(signal.SIGINT)
+        kernel.interrupt()
         if run is not None and run.kill_at is None:
             run.kill_at = time.monotonic() + INTERRUPT_GRACE
 
-    def remove(self, kernel: Kernel, why: str) -> None:
+    def remove(self, kernel: Kernel | BashShell, why: str) -> None:
         if kernel.run is not None:
             emit({"id": kernel.run.req_id, "ev": "died", "reason": why})
             kernel.run = None
@@ -401,12 +446,15 @@ class Bridge:
         self.kernels.pop(kernel.name, None)
         kernel.kill()
 
-    def unregister(self, kernel: Kernel) -> None:
-        for target in (kernel.shell, kernel.iopub, kernel.err_fd):
-            try:
-                self.poller.unregister(target)
-            except (KeyError, ValueError):
-                pass
+    def unregister(self, kernel: Kernel | BashShell) -> None:
+        for target in kernel.targets():
+            self.drop_target(target)
+
+    def drop_target(self, target: object) -> None:
+        try:
+            self.poller.unregister(target)
+        except (KeyError, ValueError):
+            pass
 
     # -- kernel messages -------------------------------------------------------------------
 
@@ -435,6 +483,9 @@ class Bridge:
             kernel.info_replied = False
             kernel.ask_info()
             return
+        self.ready(kernel)
+
+    def ready(self, kernel: Kernel | BashShell) -> None:
         req_id, kernel.ready_req = kernel.ready_req, None
         emit({"id": req_id, "ev": "ok", "pid": kernel.process.pid})
 
@@ -454,27 +505,31 @@ class Bridge:
         elif kind == "error":
             tb = content.get("traceback")
             traceback = "\n".join(str(line) for line in tb) if isinstance(tb, list) else ""
-            event = {"id": run.req_id, "ev": "error", "name": str(content.get("ename", "")),
-                     "value": str(content.get("evalue", "")), "traceback": traceback}
-            size = len(json.dumps(event))
-            if size > run.rich_left:
-                event["traceback"] = traceback[-max(run.rich_left - 1024, 4096):]
-                run.truncated = True
-            run.rich_left = max(0, run.rich_left - size)
-            emit(event)
+            self.error(run, str(content.get("ename", "")), str(content.get("evalue", "")),
+                       traceback)
         elif kind == "status" and content.get("execution_state") == "idle":
             run.idle = True
             if run.reply_at is not None:
                 self.finish(kernel)
 
+    def error(self, run: Run, name: str, value: str, traceback: str) -> None:
+        event = {"id": run.req_id, "ev": "error", "name": name, "value": value,
+                 "traceback": traceback}
+        size = len(json.dumps(event))
+        if size > run.rich_left:
+            event["traceback"] = traceback[-max(run.rich_left - 1024, 4096):]
+            run.truncated = True
+        run.rich_left = max(0, run.rich_left - size)
+        emit(event)
+
     def output(self, run: Run, name: str, text: str) -> None:
-        if run.left <= 0:
+        if run.left <= 0 and run.cut:
             run.truncated = True
             return
         data = text.encode("utf-8", "replace")
-        if len(data) > run.left:
+        if len(data) > run.left:  # also when an earlier chunk filled the limit exactly
             data = data[:run.left]
-            run.truncated = True
+            run.truncated = run.cut = True
             marker = f"\n[output truncated: over {run.limit} bytes in this execution]\n"
             text = data.decode("utf-8", "ignore") + marker
             run.left = 0
@@ -497,7 +552,7 @@ class Bridge:
         run.rich_left -= size
         emit({"id": run.req_id, "ev": "result", "main": main, "data": bundle})
 
-    def finish(self, kernel: Kernel) -> None:
+    def finish(self, kernel: Kernel | BashShell) -> None:
         run, kernel.run = kernel.run, None
         if run is None:
             return
@@ -505,7 +560,9 @@ class Bridge:
               "timed_out": run.timed_out, "truncated": run.truncated,
               "kernel_seconds": time.monotonic() - run.started})
 
-    def died(self, kernel: Kernel, why: str) -> None:
+    def died(self, kernel: Kernel | BashShell, why: str) -> None:
+        if not isinstance(kernel, Kernel):
+            kernel.drain()  # what the shell printed before it ended (``exit`` in a cell)
         detail = bytes(kernel.stderr[-1500:]).decode("utf-8", "replace").strip()
         kernel.dead = why
         self.unregister(kernel)
@@ -517,7 +574,7 @@ class Bridge:
                   "timed_out": run.timed_out})
         kernel.kill()
 
-    def fail_start(self, kernel: Kernel, why: str) -> None:
+    def fail_start(self, kernel: Kernel | BashShell, why: str) -> None:
         req_id, kernel.ready_req = kernel.ready_req, None
         self.unregister(kernel)
         self.kernels.pop(kernel.name, None)
@@ -541,14 +598,31 @@ class Refused(Exception):
         self.code, self.message = code, message
 
 
+def bash_shell_class() -> type[BashShell]:
+    """:class:`bash_shell.BashShell`, loaded from beside this script (run with ``-I``, the
+    bridge has no package to import it from)."""
+    module = sys.modules.get("corral_bash_shell")
+    if module is None:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bash_shell.py")
+        spec = importlib.util.spec_from_file_location("corral_bash_shell", path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["corral_bash_shell"] = module
+        spec.loader.exec_module(module)
+    return cast("type[BashShell]", module.BashShell)
+
+
 def main() -> int:
+    bridge = Bridge()
     try:
-        bridge = Bridge()
-        import jupyter_client.manager  # noqa: F401  (fail now, not at the first context)
+        import jupyter_client.manager  # noqa: F401  (know now, not at the first context)
+        if bridge.zmq is None:
+            raise ImportError("no module named 'zmq'")
     except ImportError as exc:
-        emit({"id": 0, "ev": "fatal", "message": "this image cannot run Jupyter kernels "
-              f"(it needs python3 with jupyter_client, pyzmq and ipykernel): {exc}"})
-        return 2
+        bridge.no_jupyter = ("this image cannot run Python (Jupyter) kernels: it needs "
+                             f"python3 with jupyter_client, pyzmq and ipykernel ({exc}); "
+                             "Bash contexts work without them")
     try:
         bridge.serve()
     finally:

@@ -179,18 +179,21 @@ def run_code(
     context: Annotated[str | None, typer.Option(
         "--context", "-c", show_default="default",
         help="A context id (`corral sandbox run-code` uses the sandbox's default one).")] = None,
-    language: Annotated[str | None, typer.Option(help="Language (python).")] = None,
+    language: Annotated[str | None, typer.Option(
+        help="Language: python, or bash (its default context is default-bash).")] = None,
     timeout: Annotated[float, typer.Option(
         help="Seconds before the cell is interrupted (exit 124).")] = 60.0,
     json_out: JsonOption = False,
     url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
-    """Run a cell in a stateful Jupyter context, streaming its output.
+    """Run a cell in a stateful context (Jupyter for Python, a shell for Bash), streaming
+    its output.
 
     Prints stdout and stderr as they arrive, then the text of each result (the cell's
-    value last) and the error's traceback if it raised. Exits 1 when the cell raised,
-    124 when it timed out (its context keeps its state), 125 when Corral failed.
+    value last) and the error's traceback if it raised. Exits 1 when the cell raised (or,
+    in Bash, its last command failed), 124 when it timed out (its context keeps its
+    state), 125 when Corral failed.
 
     Examples:
 
@@ -199,6 +202,8 @@ def run_code(
         corral sandbox run-code $id 'df.a.sum()'          # 3: the context kept df
 
         echo 'print(2 + 2)' | corral sandbox run-code $id -
+
+        corral sandbox run-code --language bash $id 'cd /tmp && ls | wc -l'
     """
     if code == "-":
         code = sys.stdin.read()

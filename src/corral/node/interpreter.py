@@ -1,19 +1,24 @@
-"""The code interpreter of one sandbox: stateful contexts on real Jupyter kernels.
+"""The code interpreter of one sandbox: stateful contexts on real kernels.
 
-``sandbox.code`` runs cells in *contexts*. A context is one kernel (ipykernel for Python)
-inside the sandbox, so variables, imports and the working directory persist from one cell
-to the next, and two contexts never share state. ``default`` is created on first use.
+``sandbox.code`` runs cells in *contexts*. A context is one kernel inside the sandbox (a
+Jupyter ipykernel for Python, a persistent interactive ``bash`` for Bash), so variables,
+imports, functions and the working directory persist from one cell to the next, and two
+contexts never share state. ``default`` (Python) and ``default-bash`` are created on first
+use.
 
 The kernels belong to a *kernel bridge* (:mod:`corral.bridge.kernel_bridge`), a process the
 node starts in the sandbox through the ordinary command API on the image's own
 ``python3``; :mod:`._bridge` is the node's end of it. The agent stays stdlib-only and
-image-independent; only images with ``jupyter_client``/``ipykernel`` can run code.
+image-independent; Python contexts need ``jupyter_client``/``ipykernel`` in the image, Bash
+contexts only ``bash``.
 
 What a cell produces streams as :data:`corral.api.models.CodeEvent` values (stdout and
 stderr text, rich results, the cell's error, then the end); :meth:`CodeInterpreter.run`
 collects them into an :class:`~corral.api.models.Execution`. A cell past its timeout is
 interrupted and reported as ``TimeoutError``: the context keeps its state. A kernel that
-dies (the memory limit, ``os._exit``) is reported as ``KernelDied``; restart the context.
+dies (the memory limit, ``os._exit``, ``exit`` in Bash) is reported as ``KernelDied``;
+restart the context. A Bash cell whose last command fails is ``ExitStatus`` (the value is
+the status); Bash cells have no rich results, only output.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from .validation import check_env, resolve_path
 if TYPE_CHECKING:
     from .sandbox import Sandbox
 
-LANGUAGES = ("python",)
+LANGUAGES = models.CODE_LANGUAGES  # ("python", "bash")
 DEFAULT_CONTEXT = "default"
 DEFAULT_TIMEOUT = 60.0
 #: stdout and stderr kept per execution, and as much again for results and the traceback;
@@ -131,7 +136,8 @@ class CodeInterpreter:
                    f"deleting context {ctx.id}")
 
     async def interrupt(self, context_id: str = DEFAULT_CONTEXT) -> None:
-        """Interrupt the cell a context is running (SIGINT, like Jupyter's stop button).
+        """Interrupt the cell a context is running (SIGINT, like Jupyter's stop button or
+        Ctrl-C in a shell).
 
         The cell ends with ``KeyboardInterrupt``; a cell that ignores it is killed after a
         few seconds, with its kernel (``KernelDied``). Nothing running: nothing happens.

@@ -1,4 +1,5 @@
-"""``sandbox.code`` and ``sandbox.run_code``: stateful code contexts on Jupyter kernels.
+"""``sandbox.code`` and ``sandbox.run_code``: stateful code contexts on Jupyter kernels
+(Python) and persistent shells (Bash).
 
 Example::
 
@@ -12,9 +13,14 @@ Example::
     await sb.run_code("for i in range(3): print(i)", context=ctx,
                       on_stdout=lambda text: print("got", text, end=""))
 
+    await sb.run_code("cd /tmp; n=5", language="bash")   # the default-bash context
+    ex = await sb.run_code("echo $n $PWD; false", language="bash")
+    print(ex.logs.stdout, ex.error.name, ex.error.value)  # ['5 /tmp\n'] ExitStatus 1
+
 A cell's exception is :attr:`Execution.error`, not raised; so is a timeout
-(``TimeoutError``: the cell was interrupted, the context keeps its state) and a kernel
-that died (``KernelDied``: :meth:`AsyncCodeInterpreter.restart_context`).
+(``TimeoutError``: the cell was interrupted, the context keeps its state), a kernel that
+died (``KernelDied``: :meth:`AsyncCodeInterpreter.restart_context`) and a Bash cell whose
+last command failed (``ExitStatus``, the value its exit status).
 """
 
 from __future__ import annotations
@@ -57,9 +63,10 @@ class AsyncCodeInterpreter:
                   on_error: Callable[[ExecutionError], None] | None = None) -> Execution:
         """Run a cell and return its :class:`Execution`.
 
-        ``context`` is a :class:`Context` (or its id); default: the sandbox's ``default``
-        context, created on first use in ``language`` (``"python"``). At ``timeout``
-        seconds the cell is interrupted. Callbacks get output while the cell runs.
+        ``context`` is a :class:`Context` (or its id); default: the sandbox's default
+        context for ``language`` (``"python"``: ``default``; ``"bash"``:
+        ``default-bash``), created on first use. At ``timeout`` seconds the cell is
+        interrupted. Callbacks get output while the cell runs.
         """
         request = checked(models.RunCodeRequest, code=code, language=language,
                           context=_context_id(context), timeout=float(timeout),
@@ -74,7 +81,8 @@ class AsyncCodeInterpreter:
 
     async def create_context(self, language: str = "python", *, cwd: str | None = None,
                              env: Mapping[str, str] | None = None) -> Context:
-        """Start a new context: a kernel of its own (variables, imports, working dir)."""
+        """Start a new context: a kernel of its own (variables, imports, working dir);
+        ``language`` is ``"python"`` or ``"bash"``."""
         request = checked(models.ContextCreate, language=language, cwd=cwd,
                           env=dict(env or {}))
         reply = await self._api.json("POST", f"{self._base}/contexts", body=request,
