@@ -58,7 +58,9 @@ NAMESPACES_REFUSED = (
     "userfaultfd", "io_uring_setup", "kexec_load", "reboot", "open_by_handle_at",
     "mknod_block", "swapon", "syslog_read", "settimeofday", "iopl", "fsopen",
     "socket_packet", "socket_raw_inet", "socket_vsock", "unshare_user", "unshare_mount",
-    "unshare_net", "unshare_cgroup", "setns", "clone_newuser",
+    "unshare_net", "unshare_cgroup", "setns", "clone_newuser", "socket_alg",
+    "socket_netlink_netfilter", "socket_netlink_crypto", "name_to_handle_at", "kcmp_agent",
+    "personality_no_aslr",
 )  # fmt: skip
 #: Under gVisor every syscall is served by the Sentry, never by the host kernel; these are
 #: the ones the Sentry must refuse as well. The rest (unshare, io_uring, mknod, a fake
@@ -69,7 +71,7 @@ GVISOR_REFUSED = (
     "bpf_prog_load", "bpf_map_create", "perf_event_open", "keyctl", "add_key",
     "userfaultfd", "kexec_load", "reboot", "open_by_handle_at", "swapon", "settimeofday",
     "iopl", "fsopen", "socket_packet", "socket_raw_inet", "socket_vsock", "unshare_net",
-    "setns",
+    "setns", "socket_alg",
 )  # fmt: skip
 
 
@@ -88,6 +90,29 @@ def check_privileged_syscalls(sb: SyncSandbox, runtime: str) -> dict[str, str]:
     if runtime == "namespaces":
         assert results["Seccomp"] == "2", "no seccomp filter"
     return results
+
+
+INT80 = """
+import ctypes, json, mmap, os, signal
+pid = os.fork()
+if pid == 0:
+    m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    m.write(bytes.fromhex("b814000000cd80c3"))  # mov eax, 20 (i386 getpid); int 0x80; ret
+    fn = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(m)))
+    os._exit(0 if fn() == os.getpid() else 3)
+status = os.waitpid(pid, 0)[1]
+if os.WIFSIGNALED(status):
+    print(json.dumps(signal.Signals(os.WTERMSIG(status)).name))
+else:
+    print(json.dumps("ok" if os.WEXITSTATUS(status) == 0 else f"exit {os.WEXITSTATUS(status)}"))
+"""
+
+
+def check_32bit_syscalls_are_killed(sb: SyncSandbox) -> None:
+    """namespaces: a 32-bit syscall (``int 0x80``) kills the process with SIGSYS, since the
+    i386 ``socketcall`` would let every socket family past the filter."""
+    result = run_python(sb, INT80)
+    assert result == "SIGSYS", f"a 32-bit syscall was not killed: {result}"
 
 
 SETUID = """

@@ -1,14 +1,17 @@
 """Category 4, privilege: setuid binaries, capabilities, mount, unshare, ptrace of the
-agent, kernel modules, bpf, perf_event_open, keyctl, userfaultfd, io_uring, raw sockets,
-the cgroup ``release_agent`` escape. Each fails with the expected error, and the host's
-mounts and cgroups are unchanged."""
+agent, kernel modules, bpf, perf_event_open, keyctl, userfaultfd, io_uring, raw, packet
+and AF_ALG sockets, 32-bit syscalls, the cgroup ``release_agent`` escape. Each fails with
+the expected error, and the host's mounts and cgroups are unchanged."""
 
 from __future__ import annotations
+
+import pytest
 
 from corral.node import SyncSandbox
 
 from ._checks import (
     Victim,
+    check_32bit_syscalls_are_killed,
     check_privileged_syscalls,
     check_setuid_does_not_elevate,
     run_python,
@@ -49,6 +52,13 @@ def test_privileged_syscalls_are_refused(runtime: str, attacker: SyncSandbox, vi
     check_privileged_syscalls(attacker, runtime)
     assert host_mounts() == mounts
     canary.assert_intact()
+    victim.assert_unharmed()
+
+
+def test_32bit_syscalls_are_killed(runtime: str, attacker: SyncSandbox, victim: Victim) -> None:
+    if runtime != "namespaces":
+        pytest.skip("a seccomp matter of the namespaces runtime (gVisor runs 64-bit code only)")
+    check_32bit_syscalls_are_killed(attacker)
     victim.assert_unharmed()
 
 

@@ -22,6 +22,7 @@ from corral.runtime.namespaces.runtime import NamespacesRuntime
 from tests.conftest import IMAGE_DIR, WORKING, sandbox_data_dir
 
 from ._checks import (
+    check_32bit_syscalls_are_killed,
     check_host_describing_files_masked,
     check_privileged_syscalls,
 )
@@ -57,6 +58,9 @@ def test_namespaces_without_seccomp_fails_the_privilege_checks(
         failure = _must_fail(lambda: check_privileged_syscalls(sb, "namespaces"), "seccomp")
         # Without the filter a nested user namespace, the keyring, io_uring... all open up.
         assert "unshare_user" in failure and "keyctl" in failure, failure
+        assert "io_uring_setup" in failure and "clone_newuser" in failure, failure
+        failure = _must_fail(lambda: check_32bit_syscalls_are_killed(sb), "seccomp")
+        assert "not killed: ok" in failure, failure
 
 
 @pytest.mark.skipif("namespaces" not in WORKING, reason="namespaces does not work here")

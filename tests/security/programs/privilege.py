@@ -19,7 +19,7 @@ NR = {  # x86_64
     "add_key": 248, "userfaultfd": 323, "io_uring_setup": 425, "kexec_load": 246,
     "reboot": 169, "open_by_handle_at": 304, "process_vm_readv": 310, "mknod": 133,
     "swapon": 167, "syslog": 103, "acct": 163, "settimeofday": 164, "iopl": 172,
-    "fsopen": 430, "clone": 56,
+    "fsopen": 430, "clone": 56, "name_to_handle_at": 303, "kcmp": 312, "personality": 135,
 }
 results = {}
 
@@ -80,9 +80,19 @@ results["syslog_read"] = call("syslog", 3, buf, 256)  # SYSLOG_ACTION_READ_ALL
 results["settimeofday"] = call("settimeofday", buf, 0)
 results["iopl"] = call("iopl", 3)
 results["fsopen"] = call("fsopen", b"tmpfs", 0)
+mount_id = ctypes.c_int()
+results["name_to_handle_at"] = call("name_to_handle_at", -100, b"/", handle,
+                                    ctypes.byref(mount_id), 0)
+results["kcmp_agent"] = call("kcmp", os.getpid(), 1, 0, 0, 0)  # KCMP_FILE
+results["personality_no_aslr"] = call("personality", 0x0040000)  # ADDR_NO_RANDOMIZE
+if results["personality_no_aslr"] == "ok":
+    call("personality", 0)
 for name, args in {"packet": (socket.AF_PACKET, socket.SOCK_RAW, 0),
                    "raw_inet": (socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP),
-                   "vsock": (40, socket.SOCK_STREAM, 0)}.items():
+                   "vsock": (40, socket.SOCK_STREAM, 0),
+                   "alg": (38, socket.SOCK_SEQPACKET, 0),  # AF_ALG: kernel crypto API
+                   "netlink_netfilter": (socket.AF_NETLINK, socket.SOCK_RAW, 12),
+                   "netlink_crypto": (socket.AF_NETLINK, socket.SOCK_RAW, 21)}.items():
     try:
         socket.socket(*args).close()
         results[f"socket_{name}"] = "ok"
