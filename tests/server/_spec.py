@@ -14,6 +14,7 @@ import json
 import re
 from typing import Any
 
+import pytest
 from fastapi import FastAPI
 from jsonschema import Draft202012Validator
 from starlette.types import Message, Receive, Scope, Send
@@ -126,6 +127,13 @@ class SpecCheck:
     def drain(self) -> list[str]:
         problems, self.problems = self.problems, []
         return problems
+
+    def fail_if_off_spec(self) -> None:
+        """Fail the running test with the responses that strayed from the document so far."""
+        problems = self.drain()
+        if problems:
+            pytest.fail("responses that do not match the OpenAPI document:\n"
+                        + "\n".join(problems[:20]))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
