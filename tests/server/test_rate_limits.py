@@ -11,6 +11,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -19,7 +20,7 @@ from corral import RateLimitedError, Sandbox, UnavailableError
 from corral.api.errors import ResourceExhaustedError
 from corral.server.ratelimit import Buckets, client_name
 
-from ._guarded import Guarded, guarded_server
+from ._guarded import LIMITS, Guarded, guarded_server
 from .conftest import assert_error
 
 DEADLINE = 30.0  # bounds every wait below; never asserted on
@@ -105,11 +106,13 @@ def test_a_key_gets_its_burst_then_429_then_recovers(guarded: Guarded) -> None:
         assert http.get("/v1/sandboxes").status_code == 200
 
 
-def test_the_sdk_raises_a_typed_error_with_retry_after(guarded: Guarded) -> None:
-    key = guarded.key()
-    with pytest.raises(RateLimitedError) as caught:
-        for _ in range(10 * guarded.limits.burst):
-            Sandbox.list(url=guarded.url, api_key=key)
+def test_the_sdk_raises_a_typed_error_with_retry_after(python_image: str) -> None:
+    # A slow bucket of its own: on a loaded host SDK calls can be slower than a fast refill.
+    with guarded_server(python_image, replace(LIMITS, rate=0.2, burst=3)) as slow:
+        key = slow.key()
+        with pytest.raises(RateLimitedError) as caught:
+            for _ in range(10):
+                Sandbox.list(url=slow.url, api_key=key)
     assert caught.value.retry_after is not None and caught.value.retry_after >= 1
     assert isinstance(caught.value, ResourceExhaustedError)  # callers catching that still do
 
@@ -143,7 +146,7 @@ def _polled(http: httpx.Client, seen: list[int], wanted: int) -> Callable[[], bo
 
 
 def test_requests_in_flight_per_key_are_capped(guarded: Guarded) -> None:
-    key = guarded.key()
+    key, other_key = guarded.key(), guarded.key()  # before the holds: see the next test
     address = guarded.address()
     held = [_hold(guarded, key, address) for _ in range(guarded.limits.in_flight_per_key)]
     try:
@@ -153,7 +156,7 @@ def test_requests_in_flight_per_key_are_capped(guarded: Guarded) -> None:
                    "the key's requests in flight were not capped", seen)
             message = assert_error(http.get("/v1/sandboxes"), 429, "rate_limited")
             assert "in flight" in message
-            with guarded.http(guarded.key()) as other:  # another key is served meanwhile
+            with guarded.http(other_key) as other:  # another key is served meanwhile
                 assert other.get("/v1/sandboxes").status_code == 200
     finally:
         for sock in held:
@@ -166,10 +169,13 @@ def test_requests_in_flight_server_wide_get_503(guarded: Guarded) -> None:
     per_key = guarded.limits.in_flight_per_key
     # One key more than the cap needs: requests of earlier tests may still be ending.
     keys = [guarded.key() for _ in range(math.ceil(guarded.limits.in_flight / per_key) + 1)]
+    # Made before the holds: a key is a store write, which can wait on the server's own
+    # writes long enough for the held requests to time out first.
+    poller = guarded.key()
     address = guarded.address()
     held = [_hold(guarded, key, address) for key in keys for _ in range(per_key)]
     try:
-        with guarded.http(guarded.key(), address) as http:
+        with guarded.http(poller, address) as http:
             seen: list[int] = []
             _until(_polled(http, seen, 503),
                    "the server's requests were not capped", seen)
@@ -177,7 +183,7 @@ def test_requests_in_flight_server_wide_get_503(guarded: Guarded) -> None:
             assert_error(response, 503, "unavailable")
             assert int(response.headers["retry-after"]) >= 1
             with pytest.raises(UnavailableError):
-                Sandbox.list(url=guarded.url, api_key=guarded.key())
+                Sandbox.list(url=guarded.url, api_key=poller)
     finally:
         for sock in held:
             sock.close()
