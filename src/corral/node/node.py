@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import secrets
+import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -467,10 +468,7 @@ class Node:
 
         server = await asyncio.start_unix_server(on_connect, path=str(path))
         try:
-            # Connecting takes write permission on the socket: the sandbox's root only.
-            owner = path.parent.stat()
-            os.chown(path, owner.st_uid, owner.st_gid)
-            os.chmod(path, 0o600)
+            _give_socket(path)
             try:
                 reader, writer = await asyncio.wait_for(connected, ADOPT_TIMEOUT)
             except TimeoutError:
@@ -571,6 +569,25 @@ class Node:
             self._sandboxes.pop(sandbox.id, None)
             self._pooled.discard(sandbox.id)
             log.info("sandbox %s stopped: %s", sandbox.id, sandbox.stop_reason)
+
+
+def _give_socket(path: Path) -> None:
+    """Make the bound socket at ``path`` the run folder owner's, mode 0600.
+
+    Connecting takes write permission on the socket: the sandbox's root only. The folder
+    belongs to that uid (namespaces), so the socket is changed through a descriptor of the
+    very inode that was checked, never by a path that could have been swapped for a link.
+    """
+    owner = path.parent.stat()
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise InternalError(f"{path} is not the socket this node bound")
+        inode = f"/proc/self/fd/{fd}"
+        os.chown(inode, owner.st_uid, owner.st_gid)
+        os.chmod(inode, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _message(exc: BaseException) -> str:
