@@ -24,6 +24,20 @@ class Proxy:
         self._portal = portal
 
 
+class CommandIds:
+    """Mixed into the blocking command handles of the node and the SDK: id and pid."""
+
+    _inner: Any
+
+    @property
+    def id(self) -> int:
+        return int(self._inner.id)
+
+    @property
+    def pid(self) -> int:
+        return int(self._inner.pid)
+
+
 def blocking(name: str, source: type) -> Callable[..., Any]:
     """A method that runs ``self._inner.<name>`` on the proxy's portal and waits for it."""
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from corral._blocking import Proxy, blocking, iterate
+from corral._blocking import CommandIds, Proxy, blocking, iterate
 
 from .commands import CommandHandle, Commands
 from .files import Files
@@ -30,7 +30,7 @@ from .node import Node, NodeSettings
 from .sandbox import Sandbox
 
 
-class SyncCommandHandle(Proxy):
+class SyncCommandHandle(CommandIds, Proxy):
     """Blocking :class:`corral.node.commands.CommandHandle`; iterate it for output."""
 
     wait = blocking("wait", CommandHandle)
@@ -38,14 +38,6 @@ class SyncCommandHandle(Proxy):
     close_stdin = blocking("close_stdin", CommandHandle)
     signal = blocking("signal", CommandHandle)
     kill = blocking("kill", CommandHandle)
-
-    @property
-    def id(self) -> int:
-        return int(self._inner.id)
-
-    @property
-    def pid(self) -> int:
-        return int(self._inner.pid)
 
     def __iter__(self) -> Iterator[Any]:
         return iterate(self._portal, self._inner.__aiter__())

@@ -25,6 +25,7 @@ import functools
 from collections.abc import Iterator
 from typing import Any
 
+from corral._blocking import CommandIds
 from corral.api import models
 
 from ._portal import Proxy, blocking, iterate, portal
@@ -34,7 +35,7 @@ from .files import AsyncFiles
 from .sandbox import AsyncSandbox
 
 
-class CommandHandle(Proxy):
+class CommandHandle(CommandIds, Proxy):
     """Blocking :class:`corral.sdk.commands.AsyncCommandHandle`; iterate it for output."""
 
     wait = blocking("wait", AsyncCommandHandle)
@@ -43,14 +44,6 @@ class CommandHandle(Proxy):
     signal = blocking("signal", AsyncCommandHandle)
     kill = blocking("kill", AsyncCommandHandle)
     close = blocking("aclose", AsyncCommandHandle)
-
-    @property
-    def id(self) -> int:
-        return int(self._inner.id)
-
-    @property
-    def pid(self) -> int:
-        return int(self._inner.pid)
 
     def __iter__(self) -> Iterator[Output]:
         return iterate(self._inner.__aiter__())
