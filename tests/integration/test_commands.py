@@ -46,9 +46,11 @@ def test_stdin_is_delivered(sandbox: SyncSandbox) -> None:
 
 
 def test_binary_output_is_not_mangled(sandbox: SyncSandbox) -> None:
-    r = sandbox.commands.run(["python3", "-c",
-                              "import sys; sys.stdout.buffer.write(bytes(range(256)) * 1000)"])
-    assert r.stdout_bytes == bytes(range(256)) * 1000
+    handle = sandbox.commands.start(
+        ["python3", "-c", "import sys; sys.stdout.buffer.write(bytes(range(256)) * 1000)"])
+    assert b"".join(chunk.data for chunk in handle if chunk.stream == "stdout") == (
+        bytes(range(256)) * 1000)
+    assert handle.wait().exit_code == 0
 
 
 def test_output_streams_before_the_command_ends(sandbox: SyncSandbox) -> None:

@@ -128,11 +128,12 @@ def test_host_processes_are_invisible(sandbox: SyncSandbox) -> None:
     assert not any("pytest" in cmd or "systemd" in cmd for cmd in table.values()), table
     me = os.getpid()
     my_cmdline = Path(f"/proc/{me}/cmdline").read_bytes()
-    r = sandbox.commands.run(
+    handle = sandbox.commands.start(
         ["python3", "-c", f"import sys; sys.stdout.buffer.write(open('/proc/{me}/cmdline', "
                           "'rb').read())"])
-    assert r.exit_code != 0 or r.stdout_bytes != my_cmdline
-    assert b"pytest" not in r.stdout_bytes
+    out = b"".join(chunk.data for chunk in handle if chunk.stream == "stdout")
+    assert handle.wait().exit_code != 0 or out != my_cmdline
+    assert b"pytest" not in out
 
 
 # -- neighbour sandboxes ----------------------------------------------------------------------

@@ -70,7 +70,7 @@ def test_kill_leaves_no_process_mount_cgroup_or_directory(node: SyncNode, runtim
     assert pids
     sb.kill()
     sb.kill()  # idempotent
-    assert sb.info().state is SandboxState.STOPPED
+    assert sb.state is SandboxState.STOPPED
     assert not directory.exists()
     assert not mounts_under(directory)
     assert not any(p.exists() for p in _cgroup_paths(node, sb.id))
@@ -84,8 +84,8 @@ def test_kill_leaves_no_process_mount_cgroup_or_directory(node: SyncNode, runtim
 def test_lifetime_timeout_stops_the_sandbox(node: SyncNode, runtime: str) -> None:
     sb = node.create("python", runtime=runtime, timeout=2)
     assert sb.commands.run("echo alive").stdout == "alive\n"
-    _wait_for(lambda: sb.info().state is SandboxState.STOPPED, 30)
-    assert sb.info().stop_reason is not None and "timeout" in sb.info().stop_reason
+    _wait_for(lambda: sb.state is SandboxState.STOPPED, 30)
+    assert sb.stop_reason is not None and "timeout" in sb.stop_reason
     assert not (node.node.sandboxes_dir / sb.id).exists()
     with pytest.raises(SandboxNotRunningError, match="timeout"):
         sb.commands.run("true")
@@ -110,8 +110,8 @@ def test_agent_crash_is_reported_not_hung_on(node: SyncNode, runtime: str) -> No
         os.kill(pid, signal.SIGKILL)
     with pytest.raises(SandboxNotRunningError):
         handle.wait()
-    _wait_for(lambda: sb.info().state is SandboxState.STOPPED, 10)
-    assert "agent exited" in (sb.info().stop_reason or "")
+    _wait_for(lambda: sb.state is SandboxState.STOPPED, 10)
+    assert "agent exited" in (sb.stop_reason or "")
     assert not (node.node.sandboxes_dir / sb.id).exists()
 
 
@@ -155,5 +155,5 @@ def test_concurrent_kills_all_wait_for_the_end(node: SyncNode, runtime: str) -> 
         await asyncio.gather(inner.kill(), inner.kill(), node.node.destroy(sb.id))
 
     node._portal.call(kill_twice)
-    assert sb.info().state is SandboxState.STOPPED
+    assert sb.state is SandboxState.STOPPED
     assert not (node.node.sandboxes_dir / sb.id).exists()

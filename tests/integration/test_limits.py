@@ -37,8 +37,8 @@ from corral import (
     SandboxNotRunningError,
 )
 from corral.node import SyncNode, SyncSandbox
-from corral.node.commands import MAX_CAPTURE
-from corral.node.models import SandboxState
+from corral.api.command_events import MAX_CAPTURE
+from corral.node import SandboxState
 from corral.runtime._host import inode_limit
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -73,7 +73,7 @@ def host_can_fork() -> None:
 def wait_until_stopped(sb: SyncSandbox, attempts: int = 100) -> None:
     """Let the node finish recording a dead sandbox (bounded; no timing asserted)."""
     for _ in range(attempts):
-        if sb.info().state in (SandboxState.STOPPING, SandboxState.STOPPED):
+        if sb.state in (SandboxState.STOPPING, SandboxState.STOPPED):
             return
         time.sleep(0.05)
 
@@ -99,13 +99,13 @@ def test_memory_bomb(node: SyncNode, runtime: str, neighbour: SyncSandbox) -> No
             assert r.signal == signal.SIGKILL and r.exit_code == 128 + signal.SIGKILL
             assert "survived" not in r.stdout
             answers(sb)  # only the biggest process died; the sandbox lives on
-            assert sb.info().state is SandboxState.RUNNING
+            assert sb.state is SandboxState.RUNNING
         else:
             with pytest.raises(SandboxNotRunningError):
                 sb.commands.run(["python3", "-c", MEMORY_BOMB], timeout=60)
             wait_until_stopped(sb)
-            info = sb.info()
-            assert info.state in (SandboxState.STOPPING, SandboxState.STOPPED)
+            info = sb.info
+            assert info.state in (SandboxState.STOPPING.value, SandboxState.STOPPED.value)
             assert info.stop_reason == "killed: memory limit 128 MiB", info.stop_reason
             with pytest.raises(SandboxNotRunningError):
                 sb.commands.run("true")
@@ -153,15 +153,15 @@ def test_fork_bomb(node: SyncNode, runtime: str, neighbour: SyncSandbox) -> None
             current = int(cgroup_file(node, sb, "pids", "pids.current").read_text())
             assert current <= 64
             answers(sb)
-            assert sb.info().state is SandboxState.RUNNING
+            assert sb.state is SandboxState.RUNNING
         else:
             # gVisor never fails a fork: the host pids limit (64 + gVisor's allowance) is hit
             # by its ptrace tasks and the whole sandbox dies.
             with pytest.raises(SandboxNotRunningError):
                 sb.commands.run(["python3", "-c", FORK_BOMB], timeout=20)
             wait_until_stopped(sb)
-            info = sb.info()
-            assert info.state in (SandboxState.STOPPING, SandboxState.STOPPED)
+            info = sb.info
+            assert info.state in (SandboxState.STOPPING.value, SandboxState.STOPPED.value)
             assert info.stop_reason is not None and "pids limit" in info.stop_reason, (
                 info.stop_reason)
     host_can_fork()
@@ -195,7 +195,7 @@ def test_exhausted_pids_are_reported_as_resource_exhausted(node: SyncNode, runti
             except SandboxError:
                 assert time.monotonic() < deadline, "the sandbox never recovered"
                 time.sleep(0.5)
-        assert sb.info().state is SandboxState.RUNNING
+        assert sb.state is SandboxState.RUNNING
 
 
 # -- disk ---------------------------------------------------------------------------------
@@ -265,8 +265,9 @@ def test_cpu_quota_is_set(node: SyncNode, runtime: str) -> None:
 def test_output_flood_is_truncated(sandbox: SyncSandbox) -> None:
     r = sandbox.commands.run("yes | head -c 200000000", timeout=120)
     assert r.exit_code == 0 and r.truncated
-    assert 0 < len(r.stdout_bytes) <= MAX_CAPTURE
-    assert r.stdout_bytes == b"y\n" * (len(r.stdout_bytes) // 2)
+    kept = r.stdout.encode()  # ASCII: the text is the bytes
+    assert 0 < len(kept) <= MAX_CAPTURE
+    assert kept == b"y\n" * (len(kept) // 2)
     answers(sandbox)
     assert sandbox.commands.run("echo still here").stdout == "still here\n"
 

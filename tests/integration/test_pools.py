@@ -61,9 +61,9 @@ def test_a_warm_pool_hands_out_a_ready_sandbox(data_dir: Path, runtime: str,
         sb = node.create("python", runtime=runtime, env={"GREETING": "hi"},
                          metadata={"who": "me"}, timeout=60)
         assert pool.stats.hits == 1
-        info = sb.info()
+        info = sb.info
         assert info.metadata == {"who": "me"}
-        assert 55 < info.expires_at - time.time() <= 60
+        assert 55 < info.expires_at.timestamp() - time.time() <= 60
         assert [s.id for s in node.list()] == [sb.id] and node.get(sb.id) is not None
         assert sb.commands.run("echo $GREETING").stdout == "hi\n"
         # Its kernel already imported pandas, and it sees the request's env.

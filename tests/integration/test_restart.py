@@ -75,7 +75,7 @@ def test_a_restarted_node_adopts_what_a_crashed_one_left(data_dir: Path, runtime
     with SyncNode(settings) as fresh:
         assert fresh.lost == {}
         sb = fresh.get(sandbox_id)
-        assert sb.info().state is SandboxState.RUNNING and sb.info().runtime == runtime
+        assert sb.state is SandboxState.RUNNING and sb.info.runtime == runtime
         assert sb.files.read("/work/note") == sandbox_id.encode()
         (sleeper,) = sb.commands.list()
         assert sleeper.argv == ["sleep", "1000"]
@@ -96,11 +96,11 @@ def test_close_with_detach_hands_sandboxes_to_the_next_node(data_dir: Path, runt
     settings = NodeSettings(data_dir=data_dir, image_dir=IMAGE_DIR)
     first = SyncNode(settings)
     sb = first.create("python", runtime=runtime, timeout=300)
-    expires = sb.info().expires_at
+    expires = sb.info.expires_at
     first.close(detach=True)
     with SyncNode(settings) as second:
         again = second.get(sb.id)
-        assert again.info().expires_at == expires
+        assert again.info.expires_at == expires
         assert again.commands.run("echo still here").stdout == "still here\n"
 
 

@@ -44,11 +44,11 @@ print(json.dumps(hit))
 
 def _wait_stopped(sb: SyncSandbox) -> str:
     for _ in range(400):
-        if sb.info().state is SandboxState.STOPPED:
+        if sb.state is SandboxState.STOPPED:
             break
         time.sleep(0.05)
-    info = sb.info()
-    assert info.state is SandboxState.STOPPED, info
+    info = sb.info
+    assert info.state == SandboxState.STOPPED.value, info
     return info.stop_reason or ""
 
 
@@ -64,7 +64,7 @@ def _ended_or_unaffected(sb: SyncSandbox, runtime: str) -> None:
     channel's pipes (host pipes, EACCES); gVisor reopens them as pipes of the Sentry's own,
     not the host pipes the node reads, so the junk goes nowhere."""
     time.sleep(0.5)
-    if sb.info().state is SandboxState.RUNNING:
+    if sb.state is SandboxState.RUNNING:
         assert sb.commands.run("echo unaffected").stdout == "unaffected\n", runtime
         return
     reason = _wait_stopped(sb)
@@ -122,7 +122,7 @@ def test_a_hijacked_channel_ends_only_its_own_sandbox(node: SyncNode, runtime: s
                 del sample
             assert handle.wait().exit_code == 0
             assert sb.commands.run("echo unaffected").stdout == "unaffected\n"
-            assert sb.info().state is SandboxState.RUNNING
+            assert sb.state is SandboxState.RUNNING
             return
         with contextlib.suppress(SandboxNotRunningError):
             sb.commands.run(["python3", "-c", CHANNEL_ATTACK, frames], timeout=60)

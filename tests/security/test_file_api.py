@@ -118,7 +118,7 @@ def test_a_symlink_swapped_between_check_and_use(attacker: SyncSandbox, victim: 
     finally:
         swapper.kill()
         swapper.wait()
-    assert attacker.info().state is SandboxState.RUNNING
+    assert attacker.state is SandboxState.RUNNING
     assert attacker.commands.run("echo channel intact").stdout == "channel intact\n"
     print(f"\nTOCTOU answers: {answers}")
     canary.assert_intact()

@@ -111,10 +111,10 @@ def _cgroup(node: SyncNode, sb: SyncSandbox, controller: str, name: str) -> Path
 def _stopped_by(sb: SyncSandbox, *words: str) -> None:
     """gVisor: a limit the Sentry hits ends the whole sandbox, with the reason recorded."""
     for _ in range(200):
-        if sb.info().state in (SandboxState.STOPPING, SandboxState.STOPPED):
+        if sb.state in (SandboxState.STOPPING, SandboxState.STOPPED):
             break
         time.sleep(0.05)
-    reason = sb.info().stop_reason or ""
+    reason = sb.stop_reason or ""
     assert any(w in reason for w in words), reason
 
 
@@ -153,7 +153,7 @@ def _abuse(name: str, node: SyncNode, runtime: str, sb: SyncSandbox) -> None:
         stat = dict(line.split() for line in _cgroup(node, sb, "cpu", "cpu.stat").read_text()
                     .splitlines())
         assert int(stat["nr_throttled"]) > 0, stat  # the quota held it back
-    if sb.info().state is SandboxState.RUNNING:
+    if sb.state is SandboxState.RUNNING:
         assert sb.commands.run("echo alive", timeout=60).stdout == "alive\n"
 
 

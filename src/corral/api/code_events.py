@@ -4,17 +4,22 @@ shared by the node and the SDK (no I/O of its own)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 from . import models
 from .errors import AgentError, error_from_code
 
-Callback = Callable[[Any], None]
+#: Gets a cell's stdout or stderr text as it arrives.
+TextCallback = Callable[[str], None]
+#: Gets each rich result (a display, or the cell's value) as it arrives.
+ResultCallback = Callable[[models.Result], None]
+#: Gets the cell's error, once it raised.
+ErrorCallback = Callable[[models.ExecutionError], None]
 
 
-async def collect(events: AsyncIterator[models.CodeEvent], on_stdout: Callback | None = None,
-                  on_stderr: Callback | None = None, on_result: Callback | None = None,
-                  on_error: Callback | None = None) -> models.Execution:
+async def collect(events: AsyncIterator[models.CodeEvent],
+                  on_stdout: TextCallback | None = None, on_stderr: TextCallback | None = None,
+                  on_result: ResultCallback | None = None,
+                  on_error: ErrorCallback | None = None) -> models.Execution:
     """Gather a cell's events into an :class:`~corral.api.models.Execution`, calling the
     callbacks as they come. Shared by the node and the SDK."""
     stdout: list[str] = []

@@ -122,7 +122,7 @@ class TimeoutUpdate(_Request):
         return result
 
 
-class Sandbox(_Response):
+class SandboxInfo(_Response):
     """A sandbox as the API describes it; stopped ones keep their ``stop_reason``."""
 
     id: str
@@ -138,7 +138,7 @@ class Sandbox(_Response):
 
 
 class SandboxList(_Response):
-    sandboxes: list[Sandbox]
+    sandboxes: list[SandboxInfo]
 
 
 # -- commands ----------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Running commands in a sandbox: one-shot with captured output, or in the background."""
+"""Running commands in a sandbox: one-shot with captured output, or in the background.
+
+The output is gathered by :mod:`corral.api.command_events`, as the SDK gathers it, so a
+result reads the same on both sides (see :mod:`corral.api.contract`).
+"""
 
 from __future__ import annotations
 
@@ -6,34 +10,25 @@ import asyncio
 import contextlib
 import signal as signals
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from corral.api import agent_protocol as proto
+from corral.api import contract, models
+from corral.api.command_events import Output, OutputCallback, OutputCapture
 from corral.api.errors import CommandTimeoutError, InvalidArgumentError, SandboxError
 from corral.api.resources import check_timeout
 
 from .agent_client import Stream
-from .models import CommandResult, ProcessInfo
 from .validation import check_env, resolve_path
 
 if TYPE_CHECKING:
     from .sandbox import Sandbox
 
-#: Output kept per stream by :meth:`Commands.run`; the rest is dropped (``truncated``).
-MAX_CAPTURE = 16 * 1024 * 1024
-DEFAULT_TIMEOUT = 60.0
+#: Seconds past a command's own timeout before the node stops trusting its agent.
 AGENT_GRACE = 30.0
-OutputCallback = Callable[[bytes], None]
-
-
-@dataclass(frozen=True)
-class OutputEvent:
-    """A chunk of a running command's output."""
-
-    stream: str  # "stdout" | "stderr"
-    data: bytes
+#: Argument entries a process listing keeps per process.
+MAX_LISTED_ARGV = 4096
 
 
 class CommandHandle:
@@ -50,9 +45,10 @@ class CommandHandle:
         self.id = stream.id
         self._counters = counters
         self._started = started
-        self._exit: dict[str, Any] | None = None
+        self._exit: models.ExitEvent | None = None
+        self._closed = False
 
-    async def __aiter__(self) -> AsyncIterator[OutputEvent]:
+    async def __aiter__(self) -> AsyncIterator[Output]:
         while self._exit is None:
             try:
                 header, data = await self._stream.next()
@@ -60,42 +56,40 @@ class CommandHandle:
                 self._stream.close()
                 raise
             event = header.get("ev")
-            if event in (proto.EV_STDOUT, proto.EV_STDERR):
-                yield OutputEvent(str(event), data)
+            if event == proto.EV_STDOUT:
+                yield Output("stdout", data)
+            elif event == proto.EV_STDERR:
+                yield Output("stderr", data)
             elif event == proto.EV_EXIT:
-                self._exit = header
+                self._exit = self._end(header)
                 self._stream.close()
 
     async def wait(self, on_stdout: OutputCallback | None = None,
-                   on_stderr: OutputCallback | None = None) -> CommandResult:
-        """Wait for the command to end, capturing up to :data:`MAX_CAPTURE` per stream."""
-        out, err = bytearray(), bytearray()
-        truncated = False
-        async for event in self:
-            buffer, callback = (out, on_stdout) if event.stream == "stdout" else (err, on_stderr)
-            if callback is not None:
-                callback(event.data)
-            room = MAX_CAPTURE - len(buffer)
-            if len(event.data) > room:
-                truncated = True
-            buffer += event.data[:max(room, 0)]
-        return self._result(bytes(out), bytes(err), truncated)
+                   on_stderr: OutputCallback | None = None) -> models.CommandResult:
+        """Wait for the command to end; callbacks get its output as text as it arrives.
 
-    def _result(self, out: bytes, err: bytes, truncated: bool) -> CommandResult:
-        assert self._exit is not None
-        exit_code = self._exit.get("exit_code")
-        sig = self._exit.get("signal")
-        reason = self._exit.get("reason")
+        Keeps up to :data:`corral.api.command_events.MAX_CAPTURE` bytes per stream. A
+        timeout is a result here (``reason == "timeout"``), not an exception.
+        """
+        capture = OutputCapture(on_stdout, on_stderr)
+        async for chunk in self:
+            capture.feed(chunk)
+        assert self._exit is not None  # the iteration ends at the exit, or raises
+        return capture.result(self._exit)
+
+    def _end(self, header: dict[str, Any]) -> models.ExitEvent:
+        """The exit the agent reported (untrusted: anything off-shape reads as unknown)."""
+        exit_code = header.get("exit_code")
+        sig = header.get("signal")
+        reason = header.get("reason")
         if not isinstance(reason, str):
             reason = None
             if sig == signals.SIGKILL:
-                reason = self._sandbox._limit_hit(self._counters)
-        return CommandResult(
+                reason = self._sandbox.limit_hit(self._counters)
+        return models.ExitEvent(
             exit_code=exit_code if isinstance(exit_code, int) else -1,
-            stdout=out.decode("utf-8", "replace"), stderr=err.decode("utf-8", "replace"),
             signal=sig if isinstance(sig, int) else None, reason=reason,
-            duration=time.monotonic() - self._started, truncated=truncated,
-            stdout_bytes=out, stderr_bytes=err)
+            duration=time.monotonic() - self._started)
 
     async def send_stdin(self, data: bytes | str, eof: bool = False) -> None:
         """Write to the command's stdin (it must have been started with ``stdin=True``)."""
@@ -103,7 +97,7 @@ class CommandHandle:
         for start in range(0, max(len(payload), 1), proto.CHUNK):
             last = start + proto.CHUNK >= len(payload)
             # No deadline: a command may legitimately leave its stdin unread for long.
-            await self._sandbox._agent().call(proto.OP_STDIN, payload[start:start + proto.CHUNK],
+            await self._sandbox.channel().call(proto.OP_STDIN, payload[start:start + proto.CHUNK],
                                               deadline=None, target=self.id, eof=eof and last)
 
     async def close_stdin(self) -> None:
@@ -111,11 +105,27 @@ class CommandHandle:
 
     async def signal(self, signum: int) -> None:
         """Send ``signum`` to the command's process group."""
-        await self._sandbox._agent().call(proto.OP_SIGNAL, target=self.id, signal=int(signum))
+        await self._sandbox.channel().call(proto.OP_SIGNAL, target=self.id, signal=int(signum))
 
     async def kill(self) -> None:
         """SIGKILL the command and every process it started."""
         await self.signal(signals.SIGKILL)
+
+    async def aclose(self) -> None:
+        """Stop following the command; one still running is killed."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._exit is None:
+            with contextlib.suppress(SandboxError):
+                await self.kill()
+        self._stream.close()
+
+    async def __aenter__(self) -> CommandHandle:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 class Commands:
@@ -123,8 +133,9 @@ class Commands:
 
     def __init__(self, sandbox: Sandbox) -> None:
         self._sandbox = sandbox
+        self._drains: set[asyncio.Task[None]] = set()
 
-    async def start(self, cmd: str | Sequence[str], *, env: Mapping[str, str] | None = None,
+    async def start(self, cmd: contract.Cmd, *, env: Mapping[str, str] | None = None,
                     cwd: str | None = None, user: str | int | None = None,
                     timeout: float | None = None, stdin: bool = False) -> CommandHandle:
         """Start a command in the background and return its handle.
@@ -153,9 +164,9 @@ class Commands:
             fields["user"] = user
         if timeout is not None:
             fields["timeout"] = check_timeout(timeout, "command timeout")
-        counters = sandbox._counters()
+        counters = sandbox.counters()
         started = time.monotonic()
-        stream = await sandbox._agent().open(proto.OP_EXEC, credited=True, **fields)
+        stream = await sandbox.channel().open(proto.OP_EXEC, credited=True, **fields)
         try:
             header, _ = await stream.next()
         except BaseException:
@@ -165,12 +176,13 @@ class Commands:
         return CommandHandle(sandbox, stream, pid if isinstance(pid, int) else -1, counters,
                              started)
 
-    async def run(self, cmd: str | Sequence[str], *, env: Mapping[str, str] | None = None,
+    async def run(self, cmd: contract.Cmd, *, env: Mapping[str, str] | None = None,
                   cwd: str | None = None, user: str | int | None = None,
-                  timeout: float | None = DEFAULT_TIMEOUT, stdin: bytes | str | None = None,
-                  on_stdout: OutputCallback | None = None,
-                  on_stderr: OutputCallback | None = None) -> CommandResult:
-        """Run a command to completion and return its :class:`CommandResult`.
+                  timeout: float | None = contract.DEFAULT_RUN_TIMEOUT,
+                  stdin: bytes | str | None = None, on_stdout: OutputCallback | None = None,
+                  on_stderr: OutputCallback | None = None) -> models.CommandResult:
+        """Run a command to completion and return its
+        :class:`~corral.api.models.CommandResult`; ``None`` as ``timeout`` lets it run.
 
         A non-zero exit is not an error. Raises :class:`CommandTimeoutError` (with the
         partial result as ``.result``) when ``timeout`` passes.
@@ -188,7 +200,7 @@ class Commands:
             # The agent enforces the timeout; the node does not rely on it: past the timeout
             # and a grace period the agent is wedged or subverted, and the sandbox is stopped.
             deadline = None if timeout is None else timeout + AGENT_GRACE
-            result = await self._sandbox._agent().within(
+            result = await self._sandbox.channel().within(
                 deadline, handle.wait(on_stdout, on_stderr), "a command's end")
         except asyncio.CancelledError:
             # The caller gave up: the command must not run on unobserved.
@@ -200,27 +212,56 @@ class Commands:
                 f"command timed out after {timeout:g} s and was killed", result)
         return result
 
+    async def run_background(self, cmd: contract.Cmd, *, env: Mapping[str, str] | None = None,
+                             cwd: str | None = None, user: str | int | None = None,
+                             timeout: float | None = None) -> models.CommandStarted:
+        """Start a command that runs on its own; its output is read and dropped.
+
+        Returns its ``id`` and ``pid`` at once; :meth:`list` finds it, :meth:`kill` ends it.
+        """
+        handle = await self.start(cmd, env=env, cwd=cwd, user=user, timeout=timeout)
+        task = asyncio.get_running_loop().create_task(_drain(handle))
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+        return models.CommandStarted(id=handle.id, pid=handle.pid)
+
     async def signal(self, command_id: int, signum: int) -> None:
         """Signal a running command by id, one a previous node started included.
 
         Raises NotFoundError if no command with that id is running.
         """
-        await self._sandbox._agent().call(proto.OP_SIGNAL, target=int(command_id),
+        await self._sandbox.channel().call(proto.OP_SIGNAL, target=int(command_id),
                                           signal=int(signum))
 
-    async def list(self) -> list[ProcessInfo]:
+    async def kill(self, command_id: int) -> None:
+        """SIGKILL a running command, and every process it started, by its id."""
+        await self.signal(command_id, signals.SIGKILL)
+
+    async def list(self) -> list[models.ProcessInfo]:
         """Commands started through the API that are still running.
 
         The code interpreter's kernel bridge is listed only while it runs a cell, so an
         idle context does not count as activity (the idle reaper asks this list).
         """
-        reply = await self._sandbox._agent().call(proto.OP_PROCESSES)
+        reply = await self._sandbox.channel().call(proto.OP_PROCESSES)
         hidden = self._sandbox.code.idle_command_ids()
         found = []
         for raw in reply.get("processes", []) if isinstance(reply.get("processes"), list) else []:
             if isinstance(raw, dict) and raw.get("id") not in hidden:
-                found.append(ProcessInfo(
+                found.append(models.ProcessInfo(
                     id=int(raw.get("id", 0)), pid=int(raw.get("pid", 0)),
-                    argv=[str(a) for a in raw.get("argv", [])][:4096],
+                    argv=[str(a) for a in raw.get("argv", [])][:MAX_LISTED_ARGV],
                     started_at=float(raw.get("started_at", 0.0))))
         return found
+
+
+async def _drain(handle: CommandHandle) -> None:
+    """Read a background command's output to its end (the agent waits for credit)."""
+    with contextlib.suppress(SandboxError):
+        async for _ in handle:
+            pass
+
+
+if TYPE_CHECKING:
+    _handle: type[contract.CommandHandle] = CommandHandle
+    _commands: type[contract.Commands] = Commands

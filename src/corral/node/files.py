@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from corral.api import agent_protocol as proto
 from corral.api.errors import AgentError, InvalidArgumentError, ResourceExhaustedError
+from corral.api import contract
 from corral.api.models import EntryInfo
 
 from .validation import resolve_path
@@ -66,13 +67,13 @@ class Files:
 
     async def read_stream(self, path: str) -> AsyncIterator[bytes]:
         """Yield a regular file's content in chunks (for files of any size)."""
-        _, chunks = await self._sandbox._agent().read_file(self._path(path))
+        _, chunks = await self._sandbox.channel().read_file(self._path(path))
         async for chunk in chunks:
             yield chunk
 
     async def read(self, path: str) -> bytes:
         """Return a whole file (at most :data:`MAX_READ` bytes)."""
-        size, chunks = await self._sandbox._agent().read_file(self._path(path))
+        size, chunks = await self._sandbox.channel().read_file(self._path(path))
         if size > MAX_READ:
             await chunks.aclose()  # type: ignore[attr-defined]
             raise ResourceExhaustedError(
@@ -89,8 +90,7 @@ class Files:
     async def read_text(self, path: str) -> str:
         return (await self.read(path)).decode("utf-8", "replace")
 
-    async def write(self, path: str, data: bytes | str | Iterable[bytes] | AsyncIterable[bytes],
-                    mode: int = 0o644) -> int:
+    async def write(self, path: str, data: contract.FileData, mode: int = 0o644) -> int:
         """Write a file atomically (parents created); returns its size.
 
         ``data`` may be bytes, text, or an (async) iterable of byte chunks for large
@@ -98,13 +98,13 @@ class Files:
         """
         if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
             raise InvalidArgumentError("mode must be an integer between 0 and 0o7777")
-        return await self._sandbox._agent().write_file(self._path(path), _iterate(data), mode)
+        return await self._sandbox.channel().write_file(self._path(path), _iterate(data), mode)
 
     async def list(self, path: str = ".", depth: int = 1) -> list[EntryInfo]:
         """Entries under a directory, recursing ``depth`` levels (at most 10,000 entries)."""
         if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 16:
             raise InvalidArgumentError("depth must be an integer between 1 and 16")
-        _, data = await self._sandbox._agent().call_with_data(
+        _, data = await self._sandbox.channel().call_with_data(
             proto.OP_LIST, path=self._path(path), depth=depth)
         try:
             raw = json.loads(data)
@@ -116,24 +116,28 @@ class Files:
 
     async def stat(self, path: str) -> EntryInfo:
         """Describe one path (links are not followed)."""
-        return _entry(await self._sandbox._agent().call(
+        return _entry(await self._sandbox.channel().call(
             proto.OP_STAT, path=self._path(path)))
 
     async def exists(self, path: str) -> bool:
-        reply = await self._sandbox._agent().call(proto.OP_EXISTS, path=self._path(path))
+        reply = await self._sandbox.channel().call(proto.OP_EXISTS, path=self._path(path))
         return reply.get("exists") is True
 
     async def mkdir(self, path: str, parents: bool = True) -> bool:
         """Create a directory; returns False if it already existed."""
-        reply = await self._sandbox._agent().call(proto.OP_MKDIR, path=self._path(path),
+        reply = await self._sandbox.channel().call(proto.OP_MKDIR, path=self._path(path),
                                                   parents=parents)
         return reply.get("created") is True
 
     async def remove(self, path: str, recursive: bool = False) -> None:
         """Remove a file, link or (with ``recursive``) a directory tree."""
-        await self._sandbox._agent().call(proto.OP_REMOVE, path=self._path(path),
+        await self._sandbox.channel().call(proto.OP_REMOVE, path=self._path(path),
                                           recursive=recursive)
 
     async def rename(self, src: str, dst: str, overwrite: bool = False) -> None:
-        await self._sandbox._agent().call(proto.OP_RENAME, src=self._path(src),
+        await self._sandbox.channel().call(proto.OP_RENAME, src=self._path(src),
                                           dst=self._path(dst), overwrite=overwrite)
+
+
+if TYPE_CHECKING:
+    _conforms: type[contract.Files] = Files

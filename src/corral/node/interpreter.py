@@ -28,11 +28,11 @@ import contextlib
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from corral.api import models
+from corral.api import contract, models
 from corral.api.errors import (
     AgentError,
     InvalidArgumentError,
@@ -41,7 +41,7 @@ from corral.api.errors import (
     SandboxError,
     error_from_code,
 )
-from corral.api.code_events import collect
+from corral.api.code_events import ErrorCallback, ResultCallback, TextCallback, collect
 from corral.api.resources import check_timeout
 
 from ._bridge import Bridge, BridgeGone
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 LANGUAGES = models.CODE_LANGUAGES  # ("python", "bash")
 DEFAULT_CONTEXT = "default"
-DEFAULT_TIMEOUT = 60.0
+DEFAULT_TIMEOUT = contract.DEFAULT_RUN_TIMEOUT
 #: stdout and stderr kept per execution, and as much again for results and the traceback;
 #: the rest is dropped, with a marker at the end of the output.
 MAX_OUTPUT = 8 * 1024 * 1024
@@ -71,7 +71,6 @@ _MIME_FIELDS = {
     "application/javascript": "javascript",
 }
 _BINARY = ("png", "jpeg", "pdf")
-Callback = Callable[[Any], None]
 
 
 @dataclass
@@ -113,9 +112,9 @@ class CodeInterpreter:
         """The contexts of this sandbox, oldest first."""
         return [ctx.info() for ctx in self._contexts.values()]
 
-    async def restart_context(self, context_id: str) -> models.CodeContext:
+    async def restart_context(self, context: contract.ContextRef) -> models.CodeContext:
         """Replace a context's kernel with a fresh one: its state is lost, its id kept."""
-        ctx = self._get(context_id)
+        ctx = self._get(context)
         bridge = await self._ensure_bridge()
         if ctx.bridge is bridge:
             reply = await bridge.call("restart", START_DEADLINE, ctx=ctx.id)
@@ -127,32 +126,34 @@ class CodeInterpreter:
         ctx.bridge, ctx.dead = bridge, None
         return ctx.info()
 
-    async def delete_context(self, context_id: str) -> None:
+    async def delete_context(self, context: contract.ContextRef) -> None:
         """Stop a context's kernel and forget the context."""
-        ctx = self._get(context_id)
+        ctx = self._get(context)
         self._contexts.pop(ctx.id, None)
         if ctx.bridge is not None and ctx.bridge.alive and ctx.dead is None:
             _check(await ctx.bridge.call("delete", CALL_DEADLINE, ctx=ctx.id),
                    f"deleting context {ctx.id}")
 
-    async def interrupt(self, context_id: str = DEFAULT_CONTEXT) -> None:
+    async def interrupt(self, context: contract.ContextRef = DEFAULT_CONTEXT) -> None:
         """Interrupt the cell a context is running (SIGINT, like Jupyter's stop button or
         Ctrl-C in a shell).
 
         The cell ends with ``KeyboardInterrupt``; a cell that ignores it is killed after a
         few seconds, with its kernel (``KernelDied``). Nothing running: nothing happens.
         """
-        ctx = self._get(context_id)
+        ctx = self._get(context)
         if ctx.bridge is not None and ctx.bridge.alive and ctx.dead is None:
             _check(await ctx.bridge.call("interrupt", CALL_DEADLINE, ctx=ctx.id),
                    f"interrupting context {ctx.id}")
 
     # -- cells ---------------------------------------------------------------------------
 
-    async def run(self, code: str, *, language: str | None = None, context: str | None = None,
-                  timeout: float | None = DEFAULT_TIMEOUT, on_stdout: Callback | None = None,
-                  on_stderr: Callback | None = None, on_result: Callback | None = None,
-                  on_error: Callback | None = None) -> models.Execution:
+    async def run(self, code: str, *, language: str | None = None,
+                  context: contract.ContextRef | None = None,
+                  timeout: float | None = DEFAULT_TIMEOUT,
+                  on_stdout: TextCallback | None = None, on_stderr: TextCallback | None = None,
+                  on_result: ResultCallback | None = None,
+                  on_error: ErrorCallback | None = None) -> models.Execution:
         """Run a cell and return its :class:`~corral.api.models.Execution`.
 
         Callbacks get stdout/stderr text, each :class:`~corral.api.models.Result` and the
@@ -168,7 +169,8 @@ class CodeInterpreter:
         return await collect(events, on_stdout, on_stderr, on_result, on_error)
 
     async def stream(self, code: str, *, language: str | None = None,
-                     context: str | None = None, timeout: float | None = DEFAULT_TIMEOUT
+                     context: contract.ContextRef | None = None,
+                     timeout: float | None = DEFAULT_TIMEOUT
                      ) -> AsyncIterator[models.CodeEvent]:
         """Check the request and make sure the context exists (errors raise here), then
         return the cell's events; leaving the iteration early interrupts the cell."""
@@ -181,7 +183,7 @@ class CodeInterpreter:
                                        "run that instead")
         if timeout is not None:
             timeout = check_timeout(timeout, "code timeout")
-        self._sandbox._agent()  # a stopped sandbox says so, with its reason
+        self._sandbox.channel()  # a stopped sandbox says so, with its reason
         if context is None:
             ctx = await self._default(_language(language or "python"))
         else:
@@ -197,12 +199,12 @@ class CodeInterpreter:
             started = time.monotonic()
             bridge = ctx.bridge
             if ctx.dead is not None or bridge is None or not bridge.alive:
-                self._sandbox._agent()
+                self._sandbox.channel()
                 ctx.dead = ctx.dead or (bridge.closed_reason if bridge else None) or "gone"
                 yield _died(f"the context's kernel is gone ({ctx.dead}); restart the context")
                 yield _end(ctx, started)
                 return
-            counters = self._sandbox._counters()
+            counters = self._sandbox.counters()
             try:
                 req_id, queue = await bridge.request(
                     "execute", ctx=ctx.id, code=code, timeout=timeout, max_output=MAX_OUTPUT)
@@ -285,7 +287,8 @@ class CodeInterpreter:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _get(self, context_id: str) -> _Context:
+    def _get(self, context: contract.ContextRef) -> _Context:
+        context_id = context.id if isinstance(context, models.CodeContext) else context
         ctx = self._contexts.get(context_id) if isinstance(context_id, str) else None
         if ctx is None:
             raise NotFoundError(f"no code context {context_id!r:.80} in sandbox "
@@ -317,7 +320,7 @@ class CodeInterpreter:
         return ctx
 
     async def _ensure_bridge(self) -> Bridge:
-        self._sandbox._agent()  # a stopped sandbox says so, with its reason
+        self._sandbox.channel()  # a stopped sandbox says so, with its reason
         async with self._bridge_lock:
             if self._bridge is None or not self._bridge.alive:
                 self._bridge = await Bridge.start(self._sandbox, MAX_OUTPUT + 1024 * 1024)
@@ -325,11 +328,11 @@ class CodeInterpreter:
 
     def _gone(self, ctx: _Context, exc: BridgeGone) -> None:
         """The bridge ended: a stopped sandbox is an error of its own; else the kernel died."""
-        self._sandbox._agent()
+        self._sandbox.channel()
         ctx.dead = exc.message
 
     def _death(self, reason: str, counters: tuple[int, int]) -> str:
-        limit = self._sandbox._limit_hit(counters)
+        limit = self._sandbox.limit_hit(counters)
         return f"{reason} ({limit})" if limit else reason
 
 
@@ -392,3 +395,7 @@ def _end(ctx: _Context, started: float, count: int | None = None,
     return models.CodeEndEvent(context=ctx.id, execution_count=count, truncated=truncated,
                                duration=time.monotonic() - started)
 
+
+
+if TYPE_CHECKING:
+    _conforms: type[contract.Code] = CodeInterpreter

@@ -2,14 +2,13 @@
 
 A sandbox's life: validate the request, let the runtime build the host side and start the
 agent, wait for the agent's hello, then serve commands and files until it is killed, times
-out, or its agent dies. Every way out ends in :meth:`Node._stop`, which records why and
-tears the sandbox down without making the caller wait for slow runtime tools.
+out, or its agent dies. Its states and every way out belong to the node's
+:class:`~corral.node.lifecycle.Lifecycle`, which records why a sandbox stopped, persists
+each transition, and tells listeners (:meth:`Node.on_state`).
 
 Sandboxes can outlive their node: ``close(detach=True)`` lets go of the running ones, and
-the next node on the same data dir adopts them when it starts (it reads what the previous
-node recorded, :mod:`.records`, and waits for each agent to reconnect on a socket in the
-sandbox's run folder). Those it cannot adopt are torn down and listed in :attr:`Node.lost`
-with the reason.
+the next node on the same data dir adopts them when it starts (:mod:`.adoption`). Those it
+cannot adopt are torn down and listed in :attr:`Node.lost` with the reason.
 """
 
 from __future__ import annotations
@@ -17,19 +16,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
+import functools
 import json
 import logging
 import os
 import secrets
-import stat
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 
 from corral.api.errors import (
-    AgentError,
     AlreadyExistsError,
     InternalError,
     InvalidArgumentError,
@@ -40,95 +36,28 @@ from corral.api.errors import (
 from corral.api.resources import TIMEOUT_RANGE, Resources, check_timeout
 from corral.runtime import Runtime, SandboxSpec, get_runtime
 from corral.runtime._cgroups_unsafe import favor_dynamic_changes, remove_parent
-from corral.runtime._host import channel_socket, sweep
-from corral.runtime.agent_bundle import ORPHAN_GRACE, ensure_bundle
+from corral.runtime._host import sweep
+from corral.runtime.agent_bundle import ensure_bundle
 
 from . import records
+from .adoption import AdoptionError, adopt, release
 from .agent_client import AgentClient
 from .images import ImageStore
-from .models import SandboxState
+from .lifecycle import Lifecycle, SandboxState, StateListener
 from .pools import Pool, PoolSpec
 from .sandbox import Sandbox
+from .settings import NodeSettings
 from .validation import SANDBOX_ID, check_env, check_metadata
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 300.0
 AGENT_START_TIMEOUT = 30.0
-#: How long a starting node waits for each surviving sandbox's agent to reconnect.
-ADOPT_TIMEOUT = 10.0
 #: Lifetime of a sandbox waiting in a warm pool (its real one starts at hand-out).
 POOLED_LIFETIME = TIMEOUT_RANGE[1]
 #: Longest a pool sandbox's kernel may take to start and import its warm modules.
 WARM_TIMEOUT = 180.0
 STDERR_TAIL = 16 * 1024
-
-
-@dataclass(frozen=True)
-class NodeSettings:
-    """Where a node keeps its state. Read once, at start.
-
-    Attributes:
-        data_dir: sandboxes' host state and the agent bundle (``CORRAL_DATA_DIR``,
-            default ``/var/lib/corral``).
-        image_dir: built images (``CORRAL_IMAGE_DIR``, default ``<data_dir>/images``).
-        max_sandboxes: live sandboxes this node accepts before answering "resource exhausted".
-        tune_cgroups: remount the cgroup v2 hierarchy with ``favordynmods`` at start
-            (``CORRAL_TUNE_CGROUPS=0`` to leave the host alone); see
-            :func:`corral.runtime._cgroups_unsafe.favor_dynamic_changes`.
-        orphan_grace: seconds a sandbox outlives its node, waiting for a restarted node on
-            the same data dir to adopt it (``CORRAL_ORPHAN_GRACE``); 0 ends sandboxes with
-            their node.
-        pools: warm pools to keep filled (``CORRAL_POOLS=python:gvisor=4,python=2``); see
-            :mod:`corral.node.pools`.
-        max_starting: sandboxes starting at once; more wait their turn (default: twice the
-            CPUs, ``CORRAL_MAX_STARTING``). Starting is CPU-bound: more at once only thrash.
-        start_queue: creates that may wait for a turn; one more is refused as "resource
-            exhausted" at once instead of queueing without bound (``CORRAL_START_QUEUE``).
-    """
-
-    data_dir: Path
-    image_dir: Path
-    max_sandboxes: int = 1000
-    tune_cgroups: bool = True
-    orphan_grace: float = ORPHAN_GRACE
-    pools: tuple[PoolSpec, ...] = ()
-    max_starting: int = field(default_factory=lambda: 2 * (os.cpu_count() or 1))
-    start_queue: int = 256
-
-    def __post_init__(self) -> None:
-        if self.max_starting < 1 or self.start_queue < 0:
-            raise InvalidArgumentError("max_starting must be at least 1 and start_queue >= 0")
-        if sum(pool.size for pool in self.pools) > self.max_sandboxes:
-            raise InvalidArgumentError("the warm pools hold more sandboxes than max_sandboxes")
-        # Resolved: mount points are compared with /proc/self/mountinfo, which has no links.
-        object.__setattr__(self, "data_dir", Path(os.path.realpath(self.data_dir)))
-        object.__setattr__(self, "image_dir", Path(os.path.realpath(self.image_dir)))
-
-    @classmethod
-    def from_env(cls, data_dir: Path | None = None) -> NodeSettings:
-        data = data_dir or Path(os.environ.get("CORRAL_DATA_DIR", "/var/lib/corral"))
-        images = Path(os.environ.get("CORRAL_IMAGE_DIR", str(data / "images")))
-        tune = os.environ.get("CORRAL_TUNE_CGROUPS", "1") != "0"
-        grace = os.environ.get("CORRAL_ORPHAN_GRACE", f"{ORPHAN_GRACE:g}")
-        try:
-            orphan_grace = float(grace)
-        except ValueError:
-            raise InvalidArgumentError(f"CORRAL_ORPHAN_GRACE={grace!r:.40} is not a number of "
-                                       "seconds") from None
-        if not 0 <= orphan_grace <= 7 * 24 * 3600:
-            raise InvalidArgumentError("CORRAL_ORPHAN_GRACE must be 0 to 604800 seconds")
-        pools = PoolSpec.parse_list(os.environ.get("CORRAL_POOLS", ""))
-        defaults = cls(data_dir=data, image_dir=images)
-        return cls(data_dir=data, image_dir=images, tune_cgroups=tune,
-                   orphan_grace=orphan_grace, pools=pools,
-                   max_starting=_int_env("CORRAL_MAX_STARTING", defaults.max_starting),
-                   start_queue=_int_env("CORRAL_START_QUEUE", defaults.start_queue))
-
-    @property
-    def node_key(self) -> str:
-        """Names this node's cgroups, so that sweeping never touches another node's."""
-        return hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:12]
 
 
 class Node:
@@ -137,6 +66,8 @@ class Node:
     def __init__(self, settings: NodeSettings | None = None) -> None:
         self.settings = settings or NodeSettings.from_env()
         self.images = ImageStore(self.settings.image_dir)
+        self.lifecycle = Lifecycle(self._persist)
+        self.lifecycle.on_state(self._forget_stopped)
         self._sandboxes: dict[str, Sandbox] = {}
         self._runtimes: dict[str | None, Runtime] = {}
         self._bundle: Path | None = None
@@ -145,13 +76,18 @@ class Node:
         #: Sandboxes a previous node left that this one could not adopt: id -> why.
         self.lost: dict[str, str] = {}
         self.pools: list[Pool] = []
-        self._pooled: set[str] = set()
         self._start_turns = asyncio.Semaphore(self.settings.max_starting)
         self._waiting = 0
 
     @property
     def sandboxes_dir(self) -> Path:
         return self.settings.data_dir / "sandboxes"
+
+    def on_state(self, listener: StateListener) -> Callable[[], None]:
+        """Call ``listener(sandbox, state)`` after every state change of every sandbox of
+        this node (pooled ones included: check ``sandbox.pooled``); returns the function
+        that unsubscribes. The listener runs on the node's event loop and must not block."""
+        return self.lifecycle.on_state(listener)
 
     async def start(self) -> None:
         """Prepare directories, adopt the sandboxes a previous node released, sweep the rest."""
@@ -176,7 +112,7 @@ class Node:
                 log.warning("could not enable cgroup favordynmods; sandbox starts will be slower")
         for spec in self.settings.pools:
             try:
-                pool = Pool(self, spec, self.runtime(spec.runtime or None).name)
+                pool = Pool(spec, self.runtime(spec.runtime or None).name, self._start_pooled)
                 self.images.get(spec.image)
             except SandboxError as exc:
                 log.error("warm pool %s:%s not started: %s", spec.image, spec.runtime,
@@ -207,12 +143,15 @@ class Node:
         """
         for pool in self.pools:
             for sandbox in await pool.close():
-                await self._stop(sandbox, "its warm pool closed")
+                await sandbox.stop("its warm pool closed")
         if detach and self.settings.orphan_grace > 0:
             running = [sb for sb in self._sandboxes.values()
-                       if sb.state is SandboxState.RUNNING and sb.id not in self._pooled]
-            await asyncio.gather(*(self._release(sb) for sb in running))
-        await asyncio.gather(*(self._stop(sb, "node shutting down")
+                       if sb.state is SandboxState.RUNNING and not sb.pooled]
+            released = await asyncio.gather(*(release(sb, self.lifecycle) for sb in running))
+            for sandbox, gone in zip(running, released, strict=True):
+                if gone:
+                    self._sandboxes.pop(sandbox.id, None)
+        await asyncio.gather(*(sb.stop("node shutting down")
                                for sb in list(self._sandboxes.values())))
         remove_parent(self.settings.node_key)
         if self._lock_fd is not None:
@@ -245,7 +184,6 @@ class Node:
         subprocess): the start runs to its end in a task of its own, and what it made is
         stopped at once.
 
-
         Args:
             image: a built image name (``corral image build NAME`` builds one).
             runtime: ``"gvisor"`` or ``"namespaces"``; default: the strongest that works.
@@ -254,19 +192,18 @@ class Node:
             timeout: maximum lifetime in seconds; the sandbox is killed after it.
             metadata: string labels to find the sandbox by.
         """
-        task = asyncio.get_running_loop().create_task(
-            self._create(image, runtime, resources, env, timeout, metadata))
+        return await self._shielded(self._create(image, runtime, resources, env, timeout,
+                                                 metadata))
+
+    async def _shielded(self, start: Coroutine[None, None, Sandbox]) -> Sandbox:
+        """Run a start to its end in a task of its own: a caller that gives up meanwhile
+        does not cut it in half, and what it made is stopped once it is made."""
+        task = asyncio.get_running_loop().create_task(start)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            task.add_done_callback(self._discard_abandoned)
+            task.add_done_callback(_stop_abandoned)
             raise
-
-    def _discard_abandoned(self, task: asyncio.Task[Sandbox]) -> None:
-        if not task.cancelled() and task.exception() is None:
-            sandbox = task.result()
-            asyncio.get_running_loop().create_task(
-                self._stop(sandbox, "the caller gave up while it started"))
 
     async def _create(self, image: str, runtime: str | None, resources: Resources | None,
                       env: Mapping[str, str] | None, timeout: float,
@@ -284,10 +221,8 @@ class Node:
                 sandbox = await pool.take()
                 if sandbox is not None:
                     return await self._hand_out(sandbox, env, metadata, timeout)
-        sandbox = await self._start(image, chosen, resources, {**dict(built.env), **env},
-                                    metadata, timeout, pooled=False)
-        self._write_record(sandbox)
-        return sandbox
+        return await self._start(image, chosen, resources, {**dict(built.env), **env},
+                                 metadata, timeout, pooled=False)
 
     async def _hand_out(self, sandbox: Sandbox, env: dict[str, str], metadata: dict[str, str],
                         timeout: float) -> Sandbox:
@@ -299,26 +234,19 @@ class Node:
                     f"{json.dumps(env)!r})); del _j, _o")
             execution = await sandbox.code.run(cell, timeout=30)
             if execution.error is not None:
-                await self._stop(sandbox, "its warm kernel refused the request's env")
+                await sandbox.stop("its warm kernel refused the request's env")
                 raise InternalError("a warm pool sandbox could not take the request's env; "
                                     "retry")
         sandbox.env, sandbox.metadata = {**sandbox.env, **env}, metadata
+        sandbox.pooled = False
         sandbox.created_at = time.time()
-        sandbox.expires_at = sandbox.created_at + timeout
-        sandbox._arm_timer()
-        self._pooled.discard(sandbox.id)
-        self._write_record(sandbox)
+        self.lifecycle.set_expiry(sandbox, sandbox.created_at + timeout)  # and records it
         log.info("sandbox %s handed out from a warm pool", sandbox.id)
         return sandbox
 
     async def _start_pooled(self, spec: PoolSpec, runtime: str) -> Sandbox:
         """Start a sandbox for a warm pool (shielded like :meth:`create`)."""
-        task = asyncio.get_running_loop().create_task(self._start_warm(spec, runtime))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(self._discard_abandoned)
-            raise
+        return await self._shielded(self._start_warm(spec, runtime))
 
     async def _start_warm(self, spec: PoolSpec, runtime: str) -> Sandbox:
         built = self.images.get(spec.image)
@@ -330,7 +258,7 @@ class Node:
             with contextlib.suppress(NotFoundError):
                 await sandbox.commands.run(["true"], timeout=WARM_TIMEOUT)
         except BaseException:
-            await asyncio.shield(self._stop(sandbox, "its first command failed"))
+            await asyncio.shield(sandbox.stop("its first command failed"))
             raise
         if spec.warm:
             try:
@@ -340,7 +268,7 @@ class Node:
                     raise InternalError(f"importing {', '.join(spec.warm)} failed: "
                                         f"{execution.error.name}: {execution.error.value}")
             except BaseException:
-                await asyncio.shield(self._stop(sandbox, "warming its kernel failed"))
+                await asyncio.shield(sandbox.stop("warming its kernel failed"))
                 raise
         return sandbox
 
@@ -369,7 +297,8 @@ class Node:
     async def _start_now(self, image: str, chosen: Runtime, resources: Resources,
                          env: dict[str, str], metadata: dict[str, str], timeout: float,
                          pooled: bool) -> Sandbox:
-        assert self._bundle is not None
+        if self._bundle is None:
+            raise SandboxError("the node is not started; use `async with Node()`")
         built = self.images.get(image)
         sandbox_id = f"sbx-{secrets.token_hex(8)}"
         spec = SandboxSpec(sandbox_id=sandbox_id, cgroup=f"{self.settings.node_key}/{sandbox_id}",
@@ -381,14 +310,13 @@ class Node:
             handle = await chosen.create(spec)
         finally:
             self._pending -= 1
-        sandbox = Sandbox(self, sandbox_id, image, chosen, handle, resources, env,
-                          built.workdir, metadata, timeout)
-        if pooled:
-            self._pooled.add(sandbox_id)
+        sandbox = Sandbox(self.lifecycle, sandbox_id, image, chosen, handle, resources, env,
+                          built.workdir, metadata, timeout, pooled=pooled)
         self._sandboxes[sandbox_id] = sandbox
         try:
             process = await chosen.start(handle)
-            assert process.stdout is not None and process.stdin is not None
+            if process.stdout is None or process.stdin is None:
+                raise InternalError(f"runtime {chosen.name} started no agent channel")
             if process.stderr is not None:
                 asyncio.get_running_loop().create_task(self._drain_stderr(sandbox, process.stderr))
             agent = AgentClient(process.stdout, process.stdin, f"sandbox {sandbox_id}")
@@ -396,106 +324,50 @@ class Node:
             await agent.handshake(AGENT_START_TIMEOUT)
         except BaseException as exc:
             detail = bytes(sandbox.stderr_tail[-2000:]).decode(errors="replace").strip()
-            await asyncio.shield(self._stop(sandbox, f"failed to start: {exc}"))
+            await asyncio.shield(sandbox.stop(f"failed to start: {exc}"))
             if isinstance(exc, SandboxError) and detail:
                 raise type(exc)(f"{exc.message} (runtime said: {detail})") from exc
             raise
-        agent.on_close = lambda reason: self._agent_closed(sandbox, reason)
-        sandbox.state = SandboxState.RUNNING
-        sandbox._arm_timer()
+        agent.on_close = functools.partial(self._agent_closed, sandbox)
+        self.lifecycle.move(sandbox, SandboxState.RUNNING)
         log.info("sandbox %s started (%s, image %s%s)", sandbox_id, chosen.name, image,
                  ", warm pool" if pooled else "")
         return sandbox
 
-    def _write_record(self, sandbox: Sandbox) -> None:
-        """Write down what the next node needs to adopt ``sandbox``."""
-        try:
-            records.write(sandbox.handle.spec.directory, records.SandboxRecord(
-                id=sandbox.id, image=sandbox.image, runtime=sandbox.runtime.name,
-                resources=sandbox.resources, env=sandbox.env, workdir=sandbox.workdir,
-                metadata=sandbox.metadata, created_at=sandbox.created_at,
-                expires_at=sandbox.expires_at, extra=dict(sandbox.handle.extra)))
-        except OSError as exc:
-            # The sandbox runs; it just will not survive a restart of this node.
-            log.warning("sandbox %s: cannot record it for a restart: %s", sandbox.id, exc)
+    def _persist(self, sandbox: Sandbox) -> None:
+        """Write down what the next node needs to adopt ``sandbox`` (the lifecycle calls
+        this on each transition). Pooled sandboxes are nobody's yet: never recorded."""
+        if sandbox.pooled:
+            return
+        records.write(sandbox.handle.spec.directory, records.SandboxRecord(
+            id=sandbox.id, image=sandbox.image, runtime=sandbox.runtime.name,
+            resources=sandbox.resources, env=sandbox.env, workdir=sandbox.workdir,
+            metadata=sandbox.metadata, created_at=sandbox.created_at,
+            expires_at=sandbox.expires_at, extra=dict(sandbox.handle.extra),
+            state=sandbox.state.value))
 
     async def _adopt(self, directory: Path) -> None:
         """Take over a sandbox a previous node released; on failure note why in ``lost``."""
-        sandbox_id = directory.name
+        if self._bundle is None:
+            raise SandboxError("the node is not started")
         try:
-            record = await asyncio.to_thread(records.read, directory)
-            chosen = self.runtime(record.runtime)
-            built = self.images.get(record.image)
-            assert self._bundle is not None
-            spec = SandboxSpec(sandbox_id=sandbox_id, rootfs=built.rootfs,
-                               cgroup=f"{self.settings.node_key}/{sandbox_id}",
-                               resources=record.resources, agent_bundle=self._bundle,
-                               directory=directory)
-            handle = await chosen.adopt(spec, record.extra)
-        except (ValueError, OSError, SandboxError) as exc:
-            self.lost[sandbox_id] = f"lost while its node was down: {_message(exc)}"
-            log.warning("sandbox %s: %s", sandbox_id, self.lost[sandbox_id])
+            adopted = await adopt(directory, runtime=self.runtime, images=self.images,
+                                  bundle=self._bundle, node_key=self.settings.node_key)
+        except AdoptionError as exc:
+            self.lost[directory.name] = f"lost while its node was down: {exc.message}"
+            log.warning("sandbox %s: %s", directory.name, self.lost[directory.name])
             return  # the sweep that follows removes what is left of it
-        sandbox = Sandbox(self, sandbox_id, record.image, chosen, handle, record.resources,
-                          record.env, record.workdir, record.metadata, DEFAULT_TIMEOUT)
+        record = adopted.record
+        sandbox = Sandbox(self.lifecycle, record.id, record.image, adopted.runtime,
+                          adopted.handle, record.resources, record.env, record.workdir,
+                          record.metadata, DEFAULT_TIMEOUT)
         sandbox.created_at, sandbox.expires_at = record.created_at, record.expires_at
-        self._sandboxes[sandbox_id] = sandbox
-        try:
-            agent = await self._reconnect(spec, f"sandbox {sandbox_id}")
-        except (OSError, SandboxError) as exc:
-            self.lost[sandbox_id] = f"lost while its node was down: {_message(exc)}"
-            log.warning("sandbox %s: %s", sandbox_id, self.lost[sandbox_id])
-            await self._stop(sandbox, self.lost[sandbox_id])
-            return
-        sandbox.agent = agent
-        agent.on_close = lambda reason: self._agent_closed(sandbox, reason)
-        sandbox.state = SandboxState.RUNNING
-        sandbox._arm_timer()  # already past its lifetime: stopped at once
-        log.info("sandbox %s adopted (%s, image %s)", sandbox_id, chosen.name, record.image)
-
-    async def _reconnect(self, spec: SandboxSpec, label: str) -> AgentClient:
-        """Listen on the sandbox's channel socket until its agent reconnects and says hello."""
-        path = channel_socket(spec)
-        path.unlink(missing_ok=True)
-        connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
-            asyncio.get_running_loop().create_future())
-
-        def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            if connected.done():
-                writer.close()  # one agent per sandbox: later callers are turned away
-            else:
-                connected.set_result((reader, writer))
-
-        server = await asyncio.start_unix_server(on_connect, path=str(path))
-        try:
-            _give_socket(path)
-            try:
-                reader, writer = await asyncio.wait_for(connected, ADOPT_TIMEOUT)
-            except TimeoutError:
-                raise AgentError(f"its agent did not reconnect within {ADOPT_TIMEOUT:g} s"
-                                 ) from None
-        finally:
-            server.close()
-            path.unlink(missing_ok=True)
-        agent = AgentClient(reader, writer, label)
-        await agent.handshake(ADOPT_TIMEOUT)
-        return agent
-
-    async def _release(self, sandbox: Sandbox) -> None:
-        """Let go of a running sandbox without stopping it (see :meth:`close`)."""
-        if sandbox._timer is not None:
-            sandbox._timer.cancel()
-        if sandbox.agent is not None:
-            sandbox.agent.on_close = None
-            await sandbox.agent.close()  # the agent sees its channel end and waits
-        try:
-            await sandbox.runtime.release(sandbox.handle)
-        except SandboxError as exc:
-            log.warning("sandbox %s cannot outlive this node (%s); stopping it", sandbox.id,
-                        exc.message)
-            return  # close() stops it with the others
-        self._sandboxes.pop(sandbox.id, None)
-        log.info("sandbox %s released, still running", sandbox.id)
+        sandbox.agent = adopted.agent
+        self._sandboxes[sandbox.id] = sandbox
+        adopted.agent.on_close = functools.partial(self._agent_closed, sandbox)
+        self.lifecycle.move(sandbox, SandboxState.RUNNING)  # past its lifetime: stops at once
+        log.info("sandbox %s adopted (%s, image %s)", sandbox.id, adopted.runtime.name,
+                 record.image)
 
     def _check_host_fits(self, resources: Resources) -> None:
         total_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
@@ -518,19 +390,22 @@ class Node:
 
     def _agent_closed(self, sandbox: Sandbox, reason: str) -> None:
         if sandbox.state is SandboxState.RUNNING:
-            why = sandbox._limit_hit((0, 0)) or f"the sandbox's agent exited ({reason})"
+            why = sandbox.limit_hit((0, 0)) or f"the sandbox's agent exited ({reason})"
             # Recorded now, before any waiter wakes: their errors then carry the real reason.
-            sandbox.stop_reason = why
             if sandbox.agent is not None:
                 sandbox.agent.close_reason = why
-            asyncio.get_running_loop().create_task(self._stop(sandbox, why))
+            self.lifecycle.begin_stop(sandbox, why)
+
+    def _forget_stopped(self, sandbox: Sandbox, state: SandboxState) -> None:
+        if state is SandboxState.STOPPED:
+            self._sandboxes.pop(sandbox.id, None)
 
     def get(self, sandbox_id: str) -> Sandbox:
         """The sandbox with this id, running or recently stopped."""
         if not isinstance(sandbox_id, str) or not SANDBOX_ID.match(sandbox_id):
             raise NotFoundError(f"no sandbox {sandbox_id!r:.80}")
         sandbox = self._sandboxes.get(sandbox_id)
-        if sandbox is None or sandbox_id in self._pooled:
+        if sandbox is None or sandbox.pooled:
             raise NotFoundError(f"no sandbox {sandbox_id!r}")
         return sandbox
 
@@ -538,65 +413,16 @@ class Node:
              state: SandboxState | None = None) -> list[Sandbox]:
         """Sandboxes of this node, optionally those whose metadata includes ``metadata``."""
         wanted = dict(metadata or {})
-        return [sb for sb in self._sandboxes.values() if sb.id not in self._pooled
+        return [sb for sb in self._sandboxes.values() if not sb.pooled
                 and all(sb.metadata.get(k) == v for k, v in wanted.items())
                 and (state is None or sb.state is state)]
 
     async def destroy(self, sandbox_id: str) -> None:
         """Kill a sandbox and remove everything it left on the host."""
-        await self._stop(self.get(sandbox_id), "killed by request")
-
-    async def _stop(self, sandbox: Sandbox, reason: str) -> None:
-        """Stop a sandbox; callers that arrive while it is stopping wait for the same end."""
-        if sandbox._stopped is None:
-            sandbox._stopped = asyncio.get_running_loop().create_task(
-                self._teardown(sandbox, reason))
-        await asyncio.shield(sandbox._stopped)
-
-    async def _teardown(self, sandbox: Sandbox, reason: str) -> None:
-        sandbox.state = SandboxState.STOPPING
-        if sandbox.stop_reason is None:
-            sandbox.stop_reason = reason
-        if sandbox._timer is not None:
-            sandbox._timer.cancel()
-        if sandbox.agent is not None:
-            sandbox.agent.on_close = None
-            await sandbox.agent.close()
-        try:
-            await sandbox.runtime.destroy(sandbox.handle)
-        finally:
-            sandbox.state = SandboxState.STOPPED
-            self._sandboxes.pop(sandbox.id, None)
-            self._pooled.discard(sandbox.id)
-            log.info("sandbox %s stopped: %s", sandbox.id, sandbox.stop_reason)
+        await self.get(sandbox_id).kill()
 
 
-def _give_socket(path: Path) -> None:
-    """Make the bound socket at ``path`` the run folder owner's, mode 0600.
-
-    Connecting takes write permission on the socket: the sandbox's root only. The folder
-    belongs to that uid (namespaces), so the socket is changed through a descriptor of the
-    very inode that was checked, never by a path that could have been swapped for a link.
-    """
-    owner = path.parent.stat()
-    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-            raise InternalError(f"{path} is not the socket this node bound")
-        inode = f"/proc/self/fd/{fd}"
-        os.chown(inode, owner.st_uid, owner.st_gid)
-        os.chmod(inode, 0o600)
-    finally:
-        os.close(fd)
-
-
-def _message(exc: BaseException) -> str:
-    return exc.message if isinstance(exc, SandboxError) else str(exc)
-
-
-def _int_env(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    try:
-        return int(raw) if raw else default
-    except ValueError:
-        raise InvalidArgumentError(f"{name}={raw!r:.40} is not a whole number") from None
+def _stop_abandoned(task: asyncio.Task[Sandbox]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        asyncio.get_running_loop().create_task(
+            task.result().stop("the caller gave up while it started"))

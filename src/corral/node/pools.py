@@ -30,16 +30,17 @@ import collections
 import contextlib
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from corral.api import agent_protocol as proto
 from corral.api.errors import InvalidArgumentError, SandboxError
 from corral.api.resources import Resources
 
-from .models import SandboxState
+from .lifecycle import SandboxState
 
 if TYPE_CHECKING:
-    from .node import Node
     from .sandbox import Sandbox
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,11 @@ class PoolStats:
 class Pool:
     """Ready sandboxes of one :class:`PoolSpec`, and the task that refills them."""
 
-    def __init__(self, node: Node, spec: PoolSpec, runtime: str) -> None:
-        self._node = node
+    def __init__(self, spec: PoolSpec, runtime: str,
+                 start: Callable[[PoolSpec, str], Awaitable[Sandbox]]) -> None:
+        """``start`` starts one sandbox for this pool (the node's, shielded from
+        cancellation); the pool stops those it gives up on itself."""
+        self._start = start
         self.spec = spec
         self.runtime = runtime
         self._ready: collections.deque[Sandbox] = collections.deque()
@@ -145,7 +149,7 @@ class Pool:
                     self.stats.hits += 1
                     return sandbox
                 self.stats.unhealthy += 1
-                await self._node._stop(sandbox, "unhealthy in its warm pool")
+                await sandbox.stop("unhealthy in its warm pool")
             self.stats.misses += 1
             return None
         finally:
@@ -157,7 +161,7 @@ class Pool:
         if self.spec.warm and not sandbox.code.default_ready():
             return False
         try:
-            await sandbox.agent.call("ping", deadline=HEALTH_TIMEOUT)
+            await sandbox.agent.call(proto.OP_PING, deadline=HEALTH_TIMEOUT)
         except SandboxError:
             return False
         return True
@@ -175,7 +179,7 @@ class Pool:
             self._starting += 1
             self.stats.starting = self._starting
             try:
-                sandbox = await self._node._start_pooled(self.spec, self.runtime)
+                sandbox = await self._start(self.spec, self.runtime)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a pool must outlive failed starts

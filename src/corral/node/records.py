@@ -1,11 +1,11 @@
 """What a node writes down about each running sandbox, so that the next node can adopt it.
 
 One JSON file per sandbox, ``<sandbox dir>/sandbox.json``, readable by root alone (the
-sandbox's environment may hold secrets). It is written once the sandbox runs and again when
-its lifetime changes; a restarted node reads it back to take the sandbox over
-(:meth:`corral.node.Node.start`). Nothing in it is trusted blindly: paths are never read
-from it (they follow from the sandbox id and the node's settings), and every field is
-checked as a request would be.
+sandbox's environment may hold secrets). The lifecycle writes it on every transition but
+the last (a stopped sandbox's directory is gone) and whenever its lifetime changes; a
+restarted node reads it back to take the sandbox over (:mod:`corral.node.adoption`).
+Nothing in it is trusted blindly: paths are never read from it (they follow from the
+sandbox id and the node's settings), and every field is checked as a request would be.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from typing import Any
 from corral.api.errors import InvalidArgumentError
 from corral.api.resources import Resources
 
+from .lifecycle import SandboxState
 from .validation import SANDBOX_ID, check_env, check_metadata
 
+_STATES = frozenset(state.value for state in SandboxState)
 RECORD_NAME = "sandbox.json"
 RECORD_FORMAT = 1
 MAX_RECORD_BYTES = 4 * 1024 * 1024
@@ -42,6 +44,9 @@ class SandboxRecord:
     expires_at: float
     #: What the runtime's ``create`` recorded in its handle (e.g. the uid slot).
     extra: dict[str, Any]
+    #: Its lifecycle state when written (``SandboxState`` value); only ``running`` ones
+    #: are adopted.
+    state: str = "running"
 
 
 def write(directory: Path, record: SandboxRecord) -> None:
@@ -76,7 +81,7 @@ def read(directory: Path) -> SandboxRecord:
             env=check_env(_mapping(body, "env")), workdir=_text(body, "workdir"),
             metadata=check_metadata(_mapping(body, "metadata")),
             created_at=_number(body, "created_at"), expires_at=_number(body, "expires_at"),
-            extra=_mapping(body, "extra"))
+            extra=_mapping(body, "extra"), state=_state(body))
     except (TypeError, InvalidArgumentError) as exc:
         raise ValueError(f"malformed record: {exc}") from None
     if record.id != directory.name or not SANDBOX_ID.match(record.id):
@@ -89,6 +94,13 @@ def _text(body: dict[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 4096:
         raise ValueError(f"malformed record: {key} is not a string")
     return value
+
+
+def _state(body: dict[str, Any]) -> str:
+    value = body.get("state", "running")  # records written before states were kept
+    if value not in _STATES:
+        raise ValueError("malformed record: unknown state")
+    return str(value)
 
 
 def _number(body: dict[str, Any], key: str) -> float:

@@ -1,11 +1,17 @@
-"""A live sandbox as the node holds it: its agent channel, commands, files and lifetime."""
+"""A live sandbox as the node holds it: its agent channel, commands, files and lifetime.
+
+Its state belongs to the node's :class:`~corral.node.lifecycle.Lifecycle`: this object
+reads it, and asks the lifecycle to stop it or to change its expiry.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from corral.api import contract, models
 from corral.api.errors import SandboxNotRunningError
 from corral.api.resources import Resources, check_timeout
 from corral.runtime import Runtime, RuntimeSandbox
@@ -14,10 +20,7 @@ from .agent_client import AgentClient
 from .commands import Commands
 from .files import Files
 from .interpreter import CodeInterpreter
-from .models import SandboxInfo, SandboxState
-
-if TYPE_CHECKING:
-    from .node import Node
+from .lifecycle import Lifecycle, SandboxState
 
 
 class Sandbox:
@@ -28,12 +31,16 @@ class Sandbox:
         files: move files in and out (:class:`corral.node.files.Files`).
         code: run code in stateful Jupyter contexts
             (:class:`corral.node.interpreter.CodeInterpreter`).
+        state: where it is in its life; written only by its node's lifecycle.
+        stop_reason: why it stopped (or is stopping), once it does.
+        pooled: waiting in a warm pool: not listed, not recorded, not yet anyone's.
     """
 
-    def __init__(self, node: Node, sandbox_id: str, image: str, runtime: Runtime,
+    def __init__(self, lifecycle: Lifecycle, sandbox_id: str, image: str, runtime: Runtime,
                  handle: RuntimeSandbox, resources: Resources, env: dict[str, str],
-                 workdir: str, metadata: dict[str, str], timeout: float) -> None:
-        self._node = node
+                 workdir: str, metadata: dict[str, str], timeout: float,
+                 pooled: bool = False) -> None:
+        self._lifecycle = lifecycle
         self.id = sandbox_id
         self.image = image
         self.runtime = runtime
@@ -46,57 +53,81 @@ class Sandbox:
         self.expires_at = self.created_at + timeout
         self.state = SandboxState.STARTING
         self.stop_reason: str | None = None
+        self.pooled = pooled
         self.agent: AgentClient | None = None
         self.stderr_tail = bytearray()
         self.commands = Commands(self)
         self.files = Files(self)
         self.code = CodeInterpreter(self)
-        self._timer: asyncio.TimerHandle | None = None
-        self._stopped: asyncio.Task[None] | None = None
 
-    def info(self) -> SandboxInfo:
-        return SandboxInfo(id=self.id, image=self.image, runtime=self.runtime.name,
-                           state=self.state, resources=self.resources,
-                           created_at=self.created_at, expires_at=self.expires_at,
-                           metadata=dict(self.metadata), stop_reason=self.stop_reason)
+    def __repr__(self) -> str:
+        return f"Sandbox(id={self.id!r}, state={self.state.value!r})"
 
-    def _agent(self) -> AgentClient:
+    @property
+    def info(self) -> models.SandboxInfo:
+        """Its description and state now, as the API gives it."""
+        return models.SandboxInfo(
+            id=self.id, image=self.image, runtime=self.runtime.name, state=self.state.value,
+            resources=models.ResourcesSpec.of(self.resources), metadata=dict(self.metadata),
+            created_at=datetime.fromtimestamp(self.created_at, UTC),
+            expires_at=datetime.fromtimestamp(self.expires_at, UTC),
+            stop_reason=self.stop_reason)
+
+    async def refresh(self) -> models.SandboxInfo:
+        """Its description now (the node's copy is always current)."""
+        return self.info
+
+    def channel(self) -> AgentClient:
+        """The agent's channel; raises SandboxNotRunningError, with the reason, once it
+        stopped or stops."""
         if self.state is not SandboxState.RUNNING or self.agent is None or self.agent.closed:
             reason = self.stop_reason or (self.agent.close_reason if self.agent else None)
             raise SandboxNotRunningError(
                 f"sandbox {self.id} is {self.state.value}" + (f": {reason}" if reason else ""))
         return self.agent
 
-    def _counters(self) -> tuple[int, int]:
+    def counters(self) -> tuple[int, int]:
+        """The runtime's limit counters now, to compare with :meth:`limit_hit` later."""
         return self.runtime.counters(self.handle)
 
-    def _limit_hit(self, since: tuple[int, int]) -> str | None:
+    def limit_hit(self, since: tuple[int, int]) -> str | None:
+        """Which limit, if any, was hit since ``since`` (e.g. ``killed: memory limit ...``)."""
         return self.runtime.limit_hit(self.handle, since)
 
-    def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        delay = max(0.0, self.expires_at - time.time())
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(
-            delay, lambda: loop.create_task(self._node._stop(
-                self, f"timeout: sandbox lifetime of {self.expires_at - self.created_at:g} s "
-                      "reached")))
+    async def run_code(self, code: str, *, language: str | None = None,
+                       context: contract.ContextRef | None = None,
+                       timeout: float | None = contract.DEFAULT_RUN_TIMEOUT,
+                       on_stdout: Callable[[str], None] | None = None,
+                       on_stderr: Callable[[str], None] | None = None,
+                       on_result: Callable[[models.Result], None] | None = None,
+                       on_error: Callable[[models.ExecutionError], None] | None = None
+                       ) -> models.Execution:
+        """Run a cell in a stateful context; see :meth:`CodeInterpreter.run`."""
+        return await self.code.run(code, language=language, context=context, timeout=timeout,
+                                   on_stdout=on_stdout, on_stderr=on_stderr,
+                                   on_result=on_result, on_error=on_error)
 
     async def set_timeout(self, seconds: float) -> None:
         """Let the sandbox live ``seconds`` more from now (replaces the previous timeout)."""
-        self._agent()
+        self.channel()
         check_timeout(seconds)
-        self.expires_at = time.time() + seconds
-        self._arm_timer()
-        self._node._write_record(self)
+        self._lifecycle.set_expiry(self, time.time() + seconds)
+
+    async def stop(self, reason: str) -> None:
+        """Stop the sandbox, recording ``reason`` (unless it already stops for another),
+        and remove everything it left on the host. Stopping a stopped one returns at once."""
+        await self._lifecycle.stop(self, reason)
 
     async def kill(self) -> None:
         """Stop the sandbox now and remove everything it left on the host."""
-        await self._node._stop(self, "killed by request")
+        await self.stop("killed by request")
 
     async def __aenter__(self) -> Sandbox:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.kill()
+
+
+if TYPE_CHECKING:
+    _conforms: type[contract.Sandbox] = Sandbox

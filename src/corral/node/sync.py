@@ -26,8 +26,12 @@ from corral._blocking import CommandIds, Proxy, blocking, iterate
 from .commands import CommandHandle, Commands
 from .files import Files
 from .interpreter import CodeInterpreter
-from .node import Node, NodeSettings
+from .node import Node
+from corral.api.models import SandboxInfo
+
+from .lifecycle import SandboxState
 from .sandbox import Sandbox
+from .settings import NodeSettings
 
 
 class SyncCommandHandle(CommandIds, Proxy):
@@ -103,8 +107,21 @@ class SyncSandbox(Proxy):
     def id(self) -> str:
         return str(self._inner.id)
 
-    def info(self) -> Any:
-        return self._inner.info()
+    @property
+    def info(self) -> SandboxInfo:
+        """Its description and state now, as the API gives it."""
+        info: SandboxInfo = self._inner.info
+        return info
+
+    @property
+    def state(self) -> SandboxState:
+        state: SandboxState = self._inner.state
+        return state
+
+    @property
+    def stop_reason(self) -> str | None:
+        reason: str | None = self._inner.stop_reason
+        return reason
 
     def __enter__(self) -> SyncSandbox:
         return self

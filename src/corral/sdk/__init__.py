@@ -13,11 +13,12 @@ Set ``CORRAL_URL`` and ``CORRAL_API_KEY`` (``corral keys create``), or pass ``ur
 :class:`corral.SandboxError`.
 """
 
+from corral.api.command_events import Output
 from corral.api.models import CommandResult, EntryInfo, ProcessInfo
-from corral.api.models import Sandbox as SandboxInfo
+from corral.api.models import SandboxInfo
 
 from .code import AsyncCodeInterpreter, Context, Execution, ExecutionError, Logs, Result
-from .commands import AsyncCommandHandle, AsyncCommands, Output
+from .commands import AsyncCommandHandle, AsyncCommands
 from .files import AsyncFiles
 from .sandbox import AsyncSandbox
 from .sync import CodeInterpreter, CommandHandle, Commands, Files, Sandbox

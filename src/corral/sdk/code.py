@@ -25,13 +25,13 @@ last command failed (``ExitStatus``, the value its exit status).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
 from pydantic import TypeAdapter
 
-from corral.api import models
-from corral.api.code_events import collect
+from corral.api import contract, models
+from corral.api.code_events import ErrorCallback, ResultCallback, TextCallback, collect
 from corral.api.errors import SandboxError, error_from_code
 from corral.api.models import CodeContext as Context
 from corral.api.models import Execution, ExecutionError, Logs, Result
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncCodeInterpreter", "Context", "Execution", "ExecutionError", "Logs", "Result"]
 
-DEFAULT_TIMEOUT = 60.0
+DEFAULT_TIMEOUT = contract.DEFAULT_RUN_TIMEOUT
 _EVENT: TypeAdapter[models.CodeEvent] = TypeAdapter(models.CodeEvent)
 ContextArg = Context | str | None
 
@@ -57,10 +57,9 @@ class AsyncCodeInterpreter:
 
     async def run(self, code: str, *, language: str | None = None,
                   context: ContextArg = None, timeout: float = DEFAULT_TIMEOUT,
-                  on_stdout: Callable[[str], None] | None = None,
-                  on_stderr: Callable[[str], None] | None = None,
-                  on_result: Callable[[Result], None] | None = None,
-                  on_error: Callable[[ExecutionError], None] | None = None) -> Execution:
+                  on_stdout: TextCallback | None = None, on_stderr: TextCallback | None = None,
+                  on_result: ResultCallback | None = None,
+                  on_error: ErrorCallback | None = None) -> Execution:
         """Run a cell and return its :class:`Execution`.
 
         ``context`` is a :class:`Context` (or its id); default: the sandbox's default
@@ -125,3 +124,7 @@ async def _events(lines: AsyncIterator[str], url: str) -> AsyncIterator[models.C
         if isinstance(event, models.ErrorEvent):
             raise error_from_code(event.error.code, event.error.message)
         yield event
+
+
+if TYPE_CHECKING:
+    _conforms: type[contract.Code] = AsyncCodeInterpreter

@@ -16,17 +16,16 @@ Example::
 from __future__ import annotations
 
 import base64
-import codecs
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import httpx
 from pydantic import TypeAdapter
 
-from corral.api import models
+from corral.api import contract, models
 from corral.api.agent_protocol import REASON_TIMEOUT
+from corral.api.command_events import Output, OutputCallback, OutputCapture
 from corral.api.errors import CommandTimeoutError, SandboxError, error_from_code
 
 from ._http import checked, transport_errors
@@ -34,53 +33,9 @@ from ._http import checked, transport_errors
 if TYPE_CHECKING:
     from .sandbox import AsyncSandbox
 
-#: Output a result keeps per stream (as the server does); the rest only reaches callbacks.
-MAX_CAPTURE = 16 * 1024 * 1024
 #: Stdin sent per request (the server takes JSON and stdin bodies up to 1 MiB).
 STDIN_CHUNK = 512 * 1024
-OutputCallback = Callable[[str], None]
 _EVENT: TypeAdapter[models.CommandEvent] = TypeAdapter(models.CommandEvent)
-
-
-@dataclass(frozen=True)
-class Output:
-    """A chunk of a running command's output."""
-
-    stream: Literal["stdout", "stderr"]
-    data: bytes
-
-
-class _Capture:
-    """Output of one command: decoded for callbacks as it comes, kept up to a bound."""
-
-    def __init__(self, on_stdout: OutputCallback | None, on_stderr: OutputCallback | None
-                 ) -> None:
-        self.callbacks = {"stdout": on_stdout, "stderr": on_stderr}
-        self.decoders = {name: codecs.getincrementaldecoder("utf-8")("replace")
-                         for name in self.callbacks}
-        self.kept = {name: bytearray() for name in self.callbacks}
-        self.truncated = False
-
-    def feed(self, chunk: Output) -> None:
-        callback = self.callbacks[chunk.stream]
-        if callback is not None:
-            text = self.decoders[chunk.stream].decode(chunk.data)
-            if text:
-                callback(text)
-        kept = self.kept[chunk.stream]
-        room = MAX_CAPTURE - len(kept)
-        self.truncated = self.truncated or len(chunk.data) > room
-        kept += chunk.data[:max(room, 0)]
-
-    def result(self, end: models.ExitEvent) -> models.CommandResult:
-        for name, callback in self.callbacks.items():
-            tail = self.decoders[name].decode(b"", final=True)
-            if callback is not None and tail:
-                callback(tail)
-        return models.CommandResult(
-            exit_code=end.exit_code, stdout=self.kept["stdout"].decode("utf-8", "replace"),
-            stderr=self.kept["stderr"].decode("utf-8", "replace"), signal=end.signal,
-            reason=end.reason, duration=end.duration, truncated=self.truncated)
 
 
 class AsyncCommandHandle:
@@ -127,7 +82,7 @@ class AsyncCommandHandle:
 
         A timeout is a result here (``reason == "timeout"``), not an exception.
         """
-        capture = _Capture(on_stdout, on_stderr)
+        capture = OutputCapture(on_stdout, on_stderr)
         async for chunk in self:
             capture.feed(chunk)
         if self._exit is None:
@@ -170,9 +125,10 @@ class AsyncCommands:
         self._api = sandbox._api
         self._base = f"/v1/sandboxes/{sandbox.id}/commands"
 
-    async def run(self, cmd: str | Sequence[str], *, env: Mapping[str, str] | None = None,
+    async def run(self, cmd: contract.Cmd, *, env: Mapping[str, str] | None = None,
                   cwd: str | None = None, user: str | int | None = None,
-                  timeout: float = 60.0, stdin: bytes | str | None = None,
+                  timeout: float = contract.DEFAULT_RUN_TIMEOUT,
+                  stdin: bytes | str | None = None,
                   on_stdout: OutputCallback | None = None,
                   on_stderr: OutputCallback | None = None) -> models.CommandResult:
         """Run a command to its end and return its :class:`~corral.api.models.CommandResult`.
@@ -200,7 +156,7 @@ class AsyncCommands:
                 f"command timed out after {timeout:g} s and was killed", result)
         return result
 
-    async def start(self, cmd: str | Sequence[str], *, env: Mapping[str, str] | None = None,
+    async def start(self, cmd: contract.Cmd, *, env: Mapping[str, str] | None = None,
                     cwd: str | None = None, user: str | int | None = None,
                     timeout: float | None = None, stdin: bool = False) -> AsyncCommandHandle:
         """Start a command and return its handle once it runs (``handle.pid`` is set).
@@ -224,7 +180,7 @@ class AsyncCommands:
             raise
         return AsyncCommandHandle(self, started, response, lines)
 
-    async def run_background(self, cmd: str | Sequence[str], *,
+    async def run_background(self, cmd: contract.Cmd, *,
                              env: Mapping[str, str] | None = None, cwd: str | None = None,
                              user: str | int | None = None, timeout: float | None = None
                              ) -> models.CommandStarted:
@@ -263,7 +219,7 @@ class AsyncCommands:
                                  params={"eof": "true" if eof and last else "false"},
                                  content=payload[start:start + STDIN_CHUNK])
 
-    def _request(self, cmd: str | Sequence[str], env: Mapping[str, str] | None,
+    def _request(self, cmd: contract.Cmd, env: Mapping[str, str] | None,
                  cwd: str | None, user: str | int | None, timeout: float | None,
                  **extra: object) -> models.CommandRequest:
         argv = cmd if isinstance(cmd, str) else list(cmd)
@@ -275,3 +231,8 @@ class AsyncCommands:
 
 def _b64(data: bytes | None) -> str | None:
     return None if data is None else base64.b64encode(data).decode()
+
+
+if TYPE_CHECKING:
+    _handle: type[contract.CommandHandle] = AsyncCommandHandle
+    _commands: type[contract.Commands] = AsyncCommands

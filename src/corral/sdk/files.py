@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import TYPE_CHECKING
 
-from corral.api import models
+from corral.api import contract, models
 from corral.api.errors import InvalidArgumentError
 
 from ._http import checked, transport_errors
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 #: Seconds a file transfer may sit without progress.
 TRANSFER_TIMEOUT = 300.0
 CHUNK = 1024 * 1024
-FileData = bytes | str | Iterable[bytes] | AsyncIterable[bytes]
+FileData = contract.FileData
 
 
 class AsyncFiles:
@@ -114,3 +114,7 @@ def _bytes(piece: object) -> bytes:
     if not isinstance(piece, (bytes, bytearray, memoryview)):
         raise InvalidArgumentError("file content chunks must be bytes")
     return bytes(piece)
+
+
+if TYPE_CHECKING:
+    _conforms: type[contract.Files] = AsyncFiles

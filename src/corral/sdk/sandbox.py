@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from corral.api import models
+from corral.api import contract, models
+from corral.api.code_events import ErrorCallback, ResultCallback, TextCallback
 from corral.api.resources import Resources
 
 from ._http import CREATE_TIMEOUT, ApiClient, checked
@@ -46,7 +47,7 @@ class AsyncSandbox:
         info: the description last fetched (:meth:`refresh` updates it).
     """
 
-    def __init__(self, info: models.Sandbox, api: ApiClient) -> None:
+    def __init__(self, info: models.SandboxInfo, api: ApiClient) -> None:
         self.info = info
         self._api = api
         self.commands = AsyncCommands(self)
@@ -105,7 +106,7 @@ class AsyncSandbox:
         except BaseException:
             await api.aclose()
             raise
-        return cls(models.Sandbox.model_validate(reply), api)
+        return cls(models.SandboxInfo.model_validate(reply), api)
 
     @classmethod
     async def connect(cls, sandbox_id: str, *, url: str | None = None,
@@ -126,12 +127,12 @@ class AsyncSandbox:
         except BaseException:
             await api.aclose()
             raise
-        return cls(models.Sandbox.model_validate(reply), api)
+        return cls(models.SandboxInfo.model_validate(reply), api)
 
     @staticmethod
     async def list(*, metadata: Mapping[str, str] | None = None, state: str | None = None,
                    url: str | None = None, api_key: str | None = None,
-                   ca_file: CaFile | None = None) -> list[models.Sandbox]:
+                   ca_file: CaFile | None = None) -> list[models.SandboxInfo]:
         """Your sandboxes, newest first: those whose metadata includes ``metadata``
         (``url``, ``api_key`` and ``ca_file`` as in :meth:`create`).
 
@@ -150,19 +151,25 @@ class AsyncSandbox:
             await api.aclose()
         return models.SandboxList.model_validate(reply).sandboxes
 
-    async def refresh(self) -> models.Sandbox:
+    async def refresh(self) -> models.SandboxInfo:
         """Fetch the sandbox's current description (state, expiry, stop reason)."""
-        self.info = models.Sandbox.model_validate(
+        self.info = models.SandboxInfo.model_validate(
             await self._api.json("GET", f"/v1/sandboxes/{self.id}"))
         return self.info
 
     async def set_timeout(self, seconds: float) -> None:
         """Let the sandbox live ``seconds`` more from now."""
-        self.info = models.Sandbox.model_validate(await self._api.json(
+        self.info = models.SandboxInfo.model_validate(await self._api.json(
             "POST", f"/v1/sandboxes/{self.id}/timeout",
             body=checked(models.TimeoutUpdate, timeout=float(seconds))))
 
-    async def run_code(self, code: str, **kwargs: Any) -> Execution:
+    async def run_code(self, code: str, *, language: str | None = None,
+                       context: contract.ContextRef | None = None,
+                       timeout: float = contract.DEFAULT_RUN_TIMEOUT,
+                       on_stdout: TextCallback | None = None,
+                       on_stderr: TextCallback | None = None,
+                       on_result: ResultCallback | None = None,
+                       on_error: ErrorCallback | None = None) -> Execution:
         """Run a cell in a stateful context, like a notebook; see
         :meth:`corral.sdk.code.AsyncCodeInterpreter.run` for the arguments.
 
@@ -171,7 +178,9 @@ class AsyncSandbox:
             ex = await sb.run_code("import pandas as pd; pd.DataFrame({'a': [1, 2]})")
             print(ex.results[0].html, ex.logs.stdout, ex.error)
         """
-        return await self.code.run(code, **kwargs)
+        return await self.code.run(code, language=language, context=context, timeout=timeout,
+                                   on_stdout=on_stdout, on_stderr=on_stderr,
+                                   on_result=on_result, on_error=on_error)
 
     async def kill(self) -> None:
         """Stop the sandbox now (killing a stopped one is not an error)."""
@@ -200,3 +209,7 @@ def _resources(value: ResourcesArg | None) -> models.ResourcesSpec:
         return value
     spec: models.ResourcesSpec = checked(models.ResourcesSpec, **dict(value))
     return spec
+
+
+if TYPE_CHECKING:
+    _conforms: type[contract.Sandbox] = AsyncSandbox

@@ -27,10 +27,11 @@ from typing import Any
 
 from corral._blocking import CommandIds
 from corral.api import models
+from corral.api.command_events import Output
 
 from ._portal import Proxy, blocking, iterate, portal
 from .code import AsyncCodeInterpreter
-from .commands import AsyncCommandHandle, AsyncCommands, Output
+from .commands import AsyncCommandHandle, AsyncCommands
 from .files import AsyncFiles
 from .sandbox import AsyncSandbox
 
@@ -128,8 +129,8 @@ class Sandbox(Proxy):
         return cls(portal().call(functools.partial(AsyncSandbox.connect, *args, **kwargs)))
 
     @staticmethod
-    def list(**kwargs: Any) -> list[models.Sandbox]:
-        result: list[models.Sandbox] = portal().call(functools.partial(AsyncSandbox.list,
+    def list(**kwargs: Any) -> list[models.SandboxInfo]:
+        result: list[models.SandboxInfo] = portal().call(functools.partial(AsyncSandbox.list,
                                                                        **kwargs))
         return result
 
@@ -142,8 +143,8 @@ class Sandbox(Proxy):
         return str(self._inner.id)
 
     @property
-    def info(self) -> models.Sandbox:
-        info: models.Sandbox = self._inner.info
+    def info(self) -> models.SandboxInfo:
+        info: models.SandboxInfo = self._inner.info
         return info
 
     def __repr__(self) -> str:

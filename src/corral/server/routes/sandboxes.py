@@ -21,7 +21,7 @@ METADATA_PREFIX = "metadata."
 @router.post("", status_code=201, responses=errors(
     ErrorCode.NOT_FOUND, why="no such image (`corral image build NAME` builds one)"))
 async def create(body: models.SandboxCreate, tenant: Tenant, service: Sandboxes,
-                 metrics: Metrics) -> models.Sandbox:
+                 metrics: Metrics) -> models.SandboxInfo:
     started = time.perf_counter()
     sandbox = await service.create(tenant, body)
     metrics.create_seconds.observe(time.perf_counter() - started)  # only those that started
@@ -42,13 +42,13 @@ async def list_(request: Request, tenant: Tenant, service: Sandboxes,
 
 
 @router.get("/{sandbox_id}")
-async def get(sandbox_id: SandboxId, tenant: Tenant, service: Sandboxes) -> models.Sandbox:
+async def get(sandbox_id: SandboxId, tenant: Tenant, service: Sandboxes) -> models.SandboxInfo:
     return await service.describe(tenant, sandbox_id)
 
 
 @router.post("/{sandbox_id}/timeout")
 async def set_timeout(sandbox_id: SandboxId, body: models.TimeoutUpdate, tenant: Tenant,
-                      service: Sandboxes) -> models.Sandbox:
+                      service: Sandboxes) -> models.SandboxInfo:
     return await service.set_timeout(tenant, sandbox_id, body.timeout)
 
 

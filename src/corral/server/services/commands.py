@@ -18,7 +18,6 @@ import anyio
 from corral.api import models
 from corral.api.errors import NotFoundError, SandboxError
 from corral.node import CommandHandle
-from corral.node import CommandResult as NodeResult
 
 from .sandboxes import SandboxService
 
@@ -40,13 +39,9 @@ class CommandService:
         """Run to completion. A timeout is a result (``reason="timeout"``), not an error."""
         handle = await self._start(tenant, sandbox_id, request)
         try:
-            result = await handle.wait()
+            return await handle.wait()
         finally:
             self._forget(sandbox_id, handle.id)
-        return models.CommandResult(
-            exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr,
-            signal=result.signal, reason=result.reason, duration=result.duration,
-            truncated=result.truncated)
 
     async def stream(self, tenant: str, sandbox_id: str,
                      request: models.CommandRequest) -> AsyncIterator[bytes]:
@@ -125,10 +120,9 @@ class CommandService:
             try:
                 async for event in handle:
                     yield _line(models.OutputEvent(
-                        type="stdout" if event.stream == "stdout" else "stderr",
-                        data=base64.b64encode(event.data).decode()))
+                        type=event.stream, data=base64.b64encode(event.data).decode()))
                 # Iterated to the end: wait() returns the exit status at once.
-                result: NodeResult = await handle.wait()
+                result = await handle.wait()
                 ended = True
                 yield _line(models.ExitEvent(exit_code=result.exit_code, signal=result.signal,
                                              reason=result.reason, duration=result.duration))

@@ -3,9 +3,10 @@
 A tenant only ever learns about its own sandboxes: any id it does not own, running or
 not, existing or not, is answered exactly like an id that never existed.
 
-The node stops sandboxes on its own too (lifetime timeout, a limit, the agent's death)
-and has no hook to say so, so the service looks: on every request touching a sandbox,
-and once a second for all of them, it writes any change of state to the store.
+The node stops sandboxes on its own too (lifetime timeout, a limit, the agent's death) and
+says so: the service listens to its state changes (``Node.on_state``) and a writer task
+writes each change to the store, in order, as it happens; a request touching a sandbox
+also writes what it sees.
 
 Restarts: the node adopts the sandboxes its predecessor left running; at start the service
 matches them with the records still open. A record whose sandbox the node adopted is live
@@ -41,7 +42,6 @@ from ..store._time import from_epoch
 
 log = logging.getLogger(__name__)
 
-SYNC_INTERVAL = 1.0
 RESTART_REASON = "gone when the server restarted"
 ORPHAN_REASON = "no record of it: the server stopped while creating it"
 
@@ -64,7 +64,9 @@ class SandboxService:
         self._store = store
         self._live: dict[str, tuple[str, NodeSandbox]] = {}
         self._written: dict[str, tuple[str, str | None, float]] = {}
-        self._watcher: asyncio.Task[None] | None = None
+        self._changed: asyncio.Queue[NodeSandbox] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
         self._activity: dict[str, _Activity] = {}
         #: Called with a sandbox's id once it has stopped (the command registry listens).
         self.on_stopped: list[Callable[[str], None]] = []
@@ -87,17 +89,20 @@ class SandboxService:
             await self._sync(sandbox)
             log.info("sandbox %s of tenant %s re-attached", record.id, record.tenant)
         for sandbox in adopted.values():
-            sandbox.stop_reason = ORPHAN_REASON
-            await sandbox.kill()
+            await sandbox.stop(ORPHAN_REASON)
             log.warning("sandbox %s killed: %s", sandbox.id, ORPHAN_REASON)
-        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        self._unsubscribe = self._node.on_state(self._on_state)
+        self._writer = asyncio.get_running_loop().create_task(self._write_changes())
 
     async def close(self) -> None:
-        """Stop watching; call :meth:`record_all` once the node has stopped its sandboxes."""
-        if self._watcher is not None:
-            self._watcher.cancel()
+        """Stop listening; call :meth:`record_all` once the node has stopped its sandboxes."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._writer is not None:
+            self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+                await self._writer
 
     async def record_all(self) -> None:
         """Write every sandbox's state now (after the node closed: stopped, or left running
@@ -105,22 +110,21 @@ class SandboxService:
         for _, sandbox in list(self._live.values()):
             await self._sync(sandbox)
 
-    async def create(self, tenant: str, request: models.SandboxCreate) -> models.Sandbox:
+    async def create(self, tenant: str, request: models.SandboxCreate) -> models.SandboxInfo:
         sandbox = await self._node.create(
             request.image, runtime=request.runtime, resources=request.resources.to_resources(),
             env=request.env, timeout=request.timeout, metadata=request.metadata)
         self._live[sandbox.id] = (tenant, sandbox)
         if request.idle_timeout is not None:
             self._activity[sandbox.id] = _Activity(request.idle_timeout, time.monotonic())
-        info = sandbox.info()
+        info = sandbox.info
         record = SandboxRecord(
             id=info.id, tenant=tenant, image=info.image, runtime=info.runtime,
-            state=info.state.value, resources=models.ResourcesSpec.of(info.resources)
-            .model_dump(), metadata=info.metadata, created_at=from_epoch(info.created_at),
-            expires_at=from_epoch(info.expires_at), stop_reason=info.stop_reason,
-            idle_timeout=request.idle_timeout)
+            state=info.state, resources=info.resources.model_dump(), metadata=info.metadata,
+            created_at=info.created_at, expires_at=info.expires_at,
+            stop_reason=info.stop_reason, idle_timeout=request.idle_timeout)
         await asyncio.to_thread(self._store.add, record)
-        self._written[sandbox.id] = (info.state.value, info.stop_reason, info.expires_at)
+        self._written[sandbox.id] = (info.state, info.stop_reason, sandbox.expires_at)
         log.info("sandbox %s created for tenant %s", sandbox.id, tenant)
         return await self.describe(tenant, sandbox.id)
 
@@ -152,7 +156,7 @@ class SandboxService:
                 f"sandbox {sandbox_id} is {record.state}"
                 + (f": {record.stop_reason}" if record.stop_reason else "")) from None
 
-    async def describe(self, tenant: str, sandbox_id: str) -> models.Sandbox:
+    async def describe(self, tenant: str, sandbox_id: str) -> models.SandboxInfo:
         owned = self._live.get(sandbox_id)
         if owned is not None and owned[0] == tenant:
             self._touch(sandbox_id)
@@ -169,7 +173,7 @@ class SandboxService:
                                           state.value if state else None)
         return models.SandboxList(sandboxes=[_wire(r) for r in records])
 
-    async def set_timeout(self, tenant: str, sandbox_id: str, seconds: float) -> models.Sandbox:
+    async def set_timeout(self, tenant: str, sandbox_id: str, seconds: float) -> models.SandboxInfo:
         sandbox = await self.owned(tenant, sandbox_id)
         await sandbox.set_timeout(seconds)
         return await self.describe(tenant, sandbox_id)
@@ -215,11 +219,7 @@ class SandboxService:
             return False  # it stopped, or a request touched it, while we asked
         reason = idle_reason(activity.idle_timeout)
         log.info("sandbox %s stopped: %s", sandbox_id, reason)
-        # The node keeps a reason recorded before the stop (as it does for a dead agent),
-        # so requests in flight and the record both say why.
-        if sandbox.stop_reason is None:
-            sandbox.stop_reason = reason
-        await sandbox.kill()
+        await sandbox.stop(reason)  # requests in flight and the record both say why
         await self._sync(sandbox)
         return True
 
@@ -254,18 +254,23 @@ class SandboxService:
             for hook in self.on_stopped:
                 hook(sandbox.id)
 
-    async def _watch(self) -> None:
+    def _on_state(self, sandbox: NodeSandbox, state: SandboxState) -> None:
+        """The node's listener: queue the change for :meth:`_write_changes` (never blocks)."""
+        if sandbox.id in self._live:
+            self._changed.put_nowait(sandbox)
+
+    async def _write_changes(self) -> None:
+        """Write each state change the node announced to the store, in order."""
         while True:
-            await asyncio.sleep(SYNC_INTERVAL)
-            for _, sandbox in list(self._live.values()):
-                try:
-                    await self._sync(sandbox)
-                except Exception:
-                    log.exception("recording the state of sandbox %s failed", sandbox.id)
+            sandbox = await self._changed.get()
+            try:
+                await self._sync(sandbox)
+            except Exception:
+                log.exception("recording the state of sandbox %s failed", sandbox.id)
 
 
-def _wire(record: SandboxRecord) -> models.Sandbox:
-    return models.Sandbox(
+def _wire(record: SandboxRecord) -> models.SandboxInfo:
+    return models.SandboxInfo(
         id=record.id, image=record.image, runtime=record.runtime,
         state=record.state,  # type: ignore[arg-type]
         resources=models.ResourcesSpec.model_validate(record.resources),

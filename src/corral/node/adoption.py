@@ -1,0 +1,148 @@
+"""Sandboxes that outlive their node: letting go of them, and taking them over again.
+
+``Node.close(detach=True)`` :func:`release`\\ s each running sandbox: the node closes its
+channel, the agent sees it end and waits (up to the orphan grace) for a new node. The next
+node on the same data dir reads each sandbox's record (:mod:`.records`) and :func:`adopt`\\ s
+it: the runtime re-attaches to it, and the node listens on a socket in the sandbox's
+read-only run folder until the agent reconnects and says hello. A sandbox that cannot be
+adopted is torn down; the node lists it, with the reason, in ``Node.lost``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.api.errors import AgentError, InternalError, SandboxError
+from corral.runtime import Runtime, RuntimeSandbox, SandboxSpec
+from corral.runtime._host import channel_socket
+
+from . import records
+from .agent_client import AgentClient
+from .images import ImageStore
+from .lifecycle import Lifecycle, SandboxState
+from .sandbox import Sandbox
+
+log = logging.getLogger(__name__)
+
+#: How long a starting node waits for each surviving sandbox's agent to reconnect.
+ADOPT_TIMEOUT = 10.0
+
+
+class AdoptionError(SandboxError):
+    """A sandbox a previous node left could not be taken over; the message says why."""
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """A sandbox taken over from a previous node: its record, runtime handle and channel."""
+
+    record: records.SandboxRecord
+    runtime: Runtime
+    handle: RuntimeSandbox
+    agent: AgentClient
+
+
+async def adopt(directory: Path, *, runtime: Callable[[str], Runtime], images: ImageStore,
+                bundle: Path, node_key: str) -> Adopted:
+    """Take over the sandbox a previous node left in ``directory``.
+
+    Raises :class:`AdoptionError` with the reason when it cannot be; what the runtime had
+    re-attached is then destroyed, and the caller's sweep removes the rest.
+    """
+    sandbox_id = directory.name
+    try:
+        record = await asyncio.to_thread(records.read, directory)
+        if record.state != SandboxState.RUNNING.value:
+            raise AdoptionError(f"it was {record.state} when its node stopped")
+        chosen = runtime(record.runtime)
+        built = images.get(record.image)
+        spec = SandboxSpec(sandbox_id=sandbox_id, rootfs=built.rootfs,
+                           cgroup=f"{node_key}/{sandbox_id}", resources=record.resources,
+                           agent_bundle=bundle, directory=directory)
+        handle = await chosen.adopt(spec, record.extra)
+    except (ValueError, OSError, SandboxError) as exc:
+        raise AdoptionError(_message(exc)) from exc
+    try:
+        agent = await reconnect(spec, f"sandbox {sandbox_id}")
+    except (OSError, SandboxError) as exc:
+        try:
+            await chosen.destroy(handle)
+        except SandboxError as teardown:
+            log.error("sandbox %s: tearing it down failed: %s", sandbox_id, teardown.message)
+        raise AdoptionError(_message(exc)) from exc
+    return Adopted(record, chosen, handle, agent)
+
+
+async def reconnect(spec: SandboxSpec, label: str) -> AgentClient:
+    """Listen on the sandbox's channel socket until its agent reconnects and says hello."""
+    path = channel_socket(spec)
+    path.unlink(missing_ok=True)
+    connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+        asyncio.get_running_loop().create_future())
+
+    def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if connected.done():
+            writer.close()  # one agent per sandbox: later callers are turned away
+        else:
+            connected.set_result((reader, writer))
+
+    server = await asyncio.start_unix_server(on_connect, path=str(path))
+    try:
+        give_socket(path)
+        try:
+            reader, writer = await asyncio.wait_for(connected, ADOPT_TIMEOUT)
+        except TimeoutError:
+            raise AgentError(f"its agent did not reconnect within {ADOPT_TIMEOUT:g} s"
+                             ) from None
+    finally:
+        server.close()
+        path.unlink(missing_ok=True)
+    agent = AgentClient(reader, writer, label)
+    await agent.handshake(ADOPT_TIMEOUT)
+    return agent
+
+
+async def release(sandbox: Sandbox, lifecycle: Lifecycle) -> bool:
+    """Let go of a running sandbox without stopping it; False if its runtime cannot leave
+    it running (the caller then stops it)."""
+    lifecycle.forget(sandbox)
+    if sandbox.agent is not None:
+        sandbox.agent.on_close = None
+        await sandbox.agent.close()  # the agent sees its channel end and waits
+    try:
+        await sandbox.runtime.release(sandbox.handle)
+    except SandboxError as exc:
+        log.warning("sandbox %s cannot outlive this node (%s); stopping it", sandbox.id,
+                    exc.message)
+        return False
+    log.info("sandbox %s released, still running", sandbox.id)
+    return True
+
+
+def give_socket(path: Path) -> None:
+    """Make the bound socket at ``path`` the run folder owner's, mode 0600.
+
+    Connecting takes write permission on the socket: the sandbox's root only. The folder
+    belongs to that uid (namespaces), so the socket is changed through a descriptor of the
+    very inode that was checked, never by a path that could have been swapped for a link.
+    """
+    owner = path.parent.stat()
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise InternalError(f"{path} is not the socket this node bound")
+        inode = f"/proc/self/fd/{fd}"
+        os.chown(inode, owner.st_uid, owner.st_gid)
+        os.chmod(inode, 0o600)
+    finally:
+        os.close(fd)
+
+
+def _message(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, SandboxError) else str(exc)

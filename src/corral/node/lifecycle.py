@@ -1,0 +1,164 @@
+"""The sandbox lifecycle: its states, the transitions allowed between them, and their owner.
+
+Every change of a sandbox's state goes through :class:`Lifecycle` (nothing else assigns
+it), which checks the move against :data:`TRANSITIONS`, records why a sandbox stops,
+persists the sandbox (its record on disk, see :mod:`.records`), and then tells every
+listener registered with :meth:`Lifecycle.on_state` (the node's bookkeeping, the control
+plane's store), so nobody has to poll. It also owns each sandbox's lifetime timer.
+
+::
+
+    STARTING ──► RUNNING ──► STOPPING ──► STOPPED
+        └────────────────────────┘
+          (a start that fails)
+
+Adding a state (pausing, paused, resuming, forking, lost, ...) is a member of
+:class:`SandboxState` and its rows in :data:`TRANSITIONS`; every caller already goes
+through :meth:`Lifecycle.move`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from corral.api.errors import InternalError, SandboxError
+
+if TYPE_CHECKING:
+    from .sandbox import Sandbox
+
+log = logging.getLogger(__name__)
+
+
+class SandboxState(enum.Enum):
+    """Where a sandbox is in its life (the wire's ``state``)."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+S = SandboxState
+#: The moves :meth:`Lifecycle.move` allows: from a state, to these.
+TRANSITIONS: Mapping[SandboxState, frozenset[SandboxState]] = {
+    S.STARTING: frozenset({S.RUNNING, S.STOPPING}),
+    S.RUNNING: frozenset({S.STOPPING}),
+    S.STOPPING: frozenset({S.STOPPED}),
+    S.STOPPED: frozenset(),
+}
+#: Called after each transition, with the sandbox in its new state. Must not block.
+StateListener = Callable[["Sandbox", SandboxState], None]
+#: Writes down what a restarted node needs (see :mod:`.records`); may raise OSError.
+Persist = Callable[["Sandbox"], None]
+
+
+class IllegalTransition(InternalError):
+    """A move the table does not allow: a bug in Corral, never the caller's doing."""
+
+
+class Lifecycle:
+    """The one owner of the node's sandbox states, stops and lifetime timers."""
+
+    def __init__(self, persist: Persist) -> None:
+        self._persist = persist
+        self._listeners: list[StateListener] = []
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._teardowns: dict[str, asyncio.Task[None]] = {}
+
+    def on_state(self, listener: StateListener) -> Callable[[], None]:
+        """Call ``listener`` after every transition; returns a function that unsubscribes."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def move(self, sandbox: Sandbox, to: SandboxState, reason: str | None = None) -> None:
+        """Move ``sandbox`` to ``to``, keep the first stop ``reason``, persist, then notify.
+
+        Raises :class:`IllegalTransition` for a move :data:`TRANSITIONS` does not list.
+        """
+        now = sandbox.state
+        if to not in TRANSITIONS[now]:
+            raise IllegalTransition(f"sandbox {sandbox.id}: {now.value} -> {to.value} is not "
+                                    "a transition of the sandbox lifecycle")
+        if reason is not None and sandbox.stop_reason is None:
+            sandbox.stop_reason = reason
+        sandbox.state = to  # the one assignment of a node sandbox's state (a test checks)
+        if to is S.RUNNING:
+            self._arm(sandbox)
+        elif to is S.STOPPING:
+            self._disarm(sandbox)
+        if to is not S.STOPPED:  # a stopped sandbox's directory, and record, are gone
+            self.persist(sandbox)
+        for listener in list(self._listeners):
+            try:
+                listener(sandbox, to)
+            except Exception:
+                log.exception("a listener of sandbox %s's state failed", sandbox.id)
+
+    def persist(self, sandbox: Sandbox) -> None:
+        """Write the sandbox down again (its lifetime or labels changed)."""
+        try:
+            self._persist(sandbox)
+        except OSError as exc:
+            # The sandbox runs; it just will not survive a restart of this node.
+            log.warning("sandbox %s: cannot record it for a restart: %s", sandbox.id, exc)
+
+    def set_expiry(self, sandbox: Sandbox, expires_at: float) -> None:
+        """Let a running sandbox live until ``expires_at`` (epoch seconds), and persist it."""
+        sandbox.expires_at = expires_at
+        if sandbox.state is S.RUNNING:
+            self._arm(sandbox)
+        self.persist(sandbox)
+
+    def begin_stop(self, sandbox: Sandbox, reason: str) -> asyncio.Task[None]:
+        """Start stopping ``sandbox`` (its state and reason change now); the teardown runs
+        in a task of its own, shared by every caller, and is returned."""
+        task = self._teardowns.get(sandbox.id)
+        if task is None:
+            if sandbox.state in (S.STARTING, S.RUNNING):
+                self.move(sandbox, S.STOPPING, reason)
+            task = asyncio.get_running_loop().create_task(self._teardown(sandbox))
+            self._teardowns[sandbox.id] = task
+        return task
+
+    async def stop(self, sandbox: Sandbox, reason: str) -> None:
+        """Stop ``sandbox`` and remove what it left on the host; callers that arrive while
+        it stops wait for the same end. A stopped sandbox returns at once."""
+        if sandbox.state is S.STOPPED:
+            return
+        await asyncio.shield(self.begin_stop(sandbox, reason))
+
+    async def _teardown(self, sandbox: Sandbox) -> None:
+        try:
+            if sandbox.agent is not None:
+                sandbox.agent.on_close = None
+                await sandbox.agent.close()
+            await sandbox.runtime.destroy(sandbox.handle)
+        except SandboxError as exc:
+            log.error("sandbox %s: tearing it down failed: %s", sandbox.id, exc.message)
+            raise
+        finally:
+            self.move(sandbox, S.STOPPED)
+            del self._teardowns[sandbox.id]
+            log.info("sandbox %s stopped: %s", sandbox.id, sandbox.stop_reason)
+
+    def forget(self, sandbox: Sandbox) -> None:
+        """Drop a sandbox this node lets go of while it runs (see ``Node.close(detach=)``)."""
+        self._disarm(sandbox)
+
+    def _arm(self, sandbox: Sandbox) -> None:
+        self._disarm(sandbox)
+        loop = asyncio.get_running_loop()
+        lifetime = sandbox.expires_at - sandbox.created_at
+        self._timers[sandbox.id] = loop.call_later(
+            max(0.0, sandbox.expires_at - time.time()), lambda: self.begin_stop(
+                sandbox, f"timeout: sandbox lifetime of {lifetime:g} s reached"))
+
+    def _disarm(self, sandbox: Sandbox) -> None:
+        timer = self._timers.pop(sandbox.id, None)
+        if timer is not None:
+            timer.cancel()
