@@ -2,7 +2,8 @@
 
 With ``CORRAL_URL`` set the sandbox is made on that server, through the SDK (key from
 ``CORRAL_API_KEY``, CA from ``CORRAL_CA_FILE``); otherwise on a node private to this
-process. Both paths share the streaming, stdin and exit-status code below.
+process. Either is a :class:`corral.api.contract.Sandbox`: everything after the choice
+(streaming, stdin, exit statuses) is one path.
 """
 
 from __future__ import annotations
@@ -15,19 +16,20 @@ import signal
 import sys
 import threading
 from collections.abc import AsyncIterator, Coroutine
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, BinaryIO, Protocol
+from typing import Annotated, BinaryIO
 
 import typer
 
 from corral.api import agent_protocol as proto
-from corral.api import models
+from corral.api import contract, models
 from corral.api.errors import InvalidArgumentError, SandboxError, SandboxNotRunningError
 from corral.api.resources import Resources, check_timeout
-from corral.node import CommandResult, Node, NodeSettings, Sandbox
+from corral.node import Node, NodeSettings
 from corral.node.images import ImageStore
 from corral.runtime import RUNTIME_NAMES
-from corral.sdk import AsyncCommandHandle, AsyncSandbox
+from corral.sdk import AsyncSandbox
 
 from ._common import (
     EXIT_CORRAL_ERROR,
@@ -50,26 +52,6 @@ EXIT_TERMINATED = 128 + signal.SIGTERM
 LIMIT_REASONS = ("killed:", "pids limit")
 #: Metadata of the sandboxes ``corral run`` makes on a server, to tell them apart.
 REMOTE_METADATA = {"created-by": "corral-run"}
-
-
-class _Chunk(Protocol):
-    @property
-    def stream(self) -> str: ...
-
-    @property
-    def data(self) -> bytes: ...
-
-
-class _Handle(Protocol):
-    """What both the node's and the SDK's command handles offer."""
-
-    def __aiter__(self) -> AsyncIterator[_Chunk]: ...
-
-    async def send_stdin(self, data: bytes, eof: bool = False) -> None: ...
-
-    async def close_stdin(self) -> None: ...
-
-    async def signal(self, signum: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -159,12 +141,12 @@ def run(
     url = os.environ.get("CORRAL_URL", "").strip()
     with reporting_errors():
         if url:
-            code = _until_terminated(_main_remote(url, request))
+            code = _until_terminated(_main(_on_server(url, request), request))
         else:
             settings = node_settings(data_dir)
             ensure_image(ImageStore(settings.image_dir), image)
             with private_node(settings) as private:
-                code = _until_terminated(_main(private, request))
+                code = _until_terminated(_main(_on_node(private, request), request))
     raise typer.Exit(code)
 
 
@@ -197,27 +179,28 @@ def _cancel_on_sigterm() -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
 
 
-async def _main(settings: NodeSettings, request: RunRequest) -> int:
-    """Create, run, stream, and always destroy the sandbox, whatever ends the run."""
-    _cancel_on_sigterm()
+@asynccontextmanager
+async def _on_node(settings: NodeSettings, request: RunRequest
+                   ) -> AsyncIterator[contract.Sandbox]:
+    """A sandbox on a node of this process; killed, and the node closed, at the end."""
     async with Node(settings) as node:
         sandbox = await node.create(request.image, runtime=request.runtime,
                                     resources=request.resources,
                                     timeout=request.timeout + LIFETIME_SLACK)
         try:
-            return await _run_in(sandbox, request)
+            yield sandbox
         finally:
-            await _destroy(sandbox)
+            await sandbox.kill()  # returns once its teardown is over
 
 
-async def _main_remote(url: str, request: RunRequest) -> int:
-    """The same as :func:`_main`, with the sandbox on the server at ``url``."""
-    _cancel_on_sigterm()
+@asynccontextmanager
+async def _on_server(url: str, request: RunRequest) -> AsyncIterator[contract.Sandbox]:
+    """A sandbox on the server at ``url``; killed at the end."""
     sandbox = await AsyncSandbox.create(
         request.image, runtime=request.runtime, resources=request.resources,
         timeout=request.timeout + LIFETIME_SLACK, metadata=REMOTE_METADATA, url=url)
     try:
-        return await _run_remote(sandbox, request)
+        yield sandbox
     finally:
         try:
             await sandbox.kill()
@@ -225,36 +208,35 @@ async def _main_remote(url: str, request: RunRequest) -> int:
             await sandbox.close()
 
 
-async def _run_in(sandbox: Sandbox, request: RunRequest) -> int:
+async def _main(opened: AbstractAsyncContextManager[contract.Sandbox],
+                request: RunRequest) -> int:
+    """Create, run, stream, and always destroy the sandbox, whatever ends the run."""
+    _cancel_on_sigterm()
+    async with opened as sandbox:
+        return await _run_in(sandbox, request)
+
+
+async def _run_in(sandbox: contract.Sandbox, request: RunRequest) -> int:
     handle = await sandbox.commands.start(
         request.argv, env=request.env, cwd=request.workdir, user=request.user,
         timeout=request.timeout, stdin=request.interactive)
     try:
-        await _stream_with_stdin(handle, request.interactive)
-    except SandboxNotRunningError as exc:
-        # The whole sandbox died under the command (with gVisor, a memory limit kills the
-        # sandbox itself); the node recorded why as the channel closed.
-        return _sandbox_stopped(sandbox.stop_reason, exc)
-    result = await handle.wait()  # the output was consumed above; this is the exit
-    return _exit_code(result, request.timeout)
-
-
-async def _run_remote(sandbox: AsyncSandbox, request: RunRequest) -> int:
-    handle: AsyncCommandHandle = await sandbox.commands.start(
-        request.argv, env=request.env, cwd=request.workdir, user=request.user,
-        timeout=request.timeout, stdin=request.interactive)
-    async with handle:
         try:
             await _stream_with_stdin(handle, request.interactive)
         except SandboxNotRunningError as exc:
+            # The whole sandbox died under the command (with gVisor, a memory limit kills
+            # the sandbox itself); its description says why.
+            reason = None
             with contextlib.suppress(SandboxError):
-                await sandbox.refresh()  # the server's record says why it stopped
-            return _sandbox_stopped(sandbox.info.stop_reason, exc)
-        result = await handle.wait()
+                reason = (await sandbox.refresh()).stop_reason
+            return _sandbox_stopped(reason, exc)
+        result = await handle.wait()  # the output was consumed above; this is the exit
+    finally:
+        await handle.aclose()
     return _exit_code(result, request.timeout)
 
 
-async def _stream_with_stdin(handle: _Handle, interactive: bool) -> None:
+async def _stream_with_stdin(handle: contract.CommandHandle, interactive: bool) -> None:
     """Stream the output to ours, feeding our stdin to the command meanwhile if asked."""
     feeder = (asyncio.get_running_loop().create_task(_forward_stdin(handle))
               if interactive else None)
@@ -274,12 +256,7 @@ def _sandbox_stopped(reason: str | None, exc: SandboxNotRunningError) -> int:
         f"the sandbox stopped while the command ran: {reason or exc.message}") from exc
 
 
-async def _destroy(sandbox: Sandbox) -> None:
-    """Kill the sandbox; returns once its teardown is over (also one already under way)."""
-    await sandbox.kill()
-
-
-async def _stream(handle: _Handle) -> None:
+async def _stream(handle: contract.CommandHandle) -> None:
     """Copy output to our stdout/stderr as it arrives.
 
     When our stdout is a closed pipe (``corral run ... | head``), the command gets SIGPIPE,
@@ -309,7 +286,7 @@ def _silence(sink: BinaryIO) -> None:
         os.close(devnull)
 
 
-async def _forward_stdin(handle: _Handle) -> None:
+async def _forward_stdin(handle: contract.CommandHandle) -> None:
     """Send our stdin to the command in chunks, then close its stdin.
 
     A daemon thread reads, because a blocking read of a terminal cannot be cancelled and
@@ -339,7 +316,7 @@ async def _forward_stdin(handle: _Handle) -> None:
         pass  # the command ended (or closed its stdin) before reading everything
 
 
-def _exit_code(result: CommandResult | models.CommandResult, timeout: float) -> int:
+def _exit_code(result: models.CommandResult, timeout: float) -> int:
     if result.reason == proto.REASON_TIMEOUT:
         say(f"command timed out after {timeout:g} s; it and its children were killed")
         return EXIT_TIMEOUT

@@ -8,13 +8,14 @@ tool touches the host's files.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any, Protocol
 
 from mcp.server.fastmcp import Context, FastMCP
 from pydantic import Field
 
+from corral.api import contract
 from corral.api.errors import SandboxError
 from corral.sdk import AsyncSandbox
 
@@ -38,7 +39,7 @@ class Backend(Protocol):
                      timeout: float) -> str: ...
 
     def open(self, ctx: Context[Any, Any, Any], sandbox_id: str
-             ) -> AbstractAsyncContextManager[Any]: ...
+             ) -> AbstractAsyncContextManager[contract.Sandbox]: ...
 
     async def kill(self, ctx: Context[Any, Any, Any], sandbox_id: str) -> None: ...
 
@@ -64,7 +65,7 @@ class SdkBackend:
         return sandbox.id
 
     @asynccontextmanager
-    async def _open(self, sandbox_id: str) -> Any:
+    async def _open(self, sandbox_id: str) -> AsyncIterator[AsyncSandbox]:
         sandbox = await AsyncSandbox.connect(sandbox_id, **self._connect)
         try:
             yield sandbox
@@ -72,7 +73,7 @@ class SdkBackend:
             await sandbox.close()
 
     def open(self, ctx: Context[Any, Any, Any], sandbox_id: str
-             ) -> AbstractAsyncContextManager[Any]:
+             ) -> AbstractAsyncContextManager[contract.Sandbox]:
         return self._open(sandbox_id)
 
     async def kill(self, ctx: Context[Any, Any, Any], sandbox_id: str) -> None:
@@ -138,7 +139,7 @@ def build_server(backend: Backend, **settings: Any) -> FastMCP:
                         path: Annotated[str, Field(description=PARAMETERS["path"])]) -> str:
         try:
             async with backend.open(ctx, sandbox_id) as sandbox:
-                data: bytes = await sandbox.files.read(path)
+                data = await sandbox.files.read(path)
         except SandboxError as exc:
             return f"error: {exc}"
         return _cut(data.decode("utf-8", "replace"))

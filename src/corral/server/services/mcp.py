@@ -17,7 +17,7 @@ from mcp.server.fastmcp import Context
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from starlette.types import Receive, Scope, Send
 
-from corral.api import models
+from corral.api import contract, models
 from corral.api.errors import AuthenticationError
 from corral.integrations.mcp.server import NAME_KEY, build_server
 from corral.node import SandboxState
@@ -42,11 +42,11 @@ class ServiceBackend:
         return info.id
 
     @contextlib.asynccontextmanager
-    async def _open(self, tenant: str, sandbox_id: str) -> AsyncIterator[Any]:
+    async def _open(self, tenant: str, sandbox_id: str) -> AsyncIterator[contract.Sandbox]:
         yield await self._sandboxes.owned(tenant, sandbox_id)
 
     def open(self, ctx: Context[Any, Any, Any], sandbox_id: str
-             ) -> AbstractAsyncContextManager[Any]:
+             ) -> AbstractAsyncContextManager[contract.Sandbox]:
         return self._open(_tenant(ctx), sandbox_id)
 
     async def kill(self, ctx: Context[Any, Any, Any], sandbox_id: str) -> None:
