@@ -7,17 +7,8 @@ context is a Jupyter kernel (the image needs ``jupyter_client``, ``pyzmq`` and
 ``ipykernel``); a Bash context is a persistent interactive ``bash`` (see
 :mod:`bash_shell`), which needs neither.
 
-Protocol: one JSON object per line. The node sends requests ``{"id": n, "op": ...}``:
-
-* ``create {ctx, language, cwd, env}``: start a kernel (``language``: ``python`` or
-  ``bash``); ``ok`` once it answers.
-* ``execute {ctx, code, timeout, max_output}``: run a cell; ``stdout``/``stderr``
-  (``text``), ``result`` (``main``, ``data``: a MIME bundle), ``error`` (``name``,
-  ``value``, ``traceback``) events, then ``done`` or ``died``.
-* ``interrupt {ctx}``, ``restart {ctx}``, ``delete {ctx}``, ``ping``: one ``ok``.
-
-Any request may be answered ``{"ev": "fail", "code", "message"}`` instead. The bridge
-speaks first: ``{"id": 0, "ev": "hello", "pid"}``.
+The protocol, one JSON object per line on stdin and stdout, is
+:mod:`corral.api.bridge_protocol`, loaded by path from the bundle like the shell module.
 
 One thread and one ``zmq.Poller`` serve everything (stdin, every kernel's shell and
 iopub sockets, their stderr pipes, every shell's pipes), so no lock is needed and a
@@ -39,16 +30,32 @@ import signal
 import subprocess
 import sys
 import time
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
-if TYPE_CHECKING:
-    from corral.bridge.bash_shell import BashShell
 
-VERSION = 1
-#: Longest request line (code is bounded well below this by the node).
-MAX_REQUEST = 4 * 1024 * 1024
-#: Output text per event; longer output is split.
-TEXT_CHUNK = 256 * 1024
+def load_sibling(name: str, relative: str) -> ModuleType:
+    """A module of the bundle's ``corral`` folder, loaded by path: the bridge runs as a
+    script with ``-I``, so it has no package to import it from."""
+    module = sys.modules.get(name)
+    if module is None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        path = os.path.join(root, relative)
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+if TYPE_CHECKING:
+    from corral.api import bridge_protocol as proto
+    from corral.bridge.bash_shell import BashShell
+else:
+    proto = load_sibling("corral_bridge_protocol", "api/bridge_protocol.py")
+
 #: A kernel message larger than this is dropped by zmq (it disconnects and reconnects).
 MAX_KERNEL_MESSAGE = 256 * 1024 * 1024
 INTERRUPT_GRACE = 3.0
@@ -66,15 +73,29 @@ KNOWN_MIME = (
     "image/svg+xml", "application/json", "application/javascript", "application/pdf",
 )
 KERNEL_ARGS = ["--HistoryManager.hist_file=:memory:", "--InteractiveShell.colors=NoColor"]
-LANGUAGES = ("python", "bash")
 
 
-def emit(event: dict) -> None:  # type: ignore[type-arg]
-    line = json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n"
-    data = line.encode("utf-8", "replace")
-    view = memoryview(data)
+def emit(req_id: int, ev: str, **fields: Any) -> None:
+    view = memoryview(proto.encode_event(req_id, ev, **fields))
     while view:
         view = view[os.write(1, view):]
+
+
+def json_size(value: object) -> int:
+    """Bytes of ``value`` as ASCII JSON (at least its size in an event line), or -1 if the
+    protocol cannot carry it."""
+    try:
+        return len(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError, RecursionError):
+        return -1
+
+
+def json_cut(text: str, budget: int, tail: bool = False) -> str:
+    """``text`` cut to at most ``budget`` bytes as JSON (its end kept if ``tail``)."""
+    while text and (size := len(json.dumps(text))) > budget:
+        keep = len(text) * budget // size
+        text = (text[-keep:] if keep else "") if tail else text[:keep]
+    return text
 
 
 def describe_exit(code: int | None) -> str:
@@ -232,7 +253,7 @@ class Bridge:
     # -- the loop --------------------------------------------------------------------------
 
     def serve(self) -> None:
-        emit({"id": 0, "ev": "hello", "version": VERSION, "pid": os.getpid()})
+        emit(proto.BRIDGE_ID, proto.EV_HELLO, version=proto.PROTOCOL_VERSION, pid=os.getpid())
         while True:
             for target, _ in self.poller.poll(100):
                 if target == 0:
@@ -272,14 +293,14 @@ class Bridge:
         while True:
             end = self.inbox.find(b"\n")
             if end < 0:
-                if len(self.inbox) > MAX_REQUEST:
-                    emit({"id": 0, "ev": "fatal", "message": "request line too long"})
+                if len(self.inbox) > proto.MAX_REQUEST:
+                    emit(proto.BRIDGE_ID, proto.EV_FATAL, message="request line too long")
                     return False
                 return True
             line = bytes(self.inbox[:end])
             del self.inbox[:end + 1]
-            if line.strip():
-                self.handle_line(line)
+            if line.strip() and not self.handle_line(line):
+                return False
 
     def read_stderr(self, kernel: Kernel) -> None:
         try:
@@ -327,82 +348,83 @@ class Bridge:
 
     # -- requests --------------------------------------------------------------------------
 
-    def handle_line(self, line: bytes) -> None:
+    def handle_line(self, line: bytes) -> bool:
+        """Serve one request; False if it broke the protocol (the bridge then ends)."""
         try:
-            req = json.loads(line)
-        except ValueError:
-            emit({"id": 0, "ev": "fatal", "message": "request is not JSON"})
-            return
-        if not isinstance(req, dict) or not isinstance(req.get("id"), int):
-            return
-        req_id, op = req["id"], req.get("op")
+            req = proto.parse_request(line)
+        except proto.ProtocolError as exc:
+            emit(proto.BRIDGE_ID, proto.EV_FATAL, message=proto.cut_message(str(exc)))
+            return False
+        req_id, op = req["id"], req["op"]
         try:
-            if op == "ping":
-                emit({"id": req_id, "ev": "ok"})
-            elif op == "create":
+            if op == proto.OP_PING:
+                emit(req_id, proto.EV_OK)
+            elif op == proto.OP_CREATE:
                 self.create(req_id, req)
-            elif op == "execute":
+            elif op == proto.OP_EXECUTE:
                 self.execute(req_id, req)
-            elif op == "interrupt":
+            elif op == proto.OP_INTERRUPT:
                 kernel = self.kernel(req)
                 if kernel.run is not None:
                     kernel.run.interrupted = True
                     self.interrupt(kernel)
-                emit({"id": req_id, "ev": "ok", "running": kernel.run is not None})
-            elif op == "restart":
+                emit(req_id, proto.EV_OK, running=kernel.run is not None)
+            elif op == proto.OP_RESTART:
                 old = self.kernel(req, alive=False)
                 self.remove(old, "the context was restarted")
                 self.start(req_id, old.name, old.language, old.cwd, old.env)
-            elif op == "delete":
+            elif op == proto.OP_DELETE:
                 self.remove(self.kernel(req, alive=False), "the context was deleted")
-                emit({"id": req_id, "ev": "ok"})
+                emit(req_id, proto.EV_OK)
             else:
-                raise Refused("invalid_argument", f"unknown op {op!r:.40}")
+                raise Refused(proto.FAIL_INVALID_ARGUMENT, f"unknown op {op!r:.40}")
         except Refused as exc:
-            emit({"id": req_id, "ev": "fail", "code": exc.code, "message": exc.message})
+            fail(req_id, exc.code, exc.message)
         except Exception as exc:  # report, never die: other contexts live here too
-            emit({"id": req_id, "ev": "fail", "code": "internal",
-                  "message": f"{type(exc).__name__}: {exc}"[:2000]})
+            fail(req_id, proto.FAIL_INTERNAL, f"{type(exc).__name__}: {exc}")
+        return True
 
     def kernel(self, req: dict, alive: bool = True  # type: ignore[type-arg]
                ) -> Kernel | BashShell:
         kernel = self.kernels.get(str(req.get("ctx")))
         if kernel is None:
-            raise Refused("not_found", f"no context {req.get('ctx')!r:.80}")
+            raise Refused(proto.FAIL_NOT_FOUND, f"no context {req.get('ctx')!r:.80}")
         if alive and kernel.dead is not None:
-            raise Refused("kernel_dead", kernel.dead)
+            raise Refused(proto.FAIL_KERNEL_DEAD, kernel.dead)
         return kernel
 
     def create(self, req_id: int, req: dict) -> None:  # type: ignore[type-arg]
         name, language = req.get("ctx"), req.get("language")
         cwd, env = req.get("cwd"), req.get("env") or {}
         if not isinstance(name, str) or not name.replace("-", "").isalnum():
-            raise Refused("invalid_argument", "bad context name")
+            raise Refused(proto.FAIL_INVALID_ARGUMENT, "bad context name")
         if name in self.kernels:
-            raise Refused("already_exists", f"context {name} exists")
-        if language not in LANGUAGES:
-            raise Refused("invalid_argument", f"unsupported language {language!r:.40}")
-        if language == "python" and self.no_jupyter is not None:
-            raise Refused("invalid_argument", self.no_jupyter)
+            raise Refused(proto.FAIL_ALREADY_EXISTS, f"context {name} exists")
+        if language not in proto.LANGUAGES:
+            raise Refused(proto.FAIL_INVALID_ARGUMENT,
+                          f"unsupported language {language!r:.40}")
+        if language == proto.LANGUAGE_PYTHON and self.no_jupyter is not None:
+            raise Refused(proto.FAIL_INVALID_ARGUMENT, self.no_jupyter)
         if not isinstance(cwd, str) or not os.path.isdir(cwd):
-            raise Refused("not_found", f"working directory {cwd!r:.200} does not exist")
+            raise Refused(proto.FAIL_NOT_FOUND,
+                          f"working directory {cwd!r:.200} does not exist")
         if not isinstance(env, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-            raise Refused("invalid_argument", "env must map strings to strings")
+            raise Refused(proto.FAIL_INVALID_ARGUMENT, "env must map strings to strings")
         self.start(req_id, name, language, cwd, env)
 
     def start(self, req_id: int, name: str, language: str, cwd: str,
               env: dict[str, str]) -> None:
         kernel: Kernel | BashShell
         try:
-            if language == "bash":
+            if language == proto.LANGUAGE_BASH:
                 kernel = bash_shell_class()(self, name, language, cwd, env, RUN_DIR,
                                             START_TIMEOUT)
             else:
                 kernel = Kernel(self, name, language, cwd, env)
         except Exception as exc:
-            raise Refused("kernel_failed", f"starting the {language} context: "
-                                           f"{exc}"[:2000]) from None
+            raise Refused(proto.FAIL_KERNEL_FAILED,
+                          f"starting the {language} context: {exc}") from None
         kernel.ready_req = req_id
         self.kernels[name] = kernel
         for target in kernel.targets():
@@ -411,16 +433,17 @@ class Bridge:
     def execute(self, req_id: int, req: dict) -> None:  # type: ignore[type-arg]
         kernel = self.kernel(req)
         if kernel.ready_req is not None:
-            raise Refused("invalid_argument", "the context is still starting")
+            raise Refused(proto.FAIL_INVALID_ARGUMENT, "the context is still starting")
         if kernel.run is not None:
-            raise Refused("busy", "the context is running another cell")
+            raise Refused(proto.FAIL_BUSY, "the context is running another cell")
         code, timeout, limit = req.get("code"), req.get("timeout"), req.get("max_output")
         if not isinstance(code, str):
-            raise Refused("invalid_argument", "code must be a string")
+            raise Refused(proto.FAIL_INVALID_ARGUMENT, "code must be a string")
         if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise Refused("invalid_argument", "timeout must be a positive number")
+            raise Refused(proto.FAIL_INVALID_ARGUMENT, "timeout must be a positive number")
         if not isinstance(limit, int) or limit < 0:
-            raise Refused("invalid_argument", "max_output must be a non-negative integer")
+            raise Refused(proto.FAIL_INVALID_ARGUMENT,
+                          "max_output must be a non-negative integer")
         if not isinstance(kernel, Kernel):
             kernel.execute(Run(req_id, "", timeout, limit), code)
             return
@@ -437,10 +460,10 @@ class Bridge:
 
     def remove(self, kernel: Kernel | BashShell, why: str) -> None:
         if kernel.run is not None:
-            emit({"id": kernel.run.req_id, "ev": "died", "reason": why})
+            emit(kernel.run.req_id, proto.EV_DIED, reason=proto.cut_message(why))
             kernel.run = None
         if kernel.ready_req is not None:
-            emit({"id": kernel.ready_req, "ev": "fail", "code": "kernel_failed", "message": why})
+            fail(kernel.ready_req, proto.FAIL_KERNEL_FAILED, why)
             kernel.ready_req = None
         self.unregister(kernel)
         self.kernels.pop(kernel.name, None)
@@ -469,7 +492,8 @@ class Bridge:
             return
         content = msg.get("content", {})
         count = content.get("execution_count")
-        run.execution_count = count if isinstance(count, int) else None
+        run.execution_count = (count if isinstance(count, int) and not isinstance(count, bool)
+                               and count >= 0 else None)
         run.reply_at = time.monotonic()
         if run.idle:
             self.finish(kernel)
@@ -487,7 +511,8 @@ class Bridge:
 
     def ready(self, kernel: Kernel | BashShell) -> None:
         req_id, kernel.ready_req = kernel.ready_req, None
-        emit({"id": req_id, "ev": "ok", "pid": kernel.process.pid})
+        if req_id is not None:
+            emit(req_id, proto.EV_OK, pid=kernel.process.pid)
 
     def on_iopub(self, kernel: Kernel, msg: dict) -> None:  # type: ignore[type-arg]
         if kernel.ready_req is not None:
@@ -497,8 +522,8 @@ class Bridge:
         if run is None or msg.get("parent_header", {}).get("msg_id") != run.msg_id:
             return
         kind, content = msg.get("msg_type"), msg.get("content", {})
-        if kind == "stream":
-            name = "stderr" if content.get("name") == "stderr" else "stdout"
+        if kind == "stream":  # Jupyter's names from here on, not the bridge's
+            name = proto.EV_STDERR if content.get("name") == "stderr" else proto.EV_STDOUT
             self.output(run, name, str(content.get("text", "")))
         elif kind in ("execute_result", "display_data", "update_display_data"):
             self.result(run, content.get("data"), kind == "execute_result")
@@ -513,14 +538,15 @@ class Bridge:
                 self.finish(kernel)
 
     def error(self, run: Run, name: str, value: str, traceback: str) -> None:
-        event = {"id": run.req_id, "ev": "error", "name": name, "value": value,
-                 "traceback": traceback}
-        size = len(json.dumps(event))
-        if size > run.rich_left:
-            event["traceback"] = traceback[-max(run.rich_left - 1024, 4096):]
+        fields = {"name": name, "value": value, "traceback": traceback}
+        size = len(json.dumps(fields))
+        if size > run.rich_left:  # cut to fit proto.max_event_line, however long each was
+            keep = max(run.rich_left - 1024, 4096)
+            fields = {"name": json_cut(name, 256), "value": json_cut(value, keep // 4),
+                      "traceback": json_cut(traceback, keep - keep // 4, tail=True)}
             run.truncated = True
         run.rich_left = max(0, run.rich_left - size)
-        emit(event)
+        emit(run.req_id, proto.EV_ERROR, **fields)
 
     def output(self, run: Run, name: str, text: str) -> None:
         if run.left <= 0 and run.cut:
@@ -535,30 +561,34 @@ class Bridge:
             run.left = 0
         else:
             run.left -= len(data)
-        for start in range(0, len(text), TEXT_CHUNK):
-            emit({"id": run.req_id, "ev": name, "text": text[start:start + TEXT_CHUNK]})
+        for start in range(0, len(text), proto.TEXT_CHUNK):
+            emit(run.req_id, name, text=text[start:start + proto.TEXT_CHUNK])
 
     def result(self, run: Run, data: object, main: bool) -> None:
         if not isinstance(data, dict):
             return
-        bundle = {k: v for k, v in data.items() if isinstance(k, str)
-                  and (k in KNOWN_MIME or len(json.dumps(v)) <= 64 * 1024)}
+        bundle: dict[str, object] = {}
+        for mime, value in data.items():
+            size = json_size(value)  # -1: not JSON the node accepts (NaN, too deep)
+            if isinstance(mime, str) and size >= 0 and (mime in KNOWN_MIME
+                                                        or size <= 64 * 1024):
+                bundle[mime] = value
         size = len(json.dumps(bundle))
         if size > run.rich_left:
             run.truncated = True
-            self.output(run, "stderr", f"[a {size}-byte result was dropped: results over "
+            self.output(run, proto.EV_STDERR, f"[a {size}-byte result was dropped: results over "
                                        f"{run.limit} bytes in this execution]\n")
             return
         run.rich_left -= size
-        emit({"id": run.req_id, "ev": "result", "main": main, "data": bundle})
+        emit(run.req_id, proto.EV_RESULT, main=main, data=bundle)
 
     def finish(self, kernel: Kernel | BashShell) -> None:
         run, kernel.run = kernel.run, None
         if run is None:
             return
-        emit({"id": run.req_id, "ev": "done", "execution_count": run.execution_count,
-              "timed_out": run.timed_out, "truncated": run.truncated,
-              "kernel_seconds": time.monotonic() - run.started})
+        emit(run.req_id, proto.EV_DONE, execution_count=run.execution_count,
+             timed_out=run.timed_out, truncated=run.truncated,
+             kernel_seconds=time.monotonic() - run.started)
 
     def died(self, kernel: Kernel | BashShell, why: str) -> None:
         if not isinstance(kernel, Kernel):
@@ -570,8 +600,8 @@ class Bridge:
         if kernel.ready_req is not None:
             self.fail_start(kernel, why + (f": {detail}" if detail else ""))
         if run is not None:
-            emit({"id": run.req_id, "ev": "died", "reason": why,
-                  "timed_out": run.timed_out})
+            emit(run.req_id, proto.EV_DIED, reason=proto.cut_message(why),
+                 timed_out=run.timed_out)
         kernel.kill()
 
     def fail_start(self, kernel: Kernel | BashShell, why: str) -> None:
@@ -579,7 +609,8 @@ class Bridge:
         self.unregister(kernel)
         self.kernels.pop(kernel.name, None)
         kernel.kill()
-        emit({"id": req_id, "ev": "fail", "code": "kernel_failed", "message": why[:2000]})
+        if req_id is not None:
+            fail(req_id, proto.FAIL_KERNEL_FAILED, why)
 
     def close(self) -> None:
         for kernel in list(self.kernels.values()):
@@ -593,23 +624,20 @@ class Bridge:
 
 
 class Refused(Exception):
+    """A request refused: answered ``fail`` with ``code`` (one of ``proto.FAIL_CODES``)."""
+
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
 
 
+def fail(req_id: int, code: str, message: str) -> None:
+    emit(req_id, proto.EV_FAIL, code=code, message=proto.cut_message(message))
+
+
 def bash_shell_class() -> type[BashShell]:
-    """:class:`bash_shell.BashShell`, loaded from beside this script (run with ``-I``, the
-    bridge has no package to import it from)."""
-    module = sys.modules.get("corral_bash_shell")
-    if module is None:
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bash_shell.py")
-        spec = importlib.util.spec_from_file_location("corral_bash_shell", path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load {path}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["corral_bash_shell"] = module
-        spec.loader.exec_module(module)
+    """:class:`bash_shell.BashShell`, loaded from beside this script."""
+    module = load_sibling("corral_bash_shell", "bridge/bash_shell.py")
     return cast("type[BashShell]", module.BashShell)
 
 

@@ -1,10 +1,11 @@
 """The node's end of a sandbox's kernel bridge (:mod:`corral.bridge.kernel_bridge`).
 
 The bridge is an ordinary command in the sandbox, started with its stdin open; requests go
-to its stdin and events come back on its stdout, one JSON object per line. Everything it
-says is untrusted (code in the sandbox runs as root beside it): lines are bounded, events
-must be JSON objects with an integer ``id`` for a request still waiting, and every wait has
-a deadline past which the bridge is killed rather than trusted.
+to its stdin and events come back on its stdout, one JSON object per line
+(:mod:`corral.api.bridge_protocol`). Everything it says is untrusted (code in the sandbox
+runs as root beside it): the protocol's ``parse_event`` checks every line (bounded, of a
+known kind, each field of its type), events reach only a request still waiting, and every
+wait has a deadline past which the bridge is killed rather than trusted.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from corral.api.errors import AgentError, SandboxError
+from corral.api import bridge_protocol as proto
+from corral.api.errors import AgentError, InvalidArgumentError, SandboxError
 from corral.runtime.agent_bundle import MOUNT_POINT
 
 if TYPE_CHECKING:
@@ -39,7 +40,9 @@ class Bridge:
     """One running bridge: requests out, events in, routed by request id.
 
     Args:
-        max_line: the longest event line accepted; a longer one ends the bridge.
+        max_line: the longest event line accepted (see
+            :func:`~corral.api.bridge_protocol.max_event_line`); a longer one ends the
+            bridge.
     """
 
     def __init__(self, sandbox: Sandbox, handle: CommandHandle, max_line: int) -> None:
@@ -83,14 +86,17 @@ class Bridge:
         if self.closed_reason is not None:
             raise BridgeGone(self.closed_reason)
         req_id = next(self._ids)
+        try:
+            line = proto.encode_request(req_id, op, **fields)
+        except proto.ProtocolError as exc:
+            raise InvalidArgumentError(f"a {op} request to the kernel bridge: {exc}") from None
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(_QUEUE_EVENTS)
         self._waiting[req_id] = queue
-        line = json.dumps({"id": req_id, "op": op, **fields}, separators=(",", ":")) + "\n"
         try:
             async with self._send_lock:
                 # The bridge reads its stdin promptly; one that does not is wedged.
                 async with asyncio.timeout(30.0):
-                    await self._handle.send_stdin(line.encode())
+                    await self._handle.send_stdin(line)
         except TimeoutError:
             self.forget(req_id)
             await self.close("it stopped reading requests")
@@ -112,12 +118,12 @@ class Bridge:
             await self.close(f"it did not answer {what} within {deadline:g} s")
             raise BridgeGone(f"the kernel bridge did not answer {what} within {deadline:g} s; "
                              "it was stopped with every context's kernel") from None
-        if event.get("ev") == "__gone__":
+        if event["ev"] == proto.EV_GONE:
             raise BridgeGone(str(event.get("reason")))
         return event
 
     async def call(self, op: str, deadline: float, **fields: Any) -> dict[str, Any]:
-        """A request with one answer: ``ok``, or ``fail`` (returned as is)."""
+        """A request with one answer: ``ok``, or ``fail`` (returned as is, checked)."""
         req_id, queue = await self.request(op, **fields)
         try:
             return await self.next(queue, deadline, op)
@@ -140,14 +146,12 @@ class Bridge:
                 while (end := buffer.find(b"\n")) >= 0:
                     line = bytes(buffer[:end])
                     del buffer[:end + 1]
-                    problem = await self._route(line)
-                    if problem:
-                        raise _OutOfProtocol(problem)
+                    await self._route(line)
                 if len(buffer) > self._max_line:
-                    raise _OutOfProtocol(f"an event line over {self._max_line} bytes")
+                    raise proto.ProtocolError(f"an event line over {self._max_line} bytes")
             result = await self._handle.wait()
             reason = f"it exited ({result.reason or f'status {result.exit_code}'})"
-        except _OutOfProtocol as exc:
+        except proto.ProtocolError as exc:
             reason = f"it spoke out of protocol: {exc}"
             await self._kill()
         except SandboxError as exc:  # the sandbox stopped: its reason says it all
@@ -158,27 +162,27 @@ class Bridge:
         finally:
             self._gone(reason, quiet)
 
-    async def _route(self, line: bytes) -> str | None:
+    async def _route(self, line: bytes) -> None:
+        """Deliver one event line; raises :class:`~corral.api.bridge_protocol.ProtocolError`
+        for a line out of protocol."""
         if not line.strip():
-            return None
-        try:
-            event = json.loads(line)
-        except ValueError:
-            return "an event that is not JSON"
-        if not isinstance(event, dict) or not isinstance(event.get("id"), int):
-            return "an event without an integer id"
-        if event["id"] == 0:
-            if event.get("ev") == "hello" and not self._hello.done():
-                self._hello.set_result(event)
-            elif event.get("ev") == "fatal":
-                return f"it gave up: {str(event.get('message'))[:500]}"
-            return None
+            return
+        event = proto.parse_event(line, self._max_line)
+        if event["id"] == proto.BRIDGE_ID:
+            if event["ev"] == proto.EV_FATAL:
+                raise proto.ProtocolError(f"it gave up: {event['message'][:500]}")
+            if self._hello.done():
+                raise proto.ProtocolError("a second hello")
+            if event["version"] != proto.PROTOCOL_VERSION:
+                raise proto.ProtocolError(f"it speaks version {event['version']}, the node "
+                                          f"{proto.PROTOCOL_VERSION}")
+            self._hello.set_result(event)
+            return
         queue = self._waiting.get(event["id"])
         if queue is not None:
             # A full queue (a slow reader) holds the bridge back: its stdout fills, and the
             # agent's flow control stops it, rather than memory growing here.
             await queue.put(event)
-        return None
 
     def _gone(self, reason: str, quiet: bool = True) -> None:
         if self.closed_reason is not None:
@@ -191,7 +195,7 @@ class Bridge:
             self._hello.exception()  # retrieved: nobody may be waiting
         for queue in self._waiting.values():
             with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait({"ev": "__gone__", "reason": self.closed_reason})
+                queue.put_nowait({"ev": proto.EV_GONE, "reason": self.closed_reason})
         self._waiting.clear()
 
     async def _kill(self) -> None:
@@ -206,6 +210,3 @@ class Bridge:
         with contextlib.suppress(asyncio.CancelledError, SandboxError):
             await self._task
 
-
-class _OutOfProtocol(Exception):
-    pass

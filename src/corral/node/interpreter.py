@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from corral.api import bridge_protocol as proto
 from corral.api import contract, models
 from corral.api.errors import (
     AgentError,
@@ -117,9 +118,9 @@ class CodeInterpreter:
         ctx = self._get(context)
         bridge = await self._ensure_bridge()
         if ctx.bridge is bridge:
-            reply = await bridge.call("restart", START_DEADLINE, ctx=ctx.id)
+            reply = await bridge.call(proto.OP_RESTART, START_DEADLINE, ctx=ctx.id)
         else:  # its kernel died with an earlier bridge: start one in this bridge
-            reply = await bridge.call("create", START_DEADLINE, ctx=ctx.id,
+            reply = await bridge.call(proto.OP_CREATE, START_DEADLINE, ctx=ctx.id,
                                       language=ctx.language, cwd=ctx.cwd, env=ctx.env)
         ctx.bridge, ctx.dead = None, "it failed to restart"
         _check(reply, f"restarting context {ctx.id}")
@@ -131,7 +132,7 @@ class CodeInterpreter:
         ctx = self._get(context)
         self._contexts.pop(ctx.id, None)
         if ctx.bridge is not None and ctx.bridge.alive and ctx.dead is None:
-            _check(await ctx.bridge.call("delete", CALL_DEADLINE, ctx=ctx.id),
+            _check(await ctx.bridge.call(proto.OP_DELETE, CALL_DEADLINE, ctx=ctx.id),
                    f"deleting context {ctx.id}")
 
     async def interrupt(self, context: contract.ContextRef = DEFAULT_CONTEXT) -> None:
@@ -143,7 +144,7 @@ class CodeInterpreter:
         """
         ctx = self._get(context)
         if ctx.bridge is not None and ctx.bridge.alive and ctx.dead is None:
-            _check(await ctx.bridge.call("interrupt", CALL_DEADLINE, ctx=ctx.id),
+            _check(await ctx.bridge.call(proto.OP_INTERRUPT, CALL_DEADLINE, ctx=ctx.id),
                    f"interrupting context {ctx.id}")
 
     # -- cells ---------------------------------------------------------------------------
@@ -207,7 +208,7 @@ class CodeInterpreter:
             counters = self._sandbox.counters()
             try:
                 req_id, queue = await bridge.request(
-                    "execute", ctx=ctx.id, code=code, timeout=timeout, max_output=MAX_OUTPUT)
+                    proto.OP_EXECUTE, ctx=ctx.id, code=code, timeout=timeout, max_output=MAX_OUTPUT)
             except BridgeGone as exc:
                 self._gone(ctx, exc)
                 yield _died(exc.message)
@@ -227,50 +228,46 @@ class CodeInterpreter:
                         yield _died(exc.message)
                         yield _end(ctx, started)
                         return
-                    kind = event.get("ev")
-                    if kind in ("stdout", "stderr") and isinstance(event.get("text"), str):
+                    # The bridge checked each event's fields (proto.EVENT_FIELDS).
+                    kind = event["ev"]
+                    if kind in (proto.EV_STDOUT, proto.EV_STDERR):
                         yield models.CodeOutputEvent(type=kind, text=event["text"])
-                    elif kind == "result" and isinstance(event.get("data"), dict):
-                        yield models.CodeResultEvent(
-                            result=_result(event["data"], event.get("main") is True))
-                    elif kind == "error":
-                        error = models.ExecutionError(
-                            name=_text(event.get("name")), value=_text(event.get("value")),
-                            traceback=_text(event.get("traceback")))
-                    elif kind == "done":
+                    elif kind == proto.EV_RESULT:
+                        yield models.CodeResultEvent(result=_result(event["data"], event["main"]))
+                    elif kind == proto.EV_ERROR:
+                        error = models.ExecutionError(name=event["name"], value=event["value"],
+                                                      traceback=event["traceback"])
+                    elif kind == proto.EV_DONE:
                         finished = True
-                        seconds = event.get("kernel_seconds")
-                        self.last_kernel_seconds = (float(seconds) if isinstance(
-                            seconds, (int, float)) else None)
-                        if event.get("timed_out") is True:
+                        self.last_kernel_seconds = float(event["kernel_seconds"])
+                        if event["timed_out"]:
                             error = _timed_out(timeout)
                         if error is not None:
                             yield models.CodeErrorEvent(error=error)
-                        count = event.get("execution_count")
-                        yield _end(ctx, started, count if isinstance(count, int) else None,
-                                   event.get("truncated") is True)
+                        yield _end(ctx, started, event["execution_count"], event["truncated"])
                         return
-                    elif kind == "died":
+                    elif kind == proto.EV_DIED:
                         finished = True
-                        ctx.dead = self._death(_text(event.get("reason")), counters)
+                        ctx.dead = self._death(event["reason"], counters)
                         timed = " after the cell timed out" if event.get("timed_out") else ""
                         yield _died(f"{ctx.dead}{timed}; restart the context")
                         yield _end(ctx, started)
                         return
-                    elif kind == "fail":
+                    elif kind == proto.EV_FAIL and event["code"] == proto.FAIL_KERNEL_DEAD:
                         finished = True
-                        if event.get("code") == "kernel_dead":
-                            ctx.dead = _text(event.get("message"))
-                            yield _died(f"{ctx.dead}; restart the context")
-                            yield _end(ctx, started)
-                            return
+                        ctx.dead = event["message"]
+                        yield _died(f"{ctx.dead}; restart the context")
+                        yield _end(ctx, started)
+                        return
+                    else:  # a fail, or an event that does not answer an execute
+                        finished = kind == proto.EV_FAIL
                         raise _failure(event, f"running a cell in context {ctx.id}")
             finally:
                 bridge.forget(req_id)
                 if not finished and bridge.alive:
                     # The caller left mid-cell: stop the cell rather than let it run unseen.
                     with contextlib.suppress(SandboxError):
-                        await asyncio.shield(bridge.call("interrupt", CALL_DEADLINE,
+                        await asyncio.shield(bridge.call(proto.OP_INTERRUPT, CALL_DEADLINE,
                                                          ctx=ctx.id))
 
     def default_ready(self) -> bool:
@@ -313,7 +310,7 @@ class CodeInterpreter:
         ctx = _Context(ctx_id, language, resolve_path(cwd or sandbox.workdir, sandbox.workdir),
                        check_env(env))
         bridge = await self._ensure_bridge()
-        _check(await bridge.call("create", START_DEADLINE, ctx=ctx.id, language=language,
+        _check(await bridge.call(proto.OP_CREATE, START_DEADLINE, ctx=ctx.id, language=language,
                                  cwd=ctx.cwd, env=ctx.env), "starting a code context")
         ctx.bridge = bridge
         self._contexts[ctx.id] = ctx
@@ -323,7 +320,8 @@ class CodeInterpreter:
         self._sandbox.channel()  # a stopped sandbox says so, with its reason
         async with self._bridge_lock:
             if self._bridge is None or not self._bridge.alive:
-                self._bridge = await Bridge.start(self._sandbox, MAX_OUTPUT + 1024 * 1024)
+                self._bridge = await Bridge.start(self._sandbox,
+                                                  proto.max_event_line(MAX_OUTPUT))
             return self._bridge
 
     def _gone(self, ctx: _Context, exc: BridgeGone) -> None:
@@ -343,22 +341,22 @@ def _language(language: str) -> str:
     return language
 
 
+#: ``fail`` codes that are Corral error codes of the same name.
+_PUBLIC_FAILURES = (proto.FAIL_NOT_FOUND, proto.FAIL_INVALID_ARGUMENT, proto.FAIL_ALREADY_EXISTS)
+
+
 def _check(reply: dict[str, Any], action: str) -> None:
-    if reply.get("ev") != "ok":
+    if reply["ev"] != proto.EV_OK:
         raise _failure(reply, action)
 
 
 def _failure(reply: dict[str, Any], action: str) -> SandboxError:
-    code, message = _text(reply.get("code")), _text(reply.get("message"))[:2000]
-    if code in ("not_found", "invalid_argument", "already_exists"):
+    if reply["ev"] != proto.EV_FAIL:
+        return AgentError(f"{action}: unexpected answer {reply['ev']!r} from the bridge")
+    code, message = reply["code"], reply["message"]
+    if code in _PUBLIC_FAILURES:
         return error_from_code(code, f"{action}: {message}")
-    if reply.get("ev") == "fail":
-        return AgentError(f"{action}: {message}")
-    return AgentError(f"{action}: unexpected answer {reply.get('ev')!r:.40} from the bridge")
-
-
-def _text(value: object) -> str:
-    return value if isinstance(value, str) else ""
+    return AgentError(f"{action}: {message}")
 
 
 def _result(data: dict[str, Any], main: bool) -> models.Result:
