@@ -39,9 +39,8 @@ from corral.api.errors import (
 )
 from corral.api.resources import TIMEOUT_RANGE, Resources, check_timeout
 from corral.runtime import Runtime, SandboxSpec, get_runtime
-from corral.runtime._cgroups_unsafe import favor_dynamic_changes, remove_parent
-from corral.runtime._host import channel_socket, sweep
 from corral.runtime.agent_bundle import ORPHAN_GRACE, ensure_bundle
+from corral.runtime.host import channel_socket, favor_dynamic_changes, remove_node_cgroups, sweep
 
 from . import records
 from .agent_client import AgentClient
@@ -214,7 +213,7 @@ class Node:
             await asyncio.gather(*(self._release(sb) for sb in running))
         await asyncio.gather(*(self._stop(sb, "node shutting down")
                                for sb in list(self._sandboxes.values())))
-        remove_parent(self.settings.node_key)
+        remove_node_cgroups(self.settings.node_key)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -7,17 +7,19 @@ writable disk. For the namespaces runtime the lower layer is first bound through
 unprivileged host uid range, and sandbox root is never host root.
 
 Python 3.11 exposes none of ``mount``, ``open_tree``, ``mount_setattr`` or ``move_mount``;
-they are called through libc here, and only here.
+they are called through libc here, and only here. Reading what is mounted is
+:mod:`._mounts`.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-import re
 import subprocess
 import time
 from pathlib import Path
+
+from ._mounts import mounts_under
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -91,23 +93,6 @@ def bind_idmapped(source: Path, target: Path, userns_fd: int) -> None:
         os.close(fd)
 
 
-def _unescape(field: str) -> str:
-    """Decode mountinfo's octal escapes (space, tab, newline, backslash)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def mounts_under(directory: Path) -> list[Path]:
-    """Mount points at or below ``directory`` (symlinks resolved), deepest first."""
-    prefix = os.path.realpath(directory).rstrip("/")
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = _unescape(line.split()[4])
-            if point == prefix or point.startswith(prefix + "/"):
-                found.append(Path(point))
-    return sorted(set(found), key=lambda p: -len(p.parts))
-
-
 def unmount_all(directory: Path) -> None:
     """Detach every mount at or below ``directory``."""
     for point in mounts_under(directory):
@@ -150,6 +135,18 @@ class UserNamespace:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def make_dir(path: Path, mode: int, userns: UserNamespace | None) -> None:
+    """Make the folder ``path`` with exactly ``mode``, owned by the sandbox's root.
+
+    Under ``userns`` that is the namespace's host ``base`` uid (the namespaces runtime,
+    whose bwrap runs as it); without one, host root keeps it.
+    """
+    path.mkdir(mode=mode)
+    os.chmod(path, mode)  # whatever the umask
+    if userns is not None:
+        os.chown(path, userns.base, userns.base)
 
 
 _SETNS = _libc.setns
