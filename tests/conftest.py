@@ -17,7 +17,7 @@ import pytest
 from corral.node import NodeSettings, SyncNode, SyncSandbox
 from corral.node.images import ImageStore
 from corral.runtime import RUNTIME_NAMES, available_runtimes
-from corral.runtime._host import sweep
+from corral.runtime.host import sweep
 
 IMAGE_DIR = Path(os.environ.get("CORRAL_IMAGE_DIR", "/var/lib/corral/images"))
 _PROBED = available_runtimes() if os.geteuid() == 0 else {}

@@ -20,7 +20,7 @@ from corral.bench.stats import RuntimeResult
 from corral.bench.suite import BenchConfig, measure_scale
 from corral.node import Node, NodeSettings, SandboxState
 from corral.node.images import ImageStore
-from corral.runtime._cgroups_unsafe import PARENT, cgroup_layout, leftover_names
+from corral.runtime._cgroups import PARENT, cgroup_layout, leftover_names
 
 from ..conftest import IMAGE_DIR, sandbox_data_dir
 

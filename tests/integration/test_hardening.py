@@ -15,7 +15,7 @@ from corral import InvalidArgumentError, NotFoundError
 from corral.api.errors import AlreadyExistsError
 from corral.node import NodeSettings, SandboxState, SyncNode, SyncSandbox
 from corral.node.images import BUILTIN_IMAGES, ImageStore, _mounts_using
-from corral.runtime._mounts_unsafe import mounts_under
+from corral.runtime.host import mounts_under
 
 from ..conftest import IMAGE_DIR, sandbox_data_dir
 

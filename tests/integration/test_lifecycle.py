@@ -13,8 +13,8 @@ import pytest
 from corral import InvalidArgumentError, SandboxNotRunningError
 from corral.api.errors import AlreadyExistsError
 from corral.node import NodeSettings, SandboxState, SyncNode, SyncSandbox
-from corral.runtime import _cgroups_unsafe as cgroups
-from corral.runtime._mounts_unsafe import mounts_under
+from corral.runtime import _cgroups as cgroups
+from corral.runtime.host import mounts_under
 
 from ..conftest import IMAGE_DIR
 

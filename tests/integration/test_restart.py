@@ -17,7 +17,7 @@ import pytest
 from corral.node import NodeSettings, SandboxState, SyncNode
 from corral.node import records
 from corral.runtime import _cgroups_unsafe as cgroups
-from corral.runtime._mounts_unsafe import mounts_under
+from corral.runtime.host import mounts_under
 
 from ..conftest import IMAGE_DIR, sandbox_data_dir
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from corral.api.errors import InternalError
 from corral.node import NodeSettings
-from corral.runtime._host import sweep
+from corral.runtime.host import sweep
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from corral.api.errors import InternalError
 from corral.node import Node, NodeSettings
 from corral.node.pools import Pool, PoolSpec
 from corral.node.sandbox import Sandbox
-from corral.runtime._cgroups_unsafe import leftover_names
+from corral.runtime.host import leftover_names
 
 from . import scale
 from ._scratch import scratch_dir

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from corral.api.errors import InternalError
-from corral.runtime._cgroups_unsafe import SandboxCgroups
 from corral.runtime.agent_bundle import MOUNT_POINT, agent_command, agent_env
+from corral.runtime.host import SandboxCgroups
 
 RUN_TIMEOUT = 60.0
 

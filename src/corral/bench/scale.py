@@ -32,8 +32,7 @@ from typing import TypeVar
 from corral.api.errors import InternalError, SandboxError
 from corral.node import Node
 from corral.node.sandbox import Sandbox
-from corral.runtime._cgroups_unsafe import SandboxCgroups
-from corral.runtime._host import teardown
+from corral.runtime.host import CgroupView, SandboxCgroups, teardown
 
 from . import primitives
 from .stats import Rate, Row, RuntimeResult, Stat
@@ -183,7 +182,7 @@ async def kill_all(sandboxes: list[Sandbox]) -> None:
 
 def pss_mib(cgroups: list[str]) -> list[float]:
     """PSS of each cgroup's processes, in MiB."""
-    return [primitives.pss_kib(SandboxCgroups(name).pids()) / KIB_PER_MIB for name in cgroups]
+    return [primitives.pss_kib(CgroupView(name).pids()) / KIB_PER_MIB for name in cgroups]
 
 
 async def run_to_end(function: Callable[..., T], *args: object) -> T:
@@ -230,7 +229,7 @@ def _bare_density(node: Node, rootfs: Path, count: int, settle: float,
                 start_one(i)
         if stop.wait(settle):
             return []
-        return [primitives.pss_kib(SandboxCgroups(name).pids()) / KIB_PER_MIB
+        return [primitives.pss_kib(CgroupView(name).pids()) / KIB_PER_MIB
                 for _, name in started]
     finally:
         deadline = time.monotonic() + TEARDOWN_TIMEOUT

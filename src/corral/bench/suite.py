@@ -22,8 +22,8 @@ from corral.api.errors import InternalError, InvalidArgumentError
 from corral.node import Node, NodeSettings
 from corral.node.images import Image, ImageStore
 from corral.runtime import available_runtimes
-from corral.runtime._cgroups_unsafe import remove_parent
 from corral.runtime.agent_bundle import MOUNT_POINT, ensure_bundle
+from corral.runtime.host import remove_node_cgroups
 
 from . import api, checkpoint, code, pools, primitives, scale
 from .report import BenchReport, machine_info
@@ -298,7 +298,7 @@ async def run_benchmark(settings: NodeSettings, config: BenchConfig,
     finally:
         # The node removes its parent cgroups when it closes; bare idle sandboxes live
         # under them too, and are torn down before it closes, but never leave them behind.
-        remove_parent(settings.node_key)
+        remove_node_cgroups(settings.node_key)
     machine["loadavg_end"] = list(os.getloadavg())
     doc = dataclasses.asdict(config)
     return BenchReport(machine=machine, config=doc, started=started,

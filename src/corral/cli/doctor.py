@@ -6,8 +6,6 @@ import os
 import platform
 from pathlib import Path
 
-from corral.runtime._cgroups_unsafe import cgroup_layout
-
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -15,6 +13,7 @@ from rich.table import Table
 from corral.api.errors import SandboxError
 from corral.node.images import ImageStore
 from corral.runtime import available_runtimes
+from corral.runtime.host import favordynmods_enabled
 
 from ._common import DataDirOption, human_size, node_settings
 
@@ -96,11 +95,9 @@ def _cgroup_fact() -> str:
 
 def _favordynmods_fact() -> str:
     """Whether cgroup moves are fast (the node turns it on at start; see ARCHITECTURE.md)."""
-    unified = cgroup_layout().unified
-    if unified is None:
+    on = favordynmods_enabled()
+    if on is None:
         return "no v2 hierarchy"
-    with open("/proc/self/mountinfo") as f:
-        on = any(line.split()[4] == str(unified) and "favordynmods" in line for line in f)
     return ("on" if on else "off: a node turns it on when it starts (CORRAL_TUNE_CGROUPS=0 "
             "leaves it off; each sandbox start then waits 5-20 ms on the cgroup lock)")
 

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.api.errors import AgentError, InternalError, SandboxError
+from corral.api.errors import AgentError, SandboxError
 from corral.runtime import Runtime, RuntimeSandbox, SandboxSpec
-from corral.runtime._host import channel_socket
+from corral.runtime.host import channel_socket, give_socket
 
 from . import records
 from .agent_client import AgentClient
@@ -94,7 +92,7 @@ async def reconnect(spec: SandboxSpec, label: str) -> AgentClient:
 
     server = await asyncio.start_unix_server(on_connect, path=str(path))
     try:
-        give_socket(path)
+        give_socket(path)  # the sandbox's root may connect; nobody else
         try:
             reader, writer = await asyncio.wait_for(connected, ADOPT_TIMEOUT)
         except TimeoutError:
@@ -123,25 +121,6 @@ async def release(sandbox: Sandbox, lifecycle: Lifecycle) -> bool:
         return False
     log.info("sandbox %s released, still running", sandbox.id)
     return True
-
-
-def give_socket(path: Path) -> None:
-    """Make the bound socket at ``path`` the run folder owner's, mode 0600.
-
-    Connecting takes write permission on the socket: the sandbox's root only. The folder
-    belongs to that uid (namespaces), so the socket is changed through a descriptor of the
-    very inode that was checked, never by a path that could have been swapped for a link.
-    """
-    owner = path.parent.stat()
-    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-            raise InternalError(f"{path} is not the socket this node bound")
-        inode = f"/proc/self/fd/{fd}"
-        os.chown(inode, owner.st_uid, owner.st_gid)
-        os.chmod(inode, 0o600)
-    finally:
-        os.close(fd)
 
 
 def _message(exc: BaseException) -> str:

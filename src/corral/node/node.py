@@ -35,9 +35,8 @@ from corral.api.errors import (
 )
 from corral.api.resources import TIMEOUT_RANGE, Resources, check_timeout
 from corral.runtime import Runtime, SandboxSpec, get_runtime
-from corral.runtime._cgroups_unsafe import favor_dynamic_changes, remove_parent
-from corral.runtime._host import sweep
 from corral.runtime.agent_bundle import ensure_bundle
+from corral.runtime.host import favor_dynamic_changes, remove_node_cgroups, sweep
 
 from . import records
 from .adoption import AdoptionError, adopt, release
@@ -153,7 +152,7 @@ class Node:
                     self._sandboxes.pop(sandbox.id, None)
         await asyncio.gather(*(sb.stop("node shutting down")
                                for sb in list(self._sandboxes.values())))
-        remove_parent(self.settings.node_key)
+        remove_node_cgroups(self.settings.node_key)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

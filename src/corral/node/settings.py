@@ -28,7 +28,7 @@ class NodeSettings:
         max_sandboxes: live sandboxes this node accepts before answering "resource exhausted".
         tune_cgroups: remount the cgroup v2 hierarchy with ``favordynmods`` at start
             (``CORRAL_TUNE_CGROUPS=0`` to leave the host alone); see
-            :func:`corral.runtime._cgroups_unsafe.favor_dynamic_changes`.
+            :func:`corral.runtime.host.favor_dynamic_changes`.
         orphan_grace: seconds a sandbox outlives its node, waiting for a restarted node on
             the same data dir to adopt it (``CORRAL_ORPHAN_GRACE``); 0 ends sandboxes with
             their node.

@@ -1,10 +1,9 @@
-"""Host cgroups for one sandbox. Privileged: needs root on the host.
+"""Writes to host cgroups. Privileged: needs root on the host.
 
-This host kind runs hybrid cgroups: the v1 controllers (memory, pids, cpu) enforce limits,
-and the v2 hierarchy at ``/sys/fs/cgroup/unified`` offers ``cgroup.kill``, which ends every
-process of a sandbox at once (runsc's sandbox, gofer and helpers included) without walking
-process trees. On a pure v2 host the same files live in one hierarchy; see
-:func:`cgroup_layout`.
+Every write under ``/sys/fs/cgroup`` is here: making a sandbox's cgroups and their limits,
+moving a process in, ``cgroup.kill``, removing them, and remounting the v2 hierarchy with
+``favordynmods``. Where the hierarchies are and what a cgroup holds is read by
+:mod:`._cgroups`.
 """
 
 from __future__ import annotations
@@ -15,57 +14,9 @@ import os
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path("/sys/fs/cgroup")
-PARENT = "corral"
-V1_CONTROLLERS = ("memory", "pids", "cpu")
-CPU_PERIOD_US = 100_000
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where the controllers are mounted on this host.
-
-    Attributes:
-        v1: the v1 hierarchies whose limits Corral writes (memory, pids, cpu).
-        unified: the v2 hierarchy, for ``cgroup.kill``.
-        hierarchies: every mounted hierarchy; runsc creates a sandbox's cgroup in all of
-            them (blkio, cpuset, devices, freezer, ...), so removal and sweeping visit all.
-    """
-
-    v1: dict[str, Path]
-    unified: Path | None
-    hierarchies: tuple[Path, ...]
-
-
-def cgroup_layout() -> Layout:
-    v1 = {c: ROOT / c for c in V1_CONTROLLERS if (ROOT / c / "cgroup.procs").exists()}
-    unified = None
-    for candidate in (ROOT / "unified", ROOT):
-        if (candidate / "cgroup.controllers").exists():
-            unified = candidate
-            break
-    if (ROOT / "cgroup.procs").exists():
-        hierarchies: tuple[Path, ...] = (ROOT,)
-    else:
-        hierarchies = tuple(sorted(p for p in ROOT.iterdir()
-                                   if not p.is_symlink() and (p / "cgroup.procs").exists()))
-    return Layout(v1=v1, unified=unified, hierarchies=hierarchies)
-
-
-def check_host() -> str | None:
-    """Why this host cannot limit and kill sandboxes, or None if it can."""
-    layout = cgroup_layout()
-    missing = [c for c in V1_CONTROLLERS if c not in layout.v1]
-    if missing:
-        return f"cgroup v1 controllers missing: {', '.join(missing)}"
-    if layout.unified is None:
-        return "no cgroup v2 hierarchy (needed for cgroup.kill)"
-    if os.geteuid() != 0:
-        return "cgroups need root: run corral as root"
-    return None
+from ._cgroups import CPU_PERIOD_US, PARENT, CgroupView, cgroup_layout, favordynmods_enabled
 
 
 def favor_dynamic_changes() -> bool | None:
@@ -80,13 +31,8 @@ def favor_dynamic_changes() -> bool | None:
     unified = cgroup_layout().unified
     if unified is None:
         return None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[4] == str(unified):
-                if "favordynmods" in line:
-                    return True
-                break
+    if favordynmods_enabled():
+        return True
     result = subprocess.run(["mount", "-o", "remount,favordynmods", str(unified)],
                             capture_output=True)
     return True if result.returncode == 0 else None
@@ -97,19 +43,8 @@ def _write(path: Path, value: str) -> None:
         f.write(value)
 
 
-class SandboxCgroups:
-    """The cgroups named ``corral/<name>`` in every hierarchy."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.layout = cgroup_layout()
-        self.v1 = {c: p / PARENT / name for c, p in self.layout.v1.items()}
-        self.unified = self.layout.unified / PARENT / name if self.layout.unified else None
-
-    @property
-    def relative_path(self) -> str:
-        """The path runsc takes as the OCI ``cgroupsPath``."""
-        return f"/{PARENT}/{self.name}"
+class SandboxCgroups(CgroupView):
+    """The cgroups named ``corral/<name>`` in every hierarchy, made, joined and removed."""
 
     def create(self, memory_mib: int, cpus: float, pids: int) -> None:
         """Make the cgroups in every hierarchy and write the v1 limits."""
@@ -139,39 +74,6 @@ class SandboxCgroups:
                     os.close(fd)
 
         return join
-
-    def _read(self, controller: str, filename: str) -> str:
-        try:
-            return (self.v1[controller] / filename).read_text()
-        except (OSError, KeyError):
-            return ""
-
-    def oom_kills(self) -> int:
-        """How many processes the kernel OOM-killed in this sandbox so far."""
-        for line in self._read("memory", "memory.oom_control").splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill" and value.strip().isdigit():
-                return int(value)
-        return 0
-
-    def pids_hits(self) -> int:
-        """How many forks the pids limit refused so far."""
-        _, _, value = self._read("pids", "pids.events").partition(" ")
-        return int(value) if value.strip().isdigit() else 0
-
-    def memory_peak(self) -> int:
-        value = self._read("memory", "memory.max_usage_in_bytes").strip()
-        return int(value) if value.isdigit() else 0
-
-    def pids(self) -> list[int]:
-        """The processes in the sandbox's unified cgroup and its children (empty if gone)."""
-        if self.unified is None:
-            return []
-        found: list[int] = []
-        for procs in self.unified.glob("**/cgroup.procs"):
-            with contextlib.suppress(OSError):
-                found += [int(line) for line in procs.read_text().split() if line.isdigit()]
-        return found
 
     def kill(self, timeout: float = 5.0) -> bool:
         """SIGKILL every process in the sandbox; True once none is left."""
@@ -210,18 +112,8 @@ class SandboxCgroups:
         return left
 
 
-def remove_parent(node_key: str) -> None:
+def remove_node_cgroups(node_key: str) -> None:
     """Remove a node's (empty) parent cgroups; a no-op while sandboxes remain."""
     for base in cgroup_layout().hierarchies:
         with contextlib.suppress(OSError):
             (base / PARENT / node_key).rmdir()
-
-
-def leftover_names(node_key: str) -> set[str]:
-    """Sandbox ids with cgroups under ``corral/<node_key>`` (for sweeping after a crash)."""
-    names: set[str] = set()
-    for base in cgroup_layout().hierarchies:
-        parent = base / PARENT / node_key
-        if parent.is_dir():
-            names.update(p.name for p in parent.iterdir() if p.is_dir())
-    return names

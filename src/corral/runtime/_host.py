@@ -13,6 +13,8 @@ from corral.api.errors import InternalError
 
 from . import _cgroups_unsafe as cgroups
 from . import _mounts_unsafe as mounts
+from ._cgroups import CgroupView, leftover_names
+from ._mounts import mounts_under
 from .agent_bundle import CHANNEL_SOCKET_NAME
 from .base import Runtime, RuntimeSandbox, RuntimeState, SandboxSpec
 
@@ -35,25 +37,19 @@ def prepare_root(spec: SandboxSpec, userns: mounts.UserNamespace | None) -> Path
     restarted node binds the socket the agent reconnects to.
     """
     directory = spec.directory
-    directory.mkdir(mode=0o700)
-    if userns is not None:
-        os.chown(directory, userns.base, userns.base)
+    mounts.make_dir(directory, 0o700, userns)
     disk, root = directory / "disk", directory / "rootfs"
     disk.mkdir()
     root.mkdir()
-    channel_dir(spec).mkdir(mode=0o700)
-    if userns is not None:
-        os.chown(channel_dir(spec), userns.base, userns.base)
+    mounts.make_dir(channel_dir(spec), 0o700, userns)
     mounts.mount_tmpfs(disk, spec.resources.disk_mib * MIB, inode_limit(spec.resources.disk_mib))
-    (disk / "upper").mkdir()
+    mounts.make_dir(disk / "upper", 0o755, userns)
     (disk / "work").mkdir()
-    os.chmod(disk / "upper", 0o755)
     lower = spec.rootfs
     if userns is not None:
         lower = directory / "lower"
         lower.mkdir()
         mounts.bind_idmapped(spec.rootfs, lower, userns.fd)
-        os.chown(disk / "upper", userns.base, userns.base)
     mounts.mount_overlay(lower, disk / "upper", disk / "work", root)
     return root
 
@@ -71,9 +67,9 @@ def channel_socket(spec: SandboxSpec) -> Path:
 def check_alive(spec: SandboxSpec) -> list[int]:
     """The sandbox's processes, after checking its root is still mounted; raises if gone."""
     root = spec.directory / "rootfs"
-    if root not in mounts.mounts_under(spec.directory):
+    if root not in mounts_under(spec.directory):
         raise InternalError(f"sandbox {spec.sandbox_id}: its root is no longer mounted")
-    pids = cgroups.SandboxCgroups(spec.cgroup).pids()
+    pids = CgroupView(spec.cgroup).pids()
     if not pids:
         raise InternalError(f"sandbox {spec.sandbox_id}: no process is left in it")
     return pids
@@ -92,7 +88,7 @@ def teardown(directory: Path, name: str) -> None:
     left = groups.remove()
     if left:
         log.warning("sandbox %s: could not remove cgroups %s", name, left)
-    still_mounted = mounts.mounts_under(directory)
+    still_mounted = mounts_under(directory)
     if still_mounted:
         raise InternalError(f"sandbox {name}: refusing to delete {directory}, still mounted: "
                             f"{[str(p) for p in still_mounted]}")
@@ -121,7 +117,7 @@ def sweep(sandboxes_dir: Path, node_key: str, keep: set[str]) -> list[str]:
     Only this node's own sandboxes are touched: their cgroups sit under ``node_key`` and
     their directories under ``sandboxes_dir``. Returns the sandbox ids swept.
     """
-    names = cgroups.leftover_names(node_key)
+    names = leftover_names(node_key)
     if sandboxes_dir.is_dir():
         names.update(p.name for p in sandboxes_dir.iterdir() if p.is_dir())
     swept = sorted(names - keep)
@@ -168,7 +164,7 @@ class HostRuntime(Runtime):
         sandbox.process = None
 
     def counters(self, sandbox: RuntimeSandbox) -> tuple[int, int]:
-        groups = cgroups.SandboxCgroups(sandbox.spec.cgroup)
+        groups = CgroupView(sandbox.spec.cgroup)
         return groups.oom_kills(), groups.pids_hits()
 
     def limit_hit(self, sandbox: RuntimeSandbox, since: tuple[int, int]) -> str | None:

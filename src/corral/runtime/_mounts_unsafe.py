@@ -7,17 +7,20 @@ writable disk. For the namespaces runtime the lower layer is first bound through
 unprivileged host uid range, and sandbox root is never host root.
 
 Python 3.11 exposes none of ``mount``, ``open_tree``, ``mount_setattr`` or ``move_mount``;
-they are called through libc here, and only here.
+they are called through libc here, and only here. Reading what is mounted is
+:mod:`._mounts`.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-import re
+import stat
 import subprocess
 import time
 from pathlib import Path
+
+from ._mounts import mounts_under
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -91,23 +94,6 @@ def bind_idmapped(source: Path, target: Path, userns_fd: int) -> None:
         os.close(fd)
 
 
-def _unescape(field: str) -> str:
-    """Decode mountinfo's octal escapes (space, tab, newline, backslash)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def mounts_under(directory: Path) -> list[Path]:
-    """Mount points at or below ``directory`` (symlinks resolved), deepest first."""
-    prefix = os.path.realpath(directory).rstrip("/")
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = _unescape(line.split()[4])
-            if point == prefix or point.startswith(prefix + "/"):
-                found.append(Path(point))
-    return sorted(set(found), key=lambda p: -len(p.parts))
-
-
 def unmount_all(directory: Path) -> None:
     """Detach every mount at or below ``directory``."""
     for point in mounts_under(directory):
@@ -152,6 +138,18 @@ class UserNamespace:
         os.close(self.fd)
 
 
+def make_dir(path: Path, mode: int, userns: UserNamespace | None) -> None:
+    """Make the folder ``path`` with exactly ``mode``, owned by the sandbox's root.
+
+    Under ``userns`` that is the namespace's host ``base`` uid (the namespaces runtime,
+    whose bwrap runs as it); without one, host root keeps it.
+    """
+    path.mkdir(mode=mode)
+    os.chmod(path, mode)  # whatever the umask
+    if userns is not None:
+        os.chown(path, userns.base, userns.base)
+
+
 _SETNS = _libc.setns
 _CLONE_NEWUSER = 0x10000000
 
@@ -162,3 +160,23 @@ def enter_userns(fd: int) -> None:
     os.setgroups([])
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
+
+
+def give_socket(path: Path) -> None:
+    """Make the bound socket at ``path`` the owner's of its folder, mode 0600.
+
+    Connecting takes write permission on the socket: that owner alone (a sandbox's root,
+    for a restarted node's channel socket in the sandbox's ``run/`` folder). The folder
+    belongs to that uid (namespaces), so the socket is changed through a descriptor of the
+    very inode that was checked, never by a path that could have been swapped for a link.
+    """
+    owner = path.parent.stat()
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not the socket this node bound")
+        inode = f"/proc/self/fd/{fd}"
+        os.chown(inode, owner.st_uid, owner.st_gid)
+        os.chmod(inode, 0o600)
+    finally:
+        os.close(fd)

@@ -22,6 +22,8 @@ from typing import Any
 from corral.api.errors import InternalError
 
 from .. import _cgroups_unsafe as cgroups
+from .._cgroups import CPU_PERIOD_US, CgroupView
+from .._cgroups import check_host as check_cgroups
 from .._host import HostRuntime, channel_dir, prepare_root, teardown
 from ..agent_bundle import CHANNEL_MOUNT_POINT, MOUNT_POINT, agent_command, agent_env
 from ..base import Availability, RuntimeSandbox, RuntimeState, SandboxSpec, Weakening
@@ -81,12 +83,12 @@ def oci_spec(spec: SandboxSpec, weakening: Weakening | None = None) -> dict[str,
         ],
         "linux": {
             "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
-            "cgroupsPath": cgroups.SandboxCgroups(spec.cgroup).relative_path,
+            "cgroupsPath": CgroupView(spec.cgroup).relative_path,
             "resources": {
                 "memory": {"limit": res.memory_mib * 1024 * 1024},
                 "pids": {"limit": res.pids + GVISOR_TASK_ALLOWANCE},
-                "cpu": {"quota": int(res.cpus * cgroups.CPU_PERIOD_US),
-                        "period": cgroups.CPU_PERIOD_US},
+                "cpu": {"quota": int(res.cpus * CPU_PERIOD_US),
+                        "period": CPU_PERIOD_US},
             },
             "maskedPaths": MASKED_PATHS,
         },
@@ -109,7 +111,7 @@ class GvisorRuntime(HostRuntime):
         if path is None:
             return Availability(False, "runsc (gVisor) is not installed",
                                 "apt-get install runsc")
-        problem = cgroups.check_host()
+        problem = check_cgroups()
         if problem:
             return Availability(False, problem, "run as root on a host with cgroups mounted")
         try:

@@ -31,6 +31,7 @@ from corral.api.errors import InternalError, InvalidArgumentError, ResourceExhau
 
 from .. import _cgroups_unsafe as cgroups
 from .. import _mounts_unsafe as mounts
+from .._cgroups import check_host as check_cgroups
 from .._host import HostRuntime, channel_dir, check_alive, prepare_root, teardown
 from ..agent_bundle import CHANNEL_MOUNT_POINT, MOUNT_POINT, agent_command, agent_env
 from ..base import Availability, RuntimeSandbox, RuntimeState, SandboxSpec, Weakening
@@ -206,7 +207,7 @@ class NamespacesRuntime(HostRuntime):
         if shutil.which("unshare") is None:
             return Availability(False, "unshare (util-linux) is not installed",
                                 "apt-get install util-linux")
-        problem = cgroups.check_host()
+        problem = check_cgroups()
         if problem:
             return Availability(False, problem, "run as root on a host with cgroups mounted")
         try:
