@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from corral.api import agent_protocol as proto
 from corral.api.errors import CommandTimeoutError, InvalidArgumentError, SandboxError
+from corral.api.limits import DEFAULT_COMMAND_TIMEOUT as DEFAULT_TIMEOUT
+from corral.api.limits import MAX_CAPTURE
 from corral.api.resources import check_timeout
 
 from .agent_client import Stream
@@ -21,9 +23,6 @@ from .validation import check_env, resolve_path
 if TYPE_CHECKING:
     from .sandbox import Sandbox
 
-#: Output kept per stream by :meth:`Commands.run`; the rest is dropped (``truncated``).
-MAX_CAPTURE = 16 * 1024 * 1024
-DEFAULT_TIMEOUT = 60.0
 AGENT_GRACE = 30.0
 OutputCallback = Callable[[bytes], None]
 

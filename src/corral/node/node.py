@@ -37,7 +37,9 @@ from corral.api.errors import (
     ResourceExhaustedError,
     SandboxError,
 )
-from corral.api.resources import TIMEOUT_RANGE, Resources, check_timeout
+from corral.api.limits import DEFAULT_LIFETIME as DEFAULT_TIMEOUT
+from corral.api.limits import TIMEOUT_RANGE
+from corral.api.resources import Resources, check_timeout
 from corral.runtime import Runtime, SandboxSpec, get_runtime
 from corral.runtime._cgroups_unsafe import favor_dynamic_changes, remove_parent
 from corral.runtime._host import channel_socket, sweep
@@ -53,7 +55,6 @@ from .validation import SANDBOX_ID, check_env, check_metadata
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = 300.0
 AGENT_START_TIMEOUT = 30.0
 #: How long a starting node waits for each surviving sandbox's agent to reconnect.
 ADOPT_TIMEOUT = 10.0

@@ -28,14 +28,13 @@ from pydantic import TypeAdapter
 from corral.api import models
 from corral.api.agent_protocol import REASON_TIMEOUT
 from corral.api.errors import CommandTimeoutError, SandboxError, error_from_code
+from corral.api.limits import MAX_CAPTURE
 
 from ._http import checked, transport_errors
 
 if TYPE_CHECKING:
     from .sandbox import AsyncSandbox
 
-#: Output a result keeps per stream (as the server does); the rest only reaches callbacks.
-MAX_CAPTURE = 16 * 1024 * 1024
 #: Stdin sent per request (the server takes JSON and stdin bodies up to 1 MiB).
 STDIN_CHUNK = 512 * 1024
 OutputCallback = Callable[[str], None]
