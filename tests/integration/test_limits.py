@@ -37,7 +37,7 @@ from corral import (
     SandboxNotRunningError,
 )
 from corral.node import SyncNode, SyncSandbox
-from corral.api.command_events import MAX_CAPTURE
+from corral.api.limits import MAX_CAPTURE
 from corral.node import SandboxState
 from corral.runtime._host import inode_limit
 

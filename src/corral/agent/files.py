@@ -16,6 +16,7 @@ import os
 import stat
 
 from corral.api import agent_protocol as proto
+from corral.api.limits import MAX_LIST_DEPTH, MAX_LIST_ENTRIES, normalize_path
 
 from .channel import Channel, Credits
 from .errors import RequestError
@@ -27,30 +28,20 @@ if TYPE_CHECKING:
 
 #: A handler result under this key is sent as the reply frame's data, not its header.
 DATA_KEY = "__data__"
-MAX_PATH = 4096
-MAX_NAME = 255
-MAX_LIST_ENTRIES = 10_000
-MAX_LIST_DEPTH = 16
 PSEUDO_ROOTS = ("/proc", "/sys", "/dev")
 
 
 def check_path(path: object) -> str:
-    """Validate a request path and return it normalized (absolute, no ``..``)."""
-    if not isinstance(path, str) or not path:
-        raise RequestError("invalid_argument", "path must be a non-empty string")
-    if "\0" in path:
-        raise RequestError("invalid_argument", "path contains a NUL byte")
-    if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH:
-        raise RequestError("invalid_argument", f"path is longer than {MAX_PATH} bytes")
-    if not path.startswith("/"):
-        raise RequestError("invalid_argument", f"path {path!r} is not absolute")
-    normal = os.path.normpath(path)
-    if normal.startswith("//"):
-        normal = "/" + normal.lstrip("/")
-    for part in normal.split("/"):
-        if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME:
-            raise RequestError("invalid_argument",
-                               f"a path component is longer than {MAX_NAME} bytes")
+    """Validate a request path and return it normalized (absolute, no ``..``).
+
+    The node resolves relative paths and applies the same rule
+    (:func:`corral.api.limits.normalize_path`) first; the agent applies it again, as it
+    trusts no peer, and adds its own refusal of the kernel's pseudo-filesystems.
+    """
+    try:
+        normal = normalize_path(path)
+    except ValueError as exc:
+        raise RequestError("invalid_argument", str(exc)) from None
     for candidate in (normal, os.path.realpath(normal)):
         for root in PSEUDO_ROOTS:
             if candidate == root or candidate.startswith(root + "/"):

@@ -19,6 +19,7 @@ import threading
 import time
 
 from corral.api import agent_protocol as proto
+from corral.api.limits import MAX_ARGV
 
 from .channel import Channel, Credits
 from .errors import RequestError
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 EXIT_GRACE = 0.2  # seconds to keep draining output after the command's own exit
-MAX_ARGV = 4096
+#: Looser than the node's bound (limits.MAX_ENV_VARS): a command gets the sandbox's
+#: environment and its own, each within that bound.
 MAX_ENV = 4096
 
 

@@ -3,8 +3,9 @@ shared by the node and the SDK (no I/O of its own), as :mod:`.code_events` is fo
 
 Both sides see a command as a run of :class:`Output` chunks and then an end; the capture
 below decodes each stream incrementally for the callbacks (a UTF-8 character split across
-two chunks reaches the callback whole), keeps up to :data:`MAX_CAPTURE` bytes of each
-stream, and builds the result when the end arrives.
+two chunks reaches the callback whole), keeps up to
+:data:`~corral.api.limits.MAX_CAPTURE` bytes of each stream, and builds the result when the
+end arrives.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from . import models
+from .limits import MAX_CAPTURE
 
-#: Output a result keeps per stream; the rest only reaches callbacks (``truncated``).
-MAX_CAPTURE = 16 * 1024 * 1024
 #: Gets a running command's output as text, decoded incrementally (bad bytes replaced).
 OutputCallback = Callable[[str], None]
 StreamName = Literal["stdout", "stderr"]

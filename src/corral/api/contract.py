@@ -25,6 +25,7 @@ from typing import Protocol
 
 from . import models
 from .command_events import Output, OutputCallback
+from .limits import DEFAULT_CODE_TIMEOUT, DEFAULT_COMMAND_TIMEOUT
 
 #: What a file write takes: bytes, text, or (async) iterables of byte chunks, streamed.
 FileData = bytes | str | Iterable[bytes] | AsyncIterable[bytes]
@@ -32,8 +33,6 @@ FileData = bytes | str | Iterable[bytes] | AsyncIterable[bytes]
 Cmd = str | Sequence[str]
 #: A code context: its description or its id.
 ContextRef = models.CodeContext | str
-#: Default seconds a command or a cell may run before it is killed or interrupted.
-DEFAULT_RUN_TIMEOUT = 60.0
 
 
 class CommandHandle(Protocol):
@@ -70,7 +69,7 @@ class Commands(Protocol):
 
     async def run(self, cmd: Cmd, *, env: Mapping[str, str] | None = None,
                   cwd: str | None = None, user: str | int | None = None,
-                  timeout: float = DEFAULT_RUN_TIMEOUT, stdin: bytes | str | None = None,
+                  timeout: float = DEFAULT_COMMAND_TIMEOUT, stdin: bytes | str | None = None,
                   on_stdout: OutputCallback | None = None,
                   on_stderr: OutputCallback | None = None) -> models.CommandResult:
         """Run to the end; raises ``CommandTimeoutError`` (with ``.result``) at the timeout."""
@@ -121,7 +120,7 @@ class Code(Protocol):
     """``sandbox.code``: stateful contexts (one kernel each) and cells."""
 
     async def run(self, code: str, *, language: str | None = None,
-                  context: ContextRef | None = None, timeout: float = DEFAULT_RUN_TIMEOUT,
+                  context: ContextRef | None = None, timeout: float = DEFAULT_CODE_TIMEOUT,
                   on_stdout: Callable[[str], None] | None = None,
                   on_stderr: Callable[[str], None] | None = None,
                   on_result: Callable[[models.Result], None] | None = None,
@@ -161,7 +160,7 @@ class Sandbox(Protocol):
 
     async def run_code(self, code: str, *, language: str | None = None,
                        context: ContextRef | None = None,
-                       timeout: float = DEFAULT_RUN_TIMEOUT,
+                       timeout: float = DEFAULT_CODE_TIMEOUT,
                        on_stdout: Callable[[str], None] | None = None,
                        on_stderr: Callable[[str], None] | None = None,
                        on_result: Callable[[models.Result], None] | None = None,

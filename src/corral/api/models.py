@@ -1,10 +1,12 @@
 """Wire models of the HTTP API, shared by the server and the SDK (pydantic v2, no I/O).
 
 Every request model forbids unknown fields and bounds every string, list and mapping, so a
-request is refused at the door rather than half-processed. The semantic rules live where
-they already did: limits in :mod:`corral.api.resources` (called from here), environment
-names, metadata keys and paths in the node, which the server calls with the same values
-and whose :class:`~corral.api.errors.InvalidArgumentError` answers with the same 400 body.
+request is refused at the door rather than half-processed. The bounds, and the one rule for
+sandbox paths, come from :mod:`corral.api.limits`, which the node and the agent share. The
+semantic rules live where they already did: resource limits in :mod:`corral.api.resources`
+(called from here), environment names and metadata keys in the node, which the server calls
+with the same values and whose :class:`~corral.api.errors.InvalidArgumentError` answers
+with the same 400 body.
 Responses allow unknown fields, so an older SDK keeps working against a newer server.
 """
 
@@ -15,25 +17,37 @@ import binascii
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import InvalidArgumentError
+from .limits import (DEFAULT_CODE_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, DEFAULT_LIFETIME,
+                     MAX_ARGV, MAX_COMMAND, MAX_ENV_NAME, MAX_MAPPING, MAX_MAPPING_VALUE,
+                     normalize_path)
+# Re-exported: a client reads the bounds of the fields it fills here.
+from .limits import MAX_CODE as MAX_CODE
+from .limits import MAX_INLINE_STDIN as MAX_INLINE_STDIN
+from .limits import MAX_PATH as MAX_PATH
 from .resources import Resources, check_timeout
 
+#: Longest image name.
 MAX_NAME = 128
-MAX_PATH = 4096
-MAX_ARGV = 4096
-MAX_COMMAND = 128 * 1024
-MAX_MAPPING = 256
-MAX_VALUE = 128 * 1024
-#: Largest stdin a command request carries inline; stream more with ``.../stdin``.
-MAX_INLINE_STDIN = 512 * 1024
 MAX_SIGNAL = 64
 
+
+def _sandbox_path(value: str) -> str:
+    """Apply :func:`~corral.api.limits.normalize_path` and keep the path as given.
+
+    Only the node knows the sandbox's workdir, so a relative path is checked against ``/``:
+    it resolves shortest there, so whatever this refuses the node would refuse too.
+    """
+    normalize_path(value, "/")
+    return value
+
+
 SandboxStateName = Literal["starting", "running", "stopping", "stopped"]
-Path = Annotated[str, Field(min_length=1, max_length=MAX_PATH)]
-Mapping = Annotated[dict[Annotated[str, Field(max_length=256)],
-                         Annotated[str, Field(max_length=MAX_VALUE)]],
+Path = Annotated[str, Field(min_length=1, max_length=MAX_PATH), AfterValidator(_sandbox_path)]
+Mapping = Annotated[dict[Annotated[str, Field(max_length=MAX_ENV_NAME)],
+                         Annotated[str, Field(max_length=MAX_MAPPING_VALUE)]],
                     Field(max_length=MAX_MAPPING)]
 
 
@@ -92,7 +106,7 @@ class SandboxCreate(_Request):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     env: Mapping = Field(default_factory=dict)
     metadata: Mapping = Field(default_factory=dict)
-    timeout: float = Field(default=300.0, description="maximum lifetime, seconds")
+    timeout: float = Field(default=DEFAULT_LIFETIME, description="maximum lifetime, seconds")
     idle_timeout: float | None = Field(
         default=None, description="stop it after this many seconds without API activity "
         "(running commands count as activity); default: never")
@@ -161,8 +175,9 @@ class CommandRequest(_Request):
     cwd: Path | None = None
     user: Annotated[str, Field(min_length=1, max_length=64)] | Annotated[
         int, Field(ge=0, le=2**32 - 2)] | None = None
-    timeout: float | None = Field(default=None, description="seconds; default 60 unless "
-                                  "background or stream, which have none")
+    timeout: float | None = Field(default=None, description=f"seconds; default "
+                                  f"{DEFAULT_COMMAND_TIMEOUT:g} unless background or stream, "
+                                  "which have none")
     stdin: Annotated[str, Field(max_length=MAX_INLINE_STDIN)] | None = None
     stdin_base64: Annotated[str, Field(max_length=MAX_INLINE_STDIN * 4 // 3 + 4)] | None = None
     stdin_open: bool = False
@@ -338,8 +353,6 @@ ErrorEvent.model_rebuild()
 
 # -- code interpreter --------------------------------------------------------------------
 
-#: Longest cell a request may carry, in UTF-8 bytes (the node checks bytes; this, chars).
-MAX_CODE = 512 * 1024
 #: ``ExecutionError.name`` of a cell stopped at its timeout (the context keeps its state).
 TIMEOUT_ERROR = "TimeoutError"
 #: ``ExecutionError.name`` when the context's kernel died (restart the context).
@@ -384,8 +397,9 @@ class RunCodeRequest(_Request):
         default=None, description=_LANGUAGE_DOC + "; null: the named context's, or python "
         "for the default one", examples=list(CODE_LANGUAGES))
     context: ContextId | None = None
-    timeout: float | None = Field(default=None, description="seconds; default 60. At the "
-                                  "timeout the cell is interrupted; the context lives on")
+    timeout: float | None = Field(default=None, description=f"seconds; default "
+                                  f"{DEFAULT_CODE_TIMEOUT:g}. At the timeout the cell is "
+                                  "interrupted; the context lives on")
     stream: bool = False
 
     @field_validator("timeout")

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import InvalidArgumentError
+from .limits import TIMEOUT_RANGE
 
 MIB = 1024 * 1024
 
@@ -16,7 +17,6 @@ MEMORY_MIB_RANGE = (32, 256 * 1024)
 DISK_MIB_RANGE = (16, 256 * 1024)
 PIDS_RANGE = (16, 65536)
 CPUS_RANGE = (0.05, 256.0)
-TIMEOUT_RANGE = (1.0, 7 * 24 * 3600.0)
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": MIB, "k": 1024, "m": MIB, "g": 1024 * MIB, "t": 1024 * 1024 * MIB}

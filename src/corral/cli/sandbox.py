@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from corral.api.agent_protocol import REASON_TIMEOUT
+from corral.api.limits import DEFAULT_CODE_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, DEFAULT_LIFETIME
 from corral.api.models import TIMEOUT_ERROR
 from corral.sdk import Sandbox
 
@@ -53,7 +54,7 @@ def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
 def create(
     image: Annotated[str, typer.Option(help="A built image on the server.")] = "python",
     timeout: Annotated[float, typer.Option(
-        help="Seconds the sandbox lives, unless killed first.")] = 300.0,
+        help="Seconds the sandbox lives, unless killed first.")] = DEFAULT_LIFETIME,
     runtime: Annotated[str | None, typer.Option(
         "--runtime", "-r", show_default="the server's strongest",
         help="gvisor or namespaces.")] = None,
@@ -125,7 +126,7 @@ def exec_(
         metavar="CMD", show_default=False,
         help="The command and its arguments, as an argv list; put `--` before it.")],
     timeout: Annotated[float, typer.Option(
-        help="Seconds before the command is killed (exit 124).")] = 60.0,
+        help="Seconds before the command is killed (exit 124).")] = DEFAULT_COMMAND_TIMEOUT,
     env: Annotated[list[str] | None, typer.Option(
         "--env", "-e", metavar="KEY=VALUE", show_default=False,
         help="Environment variable (repeatable).")] = None,
@@ -182,7 +183,7 @@ def run_code(
     language: Annotated[str | None, typer.Option(
         help="Language: python, or bash (its default context is default-bash).")] = None,
     timeout: Annotated[float, typer.Option(
-        help="Seconds before the cell is interrupted (exit 124).")] = 60.0,
+        help="Seconds before the cell is interrupted (exit 124).")] = DEFAULT_CODE_TIMEOUT,
     json_out: JsonOption = False,
     url: UrlOption = None,
     api_key: KeyOption = None,

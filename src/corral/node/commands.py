@@ -17,6 +17,7 @@ from corral.api import agent_protocol as proto
 from corral.api import contract, models
 from corral.api.command_events import Output, OutputCallback, OutputCapture
 from corral.api.errors import CommandTimeoutError, InvalidArgumentError, SandboxError
+from corral.api.limits import DEFAULT_COMMAND_TIMEOUT, MAX_ARGV
 from corral.api.resources import check_timeout
 
 from .agent_client import Stream
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
 
 #: Seconds past a command's own timeout before the node stops trusting its agent.
 AGENT_GRACE = 30.0
-#: Argument entries a process listing keeps per process.
-MAX_LISTED_ARGV = 4096
 
 
 class CommandHandle:
@@ -68,7 +67,7 @@ class CommandHandle:
                    on_stderr: OutputCallback | None = None) -> models.CommandResult:
         """Wait for the command to end; callbacks get its output as text as it arrives.
 
-        Keeps up to :data:`corral.api.command_events.MAX_CAPTURE` bytes per stream. A
+        Keeps up to :data:`corral.api.limits.MAX_CAPTURE` bytes per stream. A
         timeout is a result here (``reason == "timeout"``), not an exception.
         """
         capture = OutputCapture(on_stdout, on_stderr)
@@ -178,7 +177,7 @@ class Commands:
 
     async def run(self, cmd: contract.Cmd, *, env: Mapping[str, str] | None = None,
                   cwd: str | None = None, user: str | int | None = None,
-                  timeout: float | None = contract.DEFAULT_RUN_TIMEOUT,
+                  timeout: float | None = DEFAULT_COMMAND_TIMEOUT,
                   stdin: bytes | str | None = None, on_stdout: OutputCallback | None = None,
                   on_stderr: OutputCallback | None = None) -> models.CommandResult:
         """Run a command to completion and return its
@@ -250,7 +249,7 @@ class Commands:
             if isinstance(raw, dict) and raw.get("id") not in hidden:
                 found.append(models.ProcessInfo(
                     id=int(raw.get("id", 0)), pid=int(raw.get("pid", 0)),
-                    argv=[str(a) for a in raw.get("argv", [])][:MAX_LISTED_ARGV],
+                    argv=[str(a) for a in raw.get("argv", [])][:MAX_ARGV],
                     started_at=float(raw.get("started_at", 0.0))))
         return found
 

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from corral.api import agent_protocol as proto
 from corral.api.errors import AgentError, InvalidArgumentError, ResourceExhaustedError
 from corral.api import contract
+from corral.api.limits import MAX_LIST_DEPTH
 from corral.api.models import EntryInfo
 
 from .validation import resolve_path
@@ -101,9 +102,11 @@ class Files:
         return await self._sandbox.channel().write_file(self._path(path), _iterate(data), mode)
 
     async def list(self, path: str = ".", depth: int = 1) -> list[EntryInfo]:
-        """Entries under a directory, recursing ``depth`` levels (at most 10,000 entries)."""
-        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 16:
-            raise InvalidArgumentError("depth must be an integer between 1 and 16")
+        """Entries under a directory, recursing ``depth`` levels (at most
+        :data:`~corral.api.limits.MAX_LIST_ENTRIES` entries)."""
+        if (isinstance(depth, bool) or not isinstance(depth, int)
+                or not 1 <= depth <= MAX_LIST_DEPTH):
+            raise InvalidArgumentError(f"depth must be an integer between 1 and {MAX_LIST_DEPTH}")
         _, data = await self._sandbox.channel().call_with_data(
             proto.OP_LIST, path=self._path(path), depth=depth)
         try:

@@ -43,6 +43,7 @@ from corral.api.errors import (
     error_from_code,
 )
 from corral.api.code_events import ErrorCallback, ResultCallback, TextCallback, collect
+from corral.api.limits import DEFAULT_CODE_TIMEOUT as DEFAULT_TIMEOUT
 from corral.api.resources import check_timeout
 
 from ._bridge import Bridge, BridgeGone
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
 
 LANGUAGES = models.CODE_LANGUAGES  # ("python", "bash")
 DEFAULT_CONTEXT = "default"
-DEFAULT_TIMEOUT = contract.DEFAULT_RUN_TIMEOUT
 #: stdout and stderr kept per execution, and as much again for results and the traceback;
 #: the rest is dropped, with a marker at the end of the output.
 MAX_OUTPUT = 8 * 1024 * 1024

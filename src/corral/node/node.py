@@ -33,7 +33,9 @@ from corral.api.errors import (
     ResourceExhaustedError,
     SandboxError,
 )
-from corral.api.resources import TIMEOUT_RANGE, Resources, check_timeout
+from corral.api.limits import DEFAULT_LIFETIME as DEFAULT_TIMEOUT
+from corral.api.limits import TIMEOUT_RANGE
+from corral.api.resources import Resources, check_timeout
 from corral.runtime import Runtime, SandboxSpec, get_runtime
 from corral.runtime.agent_bundle import ensure_bundle
 from corral.runtime.host import favor_dynamic_changes, remove_node_cgroups, sweep
@@ -50,7 +52,6 @@ from .validation import SANDBOX_ID, check_env, check_metadata
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = 300.0
 AGENT_START_TIMEOUT = 30.0
 #: Lifetime of a sandbox waiting in a warm pool (its real one starts at hand-out).
 POOLED_LIFETIME = TIMEOUT_RANGE[1]

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from corral.api import contract, models
 from corral.api.errors import SandboxNotRunningError
+from corral.api.limits import DEFAULT_CODE_TIMEOUT
 from corral.api.resources import Resources, check_timeout
 from corral.runtime import Runtime, RuntimeSandbox
 
@@ -96,7 +97,7 @@ class Sandbox:
 
     async def run_code(self, code: str, *, language: str | None = None,
                        context: contract.ContextRef | None = None,
-                       timeout: float | None = contract.DEFAULT_RUN_TIMEOUT,
+                       timeout: float | None = DEFAULT_CODE_TIMEOUT,
                        on_stdout: Callable[[str], None] | None = None,
                        on_stderr: Callable[[str], None] | None = None,
                        on_result: Callable[[models.Result], None] | None = None,

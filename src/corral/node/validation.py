@@ -2,32 +2,28 @@
 
 from __future__ import annotations
 
-import posixpath
 import re
 from collections.abc import Mapping
 
 from corral.api.errors import InvalidArgumentError
+from corral.api.limits import (MAX_ENV_BYTES, MAX_ENV_NAME, MAX_ENV_VARS, MAX_METADATA_KEYS,
+                               MAX_METADATA_VALUE, normalize_path)
 
-MAX_PATH = 4096
-MAX_ENV_VARS = 256
-MAX_ENV_BYTES = 128 * 1024
-MAX_METADATA_KEYS = 64
-MAX_METADATA_VALUE = 1024
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
+_ENV_KEY = re.compile(rf"^[A-Za-z_][A-Za-z0-9_]{{0,{MAX_ENV_NAME - 1}}}$")
 _META_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,127}$")
 SANDBOX_ID = re.compile(r"^sbx-[0-9a-f]{16}$")
 
 
 def resolve_path(path: object, workdir: str) -> str:
-    """A sandbox path, absolute and normalized; relative paths start at ``workdir``."""
-    if not isinstance(path, str) or not path:
-        raise InvalidArgumentError("path must be a non-empty string")
-    if "\0" in path:
-        raise InvalidArgumentError("path contains a NUL byte")
-    if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH:
-        raise InvalidArgumentError(f"path is longer than {MAX_PATH} bytes")
-    joined = posixpath.normpath(posixpath.join(workdir, path))
-    return "/" + joined.lstrip("/")
+    """A sandbox path, absolute and normalized; relative paths start at ``workdir``.
+
+    The rule is :func:`corral.api.limits.normalize_path`, the agent's own, so what the agent
+    would refuse (an over-long component, say) is refused here, before it reaches the sandbox.
+    """
+    try:
+        return normalize_path(path, workdir)
+    except ValueError as exc:
+        raise InvalidArgumentError(str(exc)) from None
 
 
 def check_env(env: Mapping[str, str] | None) -> dict[str, str]:

@@ -33,6 +33,7 @@ from pydantic import TypeAdapter
 from corral.api import contract, models
 from corral.api.code_events import ErrorCallback, ResultCallback, TextCallback, collect
 from corral.api.errors import SandboxError, error_from_code
+from corral.api.limits import DEFAULT_CODE_TIMEOUT as DEFAULT_TIMEOUT
 from corral.api.models import CodeContext as Context
 from corral.api.models import Execution, ExecutionError, Logs, Result
 
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncCodeInterpreter", "Context", "Execution", "ExecutionError", "Logs", "Result"]
 
-DEFAULT_TIMEOUT = contract.DEFAULT_RUN_TIMEOUT
 _EVENT: TypeAdapter[models.CodeEvent] = TypeAdapter(models.CodeEvent)
 ContextArg = Context | str | None
 

@@ -27,6 +27,7 @@ from corral.api import contract, models
 from corral.api.agent_protocol import REASON_TIMEOUT
 from corral.api.command_events import Output, OutputCallback, OutputCapture
 from corral.api.errors import CommandTimeoutError, SandboxError, error_from_code
+from corral.api.limits import DEFAULT_COMMAND_TIMEOUT
 
 from ._http import checked, transport_errors
 
@@ -127,7 +128,7 @@ class AsyncCommands:
 
     async def run(self, cmd: contract.Cmd, *, env: Mapping[str, str] | None = None,
                   cwd: str | None = None, user: str | int | None = None,
-                  timeout: float = contract.DEFAULT_RUN_TIMEOUT,
+                  timeout: float = DEFAULT_COMMAND_TIMEOUT,
                   stdin: bytes | str | None = None,
                   on_stdout: OutputCallback | None = None,
                   on_stderr: OutputCallback | None = None) -> models.CommandResult:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from corral.api import contract, models
 from corral.api.code_events import ErrorCallback, ResultCallback, TextCallback
+from corral.api.limits import DEFAULT_CODE_TIMEOUT, DEFAULT_LIFETIME
 from corral.api.resources import Resources
 
 from ._http import CREATE_TIMEOUT, ApiClient, checked
@@ -62,7 +63,7 @@ class AsyncSandbox:
         return f"AsyncSandbox(id={self.id!r}, state={self.info.state!r})"
 
     @classmethod
-    async def create(cls, image: str = "python", *, timeout: float = 300.0,
+    async def create(cls, image: str = "python", *, timeout: float = DEFAULT_LIFETIME,
                      env: Mapping[str, str] | None = None,
                      metadata: Mapping[str, str] | None = None,
                      resources: ResourcesArg | None = None, runtime: str | None = None,
@@ -165,7 +166,7 @@ class AsyncSandbox:
 
     async def run_code(self, code: str, *, language: str | None = None,
                        context: contract.ContextRef | None = None,
-                       timeout: float = contract.DEFAULT_RUN_TIMEOUT,
+                       timeout: float = DEFAULT_CODE_TIMEOUT,
                        on_stdout: TextCallback | None = None,
                        on_stderr: TextCallback | None = None,
                        on_result: ResultCallback | None = None,

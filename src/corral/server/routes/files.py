@@ -11,13 +11,14 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Scope
 
 from corral.api import models
+from corral.api.limits import MAX_LIST_DEPTH, MAX_PATH
 
 from ..auth import Tenant
 from . import aca
 from ._deps import Files, SandboxId
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/files", tags=["files"])
-FilePath = Annotated[str, Query(min_length=1, max_length=models.MAX_PATH)]
+FilePath = Annotated[str, Query(min_length=1, max_length=MAX_PATH)]
 _UPLOAD = re.compile(r"^/v1/sandboxes/[^/]+/files$")
 
 
@@ -60,7 +61,7 @@ async def remove(sandbox_id: SandboxId, path: FilePath, tenant: Tenant, service:
 
 @router.get("/list")
 async def list_(sandbox_id: SandboxId, tenant: Tenant, service: Files,
-                path: FilePath = ".", depth: Annotated[int, Query(ge=1, le=16)] = 1
+                path: FilePath = ".", depth: Annotated[int, Query(ge=1, le=MAX_LIST_DEPTH)] = 1
                 ) -> models.EntryList:
     return await service.list(tenant, sandbox_id, path, depth)
 

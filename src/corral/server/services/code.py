@@ -14,7 +14,7 @@ from corral.api import models
 from corral.api.errors import SandboxError
 from corral.node import Sandbox as NodeSandbox
 from corral.api.code_events import collect
-from corral.node.interpreter import DEFAULT_TIMEOUT
+from corral.api.limits import DEFAULT_CODE_TIMEOUT
 
 from .sandboxes import SandboxService
 
@@ -62,7 +62,7 @@ class CodeService:
     async def _events(self, tenant: str, sandbox_id: str, request: models.RunCodeRequest
                       ) -> AsyncIterator[models.CodeEvent]:
         sandbox = await self._sandbox(tenant, sandbox_id)
-        timeout = DEFAULT_TIMEOUT if request.timeout is None else request.timeout
+        timeout = DEFAULT_CODE_TIMEOUT if request.timeout is None else request.timeout
         return await sandbox.code.stream(request.code, language=request.language,
                                          context=request.context, timeout=timeout)
 

@@ -17,14 +17,12 @@ import anyio
 
 from corral.api import models
 from corral.api.errors import NotFoundError, SandboxError
+from corral.api.limits import DEFAULT_COMMAND_TIMEOUT
 from corral.node import CommandHandle
 
 from .sandboxes import SandboxService
 
 log = logging.getLogger(__name__)
-
-#: Timeout of a command that waits for its result when the request names none.
-DEFAULT_TIMEOUT = 60.0
 
 
 class CommandService:
@@ -81,7 +79,7 @@ class CommandService:
         data = request.stdin_bytes()
         timeout = request.timeout
         if timeout is None and not (request.stream or request.background):
-            timeout = DEFAULT_TIMEOUT
+            timeout = DEFAULT_COMMAND_TIMEOUT
         handle = await sandbox.commands.start(
             request.cmd, env=request.env, cwd=request.cwd, user=request.user, timeout=timeout,
             stdin=data is not None or request.stdin_open)
