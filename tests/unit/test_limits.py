@@ -17,7 +17,7 @@ from corral import InvalidArgumentError
 from corral.agent import files as agent_files
 from corral.agent import processes as agent_processes
 from corral.agent.errors import RequestError
-from corral.api import limits, models, resources
+from corral.api import command_events, limits, models, resources
 from corral.api.limits import MAX_PATH, NAME_MAX, normalize_path
 from corral.cli import sandbox as cli_sandbox
 from corral.node import commands as node_commands
@@ -125,7 +125,7 @@ def test_the_layers_share_the_objects() -> None:
     assert models.MAX_CODE is limits.MAX_CODE
     assert models.MAX_INLINE_STDIN is limits.MAX_INLINE_STDIN
     assert resources.TIMEOUT_RANGE is limits.TIMEOUT_RANGE
-    assert node_commands.MAX_CAPTURE is sdk_commands.MAX_CAPTURE is limits.MAX_CAPTURE
+    assert command_events.MAX_CAPTURE is limits.MAX_CAPTURE  # both sides' one capture
     assert agent_processes.MAX_ARGV is limits.MAX_ARGV
     assert agent_files.MAX_LIST_DEPTH is limits.MAX_LIST_DEPTH
 
@@ -206,7 +206,7 @@ class _Sandbox:
     def __init__(self) -> None:
         self.agent = _Agent()
 
-    def _agent(self) -> _Agent:
+    def channel(self) -> _Agent:
         return self.agent
 
 

@@ -33,7 +33,7 @@ from corral.api.errors import (
     ResourceExhaustedError,
     SandboxError,
 )
-from corral.api.limits import DEFAULT_LIFETIME as DEFAULT_TIMEOUT
+from corral.api.limits import DEFAULT_LIFETIME
 from corral.api.limits import TIMEOUT_RANGE
 from corral.api.resources import Resources, check_timeout
 from corral.runtime import Runtime, SandboxSpec, get_runtime
@@ -176,7 +176,7 @@ class Node:
 
     async def create(self, image: str = "python", *, runtime: str | None = None,
                      resources: Resources | None = None, env: Mapping[str, str] | None = None,
-                     timeout: float = DEFAULT_TIMEOUT,
+                     timeout: float = DEFAULT_LIFETIME,
                      metadata: Mapping[str, str] | None = None) -> Sandbox:
         """Start a sandbox and return it once its agent answers.
 
@@ -360,7 +360,7 @@ class Node:
         record = adopted.record
         sandbox = Sandbox(self.lifecycle, record.id, record.image, adopted.runtime,
                           adopted.handle, record.resources, record.env, record.workdir,
-                          record.metadata, DEFAULT_TIMEOUT)
+                          record.metadata, DEFAULT_LIFETIME)
         sandbox.created_at, sandbox.expires_at = record.created_at, record.expires_at
         sandbox.agent = adopted.agent
         self._sandboxes[sandbox.id] = sandbox

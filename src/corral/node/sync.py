@@ -15,87 +15,89 @@ Example::
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from typing import Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from corral._blocking import CommandIds, Proxy, blocking, iterate
+from corral._blocking import (CommandIds, Proxy, blocking, blocking_iter, blocking_wrapped,
+                              iterate)
 
 from .commands import CommandHandle, Commands
 from .files import Files
 from .interpreter import CodeInterpreter
-from .node import Node
 from corral.api.models import SandboxInfo
 
 from .lifecycle import SandboxState
+from .node import Node
 from .sandbox import Sandbox
 from .settings import NodeSettings
 
 
-class SyncCommandHandle(CommandIds, Proxy):
+class SyncCommandHandle(CommandIds[CommandHandle]):
     """Blocking :class:`corral.node.commands.CommandHandle`; iterate it for output."""
 
-    wait = blocking("wait", CommandHandle)
-    send_stdin = blocking("send_stdin", CommandHandle)
-    close_stdin = blocking("close_stdin", CommandHandle)
-    signal = blocking("signal", CommandHandle)
-    kill = blocking("kill", CommandHandle)
+    wait = blocking(CommandHandle.wait)
+    send_stdin = blocking(CommandHandle.send_stdin)
+    close_stdin = blocking(CommandHandle.close_stdin)
+    signal = blocking(CommandHandle.signal)
+    kill = blocking(CommandHandle.kill)
+    close = blocking(CommandHandle.aclose)
+    __iter__ = blocking_iter(CommandHandle.__aiter__)
 
-    def __iter__(self) -> Iterator[Any]:
-        return iterate(self._portal, self._inner.__aiter__())
+    def __enter__(self) -> SyncCommandHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-class SyncCommands(Proxy):
+class SyncCommands(Proxy[Commands]):
     """Blocking :class:`corral.node.commands.Commands`."""
 
-    run = blocking("run", Commands)
-    list = blocking("list", Commands)
-    signal = blocking("signal", Commands)
+    run = blocking(Commands.run)
+    start = blocking_wrapped(Commands.start, SyncCommandHandle)
+    run_background = blocking(Commands.run_background)
+    list = blocking(Commands.list)
+    signal = blocking(Commands.signal)
+    kill = blocking(Commands.kill)
 
-    def start(self, *args: Any, **kwargs: Any) -> SyncCommandHandle:
-        handle = self._portal.call(functools.partial(self._inner.start, *args, **kwargs))
-        return SyncCommandHandle(handle, self._portal)
 
-
-class SyncFiles(Proxy):
+class SyncFiles(Proxy[Files]):
     """Blocking :class:`corral.node.files.Files`."""
 
-    read = blocking("read", Files)
-    read_text = blocking("read_text", Files)
-    write = blocking("write", Files)
-    list = blocking("list", Files)
-    stat = blocking("stat", Files)
-    exists = blocking("exists", Files)
-    mkdir = blocking("mkdir", Files)
-    remove = blocking("remove", Files)
-    rename = blocking("rename", Files)
-
-    def read_stream(self, path: str) -> Iterator[bytes]:
-        return iterate(self._portal, self._inner.read_stream(path))
+    read = blocking(Files.read)
+    read_text = blocking(Files.read_text)
+    read_stream = blocking_iter(Files.read_stream)
+    write = blocking(Files.write)
+    list = blocking(Files.list)
+    stat = blocking(Files.stat)
+    exists = blocking(Files.exists)
+    mkdir = blocking(Files.mkdir)
+    remove = blocking(Files.remove)
+    rename = blocking(Files.rename)
 
 
-class SyncCodeInterpreter(Proxy):
+class SyncCodeInterpreter(Proxy[CodeInterpreter]):
     """Blocking :class:`corral.node.interpreter.CodeInterpreter`."""
 
-    run = blocking("run", CodeInterpreter)
-    create_context = blocking("create_context", CodeInterpreter)
-    list_contexts = blocking("list_contexts", CodeInterpreter)
-    restart_context = blocking("restart_context", CodeInterpreter)
-    delete_context = blocking("delete_context", CodeInterpreter)
-    interrupt = blocking("interrupt", CodeInterpreter)
-
-    def stream(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
-        events = self._portal.call(functools.partial(self._inner.stream, *args, **kwargs))
-        return iterate(self._portal, events)
+    run = blocking(CodeInterpreter.run)
+    stream = blocking_wrapped(CodeInterpreter.stream, iterate)
+    create_context = blocking(CodeInterpreter.create_context)
+    list_contexts = blocking(CodeInterpreter.list_contexts)
+    restart_context = blocking(CodeInterpreter.restart_context)
+    delete_context = blocking(CodeInterpreter.delete_context)
+    interrupt = blocking(CodeInterpreter.interrupt)
 
 
-class SyncSandbox(Proxy):
+class SyncSandbox(Proxy[Sandbox]):
     """Blocking :class:`corral.node.sandbox.Sandbox`; a context manager that kills it."""
 
-    kill = blocking("kill", Sandbox)
-    set_timeout = blocking("set_timeout", Sandbox)
+    kill = blocking(Sandbox.kill)
+    stop = blocking(Sandbox.stop)
+    set_timeout = blocking(Sandbox.set_timeout)
+    refresh = blocking(Sandbox.refresh)
+    run_code = blocking(Sandbox.run_code)
 
     def __init__(self, inner: Sandbox, portal: BlockingPortal) -> None:
         super().__init__(inner, portal)
@@ -105,23 +107,20 @@ class SyncSandbox(Proxy):
 
     @property
     def id(self) -> str:
-        return str(self._inner.id)
+        return self._inner.id
 
     @property
     def info(self) -> SandboxInfo:
         """Its description and state now, as the API gives it."""
-        info: SandboxInfo = self._inner.info
-        return info
+        return self._inner.info
 
     @property
     def state(self) -> SandboxState:
-        state: SandboxState = self._inner.state
-        return state
+        return self._inner.state
 
     @property
     def stop_reason(self) -> str | None:
-        reason: str | None = self._inner.stop_reason
-        return reason
+        return self._inner.stop_reason
 
     def __enter__(self) -> SyncSandbox:
         return self
@@ -130,45 +129,41 @@ class SyncSandbox(Proxy):
         self.kill()
 
 
-class SyncNode:
+class SyncNode(Proxy[Node]):
     """Blocking :class:`corral.node.node.Node`, on an event loop of its own."""
+
+    create = blocking_wrapped(Node.create, SyncSandbox)
+    destroy = blocking(Node.destroy)
 
     def __init__(self, settings: NodeSettings | None = None) -> None:
         self._portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal()
-        self._portal = self._portal_cm.__enter__()
-        self._node = Node(settings)
+        portal = self._portal_cm.__enter__()
         try:
-            self._portal.call(self._node.start)
+            super().__init__(Node(settings), portal)
+            portal.call(self._inner.start)
         except BaseException:
             self._portal_cm.__exit__(None, None, None)
             raise
 
     @property
     def node(self) -> Node:
-        return self._node
-
-    def create(self, *args: Any, **kwargs: Any) -> SyncSandbox:
-        sandbox = self._portal.call(functools.partial(self._node.create, *args, **kwargs))
-        return SyncSandbox(sandbox, self._portal)
-
-    create.__doc__ = Node.create.__doc__
+        return self._inner
 
     def get(self, sandbox_id: str) -> SyncSandbox:
-        return SyncSandbox(self._node.get(sandbox_id), self._portal)
+        return SyncSandbox(self._inner.get(sandbox_id), self._portal)
 
-    def list(self, **filters: Any) -> list[SyncSandbox]:
-        return [SyncSandbox(sb, self._portal) for sb in self._node.list(**filters)]
-
-    def destroy(self, sandbox_id: str) -> None:
-        self._portal.call(self._node.destroy, sandbox_id)
+    def list(self, metadata: Mapping[str, str] | None = None,
+             state: SandboxState | None = None) -> list[SyncSandbox]:
+        return [SyncSandbox(sb, self._portal) for sb in self._inner.list(metadata=metadata,
+                                                                        state=state)]
 
     @property
     def lost(self) -> dict[str, str]:
-        return self._node.lost
+        return self._inner.lost
 
     def close(self, *, detach: bool = False) -> None:
         try:
-            self._portal.call(functools.partial(self._node.close, detach=detach))
+            self._portal.call(functools.partial(self._inner.close, detach=detach))
         finally:
             self._portal_cm.__exit__(None, None, None)
 

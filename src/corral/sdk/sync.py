@@ -21,33 +21,26 @@ Example::
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterator
-from typing import Any
-
-from corral._blocking import CommandIds
+from corral._blocking import CommandIds, Proxy, blocking, blocking_iter, blocking_wrapped
 from corral.api import models
-from corral.api.command_events import Output
 
-from ._portal import Proxy, blocking, iterate, portal
+from ._portal import blocking_constructor, blocking_static, portal
 from .code import AsyncCodeInterpreter
 from .commands import AsyncCommandHandle, AsyncCommands
 from .files import AsyncFiles
 from .sandbox import AsyncSandbox
 
 
-class CommandHandle(CommandIds, Proxy):
+class CommandHandle(CommandIds[AsyncCommandHandle]):
     """Blocking :class:`corral.sdk.commands.AsyncCommandHandle`; iterate it for output."""
 
-    wait = blocking("wait", AsyncCommandHandle)
-    send_stdin = blocking("send_stdin", AsyncCommandHandle)
-    close_stdin = blocking("close_stdin", AsyncCommandHandle)
-    signal = blocking("signal", AsyncCommandHandle)
-    kill = blocking("kill", AsyncCommandHandle)
-    close = blocking("aclose", AsyncCommandHandle)
-
-    def __iter__(self) -> Iterator[Output]:
-        return iterate(self._inner.__aiter__())
+    wait = blocking(AsyncCommandHandle.wait)
+    send_stdin = blocking(AsyncCommandHandle.send_stdin)
+    close_stdin = blocking(AsyncCommandHandle.close_stdin)
+    signal = blocking(AsyncCommandHandle.signal)
+    kill = blocking(AsyncCommandHandle.kill)
+    close = blocking(AsyncCommandHandle.aclose)
+    __iter__ = blocking_iter(AsyncCommandHandle.__aiter__)
 
     def __enter__(self) -> CommandHandle:
         return self
@@ -56,96 +49,72 @@ class CommandHandle(CommandIds, Proxy):
         self.close()
 
 
-class Commands(Proxy):
+class Commands(Proxy[AsyncCommands]):
     """Blocking :class:`corral.sdk.commands.AsyncCommands`."""
 
-    run = blocking("run", AsyncCommands)
-    run_background = blocking("run_background", AsyncCommands)
-    signal = blocking("signal", AsyncCommands)
-    kill = blocking("kill", AsyncCommands)
-    list = blocking("list", AsyncCommands)
-
-    def start(self, *args: Any, **kwargs: Any) -> CommandHandle:
-        return CommandHandle(portal().call(functools.partial(self._inner.start, *args,
-                                                             **kwargs)))
-
-    start.__doc__ = AsyncCommands.start.__doc__
+    run = blocking(AsyncCommands.run)
+    start = blocking_wrapped(AsyncCommands.start, CommandHandle)
+    run_background = blocking(AsyncCommands.run_background)
+    signal = blocking(AsyncCommands.signal)
+    kill = blocking(AsyncCommands.kill)
+    list = blocking(AsyncCommands.list)
 
 
-class Files(Proxy):
+class Files(Proxy[AsyncFiles]):
     """Blocking :class:`corral.sdk.files.AsyncFiles`."""
 
-    read = blocking("read", AsyncFiles)
-    read_text = blocking("read_text", AsyncFiles)
-    write = blocking("write", AsyncFiles)
-    list = blocking("list", AsyncFiles)
-    stat = blocking("stat", AsyncFiles)
-    exists = blocking("exists", AsyncFiles)
-    mkdir = blocking("mkdir", AsyncFiles)
-    remove = blocking("remove", AsyncFiles)
-    rename = blocking("rename", AsyncFiles)
-
-    def read_stream(self, path: str) -> Iterator[bytes]:
-        """A file's content in chunks, as it arrives."""
-        return iterate(self._inner.read_stream(path))
+    read = blocking(AsyncFiles.read)
+    read_text = blocking(AsyncFiles.read_text)
+    read_stream = blocking_iter(AsyncFiles.read_stream)
+    write = blocking(AsyncFiles.write)
+    list = blocking(AsyncFiles.list)
+    stat = blocking(AsyncFiles.stat)
+    exists = blocking(AsyncFiles.exists)
+    mkdir = blocking(AsyncFiles.mkdir)
+    remove = blocking(AsyncFiles.remove)
+    rename = blocking(AsyncFiles.rename)
 
 
-class CodeInterpreter(Proxy):
+class CodeInterpreter(Proxy[AsyncCodeInterpreter]):
     """Blocking :class:`corral.sdk.code.AsyncCodeInterpreter`; callbacks run on the SDK's
     thread."""
 
-    run = blocking("run", AsyncCodeInterpreter)
-    create_context = blocking("create_context", AsyncCodeInterpreter)
-    list_contexts = blocking("list_contexts", AsyncCodeInterpreter)
-    restart_context = blocking("restart_context", AsyncCodeInterpreter)
-    interrupt = blocking("interrupt", AsyncCodeInterpreter)
-    delete_context = blocking("delete_context", AsyncCodeInterpreter)
+    run = blocking(AsyncCodeInterpreter.run)
+    create_context = blocking(AsyncCodeInterpreter.create_context)
+    list_contexts = blocking(AsyncCodeInterpreter.list_contexts)
+    restart_context = blocking(AsyncCodeInterpreter.restart_context)
+    interrupt = blocking(AsyncCodeInterpreter.interrupt)
+    delete_context = blocking(AsyncCodeInterpreter.delete_context)
 
 
-class Sandbox(Proxy):
+class Sandbox(Proxy[AsyncSandbox]):
     """A sandbox on a Corral server, blocking. A context manager that kills it at exit.
 
     Same methods as :class:`corral.AsyncSandbox`, without ``await``.
     """
 
-    refresh = blocking("refresh", AsyncSandbox)
-    set_timeout = blocking("set_timeout", AsyncSandbox)
-    kill = blocking("kill", AsyncSandbox)
-    run_code = blocking("run_code", AsyncSandbox)
-    close = blocking("close", AsyncSandbox)
+    create = blocking_constructor(AsyncSandbox.create)
+    connect = blocking_constructor(AsyncSandbox.connect)
+    list = blocking_static(AsyncSandbox.list)
+    refresh = blocking(AsyncSandbox.refresh)
+    set_timeout = blocking(AsyncSandbox.set_timeout)
+    kill = blocking(AsyncSandbox.kill)
+    run_code = blocking(AsyncSandbox.run_code)
+    close = blocking(AsyncSandbox.close)
 
     def __init__(self, inner: AsyncSandbox) -> None:
-        super().__init__(inner)
-        self.commands = Commands(inner.commands)
-        self.files = Files(inner.files)
-        self.code = CodeInterpreter(inner.code)
-
-    @classmethod
-    def create(cls, *args: Any, **kwargs: Any) -> Sandbox:
-        return cls(portal().call(functools.partial(AsyncSandbox.create, *args, **kwargs)))
-
-    @classmethod
-    def connect(cls, *args: Any, **kwargs: Any) -> Sandbox:
-        return cls(portal().call(functools.partial(AsyncSandbox.connect, *args, **kwargs)))
-
-    @staticmethod
-    def list(**kwargs: Any) -> list[models.SandboxInfo]:
-        result: list[models.SandboxInfo] = portal().call(functools.partial(AsyncSandbox.list,
-                                                                       **kwargs))
-        return result
-
-    create.__func__.__doc__ = AsyncSandbox.create.__doc__  # type: ignore[attr-defined]
-    connect.__func__.__doc__ = AsyncSandbox.connect.__doc__  # type: ignore[attr-defined]
-    list.__doc__ = AsyncSandbox.list.__doc__
+        super().__init__(inner, portal())
+        self.commands = Commands(inner.commands, self._portal)
+        self.files = Files(inner.files, self._portal)
+        self.code = CodeInterpreter(inner.code, self._portal)
 
     @property
     def id(self) -> str:
-        return str(self._inner.id)
+        return self._inner.id
 
     @property
     def info(self) -> models.SandboxInfo:
-        info: models.SandboxInfo = self._inner.info
-        return info
+        return self._inner.info
 
     def __repr__(self) -> str:
         return f"Sandbox(id={self.id!r}, state={self.info.state!r})"
