@@ -38,23 +38,63 @@ ASGIApp = Callable[[Message, Callable[[], Awaitable[Message]],
 
 
 @contextlib.asynccontextmanager
-async def in_process(app: Any) -> AsyncIterator[str]:
-    """Start ``app`` (a FastAPI or Starlette app) and yield a URL the SDK reaches it at."""
+async def in_process(app: ASGIApp) -> AsyncIterator[str]:
+    """Start ``app`` (any ASGI app: its lifespan runs as a server would run it) and yield
+    a URL the SDK reaches it at."""
     url = f"http://{secrets.token_hex(6)}.corral.invalid"
-    async with app.router.lifespan_context(app):
-        _http.IN_PROCESS[url] = StreamingASGITransport(app)
+    async with _lifespan(app) as state:
+        _http.IN_PROCESS[url] = StreamingASGITransport(app, state=state)
         try:
             yield url
         finally:
             del _http.IN_PROCESS[url]
 
 
+@contextlib.asynccontextmanager
+async def _lifespan(app: ASGIApp) -> AsyncIterator[dict[str, Any]]:
+    """The ASGI lifespan protocol: startup before the body, shutdown after it."""
+    state: dict[str, Any] = {}
+    inbox: asyncio.Queue[Message] = asyncio.Queue()
+    outbox: asyncio.Queue[Message] = asyncio.Queue()
+
+    async def send(message: Message) -> None:
+        await outbox.put(message)
+
+    async def run() -> None:
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": state},
+                  inbox.get, send)
+
+    task = asyncio.get_running_loop().create_task(run())
+
+    async def step(name: str) -> None:
+        await inbox.put({"type": f"lifespan.{name}"})
+        reply = asyncio.ensure_future(outbox.get())
+        await asyncio.wait({reply, task}, return_when=asyncio.FIRST_COMPLETED)
+        if not reply.done():
+            reply.cancel()
+            task.result()  # the app raised: raise it here
+            raise RuntimeError(f"the app ended without answering lifespan.{name}")
+        message = reply.result()
+        if message["type"] != f"lifespan.{name}.complete":
+            raise RuntimeError(f"the app's {name} failed: {message.get('message', '')}")
+
+    await step("startup")
+    try:
+        yield state
+    finally:
+        await step("shutdown")
+        await task
+
+
 class StreamingASGITransport(httpx.AsyncBaseTransport):
     """An httpx transport calling an ASGI app in this event loop, streaming responses."""
 
-    def __init__(self, app: ASGIApp, client: tuple[str, int] = ("127.0.0.1", 50000)) -> None:
+    def __init__(self, app: ASGIApp, client: tuple[str, int] = ("127.0.0.1", 50000),
+                 state: dict[str, Any] | None = None) -> None:
+        """``state``: what the app's lifespan stored, copied into every request's scope."""
         self._app = app
         self._client = client
+        self._state = state
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         scope = {
@@ -65,6 +105,8 @@ class StreamingASGITransport(httpx.AsyncBaseTransport):
             "headers": [(k.lower(), v) for k, v in request.headers.raw],
             "server": (request.url.host, request.url.port or 80), "client": self._client,
         }
+        if self._state is not None:
+            scope["state"] = dict(self._state)
         body = aiter(request.stream)  # type: ignore[arg-type]
         body_done = False
         gone = asyncio.Event()  # the client closed the response
