@@ -20,6 +20,7 @@ from corral.api.limits import MAX_LIST_DEPTH, MAX_LIST_ENTRIES, normalize_path
 
 from .channel import Channel, Credits
 from .errors import RequestError
+from .root import Root
 
 # typing is not imported at run time: every module the agent loads slows sandbox start.
 TYPE_CHECKING = False
@@ -31,21 +32,26 @@ DATA_KEY = "__data__"
 PSEUDO_ROOTS = ("/proc", "/sys", "/dev")
 
 
-def check_path(path: object) -> str:
+def check_path(path: object, root: Root | None = None) -> str:
     """Validate a request path and return it normalized (absolute, no ``..``).
 
     The node resolves relative paths and applies the same rule
     (:func:`corral.api.limits.normalize_path`) first; the agent applies it again, as it
     trusts no peer, and adds its own refusal of the kernel's pseudo-filesystems.
+    ``root``: where the sandbox's ``/`` lies for the agent (see :mod:`.root`).
     """
     try:
         normal = normalize_path(path)
     except ValueError as exc:
         raise RequestError("invalid_argument", str(exc)) from None
-    for candidate in (normal, os.path.realpath(normal)):
-        for root in PSEUDO_ROOTS:
-            if candidate == root or candidate.startswith(root + "/"):
-                raise RequestError("permission_denied", f"the file API does not serve {root}")
+    root = root or Root()
+    real = root.inside(os.path.realpath(root.host(normal)))
+    if real is None:
+        raise RequestError("permission_denied", f"{normal!r} resolves outside the sandbox")
+    for candidate in (normal, real):
+        for pseudo in PSEUDO_ROOTS:
+            if candidate == pseudo or candidate.startswith(pseudo + "/"):
+                raise RequestError("permission_denied", f"the file API does not serve {pseudo}")
     return normal
 
 
@@ -64,8 +70,9 @@ def _os_error(action: str, path: str, exc: OSError) -> RequestError:
     return RequestError(code, f"{action} {path!r}: {detail}")
 
 
-def entry(path: str, st: os.stat_result) -> dict[str, Any]:
-    """Describe one file the way ``stat`` and ``list`` answer."""
+def entry(path: str, st: os.stat_result, opened: str | None = None) -> dict[str, Any]:
+    """Describe one file the way ``stat`` and ``list`` answer (``opened``: the path the
+    agent opens for ``path``, if another; see :mod:`.root`)."""
     mode = st.st_mode
     kind = ("dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode)
             else "symlink" if stat.S_ISLNK(mode) else "other")
@@ -76,7 +83,7 @@ def entry(path: str, st: os.stat_result) -> dict[str, Any]:
     }
     if kind == "symlink":
         try:
-            info["target"] = os.readlink(path)
+            info["target"] = os.readlink(opened or path)
         except OSError:
             info["target"] = None
     return info
@@ -85,24 +92,31 @@ def entry(path: str, st: os.stat_result) -> dict[str, Any]:
 class Files:
     """Handlers for the file operations of the protocol."""
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, root: Root | None = None) -> None:
         self._channel = channel
-        self._uploads: dict[int, tuple[int, str, str]] = {}  # id -> (fd, tmp path, final path)
+        self._root = root or Root()
+        # id -> (fd, tmp path, final path, final path as the request named it)
+        self._uploads: dict[int, tuple[int, str, str, str]] = {}
         self.downloads: dict[int, Credits] = {}
 
+    def _path(self, path: object) -> tuple[str, str]:
+        """A request path, checked: (as the sandbox names it, as the agent opens it)."""
+        checked = check_path(path, self._root)
+        return checked, self._root.host(checked)
+
     def stat(self, req: dict[str, Any]) -> dict[str, Any]:
-        path = check_path(req.get("path"))
+        path, opened = self._path(req.get("path"))
         try:
-            return entry(path, os.lstat(path))
+            return entry(path, os.lstat(opened), opened)
         except OSError as exc:
             raise _os_error("stat", path, exc) from None
 
     def exists(self, req: dict[str, Any]) -> dict[str, Any]:
-        path = check_path(req.get("path"))
-        return {"exists": os.path.lexists(path)}
+        path, opened = self._path(req.get("path"))
+        return {"exists": os.path.lexists(opened)}
 
     def list(self, req: dict[str, Any]) -> dict[str, Any]:
-        path = check_path(req.get("path"))
+        path, _ = self._path(req.get("path"))
         depth = req.get("depth", 1)
         if not isinstance(depth, int) or not 1 <= depth <= MAX_LIST_DEPTH:
             raise RequestError("invalid_argument", f"depth must be between 1 and {MAX_LIST_DEPTH}")
@@ -112,14 +126,14 @@ class Files:
         while pending and not truncated:
             folder, level = pending.pop(0)
             try:
-                with os.scandir(folder) as it:
+                with os.scandir(self._root.host(folder)) as it:
                     for item in it:
                         if len(entries) >= MAX_LIST_ENTRIES:
                             truncated = True
                             break
                         child = os.path.join(folder, item.name)
                         st = item.stat(follow_symlinks=False)
-                        entries.append(entry(child, st))
+                        entries.append(entry(child, st, self._root.host(child)))
                         if level < depth and stat.S_ISDIR(st.st_mode):
                             pending.append((child, level + 1))
             except OSError as exc:
@@ -135,47 +149,48 @@ class Files:
         return {"truncated": truncated, "count": len(entries), DATA_KEY: payload}
 
     def mkdir(self, req: dict[str, Any]) -> dict[str, Any]:
-        path = check_path(req.get("path"))
-        if os.path.isdir(path):
+        path, opened = self._path(req.get("path"))
+        if os.path.isdir(opened):
             return {"created": False}
         try:
             if req.get("parents", True):
-                os.makedirs(path)
+                os.makedirs(opened)
             else:
-                os.mkdir(path)
+                os.mkdir(opened)
         except OSError as exc:
             raise _os_error("mkdir", path, exc) from None
         return {"created": True}
 
     def remove(self, req: dict[str, Any]) -> dict[str, Any]:
-        path = check_path(req.get("path"))
+        path, opened = self._path(req.get("path"))
         if path == "/":
             raise RequestError("invalid_argument", "refusing to remove /")
         try:
-            st = os.lstat(path)
+            st = os.lstat(opened)
             if stat.S_ISDIR(st.st_mode):
                 if req.get("recursive", False):
                     import shutil  # only here: it is slow to import
 
-                    shutil.rmtree(path)  # never follows symlinks
-                elif os.listdir(path):
+                    shutil.rmtree(opened)  # never follows symlinks
+                elif os.listdir(opened):
                     raise RequestError("invalid_argument",
                                        f"{path!r} is a directory that is not empty; "
                                        "pass recursive=True to remove it")
                 else:
-                    os.rmdir(path)
+                    os.rmdir(opened)
             else:
-                os.unlink(path)
+                os.unlink(opened)
         except OSError as exc:
             raise _os_error("remove", path, exc) from None
         return {}
 
     def rename(self, req: dict[str, Any]) -> dict[str, Any]:
-        src, dst = check_path(req.get("src")), check_path(req.get("dst"))
-        if not req.get("overwrite", False) and os.path.lexists(dst):
+        src, src_opened = self._path(req.get("src"))
+        dst, dst_opened = self._path(req.get("dst"))
+        if not req.get("overwrite", False) and os.path.lexists(dst_opened):
             raise RequestError("already_exists", f"{dst!r} already exists")
         try:
-            os.rename(src, dst)
+            os.rename(src_opened, dst_opened)
         except OSError as exc:
             raise _os_error("rename", src, exc) from None
         return {}
@@ -184,9 +199,9 @@ class Files:
 
     def read(self, req_id: int, req: dict[str, Any]) -> None:
         """Stream a regular file as data frames (runs on its own thread)."""
-        path = check_path(req.get("path"))
+        path, opened = self._path(req.get("path"))
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(opened, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             raise _os_error("read", path, exc) from None
         credits = Credits()
@@ -213,13 +228,13 @@ class Files:
             self.downloads.pop(req_id, None)
 
     def write_open(self, req_id: int, req: dict[str, Any]) -> None:
-        path = check_path(req.get("path"))
+        path, opened = self._path(req.get("path"))
         mode = req.get("mode", 0o644)
         if not isinstance(mode, int) or not 0 <= mode <= 0o7777:
             raise RequestError("invalid_argument", "mode must be an integer between 0 and 0o7777")
-        if os.path.isdir(path):
+        if os.path.isdir(opened):
             raise RequestError("invalid_argument", f"{path!r} is a directory")
-        parent = os.path.dirname(path)
+        parent = os.path.dirname(opened)
         try:
             os.makedirs(parent, exist_ok=True)
             tmp = os.path.join(parent, f".corral-upload-{req_id}-{os.getpid()}")
@@ -227,7 +242,7 @@ class Files:
                          mode & 0o777)
         except OSError as exc:
             raise _os_error("write", path, exc) from None
-        self._uploads[req_id] = (fd, tmp, path)
+        self._uploads[req_id] = (fd, tmp, opened, path)
         self._channel.send({"id": req_id, "ev": proto.EV_OK})
 
     def write_chunk(self, req: dict[str, Any], data: bytes) -> None:
@@ -237,7 +252,7 @@ class Files:
         if upload is None:
             return  # the upload already failed and was reported; drop its remaining chunks
         assert isinstance(target, int)
-        fd, tmp, path = upload
+        fd, tmp, opened, path = upload
         try:
             view = memoryview(data)
             while view:
@@ -247,7 +262,7 @@ class Files:
                 size = os.fstat(fd).st_size
                 os.fchmod(fd, os.fstat(fd).st_mode & 0o7777)
                 os.close(fd)
-                os.rename(tmp, path)
+                os.rename(tmp, opened)
                 self._channel.send({"id": target, "ev": proto.EV_END, "size": size})
             else:
                 self._channel.send({"id": target, "ev": proto.EV_ACK})
@@ -272,7 +287,7 @@ class Files:
     def abort(self, target: int) -> None:
         upload = self._uploads.pop(target, None)
         if upload is not None:
-            fd, tmp, _ = upload
+            fd, tmp, _, _ = upload
             os.close(fd)
             try:
                 os.unlink(tmp)

@@ -26,6 +26,7 @@ from .channel import Channel, reconnect
 from .errors import RequestError
 from .files import DATA_KEY, Files
 from .processes import ProcessTable
+from .root import Root, from_argv
 
 # typing is not imported at run time: every module the agent loads slows sandbox start.
 TYPE_CHECKING = False
@@ -45,10 +46,11 @@ DEFAULT_ORPHAN_GRACE = 600.0
 
 
 class Agent:
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, root: Root | None = None) -> None:
+        """``root``: where the sandbox's ``/`` lies; ``/`` but for the tests' fake runtime."""
         self.channel = channel
-        self.processes = ProcessTable(channel)
-        self.files = Files(channel)
+        self.processes = ProcessTable(channel, root)
+        self.files = Files(channel, root)
         simple: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             proto.OP_STAT: self.files.stat,
             proto.OP_EXISTS: self.files.exists,
@@ -173,6 +175,11 @@ def _orphan_grace() -> float:
 
 
 def main() -> None:
+    try:
+        root = from_argv(sys.argv[1:])  # real runtimes pass no arguments: see .root
+    except ValueError as exc:
+        _log(str(exc))
+        sys.exit(2)
     # As PID 1 the agent only gets signals it handles; a no-op handler (reset to the
     # default in every child at exec) keeps sandbox code from interrupting it. gVisor 2022
     # does not shield its init from signals sent inside the sandbox, so every catchable
@@ -189,7 +196,7 @@ def main() -> None:
     os.set_inheritable(read_fd, False)
     os.set_inheritable(write_fd, False)
     socket_path = os.environ.get("CORRAL_AGENT_SOCKET") or None
-    Agent(Channel(read_fd, write_fd)).serve(socket_path, _orphan_grace())
+    Agent(Channel(read_fd, write_fd), root).serve(socket_path, _orphan_grace())
 
 
 if __name__ == "__main__":

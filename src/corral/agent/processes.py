@@ -23,6 +23,7 @@ from corral.api.limits import MAX_ARGV
 
 from .channel import Channel, Credits
 from .errors import RequestError
+from .root import Root
 from .users import resolve_user
 
 # typing is not imported at run time: every module the agent loads slows sandbox start.
@@ -54,8 +55,9 @@ class Proc:
 class ProcessTable:
     """The commands running in this sandbox, keyed by the node's request id."""
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, root: Root | None = None) -> None:
         self._channel = channel
+        self._root = root or Root()
         self._lock = threading.Lock()
         self._by_id: dict[int, Proc] = {}
         self._by_pid: dict[int, Proc] = {}
@@ -72,12 +74,12 @@ class ProcessTable:
         cwd = req.get("cwd", "/")
         if not isinstance(cwd, str) or "\0" in cwd or not cwd.startswith("/"):
             raise RequestError("invalid_argument", "cwd must be an absolute path")
-        if not os.path.isdir(cwd):
+        if not os.path.isdir(self._root.host(cwd)):
             raise RequestError("not_found", f"working directory {cwd!r} does not exist")
         timeout = req.get("timeout")
         if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
             raise RequestError("invalid_argument", "timeout must be a positive number")
-        user = resolve_user(req.get("user"))
+        user = resolve_user(req.get("user"), self._root)
         env.setdefault("HOME", user.home)
         env.setdefault("USER", user.name)
         env.setdefault("LOGNAME", user.name)
@@ -90,7 +92,7 @@ class ProcessTable:
                     stdin=subprocess.PIPE if want_stdin else subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
-                    cwd=cwd,
+                    cwd=self._root.host(cwd),
                     env=env,
                     start_new_session=True,
                     close_fds=True,

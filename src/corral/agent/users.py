@@ -7,7 +7,9 @@ answer must come from the image's files only.
 from __future__ import annotations
 
 import os
+
 from .errors import RequestError
+from .root import Root
 
 
 class User:
@@ -23,9 +25,13 @@ def _read_table(path: str) -> list[list[str]]:
         return []
 
 
-def resolve_user(spec: object) -> User:
-    """Return the user for ``spec`` (a name, a uid, or None for the agent's own user)."""
-    passwd = _read_table("/etc/passwd")
+def resolve_user(spec: object, root: Root | None = None) -> User:
+    """Return the user for ``spec`` (a name, a uid, or None for the agent's own user).
+
+    ``root``: where the sandbox's ``/`` lies for the agent (see :mod:`.root`).
+    """
+    root = root or Root()
+    passwd = _read_table(root.host("/etc/passwd"))
     if spec is None:
         spec = os.getuid()
     if isinstance(spec, bool) or not isinstance(spec, (str, int)):
@@ -48,7 +54,7 @@ def resolve_user(spec: object) -> User:
         raise RequestError("invalid_argument",
                            f"malformed /etc/passwd entry for {row[0]!r}") from None
     groups = tuple(
-        int(g[2]) for g in _read_table("/etc/group")
+        int(g[2]) for g in _read_table(root.host("/etc/group"))
         if len(g) >= 4 and g[2].isdigit() and row[0] in g[3].split(",")
     )
     return User(name=row[0], uid=uid, gid=gid, home=row[5] or "/", groups=groups)

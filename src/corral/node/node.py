@@ -63,12 +63,16 @@ STDERR_TAIL = 16 * 1024
 class Node:
     """Sandboxes on this host. Use as ``async with Node() as node: ...``."""
 
-    def __init__(self, settings: NodeSettings | None = None) -> None:
+    def __init__(self, settings: NodeSettings | None = None, *,
+                 runtimes: Mapping[str, Runtime] | None = None) -> None:
+        """``runtimes``: the only runtimes this node uses, by name, instead of the host's
+        (tests give a fake one); only this constructor takes them, never a setting."""
         self.settings = settings or NodeSettings.from_env()
         self.images = ImageStore(self.settings.image_dir)
         self.lifecycle = Lifecycle(self._persist)
         self.lifecycle.on_state(self._forget_stopped)
         self._sandboxes: dict[str, Sandbox] = {}
+        self._given = dict(runtimes) if runtimes is not None else None
         self._runtimes: dict[str | None, Runtime] = {}
         self._bundle: Path | None = None
         self._pending = 0
@@ -168,7 +172,7 @@ class Node:
     def runtime(self, name: str | None) -> Runtime:
         """The named runtime (or the default), probed once per node."""
         if name not in self._runtimes:
-            runtime = get_runtime(name)
+            runtime = get_runtime(name, self._given)
             # One instance per runtime, whichever way it was asked for: a runtime holds
             # host-wide state (the namespaces runtime's uid slots).
             self._runtimes[name] = self._runtimes.setdefault(runtime.name, runtime)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from corral.api.errors import InvalidArgumentError, RuntimeUnavailableError
 
 from .base import Availability, Runtime, RuntimeSandbox, RuntimeState, SandboxSpec
@@ -27,24 +29,32 @@ def _make(name: str) -> Runtime:
         f"unknown runtime {name!r}; choose one of: {', '.join(RUNTIME_NAMES)}")
 
 
-def available_runtimes() -> dict[str, tuple[Runtime, Availability]]:
-    """Every known runtime with its probe result, strongest first."""
-    found = {name: _make(name) for name in RUNTIME_NAMES}
+def available_runtimes(runtimes: Mapping[str, Runtime] | None = None
+                       ) -> dict[str, tuple[Runtime, Availability]]:
+    """Every known runtime (or each of ``runtimes``) with its probe result, strongest first."""
+    found = dict(runtimes) if runtimes is not None else {n: _make(n) for n in RUNTIME_NAMES}
     ordered = sorted(found.values(), key=lambda r: -r.strength)
     return {r.name: (r, r.check()) for r in ordered}
 
 
-def get_runtime(name: str | None) -> Runtime:
-    """The named runtime if it works here; with None, the strongest one that works."""
+def get_runtime(name: str | None, runtimes: Mapping[str, Runtime] | None = None) -> Runtime:
+    """The named runtime if it works here; with None, the strongest one that works.
+
+    ``runtimes``: choose among these instead of the known ones (a node built with its own,
+    see :class:`corral.node.Node`).
+    """
     if name is not None:
-        runtime = _make(name)
+        if runtimes is not None and name not in runtimes:
+            raise InvalidArgumentError(
+                f"unknown runtime {name!r}; choose one of: {', '.join(runtimes)}")
+        runtime = runtimes[name] if runtimes is not None else _make(name)
         status = runtime.check()
         if not status.ok:
             raise RuntimeUnavailableError(
                 f"runtime {name!r} does not work on this host: {status.detail}"
                 + (f"; to fix: {status.fix}" if status.fix else ""))
         return runtime
-    for runtime, status in available_runtimes().values():
+    for runtime, status in available_runtimes(runtimes).values():
         if status.ok:
             return runtime
     raise RuntimeUnavailableError("no sandbox runtime works on this host; run `corral doctor`")

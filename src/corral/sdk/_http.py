@@ -35,6 +35,9 @@ DEFAULT_TIMEOUT = 60.0
 CREATE_TIMEOUT = 180.0
 
 Params = Mapping[str, str | int | float | bool]
+#: Servers in this process, by URL: filled only by :mod:`corral.sdk.testing`, under
+#: ``.invalid`` URLs (RFC 2606: no real host has one), so it is empty in production.
+IN_PROCESS: dict[str, httpx.AsyncBaseTransport] = {}
 
 
 def error_of(response: httpx.Response) -> SandboxError:
@@ -101,10 +104,14 @@ class ApiClient:
         ca_file: PEM certificates to verify an ``https://`` server against instead of the
             usual trust store (default ``CORRAL_CA_FILE``): the ``ca.pem`` that
             ``corral serve --tls`` prints. Verification is never turned off.
+        transport: what carries the requests instead of a connection to ``url`` (an
+            in-process server, :mod:`corral.sdk.testing`); default: the network, unless
+            ``url`` names a server registered in this process.
     """
 
     def __init__(self, url: str | None = None, api_key: str | None = None,
-                 ca_file: str | os.PathLike[str] | None = None) -> None:
+                 ca_file: str | os.PathLike[str] | None = None, *,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.url = (url or os.environ.get("CORRAL_URL") or DEFAULT_URL).rstrip("/")
         key = api_key or os.environ.get("CORRAL_API_KEY")
         if not key:
@@ -112,6 +119,7 @@ class ApiClient:
                                       "(`corral keys create` makes one)")
         self._client = httpx.AsyncClient(
             base_url=self.url, verify=tls_context(ca_file),
+            transport=transport or IN_PROCESS.get(self.url),
             timeout=httpx.Timeout(DEFAULT_TIMEOUT, connect=10.0),
             headers={"Authorization": f"Bearer {key}",
                      "User-Agent": f"corral-python/{__version__}"})

@@ -10,13 +10,14 @@ path needs a key but the OpenAPI document, ``GET /openapi.json``.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from corral import __version__
 from corral.node import Node
+from corral.runtime import Runtime
 
 from . import errors, middleware, openapi
 from .metrics import Metrics
@@ -34,11 +35,16 @@ from .store.schema import database_url
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: ServerSettings) -> FastAPI:
-    """The app serving ``settings``; its node starts when the server does."""
+def create_app(settings: ServerSettings, *,
+               runtimes: Mapping[str, Runtime] | None = None) -> FastAPI:
+    """The app serving ``settings``; its node starts when the server does.
+
+    ``runtimes``: the node's only runtimes instead of the host's (tests give a fake one;
+    see :class:`corral.node.Node`); only this function takes them, never a setting.
+    """
     engine = open_engine(database_url(settings.node.data_dir, settings.database_url or None))
     keys = KeyStore(engine)
-    node = Node(settings.node)
+    node = Node(settings.node, runtimes=runtimes)
     sandbox_service = SandboxService(node, SandboxStore(engine))
     reaper = IdleReaper(sandbox_service, settings.idle_check_interval)
 
