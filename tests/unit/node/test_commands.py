@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from corral.api.errors import CommandTimeoutError, NotFoundError
-from corral.node import Node, OutputEvent, Sandbox
+from corral.node import Node, Output, Sandbox
 from tests.fakes.runtime import FakeRuntime
 
 pytestmark = [pytest.mark.anyio, pytest.mark.rootless]
@@ -50,7 +50,7 @@ async def test_output_streams_while_the_command_runs(sandbox: Sandbox) -> None:
     handle = await sandbox.commands.start(["sh", "-c", "echo first; read x; echo $x"],
                                           stdin=True)
     events = aiter(handle)
-    first: OutputEvent = await anext(events)
+    first: Output = await anext(events)
     assert (first.stream, first.data) == ("stdout", b"first\n")
     await handle.send_stdin("second\n", eof=True)
     rest = [event.data async for event in events]

@@ -28,8 +28,9 @@ async def _stopped(sandbox: Sandbox) -> None:
 async def test_create_runs_the_agent_and_kill_removes_everything(
         node: Node, fake_runtime: FakeRuntime) -> None:
     sandbox = await node.create("python", metadata={"job": "a"})
-    info = sandbox.info()
-    assert (info.state, info.runtime, info.image) == (SandboxState.RUNNING, "fake", "python")
+    info = sandbox.info
+    assert (info.state, info.runtime, info.image) == (SandboxState.RUNNING.value, "fake",
+                                                      "python")
     assert node.get(sandbox.id) is sandbox
     pid = sandbox.handle.extra["pid"]
     assert isinstance(pid, int)
