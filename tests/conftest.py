@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.node import NodeSettings, SyncNode, SyncSandbox
+from corral.node import NodeSettings, SyncNode, SyncNodeSandbox
 from corral.node.images import ImageStore
 from corral.runtime import RUNTIME_NAMES, available_runtimes
 from corral.runtime.host import sweep
@@ -73,7 +73,7 @@ def runtime(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def _fresh(node: SyncNode, runtime: str) -> Iterator[SyncSandbox]:
+def _fresh(node: SyncNode, runtime: str) -> Iterator[SyncNodeSandbox]:
     sb = node.create("python", runtime=runtime, timeout=600)
     try:
         yield sb
@@ -82,12 +82,12 @@ def _fresh(node: SyncNode, runtime: str) -> Iterator[SyncSandbox]:
 
 
 @pytest.fixture
-def sandbox(node: SyncNode, runtime: str) -> Iterator[SyncSandbox]:
+def sandbox(node: SyncNode, runtime: str) -> Iterator[SyncNodeSandbox]:
     """A fresh sandbox with default limits, killed after the test."""
     yield from _fresh(node, runtime)
 
 
 @pytest.fixture
-def neighbour(node: SyncNode, runtime: str) -> Iterator[SyncSandbox]:
+def neighbour(node: SyncNode, runtime: str) -> Iterator[SyncNodeSandbox]:
     """A second sandbox on the same runtime: the one that must stay unharmed."""
     yield from _fresh(node, runtime)

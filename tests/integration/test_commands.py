@@ -8,28 +8,28 @@ import time
 import pytest
 
 from corral import CommandTimeoutError, InvalidArgumentError, NotFoundError
-from corral.node import SyncSandbox
+from corral.node import SyncNodeSandbox
 
 
-def test_stdout_stderr_and_exit_code_are_kept_apart(sandbox: SyncSandbox) -> None:
+def test_stdout_stderr_and_exit_code_are_kept_apart(sandbox: SyncNodeSandbox) -> None:
     r = sandbox.commands.run("echo out; echo err >&2; exit 7")
     assert (r.exit_code, r.stdout, r.stderr) == (7, "out\n", "err\n")
     assert r.signal is None and r.reason is None
 
 
-def test_argv_is_not_shell_interpreted(sandbox: SyncSandbox) -> None:
+def test_argv_is_not_shell_interpreted(sandbox: SyncNodeSandbox) -> None:
     r = sandbox.commands.run(["echo", "$HOME; rm -rf /"])
     assert r.stdout == "$HOME; rm -rf /\n"
 
 
-def test_python_and_data_stack_are_installed(sandbox: SyncSandbox) -> None:
+def test_python_and_data_stack_are_installed(sandbox: SyncNodeSandbox) -> None:
     r = sandbox.commands.run(
         ["python3", "-c",
          "import numpy, pandas, matplotlib, requests; print(numpy.arange(3).sum())"])
     assert r.stdout == "3\n", r.stderr
 
 
-def test_env_cwd_and_user(sandbox: SyncSandbox) -> None:
+def test_env_cwd_and_user(sandbox: SyncNodeSandbox) -> None:
     r = sandbox.commands.run('echo "$GREETING $(pwd) $(id -u) $HOME"', env={"GREETING": "hi"},
                              cwd="/tmp", user="user")
     assert r.stdout == "hi /tmp 1000 /home/user\n"
@@ -37,7 +37,7 @@ def test_env_cwd_and_user(sandbox: SyncSandbox) -> None:
     assert sandbox.commands.run("pwd").stdout == "/work\n"
 
 
-def test_stdin_is_delivered(sandbox: SyncSandbox) -> None:
+def test_stdin_is_delivered(sandbox: SyncNodeSandbox) -> None:
     data = b"".join(b"line %d\n" % i for i in range(20000))
     r = sandbox.commands.run(["sha256sum"], stdin=data)
     import hashlib
@@ -45,7 +45,7 @@ def test_stdin_is_delivered(sandbox: SyncSandbox) -> None:
     assert r.stdout.split()[0] == hashlib.sha256(data).hexdigest()
 
 
-def test_binary_output_is_not_mangled(sandbox: SyncSandbox) -> None:
+def test_binary_output_is_not_mangled(sandbox: SyncNodeSandbox) -> None:
     handle = sandbox.commands.start(
         ["python3", "-c", "import sys; sys.stdout.buffer.write(bytes(range(256)) * 1000)"])
     assert b"".join(chunk.data for chunk in handle if chunk.stream == "stdout") == (
@@ -53,7 +53,7 @@ def test_binary_output_is_not_mangled(sandbox: SyncSandbox) -> None:
     assert handle.wait().exit_code == 0
 
 
-def test_output_streams_before_the_command_ends(sandbox: SyncSandbox) -> None:
+def test_output_streams_before_the_command_ends(sandbox: SyncNodeSandbox) -> None:
     handle = sandbox.commands.start("echo first; sleep 3; echo second")
     events = iter(handle)
     first = next(events)
@@ -64,7 +64,7 @@ def test_output_streams_before_the_command_ends(sandbox: SyncSandbox) -> None:
     assert rest == b"second\n"
 
 
-def test_background_process_can_be_listed_fed_and_signalled(sandbox: SyncSandbox) -> None:
+def test_background_process_can_be_listed_fed_and_signalled(sandbox: SyncNodeSandbox) -> None:
     handle = sandbox.commands.start(["cat"], stdin=True)
     assert [p.pid for p in sandbox.commands.list()] == [handle.pid]
     handle.send_stdin(b"ping\n")
@@ -78,7 +78,7 @@ def test_background_process_can_be_listed_fed_and_signalled(sandbox: SyncSandbox
     assert sandbox.commands.list() == []
 
 
-def test_timeout_kills_the_whole_tree(sandbox: SyncSandbox) -> None:
+def test_timeout_kills_the_whole_tree(sandbox: SyncNodeSandbox) -> None:
     # Children, a grandchild in a new session, a grandchild in a new process group.
     script = ("sleep 301 & sh -c 'setsid sleep 302 & wait' & "
               "python3 -c 'import os; os.setpgid(0, 0); "
@@ -92,7 +92,7 @@ def test_timeout_kills_the_whole_tree(sandbox: SyncSandbox) -> None:
     assert left.strip() == "0"
 
 
-def test_kill_reaches_grandchildren(sandbox: SyncSandbox) -> None:
+def test_kill_reaches_grandchildren(sandbox: SyncNodeSandbox) -> None:
     handle = sandbox.commands.start("sleep 401 & sleep 402 & wait")
     deadline = time.monotonic() + 10
     while "sleep 402" not in sandbox.commands.run("ps -eo args").stdout:
@@ -104,7 +104,7 @@ def test_kill_reaches_grandchildren(sandbox: SyncSandbox) -> None:
     assert "sleep 40" not in sandbox.commands.run("ps -eo args").stdout
 
 
-def test_bad_commands_get_clear_errors(sandbox: SyncSandbox) -> None:
+def test_bad_commands_get_clear_errors(sandbox: SyncNodeSandbox) -> None:
     with pytest.raises(NotFoundError, match="no-such-binary"):
         sandbox.commands.run(["no-such-binary"])
     with pytest.raises(NotFoundError, match="does not exist"):

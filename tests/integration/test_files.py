@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import pytest
 
 from corral import InvalidArgumentError, NotFoundError, PermissionDeniedError
-from corral.node import SyncSandbox
+from corral.node import SyncNodeSandbox
 
 
-def test_write_read_list_stat_rename_remove(sandbox: SyncSandbox) -> None:
+def test_write_read_list_stat_rename_remove(sandbox: SyncNodeSandbox) -> None:
     assert sandbox.files.write("/work/dir/a.txt", "hello") == 5  # parents are created
     assert sandbox.files.read("/work/dir/a.txt") == b"hello"
     assert sandbox.files.read_text("dir/a.txt") == "hello"  # relative to /work
@@ -33,7 +33,7 @@ def test_write_read_list_stat_rename_remove(sandbox: SyncSandbox) -> None:
         sandbox.files.read("/work/dir/b.txt")
 
 
-def test_files_and_commands_see_the_same_tree(sandbox: SyncSandbox) -> None:
+def test_files_and_commands_see_the_same_tree(sandbox: SyncNodeSandbox) -> None:
     sandbox.files.write("/tmp/x.sh", "echo from-file\n", mode=0o755)
     assert sandbox.commands.run("/tmp/x.sh").stdout == "from-file\n"
     sandbox.commands.run("echo from-cmd > /tmp/y")
@@ -42,7 +42,7 @@ def test_files_and_commands_see_the_same_tree(sandbox: SyncSandbox) -> None:
     assert sandbox.files.stat("/work/owned").mode == 0o644
 
 
-def test_large_file_streams_both_ways(sandbox: SyncSandbox) -> None:
+def test_large_file_streams_both_ways(sandbox: SyncNodeSandbox) -> None:
     size, block = 96 * 1024 * 1024, os.urandom(1024 * 1024)
     expected = hashlib.sha256()
 
@@ -62,7 +62,7 @@ def test_large_file_streams_both_ways(sandbox: SyncSandbox) -> None:
     assert (total, got.hexdigest()) == (size, expected.hexdigest())
 
 
-def test_dot_dot_and_absolute_paths_stay_inside(sandbox: SyncSandbox) -> None:
+def test_dot_dot_and_absolute_paths_stay_inside(sandbox: SyncNodeSandbox) -> None:
     marker = f"/tmp/corral-host-{uuid.uuid4().hex}"
     with open(marker, "w") as f:
         f.write("host secret")
@@ -80,7 +80,7 @@ def test_dot_dot_and_absolute_paths_stay_inside(sandbox: SyncSandbox) -> None:
     assert not os.path.exists("/tmp/escaped")
 
 
-def test_symlinks_resolve_inside_the_sandbox(sandbox: SyncSandbox) -> None:
+def test_symlinks_resolve_inside_the_sandbox(sandbox: SyncNodeSandbox) -> None:
     host_hostname = open("/etc/hostname").read()
     sandbox.commands.run("ln -s /etc/hostname /work/link; ln -s ../../../../../ /work/up")
     assert sandbox.files.read_text("/work/link") == "sandbox\n" != host_hostname
@@ -91,7 +91,7 @@ def test_symlinks_resolve_inside_the_sandbox(sandbox: SyncSandbox) -> None:
     assert sandbox.files.read_text("/work/link") == "replaced"
 
 
-def test_hostile_paths_get_clear_errors(sandbox: SyncSandbox) -> None:
+def test_hostile_paths_get_clear_errors(sandbox: SyncNodeSandbox) -> None:
     with pytest.raises(InvalidArgumentError, match="NUL"):
         sandbox.files.read("/work/a\0b")
     with pytest.raises(InvalidArgumentError, match="longer"):
@@ -116,7 +116,7 @@ def test_hostile_paths_get_clear_errors(sandbox: SyncSandbox) -> None:
     assert sandbox.commands.run("true").exit_code == 0  # the agent survived all of it
 
 
-def test_failed_upload_keeps_the_old_file(sandbox: SyncSandbox) -> None:
+def test_failed_upload_keeps_the_old_file(sandbox: SyncNodeSandbox) -> None:
     sandbox.files.write("/work/keep.txt", "old")
 
     def broken() -> Iterator[bytes]:

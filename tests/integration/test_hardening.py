@@ -13,7 +13,7 @@ import pytest
 
 from corral import InvalidArgumentError, NotFoundError
 from corral.api.errors import AlreadyExistsError
-from corral.node import NodeSettings, SandboxState, SyncNode, SyncSandbox
+from corral.node import NodeSettings, SandboxState, SyncNode, SyncNodeSandbox
 from corral.node.images import BUILTIN_IMAGES, ImageStore, _mounts_using
 from corral.runtime.host import mounts_under
 
@@ -30,7 +30,7 @@ def _mount_options(point: Path) -> set[str]:
 
 
 def test_sandbox_files_are_unreachable_and_inert_on_the_host(node: SyncNode,
-                                                             sandbox: SyncSandbox) -> None:
+                                                             sandbox: SyncNodeSandbox) -> None:
     """A setuid file written in a sandbox must never run with privilege on the host."""
     sandbox.commands.run("cp /usr/bin/id /work/suid-id && chmod 4755 /work/suid-id")
     directory = node.node.sandboxes_dir / sandbox.id
@@ -61,7 +61,7 @@ def test_a_symlinked_data_dir_never_deletes_through_mounts(runtime: str,
         assert sum(1 for _ in (IMAGE_DIR).glob("python-*/rootfs/etc/*")) == before > 0
 
 
-def test_hostile_sized_requests_get_errors_and_the_sandbox_lives(sandbox: SyncSandbox) -> None:
+def test_hostile_sized_requests_get_errors_and_the_sandbox_lives(sandbox: SyncNodeSandbox) -> None:
     # The agent's error echoes the 30 KB name; it used to overflow the reply and kill it.
     with pytest.raises((NotFoundError, InvalidArgumentError)) as caught:
         sandbox.commands.run(["\u0100" * 10000])
@@ -74,7 +74,7 @@ def test_hostile_sized_requests_get_errors_and_the_sandbox_lives(sandbox: SyncSa
 
 
 def test_cancelled_run_does_not_leave_the_command_running(node: SyncNode,
-                                                          sandbox: SyncSandbox) -> None:
+                                                          sandbox: SyncNodeSandbox) -> None:
     inner = node.node.get(sandbox.id)
 
     async def give_up() -> None:
@@ -132,7 +132,7 @@ def test_two_nodes_never_share_a_uid_range(node: SyncNode, second_node: SyncNode
         b.kill()
 
 
-def test_an_image_in_use_cannot_be_removed(node: SyncNode, sandbox: SyncSandbox,
+def test_an_image_in_use_cannot_be_removed(node: SyncNode, sandbox: SyncNodeSandbox,
                                            tmp_path: Path) -> None:
     # The running sandbox's image is seen as in use (checked without removing anything)...
     assert _mounts_using(node.node.images.get("python").rootfs) >= 1

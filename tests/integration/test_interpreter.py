@@ -25,7 +25,7 @@ from corral import (
     SandboxNotRunningError,
 )
 from corral.api import models
-from corral.node import SyncNode, SyncSandbox
+from corral.node import SyncNode, SyncNodeSandbox
 from corral.node.interpreter import MAX_OUTPUT
 
 MIB = 1024 * 1024
@@ -43,7 +43,7 @@ def png_size(data: bytes) -> tuple[int, int]:
     return width, height
 
 
-def test_state_rich_results_and_errors(sandbox: SyncSandbox) -> None:
+def test_state_rich_results_and_errors(sandbox: SyncNodeSandbox) -> None:
     code = sandbox.code
     ex = code.run("import os\nx = 41\nx + 1")
     assert (ex.error, ex.text, ex.context) == (None, "42", "default")
@@ -85,7 +85,7 @@ def test_state_rich_results_and_errors(sandbox: SyncSandbox) -> None:
     assert ex.results == [] and isinstance(ex.execution_count, int)
 
 
-def test_callbacks_stream_before_the_cell_ends(sandbox: SyncSandbox) -> None:
+def test_callbacks_stream_before_the_cell_ends(sandbox: SyncNodeSandbox) -> None:
     seen: list[str] = []
     first = threading.Event()
     outcome: list[models.Execution] = []
@@ -113,7 +113,7 @@ def test_callbacks_stream_before_the_cell_ends(sandbox: SyncSandbox) -> None:
     assert [r.text for r in results] == ["'done'"] and ex.text == "'done'"
 
 
-def test_timeout_and_interrupt_keep_the_context(sandbox: SyncSandbox) -> None:
+def test_timeout_and_interrupt_keep_the_context(sandbox: SyncNodeSandbox) -> None:
     code = sandbox.code
     code.run("kept = 'yes'")
     ex = code.run("import time\nprint('started', flush=True)\ntime.sleep(600)", timeout=2)
@@ -168,7 +168,7 @@ def test_memory_limit_kills_the_kernel_not_the_node(node: SyncNode, runtime: str
         sb.kill()
 
 
-def test_output_flood_is_capped(sandbox: SyncSandbox) -> None:
+def test_output_flood_is_capped(sandbox: SyncNodeSandbox) -> None:
     ex = sandbox.code.run("import sys\nfor _ in range(40):\n"
                           "    sys.stdout.write('y' * (1 << 20))\n'end'", timeout=120)
     assert ex.truncated and ex.error is None and ex.text == "'end'"
@@ -181,7 +181,7 @@ def test_output_flood_is_capped(sandbox: SyncSandbox) -> None:
     assert ex.logs.stdout == ["small\n"] and not ex.truncated
 
 
-def test_contexts_are_isolated(sandbox: SyncSandbox) -> None:
+def test_contexts_are_isolated(sandbox: SyncNodeSandbox) -> None:
     code = sandbox.code
     a = code.create_context(cwd="/tmp", env={"WHO": "a"})
     b = code.create_context()
@@ -199,7 +199,7 @@ def test_contexts_are_isolated(sandbox: SyncSandbox) -> None:
         code.run("1", context=a.id)
 
 
-def test_bad_requests_are_refused(sandbox: SyncSandbox) -> None:
+def test_bad_requests_are_refused(sandbox: SyncNodeSandbox) -> None:
     code = sandbox.code
     with pytest.raises(NotFoundError, match="no code context"):
         code.run("1", context="ctx-0000000000000000")
@@ -218,7 +218,7 @@ def test_bad_requests_are_refused(sandbox: SyncSandbox) -> None:
     assert code.run("1 + 1").text == "2"
 
 
-def test_a_killed_bridge_is_reported_and_contexts_restart(sandbox: SyncSandbox) -> None:
+def test_a_killed_bridge_is_reported_and_contexts_restart(sandbox: SyncNodeSandbox) -> None:
     code = sandbox.code
     other = code.create_context()
     code.run("x = 1")
@@ -239,7 +239,7 @@ def test_a_killed_bridge_is_reported_and_contexts_restart(sandbox: SyncSandbox) 
 BASH = "default-bash"
 
 
-def test_bash_state_exit_status_and_syntax_errors(sandbox: SyncSandbox) -> None:
+def test_bash_state_exit_status_and_syntax_errors(sandbox: SyncNodeSandbox) -> None:
     code = sandbox.code
     ex = code.run("x=5; cd /tmp; greet() { echo \"hi $1\"; }; export E=exported; echo $x",
                   language="bash")
@@ -284,7 +284,7 @@ def test_bash_state_exit_status_and_syntax_errors(sandbox: SyncSandbox) -> None:
         code.run("1", context=BASH, language="python")
 
 
-def test_bash_output_streams_while_the_cell_runs(sandbox: SyncSandbox) -> None:
+def test_bash_output_streams_while_the_cell_runs(sandbox: SyncNodeSandbox) -> None:
     out: list[str] = []
     err: list[str] = []
     first = threading.Event()
@@ -309,7 +309,7 @@ def test_bash_output_streams_while_the_cell_runs(sandbox: SyncSandbox) -> None:
     assert ex.logs.stdout == out and ex.logs.stderr == err
 
 
-def test_bash_timeout_interrupt_and_an_ignored_interrupt(sandbox: SyncSandbox) -> None:
+def test_bash_timeout_interrupt_and_an_ignored_interrupt(sandbox: SyncNodeSandbox) -> None:
     code = sandbox.code
     ctx = code.create_context("bash")
     assert ctx.language == "bash"
@@ -354,7 +354,7 @@ def test_bash_timeout_interrupt_and_an_ignored_interrupt(sandbox: SyncSandbox) -
     assert code.run("echo ok", context=ctx.id).logs.stdout == ["ok\n"]
 
 
-def test_bash_output_flood_is_capped(sandbox: SyncSandbox) -> None:
+def test_bash_output_flood_is_capped(sandbox: SyncNodeSandbox) -> None:
     ex = sandbox.code.run("head -c 41943040 /dev/zero | tr '\\0' y; echo; echo end",
                           language="bash", timeout=120)
     assert ex.truncated and ex.error is None
@@ -365,7 +365,7 @@ def test_bash_output_flood_is_capped(sandbox: SyncSandbox) -> None:
     assert ex.logs.stdout == ["small\n"] and not ex.truncated
 
 
-def test_bash_contexts_are_isolated(sandbox: SyncSandbox) -> None:
+def test_bash_contexts_are_isolated(sandbox: SyncNodeSandbox) -> None:
     code = sandbox.code
     a = code.create_context("bash", cwd="/tmp", env={"WHO": "a"})
     b = code.create_context("bash")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.node import SyncNode, SyncSandbox
+from corral.node import SyncNode, SyncNodeSandbox
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -38,7 +38,7 @@ for name in sorted(os.listdir('/proc')):
 """
 
 
-def proc_table(sb: SyncSandbox) -> dict[int, str]:
+def proc_table(sb: SyncNodeSandbox) -> dict[int, str]:
     """pid -> cmdline of every process visible in the sandbox's /proc."""
     r = sb.commands.run(["python3", "-c", PROC_SCAN], timeout=60)
     assert r.exit_code == 0, r.stderr
@@ -49,11 +49,11 @@ def proc_table(sb: SyncSandbox) -> dict[int, str]:
     return table
 
 
-def unified_cgroup(node: SyncNode, sb: SyncSandbox) -> Path:
+def unified_cgroup(node: SyncNode, sb: SyncNodeSandbox) -> Path:
     return CGROUP_ROOT / "unified" / "corral" / node.node.settings.node_key / sb.id
 
 
-def host_pids_of(node: SyncNode, sb: SyncSandbox) -> list[int]:
+def host_pids_of(node: SyncNode, sb: SyncNodeSandbox) -> list[int]:
     """Host pids of every process in the sandbox's cgroup."""
     procs = (unified_cgroup(node, sb) / "cgroup.procs").read_text().split()
     assert procs, "the sandbox's cgroup holds no process"
@@ -90,7 +90,7 @@ def host_markers() -> Iterator[tuple[list[Path], str]]:
 # -- the host's filesystem ----------------------------------------------------------------
 
 
-def test_host_files_are_invisible(sandbox: SyncSandbox,
+def test_host_files_are_invisible(sandbox: SyncNodeSandbox,
                                   host_markers: tuple[list[Path], str]) -> None:
     paths, secret = host_markers
     for path in paths:
@@ -103,7 +103,7 @@ def test_host_files_are_invisible(sandbox: SyncSandbox,
     assert secret not in found and found.strip() == ""
 
 
-def test_etc_is_the_images_not_the_hosts(node: SyncNode, sandbox: SyncSandbox) -> None:
+def test_etc_is_the_images_not_the_hosts(node: SyncNode, sandbox: SyncNodeSandbox) -> None:
     passwd = sandbox.commands.run(["cat", "/etc/passwd"]).stdout
     assert "user:x:1000:1000:sandbox user:/home/user:/bin/bash" in passwd.splitlines()
     host_passwd = Path("/etc/passwd").read_text()
@@ -121,7 +121,7 @@ def test_etc_is_the_images_not_the_hosts(node: SyncNode, sandbox: SyncSandbox) -
 # -- the host's processes -----------------------------------------------------------------
 
 
-def test_host_processes_are_invisible(sandbox: SyncSandbox) -> None:
+def test_host_processes_are_invisible(sandbox: SyncNodeSandbox) -> None:
     table = proc_table(sandbox)
     # The agent, the python doing the scan and perhaps a wrapper: nothing of the host's.
     assert 0 < len(table) < 10, table
@@ -139,7 +139,8 @@ def test_host_processes_are_invisible(sandbox: SyncSandbox) -> None:
 # -- neighbour sandboxes ----------------------------------------------------------------------
 
 
-def test_other_sandboxes_files_are_invisible(sandbox: SyncSandbox, neighbour: SyncSandbox) -> None:
+def test_other_sandboxes_files_are_invisible(sandbox: SyncNodeSandbox,
+                                             neighbour: SyncNodeSandbox) -> None:
     secret = uuid.uuid4().hex
     for path in ("/work/mine.txt", "/tmp/mine.txt"):
         sandbox.files.write(path, secret)
@@ -151,8 +152,8 @@ def test_other_sandboxes_files_are_invisible(sandbox: SyncSandbox, neighbour: Sy
     assert r.stdout.strip() == ""
 
 
-def test_other_sandboxes_processes_are_invisible(sandbox: SyncSandbox,
-                                                 neighbour: SyncSandbox) -> None:
+def test_other_sandboxes_processes_are_invisible(sandbox: SyncNodeSandbox,
+                                                 neighbour: SyncNodeSandbox) -> None:
     handle = sandbox.commands.start(["sleep", "123"])
     try:
         assert "sleep 123" in proc_table(sandbox).values()  # it does run, over there
@@ -167,7 +168,7 @@ def test_other_sandboxes_processes_are_invisible(sandbox: SyncSandbox,
 # -- network ------------------------------------------------------------------------------
 
 
-def test_only_loopback_and_no_route(sandbox: SyncSandbox) -> None:
+def test_only_loopback_and_no_route(sandbox: SyncNodeSandbox) -> None:
     dev = sandbox.commands.run(["cat", "/proc/net/dev"]).stdout.splitlines()
     interfaces = sorted(line.split(":")[0].strip() for line in dev[2:] if ":" in line)
     assert interfaces == ["lo"], dev
@@ -177,7 +178,7 @@ def test_only_loopback_and_no_route(sandbox: SyncSandbox) -> None:
     assert len(lines) == 1 and lines[0].startswith("Iface"), lines
 
 
-def test_hosts_loopback_is_not_the_sandboxes(sandbox: SyncSandbox) -> None:
+def test_hosts_loopback_is_not_the_sandboxes(sandbox: SyncNodeSandbox) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
@@ -198,7 +199,7 @@ def test_hosts_loopback_is_not_the_sandboxes(sandbox: SyncSandbox) -> None:
             listener.accept()
 
 
-def test_names_do_not_resolve(sandbox: SyncSandbox) -> None:
+def test_names_do_not_resolve(sandbox: SyncNodeSandbox) -> None:
     r = sandbox.commands.run(
         ["python3", "-c", "import socket; socket.getaddrinfo('example.com', 80)"], timeout=30)
     assert r.exit_code != 0
@@ -209,7 +210,7 @@ def test_names_do_not_resolve(sandbox: SyncSandbox) -> None:
 
 
 def test_sandbox_root_is_not_host_root(node: SyncNode, runtime: str,
-                                       sandbox: SyncSandbox) -> None:
+                                       sandbox: SyncNodeSandbox) -> None:
     marker = ["sleep", "4242"]
     handle = sandbox.commands.start(marker)
     try:
@@ -237,7 +238,7 @@ def test_sandbox_root_is_not_host_root(node: SyncNode, runtime: str,
         handle.wait()
 
 
-def test_privileged_operations_fail(runtime: str, sandbox: SyncSandbox) -> None:
+def test_privileged_operations_fail(runtime: str, sandbox: SyncNodeSandbox) -> None:
     packet = sandbox.commands.run(
         ["python3", "-c",
          "import socket; socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))"])

@@ -12,7 +12,7 @@ import pytest
 
 from corral import InvalidArgumentError, SandboxNotRunningError
 from corral.api.errors import AlreadyExistsError
-from corral.node import NodeSettings, SandboxState, SyncNode, SyncSandbox
+from corral.node import NodeSettings, SandboxState, SyncNode, SyncNodeSandbox
 from corral.runtime import _cgroups as cgroups
 from corral.runtime.host import mounts_under
 
@@ -116,7 +116,7 @@ def test_agent_crash_is_reported_not_hung_on(node: SyncNode, runtime: str) -> No
 
 
 def test_other_sandboxes_survive_a_kill(node: SyncNode, runtime: str,
-                                         sandbox: SyncSandbox) -> None:
+                                         sandbox: SyncNodeSandbox) -> None:
     doomed = node.create("python", runtime=runtime)
     doomed.kill()
     assert sandbox.commands.run("echo still-here").stdout == "still-here\n"

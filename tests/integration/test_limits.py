@@ -36,7 +36,7 @@ from corral import (
     SandboxError,
     SandboxNotRunningError,
 )
-from corral.node import SyncNode, SyncSandbox
+from corral.node import SyncNode, SyncNodeSandbox
 from corral.api.limits import MAX_CAPTURE
 from corral.node import SandboxState
 from corral.runtime._host import inode_limit
@@ -46,7 +46,7 @@ MIB = 1024 * 1024
 
 
 @contextlib.contextmanager
-def limited(node: SyncNode, runtime: str, **limits: object) -> Iterator[SyncSandbox]:
+def limited(node: SyncNode, runtime: str, **limits: object) -> Iterator[SyncNodeSandbox]:
     """A sandbox of its own with small limits, killed at the end."""
     sb = node.create("python", runtime=runtime, resources=Resources(**limits),  # type: ignore[arg-type]
                      timeout=600)
@@ -56,11 +56,11 @@ def limited(node: SyncNode, runtime: str, **limits: object) -> Iterator[SyncSand
         sb.kill()
 
 
-def cgroup_file(node: SyncNode, sb: SyncSandbox, controller: str, name: str) -> Path:
+def cgroup_file(node: SyncNode, sb: SyncNodeSandbox, controller: str, name: str) -> Path:
     return CGROUP_ROOT / controller / "corral" / node.node.settings.node_key / sb.id / name
 
 
-def answers(sb: SyncSandbox) -> None:
+def answers(sb: SyncNodeSandbox) -> None:
     """The sandbox runs a command to completion (round trip measured nowhere: no timing)."""
     r = sb.commands.run("true", timeout=60)
     assert r.exit_code == 0 and r.reason is None, r
@@ -70,7 +70,7 @@ def host_can_fork() -> None:
     assert subprocess.run(["true"], timeout=30).returncode == 0
 
 
-def wait_until_stopped(sb: SyncSandbox, attempts: int = 100) -> None:
+def wait_until_stopped(sb: SyncNodeSandbox, attempts: int = 100) -> None:
     """Let the node finish recording a dead sandbox (bounded; no timing asserted)."""
     for _ in range(attempts):
         if sb.state in (SandboxState.STOPPING, SandboxState.STOPPED):
@@ -88,7 +88,7 @@ print('survived')
 """
 
 
-def test_memory_bomb(node: SyncNode, runtime: str, neighbour: SyncSandbox) -> None:
+def test_memory_bomb(node: SyncNode, runtime: str, neighbour: SyncNodeSandbox) -> None:
     answers(neighbour)
     with limited(node, runtime, memory_mib=128) as sb:
         answers(sb)
@@ -136,7 +136,7 @@ for p in procs:
 """
 
 
-def test_fork_bomb(node: SyncNode, runtime: str, neighbour: SyncSandbox) -> None:
+def test_fork_bomb(node: SyncNode, runtime: str, neighbour: SyncNodeSandbox) -> None:
     answers(neighbour)
     with limited(node, runtime, pids=64) as sb:
         answers(sb)
@@ -262,7 +262,7 @@ def test_cpu_quota_is_set(node: SyncNode, runtime: str) -> None:
 # -- output -------------------------------------------------------------------------------
 
 
-def test_output_flood_is_truncated(sandbox: SyncSandbox) -> None:
+def test_output_flood_is_truncated(sandbox: SyncNodeSandbox) -> None:
     r = sandbox.commands.run("yes | head -c 200000000", timeout=120)
     assert r.exit_code == 0 and r.truncated
     kept = r.stdout.encode()  # ASCII: the text is the bytes

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from corral.node import SyncSandbox
+from corral.node import SyncNodeSandbox
 
 PROGRAMS = Path(__file__).with_name("programs")
 #: Docker's default capability set, as /proc/self/status prints it.
@@ -25,7 +25,7 @@ class Victim:
 
     PATH = "/work/victim-secret.txt"
 
-    sandbox: SyncSandbox
+    sandbox: SyncNodeSandbox
     secret: str
     host_dir: Path  # its directory on the host, which an attacker may try to reach
 
@@ -35,7 +35,7 @@ class Victim:
         assert r.exit_code == 0 and r.stdout == self.secret, (r.stdout, r.stderr)
 
 
-def run_python(sb: SyncSandbox, source: str, *args: str, timeout: float = 120,
+def run_python(sb: SyncNodeSandbox, source: str, *args: str, timeout: float = 120,
                user: str | None = None) -> Any:
     """Run ``source`` with the image's python3; it prints one JSON value as its last line."""
     r = sb.commands.run(["python3", "-c", source, *args], timeout=timeout, user=user)
@@ -43,7 +43,7 @@ def run_python(sb: SyncSandbox, source: str, *args: str, timeout: float = 120,
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def run_program(sb: SyncSandbox, name: str, *args: str, timeout: float = 120) -> Any:
+def run_program(sb: SyncNodeSandbox, name: str, *args: str, timeout: float = 120) -> Any:
     """Run ``programs/<name>`` the same way."""
     return run_python(sb, (PROGRAMS / name).read_text(), *args, timeout=timeout)
 
@@ -75,7 +75,7 @@ GVISOR_REFUSED = (
 )  # fmt: skip
 
 
-def check_privileged_syscalls(sb: SyncSandbox, runtime: str) -> dict[str, str]:
+def check_privileged_syscalls(sb: SyncNodeSandbox, runtime: str) -> dict[str, str]:
     """mount, unshare, ptrace of the agent, modules, bpf, perf, keyctl, userfaultfd, raw
     and packet sockets, ...: all refused; Docker's capabilities; no-new-privileges."""
     results: dict[str, str] = run_program(sb, "privilege.py", timeout=60)
@@ -108,7 +108,7 @@ else:
 """
 
 
-def check_32bit_syscalls_are_killed(sb: SyncSandbox) -> None:
+def check_32bit_syscalls_are_killed(sb: SyncNodeSandbox) -> None:
     """namespaces: a 32-bit syscall (``int 0x80``) kills the process with SIGSYS, since the
     i386 ``socketcall`` would let every socket family past the filter."""
     result = run_python(sb, INT80)
@@ -130,7 +130,7 @@ print(json.dumps({"euid": out.stdout.strip(), "stderr": out.stderr[-500:]}))
 """
 
 
-def check_setuid_does_not_elevate(sb: SyncSandbox) -> None:
+def check_setuid_does_not_elevate(sb: SyncNodeSandbox) -> None:
     """A setuid-root binary run by an unprivileged user stays unprivileged."""
     result = run_python(sb, SETUID)
     assert result["euid"] == "1000", result
@@ -178,7 +178,7 @@ print(json.dumps(out))
 """
 
 
-def check_host_describing_files_masked(sb: SyncSandbox) -> dict[str, Any]:
+def check_host_describing_files_masked(sb: SyncNodeSandbox) -> dict[str, Any]:
     """/proc and /sys files describing the host read as absent, refused or empty."""
     seen = run_python(sb, READ_ALL, json.dumps(HOST_DESCRIBING), json.dumps(PROC_DIRS))
     leaking = {path: text for path, text in seen.items()

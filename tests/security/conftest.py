@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.node import SyncNode, SyncSandbox
+from corral.node import SyncNode, SyncNodeSandbox
 from tests.conftest import runtime_params
 
 pytest.register_assert_rewrite("tests.security._checks")
@@ -34,7 +34,7 @@ def runtime(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def attacker(node: SyncNode, runtime: str) -> Iterator[SyncSandbox]:
+def attacker(node: SyncNode, runtime: str) -> Iterator[SyncNodeSandbox]:
     """The sandbox that runs the hostile programs (shared by a module's checks)."""
     sb = node.create("python", runtime=runtime, timeout=900, metadata={"role": "attacker"})
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from corral import SandboxNotRunningError
-from corral.node import SandboxState, SyncNode, SyncSandbox
+from corral.node import SandboxState, SyncNode, SyncNodeSandbox
 
 from ._checks import Victim, run_python
 
@@ -42,7 +42,7 @@ print(json.dumps(hit))
 """
 
 
-def _wait_stopped(sb: SyncSandbox) -> str:
+def _wait_stopped(sb: SyncNodeSandbox) -> str:
     for _ in range(400):
         if sb.state is SandboxState.STOPPED:
             break
@@ -52,13 +52,13 @@ def _wait_stopped(sb: SyncSandbox) -> str:
     return info.stop_reason or ""
 
 
-def _start(sb: SyncSandbox, argv: list[str]) -> None:
+def _start(sb: SyncNodeSandbox, argv: list[str]) -> None:
     """Start an attack on the agent; it may end the sandbox before the start is confirmed."""
     with contextlib.suppress(SandboxNotRunningError):
         sb.commands.start(argv)
 
 
-def _ended_or_unaffected(sb: SyncSandbox, runtime: str) -> None:
+def _ended_or_unaffected(sb: SyncNodeSandbox, runtime: str) -> None:
     """Either the junk never reached the channel and the sandbox carries on, or it did and
     the sandbox ended with the reason. Measured here: namespaces refuses to reopen the
     channel's pipes (host pipes, EACCES); gVisor reopens them as pipes of the Sentry's own,
@@ -71,13 +71,13 @@ def _ended_or_unaffected(sb: SyncSandbox, runtime: str) -> None:
     assert "agent" in reason, reason  # reported: why the sandbox ended
 
 
-def _left_nothing(node: SyncNode, sb: SyncSandbox) -> None:
+def _left_nothing(node: SyncNode, sb: SyncNodeSandbox) -> None:
     assert not (node.node.sandboxes_dir / sb.id).exists()
     key = node.node.settings.node_key
     assert not Path(f"/sys/fs/cgroup/unified/corral/{key}/{sb.id}").exists()
 
 
-def test_signals_cannot_kill_the_agent(attacker: SyncSandbox) -> None:
+def test_signals_cannot_kill_the_agent(attacker: SyncNodeSandbox) -> None:
     """Every signal whose default would end or stop the agent: ignored (namespaces: the
     kernel shields PID 1 of a namespace; both: the agent handles them as no-ops)."""
     r = attacker.commands.run("for s in TERM INT HUP QUIT USR1 USR2 ALRM ABRT TSTP TTIN "
@@ -183,7 +183,7 @@ def test_an_agent_overwritten_in_memory_ends_only_its_own_sandbox(
     victim.assert_unharmed()
 
 
-def test_the_agent_bundle_cannot_be_replaced(attacker: SyncSandbox) -> None:
+def test_the_agent_bundle_cannot_be_replaced(attacker: SyncNodeSandbox) -> None:
     result = run_python(attacker, """
 import json, os
 done = []

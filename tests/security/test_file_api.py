@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from corral import InvalidArgumentError, Resources, SandboxError
-from corral.node import SandboxState, SyncNode, SyncSandbox
+from corral.node import SandboxState, SyncNode, SyncNodeSandbox
 
 from ._checks import Victim
 from .conftest import Canary
 
 
-def test_dotdot_and_absolute_paths_stay_inside(node: SyncNode, attacker: SyncSandbox,
+def test_dotdot_and_absolute_paths_stay_inside(node: SyncNode, attacker: SyncNodeSandbox,
                                                victim: Victim, canary: Canary) -> None:
     image_shadow = (node.node.images.get("python").rootfs / "etc/shadow").read_bytes()
     for path in ("/../../../../etc/shadow", "../../../../../../etc/shadow",
@@ -41,7 +41,7 @@ def test_dotdot_and_absolute_paths_stay_inside(node: SyncNode, attacker: SyncSan
 
 
 def test_symlinks_and_hardlinks_do_not_escape(node: SyncNode, runtime: str,
-                                              attacker: SyncSandbox,
+                                              attacker: SyncNodeSandbox,
                                               victim: Victim, canary: Canary) -> None:
     r = attacker.commands.run(
         "mkdir -p /work/links && cd /work/links && ln -sfn / root && ln -sfn /etc etc && "
@@ -95,7 +95,7 @@ while time.monotonic() < end:
 """
 
 
-def test_a_symlink_swapped_between_check_and_use(attacker: SyncSandbox, victim: Victim,
+def test_a_symlink_swapped_between_check_and_use(attacker: SyncNodeSandbox, victim: Victim,
                                                  canary: Canary) -> None:
     """A link flipped between a sandbox folder, /proc/1/fd (the agent's channel) and / as
     fast as the sandbox can: every answer is the sandbox's own file or a refusal, and the
@@ -149,7 +149,7 @@ def _slip_zip(name: str) -> bytes:
     return out.getvalue()
 
 
-def test_tar_and_zip_slip_land_in_the_sandbox_at_worst(attacker: SyncSandbox, victim: Victim,
+def test_tar_and_zip_slip_land_in_the_sandbox_at_worst(attacker: SyncNodeSandbox, victim: Victim,
                                                        canary: Canary) -> None:
     """Corral never extracts archives on the host: an upload is bytes. Extracted inside,
     by the image's tar or Python's (unsafe by default) tarfile, a slip reaches the
@@ -195,7 +195,7 @@ def test_a_zip_bomb_fills_only_its_own_disk(node: SyncNode, runtime: str,
 
 @pytest.mark.parametrize("path", ["/work/a\0b", "/work/" + "n" * 10_000, "/" + "d/" * 3000,
                                   "/work/" + "x" * 256, "", "\0"])
-def test_nul_bytes_and_huge_names_are_refused(attacker: SyncSandbox, path: str) -> None:
+def test_nul_bytes_and_huge_names_are_refused(attacker: SyncNodeSandbox, path: str) -> None:
     calls = [lambda: attacker.files.read(path), lambda: attacker.files.write(path, b"x"),
              lambda: attacker.files.list(path), lambda: attacker.files.stat(path),
              lambda: attacker.files.exists(path), lambda: attacker.files.mkdir(path),
@@ -207,7 +207,7 @@ def test_nul_bytes_and_huge_names_are_refused(attacker: SyncSandbox, path: str) 
     assert attacker.commands.run("echo alive").stdout == "alive\n"
 
 
-def test_many_concurrent_file_requests_leave_the_agent_serving(attacker: SyncSandbox) -> None:
+def test_many_concurrent_file_requests_leave_the_agent_serving(attacker: SyncNodeSandbox) -> None:
     errors: list[BaseException] = []
 
     def hammer(n: int) -> None:

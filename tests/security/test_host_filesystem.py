@@ -9,7 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
-from corral.node import SyncNode, SyncSandbox
+from corral.node import SyncNode, SyncNodeSandbox
 
 from ._checks import Victim, run_program, run_python
 from .conftest import Canary
@@ -38,7 +38,7 @@ def _host_secrets(node: SyncNode, victim: Victim, canary: Canary) -> tuple[list[
     return paths, [canary.secret, victim.secret, *shadow_hashes]
 
 
-def test_host_and_neighbour_files_cannot_be_read(node: SyncNode, attacker: SyncSandbox,
+def test_host_and_neighbour_files_cannot_be_read(node: SyncNode, attacker: SyncNodeSandbox,
                                                  victim: Victim, canary: Canary) -> None:
     paths, secrets = _host_secrets(node, victim, canary)
     assert len(secrets) > 2 or Path("/etc/shadow").read_text(), "nothing to look for"
@@ -53,7 +53,7 @@ def test_host_and_neighbour_files_cannot_be_read(node: SyncNode, attacker: SyncS
     victim.assert_unharmed()
 
 
-def test_writes_never_leave_the_sandbox(node: SyncNode, attacker: SyncSandbox,
+def test_writes_never_leave_the_sandbox(node: SyncNode, attacker: SyncNodeSandbox,
                                         victim: Victim, canary: Canary) -> None:
     paths, secrets = _host_secrets(node, victim, canary)
     result = run_program(attacker, "host_fs.py", json.dumps({"paths": paths,
@@ -77,7 +77,7 @@ def test_writes_never_leave_the_sandbox(node: SyncNode, attacker: SyncSandbox,
 
 
 def test_the_image_and_host_binaries_stay_unchanged(node: SyncNode, runtime: str,
-                                                    attacker: SyncSandbox,
+                                                    attacker: SyncNodeSandbox,
                                                     victim: Victim) -> None:
     """Overwriting the image's python, /proc/*/exe (the runc CVE-2019-5736 route) and the
     agent's own files changes neither the shared image, nor the host's tools, nor the
@@ -102,7 +102,7 @@ def test_the_image_and_host_binaries_stay_unchanged(node: SyncNode, runtime: str
     victim.assert_unharmed()
 
 
-def test_no_device_node_reaches_the_host(runtime: str, attacker: SyncSandbox,
+def test_no_device_node_reaches_the_host(runtime: str, attacker: SyncNodeSandbox,
                                          victim: Victim) -> None:
     result = run_program(attacker, "host_fs.py", json.dumps({"paths": [], "secrets": []}))
     opened = set(result["devices"])

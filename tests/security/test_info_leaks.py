@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from corral.node import SyncNode, SyncSandbox
+from corral.node import SyncNode, SyncNodeSandbox
 
 from ._checks import Victim, check_host_describing_files_masked, run_python
 
@@ -55,7 +55,7 @@ def _reversed(needles: list[str]) -> str:
     return json.dumps([n[::-1] for n in needles])
 
 
-def test_proc_and_sys_do_not_describe_the_host(attacker: SyncSandbox) -> None:
+def test_proc_and_sys_do_not_describe_the_host(attacker: SyncNodeSandbox) -> None:
     """Kernel symbols, boot command line, config.gz, I/O memory, interrupts by device, disks,
     DMI serials, firmware tables, cgroup files: absent, refused or empty."""
     check_host_describing_files_masked(attacker)
@@ -78,7 +78,7 @@ def test_the_servers_environment_does_not_leak(node: SyncNode, runtime: str,
 
 
 def test_other_sandboxes_and_the_node_are_invisible(node: SyncNode, runtime: str,
-                                                    attacker: SyncSandbox,
+                                                    attacker: SyncNodeSandbox,
                                                     victim: Victim) -> None:
     """The neighbour's id, the node's cgroup key and the host's name appear nowhere the
     attacker can read: hostname, hosts, cgroups, mounts, any process's environment."""
@@ -99,7 +99,7 @@ def test_other_sandboxes_and_the_node_are_invisible(node: SyncNode, runtime: str
     assert set(hits[data_dir]) <= known, hits
 
 
-def test_report_what_the_host_kernel_shows(runtime: str, attacker: SyncSandbox) -> None:
+def test_report_what_the_host_kernel_shows(runtime: str, attacker: SyncNodeSandbox) -> None:
     """Reported only (run with -s): facts a sandbox can still read; see SECURITY.md."""
     facts = run_python(attacker, FACTS)
     print(f"\n[{runtime}] host facts visible in a sandbox: {json.dumps(facts)[:1500]}")

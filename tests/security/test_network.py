@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from corral.node import SyncSandbox
+from corral.node import SyncNodeSandbox
 
 from ._checks import run_python
 
@@ -91,7 +91,7 @@ while True:
 """
 
 
-def test_only_loopback_and_no_route(attacker: SyncSandbox) -> None:
+def test_only_loopback_and_no_route(attacker: SyncNodeSandbox) -> None:
     seen = run_python(attacker, ROUTES)
     assert seen["interfaces"] == ["lo"], seen
     assert seen["if_nameindex"] == ["lo"], seen
@@ -123,7 +123,7 @@ def _host_listeners() -> Iterator[dict[str, object]]:
             s.close()
 
 
-def test_host_loopback_listeners_are_unreachable(attacker: SyncSandbox) -> None:
+def test_host_loopback_listeners_are_unreachable(attacker: SyncNodeSandbox) -> None:
     with _host_listeners() as host:
         tcp4, tcp6, udp = host["tcp4"], host["tcp6"], host["udp"]
         assert isinstance(tcp4, socket.socket) and isinstance(tcp6, socket.socket)
@@ -166,7 +166,7 @@ def fake_metadata() -> Iterator[tuple[str, subprocess.Popen[str]]]:
 
 
 def test_metadata_server_and_dns_exfiltration_get_nothing(
-        attacker: SyncSandbox, fake_metadata: tuple[str, subprocess.Popen[str]]) -> None:
+        attacker: SyncNodeSandbox, fake_metadata: tuple[str, subprocess.Popen[str]]) -> None:
     ns, server = fake_metadata
     token = uuid.uuid4().hex
     spec = {"tcp": [["metadata", "inet", ["169.254.169.254", 80]]],

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.node import SyncSandbox
+from corral.node import SyncNodeSandbox
 
 from ._checks import (
     Victim,
@@ -46,7 +46,7 @@ print(json.dumps(done))
 """
 
 
-def test_privileged_syscalls_are_refused(runtime: str, attacker: SyncSandbox, victim: Victim,
+def test_privileged_syscalls_are_refused(runtime: str, attacker: SyncNodeSandbox, victim: Victim,
                                          canary: Canary) -> None:
     mounts = host_mounts()
     check_privileged_syscalls(attacker, runtime)
@@ -55,18 +55,18 @@ def test_privileged_syscalls_are_refused(runtime: str, attacker: SyncSandbox, vi
     victim.assert_unharmed()
 
 
-def test_32bit_syscalls_are_killed(runtime: str, attacker: SyncSandbox, victim: Victim) -> None:
+def test_32bit_syscalls_are_killed(runtime: str, attacker: SyncNodeSandbox, victim: Victim) -> None:
     if runtime != "namespaces":
         pytest.skip("a seccomp matter of the namespaces runtime (gVisor runs 64-bit code only)")
     check_32bit_syscalls_are_killed(attacker)
     victim.assert_unharmed()
 
 
-def test_setuid_binaries_do_not_elevate(attacker: SyncSandbox) -> None:
+def test_setuid_binaries_do_not_elevate(attacker: SyncNodeSandbox) -> None:
     check_setuid_does_not_elevate(attacker)
 
 
-def test_cgroup_release_agent_escape_fails(attacker: SyncSandbox, victim: Victim) -> None:
+def test_cgroup_release_agent_escape_fails(attacker: SyncNodeSandbox, victim: Victim) -> None:
     before = release_agents()
     assert before, "this host has no cgroup v1 release_agent: the test would prove nothing"
     assert run_python(attacker, RELEASE_AGENT) == []
@@ -74,7 +74,7 @@ def test_cgroup_release_agent_escape_fails(attacker: SyncSandbox, victim: Victim
     victim.assert_unharmed()
 
 
-def test_nested_sandbox_tools_fail(runtime: str, attacker: SyncSandbox) -> None:
+def test_nested_sandbox_tools_fail(runtime: str, attacker: SyncNodeSandbox) -> None:
     """The image's own tools, as an attacker would try them first."""
     for argv in (["unshare", "-U", "-r", "true"], ["unshare", "-m", "true"],
                  ["mount", "-t", "tmpfs", "x", "/mnt"], ["chroot", "/", "true"]):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from corral import Resources, SandboxNotRunningError
-from corral.node import SandboxState, SyncNode, SyncSandbox
+from corral.node import SandboxState, SyncNode, SyncNodeSandbox
 
 from ._checks import Victim
 from .conftest import record_latency
@@ -104,11 +104,11 @@ def victim_pinged(victim: Victim) -> Iterator[list[float]]:
     assert samples, "the victim never answered"
 
 
-def _cgroup(node: SyncNode, sb: SyncSandbox, controller: str, name: str) -> Path:
+def _cgroup(node: SyncNode, sb: SyncNodeSandbox, controller: str, name: str) -> Path:
     return CGROUP_ROOT / controller / "corral" / node.node.settings.node_key / sb.id / name
 
 
-def _stopped_by(sb: SyncSandbox, *words: str) -> None:
+def _stopped_by(sb: SyncNodeSandbox, *words: str) -> None:
     """gVisor: a limit the Sentry hits ends the whole sandbox, with the reason recorded."""
     for _ in range(200):
         if sb.state in (SandboxState.STOPPING, SandboxState.STOPPED):
@@ -118,7 +118,7 @@ def _stopped_by(sb: SyncSandbox, *words: str) -> None:
     assert any(w in reason for w in words), reason
 
 
-def _abuse(name: str, node: SyncNode, runtime: str, sb: SyncSandbox) -> None:
+def _abuse(name: str, node: SyncNode, runtime: str, sb: SyncNodeSandbox) -> None:
     """Run one abuse and check the limit that stopped it."""
     if name == "fork bomb":
         try:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import pytest
 
 import corral.node.node as node_module
-from corral.node import NodeSettings, SyncNode, SyncSandbox
+from corral.node import NodeSettings, SyncNode, SyncNodeSandbox
 from corral.runtime import Runtime
 from corral.runtime.base import Weakening
 from corral.runtime.gvisor.runtime import GvisorRuntime
@@ -30,7 +30,7 @@ from ._checks import (
 
 @contextmanager
 def weakened_sandbox(runtime: Runtime, monkeypatch: pytest.MonkeyPatch
-                     ) -> Iterator[SyncSandbox]:
+                     ) -> Iterator[SyncNodeSandbox]:
     """A sandbox of ``runtime`` in a node of its own (the node's runtime lookup patched)."""
     monkeypatch.setattr(node_module, "get_runtime", lambda name: runtime)
     with sandbox_data_dir("corral-weak-") as data_dir:

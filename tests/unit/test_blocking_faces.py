@@ -17,7 +17,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from corral import node, sdk
 from corral._blocking import Proxy, blocking, blocking_iter, blocking_wrapped, iterate
 from corral.node import sync as node_sync
-from corral.node.interpreter import CodeInterpreter as NodeCodeInterpreter
+from corral.node.interpreter import NodeCodeInterpreter
 from corral.sdk import sync as sdk_sync
 
 PAIRS = [
@@ -26,11 +26,11 @@ PAIRS = [
     (sdk.AsyncCommandHandle, sdk_sync.CommandHandle),
     (sdk.AsyncFiles, sdk_sync.Files),
     (sdk.AsyncCodeInterpreter, sdk_sync.CodeInterpreter),
-    (node.Sandbox, node_sync.SyncSandbox),
-    (node.Commands, node_sync.SyncCommands),
-    (node.CommandHandle, node_sync.SyncCommandHandle),
-    (node.Files, node_sync.SyncFiles),
-    (NodeCodeInterpreter, node_sync.SyncCodeInterpreter),
+    (node.NodeSandbox, node_sync.SyncNodeSandbox),
+    (node.NodeCommands, node_sync.SyncNodeCommands),
+    (node.NodeCommandHandle, node_sync.SyncNodeCommandHandle),
+    (node.NodeFiles, node_sync.SyncNodeFiles),
+    (NodeCodeInterpreter, node_sync.SyncNodeCodeInterpreter),
     (node.Node, node_sync.SyncNode),
 ]
 #: Async methods whose blocking twin has another name.

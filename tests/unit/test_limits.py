@@ -24,7 +24,7 @@ from corral.node import commands as node_commands
 from corral.node import interpreter as node_interpreter
 from corral.node import node as node_node
 from corral.node import validation
-from corral.node.files import Files
+from corral.node.files import NodeFiles
 from corral.runtime.agent_bundle import _agent_sources
 from corral.sdk import code as sdk_code
 from corral.sdk import commands as sdk_commands
@@ -137,10 +137,10 @@ def test_every_default_timeout_is_the_shared_one() -> None:
     lifetime = [models.SandboxCreate().timeout, default(node_node.Node.create),
                 default(AsyncSandbox.create), default(cli_sandbox.create)]
     assert lifetime == [limits.DEFAULT_LIFETIME] * 4
-    command = [default(node_commands.Commands.run), default(sdk_commands.AsyncCommands.run),
+    command = [default(node_commands.NodeCommands.run), default(sdk_commands.AsyncCommands.run),
                default(cli_sandbox.exec_)]
     assert command == [limits.DEFAULT_COMMAND_TIMEOUT] * 3
-    code = [default(node_interpreter.CodeInterpreter.run),
+    code = [default(node_interpreter.NodeCodeInterpreter.run),
             default(sdk_code.AsyncCodeInterpreter.run), default(cli_sandbox.run_code)]
     assert code == [limits.DEFAULT_CODE_TIMEOUT] * 3
 
@@ -214,7 +214,7 @@ class _Sandbox:
                                   "a\0b", absolute(MAX_PATH - 2)[1:]])
 def test_the_node_refuses_before_the_sandbox(path: str) -> None:
     sandbox = _Sandbox()
-    files = Files(sandbox)  # type: ignore[arg-type]
+    files = NodeFiles(sandbox)  # type: ignore[arg-type]
 
     async def each() -> None:
         for call in (files.read(path), files.write(path, b"x"), files.list(path),

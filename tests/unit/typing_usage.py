@@ -13,7 +13,7 @@ from typing import assert_type
 from corral import AsyncSandbox, Sandbox
 from corral.api.models import (CodeEvent, CodeContext, CommandResult, CommandStarted,
                                EntryInfo, Execution, ProcessInfo, SandboxInfo)
-from corral.node import SandboxState, SyncNode, SyncSandbox
+from corral.node import SandboxState, SyncNode, SyncNodeSandbox
 from corral.sdk import CommandHandle, Output
 
 
@@ -62,7 +62,7 @@ async def async_sdk() -> None:
 
 def blocking_node() -> None:
     with SyncNode() as node, node.create("python", timeout=600) as sb:
-        assert_type(sb, SyncSandbox)
+        assert_type(sb, SyncNodeSandbox)
         assert_type(sb.files.write("/work/data.csv", b"a,b\n1,2\n"), int)
         r = sb.commands.run("python3 -c 'print(2 + 2)'")
         assert_type(r, CommandResult)
@@ -74,5 +74,5 @@ def blocking_node() -> None:
         assert_type(sb.info, SandboxInfo)
         assert_type(sb.state, SandboxState)
         assert_type(sb.run_code("1 + 1", context="default"), Execution)
-        assert_type(node.list(metadata={"job": "etl"}), list[SyncSandbox])
-        assert_type(node.get(sb.id), SyncSandbox)
+        assert_type(node.list(metadata={"job": "etl"}), list[SyncNodeSandbox])
+        assert_type(node.get(sb.id), SyncNodeSandbox)

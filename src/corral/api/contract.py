@@ -13,7 +13,7 @@ specific type.
 
 Example::
 
-    async def line_count(sandbox: contract.Sandbox, path: str) -> int:
+    async def line_count(sandbox: contract.SandboxContract, path: str) -> int:
         result = await sandbox.commands.run(["wc", "-l", path])
         return int(result.stdout.split()[0])
 """
@@ -35,7 +35,7 @@ Cmd = str | Sequence[str]
 ContextRef = models.CodeContext | str
 
 
-class CommandHandle(Protocol):
+class CommandHandleContract(Protocol):
     """A started command: iterate it for :class:`Output`, or :meth:`wait` for its result."""
 
     @property
@@ -64,7 +64,7 @@ class CommandHandle(Protocol):
         ...
 
 
-class Commands(Protocol):
+class CommandsContract(Protocol):
     """``sandbox.commands``."""
 
     async def run(self, cmd: Cmd, *, env: Mapping[str, str] | None = None,
@@ -77,7 +77,7 @@ class Commands(Protocol):
 
     async def start(self, cmd: Cmd, *, env: Mapping[str, str] | None = None,
                     cwd: str | None = None, user: str | int | None = None,
-                    timeout: float | None = None, stdin: bool = False) -> CommandHandle: ...
+                    timeout: float | None = None, stdin: bool = False) -> CommandHandleContract: ...
 
     async def run_background(self, cmd: Cmd, *, env: Mapping[str, str] | None = None,
                              cwd: str | None = None, user: str | int | None = None,
@@ -92,7 +92,7 @@ class Commands(Protocol):
     async def list(self) -> list[models.ProcessInfo]: ...
 
 
-class Files(Protocol):
+class FilesContract(Protocol):
     """``sandbox.files``; relative paths start at the image's working directory."""
 
     def read_stream(self, path: str) -> AsyncIterator[bytes]: ...
@@ -116,7 +116,7 @@ class Files(Protocol):
     async def rename(self, src: str, dst: str, overwrite: bool = False) -> None: ...
 
 
-class Code(Protocol):
+class CodeContract(Protocol):
     """``sandbox.code``: stateful contexts (one kernel each) and cells."""
 
     async def run(self, code: str, *, language: str | None = None,
@@ -139,20 +139,20 @@ class Code(Protocol):
     async def delete_context(self, context: ContextRef) -> None: ...
 
 
-class Sandbox(Protocol):
+class SandboxContract(Protocol):
     """One sandbox, wherever it runs."""
 
     @property
     def id(self) -> str: ...
 
     @property
-    def commands(self) -> Commands: ...
+    def commands(self) -> CommandsContract: ...
 
     @property
-    def files(self) -> Files: ...
+    def files(self) -> FilesContract: ...
 
     @property
-    def code(self) -> Code: ...
+    def code(self) -> CodeContract: ...
 
     async def refresh(self) -> models.SandboxInfo:
         """Its description now: state, expiry, and why it stopped if it did."""

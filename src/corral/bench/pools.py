@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Callable
 from corral.api.errors import InternalError
 from corral.node import Node, NodeSettings
 from corral.node.pools import Pool, PoolSpec
-from corral.node.sandbox import Sandbox
+from corral.node import NodeSandbox
 from corral.runtime.host import leftover_names
 
 from . import scale
@@ -157,7 +157,7 @@ async def _measure_burst(pooled: Node, pool: Pool, bench: PoolBench, result: Run
     name = result.runtime
     progress(f"{name}: a burst of {bench.burst} creates from the pool")
     latencies: list[float] = []
-    handed: list[Sandbox] = []
+    handed: list[NodeSandbox] = []
     hits = pool.stats.hits
 
     async def one() -> None:
@@ -247,7 +247,7 @@ async def _acquire_import(node: Node, runtime: str, image: str) -> float:
     return elapsed
 
 
-async def _exec(sandbox: Sandbox) -> float:
+async def _exec(sandbox: NodeSandbox) -> float:
     started = time.perf_counter()
     reply = await sandbox.commands.run(["true"])
     elapsed = time.perf_counter() - started

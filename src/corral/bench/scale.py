@@ -31,7 +31,7 @@ from typing import TypeVar
 
 from corral.api.errors import InternalError, SandboxError
 from corral.node import Node
-from corral.node.sandbox import Sandbox
+from corral.node import NodeSandbox
 from corral.runtime.host import CgroupView, SandboxCgroups, teardown
 
 from . import primitives
@@ -115,7 +115,7 @@ async def measure_density(node: Node, image: str, rootfs: Path, live: int, settl
     """Add the ``idle_pss`` row: PSS per idle sandbox with ``live`` of them running."""
     name = result.runtime
     floor = max(MEMORY_FLOOR_KIB, primitives.mem_available_kib() // 10)
-    sandboxes: list[Sandbox] = []
+    sandboxes: list[NodeSandbox] = []
     try:
         available_before = primitives.mem_available_kib()
         stopped = await _fill(node, name, image, live, floor, sandboxes, progress)
@@ -143,7 +143,7 @@ async def measure_density(node: Node, image: str, rootfs: Path, live: int, settl
 
 
 async def _fill(node: Node, runtime: str, image: str, live: int, floor_kib: int,
-                sandboxes: list[Sandbox], progress: Progress) -> str:
+                sandboxes: list[NodeSandbox], progress: Progress) -> str:
     """Start up to ``live`` sandboxes into ``sandboxes``; why it stopped early, or ""."""
     left = live
     stopped = ""
@@ -168,11 +168,11 @@ async def _fill(node: Node, runtime: str, image: str, live: int, floor_kib: int,
     return stopped
 
 
-async def kill_all(sandboxes: list[Sandbox]) -> None:
+async def kill_all(sandboxes: list[NodeSandbox]) -> None:
     """Kill every sandbox, 16 at a time, within :data:`TEARDOWN_TIMEOUT` in all."""
     turns = asyncio.Semaphore(16)
 
-    async def kill(sandbox: Sandbox) -> None:
+    async def kill(sandbox: NodeSandbox) -> None:
         async with turns:
             await sandbox.kill()
 

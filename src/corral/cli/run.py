@@ -2,7 +2,7 @@
 
 With ``CORRAL_URL`` set the sandbox is made on that server, through the SDK (key from
 ``CORRAL_API_KEY``, CA from ``CORRAL_CA_FILE``); otherwise on a node private to this
-process. Either is a :class:`corral.api.contract.Sandbox`: everything after the choice
+process. Either is a :class:`corral.api.contract.SandboxContract`: everything after the choice
 (streaming, stdin, exit statuses) is one path.
 """
 
@@ -181,7 +181,7 @@ def _cancel_on_sigterm() -> None:
 
 @asynccontextmanager
 async def _on_node(settings: NodeSettings, request: RunRequest
-                   ) -> AsyncIterator[contract.Sandbox]:
+                   ) -> AsyncIterator[contract.SandboxContract]:
     """A sandbox on a node of this process; killed, and the node closed, at the end."""
     async with Node(settings) as node:
         sandbox = await node.create(request.image, runtime=request.runtime,
@@ -194,7 +194,7 @@ async def _on_node(settings: NodeSettings, request: RunRequest
 
 
 @asynccontextmanager
-async def _on_server(url: str, request: RunRequest) -> AsyncIterator[contract.Sandbox]:
+async def _on_server(url: str, request: RunRequest) -> AsyncIterator[contract.SandboxContract]:
     """A sandbox on the server at ``url``; killed at the end."""
     sandbox = await AsyncSandbox.create(
         request.image, runtime=request.runtime, resources=request.resources,
@@ -208,7 +208,7 @@ async def _on_server(url: str, request: RunRequest) -> AsyncIterator[contract.Sa
             await sandbox.close()
 
 
-async def _main(opened: AbstractAsyncContextManager[contract.Sandbox],
+async def _main(opened: AbstractAsyncContextManager[contract.SandboxContract],
                 request: RunRequest) -> int:
     """Create, run, stream, and always destroy the sandbox, whatever ends the run."""
     _cancel_on_sigterm()
@@ -216,7 +216,7 @@ async def _main(opened: AbstractAsyncContextManager[contract.Sandbox],
         return await _run_in(sandbox, request)
 
 
-async def _run_in(sandbox: contract.Sandbox, request: RunRequest) -> int:
+async def _run_in(sandbox: contract.SandboxContract, request: RunRequest) -> int:
     handle = await sandbox.commands.start(
         request.argv, env=request.env, cwd=request.workdir, user=request.user,
         timeout=request.timeout, stdin=request.interactive)
@@ -236,7 +236,7 @@ async def _run_in(sandbox: contract.Sandbox, request: RunRequest) -> int:
     return _exit_code(result, request.timeout)
 
 
-async def _stream_with_stdin(handle: contract.CommandHandle, interactive: bool) -> None:
+async def _stream_with_stdin(handle: contract.CommandHandleContract, interactive: bool) -> None:
     """Stream the output to ours, feeding our stdin to the command meanwhile if asked."""
     feeder = (asyncio.get_running_loop().create_task(_forward_stdin(handle))
               if interactive else None)
@@ -256,7 +256,7 @@ def _sandbox_stopped(reason: str | None, exc: SandboxNotRunningError) -> int:
         f"the sandbox stopped while the command ran: {reason or exc.message}") from exc
 
 
-async def _stream(handle: contract.CommandHandle) -> None:
+async def _stream(handle: contract.CommandHandleContract) -> None:
     """Copy output to our stdout/stderr as it arrives.
 
     When our stdout is a closed pipe (``corral run ... | head``), the command gets SIGPIPE,
@@ -286,7 +286,7 @@ def _silence(sink: BinaryIO) -> None:
         os.close(devnull)
 
 
-async def _forward_stdin(handle: contract.CommandHandle) -> None:
+async def _forward_stdin(handle: contract.CommandHandleContract) -> None:
     """Send our stdin to the command in chunks, then close its stdin.
 
     A daemon thread reads, because a blocking read of a terminal cannot be cancelled and

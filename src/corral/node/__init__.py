@@ -7,16 +7,16 @@ the same contract as the SDK's (:mod:`corral.api.contract`).
 from corral.api.command_events import Output
 from corral.api.models import CommandResult, EntryInfo, ProcessInfo, SandboxInfo
 
-from .commands import CommandHandle, Commands
-from .files import Files
+from .commands import NodeCommandHandle, NodeCommands
+from .files import NodeFiles
 from .lifecycle import Lifecycle, SandboxState
 from .node import Node
-from .sandbox import Sandbox
+from .sandbox import NodeSandbox
 from .settings import NodeSettings
-from .sync import SyncNode, SyncSandbox
+from .sync import SyncNode, SyncNodeSandbox
 
 __all__ = [
-    "CommandHandle", "CommandResult", "Commands", "EntryInfo", "Files", "Lifecycle", "Node",
-    "NodeSettings", "Output", "ProcessInfo", "Sandbox", "SandboxInfo", "SandboxState",
-    "SyncNode", "SyncSandbox",
+    "CommandResult", "EntryInfo", "Lifecycle", "Node", "NodeCommandHandle", "NodeCommands",
+    "NodeFiles", "NodeSandbox", "NodeSettings", "Output", "ProcessInfo", "SandboxInfo",
+    "SandboxState", "SyncNode", "SyncNodeSandbox",
 ]

@@ -21,8 +21,8 @@ from corral.api.errors import AgentError, InvalidArgumentError, SandboxError
 from corral.runtime.agent_bundle import MOUNT_POINT
 
 if TYPE_CHECKING:
-    from .commands import CommandHandle
-    from .sandbox import Sandbox
+    from .commands import NodeCommandHandle
+    from .sandbox import NodeSandbox
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Bridge:
             bridge.
     """
 
-    def __init__(self, sandbox: Sandbox, handle: CommandHandle, max_line: int) -> None:
+    def __init__(self, sandbox: NodeSandbox, handle: NodeCommandHandle, max_line: int) -> None:
         self._sandbox = sandbox
         self._handle = handle
         self.command_id = handle.id
@@ -59,7 +59,7 @@ class Bridge:
         self._task = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
-    async def start(cls, sandbox: Sandbox, max_line: int) -> Bridge:
+    async def start(cls, sandbox: NodeSandbox, max_line: int) -> Bridge:
         """Start the bridge in ``sandbox`` and wait for its hello."""
         # ipykernel, imported to find the kernel, warns about debuggers unless told not to.
         handle = await sandbox.commands.start(BRIDGE_ARGV, stdin=True, cwd="/",

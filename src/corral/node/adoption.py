@@ -24,7 +24,7 @@ from . import records
 from .agent_client import AgentClient
 from .images import ImageStore
 from .lifecycle import Lifecycle, SandboxState
-from .sandbox import Sandbox
+from .sandbox import NodeSandbox
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ async def reconnect(spec: SandboxSpec, label: str) -> AgentClient:
     return agent
 
 
-async def release(sandbox: Sandbox, lifecycle: Lifecycle) -> bool:
+async def release(sandbox: NodeSandbox, lifecycle: Lifecycle) -> bool:
     """Let go of a running sandbox without stopping it; False if its runtime cannot leave
     it running (the caller then stops it)."""
     lifecycle.forget(sandbox)

@@ -24,19 +24,19 @@ from .agent_client import Stream
 from .validation import check_env, resolve_path
 
 if TYPE_CHECKING:
-    from .sandbox import Sandbox
+    from .sandbox import NodeSandbox
 
 #: Seconds past a command's own timeout before the node stops trusting its agent.
 AGENT_GRACE = 30.0
 
 
-class CommandHandle:
-    """A command started with :meth:`Commands.start`.
+class NodeCommandHandle:
+    """A command started with :meth:`NodeCommands.start`.
 
     Iterate it for output (``async for event in handle``) or :meth:`wait` for the result.
     """
 
-    def __init__(self, sandbox: Sandbox, stream: Stream, pid: int, counters: tuple[int, int],
+    def __init__(self, sandbox: NodeSandbox, stream: Stream, pid: int, counters: tuple[int, int],
                  started: float) -> None:
         self._sandbox = sandbox
         self._stream = stream
@@ -120,23 +120,23 @@ class CommandHandle:
                 await self.kill()
         self._stream.close()
 
-    async def __aenter__(self) -> CommandHandle:
+    async def __aenter__(self) -> NodeCommandHandle:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
 
-class Commands:
+class NodeCommands:
     """``sandbox.commands``: start processes inside the sandbox."""
 
-    def __init__(self, sandbox: Sandbox) -> None:
+    def __init__(self, sandbox: NodeSandbox) -> None:
         self._sandbox = sandbox
         self._drains: set[asyncio.Task[None]] = set()
 
     async def start(self, cmd: contract.Cmd, *, env: Mapping[str, str] | None = None,
                     cwd: str | None = None, user: str | int | None = None,
-                    timeout: float | None = None, stdin: bool = False) -> CommandHandle:
+                    timeout: float | None = None, stdin: bool = False) -> NodeCommandHandle:
         """Start a command in the background and return its handle.
 
         Args:
@@ -145,7 +145,7 @@ class Commands:
             cwd: working directory (default: the image's, usually ``/work``).
             user: user name or uid inside the sandbox (default: root).
             timeout: seconds after which the command and all its descendants are killed.
-            stdin: keep stdin open for :meth:`CommandHandle.send_stdin`.
+            stdin: keep stdin open for :meth:`NodeCommandHandle.send_stdin`.
         """
         fields: dict[str, Any] = {"stdin": stdin}
         if isinstance(cmd, str):
@@ -172,7 +172,7 @@ class Commands:
             stream.close()
             raise
         pid = header.get("pid")
-        return CommandHandle(sandbox, stream, pid if isinstance(pid, int) else -1, counters,
+        return NodeCommandHandle(sandbox, stream, pid if isinstance(pid, int) else -1, counters,
                              started)
 
     async def run(self, cmd: contract.Cmd, *, env: Mapping[str, str] | None = None,
@@ -237,7 +237,7 @@ class Commands:
         await self.signal(command_id, signals.SIGKILL)
 
     async def list(self) -> list[models.ProcessInfo]:
-        """Commands started through the API that are still running.
+        """NodeCommands started through the API that are still running.
 
         The code interpreter's kernel bridge is listed only while it runs a cell, so an
         idle context does not count as activity (the idle reaper asks this list).
@@ -254,7 +254,7 @@ class Commands:
         return found
 
 
-async def _drain(handle: CommandHandle) -> None:
+async def _drain(handle: NodeCommandHandle) -> None:
     """Read a background command's output to its end (the agent waits for credit)."""
     with contextlib.suppress(SandboxError):
         async for _ in handle:
@@ -262,5 +262,5 @@ async def _drain(handle: CommandHandle) -> None:
 
 
 if TYPE_CHECKING:
-    _handle: type[contract.CommandHandle] = CommandHandle
-    _commands: type[contract.Commands] = Commands
+    _handle: type[contract.CommandHandleContract] = NodeCommandHandle
+    _commands: type[contract.CommandsContract] = NodeCommands

@@ -22,9 +22,9 @@ from corral.api.models import EntryInfo
 from .validation import resolve_path
 
 if TYPE_CHECKING:
-    from .sandbox import Sandbox
+    from .sandbox import NodeSandbox
 
-#: Largest file :meth:`Files.read` returns in memory; use :meth:`Files.read_stream` beyond.
+#: Largest file :meth:`NodeFiles.read` returns in memory; use :meth:`NodeFiles.read_stream` beyond.
 MAX_READ = 256 * 1024 * 1024
 
 
@@ -57,10 +57,10 @@ def _entry(raw: object) -> EntryInfo:
         raise AgentError("the agent sent a malformed file entry") from None
 
 
-class Files:
+class NodeFiles:
     """File operations on one sandbox."""
 
-    def __init__(self, sandbox: Sandbox) -> None:
+    def __init__(self, sandbox: NodeSandbox) -> None:
         self._sandbox = sandbox
 
     def _path(self, path: str) -> str:
@@ -143,4 +143,4 @@ class Files:
 
 
 if TYPE_CHECKING:
-    _conforms: type[contract.Files] = Files
+    _conforms: type[contract.FilesContract] = NodeFiles

@@ -13,7 +13,7 @@ image-independent; Python contexts need ``jupyter_client``/``ipykernel`` in the 
 contexts only ``bash``.
 
 What a cell produces streams as :data:`corral.api.models.CodeEvent` values (stdout and
-stderr text, rich results, the cell's error, then the end); :meth:`CodeInterpreter.run`
+stderr text, rich results, the cell's error, then the end); :meth:`NodeCodeInterpreter.run`
 collects them into an :class:`~corral.api.models.Execution`. A cell past its timeout is
 interrupted and reported as ``TimeoutError``: the context keeps its state. A kernel that
 dies (the memory limit, ``os._exit``, ``exit`` in Bash) is reported as ``KernelDied``;
@@ -50,7 +50,7 @@ from ._bridge import Bridge, BridgeGone
 from .validation import check_env, resolve_path
 
 if TYPE_CHECKING:
-    from .sandbox import Sandbox
+    from .sandbox import NodeSandbox
 
 LANGUAGES = models.CODE_LANGUAGES  # ("python", "bash")
 DEFAULT_CONTEXT = "default"
@@ -88,10 +88,10 @@ class _Context:
         return models.CodeContext(id=self.id, language=self.language, cwd=self.cwd)
 
 
-class CodeInterpreter:
+class NodeCodeInterpreter:
     """``sandbox.code``: contexts and cells. Get it from a running node sandbox."""
 
-    def __init__(self, sandbox: Sandbox) -> None:
+    def __init__(self, sandbox: NodeSandbox) -> None:
         self._sandbox = sandbox
         self._bridge: Bridge | None = None
         self._bridge_lock = asyncio.Lock()
@@ -277,7 +277,7 @@ class CodeInterpreter:
                 and ctx.bridge.alive)
 
     def idle_command_ids(self) -> set[int]:
-        """The bridge's command id while no cell runs (see :meth:`Commands.list`)."""
+        """The bridge's command id while no cell runs (see :meth:`NodeCommands.list`)."""
         busy = any(ctx.lock.locked() for ctx in self._contexts.values())
         bridge = self._bridge
         return set() if busy or bridge is None or not bridge.alive else {bridge.command_id}
@@ -396,4 +396,4 @@ def _end(ctx: _Context, started: float, count: int | None = None,
 
 
 if TYPE_CHECKING:
-    _conforms: type[contract.Code] = CodeInterpreter
+    _conforms: type[contract.CodeContract] = NodeCodeInterpreter

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from corral.api.errors import InternalError, SandboxError
 
 if TYPE_CHECKING:
-    from .sandbox import Sandbox
+    from .sandbox import NodeSandbox
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,9 @@ TRANSITIONS: Mapping[SandboxState, frozenset[SandboxState]] = {
     S.STOPPED: frozenset(),
 }
 #: Called after each transition, with the sandbox in its new state. Must not block.
-StateListener = Callable[["Sandbox", SandboxState], None]
+StateListener = Callable[["NodeSandbox", SandboxState], None]
 #: Writes down what a restarted node needs (see :mod:`.records`); may raise OSError.
-Persist = Callable[["Sandbox"], None]
+Persist = Callable[["NodeSandbox"], None]
 
 
 class IllegalTransition(InternalError):
@@ -75,7 +75,7 @@ class Lifecycle:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def move(self, sandbox: Sandbox, to: SandboxState, reason: str | None = None) -> None:
+    def move(self, sandbox: NodeSandbox, to: SandboxState, reason: str | None = None) -> None:
         """Move ``sandbox`` to ``to``, keep the first stop ``reason``, persist, then notify.
 
         Raises :class:`IllegalTransition` for a move :data:`TRANSITIONS` does not list.
@@ -99,7 +99,7 @@ class Lifecycle:
             except Exception:
                 log.exception("a listener of sandbox %s's state failed", sandbox.id)
 
-    def persist(self, sandbox: Sandbox) -> None:
+    def persist(self, sandbox: NodeSandbox) -> None:
         """Write the sandbox down again (its lifetime or labels changed)."""
         try:
             self._persist(sandbox)
@@ -107,14 +107,14 @@ class Lifecycle:
             # The sandbox runs; it just will not survive a restart of this node.
             log.warning("sandbox %s: cannot record it for a restart: %s", sandbox.id, exc)
 
-    def set_expiry(self, sandbox: Sandbox, expires_at: float) -> None:
+    def set_expiry(self, sandbox: NodeSandbox, expires_at: float) -> None:
         """Let a running sandbox live until ``expires_at`` (epoch seconds), and persist it."""
         sandbox.expires_at = expires_at
         if sandbox.state is S.RUNNING:
             self._arm(sandbox)
         self.persist(sandbox)
 
-    def begin_stop(self, sandbox: Sandbox, reason: str) -> asyncio.Task[None]:
+    def begin_stop(self, sandbox: NodeSandbox, reason: str) -> asyncio.Task[None]:
         """Start stopping ``sandbox`` (its state and reason change now); the teardown runs
         in a task of its own, shared by every caller, and is returned."""
         task = self._teardowns.get(sandbox.id)
@@ -125,14 +125,14 @@ class Lifecycle:
             self._teardowns[sandbox.id] = task
         return task
 
-    async def stop(self, sandbox: Sandbox, reason: str) -> None:
+    async def stop(self, sandbox: NodeSandbox, reason: str) -> None:
         """Stop ``sandbox`` and remove what it left on the host; callers that arrive while
         it stops wait for the same end. A stopped sandbox returns at once."""
         if sandbox.state is S.STOPPED:
             return
         await asyncio.shield(self.begin_stop(sandbox, reason))
 
-    async def _teardown(self, sandbox: Sandbox) -> None:
+    async def _teardown(self, sandbox: NodeSandbox) -> None:
         try:
             if sandbox.agent is not None:
                 sandbox.agent.on_close = None
@@ -146,11 +146,11 @@ class Lifecycle:
             del self._teardowns[sandbox.id]
             log.info("sandbox %s stopped: %s", sandbox.id, sandbox.stop_reason)
 
-    def forget(self, sandbox: Sandbox) -> None:
+    def forget(self, sandbox: NodeSandbox) -> None:
         """Drop a sandbox this node lets go of while it runs (see ``Node.close(detach=)``)."""
         self._disarm(sandbox)
 
-    def _arm(self, sandbox: Sandbox) -> None:
+    def _arm(self, sandbox: NodeSandbox) -> None:
         self._disarm(sandbox)
         loop = asyncio.get_running_loop()
         lifetime = sandbox.expires_at - sandbox.created_at
@@ -158,7 +158,7 @@ class Lifecycle:
             max(0.0, sandbox.expires_at - time.time()), lambda: self.begin_stop(
                 sandbox, f"timeout: sandbox lifetime of {lifetime:g} s reached"))
 
-    def _disarm(self, sandbox: Sandbox) -> None:
+    def _disarm(self, sandbox: NodeSandbox) -> None:
         timer = self._timers.pop(sandbox.id, None)
         if timer is not None:
             timer.cancel()

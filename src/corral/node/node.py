@@ -46,7 +46,7 @@ from .agent_client import AgentClient
 from .images import ImageStore
 from .lifecycle import Lifecycle, SandboxState, StateListener
 from .pools import Pool, PoolSpec
-from .sandbox import Sandbox
+from .sandbox import NodeSandbox
 from .settings import NodeSettings
 from .validation import SANDBOX_ID, check_env, check_metadata
 
@@ -71,7 +71,7 @@ class Node:
         self.images = ImageStore(self.settings.image_dir)
         self.lifecycle = Lifecycle(self._persist)
         self.lifecycle.on_state(self._forget_stopped)
-        self._sandboxes: dict[str, Sandbox] = {}
+        self._sandboxes: dict[str, NodeSandbox] = {}
         self._given = dict(runtimes) if runtimes is not None else None
         self._runtimes: dict[str | None, Runtime] = {}
         self._bundle: Path | None = None
@@ -181,7 +181,7 @@ class Node:
     async def create(self, image: str = "python", *, runtime: str | None = None,
                      resources: Resources | None = None, env: Mapping[str, str] | None = None,
                      timeout: float = DEFAULT_LIFETIME,
-                     metadata: Mapping[str, str] | None = None) -> Sandbox:
+                     metadata: Mapping[str, str] | None = None) -> NodeSandbox:
         """Start a sandbox and return it once its agent answers.
 
         Cancelling the call does not cut a start in half (that would strand mounts and a
@@ -199,7 +199,7 @@ class Node:
         return await self._shielded(self._create(image, runtime, resources, env, timeout,
                                                  metadata))
 
-    async def _shielded(self, start: Coroutine[None, None, Sandbox]) -> Sandbox:
+    async def _shielded(self, start: Coroutine[None, None, NodeSandbox]) -> NodeSandbox:
         """Run a start to its end in a task of its own: a caller that gives up meanwhile
         does not cut it in half, and what it made is stopped once it is made."""
         task = asyncio.get_running_loop().create_task(start)
@@ -211,7 +211,7 @@ class Node:
 
     async def _create(self, image: str, runtime: str | None, resources: Resources | None,
                       env: Mapping[str, str] | None, timeout: float,
-                      metadata: Mapping[str, str] | None) -> Sandbox:
+                      metadata: Mapping[str, str] | None) -> NodeSandbox:
         if self._bundle is None:
             raise SandboxError("the node is not started; use `async with Node()`")
         resources = resources or Resources()
@@ -228,8 +228,8 @@ class Node:
         return await self._start(image, chosen, resources, {**dict(built.env), **env},
                                  metadata, timeout, pooled=False)
 
-    async def _hand_out(self, sandbox: Sandbox, env: dict[str, str], metadata: dict[str, str],
-                        timeout: float) -> Sandbox:
+    async def _hand_out(self, sandbox: NodeSandbox, env: dict[str, str], metadata: dict[str, str],
+                        timeout: float) -> NodeSandbox:
         """Bind a pooled sandbox to the request that takes it."""
         if env and sandbox.code.default_ready():
             # The warm kernel started before the request: give it the request's env too.
@@ -248,11 +248,11 @@ class Node:
         log.info("sandbox %s handed out from a warm pool", sandbox.id)
         return sandbox
 
-    async def _start_pooled(self, spec: PoolSpec, runtime: str) -> Sandbox:
+    async def _start_pooled(self, spec: PoolSpec, runtime: str) -> NodeSandbox:
         """Start a sandbox for a warm pool (shielded like :meth:`create`)."""
         return await self._shielded(self._start_warm(spec, runtime))
 
-    async def _start_warm(self, spec: PoolSpec, runtime: str) -> Sandbox:
+    async def _start_warm(self, spec: PoolSpec, runtime: str) -> NodeSandbox:
         built = self.images.get(spec.image)
         sandbox = await self._start(spec.image, self.runtime(runtime), spec.resources,
                                     dict(built.env), {}, POOLED_LIFETIME, pooled=True)
@@ -278,7 +278,7 @@ class Node:
 
     async def _start(self, image: str, chosen: Runtime, resources: Resources,
                      env: dict[str, str], metadata: dict[str, str], timeout: float,
-                     pooled: bool) -> Sandbox:
+                     pooled: bool) -> NodeSandbox:
         """Build and start one sandbox, waiting for a start turn (admission control)."""
         if len(self._sandboxes) + self._pending >= self.settings.max_sandboxes:
             raise ResourceExhaustedError(
@@ -300,7 +300,7 @@ class Node:
 
     async def _start_now(self, image: str, chosen: Runtime, resources: Resources,
                          env: dict[str, str], metadata: dict[str, str], timeout: float,
-                         pooled: bool) -> Sandbox:
+                         pooled: bool) -> NodeSandbox:
         if self._bundle is None:
             raise SandboxError("the node is not started; use `async with Node()`")
         built = self.images.get(image)
@@ -314,7 +314,7 @@ class Node:
             handle = await chosen.create(spec)
         finally:
             self._pending -= 1
-        sandbox = Sandbox(self.lifecycle, sandbox_id, image, chosen, handle, resources, env,
+        sandbox = NodeSandbox(self.lifecycle, sandbox_id, image, chosen, handle, resources, env,
                           built.workdir, metadata, timeout, pooled=pooled)
         self._sandboxes[sandbox_id] = sandbox
         try:
@@ -338,7 +338,7 @@ class Node:
                  ", warm pool" if pooled else "")
         return sandbox
 
-    def _persist(self, sandbox: Sandbox) -> None:
+    def _persist(self, sandbox: NodeSandbox) -> None:
         """Write down what the next node needs to adopt ``sandbox`` (the lifecycle calls
         this on each transition). Pooled sandboxes are nobody's yet: never recorded."""
         if sandbox.pooled:
@@ -362,7 +362,7 @@ class Node:
             log.warning("sandbox %s: %s", directory.name, self.lost[directory.name])
             return  # the sweep that follows removes what is left of it
         record = adopted.record
-        sandbox = Sandbox(self.lifecycle, record.id, record.image, adopted.runtime,
+        sandbox = NodeSandbox(self.lifecycle, record.id, record.image, adopted.runtime,
                           adopted.handle, record.resources, record.env, record.workdir,
                           record.metadata, DEFAULT_LIFETIME)
         sandbox.created_at, sandbox.expires_at = record.created_at, record.expires_at
@@ -386,13 +386,13 @@ class Node:
         if resources.cpus > cpus:
             raise InvalidArgumentError(f"cpus {resources.cpus:g} exceeds this host's {cpus}")
 
-    async def _drain_stderr(self, sandbox: Sandbox, stream: asyncio.StreamReader) -> None:
+    async def _drain_stderr(self, sandbox: NodeSandbox, stream: asyncio.StreamReader) -> None:
         with contextlib.suppress(Exception):
             while chunk := await stream.read(4096):
                 sandbox.stderr_tail += chunk
                 del sandbox.stderr_tail[:-STDERR_TAIL]
 
-    def _agent_closed(self, sandbox: Sandbox, reason: str) -> None:
+    def _agent_closed(self, sandbox: NodeSandbox, reason: str) -> None:
         if sandbox.state is SandboxState.RUNNING:
             why = sandbox.limit_hit((0, 0)) or f"the sandbox's agent exited ({reason})"
             # Recorded now, before any waiter wakes: their errors then carry the real reason.
@@ -400,11 +400,11 @@ class Node:
                 sandbox.agent.close_reason = why
             self.lifecycle.begin_stop(sandbox, why)
 
-    def _forget_stopped(self, sandbox: Sandbox, state: SandboxState) -> None:
+    def _forget_stopped(self, sandbox: NodeSandbox, state: SandboxState) -> None:
         if state is SandboxState.STOPPED:
             self._sandboxes.pop(sandbox.id, None)
 
-    def get(self, sandbox_id: str) -> Sandbox:
+    def get(self, sandbox_id: str) -> NodeSandbox:
         """The sandbox with this id, running or recently stopped."""
         if not isinstance(sandbox_id, str) or not SANDBOX_ID.match(sandbox_id):
             raise NotFoundError(f"no sandbox {sandbox_id!r:.80}")
@@ -414,7 +414,7 @@ class Node:
         return sandbox
 
     def list(self, metadata: Mapping[str, str] | None = None,
-             state: SandboxState | None = None) -> list[Sandbox]:
+             state: SandboxState | None = None) -> list[NodeSandbox]:
         """Sandboxes of this node, optionally those whose metadata includes ``metadata``."""
         wanted = dict(metadata or {})
         return [sb for sb in self._sandboxes.values() if not sb.pooled
@@ -426,7 +426,7 @@ class Node:
         await self.get(sandbox_id).kill()
 
 
-def _stop_abandoned(task: asyncio.Task[Sandbox]) -> None:
+def _stop_abandoned(task: asyncio.Task[NodeSandbox]) -> None:
     if not task.cancelled() and task.exception() is None:
         asyncio.get_running_loop().create_task(
             task.result().stop("the caller gave up while it started"))

@@ -41,7 +41,7 @@ from corral.api.resources import Resources
 from .lifecycle import SandboxState
 
 if TYPE_CHECKING:
-    from .sandbox import Sandbox
+    from .sandbox import NodeSandbox
 
 log = logging.getLogger(__name__)
 
@@ -120,13 +120,13 @@ class Pool:
     """Ready sandboxes of one :class:`PoolSpec`, and the task that refills them."""
 
     def __init__(self, spec: PoolSpec, runtime: str,
-                 start: Callable[[PoolSpec, str], Awaitable[Sandbox]]) -> None:
+                 start: Callable[[PoolSpec, str], Awaitable[NodeSandbox]]) -> None:
         """``start`` starts one sandbox for this pool (the node's, shielded from
         cancellation); the pool stops those it gives up on itself."""
         self._start = start
         self.spec = spec
         self.runtime = runtime
-        self._ready: collections.deque[Sandbox] = collections.deque()
+        self._ready: collections.deque[NodeSandbox] = collections.deque()
         self._starting = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -139,7 +139,7 @@ class Pool:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._fill())
 
-    async def take(self) -> Sandbox | None:
+    async def take(self) -> NodeSandbox | None:
         """A healthy ready sandbox, or None (the caller starts one cold)."""
         try:
             while self._ready:
@@ -155,7 +155,7 @@ class Pool:
         finally:
             self.stats.ready = len(self._ready)
 
-    async def _healthy(self, sandbox: Sandbox) -> bool:
+    async def _healthy(self, sandbox: NodeSandbox) -> bool:
         if sandbox.state is not SandboxState.RUNNING or sandbox.agent is None:
             return False
         if self.spec.warm and not sandbox.code.default_ready():
@@ -197,7 +197,7 @@ class Pool:
             self._ready.append(sandbox)
             self.stats.ready = len(self._ready)
 
-    async def close(self) -> list[Sandbox]:
+    async def close(self) -> list[NodeSandbox]:
         """Stop refilling; returns the ready sandboxes, for the node to stop."""
         if self._task is not None:
             self._task.cancel()

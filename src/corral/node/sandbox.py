@@ -18,20 +18,20 @@ from corral.api.resources import Resources, check_timeout
 from corral.runtime import Runtime, RuntimeSandbox
 
 from .agent_client import AgentClient
-from .commands import Commands
-from .files import Files
-from .interpreter import CodeInterpreter
+from .commands import NodeCommands
+from .files import NodeFiles
+from .interpreter import NodeCodeInterpreter
 from .lifecycle import Lifecycle, SandboxState
 
 
-class Sandbox:
+class NodeSandbox:
     """One sandbox. Get one from :meth:`corral.node.Node.create`.
 
     Attributes:
-        commands: run processes (:class:`corral.node.commands.Commands`).
-        files: move files in and out (:class:`corral.node.files.Files`).
+        commands: run processes (:class:`corral.node.commands.NodeCommands`).
+        files: move files in and out (:class:`corral.node.files.NodeFiles`).
         code: run code in stateful Jupyter contexts
-            (:class:`corral.node.interpreter.CodeInterpreter`).
+            (:class:`corral.node.interpreter.NodeCodeInterpreter`).
         state: where it is in its life; written only by its node's lifecycle.
         stop_reason: why it stopped (or is stopping), once it does.
         pooled: waiting in a warm pool: not listed, not recorded, not yet anyone's.
@@ -57,12 +57,12 @@ class Sandbox:
         self.pooled = pooled
         self.agent: AgentClient | None = None
         self.stderr_tail = bytearray()
-        self.commands = Commands(self)
-        self.files = Files(self)
-        self.code = CodeInterpreter(self)
+        self.commands = NodeCommands(self)
+        self.files = NodeFiles(self)
+        self.code = NodeCodeInterpreter(self)
 
     def __repr__(self) -> str:
-        return f"Sandbox(id={self.id!r}, state={self.state.value!r})"
+        return f"NodeSandbox(id={self.id!r}, state={self.state.value!r})"
 
     @property
     def info(self) -> models.SandboxInfo:
@@ -103,7 +103,7 @@ class Sandbox:
                        on_result: Callable[[models.Result], None] | None = None,
                        on_error: Callable[[models.ExecutionError], None] | None = None
                        ) -> models.Execution:
-        """Run a cell in a stateful context; see :meth:`CodeInterpreter.run`."""
+        """Run a cell in a stateful context; see :meth:`NodeCodeInterpreter.run`."""
         return await self.code.run(code, language=language, context=context, timeout=timeout,
                                    on_stdout=on_stdout, on_stderr=on_stderr,
                                    on_result=on_result, on_error=on_error)
@@ -123,7 +123,7 @@ class Sandbox:
         """Stop the sandbox now and remove everything it left on the host."""
         await self.stop("killed by request")
 
-    async def __aenter__(self) -> Sandbox:
+    async def __aenter__(self) -> NodeSandbox:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -131,4 +131,4 @@ class Sandbox:
 
 
 if TYPE_CHECKING:
-    _conforms: type[contract.Sandbox] = Sandbox
+    _conforms: type[contract.SandboxContract] = NodeSandbox

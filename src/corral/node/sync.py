@@ -23,87 +23,87 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from corral._blocking import (CommandIds, Proxy, blocking, blocking_iter, blocking_wrapped,
                               iterate)
 
-from .commands import CommandHandle, Commands
-from .files import Files
-from .interpreter import CodeInterpreter
+from .commands import NodeCommandHandle, NodeCommands
+from .files import NodeFiles
+from .interpreter import NodeCodeInterpreter
 from corral.api.models import SandboxInfo
 
 from .lifecycle import SandboxState
 from .node import Node
-from .sandbox import Sandbox
+from .sandbox import NodeSandbox
 from .settings import NodeSettings
 
 
-class SyncCommandHandle(CommandIds[CommandHandle]):
-    """Blocking :class:`corral.node.commands.CommandHandle`; iterate it for output."""
+class SyncNodeCommandHandle(CommandIds[NodeCommandHandle]):
+    """Blocking :class:`corral.node.commands.NodeCommandHandle`; iterate it for output."""
 
-    wait = blocking(CommandHandle.wait)
-    send_stdin = blocking(CommandHandle.send_stdin)
-    close_stdin = blocking(CommandHandle.close_stdin)
-    signal = blocking(CommandHandle.signal)
-    kill = blocking(CommandHandle.kill)
-    close = blocking(CommandHandle.aclose)
-    __iter__ = blocking_iter(CommandHandle.__aiter__)
+    wait = blocking(NodeCommandHandle.wait)
+    send_stdin = blocking(NodeCommandHandle.send_stdin)
+    close_stdin = blocking(NodeCommandHandle.close_stdin)
+    signal = blocking(NodeCommandHandle.signal)
+    kill = blocking(NodeCommandHandle.kill)
+    close = blocking(NodeCommandHandle.aclose)
+    __iter__ = blocking_iter(NodeCommandHandle.__aiter__)
 
-    def __enter__(self) -> SyncCommandHandle:
+    def __enter__(self) -> SyncNodeCommandHandle:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-class SyncCommands(Proxy[Commands]):
-    """Blocking :class:`corral.node.commands.Commands`."""
+class SyncNodeCommands(Proxy[NodeCommands]):
+    """Blocking :class:`corral.node.commands.NodeCommands`."""
 
-    run = blocking(Commands.run)
-    start = blocking_wrapped(Commands.start, SyncCommandHandle)
-    run_background = blocking(Commands.run_background)
-    list = blocking(Commands.list)
-    signal = blocking(Commands.signal)
-    kill = blocking(Commands.kill)
-
-
-class SyncFiles(Proxy[Files]):
-    """Blocking :class:`corral.node.files.Files`."""
-
-    read = blocking(Files.read)
-    read_text = blocking(Files.read_text)
-    read_stream = blocking_iter(Files.read_stream)
-    write = blocking(Files.write)
-    list = blocking(Files.list)
-    stat = blocking(Files.stat)
-    exists = blocking(Files.exists)
-    mkdir = blocking(Files.mkdir)
-    remove = blocking(Files.remove)
-    rename = blocking(Files.rename)
+    run = blocking(NodeCommands.run)
+    start = blocking_wrapped(NodeCommands.start, SyncNodeCommandHandle)
+    run_background = blocking(NodeCommands.run_background)
+    list = blocking(NodeCommands.list)
+    signal = blocking(NodeCommands.signal)
+    kill = blocking(NodeCommands.kill)
 
 
-class SyncCodeInterpreter(Proxy[CodeInterpreter]):
-    """Blocking :class:`corral.node.interpreter.CodeInterpreter`."""
+class SyncNodeFiles(Proxy[NodeFiles]):
+    """Blocking :class:`corral.node.files.NodeFiles`."""
 
-    run = blocking(CodeInterpreter.run)
-    stream = blocking_wrapped(CodeInterpreter.stream, iterate)
-    create_context = blocking(CodeInterpreter.create_context)
-    list_contexts = blocking(CodeInterpreter.list_contexts)
-    restart_context = blocking(CodeInterpreter.restart_context)
-    delete_context = blocking(CodeInterpreter.delete_context)
-    interrupt = blocking(CodeInterpreter.interrupt)
+    read = blocking(NodeFiles.read)
+    read_text = blocking(NodeFiles.read_text)
+    read_stream = blocking_iter(NodeFiles.read_stream)
+    write = blocking(NodeFiles.write)
+    list = blocking(NodeFiles.list)
+    stat = blocking(NodeFiles.stat)
+    exists = blocking(NodeFiles.exists)
+    mkdir = blocking(NodeFiles.mkdir)
+    remove = blocking(NodeFiles.remove)
+    rename = blocking(NodeFiles.rename)
 
 
-class SyncSandbox(Proxy[Sandbox]):
-    """Blocking :class:`corral.node.sandbox.Sandbox`; a context manager that kills it."""
+class SyncNodeCodeInterpreter(Proxy[NodeCodeInterpreter]):
+    """Blocking :class:`corral.node.interpreter.NodeCodeInterpreter`."""
 
-    kill = blocking(Sandbox.kill)
-    stop = blocking(Sandbox.stop)
-    set_timeout = blocking(Sandbox.set_timeout)
-    refresh = blocking(Sandbox.refresh)
-    run_code = blocking(Sandbox.run_code)
+    run = blocking(NodeCodeInterpreter.run)
+    stream = blocking_wrapped(NodeCodeInterpreter.stream, iterate)
+    create_context = blocking(NodeCodeInterpreter.create_context)
+    list_contexts = blocking(NodeCodeInterpreter.list_contexts)
+    restart_context = blocking(NodeCodeInterpreter.restart_context)
+    delete_context = blocking(NodeCodeInterpreter.delete_context)
+    interrupt = blocking(NodeCodeInterpreter.interrupt)
 
-    def __init__(self, inner: Sandbox, portal: BlockingPortal) -> None:
+
+class SyncNodeSandbox(Proxy[NodeSandbox]):
+    """Blocking :class:`corral.node.sandbox.NodeSandbox`; a context manager that kills it."""
+
+    kill = blocking(NodeSandbox.kill)
+    stop = blocking(NodeSandbox.stop)
+    set_timeout = blocking(NodeSandbox.set_timeout)
+    refresh = blocking(NodeSandbox.refresh)
+    run_code = blocking(NodeSandbox.run_code)
+
+    def __init__(self, inner: NodeSandbox, portal: BlockingPortal) -> None:
         super().__init__(inner, portal)
-        self.commands = SyncCommands(inner.commands, portal)
-        self.files = SyncFiles(inner.files, portal)
-        self.code = SyncCodeInterpreter(inner.code, portal)
+        self.commands = SyncNodeCommands(inner.commands, portal)
+        self.files = SyncNodeFiles(inner.files, portal)
+        self.code = SyncNodeCodeInterpreter(inner.code, portal)
 
     @property
     def id(self) -> str:
@@ -122,7 +122,7 @@ class SyncSandbox(Proxy[Sandbox]):
     def stop_reason(self) -> str | None:
         return self._inner.stop_reason
 
-    def __enter__(self) -> SyncSandbox:
+    def __enter__(self) -> SyncNodeSandbox:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -132,7 +132,7 @@ class SyncSandbox(Proxy[Sandbox]):
 class SyncNode(Proxy[Node]):
     """Blocking :class:`corral.node.node.Node`, on an event loop of its own."""
 
-    create = blocking_wrapped(Node.create, SyncSandbox)
+    create = blocking_wrapped(Node.create, SyncNodeSandbox)
     destroy = blocking(Node.destroy)
 
     def __init__(self, settings: NodeSettings | None = None) -> None:
@@ -149,12 +149,12 @@ class SyncNode(Proxy[Node]):
     def node(self) -> Node:
         return self._inner
 
-    def get(self, sandbox_id: str) -> SyncSandbox:
-        return SyncSandbox(self._inner.get(sandbox_id), self._portal)
+    def get(self, sandbox_id: str) -> SyncNodeSandbox:
+        return SyncNodeSandbox(self._inner.get(sandbox_id), self._portal)
 
     def list(self, metadata: Mapping[str, str] | None = None,
-             state: SandboxState | None = None) -> list[SyncSandbox]:
-        return [SyncSandbox(sb, self._portal) for sb in self._inner.list(metadata=metadata,
+             state: SandboxState | None = None) -> list[SyncNodeSandbox]:
+        return [SyncNodeSandbox(sb, self._portal) for sb in self._inner.list(metadata=metadata,
                                                                         state=state)]
 
     @property

@@ -127,4 +127,4 @@ async def _events(lines: AsyncIterator[str], url: str) -> AsyncIterator[models.C
 
 
 if TYPE_CHECKING:
-    _conforms: type[contract.Code] = AsyncCodeInterpreter
+    _conforms: type[contract.CodeContract] = AsyncCodeInterpreter

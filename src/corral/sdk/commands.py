@@ -235,5 +235,5 @@ def _b64(data: bytes | None) -> str | None:
 
 
 if TYPE_CHECKING:
-    _handle: type[contract.CommandHandle] = AsyncCommandHandle
-    _commands: type[contract.Commands] = AsyncCommands
+    _handle: type[contract.CommandHandleContract] = AsyncCommandHandle
+    _commands: type[contract.CommandsContract] = AsyncCommands

@@ -117,4 +117,4 @@ def _bytes(piece: object) -> bytes:
 
 
 if TYPE_CHECKING:
-    _conforms: type[contract.Files] = AsyncFiles
+    _conforms: type[contract.FilesContract] = AsyncFiles

@@ -213,4 +213,4 @@ def _resources(value: ResourcesArg | None) -> models.ResourcesSpec:
 
 
 if TYPE_CHECKING:
-    _conforms: type[contract.Sandbox] = AsyncSandbox
+    _conforms: type[contract.SandboxContract] = AsyncSandbox

@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from corral.api.errors import CommandTimeoutError, NotFoundError
-from corral.node import Node, Output, Sandbox
+from corral.node import Node, Output, NodeSandbox
 from tests.fakes.runtime import FakeRuntime
 
 pytestmark = [pytest.mark.anyio, pytest.mark.rootless]
@@ -20,7 +20,7 @@ async def sandbox(node: Node):  # type: ignore[no-untyped-def]
         yield sb
 
 
-async def test_run_captures_output_and_exit_code(sandbox: Sandbox) -> None:
+async def test_run_captures_output_and_exit_code(sandbox: NodeSandbox) -> None:
     result = await sandbox.commands.run("echo out; echo err >&2; exit 3")
     assert (result.exit_code, result.stdout, result.stderr) == (3, "out\n", "err\n")
     assert result.signal is None and result.reason is None
@@ -28,7 +28,7 @@ async def test_run_captures_output_and_exit_code(sandbox: Sandbox) -> None:
     assert argv.stdout == "a b|c|"
 
 
-async def test_env_and_cwd_reach_the_command(sandbox: Sandbox) -> None:
+async def test_env_and_cwd_reach_the_command(sandbox: NodeSandbox) -> None:
     result = await sandbox.commands.run("echo $FROM_CREATE $EXTRA", env={"EXTRA": "x"})
     assert result.stdout == "yes x\n"
     await sandbox.files.write("/work/here.txt", "in the workdir")
@@ -37,7 +37,7 @@ async def test_env_and_cwd_reach_the_command(sandbox: Sandbox) -> None:
     assert (await sandbox.commands.run("cat there.txt", cwd="/tmp")).stdout == "in /tmp"
 
 
-async def test_stdin_is_fed_and_closed(sandbox: Sandbox) -> None:
+async def test_stdin_is_fed_and_closed(sandbox: NodeSandbox) -> None:
     assert (await sandbox.commands.run(["cat"], stdin="given whole")).stdout == "given whole"
     handle = await sandbox.commands.start(["cat"], stdin=True)
     await handle.send_stdin("one ")
@@ -46,7 +46,7 @@ async def test_stdin_is_fed_and_closed(sandbox: Sandbox) -> None:
     assert (result.exit_code, result.stdout) == (0, "one two")
 
 
-async def test_output_streams_while_the_command_runs(sandbox: Sandbox) -> None:
+async def test_output_streams_while_the_command_runs(sandbox: NodeSandbox) -> None:
     handle = await sandbox.commands.start(["sh", "-c", "echo first; read x; echo $x"],
                                           stdin=True)
     events = aiter(handle)
@@ -57,7 +57,7 @@ async def test_output_streams_while_the_command_runs(sandbox: Sandbox) -> None:
     assert b"".join(rest) == b"second\n"
 
 
-async def test_a_signal_ends_the_command_with_its_number(sandbox: Sandbox) -> None:
+async def test_a_signal_ends_the_command_with_its_number(sandbox: NodeSandbox) -> None:
     handle = await sandbox.commands.start(["sleep", "600"])
     assert [p.id for p in await sandbox.commands.list()] == [handle.id]
     await handle.signal(signal.SIGTERM)
@@ -66,7 +66,7 @@ async def test_a_signal_ends_the_command_with_its_number(sandbox: Sandbox) -> No
     assert await sandbox.commands.list() == []
 
 
-async def test_kill_ends_the_whole_tree(sandbox: Sandbox) -> None:
+async def test_kill_ends_the_whole_tree(sandbox: NodeSandbox) -> None:
     handle = await sandbox.commands.start("sleep 600 & echo $!; wait")
     child = int((await anext(aiter(handle))).data)
     await handle.kill()
@@ -75,7 +75,7 @@ async def test_kill_ends_the_whole_tree(sandbox: Sandbox) -> None:
     await _ended(child)
 
 
-async def test_a_timeout_kills_the_command_and_says_so(sandbox: Sandbox) -> None:
+async def test_a_timeout_kills_the_command_and_says_so(sandbox: NodeSandbox) -> None:
     with pytest.raises(CommandTimeoutError) as caught:
         await sandbox.commands.run("echo started; sleep 600", timeout=1)
     result = caught.value.result
@@ -84,7 +84,7 @@ async def test_a_timeout_kills_the_command_and_says_so(sandbox: Sandbox) -> None
                                                              "started\n")
 
 
-async def test_missing_programs_and_folders_are_not_found(sandbox: Sandbox) -> None:
+async def test_missing_programs_and_folders_are_not_found(sandbox: NodeSandbox) -> None:
     with pytest.raises(NotFoundError, match="no-such-program"):
         await sandbox.commands.run(["no-such-program"])
     with pytest.raises(NotFoundError, match="does not exist"):

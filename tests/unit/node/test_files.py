@@ -10,7 +10,7 @@ from corral.api.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from corral.node import Node, Sandbox
+from corral.node import Node, NodeSandbox
 from tests.fakes.runtime import FakeRuntime
 
 pytestmark = [pytest.mark.anyio, pytest.mark.rootless]
@@ -23,7 +23,7 @@ async def sandbox(node: Node):  # type: ignore[no-untyped-def]
 
 
 async def test_write_then_read_lands_inside_the_sandbox_root(
-        sandbox: Sandbox, fake_runtime: FakeRuntime) -> None:
+        sandbox: NodeSandbox, fake_runtime: FakeRuntime) -> None:
     payload = bytes(range(256)) * 1000
     assert await sandbox.files.write("/work/deep/data.bin", payload, mode=0o600) == len(payload)
     assert await sandbox.files.read("/work/deep/data.bin") == payload
@@ -34,7 +34,7 @@ async def test_write_then_read_lands_inside_the_sandbox_root(
     assert b"".join(chunks) == payload and len(chunks) > 1
 
 
-async def test_stat_list_and_exists(sandbox: Sandbox) -> None:
+async def test_stat_list_and_exists(sandbox: NodeSandbox) -> None:
     await sandbox.files.write("/work/a/one.txt", "1")
     await sandbox.files.write("/work/a/b/two.txt", "22", mode=0o640)
     info = await sandbox.files.stat("/work/a/b/two.txt")
@@ -49,7 +49,7 @@ async def test_stat_list_and_exists(sandbox: Sandbox) -> None:
     assert not await sandbox.files.exists("/work/a/none.txt")
 
 
-async def test_mkdir_rename_and_remove(sandbox: Sandbox) -> None:
+async def test_mkdir_rename_and_remove(sandbox: NodeSandbox) -> None:
     assert await sandbox.files.mkdir("/work/x/y") is True
     assert await sandbox.files.mkdir("/work/x/y") is False
     await sandbox.files.write("/work/x/y/f.txt", "f")
@@ -64,7 +64,7 @@ async def test_mkdir_rename_and_remove(sandbox: Sandbox) -> None:
     assert not await sandbox.files.exists("/work/x")
 
 
-async def test_errors_name_the_sandbox_path(sandbox: Sandbox) -> None:
+async def test_errors_name_the_sandbox_path(sandbox: NodeSandbox) -> None:
     with pytest.raises(NotFoundError, match="'/work/missing.txt'"):
         await sandbox.files.read("/work/missing.txt")
     with pytest.raises(InvalidArgumentError, match="is a directory"):
@@ -75,7 +75,7 @@ async def test_errors_name_the_sandbox_path(sandbox: Sandbox) -> None:
         await sandbox.files.remove("/", recursive=True)
 
 
-async def test_a_command_sees_what_the_file_api_wrote(sandbox: Sandbox) -> None:
+async def test_a_command_sees_what_the_file_api_wrote(sandbox: NodeSandbox) -> None:
     await sandbox.files.write("/work/script.sh", "echo from the script\n", mode=0o755)
     assert (await sandbox.commands.run("sh script.sh")).stdout == "from the script\n"
     await sandbox.commands.run("echo made by a command > made.txt")

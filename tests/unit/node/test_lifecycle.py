@@ -13,13 +13,13 @@ from corral.api.errors import (
     NotFoundError,
     SandboxNotRunningError,
 )
-from corral.node import Node, NodeSettings, Sandbox, SandboxState
+from corral.node import Node, NodeSettings, NodeSandbox, SandboxState
 from tests.fakes.runtime import FakeRuntime
 
 pytestmark = [pytest.mark.anyio, pytest.mark.rootless]
 
 
-async def _stopped(sandbox: Sandbox) -> None:
+async def _stopped(sandbox: NodeSandbox) -> None:
     """Wait for the node to stop ``sandbox`` on its own (the test's timeout bounds it)."""
     while sandbox.state is not SandboxState.STOPPED:
         await asyncio.sleep(0.05)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import corral
-from corral.node import Node, Sandbox, SandboxState
+from corral.node import Node, NodeSandbox, SandboxState
 from corral.node import records
 from corral.node.lifecycle import TRANSITIONS, IllegalTransition
 
@@ -139,7 +139,8 @@ def test_only_the_lifecycle_assigns_a_sandbox_state() -> None:
 @pytest.mark.parametrize("relative, source", [
     ("node/node.py", "def f(sb):\n    sb.state = SandboxState.STOPPED\n"),
     ("server/services/sandboxes.py", "async def g(x):\n    x.sandbox.state = 'stopped'\n"),
-    ("node/sandbox.py", "class S:\n    def stop(self):\n        self.state = SandboxState.STOPPED\n"),
+    ("node/sandbox.py",
+     "class S:\n    def stop(self):\n        self.state = SandboxState.STOPPED\n"),
     ("node/pools.py", "def h(sb):\n    sb.state: SandboxState = SandboxState.RUNNING\n"),
     ("node/node.py", "def k(sb):\n    sb.env, sb.state = {}, SandboxState.RUNNING\n"),
 ])
@@ -148,4 +149,4 @@ def test_the_rule_catches_a_stray_assignment(relative: str, source: str) -> None
 
 
 def test_the_sandbox_type_is_the_one_the_rule_guards() -> None:
-    assert Sandbox.__module__ == "corral.node.sandbox"
+    assert NodeSandbox.__module__ == "corral.node.sandbox"

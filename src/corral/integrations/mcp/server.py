@@ -39,7 +39,7 @@ class Backend(Protocol):
                      timeout: float) -> str: ...
 
     def open(self, ctx: Context[Any, Any, Any], sandbox_id: str
-             ) -> AbstractAsyncContextManager[contract.Sandbox]: ...
+             ) -> AbstractAsyncContextManager[contract.SandboxContract]: ...
 
     async def kill(self, ctx: Context[Any, Any, Any], sandbox_id: str) -> None: ...
 
@@ -73,7 +73,7 @@ class SdkBackend:
             await sandbox.close()
 
     def open(self, ctx: Context[Any, Any, Any], sandbox_id: str
-             ) -> AbstractAsyncContextManager[contract.Sandbox]:
+             ) -> AbstractAsyncContextManager[contract.SandboxContract]:
         return self._open(sandbox_id)
 
     async def kill(self, ctx: Context[Any, Any, Any], sandbox_id: str) -> None:

@@ -33,7 +33,7 @@ from corral.api.errors import (
     NotFoundError,
     SandboxNotRunningError,
 )
-from corral.node import Sandbox as NodeSandbox
+from corral.node import NodeSandbox
 
 from ..settings import AcaSettings
 from ..store.aca_sessions import AcaSessionStore, identifier_hash

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 from corral.api import models
 from corral.api.errors import SandboxError
-from corral.node import Sandbox as NodeSandbox
+from corral.node import NodeSandbox
 from corral.api.code_events import collect
 from corral.api.limits import DEFAULT_CODE_TIMEOUT
 

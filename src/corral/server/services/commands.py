@@ -18,7 +18,7 @@ import anyio
 from corral.api import models
 from corral.api.errors import NotFoundError, SandboxError
 from corral.api.limits import DEFAULT_COMMAND_TIMEOUT
-from corral.node import CommandHandle
+from corral.node import NodeCommandHandle
 
 from .sandboxes import SandboxService
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class CommandService:
     def __init__(self, sandboxes: SandboxService) -> None:
         self._sandboxes = sandboxes
-        self._handles: dict[str, dict[int, CommandHandle]] = {}
+        self._handles: dict[str, dict[int, NodeCommandHandle]] = {}
         self._drains: set[asyncio.Task[None]] = set()
         sandboxes.on_stopped.append(self._forget_sandbox)
 
@@ -74,7 +74,7 @@ class CommandService:
             for p in await sandbox.commands.list()])
 
     async def _start(self, tenant: str, sandbox_id: str,
-                     request: models.CommandRequest) -> CommandHandle:
+                     request: models.CommandRequest) -> NodeCommandHandle:
         sandbox = await self._sandboxes.owned(tenant, sandbox_id)
         data = request.stdin_bytes()
         timeout = request.timeout
@@ -92,7 +92,7 @@ class CommandService:
                 raise
         return handle
 
-    def _handle(self, tenant: str, sandbox_id: str, command_id: int) -> CommandHandle:
+    def _handle(self, tenant: str, sandbox_id: str, command_id: int) -> NodeCommandHandle:
         self._sandboxes.running(tenant, sandbox_id)  # ownership first: never hint at others'
         handle = self._handles.get(sandbox_id, {}).get(command_id)
         if handle is None:
@@ -105,13 +105,13 @@ class CommandService:
     def _forget(self, sandbox_id: str, command_id: int) -> None:
         self._handles.get(sandbox_id, {}).pop(command_id, None)
 
-    async def _abandon(self, sandbox_id: str, handle: CommandHandle) -> None:
+    async def _abandon(self, sandbox_id: str, handle: NodeCommandHandle) -> None:
         """Kill a command nobody will read, even from a cancelled request."""
         self._forget(sandbox_id, handle.id)
         with anyio.CancelScope(shield=True), contextlib.suppress(SandboxError):
             await handle.kill()
 
-    async def _events(self, sandbox_id: str, handle: CommandHandle) -> AsyncIterator[bytes]:
+    async def _events(self, sandbox_id: str, handle: NodeCommandHandle) -> AsyncIterator[bytes]:
         ended = False
         try:
             yield _line(models.StartedEvent(id=handle.id, pid=handle.pid))
@@ -134,7 +134,7 @@ class CommandService:
             else:
                 await self._abandon(sandbox_id, handle)
 
-    async def _drain(self, sandbox_id: str, handle: CommandHandle) -> None:
+    async def _drain(self, sandbox_id: str, handle: NodeCommandHandle) -> None:
         try:
             async for _ in handle:
                 pass

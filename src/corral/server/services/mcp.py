@@ -42,11 +42,11 @@ class ServiceBackend:
         return info.id
 
     @contextlib.asynccontextmanager
-    async def _open(self, tenant: str, sandbox_id: str) -> AsyncIterator[contract.Sandbox]:
+    async def _open(self, tenant: str, sandbox_id: str) -> AsyncIterator[contract.SandboxContract]:
         yield await self._sandboxes.owned(tenant, sandbox_id)
 
     def open(self, ctx: Context[Any, Any, Any], sandbox_id: str
-             ) -> AbstractAsyncContextManager[contract.Sandbox]:
+             ) -> AbstractAsyncContextManager[contract.SandboxContract]:
         return self._open(_tenant(ctx), sandbox_id)
 
     async def kill(self, ctx: Context[Any, Any, Any], sandbox_id: str) -> None:

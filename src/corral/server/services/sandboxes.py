@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from corral.api import models
 from corral.api.errors import NotFoundError, SandboxError, SandboxNotRunningError
 from corral.node import Node, SandboxState
-from corral.node import Sandbox as NodeSandbox
+from corral.node import NodeSandbox
 from corral.node.validation import SANDBOX_ID, check_metadata
 
 from ..store import SandboxRecord, SandboxStore
