@@ -30,6 +30,7 @@ from pathlib import Path
 import corral
 from corral.api.errors import InternalError
 from corral.runtime import Availability, Runtime, RuntimeSandbox, RuntimeState, SandboxSpec
+from corral.runtime.base import drop_pipes
 from corral.runtime._host import channel_dir, channel_socket
 from corral.runtime.agent_bundle import agent_env
 
@@ -149,13 +150,7 @@ class FakeRuntime(Runtime):
         sandbox.state = RuntimeState.DESTROYED
 
     async def release(self, sandbox: RuntimeSandbox) -> None:
-        transport = getattr(sandbox.process, "_transport", None)
-        if transport is not None:
-            for fd in (0, 1, 2):
-                pipe = transport.get_pipe_transport(fd)
-                if pipe is not None:
-                    pipe.close()
-        sandbox.process = None
+        drop_pipes(sandbox)
 
     async def adopt(self, spec: SandboxSpec, extra: dict[str, object]) -> RuntimeSandbox:
         pid = extra.get("pid")

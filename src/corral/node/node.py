@@ -17,11 +17,9 @@ import asyncio
 import contextlib
 import fcntl
 import functools
-import json
 import logging
 import os
 import secrets
-import time
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 
@@ -55,8 +53,6 @@ log = logging.getLogger(__name__)
 AGENT_START_TIMEOUT = 30.0
 #: Lifetime of a sandbox waiting in a warm pool (its real one starts at hand-out).
 POOLED_LIFETIME = TIMEOUT_RANGE[1]
-#: Longest a pool sandbox's kernel may take to start and import its warm modules.
-WARM_TIMEOUT = 180.0
 STDERR_TAIL = 16 * 1024
 
 
@@ -116,7 +112,8 @@ class Node:
                 log.warning("could not enable cgroup favordynmods; sandbox starts will be slower")
         for spec in self.settings.pools:
             try:
-                pool = Pool(spec, self.runtime(spec.runtime or None).name, self._start_pooled)
+                pool = Pool(spec, self.runtime(spec.runtime or None).name, self._start_pooled,
+                            self.lifecycle)
                 self.images.get(spec.image)
             except SandboxError as exc:
                 log.error("warm pool %s:%s not started: %s", spec.image, spec.runtime,
@@ -224,57 +221,16 @@ class Node:
             if pool.matches(image, chosen.name, resources):
                 sandbox = await pool.take()
                 if sandbox is not None:
-                    return await self._hand_out(sandbox, env, metadata, timeout)
+                    return await pool.hand_out(sandbox, env, metadata, timeout)
         return await self._start(image, chosen, resources, {**dict(built.env), **env},
                                  metadata, timeout, pooled=False)
 
-    async def _hand_out(self, sandbox: NodeSandbox, env: dict[str, str], metadata: dict[str, str],
-                        timeout: float) -> NodeSandbox:
-        """Bind a pooled sandbox to the request that takes it."""
-        if env and sandbox.code.default_ready():
-            # The warm kernel started before the request: give it the request's env too.
-            # (This cell runs inside the sandbox; the env travels as a JSON string literal.)
-            cell = (f"import json as _j, os as _o; _o.environ.update(_j.loads("
-                    f"{json.dumps(env)!r})); del _j, _o")
-            execution = await sandbox.code.run(cell, timeout=30)
-            if execution.error is not None:
-                await sandbox.stop("its warm kernel refused the request's env")
-                raise InternalError("a warm pool sandbox could not take the request's env; "
-                                    "retry")
-        sandbox.env, sandbox.metadata = {**sandbox.env, **env}, metadata
-        sandbox.pooled = False
-        sandbox.created_at = time.time()
-        self.lifecycle.set_expiry(sandbox, sandbox.created_at + timeout)  # and records it
-        log.info("sandbox %s handed out from a warm pool", sandbox.id)
-        return sandbox
-
     async def _start_pooled(self, spec: PoolSpec, runtime: str) -> NodeSandbox:
-        """Start a sandbox for a warm pool (shielded like :meth:`create`)."""
-        return await self._shielded(self._start_warm(spec, runtime))
-
-    async def _start_warm(self, spec: PoolSpec, runtime: str) -> NodeSandbox:
+        """Start a sandbox for a warm pool, cold (shielded like :meth:`create`)."""
         built = self.images.get(spec.image)
-        sandbox = await self._start(spec.image, self.runtime(runtime), spec.resources,
-                                    dict(built.env), {}, POOLED_LIFETIME, pooled=True)
-        try:
-            # The first exec in a sandbox is slower (gVisor: ~19 ms, then ~15 ms): pay it now
-            # (an image without `true` just skips this).
-            with contextlib.suppress(NotFoundError):
-                await sandbox.commands.run(["true"], timeout=WARM_TIMEOUT)
-        except BaseException:
-            await asyncio.shield(sandbox.stop("its first command failed"))
-            raise
-        if spec.warm:
-            try:
-                execution = await sandbox.code.run(f"import {', '.join(spec.warm)}",
-                                                   timeout=WARM_TIMEOUT)
-                if execution.error is not None:
-                    raise InternalError(f"importing {', '.join(spec.warm)} failed: "
-                                        f"{execution.error.name}: {execution.error.value}")
-            except BaseException:
-                await asyncio.shield(sandbox.stop("warming its kernel failed"))
-                raise
-        return sandbox
+        return await self._shielded(self._start(spec.image, self.runtime(runtime),
+                                                spec.resources, dict(built.env), {},
+                                                POOLED_LIFETIME, pooled=True))
 
     async def _start(self, image: str, chosen: Runtime, resources: Resources,
                      env: dict[str, str], metadata: dict[str, str], timeout: float,

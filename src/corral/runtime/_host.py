@@ -16,7 +16,7 @@ from . import _mounts_unsafe as mounts
 from ._cgroups import CgroupView, leftover_names
 from ._mounts import mounts_under
 from .agent_bundle import CHANNEL_SOCKET_NAME
-from .base import Runtime, RuntimeSandbox, RuntimeState, SandboxSpec
+from .base import Runtime, RuntimeSandbox, RuntimeState, SandboxSpec, drop_pipes
 
 log = logging.getLogger(__name__)
 
@@ -154,14 +154,8 @@ class HostRuntime(Runtime):
 
     async def release(self, sandbox: RuntimeSandbox) -> None:
         # The runtime's process (runsc or bwrap) lives in its own session and cgroup; the
-        # node closes its pipes to it (not the transport: that would kill it) and goes.
-        transport = getattr(sandbox.process, "_transport", None)
-        if transport is not None:
-            for fd in (0, 1, 2):
-                pipe = transport.get_pipe_transport(fd)
-                if pipe is not None:
-                    pipe.close()
-        sandbox.process = None
+        # node closes its pipes to it and goes.
+        drop_pipes(sandbox)
 
     def counters(self, sandbox: RuntimeSandbox) -> tuple[int, int]:
         groups = CgroupView(sandbox.spec.cgroup)

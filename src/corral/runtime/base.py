@@ -88,6 +88,21 @@ class RuntimeSandbox:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+def drop_pipes(sandbox: RuntimeSandbox) -> None:
+    """Close the node's pipes to a sandbox's runtime process, leaving the process running.
+
+    What :meth:`Runtime.release` does for a runtime whose process lives in its own session
+    (closing the transport instead would kill it).
+    """
+    transport = getattr(sandbox.process, "_transport", None)
+    if transport is not None:
+        for fd in (0, 1, 2):
+            pipe = transport.get_pipe_transport(fd)
+            if pipe is not None:
+                pipe.close()
+    sandbox.process = None
+
+
 class Runtime(ABC):
     """One isolation backend. Subclasses are stateless apart from host-wide caches."""
 

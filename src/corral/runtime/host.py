@@ -1,7 +1,7 @@
 """The host as code outside ``runtime/`` sees it: probes, and the few node-wide writes.
 
 The node, the CLI and the benchmark reach host state only through this module; none of
-them imports a ``*_unsafe`` module (``tests/unit/test_privileged_imports.py`` checks).
+them imports a ``*_unsafe`` module (``tests/unit/runtime/test_privileged_imports.py`` checks).
 
 Read only:
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from corral.api import contract, models
 from corral.api.code_events import ErrorCallback, ResultCallback, TextCallback
@@ -33,7 +33,9 @@ from .code import AsyncCodeInterpreter, Execution
 from .commands import AsyncCommands
 from .files import AsyncFiles
 
-ResourcesArg = Resources | models.ResourcesSpec | Mapping[str, Any]
+#: Limits: a :class:`corral.Resources`, its wire form, or a mapping such as
+#: ``{"memory": "1G", "cpus": 2}`` (checked as the wire form is).
+ResourcesArg = Resources | models.ResourcesSpec | Mapping[str, str | int | float | None]
 CaFile = str | os.PathLike[str]
 
 

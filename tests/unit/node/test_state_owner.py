@@ -1,5 +1,5 @@
 """The lifecycle owns sandbox states: the table, the listeners, persistence, and that
-nothing else in the code assigns a state."""
+nothing else in the code assigns a state or a stop reason."""
 
 from __future__ import annotations
 
@@ -91,9 +91,13 @@ async def test_set_timeout_rewrites_the_record(node: Node) -> None:
 
 # -- nothing else assigns a state --------------------------------------------------------
 
-def _state_assignments(tree: ast.AST) -> list[tuple[int, str, str]]:
-    """(line, enclosing function, value) of every assignment to an attribute ``state``."""
-    found: list[tuple[int, str, str]] = []
+OWNED = ("state", "stop_reason")
+
+
+def _state_assignments(tree: ast.AST) -> list[tuple[int, str, str, str]]:
+    """(line, enclosing function, attribute, value) of every assignment to an attribute
+    the lifecycle owns (:data:`OWNED`)."""
+    found: list[tuple[int, str, str, str]] = []
 
     def visit(node: ast.AST, function: str) -> None:
         for child in ast.iter_child_nodes(node):
@@ -105,9 +109,9 @@ def _state_assignments(tree: ast.AST) -> list[tuple[int, str, str]]:
                     target = targets.pop()
                     if isinstance(target, (ast.Tuple, ast.List)):
                         targets += target.elts  # a, b.state = ...
-                    elif isinstance(target, ast.Attribute) and target.attr == "state":
+                    elif isinstance(target, ast.Attribute) and target.attr in OWNED:
                         value = ast.unparse(child.value) if child.value else ""
-                        found.append((child.lineno, name, value))
+                        found.append((child.lineno, name, target.attr, value))
             visit(child, name)
 
     visit(tree, "")
@@ -116,19 +120,20 @@ def _state_assignments(tree: ast.AST) -> list[tuple[int, str, str]]:
 
 def _offenders(relative: str, source: str) -> list[str]:
     bad = []
-    for line, function, value in _state_assignments(ast.parse(source)):
+    for line, function, attribute, value in _state_assignments(ast.parse(source)):
         if relative == "node/lifecycle.py":
             continue  # the owner
-        if (relative, function, value) == ("node/sandbox.py", "__init__",
-                                           "SandboxState.STARTING"):
-            continue  # a new sandbox's first state
-        if relative.startswith("runtime/") and value.startswith("RuntimeState."):
+        if (relative, function) == ("node/sandbox.py", "__init__") and (attribute, value) in (
+                ("state", "SandboxState.STARTING"), ("stop_reason", "None")):
+            continue  # a new sandbox's first state, and no reason yet
+        if (attribute == "state" and relative.startswith("runtime/")
+                and value.startswith("RuntimeState.")):
             continue  # a runtime handle's own state, not the sandbox's
-        bad.append(f"{relative}:{line}: .state = {value}")
+        bad.append(f"{relative}:{line}: .{attribute} = {value}")
     return bad
 
 
-def test_only_the_lifecycle_assigns_a_sandbox_state() -> None:
+def test_only_the_lifecycle_assigns_a_sandbox_state_or_stop_reason() -> None:
     offenders = []
     for path in sorted(SOURCE.rglob("*.py")):
         relative = path.relative_to(SOURCE).as_posix()
@@ -143,6 +148,7 @@ def test_only_the_lifecycle_assigns_a_sandbox_state() -> None:
      "class S:\n    def stop(self):\n        self.state = SandboxState.STOPPED\n"),
     ("node/pools.py", "def h(sb):\n    sb.state: SandboxState = SandboxState.RUNNING\n"),
     ("node/node.py", "def k(sb):\n    sb.env, sb.state = {}, SandboxState.RUNNING\n"),
+    ("server/services/sandboxes.py", "async def r(sb):\n    sb.stop_reason = 'idle'\n"),
 ])
 def test_the_rule_catches_a_stray_assignment(relative: str, source: str) -> None:
     assert _offenders(relative, source)

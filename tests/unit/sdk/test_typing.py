@@ -57,7 +57,8 @@ def mypy_report(tmp_path_factory: pytest.TempPathFactory,
     shutil.copy(HERE / "typing_usage.py", work / "typing_usage.py")
     (work / "typing_probe.py").write_text(PROBE)
     (work / "mypy.ini").write_text(CONFIG)
-    cache = request.config.cache.mkdir("mypy") if request.config.cache else work / "cache"
+    cache = getattr(request.config, "cache", None)  # None with -p no:cacheprovider
+    cache = cache.mkdir("mypy") if cache is not None else work / "cache"
     done = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--config-file", "mypy.ini",
          "--cache-dir", str(cache), "--show-error-codes", "--no-pretty",

@@ -248,7 +248,7 @@ def test_limits_loads_only_the_standard_library_the_agent_has(tmp_path: Path) ->
 
 # -- the documents say the same ----------------------------------------------------------
 
-DOCS = Path(__file__).resolve().parents[2]
+DOCS = Path(__file__).resolve().parents[3]
 
 
 def test_the_documented_bounds_are_the_values() -> None:
