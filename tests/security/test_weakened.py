@@ -13,7 +13,6 @@ from contextlib import contextmanager
 
 import pytest
 
-import corral.node.node as node_module
 from corral.node import NodeSettings, SyncNode, SyncNodeSandbox
 from corral.runtime import Runtime
 from corral.runtime.base import Weakening
@@ -29,12 +28,11 @@ from ._checks import (
 
 
 @contextmanager
-def weakened_sandbox(runtime: Runtime, monkeypatch: pytest.MonkeyPatch
-                     ) -> Iterator[SyncNodeSandbox]:
-    """A sandbox of ``runtime`` in a node of its own (the node's runtime lookup patched)."""
-    monkeypatch.setattr(node_module, "get_runtime", lambda name: runtime)
+def weakened_sandbox(runtime: Runtime) -> Iterator[SyncNodeSandbox]:
+    """A sandbox of ``runtime`` in a node of its own, which has no other runtime."""
     with sandbox_data_dir("corral-weak-") as data_dir:
-        with SyncNode(NodeSettings(data_dir=data_dir, image_dir=IMAGE_DIR)) as node:
+        with SyncNode(NodeSettings(data_dir=data_dir, image_dir=IMAGE_DIR),
+                      runtimes={runtime.name: runtime}) as node:
             sb = node.create("python", runtime=runtime.name, timeout=300)
             try:
                 yield sb
@@ -52,9 +50,9 @@ def _must_fail(check: Callable[[], object], what: str) -> str:
 
 @pytest.mark.skipif("namespaces" not in WORKING, reason="namespaces does not work here")
 def test_namespaces_without_seccomp_fails_the_privilege_checks(
-        python_image: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        python_image: str) -> None:
     weak = NamespacesRuntime(Weakening(no_seccomp=True))
-    with weakened_sandbox(weak, monkeypatch) as sb:
+    with weakened_sandbox(weak) as sb:
         failure = _must_fail(lambda: check_privileged_syscalls(sb, "namespaces"), "seccomp")
         # Without the filter a nested user namespace, the keyring, io_uring... all open up.
         assert "unshare_user" in failure and "keyctl" in failure, failure
@@ -65,27 +63,27 @@ def test_namespaces_without_seccomp_fails_the_privilege_checks(
 
 @pytest.mark.skipif("namespaces" not in WORKING, reason="namespaces does not work here")
 def test_namespaces_with_every_capability_fails_the_privilege_checks(
-        python_image: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        python_image: str) -> None:
     weak = NamespacesRuntime(Weakening(all_capabilities=True))
-    with weakened_sandbox(weak, monkeypatch) as sb:
+    with weakened_sandbox(weak) as sb:
         failure = _must_fail(lambda: check_privileged_syscalls(sb, "namespaces"), "caps")
         assert "CapEff" in failure or "ffff" in failure, failure
 
 
 @pytest.mark.skipif("namespaces" not in WORKING, reason="namespaces does not work here")
 def test_namespaces_with_an_unmasked_proc_fails_the_leak_checks(
-        python_image: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        python_image: str) -> None:
     weak = NamespacesRuntime(Weakening(unmasked_proc=True))
-    with weakened_sandbox(weak, monkeypatch) as sb:
+    with weakened_sandbox(weak) as sb:
         failure = _must_fail(lambda: check_host_describing_files_masked(sb), "proc")
         assert "/proc/cmdline" in failure and "/proc/kallsyms" in failure, failure
 
 
 @pytest.mark.skipif("gvisor" not in WORKING, reason="gvisor does not work here")
 def test_gvisor_with_more_capabilities_fails_the_privilege_checks(
-        python_image: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        python_image: str) -> None:
     weak = GvisorRuntime(weakening=Weakening(all_capabilities=True))
-    with weakened_sandbox(weak, monkeypatch) as sb:
+    with weakened_sandbox(weak) as sb:
         failure = _must_fail(lambda: check_privileged_syscalls(sb, "gvisor"), "caps")
         assert "CapEff" in failure, failure
         # With CAP_SYS_ADMIN and CAP_SYS_PTRACE the Sentry lets the attacks through.

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 #: Seconds past a command's own timeout before the node stops trusting its agent.
 AGENT_GRACE = 30.0
+#: Seconds the agent has to report a command started (its pid) before the node stops
+#: trusting it: a wedged or stopped agent must not hold the caller forever.
+START_DEADLINE = 60.0
 
 
 class NodeCommandHandle:
@@ -165,9 +168,10 @@ class NodeCommands:
             fields["timeout"] = check_timeout(timeout, "command timeout")
         counters = sandbox.counters()
         started = time.monotonic()
-        stream = await sandbox.channel().open(proto.OP_EXEC, credited=True, **fields)
+        agent = sandbox.channel()
+        stream = await agent.open(proto.OP_EXEC, credited=True, **fields)
         try:
-            header, _ = await stream.next()
+            header, _ = await agent.within(START_DEADLINE, stream.next(), "a command's start")
         except BaseException:
             stream.close()
             raise

@@ -27,6 +27,7 @@ from .commands import NodeCommandHandle, NodeCommands
 from .files import NodeFiles
 from .interpreter import NodeCodeInterpreter
 from corral.api.models import SandboxInfo
+from corral.runtime import Runtime
 
 from .lifecycle import SandboxState
 from .node import Node
@@ -135,11 +136,13 @@ class SyncNode(Proxy[Node]):
     create = blocking_wrapped(Node.create, SyncNodeSandbox)
     destroy = blocking(Node.destroy)
 
-    def __init__(self, settings: NodeSettings | None = None) -> None:
+    def __init__(self, settings: NodeSettings | None = None, *,
+                 runtimes: Mapping[str, Runtime] | None = None) -> None:
+        """``settings`` and ``runtimes`` as :class:`Node` takes them; the node starts now."""
         self._portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal()
         portal = self._portal_cm.__enter__()
         try:
-            super().__init__(Node(settings), portal)
+            super().__init__(Node(settings, runtimes=runtimes), portal)
             portal.call(self._inner.start)
         except BaseException:
             self._portal_cm.__exit__(None, None, None)

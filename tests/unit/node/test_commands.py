@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 
 import pytest
 
-from corral.api.errors import CommandTimeoutError, NotFoundError
-from corral.node import Node, Output, NodeSandbox
+from corral.api.errors import AgentError, CommandTimeoutError, NotFoundError
+from corral.node import Node, NodeSandbox, Output, SandboxState
+from corral.node import commands as node_commands
 from tests.fakes.runtime import FakeRuntime
 
 pytestmark = [pytest.mark.anyio, pytest.mark.rootless]
@@ -117,3 +119,18 @@ def _gone(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return raw[raw.rfind(b")") + 2:].split()[0] == b"Z"
+
+
+async def test_a_stopped_agent_cannot_hold_a_start_forever(
+        sandbox: NodeSandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent owes the command's pid; past the start deadline it is not trusted and the
+    sandbox ends, saying why (a sandbox's code can SIGSTOP a gVisor agent)."""
+    monkeypatch.setattr(node_commands, "START_DEADLINE", 0.5)
+    pid = sandbox.handle.extra["pid"]
+    assert isinstance(pid, int)
+    os.kill(pid, signal.SIGSTOP)
+    with pytest.raises(AgentError, match="did not answer a command's start within 0.5 s"):
+        await sandbox.commands.start(["true"])
+    while sandbox.state is not SandboxState.STOPPED:
+        await asyncio.sleep(0.05)
+    assert "did not answer a command's start" in (sandbox.stop_reason or "")
