@@ -37,6 +37,9 @@ def runtime_params() -> list[object]:
 
 @pytest.fixture(scope="session")
 def python_image() -> str:
+    if os.geteuid() != 0:  # building it, and every runtime that would run it, need root
+        pytest.skip("needs root: the real python image and runtimes (the rootless tests "
+                    "are in tests/unit)")
     ImageStore(IMAGE_DIR).ensure("python", progress=lambda line: None)
     return "python"
 

@@ -143,6 +143,7 @@ def _fake_tree(tree: Path) -> None:
     (tree / "var/cache/apt/pkgcache.bin").write_text("x")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="hands the home to uid 1000: needs root")
 def test_customize_rootfs_on_fake_tree(tmp_path: Path) -> None:
     tree = tmp_path / "rootfs"
     _fake_tree(tree)
@@ -217,6 +218,8 @@ class Built:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    if os.geteuid() != 0:
+        pytest.skip("building an image (mmdebstrap --mode=root) needs root")
     root = tmp_path_factory.mktemp("store") / "images"
     root.mkdir()
     key = BUILTIN_IMAGES["minimal"].cache_key()
@@ -293,6 +296,7 @@ def test_remove(built: Built) -> None:  # last: it deletes the shared build
     assert built.store.list() == []
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mmdebstrap --mode=root needs root")
 def test_failed_build_cleans_up_and_waits_for_the_lock(tmp_path: Path) -> None:
     recipe = ImageRecipe(name="broken", packages=("corral-no-such-package",))
     store = ImageStore(tmp_path, recipes={"broken": recipe})
