@@ -4,14 +4,13 @@ What the sandbox must not see or reach: the host's files, the host's processes, 
 sandboxes' files and processes, any network beyond its own loopback, and (namespaces)
 host root or privileged kernel operations.
 
-Notes from running these here: gVisor's 2022 runsc answers coreutils 9.1's ``statx`` with
-EINVAL, so ``ls``/``stat`` fail inside gVisor sandboxes; listings here go through Python.
+Notes from running these here: gVisor's 2022 runsc (the fallback build) answers coreutils
+9.1's ``statx`` with EINVAL, so ``ls``/``stat`` fail there; listings here go through Python.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import time
 import uuid
@@ -229,7 +228,8 @@ def test_sandbox_root_is_not_host_root(node: SyncNode, runtime: str,
         else:
             # gVisor: every host process of the sandbox is runsc (Sentry, gofer, stubs); the
             # user's code runs inside the Sentry and is no host process at all.
-            runsc = os.path.realpath(shutil.which("runsc") or "runsc")
+            gvisor = node.node.runtime("gvisor")
+            runsc = os.path.realpath(gvisor.chosen()[0].path)  # type: ignore[attr-defined]
             for pid in pids:
                 assert os.readlink(f"/proc/{pid}/exe") == runsc, pid
             assert host_processes_with_cmdline(b"sleep\x004242\x00") == []

@@ -16,7 +16,9 @@ import pytest
 
 from corral.node import NodeSettings, SandboxState, SyncNode
 from corral.node import records
+from corral.runtime import GvisorOptions
 from corral.runtime import _cgroups_unsafe as cgroups
+from corral.runtime.gvisor.runtime import GvisorRuntime
 from corral.runtime.host import mounts_under
 
 from ..conftest import IMAGE_DIR, sandbox_data_dir
@@ -102,6 +104,45 @@ def test_close_with_detach_hands_sandboxes_to_the_next_node(data_dir: Path, runt
         again = second.get(sb.id)
         assert again.info.expires_at == expires
         assert again.commands.run("echo still here").stdout == "still here\n"
+
+
+def test_a_sandbox_is_adopted_whatever_platform_it_runs_on(data_dir: Path, runtime: str,
+                                                          python_image: str) -> None:
+    """gVisor: a sandbox started on ptrace is adopted by a node that would start new ones on
+    systrap (adoption and teardown never run runsc, so no platform is assumed)."""
+    if runtime != "gvisor":
+        pytest.skip("a gVisor matter")
+    first = GvisorRuntime(GvisorOptions(platform="ptrace"))
+    second = GvisorRuntime(GvisorOptions())
+    _, chosen = second.chosen()
+    if chosen.name == "ptrace":
+        pytest.skip("only ptrace works here: nothing to mix")
+    settings = NodeSettings(data_dir=data_dir, image_dir=IMAGE_DIR)
+    old = SyncNode(settings, runtimes={"gvisor": first})
+    sb = old.create("python", runtime="gvisor", timeout=300)
+    sb.files.write("/work/note", b"from ptrace")
+    old.close(detach=True)
+    with SyncNode(settings, runtimes={"gvisor": second}) as fresh:
+        assert fresh.lost == {}
+        again = fresh.get(sb.id)
+        assert again.files.read("/work/note") == b"from ptrace"
+        assert again.commands.run("echo adopted").stdout == "adopted\n"
+        newer = fresh.create("python", runtime="gvisor", timeout=300)
+        assert newer.commands.run("echo new").stdout == "new\n"
+        assert "--platform=systrap" in _runsc_argv(newer.id)
+        assert "--platform=ptrace" in _runsc_argv(sb.id)
+
+
+def _runsc_argv(sandbox_id: str) -> str:
+    """The command line of the runsc sandbox process serving ``sandbox_id``."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if "runsc-sandbox" in cmdline and f"/{sandbox_id}/" in cmdline:
+            return cmdline
+    raise AssertionError(f"no runsc sandbox process for {sandbox_id}")
 
 
 def test_what_died_meanwhile_is_swept_and_reported(data_dir: Path, runtime: str,

@@ -64,11 +64,12 @@ NAMESPACES_REFUSED = (
 )  # fmt: skip
 #: Under gVisor every syscall is served by the Sentry, never by the host kernel; these are
 #: the ones the Sentry must refuse as well. The rest (unshare, io_uring, mknod, a fake
-#: syslog, ...) the Sentry implements for the sandbox alone, which reaches nothing outside.
+#: syslog, keyctl's session keyrings since 20240729, ...) the Sentry implements for the
+#: sandbox alone, which reaches nothing outside.
 GVISOR_REFUSED = (
     "mount", "mount_proc", "mount_cgroup", "umount_proc", "pivot_root", "ptrace_agent",
     "process_vm_readv_agent", "init_module", "finit_module", "delete_module",
-    "bpf_prog_load", "bpf_map_create", "perf_event_open", "keyctl", "add_key",
+    "bpf_prog_load", "bpf_map_create", "perf_event_open", "add_key",
     "userfaultfd", "kexec_load", "reboot", "open_by_handle_at", "swapon", "settimeofday",
     "iopl", "fsopen", "socket_packet", "socket_raw_inet", "socket_vsock", "unshare_net",
     "setns", "socket_alg",
@@ -176,6 +177,24 @@ for path in dirs:
         out[path] = exc.strerror
 print(json.dumps(out))
 """
+
+
+#: A file of the agent bundle the agent has already read (truncating it harms no one
+#: running); the bundle is a read-only bind of one host directory shared by a node's
+#: sandboxes.
+BUNDLE_FILE = "py/corral/api/limits.py"
+
+
+def check_read_only_mounts_hold(sb: SyncNodeSandbox, bundle: Path) -> None:
+    """Writing through the read-only agent bundle mount changes nothing on the host."""
+    host_file = bundle / BUNDLE_FILE
+    before = host_file.read_bytes()
+    attempt = sb.commands.run(["sh", "-c", f"echo replaced > /.corral/{BUNDLE_FILE}; "
+                                           f"echo more >> /.corral/{BUNDLE_FILE}; true"])
+    assert attempt.exit_code == 0, attempt  # the shell ran the attack
+    after = host_file.read_bytes()
+    assert after == before, (f"the sandbox wrote through the read-only bundle mount: "
+                             f"{len(before)} bytes became {after[:40]!r}")
 
 
 def check_host_describing_files_masked(sb: SyncNodeSandbox) -> dict[str, Any]:

@@ -89,7 +89,7 @@ def test_signals_cannot_kill_the_agent(attacker: SyncNodeSandbox) -> None:
 @pytest.mark.parametrize("signal", ["KILL", "SEGV", "STOP"])
 def test_a_killed_agent_ends_only_its_own_sandbox(node: SyncNode, runtime: str,
                                                   victim: Victim, signal: str) -> None:
-    """namespaces: ignored. gVisor 2022 lets sandbox code kill or stop its init: the
+    """namespaces: ignored. gVisor (both builds) lets sandbox code kill or stop its init: the
     sandbox then ends (KILL, SEGV: at once; STOP: when the node's deadline for the reply
     passes) with the reason recorded, and nothing else is touched."""
     if runtime == "gvisor" and signal == "STOP":

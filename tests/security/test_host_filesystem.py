@@ -11,7 +11,7 @@ from pathlib import Path
 
 from corral.node import SyncNode, SyncNodeSandbox
 
-from ._checks import Victim, run_program, run_python
+from ._checks import Victim, check_read_only_mounts_hold, run_program, run_python
 from .conftest import Canary
 
 #: Character devices a sandbox may have: the harmless ones every container gets.
@@ -83,7 +83,8 @@ def test_the_image_and_host_binaries_stay_unchanged(node: SyncNode, runtime: str
     agent's own files changes neither the shared image, nor the host's tools, nor the
     neighbour's view."""
     image_tool = node.node.images.get("python").rootfs / "usr/bin/base64"
-    tools = [Path(p) for p in (shutil.which("bwrap"), shutil.which("runsc")) if p]
+    runsc = node.node.runtime("gvisor").chosen()[0].path if runtime == "gvisor" else None  # type: ignore[attr-defined]
+    tools = [Path(p) for p in (shutil.which("bwrap"), shutil.which("runsc"), runsc) if p]
     before = {p: _sha(p) for p in [image_tool, *tools]}
     result = run_program(attacker, "host_fs.py", json.dumps({"paths": [], "secrets": []}))
     # namespaces refuses them all (ETXTBSY, a read-only agent bundle). gVisor lets a running
@@ -116,4 +117,13 @@ def test_no_device_node_reaches_the_host(runtime: str, attacker: SyncNodeSandbox
     chars = {name for name, kind in kinds.items() if kind == "chr"}
     allowed = ALLOWED_DEVICES | ({"fuse"} if runtime == "gvisor" else set())
     assert chars <= allowed, chars - allowed
+    victim.assert_unharmed()
+
+
+def test_read_only_mounts_stay_read_only(node: SyncNode, attacker: SyncNodeSandbox,
+                                        victim: Victim) -> None:
+    """The agent bundle, shared by every sandbox of the node, takes no write from inside
+    (runsc 20240729 with directfs let one truncate it: test_weakened.py)."""
+    check_read_only_mounts_hold(attacker, node.node.agent_bundle)
+    assert victim.sandbox.commands.run("echo alive").stdout == "alive\n"
     victim.assert_unharmed()

@@ -24,20 +24,28 @@ from ._checks import (
     check_32bit_syscalls_are_killed,
     check_host_describing_files_masked,
     check_privileged_syscalls,
+    check_read_only_mounts_hold,
 )
 
 
 @contextmanager
-def weakened_sandbox(runtime: Runtime) -> Iterator[SyncNodeSandbox]:
-    """A sandbox of ``runtime`` in a node of its own, which has no other runtime."""
+def weakened_node(runtime: Runtime) -> Iterator[tuple[SyncNode, SyncNodeSandbox]]:
+    """A sandbox of ``runtime`` in a node of its own (own data dir, so its own agent bundle),
+    which has no other runtime."""
     with sandbox_data_dir("corral-weak-") as data_dir:
         with SyncNode(NodeSettings(data_dir=data_dir, image_dir=IMAGE_DIR),
                       runtimes={runtime.name: runtime}) as node:
             sb = node.create("python", runtime=runtime.name, timeout=300)
             try:
-                yield sb
+                yield node, sb
             finally:
                 sb.kill()
+
+
+@contextmanager
+def weakened_sandbox(runtime: Runtime) -> Iterator[SyncNodeSandbox]:
+    with weakened_node(runtime) as (_, sb):
+        yield sb
 
 
 def _must_fail(check: Callable[[], object], what: str) -> str:
@@ -90,10 +98,22 @@ def test_gvisor_with_more_capabilities_fails_the_privilege_checks(
         assert "'mount': 'ok'" in failure and "'ptrace_agent': 'ok'" in failure, failure
 
 
+@pytest.mark.skipif("gvisor" not in WORKING, reason="gvisor does not work here")
+def test_gvisor_with_directfs_fails_the_read_only_mount_check(python_image: str) -> None:
+    weak = GvisorRuntime(weakening=Weakening(gvisor_directfs=True))
+    runsc, _ = weak.chosen()
+    if not runsc.knows("directfs"):
+        pytest.skip(f"runsc {runsc.version} has no directfs")
+    with weakened_node(weak) as (node, sb):
+        failure = _must_fail(lambda: check_read_only_mounts_hold(sb, node.node.agent_bundle),
+                             "directfs")
+        assert "wrote through the read-only bundle mount" in failure, failure
+
+
 def test_full_strength_runtimes_take_no_weakening_from_outside() -> None:
     """What the server and the CLI build (get_runtime) is always full strength."""
     from corral.runtime import _make
 
     for name in ("gvisor", "namespaces"):
-        runtime = _make(name)
+        runtime = _make(name, None)
         assert runtime._weakening == Weakening()  # type: ignore[attr-defined]

@@ -30,8 +30,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from corral.api.errors import InternalError
+from corral.api.errors import InternalError, RuntimeUnavailableError
 from corral.runtime.agent_bundle import MOUNT_POINT, agent_command, agent_env
+from corral.runtime.gvisor.runsc import GvisorOptions, RunscError
+from corral.runtime.gvisor.runsc import resolve as resolve_runsc
 from corral.runtime.host import SandboxCgroups
 
 RUN_TIMEOUT = 60.0
@@ -99,12 +101,18 @@ class BareRunsc:
     Use as a context manager: it holds a temporary directory with one bundle per command.
     """
 
-    def __init__(self, rootfs: Path, agent_bundle: Path | None = None, runsc: str = "runsc",
-                 platform: str = "ptrace") -> None:
+    def __init__(self, rootfs: Path, agent_bundle: Path | None = None,
+                 options: GvisorOptions | None = None) -> None:
+        """``options``: the runsc and platform (default: the gvisor runtime's, from the
+        environment), so that the bare rows run what the gvisor runtime runs."""
         self.rootfs = rootfs
         self.agent_bundle = agent_bundle
-        self.runsc = runsc
-        self.platform = platform
+        try:
+            runsc, platform = resolve_runsc(options or GvisorOptions.from_env())
+        except RunscError as exc:
+            raise RuntimeUnavailableError(f"{exc}; to fix: {exc.fix}") from None
+        self.runsc = runsc.path
+        self.platform = platform.name
         self._tmp: Path | None = None
         self._bundles: dict[tuple[str, ...], Path] = {}
         self._lock = threading.Lock()  # runs come from several threads at once

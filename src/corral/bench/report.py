@@ -14,6 +14,9 @@ from typing import Any
 
 from rich.table import Table
 
+from corral.api.errors import SandboxError
+from corral.runtime.gvisor.runsc import GvisorOptions, RunscError
+from corral.runtime.gvisor.runsc import resolve as resolve_runsc
 from corral import __version__
 
 from .stats import Row, RuntimeResult
@@ -87,10 +90,22 @@ def machine_info() -> dict[str, Any]:
         "kernel": f"{platform.system()} {platform.release()}", "arch": platform.machine(),
         "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
         "python": platform.python_version(),
-        "runsc_version": _first_line(["runsc", "--version"]),
+        **_gvisor_facts(),
         "bwrap_version": _first_line(["bwrap", "--version"]),
         "loadavg_start": list(os.getloadavg()),
     }
+
+
+def _gvisor_facts() -> dict[str, str | None]:
+    """The runsc binary, version and platform the gvisor runtime uses (and the bare runsc
+    rows with it), or why there is none."""
+    try:
+        runsc, platform = resolve_runsc(GvisorOptions.from_env())
+    except (RunscError, SandboxError) as exc:
+        return {"runsc_path": None, "runsc_version": None, "gvisor_platform": None,
+                "gvisor_problem": str(exc)}
+    return {"runsc_path": runsc.path, "runsc_version": runsc.version,
+            "gvisor_platform": platform.name}
 
 
 def _first_line(argv: list[str]) -> str | None:

@@ -87,7 +87,8 @@ def bench(
     machine = report.machine
     console.print(f"[bold]Corral benchmark[/] {report.started:%Y-%m-%d %H:%M} UTC · "
                   f"{machine['cpu_count']} CPUs ({machine['cpu_model']}) · {machine['kernel']}"
-                  f" · {machine['runsc_version']} · image {config.image}", soft_wrap=True)
+                  f" · runsc {machine['runsc_version']} on {machine['gvisor_platform']}"
+                  f" · image {config.image}", soft_wrap=True)
     for result in report.results:
         console.print(rich_table(result))
     if json_path is not None:

@@ -12,10 +12,11 @@ from rich.table import Table
 
 from corral.api.errors import SandboxError
 from corral.node.images import ImageStore
-from corral.runtime import available_runtimes
+from corral.runtime import GvisorOptions, available_runtimes
+from corral.runtime.gvisor import runsc as runsc_module
 from corral.runtime.host import favordynmods_enabled
 
-from ._common import DataDirOption, human_size, node_settings
+from ._common import DataDirOption, human_size, node_settings, reporting_errors
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -30,7 +31,8 @@ def doctor(data_dir: DataDirOption = None) -> None:
         corral doctor
     """
     console = Console()
-    runtimes = available_runtimes()
+    with reporting_errors():  # e.g. CORRAL_GVISOR_PLATFORM=kvm
+        runtimes = available_runtimes(gvisor=GvisorOptions.from_env())
     default = next((name for name, (_, status) in runtimes.items() if status.ok), None)
 
     table = Table(title="Runtimes (strongest first)")
@@ -45,6 +47,7 @@ def doctor(data_dir: DataDirOption = None) -> None:
     table.add_row("microvm", "[red]✗[/]", _kvm_fact(),
                   "not built: needs a host whose KVM can boot a guest")
     console.print(table)
+    console.print(_gvisor_table())
 
     settings = node_settings(data_dir)
     host = Table(title="Host", show_header=False)
@@ -80,6 +83,38 @@ def doctor(data_dir: DataDirOption = None) -> None:
         console.print("[red]No runtime works on this host; see 'how to fix' above.[/]")
         raise typer.Exit(1)
     console.print(f"[green]Ready:[/] sandboxes use [bold]{default}[/] unless told otherwise.")
+
+
+def _gvisor_table() -> Table:
+    """The runsc binary, and each platform's probe: what gvisor sandboxes run on, and why."""
+    table = Table(title="gVisor", show_header=False)
+    table.add_column("fact", style="bold")
+    table.add_column("value")
+    options = GvisorOptions.from_env()
+    try:
+        runsc = runsc_module.locate(options.runsc)
+    except runsc_module.RunscError as exc:
+        table.add_row("runsc", f"[red]{exc}[/]")
+        return table
+    origin = ("pinned, installed by scripts/install" if runsc.managed
+              else "CORRAL_RUNSC" if options.runsc else "the system's, from PATH")
+    table.add_row("runsc", f"{runsc.path} ({origin})")
+    version = runsc.version if runsc.pinned else (
+        f"{runsc.version} [yellow](not the pinned {runsc_module.PINNED_VERSION}: "
+        f"{runsc_module.INSTALL_COMMAND} fetches it)[/]")
+    table.add_row("version", version)
+    for name in runsc_module.PLATFORMS:
+        problem = runsc_module.probe(runsc.path, name)
+        table.add_row(f"platform {name}", "[green]works[/]" if problem is None
+                      else f"[red]does not work[/]: {problem}")
+    table.add_row("platform kvm", "not offered: runsc hangs on it on hosts whose KVM cannot "
+                                  "boot a guest")
+    try:
+        chosen = runsc_module.choose(runsc, options.platform)
+        table.add_row("sandboxes use", f"[bold]{chosen.name}[/] ({chosen.why})")
+    except runsc_module.RunscError as exc:
+        table.add_row("sandboxes use", f"[red]{exc}[/]")
+    return table
 
 
 def _cgroup_fact() -> str:

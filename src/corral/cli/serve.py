@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from corral.node.pools import PoolSpec
+from corral.runtime import GvisorOptions, get_runtime
 from corral.server import ServerSettings, create_app, logs
 from corral.server.http import uvicorn_options
 from corral.server.tls import TlsFiles, ensure_tls
@@ -56,6 +57,11 @@ def serve(
              "(default numpy+pandas+matplotlib; '/' alone: no kernel), e.g. "
              "--pool python:gvisor=4; repeat for more (env CORRAL_POOLS, comma-separated)."),
     ] = None,
+    gvisor_platform: Annotated[str | None, typer.Option(
+        "--gvisor-platform", metavar="PLATFORM", show_default="systrap where it works",
+        help="The gVisor platform of gvisor sandboxes: systrap or ptrace (env "
+             "CORRAL_GVISOR_PLATFORM). One that does not work here is refused at start; "
+             "`corral doctor` shows which work and why.")] = None,
     keep_sandboxes: Annotated[bool | None, typer.Option(
         "--keep-sandboxes/--stop-sandboxes", show_default="keep",
         help="When the server stops, leave running sandboxes for the next server on this "
@@ -81,6 +87,13 @@ def serve(
             settings = replace(settings, node=replace(settings.node, pools=pools))
         if keep_sandboxes is not None:
             settings = replace(settings, keep_sandboxes=keep_sandboxes)
+        if gvisor_platform is not None:
+            runsc = settings.node.gvisor.runsc if settings.node.gvisor else None
+            settings = replace(settings, node=replace(settings.node, gvisor=GvisorOptions(
+                runsc=runsc, platform=gvisor_platform)))
+        forced = settings.node.gvisor
+        if forced is not None and forced.platform is not None:
+            get_runtime("gvisor", gvisor=forced)  # refused now, not at the first create
         # JSON lines on stderr: the request log, sandbox events, errors (server/logs.py).
         logs.configure(os.environ.get("CORRAL_LOG_LEVEL", "INFO").upper())
         files = ensure_tls(settings.tls_dir, settings.tls_names) if settings.tls else None

@@ -34,7 +34,7 @@ from corral.api.errors import (
 from corral.api.limits import DEFAULT_LIFETIME
 from corral.api.limits import TIMEOUT_RANGE
 from corral.api.resources import Resources, check_timeout
-from corral.runtime import Runtime, SandboxSpec, get_runtime
+from corral.runtime import GvisorOptions, Runtime, SandboxSpec, get_runtime
 from corral.runtime.agent_bundle import ensure_bundle
 from corral.runtime.host import favor_dynamic_changes, remove_node_cgroups, sweep
 
@@ -83,6 +83,13 @@ class Node:
     def sandboxes_dir(self) -> Path:
         return self.settings.data_dir / "sandboxes"
 
+    @property
+    def agent_bundle(self) -> Path:
+        """The host directory every sandbox of this node sees, read-only, at ``/.corral``."""
+        if self._bundle is None:
+            raise SandboxError("the node is not started; use `async with Node()`")
+        return self._bundle
+
     def on_state(self, listener: StateListener) -> Callable[[], None]:
         """Call ``listener(sandbox, state)`` after every state change of every sandbox of
         this node (pooled ones included: check ``sandbox.pooled``); returns the function
@@ -91,6 +98,9 @@ class Node:
 
     async def start(self) -> None:
         """Prepare directories, adopt the sandboxes a previous node released, sweep the rest."""
+        options = self.settings.gvisor or GvisorOptions.from_env()
+        if options.platform is not None and self._given is None:
+            self.runtime("gvisor")  # a forced platform that does not work: refused at start
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_data_dir()
         self.sandboxes_dir.mkdir(exist_ok=True)
@@ -169,7 +179,7 @@ class Node:
     def runtime(self, name: str | None) -> Runtime:
         """The named runtime (or the default), probed once per node."""
         if name not in self._runtimes:
-            runtime = get_runtime(name, self._given)
+            runtime = get_runtime(name, self._given, self.settings.gvisor)
             # One instance per runtime, whichever way it was asked for: a runtime holds
             # host-wide state (the namespaces runtime's uid slots).
             self._runtimes[name] = self._runtimes.setdefault(runtime.name, runtime)

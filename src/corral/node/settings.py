@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.api.errors import InvalidArgumentError
+from corral.runtime import GvisorOptions
 from corral.runtime.agent_bundle import ORPHAN_GRACE
 
 from .pools import PoolSpec
@@ -38,6 +39,9 @@ class NodeSettings:
             CPUs, ``CORRAL_MAX_STARTING``). Starting is CPU-bound: more at once only thrash.
         start_queue: creates that may wait for a turn; one more is refused as "resource
             exhausted" at once instead of queueing without bound (``CORRAL_START_QUEUE``).
+        gvisor: which runsc and gVisor platform (``CORRAL_RUNSC``,
+            ``CORRAL_GVISOR_PLATFORM``); None: read from the environment when the runtime
+            is made.
     """
 
     data_dir: Path
@@ -48,6 +52,7 @@ class NodeSettings:
     pools: tuple[PoolSpec, ...] = ()
     max_starting: int = field(default_factory=lambda: 2 * (os.cpu_count() or 1))
     start_queue: int = 256
+    gvisor: GvisorOptions | None = None
 
     def __post_init__(self) -> None:
         if self.max_starting < 1 or self.start_queue < 0:
@@ -76,7 +81,8 @@ class NodeSettings:
         return cls(data_dir=data, image_dir=images, tune_cgroups=tune,
                    orphan_grace=orphan_grace, pools=pools,
                    max_starting=_int_env("CORRAL_MAX_STARTING", defaults.max_starting),
-                   start_queue=_int_env("CORRAL_START_QUEUE", defaults.start_queue))
+                   start_queue=_int_env("CORRAL_START_QUEUE", defaults.start_queue),
+                   gvisor=GvisorOptions.from_env())
 
     @property
     def node_key(self) -> str:

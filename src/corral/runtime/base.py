@@ -76,6 +76,9 @@ class Weakening:
     all_capabilities: bool = False
     #: namespaces: leave /proc's host-describing files unmasked.
     unmasked_proc: bool = False
+    #: gvisor: let the Sentry open host files itself (``runsc --directfs=true``, the
+    #: 20240729 build's default): read-only bind mounts then stop being read-only.
+    gvisor_directfs: bool = False
 
 
 @dataclass

@@ -160,7 +160,7 @@ def test_bench_report_ratios_targets_and_json() -> None:
 def _fake_runtimes(monkeypatch: pytest.MonkeyPatch, ok: dict[str, bool]) -> None:
     found = {name: (None, Availability(works, f"{name} detail", "" if works else f"fix {name}"))
              for name, works in ok.items()}
-    monkeypatch.setattr("corral.cli.doctor.available_runtimes", lambda: found)
+    monkeypatch.setattr("corral.cli.doctor.available_runtimes", lambda **_: found)
 
 
 def test_doctor_exits_0_and_names_the_default_when_a_runtime_works(
@@ -172,6 +172,24 @@ def test_doctor_exits_0_and_names_the_default_when_a_runtime_works(
     assert "fix gvisor" in result.stdout
     assert "micro-VMs are not supported" in result.stdout
     assert str(tmp_path) in result.stdout
+
+
+def test_doctor_shows_the_runsc_and_why_its_platform(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.unit.runtime.test_runsc import fake_runsc
+
+    _fake_runtimes(monkeypatch, {"gvisor": True, "namespaces": True})
+    monkeypatch.setenv("CORRAL_RUNSC", fake_runsc(tmp_path, "0.0~20221219.0",
+                                                  broken=("systrap",)))
+    result = invoke("doctor", data_dir=tmp_path)
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.stdout.split())
+    assert "0.0~20221219.0 (not the pinned 0.0~20240729.0" in out, out
+    assert "platform systrap │ does not work: unknown platform: systrap" in out, out
+    assert "sandboxes use │ ptrace (its probe passed; not systrap" in out, out
+    monkeypatch.setenv("CORRAL_GVISOR_PLATFORM", "kvm")
+    refused = invoke("doctor", data_dir=tmp_path)
+    assert refused.exit_code != 0 and "kvm is not offered" in refused.stderr
 
 
 def test_doctor_exits_1_when_no_runtime_works(tmp_path: Path,

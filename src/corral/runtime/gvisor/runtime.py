@@ -6,20 +6,18 @@ and cgroups as every sandbox. Each sandbox has its own runsc state directory, so
 is ``cgroup.kill`` plus deleting that directory: it never runs ``runsc delete``, which is
 slow (~2 s) and unreliable in parallel.
 
-This host's runsc is a 2022 Debian build: only the ptrace platform works, and its
-netstack cannot start here, so sandboxes get ``--network=none`` (loopback only).
+Which runsc and which platform: :mod:`.runsc` (the pinned build ``scripts/install``
+fetches, systrap where it works). Sandboxes get ``--network=none`` (loopback only).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from corral.api.errors import InternalError
+from corral.api.errors import InternalError, RuntimeUnavailableError
 
 from .. import _cgroups_unsafe as cgroups
 from .._cgroups import CPU_PERIOD_US, CgroupView
@@ -27,6 +25,8 @@ from .._cgroups import check_host as check_cgroups
 from .._host import HostRuntime, channel_dir, prepare_root, teardown
 from ..agent_bundle import CHANNEL_MOUNT_POINT, MOUNT_POINT, agent_command, agent_env
 from ..base import Availability, RuntimeSandbox, RuntimeState, SandboxSpec, Weakening
+from .runsc import INSTALL_COMMAND, PINNED_VERSION, GvisorOptions, Platform, Runsc, RunscError
+from .runsc import resolve as resolve_runsc
 
 # The Sentry, gofer and ptrace stubs are host tasks that count toward the pids cgroup: an
 # idle python sandbox holds ~34 and gVisor panics when the limit is hit, so the host limit
@@ -95,34 +95,68 @@ def oci_spec(spec: SandboxSpec, weakening: Weakening | None = None) -> dict[str,
     }
 
 
+def file_flags(runsc: Runsc, weakening: Weakening | None = None) -> list[str]:
+    """How the Sentry reaches the sandbox's root, the same on every build.
+
+    ``--overlay2=none``: the host-side overlay (the image under a tmpfs of the disk size,
+    see :mod:`.._host`) is the sandbox's one copy-on-write layer, as on the 2022 build; the
+    newer build's default (``root:self``) would add a second, in-memory one inside it. And
+    ``--directfs=false`` where the build has it: the gofer keeps opening host files for the
+    Sentry, so the Sentry holds no host file descriptors of its own. With directfs, the
+    20240729 build lets sandbox code truncate files of a *read-only* bind mount (the agent
+    bundle, shared by every sandbox of the node: measured here, see SECURITY.md), and it
+    made no measurable difference to speed.
+    """
+    flags = ["--overlay2=none"]
+    if runsc.knows("directfs"):
+        weak = weakening is not None and weakening.gvisor_directfs
+        flags.append(f"--directfs={'true' if weak else 'false'}")
+    return flags
+
+
 class GvisorRuntime(HostRuntime):
     name = "gvisor"
     strength = 2
 
-    def __init__(self, runsc: str = "runsc", platform: str = "ptrace",
+    def __init__(self, options: GvisorOptions | None = None,
                  weakening: Weakening | None = None) -> None:
-        """``weakening``: for the security suite only (see :class:`Weakening`)."""
-        self.runsc = runsc
-        self.platform = platform
+        """``options``: which runsc and platform (default: from the environment, see
+        :class:`GvisorOptions`); ``weakening``: for the security suite only (see
+        :class:`Weakening`)."""
+        self.options = options or GvisorOptions.from_env()
         self._weakening = weakening or Weakening()
+        self._chosen: tuple[Runsc, Platform] | None = None
+
+    def chosen(self) -> tuple[Runsc, Platform]:
+        """The runsc binary and platform this runtime uses (found and probed once).
+
+        Raises RuntimeUnavailableError saying what to do when there is none.
+        """
+        if self._chosen is None:
+            try:
+                self._chosen = resolve_runsc(self.options)
+            except RunscError as exc:
+                raise RuntimeUnavailableError(f"{exc}; to fix: {exc.fix}") from None
+        return self._chosen
 
     def check(self) -> Availability:
-        path = shutil.which(self.runsc)
-        if path is None:
-            return Availability(False, "runsc (gVisor) is not installed",
-                                "apt-get install runsc")
         problem = check_cgroups()
         if problem:
             return Availability(False, problem, "run as root on a host with cgroups mounted")
         try:
-            out = subprocess.run([path, "--version"], capture_output=True, text=True,
-                                 timeout=10).stdout
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return Availability(False, f"runsc does not run: {exc}", "reinstall runsc")
-        version = out.splitlines()[0] if out else "unknown version"
-        return Availability(True, f"{version} ({path}), platform {self.platform}")
+            runsc, platform = resolve_runsc(self.options)
+        except RunscError as exc:
+            return Availability(False, str(exc), exc.fix)
+        self._chosen = runsc, platform
+        detail = (f"runsc {runsc.version} ({runsc.path}), platform {platform.name} "
+                  f"({platform.why})")
+        if not runsc.pinned and self.options.runsc is None:
+            detail += (f"; not the pinned {PINNED_VERSION}: {INSTALL_COMMAND} fetches it "
+                       "(faster, and `ls -l` works)")
+        return Availability(True, detail)
 
     async def create(self, spec: SandboxSpec) -> RuntimeSandbox:
+        await asyncio.to_thread(self.chosen)  # no runsc, no platform: say so before any work
         sandbox = RuntimeSandbox(spec=spec)
         try:
             await asyncio.to_thread(self._prepare, spec)
@@ -152,8 +186,11 @@ class GvisorRuntime(HostRuntime):
         # one: the socket a restarted node binds in the read-only run folder. Creating host
         # sockets stays refused. --detach: the sandbox does not die with `runsc run` (or the
         # node); runsc returns once it started, and the agent's stdio stays the channel.
-        return [self.runsc, "--root", str(directory / "state"), "--network=none",
-                f"--platform={self.platform}", "--host-uds=open", "run", "--detach",
+        runsc, platform = self.chosen()
+        return [runsc.path, "--root", str(directory / "state"), "--network=none",
+                f"--platform={platform.name}", *file_flags(runsc, self._weakening),
+                "--host-uds=open", "run",
+                "--detach",
                 "--bundle", str(directory / "bundle"), sandbox_id]
 
     async def start(self, sandbox: RuntimeSandbox) -> asyncio.subprocess.Process:

@@ -1,0 +1,187 @@
+"""Which runsc the gvisor runtime runs, on which platform, and why.
+
+The binary: ``scripts/install`` fetches a pinned gVisor build (Debian trixie's ``runsc``
+package, :data:`PINNED_VERSION`, checked against its sha256) into :data:`MANAGED`, next to
+nothing of the system's; when that failed, the system's ``runsc`` (Debian bookworm's 2022
+build) is used, with a warning. ``CORRAL_RUNSC`` names another binary.
+
+The platform: ``systrap`` (syscalls trapped by seccomp and patched in place: 10-100x cheaper
+than ``ptrace`` when a CPU is free) wherever a one-time probe runs a no-op sandbox on it;
+``ptrace`` otherwise (the 2022 build knows no systrap). ``CORRAL_GVISOR_PLATFORM`` (or
+``corral serve --gvisor-platform``) forces one; a platform that fails its probe is refused
+with the probe's words. ``kvm`` is not offered: on hosts whose ``/dev/kvm`` cannot boot a
+guest (this project's machines) runsc hangs on it and leaves cgroups and files behind.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.api.errors import InvalidArgumentError
+
+#: Where ``scripts/install`` puts the pinned runsc.
+MANAGED = Path("/usr/local/lib/corral/gvisor/runsc")
+#: The version ``scripts/install`` fetches (``runsc --version`` says it).
+PINNED_VERSION = "0.0~20240729.0"
+#: The command that installs it.
+INSTALL_COMMAND = "scripts/install"
+PLATFORMS = ("systrap", "ptrace")
+#: Tried in this order when no platform is forced.
+PREFERENCE = ("systrap", "ptrace")
+#: Seconds a probe may take (a working platform answers in well under one).
+PROBE_TIMEOUT = 20.0
+_REFUSED = {"kvm": "kvm is not offered: runsc hangs on it on hosts whose KVM cannot boot a "
+                   "guest, leaving cgroups and files behind"}
+
+
+@dataclass(frozen=True)
+class GvisorOptions:
+    """The gvisor runtime's settings. Read once, at start.
+
+    Attributes:
+        runsc: the runsc binary (``CORRAL_RUNSC``); default: the pinned one
+            ``scripts/install`` fetched, else ``runsc`` on PATH.
+        platform: ``systrap`` or ``ptrace`` (``CORRAL_GVISOR_PLATFORM``); default: the first
+            of :data:`PREFERENCE` whose probe passes.
+    """
+
+    runsc: str | None = None
+    platform: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.platform is not None and self.platform not in PLATFORMS:
+            why = _REFUSED.get(self.platform, f"unknown gVisor platform {self.platform!r:.40}")
+            raise InvalidArgumentError(f"{why}; choose one of: {', '.join(PLATFORMS)}")
+
+    @classmethod
+    def from_env(cls) -> GvisorOptions:
+        return cls(runsc=os.environ.get("CORRAL_RUNSC") or None,
+                   platform=os.environ.get("CORRAL_GVISOR_PLATFORM") or None)
+
+
+@dataclass(frozen=True)
+class Runsc:
+    """A runsc binary that answered ``--version``."""
+
+    path: str
+    version: str
+    #: The pinned build ``scripts/install`` manages.
+    managed: bool
+
+    @property
+    def pinned(self) -> bool:
+        return self.version == PINNED_VERSION
+
+    def knows(self, flag: str) -> bool:
+        """Whether this build has the global flag ``flag`` (``runsc flags``)."""
+        return flag in _flags(self.path)
+
+
+@dataclass(frozen=True)
+class Platform:
+    """The platform chosen, and why (and why not the others)."""
+
+    name: str
+    why: str
+
+
+class RunscError(Exception):
+    """No usable runsc, or no usable platform; the message says what is wrong, ``fix``
+    what to do."""
+
+    def __init__(self, message: str, fix: str = INSTALL_COMMAND) -> None:
+        super().__init__(message)
+        self.fix = fix
+
+
+def locate(explicit: str | None = None) -> Runsc:
+    """The runsc to use: ``explicit``, else the managed one, else ``runsc`` on PATH."""
+    managed = explicit is None and os.path.lexists(MANAGED)
+    name = explicit or (str(MANAGED) if managed else "runsc")
+    path = shutil.which(name)
+    if path is None:
+        what = "is missing or not executable" if "/" in name else "is not installed"
+        raise RunscError(f"runsc (gVisor) {name} {what}; run {INSTALL_COMMAND}")
+    return Runsc(path=path, version=_version(path), managed=managed)
+
+
+def resolve(options: GvisorOptions) -> tuple[Runsc, Platform]:
+    """The binary and the platform ``options`` ask for; raises :class:`RunscError`."""
+    runsc = locate(options.runsc)
+    return runsc, choose(runsc, options.platform)
+
+
+@functools.cache
+def _version(path: str) -> str:
+    """``runsc --version``'s version; a binary that cannot say it is corrupt or foreign."""
+    try:
+        done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RunscError(f"{path} does not run ({exc}); reinstall it: {INSTALL_COMMAND}"
+                         ) from None
+    first = done.stdout.splitlines()[0] if done.stdout else ""
+    if done.returncode != 0 or not first.startswith("runsc version "):
+        raise RunscError(f"{path} is not a working runsc (it said {first or done.stderr!r:.80}); "
+                         f"reinstall it: {INSTALL_COMMAND}")
+    return first.removeprefix("runsc version ").strip()
+
+
+@functools.cache
+def _flags(path: str) -> frozenset[str]:
+    try:
+        done = subprocess.run([path, "flags"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return frozenset()
+    listing = done.stdout + done.stderr  # the Go flag package prints to stderr
+    return frozenset(line.split()[0].lstrip("-") for line in listing.splitlines()
+                     if line.startswith("  -"))
+
+
+@functools.cache
+def probe(path: str, platform: str) -> str | None:
+    """Run a no-op sandbox on ``platform``: None if it works, else what went wrong.
+
+    Once per process and binary (``runsc do``, no network, no cgroups, a private state
+    dir; ~0.1-0.3 s).
+    """
+    with tempfile.TemporaryDirectory(prefix="corral-probe-") as state:
+        argv = [path, "--root", state, f"--platform={platform}", "--network=none",
+                "--ignore-cgroups", "do", "/bin/true"]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return f"no answer within {PROBE_TIMEOUT:g} s"
+        except OSError as exc:
+            return str(exc)
+    if done.returncode == 0:
+        return None
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    return (lines[-1] if lines else f"exit status {done.returncode}")[:300]
+
+
+def choose(runsc: Runsc, forced: str | None) -> Platform:
+    """The platform to run sandboxes on (see the module docstring)."""
+    if forced is not None:
+        problem = probe(runsc.path, forced)
+        if problem is not None:
+            raise RunscError(f"gVisor platform {forced} (CORRAL_GVISOR_PLATFORM) does not work "
+                             f"with runsc {runsc.version}: {problem}",
+                             "unset CORRAL_GVISOR_PLATFORM (or --gvisor-platform) to let "
+                             "Corral choose, or force another")
+        return Platform(forced, "forced by CORRAL_GVISOR_PLATFORM / --gvisor-platform")
+    refused: list[str] = []
+    for name in PREFERENCE:
+        problem = probe(runsc.path, name)
+        if problem is None:
+            why = "its probe passed" + (f"; not {', '.join(refused)}" if refused else "")
+            return Platform(name, why)
+        refused.append(f"{name}: {problem}")
+    raise RunscError(f"no gVisor platform works with runsc {runsc.version}: "
+                     + "; ".join(refused))
