@@ -22,8 +22,10 @@ class Root:
     def __init__(self, directory: str = "/") -> None:
         if not os.path.isabs(directory):
             raise ValueError(f"the sandbox root must be an absolute path, not {directory!r}")
-        directory = os.path.normpath(directory)
-        self._prefix = "" if directory in ("/", "//") else directory
+        # Resolved: paths are checked against their realpath (agent/files.py), so a root
+        # under a linked directory must be compared resolved too.
+        directory = os.path.realpath(directory)
+        self._prefix = "" if directory == "/" else directory
 
     def host(self, path: str) -> str:
         """The path the agent opens for sandbox path ``path``."""

@@ -107,8 +107,10 @@ async def reconnect(spec: SandboxSpec, label: str) -> AgentClient:
 
 
 async def release(sandbox: NodeSandbox, lifecycle: Lifecycle) -> bool:
-    """Let go of a running sandbox without stopping it; False if its runtime cannot leave
-    it running (the caller then stops it)."""
+    """Let go of a running sandbox without stopping it; False if it is no longer running or
+    its runtime cannot leave it running (the caller then stops it)."""
+    if sandbox.state is not SandboxState.RUNNING:
+        return False  # it stopped meanwhile: its teardown is under way
     lifecycle.forget(sandbox)
     if sandbox.agent is not None:
         sandbox.agent.on_close = None
@@ -118,6 +120,7 @@ async def release(sandbox: NodeSandbox, lifecycle: Lifecycle) -> bool:
     except SandboxError as exc:
         log.warning("sandbox %s cannot outlive this node (%s); stopping it", sandbox.id,
                     exc.message)
+        lifecycle.keep(sandbox)
         return False
     log.info("sandbox %s released, still running", sandbox.id)
     return True

@@ -16,11 +16,14 @@ from corral.api import agent_protocol as proto
 from corral.api.errors import (
     AgentError,
     InvalidArgumentError,
+    SandboxError,
     SandboxNotRunningError,
     error_from_code,
 )
 
 _CLOSED = ({"ev": "__closed__"}, b"")
+#: What a stream closed on this side hands a task still waiting on it.
+_DROPPED = ({"ev": "__dropped__"}, b"")
 T = TypeVar("T")
 #: Longest a single-reply request (stat, mkdir, list, signal, stdin...) may wait.
 CALL_TIMEOUT = 60.0
@@ -42,7 +45,7 @@ class Stream:
         self._consumed = 0
 
     def _put(self, frame: tuple[dict[str, Any], bytes]) -> bool:
-        if frame is not _CLOSED:
+        if frame is not _CLOSED and frame is not _DROPPED:
             size = len(frame[1]) + 256
             if (self._queue.qsize() >= _QUEUE_FRAMES
                     or self._queued_bytes + size > _QUEUE_BYTES):
@@ -54,10 +57,12 @@ class Stream:
     async def next(self) -> tuple[dict[str, Any], bytes]:
         """The next frame; raises if the channel closed or the agent reported an error."""
         header, data = await self._queue.get()
-        if header is not _CLOSED[0]:
-            self._queued_bytes -= len(data) + 256
         if header is _CLOSED[0]:
             raise self._client.closed_error()
+        if header is _DROPPED[0]:
+            self._queue.put_nowait(_DROPPED)  # for the next waiter too
+            raise SandboxError(f"request {self.id} was closed on this side")
+        self._queued_bytes -= len(data) + 256
         if header.get("ev") == proto.EV_ERROR:
             code, message = header.get("code"), header.get("message")
             raise error_from_code(str(code), str(message)[:2000])
@@ -71,7 +76,9 @@ class Stream:
         return header, data
 
     def close(self) -> None:
-        self._client._streams.pop(self.id, None)
+        """Stop receiving; a task still waiting on :meth:`next` gets an error, not silence."""
+        if self._client._streams.pop(self.id, None) is not None:
+            self._queue.put_nowait(_DROPPED)
 
 
 class AgentClient:

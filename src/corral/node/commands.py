@@ -205,10 +205,10 @@ class NodeCommands:
             deadline = None if timeout is None else timeout + AGENT_GRACE
             result = await self._sandbox.channel().within(
                 deadline, handle.wait(on_stdout, on_stderr), "a command's end")
-        except asyncio.CancelledError:
-            # The caller gave up: the command must not run on unobserved.
+        except BaseException:
+            # The caller gave up, or feeding it failed: it must not run on unobserved.
             with contextlib.suppress(SandboxError):
-                await asyncio.shield(handle.kill())
+                await asyncio.shield(handle.aclose())
             raise
         if result.reason == proto.REASON_TIMEOUT:
             raise CommandTimeoutError(

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from corral.api.errors import InternalError, SandboxError
+from corral.api.errors import InternalError, SandboxError, SandboxNotRunningError
 
 if TYPE_CHECKING:
     from .sandbox import NodeSandbox
@@ -69,6 +69,8 @@ class Lifecycle:
         self._listeners: list[StateListener] = []
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._teardowns: dict[str, asyncio.Task[None]] = {}
+        #: Sandboxes this node let go of, running, for the next node to adopt.
+        self._released: set[str] = set()
 
     def on_state(self, listener: StateListener) -> Callable[[], None]:
         """Call ``listener`` after every transition; returns a function that unsubscribes."""
@@ -117,11 +119,15 @@ class Lifecycle:
     def begin_stop(self, sandbox: NodeSandbox, reason: str) -> asyncio.Task[None]:
         """Start stopping ``sandbox`` (its state and reason change now); the teardown runs
         in a task of its own, shared by every caller, and is returned."""
+        if sandbox.id in self._released:
+            raise SandboxNotRunningError(f"sandbox {sandbox.id} was handed over running to the "
+                                         "next node on this data dir; stop it through that one")
         task = self._teardowns.get(sandbox.id)
         if task is None:
             if sandbox.state in (S.STARTING, S.RUNNING):
                 self.move(sandbox, S.STOPPING, reason)
             task = asyncio.get_running_loop().create_task(self._teardown(sandbox))
+            task.add_done_callback(_reported)  # a stop nobody awaits (a timer's, say)
             self._teardowns[sandbox.id] = task
         return task
 
@@ -147,8 +153,14 @@ class Lifecycle:
             log.info("sandbox %s stopped: %s", sandbox.id, sandbox.stop_reason)
 
     def forget(self, sandbox: NodeSandbox) -> None:
-        """Drop a sandbox this node lets go of while it runs (see ``Node.close(detach=)``)."""
+        """Drop a sandbox this node lets go of while it runs (see ``Node.close(detach=)``):
+        its timer ends, and stopping it through this node is refused from now on."""
         self._disarm(sandbox)
+        self._released.add(sandbox.id)
+
+    def keep(self, sandbox: NodeSandbox) -> None:
+        """Take back a sandbox :meth:`forget` let go of (its runtime could not release it)."""
+        self._released.discard(sandbox.id)
 
     def _arm(self, sandbox: NodeSandbox) -> None:
         self._disarm(sandbox)
@@ -162,3 +174,9 @@ class Lifecycle:
         timer = self._timers.pop(sandbox.id, None)
         if timer is not None:
             timer.cancel()
+
+
+def _reported(task: asyncio.Task[None]) -> None:
+    """Read a teardown's outcome: its failure was logged in :meth:`Lifecycle._teardown`."""
+    if not task.cancelled():
+        task.exception()

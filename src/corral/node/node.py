@@ -20,6 +20,7 @@ import functools
 import logging
 import os
 import secrets
+import threading
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from corral.api.errors import (
     NotFoundError,
     ResourceExhaustedError,
     SandboxError,
+    UnavailableError,
 )
 from corral.api.limits import DEFAULT_LIFETIME
 from corral.api.limits import TIMEOUT_RANGE
@@ -78,6 +80,10 @@ class Node:
         self.pools: list[Pool] = []
         self._start_turns = asyncio.Semaphore(self.settings.max_starting)
         self._waiting = 0
+        #: Starts under way (each in a task of its own): close() lets them end first.
+        self._starts: set[asyncio.Task[NodeSandbox]] = set()
+        self._closing = False
+        self._runtime_lock = threading.Lock()
 
     @property
     def sandboxes_dir(self) -> Path:
@@ -100,7 +106,7 @@ class Node:
         """Prepare directories, adopt the sandboxes a previous node released, sweep the rest."""
         options = self.settings.gvisor or GvisorOptions.from_env()
         if options.platform is not None and self._given is None:
-            self.runtime("gvisor")  # a forced platform that does not work: refused at start
+            await self._runtime("gvisor")  # a forced platform that fails: refused at start
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_data_dir()
         self.sandboxes_dir.mkdir(exist_ok=True)
@@ -122,8 +128,8 @@ class Node:
                 log.warning("could not enable cgroup favordynmods; sandbox starts will be slower")
         for spec in self.settings.pools:
             try:
-                pool = Pool(spec, self.runtime(spec.runtime or None).name, self._start_pooled,
-                            self.lifecycle)
+                chosen = await self._runtime(spec.runtime or None)
+                pool = Pool(spec, chosen.name, self._start_pooled, self.lifecycle)
                 self.images.get(spec.image)
             except SandboxError as exc:
                 log.error("warm pool %s:%s not started: %s", spec.image, spec.runtime,
@@ -152,9 +158,13 @@ class Node:
         dir to adopt (:meth:`start`); their agents end them if none comes within
         :data:`corral.runtime.agent_bundle.ORPHAN_GRACE` seconds.
         """
+        self._closing = True  # no new start from now on
         for pool in self.pools:
             for sandbox in await pool.close():
                 await sandbox.stop("its warm pool closed")
+        # A start under way ends first (it cannot be cut in half); what it made, it holds in
+        # _sandboxes by then, and is stopped or released below with the rest.
+        await asyncio.gather(*list(self._starts), return_exceptions=True)
         if detach and self.settings.orphan_grace > 0:
             running = [sb for sb in self._sandboxes.values()
                        if sb.state is SandboxState.RUNNING and not sb.pooled]
@@ -177,13 +187,21 @@ class Node:
         await self.close()
 
     def runtime(self, name: str | None) -> Runtime:
-        """The named runtime (or the default), probed once per node."""
-        if name not in self._runtimes:
-            runtime = get_runtime(name, self._given, self.settings.gvisor)
-            # One instance per runtime, whichever way it was asked for: a runtime holds
-            # host-wide state (the namespaces runtime's uid slots).
-            self._runtimes[name] = self._runtimes.setdefault(runtime.name, runtime)
-        return self._runtimes[name]
+        """The named runtime (or the default), probed once per node.
+
+        Probing runs host tools (``runsc do``): the node calls this from a worker thread
+        (:meth:`_runtime`), never on its event loop; the lock keeps one instance per runtime.
+        """
+        with self._runtime_lock:
+            if name not in self._runtimes:
+                runtime = get_runtime(name, self._given, self.settings.gvisor)
+                # One instance per runtime, whichever way it was asked for: a runtime holds
+                # host-wide state (the namespaces runtime's uid slots).
+                self._runtimes[name] = self._runtimes.setdefault(runtime.name, runtime)
+            return self._runtimes[name]
+
+    async def _runtime(self, name: str | None) -> Runtime:
+        return await asyncio.to_thread(self.runtime, name)
 
     async def create(self, image: str = "python", *, runtime: str | None = None,
                      resources: Resources | None = None, env: Mapping[str, str] | None = None,
@@ -209,7 +227,12 @@ class Node:
     async def _shielded(self, start: Coroutine[None, None, NodeSandbox]) -> NodeSandbox:
         """Run a start to its end in a task of its own: a caller that gives up meanwhile
         does not cut it in half, and what it made is stopped once it is made."""
+        if self._closing:
+            start.close()
+            raise UnavailableError("the node is shutting down; retry on its successor")
         task = asyncio.get_running_loop().create_task(start)
+        self._starts.add(task)
+        task.add_done_callback(self._starts.discard)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -226,19 +249,22 @@ class Node:
         timeout = check_timeout(timeout)
         env, metadata = check_env(env), check_metadata(metadata)
         built = self.images.get(image)
-        chosen = self.runtime(runtime)
+        chosen = await self._runtime(runtime)
         for pool in self.pools:
             if pool.matches(image, chosen.name, resources):
                 sandbox = await pool.take()
-                if sandbox is not None:
-                    return await pool.hand_out(sandbox, env, metadata, timeout)
+                handed = (None if sandbox is None
+                          else await pool.hand_out(sandbox, env, metadata, timeout))
+                if handed is not None:
+                    return handed
         return await self._start(image, chosen, resources, {**dict(built.env), **env},
                                  metadata, timeout, pooled=False)
 
     async def _start_pooled(self, spec: PoolSpec, runtime: str) -> NodeSandbox:
         """Start a sandbox for a warm pool, cold (shielded like :meth:`create`)."""
         built = self.images.get(spec.image)
-        return await self._shielded(self._start(spec.image, self.runtime(runtime),
+        chosen = await self._runtime(runtime)
+        return await self._shielded(self._start(spec.image, chosen,
                                                 spec.resources, dict(built.env), {},
                                                 POOLED_LIFETIME, pooled=True))
 
@@ -275,29 +301,32 @@ class Node:
                            rootfs=built.rootfs, resources=resources, agent_bundle=self._bundle,
                            directory=self.sandboxes_dir / sandbox_id,
                            orphan_grace=self.settings.orphan_grace)
+        # Counted as pending, and in no list, until it runs: nothing can reach (or stop) a
+        # sandbox while it starts, and Node.close() waits for its start instead.
         self._pending += 1
         try:
             handle = await chosen.create(spec)
+            sandbox = NodeSandbox(self.lifecycle, sandbox_id, image, chosen, handle, resources,
+                                  env, built.workdir, metadata, timeout, pooled=pooled)
+            try:
+                process = await chosen.start(handle)
+                if process.stdout is None or process.stdin is None:
+                    raise InternalError(f"runtime {chosen.name} started no agent channel")
+                if process.stderr is not None:
+                    asyncio.get_running_loop().create_task(
+                        self._drain_stderr(sandbox, process.stderr))
+                agent = AgentClient(process.stdout, process.stdin, f"sandbox {sandbox_id}")
+                sandbox.agent = agent
+                await agent.handshake(AGENT_START_TIMEOUT)
+            except BaseException as exc:
+                detail = bytes(sandbox.stderr_tail[-2000:]).decode(errors="replace").strip()
+                await asyncio.shield(sandbox.stop(f"failed to start: {exc}"))
+                if isinstance(exc, SandboxError) and detail:
+                    raise type(exc)(f"{exc.message} (runtime said: {detail})") from exc
+                raise
+            self._sandboxes[sandbox_id] = sandbox
         finally:
             self._pending -= 1
-        sandbox = NodeSandbox(self.lifecycle, sandbox_id, image, chosen, handle, resources, env,
-                          built.workdir, metadata, timeout, pooled=pooled)
-        self._sandboxes[sandbox_id] = sandbox
-        try:
-            process = await chosen.start(handle)
-            if process.stdout is None or process.stdin is None:
-                raise InternalError(f"runtime {chosen.name} started no agent channel")
-            if process.stderr is not None:
-                asyncio.get_running_loop().create_task(self._drain_stderr(sandbox, process.stderr))
-            agent = AgentClient(process.stdout, process.stdin, f"sandbox {sandbox_id}")
-            sandbox.agent = agent
-            await agent.handshake(AGENT_START_TIMEOUT)
-        except BaseException as exc:
-            detail = bytes(sandbox.stderr_tail[-2000:]).decode(errors="replace").strip()
-            await asyncio.shield(sandbox.stop(f"failed to start: {exc}"))
-            if isinstance(exc, SandboxError) and detail:
-                raise type(exc)(f"{exc.message} (runtime said: {detail})") from exc
-            raise
         agent.on_close = functools.partial(self._agent_closed, sandbox)
         self.lifecycle.move(sandbox, SandboxState.RUNNING)
         log.info("sandbox %s started (%s, image %s%s)", sandbox_id, chosen.name, image,

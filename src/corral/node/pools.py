@@ -162,9 +162,10 @@ class Pool:
             self.stats.ready = len(self._ready)
 
     async def hand_out(self, sandbox: NodeSandbox, env: dict[str, str],
-                       metadata: dict[str, str], timeout: float) -> NodeSandbox:
+                       metadata: dict[str, str], timeout: float) -> NodeSandbox | None:
         """Bind a sandbox :meth:`take` returned to the request that takes it: the request's
-        env (its warm kernel's too), metadata and lifetime, from now."""
+        env (its warm kernel's too), metadata and lifetime, from now. None if it stopped
+        meanwhile (the caller starts one cold)."""
         if env and sandbox.code.default_ready():
             # The warm kernel started before the request: give it the request's env too.
             # (This cell runs inside the sandbox; the env travels as a JSON string literal.)
@@ -175,6 +176,8 @@ class Pool:
                 await sandbox.stop("its warm kernel refused the request's env")
                 raise InternalError("a warm pool sandbox could not take the request's env; "
                                     "retry")
+        if sandbox.state is not SandboxState.RUNNING:
+            return None  # it died while it took the env
         sandbox.env, sandbox.metadata = {**sandbox.env, **env}, metadata
         sandbox.pooled = False
         sandbox.created_at = time.time()

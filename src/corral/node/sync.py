@@ -153,12 +153,15 @@ class SyncNode(Proxy[Node]):
         return self._inner
 
     def get(self, sandbox_id: str) -> SyncNodeSandbox:
-        return SyncNodeSandbox(self._inner.get(sandbox_id), self._portal)
+        # On the node's loop thread, which is the one that changes its sandboxes.
+        found = self._portal.call(self._inner.get, sandbox_id)
+        return SyncNodeSandbox(found, self._portal)
 
     def list(self, metadata: Mapping[str, str] | None = None,
              state: SandboxState | None = None) -> list[SyncNodeSandbox]:
-        return [SyncNodeSandbox(sb, self._portal) for sb in self._inner.list(metadata=metadata,
-                                                                        state=state)]
+        found = self._portal.call(functools.partial(self._inner.list, metadata=metadata,
+                                                    state=state))
+        return [SyncNodeSandbox(sb, self._portal) for sb in found]
 
     @property
     def lost(self) -> dict[str, str]:

@@ -18,13 +18,16 @@ INSTALL_SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "gvisor" / "f
 
 
 def fake_runsc(tmp_path: Path, version: str = runsc.PINNED_VERSION,
-               broken: tuple[str, ...] = ()) -> str:
-    """A stand-in runsc: says ``version``, and fails ``do`` on each platform in ``broken``."""
+               broken: tuple[str, ...] = (), flags: str = "-platform string\n  -directfs"
+               ) -> str:
+    """A stand-in runsc: says ``version``, lists ``flags`` (on stderr, as Go does), and
+    fails ``do`` on each platform in ``broken``."""
     path = tmp_path / "runsc"
     cases = "".join(f'  *--platform={name}*) echo "unknown platform: {name}" >&2; exit 1;;\n'
                     for name in broken)
     path.write_text("#!/bin/sh\ncase \"$*\" in\n"
                     f'  *--version*) echo "runsc version {version}"; echo "spec: 1.0.2";;\n'
+                    f"  flags) printf '  %s\\n' '{flags}' >&2;;\n"
                     f"{cases}  *\" do \"*) exit 0;;\n  *) exit 2;;\nesac\n")
     path.chmod(0o755)
     return str(path)
@@ -101,6 +104,17 @@ def test_the_runtime_reports_binary_version_and_platform(tmp_path: Path) -> None
     forced = GvisorRuntime(GvisorOptions(runsc=found.path, platform="systrap"))
     with pytest.raises(RuntimeUnavailableError, match="to fix: unset CORRAL_GVISOR_PLATFORM"):
         forced.chosen()
+
+
+def test_a_build_that_cannot_list_its_flags_is_refused_not_weakened(tmp_path: Path) -> None:
+    """--directfs=false depends on the listing: no listing, no runtime (fail closed)."""
+    silent = runsc.locate(fake_runsc(tmp_path, flags="-nothing"))
+    with pytest.raises(RunscError, match="listed no flags it is known to have"):
+        runsc.resolve(GvisorOptions(runsc=silent.path))
+    listed = tmp_path / "listed"
+    listed.mkdir()
+    found = runsc.locate(fake_runsc(listed))
+    assert found.knows("directfs") and not found.knows("nvproxy")
 
 
 def test_the_install_script_pins_the_version_the_runtime_expects() -> None:

@@ -15,9 +15,11 @@ guest (this project's machines) runsc hangs on it and leaves cgroups and files b
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -79,7 +81,9 @@ class Runsc:
         return self.version == PINNED_VERSION
 
     def knows(self, flag: str) -> bool:
-        """Whether this build has the global flag ``flag`` (``runsc flags``)."""
+        """Whether this build has the global flag ``flag`` (``runsc flags``); raises
+        :class:`RunscError` when the build cannot list its flags (a wall that depends on a
+        flag must never be dropped because a listing failed)."""
         return flag in _flags(self.path)
 
 
@@ -114,6 +118,7 @@ def locate(explicit: str | None = None) -> Runsc:
 def resolve(options: GvisorOptions) -> tuple[Runsc, Platform]:
     """The binary and the platform ``options`` ask for; raises :class:`RunscError`."""
     runsc = locate(options.runsc)
+    runsc.knows("directfs")  # the flags the runtime depends on are listed now, or never
     return runsc, choose(runsc, options.platform)
 
 
@@ -132,38 +137,55 @@ def _version(path: str) -> str:
     return first.removeprefix("runsc version ").strip()
 
 
-@functools.cache
+@functools.cache  # a failure raises, and is not cached
 def _flags(path: str) -> frozenset[str]:
     try:
         done = subprocess.run([path, "flags"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return frozenset()
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RunscError(f"{path} cannot list its flags ({exc}); reinstall it: "
+                         f"{INSTALL_COMMAND}") from None
     listing = done.stdout + done.stderr  # the Go flag package prints to stderr
-    return frozenset(line.split()[0].lstrip("-") for line in listing.splitlines()
-                     if line.startswith("  -"))
+    found = frozenset(line.split()[0].lstrip("-") for line in listing.splitlines()
+                      if line.startswith("  -"))
+    if "platform" not in found:
+        raise RunscError(f"{path} listed no flags it is known to have; reinstall it: "
+                         f"{INSTALL_COMMAND}")
+    return found
 
 
-@functools.cache
+_PASSED: set[tuple[str, str]] = set()
+
+
 def probe(path: str, platform: str) -> str | None:
     """Run a no-op sandbox on ``platform``: None if it works, else what went wrong.
 
-    Once per process and binary (``runsc do``, no network, no cgroups, a private state
-    dir; ~0.1-0.3 s).
+    ``runsc do``, no network, no cgroups, a private state dir, its own process group (all
+    of it killed at the timeout); ~0.1-0.3 s. A pass is remembered for the process; a
+    failure is tried again next time (a busy host can time a probe out).
     """
+    if (path, platform) in _PASSED:
+        return None
     with tempfile.TemporaryDirectory(prefix="corral-probe-") as state:
         argv = [path, "--root", state, f"--platform={platform}", "--network=none",
                 "--ignore-cgroups", "do", "/bin/true"]
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT,
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            return f"no answer within {PROBE_TIMEOUT:g} s"
+            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True,
+                                       start_new_session=True)
         except OSError as exc:
             return str(exc)
-    if done.returncode == 0:
+        try:
+            _, stderr = process.communicate(timeout=PROBE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            return f"no answer within {PROBE_TIMEOUT:g} s"
+    if process.returncode == 0:
+        _PASSED.add((path, platform))
         return None
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    return (lines[-1] if lines else f"exit status {done.returncode}")[:300]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    return (lines[-1] if lines else f"exit status {process.returncode}")[:300]
 
 
 def choose(runsc: Runsc, forced: str | None) -> Platform:

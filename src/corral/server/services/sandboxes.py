@@ -42,6 +42,8 @@ from ..store._time import from_epoch
 
 log = logging.getLogger(__name__)
 
+#: Seconds before a state write that failed (a locked database, say) is tried again.
+RETRY_INTERVAL = 1.0
 RESTART_REASON = "gone when the server restarted"
 ORPHAN_REASON = "no record of it: the server stopped while creating it"
 
@@ -73,6 +75,9 @@ class SandboxService:
 
     async def start(self) -> None:
         """Take back what a previous run left: live again if the node adopted it, else closed."""
+        # Listening first: an adopted sandbox may stop (its lifetime passed) while this runs.
+        self._unsubscribe = self._node.on_state(self._on_state)
+        self._writer = asyncio.get_running_loop().create_task(self._write_changes())
         adopted = {sandbox.id: sandbox for sandbox in self._node.list()}
         for record in await asyncio.to_thread(self._store.active):
             sandbox = adopted.pop(record.id, None)
@@ -91,8 +96,6 @@ class SandboxService:
         for sandbox in adopted.values():
             await sandbox.stop(ORPHAN_REASON)
             log.warning("sandbox %s killed: %s", sandbox.id, ORPHAN_REASON)
-        self._unsubscribe = self._node.on_state(self._on_state)
-        self._writer = asyncio.get_running_loop().create_task(self._write_changes())
 
     async def close(self) -> None:
         """Stop listening; call :meth:`record_all` once the node has stopped its sandboxes."""
@@ -114,9 +117,6 @@ class SandboxService:
         sandbox = await self._node.create(
             request.image, runtime=request.runtime, resources=request.resources.to_resources(),
             env=request.env, timeout=request.timeout, metadata=request.metadata)
-        self._live[sandbox.id] = (tenant, sandbox)
-        if request.idle_timeout is not None:
-            self._activity[sandbox.id] = _Activity(request.idle_timeout, time.monotonic())
         info = sandbox.info
         record = SandboxRecord(
             id=info.id, tenant=tenant, image=info.image, runtime=info.runtime,
@@ -124,7 +124,12 @@ class SandboxService:
             created_at=info.created_at, expires_at=info.expires_at,
             stop_reason=info.stop_reason, idle_timeout=request.idle_timeout)
         await asyncio.to_thread(self._store.add, record)
+        # Live only once recorded; whatever changed while the record was written, now.
         self._written[sandbox.id] = (info.state, info.stop_reason, sandbox.expires_at)
+        self._live[sandbox.id] = (tenant, sandbox)
+        if request.idle_timeout is not None:
+            self._activity[sandbox.id] = _Activity(request.idle_timeout, time.monotonic())
+        await self._sync(sandbox)
         log.info("sandbox %s created for tenant %s", sandbox.id, tenant)
         return await self.describe(tenant, sandbox.id)
 
@@ -266,7 +271,10 @@ class SandboxService:
             try:
                 await self._sync(sandbox)
             except Exception:
-                log.exception("recording the state of sandbox %s failed", sandbox.id)
+                log.exception("recording the state of sandbox %s failed; retrying in %g s",
+                              sandbox.id, RETRY_INTERVAL)
+                asyncio.get_running_loop().call_later(RETRY_INTERVAL, self._changed.put_nowait,
+                                                      sandbox)
 
 
 def _wire(record: SandboxRecord) -> models.SandboxInfo:
