@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import corral
-from corral.node import Node, NodeSandbox, SandboxState
+from corral.node import Node, SandboxState
 from corral.node import records
 from corral.node.lifecycle import TRANSITIONS, IllegalTransition
 
@@ -152,7 +152,3 @@ def test_only_the_lifecycle_assigns_a_sandbox_state_or_stop_reason() -> None:
 ])
 def test_the_rule_catches_a_stray_assignment(relative: str, source: str) -> None:
     assert _offenders(relative, source)
-
-
-def test_the_sandbox_type_is_the_one_the_rule_guards() -> None:
-    assert NodeSandbox.__module__ == "corral.node.sandbox"

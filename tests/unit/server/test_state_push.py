@@ -10,18 +10,12 @@ import pytest
 
 from corral import AsyncSandbox
 from corral.node import NodeSettings
-from corral.server.services import sandboxes as service
 from corral.server.store import SandboxStore, open_engine
 from corral.server.store.schema import database_url
 
 from .conftest import Server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.rootless]
-
-
-def test_the_service_has_no_polling_loop() -> None:
-    assert not hasattr(service, "SYNC_INTERVAL")
-    assert not hasattr(service.SandboxService, "_watch")
 
 
 async def test_a_stop_the_node_decides_reaches_the_store_unasked(

@@ -124,12 +124,12 @@ class SandboxService:
             created_at=info.created_at, expires_at=info.expires_at,
             stop_reason=info.stop_reason, idle_timeout=request.idle_timeout)
         await asyncio.to_thread(self._store.add, record)
-        # Live only once recorded; whatever changed while the record was written, now.
+        # Live only once recorded; whatever changed while the record was written, describe()
+        # below writes (it syncs a live sandbox).
         self._written[sandbox.id] = (info.state, info.stop_reason, sandbox.expires_at)
         self._live[sandbox.id] = (tenant, sandbox)
         if request.idle_timeout is not None:
             self._activity[sandbox.id] = _Activity(request.idle_timeout, time.monotonic())
-        await self._sync(sandbox)
         log.info("sandbox %s created for tenant %s", sandbox.id, tenant)
         return await self.describe(tenant, sandbox.id)
 
