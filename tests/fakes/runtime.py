@@ -3,12 +3,12 @@
 It lives under ``tests/`` on purpose: no setting, flag or API field can select it. A node
 uses it only when built with it, ``Node(settings, runtimes={"fake": FakeRuntime()})``.
 
-What it keeps of a real runtime: the agent (``python -m corral.agent``) with its stdin and
+What it keeps of a real runtime: the agent (its binary, ``agent/``) with its stdin and
 stdout as the channel, the same environment variables, the run folder whose socket a
 restarted node binds for the agent to reconnect to (release and adoption work), and a
 copy of the image's root per sandbox. What it leaves out: every wall. The agent runs as
 the tests' user, on the host, with the sandbox's root at ``<sandbox dir>/rootfs`` given on
-its command line (``--root``, see :mod:`corral.agent.root`): file API paths, a command's
+its command line (``--root``, see ``agent/src/paths.rs``): file API paths, a command's
 working directory and the image's ``/etc/passwd`` resolve there, but commands run host
 programs and their own absolute paths are host paths. No limits: counters stay at zero.
 
@@ -24,18 +24,14 @@ import ctypes
 import os
 import shutil
 import signal
-import sys
 from pathlib import Path
 
-import corral
 from corral.api.errors import InternalError
 from corral.runtime import Availability, Runtime, RuntimeSandbox, RuntimeState, SandboxSpec
 from corral.runtime.base import drop_pipes
 from corral.runtime._host import channel_dir, channel_socket
-from corral.runtime.agent_bundle import agent_env
+from corral.runtime.agent_bundle import AGENT_NAME, agent_binary, agent_env
 
-#: The folder that holds the ``corral`` package the tests import (the agent's too).
-SOURCES = str(Path(corral.__file__).resolve().parent.parent)
 PR_SET_CHILD_SUBREAPER = 36
 _prctl = ctypes.CDLL(None, use_errno=True).prctl
 
@@ -82,7 +78,7 @@ def _is_agent(pid: int, root: Path) -> bool:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"corral.agent" in argv and os.fsencode(root) in argv
+    return argv[0].endswith(b"/" + AGENT_NAME.encode()) and os.fsencode(root) in argv
 
 
 class FakeRuntime(Runtime):
@@ -94,6 +90,7 @@ class FakeRuntime(Runtime):
     def __init__(self) -> None:
         #: Specs of every sandbox :meth:`create` made, in order (tests look at their dirs).
         self.created: list[SandboxSpec] = []
+        self.agent = agent_binary()
 
     def check(self) -> Availability:
         return Availability(True, "the agent as a plain subprocess, no isolation (tests only)")
@@ -115,13 +112,10 @@ class FakeRuntime(Runtime):
     async def start(self, sandbox: RuntimeSandbox) -> asyncio.subprocess.Process:
         spec = sandbox.spec
         root = spec.directory / "rootfs"
-        env = {k: v for k, v in agent_env(spec.orphan_grace).items()
-               if k not in ("PYTHONHOME", "PYTHONPATH")}
-        env["PYTHONPATH"] = SOURCES
+        env = agent_env(spec.orphan_grace)
         if "CORRAL_AGENT_SOCKET" in env:  # the agent sees the host's paths
             env["CORRAL_AGENT_SOCKET"] = str(channel_socket(spec))
-        # -S: no site-packages, like the bundle's interpreter: the agent is stdlib only.
-        argv = [sys.executable, "-S", "-s", "-B", "-m", "corral.agent", "--root", str(root)]
+        argv = [str(self.agent), "--root", str(root)]
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,

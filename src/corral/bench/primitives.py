@@ -3,8 +3,9 @@
 * ``runsc run`` of a minimal OCI bundle whose root is the image's rootfs (read-only):
   what one gVisor container costs without Corral's cgroups, overlay and agent.
 * ``bwrap --unshare-all`` over the same rootfs: one namespaced process.
-* either of them running the agent's own interpreter from the agent bundle (mounted at
-  ``/.corral`` as Corral mounts it) importing the agent: what loading the agent costs.
+* either of them running the agent from the agent bundle (mounted at ``/.corral`` as
+  Corral mounts it) with no node on its channel, so it exits once up: what starting the
+  agent costs.
 * a host ``fork+exec`` of ``/bin/true``: the floor for any exec round trip.
 * a host write-then-read of a file on tmpfs: the floor for a file round trip.
 * idle bare sandboxes (``runsc run --detach`` / ``bwrap`` of ``sleep``) in cgroups of
@@ -39,12 +40,10 @@ from corral.runtime.host import SandboxCgroups
 RUN_TIMEOUT = 60.0
 
 
-def agent_import_argv() -> list[str]:
-    """The agent's start command, importing the agent instead of running it."""
-    argv = agent_command()
-    if argv[-2:] != ["-m", "corral.agent"]:
-        raise InternalError(f"unexpected agent command {argv}")
-    return [*argv[:-2], "-c", "import corral.agent.main"]
+def agent_start_argv() -> list[str]:
+    """The agent's start command. With its stdin at ``/dev/null`` (as bare runs have it)
+    the agent starts, says hello, finds its channel closed and exits: its start alone."""
+    return agent_command()
 
 
 def _timed(argv: list[str], what: str, timeout: float = RUN_TIMEOUT) -> float:

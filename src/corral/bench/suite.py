@@ -140,7 +140,7 @@ async def _measure_start(node: Node, image: Image, config: BenchConfig,
                          bare: Callable[[list[str]], float], has_python: bool) -> None:
     """create → first command beside the bare runs, and its parts."""
     name = result.runtime
-    primitives_argv = {"true": TRUE, "agent": primitives.agent_import_argv()}
+    primitives_argv = {"true": TRUE, "agent": primitives.agent_start_argv()}
     if has_python:
         primitives_argv["python"] = PYTHON
     corral: dict[str, list[float]] = {k: [] for k in ("total", "create", "first", "kill")}
@@ -164,7 +164,7 @@ async def _measure_start(node: Node, image: Image, config: BenchConfig,
         result.rows.append(Row("create_to_first_command_vs_python", label, total,
                                f"{bare_label} python3 -S", _stat(bare_samples["python"])))
     result.rows.append(Row("create_to_first_command_vs_agent", label, total,
-                           f"{bare_label} agent import", _stat(bare_samples["agent"])))
+                           f"{bare_label} agent start", _stat(bare_samples["agent"])))
     result.rows.append(Row("create", "↳ create (agent up)", _stat(corral["create"])))
     result.rows.append(Row("first_command", "↳ first command", _stat(corral["first"])))
     result.rows.append(Row("teardown", "teardown (kill)", _stat(corral["kill"])))

@@ -1,9 +1,11 @@
-"""The agent bundle: an interpreter and the agent's code, mounted read-only at ``/.corral``.
+"""The agent bundle: the agent's static binary and the kernel bridge, mounted read-only at
+``/.corral``.
 
-Images may have no Python, or one of any version, so the agent brings its own: the
-host's Debian ``python3`` with the shared libraries it links (its dynamic loader included)
-and the parts of the standard library the agent uses. The sandbox runs it through that
-loader, so nothing of the image's libc is involved. Built once per content hash, atomically.
+Images may have no Python, or one of any version, and any libc or none, so the agent is a
+static binary of its own (``agent/``, Rust with the standard library only; built once per
+source hash by :func:`agent_binary`). The kernel bridge (:mod:`corral.bridge`) is Python run
+by the image's own ``python3`` and travels in the bundle as source. Built once per content
+hash, atomically.
 """
 
 from __future__ import annotations
@@ -11,12 +13,11 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
+from corral.api.errors import RuntimeUnavailableError
 
 MOUNT_POINT = "/.corral"
 #: Where a sandbox sees its host directory ``<sandbox dir>/run`` (read-only): a restarted
@@ -25,45 +26,95 @@ CHANNEL_MOUNT_POINT = "/.corral-run"
 CHANNEL_SOCKET_NAME = "node.sock"
 #: How long an agent whose node went away waits for the next one before ending the sandbox.
 ORPHAN_GRACE = 600.0
-HOST_PYTHON = Path("/usr/bin/python3")
-BUNDLE_FORMAT = 1
-# Standard-library parts the agent never imports; left out to keep the bundle small.
-_STDLIB_SKIP = {
-    "test", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip", "pydoc_data",
-    "site-packages", "dist-packages", "distutils", "unittest", "venv", "sqlite3",
-    "xmlrpc", "curses", "dbm", "wsgiref", "__phello__",
-}
-_LIB_LINE = re.compile(r"=>\s*(/\S+)|^\s*(/\S+)\s*\(")
+BUNDLE_FORMAT = 2
+AGENT_NAME = "corral-agent"
+#: The agent's sources: a Cargo project beside the ``src/`` folder of this package.
+AGENT_SOURCES = Path(__file__).resolve().parents[3] / "agent"
+#: How long building the agent may take (a first, cold build is ~30 s on 2 cores).
+BUILD_TIMEOUT = 600.0
 
 
-def _agent_sources() -> list[tuple[str, Path]]:
-    """(path inside the bundle, source file) for the agent and the api it imports, and
-    the kernel bridge (run by the image's own python3: see corral.bridge)."""
+def _bridge_sources() -> list[tuple[str, Path]]:
+    """(path inside the bundle, source file) for the kernel bridge and the frame format it
+    imports (run by the image's own python3: see corral.bridge)."""
     root = Path(__file__).resolve().parent.parent
-    files = []
-    for package in ("agent", "api", "bridge"):
-        for path in sorted((root / package).glob("*.py")):
-            files.append((f"py/corral/{package}/{path.name}", path))
+    files = [(f"py/corral/bridge/{path.name}", path)
+             for path in sorted((root / "bridge").glob("*.py"))]
+    files.append(("py/corral/api/bridge_protocol.py", root / "api" / "bridge_protocol.py"))
     return files
 
 
-def _shared_libs(binaries: list[Path]) -> set[Path]:
-    libs: set[Path] = set()
-    for binary in binaries:
-        out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            match = _LIB_LINE.search(line)
-            if match:
-                libs.add(Path(match.group(1) or match.group(2)))
-    return libs
+def _agent_source_files(sources: Path) -> list[Path]:
+    files = [sources / "Cargo.toml", sources / "Cargo.lock", sources / ".cargo" / "config.toml"]
+    files += sorted((sources / "src").rglob("*.rs"))
+    return [f for f in files if f.is_file()]
+
+
+def agent_source_key(sources: Path = AGENT_SOURCES) -> str:
+    """A hash of the agent's sources: its binary is built once per key."""
+    digest = hashlib.sha256()
+    for path in _agent_source_files(sources):
+        digest.update(str(path.relative_to(sources)).encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _cargo() -> str | None:
+    found = shutil.which("cargo")
+    if found:
+        return found
+    home = Path(os.environ.get("CARGO_HOME", Path.home() / ".cargo")) / "bin" / "cargo"
+    return str(home) if home.is_file() else None
+
+
+def agent_binary(sources: Path = AGENT_SOURCES) -> Path:
+    """The agent's static binary for the current sources, built with cargo if it is not yet.
+
+    Built binaries are kept under ``agent/target/built/<source hash>/``: whoever runs
+    Corral later (another user, a test without cargo) finds them there.
+    """
+    if not (sources / "Cargo.toml").is_file():
+        raise RuntimeUnavailableError(
+            f"the agent's sources are not at {sources}; reinstall Corral from its repository "
+            "(scripts/install)")
+    key = agent_source_key(sources)
+    final = sources / "target" / "built" / key / AGENT_NAME
+    if final.is_file():
+        return final
+    cargo = _cargo()
+    if cargo is None:
+        raise RuntimeUnavailableError(
+            "the sandbox agent is not built and cargo (Rust) is not installed; run "
+            "scripts/install, which builds it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if final.is_file():
+            return final
+        target = sources / "target"
+        try:
+            subprocess.run([cargo, "build", "--release", "--offline", "--locked", "--quiet",
+                            "--manifest-path", str(sources / "Cargo.toml"),
+                            "--target-dir", str(target)],
+                           cwd=sources,  # cargo reads .cargo/config.toml (static) from here
+                           check=True, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeUnavailableError(
+                f"building the sandbox agent failed: {exc.stderr.strip()[-2000:]}") from None
+        except subprocess.TimeoutExpired:
+            raise RuntimeUnavailableError(
+                f"building the sandbox agent took more than {BUILD_TIMEOUT:g} s") from None
+        tmp = final.with_name(f".{AGENT_NAME}.{os.getpid()}")
+        shutil.copy2(target / "release" / AGENT_NAME, tmp)
+        os.chmod(tmp, 0o755)
+        os.rename(tmp, final)
+    return final
 
 
 def bundle_key() -> str:
     digest = hashlib.sha256(f"format={BUNDLE_FORMAT}".encode())
-    python = HOST_PYTHON.resolve()
-    st = python.stat()
-    digest.update(f"{python}:{st.st_size}:{st.st_mtime_ns}".encode())
-    for inside, source in _agent_sources():
+    digest.update(agent_binary().read_bytes())
+    for inside, source in _bridge_sources():
         digest.update(inside.encode())
         digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
@@ -89,47 +140,25 @@ def ensure_bundle(root: Path) -> Path:
 
 
 def _build(dest: Path) -> None:
-    python = HOST_PYTHON.resolve()
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    stdlib = Path(f"/usr/lib/{version}")
-    probe = subprocess.run([str(python), "-c", "import sys; print(sys.version_info[:2])"],
-                           capture_output=True, text=True, check=True).stdout.strip()
-    if not stdlib.is_dir() or probe != str(tuple(sys.version_info[:2])):
-        raise RuntimeError(f"{python} is not Python {sys.version_info.major}."
-                           f"{sys.version_info.minor} with its standard library in {stdlib}")
     (dest / "bin").mkdir(parents=True)
-    (dest / "lib").mkdir()
-    shutil.copy2(python, dest / "bin" / "python3")
-    shutil.copytree(
-        stdlib, dest / "lib" / version,
-        ignore=lambda folder, names: [n for n in names if n in _STDLIB_SKIP
-                                      or n.startswith("config-")],
-    )
-    dynload = sorted((dest / "lib" / version / "lib-dynload").glob("*.so"))
-    for lib in _shared_libs([python, *dynload]):
-        shutil.copy2(lib.resolve(), dest / "lib" / lib.name)
-    for inside, source in _agent_sources():
+    shutil.copy2(agent_binary(), dest / "bin" / AGENT_NAME)
+    os.chmod(dest / "bin" / AGENT_NAME, 0o755)
+    for inside, source in _bridge_sources():
         target = dest / inside
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
-    (dest / "py" / "corral" / "__init__.py").write_text('"""Corral agent runtime."""\n')
-    subprocess.run([str(python), "-m", "compileall", "-q", str(dest / "py")], check=True,
-                   capture_output=True)
     (dest / "ok").write_text("")
 
 
 def agent_command() -> list[str]:
     """argv that starts the agent inside a sandbox whose /.corral is the bundle."""
-    loader = "ld-linux-x86-64.so.2" if os.uname().machine == "x86_64" else "ld-linux-aarch64.so.1"
-    return [f"{MOUNT_POINT}/lib/{loader}", "--library-path", f"{MOUNT_POINT}/lib",
-            f"{MOUNT_POINT}/bin/python3", "-S", "-s", "-B", "-m", "corral.agent"]
+    return [f"{MOUNT_POINT}/bin/{AGENT_NAME}"]
 
 
 def agent_env(orphan_grace: float = ORPHAN_GRACE) -> dict[str, str]:
     """The agent's environment; with an ``orphan_grace`` (seconds) above zero, an agent
     whose node went away waits that long for a restarted one before ending the sandbox."""
-    env = {"PYTHONHOME": MOUNT_POINT, "PYTHONPATH": f"{MOUNT_POINT}/py",
-           "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8",
+    env = {"LANG": "C.UTF-8",
            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
     if orphan_grace > 0:
         env["CORRAL_AGENT_SOCKET"] = f"{CHANNEL_MOUNT_POINT}/{CHANNEL_SOCKET_NAME}"

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import shutil
-import subprocess
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +12,6 @@ import pytest
 from pydantic import ValidationError
 
 from corral import InvalidArgumentError
-from corral.agent import files as agent_files
-from corral.agent import processes as agent_processes
-from corral.agent.errors import RequestError
 from corral.api import command_events, limits, models, resources
 from corral.api.limits import MAX_PATH, NAME_MAX, normalize_path
 from corral.cli import sandbox as cli_sandbox
@@ -25,10 +20,10 @@ from corral.node import interpreter as node_interpreter
 from corral.node import node as node_node
 from corral.node import validation
 from corral.node.files import NodeFiles
-from corral.runtime.agent_bundle import _agent_sources
 from corral.sdk import code as sdk_code
 from corral.sdk import commands as sdk_commands
 from corral.sdk.sandbox import AsyncSandbox
+from tests.fakes.agent import AgentProcess
 
 
 def absolute(size: int, name: str = "a") -> str:
@@ -119,15 +114,13 @@ def test_a_relative_path_needs_a_workdir() -> None:
 
 def test_the_layers_share_the_objects() -> None:
     assert validation.normalize_path is normalize_path
-    assert agent_files.normalize_path is normalize_path
     assert models.normalize_path is normalize_path
     assert models.MAX_PATH is limits.MAX_PATH
     assert models.MAX_CODE is limits.MAX_CODE
     assert models.MAX_INLINE_STDIN is limits.MAX_INLINE_STDIN
     assert resources.TIMEOUT_RANGE is limits.TIMEOUT_RANGE
     assert command_events.MAX_CAPTURE is limits.MAX_CAPTURE  # both sides' one capture
-    assert agent_processes.MAX_ARGV is limits.MAX_ARGV
-    assert agent_files.MAX_LIST_DEPTH is limits.MAX_LIST_DEPTH
+    # The agent's own copies (Rust) are compared in tests/unit/agent/test_native.py.
 
 
 def test_every_default_timeout_is_the_shared_one() -> None:
@@ -150,28 +143,37 @@ CASES = [absolute(MAX_PATH), absolute(MAX_PATH + 1), "/work/" + "x" * NAME_MAX,
          "/work/" + "x" * (NAME_MAX + 1) + "/..", "/work/\ud800", ""]
 
 
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    with AgentProcess(tmp_path_factory.mktemp("root")) as process:
+        yield process
+
+
 @pytest.mark.parametrize("path", CASES, ids=range(len(CASES)))
-def test_node_agent_and_models_answer_alike(path: str) -> None:
+def test_node_agent_and_models_answer_alike(path: str, agent: AgentProcess) -> None:
     try:
         expected: str | None = normalize_path(path)
     except ValueError as exc:
         expected, message = None, str(exc)
+    reply, _ = agent.call({"op": "stat", "path": path})
+    assert reply["ev"] == "error"
     if expected is None:
         with pytest.raises(InvalidArgumentError) as node:
             validation.resolve_path(path, "/work")
-        with pytest.raises(RequestError) as agent:
-            agent_files.check_path(path)
         with pytest.raises(ValidationError) as model:
             models.MakeDir(path=path)
-        assert node.value.message == agent.value.message == message
-        assert agent.value.code == "invalid_argument"
+        assert node.value.message == reply["message"] == message
+        assert reply["code"] == "invalid_argument"
         # pydantic's own checks (length in characters, valid unicode) may answer first
         if 0 < len(path) <= MAX_PATH and path.encode(errors="replace") == path.encode(
                 errors="ignore"):
             assert message in str(model.value)
     else:
         assert validation.resolve_path(path, "/work") == expected
-        assert agent_files.check_path(path) == expected
+        # The agent took it, normalised the same way: the file is not there (or, under the
+        # test's root, a longest path is too long for the host).
+        assert reply["message"].startswith(f"stat {expected!r}: "[:1000])  # messages are cut
+        assert reply["code"] == ("invalid_argument" if len(expected) == MAX_PATH else "not_found")
         assert models.MakeDir(path=path).path == path  # kept as given; the node resolves
 
 
@@ -225,25 +227,6 @@ def test_the_node_refuses_before_the_sandbox(path: str) -> None:
 
     asyncio.run(each())
     assert sandbox.agent.calls == []
-
-
-# -- what the agent can import -----------------------------------------------------------
-
-def test_limits_loads_only_the_standard_library_the_agent_has(tmp_path: Path) -> None:
-    """Import it as the sandbox does: from the agent bundle's files alone, under -I -S."""
-    for inside, source in _agent_sources():
-        target = tmp_path / inside
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-    (tmp_path / "py" / "corral" / "__init__.py").write_text("")
-    script = ("import sys; sys.path.insert(0, sys.argv[1]); before = set(sys.modules); "
-              "import corral.api.limits; print(*sorted(set(sys.modules) - before))")
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", script, str(tmp_path / "py")],
-                         capture_output=True, text=True, check=True).stdout.split()
-    assert "corral.api.limits" in out
-    foreign = [m for m in out if m.split(".")[0] not in sys.stdlib_module_names | {"corral"}]
-    assert foreign == []
-    assert "typing" not in out  # the agent keeps typing out of its start
 
 
 # -- the documents say the same ----------------------------------------------------------

@@ -1,3 +1,0 @@
-from corral.agent.main import main
-
-main()
