@@ -42,7 +42,8 @@ use processes::ProcessTable;
 /// Signals whose default ends or stops a process. As PID 1 the agent only gets signals it
 /// handles; a no-op handler (reset to the default in every child at exec) keeps sandbox
 /// code from interrupting it even where the sandbox's kernel does not shield its init.
-/// SIGKILL and SIGSTOP stay fatal: the node then stops the sandbox with the reason.
+/// SIGKILL and SIGSTOP stay fatal: the node then stops the sandbox with the reason. Fault
+/// signals get `sys::guard_faults`.
 const CAUGHT_SIGNALS: [i32; 18] = [2, 15, 1, 3, 10, 12, 14, 26, 27, 29, 30, 24, 25, 20, 21, 22, 6, 5];
 const DEFAULT_ORPHAN_GRACE: f64 = 600.0;
 const READ_STACK: usize = 256 * 1024;
@@ -215,6 +216,7 @@ fn main() {
     for signum in CAUGHT_SIGNALS {
         sys::catch(signum);
     }
+    sys::guard_faults();
     // The channel moves off descriptors 0 and 1 (close-on-exec), which become /dev/null:
     // no command can inherit it.
     let (read_fd, write_fd) = match (sys::dup_fd(0), sys::dup_fd(1)) {

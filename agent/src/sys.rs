@@ -270,3 +270,46 @@ pub fn set_cloexec(fd: c_int) {
         }
     }
 }
+
+/// glibc's `struct sigaction` (x86_64 and aarch64 alike).
+#[repr(C)]
+struct SigAction {
+    handler: usize,
+    mask: [u64; 16],
+    flags: c_int,
+    restorer: usize,
+}
+
+extern "C" fn on_fault(sig: c_int, info: *const c_int, _context: *mut u8) {
+    // siginfo_t starts with si_signo, si_errno, si_code. A code above zero is the kernel's
+    // own report of a fault in the agent; zero or below, a signal some process sent.
+    let code = if info.is_null() { 0 } else { unsafe { *info.add(2) } };
+    if code > 0 {
+        // A real fault: back to the default, so that the faulting instruction, run again,
+        // ends the agent (the node then stops the sandbox, saying why).
+        unsafe {
+            signal(sig, SIG_DFL);
+        }
+    }
+}
+
+/// Fault signals (SIGSEGV, SIGBUS, SIGFPE, SIGILL) sent by sandbox code are ignored, like
+/// every other signal it may send the agent; a real fault still ends the agent.
+pub fn guard_faults() {
+    extern "C" {
+        fn sigaction(sig: c_int, act: *const SigAction, old: *mut SigAction) -> c_int;
+    }
+    const SA_SIGINFO: c_int = 4;
+    const SA_RESTART: c_int = 0x1000_0000;
+    let action = SigAction {
+        handler: on_fault as extern "C" fn(c_int, *const c_int, *mut u8) as usize,
+        mask: [0; 16],
+        flags: SA_SIGINFO | SA_RESTART,
+        restorer: 0,
+    };
+    for sig in [4, 7, 8, 11] {
+        unsafe {
+            sigaction(sig, &action, std::ptr::null_mut());
+        }
+    }
+}

@@ -179,10 +179,9 @@ print(json.dumps(out))
 """
 
 
-#: A file of the agent bundle the agent has already read (truncating it harms no one
-#: running); the bundle is a read-only bind of one host directory shared by a node's
-#: sandboxes.
-BUNDLE_FILE = "py/corral/api/limits.py"
+#: A file of the agent bundle no running process needs (the kernel bridge reads it when it
+#: starts); the bundle is a read-only bind of one host directory shared by a node's sandboxes.
+BUNDLE_FILE = "py/corral/api/bridge_protocol.py"
 
 
 def check_read_only_mounts_hold(sb: SyncNodeSandbox, bundle: Path) -> None:

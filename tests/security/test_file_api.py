@@ -49,7 +49,7 @@ def test_symlinks_and_hardlinks_do_not_escape(node: SyncNode, runtime: str,
         "ln -sfn /.corral agent && ln -sfn /etc/passwd passwd && "
         f"ln -sfn {canary.paths[0]} canary && ln -sfn {victim.host_dir}/rootfs victimroot && "
         "ln /etc/passwd hardpasswd; "
-        "ln /.corral/bin/python3 hardagent 2>&1; true")
+        "ln /.corral/bin/corral-agent hardagent 2>&1; true")
     assert "Invalid cross-device link" in r.stdout or "cross-device" in r.stdout, r.stdout
     image_shadow = (node.node.images.get("python").rootfs / "etc/shadow").read_bytes()
     assert attacker.files.read("/work/links/etc/shadow") == image_shadow

@@ -95,7 +95,7 @@ def test_the_image_and_host_binaries_stay_unchanged(node: SyncNode, runtime: str
         assert result["exe"] == [], result["exe"]
     r = attacker.commands.run("cp /bin/true /usr/bin/base64.new && "
                               "mv /usr/bin/base64.new /usr/bin/base64 && "
-                              "echo replaced > /.corral/bin/python3 ; true")
+                              "echo replaced > /.corral/bin/corral-agent ; true")
     assert r.exit_code == 0
     assert attacker.commands.run("echo hi | base64").stdout == ""  # replaced, over there
     assert {p: _sha(p) for p in before} == before

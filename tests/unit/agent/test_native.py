@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -163,3 +164,16 @@ def test_unknown_operations_and_bad_fields_get_errors(tmp_path: Path) -> None:
         assert reply["code"] == "not_found"
         reply, _ = agent.call({"op": "ping"})
         assert reply["ev"] == "ok" and reply["pid"] == agent.process.pid
+
+
+def test_signals_sent_to_the_agent_are_ignored(tmp_path: Path) -> None:
+    """Fault signals too: sent by a process (not a real fault), they must not end it."""
+    with AgentProcess(tmp_path) as agent:
+        for signum in (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL,
+                       signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
+                       signal.SIGSEGV, signal.SIGABRT):
+            os.kill(agent.process.pid, signum)
+        reply, _ = agent.call({"op": "ping"})
+        assert reply["ev"] == "ok" and agent.process.poll() is None
+        os.kill(agent.process.pid, signal.SIGKILL)
+        assert agent.process.wait(timeout=30) == -signal.SIGKILL
