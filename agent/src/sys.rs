@@ -2,7 +2,7 @@
 //! here or in the forked child of `processes::spawn`.
 
 use std::io;
-use std::os::raw::{c_char, c_int, c_short, c_uint};
+use std::os::raw::{c_char, c_int, c_long, c_short, c_uint};
 
 pub type Pid = c_int;
 
@@ -25,16 +25,13 @@ pub struct PollFd {
 }
 
 extern "C" {
-    fn fork() -> Pid;
+    fn clone(f: extern "C" fn(*mut u8) -> c_int, stack: *mut u8, flags: c_int, arg: *mut u8, ...) -> Pid;
+    fn syscall(number: c_long, ...) -> c_long;
     fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int;
     fn _exit(status: c_int) -> !;
     fn dup2(old: c_int, new: c_int) -> c_int;
     fn dup(fd: c_int) -> c_int;
     fn chdir(path: *const c_char) -> c_int;
-    fn setsid() -> Pid;
-    fn setgroups(size: usize, list: *const c_uint) -> c_int;
-    fn setgid(gid: c_uint) -> c_int;
-    fn setuid(uid: c_uint) -> c_int;
     fn pipe2(fds: *mut c_int, flags: c_int) -> c_int;
     fn write(fd: c_int, buf: *const u8, count: usize) -> isize;
     fn waitpid(pid: Pid, status: *mut c_int, options: c_int) -> Pid;
@@ -156,28 +153,39 @@ pub struct ChildPlan {
     pub user: Option<(u32, u32, Vec<c_uint>)>,
 }
 
-/// Fork and exec `plan`: the new pid, or the errno of whichever step failed in the child
-/// (reported over a close-on-exec pipe, so a successful exec closes it with nothing said).
+/// Start `plan` as a new process: the new pid, or the errno of whichever step failed in
+/// the child (reported over a close-on-exec pipe, so a successful exec closes it with
+/// nothing said).
 ///
-/// The child gets a session of its own, the requested user, signals at their defaults and
-/// an empty signal mask. The caller must hold whatever lock registers the pid, so that
-/// the reaper cannot see this child before it is known.
+/// The child shares the agent's memory until it execs (`clone` with `CLONE_VM |
+/// CLONE_VFORK`, on a stack of its own, as `posix_spawn` does): a `fork` would copy the
+/// agent's address space, which under gVisor costs more than the whole command. The child
+/// gets a session of its own, the requested user, `SIGPIPE` back at its default and an
+/// empty signal mask. The caller must hold whatever lock registers the pid, so that the
+/// reaper cannot see this child before it is known.
 pub fn spawn(plan: &ChildPlan) -> io::Result<Pid> {
+    const CLONE_VM: c_int = 0x100;
+    const CLONE_VFORK: c_int = 0x4000;
+    const SIGCHLD: c_int = 17;
+    const CHILD_STACK: usize = 64 * 1024;
     let (err_read, err_write) = cloexec_pipe()?;
-    let pid = unsafe { fork() };
-    if pid < 0 {
-        let err = io::Error::last_os_error();
-        close(err_read);
-        close(err_write);
-        return Err(err);
-    }
-    if pid == 0 {
-        unsafe { child(plan, err_write) }
-    }
+    let mut stack = vec![0u8; CHILD_STACK];
+    // The stack grows down from its end, 16-byte aligned.
+    let top = unsafe { stack.as_mut_ptr().add(CHILD_STACK) } as usize & !15;
+    let mut args = ChildArgs { plan, err_write };
+    let pid = unsafe {
+        clone(child_entry, top as *mut u8, CLONE_VM | CLONE_VFORK | SIGCHLD,
+              &mut args as *mut ChildArgs as *mut u8)
+    };
+    // CLONE_VFORK: the child has exec'd or exited by now; its stack is free again.
+    drop(stack);
     close(err_write);
+    let mut reader = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(err_read) };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
     let mut buf = [0u8; 4];
     let mut got = 0;
-    let mut reader = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(err_read) };
     while got < 4 {
         match std::io::Read::read(&mut reader, &mut buf[got..]) {
             Ok(0) => break,
@@ -193,6 +201,35 @@ pub fn spawn(plan: &ChildPlan) -> io::Result<Pid> {
     Ok(pid)
 }
 
+struct ChildArgs<'a> {
+    plan: &'a ChildPlan,
+    err_write: c_int,
+}
+
+extern "C" fn child_entry(arg: *mut u8) -> c_int {
+    let args = unsafe { &*(arg as *const ChildArgs) };
+    unsafe { child(args.plan, args.err_write) }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod nr {
+    pub const SETSID: super::c_long = 112;
+    pub const SETGROUPS: super::c_long = 116;
+    pub const SETGID: super::c_long = 106;
+    pub const SETUID: super::c_long = 105;
+}
+
+#[cfg(target_arch = "aarch64")]
+mod nr {
+    pub const SETSID: super::c_long = 157;
+    pub const SETGROUPS: super::c_long = 159;
+    pub const SETGID: super::c_long = 144;
+    pub const SETUID: super::c_long = 146;
+}
+
+/// The child's side of `spawn`, in the agent's memory: system calls only. The id changes
+/// are raw system calls, not glibc's wrappers, which would signal every thread of the
+/// agent (its thread list is in this shared memory) to change their ids too.
 unsafe fn child(plan: &ChildPlan, err_write: c_int) -> ! {
     let fail = |_: ()| -> ! {
         let code = errno().to_ne_bytes();
@@ -208,11 +245,14 @@ unsafe fn child(plan: &ChildPlan, err_write: c_int) -> ! {
     if chdir(plan.cwd.as_ptr()) < 0 {
         fail(());
     }
-    if setsid() < 0 {
+    if syscall(nr::SETSID) < 0 {
         fail(());
     }
     if let Some((uid, gid, groups)) = &plan.user {
-        if setgroups(groups.len(), groups.as_ptr()) < 0 || setgid(*gid) < 0 || setuid(*uid) < 0 {
+        if syscall(nr::SETGROUPS, groups.len(), groups.as_ptr()) < 0
+            || syscall(nr::SETGID, *gid) < 0
+            || syscall(nr::SETUID, *uid) < 0
+        {
             fail(());
         }
     }
