@@ -1,14 +1,14 @@
 """gVisor checkpoint/restore as a way to start pre-warmed interpreters, measured bare.
 
-A candidate for "heavy imports already done at create" besides a warm kernel in a pooled
-sandbox: start one Python that imported numpy, pandas and matplotlib, ``runsc checkpoint``
-it once, and ``runsc restore`` that image into each new sandbox (every restore is an
+Two workloads. An idle python (it only marks itself ready): the base cost of pausing a
+sandbox to disk and resuming or forking it. And a candidate for "heavy imports already done
+at create" besides a warm kernel in a pooled sandbox: one Python that imported numpy, pandas
+and matplotlib, checkpointed once and restored into each new sandbox (every restore is an
 identical clone: a fork primitive). Measured with bare runsc on the image's rootfs, as the
-other bare primitives:
+other bare primitives, for each workload:
 
-* cold: ``runsc run --detach`` of ``python3 -c 'import numpy, pandas, matplotlib; ...'``
-  until the process marked itself ready (a file in its ``/dev/shm``, polled with
-  ``runsc exec`` every 20 ms);
+* cold: ``runsc run --detach`` of the python until it marked itself ready (a file in its
+  ``/dev/shm``, polled with ``runsc exec`` every 20 ms);
 * ``runsc checkpoint --image-path`` of that running sandbox (which ends it);
 * ``runsc restore --detach`` of the image into a fresh sandbox, then its first command
   (``runsc exec /bin/true``), twice per image: two clones of one checkpoint.
@@ -38,6 +38,13 @@ WARM_PYTHON = ["/usr/bin/python3", "-c",
                "import numpy, pandas, matplotlib, time\n"
                "open('/dev/shm/ready', 'w').close()\n"
                "time.sleep(86400)"]
+IDLE_PYTHON = ["/usr/bin/python3", "-c",
+               "import time\n"
+               "open('/dev/shm/ready', 'w').close()\n"
+               "time.sleep(86400)"]
+#: (row key suffix, what the rows call it, the python it runs)
+WORKLOADS = (("_idle", "idle python", IDLE_PYTHON),
+             ("", "python, pandas imported", WARM_PYTHON))
 READY_TIMEOUT = 180.0
 STEP_TIMEOUT = 60.0
 CLONES = 2
@@ -45,22 +52,33 @@ CLONES = 2
 
 def measure_checkpoint(rootfs: Path, iterations: int, warmup: int, result: RuntimeResult,
                        progress: Callable[[str], None], stop: threading.Event) -> None:
-    """Add the checkpoint/restore rows to ``result`` (gvisor only); stops between rounds
-    once ``stop`` is set."""
+    """Add the checkpoint/restore rows of each workload to ``result`` (gvisor only); stops
+    between rounds once ``stop`` is set."""
+    for suffix, name, argv in WORKLOADS:
+        if not stop.is_set():
+            _measure_workload(rootfs, iterations, warmup, result, progress, stop,
+                              suffix, name, argv)
+
+
+def _measure_workload(rootfs: Path, iterations: int, warmup: int, result: RuntimeResult,
+                      progress: Callable[[str], None], stop: threading.Event,
+                      suffix: str, name: str, argv: list[str]) -> None:
     samples: dict[str, list[float]] = {k: [] for k in
                                        ("cold", "checkpoint", "restore", "first", "clone")}
     sizes: list[float] = []
     with _workdir() as work, primitives.BareRunsc(rootfs) as runsc:
         bundle = work / "bundle"
         bundle.mkdir()
-        config = runsc.config(WARM_PYTHON, bundle)
+        config = runsc.config(argv, bundle)
         (bundle / "config.json").write_text(json.dumps(config))
         rounds = warmup + iterations
         for i in range(rounds):
             if stop.is_set():
                 return
             step = f"warm-up {i + 1}/{warmup}" if i < warmup else f"{i + 1 - warmup}/{iterations}"
-            progress(f"gvisor: runsc checkpoint/restore of a warm python, {step}")
+            progress(f"gvisor: runsc checkpoint/restore of an {name}, {step}"
+                     if name.startswith("idle") else
+                     f"gvisor: runsc checkpoint/restore of a {name}, {step}")
             measured = _one_round(runsc, bundle, work / f"round-{i}")
             if i >= warmup:
                 for key, value in measured.items():
@@ -69,14 +87,17 @@ def measure_checkpoint(rootfs: Path, iterations: int, warmup: int, result: Runti
                     else:
                         samples[key].append(value)
     cold = Stat(tuple(samples["cold"]))
+    cold_label = f"runsc run python3 → ready ({name})"
     result.rows += [
-        Row("checkpoint", "runsc checkpoint (python, pandas imported)",
+        Row(f"checkpoint{suffix}", f"runsc checkpoint ({name})",
             Stat(tuple(samples["checkpoint"])), extra={"image_mib": max(sizes)}),
-        Row("restore", "runsc restore (detached, running)", Stat(tuple(samples["restore"]))),
-        Row("restore_first_command", "runsc restore → first command",
-            Stat(tuple(samples["first"])), "runsc run python3 → pandas imported", cold),
-        Row("restore_clone", f"restore of the same checkpoint, clone {CLONES} → first command",
-            Stat(tuple(samples["clone"])), "runsc run python3 → pandas imported", cold),
+        Row(f"restore{suffix}", f"runsc restore ({name}; detached, running)",
+            Stat(tuple(samples["restore"]))),
+        Row(f"restore_first_command{suffix}", f"runsc restore → first command ({name})",
+            Stat(tuple(samples["first"])), cold_label, cold),
+        Row(f"restore_clone{suffix}",
+            f"restore of the same checkpoint, clone {CLONES} → first command ({name})",
+            Stat(tuple(samples["clone"])), cold_label, cold),
     ]
 
 
@@ -129,7 +150,7 @@ def _wait_ready(runsc: primitives.BareRunsc, state: Path, container: str) -> Non
                           stderr=subprocess.DEVNULL, timeout=STEP_TIMEOUT).returncode == 0:
             return
         time.sleep(0.02)
-    raise InternalError(f"the bare python did not import pandas within {READY_TIMEOUT:g} s")
+    raise InternalError(f"the bare python was not ready within {READY_TIMEOUT:g} s")
 
 
 def _run(argv: list[str], what: str) -> None:

@@ -152,10 +152,85 @@ def _pss(figure: Any, runtimes: list[dict[str, Any]]) -> bool:
     return True
 
 
+#: Colours of the configurations a comparison plot sets side by side, in order.
+COMPARE_COLORS = ("#7f7f7f", "#ff7f0e", "#1f77b4", "#2ca02c")
+
+
+def comparison(reports: list[tuple[str, dict[str, Any]]],
+               runtime: str) -> list[tuple[str, list[float | None]]]:
+    """(row label, p50 in ms of each report or None) for every timed row of ``runtime`` in
+    any report, in the first report's order: what :func:`render_comparison` draws."""
+    order: list[str] = []
+    labels: dict[str, str] = {}
+    values: dict[str, dict[int, float]] = {}
+    for index, (_, report) in enumerate(reports):
+        for found in report["runtimes"]:
+            if found["runtime"] != runtime:
+                continue
+            for row in found["rows"]:
+                stat = row.get("corral") or {}
+                if stat.get("unit") != "s" or stat.get("p50") is None:
+                    continue
+                if row["key"] not in labels:
+                    order.append(row["key"])
+                    labels[row["key"]] = row["label"]
+                values.setdefault(row["key"], {})[index] = stat["p50"] * 1000
+    return [(labels[key], [values[key].get(i) for i in range(len(reports))]) for key in order]
+
+
+def render_comparison(reports: list[tuple[str, dict[str, Any]]], runtime: str,
+                      path: Path) -> Path:
+    """One runtime's p50s of several reports (named configurations) as grouped bars."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InvalidArgumentError("plots need matplotlib: install the `bench` extra "
+                                   "(pip install -e '.[bench]')") from None
+    rows = comparison(reports, runtime)
+    if not rows:
+        raise InvalidArgumentError(f"no report has timed rows for runtime {runtime!r}")
+    figure = plt.figure(figsize=(10, 0.45 * len(rows) * len(reports) + 1.5))
+    axes = figure.add_subplot()
+    height = 0.8 / len(reports)
+    for index, (name, _) in enumerate(reports):
+        ys = [r - 0.4 + height * (index + 0.5) for r in range(len(rows))]
+        xs = [values[index] or 0.0 for _, values in rows]
+        axes.barh(ys, xs, height=height, label=name,
+                  color=COMPARE_COLORS[index % len(COMPARE_COLORS)], alpha=0.8)
+        for y, (_, values) in zip(ys, rows, strict=True):
+            if values[index] is not None:
+                axes.text(values[index], y, f" {values[index]:.1f}", va="center", fontsize=6)
+    axes.set_yticks(range(len(rows)), [textwrap.shorten(label, 60) for label, _ in rows],
+                    fontsize=7)
+    axes.invert_yaxis()
+    axes.set_xscale("log")
+    axes.set_xlabel("p50, ms (log scale)")
+    axes.set_title(f"{runtime}: Corral's figures, configuration by configuration")
+    axes.grid(axis="x", which="both", alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+    return path
+
+
 def main(argv: list[str]) -> None:
-    """``python -m corral.bench.plots REPORT.json DIR``."""
+    """``python -m corral.bench.plots REPORT.json DIR``, or
+    ``python -m corral.bench.plots --compare RUNTIME OUT.png NAME=REPORT.json ...``."""
+    if argv[:1] == ["--compare"] and len(argv) >= 5:
+        named = [item.split("=", 1) for item in argv[3:]]
+        if any(len(pair) != 2 for pair in named):
+            raise SystemExit("each report is NAME=REPORT.json")
+        reports = [(name, json.loads(Path(file).read_text())) for name, file in named]
+        print(f"wrote {render_comparison(reports, argv[1], Path(argv[2]))}")
+        return
     if len(argv) != 2:
-        raise SystemExit("usage: python -m corral.bench.plots REPORT.json DIR")
+        raise SystemExit("usage: python -m corral.bench.plots REPORT.json DIR\n"
+                         "       python -m corral.bench.plots --compare RUNTIME OUT.png "
+                         "NAME=REPORT.json NAME=REPORT.json ...")
     for path in render_plots(json.loads(Path(argv[0]).read_text()), Path(argv[1])):
         print(f"wrote {path}")
 

@@ -57,6 +57,9 @@ TARGETS: dict[tuple[str, str], tuple[str, Callable[[Row], bool | None]]] = {
         if _clients(row) > 1 else None),
     ("gvisor", "idle_pss"): ("< 20 MiB PSS per idle sandbox (goal: 500 live)",
                              lambda row: row.corral.p50 < 20),
+    ("gvisor", "checkpoint_idle"): ("< 300 ms", lambda row: row.corral.p50 < 0.300),
+    ("gvisor", "restore_first_command_idle"): ("< 300 ms",
+                                               lambda row: row.corral.p50 < 0.300),
 }
 
 

@@ -84,3 +84,27 @@ def test_plots_are_rendered_from_the_json(tmp_path: Path) -> None:
                                                "bench-throughput.png"]
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reports_are_compared_row_by_row(tmp_path: Path) -> None:
+    """Two configurations side by side: every timed row of the runtime, each report's p50
+    (None where a report lacks the row); memory rows are not times."""
+    from corral.bench.plots import comparison
+
+    old = json.loads(json.dumps(_report().to_json()))
+    new_result = _result("gvisor")
+    new_result.rows[0] = Row("create_to_first_command", "create → first command",
+                             Stat((0.12, 0.13)), "runsc run /bin/true", Stat((0.10, 0.11)))
+    del new_result.rows[-1]
+    now = datetime.now(UTC)
+    new = json.loads(json.dumps(BenchReport({}, {}, now, now, [new_result]).to_json()))
+    rows = dict(comparison([("old", old), ("new", new)], "gvisor"))
+    assert rows["create → first command"] == [pytest.approx(265.0), pytest.approx(125.0)]
+    assert rows["runsc restore → first command"] == [pytest.approx(450.0), None]
+    assert "PSS per idle sandbox, 500 live" not in rows
+    assert comparison([("old", old)], "namespaces") == []
+    pytest.importorskip("matplotlib")
+    from corral.bench.plots import render_comparison
+
+    path = render_comparison([("old", old), ("new", new)], "gvisor", tmp_path / "cmp.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
