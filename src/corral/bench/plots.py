@@ -200,8 +200,9 @@ def render_comparison(reports: list[tuple[str, dict[str, Any]]], runtime: str,
         axes.barh(ys, xs, height=height, label=name,
                   color=COMPARE_COLORS[index % len(COMPARE_COLORS)], alpha=0.8)
         for y, (_, values) in zip(ys, rows, strict=True):
-            if values[index] is not None:
-                axes.text(values[index], y, f" {values[index]:.1f}", va="center", fontsize=6)
+            value = values[index]
+            if value is not None:
+                axes.text(value, y, f" {value:.1f}", va="center", fontsize=6)
     axes.set_yticks(range(len(rows)), [textwrap.shorten(label, 60) for label, _ in rows],
                     fontsize=7)
     axes.invert_yaxis()
