@@ -159,7 +159,8 @@ COMPARE_COLORS = ("#7f7f7f", "#ff7f0e", "#1f77b4", "#2ca02c")
 def comparison(reports: list[tuple[str, dict[str, Any]]],
                runtime: str) -> list[tuple[str, list[float | None]]]:
     """(row label, p50 in ms of each report or None) for every timed row of ``runtime`` in
-    any report, in the first report's order: what :func:`render_comparison` draws."""
+    any report, in the first report's order: what :func:`render_comparison` draws. A row
+    told apart only by its bare primitive (one Corral figure beside several) comes once."""
     order: list[str] = []
     labels: dict[str, str] = {}
     values: dict[str, dict[int, float]] = {}
@@ -172,6 +173,8 @@ def comparison(reports: list[tuple[str, dict[str, Any]]],
                 if stat.get("unit") != "s" or stat.get("p50") is None:
                     continue
                 if row["key"] not in labels:
+                    if row["label"] in labels.values():
+                        continue  # the same Corral figure beside another bare primitive
                     order.append(row["key"])
                     labels[row["key"]] = row["label"]
                 values.setdefault(row["key"], {})[index] = stat["p50"] * 1000
