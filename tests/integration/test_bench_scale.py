@@ -81,7 +81,8 @@ def test_scale_rows_are_measured_and_nothing_is_left(
                 "pool_acquire_first_command", "pool_acquire_vs_cold", "pool_burst",
                 "pool_pss_no_kernel", "create_throughput_2", "idle_pss"}
     if runtime == "gvisor":
-        expected |= {"checkpoint", "restore", "restore_first_command", "restore_clone"}
+        expected |= {f"{row}{workload}" for workload in ("", "_idle") for row in (
+            "checkpoint", "restore", "restore_first_command", "restore_clone")}
     assert keys == expected, result.notes
     for row in result.rows:
         assert row.corral.n >= 1 and min(row.corral.samples) > 0, row.key
