@@ -188,7 +188,11 @@ def test_the_agent_bundle_cannot_be_replaced(attacker: SyncNodeSandbox) -> None:
     result = run_python(attacker, """
 import json, os
 done = []
-for path in ("/.corral/py/corral/agent/main.py", "/.corral/bin/python3", "/.corral/lib"):
+for path in ("/.corral/bin/corral-agent", "/.corral/py/corral/bridge/kernel_bridge.py",
+             "/.corral/py", "/.corral/bin"):
+    if not os.path.exists(path):
+        done.append("missing " + path)  # the attack must aim at what is there
+        continue
     try:
         if os.path.isdir(path):
             os.rename(path, path + ".old")

@@ -1,5 +1,8 @@
 """The framed protocol between the node and the in-sandbox agent. Pure functions, stdlib only.
 
+The agent's side is Rust (``agent/src/proto.rs``, ``agent/src/channel.rs``); its constants
+must equal these (``tests/unit/agent/test_native.py`` checks).
+
 The agent's stdin and stdout are the channel: no network exists inside the sandbox, and a
 pipe needs none. Each frame is::
 
@@ -25,12 +28,7 @@ from __future__ import annotations
 
 import json
 import struct
-
-# typing is not imported at run time: the agent imports this module, and every module it
-# loads slows sandbox start.
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
+from typing import Any
 
 PROTOCOL_VERSION = 1
 

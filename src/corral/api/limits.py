@@ -1,10 +1,9 @@
 """Limits every layer shares, and the one rule for sandbox paths. Standard library only.
 
-The wire models, the node (which the server also goes through) and the agent inside the
-sandbox import their bounds from here, so a request is refused by the same numbers whichever
-door it comes in by. The agent imports this module inside the sandbox
-(:mod:`corral.runtime.agent_bundle` ships ``api/*.py``): it must import nothing but the
-standard library, and nothing the agent does not load already (``typing`` included).
+The wire models and the node (which the server also goes through) import their bounds from
+here, so a request is refused by the same numbers whichever door it comes in by. The agent
+inside the sandbox (Rust, ``agent/``) keeps its own copies of the ones it applies, in
+``agent/src/proto.rs``; ``tests/unit/agent/test_native.py`` checks they are equal.
 
 Sizes are bytes of UTF-8 unless a name says otherwise; times are seconds.
 """

@@ -8,7 +8,7 @@ use.
 
 The kernels belong to a *kernel bridge* (:mod:`corral.bridge.kernel_bridge`), a process the
 node starts in the sandbox through the ordinary command API on the image's own
-``python3``; :mod:`._bridge` is the node's end of it. The agent stays stdlib-only and
+``python3``; :mod:`._bridge` is the node's end of it. The agent stays small, static and
 image-independent; Python contexts need ``jupyter_client``/``ipykernel`` in the image, Bash
 contexts only ``bash``.
 
