@@ -13,6 +13,7 @@ Nothing here writes: every write (making, limiting, joining, killing, removing, 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,11 @@ class Layout:
     hierarchies: tuple[Path, ...]
 
 
+@functools.cache
 def cgroup_layout() -> Layout:
+    """The host's hierarchies, looked up once per process (mounts do not move under a
+    running node): every command reads its sandbox's counters, and this lookup is a
+    directory listing and a dozen stats."""
     v1 = {c: ROOT / c for c in V1_CONTROLLERS if (ROOT / c / "cgroup.procs").exists()}
     unified = None
     for candidate in (ROOT / "unified", ROOT):

@@ -99,7 +99,7 @@ class Authenticate:
             self._recent.popitem(last=False)
 
 
-def _tenant(request: Request) -> str:
+async def _tenant(request: Request) -> str:
     tenant = request.scope.get(_SCOPE_KEY)
     if not isinstance(tenant, str):  # only if the middleware was left out of the app
         raise AuthenticationError(f"no API key: {_HINT}")

@@ -1,4 +1,8 @@
-"""What routes share: the services, from the app's state."""
+"""What routes share: the services, from the app's state.
+
+Dependencies are coroutines: FastAPI runs a plain function in its thread pool, a hop per
+dependency per request for a lookup that never blocks.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +14,22 @@ from ..metrics import Metrics as MetricsT
 from ..services import CommandService, FileService, SandboxService
 
 
-def _sandboxes(request: Request) -> SandboxService:
+async def _sandboxes(request: Request) -> SandboxService:
     service: SandboxService = request.app.state.sandboxes
     return service
 
 
-def _commands(request: Request) -> CommandService:
+async def _commands(request: Request) -> CommandService:
     service: CommandService = request.app.state.commands
     return service
 
 
-def _files(request: Request) -> FileService:
+async def _files(request: Request) -> FileService:
     service: FileService = request.app.state.files
     return service
 
 
-def _metrics(request: Request) -> MetricsT:
+async def _metrics(request: Request) -> MetricsT:
     metrics: MetricsT = request.app.state.metrics
     return metrics
 

@@ -66,7 +66,7 @@ def is_upload(scope: Scope) -> bool:
     return scope.get("method") == "POST" and bool(_UPLOADS.match(scope.get("path", "")))
 
 
-def _service(request: Request) -> AcaService:
+async def _service(request: Request) -> AcaService:
     service: AcaService = request.app.state.aca
     return service
 

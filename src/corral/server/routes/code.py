@@ -19,7 +19,7 @@ NDJSON = "application/x-ndjson"
 ContextId = Annotated[str, Path(max_length=64)]
 
 
-def _code(request: Request) -> CodeService:
+async def _code(request: Request) -> CodeService:
     service: CodeService = request.app.state.code
     return service
 
