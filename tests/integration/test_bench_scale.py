@@ -15,7 +15,9 @@ import pytest
 
 from corral.bench import pools
 from corral.bench._scratch import scratch_dir
-from corral.bench.primitives import BareRunsc, bwrap_run
+from corral.api.errors import InternalError
+from corral.bench.primitives import (BareRunsc, bwrap_output, bwrap_run, spawn_probe_argv,
+                                     spawn_times)
 from corral.bench.stats import RuntimeResult
 from corral.bench.suite import BenchConfig, measure_scale
 from corral.node import Node, NodeSettings, SandboxState
@@ -100,3 +102,17 @@ def test_scale_rows_are_measured_and_nothing_is_left(
         key = NodeSettings(data_dir=path, image_dir=IMAGE_DIR).node_key
         assert not [base for base in cgroup_layout().hierarchies
                     if (base / PARENT / key).exists()]
+
+
+def test_the_spawn_floor_is_timed_inside_a_bare_sandbox(runtime: str, python_image: str) -> None:
+    image = ImageStore(IMAGE_DIR).get(python_image)
+    argv = spawn_probe_argv(3)
+    with contextlib.ExitStack() as stack:
+        if runtime == "gvisor":
+            printed = stack.enter_context(BareRunsc(image.rootfs)).output(argv)
+        else:
+            printed = bwrap_output(image.rootfs, argv)
+    times = spawn_times(printed)
+    assert len(times) == 3 and all(0 < t < 60 for t in times)
+    with pytest.raises(InternalError, match="not a list of times"):
+        spawn_times('["3 ms"]')

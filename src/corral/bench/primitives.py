@@ -7,6 +7,9 @@
   Corral mounts it) with no node on its channel, so it exits once up: what starting the
   agent costs.
 * a host ``fork+exec`` of ``/bin/true``: the floor for any exec round trip.
+* spawns of ``/bin/true`` by a python inside a bare sandbox (:data:`SPAWN_PROBE`), timed
+  there: what starting a process costs in that sandbox kind, whoever asks for it. Under
+  gVisor it is most of a warm exec round trip.
 * a host write-then-read of a file on tmpfs: the floor for a file round trip.
 * idle bare sandboxes (``runsc run --detach`` / ``bwrap`` of ``sleep``) in cgroups of
   their own, and the PSS of a cgroup's processes: the floor for memory per sandbox.
@@ -46,19 +49,54 @@ def agent_start_argv() -> list[str]:
     return agent_command()
 
 
+#: Python for inside a bare sandbox: ``posix_spawn`` of ``/bin/true`` and its wait, ``argv[1]``
+#: times, each timed there; prints the seconds as a JSON list.
+SPAWN_PROBE = (
+    "import json, os, sys, time\n"
+    "times = []\n"
+    "for _ in range(int(sys.argv[1])):\n"
+    "    started = time.perf_counter()\n"
+    "    pid = os.posix_spawn('/bin/true', ['true'], {})\n"
+    "    if os.waitpid(pid, 0)[1] != 0:\n"
+    "        sys.exit('/bin/true failed')\n"
+    "    times.append(time.perf_counter() - started)\n"
+    "print(json.dumps(times))\n")
+
+
+def spawn_probe_argv(count: int) -> list[str]:
+    """The bare sandbox's command that runs :data:`SPAWN_PROBE` ``count`` times."""
+    return ["/usr/bin/python3", "-S", "-c", SPAWN_PROBE, str(count)]
+
+
+def spawn_times(output: str) -> list[float]:
+    """The seconds :data:`SPAWN_PROBE` printed (InternalError if it printed anything else)."""
+    try:
+        times = json.loads(output)
+    except ValueError:
+        times = None
+    if not isinstance(times, list) or not all(isinstance(t, float) for t in times):
+        raise InternalError(f"the spawn probe printed {output[:200]!r}, not a list of times")
+    return times
+
+
 def _timed(argv: list[str], what: str, timeout: float = RUN_TIMEOUT) -> float:
     """Run ``argv`` to completion and return its wall time; InternalError if it fails."""
+    return _run(argv, what, timeout)[0]
+
+
+def _run(argv: list[str], what: str, timeout: float = RUN_TIMEOUT) -> tuple[float, str]:
+    """Run ``argv`` to completion: its wall time and stdout; InternalError if it fails."""
     started = time.perf_counter()
     try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, timeout=timeout, check=False)
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
         raise InternalError(f"{what} did not finish within {timeout:g} s") from exc
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         tail = done.stderr.decode(errors="replace").strip()[-1000:]
         raise InternalError(f"{what} failed (exit status {done.returncode}): {tail}")
-    return elapsed
+    return elapsed, done.stdout.decode(errors="replace")
 
 
 def host_exec() -> float:
@@ -85,13 +123,22 @@ def bwrap_run(rootfs: Path, argv: list[str], agent_bundle: Path | None = None) -
     With ``agent_bundle``, the bundle is mounted read-only at ``/.corral`` and the agent's
     environment set, as the namespaces runtime does.
     """
+    return _run(_bwrap_argv(rootfs, argv, agent_bundle), "bare bwrap")[0]
+
+
+def bwrap_output(rootfs: Path, argv: list[str]) -> str:
+    """What ``argv`` prints, run as :func:`bwrap_run` runs it."""
+    return _run(_bwrap_argv(rootfs, argv, None), "bare bwrap")[1]
+
+
+def _bwrap_argv(rootfs: Path, argv: list[str], agent_bundle: Path | None) -> list[str]:
     cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", str(rootfs), "/",
            "--proc", "/proc", "--dev", "/dev"]
     if agent_bundle is not None:
         cmd += ["--ro-bind", str(agent_bundle), MOUNT_POINT]
         for key, value in agent_env(orphan_grace=0).items():
             cmd += ["--setenv", key, value]
-    return _timed([*cmd, *argv], "bare bwrap")
+    return [*cmd, *argv]
 
 
 class BareRunsc:
@@ -191,6 +238,13 @@ class BareRunsc:
 
     def run(self, argv: list[str]) -> float:
         """Time one ``runsc run`` of ``argv`` (create, start, wait, destroy: all of it)."""
+        return self._run(argv)[0]
+
+    def output(self, argv: list[str]) -> str:
+        """What ``argv`` prints, run as :meth:`run` runs it."""
+        return self._run(argv)[1]
+
+    def _run(self, argv: list[str]) -> tuple[float, str]:
         bundle = self._bundle(argv)
         assert self._tmp is not None
         container = f"bench-{secrets.token_hex(6)}"
@@ -198,7 +252,7 @@ class BareRunsc:
         state.mkdir()
         cmd = self.argv(state, "run", "--bundle", str(bundle), container)
         try:
-            return _timed(cmd, f"bare runsc run of {' '.join(argv)}")
+            return _run(cmd, f"bare runsc run of {' '.join(argv)[:80]}")
         finally:
             kill_naming(str(state))
             shutil.rmtree(state, ignore_errors=True)

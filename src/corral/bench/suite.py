@@ -122,10 +122,12 @@ async def _measure_runtime(node: Node, image: Image, config: BenchConfig,
         result.notes.append(f"image {image.name} has no {PYTHON[0]}: python start-up skipped")
     with contextlib.ExitStack() as stack:
         bundle = ensure_bundle(node.settings.data_dir / "agent")  # the node's own
-        bare_label, bare = _bare_runner(name, image.rootfs, bundle, stack)
+        bare_label, bare, bare_output = _bare_runner(name, image.rootfs, bundle, stack)
         await _measure_start(node, image, config, result, progress, bare_label, bare,
                              has_python)
         await _measure_warm(node, config, result, progress)
+        if has_python:
+            await _measure_spawn_floor(config, result, progress, bare_label, bare_output)
         await api.measure_api_exec(node, config, result, progress)
         code_iterations = config.code_iterations or config.iterations
         await code.measure_code(node, config.image, image.rootfs, code_iterations,
@@ -194,14 +196,16 @@ async def measure_scale(node: Node, image: Image, config: BenchConfig,
                                progress)
 
 
-def _bare_runner(runtime: str, rootfs: Path, bundle: Path,
-                 stack: contextlib.ExitStack) -> tuple[str, Callable[[list[str]], float]]:
-    """The bare primitive for ``runtime``: its label and a function timing one run."""
+def _bare_runner(runtime: str, rootfs: Path, bundle: Path, stack: contextlib.ExitStack,
+                 ) -> tuple[str, Callable[[list[str]], float], Callable[[list[str]], str]]:
+    """The bare primitive for ``runtime``: its label, a function timing one run and one
+    returning what a run printed."""
     if runtime == "gvisor":
         runsc = stack.enter_context(primitives.BareRunsc(rootfs, bundle))
-        return "runsc run", runsc.run
+        return "runsc run", runsc.run, runsc.output
     return "bwrap", lambda argv: primitives.bwrap_run(
-        rootfs, argv, bundle if argv[0].startswith(MOUNT_POINT) else None)
+        rootfs, argv, bundle if argv[0].startswith(MOUNT_POINT) else None), \
+        lambda argv: primitives.bwrap_output(rootfs, argv)
 
 
 async def _create_to_first(node: Node, runtime: str, image: str) -> tuple[float, ...]:
@@ -267,6 +271,22 @@ async def _measure_warm(node: Node, config: BenchConfig, result: RuntimeResult,
             result.rows.append(Row(f"file_round_trip_{size // MIB}mib",
                                    f"file write+read {label}", _stat(trips),
                                    "host tmpfs", _stat(floor), size))
+
+
+async def _measure_spawn_floor(config: BenchConfig, result: RuntimeResult, progress: Progress,
+                               bare_label: str, output: Callable[[list[str]], str]) -> None:
+    """The warm exec row again, beside spawns timed inside a bare sandbox of the same kind:
+    the floor that no agent, channel or node can go under (the first spawns, which pay for
+    warming the sandbox, are left out as the warm-up)."""
+    name = result.runtime
+    warmup = config.warmup * 5
+    progress(f"{name}: {warmup + config.exec_iterations} spawns inside a bare sandbox")
+    argv = primitives.spawn_probe_argv(warmup + config.exec_iterations)
+    spawns = primitives.spawn_times(await asyncio.to_thread(output, argv))[warmup:]
+    warm = next(row for row in result.rows if row.key == "warm_exec")
+    result.rows.append(Row("warm_exec_vs_spawn", warm.label, warm.corral,
+                           f"spawn of /bin/true inside a bare {bare_label}",
+                           _stat(spawns)))
 
 
 def _step(i: int, warmup: int, rounds: int) -> str:
