@@ -53,7 +53,8 @@ def bench(
 
     For each runtime that works: create → first command (p50/p95) beside a bare
     `runsc run` (gvisor) or `bwrap` (namespaces) of the same image, teardown, a warm exec
-    round trip beside a host fork+exec, 1 MiB / 64 MiB file round trips, and an exec round
+    round trip beside a host fork+exec and beside a process start timed inside a bare
+    sandbox (its floor), 1 MiB / 64 MiB file round trips, and an exec round
     trip through the HTTP API (a `corral serve` the bench starts on 127.0.0.1, driven by
     the SDK) beside the same exec through the in-process node. Ratios are Corral / bare
     (HTTP / in-process for the API row). The image must be built (`corral image build
