@@ -64,6 +64,8 @@ async def adopt(directory: Path, *, runtime: Callable[[str], Runtime], images: I
                            cgroup=f"{node_key}/{sandbox_id}", resources=record.resources,
                            agent_bundle=bundle, directory=directory)
         handle = await chosen.adopt(spec, record.extra)
+        if "net" in record.extra:  # the node's, not the runtime's: kept whatever it keeps
+            handle.extra["net"] = record.extra["net"]
     except (ValueError, OSError, SandboxError) as exc:
         raise AdoptionError(_message(exc)) from exc
     try:

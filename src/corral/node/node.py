@@ -23,6 +23,7 @@ import secrets
 import threading
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
+from typing import Any
 
 from corral.api.errors import (
     AlreadyExistsError,
@@ -35,16 +36,21 @@ from corral.api.errors import (
 )
 from corral.api.limits import DEFAULT_LIFETIME
 from corral.api.limits import TIMEOUT_RANGE
+from corral.api.network import NetworkPolicy
 from corral.api.resources import Resources, check_timeout
 from corral.runtime import GvisorOptions, Runtime, SandboxSpec, get_runtime
 from corral.runtime.agent_bundle import ensure_bundle
-from corral.runtime.host import favor_dynamic_changes, remove_node_cgroups, sweep
+from corral.runtime.host import (destroy_net, favor_dynamic_changes, remove_node_cgroups,
+                                 sweep, sweep_networks)
 
 from . import records
 from .adoption import AdoptionError, adopt, release
 from .agent_client import AgentClient
 from .images import ImageStore
 from .lifecycle import Lifecycle, SandboxState, StateListener
+from .network import EXTRA_KEY as net_extra
+from .network import NodeNetwork, policy_of
+from .network import record as net_record
 from .pools import Pool, PoolSpec
 from .sandbox import NodeSandbox
 from .settings import NodeSettings
@@ -84,6 +90,7 @@ class Node:
         self._starts: set[asyncio.Task[NodeSandbox]] = set()
         self._closing = False
         self._runtime_lock = threading.Lock()
+        self.network = NodeNetwork(self.settings.network, self.settings.node_key)
 
     @property
     def sandboxes_dir(self) -> Path:
@@ -119,6 +126,11 @@ class Node:
             log.info("adopted %d running sandboxes", len(self._sandboxes))
         swept = await asyncio.to_thread(sweep, self.sandboxes_dir, self.settings.node_key,
                                         set(self._sandboxes))
+        kept = {recorded["index"] for s in self._sandboxes.values()
+                if isinstance(recorded := s.handle.extra.get(net_extra), dict)
+                and isinstance(recorded.get("index"), int)}
+        if os.geteuid() == 0:
+            await asyncio.to_thread(sweep_networks, self.settings.node_key, kept)
         for sandbox_id in swept:
             self.lost.setdefault(sandbox_id, "its node stopped without handing it over")
         if swept:
@@ -206,7 +218,9 @@ class Node:
     async def create(self, image: str = "python", *, runtime: str | None = None,
                      resources: Resources | None = None, env: Mapping[str, str] | None = None,
                      timeout: float = DEFAULT_LIFETIME,
-                     metadata: Mapping[str, str] | None = None) -> NodeSandbox:
+                     metadata: Mapping[str, str] | None = None,
+                     network: NetworkPolicy | str | dict[str, Any] | None = None
+                     ) -> NodeSandbox:
         """Start a sandbox and return it once its agent answers.
 
         Cancelling the call does not cut a start in half (that would strand mounts and a
@@ -220,9 +234,13 @@ class Node:
             env: environment variables for every command in the sandbox.
             timeout: maximum lifetime in seconds; the sandbox is killed after it.
             metadata: string labels to find the sandbox by.
+            network: what it may reach (:class:`corral.api.network.NetworkPolicy`, or
+                ``"none"``, ``"all"``, ``{"allow": [...], "deny": [...]}``); default
+                ``"none"``: loopback only.
         """
+        policy = self.network.check(policy_of(network))
         return await self._shielded(self._create(image, runtime, resources, env, timeout,
-                                                 metadata))
+                                                 metadata, policy))
 
     async def _shielded(self, start: Coroutine[None, None, NodeSandbox]) -> NodeSandbox:
         """Run a start to its end in a task of its own: a caller that gives up meanwhile
@@ -241,7 +259,8 @@ class Node:
 
     async def _create(self, image: str, runtime: str | None, resources: Resources | None,
                       env: Mapping[str, str] | None, timeout: float,
-                      metadata: Mapping[str, str] | None) -> NodeSandbox:
+                      metadata: Mapping[str, str] | None,
+                      policy: NetworkPolicy) -> NodeSandbox:
         if self._bundle is None:
             raise SandboxError("the node is not started; use `async with Node()`")
         resources = resources or Resources()
@@ -250,7 +269,7 @@ class Node:
         env, metadata = check_env(env), check_metadata(metadata)
         built = self.images.get(image)
         chosen = await self._runtime(runtime)
-        for pool in self.pools:
+        for pool in self.pools if not policy.enabled else ():
             if pool.matches(image, chosen.name, resources):
                 sandbox = await pool.take()
                 handed = (None if sandbox is None
@@ -258,7 +277,7 @@ class Node:
                 if handed is not None:
                     return handed
         return await self._start(image, chosen, resources, {**dict(built.env), **env},
-                                 metadata, timeout, pooled=False)
+                                 metadata, timeout, pooled=False, policy=policy)
 
     async def _start_pooled(self, spec: PoolSpec, runtime: str) -> NodeSandbox:
         """Start a sandbox for a warm pool, cold (shielded like :meth:`create`)."""
@@ -270,7 +289,7 @@ class Node:
 
     async def _start(self, image: str, chosen: Runtime, resources: Resources,
                      env: dict[str, str], metadata: dict[str, str], timeout: float,
-                     pooled: bool) -> NodeSandbox:
+                     pooled: bool, policy: NetworkPolicy | None = None) -> NodeSandbox:
         """Build and start one sandbox, waiting for a start turn (admission control)."""
         if len(self._sandboxes) + self._pending >= self.settings.max_sandboxes:
             raise ResourceExhaustedError(
@@ -286,26 +305,37 @@ class Node:
             self._waiting -= 1
         try:
             return await self._start_now(image, chosen, resources, env, metadata, timeout,
-                                         pooled)
+                                         pooled, policy or NetworkPolicy())
         finally:
             self._start_turns.release()
 
     async def _start_now(self, image: str, chosen: Runtime, resources: Resources,
                          env: dict[str, str], metadata: dict[str, str], timeout: float,
-                         pooled: bool) -> NodeSandbox:
+                         pooled: bool, policy: NetworkPolicy) -> NodeSandbox:
         if self._bundle is None:
             raise SandboxError("the node is not started; use `async with Node()`")
         built = self.images.get(image)
         sandbox_id = f"sbx-{secrets.token_hex(8)}"
-        spec = SandboxSpec(sandbox_id=sandbox_id, cgroup=f"{self.settings.node_key}/{sandbox_id}",
-                           rootfs=built.rootfs, resources=resources, agent_bundle=self._bundle,
-                           directory=self.sandboxes_dir / sandbox_id,
-                           orphan_grace=self.settings.orphan_grace)
         # Counted as pending, and in no list, until it runs: nothing can reach (or stop) a
         # sandbox while it starts, and Node.close() waits for its start instead.
         self._pending += 1
         try:
-            handle = await chosen.create(spec)
+            net = await self.network.attach(policy) if policy.enabled else None
+            spec = SandboxSpec(sandbox_id=sandbox_id,
+                               cgroup=f"{self.settings.node_key}/{sandbox_id}",
+                               rootfs=built.rootfs, resources=resources,
+                               agent_bundle=self._bundle,
+                               directory=self.sandboxes_dir / sandbox_id,
+                               orphan_grace=self.settings.orphan_grace,
+                               netns=net.netns_path if net is not None else None)
+            try:
+                handle = await chosen.create(spec)
+            except BaseException:
+                if net is not None:
+                    await asyncio.shield(asyncio.to_thread(destroy_net, net))
+                raise
+            if net is not None:
+                handle.extra[net_extra] = net_record(net, policy)
             sandbox = NodeSandbox(self.lifecycle, sandbox_id, image, chosen, handle, resources,
                                   env, built.workdir, metadata, timeout, pooled=pooled)
             try:

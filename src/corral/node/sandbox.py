@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from corral.api import contract, models
 from corral.api.errors import SandboxNotRunningError
 from corral.api.limits import DEFAULT_CODE_TIMEOUT
+from corral.api.network import NetworkPolicy
 from corral.api.resources import Resources, check_timeout
 from corral.runtime import Runtime, RuntimeSandbox
 
@@ -22,6 +23,7 @@ from .commands import NodeCommands
 from .files import NodeFiles
 from .interpreter import NodeCodeInterpreter
 from .lifecycle import Lifecycle, SandboxState
+from .network import recorded_policy
 
 
 class NodeSandbox:
@@ -63,6 +65,15 @@ class NodeSandbox:
 
     def __repr__(self) -> str:
         return f"NodeSandbox(id={self.id!r}, state={self.state.value!r})"
+
+    @property
+    def network(self) -> NetworkPolicy:
+        """What it may reach now (``none``: loopback only)."""
+        return recorded_policy(self.handle.extra)
+
+    def persist(self) -> None:
+        """Write its record again (after a change a restarted node must know)."""
+        self._lifecycle.persist(self)
 
     @property
     def info(self) -> models.SandboxInfo:

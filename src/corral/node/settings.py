@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.api.errors import InvalidArgumentError
+from corral.api.network import MAX_ENTRIES, NetOperator
 from corral.runtime import GvisorOptions
 from corral.runtime.agent_bundle import ORPHAN_GRACE
 
@@ -42,6 +43,12 @@ class NodeSettings:
         gvisor: which runsc and gVisor platform (``CORRAL_RUNSC``,
             ``CORRAL_GVISOR_PLATFORM``); None: read from the environment when the runtime
             is made.
+        network: the operator's network rules (:class:`corral.api.network.NetOperator`):
+            ranges opened to sandboxes (``CORRAL_NET_OPEN``), the resolver
+            (``CORRAL_NET_DNS``), a global deny list (``CORRAL_NET_DENY``), whether ``all``
+            may be asked for (``CORRAL_NET_ALLOW_ALL=0`` forbids it), the entry cap
+            (``CORRAL_NET_MAX_ENTRIES``) and the sandboxes' address pool
+            (``CORRAL_NET_POOL``). Lists are comma- or space-separated.
     """
 
     data_dir: Path
@@ -53,6 +60,7 @@ class NodeSettings:
     max_starting: int = field(default_factory=lambda: 2 * (os.cpu_count() or 1))
     start_queue: int = 256
     gvisor: GvisorOptions | None = None
+    network: NetOperator = field(default_factory=NetOperator)
 
     def __post_init__(self) -> None:
         if self.max_starting < 1 or self.start_queue < 0:
@@ -82,12 +90,31 @@ class NodeSettings:
                    orphan_grace=orphan_grace, pools=pools,
                    max_starting=_int_env("CORRAL_MAX_STARTING", defaults.max_starting),
                    start_queue=_int_env("CORRAL_START_QUEUE", defaults.start_queue),
-                   gvisor=GvisorOptions.from_env())
+                   gvisor=GvisorOptions.from_env(), network=network_from_env())
 
     @property
     def node_key(self) -> str:
         """Names this node's cgroups, so that sweeping never touches another node's."""
         return hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:12]
+
+
+def network_from_env(open_ranges: tuple[str, ...] = (), dns: str | None = None
+                     ) -> NetOperator:
+    """The operator's network rules from ``CORRAL_NET_*``, plus ``open_ranges`` and
+    ``dns`` given as flags (which add to, or replace, the environment's)."""
+    allow_all = os.environ.get("CORRAL_NET_ALLOW_ALL", "1")
+    if allow_all not in ("0", "1"):
+        raise InvalidArgumentError(f"CORRAL_NET_ALLOW_ALL={allow_all!r:.20} must be 0 or 1")
+    return NetOperator.parse(
+        open_ranges=(*_list_env("CORRAL_NET_OPEN"), *open_ranges),
+        deny=_list_env("CORRAL_NET_DENY"),
+        dns=dns or os.environ.get("CORRAL_NET_DNS") or None, allow_all=allow_all == "1",
+        max_entries=_int_env("CORRAL_NET_MAX_ENTRIES", MAX_ENTRIES),
+        pool=os.environ.get("CORRAL_NET_POOL") or None)
+
+
+def _list_env(name: str) -> list[str]:
+    return os.environ.get(name, "").replace(",", " ").split()
 
 
 def _int_env(name: str, default: int) -> int:

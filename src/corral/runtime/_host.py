@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import shutil
@@ -13,6 +14,7 @@ from corral.api.errors import InternalError
 
 from . import _cgroups_unsafe as cgroups
 from . import _mounts_unsafe as mounts
+from . import _net_unsafe as net
 from ._cgroups import CgroupView, leftover_names
 from ._mounts import mounts_under
 from .agent_bundle import CHANNEL_SOCKET_NAME
@@ -111,6 +113,35 @@ def _remove_tree(directory: Path) -> None:
     shutil.rmtree(directory, onerror=onerror)
 
 
+def destroy_network(extra: dict[str, object]) -> None:
+    """Remove the network namespace, veth pair and rules a runtime handle's ``extra``
+    records (see :mod:`corral.node.network`); nothing if it records none."""
+    recorded = extra.get("net")
+    if not isinstance(recorded, dict):
+        return
+    index, name = recorded.get("index"), recorded.get("netns")
+    if not isinstance(index, int) or not isinstance(name, str):
+        log.error("a sandbox's recorded network %r is not one; nothing removed", recorded)
+        return
+    net.destroy(net.SandboxNet(index=index, netns=name, gateway=_ANY, address=_ANY))
+
+
+_ANY = ipaddress.IPv4Address(0)
+
+
+def sweep_networks(node_key: str, keep: set[int]) -> list[int]:
+    """Remove the network namespaces (and their veths and rules) a dead node of this key
+    left behind, but those in ``keep``. Returns the slots swept."""
+    swept = [i for i in net.leftovers(node_key) if i not in keep]
+    for index in swept:
+        try:
+            net.destroy(net.SandboxNet(index=index, netns=f"corral-{node_key}-{index}",
+                                       gateway=_ANY, address=_ANY))
+        except (OSError, InternalError) as exc:
+            log.error("could not sweep the network of slot %d: %s", index, exc)
+    return swept
+
+
 def sweep(sandboxes_dir: Path, node_key: str, keep: set[str]) -> list[str]:
     """Tear down sandboxes a dead node left behind (its cgroups, mounts, directories).
 
@@ -137,6 +168,7 @@ class HostRuntime(Runtime):
             return
         spec = sandbox.spec
         await asyncio.to_thread(teardown, spec.directory, spec.cgroup)
+        await asyncio.to_thread(destroy_network, sandbox.extra)
         if sandbox.process is not None:
             # Closing the transport kills the process if needed and closes its pipes: on
             # Python 3.11, wait() would otherwise hang on a pipe left full and unread by a

@@ -56,6 +56,9 @@ class SandboxSpec:
     directory: Path
     #: Seconds the agent waits for a restarted node once its node is gone; 0: none.
     orphan_grace: float = 600.0
+    #: The network namespace to start the sandbox in (its policy's, made by the node), or
+    #: None: loopback only.
+    netns: Path | None = None
 
 
 @dataclass(frozen=True)

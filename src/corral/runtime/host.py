@@ -19,23 +19,36 @@ Writes (implemented in :mod:`._cgroups_unsafe`, :mod:`._mounts_unsafe` and
   ``favordynmods``.
 * :func:`remove_node_cgroups`: a node's close removes its (empty) parent cgroups.
 * :func:`sweep`, :func:`teardown`: kill, unmount, uncgroup and delete sandboxes a node
-  left behind, or one sandbox.
+  left behind, or one sandbox; :func:`sweep_networks`: their network namespaces.
 * :func:`give_socket`: hand a bound channel socket to its folder's owner alone.
 * :class:`SandboxCgroups`: make, limit, join, kill and remove a sandbox's cgroups (the
   benchmark's bare sandboxes, which no runtime starts).
+* :func:`ensure_net_table`, :func:`create_net`, :func:`update_net`, :func:`destroy_net`:
+  the shared nftables table, and one sandbox's network namespace, veth pair and rules
+  (:mod:`._net_unsafe`); :func:`taken_net_slots`, :func:`net_slots` and
+  :class:`SandboxNet` say which slots of the pool exist and what one names.
 """
 
 from __future__ import annotations
 
 from ._cgroups import CgroupView, Layout, cgroup_layout, favordynmods_enabled, leftover_names
 from ._cgroups_unsafe import SandboxCgroups, favor_dynamic_changes, remove_node_cgroups
-from ._host import channel_socket, sweep, teardown
+from ._host import channel_socket, sweep, sweep_networks, teardown
 from ._mounts import mounts_under
 from ._mounts_unsafe import give_socket
+from ._net_unsafe import SandboxNet
+from ._net_unsafe import create as create_net
+from ._net_unsafe import destroy as destroy_net
+from ._net_unsafe import ensure_table as ensure_net_table
+from ._net_unsafe import slots as net_slots
+from ._net_unsafe import taken_slots as taken_net_slots
+from ._net_unsafe import update as update_net
 
 __all__ = [
-    "CgroupView", "Layout", "SandboxCgroups", "cgroup_layout", "channel_socket",
+    "CgroupView", "Layout", "SandboxCgroups", "SandboxNet", "cgroup_layout",
+    "channel_socket", "create_net", "destroy_net", "ensure_net_table",
     "favor_dynamic_changes", "favordynmods_enabled", "give_socket", "leftover_names",
-    "mounts_under",
-    "remove_node_cgroups", "sweep", "teardown",
+    "mounts_under", "net_slots", "remove_node_cgroups", "sweep", "sweep_networks",
+    "taken_net_slots",
+    "teardown", "update_net",
 ]

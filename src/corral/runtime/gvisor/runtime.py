@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
 
-from corral.api.errors import InternalError, RuntimeUnavailableError
+from corral.api.errors import InternalError, InvalidArgumentError, RuntimeUnavailableError
 
 from .. import _cgroups_unsafe as cgroups
 from .._cgroups import CPU_PERIOD_US, CgroupView
@@ -82,7 +81,8 @@ def oci_spec(spec: SandboxSpec, weakening: Weakening | None = None) -> dict[str,
              "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]},
         ],
         "linux": {
-            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+            "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+            + [{"type": "network", **({"path": str(spec.netns)} if spec.netns else {})}],
             "cgroupsPath": CgroupView(spec.cgroup).relative_path,
             "resources": {
                 "memory": {"limit": res.memory_mib * 1024 * 1024},
@@ -181,24 +181,39 @@ class GvisorRuntime(HostRuntime):
         cgroups.SandboxCgroups(spec.cgroup).create(res.memory_mib, res.cpus,
                                                     res.pids + GVISOR_TASK_ALLOWANCE)
 
-    def _argv(self, directory: Path, sandbox_id: str) -> list[str]:
+    def _argv(self, spec: SandboxSpec) -> list[str]:
         # --host-uds=open: the agent may connect to host sockets it can see, and it sees
         # one: the socket a restarted node binds in the read-only run folder. Creating host
         # sockets stays refused. --detach: the sandbox does not die with `runsc run` (or the
         # node); runsc returns once it started, and the agent's stdio stays the channel.
         runsc, platform = self.chosen()
-        return [runsc.path, "--root", str(directory / "state"), "--network=none",
+        directory = spec.directory
+        argv = [runsc.path, "--root", str(directory / "state"),
+                "--network=sandbox" if spec.netns else "--network=none",
                 f"--platform={platform.name}", *file_flags(runsc, self._weakening),
-                "--host-uds=open", "run",
-                "--detach",
-                "--bundle", str(directory / "bundle"), sandbox_id]
+                "--host-uds=open", "run", "--detach",
+                "--bundle", str(directory / "bundle"), spec.sandbox_id]
+        if spec.netns is None:
+            return argv
+        if not runsc.pinned:
+            raise InvalidArgumentError(
+                f"network policies on the gvisor runtime need runsc {PINNED_VERSION} (this "
+                f"node runs {runsc.version}); {INSTALL_COMMAND} fetches it")
+        # Netstack on the policy's namespace (its path is in the OCI spec: never without
+        # one, or runsc would take over the host's interfaces). runsc 20240729 refuses to
+        # start it when /proc/sys/net/core/rmem_default is readable, which this kernel
+        # shows in every namespace: runsc runs in a mount namespace of its own with a
+        # tmpfs over /proc/sys/net (see docs/network.md).
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                'mount -t tmpfs -o size=4k,mode=555 corral-hide /proc/sys/net && exec "$0" "$@"',
+                *argv]
 
     async def start(self, sandbox: RuntimeSandbox) -> asyncio.subprocess.Process:
         spec = sandbox.spec
         join = cgroups.SandboxCgroups(spec.cgroup).joiner(v1=False)
         try:
             process = await asyncio.create_subprocess_exec(
-                *self._argv(spec.directory, spec.sandbox_id), stdin=asyncio.subprocess.PIPE,
+                *self._argv(spec), stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 preexec_fn=join, start_new_session=True, limit=1024 * 1024)
         except OSError as exc:

@@ -31,6 +31,7 @@ from corral.api.errors import InternalError, InvalidArgumentError, ResourceExhau
 
 from .. import _cgroups_unsafe as cgroups
 from .. import _mounts_unsafe as mounts
+from .. import _net_unsafe as net
 from .._cgroups import check_host as check_cgroups
 from .._host import HostRuntime, channel_dir, check_alive, prepare_root, teardown
 from ..agent_bundle import CHANNEL_MOUNT_POINT, MOUNT_POINT, agent_command, agent_env
@@ -255,15 +256,20 @@ class NamespacesRuntime(HostRuntime):
         slot_fd = self._slots.fd(slot)
         weak = self._weakening
         seccomp_fd = -1 if weak.no_seccomp else _seccomp.filter_fd()
+        netns_fd = net.open_netns(spec.netns) if spec.netns is not None else -1
 
         def pre_exec() -> None:
             join()  # while still host root: cgroup files belong to the host
+            if netns_fd >= 0:  # the policy's namespace; bwrap then makes none of its own
+                net.enter(netns_fd)
+                os.close(netns_fd)
             mounts.enter_userns(userns_fd)
             os.close(userns_fd)  # joined: the sandbox must not inherit a handle on it
 
         # No --die-with-parent: the sandbox outlives a node restart (the agent ends it if
         # no node comes back). The agent inherits the uid slot's lock (see _Slots).
-        argv = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+        argv = ["bwrap", "--unshare-ipc", "--unshare-pid",
+                *(["--unshare-net"] if netns_fd < 0 else []), "--unshare-uts",
                 "--unshare-cgroup-try", "--new-session", "--as-pid-1",
                 "--hostname", "sandbox", "--bind", str(spec.directory / "rootfs"), "/",
                 "--proc", "/proc", *([] if weak.unmasked_proc else proc_mask_args()),
@@ -293,6 +299,8 @@ class NamespacesRuntime(HostRuntime):
         finally:
             if seccomp_fd >= 0:
                 os.close(seccomp_fd)
+            if netns_fd >= 0:
+                os.close(netns_fd)
         sandbox.process = process
         sandbox.state = RuntimeState.RUNNING
         return process
