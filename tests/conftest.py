@@ -17,7 +17,7 @@ import pytest
 from corral.node import NodeSettings, SyncNode, SyncNodeSandbox
 from corral.node.images import ImageStore
 from corral.runtime import RUNTIME_NAMES, available_runtimes
-from corral.runtime.host import sweep
+from corral.runtime.host import sweep, sweep_networks
 
 IMAGE_DIR = Path(os.environ.get("CORRAL_IMAGE_DIR", "/var/lib/corral/images"))
 _PROBED = available_runtimes() if os.geteuid() == 0 else {}
@@ -57,6 +57,8 @@ def sandbox_data_dir(prefix: str) -> Iterator[Path]:
         yield Path(tmp)
         settings = NodeSettings(data_dir=Path(tmp), image_dir=IMAGE_DIR)
         sweep(settings.data_dir / "sandboxes", settings.node_key, set())
+        if os.geteuid() == 0:
+            sweep_networks(settings.node_key, set())
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,8 @@ from corral import node, sdk
 from corral._blocking import Proxy, blocking, blocking_iter, blocking_wrapped, iterate
 from corral.node import sync as node_sync
 from corral.node.interpreter import NodeCodeInterpreter
+from corral.node.network import SandboxNetwork
+from corral.sdk.network import AsyncNetwork
 from corral.sdk import sync as sdk_sync
 
 PAIRS = [
@@ -26,11 +28,13 @@ PAIRS = [
     (sdk.AsyncCommandHandle, sdk_sync.CommandHandle),
     (sdk.AsyncFiles, sdk_sync.Files),
     (sdk.AsyncCodeInterpreter, sdk_sync.CodeInterpreter),
+    (AsyncNetwork, sdk_sync.Network),
     (node.NodeSandbox, node_sync.SyncNodeSandbox),
     (node.NodeCommands, node_sync.SyncNodeCommands),
     (node.NodeCommandHandle, node_sync.SyncNodeCommandHandle),
     (node.NodeFiles, node_sync.SyncNodeFiles),
     (NodeCodeInterpreter, node_sync.SyncNodeCodeInterpreter),
+    (SandboxNetwork, node_sync.SyncNodeNetwork),
     (node.Node, node_sync.SyncNode),
 ]
 #: Async methods whose blocking twin has another name.

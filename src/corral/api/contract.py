@@ -33,6 +33,9 @@ FileData = bytes | str | Iterable[bytes] | AsyncIterable[bytes]
 Cmd = str | Sequence[str]
 #: A code context: its description or its id.
 ContextRef = models.CodeContext | str
+#: A network policy: "none", "all" or {"allow": [...], "deny": [...]} (see
+#: :mod:`corral.api.network`).
+NetworkArg = str | Mapping[str, Sequence[str]] | models.NetworkLists
 
 
 class CommandHandleContract(Protocol):
@@ -139,6 +142,18 @@ class CodeContract(Protocol):
     async def delete_context(self, context: ContextRef) -> None: ...
 
 
+class NetworkContract(Protocol):
+    """A sandbox's network policy: what it may reach."""
+
+    async def get(self) -> models.NetworkInfo:
+        """Its policy as enforced now."""
+        ...
+
+    async def update(self, network: NetworkArg) -> models.NetworkInfo:
+        """Replace its policy; new connections see it at once."""
+        ...
+
+
 class SandboxContract(Protocol):
     """One sandbox, wherever it runs."""
 
@@ -153,6 +168,9 @@ class SandboxContract(Protocol):
 
     @property
     def code(self) -> CodeContract: ...
+
+    @property
+    def network(self) -> NetworkContract: ...
 
     async def refresh(self) -> models.SandboxInfo:
         """Its description now: state, expiry, and why it stopped if it did."""

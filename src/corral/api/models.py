@@ -27,6 +27,7 @@ from .limits import (DEFAULT_CODE_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, DEFAULT_LIFE
 from .limits import MAX_CODE as MAX_CODE
 from .limits import MAX_INLINE_STDIN as MAX_INLINE_STDIN
 from .limits import MAX_PATH as MAX_PATH
+from .network import MAX_ENTRIES, MAX_ENTRY, NetworkPolicy
 from .resources import Resources, check_timeout
 
 #: Longest image name.
@@ -98,6 +99,46 @@ class ResourcesSpec(BaseModel):
                    disk=resources.disk_mib)
 
 
+class NetworkLists(BaseModel):
+    """Allow and deny lists: IPs, CIDRs and domains, each optionally with ``:port``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    allow: Annotated[list[Annotated[str, Field(max_length=MAX_ENTRY)]],
+                     Field(max_length=MAX_ENTRIES)] = Field(default_factory=list)
+    deny: Annotated[list[Annotated[str, Field(max_length=MAX_ENTRY)]],
+                    Field(max_length=MAX_ENTRIES)] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _parses(self) -> NetworkLists:
+        self.to_policy()
+        return self
+
+    def to_policy(self) -> NetworkPolicy:
+        """The checked :class:`~corral.api.network.NetworkPolicy` these lists describe."""
+        result: NetworkPolicy = _checked(NetworkPolicy.parse,
+                                         {"allow": self.allow, "deny": self.deny})
+        return result
+
+
+#: A network policy on the wire: ``"none"`` (loopback only), ``"all"`` (every public
+#: address) or allow/deny lists (see :mod:`corral.api.network`).
+NetworkSpec = Literal["none", "all"] | NetworkLists
+
+
+def network_policy(spec: NetworkSpec) -> NetworkPolicy:
+    """The :class:`~corral.api.network.NetworkPolicy` a wire spec describes."""
+    return spec.to_policy() if isinstance(spec, NetworkLists) else NetworkPolicy.parse(spec)
+
+
+def network_spec(policy: NetworkPolicy) -> NetworkSpec:
+    """The wire form of ``policy``."""
+    if policy.mode == "lists":
+        return NetworkLists(allow=[str(r) for r in policy.allow],
+                            deny=[str(r) for r in policy.deny])
+    return "all" if policy.mode == "all" else "none"
+
+
 class SandboxCreate(_Request):
     """``POST /v1/sandboxes``."""
 
@@ -110,6 +151,9 @@ class SandboxCreate(_Request):
     idle_timeout: float | None = Field(
         default=None, description="stop it after this many seconds without API activity "
         "(running commands count as activity); default: never")
+    network: NetworkSpec = Field(
+        default="none", description="what it may reach: \"none\" (loopback only), "
+        "\"all\" (every public address) or {\"allow\": [...], \"deny\": [...]}")
 
     @field_validator("timeout")
     @classmethod
@@ -122,6 +166,18 @@ class SandboxCreate(_Request):
     def _idle_timeout(cls, value: float | None) -> float | None:
         return None if value is None else float(_checked(check_timeout, value,
                                                          "idle timeout"))
+
+
+class NetworkUpdate(_Request):
+    """``PUT /v1/sandboxes/{id}/network``: the sandbox's whole new policy."""
+
+    network: NetworkSpec
+
+
+class NetworkInfo(_Response):
+    """A sandbox's network policy as it is enforced now."""
+
+    network: NetworkSpec
 
 
 class TimeoutUpdate(_Request):
@@ -149,6 +205,7 @@ class SandboxInfo(_Response):
     expires_at: datetime
     stop_reason: str | None = None
     idle_timeout: float | None = None
+    network: NetworkSpec = "none"
 
 
 class SandboxList(_Response):

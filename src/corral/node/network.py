@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
+from corral.api import models
+from corral.api.contract import NetworkArg
 from corral.api.errors import InvalidArgumentError, ResourceExhaustedError, SandboxError
 from corral.api.network import NetOperator, NetworkPolicy
 from corral.runtime import host
@@ -28,9 +31,17 @@ EXTRA_KEY = "net"
 _SLOT_TRIES = 64
 
 
-def policy_of(value: NetworkPolicy | str | dict[str, Any] | None) -> NetworkPolicy:
-    """A policy from what a caller gave: a policy, ``"none"``/``"all"`` or allow/deny lists."""
-    return value if isinstance(value, NetworkPolicy) else NetworkPolicy.parse(value)
+def policy_of(value: NetworkArg | NetworkPolicy | None) -> NetworkPolicy:
+    """A policy from what a caller gave: a policy, ``"none"``/``"all"``, allow/deny lists
+    (a mapping or :class:`~corral.api.models.NetworkLists`)."""
+    if isinstance(value, NetworkPolicy):
+        return value
+    if isinstance(value, models.NetworkLists):
+        return value.to_policy()
+    if isinstance(value, Mapping):
+        return NetworkPolicy.parse({k: list(v) if isinstance(v, (list, tuple)) else v
+                                    for k, v in value.items()})
+    return NetworkPolicy.parse(value)
 
 
 class NodeNetwork:
@@ -84,6 +95,33 @@ class NodeNetwork:
         recorded["policy"] = policy.to_wire()
         sandbox.persist()
         return policy
+
+
+class SandboxNetwork:
+    """A sandbox's network face: its policy now, and updates (``sandbox.network``)."""
+
+    def __init__(self, sandbox: NodeSandbox, network: NodeNetwork) -> None:
+        self._sandbox = sandbox
+        self._network = network
+
+    @property
+    def policy(self) -> NetworkPolicy:
+        """What it may reach now (``none``: loopback only)."""
+        return recorded_policy(self._sandbox.handle.extra)
+
+    async def get(self) -> models.NetworkInfo:
+        """Its policy as the API describes it."""
+        return models.NetworkInfo(network=models.network_spec(self.policy))
+
+    async def update(self, network: NetworkArg) -> models.NetworkInfo:
+        """Replace its policy; new connections see the new one at once, open ones go on.
+
+        ``network``: ``"none"`` (nothing but loopback), ``"all"`` or
+        ``{"allow": [...], "deny": [...]}``; the sandbox must have been created with a
+        policy other than ``none`` (that is what gives it an interface).
+        """
+        policy = await self._network.update(self._sandbox, policy_of(network))
+        return models.NetworkInfo(network=models.network_spec(policy))
 
 
 def recorded_policy(extra: dict[str, object]) -> NetworkPolicy:

@@ -23,7 +23,6 @@ import secrets
 import threading
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any
 
 from corral.api.errors import (
     AlreadyExistsError,
@@ -35,6 +34,7 @@ from corral.api.errors import (
     UnavailableError,
 )
 from corral.api.limits import DEFAULT_LIFETIME
+from corral.api.contract import NetworkArg
 from corral.api.limits import TIMEOUT_RANGE
 from corral.api.network import NetworkPolicy
 from corral.api.resources import Resources, check_timeout
@@ -219,8 +219,7 @@ class Node:
                      resources: Resources | None = None, env: Mapping[str, str] | None = None,
                      timeout: float = DEFAULT_LIFETIME,
                      metadata: Mapping[str, str] | None = None,
-                     network: NetworkPolicy | str | dict[str, Any] | None = None
-                     ) -> NodeSandbox:
+                     network: NetworkArg | NetworkPolicy | None = None) -> NodeSandbox:
         """Start a sandbox and return it once its agent answers.
 
         Cancelling the call does not cut a start in half (that would strand mounts and a
@@ -337,7 +336,8 @@ class Node:
             if net is not None:
                 handle.extra[net_extra] = net_record(net, policy)
             sandbox = NodeSandbox(self.lifecycle, sandbox_id, image, chosen, handle, resources,
-                                  env, built.workdir, metadata, timeout, pooled=pooled)
+                                  env, built.workdir, metadata, timeout, pooled=pooled,
+                                  network=self.network)
             try:
                 process = await chosen.start(handle)
                 if process.stdout is None or process.stdin is None:
@@ -389,7 +389,7 @@ class Node:
         record = adopted.record
         sandbox = NodeSandbox(self.lifecycle, record.id, record.image, adopted.runtime,
                           adopted.handle, record.resources, record.env, record.workdir,
-                          record.metadata, DEFAULT_LIFETIME)
+                          record.metadata, DEFAULT_LIFETIME, network=self.network)
         sandbox.created_at, sandbox.expires_at = record.created_at, record.expires_at
         sandbox.agent = adopted.agent
         self._sandboxes[sandbox.id] = sandbox

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from corral.api import contract, models
 from corral.api.errors import SandboxNotRunningError
 from corral.api.limits import DEFAULT_CODE_TIMEOUT
-from corral.api.network import NetworkPolicy
+from corral.api.network import NetOperator
 from corral.api.resources import Resources, check_timeout
 from corral.runtime import Runtime, RuntimeSandbox
 
@@ -23,7 +23,7 @@ from .commands import NodeCommands
 from .files import NodeFiles
 from .interpreter import NodeCodeInterpreter
 from .lifecycle import Lifecycle, SandboxState
-from .network import recorded_policy
+from .network import NodeNetwork, SandboxNetwork
 
 
 class NodeSandbox:
@@ -42,7 +42,7 @@ class NodeSandbox:
     def __init__(self, lifecycle: Lifecycle, sandbox_id: str, image: str, runtime: Runtime,
                  handle: RuntimeSandbox, resources: Resources, env: dict[str, str],
                  workdir: str, metadata: dict[str, str], timeout: float,
-                 pooled: bool = False) -> None:
+                 pooled: bool = False, network: NodeNetwork | None = None) -> None:
         self._lifecycle = lifecycle
         self.id = sandbox_id
         self.image = image
@@ -62,14 +62,10 @@ class NodeSandbox:
         self.commands = NodeCommands(self)
         self.files = NodeFiles(self)
         self.code = NodeCodeInterpreter(self)
+        self.network = SandboxNetwork(self, network or NodeNetwork(NetOperator(), ""))
 
     def __repr__(self) -> str:
         return f"NodeSandbox(id={self.id!r}, state={self.state.value!r})"
-
-    @property
-    def network(self) -> NetworkPolicy:
-        """What it may reach now (``none``: loopback only)."""
-        return recorded_policy(self.handle.extra)
 
     def persist(self) -> None:
         """Write its record again (after a change a restarted node must know)."""

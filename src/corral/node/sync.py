@@ -26,7 +26,9 @@ from corral._blocking import (CommandIds, Proxy, blocking, blocking_iter, blocki
 from .commands import NodeCommandHandle, NodeCommands
 from .files import NodeFiles
 from .interpreter import NodeCodeInterpreter
+from .network import SandboxNetwork
 from corral.api.models import SandboxInfo
+from corral.api.network import NetworkPolicy
 from corral.runtime import Runtime
 
 from .lifecycle import SandboxState
@@ -91,6 +93,17 @@ class SyncNodeCodeInterpreter(Proxy[NodeCodeInterpreter]):
     interrupt = blocking(NodeCodeInterpreter.interrupt)
 
 
+class SyncNodeNetwork(Proxy[SandboxNetwork]):
+    """Blocking :class:`corral.node.network.SandboxNetwork`."""
+
+    get = blocking(SandboxNetwork.get)
+    update = blocking(SandboxNetwork.update)
+
+    @property
+    def policy(self) -> NetworkPolicy:
+        return self._inner.policy
+
+
 class SyncNodeSandbox(Proxy[NodeSandbox]):
     """Blocking :class:`corral.node.sandbox.NodeSandbox`; a context manager that kills it."""
 
@@ -105,6 +118,7 @@ class SyncNodeSandbox(Proxy[NodeSandbox]):
         self.commands = SyncNodeCommands(inner.commands, portal)
         self.files = SyncNodeFiles(inner.files, portal)
         self.code = SyncNodeCodeInterpreter(inner.code, portal)
+        self.network = SyncNodeNetwork(inner.network, portal)
 
     @property
     def id(self) -> str:

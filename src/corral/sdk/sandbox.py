@@ -32,6 +32,7 @@ from ._http import CREATE_TIMEOUT, ApiClient, checked
 from .code import AsyncCodeInterpreter, Execution
 from .commands import AsyncCommands
 from .files import AsyncFiles
+from .network import AsyncNetwork, network_spec
 
 #: Limits: a :class:`corral.Resources`, its wire form, or a mapping such as
 #: ``{"memory": "1G", "cpus": 2}`` (checked as the wire form is).
@@ -47,6 +48,7 @@ class AsyncSandbox:
         files: move files in and out (:class:`corral.sdk.files.AsyncFiles`).
         code: stateful code contexts (:class:`corral.sdk.code.AsyncCodeInterpreter`);
             :meth:`run_code` runs a cell.
+        network: what it may reach (:class:`corral.sdk.network.AsyncNetwork`).
         info: the description last fetched (:meth:`refresh` updates it).
     """
 
@@ -56,6 +58,7 @@ class AsyncSandbox:
         self.commands = AsyncCommands(self)
         self.files = AsyncFiles(self)
         self.code = AsyncCodeInterpreter(self)
+        self.network = AsyncNetwork(self)
 
     @property
     def id(self) -> str:
@@ -69,7 +72,8 @@ class AsyncSandbox:
                      env: Mapping[str, str] | None = None,
                      metadata: Mapping[str, str] | None = None,
                      resources: ResourcesArg | None = None, runtime: str | None = None,
-                     idle_timeout: float | None = None, url: str | None = None,
+                     idle_timeout: float | None = None,
+                     network: contract.NetworkArg = "none", url: str | None = None,
                      api_key: str | None = None, ca_file: CaFile | None = None
                      ) -> AsyncSandbox:
         """Start a sandbox and return once it can run commands.
@@ -84,6 +88,11 @@ class AsyncSandbox:
             runtime: ``"gvisor"`` or ``"namespaces"``; default: the server's strongest.
             idle_timeout: stop it after this many seconds in which no call touched it and
                 no command ran in it; default: only ``timeout`` ends it.
+            network: what it may reach: ``"none"`` (the default: loopback only),
+                ``"all"`` (every public address) or ``{"allow": [...], "deny": [...]}`` of
+                IPs and CIDRs, each optionally with ``:port`` (``deny`` wins). Private,
+                link-local and metadata addresses stay unreachable whatever it says, unless
+                the server's operator opened a range.
             url: the server; default ``CORRAL_URL``, else ``http://127.0.0.1:8470``.
             api_key: your key; default ``CORRAL_API_KEY`` (``corral keys create`` makes one).
             ca_file: a PEM CA bundle to verify an ``https://`` server against instead of
@@ -103,7 +112,7 @@ class AsyncSandbox:
                               resources=_resources(resources), env=dict(env or {}),
                               metadata=dict(metadata or {}), timeout=float(timeout),
                               idle_timeout=None if idle_timeout is None
-                              else float(idle_timeout))
+                              else float(idle_timeout), network=network_spec(network))
             reply = await api.json("POST", "/v1/sandboxes", body=request,
                                    read_timeout=CREATE_TIMEOUT)
         except BaseException:

@@ -26,6 +26,7 @@ from corral.api import models
 
 from ._portal import blocking_constructor, blocking_static, portal
 from .code import AsyncCodeInterpreter
+from .network import AsyncNetwork
 from .commands import AsyncCommandHandle, AsyncCommands
 from .files import AsyncFiles
 from .sandbox import AsyncSandbox
@@ -87,6 +88,13 @@ class CodeInterpreter(Proxy[AsyncCodeInterpreter]):
     delete_context = blocking(AsyncCodeInterpreter.delete_context)
 
 
+class Network(Proxy[AsyncNetwork]):
+    """Blocking :class:`corral.sdk.network.AsyncNetwork`."""
+
+    get = blocking(AsyncNetwork.get)
+    update = blocking(AsyncNetwork.update)
+
+
 class Sandbox(Proxy[AsyncSandbox]):
     """A sandbox on a Corral server, blocking. A context manager that kills it at exit.
 
@@ -107,6 +115,7 @@ class Sandbox(Proxy[AsyncSandbox]):
         self.commands = Commands(inner.commands, self._portal)
         self.files = Files(inner.files, self._portal)
         self.code = CodeInterpreter(inner.code, self._portal)
+        self.network = Network(inner.network, self._portal)
 
     @property
     def id(self) -> str:

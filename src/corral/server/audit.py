@@ -44,6 +44,7 @@ ACTIONS: Final = {
     ("POST", "/v1/sandboxes"): "sandbox.create",
     ("DELETE", _SANDBOX): "sandbox.kill",
     ("POST", f"{_SANDBOX}/timeout"): "sandbox.set_timeout",
+    ("PUT", f"{_SANDBOX}/network"): "sandbox.set_network",
     ("POST", f"{_SANDBOX}/commands"): "command.run",
     ("POST", f"{_SANDBOX}/commands/{{command_id}}/stdin"): "command.stdin",
     ("POST", f"{_SANDBOX}/commands/{{command_id}}/signal"): "command.signal",

@@ -52,6 +52,15 @@ async def set_timeout(sandbox_id: SandboxId, body: models.TimeoutUpdate, tenant:
     return await service.set_timeout(tenant, sandbox_id, body.timeout)
 
 
+@router.put("/{sandbox_id}/network", responses=errors(
+    ErrorCode.INVALID_ARGUMENT, why="an entry does not parse, breaks an operator rule, or the "
+    "sandbox was created without a network"))
+async def set_network(sandbox_id: SandboxId, body: models.NetworkUpdate, tenant: Tenant,
+                      service: Sandboxes) -> models.NetworkInfo:
+    """Replace the sandbox's network policy; new connections see it at once."""
+    return await service.update_network(tenant, sandbox_id, body.network)
+
+
 @router.delete("/{sandbox_id}", status_code=204)
 async def kill(sandbox_id: SandboxId, tenant: Tenant, service: Sandboxes) -> Response:
     await service.kill(tenant, sandbox_id)

@@ -32,7 +32,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from corral.api import models
-from corral.api.errors import NotFoundError, SandboxError, SandboxNotRunningError
+from corral.api.errors import (InvalidArgumentError, NotFoundError, SandboxError,
+                               SandboxNotRunningError)
+from corral.api.network import NetworkPolicy
 from corral.node import Node, SandboxState
 from corral.node import NodeSandbox
 from corral.node.validation import SANDBOX_ID, check_metadata
@@ -116,13 +118,15 @@ class SandboxService:
     async def create(self, tenant: str, request: models.SandboxCreate) -> models.SandboxInfo:
         sandbox = await self._node.create(
             request.image, runtime=request.runtime, resources=request.resources.to_resources(),
-            env=request.env, timeout=request.timeout, metadata=request.metadata)
+            env=request.env, timeout=request.timeout, metadata=request.metadata,
+            network=models.network_policy(request.network))
         info = sandbox.info
         record = SandboxRecord(
             id=info.id, tenant=tenant, image=info.image, runtime=info.runtime,
             state=info.state, resources=info.resources.model_dump(), metadata=info.metadata,
             created_at=info.created_at, expires_at=info.expires_at,
-            stop_reason=info.stop_reason, idle_timeout=request.idle_timeout)
+            stop_reason=info.stop_reason, idle_timeout=request.idle_timeout,
+            network=sandbox.network.policy.to_wire())
         await asyncio.to_thread(self._store.add, record)
         # Live only once recorded; whatever changed while the record was written, describe()
         # below writes (it syncs a live sandbox).
@@ -132,6 +136,15 @@ class SandboxService:
             self._activity[sandbox.id] = _Activity(request.idle_timeout, time.monotonic())
         log.info("sandbox %s created for tenant %s", sandbox.id, tenant)
         return await self.describe(tenant, sandbox.id)
+
+    async def update_network(self, tenant: str, sandbox_id: str,
+                             network: models.NetworkSpec) -> models.NetworkInfo:
+        """Replace a running sandbox's network policy (new connections see it at once)."""
+        sandbox = await self.owned(tenant, sandbox_id)
+        info = await sandbox.network.update(network)
+        await asyncio.to_thread(self._store.set_network, sandbox_id,
+                                sandbox.network.policy.to_wire())
+        return info
 
     def live_ids(self) -> set[str]:
         """The sandboxes the server holds now (not yet seen stopped), every tenant's."""
@@ -283,4 +296,14 @@ def _wire(record: SandboxRecord) -> models.SandboxInfo:
         state=record.state,  # type: ignore[arg-type]
         resources=models.ResourcesSpec.model_validate(record.resources),
         metadata=record.metadata, created_at=record.created_at, expires_at=record.expires_at,
-        stop_reason=record.stop_reason, idle_timeout=record.idle_timeout)
+        stop_reason=record.stop_reason, idle_timeout=record.idle_timeout,
+        network=_network_spec(record.network))
+
+
+def _network_spec(recorded: object) -> models.NetworkSpec:
+    """A stored policy's wire form; one that no longer parses reads as none."""
+    try:
+        return models.network_spec(NetworkPolicy.parse(recorded))
+    except InvalidArgumentError:
+        log.error("a stored network policy does not parse: %r", recorded)
+        return "none"

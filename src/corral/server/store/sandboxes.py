@@ -28,6 +28,8 @@ class SandboxRecord:
     expires_at: datetime
     stop_reason: str | None = None
     idle_timeout: float | None = None
+    #: The network policy's wire form ("none", "all" or allow/deny lists).
+    network: str | dict[str, list[str]] = "none"
 
 
 def _record(row: Any) -> SandboxRecord:
@@ -35,7 +37,8 @@ def _record(row: Any) -> SandboxRecord:
                          state=row.state, resources=dict(row.resources),
                          metadata=dict(row.metadata), created_at=aware(row.created_at),
                          expires_at=aware(row.expires_at), stop_reason=row.stop_reason,
-                         idle_timeout=row.idle_timeout)
+                         idle_timeout=row.idle_timeout,
+                         network=row.network if row.network is not None else "none")
 
 
 class SandboxStore:
@@ -49,7 +52,12 @@ class SandboxStore:
                 state=record.state, resources=record.resources, metadata=record.metadata,
                 created_at=record.created_at, expires_at=record.expires_at,
                 stop_reason=bounded(record.stop_reason, STOP_REASON_LENGTH),
-                idle_timeout=record.idle_timeout))
+                idle_timeout=record.idle_timeout, network=record.network))
+
+    def set_network(self, sandbox_id: str, network: str | dict[str, list[str]]) -> None:
+        with self._engine.begin() as db:
+            db.execute(update(sandboxes).where(sandboxes.c.id == sandbox_id).values(
+                network=network))
 
     def set_state(self, sandbox_id: str, state: str, stop_reason: str | None,
                   expires_at: datetime) -> None:

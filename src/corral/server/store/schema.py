@@ -66,6 +66,8 @@ sandboxes = Table(
     Column("stop_reason", String(STOP_REASON_LENGTH), nullable=True),
     # Seconds without API activity after which the server stops it; NULL: never.
     Column("idle_timeout", Float, nullable=True),
+    # Its network policy as the API writes it; NULL: "none" (and rows from before).
+    Column("network", JSON, nullable=True),
     Index("ix_sandboxes_tenant_state", "tenant", "state"),
 )
 
