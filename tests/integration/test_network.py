@@ -139,10 +139,16 @@ def test_the_network_goes_with_its_sandbox(net_node: SyncNode, runtime: str) -> 
     slot = name.rsplit("-", 1)[1]
     sb.kill()
     assert name not in os.listdir("/run/netns")
+    deadline = time.monotonic() + 10  # the kernel frees the namespace (and veth) after
+    while Path(f"/sys/class/net/cxh{slot}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not Path(f"/sys/class/net/cxh{slot}").exists()
     table = subprocess.run(["nft", "list", "table", "inet", "corral"], capture_output=True,
                            text=True, check=True).stdout
     assert f'"cxh{slot}"' not in table and f"chain s{slot} " not in table
+    # /run/netns is one shared mount, made once: a bind over a shared mount would multiply.
+    mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    assert sum(line.split()[4] == "/run/netns" for line in mounts) == 1
 
 
 def test_policies_beyond_the_operators_rules_are_refused_naming_the_rule(
