@@ -17,7 +17,8 @@ import binascii
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
+                      field_validator, model_validator)
 
 from .errors import InvalidArgumentError
 from .limits import (DEFAULT_CODE_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, DEFAULT_LIFETIME,
@@ -121,9 +122,17 @@ class NetworkLists(BaseModel):
         return result
 
 
+def _network_parses(value: Any) -> Any:
+    """Check a policy first, so that a bad one is one error naming its entry (rather than
+    one per member of the union)."""
+    if not isinstance(value, NetworkLists):
+        _checked(NetworkPolicy.parse, value)
+    return value
+
+
 #: A network policy on the wire: ``"none"`` (loopback only), ``"all"`` (every public
 #: address) or allow/deny lists (see :mod:`corral.api.network`).
-NetworkSpec = Literal["none", "all"] | NetworkLists
+NetworkSpec = Annotated[Literal["none", "all"] | NetworkLists, BeforeValidator(_network_parses)]
 
 
 def network_policy(spec: NetworkSpec) -> NetworkPolicy:
