@@ -67,3 +67,22 @@ def test_errors_exit_125_with_a_message(server: Server) -> None:
         app, ["sandbox", "list"])
     assert unauthenticated.exit_code == 125 and "API key" in unauthenticated.stderr
     assert cli.invoke(app, ["sandbox", "create", "--meta", "novalue"]).exit_code == 2
+
+
+def test_network_policy_from_the_command_line(server: Server) -> None:
+    cli = runner(server)
+    made = cli.invoke(app, ["sandbox", "create", "--net", "allow:198.51.100.0/24:443",
+                            "--net", "deny:198.51.100.7", "--json"])
+    assert made.exit_code == 0, made.output
+    info = json.loads(made.stdout)
+    try:
+        assert info["network"] == {"allow": ["198.51.100.0/24:443"], "deny": ["198.51.100.7"]}
+        shown = cli.invoke(app, ["sandbox", "network", info["id"]])
+        assert json.loads(shown.stdout) == info["network"]
+        changed = cli.invoke(app, ["sandbox", "network", info["id"], "--net", "all"])
+        assert changed.exit_code == 0 and json.loads(changed.stdout) == "all"
+        bad = cli.invoke(app, ["sandbox", "network", info["id"], "--net", "allow:10.0.0.1"])
+        assert bad.exit_code == 125 and "10.0.0.0/8 is never reachable" in bad.output
+        assert Sandbox.connect(info["id"], **server.sdk()).info.network == "all"
+    finally:
+        cli.invoke(app, ["sandbox", "kill", info["id"]])

@@ -25,6 +25,7 @@ import typer
 from corral.api import agent_protocol as proto
 from corral.api import contract, models
 from corral.api.errors import InvalidArgumentError, SandboxError, SandboxNotRunningError
+from corral.api.network import NetworkPolicy
 from corral.api.resources import Resources, check_timeout
 from corral.node import Node, NodeSettings
 from corral.node.images import ImageStore
@@ -65,6 +66,28 @@ class RunRequest:
     workdir: str | None
     user: str | None
     interactive: bool
+    network: NetworkPolicy = NetworkPolicy()
+
+
+def parse_net(values: list[str] | None) -> NetworkPolicy:
+    """``--net`` values -> a policy: ``none``, ``all``, or ``allow:A,B`` and ``deny:C``
+    (repeatable, lists add up); a bad one is a usage error naming it."""
+    if not values:
+        return NetworkPolicy()
+    if len(values) == 1 and values[0] in ("none", "all"):
+        return NetworkPolicy.parse(values[0])
+    lists: dict[str, list[str]] = {"allow": [], "deny": []}
+    for value in values:
+        kind, sep, entries = value.partition(":")
+        if not sep or kind not in lists:
+            raise typer.BadParameter(
+                f"{value!r:.80} is not none, all, allow:ENTRY,... or deny:ENTRY,...",
+                param_hint="'--net'")
+        lists[kind] += [e for e in entries.split(",") if e]
+    try:
+        return NetworkPolicy.parse(lists)
+    except InvalidArgumentError as exc:
+        raise typer.BadParameter(exc.message, param_hint="'--net'") from None
 
 
 def parse_env(values: list[str] | None) -> dict[str, str]:
@@ -111,6 +134,12 @@ def run(
         "--user", "-u", show_default="root", help="User name or uid inside the sandbox.")] = None,
     interactive: Annotated[bool, typer.Option(
         "--interactive", "-i", help="Forward corral's stdin to the command.")] = False,
+    net: Annotated[list[str] | None, typer.Option(
+        "--net", metavar="POLICY", show_default="none",
+        help="What the sandbox may reach: none (loopback only), all (every public address), "
+             "or allow:ENTRY,... and deny:ENTRY,... (repeatable; deny wins) of IPs and "
+             "CIDRs, each optionally with :PORT. Private and metadata addresses stay "
+             "closed unless the operator opened them (corral serve --net-open).")] = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Run one command in a fresh sandbox, stream its output, then destroy the sandbox.
@@ -132,12 +161,14 @@ def run(
 
         echo hello | corral run -i -- tr a-z A-Z
 
+        corral run --net allow:203.0.113.10:443,198.51.100.0/24 -- python3 fetch.py
+
         CORRAL_URL=http://127.0.0.1:8470 CORRAL_API_KEY=crl_... corral run -- python3 -V
     """
     request = RunRequest(
         argv=command, image=image, runtime=runtime, resources=_resources(memory, cpus, pids, disk),
         timeout=_timeout(timeout), env=parse_env(env), workdir=workdir, user=user,
-        interactive=interactive)
+        interactive=interactive, network=parse_net(net))
     url = os.environ.get("CORRAL_URL", "").strip()
     with reporting_errors():
         if url:
@@ -186,7 +217,8 @@ async def _on_node(settings: NodeSettings, request: RunRequest
     async with Node(settings) as node:
         sandbox = await node.create(request.image, runtime=request.runtime,
                                     resources=request.resources,
-                                    timeout=request.timeout + LIFETIME_SLACK)
+                                    timeout=request.timeout + LIFETIME_SLACK,
+                                    network=request.network)
         try:
             yield sandbox
         finally:
@@ -198,7 +230,8 @@ async def _on_server(url: str, request: RunRequest) -> AsyncIterator[contract.Sa
     """A sandbox on the server at ``url``; killed at the end."""
     sandbox = await AsyncSandbox.create(
         request.image, runtime=request.runtime, resources=request.resources,
-        timeout=request.timeout + LIFETIME_SLACK, metadata=REMOTE_METADATA, url=url)
+        timeout=request.timeout + LIFETIME_SLACK, metadata=REMOTE_METADATA, url=url,
+        network=models.network_spec(request.network))
     try:
         yield sandbox
     finally:

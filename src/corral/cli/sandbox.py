@@ -1,4 +1,5 @@
-"""``corral sandbox create | list | exec | run-code | kill``: sandboxes on a Corral server.
+"""``corral sandbox create | list | exec | run-code | network | kill``: sandboxes on a
+Corral server.
 
 The server and key come from ``--url``/``--api-key`` or ``CORRAL_URL``/``CORRAL_API_KEY``.
 Unlike ``corral run``, a created sandbox outlives the command: it lives until ``kill`` or
@@ -18,11 +19,12 @@ from rich.table import Table
 
 from corral.api.agent_protocol import REASON_TIMEOUT
 from corral.api.limits import DEFAULT_CODE_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, DEFAULT_LIFETIME
-from corral.api.models import TIMEOUT_ERROR
+from corral.api.models import TIMEOUT_ERROR, network_spec
 from corral.sdk import Sandbox
 
+
 from ._common import EXIT_CORRAL_ERROR, EXIT_TIMEOUT, reporting_errors, say
-from .run import parse_env
+from .run import parse_env, parse_net
 
 app = typer.Typer(
     help="Sandboxes on a Corral server (CORRAL_URL, CORRAL_API_KEY).\n\n"
@@ -41,6 +43,10 @@ MetaOption = Annotated[list[str] | None, typer.Option(
     "--meta", "-m", metavar="KEY=VALUE", show_default=False,
     help="Metadata label (repeatable).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead.")]
+NetOption = Annotated[list[str] | None, typer.Option(
+    "--net", metavar="POLICY", show_default=False,
+    help="Network policy: none, all, or allow:ENTRY,... and deny:ENTRY,... (repeatable; "
+         "deny wins) of IPs and CIDRs, each optionally with :PORT.")]
 
 
 def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
@@ -64,6 +70,7 @@ def create(
         "--env", "-e", metavar="KEY=VALUE", show_default=False,
         help="Environment variable of every command (repeatable).")] = None,
     meta: MetaOption = None,
+    net: NetOption = None,
     as_json: JsonOption = False,
     url: UrlOption = None,
     api_key: KeyOption = None,
@@ -75,12 +82,15 @@ def create(
         corral sandbox create --meta job=demo --timeout 600
 
         corral sandbox create --image python --memory 1G --json
+
+        corral sandbox create --net allow:198.51.100.0/24:443 --net deny:198.51.100.7
     """
     resources = {k: v for k, v in (("memory", memory), ("cpus", cpus)) if v is not None}
+    policy = parse_net(net)
     with reporting_errors():
         sb = Sandbox.create(image, timeout=timeout, runtime=runtime, resources=resources,
                             env=_pairs(env, "'--env'"), metadata=_pairs(meta, "'--meta'"),
-                            url=url, api_key=api_key)
+                            network=network_spec(policy), url=url, api_key=api_key)
         sb.close()  # leaves it running
     typer.echo(sb.info.model_dump_json(indent=2) if as_json else sb.id)
 
@@ -235,6 +245,37 @@ def run_code(
     if error is not None and error.name == TIMEOUT_ERROR:
         raise typer.Exit(EXIT_TIMEOUT)
     raise typer.Exit(1 if error is not None else 0)
+
+
+@app.command()
+def network(
+    sandbox_id: Annotated[str, typer.Argument(metavar="ID", help="Sandbox id.")],
+    net: NetOption = None,
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Show a running sandbox's network policy, or replace it with --net.
+
+    New connections see a new policy at once; open ones go on. Only a sandbox created with
+    a policy other than none has an interface to open.
+
+    Examples:
+
+        corral sandbox network sbx-0123abcd4567
+
+        corral sandbox network sbx-0123abcd4567 --net allow:203.0.113.10:443
+
+        corral sandbox network sbx-0123abcd4567 --net none
+    """
+    policy = parse_net(net) if net else None
+    with reporting_errors():
+        sb = Sandbox.connect(sandbox_id, url=url, api_key=api_key)
+        try:
+            info = sb.network.update(network_spec(policy)) if policy else sb.network.get()
+        finally:
+            sb.close()
+    shown = info.network if isinstance(info.network, str) else info.network.model_dump()
+    typer.echo(json.dumps(shown))
 
 
 @app.command()

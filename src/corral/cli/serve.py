@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from corral.node.pools import PoolSpec
+from corral.node.settings import network_from_env
 from corral.runtime import GvisorOptions, get_runtime
 from corral.server import ServerSettings, create_app, logs
 from corral.server.http import uvicorn_options
@@ -62,6 +63,12 @@ def serve(
         help="The gVisor platform of gvisor sandboxes: systrap or ptrace (env "
              "CORRAL_GVISOR_PLATFORM). One that does not work here is refused at start; "
              "`corral doctor` shows which work and why.")] = None,
+    net_open: Annotated[list[str] | None, typer.Option(
+        "--net-open", metavar="CIDR", show_default=False,
+        help="Open a private range (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7 or a "
+             "part of one) to sandboxes whose policy names it, or that have network=all; "
+             "repeat for more (env CORRAL_NET_OPEN, comma-separated). Loopback, link-local "
+             "and metadata addresses can never be opened.")] = None,
     keep_sandboxes: Annotated[bool | None, typer.Option(
         "--keep-sandboxes/--stop-sandboxes", show_default="keep",
         help="When the server stops, leave running sandboxes for the next server on this "
@@ -87,6 +94,9 @@ def serve(
             settings = replace(settings, node=replace(settings.node, pools=pools))
         if keep_sandboxes is not None:
             settings = replace(settings, keep_sandboxes=keep_sandboxes)
+        if net_open:
+            settings = replace(settings, node=replace(
+                settings.node, network=network_from_env(open_ranges=tuple(net_open))))
         if gvisor_platform is not None:
             runsc = settings.node.gvisor.runsc if settings.node.gvisor else None
             settings = replace(settings, node=replace(settings.node, gvisor=GvisorOptions(

@@ -17,10 +17,11 @@ from typer.testing import CliRunner, Result
 from corral.bench import BenchReport, Row, RuntimeResult, Stat, markdown, rich_table
 from corral.bench.stats import percentile
 from corral.cli import app
-from corral.cli.run import parse_env
+from corral.cli.run import parse_env, parse_net
 from corral.runtime import Availability
 
-HELP_PATHS = [[], ["run"], ["doctor"], ["bench"], ["image"], ["image", "build"],
+HELP_PATHS = [[], ["run"], ["doctor"], ["bench"], ["image"], ["image", "build"], ["serve"],
+              ["sandbox", "network"],
               ["image", "list"], ["image", "rm"]]
 
 
@@ -206,3 +207,22 @@ def test_serve_rejects_a_malformed_pool_before_starting(tmp_path: Path, value: s
     assert result.exit_code != 0
     assert "IMAGE[:RUNTIME]=SIZE" in result.stderr or "module name" in result.stderr
     assert "serving on" not in result.output
+
+
+@pytest.mark.parametrize(("values", "wire"), [
+    (None, "none"), (["none"], "none"), (["all"], "all"),
+    (["allow:198.51.100.1:80,203.0.113.0/24", "deny:203.0.113.9"],
+     {"allow": ["198.51.100.1:80", "203.0.113.0/24"], "deny": ["203.0.113.9"]}),
+    (["allow:"], {"allow": [], "deny": []}),
+])
+def test_net_options_make_a_policy(values: list[str] | None, wire: object) -> None:
+    assert parse_net(values).to_wire() == wire
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    (["nope"], "is not none, all"), (["permit:1.2.3.4"], "is not none, all"),
+    (["allow:1.2.3"], "'1.2.3' is not an IP"), (["all", "deny:1.2.3.4"], "is not none, all"),
+])
+def test_bad_net_options_are_usage_errors(values: list[str], message: str) -> None:
+    with pytest.raises(typer.BadParameter, match=message):
+        parse_net(values)
