@@ -22,9 +22,11 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 LINK = "10.251.0.0/24"
 HOST_SIDE = "10.251.0.1"
@@ -34,10 +36,12 @@ PUBLIC_B = "198.51.100.20"
 METADATA = "169.254.169.254"
 PORT = 8000
 OTHER_PORT = 8001
+#: ``PUBLIC_A`` also takes UDP datagrams on this port and logs them (:func:`udp_log`).
+UDP_PORT = 9999
 _ROUTED = ("198.51.100.0/24", "169.254.169.254/32")
 
 _SERVER = r"""
-import http.server, socketserver, sys, threading
+import http.server, socket, socketserver, sys, threading
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         body = f"{self.server.server_address[0]}:{self.server.server_address[1]}".encode()
@@ -47,8 +51,17 @@ class H(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *args):
         pass
+log_path, udp_host, udp_port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((udp_host, udp_port))
+    while True:
+        data, source = s.recvfrom(2048)
+        with open(log_path, "a") as log:
+            log.write(f"{source[0]} {data[:64].decode(errors='replace')}\n")
+threading.Thread(target=udp, daemon=True).start()
 servers = []
-for spec in sys.argv[1:]:
+for spec in sys.argv[4:]:
     host, port = spec.rsplit(":", 1)
     s = socketserver.ThreadingTCPServer((host, int(port)), H)
     s.daemon_threads = True
@@ -62,6 +75,11 @@ sys.stdin.read()
 @dataclass(frozen=True)
 class Internet:
     netns: str
+
+
+def udp_log() -> Path:
+    """Where the test internet writes each datagram it took: ``<source> <payload>`` lines."""
+    return Path(tempfile.gettempdir()) / f"corral-test-internet-udp-{os.getpid()}.log"
 
 
 def _ip(*args: str) -> None:
@@ -92,8 +110,10 @@ def internet() -> Iterator[Internet]:
             routed.append(prefix)
         listen = [f"{PRIVATE}:{PORT}", f"{PUBLIC_A}:{PORT}", f"{PUBLIC_A}:{OTHER_PORT}",
                   f"{PUBLIC_B}:{PORT}", f"{METADATA}:{PORT}"]
-        server = subprocess.Popen(["ip", "netns", "exec", name, sys.executable, "-c", _SERVER,
-                                   *listen], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        udp_log().unlink(missing_ok=True)
+        argv = ["ip", "netns", "exec", name, sys.executable, "-c", _SERVER, str(udp_log()),
+                PUBLIC_A, str(UDP_PORT), *listen]
+        server = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
         assert server.stdout is not None
         deadline = time.monotonic() + 30

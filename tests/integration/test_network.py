@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,7 @@ B_URL = f"http://{PUBLIC_B}:{PORT}/"
 METADATA_URL = f"http://{METADATA}:{PORT}/"
 HOST_URL = f"http://{HOST_SIDE}:{PORT}/"
 EVERY = [PRIVATE_URL, A_URL, A_OTHER_URL, B_URL, METADATA_URL]
+CORRAL = Path(sys.executable).parent / "corral"
 
 
 def reached(sandbox: SyncNodeSandbox, urls: list[str]) -> dict[str, str]:
@@ -178,3 +180,32 @@ def test_a_sandbox_cannot_spoof_its_source_address(net_node: SyncNode, runtime: 
         attempt = sb.commands.run(["python3", "-c", "import socket; socket.socket("
                                    "socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)"])
     assert attempt.exit_code != 0 and "PermissionError" in attempt.stderr
+
+
+def test_a_restarted_node_keeps_enforcing_and_updating(test_internet: None, runtime: str,
+                                                       python_image: str) -> None:
+    with sandbox_data_dir("corral-test-net-restart-") as data_dir:
+        settings = NodeSettings(data_dir=data_dir, image_dir=IMAGE_DIR)
+        first = SyncNode(settings)
+        sb = first.create("python", runtime=runtime, network={"allow": [PUBLIC_A]})
+        first.close(detach=True)
+        with SyncNode(settings) as second:
+            again = second.get(sb.id)
+            assert again.network.policy.to_wire() == {"allow": [PUBLIC_A], "deny": []}
+            assert ok(reached(again, [A_URL, B_URL])) == {A_URL}
+            again.network.update({"allow": [PUBLIC_B]})
+            assert ok(reached(again, [A_URL, B_URL])) == {B_URL}
+            again.kill()
+        assert not [n for n in os.listdir("/run/netns")
+                    if n.startswith(f"corral-{settings.node_key}-")]
+
+
+def test_corral_run_net(test_internet: None, runtime: str, python_image: str) -> None:
+    with sandbox_data_dir("corral-test-net-cli-") as data_dir:
+        env = {**os.environ, "CORRAL_IMAGE_DIR": str(IMAGE_DIR)}
+        done = subprocess.run(
+            [str(CORRAL), "run", "--data-dir", str(data_dir), "--runtime", runtime,
+             "--net", f"allow:{PUBLIC_A}:{PORT}", "--", "python3", "-c", PROBE, A_URL, B_URL],
+            capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert ok(json.loads(done.stdout)) == {A_URL}

@@ -82,6 +82,9 @@ class Weakening:
     #: gvisor: let the Sentry open host files itself (``runsc --directfs=true``, the
     #: 20240729 build's default): read-only bind mounts then stop being read-only.
     gvisor_directfs: bool = False
+    #: gvisor: raw sockets in the Sentry (``--net-raw``; with every capability, a sandbox
+    #: can then build packets with any source address, which the host must still drop).
+    gvisor_net_raw: bool = False
 
 
 @dataclass

@@ -191,7 +191,8 @@ class GvisorRuntime(HostRuntime):
         argv = [runsc.path, "--root", str(directory / "state"),
                 "--network=sandbox" if spec.netns else "--network=none",
                 f"--platform={platform.name}", *file_flags(runsc, self._weakening),
-                "--host-uds=open", "run", "--detach",
+                "--host-uds=open", *(["--net-raw"] if self._weakening.gvisor_net_raw else []),
+                "run", "--detach",
                 "--bundle", str(directory / "bundle"), spec.sandbox_id]
         if spec.netns is None:
             return argv

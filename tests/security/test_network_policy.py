@@ -1,0 +1,213 @@
+"""Category 3, network, with the widest policy a tenant can ask for: ``network="all"`` on a
+node whose operator opened nothing. What must stay out of reach still does: the cloud
+metadata address, a private range, the host's own services on every address it has
+(loopback-bound ones, the gateway, its other interfaces, IPv6 link-local), another
+sandbox, an IPv4-mapped IPv6 address, and another source address than the sandbox's own.
+
+Every target exists and answers the host (checked first, from the host), so a refusal is
+the policy's doing. The "internet" is a network namespace this module makes
+(tests/fakes/internet.py); no packet leaves the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from corral.node import NodeSettings, SyncNode, SyncNodeSandbox
+from corral.runtime.base import Weakening
+from corral.runtime.gvisor.runtime import GvisorRuntime
+from tests.conftest import IMAGE_DIR, WORKING, sandbox_data_dir
+from tests.fakes.internet import (HOST_SIDE, METADATA, PORT, PRIVATE, PUBLIC_A, UDP_PORT,
+                                  internet, udp_log)
+
+from ._checks import run_python
+
+pytestmark = pytest.mark.skipif(shutil.which("nft") is None or os.geteuid() != 0,
+                                reason="needs root and nftables (scripts/install installs it)")
+
+#: Tries each (name, family, host, port) with a 2 s timeout; prints {name: outcome}.
+CONNECT = """
+import json, socket, sys
+out = {}
+for name, family, host, port in json.loads(sys.argv[1]):
+    s = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(2)
+    try:
+        s.connect((host, port))
+        s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+        out[name] = "connected: " + s.recv(200).decode(errors="replace")[-40:]
+    except OSError as exc:
+        out[name] = "refused: " + type(exc).__name__
+    finally:
+        s.close()
+print(json.dumps(out))
+"""
+
+
+def _host_addresses() -> list[str]:
+    """The host's global IPv4 addresses, but those of the test's own interfaces."""
+    listed = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"],
+                            capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in listed.splitlines():
+        fields = line.split()
+        if not fields[1].startswith(("cxh", "cti")):
+            found.append(fields[3].split("/")[0])
+    return found
+
+
+@contextlib.contextmanager
+def host_listener() -> Iterator[int]:
+    """A TCP service on every host address (IPv6 and IPv4), answering "host"."""
+    server = socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True)
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.sendall(b"host")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def open_node(python_image: str) -> Iterator[SyncNode]:
+    with internet(), sandbox_data_dir("corral-test-netsec-") as data_dir:
+        with SyncNode(NodeSettings(data_dir=data_dir, image_dir=IMAGE_DIR)) as node:
+            yield node
+
+
+def _addresses(sb: SyncNodeSandbox) -> tuple[str, str, str]:
+    """The sandbox's address, its gateway (the host end of its veth) and that end's IPv6
+    link-local address, from the host's side."""
+    slot = int(sb._inner.handle.extra["net"]["index"])  # the node's record of its slot
+    link = subprocess.run(["ip", "-6", "-o", "addr", "show", "dev", f"cxh{slot}"],
+                          capture_output=True, text=True, check=True).stdout
+    v4 = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", f"cxh{slot}"],
+                        capture_output=True, text=True, check=True).stdout
+    gateway = v4.split()[3].split("/")[0]
+    return (str(ipaddress.ip_address(gateway) + 1), gateway,
+            link.split()[3].split("/")[0])
+
+
+def test_all_still_keeps_out_what_is_always_denied(open_node: SyncNode, runtime: str) -> None:
+    with host_listener() as port, \
+            open_node.create("python", runtime=runtime, network="all") as sb, \
+            open_node.create("python", runtime=runtime, network="all") as other:
+        _, gateway, link_local = _addresses(sb)
+        other_address = _addresses(other)[0]
+        listening = other.commands.run_background(
+            ["python3", "-c", "import socket; s = socket.create_server(('0.0.0.0', 9000)); "
+             "print('up', flush=True); "
+             "[c.sendall(b'sandbox') or c.close() for c, _ in iter(s.accept, None)]"])
+        _wait_until_listening(other_address, 9000)
+        targets = [("metadata", 4, METADATA, PORT), ("private", 4, PRIVATE, PORT),
+                   ("mapped metadata", 6, f"::ffff:{METADATA}", PORT),
+                   ("gateway", 4, gateway, port), ("host side", 4, HOST_SIDE, port),
+                   ("other sandbox", 4, other_address, 9000),
+                   ("public (control)", 4, PUBLIC_A, PORT)]
+        targets += [(f"host {a}", 4, a, port) for a in _host_addresses()]
+        # The controls: every target answers from the host (the other sandbox's service
+        # too: the host may open connections into a sandbox; sandboxes may not).
+        from_host = json.loads(subprocess.run(
+            ["python3", "-c", CONNECT, json.dumps([t for t in targets if t[1] == 4])],
+            capture_output=True, text=True, timeout=60, check=True).stdout)
+        failed = {k: v for k, v in from_host.items() if not v.startswith("connected")}
+        assert failed == {}
+        targets.append(("gateway link-local", 6, f"{link_local}%eth0", port))
+        found = run_python(sb, CONNECT, json.dumps(targets))
+        other.commands.kill(listening.id)
+    assert found.pop("public (control)").startswith("connected")
+    assert all(v.startswith("refused") for v in found.values()), found
+
+
+def _wait_until_listening(host: str, port: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on {host}:{port} after 30 s")
+
+
+def test_a_sandbox_cannot_send_as_another_address(open_node: SyncNode, runtime: str) -> None:
+    """A spoofed source through a raw socket: refused in the sandbox where it cannot have
+    one (namespaces: no CAP_NET_RAW over the host-owned namespace); where it can (gVisor's
+    netstack builds the packet), the host drops it: the test host's UDP log gets the
+    sandbox's own datagram (the control) and never the spoofed one."""
+    with open_node.create("python", runtime=runtime, network="all") as sb:
+        udp_log().unlink(missing_ok=True)
+        sent = run_python(sb, SPOOF, PUBLIC_A, str(UDP_PORT))
+        time.sleep(1)
+    received = udp_log().read_text() if udp_log().exists() else ""
+    assert "plain" in received  # the sandbox's own datagram arrived: the path works
+    assert "spoof" not in received, received
+    if runtime == "namespaces":
+        assert sent["raw"] == "PermissionError"
+    else:
+        assert sent["raw"] in ("PermissionError", "sent"), sent
+
+
+@pytest.mark.skipif("gvisor" not in WORKING, reason="gvisor does not work here")
+def test_a_spoofed_source_is_dropped_on_the_host(open_node: SyncNode) -> None:
+    """With raw sockets on and every capability left in the Sentry (a weakened runtime; the
+    real one has neither), a sandbox can build packets with any source; the host's
+    anti-spoofing rule still drops them."""
+    weak = GvisorRuntime(weakening=Weakening(all_capabilities=True, gvisor_net_raw=True))
+    with sandbox_data_dir("corral-test-netsec-weak-") as data_dir:
+        with SyncNode(NodeSettings(data_dir=data_dir, image_dir=IMAGE_DIR),
+                      runtimes={"gvisor": weak}) as node:
+            with node.create("python", runtime="gvisor", network="all") as sb:
+                udp_log().unlink(missing_ok=True)
+                sent = run_python(sb, SPOOF, PUBLIC_A, str(UDP_PORT))
+                time.sleep(1)
+    assert sent == {"raw": "sent"}  # the weakening took: the spoofed packet left the Sentry
+    received = udp_log().read_text()
+    assert "plain" in received and "spoof" not in received, received
+
+
+SPOOF = """
+import json, socket, struct, sys
+plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+plain.sendto(b"plain", (sys.argv[1], int(sys.argv[2])))
+try:
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+except OSError as exc:
+    print(json.dumps({"raw": type(exc).__name__})); raise SystemExit
+def checksum(data):
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+src, dst = socket.inet_aton("198.51.100.99"), socket.inet_aton(sys.argv[1])
+udp = struct.pack("!HHHH", 4444, int(sys.argv[2]), 8 + 5, 0) + b"spoof"
+header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, src, dst)
+header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
+try:
+    s.sendto(header + udp, (sys.argv[1], 0))
+    print(json.dumps({"raw": "sent"}))
+except OSError as exc:
+    print(json.dumps({"raw": type(exc).__name__}))
+"""
