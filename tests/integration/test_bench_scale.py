@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from corral.bench import pools
+from corral.bench import network, pools
 from corral.bench._scratch import scratch_dir
 from corral.api.errors import InternalError
 from corral.bench.primitives import (BareRunsc, bwrap_output, bwrap_run, spawn_probe_argv,
@@ -116,3 +118,25 @@ def test_the_spawn_floor_is_timed_inside_a_bare_sandbox(runtime: str, python_ima
     assert len(times) == 3 and all(0 < t < 60 for t in times)
     with pytest.raises(InternalError, match="not a list of times"):
         spawn_times('["3 ms"]')
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="needs nftables")
+def test_the_network_rows_are_measured_and_nothing_is_left(runtime: str,
+                                                          python_image: str) -> None:
+    result = RuntimeResult(runtime=runtime, detail="test")
+    with sandbox_data_dir("corral-bench-net-") as data_dir:
+        settings = NodeSettings(data_dir=data_dir, image_dir=IMAGE_DIR)
+
+        async def measure() -> None:
+            async with Node(settings) as node:
+                await network.measure_network(node, python_image, 1, 0, result, print)
+                assert node.list() == []
+
+        asyncio.run(measure())
+        assert not [n for n in os.listdir("/run/netns")
+                    if n.startswith(f"corral-{settings.node_key}-")]
+    rows = {row.key: row for row in result.rows}
+    assert set(rows) == {"network_create", "network_connect", "network_download_64mib"}
+    assert all(row.corral.samples and row.bare is not None and row.bare.samples
+               for row in rows.values())
+    assert not [n for n in os.listdir("/run/netns") if n.startswith("ctest-inet-")]

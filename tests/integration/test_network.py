@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from corral.bench.testnet import (HOST_SIDE, LINK, METADATA, OTHER_PORT, PORT, PRIVATE, PUBLIC_A,
+                                PUBLIC_B, internet)
 from corral.api.errors import InvalidArgumentError
 from corral.api.network import NetOperator
 from corral.node import NodeSettings
 from corral.node.sync import SyncNode, SyncNodeSandbox
 
 from ..conftest import IMAGE_DIR, sandbox_data_dir
-from ..fakes.internet import (HOST_SIDE, LINK, METADATA, OTHER_PORT, PORT, PRIVATE, PUBLIC_A,
-                              PUBLIC_B, internet)
 
 pytestmark = pytest.mark.skipif(shutil.which("nft") is None or os.geteuid() != 0,
                                 reason="needs root and nftables (scripts/install installs it)")

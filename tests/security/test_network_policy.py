@@ -24,12 +24,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from corral.bench.testnet import (HOST_SIDE, METADATA, PORT, PRIVATE, PUBLIC_A, UDP_PORT, internet,
+                                udp_log)
 from corral.node import NodeSettings, SyncNode, SyncNodeSandbox
 from corral.runtime.base import Weakening
 from corral.runtime.gvisor.runtime import GvisorRuntime
 from tests.conftest import IMAGE_DIR, WORKING, sandbox_data_dir
-from tests.fakes.internet import (HOST_SIDE, METADATA, PORT, PRIVATE, PUBLIC_A, UDP_PORT,
-                                  internet, udp_log)
 
 from ._checks import run_python
 

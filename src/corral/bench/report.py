@@ -58,6 +58,9 @@ TARGETS: dict[tuple[str, str], tuple[str, Callable[[Row], bool | None]]] = {
     ("gvisor", "idle_pss"): ("< 20 MiB PSS per idle sandbox (goal: 500 live)",
                              lambda row: row.corral.p50 < 20),
     ("gvisor", "checkpoint_idle"): ("< 300 ms", lambda row: row.corral.p50 < 0.300),
+    ("*", "network_create"): (
+        "a policy's set-up < 20 ms (p50 with it less p50 without)",
+        lambda row: row.bare is not None and row.corral.p50 - row.bare.p50 < 0.020),
     ("gvisor", "restore_first_command_idle"): ("< 300 ms",
                                                lambda row: row.corral.p50 < 0.300),
 }

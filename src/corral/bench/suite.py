@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from corral.runtime import available_runtimes
 from corral.runtime.agent_bundle import MOUNT_POINT, ensure_bundle
 from corral.runtime.host import remove_node_cgroups
 
-from . import api, checkpoint, code, pools, primitives, scale
+from . import api, checkpoint, code, network, pools, primitives, scale
 from .report import BenchReport, machine_info
 from .stats import Row, RuntimeResult, Stat
 
@@ -129,6 +130,11 @@ async def _measure_runtime(node: Node, image: Image, config: BenchConfig,
         if has_python:
             await _measure_spawn_floor(config, result, progress, bare_label, bare_output)
         await api.measure_api_exec(node, config, result, progress)
+        if os.geteuid() == 0 and shutil.which("nft"):
+            await network.measure_network(node, config.image, config.iterations,
+                                          config.warmup, result, progress)
+        else:
+            result.notes.append("network rows skipped: they need root and nftables")
         code_iterations = config.code_iterations or config.iterations
         await code.measure_code(node, config.image, image.rootfs, code_iterations,
                                 config.exec_iterations, config.warmup, result, progress,

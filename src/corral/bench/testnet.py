@@ -1,6 +1,7 @@
-"""A test "internet" in a network namespace of its own, routed from the host.
+"""A test "internet" in a network namespace of its own, routed from the host: what the
+network benchmark rows and the network tests send sandboxes' traffic to.
 
-Every address sandboxes are sent to in the network tests lives here, on this machine:
+Every address sandboxes are sent to lives here, on this machine:
 
 * ``PRIVATE`` (10.251.0.2): a host in a private range, reached only once the operator opens
   :data:`LINK` (``NetOperator.parse(open_ranges=[LINK])``, as ``--net-open`` does);
@@ -8,8 +9,9 @@ Every address sandboxes are sent to in the network tests lives here, on this mac
   TEST-NET-1): "public" hosts;
 * ``METADATA`` (169.254.169.254): a fake cloud metadata server.
 
-Each runs an HTTP server on :data:`PORT` and :data:`OTHER_PORT` answering with its own
-address and port (``PRIVATE`` and ``PUBLIC_A`` only on the first). The host gets routes to
+Each runs an HTTP server on :data:`PORT` (``PUBLIC_A`` also on :data:`OTHER_PORT`)
+answering ``GET /`` with its own address and port, and ``GET /bytes/N`` with N zero bytes
+(at most :data:`MAX_BYTES`). The host gets routes to
 198.51.100.0/24 and 169.254.169.254/32 through the namespace's veth for as long as the
 context lasts, so a sandbox's packet to them would arrive if a rule did not stop it: a
 refusal proves the rule. Nothing here sends a packet anywhere else.
@@ -40,10 +42,22 @@ OTHER_PORT = 8001
 UDP_PORT = 9999
 _ROUTED = ("198.51.100.0/24", "169.254.169.254/32")
 
+MAX_BYTES = 256 * 1024 * 1024
+
 _SERVER = r"""
 import http.server, socket, socketserver, sys, threading
+CHUNK = bytes(1024 * 1024)
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        if self.path.startswith("/bytes/") and self.path[7:].isdigit():
+            size = min(int(self.path[7:]), MAX_BYTES)
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            while size > 0:
+                self.wfile.write(CHUNK[:min(size, len(CHUNK))])
+                size -= len(CHUNK)
+            return
         body = f"{self.server.server_address[0]}:{self.server.server_address[1]}".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -69,7 +83,7 @@ for spec in sys.argv[4:]:
     threading.Thread(target=s.serve_forever, daemon=True).start()
 print("ready", flush=True)
 sys.stdin.read()
-"""
+""".replace("MAX_BYTES", str(MAX_BYTES))
 
 
 @dataclass(frozen=True)
