@@ -9,17 +9,22 @@ Every address sandboxes are sent to lives here, on this machine:
   TEST-NET-1): "public" hosts;
 * ``METADATA`` (169.254.169.254): a fake cloud metadata server.
 
-Each runs an HTTP server on :data:`PORT` (``PUBLIC_A`` also on :data:`OTHER_PORT`)
-answering ``GET /`` with its own address and port, and ``GET /bytes/N`` with N zero bytes
-(at most :data:`MAX_BYTES`). The host gets routes to
-198.51.100.0/24 and 169.254.169.254/32 through the namespace's veth for as long as the
-context lasts, so a sandbox's packet to them would arrive if a rule did not stop it: a
-refusal proves the rule. Nothing here sends a packet anywhere else.
+Each runs an HTTP server on :data:`PORT` (``PUBLIC_A`` also on :data:`OTHER_PORT`, and
+both public hosts HTTPS on :data:`HTTPS_PORT`, with a self-signed certificate for
+:data:`TLS_NAMES`) answering ``GET /`` with its own address and port, ``GET /bytes/N``
+with N zero bytes (at most :data:`MAX_BYTES`), and a one-package index at
+``/simple/corral-demo/``. ``RESOLVER`` answers the A records of :data:`NAMES` (see
+:mod:`._testnet_server`). The host gets routes to 198.51.100.0/24 and 169.254.169.254/32
+through the namespace's veth for as long as the context lasts, so a sandbox's packet to
+them would arrive if a rule did not stop it: a refusal proves the rule. Nothing here
+sends a packet anywhere else.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import json
 import os
 import secrets
 import subprocess
@@ -43,47 +48,16 @@ UDP_PORT = 9999
 _ROUTED = ("198.51.100.0/24", "169.254.169.254/32")
 
 MAX_BYTES = 256 * 1024 * 1024
-
-_SERVER = r"""
-import http.server, socket, socketserver, sys, threading
-CHUNK = bytes(1024 * 1024)
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        if self.path.startswith("/bytes/") and self.path[7:].isdigit():
-            size = min(int(self.path[7:]), MAX_BYTES)
-            self.send_response(200)
-            self.send_header("Content-Length", str(size))
-            self.end_headers()
-            while size > 0:
-                self.wfile.write(CHUNK[:min(size, len(CHUNK))])
-                size -= len(CHUNK)
-            return
-        body = f"{self.server.server_address[0]}:{self.server.server_address[1]}".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-log_path, udp_host, udp_port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-def udp():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((udp_host, udp_port))
-    while True:
-        data, source = s.recvfrom(2048)
-        with open(log_path, "a") as log:
-            log.write(f"{source[0]} {data[:64].decode(errors='replace')}\n")
-threading.Thread(target=udp, daemon=True).start()
-servers = []
-for spec in sys.argv[4:]:
-    host, port = spec.rsplit(":", 1)
-    s = socketserver.ThreadingTCPServer((host, int(port)), H)
-    s.daemon_threads = True
-    servers.append(s)
-    threading.Thread(target=s.serve_forever, daemon=True).start()
-print("ready", flush=True)
-sys.stdin.read()
-""".replace("MAX_BYTES", str(MAX_BYTES))
+#: The test internet's DNS server (set as the node's upstream: ``NetOperator(dns=...)``).
+RESOLVER = "198.51.100.53"
+HTTPS_PORT = 443
+#: The names it answers (A records); any other is NXDOMAIN.
+NAMES = {
+    "allowed.test": PUBLIC_A, "www.allowed.test": PUBLIC_A, "pypi.test": PUBLIC_A,
+    "other.test": PUBLIC_B, "rebind.test": PRIVATE, "meta.test": METADATA,
+}
+#: The names the HTTPS servers' (self-signed) certificate is for.
+TLS_NAMES = ("allowed.test", "*.allowed.test", "other.test", "pypi.test")
 
 
 @dataclass(frozen=True)
@@ -107,6 +81,7 @@ def internet() -> Iterator[Internet]:
     host_if, inner_if = f"cti{name[-6:]}", f"ctj{name[-6:]}"
     server: subprocess.Popen[bytes] | None = None
     routed: list[str] = []
+    stack = contextlib.ExitStack()
     try:
         _ip("netns", "add", name)
         _ip("link", "add", host_if, "type", "veth", "peer", "name", inner_if, "netns", name)
@@ -115,20 +90,30 @@ def internet() -> Iterator[Internet]:
         inside = ["-n", name]
         _ip(*inside, "link", "set", "lo", "up")
         _ip(*inside, "addr", "add", f"{PRIVATE}/24", "dev", inner_if)
-        for extra in (PUBLIC_A, PUBLIC_B, METADATA):
+        for extra in (PUBLIC_A, PUBLIC_B, METADATA, RESOLVER):
             _ip(*inside, "addr", "add", f"{extra}/32", "dev", "lo")
         _ip(*inside, "link", "set", inner_if, "up")
         _ip(*inside, "route", "add", "default", "via", HOST_SIDE)
         for prefix in _ROUTED:
             _ip("route", "add", prefix, "via", PRIVATE, "dev", host_if)
             routed.append(prefix)
-        listen = [f"{PRIVATE}:{PORT}", f"{PUBLIC_A}:{PORT}", f"{PUBLIC_A}:{OTHER_PORT}",
-                  f"{PUBLIC_B}:{PORT}", f"{METADATA}:{PORT}"]
         udp_log().unlink(missing_ok=True)
-        argv = ["ip", "netns", "exec", name, sys.executable, "-c", _SERVER, str(udp_log()),
-                PUBLIC_A, str(UDP_PORT), *listen]
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="corral-testnet-"))
+        cert, key = _certificate(Path(scratch))
+        config = {
+            "http": [f"{PRIVATE}:{PORT}", f"{PUBLIC_A}:{PORT}", f"{PUBLIC_A}:{OTHER_PORT}",
+                     f"{PUBLIC_B}:{PORT}", f"{METADATA}:{PORT}"],
+            "https": [f"{PUBLIC_A}:{HTTPS_PORT}", f"{PUBLIC_B}:{HTTPS_PORT}"],
+            "cert": str(cert), "key": str(key), "max_bytes": MAX_BYTES,
+            "udp_log": str(udp_log()), "udp_host": PUBLIC_A, "udp_port": UDP_PORT,
+            "resolver": RESOLVER, "names": NAMES}
+        config_path = Path(scratch) / "config.json"
+        config_path.write_text(json.dumps(config))
+        argv = ["ip", "netns", "exec", name, sys.executable, "-m",
+                "corral.bench._testnet_server", str(config_path)]
         server = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+                                  env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                                       "PYTHONPATH": str(Path(__file__).parents[2])})
         assert server.stdout is not None
         deadline = time.monotonic() + 30
         line = server.stdout.readline()
@@ -146,3 +131,29 @@ def internet() -> Iterator[Internet]:
             _ip("link", "del", host_if)
         with contextlib.suppress(subprocess.CalledProcessError):
             _ip("netns", "del", name)
+        stack.close()
+
+
+def _certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate (and key) for :data:`TLS_NAMES`, written in ``directory``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, TLS_NAMES[0])])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName(
+                       [x509.DNSName(n) for n in TLS_NAMES]), critical=False)
+                   .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path

@@ -11,8 +11,10 @@ removes it with the sandbox. The policy and slot are kept in the runtime handle'
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from corral.api import models
@@ -20,6 +22,9 @@ from corral.api.contract import NetworkArg
 from corral.api.errors import InvalidArgumentError, ResourceExhaustedError, SandboxError
 from corral.api.network import NetOperator, NetworkPolicy
 from corral.runtime import host
+
+from .egress import EgressEvent, SandboxEgress
+from .lifecycle import SandboxState
 
 if TYPE_CHECKING:
     from .sandbox import NodeSandbox
@@ -52,6 +57,51 @@ class NodeNetwork:
         self._node_key = node_key
         self._table_ready = False
         self._lock = asyncio.Lock()
+        #: Resolver and proxy of each networked sandbox, by slot.
+        self._egress: dict[int, SandboxEgress] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def egress(self, sandbox: NodeSandbox) -> SandboxEgress | None:
+        """The resolver and proxy of ``sandbox`` (None: it has no network)."""
+        recorded = sandbox.handle.extra.get(EXTRA_KEY)
+        return self._egress.get(recorded["index"]) if isinstance(recorded, dict) else None
+
+    async def serve_names(self, net: host.SandboxNet, policy: NetworkPolicy) -> None:
+        """Start or update the resolver and proxy of ``net`` for ``policy``."""
+        running = self._egress.get(net.index)
+        if running is not None:
+            running.policy = policy
+            return
+        egress = SandboxEgress(str(net.address), str(net.gateway), self.operator.dns
+                               or _host_resolver(), self.operator.denied(), policy,
+                               host.NET_DNS_PORT, host.NET_PROXY_PORT)
+        await egress.start()
+        self._egress[net.index] = egress
+
+    def on_state(self, sandbox: NodeSandbox, state: SandboxState) -> None:
+        """Lifecycle listener: a stopped sandbox's resolver and proxy go with it."""
+        if state is not SandboxState.STOPPED:
+            return
+        recorded = sandbox.handle.extra.get(EXTRA_KEY)
+        egress = (self._egress.pop(recorded["index"], None)
+                  if isinstance(recorded, dict) else None)
+        if egress is not None:
+            task = asyncio.get_running_loop().create_task(egress.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        """Stop every resolver and proxy (the node is closing)."""
+        for egress in list(self._egress.values()):
+            await egress.close()
+        self._egress.clear()
+
+    def slot(self, extra: dict[str, object]) -> host.SandboxNet | None:
+        """The slot a runtime handle's ``extra`` records, or None."""
+        recorded = extra.get(EXTRA_KEY)
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("index"), int):
+            return None
+        return host.SandboxNet.at(self.operator.pool, recorded["index"], self._node_key)
 
     def check(self, policy: NetworkPolicy) -> NetworkPolicy:
         """``policy`` if this node can enforce it; InvalidArgumentError naming the rule
@@ -76,6 +126,11 @@ class NodeNetwork:
                 except OSError as exc:
                     raise SandboxError(f"setting up the sandbox's network failed: {exc}"
                                        ) from exc
+                try:
+                    await self.serve_names(net, policy)
+                except BaseException:
+                    await asyncio.shield(asyncio.to_thread(host.destroy_net, net))
+                    raise
                 return net
         raise ResourceExhaustedError(f"no free address in the sandbox pool "
                                      f"{self.operator.pool}; stop some networked sandboxes")
@@ -91,6 +146,7 @@ class NodeNetwork:
                 "one that you can open later)")
         sandbox.channel()  # a stopped sandbox says so, with why
         net = host.SandboxNet.at(self.operator.pool, int(recorded["index"]), self._node_key)
+        await self.serve_names(net, policy)  # first: the redirect must find them listening
         await asyncio.to_thread(host.update_net, net, self._node_key, policy)
         recorded["policy"] = policy.to_wire()
         sandbox.persist()
@@ -109,6 +165,12 @@ class SandboxNetwork:
         """What it may reach now (``none``: loopback only)."""
         return recorded_policy(self._sandbox.handle.extra)
 
+    def egress_events(self) -> list[EgressEvent]:
+        """Its resolver's and proxy's verdicts, oldest first (the last
+        :data:`~corral.node.egress.MAX_EVENTS`)."""
+        egress = self._network.egress(self._sandbox)
+        return egress.events() if egress is not None else []
+
     async def get(self) -> models.NetworkInfo:
         """Its policy as the API describes it."""
         return models.NetworkInfo(network=models.network_spec(self.policy))
@@ -122,6 +184,17 @@ class SandboxNetwork:
         """
         policy = await self._network.update(self._sandbox, policy_of(network))
         return models.NetworkInfo(network=models.network_spec(policy))
+
+
+def _host_resolver() -> str:
+    """The host's first resolver (from /etc/resolv.conf), for sandboxes' names."""
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/resolv.conf").read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and fields[0] == "nameserver":
+                return fields[1]
+    raise SandboxError("no resolver for sandboxes' names: the host's /etc/resolv.conf names "
+                       "none; set one with corral serve --net-dns ADDR (CORRAL_NET_DNS)")
 
 
 def recorded_policy(extra: dict[str, object]) -> NetworkPolicy:

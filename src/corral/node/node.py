@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 AGENT_START_TIMEOUT = 30.0
 #: Lifetime of a sandbox waiting in a warm pool (its real one starts at hand-out).
 POOLED_LIFETIME = TIMEOUT_RANGE[1]
+#: Where a networked sandbox is told its resolver (its gateway, see corral.node.egress).
+RESOLV_CONF = "/etc/resolv.conf"
 STDERR_TAIL = 16 * 1024
 
 
@@ -91,6 +93,7 @@ class Node:
         self._closing = False
         self._runtime_lock = threading.Lock()
         self.network = NodeNetwork(self.settings.network, self.settings.node_key)
+        self.lifecycle.on_state(self.network.on_state)
 
     @property
     def sandboxes_dir(self) -> Path:
@@ -186,6 +189,7 @@ class Node:
                     self._sandboxes.pop(sandbox.id, None)
         await asyncio.gather(*(sb.stop("node shutting down")
                                for sb in list(self._sandboxes.values())))
+        await self.network.close()  # released sandboxes' resolvers: the next node's now
         remove_node_cgroups(self.settings.node_key)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -359,6 +363,12 @@ class Node:
             self._pending -= 1
         agent.on_close = functools.partial(self._agent_closed, sandbox)
         self.lifecycle.move(sandbox, SandboxState.RUNNING)
+        if net is not None:
+            try:  # its names are looked up through its gateway (its resolver)
+                await sandbox.files.write(RESOLV_CONF, f"nameserver {net.gateway}\n")
+            except BaseException as exc:
+                await asyncio.shield(sandbox.stop(f"failed to start: {exc}"))
+                raise
         log.info("sandbox %s started (%s, image %s%s)", sandbox_id, chosen.name, image,
                  ", warm pool" if pooled else "")
         return sandbox
@@ -394,6 +404,9 @@ class Node:
         sandbox.agent = adopted.agent
         self._sandboxes[sandbox.id] = sandbox
         adopted.agent.on_close = functools.partial(self._agent_closed, sandbox)
+        net = self.network.slot(adopted.handle.extra)
+        if net is not None:
+            await self.network.serve_names(net, sandbox.network.policy)
         self.lifecycle.move(sandbox, SandboxState.RUNNING)  # past its lifetime: stops at once
         log.info("sandbox %s adopted (%s, image %s)", sandbox.id, adopted.runtime.name,
                  record.image)

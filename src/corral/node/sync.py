@@ -26,6 +26,7 @@ from corral._blocking import (CommandIds, Proxy, blocking, blocking_iter, blocki
 from .commands import NodeCommandHandle, NodeCommands
 from .files import NodeFiles
 from .interpreter import NodeCodeInterpreter
+from .egress import EgressEvent
 from .network import SandboxNetwork
 from corral.api.models import SandboxInfo
 from corral.api.network import NetworkPolicy
@@ -102,6 +103,9 @@ class SyncNodeNetwork(Proxy[SandboxNetwork]):
     @property
     def policy(self) -> NetworkPolicy:
         return self._inner.policy
+
+    def egress_events(self) -> list[EgressEvent]:
+        return self._inner.egress_events()
 
 
 class SyncNodeSandbox(Proxy[NodeSandbox]):

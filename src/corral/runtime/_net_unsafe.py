@@ -48,6 +48,13 @@ from corral.api.network import IPNetwork, NetworkPolicy, Rule
 log = logging.getLogger(__name__)
 
 TABLE = "corral"
+#: An empty chain whose presence says Corral turned IPv4 forwarding on (so the table keeps
+#: dropping forwarding that is not a sandbox's, whoever rewrites it later).
+_GUARD_MARK = "forwarding_by_corral"
+#: Where a sandbox's DNS queries and its TCP connections to names go, on its gateway
+#: address, when its policy has domain entries (see :mod:`corral.node.egress`).
+DNS_PORT = 15353
+PROXY_PORT = 15380
 NETNS_DIR = Path("/run/netns")
 HOST_PREFIX = "cxh"
 #: The sandbox side's name inside its namespace.
@@ -88,6 +95,10 @@ class SandboxNet:
     def chain(self) -> str:
         return f"s{self.index}"
 
+    @property
+    def nat_chain(self) -> str:
+        return f"n{self.index}"
+
     @classmethod
     def at(cls, pool: ipaddress.IPv4Network, index: int, node_key: str) -> SandboxNet:
         base = pool.network_address + index * 4
@@ -103,39 +114,42 @@ def slots(pool: ipaddress.IPv4Network) -> int:
 # -- the table ---------------------------------------------------------------------------
 
 def ensure_table(node_key: str, denied: Iterable[IPNetwork]) -> None:
-    """Make the shared table if it is missing, and (re)write this node's denied set."""
-    exists = _nft(f"list table inet {TABLE}", check=False)[0] == 0
-    script = []
-    if not exists:
-        guard = ""
-        if _FORWARDING.read_text().strip() != "1":
-            # Corral turns routing on: it routes sandboxes' traffic and nothing else.
-            guard = '    iifname != "cxh*" oifname != "cxh*" drop\n'
-        script.append(f"""table inet {TABLE} {{
-  map sandboxes {{ type ifname : verdict; }}
-  chain forward {{
-    type filter hook forward priority filter - 10; policy accept;
-{guard}    iifname "{HOST_PREFIX}*" ct state established,related accept
-    iifname "{HOST_PREFIX}*" iifname vmap @sandboxes
-    iifname "{HOST_PREFIX}*" reject with icmpx admin-prohibited
-    oifname "{HOST_PREFIX}*" ct state established,related accept
-    oifname "{HOST_PREFIX}*" drop
-  }}
-  chain input {{
-    type filter hook input priority filter - 10; policy accept;
-    iifname "{HOST_PREFIX}*" ct state established,related accept
-    iifname "{HOST_PREFIX}*" drop
-  }}
-  chain postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    iifname "{HOST_PREFIX}*" oifname != "{HOST_PREFIX}*" masquerade
-  }}
-}}""")
+    """Make or rewrite the shared table's base chains (one transaction: the sandboxes'
+    chains and map elements stay), and (re)write this node's denied set."""
+    guarded = _nft(f"list chain inet {TABLE} {_GUARD_MARK}", check=False)[0] == 0
+    if not guarded and _FORWARDING.read_text().strip() != "1":
+        guarded = True  # Corral turns routing on: it routes sandboxes' traffic, nothing else
+    h = HOST_PREFIX
+    base = f"""add table inet {TABLE}
+add map inet {TABLE} sandboxes {{ type ifname : verdict; }}
+add map inet {TABLE} sandbox_nat {{ type ifname : verdict; }}
+add chain inet {TABLE} forward {{ type filter hook forward priority filter - 10; policy accept; }}
+add chain inet {TABLE} input {{ type filter hook input priority filter - 10; policy accept; }}
+add chain inet {TABLE} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
+add chain inet {TABLE} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
+flush chain inet {TABLE} forward
+flush chain inet {TABLE} input
+flush chain inet {TABLE} prerouting
+flush chain inet {TABLE} postrouting
+"""
+    if guarded:
+        base += f"add chain inet {TABLE} {_GUARD_MARK}\n"
+        base += f'add rule inet {TABLE} forward iifname != "{h}*" oifname != "{h}*" drop\n'
+    base += f"""add rule inet {TABLE} forward iifname "{h}*" ct state established,related accept
+add rule inet {TABLE} forward iifname "{h}*" iifname vmap @sandboxes
+add rule inet {TABLE} forward iifname "{h}*" reject with icmpx admin-prohibited
+add rule inet {TABLE} forward oifname "{h}*" ct state established,related accept
+add rule inet {TABLE} forward oifname "{h}*" drop
+add rule inet {TABLE} input iifname "{h}*" ct state established,related accept
+add rule inet {TABLE} input iifname "{h}*" ct status dnat accept
+add rule inet {TABLE} input iifname "{h}*" drop
+add rule inet {TABLE} prerouting iifname "{h}*" iifname vmap @sandbox_nat
+add rule inet {TABLE} postrouting iifname "{h}*" oifname != "{h}*" masquerade
+"""
     v4 = sorted(str(n) for n in denied if n.version == 4)
     name = _denied_set(node_key)
-    script.append(f"add set inet {TABLE} {name} {{ type ipv4_addr; flags interval; "
-                  "auto-merge; }")
-    script.append(f"flush set inet {TABLE} {name}")
+    script = [base, f"add set inet {TABLE} {name} {{ type ipv4_addr; flags interval; "
+                    "auto-merge; }", f"flush set inet {TABLE} {name}"]
     if v4:
         script.append(f"add element inet {TABLE} {name} {{ {', '.join(v4)} }}")
     _apply(script)
@@ -164,9 +178,12 @@ def create(net: SandboxNet, node_key: str, policy: NetworkPolicy) -> None:
             ipr.addr("add", index=host, address=str(net.gateway), prefixlen=30)
             ipr.link("set", index=host, state="up")
         _apply([f"add chain inet {TABLE} {net.chain}",
+                f"add chain inet {TABLE} {net.nat_chain}",
                 *_rules(net, node_key, policy),
                 f"add element inet {TABLE} sandboxes {{ \"{net.host_ifname}\" : jump "
-                f"{net.chain} }}"])
+                f"{net.chain} }}",
+                f"add element inet {TABLE} sandbox_nat {{ \"{net.host_ifname}\" : jump "
+                f"{net.nat_chain} }}"])
     except FileExistsError:
         _remove_netns(net)  # the slot's interface is another node's: leave it alone
         raise
@@ -245,16 +262,19 @@ def _prepare_netns_dir() -> None:
 
 def update(net: SandboxNet, node_key: str, policy: NetworkPolicy) -> None:
     """Replace ``net``'s rules with ``policy``'s, atomically."""
-    _apply([f"flush chain inet {TABLE} {net.chain}", *_rules(net, node_key, policy)])
+    _apply([f"flush chain inet {TABLE} {net.chain}", f"flush chain inet {TABLE} {net.nat_chain}",
+            *_rules(net, node_key, policy)])
 
 
 def destroy(net: SandboxNet) -> None:
     """Remove ``net``'s chain and namespace (which takes the veth pair with it). Idempotent."""
-    element = f"delete element inet {TABLE} sandboxes {{ \"{net.host_ifname}\" }}"
-    chain = f"delete chain inet {TABLE} {net.chain}"
-    if _nft(f"{element}\n{chain}\n", check=False)[0] != 0:  # one of them was gone already
-        _nft(element, check=False)
-        _nft(chain, check=False)
+    steps = [f"delete element inet {TABLE} sandboxes {{ \"{net.host_ifname}\" }}",
+             f"delete element inet {TABLE} sandbox_nat {{ \"{net.host_ifname}\" }}",
+             f"delete chain inet {TABLE} {net.chain}",
+             f"delete chain inet {TABLE} {net.nat_chain}"]
+    if _nft("\n".join(steps) + "\n", check=False)[0] != 0:  # some were gone already
+        for step in steps:
+            _nft(step, check=False)
     _remove_netns(net)
 
 
@@ -322,6 +342,15 @@ def _rules(net: SandboxNet, node_key: str, policy: NetworkPolicy) -> list[str]:
     else:
         rules += [f"{chain} {_match(rule)} accept" for rule in policy.allow if _v4(rule)]
     rules.append(f"{chain} {reject}")
+    # Names go through the node's resolver (corral.node.egress): every DNS query, whatever
+    # server it was sent to. With domain entries, every other TCP connection goes to its
+    # proxy too, but those the policy allows by address, which go straight on.
+    nat = f"add rule inet {TABLE} {net.nat_chain}"
+    rules.append(f"{nat} meta l4proto {{ tcp, udp }} th dport 53 "
+                 f"dnat ip to {net.gateway}:{DNS_PORT}")
+    if policy.domains():
+        rules += [f"{nat} {_match(rule)} return" for rule in policy.allow if _v4(rule)]
+        rules += [f"{nat} meta l4proto tcp dnat ip to {net.gateway}:{PROXY_PORT}"]
     return rules
 
 

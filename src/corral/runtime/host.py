@@ -36,6 +36,8 @@ from ._cgroups_unsafe import SandboxCgroups, favor_dynamic_changes, remove_node_
 from ._host import channel_socket, sweep, sweep_networks, teardown
 from ._mounts import mounts_under
 from ._mounts_unsafe import give_socket
+from ._net_unsafe import DNS_PORT as NET_DNS_PORT
+from ._net_unsafe import PROXY_PORT as NET_PROXY_PORT
 from ._net_unsafe import SandboxNet
 from ._net_unsafe import create as create_net
 from ._net_unsafe import destroy as destroy_net
@@ -45,7 +47,8 @@ from ._net_unsafe import taken_slots as taken_net_slots
 from ._net_unsafe import update as update_net
 
 __all__ = [
-    "CgroupView", "Layout", "SandboxCgroups", "SandboxNet", "cgroup_layout",
+    "NET_DNS_PORT", "NET_PROXY_PORT", "CgroupView", "Layout", "SandboxCgroups", "SandboxNet",
+    "cgroup_layout",
     "channel_socket", "create_net", "destroy_net", "ensure_net_table",
     "favor_dynamic_changes", "favordynmods_enabled", "give_socket", "leftover_names",
     "mounts_under", "net_slots", "remove_node_cgroups", "sweep", "sweep_networks",
