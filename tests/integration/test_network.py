@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from corral.bench.testnet import (HOST_SIDE, LINK, METADATA, OTHER_PORT, PORT, PRIVATE, PUBLIC_A,
-                                PUBLIC_B, internet)
+                                PUBLIC_B, RESOLVER, internet)
 from corral.api.errors import InvalidArgumentError
 from corral.api.network import NetOperator
 from corral.node import NodeSettings
@@ -75,7 +75,7 @@ def net_node(test_internet: None, python_image: str) -> Iterator[SyncNode]:
     """A node whose operator opened the test internet's private link."""
     with sandbox_data_dir("corral-test-net-") as data_dir:
         settings = NodeSettings(data_dir=data_dir, image_dir=IMAGE_DIR,
-                                network=NetOperator.parse(open_ranges=[LINK]))
+                                network=NetOperator.parse(open_ranges=[LINK], dns=RESOLVER))
         with SyncNode(settings) as node:
             yield node
 
@@ -84,7 +84,10 @@ def net_node(test_internet: None, python_image: str) -> Iterator[SyncNode]:
 def closed_node(test_internet: None, python_image: str) -> Iterator[SyncNode]:
     """A node with the operator's defaults: nothing private opened."""
     with sandbox_data_dir("corral-test-net-closed-") as data_dir:
-        with SyncNode(NodeSettings(data_dir=data_dir, image_dir=IMAGE_DIR)) as node:
+        # Names resolve through the test internet's resolver, never the host's.
+        settings = NodeSettings(data_dir=data_dir, image_dir=IMAGE_DIR,
+                                network=NetOperator.parse(dns=RESOLVER))
+        with SyncNode(settings) as node:
             yield node
 
 
@@ -185,7 +188,8 @@ def test_a_sandbox_cannot_spoof_its_source_address(net_node: SyncNode, runtime: 
 def test_a_restarted_node_keeps_enforcing_and_updating(test_internet: None, runtime: str,
                                                        python_image: str) -> None:
     with sandbox_data_dir("corral-test-net-restart-") as data_dir:
-        settings = NodeSettings(data_dir=data_dir, image_dir=IMAGE_DIR)
+        settings = NodeSettings(data_dir=data_dir, image_dir=IMAGE_DIR,
+                                network=NetOperator.parse(dns=RESOLVER))
         first = SyncNode(settings)
         sb = first.create("python", runtime=runtime, network={"allow": [PUBLIC_A]})
         first.close(detach=True)
@@ -202,7 +206,7 @@ def test_a_restarted_node_keeps_enforcing_and_updating(test_internet: None, runt
 
 def test_corral_run_net(test_internet: None, runtime: str, python_image: str) -> None:
     with sandbox_data_dir("corral-test-net-cli-") as data_dir:
-        env = {**os.environ, "CORRAL_IMAGE_DIR": str(IMAGE_DIR)}
+        env = {**os.environ, "CORRAL_IMAGE_DIR": str(IMAGE_DIR), "CORRAL_NET_DNS": RESOLVER}
         done = subprocess.run(
             [str(CORRAL), "run", "--data-dir", str(data_dir), "--runtime", runtime,
              "--net", f"allow:{PUBLIC_A}:{PORT}", "--", "python3", "-c", PROBE, A_URL, B_URL],

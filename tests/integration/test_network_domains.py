@@ -91,7 +91,7 @@ def test_an_allowed_name_resolves_and_connects_and_others_do_not(node: SyncNode,
                       ("get", f"http://www.allowed.test:{PORT}/"),
                       ("get", f"http://other.test:{PORT}/"),
                       ("get", f"http://{PUBLIC_A}:{PORT}/"))
-        events = node.get(sb.id).network.egress_events()
+        events = sb.network.events().events
     assert found["allowed.test"] == found["www.allowed.test"] == PUBLIC_A
     assert found["other.test"].startswith("error") and found["nowhere.test"].startswith("error")
     assert found[f"http://allowed.test:{PORT}/"] == f"{PUBLIC_A}:{PORT}"

@@ -24,8 +24,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from corral.bench.testnet import (HOST_SIDE, METADATA, PORT, PRIVATE, PUBLIC_A, UDP_PORT, internet,
-                                udp_log)
+from corral.bench.testnet import (HOST_SIDE, METADATA, PORT, PRIVATE, PUBLIC_A, RESOLVER,
+                                  UDP_PORT, internet, udp_log)
+from corral.api.network import NetOperator
 from corral.node import NodeSettings, SyncNode, SyncNodeSandbox
 from corral.runtime.base import Weakening
 from corral.runtime.gvisor.runtime import GvisorRuntime
@@ -96,7 +97,9 @@ def host_listener() -> Iterator[int]:
 @pytest.fixture(scope="module")
 def open_node(python_image: str) -> Iterator[SyncNode]:
     with internet(), sandbox_data_dir("corral-test-netsec-") as data_dir:
-        with SyncNode(NodeSettings(data_dir=data_dir, image_dir=IMAGE_DIR)) as node:
+        settings = NodeSettings(data_dir=data_dir, image_dir=IMAGE_DIR,
+                                network=NetOperator.parse(dns=RESOLVER))
+        with SyncNode(settings) as node:  # names: the test internet's resolver only
             yield node
 
 

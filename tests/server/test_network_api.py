@@ -77,3 +77,24 @@ def test_an_unknown_sandbox_has_no_network(server: Server) -> None:
     assert answer.status_code == 404
     with pytest.raises(NotFoundError):
         Sandbox.connect("sbx-0000000000000000", **server.sdk())
+
+
+def test_the_egress_log_and_its_metrics(server: Server, runtime: str) -> None:
+    """A name the policy does not list is answered NXDOMAIN by the node itself (nothing
+    is asked upstream), and the verdict is in the sandbox's log and in /metrics."""
+    with Sandbox.create("python", runtime=runtime, network={"allow": ["allowed.example"]},
+                        **server.sdk()) as sb:
+        looked = sb.commands.run(["python3", "-c", "import socket\ntry:\n"
+                                  "    socket.gethostbyname('blocked.example')\n"
+                                  "except OSError as e:\n    print('refused')"])
+        assert looked.stdout == "refused\n"
+        events = sb.network.events().events
+        assert [(e.kind, e.name, e.allowed, e.reason) for e in events] == [
+            ("dns", "blocked.example", False, "not-allowed")]
+    with server.http(server.key) as http:
+        answer = http.get("/metrics")
+        assert answer.status_code == 200
+        assert 'corral_egress_verdicts_total{kind="dns",reason="not-allowed"}' in answer.text
+        other = server.http(server.other_key)
+        assert other.get(f"/v1/sandboxes/{sb.id}/network/events").status_code == 404
+        other.close()

@@ -153,6 +153,10 @@ class NetworkContract(Protocol):
         """Replace its policy; new connections see it at once."""
         ...
 
+    async def events(self) -> models.EgressEvents:
+        """Its resolver's and proxy's latest verdicts, oldest first."""
+        ...
+
 
 class SandboxContract(Protocol):
     """One sandbox, wherever it runs."""

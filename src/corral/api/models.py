@@ -189,6 +189,26 @@ class NetworkInfo(_Response):
     network: NetworkSpec
 
 
+class EgressEvent(_Response):
+    """One verdict of a sandbox's resolver or proxy: a name looked up or connected to."""
+
+    at: datetime
+    kind: Literal["dns", "connect"]
+    name: str
+    port: int | None = None
+    address: str | None = Field(default=None, description="what it resolved or connected to")
+    allowed: bool
+    reason: str = Field(description="allowed, or why not: not-allowed, denied, "
+                        "no-reachable-address (only private answers), ip-literal, no-name, "
+                        "sni-mismatch, too-many-connections")
+
+
+class EgressEvents(_Response):
+    """``GET /v1/sandboxes/{id}/network/events``: its latest verdicts, oldest first."""
+
+    events: list[EgressEvent]
+
+
 class TimeoutUpdate(_Request):
     """``POST /v1/sandboxes/{id}/timeout``: live ``timeout`` more seconds from now."""
 

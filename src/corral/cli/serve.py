@@ -69,6 +69,10 @@ def serve(
              "part of one) to sandboxes whose policy names it, or that have network=all; "
              "repeat for more (env CORRAL_NET_OPEN, comma-separated). Loopback, link-local "
              "and metadata addresses can never be opened.")] = None,
+    net_dns: Annotated[str | None, typer.Option(
+        "--net-dns", metavar="ADDR", show_default="the host's first resolver",
+        help="The resolver sandboxes' names are looked up with, by Corral's own filtering "
+             "resolver (env CORRAL_NET_DNS).")] = None,
     keep_sandboxes: Annotated[bool | None, typer.Option(
         "--keep-sandboxes/--stop-sandboxes", show_default="keep",
         help="When the server stops, leave running sandboxes for the next server on this "
@@ -94,9 +98,9 @@ def serve(
             settings = replace(settings, node=replace(settings.node, pools=pools))
         if keep_sandboxes is not None:
             settings = replace(settings, keep_sandboxes=keep_sandboxes)
-        if net_open:
-            settings = replace(settings, node=replace(
-                settings.node, network=network_from_env(open_ranges=tuple(net_open))))
+        if net_open or net_dns:
+            settings = replace(settings, node=replace(settings.node, network=network_from_env(
+                open_ranges=tuple(net_open or ()), dns=net_dns)))
         if gvisor_platform is not None:
             runsc = settings.node.gvisor.runsc if settings.node.gvisor else None
             settings = replace(settings, node=replace(settings.node, gvisor=GvisorOptions(

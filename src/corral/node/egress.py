@@ -33,9 +33,9 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Literal, cast
 
 import dns.asyncresolver
 import dns.exception
@@ -70,7 +70,7 @@ class EgressEvent:
     """One verdict: a DNS answer or a proxied connection, allowed or refused (and why)."""
 
     at: float
-    kind: str  # "dns" or "connect"
+    kind: Literal["dns", "connect"]
     name: str
     port: int | None
     address: str | None
@@ -98,7 +98,8 @@ class SandboxEgress:
 
     def __init__(self, sandbox_address: str, gateway: str, upstream: str,
                  denied: Sequence[IPNetwork], policy: NetworkPolicy, dns_port: int,
-                 proxy_port: int) -> None:
+                 proxy_port: int,
+                 on_event: Callable[[EgressEvent], None] | None = None) -> None:
         self.sandbox_address = sandbox_address
         self.gateway = gateway
         self.dns_port = dns_port
@@ -108,6 +109,7 @@ class SandboxEgress:
         self._resolver.nameservers = [upstream]
         self._resolver.lifetime = RESOLVE_TIMEOUT
         self.policy = policy
+        self._on_event = on_event
         self._events: collections.deque[EgressEvent] = collections.deque(maxlen=MAX_EVENTS)
         self._udp: asyncio.DatagramTransport | None = None
         self._servers: list[asyncio.Server] = []
@@ -169,10 +171,13 @@ class SandboxEgress:
         found = [r.address for r in answer if self._reachable(r.address, port)]
         return found, min(int(answer.rrset.ttl) if answer.rrset else 0, MAX_TTL)
 
-    def _record(self, kind: str, name: str, port: int | None, address: str | None,
-                reason: str | None) -> None:
-        self._events.append(EgressEvent(time.time(), kind, name[:253], port, address,
-                                        reason is None, reason or "allowed"))
+    def _record(self, kind: Literal["dns", "connect"], name: str, port: int | None,
+                address: str | None, reason: str | None) -> None:
+        event = EgressEvent(time.time(), kind, name[:253], port, address, reason is None,
+                            reason or "allowed")
+        self._events.append(event)
+        if self._on_event is not None:
+            self._on_event(event)
 
     # -- the resolver --------------------------------------------------------------------
 

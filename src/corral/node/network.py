@@ -11,8 +11,10 @@ removes it with the sandbox. The policy and slot are kept in the runtime handle'
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+from datetime import UTC, datetime
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,6 +61,8 @@ class NodeNetwork:
         self._lock = asyncio.Lock()
         #: Resolver and proxy of each networked sandbox, by slot.
         self._egress: dict[int, SandboxEgress] = {}
+        #: Verdicts of every sandbox's resolver and proxy so far, by (kind, reason).
+        self.verdicts: collections.Counter[tuple[str, str]] = collections.Counter()
         self._closing: set[asyncio.Task[None]] = set()
 
     def egress(self, sandbox: NodeSandbox) -> SandboxEgress | None:
@@ -74,9 +78,12 @@ class NodeNetwork:
             return
         egress = SandboxEgress(str(net.address), str(net.gateway), self.operator.dns
                                or _host_resolver(), self.operator.denied(), policy,
-                               host.NET_DNS_PORT, host.NET_PROXY_PORT)
+                               host.NET_DNS_PORT, host.NET_PROXY_PORT, self._count)
         await egress.start()
         self._egress[net.index] = egress
+
+    def _count(self, event: EgressEvent) -> None:
+        self.verdicts[event.kind, event.reason] += 1
 
     def on_state(self, sandbox: NodeSandbox, state: SandboxState) -> None:
         """Lifecycle listener: a stopped sandbox's resolver and proxy go with it."""
@@ -165,11 +172,16 @@ class SandboxNetwork:
         """What it may reach now (``none``: loopback only)."""
         return recorded_policy(self._sandbox.handle.extra)
 
-    def egress_events(self) -> list[EgressEvent]:
+    async def events(self) -> models.EgressEvents:
         """Its resolver's and proxy's verdicts, oldest first (the last
-        :data:`~corral.node.egress.MAX_EVENTS`)."""
+        :data:`~corral.node.egress.MAX_EVENTS`): names looked up and connected to, allowed
+        or why not. Addresses its rules refuse outright are not in it."""
         egress = self._network.egress(self._sandbox)
-        return egress.events() if egress is not None else []
+        return models.EgressEvents(events=[
+            models.EgressEvent(at=datetime.fromtimestamp(e.at, UTC), kind=e.kind,
+                               name=e.name, port=e.port, address=e.address,
+                               allowed=e.allowed, reason=e.reason)
+            for e in (egress.events() if egress is not None else [])])
 
     async def get(self) -> models.NetworkInfo:
         """Its policy as the API describes it."""

@@ -26,7 +26,6 @@ from corral._blocking import (CommandIds, Proxy, blocking, blocking_iter, blocki
 from .commands import NodeCommandHandle, NodeCommands
 from .files import NodeFiles
 from .interpreter import NodeCodeInterpreter
-from .egress import EgressEvent
 from .network import SandboxNetwork
 from corral.api.models import SandboxInfo
 from corral.api.network import NetworkPolicy
@@ -99,13 +98,12 @@ class SyncNodeNetwork(Proxy[SandboxNetwork]):
 
     get = blocking(SandboxNetwork.get)
     update = blocking(SandboxNetwork.update)
+    events = blocking(SandboxNetwork.events)
 
     @property
     def policy(self) -> NetworkPolicy:
         return self._inner.policy
 
-    def egress_events(self) -> list[EgressEvent]:
-        return self._inner.egress_events()
 
 
 class SyncNodeSandbox(Proxy[NodeSandbox]):

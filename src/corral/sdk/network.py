@@ -53,4 +53,11 @@ class AsyncNetwork:
             "PUT", f"/v1/sandboxes/{self._sandbox.id}/network", body=body))
 
 
+    async def events(self) -> models.EgressEvents:
+        """Its resolver's and proxy's latest verdicts (names looked up and connected to,
+        allowed or why not), oldest first."""
+        return models.EgressEvents.model_validate(await self._sandbox._api.json(
+            "GET", f"/v1/sandboxes/{self._sandbox.id}/network/events"))
+
+
 _conforms: type[contract.NetworkContract] = AsyncNetwork

@@ -93,6 +93,7 @@ class Network(Proxy[AsyncNetwork]):
 
     get = blocking(AsyncNetwork.get)
     update = blocking(AsyncNetwork.update)
+    events = blocking(AsyncNetwork.events)
 
 
 class Sandbox(Proxy[AsyncSandbox]):

@@ -74,6 +74,21 @@ class _Pools(Collector):
         yield from counters.values()
 
 
+class _Egress(Collector):
+    """``corral_egress_verdicts{kind,reason}``: sandboxes' resolvers' and proxies' verdicts."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "corral_egress_verdicts", "Names looked up and connected to by sandboxes, by "
+            "kind (dns, connect) and verdict (allowed, or why not)", labels=["kind", "reason"])
+        for (kind, reason), count in sorted(self._node.network.verdicts.items()):
+            family.add_metric([kind, reason], count)
+        yield family
+
+
 class Metrics:
     """The server's metrics; :meth:`exposition` renders them for Prometheus."""
 
@@ -81,6 +96,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_SandboxStates(node))
         self.registry.register(_Pools(node))
+        self.registry.register(_Egress(node))
         self.create_seconds = Histogram(
             "corral_sandbox_create_seconds", "Time to create a sandbox that started",
             buckets=CREATE_BUCKETS, registry=self.registry)

@@ -61,6 +61,14 @@ async def set_network(sandbox_id: SandboxId, body: models.NetworkUpdate, tenant:
     return await service.update_network(tenant, sandbox_id, body.network)
 
 
+@router.get("/{sandbox_id}/network/events")
+async def network_events(sandbox_id: SandboxId, tenant: Tenant,
+                         service: Sandboxes) -> models.EgressEvents:
+    """The sandbox's resolver's and proxy's latest verdicts, oldest first."""
+    sandbox = await service.owned(tenant, sandbox_id)
+    return await sandbox.network.events()
+
+
 @router.delete("/{sandbox_id}", status_code=204)
 async def kill(sandbox_id: SandboxId, tenant: Tenant, service: Sandboxes) -> Response:
     await service.kill(tenant, sandbox_id)
