@@ -125,6 +125,16 @@ def test_an_update_reaches_new_connections_within_a_second(net_node: SyncNode,
         assert sb.network.policy.mode == "none"
 
 
+def test_traffic_is_counted_both_ways(net_node: SyncNode, runtime: str) -> None:
+    with net_node.create("python", runtime=runtime, network={"allow": [PUBLIC_A]}) as sb:
+        before = sb.network.get()
+        assert (before.bytes_in, before.bytes_out) == (0, 0)
+        assert ok(reached(sb, [f"http://{PUBLIC_A}:{PORT}/bytes/1000000"])) != set()
+        after = sb.network.get()
+    assert 1_000_000 <= after.bytes_in < 1_200_000
+    assert 100 < after.bytes_out < after.bytes_in
+
+
 def test_no_policy_means_loopback_only(net_node: SyncNode, runtime: str) -> None:
     with net_node.create("python", runtime=runtime) as sb:
         assert ok(reached(sb, EVERY)) == set()

@@ -92,6 +92,7 @@ def test_an_allowed_name_resolves_and_connects_and_others_do_not(node: SyncNode,
                       ("get", f"http://other.test:{PORT}/"),
                       ("get", f"http://{PUBLIC_A}:{PORT}/"))
         events = sb.network.events().events
+        traffic = sb.network.get()
     assert found["allowed.test"] == found["www.allowed.test"] == PUBLIC_A
     assert found["other.test"].startswith("error") and found["nowhere.test"].startswith("error")
     assert found[f"http://allowed.test:{PORT}/"] == f"{PUBLIC_A}:{PORT}"
@@ -99,6 +100,7 @@ def test_an_allowed_name_resolves_and_connects_and_others_do_not(node: SyncNode,
     assert found[f"http://www.allowed.test:{PORT}/"] == f"{PUBLIC_A}:{PORT}"
     assert found[f"http://other.test:{PORT}/"].startswith("error")  # it does not resolve
     assert found[f"http://{PUBLIC_A}:{PORT}/"].startswith("error")  # an IP literal
+    assert traffic.bytes_in > 100 and traffic.bytes_out > 100  # through the proxy too
     verdicts = {(e.kind, e.name, e.reason) for e in events}
     assert ("dns", "other.test", "not-allowed") in verdicts
     assert ("connect", "allowed.test", "allowed") in verdicts

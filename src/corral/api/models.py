@@ -184,9 +184,12 @@ class NetworkUpdate(_Request):
 
 
 class NetworkInfo(_Response):
-    """A sandbox's network policy as it is enforced now."""
+    """A sandbox's network policy as it is enforced now, and its traffic so far."""
 
     network: NetworkSpec
+    bytes_in: int = Field(default=0, description="bytes it received (through its interface "
+                          "and its node's proxy)")
+    bytes_out: int = Field(default=0, description="bytes it sent, the same ways")
 
 
 class EgressEvent(_Response):
@@ -200,7 +203,7 @@ class EgressEvent(_Response):
     allowed: bool
     reason: str = Field(description="allowed, or why not: not-allowed, denied, "
                         "no-reachable-address (only private answers), ip-literal, no-name, "
-                        "sni-mismatch, too-many-connections")
+                        "sni-mismatch, too-many-connections, upstream-unreachable")
 
 
 class EgressEvents(_Response):

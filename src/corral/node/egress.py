@@ -62,6 +62,8 @@ MAX_EVENTS = 1000
 #: Seconds an upstream answer may take, and the longest TTL handed out.
 RESOLVE_TIMEOUT = 5.0
 MAX_TTL = 60
+#: A records in one answer.
+MAX_ADDRESSES = 8
 _SO_ORIGINAL_DST = 80
 
 
@@ -114,6 +116,9 @@ class SandboxEgress:
         self._udp: asyncio.DatagramTransport | None = None
         self._servers: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
+        #: Bytes relayed through the proxy: to the sandbox, and from it.
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     def events(self) -> list[EgressEvent]:
         return list(self._events)
@@ -169,6 +174,7 @@ class SandboxEgress:
         except (dns.exception.DNSException, OSError):
             return [], 0
         found = [r.address for r in answer if self._reachable(r.address, port)]
+        del found[MAX_ADDRESSES:]  # an answer that fits one UDP message
         return found, min(int(answer.rrset.ttl) if answer.rrset else 0, MAX_TTL)
 
     def _record(self, kind: Literal["dns", "connect"], name: str, port: int | None,
@@ -269,13 +275,25 @@ class SandboxEgress:
         if not found:
             self._record("connect", name, target_port, None, "no-reachable-address")
             return
-        async with asyncio.timeout(CONNECT_TIMEOUT):
-            up_reader, up_writer = await asyncio.open_connection(found[0], target_port)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                up_reader, up_writer = await asyncio.open_connection(found[0], target_port)
+        except (OSError, TimeoutError):
+            self._record("connect", name, target_port, found[0], "upstream-unreachable")
+            return
         self._record("connect", name, target_port, found[0], None)
         with contextlib.closing(up_writer):
             if head:
                 up_writer.write(head)
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+                self.bytes_out += len(head)
+            await asyncio.gather(_pipe(reader, up_writer, self._sent),
+                                 _pipe(up_reader, writer, self._received))
+
+    def _sent(self, size: int) -> None:
+        self.bytes_out += size
+
+    def _received(self, size: int) -> None:
+        self.bytes_in += size
 
 
 class _DnsProtocol(asyncio.DatagramProtocol):
@@ -300,10 +318,12 @@ class _DnsProtocol(asyncio.DatagramProtocol):
             self._transport.sendto(reply, addr)
 
 
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter,
+                count: Callable[[int], None]) -> None:
     try:
         while chunk := await source.read(64 * 1024):
             sink.write(chunk)
+            count(len(chunk))
             await sink.drain()
     finally:
         with contextlib.suppress(OSError):

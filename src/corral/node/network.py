@@ -82,6 +82,18 @@ class NodeNetwork:
         await egress.start()
         self._egress[net.index] = egress
 
+    async def traffic(self, sandbox: NodeSandbox) -> tuple[int, int]:
+        """Bytes (in, out) ``sandbox`` moved: through its veth pair (the rules count them)
+        and through its proxy (which connects for it from the host)."""
+        net = self.slot(sandbox.handle.extra)
+        if net is None:
+            return 0, 0
+        bytes_in, bytes_out = await asyncio.to_thread(host.net_traffic, net)
+        egress = self._egress.get(net.index)
+        if egress is not None:
+            bytes_in, bytes_out = bytes_in + egress.bytes_in, bytes_out + egress.bytes_out
+        return bytes_in, bytes_out
+
     def _count(self, event: EgressEvent) -> None:
         self.verdicts[event.kind, event.reason] += 1
 
@@ -120,7 +132,7 @@ class NodeNetwork:
         async with self._lock:  # one slot search at a time in this node
             if not self._table_ready:
                 await asyncio.to_thread(host.ensure_net_table, self._node_key,
-                                        self.operator.denied())
+                                        self.operator.denied(), self.operator.pool)
                 self._table_ready = True
             taken = await asyncio.to_thread(host.taken_net_slots)
             free = (i for i in range(host.net_slots(self.operator.pool)) if i not in taken)
@@ -184,8 +196,10 @@ class SandboxNetwork:
             for e in (egress.events() if egress is not None else [])])
 
     async def get(self) -> models.NetworkInfo:
-        """Its policy as the API describes it."""
-        return models.NetworkInfo(network=models.network_spec(self.policy))
+        """Its policy as the API describes it, and its traffic so far."""
+        bytes_in, bytes_out = await self._network.traffic(self._sandbox)
+        return models.NetworkInfo(network=models.network_spec(self.policy),
+                                  bytes_in=bytes_in, bytes_out=bytes_out)
 
     async def update(self, network: NetworkArg) -> models.NetworkInfo:
         """Replace its policy; new connections see the new one at once, open ones go on.
@@ -194,8 +208,8 @@ class SandboxNetwork:
         ``{"allow": [...], "deny": [...]}``; the sandbox must have been created with a
         policy other than ``none`` (that is what gives it an interface).
         """
-        policy = await self._network.update(self._sandbox, policy_of(network))
-        return models.NetworkInfo(network=models.network_spec(policy))
+        await self._network.update(self._sandbox, policy_of(network))
+        return await self.get()
 
 
 def _host_resolver() -> str:

@@ -37,6 +37,7 @@ import functools
 import ipaddress
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -99,6 +100,14 @@ class SandboxNet:
     def nat_chain(self) -> str:
         return f"n{self.index}"
 
+    @property
+    def counter_out(self) -> str:
+        return f"o{self.index}"
+
+    @property
+    def counter_in(self) -> str:
+        return f"i{self.index}"
+
     @classmethod
     def at(cls, pool: ipaddress.IPv4Network, index: int, node_key: str) -> SandboxNet:
         base = pool.network_address + index * 4
@@ -113,9 +122,12 @@ def slots(pool: ipaddress.IPv4Network) -> int:
 
 # -- the table ---------------------------------------------------------------------------
 
-def ensure_table(node_key: str, denied: Iterable[IPNetwork]) -> None:
+def ensure_table(node_key: str, denied: Iterable[IPNetwork],
+                 pool: ipaddress.IPv4Network) -> None:
     """Make or rewrite the shared table's base chains (one transaction: the sandboxes'
-    chains and map elements stay), and (re)write this node's denied set."""
+    chains and map elements stay), (re)write this node's denied set, and add its pool to
+    the ranges only sandboxes' own interfaces may send to (their gateways' resolvers and
+    proxies listen there)."""
     guarded = _nft(f"list chain inet {TABLE} {_GUARD_MARK}", check=False)[0] == 0
     if not guarded and _FORWARDING.read_text().strip() != "1":
         guarded = True  # Corral turns routing on: it routes sandboxes' traffic, nothing else
@@ -123,6 +135,10 @@ def ensure_table(node_key: str, denied: Iterable[IPNetwork]) -> None:
     base = f"""add table inet {TABLE}
 add map inet {TABLE} sandboxes {{ type ifname : verdict; }}
 add map inet {TABLE} sandbox_nat {{ type ifname : verdict; }}
+add map inet {TABLE} sandbox_out {{ type ifname : counter; }}
+add map inet {TABLE} sandbox_in {{ type ifname : counter; }}
+add set inet {TABLE} pools {{ type ipv4_addr; flags interval; auto-merge; }}
+add element inet {TABLE} pools {{ {pool} }}
 add chain inet {TABLE} forward {{ type filter hook forward priority filter - 10; policy accept; }}
 add chain inet {TABLE} input {{ type filter hook input priority filter - 10; policy accept; }}
 add chain inet {TABLE} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
@@ -135,11 +151,14 @@ flush chain inet {TABLE} postrouting
     if guarded:
         base += f"add chain inet {TABLE} {_GUARD_MARK}\n"
         base += f'add rule inet {TABLE} forward iifname != "{h}*" oifname != "{h}*" drop\n'
-    base += f"""add rule inet {TABLE} forward iifname "{h}*" ct state established,related accept
+    base += f"""add rule inet {TABLE} forward iifname "{h}*" counter name iifname map @sandbox_out
+add rule inet {TABLE} forward oifname "{h}*" counter name oifname map @sandbox_in
+add rule inet {TABLE} forward iifname "{h}*" ct state established,related accept
 add rule inet {TABLE} forward iifname "{h}*" iifname vmap @sandboxes
 add rule inet {TABLE} forward iifname "{h}*" reject with icmpx admin-prohibited
 add rule inet {TABLE} forward oifname "{h}*" ct state established,related accept
 add rule inet {TABLE} forward oifname "{h}*" drop
+add rule inet {TABLE} input iifname != "{h}*" iifname != "lo" ip daddr @pools drop
 add rule inet {TABLE} input iifname "{h}*" ct state established,related accept
 add rule inet {TABLE} input iifname "{h}*" ct status dnat accept
 add rule inet {TABLE} input iifname "{h}*" drop
@@ -179,6 +198,12 @@ def create(net: SandboxNet, node_key: str, policy: NetworkPolicy) -> None:
             ipr.link("set", index=host, state="up")
         _apply([f"add chain inet {TABLE} {net.chain}",
                 f"add chain inet {TABLE} {net.nat_chain}",
+                f"add counter inet {TABLE} {net.counter_out}",
+                f"add counter inet {TABLE} {net.counter_in}",
+                f"add element inet {TABLE} sandbox_out {{ \"{net.host_ifname}\" : "
+                f"\"{net.counter_out}\" }}",
+                f"add element inet {TABLE} sandbox_in {{ \"{net.host_ifname}\" : "
+                f"\"{net.counter_in}\" }}",
                 *_rules(net, node_key, policy),
                 f"add element inet {TABLE} sandboxes {{ \"{net.host_ifname}\" : jump "
                 f"{net.chain} }}",
@@ -270,8 +295,12 @@ def destroy(net: SandboxNet) -> None:
     """Remove ``net``'s chain and namespace (which takes the veth pair with it). Idempotent."""
     steps = [f"delete element inet {TABLE} sandboxes {{ \"{net.host_ifname}\" }}",
              f"delete element inet {TABLE} sandbox_nat {{ \"{net.host_ifname}\" }}",
+             f"delete element inet {TABLE} sandbox_out {{ \"{net.host_ifname}\" }}",
+             f"delete element inet {TABLE} sandbox_in {{ \"{net.host_ifname}\" }}",
              f"delete chain inet {TABLE} {net.chain}",
-             f"delete chain inet {TABLE} {net.nat_chain}"]
+             f"delete chain inet {TABLE} {net.nat_chain}",
+             f"delete counter inet {TABLE} {net.counter_out}",
+             f"delete counter inet {TABLE} {net.counter_in}"]
     if _nft("\n".join(steps) + "\n", check=False)[0] != 0:  # some were gone already
         for step in steps:
             _nft(step, check=False)
@@ -295,6 +324,19 @@ def _check(result: int, what: str) -> int:
         number = ctypes.get_errno()
         raise OSError(number, f"{what}: {os.strerror(number)}")
     return result
+
+
+def traffic(net: SandboxNet) -> tuple[int, int]:
+    """Bytes (in, out) that crossed ``net``'s veth pair so far (0 if it is gone)."""
+    found = []
+    for name in (net.counter_in, net.counter_out):
+        status, output, _ = _nft(f"list counter inet {TABLE} {name}", check=False)
+        match = _BYTES.search(output) if status == 0 else None
+        found.append(int(match.group(1)) if match else 0)
+    return found[0], found[1]
+
+
+_BYTES = re.compile(r"\bbytes (\d+)")
 
 
 def leftovers(node_key: str) -> list[int]:

@@ -44,6 +44,7 @@ from ._net_unsafe import destroy as destroy_net
 from ._net_unsafe import ensure_table as ensure_net_table
 from ._net_unsafe import slots as net_slots
 from ._net_unsafe import taken_slots as taken_net_slots
+from ._net_unsafe import traffic as net_traffic
 from ._net_unsafe import update as update_net
 
 __all__ = [
@@ -51,7 +52,7 @@ __all__ = [
     "cgroup_layout",
     "channel_socket", "create_net", "destroy_net", "ensure_net_table",
     "favor_dynamic_changes", "favordynmods_enabled", "give_socket", "leftover_names",
-    "mounts_under", "net_slots", "remove_node_cgroups", "sweep", "sweep_networks",
+    "mounts_under", "net_slots", "net_traffic", "remove_node_cgroups", "sweep", "sweep_networks",
     "taken_net_slots",
     "teardown", "update_net",
 ]
