@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from corral import InvalidArgumentError
-from corral.api import command_events, limits, models, resources
+from corral.api import command_events, limits, models, network, resources
 from corral.api.limits import MAX_PATH, NAME_MAX, normalize_path
 from corral.cli import sandbox as cli_sandbox
 from corral.node import commands as node_commands
@@ -258,6 +258,8 @@ def test_the_documented_bounds_are_the_values() -> None:
             "{:g} to {:g}".format(*limits.TIMEOUT_RANGE),
         "default sandbox lifetime; default command and cell timeout, in seconds":
             f"{limits.DEFAULT_LIFETIME:g}; {limits.DEFAULT_COMMAND_TIMEOUT:g}",
+        "network policy entries, allow and deny together (the operator may set fewer); "
+        "characters of one entry": f"{network.MAX_ENTRIES}; {network.MAX_ENTRY}",
     }
     assert limits.DEFAULT_CODE_TIMEOUT == limits.DEFAULT_COMMAND_TIMEOUT  # one row says both
     security = " ".join((DOCS / "SECURITY.md").read_text().split())
