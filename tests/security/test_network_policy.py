@@ -24,8 +24,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from corral.bench.testnet import (HOST_SIDE, METADATA, PORT, PRIVATE, PUBLIC_A, RESOLVER,
-                                  UDP_PORT, internet, udp_log)
+from corral.bench.testnet import (HOST_SIDE, METADATA, PORT, PRIVATE, PUBLIC_A, PUBLIC_B,
+                                  RESOLVER,
+                                  UDP_PORT, dns_log, internet, udp_log)
 from corral.api.network import NetOperator
 from corral.node import NodeSettings, SyncNode, SyncNodeSandbox
 from corral.runtime.base import Weakening
@@ -103,9 +104,9 @@ def open_node(python_image: str) -> Iterator[SyncNode]:
             yield node
 
 
-def _addresses(sb: SyncNodeSandbox) -> tuple[str, str, str]:
+def _addresses(sb: SyncNodeSandbox) -> tuple[str, str, str | None]:
     """The sandbox's address, its gateway (the host end of its veth) and that end's IPv6
-    link-local address, from the host's side."""
+    link-local address (None: it has none, IPv6 being off there), from the host's side."""
     slot = int(sb._inner.handle.extra["net"]["index"])  # the node's record of its slot
     link = subprocess.run(["ip", "-6", "-o", "addr", "show", "dev", f"cxh{slot}"],
                           capture_output=True, text=True, check=True).stdout
@@ -113,7 +114,7 @@ def _addresses(sb: SyncNodeSandbox) -> tuple[str, str, str]:
                         capture_output=True, text=True, check=True).stdout
     gateway = v4.split()[3].split("/")[0]
     return (str(ipaddress.ip_address(gateway) + 1), gateway,
-            link.split()[3].split("/")[0])
+            link.split()[3].split("/")[0] if link.strip() else None)
 
 
 def test_all_still_keeps_out_what_is_always_denied(open_node: SyncNode, runtime: str) -> None:
@@ -140,7 +141,10 @@ def test_all_still_keeps_out_what_is_always_denied(open_node: SyncNode, runtime:
             capture_output=True, text=True, timeout=60, check=True).stdout)
         failed = {k: v for k, v in from_host.items() if not v.startswith("connected")}
         assert failed == {}
-        targets.append(("gateway link-local", 6, f"{link_local}%eth0", port))
+        # The host end has no IPv6 address at all (not even link-local): IPv6 to the host
+        # over the sandbox's link has nowhere to go.
+        assert link_local is None
+        targets.append(("host link-local", 6, "fe80::1%eth0", port))
         found = run_python(sb, CONNECT, json.dumps(targets))
         other.commands.kill(listening.id)
     assert found.pop("public (control)").startswith("connected")
@@ -213,4 +217,101 @@ try:
     print(json.dumps({"raw": "sent"}))
 except OSError as exc:
     print(json.dumps({"raw": type(exc).__name__}))
+"""
+
+
+def test_names_leak_nothing_and_name_rules_hold(open_node: SyncNode, runtime: str) -> None:
+    """With a domain allow list: a name the policy does not list never reaches the
+    upstream resolver (no DNS tunnelling through it, whichever server is asked), a CONNECT
+    to an address is refused, and so is a TLS connection whose server name is not listed."""
+    policy = {"allow": ["allowed.test:443"]}
+    secret = "c2VjcmV0.tunnel.example"
+    with open_node.create("python", runtime=runtime, network=policy) as sb:
+        found = run_python(sb, NAMES_PROBE, secret, PUBLIC_A, RESOLVER)
+        events = {(e.name, e.reason) for e in sb.network.events().events}
+    assert found == {"lookup": "refused", "direct": "refused", "connect-ip": "refused",
+                     "sni-other": "refused", "sni-allowed": "connected"}, found
+    asked = dns_log().read_text() if dns_log().exists() else ""
+    assert "tunnel.example" not in asked, asked
+    assert {(secret.lower(), "not-allowed"), (PUBLIC_A, "ip-literal"),
+            ("other.test", "not-allowed")} <= events, events
+
+
+def test_a_connection_flood_stays_bounded(open_node: SyncNode, runtime: str) -> None:
+    """A sandbox opening connections as fast as it can (bounded: 2000 rounds or 20 s) to
+    an allowed address, and to others that go to its proxy: a neighbour sandbox keeps
+    answering (its latency is printed, never judged), and the proxy turns away what is
+    past its 256 connections."""
+    with open_node.create("python", runtime=runtime, network={"allow": [PUBLIC_A,
+                                                                      "allowed.test"]}) as sb, \
+            open_node.create("python", runtime=runtime, network={"allow": [PUBLIC_A]}) as other:
+        flood = sb.commands.run_background(["python3", "-c", FLOOD, PUBLIC_A, PUBLIC_B,
+                                            PRIVATE])
+        latencies = []
+        for _ in range(10):
+            started = time.monotonic()
+            assert other.commands.run(["true"]).exit_code == 0
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.2)
+        reasons = {e.reason for e in sb.network.events().events}
+        sb.commands.kill(flood.id)
+    print(f"{runtime}: neighbour exec latency under a connection flood, max "
+          f"{max(latencies) * 1000:.1f} ms")
+    assert max(latencies) < 60  # it answered: no timing is judged here
+    assert "too-many-connections" in reasons  # the proxy's bound held
+
+
+FLOOD = r"""
+import socket, sys, time
+direct, proxied, private = sys.argv[1], sys.argv[2], sys.argv[3]
+end, held = time.monotonic() + 20, []
+for i in range(2000):
+    if time.monotonic() > end:
+        break
+    for target in ((direct, 8000), (proxied, 443), (private, 8000)):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(target)
+        held.append(s)
+    if len(held) > 900:
+        for s in held[:300]:
+            s.close()
+        del held[:300]
+    time.sleep(0.001)
+"""
+
+NAMES_PROBE = r"""
+import json, socket, ssl, struct, sys
+secret, public, resolver = sys.argv[1], sys.argv[2], sys.argv[3]
+out = {}
+try:
+    socket.gethostbyname(secret)
+    out["lookup"] = "resolved"
+except OSError:
+    out["lookup"] = "refused"
+query = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0)
+query += b"".join(bytes([len(p)]) + p.encode() for p in secret.split(".")) + b"\0"
+query += struct.pack("!HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(query, (resolver, 53))
+out["direct"] = "refused" if s.recv(4096)[3] & 0x0F == 3 else "answered"
+def tls(name, connect=None):
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    raw = socket.create_connection((public, 443 if connect is None else 3128), timeout=3)
+    try:
+        if connect:
+            raw.sendall(f"CONNECT {connect} HTTP/1.1\r\n\r\n".encode())
+            if not raw.recv(100).startswith(b"HTTP/1.1 200"):
+                return "refused"
+        with context.wrap_socket(raw, server_hostname=name) as t:
+            t.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            return "connected" if t.recv(100) else "refused"
+    except OSError:
+        return "refused"
+out["connect-ip"] = tls("allowed.test", connect=f"{public}:443")
+out["sni-other"] = tls("other.test")
+out["sni-allowed"] = tls("allowed.test")
+print(json.dumps(out))
 """

@@ -130,6 +130,8 @@ def serve(config: dict[str, Any]) -> None:
             response = dns.message.make_response(query)
             question = query.question[0]
             name = question.name.to_text(omit_final_dot=True).lower()
+            with open(config["dns_log"], "a") as log:
+                log.write(f"{source[0]} {name}\n")
             if name not in names:
                 response.set_rcode(dns.rcode.NXDOMAIN)
             elif question.rdtype == dns.rdatatype.A:

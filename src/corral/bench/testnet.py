@@ -70,6 +70,11 @@ def udp_log() -> Path:
     return Path(tempfile.gettempdir()) / f"corral-test-internet-udp-{os.getpid()}.log"
 
 
+def dns_log() -> Path:
+    """Where the test internet's resolver writes each question it got: ``<source> <name>``."""
+    return Path(tempfile.gettempdir()) / f"corral-test-internet-dns-{os.getpid()}.log"
+
+
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
 
@@ -98,6 +103,7 @@ def internet() -> Iterator[Internet]:
             _ip("route", "add", prefix, "via", PRIVATE, "dev", host_if)
             routed.append(prefix)
         udp_log().unlink(missing_ok=True)
+        dns_log().unlink(missing_ok=True)
         scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="corral-testnet-"))
         cert, key = _certificate(Path(scratch))
         config = {
@@ -106,7 +112,7 @@ def internet() -> Iterator[Internet]:
             "https": [f"{PUBLIC_A}:{HTTPS_PORT}", f"{PUBLIC_B}:{HTTPS_PORT}"],
             "cert": str(cert), "key": str(key), "max_bytes": MAX_BYTES,
             "udp_log": str(udp_log()), "udp_host": PUBLIC_A, "udp_port": UDP_PORT,
-            "resolver": RESOLVER, "names": NAMES}
+            "resolver": RESOLVER, "names": NAMES, "dns_log": str(dns_log())}
         config_path = Path(scratch) / "config.json"
         config_path.write_text(json.dumps(config))
         argv = ["ip", "netns", "exec", name, sys.executable, "-m",

@@ -252,15 +252,6 @@ class SandboxEgress:
         async with asyncio.timeout(HELLO_TIMEOUT):
             head = await _read_hello(reader)
         name, target_port, connect = _name_of(head, port)
-        if connect is not None:  # an explicit CONNECT: answer it, then read the TLS hello
-            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            await writer.drain()
-            async with asyncio.timeout(HELLO_TIMEOUT):
-                head = await _read_hello(reader)
-            sni = _sni(head) if head[:1] == b"\x16" else None
-            if head[:1] == b"\x16" and sni != name:
-                self._record("connect", name or "", target_port, None, "sni-mismatch")
-                return
         if not name:
             self._record("connect", "", target_port, None, "no-name")
             return
@@ -271,6 +262,14 @@ class SandboxEgress:
         if refused is not None:
             self._record("connect", name, target_port, None, refused)
             return
+        if connect is not None:  # an explicit CONNECT: answer it, then read the TLS hello
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            await writer.drain()
+            async with asyncio.timeout(HELLO_TIMEOUT):
+                head = await _read_hello(reader)
+            if head[:1] == b"\x16" and _sni(head) != name:
+                self._record("connect", name, target_port, None, "sni-mismatch")
+                return
         found, _ = await self._addresses(name, target_port)
         if not found:
             self._record("connect", name, target_port, None, "no-reachable-address")

@@ -192,6 +192,9 @@ def create(net: SandboxNet, node_key: str, policy: NetworkPolicy) -> None:
 
     try:
         _in_new_netns(net, functools.partial(_configure_inside, net))
+        # No IPv6 on the host end (defence in depth: the rules drop it too), set before the
+        # link is up, so it never gets even a link-local address.
+        Path(f"/proc/sys/net/ipv6/conf/{net.host_ifname}/disable_ipv6").write_text("1\n")
         with IPRoute() as ipr:
             host = ipr.link_lookup(ifname=net.host_ifname)[0]
             ipr.addr("add", index=host, address=str(net.gateway), prefixlen=30)
@@ -233,6 +236,8 @@ def _configure_inside(net: SandboxNet, host_netns: int) -> None:
                 raise FileExistsError(net.host_ifname) from None
             raise
         inner = ipr.link_lookup(ifname=SANDBOX_IFNAME)[0]
+        # This thread is in the new namespace: /proc/sys/net is its.
+        Path(f"/proc/sys/net/ipv6/conf/{SANDBOX_IFNAME}/disable_ipv6").write_text("1\n")
         ipr.addr("add", index=inner, address=str(net.address), prefixlen=30)
         ipr.link("set", index=inner, state="up")
         ipr.route("add", dst="0.0.0.0/0", gateway=str(net.gateway))
