@@ -84,5 +84,15 @@ def test_network_policy_from_the_command_line(server: Server) -> None:
         bad = cli.invoke(app, ["sandbox", "network", info["id"], "--net", "allow:10.0.0.1"])
         assert bad.exit_code == 125 and "10.0.0.0/8 is never reachable" in bad.output
         assert Sandbox.connect(info["id"], **server.sdk()).info.network == "all"
+        cli.invoke(app, ["sandbox", "network", info["id"], "--net", "allow:listed.example"])
+        looked = cli.invoke(app, ["sandbox", "exec", info["id"], "--", "getent", "hosts",
+                                  "unlisted.example"])  # NXDOMAIN from the node itself
+        assert looked.exit_code != 0
+        shown = cli.invoke(app, ["sandbox", "logs", info["id"], "--json"])
+        assert shown.exit_code == 0, shown.output
+        seen = {(e["kind"], e["name"], e["reason"]) for e in json.loads(shown.stdout)}
+        assert seen == {("dns", "unlisted.example", "not-allowed")}  # (A and AAAA asked)
+        table = cli.invoke(app, ["sandbox", "logs", info["id"]])
+        assert "unlisted.example" in table.stdout and "not-allowed" in table.stdout
     finally:
         cli.invoke(app, ["sandbox", "kill", info["id"]])

@@ -1,5 +1,5 @@
-"""``corral sandbox create | list | exec | run-code | network | kill``: sandboxes on a
-Corral server.
+"""``corral sandbox create | list | exec | run-code | network | logs | kill``: sandboxes on
+a Corral server.
 
 The server and key come from ``--url``/``--api-key`` or ``CORRAL_URL``/``CORRAL_API_KEY``.
 Unlike ``corral run``, a created sandbox outlives the command: it lives until ``kill`` or
@@ -276,6 +276,37 @@ def network(
             sb.close()
     shown = info.network if isinstance(info.network, str) else info.network.model_dump()
     typer.echo(json.dumps(shown))
+
+
+@app.command()
+def logs(
+    sandbox_id: Annotated[str, typer.Argument(metavar="ID", help="Sandbox id.")],
+    as_json: JsonOption = False,
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Show a sandbox's egress log: the names it looked up and connected to, oldest first,
+    allowed or why not (the last 1000).
+
+    Example:
+
+        corral sandbox logs sbx-0123abcd4567
+    """
+    with reporting_errors():
+        sb = Sandbox.connect(sandbox_id, url=url, api_key=api_key)
+        try:
+            events = sb.network.events().events
+        finally:
+            sb.close()
+    if as_json:
+        typer.echo(json.dumps([json.loads(e.model_dump_json()) for e in events], indent=2))
+        return
+    table = Table("time", "kind", "name", "port", "address", "verdict")
+    for event in events:
+        table.add_row(f"{event.at:%H:%M:%S}", event.kind, event.name,
+                      "" if event.port is None else str(event.port), event.address or "",
+                      event.reason)
+    Console().print(table)
 
 
 @app.command()

@@ -21,7 +21,7 @@ from corral.cli.run import parse_env, parse_net
 from corral.runtime import Availability
 
 HELP_PATHS = [[], ["run"], ["doctor"], ["bench"], ["image"], ["image", "build"], ["serve"],
-              ["sandbox", "network"],
+              ["sandbox", "network"], ["sandbox", "logs"],
               ["image", "list"], ["image", "rm"]]
 
 
