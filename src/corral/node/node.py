@@ -340,8 +340,8 @@ class Node:
             if net is not None:
                 handle.extra[net_extra] = net_record(net, policy)
             sandbox = NodeSandbox(self.lifecycle, sandbox_id, image, chosen, handle, resources,
-                                  env, built.workdir, metadata, timeout, pooled=pooled,
-                                  network=self.network)
+                                  env, built.workdir, metadata, timeout, self.network,
+                                  pooled=pooled)
             try:
                 process = await chosen.start(handle)
                 if process.stdout is None or process.stdin is None:
@@ -399,7 +399,7 @@ class Node:
         record = adopted.record
         sandbox = NodeSandbox(self.lifecycle, record.id, record.image, adopted.runtime,
                           adopted.handle, record.resources, record.env, record.workdir,
-                          record.metadata, DEFAULT_LIFETIME, network=self.network)
+                          record.metadata, DEFAULT_LIFETIME, self.network)
         sandbox.created_at, sandbox.expires_at = record.created_at, record.expires_at
         sandbox.agent = adopted.agent
         self._sandboxes[sandbox.id] = sandbox

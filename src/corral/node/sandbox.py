@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 from corral.api import contract, models
 from corral.api.errors import SandboxNotRunningError
 from corral.api.limits import DEFAULT_CODE_TIMEOUT
-from corral.api.network import NetOperator
 from corral.api.resources import Resources, check_timeout
 from corral.runtime import Runtime, RuntimeSandbox
 
@@ -42,7 +41,7 @@ class NodeSandbox:
     def __init__(self, lifecycle: Lifecycle, sandbox_id: str, image: str, runtime: Runtime,
                  handle: RuntimeSandbox, resources: Resources, env: dict[str, str],
                  workdir: str, metadata: dict[str, str], timeout: float,
-                 pooled: bool = False, network: NodeNetwork | None = None) -> None:
+                 network: NodeNetwork, pooled: bool = False) -> None:
         self._lifecycle = lifecycle
         self.id = sandbox_id
         self.image = image
@@ -62,7 +61,7 @@ class NodeSandbox:
         self.commands = NodeCommands(self)
         self.files = NodeFiles(self)
         self.code = NodeCodeInterpreter(self)
-        self.network = SandboxNetwork(self, network or NodeNetwork(NetOperator(), ""))
+        self.network = SandboxNetwork(self, network)
 
     def __repr__(self) -> str:
         return f"NodeSandbox(id={self.id!r}, state={self.state.value!r})"

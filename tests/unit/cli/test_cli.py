@@ -220,8 +220,8 @@ def test_net_options_make_a_policy(values: list[str] | None, wire: object) -> No
 
 
 @pytest.mark.parametrize(("values", "message"), [
-    (["nope"], "is not none, all"), (["permit:1.2.3.4"], "is not none, all"),
-    (["allow:1.2.3"], "'1.2.3' is not an IP"), (["all", "deny:1.2.3.4"], "is not none, all"),
+    (["nope"], "is not none, all"), (["permit:203.0.113.4"], "is not none, all"),
+    (["allow:1.2.3"], "'1.2.3' is not an IP"), (["all", "deny:203.0.113.4"], "is not none, all"),
 ])
 def test_bad_net_options_are_usage_errors(values: list[str], message: str) -> None:
     with pytest.raises(typer.BadParameter, match=message):
