@@ -2,15 +2,16 @@
 //!
 //! It serves the node over its stdin and stdout with the framed protocol of
 //! `corral/api/agent_protocol.py`: commands (spawn, stream, stdin, signals, timeouts) and
-//! files (stat, list, read and write streams, mkdir, remove, rename). The main thread
-//! reads frames and dispatches them; quick operations run inline, a file download gets a
-//! thread of its own, and each command a thread pumping its output.
+//! files (stat, list, read and write streams, mkdir, remove, rename), and tunnels to TCP
+//! ports on the sandbox's own loopback (`connect`: exposed ports). The main thread reads
+//! frames and dispatches them; quick operations run inline, a file download gets a thread
+//! of its own, each command a thread pumping its output, and each tunnel two threads.
 //!
 //! When the node goes away (its end of the channel closes), the sandbox lives on:
-//! transfers in flight are dropped, running commands keep running with their output
-//! discarded, and the agent waits up to `CORRAL_AGENT_ORPHAN_GRACE` seconds for a restarted
-//! node to connect to the socket at `CORRAL_AGENT_SOCKET`. Past that, it kills everything
-//! and exits, which ends the sandbox: no sandbox outlives its node for long.
+//! transfers in flight are dropped and tunnels closed, running commands keep running with
+//! their output discarded, and the agent waits up to `CORRAL_AGENT_ORPHAN_GRACE` seconds for
+//! a restarted node to connect to the socket at `CORRAL_AGENT_SOCKET`. Past that, it kills
+//! everything and exits, which ends the sandbox: no sandbox outlives its node for long.
 //!
 //! It is written in Rust with the standard library only, and linked statically, because a
 //! sandbox starts with it: `docs/benchmarks.md` has the measurements that chose it over the
@@ -24,6 +25,7 @@ mod paths;
 mod processes;
 mod proto;
 mod sys;
+mod tunnels;
 mod users;
 
 use std::fs::File;
@@ -38,6 +40,7 @@ use errors::RequestError;
 use files::{error, Files};
 use json::{Obj, Value};
 use processes::ProcessTable;
+use tunnels::Tunnels;
 
 /// Signals whose default ends or stops a process. As PID 1 the agent only gets signals it
 /// handles; a no-op handler (reset to the default in every child at exec) keeps sandbox
@@ -63,6 +66,7 @@ struct Agent {
     channel: Arc<Channel>,
     processes: Arc<ProcessTable>,
     files: Arc<Files>,
+    tunnels: Arc<Tunnels>,
     last_id: i64,
 }
 
@@ -74,6 +78,7 @@ impl Agent {
             self.channel.detach();
             self.processes.detach();
             self.files.detach();
+            self.tunnels.detach();
             let Some(path) = socket.as_deref().filter(|_| orphan_grace > 0.0) else { break };
             let deadline = Instant::now() + Duration::from_secs_f64(orphan_grace.min(1e9));
             let Some(stream) = channel::reconnect(path, deadline) else { break };
@@ -113,7 +118,7 @@ impl Agent {
         }
     }
 
-    fn dispatch(&self, req_id: i64, req: &Value, data: Vec<u8>) -> errors::Result<()> {
+    fn dispatch(&self, req_id: i64, req: &Value, mut data: Vec<u8>) -> errors::Result<()> {
         let op = req.get("op").and_then(Value::as_bytes).unwrap_or_default();
         let simple = match op {
             b"stat" => Some(self.files.stat(req)?),
@@ -132,17 +137,23 @@ impl Agent {
         let target = req.get("target").and_then(Value::as_int);
         match op {
             b"exec" => self.processes.exec(req_id, req)?,
-            b"chunk" => self.files.write_chunk(req, &data),
+            b"connect" => self.tunnels.connect(req_id, req)?,
+            b"chunk" => {
+                if !self.tunnels.chunk(req, &mut data) {
+                    self.files.write_chunk(req, &data);
+                }
+            }
             b"credit" => {
                 if let (Some(target), Some(n)) = (target, req.get("n").and_then(Value::as_int)) {
-                    if !self.processes.grant(target, n) {
-                        self.files.credit(target, n);
+                    if !self.processes.grant(target, n) && !self.files.credit(target, n) {
+                        self.tunnels.credit(target, n);
                     }
                 }
             }
             b"cancel" => {
                 if let Some(target) = target {
                     self.files.cancel(target);
+                    self.tunnels.cancel(target);
                 }
             }
             b"stdin" => self.processes.stdin(req_id, req, data)?,
@@ -240,6 +251,7 @@ fn main() {
     let mut agent = Agent {
         processes: ProcessTable::new(channel.clone(), root.clone()),
         files: Arc::new(Files::new(channel.clone(), root)),
+        tunnels: Tunnels::new(channel.clone()),
         channel,
         last_id: 0,
     };

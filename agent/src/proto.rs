@@ -19,6 +19,7 @@ pub const NAME_MAX: usize = 255;
 pub const MAX_LIST_DEPTH: i64 = 16;
 pub const MAX_LIST_ENTRIES: usize = 10_000;
 pub const MAX_ARGV: usize = 4096;
+pub const MAX_PORT_CONNECTIONS: usize = 256;
 
 pub const REASON_TIMEOUT: &str = "timeout";
 pub const REASON_KILLED: &str = "killed";

@@ -14,6 +14,7 @@ from corral.api.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    PortUnavailableError,
     RateLimitedError,
     ResourceExhaustedError,
     RuntimeUnavailableError,
@@ -46,7 +47,8 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AgentError", "AsyncSandbox", "AuthenticationError", "CommandTimeoutError", "Context",
     "Execution", "ExecutionError", "Logs", "Result",
-    "InvalidArgumentError", "NotFoundError", "PermissionDeniedError", "RateLimitedError",
+    "InvalidArgumentError", "NotFoundError", "PermissionDeniedError", "PortUnavailableError",
+    "RateLimitedError",
     "Resources", "ResourceExhaustedError", "RuntimeUnavailableError",
     "Sandbox", "SandboxError", "SandboxNotRunningError", "SandboxTimeoutError",
     "UnavailableError", "__version__",

@@ -17,6 +17,9 @@ from corral.runtime.agent_bundle import agent_binary, agent_env
 
 REPLY_TIMEOUT = 30.0
 
+#: One frame: its header and its data.
+Frame = tuple[dict[str, Any], bytes]
+
 
 class AgentProcess:
     """One agent over ``root``; use as a context manager."""
@@ -27,6 +30,7 @@ class AgentProcess:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=env if env is not None else agent_env(orphan_grace=0))
         self._next = 1
+        self._pending: tuple[threading.Thread, list[Frame | BaseException | None]] | None = None
         self.hello = self.read()[0]
 
     def __enter__(self) -> AgentProcess:
@@ -61,33 +65,47 @@ class AgentProcess:
         self.send_raw(proto.encode(header, data))
         return int(header["id"])
 
-    def read(self, timeout: float = REPLY_TIMEOUT) -> tuple[dict[str, Any], bytes]:
+    def read(self, timeout: float = REPLY_TIMEOUT) -> Frame:
         """The next frame from the agent; AssertionError if none comes in time."""
-        result: list[tuple[dict[str, Any], bytes] | BaseException | None] = []
-
-        def reader() -> None:
-            try:
-                assert self.process.stdout is not None
-                prefix = self.process.stdout.read(proto.HEADER.size)
-                if len(prefix) < proto.HEADER.size:
-                    result.append(None)
-                    return
-                head_len, data_len = proto.parse_prefix(prefix, proto.MAX_REPLY_HEADER)
-                head = self.process.stdout.read(head_len)
-                data = self.process.stdout.read(data_len) if data_len else b""
-                result.append((proto.parse_header(head), data))
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                result.append(exc)
-
-        thread = threading.Thread(target=reader, daemon=True)
-        thread.start()
-        thread.join(timeout)
-        assert result, f"the agent said nothing within {timeout:g} s"
-        outcome = result[0]
+        found = self._wait(timeout)
+        assert found, f"the agent said nothing within {timeout:g} s"
+        self._pending = None
+        outcome = found[0]
         if isinstance(outcome, BaseException):
             raise outcome
         assert outcome is not None, "the agent closed its channel"
         return outcome
+
+    def assert_quiet(self, seconds: float) -> None:
+        """Assert that the agent sends no frame (nor closes its channel) for ``seconds``."""
+        found = self._wait(seconds)
+        assert not found, f"the agent sent {found[0]!r}"
+
+    def _wait(self, timeout: float) -> list[Frame | BaseException | None]:
+        """The next frame once read (a list of one), or an empty list if none came in time:
+        a read that timed out leaves its thread waiting, and the next read takes its frame."""
+        if self._pending is None:
+            result: list[Frame | BaseException | None] = []
+            thread = threading.Thread(target=self._read_frame, args=(result,), daemon=True)
+            thread.start()
+            self._pending = (thread, result)
+        thread, found = self._pending
+        thread.join(timeout)
+        return found
+
+    def _read_frame(self, result: list[Frame | BaseException | None]) -> None:
+        try:
+            assert self.process.stdout is not None
+            prefix = self.process.stdout.read(proto.HEADER.size)
+            if len(prefix) < proto.HEADER.size:
+                result.append(None)
+                return
+            head_len, data_len = proto.parse_prefix(prefix, proto.MAX_REPLY_HEADER)
+            head = self.process.stdout.read(head_len)
+            data = self.process.stdout.read(data_len) if data_len else b""
+            result.append((proto.parse_header(head), data))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            result.append(exc)
 
     def call(self, header: dict[str, Any], data: bytes = b"") -> tuple[dict[str, Any], bytes]:
         """One request and its (first) reply."""

@@ -72,6 +72,8 @@ def test_every_operation_documents_the_error_shape(spec: Spec) -> None:
             if path == "/openapi.json":
                 continue
             for status in ("400", "401", "413", "429", "500"):
+                if status == "413" and "ports" in operation.get("tags", ()):
+                    continue  # a port's bodies stream to the app, bounded by its sandbox
                 schema = responses[status]["content"]["application/json"]["schema"]
                 if path == "/mcp" and status == "400":  # or the MCP transport's JSON-RPC error
                     schema = schema["anyOf"][0]

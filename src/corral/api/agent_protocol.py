@@ -22,6 +22,14 @@ the sandbox can reach the agent's pipes.
 Streams (command output, file downloads) use credit-based flow control: the sender may
 have at most :data:`STREAM_WINDOW` unacknowledged data frames in flight per stream; the
 receiver sends ``{"op": "credit", "target": id, "n": k}`` as it consumes them.
+
+Tunnels (:data:`OP_CONNECT`, behind exposed ports) carry TCP to a port on the sandbox's own
+loopback: the request names a port only, and the agent connects to 127.0.0.1, else ::1,
+never anywhere else. After ``ok``, the app's bytes come as ``data`` frames under credits,
+then ``end`` at its EOF; the node's go as ``chunk`` frames (``"eof": true`` half-closes),
+each acknowledged by an ``ack`` once written, at most ``STREAM_WINDOW // 2`` unacknowledged.
+The two directions are independent; ``cancel`` closes a tunnel at once, and an ``error`` is
+a tunnel's last frame.
 """
 
 from __future__ import annotations
@@ -58,6 +66,8 @@ OP_RENAME = "rename"
 OP_EXISTS = "exists"
 OP_PING = "ping"
 OP_CANCEL = "cancel"
+#: Open a TCP connection to a port on the sandbox's loopback (an exposed port).
+OP_CONNECT = "connect"
 
 # Agent -> node events.
 EV_HELLO = "hello"

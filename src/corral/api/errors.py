@@ -28,6 +28,7 @@ class ErrorCode(StrEnum):
     REQUEST_TOO_LARGE = "request_too_large"
     RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
+    PORT_UNAVAILABLE = "port_unavailable"
     INTERNAL = "internal"
 
 
@@ -148,6 +149,13 @@ class UnavailableError(SandboxError):
     code = ErrorCode.UNAVAILABLE
 
 
+class PortUnavailableError(SandboxError):
+    """Nothing in the sandbox answers on the port asked for (nothing listens there, or the
+    app closed or reset the connection)."""
+
+    code = ErrorCode.PORT_UNAVAILABLE
+
+
 class InternalError(SandboxError):
     """A bug or an unexpected host failure."""
 
@@ -171,13 +179,15 @@ ERROR_CLASSES: dict[ErrorCode, type[SandboxError]] = {
         RequestTooLargeError,
         RateLimitedError,
         UnavailableError,
+        PortUnavailableError,
         InternalError,
     )
 }
 
-#: The HTTP status each code is answered with; the server and the SDK share it. Two statuses
-#: answer two codes each: 429 (``resource_exhausted``, ``rate_limited``) and 503
-#: (``runtime_unavailable``, ``unavailable``); every other status belongs to one code, so a
+#: The HTTP status each code is answered with; the server and the SDK share it. Three statuses
+#: answer two codes each: 429 (``resource_exhausted``, ``rate_limited``), 502
+#: (``port_unavailable``, ``agent_error``) and 503 (``runtime_unavailable``,
+#: ``unavailable``); every other status belongs to one code, so a
 #: body-less error (from a proxy, say) still maps back to a class (:func:`code_for_status`).
 HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_ARGUMENT: 400,  # every validation failure, pydantic's included
@@ -191,6 +201,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.RESOURCE_EXHAUSTED: 429,
     ErrorCode.RATE_LIMITED: 429,  # the request was refused before it did anything
     ErrorCode.INTERNAL: 500,
+    ErrorCode.PORT_UNAVAILABLE: 502,  # an exposed port with nothing listening
     ErrorCode.AGENT_ERROR: 502,
     ErrorCode.RUNTIME_UNAVAILABLE: 503,
     ErrorCode.UNAVAILABLE: 503,  # the server is at its limit of requests in flight

@@ -23,6 +23,19 @@ MAX_LIST_DEPTH = 16
 #: Most entries one file listing returns; past it the listing says it is truncated.
 MAX_LIST_ENTRIES = 10_000
 
+# -- exposed ports -----------------------------------------------------------------------
+
+#: Most connections to a sandbox's ports open through Corral at once (the agent refuses
+#: one more with ``resource_exhausted``).
+MAX_PORT_CONNECTIONS = 256
+#: Most ports of one sandbox that may be public (reachable without a credential).
+MAX_PUBLIC_PORTS = 64
+#: Longest a signed port URL may stay valid, in seconds (a day).
+MAX_SIGNED_URL_LIFETIME = 24 * 3600.0
+#: Seconds a proxied port request may wait for the app's next bytes (its response headers,
+#: the next piece of its body) before the server answers 504 or closes the stream.
+PORT_READ_TIMEOUT = 300.0
+
 # -- commands ----------------------------------------------------------------------------
 
 #: Most arguments of a command given as an argv list.

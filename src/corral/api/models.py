@@ -23,7 +23,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from .errors import InvalidArgumentError
 from .limits import (DEFAULT_CODE_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, DEFAULT_LIFETIME,
                      MAX_ARGV, MAX_COMMAND, MAX_ENV_NAME, MAX_MAPPING, MAX_MAPPING_VALUE,
-                     normalize_path)
+                     MAX_PUBLIC_PORTS, MAX_SIGNED_URL_LIFETIME, normalize_path)
 # Re-exported: a client reads the bounds of the fields it fills here.
 from .limits import MAX_CODE as MAX_CODE
 from .limits import MAX_INLINE_STDIN as MAX_INLINE_STDIN
@@ -148,6 +148,11 @@ def network_spec(policy: NetworkPolicy) -> NetworkSpec:
     return "all" if policy.mode == "all" else "none"
 
 
+#: A TCP port inside a sandbox.
+PortNumber = Annotated[int, Field(ge=1, le=65535, strict=True)]
+PortList = Annotated[list[PortNumber], Field(max_length=MAX_PUBLIC_PORTS)]
+
+
 class SandboxCreate(_Request):
     """``POST /v1/sandboxes``."""
 
@@ -163,6 +168,9 @@ class SandboxCreate(_Request):
     network: NetworkSpec = Field(
         default="none", description="what it may reach: \"none\" (loopback only), "
         "\"all\" (every public address) or {\"allow\": [...], \"deny\": [...]}")
+    public_ports: PortList = Field(
+        default_factory=list, description="ports anyone may reach through the server "
+        "without a token (default none: every exposed port needs a credential)")
 
     @field_validator("timeout")
     @classmethod
@@ -212,6 +220,39 @@ class EgressEvents(_Response):
     events: list[EgressEvent]
 
 
+class PortsInfo(_Response):
+    """How a sandbox's ports are reached through the server (its owner sees this)."""
+
+    token: str = Field(description="the sandbox's port token: send it as "
+                       "`X-Corral-Port-Token`, or visit a port's URL once with `?token=`")
+    public: list[int] = Field(default_factory=list,
+                              description="ports reachable without any credential")
+    domain: str = Field(description="host-based URLs are http(s)://{port}-{id}.{domain}")
+
+
+class PortsUpdate(_Request):
+    """``PUT /v1/sandboxes/{id}/ports``: which ports are public (the whole new list)."""
+
+    public: PortList
+
+
+class SignedUrlRequest(_Request):
+    """``POST /v1/sandboxes/{id}/signed-urls``: a URL to one port that works until it
+    expires, without any other credential."""
+
+    port: PortNumber
+    expires_in: float = Field(default=60.0, gt=0, le=MAX_SIGNED_URL_LIFETIME,
+                              description="seconds it stays valid")
+    path: Annotated[str, Field(max_length=2048, pattern=r"^/[^?#\s]*$")] = "/"
+    host_based: bool = Field(default=False, description="a {port}-{id}.{domain} URL instead "
+                             "of /v1/sandboxes/{id}/ports/{port}/")
+
+
+class SignedUrl(_Response):
+    url: str
+    expires_at: datetime
+
+
 class TimeoutUpdate(_Request):
     """``POST /v1/sandboxes/{id}/timeout``: live ``timeout`` more seconds from now."""
 
@@ -238,6 +279,8 @@ class SandboxInfo(_Response):
     stop_reason: str | None = None
     idle_timeout: float | None = None
     network: NetworkSpec = "none"
+    ports: PortsInfo | None = Field(default=None, description="its port token and public "
+                                    "ports (see `/v1/sandboxes/{id}/ports`)")
 
 
 class SandboxList(_Response):

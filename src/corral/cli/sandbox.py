@@ -1,5 +1,5 @@
-"""``corral sandbox create | list | exec | run-code | network | logs | kill``: sandboxes on
-a Corral server.
+"""``corral sandbox create | list | exec | run-code | network | logs | ports | url | kill``:
+sandboxes on a Corral server.
 
 The server and key come from ``--url``/``--api-key`` or ``CORRAL_URL``/``CORRAL_API_KEY``.
 Unlike ``corral run``, a created sandbox outlives the command: it lives until ``kill`` or
@@ -71,6 +71,10 @@ def create(
         help="Environment variable of every command (repeatable).")] = None,
     meta: MetaOption = None,
     net: NetOption = None,
+    public_port: Annotated[list[int] | None, typer.Option(
+        "--public-port", metavar="PORT", show_default=False,
+        help="A port anyone may reach through the server without a credential "
+             "(repeatable; default: every port needs one).")] = None,
     as_json: JsonOption = False,
     url: UrlOption = None,
     api_key: KeyOption = None,
@@ -90,7 +94,8 @@ def create(
     with reporting_errors():
         sb = Sandbox.create(image, timeout=timeout, runtime=runtime, resources=resources,
                             env=_pairs(env, "'--env'"), metadata=_pairs(meta, "'--meta'"),
-                            network=network_spec(policy), url=url, api_key=api_key)
+                            network=network_spec(policy), public_ports=public_port or (),
+                            url=url, api_key=api_key)
         sb.close()  # leaves it running
     typer.echo(sb.info.model_dump_json(indent=2) if as_json else sb.id)
 
@@ -307,6 +312,89 @@ def logs(
                       "" if event.port is None else str(event.port), event.address or "",
                       event.reason)
     Console().print(table)
+
+
+@app.command()
+def ports(
+    sandbox_id: Annotated[str, typer.Argument(metavar="ID", help="Sandbox id.")],
+    public: Annotated[list[int] | None, typer.Option(
+        "--public", metavar="PORT", show_default=False,
+        help="Make exactly these ports public (repeatable); see --private.")] = None,
+    private: Annotated[bool, typer.Option(
+        "--private", help="Make every port private again (a credential for each).")] = False,
+    as_json: JsonOption = False,
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Show how a sandbox's ports are reached (its port token, its public ports), or change
+    which are public.
+
+    Examples:
+
+        corral sandbox ports sbx-0123abcd4567
+
+        corral sandbox ports sbx-0123abcd4567 --public 8000
+
+        corral sandbox ports sbx-0123abcd4567 --private
+    """
+    if public and private:
+        say("[red]error:[/] give --public PORT... or --private, not both")
+        raise typer.Exit(EXIT_CORRAL_ERROR)
+    with reporting_errors():
+        sb = Sandbox.connect(sandbox_id, url=url, api_key=api_key)
+        try:
+            info = (sb.ports.set_public(public or []) if public or private
+                    else sb.ports.get())
+        finally:
+            sb.close()
+    if as_json:
+        typer.echo(info.model_dump_json(indent=2))
+        return
+    typer.echo(f"token:  {info.token}")
+    typer.echo(f"public: {', '.join(map(str, info.public)) or 'none'}")
+    typer.echo(f"urls:   corral sandbox url {sandbox_id} PORT [--host] [--signed SECONDS]")
+
+
+@app.command("url")
+def url_(
+    sandbox_id: Annotated[str, typer.Argument(metavar="ID", help="Sandbox id.")],
+    port: Annotated[int, typer.Argument(metavar="PORT", help="A port the sandbox's app "
+                                        "listens on (0.0.0.0 or 127.0.0.1).")],
+    host: Annotated[bool, typer.Option(
+        "--host", help="A host-based URL, {port}-{id}.{domain}: an origin of its own, for "
+                       "web apps in a browser.")] = False,
+    signed: Annotated[float | None, typer.Option(
+        "--signed", metavar="SECONDS", show_default=False,
+        help="A signed URL that works without any other credential for SECONDS "
+             "(at most a day).")] = None,
+    with_token: Annotated[bool, typer.Option(
+        "--token", help="Add ?token= with the port token (a browser's first visit; "
+                        "it then holds a cookie).")] = False,
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Print the URL of an app listening in a sandbox, reached through the server.
+
+    Examples:
+
+        corral sandbox url sbx-0123abcd4567 8000
+
+        curl -H "X-Corral-Port-Token: $TOKEN" $(corral sandbox url sbx-0123abcd4567 8000)
+
+        corral sandbox url sbx-0123abcd4567 8000 --host --signed 600
+    """
+    with reporting_errors():
+        sb = Sandbox.connect(sandbox_id, url=url, api_key=api_key)
+        try:
+            if signed is not None:
+                link = sb.ports.signed_url(port, expires_in=signed, host_based=host)
+            else:
+                link = sb.ports.url(port, host_based=host)
+                if with_token:
+                    link += f"?token={sb.ports.token}"
+        finally:
+            sb.close()
+    typer.echo(link)
 
 
 @app.command()

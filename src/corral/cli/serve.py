@@ -73,6 +73,11 @@ def serve(
         "--net-dns", metavar="ADDR", show_default="the host's first resolver",
         help="The resolver sandboxes' names are looked up with, by Corral's own filtering "
              "resolver (env CORRAL_NET_DNS).")] = None,
+    ports_domain: Annotated[str | None, typer.Option(
+        "--ports-domain", metavar="DOMAIN", show_default="localhost",
+        help="Host-based URLs of sandboxes' ports are {port}-{id}.DOMAIN (env "
+             "CORRAL_PORTS_DOMAIN); point a wildcard DNS name at this server to use one "
+             "beyond this machine. Path-based URLs work whatever it is.")] = None,
     keep_sandboxes: Annotated[bool | None, typer.Option(
         "--keep-sandboxes/--stop-sandboxes", show_default="keep",
         help="When the server stops, leave running sandboxes for the next server on this "
@@ -89,7 +94,8 @@ def serve(
 
     with reporting_errors():
         settings = ServerSettings.from_env(data_dir=data_dir, host=host, port=port, tls=tls,
-                                           tls_names=tls_names, limits={
+                                           tls_names=tls_names, ports_domain=ports_domain,
+                                           limits={
                                                "rate": rate, "burst": burst,
                                                "in_flight": in_flight,
                                                "in_flight_per_key": in_flight_per_key})

@@ -36,10 +36,12 @@ _QUEUE_BYTES = _QUEUE_FRAMES * proto.CHUNK + proto.MAX_DATA
 class Stream:
     """Frames for one request id, in order."""
 
-    def __init__(self, client: AgentClient, req_id: int, credited: bool) -> None:
+    def __init__(self, client: AgentClient, req_id: int, credited: bool,
+                 queue_frames: int = _QUEUE_FRAMES) -> None:
         self._client = client
         self.id = req_id
         self._credited = credited
+        self._queue_frames = queue_frames
         self._queue: asyncio.Queue[tuple[dict[str, Any], bytes]] = asyncio.Queue()
         self._queued_bytes = 0
         self._consumed = 0
@@ -47,7 +49,7 @@ class Stream:
     def _put(self, frame: tuple[dict[str, Any], bytes]) -> bool:
         if frame is not _CLOSED and frame is not _DROPPED:
             size = len(frame[1]) + 256
-            if (self._queue.qsize() >= _QUEUE_FRAMES
+            if (self._queue.qsize() >= self._queue_frames
                     or self._queued_bytes + size > _QUEUE_BYTES):
                 return False
             self._queued_bytes += size
@@ -172,12 +174,16 @@ class AgentClient:
                 raise self.closed_error() from None
 
     async def open(self, op: str, data: bytes = b"", *, credited: bool = False,
-                   **fields: Any) -> Stream:
-        """Send a request and return the stream its replies arrive on."""
+                   queue_frames: int = _QUEUE_FRAMES, **fields: Any) -> Stream:
+        """Send a request and return the stream its replies arrive on.
+
+        ``queue_frames``: how many frames may wait unread on it before the agent counts as
+        overrunning it (a stream carrying acknowledgements besides data needs more).
+        """
         if self.closed:
             raise self.closed_error()
         req_id = next(self._ids)
-        stream = Stream(self, req_id, credited)
+        stream = Stream(self, req_id, credited, queue_frames)
         self._streams[req_id] = stream
         try:
             await self.send({"id": req_id, "op": op, **fields}, data)

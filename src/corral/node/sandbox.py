@@ -23,6 +23,7 @@ from .files import NodeFiles
 from .interpreter import NodeCodeInterpreter
 from .lifecycle import Lifecycle, SandboxState
 from .network import NodeNetwork, SandboxNetwork
+from .ports import NodePorts
 
 
 class NodeSandbox:
@@ -33,6 +34,9 @@ class NodeSandbox:
         files: move files in and out (:class:`corral.node.files.NodeFiles`).
         code: run code in stateful Jupyter contexts
             (:class:`corral.node.interpreter.NodeCodeInterpreter`).
+        network: what it may reach (:class:`corral.node.network.SandboxNetwork`).
+        ports: connections to apps listening inside it
+            (:class:`corral.node.ports.NodePorts`).
         state: where it is in its life; written only by its node's lifecycle.
         stop_reason: why it stopped (or is stopping), once it does.
         pooled: waiting in a warm pool: not listed, not recorded, not yet anyone's.
@@ -62,6 +66,7 @@ class NodeSandbox:
         self.files = NodeFiles(self)
         self.code = NodeCodeInterpreter(self)
         self.network = SandboxNetwork(self, network)
+        self.ports = NodePorts(self)
 
     def __repr__(self) -> str:
         return f"NodeSandbox(id={self.id!r}, state={self.state.value!r})"

@@ -20,7 +20,7 @@ an ``https://`` server made by ``corral serve --tls`` is trusted through ``ca_fi
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from corral.api import contract, models
@@ -33,6 +33,7 @@ from .code import AsyncCodeInterpreter, Execution
 from .commands import AsyncCommands
 from .files import AsyncFiles
 from .network import AsyncNetwork, network_spec
+from .ports import AsyncPorts
 
 #: Limits: a :class:`corral.Resources`, its wire form, or a mapping such as
 #: ``{"memory": "1G", "cpus": 2}`` (checked as the wire form is).
@@ -49,6 +50,8 @@ class AsyncSandbox:
         code: stateful code contexts (:class:`corral.sdk.code.AsyncCodeInterpreter`);
             :meth:`run_code` runs a cell.
         network: what it may reach (:class:`corral.sdk.network.AsyncNetwork`).
+        ports: apps listening inside it, reached through the server
+            (:class:`corral.sdk.ports.AsyncPorts`).
         info: the description last fetched (:meth:`refresh` updates it).
     """
 
@@ -59,6 +62,7 @@ class AsyncSandbox:
         self.files = AsyncFiles(self)
         self.code = AsyncCodeInterpreter(self)
         self.network = AsyncNetwork(self)
+        self.ports = AsyncPorts(self)
 
     @property
     def id(self) -> str:
@@ -73,7 +77,8 @@ class AsyncSandbox:
                      metadata: Mapping[str, str] | None = None,
                      resources: ResourcesArg | None = None, runtime: str | None = None,
                      idle_timeout: float | None = None,
-                     network: contract.NetworkArg = "none", url: str | None = None,
+                     network: contract.NetworkArg = "none",
+                     public_ports: Iterable[int] = (), url: str | None = None,
                      api_key: str | None = None, ca_file: CaFile | None = None
                      ) -> AsyncSandbox:
         """Start a sandbox and return once it can run commands.
@@ -93,6 +98,8 @@ class AsyncSandbox:
                 IPs and CIDRs, each optionally with ``:port`` (``deny`` wins). Private,
                 link-local and metadata addresses stay unreachable whatever it says, unless
                 the server's operator opened a range.
+            public_ports: ports anyone may reach through the server without a credential
+                (default none: see :attr:`ports`).
             url: the server; default ``CORRAL_URL``, else ``http://127.0.0.1:8470``.
             api_key: your key; default ``CORRAL_API_KEY`` (``corral keys create`` makes one).
             ca_file: a PEM CA bundle to verify an ``https://`` server against instead of
@@ -112,7 +119,8 @@ class AsyncSandbox:
                               resources=_resources(resources), env=dict(env or {}),
                               metadata=dict(metadata or {}), timeout=float(timeout),
                               idle_timeout=None if idle_timeout is None
-                              else float(idle_timeout), network=network_spec(network))
+                              else float(idle_timeout), network=network_spec(network),
+                              public_ports=list(public_ports))
             reply = await api.json("POST", "/v1/sandboxes", body=request,
                                    read_timeout=CREATE_TIMEOUT)
         except BaseException:

@@ -27,6 +27,7 @@ from corral.api import models
 from ._portal import blocking_constructor, blocking_static, portal
 from .code import AsyncCodeInterpreter
 from .network import AsyncNetwork
+from .ports import AsyncPorts
 from .commands import AsyncCommandHandle, AsyncCommands
 from .files import AsyncFiles
 from .sandbox import AsyncSandbox
@@ -96,6 +97,26 @@ class Network(Proxy[AsyncNetwork]):
     events = blocking(AsyncNetwork.events)
 
 
+class Ports(Proxy[AsyncPorts]):
+    """Blocking :class:`corral.sdk.ports.AsyncPorts`."""
+
+    signed_url = blocking(AsyncPorts.signed_url)
+    get = blocking(AsyncPorts.get)
+    set_public = blocking(AsyncPorts.set_public)
+
+    def url(self, port: int, *, host_based: bool = False) -> str:
+        """See :meth:`corral.sdk.ports.AsyncPorts.url`."""
+        return self._inner.url(port, host_based=host_based)
+
+    @property
+    def token(self) -> str:
+        return self._inner.token
+
+    @property
+    def public(self) -> list[int]:
+        return self._inner.public
+
+
 class Sandbox(Proxy[AsyncSandbox]):
     """A sandbox on a Corral server, blocking. A context manager that kills it at exit.
 
@@ -117,6 +138,7 @@ class Sandbox(Proxy[AsyncSandbox]):
         self.files = Files(inner.files, self._portal)
         self.code = CodeInterpreter(inner.code, self._portal)
         self.network = Network(inner.network, self._portal)
+        self.ports = Ports(inner.ports, self._portal)
 
     @property
     def id(self) -> str:

@@ -21,6 +21,8 @@ from corral.runtime import Runtime
 
 from . import errors, middleware, openapi
 from .metrics import Metrics
+from .ports import PortProxy
+from .ratelimit import Buckets
 from .routes import aca, audit, code, commands, files, mcp, metrics, sandboxes
 from .services import CommandService, FileService, IdleReaper, SandboxService
 from .services.aca import AcaService
@@ -45,7 +47,10 @@ def create_app(settings: ServerSettings, *,
     engine = open_engine(database_url(settings.node.data_dir, settings.database_url or None))
     keys = KeyStore(engine)
     node = Node(settings.node, runtimes=runtimes)
-    sandbox_service = SandboxService(node, SandboxStore(engine))
+    sandbox_service = SandboxService(node, SandboxStore(engine), settings.ports_domain)
+    limits = settings.limits
+    failures = Buckets(limits.auth_failure_rate, limits.auth_failure_burst, limits.buckets)
+    port_proxy = PortProxy(sandbox_service, keys, settings.ports_domain, failures)
     reaper = IdleReaper(sandbox_service, settings.idle_check_interval)
 
     @asynccontextmanager
@@ -60,6 +65,7 @@ def create_app(settings: ServerSettings, *,
             yield
         finally:
             await reaper.close()
+            await port_proxy.aclose()
             await app.state.mcp.close()
             await app.state.aca.close()
             await sandbox_service.close()
@@ -85,5 +91,5 @@ def create_app(settings: ServerSettings, *,
         app.include_router(module.router)
     app.state.audit = AuditStore(engine)
     # Logs, metrics, limits, authentication, audit, body bounds: see middleware.py.
-    middleware.install(app, settings, keys, app.state.audit)
+    middleware.install(app, settings, keys, app.state.audit, port_proxy, failures)
     return app

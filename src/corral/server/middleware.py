@@ -4,6 +4,8 @@
 2. :class:`~corral.server.metrics.HttpMetrics`: counts every answer, refusals included.
 3. :class:`~corral.server.ratelimit.ServerCap`: requests in flight server-wide (503).
 4. :class:`~corral.server.limits.HeaderLimit`: header bytes (400).
+4a. :class:`~corral.server.ports.PortGateway`: traffic for a sandbox's exposed port is
+   answered here, with its own credentials (a port token, a signed URL, the owner's key).
 5. :class:`~corral.server.openapi.AuthenticateExceptSpec`: the key (401), failed
    authentications per client address (429).
 6. :class:`~corral.server.ratelimit.KeyLimits`: the key's token bucket and requests in
@@ -26,6 +28,7 @@ from .audit import AuditTrail
 from .limits import BodyLimit, HeaderLimit
 from .logs import RequestLog
 from .metrics import HttpMetrics, RouteTemplates
+from .ports import PortGateway, PortProxy
 from .ratelimit import Buckets, KeyLimits, ServerCap
 from .routes import files
 from .settings import ServerSettings
@@ -35,8 +38,13 @@ from .store.audit import AuditStore
 events = logging.getLogger("corral.server.events")
 
 
-def install(app: FastAPI, settings: ServerSettings, keys: KeyStore, audit: AuditStore) -> None:
-    """Add the layers above to ``app`` (Starlette runs the one added last first)."""
+def install(app: FastAPI, settings: ServerSettings, keys: KeyStore, audit: AuditStore,
+            ports: PortProxy, failures: Buckets) -> None:
+    """Add the layers above to ``app`` (Starlette runs the one added last first).
+
+    ``failures``: failed authentications per client address, API keys' and port
+    credentials' together.
+    """
     limits = settings.limits
     routes = RouteTemplates(lambda: app.openapi()["paths"])
     app.add_middleware(BodyLimit, limit=settings.max_body, exempt=files.is_upload,
@@ -45,10 +53,9 @@ def install(app: FastAPI, settings: ServerSettings, keys: KeyStore, audit: Audit
     app.add_middleware(AuditTrail, store=audit, settings=settings.audit, route=routes)
     app.add_middleware(KeyLimits, rate=limits.rate, burst=limits.burst,
                        in_flight=limits.in_flight_per_key, size=limits.buckets)
-    app.add_middleware(openapi.AuthenticateExceptSpec, keys=keys,
-                       failures=Buckets(limits.auth_failure_rate, limits.auth_failure_burst,
-                                        limits.buckets),
+    app.add_middleware(openapi.AuthenticateExceptSpec, keys=keys, failures=failures,
                        recent_size=limits.buckets)
+    app.add_middleware(PortGateway, proxy=ports)
     app.add_middleware(HeaderLimit)
     app.add_middleware(ServerCap, limit=limits.in_flight)
     app.add_middleware(HttpMetrics, metrics=app.state.metrics, templates=routes)

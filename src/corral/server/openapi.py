@@ -21,6 +21,7 @@ from corral.api.errors import ErrorCode, http_status
 from .auth import Authenticate
 
 SPEC_PATH: Final = "/openapi.json"
+PORT_PATH: Final = "/v1/sandboxes/{sandbox_id}/ports/{port}/{path}"
 NDJSON: Final = "application/x-ndjson"
 _REF = "#/components/schemas/{model}"
 
@@ -40,6 +41,9 @@ _MEANING: Final = {
                            "was done; `Retry-After` says when to retry",
     ErrorCode.INTERNAL: "a bug; the message carries a reference to the server's log",
     ErrorCode.AGENT_ERROR: "the agent inside the sandbox failed",
+    ErrorCode.PORT_UNAVAILABLE: "nothing in the sandbox answers on that port (nothing "
+                                "listens, or the app closed, reset or timed out); the "
+                                "message says which",
     ErrorCode.RUNTIME_UNAVAILABLE: "the runtime asked for does not work on this host",
     ErrorCode.COMMAND_TIMEOUT: "a command ran past its timeout",
 }
@@ -94,6 +98,13 @@ def build(app: FastAPI) -> dict[str, Any]:
     for path, operations in spec["paths"].items():
         for operation in operations.values():
             _document_errors(path, operation)
+    spec["paths"][PORT_PATH] = _port_operations("port")
+    # Without a path: a GET is sent on to ".../" (where relative links work).
+    spec["paths"][PORT_PATH.removesuffix("/{path}")] = _port_operations("port_root")
+    spec["components"]["securitySchemes"]["portToken"] = {
+        "type": "apiKey", "in": "header", "name": "X-Corral-Port-Token",
+        "description": "the sandbox's port token (`GET /v1/sandboxes/{id}/ports`); also "
+                       "`?token=` once, which sets a cookie, or a signed URL"}
     spec["paths"][SPEC_PATH] = {"get": {
         "summary": "This document", "operationId": "openapi", "tags": ["meta"],
         "security": [],
@@ -101,6 +112,49 @@ def build(app: FastAPI) -> dict[str, Any]:
                               "content": {"application/json": {
                                   "schema": {"type": "object"}}}}}}}
     return spec
+
+
+def _port_operations(name: str) -> dict[str, Any]:
+    """The exposed-port proxy, which no route declares (:mod:`corral.server.ports` answers
+    it before routing). Its host-based twin, ``{port}-{id}.{domain}``, has no path of its own."""
+    error = {"application/json": {"schema": {"$ref": _REF.format(model="ErrorBody")}}}
+    statuses = {
+        ErrorCode.INVALID_ARGUMENT: "the port is not between 1 and 65535",
+        ErrorCode.UNAUTHENTICATED: "the port is private and no credential (port token, "
+                                   "signed URL, its cookie, the owner's API key) was valid",
+        ErrorCode.NOT_FOUND: "no running sandbox with that id",
+        ErrorCode.SANDBOX_NOT_RUNNING: "the sandbox stopped while the request was relayed",
+        ErrorCode.RATE_LIMITED: "too many wrong credentials from this address",
+        ErrorCode.PORT_UNAVAILABLE: _MEANING[ErrorCode.PORT_UNAVAILABLE],
+        ErrorCode.UNAVAILABLE: _MEANING[ErrorCode.UNAVAILABLE],
+        ErrorCode.INTERNAL: _MEANING[ErrorCode.INTERNAL],
+    }
+    responses: dict[str, Any] = {
+        "default": {"description": "the app's own response, relayed as it streams",
+                    "content": {"*/*": {}}},
+        "303": {"description": "a `?token=` or signed-URL visit: the same URL without the "
+                               "credential, with a cookie that stands for it"},
+    }
+    for code, meaning in statuses.items():
+        responses[str(http_status(code))] = {"description": f"`{code.value}`: {meaning}",
+                                             "content": error}
+    parameters = [
+        {"name": "sandbox_id", "in": "path", "required": True, "schema": {"type": "string"}},
+        {"name": "port", "in": "path", "required": True,
+         "schema": {"type": "integer", "minimum": 1, "maximum": 65535}},
+    ]
+    if name == "port":
+        parameters.append({"name": "path", "in": "path", "required": True,
+                           "schema": {"type": "string", "format": "path"}})
+    operation = {
+        "tags": ["ports"], "parameters": parameters, "responses": responses,
+        "security": [{"portToken": []}, {"bearer": []}, {"apiKey": []}, {}],
+        "description": "Any request to an app listening on `port` inside the sandbox "
+                       "(HTTP/1.1, streaming, SSE, WebSocket); see docs/ports.md.",
+    }
+    return {method: {**operation, "summary": f"{method.upper()} to an exposed port",
+                     "operationId": f"{name}_{method}"}
+            for method in ("get", "post", "put", "patch", "delete", "options", "head")}
 
 
 def _add_models(schemas: dict[str, Any]) -> None:

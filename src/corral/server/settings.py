@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -167,6 +168,9 @@ class ServerSettings:
             server on the same data dir to re-attach (``CORRAL_KEEP_SANDBOXES=0`` stops
             them instead); see ``NodeSettings.orphan_grace``.
         aca: the Azure Container Apps dynamic-sessions façade's pools and timeouts.
+        ports_domain: host-based port URLs are ``{port}-{id}.{ports_domain}``
+            (``CORRAL_PORTS_DOMAIN``); ``localhost`` works on the server's machine out of the
+            box. Point a wildcard DNS name (and certificate) at the server to use another.
     """
 
     node: NodeSettings
@@ -181,12 +185,20 @@ class ServerSettings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     keep_sandboxes: bool = True
     aca: AcaSettings = field(default_factory=AcaSettings)
+    ports_domain: str = "localhost"
+
+    def __post_init__(self) -> None:
+        if not _DOMAIN.match(self.ports_domain):
+            raise InvalidArgumentError(
+                f"the ports domain {self.ports_domain!r:.80} is not a DNS name (letters, "
+                "digits, hyphens and dots, such as sandboxes.example.org)")
 
     @classmethod
     def from_env(cls, *, data_dir: Path | None = None, host: str | None = None,
                  port: int | None = None, tls: bool | None = None,
                  tls_names: Sequence[str] | None = None,
-                 limits: Mapping[str, float | None] | None = None) -> ServerSettings:
+                 limits: Mapping[str, float | None] | None = None,
+                 ports_domain: str | None = None) -> ServerSettings:
         node = NodeSettings.from_env(data_dir)
         if tls is None:
             tls = _flag(os.environ.get("CORRAL_TLS", ""))
@@ -204,6 +216,8 @@ class ServerSettings:
             audit=AuditSettings.from_env(),
             keep_sandboxes=_flag(os.environ.get("CORRAL_KEEP_SANDBOXES", "1")),
             aca=AcaSettings.from_env(),
+            ports_domain=(ports_domain or os.environ.get("CORRAL_PORTS_DOMAIN")
+                          or "localhost").strip().lower().rstrip("."),
         )
 
     @property
@@ -215,6 +229,10 @@ class ServerSettings:
     def tls_dir(self) -> Path:
         """Where the CA and the server certificate live."""
         return self.node.data_dir / "tls"
+
+
+_DOMAIN = re.compile(r"^(?=.{1,200}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+                     r"(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 
 
 def _flag(value: str) -> bool:

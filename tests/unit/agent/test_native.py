@@ -44,6 +44,7 @@ def test_the_agents_constants_are_the_nodes() -> None:
         "MAX_LIST_DEPTH": limits.MAX_LIST_DEPTH,
         "MAX_LIST_ENTRIES": limits.MAX_LIST_ENTRIES,
         "MAX_ARGV": limits.MAX_ARGV,
+        "MAX_PORT_CONNECTIONS": limits.MAX_PORT_CONNECTIONS,
     }
 
 

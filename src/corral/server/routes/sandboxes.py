@@ -1,8 +1,12 @@
-"""``/v1/sandboxes``: create, list (``?state=&metadata.KEY=VALUE``), get, timeout, kill."""
+"""``/v1/sandboxes``: create, list (``?state=&metadata.KEY=VALUE``), get, timeout, network,
+ports and signed port URLs, kill. The ports' traffic itself is :mod:`corral.server.ports`."""
 
 from __future__ import annotations
 
+import math
 import time
+from datetime import UTC, datetime
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
 
@@ -10,6 +14,7 @@ from corral.api import models
 from corral.api.errors import ErrorCode, InvalidArgumentError
 from corral.node import SandboxState
 
+from .. import ports
 from ..auth import Tenant
 from ..openapi import errors
 from ._deps import Metrics, Sandboxes, SandboxId
@@ -67,6 +72,40 @@ async def network_events(sandbox_id: SandboxId, tenant: Tenant,
     """The sandbox's resolver's and proxy's latest verdicts, oldest first."""
     sandbox = await service.owned(tenant, sandbox_id)
     return await sandbox.network.events()
+
+
+@router.get("/{sandbox_id}/ports")
+async def get_ports(sandbox_id: SandboxId, tenant: Tenant,
+                    service: Sandboxes) -> models.PortsInfo:
+    """The sandbox's port token and public ports. Its apps are reached at
+    ``/v1/sandboxes/{id}/ports/{port}/...`` or ``{port}-{id}.{domain}`` (see docs/ports.md)."""
+    return await service.ports(tenant, sandbox_id)
+
+
+@router.put("/{sandbox_id}/ports")
+async def set_ports(sandbox_id: SandboxId, body: models.PortsUpdate, tenant: Tenant,
+                    service: Sandboxes) -> models.PortsInfo:
+    """Replace the list of ports anyone may reach without a credential."""
+    return await service.set_public_ports(tenant, sandbox_id, body.public)
+
+
+@router.post("/{sandbox_id}/signed-urls", status_code=201)
+async def signed_url(sandbox_id: SandboxId, body: models.SignedUrlRequest, request: Request,
+                     tenant: Tenant, service: Sandboxes) -> models.SignedUrl:
+    """A URL to one port that works without any other credential until it expires."""
+    info = await service.ports(tenant, sandbox_id)
+    expires = math.ceil(time.time() + body.expires_in)
+    signature = ports.sign(info.token, sandbox_id, body.port, expires)
+    base = request.base_url
+    if body.host_based:
+        netloc = f"{body.port}-{sandbox_id}.{info.domain}" + (
+            f":{base.port}" if base.port else "")
+        origin = f"{base.scheme}://{netloc}"
+    else:
+        origin = str(base).rstrip("/") + f"/v1/sandboxes/{sandbox_id}/ports/{body.port}"
+    query = urlencode({ports.EXPIRES_PARAM: expires, ports.SIGNATURE_PARAM: signature})
+    return models.SignedUrl(url=f"{origin}{body.path}?{query}",
+                            expires_at=datetime.fromtimestamp(expires, UTC))
 
 
 @router.delete("/{sandbox_id}", status_code=204)

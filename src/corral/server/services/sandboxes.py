@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -54,6 +55,20 @@ def idle_reason(idle_timeout: float) -> str:
     return f"idle timeout: no activity for {idle_timeout:g} s"
 
 
+@dataclass(frozen=True)
+class PortAccess:
+    """Who may reach a live sandbox's ports besides its owner: holders of its token, and
+    anyone on its public ports."""
+
+    token: str
+    public: frozenset[int]
+
+
+def new_port_token() -> str:
+    """A fresh port token: 256 random bits."""
+    return secrets.token_urlsafe(32)
+
+
 @dataclass
 class _Activity:
     """When a sandbox with an idle timeout was last used (``time.monotonic()``)."""
@@ -63,10 +78,13 @@ class _Activity:
 
 
 class SandboxService:
-    def __init__(self, node: Node, store: SandboxStore) -> None:
+    def __init__(self, node: Node, store: SandboxStore, ports_domain: str = "localhost") -> None:
         self._node = node
         self._store = store
+        #: Host-based port URLs are ``{port}-{id}.{ports_domain}``.
+        self.ports_domain = ports_domain
         self._live: dict[str, tuple[str, NodeSandbox]] = {}
+        self._ports: dict[str, PortAccess] = {}
         self._written: dict[str, tuple[str, str | None, float]] = {}
         self._changed: asyncio.Queue[NodeSandbox] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -91,6 +109,12 @@ class SandboxService:
                             reason)
                 continue
             self._live[record.id] = (record.tenant, sandbox)
+            token = record.port_token
+            if token is None:  # recorded before ports existed
+                token = new_port_token()
+                await asyncio.to_thread(self._store.set_ports, record.id, token,
+                                        record.public_ports)
+            self._ports[record.id] = PortAccess(token, frozenset(record.public_ports))
             if record.idle_timeout is not None:
                 self._activity[record.id] = _Activity(record.idle_timeout, time.monotonic())
             await self._sync(sandbox)
@@ -121,17 +145,20 @@ class SandboxService:
             env=request.env, timeout=request.timeout, metadata=request.metadata,
             network=models.network_policy(request.network))
         info = sandbox.info
+        access = PortAccess(new_port_token(), frozenset(request.public_ports))
         record = SandboxRecord(
             id=info.id, tenant=tenant, image=info.image, runtime=info.runtime,
             state=info.state, resources=info.resources.model_dump(), metadata=info.metadata,
             created_at=info.created_at, expires_at=info.expires_at,
             stop_reason=info.stop_reason, idle_timeout=request.idle_timeout,
-            network=sandbox.network.policy.to_wire())
+            network=sandbox.network.policy.to_wire(), port_token=access.token,
+            public_ports=tuple(sorted(access.public)))
         await asyncio.to_thread(self._store.add, record)
         # Live only once recorded; whatever changed while the record was written, describe()
         # below writes (it syncs a live sandbox).
         self._written[sandbox.id] = (info.state, info.stop_reason, sandbox.expires_at)
         self._live[sandbox.id] = (tenant, sandbox)
+        self._ports[sandbox.id] = access
         if request.idle_timeout is not None:
             self._activity[sandbox.id] = _Activity(request.idle_timeout, time.monotonic())
         log.info("sandbox %s created for tenant %s", sandbox.id, tenant)
@@ -145,6 +172,37 @@ class SandboxService:
         await asyncio.to_thread(self._store.set_network, sandbox_id,
                                 sandbox.network.policy.to_wire())
         return info
+
+    async def ports(self, tenant: str, sandbox_id: str) -> models.PortsInfo:
+        """How the tenant's running sandbox's ports are reached: its token, its public ports."""
+        await self.owned(tenant, sandbox_id)
+        access = self._ports[sandbox_id]
+        return models.PortsInfo(token=access.token, public=sorted(access.public),
+                                domain=self.ports_domain)
+
+    async def set_public_ports(self, tenant: str, sandbox_id: str,
+                               public: list[int]) -> models.PortsInfo:
+        """Make exactly ``public`` of the sandbox's ports reachable without a credential."""
+        await self.owned(tenant, sandbox_id)
+        access = PortAccess(self._ports[sandbox_id].token, frozenset(public))
+        await asyncio.to_thread(self._store.set_ports, sandbox_id, access.token,
+                                tuple(sorted(access.public)))
+        self._ports[sandbox_id] = access
+        return await self.ports(tenant, sandbox_id)
+
+    def port_access(self, sandbox_id: str) -> tuple[NodeSandbox, PortAccess] | None:
+        """A running sandbox and who may reach its ports, whoever asks; None if it is not
+        running here (the port proxy checks the credential)."""
+        owned = self._live.get(sandbox_id)
+        access = self._ports.get(sandbox_id)
+        if owned is None or access is None or owned[1].state is not SandboxState.RUNNING:
+            return None
+        return owned[1], access
+
+    def owner(self, sandbox_id: str) -> str | None:
+        """The tenant of a live sandbox."""
+        owned = self._live.get(sandbox_id)
+        return owned[0] if owned is not None else None
 
     def live_ids(self) -> set[str]:
         """The sandboxes the server holds now (not yet seen stopped), every tenant's."""
@@ -179,7 +237,7 @@ class SandboxService:
         if owned is not None and owned[0] == tenant:
             self._touch(sandbox_id)
             await self._sync(owned[1])
-        return _wire(await self._record(tenant, sandbox_id))
+        return _wire(await self._record(tenant, sandbox_id), self.ports_domain)
 
     async def list(self, tenant: str, metadata: Mapping[str, str] | None = None,
                    state: SandboxState | None = None) -> models.SandboxList:
@@ -189,7 +247,7 @@ class SandboxService:
                 await self._sync(sandbox)
         records = await asyncio.to_thread(self._store.list, tenant, wanted,
                                           state.value if state else None)
-        return models.SandboxList(sandboxes=[_wire(r) for r in records])
+        return models.SandboxList(sandboxes=[_wire(r, self.ports_domain) for r in records])
 
     async def set_timeout(self, tenant: str, sandbox_id: str, seconds: float) -> models.SandboxInfo:
         sandbox = await self.owned(tenant, sandbox_id)
@@ -269,6 +327,7 @@ class SandboxService:
             del self._live[sandbox.id]
             self._written.pop(sandbox.id, None)
             self._activity.pop(sandbox.id, None)
+            self._ports.pop(sandbox.id, None)
             for hook in self.on_stopped:
                 hook(sandbox.id)
 
@@ -290,14 +349,16 @@ class SandboxService:
                                                       sandbox)
 
 
-def _wire(record: SandboxRecord) -> models.SandboxInfo:
+def _wire(record: SandboxRecord, ports_domain: str) -> models.SandboxInfo:
     return models.SandboxInfo(
         id=record.id, image=record.image, runtime=record.runtime,
         state=record.state,  # type: ignore[arg-type]
         resources=models.ResourcesSpec.model_validate(record.resources),
         metadata=record.metadata, created_at=record.created_at, expires_at=record.expires_at,
         stop_reason=record.stop_reason, idle_timeout=record.idle_timeout,
-        network=_network_spec(record.network))
+        network=_network_spec(record.network),
+        ports=None if record.port_token is None else models.PortsInfo(
+            token=record.port_token, public=sorted(record.public_ports), domain=ports_domain))
 
 
 def _network_spec(recorded: object) -> models.NetworkSpec:

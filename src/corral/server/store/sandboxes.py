@@ -30,6 +30,10 @@ class SandboxRecord:
     idle_timeout: float | None = None
     #: The network policy's wire form ("none", "all" or allow/deny lists).
     network: str | dict[str, list[str]] = "none"
+    #: The secret that opens its exposed ports; None only in records from before ports.
+    port_token: str | None = None
+    #: Its ports reachable without a credential.
+    public_ports: tuple[int, ...] = ()
 
 
 def _record(row: Any) -> SandboxRecord:
@@ -38,7 +42,10 @@ def _record(row: Any) -> SandboxRecord:
                          metadata=dict(row.metadata), created_at=aware(row.created_at),
                          expires_at=aware(row.expires_at), stop_reason=row.stop_reason,
                          idle_timeout=row.idle_timeout,
-                         network=row.network if row.network is not None else "none")
+                         network=row.network if row.network is not None else "none",
+                         port_token=row.port_token,
+                         public_ports=tuple(p for p in row.public_ports or ()
+                                            if isinstance(p, int)))
 
 
 class SandboxStore:
@@ -52,12 +59,18 @@ class SandboxStore:
                 state=record.state, resources=record.resources, metadata=record.metadata,
                 created_at=record.created_at, expires_at=record.expires_at,
                 stop_reason=bounded(record.stop_reason, STOP_REASON_LENGTH),
-                idle_timeout=record.idle_timeout, network=record.network))
+                idle_timeout=record.idle_timeout, network=record.network,
+                port_token=record.port_token, public_ports=list(record.public_ports)))
 
     def set_network(self, sandbox_id: str, network: str | dict[str, list[str]]) -> None:
         with self._engine.begin() as db:
             db.execute(update(sandboxes).where(sandboxes.c.id == sandbox_id).values(
                 network=network))
+
+    def set_ports(self, sandbox_id: str, token: str, public: tuple[int, ...]) -> None:
+        with self._engine.begin() as db:
+            db.execute(update(sandboxes).where(sandboxes.c.id == sandbox_id).values(
+                port_token=token, public_ports=list(public)))
 
     def set_state(self, sandbox_id: str, state: str, stop_reason: str | None,
                   expires_at: datetime) -> None:

@@ -68,6 +68,11 @@ sandboxes = Table(
     Column("idle_timeout", Float, nullable=True),
     # Its network policy as the API writes it; NULL: "none" (and rows from before).
     Column("network", JSON, nullable=True),
+    # The secret that opens its exposed ports (shown to its owner, so kept as is: whoever
+    # reads this table holds every key hash and tenant anyway); NULL in rows from before.
+    Column("port_token", String(64), nullable=True),
+    # Its ports reachable without a credential, a list of numbers; NULL: none.
+    Column("public_ports", JSON, nullable=True),
     Index("ix_sandboxes_tenant_state", "tenant", "state"),
 )
 
