@@ -4,7 +4,9 @@ on the server itself (behind the API key, one tenant unable to reach another's s
 from __future__ import annotations
 
 import os
+import shutil
 import ssl
+import sys
 from typing import Any
 
 import httpx
@@ -66,3 +68,53 @@ async def test_http_needs_a_key_and_keeps_tenants_apart(corral: Corral) -> None:
     assert stolen.startswith("error:") and "no sandbox" in stolen
     for key, sandbox_id in ((corral.key, mine), (corral.other_key, theirs)):
         assert (await call(key, "kill_sandbox", sandbox_id=sandbox_id)).endswith("stopped")
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="needs nftables for a networked sandbox")
+async def test_a_model_asks_for_network_only_within_the_operators_ceiling(
+        corral: Corral) -> None:
+    """The model names hosts; `corral mcp --net` (CORRAL_MCP_NETWORK) bounds what it may name.
+    Addresses are documentation ranges: the sandbox is created, never sends a packet."""
+    from mcp import StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    env = {**os.environ, "CORRAL_URL": corral.url, "CORRAL_API_KEY": corral.key,
+           "CORRAL_CA_FILE": str(corral.ca),
+           "CORRAL_MCP_NETWORK": "allow:203.0.113.0/24:443,*.example.org deny:203.0.113.9"}
+    server = StdioServerParameters(command=sys.executable,
+                                   args=["-c", "from corral.cli import main; main()", "mcp"],
+                                   env=env)
+    async with stdio_client(server) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+        assert "203.0.113.0/24:443" in (tools["create_sandbox"].description or "")
+
+        async def call(**arguments: Any) -> str:
+            result = await session.call_tool("create_sandbox", arguments)
+            return "".join(getattr(c, "text", "") for c in result.content)
+
+        refused = await call(network=["198.51.100.1:443"])
+        assert refused.startswith("error:") and "'198.51.100.1:443' is beyond" in refused
+        assert (await call(network=["203.0.113.5"])).startswith("error:")  # every port: wider
+        sandbox_id = await call(network=["203.0.113.5:443", "pkgs.example.org"])
+    with corral.http() as http:
+        info = http.get(f"/v1/sandboxes/{sandbox_id}").json()
+        assert info["network"] == {"allow": ["203.0.113.5:443", "pkgs.example.org"],
+                                   "deny": ["203.0.113.9"]}
+        assert http.delete(f"/v1/sandboxes/{sandbox_id}").status_code == 204
+
+
+async def test_without_a_ceiling_a_model_gets_no_network(corral: Corral) -> None:
+    def factory(headers: Any = None, timeout: Any = None, auth: Any = None
+                ) -> httpx.AsyncClient:
+        return httpx.AsyncClient(headers=headers, timeout=timeout, auth=auth,
+                                 verify=ssl.create_default_context(cafile=str(corral.ca)))
+
+    async with streamablehttp_client(f"{corral.url}/mcp",
+                                     headers={"Authorization": f"Bearer {corral.key}"},
+                                     httpx_client_factory=factory) as (r, w, _), \
+            ClientSession(r, w) as session:
+        await session.initialize()
+        result = await session.call_tool("create_sandbox", {"network": ["pypi.org:443"]})
+        text = "".join(getattr(c, "text", "") for c in result.content)
+    assert text.startswith("error:") and "allows none" in text

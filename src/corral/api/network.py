@@ -144,6 +144,56 @@ class NetworkPolicy:
                 Rule.parse(e, f"{name} entry") for e in entries))
         return cls(mode="lists", allow=lists["allow"], deny=lists["deny"])
 
+    @classmethod
+    def parse_flags(cls, values: Iterable[str], what: str = "--net") -> NetworkPolicy:
+        """The command line's form: ``none``, ``all``, or ``allow:A,B`` and ``deny:C``
+        (several add up); InvalidArgumentError naming a bad one."""
+        values = [v for v in values if v]
+        if not values:
+            return cls()
+        if len(values) == 1 and values[0] in MODES:
+            return cls.parse(values[0])
+        lists: dict[str, list[str]] = {"allow": [], "deny": []}
+        for value in values:
+            kind, sep, entries = value.partition(":")
+            if not sep or kind not in lists:
+                raise InvalidArgumentError(f"{what} {value!r:.80} is not none, all, "
+                                           "allow:ENTRY,... or deny:ENTRY,...")
+            lists[kind] += [e for e in entries.split(",") if e]
+        return cls.parse(lists)
+
+    def narrowed(self, requested: Iterable[str]) -> NetworkPolicy:
+        """A policy allowing ``requested`` entries, each of which this policy (a ceiling
+        someone else set) must allow already, with this policy's deny list; ``[]``:
+        ``none``. InvalidArgumentError naming the first entry beyond it."""
+        rules = [Rule.parse(e, "entry") for e in requested]
+        if not rules:
+            return NetworkPolicy()
+        if self.mode == "none":
+            raise InvalidArgumentError("no network may be asked for here (the operator "
+                                       "allows none)")
+        for rule in rules:
+            if self.mode == "lists" and not any(covers(c, rule) for c in self.allow):
+                allowed = ", ".join(map(str, self.allow)) or "nothing"
+                raise InvalidArgumentError(f"network entry {str(rule)!r} is beyond what the "
+                                           f"operator allows ({allowed:.300})")
+        return NetworkPolicy.parse({"allow": [str(r) for r in rules],
+                                    "deny": [str(r) for r in self.deny]})
+
+
+def covers(wide: Rule, narrow: Rule) -> bool:
+    """Whether every destination ``narrow`` allows, ``wide`` allows too."""
+    if wide.port is not None and narrow.port != wide.port:
+        return False
+    if wide.network is not None:
+        return (narrow.network is not None and narrow.network.version == wide.network.version
+                and narrow.network.subnet_of(wide.network))  # type: ignore[arg-type]
+    if narrow.domain is None or wide.domain is None:
+        return False
+    if wide.domain.startswith("*."):
+        return narrow.domain.endswith(wide.domain[1:])  # a subdomain, or a narrower "*."
+    return narrow.domain == wide.domain
+
 
 @dataclass(frozen=True)
 class NetOperator:

@@ -72,20 +72,8 @@ class RunRequest:
 def parse_net(values: list[str] | None) -> NetworkPolicy:
     """``--net`` values -> a policy: ``none``, ``all``, or ``allow:A,B`` and ``deny:C``
     (repeatable, lists add up); a bad one is a usage error naming it."""
-    if not values:
-        return NetworkPolicy()
-    if len(values) == 1 and values[0] in ("none", "all"):
-        return NetworkPolicy.parse(values[0])
-    lists: dict[str, list[str]] = {"allow": [], "deny": []}
-    for value in values:
-        kind, sep, entries = value.partition(":")
-        if not sep or kind not in lists:
-            raise typer.BadParameter(
-                f"{value!r:.80} is not none, all, allow:ENTRY,... or deny:ENTRY,...",
-                param_hint="'--net'")
-        lists[kind] += [e for e in entries.split(",") if e]
     try:
-        return NetworkPolicy.parse(lists)
+        return NetworkPolicy.parse_flags(values or ())
     except InvalidArgumentError as exc:
         raise typer.BadParameter(exc.message, param_hint="'--net'") from None
 

@@ -83,7 +83,7 @@ def create_app(settings: ServerSettings, *,
     app.state.code = CodeService(sandbox_service)
     app.state.aca = AcaService(sandbox_service, app.state.files, AcaSessionStore(engine),
                                settings.aca)
-    app.state.mcp = McpEndpoint(sandbox_service)
+    app.state.mcp = McpEndpoint(sandbox_service, settings.mcp_network)
     app.state.metrics = Metrics(node)
     errors.install(app)
     openapi.install(app)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from corral.api.errors import InvalidArgumentError
+from corral.api.network import NetworkPolicy
 from corral.node import NodeSettings
 
 from .store.schema import database_url
@@ -171,6 +172,9 @@ class ServerSettings:
         ports_domain: host-based port URLs are ``{port}-{id}.{ports_domain}``
             (``CORRAL_PORTS_DOMAIN``); ``localhost`` works on the server's machine out of the
             box. Point a wildcard DNS name (and certificate) at the server to use another.
+        mcp_network: the most a model may ask a sandbox to reach through the ``/mcp``
+            tools (``CORRAL_MCP_NETWORK``, e.g. ``allow:pypi.org,files.pythonhosted.org``;
+            default none).
     """
 
     node: NodeSettings
@@ -186,6 +190,7 @@ class ServerSettings:
     keep_sandboxes: bool = True
     aca: AcaSettings = field(default_factory=AcaSettings)
     ports_domain: str = "localhost"
+    mcp_network: NetworkPolicy = field(default_factory=NetworkPolicy)
 
     def __post_init__(self) -> None:
         if not _DOMAIN.match(self.ports_domain):
@@ -216,6 +221,8 @@ class ServerSettings:
             audit=AuditSettings.from_env(),
             keep_sandboxes=_flag(os.environ.get("CORRAL_KEEP_SANDBOXES", "1")),
             aca=AcaSettings.from_env(),
+            mcp_network=NetworkPolicy.parse_flags(
+                os.environ.get("CORRAL_MCP_NETWORK", "").split(), "CORRAL_MCP_NETWORK"),
             ports_domain=(ports_domain or os.environ.get("CORRAL_PORTS_DOMAIN")
                           or "localhost").strip().lower().rstrip("."),
         )

@@ -117,3 +117,38 @@ def test_metadata_and_mapped_addresses_are_always_denied() -> None:
                     "fc00::1", "fe80::1"):
         ip = ipaddress.ip_address(address)
         assert any(ip in network for network in ALWAYS_DENIED), address
+
+
+CEILING = NetworkPolicy.parse_flags(["allow:pypi.org:443,*.pythonhosted.org,203.0.113.0/24",
+                                     "deny:203.0.113.9"])
+
+
+@pytest.mark.parametrize("asked", [
+    ["pypi.org:443"], ["files.pythonhosted.org"], ["a.b.pythonhosted.org:443"],
+    ["*.cdn.pythonhosted.org"], ["203.0.113.0/25:80"], ["203.0.113.7"],
+])
+def test_a_ceiling_lets_through_what_it_covers(asked: list[str]) -> None:
+    policy = CEILING.narrowed(asked)
+    assert policy.to_wire() == {"allow": asked, "deny": ["203.0.113.9"]}
+
+
+@pytest.mark.parametrize(("asked", "named"), [
+    (["pypi.org"], "'pypi.org'"),  # every port: wider than :443
+    (["pypi.org:80"], "'pypi.org:80'"), (["pythonhosted.org"], "'pythonhosted.org'"),
+    (["*.hosted.org"], "'\\*.hosted.org'"), (["203.0.112.0/23"], "'203.0.112.0/23'"),
+    (["evil.example"], "'evil.example'"), (["pypi.org:443", "198.51.100.1"], "'198.51.100.1'"),
+])
+def test_a_ceiling_refuses_what_goes_beyond_it_by_name(asked: list[str], named: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=f"{named} is beyond what the operator"):
+        CEILING.narrowed(asked)
+
+
+def test_no_ceiling_allows_nothing_and_all_allows_any_entry() -> None:
+    assert NetworkPolicy().narrowed([]).mode == "none"
+    assert CEILING.narrowed([]).mode == "none"
+    with pytest.raises(InvalidArgumentError, match="allows none"):
+        NetworkPolicy().narrowed(["pypi.org"])
+    assert NetworkPolicy.parse("all").narrowed(["example.org:443"]).to_wire() == {
+        "allow": ["example.org:443"], "deny": []}
+    with pytest.raises(InvalidArgumentError, match="not an IP address"):
+        CEILING.narrowed(["1.2.3"])

@@ -4,6 +4,11 @@
 Every tool argument is data for the sandbox (code for its kernel, a command for its shell,
 paths for its file API) or a name matched exactly; nothing is evaluated on the host, and no
 tool touches the host's files.
+
+A model may ask for network access (``create_sandbox``'s ``network``), but only within the
+ceiling whoever runs the MCP server set (``CORRAL_MCP_NETWORK``, ``corral mcp --net``;
+default none): each entry it names must be one the ceiling allows, or narrower, and the
+ceiling's deny list always applies. The model is not trusted with more.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pydantic import Field
 
 from corral.api import contract
 from corral.api.errors import SandboxError
+from corral.api.network import MAX_ENTRY, NetworkPolicy
 from corral.sdk import AsyncSandbox
 
 from .._tools import DESCRIPTIONS, PARAMETERS, _cut, format_execution
@@ -26,7 +32,8 @@ NAME_KEY = "mcp.name"
 SandboxId = Annotated[str, Field(description="The sandbox's id, from create_sandbox.",
                                  max_length=64)]
 INSTRUCTIONS = (
-    "Corral runs code in secure, isolated sandboxes with no network access. Call "
+    "Corral runs code in secure, isolated sandboxes (no network unless asked for, within "
+    "what the operator allows). Call "
     "create_sandbox first (give it a name to find the same sandbox again later), then run "
     "Python with run_code (state persists between calls, like a notebook) or shell commands "
     "with run_command, and move data with write_file / read_file / list_files.")
@@ -36,7 +43,7 @@ class Backend(Protocol):
     """Where sandboxes come from; ``ctx`` identifies the caller."""
 
     async def create(self, ctx: Context[Any, Any, Any], name: str | None, image: str,
-                     timeout: float) -> str: ...
+                     timeout: float, network: NetworkPolicy) -> str: ...
 
     def open(self, ctx: Context[Any, Any, Any], sandbox_id: str
              ) -> AbstractAsyncContextManager[contract.SandboxContract]: ...
@@ -52,7 +59,7 @@ class SdkBackend:
         self._connect = dict(connect or {})
 
     async def create(self, ctx: Context[Any, Any, Any], name: str | None, image: str,
-                     timeout: float) -> str:
+                     timeout: float, network: NetworkPolicy) -> str:
         if name:
             found = await AsyncSandbox.list(metadata={NAME_KEY: name}, state="running",
                                             **self._connect)
@@ -60,7 +67,7 @@ class SdkBackend:
                 return found[0].id
         sandbox = await AsyncSandbox.create(image, timeout=timeout,
                                             metadata={NAME_KEY: name} if name else None,
-                                            **self._connect)
+                                            network=network.to_wire(), **self._connect)
         await sandbox.close()
         return sandbox.id
 
@@ -81,13 +88,16 @@ class SdkBackend:
             await sandbox.kill()
 
 
-def build_server(backend: Backend, **settings: Any) -> FastMCP:
-    """A FastMCP server whose tools act through ``backend``."""
+def build_server(backend: Backend, network: NetworkPolicy | None = None,
+                 **settings: Any) -> FastMCP:
+    """A FastMCP server whose tools act through ``backend``; ``network``: the most a model
+    may ask a sandbox to reach (default none)."""
+    ceiling = network or NetworkPolicy()
     mcp = FastMCP("corral", instructions=INSTRUCTIONS, **settings)
 
     @mcp.tool(description="Create a sandbox, or with `name` reuse your running sandbox of "
-                          "that name, and return its id. Sandboxes have no network access "
-                          "and are stopped after `timeout` seconds.")
+                          "that name, and return its id. Sandboxes are stopped after "
+                          f"`timeout` seconds. {_network_help(ceiling)}")
     async def create_sandbox(
             ctx: Context[Any, Any, Any],
             name: Annotated[str | None, Field(description="A name to find it again by.",
@@ -95,9 +105,15 @@ def build_server(backend: Backend, **settings: Any) -> FastMCP:
             image: Annotated[str, Field(description="The image (default: python, with "
                                                     "pandas, numpy, matplotlib).",
                                         max_length=128)] = "python",
-            timeout: Annotated[float, Field(ge=1, le=86400)] = 3600.0) -> str:
+            timeout: Annotated[float, Field(ge=1, le=86400)] = 3600.0,
+            network: Annotated[list[Annotated[str, Field(max_length=MAX_ENTRY)]] | None,
+                               Field(max_length=64, description=(
+                                   "Hosts it may connect to: domains (pypi.org, "
+                                   "*.example.org), IPs or CIDRs, each optionally with "
+                                   ":port. Default: none."))] = None) -> str:
         try:
-            return await backend.create(ctx, name, image, timeout)
+            return await backend.create(ctx, name, image, timeout,
+                                        ceiling.narrowed(network or ()))
         except SandboxError as exc:
             return f"error: {exc}"
 
@@ -165,3 +181,13 @@ def build_server(backend: Backend, **settings: Any) -> FastMCP:
         return f"sandbox {sandbox_id} stopped"
 
     return mcp
+
+
+def _network_help(ceiling: NetworkPolicy) -> str:
+    if ceiling.mode == "none":
+        return "They have no network access."
+    if ceiling.mode == "all":
+        return "`network` lists the hosts it may reach (default: none)."
+    allowed = ", ".join(map(str, ceiling.allow)) or "nothing"
+    return (f"`network` lists the hosts it may reach (default: none), each within: "
+            f"{allowed:.1000}.")

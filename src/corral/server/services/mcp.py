@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from corral.api import contract, models
 from corral.api.errors import AuthenticationError
+from corral.api.network import NetworkPolicy
 from corral.integrations.mcp.server import NAME_KEY, build_server
 from corral.node import SandboxState
 
@@ -31,14 +32,15 @@ class ServiceBackend:
         self._sandboxes = sandboxes
 
     async def create(self, ctx: Context[Any, Any, Any], name: str | None, image: str,
-                     timeout: float) -> str:
+                     timeout: float, network: NetworkPolicy) -> str:
         tenant = _tenant(ctx)
         if name:
             found = await self._sandboxes.list(tenant, {NAME_KEY: name}, SandboxState.RUNNING)
             if found.sandboxes:
                 return found.sandboxes[0].id
         info = await self._sandboxes.create(tenant, models.SandboxCreate(
-            image=image, timeout=float(timeout), metadata={NAME_KEY: name} if name else {}))
+            image=image, timeout=float(timeout), metadata={NAME_KEY: name} if name else {},
+            network=models.network_spec(network)))
         return info.id
 
     @contextlib.asynccontextmanager
@@ -64,8 +66,8 @@ def _tenant(ctx: Context[Any, Any, Any]) -> str:
 class McpEndpoint:
     """The streamable-HTTP transport of the MCP server; :meth:`start` with the app."""
 
-    def __init__(self, sandboxes: SandboxService) -> None:
-        server = build_server(ServiceBackend(sandboxes))
+    def __init__(self, sandboxes: SandboxService, network: NetworkPolicy | None = None) -> None:
+        server = build_server(ServiceBackend(sandboxes), network)
         self._manager = StreamableHTTPSessionManager(
             app=server._mcp_server, json_response=True, stateless=True)
         self._stack = AsyncExitStack()
