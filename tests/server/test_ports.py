@@ -96,7 +96,8 @@ def test_a_token_visit_leaves_a_cookie_that_stands_for_it(app_sandbox: Sandbox) 
         # The cookie opens this port only.
         assert http.get(sb.ports.url(PORT + 1) + "echo",
                         headers={"Cookie": f"corral_port={held}"}).status_code == 401
-        assert http.get(base + "echo", params={"token": "wrong"}).status_code == 401
+    with httpx.Client(timeout=30) as fresh:  # no cookie: the wrong token is all there is
+        assert fresh.get(base + "echo", params={"token": "wrong"}).status_code == 401
 
 
 def test_a_signed_url_works_until_it_expires(app_sandbox: Sandbox) -> None:
@@ -291,3 +292,29 @@ def test_each_runtime_exposes_ports_even_without_a_network(server: Server,
         with ws_connect(url, additional_headers={"X-Corral-Port-Token": sb.ports.token}) as ws:
             ws.send(b"\x00\x01")
             assert ws.recv() == b"\x00\x01"
+
+
+def _established(sb: Sandbox, port: int) -> int:
+    """Connections to ``port`` established inside the sandbox (from /proc/net/tcp{,6})."""
+    out = sb.commands.run("cat /proc/net/tcp /proc/net/tcp6 2>/dev/null").stdout
+    suffix = f":{port:04X}"
+    return sum(1 for line in out.splitlines()[1:]
+               if len(line.split()) > 3 and line.split()[1].endswith(suffix)
+               and line.split()[3] == "01")
+
+
+def test_a_client_that_leaves_a_stream_closes_the_apps_connection(
+        app_sandbox: Sandbox) -> None:
+    sb = app_sandbox
+    start_app(sb, PORT + 2)
+    sb.files.remove("/tmp/go") if sb.files.exists("/tmp/go") else None
+    with httpx.Client(headers={"X-Corral-Port-Token": sb.ports.token}, timeout=60) as http:
+        with http.stream("GET", sb.ports.url(PORT + 2) + "events") as events:
+            lines = events.iter_lines()  # kept: dropping it would close the stream
+            assert next(line for line in lines if line) == "data: first"
+            assert _established(sb, PORT + 2) >= 1
+    for _ in range(100):  # bounded: 10 s
+        if _established(sb, PORT + 2) == 0:
+            break
+        time.sleep(0.1)
+    assert _established(sb, PORT + 2) == 0

@@ -223,35 +223,34 @@ class PortProxy:
         sandbox, access = found
         headers = Headers(scope=scope)
         params = parse_qsl(target.query, keep_blank_values=True)
-        names = {name for name, _ in params}
+        values = dict(params)
+        # A ?token= that is the port token is Corral's, whatever else let the request in:
+        # it never reaches the app. Any other ?token= is the app's own.
+        token_param = TOKEN_PARAM in values and _same(values[TOKEN_PARAM], access.token)
+        plain = _Grant(query=_without(params, {TOKEN_PARAM}) if token_param else None)
         if target.port in access.public:
-            return sandbox, _Grant()
+            return sandbox, plain
         given = headers.get(TOKEN_HEADER)
         if given is not None:
-            if hmac.compare_digest(given.encode("utf-8", "replace"), access.token.encode()):
-                return sandbox, _Grant()
+            if _same(given, access.token):
+                return sandbox, plain
             self._failed(scope, "the port token is not this sandbox's")
-        if EXPIRES_PARAM in names or SIGNATURE_PARAM in names:
-            values = dict(params)
+        if EXPIRES_PARAM in values or SIGNATURE_PARAM in values:
             if signature_valid(access.token, sandbox.id, target.port,
                                values.get(EXPIRES_PARAM, ""), values.get(SIGNATURE_PARAM, "")):
-                until = int(values[EXPIRES_PARAM])
-                return sandbox, self._visit(scope, target, params, until, access.token,
-                                            {EXPIRES_PARAM, SIGNATURE_PARAM})
+                return sandbox, self._visit(scope, target, params, int(values[EXPIRES_PARAM]),
+                                            access.token, {EXPIRES_PARAM, SIGNATURE_PARAM})
             self._failed(scope, "the signed URL has expired or its signature is wrong")
-        if TOKEN_PARAM in names:
-            token = dict(params)[TOKEN_PARAM]
-            if hmac.compare_digest(token.encode("utf-8", "replace"), access.token.encode()):
-                return sandbox, self._visit(scope, target, params,
-                                            int(time.time()) + COOKIE_LIFETIME, access.token,
-                                            {TOKEN_PARAM})
-            self._failed(scope, "the port token is not this sandbox's")
+        if token_param:
+            return sandbox, self._visit(scope, target, params,
+                                        int(time.time()) + COOKIE_LIFETIME, access.token,
+                                        {TOKEN_PARAM})
         cookie = _cookies(headers).get(COOKIE)
         if cookie is not None:
             cookie_expires, _, signature = cookie.partition(".")
             if signature_valid(access.token, sandbox.id, target.port, cookie_expires,
                                signature):
-                return sandbox, _Grant()
+                return sandbox, plain
         key = presented_key(headers)
         if key is not None:
             found_key = await asyncio.to_thread(self.keys.identify, key)
@@ -259,6 +258,8 @@ class PortProxy:
             if found_key is not None and found_key.tenant == owner:
                 return sandbox, _Grant(strip_key=True)
             self._failed(scope, "the API key is not valid for this sandbox")
+        if TOKEN_PARAM in values:
+            self._failed(scope, "the port token is not this sandbox's")
         raise AuthenticationError(f"port {target.port} of {sandbox.id} is private: {_HINT}")
 
     def _failed(self, scope: Scope, why: str) -> NoReturn:
@@ -273,7 +274,7 @@ class PortProxy:
                expires: int, token: str, consumed: set[str]) -> _Grant:
         """A credential in the query: a GET is sent back to the URL without it, holding a
         cookie instead; anything else goes through with the parameters removed."""
-        rest = urlencode([(k, v) for k, v in params if k not in consumed])
+        rest = _without(params, consumed)
         if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
             return _Grant(query=rest)
         value = f"{expires}.{sign(token, target.sandbox_id, target.port, expires)}"
@@ -319,13 +320,34 @@ class PortProxy:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send, target: Target,
                     granted: _Grant) -> None:
+        """Relay one request and its response; stop as soon as the client goes away (a
+        server-sent event stream would otherwise hold the app's connection forever)."""
+        read = asyncio.Event()  # the request body is in (no more receive() for it)
+        relay = asyncio.create_task(self._relay(scope, receive, send, target, granted, read))
+        watch = asyncio.create_task(_disconnected(receive, read))
+        try:
+            await asyncio.wait((relay, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (relay, watch):
+                task.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+        if relay.done() and not relay.cancelled():
+            relay.result()  # its error, if any: the server closes the connection
+        else:
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
+
+    async def _relay(self, scope: Scope, receive: Receive, send: Send, target: Target,
+                     granted: _Grant, read: asyncio.Event) -> None:
         headers = self.forwarded(scope, target, granted)
         request = Headers(scope=scope)
         body: AsyncIterator[bytes] | None = None
         if "content-length" in request or "transfer-encoding" in request:
-            body = self._body(receive, target.sandbox_id)
+            body = self._body(receive, target.sandbox_id, read)
             if "content-length" not in request:
                 headers.append((b"transfer-encoding", b"chunked"))
+        else:
+            read.set()
         query = granted.query if granted.query is not None else target.query
         path = target.path + (f"?{query}" if query else "")
         url = httpcore.URL(scheme=b"http", host=target.sandbox_id.encode(), port=target.port,
@@ -350,16 +372,26 @@ class PortProxy:
                 raise  # the response began: the connection is all that is left to close
             await error_response(*_proxy_error(exc, target.port))(scope, receive, send)
 
-    async def _body(self, receive: Receive, sandbox_id: str) -> AsyncIterator[bytes]:
+    async def _body(self, receive: Receive, sandbox_id: str,
+                    read: asyncio.Event) -> AsyncIterator[bytes]:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
+                read.set()
                 raise PortUnavailableError("the client went away while sending its body")
             self.service.touch(sandbox_id)
             if message.get("body"):
                 yield message["body"]
             if not message.get("more_body", False):
+                read.set()
                 return
+
+
+async def _disconnected(receive: Receive, read: asyncio.Event) -> None:
+    """Return once the client went away (after its request body was read)."""
+    await read.wait()
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 @dataclass(frozen=True)
@@ -371,6 +403,15 @@ class _Grant:
     cookie: str | None = None
     query: str | None = None
     strip_key: bool = False
+
+
+def _same(given: str, token: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8", "replace"), token.encode())
+
+
+def _without(params: list[tuple[str, str]], names: set[str]) -> str:
+    """A query string of ``params`` less ``names``."""
+    return urlencode([(k, v) for k, v in params if k not in names])
 
 
 def _cookies(headers: Headers) -> dict[str, str]:
