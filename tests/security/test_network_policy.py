@@ -29,6 +29,8 @@ from corral.bench.testnet import (HOST_SIDE, METADATA, PORT, PRIVATE, PUBLIC_A, 
                                   UDP_PORT, dns_log, internet, udp_log)
 from corral.api.network import NetOperator
 from corral.node import NodeSettings, SyncNode, SyncNodeSandbox
+from corral.runtime.host import NET_LOG_BURST as LOG_BURST
+from corral.runtime.host import NET_LOG_RATE as LOG_RATE
 from corral.runtime.base import Weakening
 from corral.runtime.gvisor.runtime import GvisorRuntime
 from tests.conftest import IMAGE_DIR, WORKING, sandbox_data_dir
@@ -147,8 +149,28 @@ def test_all_still_keeps_out_what_is_always_denied(open_node: SyncNode, runtime:
         targets.append(("host link-local", 6, "fe80::1%eth0", port))
         found = run_python(sb, CONNECT, json.dumps(targets))
         other.commands.kill(listening.id)
+        refused = _refused_packets(sb, {METADATA, PRIVATE, other_address, gateway, HOST_SIDE})
     assert found.pop("public (control)").startswith("connected")
     assert all(v.startswith("refused") for v in found.values()), found
+    # Each refused attempt is in the sandbox's egress log, with where and why.
+    assert refused[METADATA, PORT] == "always-denied"
+    assert refused[PRIVATE, PORT] == "always-denied"
+    assert refused[other_address, 9000] == "always-denied"
+    assert refused[gateway, port] == "host" and refused[HOST_SIDE, port] == "host"
+
+
+def _refused_packets(sb: SyncNodeSandbox, addresses: set[str]) -> dict[tuple[str, int], str]:
+    """(address, port) -> reason of the refused packets in ``sb``'s egress log, once one
+    for each of ``addresses`` arrived (the kernel hands them over asynchronously; bounded
+    wait)."""
+    refused: dict[tuple[str, int], str] = {}
+    for _ in range(50):
+        refused = {(e.address or "", e.port or 0): e.reason
+                   for e in sb.network.events().events if e.kind == "packet"}
+        if addresses <= {address for address, _ in refused}:
+            break
+        time.sleep(0.1)
+    return refused
 
 
 def _after_the_control() -> str:
@@ -201,9 +223,11 @@ def test_a_spoofed_source_is_dropped_on_the_host(open_node: SyncNode) -> None:
             with node.create("python", runtime="gvisor", network="all") as sb:
                 udp_log().unlink(missing_ok=True)
                 sent = run_python(sb, SPOOF, PUBLIC_A, str(UDP_PORT))
+                refused = _refused_packets(sb, {PUBLIC_A})
     assert sent == {"raw": "sent"}  # the weakening took: the spoofed packet left the Sentry
     received = _after_the_control()
     assert "plain" in received and "spoof" not in received, received
+    assert refused[PUBLIC_A, UDP_PORT] == "spoofed"  # and the egress log says so
 
 
 SPOOF = """
@@ -273,6 +297,35 @@ def test_a_connection_flood_stays_bounded(open_node: SyncNode, runtime: str) -> 
           f"{max(latencies) * 1000:.1f} ms")
     assert max(latencies) < 60  # it answered: no timing is judged here
     assert "too-many-connections" in reasons  # the proxy's bound held
+
+
+def test_refused_packets_are_logged_at_a_bounded_rate(open_node: SyncNode,
+                                                      runtime: str) -> None:
+    """2000 datagrams to a private address: every one refused, the first ones in the
+    egress log, and no more than the log's rate (a second) and burst however many."""
+    started = time.monotonic()
+    with open_node.create("python", runtime=runtime, network={"allow": [PUBLIC_A]}) as sb:
+        sent = run_python(sb, BURST, PRIVATE, str(UDP_PORT))
+        refused = _refused_packets(sb, {PRIVATE})
+        events = [e for e in sb.network.events().events if e.kind == "packet"]
+    elapsed = time.monotonic() - started
+    assert sent == {"sent": 2000}
+    assert refused[PRIVATE, UDP_PORT] == "always-denied"
+    assert 1 <= len(events) <= LOG_RATE * (elapsed + 1) + LOG_BURST, len(events)
+
+
+BURST = """
+import json, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sent = 0
+for _ in range(2000):
+    try:
+        s.sendto(b"x", (sys.argv[1], int(sys.argv[2])))
+        sent += 1
+    except OSError:
+        sent += 1  # an ICMP refusal of an earlier one surfaces on a later send
+print(json.dumps({"sent": sent}))
+"""
 
 
 FLOOD = r"""

@@ -201,17 +201,20 @@ class NetworkInfo(_Response):
 
 
 class EgressEvent(_Response):
-    """One verdict of a sandbox's resolver or proxy: a name looked up or connected to."""
+    """One verdict of a sandbox's resolver or proxy (a name looked up or connected to), or
+    a packet its rules refused (``packet``: no name, its destination and why)."""
 
     at: datetime
-    kind: Literal["dns", "connect"]
+    kind: Literal["dns", "connect", "packet"]
     name: str
     port: int | None = None
     address: str | None = Field(default=None, description="what it resolved or connected to")
     allowed: bool
     reason: str = Field(description="allowed, or why not: not-allowed, denied, "
                         "no-reachable-address (only private answers), ip-literal, no-name, "
-                        "sni-mismatch, too-many-connections, upstream-unreachable")
+                        "sni-mismatch, too-many-connections, upstream-unreachable; for a "
+                        "packet: always-denied (private, link-local, metadata, the host, "
+                        "other sandboxes), denied, not-allowed, ipv6, spoofed")
 
 
 class EgressEvents(_Response):

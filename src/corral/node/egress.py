@@ -69,10 +69,11 @@ _SO_ORIGINAL_DST = 80
 
 @dataclass(frozen=True)
 class EgressEvent:
-    """One verdict: a DNS answer or a proxied connection, allowed or refused (and why)."""
+    """One verdict: a DNS answer, a proxied connection (allowed or refused, and why), or a
+    packet the sandbox's rules refused (``packet``: its address, port and why)."""
 
     at: float
-    kind: Literal["dns", "connect"]
+    kind: Literal["dns", "connect", "packet"]
     name: str
     port: int | None
     address: str | None
@@ -177,7 +178,11 @@ class SandboxEgress:
         del found[MAX_ADDRESSES:]  # an answer that fits one UDP message
         return found, min(int(answer.rrset.ttl) if answer.rrset else 0, MAX_TTL)
 
-    def _record(self, kind: Literal["dns", "connect"], name: str, port: int | None,
+    def refused_packet(self, reason: str, address: str | None, port: int | None) -> None:
+        """A packet the sandbox's rules refused (logged by the kernel, :mod:`._nflog`)."""
+        self._record("packet", "", port, address, reason)
+
+    def _record(self, kind: Literal["dns", "connect", "packet"], name: str, port: int | None,
                 address: str | None, reason: str | None) -> None:
         event = EgressEvent(time.time(), kind, name[:253], port, address, reason is None,
                             reason or "allowed")

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import socket
 from datetime import UTC, datetime
 from collections.abc import Mapping
 from pathlib import Path
@@ -64,6 +65,8 @@ class NodeNetwork:
         #: Verdicts of every sandbox's resolver and proxy so far, by (kind, reason).
         self.verdicts: collections.Counter[tuple[str, str]] = collections.Counter()
         self._closing: set[asyncio.Task[None]] = set()
+        self._refused: host.NflogReader | None = None
+        self._ifnames: dict[int, int] = {}  # interface index -> slot
 
     def egress(self, sandbox: NodeSandbox) -> SandboxEgress | None:
         """The resolver and proxy of ``sandbox`` (None: it has no network)."""
@@ -71,7 +74,9 @@ class NodeNetwork:
         return self._egress.get(recorded["index"]) if isinstance(recorded, dict) else None
 
     async def serve_names(self, net: host.SandboxNet, policy: NetworkPolicy) -> None:
-        """Start or update the resolver and proxy of ``net`` for ``policy``."""
+        """Start or update the resolver and proxy of ``net`` for ``policy`` (and the
+        node's reader of refused packets, the first time)."""
+        self._read_refusals()
         running = self._egress.get(net.index)
         if running is not None:
             running.policy = policy
@@ -109,8 +114,46 @@ class NodeNetwork:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
+    def _read_refusals(self) -> None:
+        """Put the packets this node's rules refuse in their sandboxes' egress logs. Where
+        the kernel's log group cannot be bound (another process holds it), the rules
+        refuse all the same, unlogged; a warning says so."""
+        if self._refused is not None:
+            return
+        reader = host.NflogReader(host.nflog_group(self._node_key), self._on_refused)
+        try:
+            reader.open()
+        except OSError as exc:
+            log.warning("refused packets will not be in egress logs: %s", exc)
+            self._refused = reader  # tried once; not again
+            return
+        asyncio.get_running_loop().add_reader(reader.fileno, reader.read)
+        self._refused = reader
+
+    def _on_refused(self, packet: host.LoggedPacket) -> None:
+        slot = self._ifnames.get(packet.ifindex)
+        if slot is None:
+            try:
+                name = socket.if_indextoname(packet.ifindex)
+            except OSError:
+                return  # the interface is gone already
+            if not name.startswith(host.NET_HOST_PREFIX):
+                return
+            slot = int(name[len(host.NET_HOST_PREFIX):])
+            if len(self._ifnames) > 4096:
+                self._ifnames.clear()
+            self._ifnames[packet.ifindex] = slot
+        egress = self._egress.get(slot)
+        if egress is not None:
+            egress.refused_packet(packet.reason, packet.address, packet.port)
+
     async def close(self) -> None:
         """Stop every resolver and proxy (the node is closing)."""
+        if self._refused is not None:
+            with contextlib.suppress(ValueError, OSError, AssertionError):
+                asyncio.get_running_loop().remove_reader(self._refused.fileno)
+            self._refused.close()
+            self._refused = None
         for egress in list(self._egress.values()):
             await egress.close()
         self._egress.clear()

@@ -18,8 +18,12 @@ by every node of the host (each node's names carry its key):
   node's denied set (``d_<node key>``: private, link-local and metadata, loopback, the
   sandboxes' pool, the operator's deny list, less what the operator opened), then the
   tenant's deny entries, then its allow entries (or everything, for ``all``), then reject.
+  Each refusal goes through one of the node's ``r_<node key>_<reason>`` chains, which
+  logs the packet to the node's NFLOG group (a bounded number a second per sandbox,
+  :mod:`._nflog`) and then refuses it: the node puts it in the sandbox's egress log.
 * ``input``: nothing from a sandbox interface reaches the host itself (its services, the
-  Corral server) except replies to connections the host opened (exposed ports).
+  Corral server) but the node's resolver and proxy on its gateway; the rest is logged
+  (``host``) and dropped.
 * ``postrouting``: what leaves from a sandbox interface through any other is masqueraded.
 
 A policy update rewrites the sandbox's chain in one nftables transaction: new connections
@@ -45,6 +49,8 @@ from pathlib import Path
 
 from corral.api.errors import InternalError
 from corral.api.network import IPNetwork, NetworkPolicy, Rule
+
+from ._nflog import group_of
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +143,7 @@ add map inet {TABLE} sandboxes {{ type ifname : verdict; }}
 add map inet {TABLE} sandbox_nat {{ type ifname : verdict; }}
 add map inet {TABLE} sandbox_out {{ type ifname : counter; }}
 add map inet {TABLE} sandbox_in {{ type ifname : counter; }}
+add map inet {TABLE} sandbox_host {{ type ifname : verdict; }}
 add set inet {TABLE} pools {{ type ipv4_addr; flags interval; auto-merge; }}
 add element inet {TABLE} pools {{ {pool} }}
 add chain inet {TABLE} forward {{ type filter hook forward priority filter - 10; policy accept; }}
@@ -161,6 +168,7 @@ add rule inet {TABLE} forward oifname "{h}*" drop
 add rule inet {TABLE} input iifname != "{h}*" iifname != "lo" ip daddr @pools drop
 add rule inet {TABLE} input iifname "{h}*" ct state established,related accept
 add rule inet {TABLE} input iifname "{h}*" ct status dnat accept
+add rule inet {TABLE} input iifname "{h}*" iifname vmap @sandbox_host
 add rule inet {TABLE} input iifname "{h}*" drop
 add rule inet {TABLE} prerouting iifname "{h}*" iifname vmap @sandbox_nat
 add rule inet {TABLE} postrouting iifname "{h}*" oifname != "{h}*" masquerade
@@ -168,7 +176,8 @@ add rule inet {TABLE} postrouting iifname "{h}*" oifname != "{h}*" masquerade
     v4 = sorted(str(n) for n in denied if n.version == 4)
     name = _denied_set(node_key)
     script = [base, f"add set inet {TABLE} {name} {{ type ipv4_addr; flags interval; "
-                    "auto-merge; }", f"flush set inet {TABLE} {name}"]
+                    "auto-merge; }", f"flush set inet {TABLE} {name}",
+              *_refusals(node_key)]
     if v4:
         script.append(f"add element inet {TABLE} {name} {{ {', '.join(v4)} }}")
     _apply(script)
@@ -178,6 +187,35 @@ add rule inet {TABLE} postrouting iifname "{h}*" oifname != "{h}*" masquerade
 
 def _denied_set(node_key: str) -> str:
     return f"d_{node_key}"
+
+
+#: Why a sandbox's packet is refused: the log prefix, and the chain of this node's that
+#: logs it (a bounded number a second per sandbox) and refuses it. ``host``: sent to the
+#: host itself (any of its addresses) outside the resolver and proxy.
+REFUSALS = ("spoofed", "ipv6", "always-denied", "denied", "not-allowed", "host")
+#: Refused packets logged per sandbox: a rate a second, and a burst.
+LOG_RATE, LOG_BURST = 20, 40
+
+
+def _refusal(node_key: str, reason: str) -> str:
+    return f"r_{node_key}_{reason.replace('-', '_')}"
+
+
+def _refusals(node_key: str) -> list[str]:
+    """This node's refusing chains, each: log (NFLOG, :mod:`._nflog`), then refuse."""
+    meter = f"l_{node_key}"
+    script = [f"add set inet {TABLE} {meter} {{ type ifname; flags dynamic; timeout 60s; "
+              "size 65535; }"]
+    for reason in REFUSALS:
+        chain = _refusal(node_key, reason)
+        verdict = ("drop" if reason in ("spoofed", "host")
+                   else "reject with icmpx admin-prohibited")
+        script += [f"add chain inet {TABLE} {chain}", f"flush chain inet {TABLE} {chain}",
+                   f"add rule inet {TABLE} {chain} add @{meter} {{ iifname limit rate "
+                   f"{LOG_RATE}/second burst {LOG_BURST} packets }} log prefix \"{reason}\" "
+                   f"group {group_of(node_key)}",
+                   f"add rule inet {TABLE} {chain} {verdict}"]
+    return script
 
 
 # -- one sandbox -------------------------------------------------------------------------
@@ -211,7 +249,9 @@ def create(net: SandboxNet, node_key: str, policy: NetworkPolicy) -> None:
                 f"add element inet {TABLE} sandboxes {{ \"{net.host_ifname}\" : jump "
                 f"{net.chain} }}",
                 f"add element inet {TABLE} sandbox_nat {{ \"{net.host_ifname}\" : jump "
-                f"{net.nat_chain} }}"])
+                f"{net.nat_chain} }}",
+                f"add element inet {TABLE} sandbox_host {{ \"{net.host_ifname}\" : goto "
+                f"{_refusal(node_key, 'host')} }}"])
     except FileExistsError:
         _remove_netns(net)  # the slot's interface is another node's: leave it alone
         raise
@@ -302,6 +342,7 @@ def destroy(net: SandboxNet) -> None:
              f"delete element inet {TABLE} sandbox_nat {{ \"{net.host_ifname}\" }}",
              f"delete element inet {TABLE} sandbox_out {{ \"{net.host_ifname}\" }}",
              f"delete element inet {TABLE} sandbox_in {{ \"{net.host_ifname}\" }}",
+             f"delete element inet {TABLE} sandbox_host {{ \"{net.host_ifname}\" }}",
              f"delete chain inet {TABLE} {net.chain}",
              f"delete chain inet {TABLE} {net.nat_chain}",
              f"delete counter inet {TABLE} {net.counter_out}",
@@ -309,6 +350,10 @@ def destroy(net: SandboxNet) -> None:
     if _nft("\n".join(steps) + "\n", check=False)[0] != 0:  # some were gone already
         for step in steps:
             _nft(step, check=False)
+    # Its entry in the node's log meter, if it ever had a packet refused (else this fails).
+    node_key = net.netns.removeprefix("corral-").rpartition("-")[0]
+    _nft(f"delete element inet {TABLE} l_{node_key} {{ \"{net.host_ifname}\" }}",
+         check=False)
     _remove_netns(net)
 
 
@@ -378,17 +423,20 @@ def enter(fd: int) -> None:
 
 def _rules(net: SandboxNet, node_key: str, policy: NetworkPolicy) -> list[str]:
     chain = f"add rule inet {TABLE} {net.chain}"
-    reject = "reject with icmpx admin-prohibited"
-    rules = [f"{chain} ip saddr != {net.address} drop",
-             f"{chain} meta nfproto ipv6 {reject}",
-             f"{chain} ip daddr @{_denied_set(node_key)} {reject}"]
-    rules += [f"{chain} {_match(rule)} {reject}" for rule in policy.deny
+
+    def refuse(reason: str) -> str:
+        return f"goto {_refusal(node_key, reason)}"
+
+    rules = [f"{chain} ip saddr != {net.address} {refuse('spoofed')}",
+             f"{chain} meta nfproto ipv6 {refuse('ipv6')}",
+             f"{chain} ip daddr @{_denied_set(node_key)} {refuse('always-denied')}"]
+    rules += [f"{chain} {_match(rule)} {refuse('denied')}" for rule in policy.deny
               if _v4(rule)]
     if policy.mode == "all":
         rules.append(f"{chain} accept")
     else:
         rules += [f"{chain} {_match(rule)} accept" for rule in policy.allow if _v4(rule)]
-    rules.append(f"{chain} {reject}")
+    rules.append(f"{chain} {refuse('not-allowed')}")
     # Names go through the node's resolver (corral.node.egress): every DNS query, whatever
     # server it was sent to. With domain entries, every other TCP connection goes to its
     # proxy too, but those the policy allows by address, which go straight on.

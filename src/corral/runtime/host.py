@@ -26,7 +26,8 @@ Writes (implemented in :mod:`._cgroups_unsafe`, :mod:`._mounts_unsafe` and
 * :func:`ensure_net_table`, :func:`create_net`, :func:`update_net`, :func:`destroy_net`:
   the shared nftables table, and one sandbox's network namespace, veth pair and rules
   (:mod:`._net_unsafe`); :func:`taken_net_slots`, :func:`net_slots` and
-  :class:`SandboxNet` say which slots of the pool exist and what one names.
+  :class:`SandboxNet` say which slots of the pool exist and what one names;
+  :class:`NflogReader` reads the packets those rules refused (:mod:`._nflog`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ from ._host import channel_socket, sweep, sweep_networks, teardown
 from ._mounts import mounts_under
 from ._mounts_unsafe import give_socket
 from ._net_unsafe import DNS_PORT as NET_DNS_PORT
+from ._net_unsafe import HOST_PREFIX as NET_HOST_PREFIX
+from ._net_unsafe import LOG_BURST as NET_LOG_BURST
+from ._net_unsafe import LOG_RATE as NET_LOG_RATE
 from ._net_unsafe import PROXY_PORT as NET_PROXY_PORT
 from ._net_unsafe import SandboxNet
 from ._net_unsafe import create as create_net
@@ -46,13 +50,15 @@ from ._net_unsafe import slots as net_slots
 from ._net_unsafe import taken_slots as taken_net_slots
 from ._net_unsafe import traffic as net_traffic
 from ._net_unsafe import update as update_net
+from ._nflog import LoggedPacket, NflogReader
+from ._nflog import group_of as nflog_group
 
 __all__ = [
-    "NET_DNS_PORT", "NET_PROXY_PORT", "CgroupView", "Layout", "SandboxCgroups", "SandboxNet",
-    "cgroup_layout",
-    "channel_socket", "create_net", "destroy_net", "ensure_net_table",
-    "favor_dynamic_changes", "favordynmods_enabled", "give_socket", "leftover_names",
-    "mounts_under", "net_slots", "net_traffic", "remove_node_cgroups", "sweep", "sweep_networks",
-    "taken_net_slots",
+    "NET_DNS_PORT", "NET_HOST_PREFIX", "NET_LOG_BURST", "NET_LOG_RATE", "NET_PROXY_PORT",
+    "CgroupView", "Layout", "LoggedPacket", "NflogReader",
+    "SandboxCgroups", "SandboxNet", "cgroup_layout", "channel_socket", "create_net",
+    "destroy_net", "ensure_net_table", "favor_dynamic_changes", "favordynmods_enabled",
+    "give_socket", "leftover_names", "mounts_under", "net_slots", "net_traffic",
+    "nflog_group", "remove_node_cgroups", "sweep", "sweep_networks", "taken_net_slots",
     "teardown", "update_net",
 ]
