@@ -1,10 +1,12 @@
-"""The benchmark's HTTP API round trip: it starts a real ``corral serve``, measures an exec
-through it beside the same exec in-process, and leaves no server, sandbox or data dir behind.
-No timing is judged here: that is the benchmark's report's job."""
+"""The benchmark's rows that need a server: it starts a real ``corral serve``, measures an
+exec through it beside the same exec in-process, and HTTP to an app in a sandbox through
+the port proxy beside the same app on the host, and leaves no server, sandbox, app process
+or data dir behind. No timing is judged here: that is the benchmark's report's job."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import httpx
 import pytest
 
 from corral.bench.api import api_server, measure_api_exec
+from corral.bench.ports import DOWNLOAD_BYTES, MARKER, measure_ports
 from corral.bench.stats import RuntimeResult
 from corral.bench.suite import BenchConfig
 from corral.node import Node, NodeSettings, SandboxState
@@ -31,9 +34,12 @@ def test_measures_exec_over_http_beside_in_process(runtime: str, python_image: s
 
     async def measure() -> None:
         with sandbox_data_dir("corral-bench-test-") as data_dir:
-            async with Node(NodeSettings(data_dir=data_dir, image_dir=IMAGE_DIR)) as node:
-                await measure_api_exec(node, config, result, steps.append)
+            async with Node(NodeSettings(data_dir=data_dir, image_dir=IMAGE_DIR)) as node, \
+                    api_server(IMAGE_DIR) as server:
+                await measure_api_exec(node, server, config, result, steps.append)
                 assert node.list(state=SandboxState.RUNNING) == []  # its sandbox was killed
+                assert await AsyncSandbox.list(state="running", url=server.url,
+                                               api_key=server.key) == []
 
     asyncio.run(measure())
     (row,) = result.rows
@@ -41,6 +47,42 @@ def test_measures_exec_over_http_beside_in_process(runtime: str, python_image: s
     assert row.corral.n == 3 and row.bare is not None and row.bare.n == 3
     assert min(row.corral.samples) > 0 and min(row.bare.samples) > 0
     assert any("HTTP API" in step for step in steps)
+    assert _leftover_dirs() <= before
+
+
+def _apps_running() -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and MARKER.encode() in (entry / "cmdline").read_bytes():
+                found.append(entry.name)
+    return found
+
+
+def test_measures_port_traffic_beside_the_same_app_on_the_host(runtime: str,
+                                                               python_image: str) -> None:
+    before = _leftover_dirs()
+    config = BenchConfig(iterations=1, exec_iterations=2, warmup=0, image=python_image)
+    result = RuntimeResult(runtime=runtime, detail="test")
+    steps: list[str] = []
+
+    async def measure() -> None:
+        async with api_server(IMAGE_DIR) as server:
+            await measure_ports(server, config, result, steps.append)
+            assert await AsyncSandbox.list(state="running", url=server.url,
+                                           api_key=server.key) == []
+
+    asyncio.run(measure())
+    rows = {row.key: row for row in result.rows}
+    assert list(rows) == ["port_request", "port_connect", "port_download_64mib"]
+    assert [(row.corral.n, row.bare.n if row.bare else 0) for row in rows.values()] == [
+        (2, 2), (5, 5), (3, 3)]
+    for row in rows.values():
+        assert row.bare is not None and row.bare_label, row.key
+        assert min(row.corral.samples) > 0 and min(row.bare.samples) > 0, row.key
+    assert rows["port_download_64mib"].size_bytes == DOWNLOAD_BYTES // 2
+    assert any("port proxy" in step for step in steps)
+    assert _apps_running() == []  # neither the host's app nor the sandbox's
     assert _leftover_dirs() <= before
 
 

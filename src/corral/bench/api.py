@@ -6,6 +6,8 @@ SDK (:class:`corral.AsyncSandbox`), as a user's program would. Each iteration ru
 in a sandbox on that server, then ``true`` in a sandbox of the benchmark's own node (the
 in-process engine, no HTTP), so host noise weighs on both; the ratio is HTTP / in-process.
 
+The exposed-port rows (:mod:`corral.bench.ports`) are measured on the same server.
+
 The server is stopped with SIGTERM (its node stops its sandboxes); whatever a server that
 had to be killed left behind is swept before its data dir is deleted.
 """
@@ -35,6 +37,7 @@ from corral.server.store import KeyStore, open_engine
 from corral.server.store.schema import database_url
 
 from ._scratch import remove_data_dir
+from .ports import measure_ports
 from .stats import Row, RuntimeResult, Stat
 
 if TYPE_CHECKING:
@@ -56,37 +59,45 @@ class ApiServer:
     key: str
 
 
-async def measure_api_exec(node: Node, config: BenchConfig, result: RuntimeResult,
-                           progress: Callable[[str], None]) -> None:
+async def measure_api(node: Node, config: BenchConfig, result: RuntimeResult,
+                      progress: Callable[[str], None]) -> None:
+    """Add the rows that need a server to ``result`` (``api_exec``, the ``port_*`` rows),
+    all on one ``corral serve``."""
+    progress(f"{result.runtime}: starting corral serve for the HTTP API and port rows")
+    async with api_server(node.settings.image_dir) as server:
+        await measure_api_exec(node, server, config, result, progress)
+        await measure_ports(server, config, result, progress)
+
+
+async def measure_api_exec(node: Node, server: ApiServer, config: BenchConfig,
+                           result: RuntimeResult, progress: Callable[[str], None]) -> None:
     """Add the ``api_exec`` row to ``result``: ``true`` via HTTP beside ``true`` in-process."""
     name = result.runtime
-    progress(f"{name}: starting corral serve for the HTTP API round trip")
-    async with api_server(node.settings.image_dir) as server:
-        remote = await AsyncSandbox.create(config.image, runtime=name,
-                                           timeout=SANDBOX_LIFETIME, url=server.url,
-                                           api_key=server.key)
-        async with remote, await node.create(config.image, runtime=name,
-                                             timeout=SANDBOX_LIFETIME) as local:
-            http: list[float] = []
-            inproc: list[float] = []
-            warmup = config.warmup * 5
-            rounds = warmup + config.exec_iterations
-            for i in range(rounds):
-                if i % 10 == 0:
-                    progress(f"{name}: exec via the HTTP API, "
-                             + (f"warm-up {i + 1}/{warmup}" if i < warmup
-                                else f"{i + 1 - warmup}/{rounds - warmup}"))
-                started = time.perf_counter()
-                over_http = await remote.commands.run(["true"])
-                between = time.perf_counter()
-                in_process = await local.commands.run(["true"])
-                ended = time.perf_counter()
-                if (over_http.exit_code, in_process.exit_code) != (0, 0):
-                    raise InternalError(f"`true` exited {over_http.exit_code} over HTTP and "
-                                        f"{in_process.exit_code} in-process in {name}")
-                if i >= warmup:
-                    http.append(between - started)
-                    inproc.append(ended - between)
+    remote = await AsyncSandbox.create(config.image, runtime=name,
+                                       timeout=SANDBOX_LIFETIME, url=server.url,
+                                       api_key=server.key)
+    async with remote, await node.create(config.image, runtime=name,
+                                         timeout=SANDBOX_LIFETIME) as local:
+        http: list[float] = []
+        inproc: list[float] = []
+        warmup = config.warmup * 5
+        rounds = warmup + config.exec_iterations
+        for i in range(rounds):
+            if i % 10 == 0:
+                progress(f"{name}: exec via the HTTP API, "
+                         + (f"warm-up {i + 1}/{warmup}" if i < warmup
+                            else f"{i + 1 - warmup}/{rounds - warmup}"))
+            started = time.perf_counter()
+            over_http = await remote.commands.run(["true"])
+            between = time.perf_counter()
+            in_process = await local.commands.run(["true"])
+            ended = time.perf_counter()
+            if (over_http.exit_code, in_process.exit_code) != (0, 0):
+                raise InternalError(f"`true` exited {over_http.exit_code} over HTTP and "
+                                    f"{in_process.exit_code} in-process in {name}")
+            if i >= warmup:
+                http.append(between - started)
+                inproc.append(ended - between)
     if not http:
         raise InternalError("the HTTP API round trip has no samples")
     result.rows.append(Row("api_exec", "exec round trip via HTTP API", Stat(tuple(http)),

@@ -129,7 +129,7 @@ async def _measure_runtime(node: Node, image: Image, config: BenchConfig,
         await _measure_warm(node, config, result, progress)
         if has_python:
             await _measure_spawn_floor(config, result, progress, bare_label, bare_output)
-        await api.measure_api_exec(node, config, result, progress)
+        await api.measure_api(node, config, result, progress)
         if os.geteuid() == 0 and shutil.which("nft"):
             await network.measure_network(node, config.image, config.iterations,
                                           config.warmup, result, progress)

@@ -56,7 +56,9 @@ def bench(
     round trip beside a host fork+exec and beside a process start timed inside a bare
     sandbox (its floor), 1 MiB / 64 MiB file round trips, and an exec round
     trip through the HTTP API (a `corral serve` the bench starts on 127.0.0.1, driven by
-    the SDK) beside the same exec through the in-process node, and (as root, with
+    the SDK) beside the same exec through the in-process node, requests to an app in a
+    sandbox through that server's exposed-port proxy beside the same app on the host
+    (small GET, new connection, 64 MiB), and (as root, with
     nftables) a network policy's cost at create, per connection and per 64 MiB, beside
     the same without it, against a test internet in a namespace of its own. Ratios are Corral / bare
     (HTTP / in-process for the API row). The image must be built (`corral image build
