@@ -19,7 +19,9 @@ it without stopping it (a server restart), and the next node takes it back with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import fcntl
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +97,27 @@ class RuntimeSandbox:
     state: RuntimeState = RuntimeState.CREATED
     process: asyncio.subprocess.Process | None = None
     extra: dict[str, object] = field(default_factory=dict)
+
+
+#: The agent channel's pipes hold this much: a few frames (the kernel's default, 64 KiB,
+#: is less than one data frame and its header, so the agent would wait on the node once a
+#: frame). Bounded: a full pipe pins its pages, twice per sandbox.
+CHANNEL_PIPE_BYTES = 256 * 1024
+_F_SETPIPE_SZ = 1031
+
+
+def widen_pipes(process: asyncio.subprocess.Process) -> None:
+    """Give the agent channel's pipes (the process's stdin and stdout) room for several
+    frames; where the kernel refuses (``pipe-max-size``), they keep their size."""
+    transport = getattr(process, "_transport", None)
+    if transport is None:
+        return
+    for fd in (0, 1):
+        pipe = transport.get_pipe_transport(fd)
+        info = pipe.get_extra_info("pipe") if pipe is not None else None
+        if info is not None:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(info.fileno(), _F_SETPIPE_SZ, CHANNEL_PIPE_BYTES)
 
 
 def drop_pipes(sandbox: RuntimeSandbox) -> None:

@@ -23,7 +23,8 @@ from .._cgroups import CPU_PERIOD_US, CgroupView
 from .._cgroups import check_host as check_cgroups
 from .._host import HostRuntime, channel_dir, prepare_root, teardown
 from ..agent_bundle import CHANNEL_MOUNT_POINT, MOUNT_POINT, agent_command, agent_env
-from ..base import Availability, RuntimeSandbox, RuntimeState, SandboxSpec, Weakening
+from ..base import (Availability, RuntimeSandbox, RuntimeState, SandboxSpec, Weakening,
+                    widen_pipes)
 from .runsc import INSTALL_COMMAND, PINNED_VERSION, GvisorOptions, Platform, Runsc, RunscError
 from .runsc import resolve as resolve_runsc
 
@@ -219,6 +220,7 @@ class GvisorRuntime(HostRuntime):
                 preexec_fn=join, start_new_session=True, limit=1024 * 1024)
         except OSError as exc:
             raise InternalError(f"starting runsc for {spec.sandbox_id}: {exc}") from exc
+        widen_pipes(process)
         sandbox.process = process
         sandbox.state = RuntimeState.RUNNING
         return process

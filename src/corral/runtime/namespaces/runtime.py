@@ -35,7 +35,8 @@ from .. import _net_unsafe as net
 from .._cgroups import check_host as check_cgroups
 from .._host import HostRuntime, channel_dir, check_alive, prepare_root, teardown
 from ..agent_bundle import CHANNEL_MOUNT_POINT, MOUNT_POINT, agent_command, agent_env
-from ..base import Availability, RuntimeSandbox, RuntimeState, SandboxSpec, Weakening
+from ..base import (Availability, RuntimeSandbox, RuntimeState, SandboxSpec, Weakening,
+                    widen_pipes)
 from . import _seccomp
 
 UID_BASE = 100_000
@@ -301,6 +302,7 @@ class NamespacesRuntime(HostRuntime):
                 os.close(seccomp_fd)
             if netns_fd >= 0:
                 os.close(netns_fd)
+        widen_pipes(process)
         sandbox.process = process
         sandbox.state = RuntimeState.RUNNING
         return process
