@@ -8,7 +8,13 @@
 * ``/events``: an SSE stream: one event, then a second once ``/tmp/go`` exists, then ends;
 * ``/cookies``: three ``Set-Cookie`` headers (a plain one, one with a Domain, one named
   like Corral's);
-* ``/ws``: a WebSocket echoing every message (text or binary) until a close.
+* ``/ws``: a WebSocket echoing every message (text or binary) until a close;
+* ``/ws-headers``: the same, but the first message is answered with the handshake's JSON
+  (as ``/echo``'s);
+* ``/ws-greet``: the same, after a first message of its own, ``hello``, sent in the same
+  write as the handshake's answer;
+* ``/set-cookies?c=...``: one ``Set-Cookie`` header per ``c`` parameter, as given;
+* ``/seen``: JSON of the request lines' targets received so far (the last 1000).
 """
 
 import base64
@@ -18,10 +24,12 @@ import os
 import struct
 import sys
 import time
+from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+SEEN = deque(maxlen=1000)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -29,6 +37,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+    def parse_request(self):
+        parsed = super().parse_request()
+        if parsed:
+            SEEN.append(self.path)
+        return parsed
 
     def _json(self, value, status=200):
         body = json.dumps(value).encode()
@@ -38,11 +52,15 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _seen(self):
+        url = urlsplit(self.path)
+        return {"method": self.command, "path": url.path, "query": url.query,
+                "headers": [[k.lower(), v] for k, v in self.headers.items()]}
+
     def do_GET(self):
         url = urlsplit(self.path)
         if url.path.startswith("/echo"):
-            self._json({"method": self.command, "path": url.path, "query": url.query,
-                        "headers": [[k.lower(), v] for k, v in self.headers.items()]})
+            self._json(self._seen())
         elif url.path == "/bytes":
             n = int(parse_qs(url.query)["n"][0])
             self.send_response(200)
@@ -75,6 +93,18 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
         elif url.path == "/ws":
             self._websocket()
+        elif url.path == "/ws-headers":
+            self._websocket(reply=json.dumps(self._seen()).encode())
+        elif url.path == "/ws-greet":
+            self._websocket(greeting=b"hello")
+        elif url.path == "/set-cookies":
+            self.send_response(200)
+            for value in parse_qs(url.query).get("c", []):
+                self.send_header("Set-Cookie", value)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif url.path == "/seen":
+            self._json(list(SEEN))
         else:
             self._json({"error": "no such page"}, 404)
 
@@ -97,14 +127,18 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
-    def _websocket(self):
+    def _websocket(self, reply=None, greeting=None):
         key = self.headers["Sec-WebSocket-Key"]
         accept = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
         self.send_response(101)
         self.send_header("Upgrade", "websocket")
         self.send_header("Connection", "Upgrade")
         self.send_header("Sec-WebSocket-Accept", accept)
-        self.end_headers()
+        if greeting is None:
+            self.end_headers()
+        else:
+            self._headers_buffer.append(b"\r\n" + self._framed(1, greeting))
+            self.flush_headers()
         self.wfile.flush()
         while True:
             opcode, payload = self._frame()
@@ -112,7 +146,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._send_frame(8, payload[:2] if payload else b"")
                 return
             if opcode in (1, 2):
-                self._send_frame(opcode, payload)
+                self._send_frame(*((1, reply) if reply is not None else (opcode, payload)))
+                reply = None
             elif opcode == 9:
                 self._send_frame(10, payload)
 
@@ -132,6 +167,10 @@ class Handler(BaseHTTPRequestHandler):
         return opcode, bytes(data)
 
     def _send_frame(self, opcode, payload):
+        self.wfile.write(self._framed(opcode, payload))
+        self.wfile.flush()
+
+    def _framed(self, opcode, payload):
         head = bytes([0x80 | opcode])
         if len(payload) < 126:
             head += bytes([len(payload)])
@@ -139,8 +178,7 @@ class Handler(BaseHTTPRequestHandler):
             head += bytes([126]) + struct.pack(">H", len(payload))
         else:
             head += bytes([127]) + struct.pack(">Q", len(payload))
-        self.wfile.write(head + payload)
-        self.wfile.flush()
+        return head + payload
 
 
 if __name__ == "__main__":

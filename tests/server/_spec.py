@@ -36,7 +36,7 @@ def _pattern(template: str, operations: dict[str, Any]) -> re.Pattern[str]:
                 for p in op.get("parameters", ())
                 if p.get("in") == "path" and p.get("schema", {}).get("format") == "path"}
     return re.compile("^" + re.sub(r"\{([^/}]+)\}", lambda m: ".*" if m.group(1) in spanning
-                                   else "[^/]+", template) + "$")
+                                   else "[^/]+", template) + "$", re.DOTALL)
 
 
 class Spec:

@@ -47,7 +47,7 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -57,6 +57,7 @@ import httpcore
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidURI
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Response as WsResponse
 from websockets.protocol import State
@@ -68,6 +69,7 @@ from corral.api.errors import (AuthenticationError, ErrorCode, InvalidArgumentEr
 from corral.api.limits import PORT_READ_TIMEOUT
 from corral.node import NodeSandbox
 from corral.node.ports import PortConnection, check_port
+from corral.node.validation import SANDBOX_ID
 
 from .auth import presented_key
 from .errors import error_response
@@ -181,15 +183,24 @@ class PortProxy:
         await self._pool.aclose()
 
     def target(self, scope: Scope) -> Target | None:
-        """The port ``scope`` is for; None for any other request."""
+        """The port ``scope`` is for; None for any other request.
+
+        The path is taken as the client sent it (``raw_path``, still percent-encoded): the
+        app gets exactly what was asked for, and nothing decoded (a ``%0d%0a``, a ``%2f``)
+        ever becomes part of a header or a different path.
+        """
         query = scope.get("query_string", b"").decode("latin-1")
+        raw = scope.get("raw_path") or scope["path"].encode("utf-8")
+        path = raw.decode("latin-1")
         host = Headers(scope=scope).get("host", "").lower()
         found = self._host.match(host)
         if found is not None:
-            return Target(found[2], check_port(int(found[1])), scope["path"], query, True)
-        found = _PATH.match(scope["path"])
+            return Target(found[2], check_port(int(found[1])), path, query, True)
+        found = _PATH.match(path)
         if found is None:
             return None
+        if not SANDBOX_ID.match(found[1]):
+            raise NotFoundError(f"no running sandbox {found[1]!r:.40}")
         if len(found[2]) > 5 or not 1 <= int(found[2]) <= 65535:
             raise InvalidArgumentError(f"port must be an integer between 1 and 65535, not "
                                        f"{found[2]:.12}")
@@ -227,7 +238,14 @@ class PortProxy:
         # A ?token= that is the port token is Corral's, whatever else let the request in:
         # it never reaches the app. Any other ?token= is the app's own.
         token_param = TOKEN_PARAM in values and _same(values[TOKEN_PARAM], access.token)
-        plain = _Grant(query=_without(params, {TOKEN_PARAM}) if token_param else None)
+        signed = EXPIRES_PARAM in values or SIGNATURE_PARAM in values
+        signature_ok = signed and signature_valid(
+            access.token, sandbox.id, target.port, values.get(EXPIRES_PARAM, ""),
+            values.get(SIGNATURE_PARAM, ""))
+        # Whatever let the request in, Corral's own credentials never reach the app.
+        drop = ({TOKEN_PARAM} if token_param else set()) | (
+            {EXPIRES_PARAM, SIGNATURE_PARAM} if signature_ok else set())
+        plain = _Grant(query=_without(params, drop) if drop else None)
         if target.port in access.public:
             return sandbox, plain
         given = headers.get(TOKEN_HEADER)
@@ -235,9 +253,8 @@ class PortProxy:
             if _same(given, access.token):
                 return sandbox, plain
             self._failed(scope, "the port token is not this sandbox's")
-        if EXPIRES_PARAM in values or SIGNATURE_PARAM in values:
-            if signature_valid(access.token, sandbox.id, target.port,
-                               values.get(EXPIRES_PARAM, ""), values.get(SIGNATURE_PARAM, "")):
+        if signed:
+            if signature_ok:
                 return sandbox, self._visit(scope, target, params, int(values[EXPIRES_PARAM]),
                                             access.token, {EXPIRES_PARAM, SIGNATURE_PARAM})
             self._failed(scope, "the signed URL has expired or its signature is wrong")
@@ -251,12 +268,14 @@ class PortProxy:
             if signature_valid(access.token, sandbox.id, target.port, cookie_expires,
                                signature):
                 return sandbox, plain
+            if presented_key(headers) is None and TOKEN_PARAM not in values:
+                self._failed(scope, "the port cookie has expired or is not this port's")
         key = presented_key(headers)
         if key is not None:
             found_key = await asyncio.to_thread(self.keys.identify, key)
             owner = self.service.owner(sandbox.id)
             if found_key is not None and found_key.tenant == owner:
-                return sandbox, _Grant(strip_key=True)
+                return sandbox, _Grant(query=plain.query, strip_key=True)
             self._failed(scope, "the API key is not valid for this sandbox")
         if TOKEN_PARAM in values:
             self._failed(scope, "the port token is not this sandbox's")
@@ -296,10 +315,11 @@ class PortProxy:
             name = raw_name.decode("latin-1").lower()
             if name in _HOP_BY_HOP or name in connection or name == TOKEN_HEADER:
                 continue
-            if name.startswith("sec-websocket-") or name.startswith("x-forwarded-"):
+            if name.startswith("sec-websocket-") or _forwarding(name):
                 continue
-            if granted.strip_key and name in ("authorization", "x-api-key"):
-                continue
+            if name in ("authorization", "x-api-key") and (
+                    granted.strip_key or _corral_key(raw_value)):
+                continue  # a Corral API key never reaches sandbox code
             if name == "cookie":
                 kept = _without_cookie(raw_value.decode("latin-1"))
                 if kept:
@@ -350,8 +370,8 @@ class PortProxy:
             read.set()
         query = granted.query if granted.query is not None else target.query
         path = target.path + (f"?{query}" if query else "")
-        url = httpcore.URL(scheme=b"http", host=target.sandbox_id.encode(), port=target.port,
-                           target=path.encode("latin-1"))
+        url = httpcore.URL(scheme=b"http", host=_upstream_host(target.sandbox_id, scope),
+                           port=target.port, target=path.encode("latin-1"))
         timeout = {"connect": PORT_READ_TIMEOUT, "read": PORT_READ_TIMEOUT,
                    "write": PORT_READ_TIMEOUT, "pool": 30.0}
         started = False
@@ -387,6 +407,18 @@ class PortProxy:
                 return
 
 
+def _upstream_host(sandbox_id: str, scope: Scope) -> bytes:
+    """The pool's name for connections to the app made for this client connection.
+
+    Kept-alive connections to an app are reused by the same client connection only: an app
+    that leaves part of one request unread would otherwise hand those bytes, as the start
+    of a request, to whichever client came next (a desync one client could aim at another).
+    """
+    client = scope.get("client") or ("", 0)
+    digest = hashlib.blake2s(f"{client[0]}|{client[1]}".encode(), digest_size=8).hexdigest()
+    return f"{sandbox_id}.c{digest}".encode()
+
+
 async def _disconnected(receive: Receive, read: asyncio.Event) -> None:
     """Return once the client went away (after its request body was read)."""
     await read.wait()
@@ -403,6 +435,18 @@ class _Grant:
     cookie: str | None = None
     query: str | None = None
     strip_key: bool = False
+
+
+def _forwarding(name: str) -> bool:
+    """A header only the proxy may set (whatever its case or ``_`` for ``-``)."""
+    name = name.replace("_", "-")
+    return name in ("forwarded", "x-real-ip", "x-client-ip", "true-client-ip") or \
+        name.startswith("x-forwarded-") or name == TOKEN_HEADER
+
+
+def _corral_key(value: bytes) -> bool:
+    """Whether a header value carries a Corral API key (``crl_...``, maybe after a scheme)."""
+    return value.rpartition(b" ")[2].strip().startswith(b"crl_")
 
 
 def _same(given: str, token: str) -> bool:
@@ -486,10 +530,15 @@ async def _redirect(send: Send, location: str, cookie: str | None = None) -> Non
     await send({"type": "http.response.body", "body": b""})
 
 
-async def _refuse(scope: Scope, receive: Receive, send: Send, exc: SandboxError) -> None:
+async def _refuse(scope: Scope, receive: Receive, send: Send, exc: SandboxError,
+                  connected: bool = False) -> None:
+    """Answer ``exc`` in the one error shape (a WebSocket handshake as plain HTTP, where the
+    server can; ``connected``: its ``websocket.connect`` was received already)."""
     if scope["type"] == "http":
         await error_response(exc.code, exc.message)(scope, receive, send)
         return
+    if not connected and (await receive())["type"] != "websocket.connect":
+        return  # the client left first
     # A WebSocket handshake: an HTTP answer where the server can send one, else a close.
     if "websocket.http.response" in (scope.get("extensions") or {}):
         body = bytes(error_response(exc.code, exc.message).body)
@@ -543,9 +592,10 @@ class _TunnelBackend(httpcore.AsyncNetworkBackend):
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None,
                           socket_options: Any = None) -> httpcore.AsyncNetworkStream:
-        found = self._service.port_access(host)
+        sandbox_id = host.partition(".")[0]  # see _upstream_host
+        found = self._service.port_access(sandbox_id)
         if found is None:
-            raise NotFoundError(f"no running sandbox {host!r:.40}")
+            raise NotFoundError(f"no running sandbox {sandbox_id!r:.40}")
         return _TunnelStream(await found[0].ports.connect(port))
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
@@ -571,12 +621,16 @@ class _WebSocketRelay:
         self.granted = granted
         self.conn: PortConnection | None = None
         self.protocol: ClientProtocol | None = None
+        self._early: Sequence[object] = ()
+        self._opcode = Opcode.TEXT
+        self._parts: list[bytes] = []
+        self._size = 0
 
     async def run(self) -> None:
         try:
             accepted = await self._handshake()
         except SandboxError as exc:
-            await _refuse(self.scope, self.receive, self.send, exc)
+            await _refuse(self.scope, self.receive, self.send, exc, connected=True)
             await self._close()
             return
         if accepted is None:
@@ -603,9 +657,12 @@ class _WebSocketRelay:
             return None
         query = self.granted.query if self.granted.query is not None else self.target.query
         path = self.target.path + (f"?{query}" if query else "")
+        try:
+            uri = parse_uri(f"ws://localhost{path}")
+        except InvalidURI:
+            raise InvalidArgumentError("the WebSocket's path is not a valid URI") from None
         self.conn = await self.sandbox.ports.connect(self.target.port)
-        self.protocol = ClientProtocol(parse_uri(f"ws://localhost{path}"),
-                                       subprotocols=self.scope.get("subprotocols") or None,
+        self.protocol = ClientProtocol(uri, subprotocols=self.scope.get("subprotocols") or None,
                                        max_size=MAX_WS_MESSAGE)
         request = self.protocol.connect()
         for name, value in self.proxy.forwarded(self.scope, self.target, self.granted):
@@ -621,12 +678,14 @@ class _WebSocketRelay:
                 self.protocol.receive_data(data)
             else:
                 self.protocol.receive_eof()
-            for event in self.protocol.events_received():
+            events = self.protocol.events_received()
+            for at, event in enumerate(events):
                 if isinstance(event, WsResponse):
                     if self.protocol.state is not State.OPEN:
                         raise PortUnavailableError(
                             f"the app on port {self.target.port} refused the WebSocket "
                             f"(HTTP {event.status_code})")
+                    self._early = events[at + 1:]  # what the app sent with its answer
                     return event.headers.get("Sec-WebSocket-Protocol", "")
             if not data:
                 raise PortUnavailableError(f"the app on port {self.target.port} closed the "
@@ -661,11 +720,10 @@ class _WebSocketRelay:
             await self._flush()
 
     async def _downstream(self) -> None:
-        """App -> client, whole messages."""
+        """App -> client, whole messages (at most :data:`MAX_WS_MESSAGE` bytes each)."""
         assert self.protocol is not None and self.conn is not None
-        parts: list[bytes] = []
-        opcode = Opcode.TEXT
-        size = 0
+        if await self._relay_frames(self._early):
+            return
         while True:
             data = await self.conn.read()
             self.proxy.service.touch(self.sandbox.id)
@@ -673,33 +731,43 @@ class _WebSocketRelay:
                 self.protocol.receive_data(data)
             else:
                 self.protocol.receive_eof()
-            for event in self.protocol.events_received():
-                if not isinstance(event, Frame):
-                    continue
-                if event.opcode in (Opcode.TEXT, Opcode.BINARY):
-                    opcode, parts, size = event.opcode, [], 0
-                if event.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
-                    parts.append(bytes(event.data))
-                    size += len(event.data)
-                    if event.fin:
-                        whole = b"".join(parts)
-                        parts, size = [], 0
-                        if opcode is Opcode.TEXT:
-                            await self.send({"type": "websocket.send",
-                                             "text": whole.decode("utf-8", "replace")})
-                        else:
-                            await self.send({"type": "websocket.send", "bytes": whole})
-                elif event.opcode is Opcode.CLOSE:
-                    close = Close.parse(event.data) if event.data else None
-                    await self._flush()
-                    code = close.code if close else 1000
-                    await self.send({"type": "websocket.close",
-                                     "code": code if code not in _UNSENDABLE else 1000,
-                                     "reason": close.reason if close else ""})
-                    return
+            if await self._relay_frames(self.protocol.events_received()):
+                return
             await self._flush()
             if not data or self.protocol.state is State.CLOSED:
                 return
+
+    async def _relay_frames(self, events: Sequence[object]) -> bool:
+        """Send the client the messages ``events`` complete; True once the app closed."""
+        for event in events:
+            if not isinstance(event, Frame):
+                continue
+            if event.opcode in (Opcode.TEXT, Opcode.BINARY):
+                self._opcode, self._parts, self._size = event.opcode, [], 0
+            if event.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
+                self._parts.append(bytes(event.data))
+                self._size += len(event.data)
+                if self._size > MAX_WS_MESSAGE:
+                    await self.send({"type": "websocket.close", "code": 1009,
+                                     "reason": "message too big"})
+                    return True
+                if event.fin:
+                    whole = b"".join(self._parts)
+                    self._parts, self._size = [], 0
+                    if self._opcode is Opcode.TEXT:
+                        await self.send({"type": "websocket.send",
+                                         "text": whole.decode("utf-8", "replace")})
+                    else:
+                        await self.send({"type": "websocket.send", "bytes": whole})
+            elif event.opcode is Opcode.CLOSE:
+                close = Close.parse(event.data) if event.data else None
+                await self._flush()
+                code = close.code if close else 1000
+                await self.send({"type": "websocket.close",
+                                 "code": code if code not in _UNSENDABLE else 1000,
+                                 "reason": close.reason if close else ""})
+                return True
+        return False
 
     async def _close(self) -> None:
         if self.conn is not None:
