@@ -807,3 +807,19 @@ def test_malformed_sandbox_ids_and_hosts_get_a_clean_4xx(server: Server,  # noqa
         # The real one still answers.
         assert echo(http.get(f"{server.url}/echo", headers={"Host": host_of(first), **token}))
 
+
+
+def test_one_client_cannot_desync_another_through_a_kept_alive_app_connection(
+        first: Sandbox) -> None:
+    """The app answers a POST to /echo without reading its body. A body that is itself a
+    request would be read by the app as the next request on that connection; reused for
+    another client, that client would get the smuggled request's answer. The server
+    reuses a kept-alive app connection for the same client connection only."""
+    sb = first
+    smuggled = b"GET /echo/smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    with client({TOKEN: sb.ports.token}) as attacker:
+        attacker.post(sb.ports.url(PORT) + "echo", content=smuggled)
+        for attempt in range(5):
+            with client({TOKEN: sb.ports.token}) as victim:  # a new connection each time
+                got = victim.get(sb.ports.url(PORT) + f"echo/victim{attempt}")
+                assert got.json()["path"] == f"/echo/victim{attempt}", got.text
