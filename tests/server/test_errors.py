@@ -111,10 +111,11 @@ def test_unknown_routes_and_methods_keep_the_shape(server: Server) -> None:
 
 def test_status_table_maps_back() -> None:
     """Every code has a status; a body-less status maps back to its one code, or for the
-    two shared statuses to what a proxy means by it (a rate limit, an unavailable
-    upstream), whose classes are still ``except``-able as the other code's where it was
-    already the parent class."""
+    three shared statuses to what a proxy means by it (a rate limit, a failing upstream,
+    an unavailable one), whose classes are still ``except``-able as the other code's where
+    it was already the parent class."""
     shared = {429: {ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.RATE_LIMITED},
+              502: {ErrorCode.PORT_UNAVAILABLE, ErrorCode.AGENT_ERROR},
               503: {ErrorCode.RUNTIME_UNAVAILABLE, ErrorCode.UNAVAILABLE}}
     assert set(HTTP_STATUS) == set(ErrorCode)
     for code, status in HTTP_STATUS.items():
@@ -125,6 +126,7 @@ def test_status_table_maps_back() -> None:
     assert len(set(HTTP_STATUS.values())) == len(HTTP_STATUS) - len(shared)
     assert code_for_status(429) is ErrorCode.RATE_LIMITED
     assert code_for_status(503) is ErrorCode.UNAVAILABLE
+    assert code_for_status(502) is ErrorCode.AGENT_ERROR
     assert issubclass(RateLimitedError, ResourceExhaustedError)
     assert code_for_status(418) is ErrorCode.INVALID_ARGUMENT
     assert code_for_status(599) is ErrorCode.INTERNAL
