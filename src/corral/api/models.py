@@ -244,7 +244,7 @@ class SignedUrlRequest(_Request):
     expires, without any other credential."""
 
     port: PortNumber
-    expires_in: float = Field(default=60.0, gt=0, le=MAX_SIGNED_URL_LIFETIME,
+    expires_in: float = Field(default=60.0, ge=1, le=MAX_SIGNED_URL_LIFETIME,
                               description="seconds it stays valid")
     path: Annotated[str, Field(max_length=2048, pattern=r"^/[^?#\s]*$")] = "/"
     host_based: bool = Field(default=False, description="a {port}-{id}.{domain} URL instead "

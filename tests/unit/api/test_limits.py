@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from corral import InvalidArgumentError
 from corral.api import command_events, limits, models, network, resources
+from corral.server.ports import MAX_WS_MESSAGE
 from corral.api.limits import MAX_PATH, NAME_MAX, normalize_path
 from corral.cli import sandbox as cli_sandbox
 from corral.node import commands as node_commands
@@ -260,6 +261,12 @@ def test_the_documented_bounds_are_the_values() -> None:
             f"{limits.DEFAULT_LIFETIME:g}; {limits.DEFAULT_COMMAND_TIMEOUT:g}",
         "network policy entries, allow and deny together (the operator may set fewer); "
         "characters of one entry": f"{network.MAX_ENTRIES}; {network.MAX_ENTRY}",
+        "connections to one sandbox's exposed ports at once; its public ports":
+            f"{limits.MAX_PORT_CONNECTIONS}; {limits.MAX_PUBLIC_PORTS}",
+        "a signed port URL's lifetime, in seconds; an app's silence before a proxied request "
+        "fails (502)": f"1 to {limits.MAX_SIGNED_URL_LIFETIME:g}; {limits.PORT_READ_TIMEOUT:g}",
+        "a WebSocket message through an exposed port, either way":
+            f"{MAX_WS_MESSAGE // mib} MiB",
     }
     assert limits.DEFAULT_CODE_TIMEOUT == limits.DEFAULT_COMMAND_TIMEOUT  # one row says both
     security = " ".join((DOCS / "SECURITY.md").read_text().split())
