@@ -96,3 +96,32 @@ def test_network_policy_from_the_command_line(server: Server) -> None:
         assert "unlisted.example" in table.stdout and "not-allowed" in table.stdout
     finally:
         cli.invoke(app, ["sandbox", "kill", info["id"]])
+
+
+def test_ports_and_their_urls_from_the_command_line(server: Server) -> None:
+    cli = runner(server)
+    made = cli.invoke(app, ["sandbox", "create", "--public-port", "8000", "--json"])
+    assert made.exit_code == 0, made.output
+    info = json.loads(made.stdout)
+    sid, token = info["id"], info["ports"]["token"]
+    try:
+        shown = cli.invoke(app, ["sandbox", "ports", sid])
+        assert shown.exit_code == 0, shown.output
+        assert f"token:  {token}" in shown.stdout and "public: 8000" in shown.stdout
+        private = cli.invoke(app, ["sandbox", "ports", sid, "--private", "--json"])
+        assert json.loads(private.stdout)["public"] == []
+        both = cli.invoke(app, ["sandbox", "ports", sid, "--public", "80", "--private"])
+        assert both.exit_code == 125 and "not both" in both.output
+        url = cli.invoke(app, ["sandbox", "url", sid, "8000"])
+        assert url.stdout.strip() == f"{server.url}/v1/sandboxes/{sid}/ports/8000/"
+        with_token = cli.invoke(app, ["sandbox", "url", sid, "8000", "--host", "--token"])
+        port = server.url.rsplit(":", 1)[1]
+        assert with_token.stdout.strip() == (f"http://8000-{sid}.localhost:{port}/"
+                                             f"?token={token}")
+        signed = cli.invoke(app, ["sandbox", "url", sid, "8000", "--signed", "60"])
+        assert "corral_signature=" in signed.stdout
+        assert cli.invoke(app, ["sandbox", "url", sid, "70000"]).exit_code == 125
+        too_long = cli.invoke(app, ["sandbox", "url", sid, "8000", "--signed", "90000"])
+        assert too_long.exit_code == 125 and "expires_in" in too_long.output
+    finally:
+        cli.invoke(app, ["sandbox", "kill", sid])
