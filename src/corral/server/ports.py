@@ -88,6 +88,11 @@ EXPIRES_PARAM = "corral_expires"
 SIGNATURE_PARAM = "corral_signature"
 #: How long the cookie a ``?token=`` visit sets stays valid, in seconds.
 COOKIE_LIFETIME = 24 * 3600
+#: Idle connections to apps the server keeps for reuse (by the same client connection
+#: only), all sandboxes together, and for how long: each holds one of its sandbox's
+#: :data:`~corral.api.limits.MAX_PORT_CONNECTIONS` tunnels.
+IDLE_APP_CONNECTIONS = 64
+IDLE_APP_SECONDS = 2.0
 #: Largest WebSocket message relayed either way, in bytes.
 MAX_WS_MESSAGE = 16 * 1024 * 1024
 #: A path-based response's page runs in an opaque origin: never as the server's own pages.
@@ -177,7 +182,7 @@ class PortProxy:
         self._host = host_pattern(domain)
         self._pool = httpcore.AsyncConnectionPool(
             network_backend=_TunnelBackend(service), max_connections=4096,
-            max_keepalive_connections=256, keepalive_expiry=5.0)
+            max_keepalive_connections=IDLE_APP_CONNECTIONS, keepalive_expiry=IDLE_APP_SECONDS)
 
     async def aclose(self) -> None:
         await self._pool.aclose()
