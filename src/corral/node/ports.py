@@ -97,8 +97,9 @@ class PortConnection:
             self._readable.set()
             self._writable.set()
 
-    async def read(self) -> bytes:
-        """The next bytes the app sent; ``b""`` once it closed its side.
+    async def read(self, limit: int = proto.CHUNK) -> bytes:
+        """The next bytes the app sent: what has arrived, up to ``limit`` bytes (but at least
+        one piece, which may be up to 64 KiB); ``b""`` once it closed its side.
 
         Raises :class:`~corral.PortUnavailableError` if the app reset the connection, and
         :class:`~corral.SandboxNotRunningError` once the sandbox stopped.
@@ -112,13 +113,17 @@ class PortConnection:
                 return b""
             self._readable.clear()
             await self._readable.wait()
-        data = self._chunks.popleft()
-        self._consumed += 1
+        pieces = [self._chunks.popleft()]
+        size = len(pieces[0])
+        while self._chunks and size + len(self._chunks[0]) <= limit:
+            pieces.append(self._chunks.popleft())
+            size += len(pieces[-1])
+        self._consumed += len(pieces)
         if self._consumed >= proto.STREAM_WINDOW // 2 and not self._closed:
             consumed, self._consumed = self._consumed, 0
             await self._client.send({"id": 0, "op": proto.OP_CREDIT, "target": self._stream.id,
                                      "n": consumed})
-        return data
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     async def write(self, data: bytes) -> None:
         """Send ``data`` to the app; returns once at most a window of it is unwritten."""

@@ -93,6 +93,8 @@ COOKIE_LIFETIME = 24 * 3600
 #: :data:`~corral.api.limits.MAX_PORT_CONNECTIONS` tunnels.
 IDLE_APP_CONNECTIONS = 64
 IDLE_APP_SECONDS = 2.0
+#: Most bytes of an app's answer relayed as one piece (from the frames already arrived).
+RELAY_BATCH = 1024 * 1024
 #: Largest WebSocket message relayed either way, in bytes.
 MAX_WS_MESSAGE = 16 * 1024 * 1024
 #: A path-based response's page runs in an opaque origin: never as the server's own pages.
@@ -566,13 +568,15 @@ class _TunnelStream(httpcore.AsyncNetworkStream):
         if not self._left:
             try:
                 async with asyncio.timeout(timeout):
-                    self._left = await self._conn.read()
+                    # Every piece already here at once (up to RELAY_BATCH): one body event
+                    # and one send to the client for many 64 KiB frames.
+                    self._left = await self._conn.read(RELAY_BATCH)
             except TimeoutError:
                 raise httpcore.ReadTimeout("the app did not answer in time") from None
             except SandboxError as exc:
                 raise httpcore.ReadError(exc.message) from None
-        data, self._left = self._left[:max_bytes], self._left[max_bytes:]
-        return data
+        data, self._left = self._left, b""
+        return data  # may exceed max_bytes: httpcore hands h11 whatever it reads
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         try:
