@@ -2,8 +2,8 @@
 //!
 //! The node names a port, never an address: the agent connects to 127.0.0.1, then [::1],
 //! and nowhere else, so a tunnel can neither leave the sandbox nor get around its network
-//! policy. Each tunnel has two threads, so that a slow or stuck app stalls only its own
-//! tunnel: a reader that connects, answers `ok`, then forwards what the app sends as
+//! policy. Each tunnel has two threads of its own, so that a slow or stuck app stalls only
+//! its own tunnel: a reader that connects, answers `ok`, then forwards what the app sends as
 //! `data` frames (credit flow control, like a download) and `end` at its EOF; and a writer
 //! that writes the node's chunks in order, queued by the dispatch thread, and `ack`s each
 //! one once written (`eof` shuts the socket's write side down).
@@ -11,13 +11,16 @@
 //! A tunnel leaves the table when both directions are done, at its first error (sent as
 //! the tunnel's last frame) or on `cancel`; either of the last two shuts the socket down in
 //! both directions, which wakes both threads.
+//!
+//! Threads outlive their tunnel a while in a small pool (`Pool`) and serve the next one:
+//! under gVisor, starting two threads cost most of a new tunnel's latency (~3 ms of 4).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::Lock;
@@ -34,6 +37,9 @@ const THREAD_STACK: usize = 64 * 1024;
 /// Chunks queued for the writer. The node keeps at most STREAM_WINDOW/2 unacknowledged
 /// (a queued chunk is one), so only a node out of protocol fills the queue.
 const WRITE_QUEUE: usize = proto::STREAM_WINDOW as usize;
+/// Finished tunnel threads kept waiting for the next tunnel's work, and for how long.
+const IDLE_THREADS: usize = 8;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bytes from the node for the app; `eof` then shuts the write side down.
 struct Chunk {
@@ -68,11 +74,13 @@ enum Direction {
 pub struct Tunnels {
     channel: Arc<Channel>,
     open: Mutex<HashMap<i64, Arc<Tunnel>>>,
+    pool: Arc<Pool>,
 }
 
 impl Tunnels {
     pub fn new(channel: Arc<Channel>) -> Arc<Tunnels> {
-        Arc::new(Tunnels { channel, open: Mutex::new(HashMap::new()) })
+        let pool = Arc::new(Pool::default());
+        Arc::new(Tunnels { channel, open: Mutex::new(HashMap::new()), pool })
     }
 
     /// Open a tunnel to `port` on loopback; its `ok` (or error) follows from its reader.
@@ -97,9 +105,9 @@ impl Tunnels {
         }
         // Both threads start before anything happens: if the pids limit stops one, the
         // request is refused and dropping the other's sender ends it.
-        let started = self.thread(&tunnel, "tunnel-write", move |tunnels, tunnel, stream: Arc<TcpStream>| {
+        let started = self.thread(&tunnel, move |tunnels, tunnel, stream: Arc<TcpStream>| {
             tunnels.write(tunnel, &stream, &queued);
-        }).and_then(|writer| self.thread(&tunnel, "tunnel-read", move |tunnels, tunnel, ()| {
+        }).and_then(|writer| self.thread(&tunnel, move |tunnels, tunnel, ()| {
             tunnels.read(tunnel, &writer);
         }));
         match started {
@@ -171,20 +179,21 @@ impl Tunnels {
         target.and_then(|t| self.open.locked().get(&t).cloned())
     }
 
-    /// Start a thread of `tunnel` waiting for its work: `body` runs on the one value sent,
-    /// or never if the sender is dropped unused. A panic in `body` closes the tunnel only.
-    fn thread<T: Send + 'static>(self: &Arc<Self>, tunnel: &Arc<Tunnel>, name: &str,
+    /// Start a thread of `tunnel` (a pooled one or a new one) waiting for its work: `body`
+    /// runs on the one value sent, or never if the sender is dropped unused. A panic in
+    /// `body` closes the tunnel only.
+    fn thread<T: Send + 'static>(self: &Arc<Self>, tunnel: &Arc<Tunnel>,
                                  body: impl FnOnce(&Tunnels, &Tunnel, T) + Send + 'static)
             -> io::Result<mpsc::Sender<T>> {
         let (tx, rx) = mpsc::channel::<T>();
         let (tunnels, tunnel) = (self.clone(), tunnel.clone());
-        std::thread::Builder::new().name(name.into()).stack_size(THREAD_STACK).spawn(move || {
+        Pool::run(&self.pool, Box::new(move || {
             let Ok(work) = rx.recv() else { return };
             if catch_unwind(AssertUnwindSafe(|| body(&tunnels, &tunnel, work))).is_err() {
                 tunnels.close(&tunnel, Some(RequestError::new(
                     "agent_error", "the agent failed serving this connection")));
             }
-        })?;
+        }))?;
         Ok(tx)
     }
 
@@ -289,6 +298,65 @@ impl Tunnels {
     }
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Threads for tunnels, kept a while once their tunnel is done. A job never waits for a
+/// busy thread: it goes to an idle one, or to one started for it. At most IDLE_THREADS
+/// stay idle, each for at most IDLE_TIMEOUT, so the sandbox's pids limit loses little.
+#[derive(Default)]
+struct Pool {
+    state: Mutex<PoolState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    /// Never more jobs than idle threads: each queued job has an idle thread to take it.
+    jobs: Vec<Job>,
+    idle: usize,
+}
+
+impl Pool {
+    fn run(pool: &Arc<Pool>, job: Job) -> io::Result<()> {
+        {
+            let mut state = pool.state.locked();
+            if state.idle > state.jobs.len() {
+                state.jobs.push(job);
+                pool.wake.notify_one();
+                return Ok(());
+            }
+        }
+        let pool = pool.clone();
+        std::thread::Builder::new().name("tunnel".into()).stack_size(THREAD_STACK)
+            .spawn(move || pool.serve(job)).map(drop)
+    }
+
+    /// Run `job`, then the jobs handed over while idle; end after IDLE_TIMEOUT without one,
+    /// or at once when IDLE_THREADS others already wait.
+    fn serve(&self, mut job: Job) {
+        loop {
+            job();
+            let mut state = self.state.locked();
+            if state.idle >= IDLE_THREADS {
+                return;
+            }
+            state.idle += 1;
+            let mut timed_out = false;
+            while state.jobs.is_empty() && !timed_out {
+                let (next, wait) = self.wake.wait_timeout(state, IDLE_TIMEOUT)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                state = next;
+                timed_out = wait.timed_out();
+            }
+            state.idle -= 1;
+            match state.jobs.pop() {
+                Some(next) => job = next,
+                None => return,
+            }
+        }
+    }
+}
+
 /// The port a `connect` names: an integer 1..=65535.
 fn port_of(value: Option<&Value>) -> Result<u16> {
     match value {
@@ -332,6 +400,47 @@ mod tests {
         assert!(port_of(None).is_err());
         assert_eq!(port_of(Some(&Value::Int(1))).unwrap(), 1);
         assert_eq!(port_of(Some(&Value::Int(65535))).unwrap(), 65535);
+    }
+
+    /// Run `count` jobs at once, each until `release` is sent; their threads' ids.
+    fn run_together(pool: &Arc<Pool>, count: usize) -> Vec<std::thread::ThreadId> {
+        let (started, ids) = mpsc::channel();
+        let release: Vec<mpsc::Sender<()>> = (0..count).map(|_| {
+            let (release, wait) = mpsc::channel::<()>();
+            let started = started.clone();
+            Pool::run(pool, Box::new(move || {
+                started.send(std::thread::current().id()).unwrap();
+                let _ = wait.recv();
+            })).unwrap();
+            release
+        }).collect();
+        // Every job runs while all the others still block: none waits for a busy thread.
+        let ids: Vec<_> = (0..count).map(|_| ids.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        drop(release);
+        ids
+    }
+
+    fn wait_idle(pool: &Pool, count: usize) {
+        for _ in 0..1000 {
+            if pool.state.locked().idle == count {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("{count} threads never went idle");
+    }
+
+    #[test]
+    fn pool_reuses_threads_and_keeps_few() {
+        let pool = Arc::new(Pool::default());
+        let first = run_together(&pool, IDLE_THREADS + 4);
+        let distinct: std::collections::HashSet<_> = first.iter().collect();
+        assert_eq!(distinct.len(), IDLE_THREADS + 4);
+        wait_idle(&pool, IDLE_THREADS);
+        let again = run_together(&pool, 2);
+        assert!(again.iter().all(|id| distinct.contains(id)), "a new thread served a job");
+        wait_idle(&pool, IDLE_THREADS);
     }
 
     #[test]

@@ -303,6 +303,25 @@ def test_cancel_closes_the_connection_and_silences_the_tunnel(tmp_path: Path) ->
         agent.assert_quiet(0.3)
 
 
+def test_tunnels_one_after_another_reuse_the_agents_threads(tmp_path: Path) -> None:
+    """A tunnel's threads serve later tunnels (starting threads is slow under gVisor)."""
+    with Server(echo) as server, AgentProcess(tmp_path) as agent:
+        threads = Path(f"/proc/{agent.process.pid}/task")
+        ping(agent)
+        before = {entry.name for entry in threads.iterdir()}
+        seen: set[str] = set()
+        for round_ in range(20):
+            tunnel = connect(agent, server.port)
+            seen |= {entry.name for entry in threads.iterdir()}
+            payload = f"round {round_}".encode()
+            received, _ = exchange(agent, tunnel, [payload], eof=True)
+            assert received == payload
+        # Two threads a tunnel: without reuse, 40 would have been started.
+        assert len(seen - before) <= 8, sorted(seen - before)
+        ping(agent)
+        agent.assert_quiet(0.2)
+
+
 def test_one_tunnel_past_the_limit_is_refused(tmp_path: Path) -> None:
     with Server(hold) as server, AgentProcess(tmp_path) as agent:
         tunnels = [connect(agent, server.port) for _ in range(limits.MAX_PORT_CONNECTIONS)]
