@@ -244,8 +244,17 @@ def test_a_closed_port_and_a_bad_one_answer_at_once(server: Server,
 
 def test_port_traffic_keeps_an_idle_sandbox_alive(server: Server) -> None:
     with Sandbox.create("python", idle_timeout=2, **server.sdk()) as sb:
-        start_app(sb)
+        # Detached (setsid), so no command of the sandbox runs: a running command counts as
+        # activity too, and port traffic must be all that keeps it alive here.
+        sb.files.write("/tmp/app.py", APP)
+        sb.commands.run(["sh", "-c", f"setsid python3 /tmp/app.py {PORT} "
+                         "</dev/null >/dev/null 2>&1 &"])
+        assert sb.commands.list() == []
         with httpx.Client(headers={"X-Corral-Port-Token": sb.ports.token}, timeout=30) as http:
+            for _ in range(LISTEN_TRIES):  # until the app listens (502 before)
+                if http.get(sb.ports.url(PORT) + "echo").status_code == 200:
+                    break
+                time.sleep(LISTEN_PAUSE)
             deadline = time.monotonic() + 5  # 2.5 idle timeouts, bounded
             while time.monotonic() < deadline:
                 echo(http.get(sb.ports.url(PORT) + "echo"))

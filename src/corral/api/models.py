@@ -148,6 +148,14 @@ def network_spec(policy: NetworkPolicy) -> NetworkSpec:
     return "all" if policy.mode == "all" else "none"
 
 
+def check_port(port: object) -> int:
+    """``port`` if it is a TCP port number (1 to 65535), else InvalidArgumentError."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise InvalidArgumentError(f"port must be an integer between 1 and 65535, not "
+                                   f"{port!r:.40}")
+    return port
+
+
 #: A TCP port inside a sandbox.
 PortNumber = Annotated[int, Field(ge=1, le=65535, strict=True)]
 PortList = Annotated[list[PortNumber], Field(max_length=MAX_PUBLIC_PORTS)]

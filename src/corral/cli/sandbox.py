@@ -8,9 +8,10 @@ its ``--timeout``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated, BinaryIO
 
 import typer
@@ -47,6 +48,16 @@ NetOption = Annotated[list[str] | None, typer.Option(
     "--net", metavar="POLICY", show_default=False,
     help="Network policy: none, all, or allow:ENTRY,... and deny:ENTRY,... (repeatable; "
          "deny wins) of IPs and CIDRs, each optionally with :PORT.")]
+
+
+@contextlib.contextmanager
+def _connected(sandbox_id: str, url: str | None, api_key: str | None) -> Iterator[Sandbox]:
+    """An existing sandbox, its connection closed (the sandbox left running) at the end."""
+    sb = Sandbox.connect(sandbox_id, url=url, api_key=api_key)
+    try:
+        yield sb
+    finally:
+        sb.close()
 
 
 def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
@@ -167,8 +178,7 @@ def exec_(
     if not command:
         raise typer.BadParameter("no command after the sandbox id", param_hint="CMD")
     with reporting_errors():
-        sb = Sandbox.connect(sandbox_id, url=url, api_key=api_key)
-        try:
+        with _connected(sandbox_id, url, api_key) as sb:
             with sb.commands.start(command, env=_pairs(env, "'--env'"), cwd=workdir,
                                    user=user, timeout=timeout) as handle:
                 sinks: dict[str, BinaryIO] = {"stdout": sys.stdout.buffer,
@@ -177,8 +187,6 @@ def exec_(
                     sinks[chunk.stream].write(chunk.data)
                     sinks[chunk.stream].flush()
                 result = handle.wait()
-        finally:
-            sb.close()
     if result.reason == REASON_TIMEOUT:
         say(f"command timed out after {timeout:g} s and was killed")
         raise typer.Exit(EXIT_TIMEOUT)
@@ -224,8 +232,7 @@ def run_code(
     if code == "-":
         code = sys.stdin.read()
     with reporting_errors():
-        sb = Sandbox.connect(sandbox_id, url=url, api_key=api_key)
-        try:
+        with _connected(sandbox_id, url, api_key) as sb:
             def echo(stream: BinaryIO) -> Callable[[str], None]:
                 def write(text: str) -> None:
                     stream.write(text.encode())
@@ -236,8 +243,6 @@ def run_code(
                 code, context=context, language=language, timeout=timeout,
                 on_stdout=None if json_out else echo(sys.stdout.buffer),
                 on_stderr=None if json_out else echo(sys.stderr.buffer))
-        finally:
-            sb.close()
     if json_out:
         typer.echo(execution.model_dump_json(indent=2))
     else:
@@ -274,11 +279,8 @@ def network(
     """
     policy = parse_net(net) if net else None
     with reporting_errors():
-        sb = Sandbox.connect(sandbox_id, url=url, api_key=api_key)
-        try:
+        with _connected(sandbox_id, url, api_key) as sb:
             info = sb.network.update(network_spec(policy)) if policy else sb.network.get()
-        finally:
-            sb.close()
     shown = info.network if isinstance(info.network, str) else info.network.model_dump()
     typer.echo(json.dumps(shown))
 
@@ -298,11 +300,8 @@ def logs(
         corral sandbox logs sbx-0123abcd4567
     """
     with reporting_errors():
-        sb = Sandbox.connect(sandbox_id, url=url, api_key=api_key)
-        try:
+        with _connected(sandbox_id, url, api_key) as sb:
             events = sb.network.events().events
-        finally:
-            sb.close()
     if as_json:
         typer.echo(json.dumps([json.loads(e.model_dump_json()) for e in events], indent=2))
         return
@@ -341,12 +340,9 @@ def ports(
         say("[red]error:[/] give --public PORT... or --private, not both")
         raise typer.Exit(EXIT_CORRAL_ERROR)
     with reporting_errors():
-        sb = Sandbox.connect(sandbox_id, url=url, api_key=api_key)
-        try:
+        with _connected(sandbox_id, url, api_key) as sb:
             info = (sb.ports.set_public(public or []) if public or private
                     else sb.ports.get())
-        finally:
-            sb.close()
     if as_json:
         typer.echo(info.model_dump_json(indent=2))
         return
@@ -384,16 +380,13 @@ def url_(
         corral sandbox url sbx-0123abcd4567 8000 --host --signed 600
     """
     with reporting_errors():
-        sb = Sandbox.connect(sandbox_id, url=url, api_key=api_key)
-        try:
+        with _connected(sandbox_id, url, api_key) as sb:
             if signed is not None:
                 link = sb.ports.signed_url(port, expires_in=signed, host_based=host)
             else:
                 link = sb.ports.url(port, host_based=host)
                 if with_token:
                     link += f"?token={sb.ports.token}"
-        finally:
-            sb.close()
     typer.echo(link)
 
 
@@ -411,10 +404,7 @@ def kill(
     """
     with reporting_errors():
         for sandbox_id in sandbox_ids:
-            sb = Sandbox.connect(sandbox_id, url=url, api_key=api_key)
-            try:
+            with _connected(sandbox_id, url, api_key) as sb:
                 sb.kill()
-            finally:
-                sb.close()
             say(f"killed {sandbox_id}")
 

@@ -29,7 +29,8 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from corral.api import agent_protocol as proto
-from corral.api.errors import AgentError, InvalidArgumentError, SandboxError
+from corral.api.errors import AgentError, SandboxError
+from corral.api.models import check_port
 
 from .agent_client import AgentClient, Stream
 
@@ -42,14 +43,6 @@ CONNECT_TIMEOUT = 30.0
 _SEND_WINDOW = proto.STREAM_WINDOW // 2
 #: Frames that may wait on a tunnel's stream: a window of data, of acks, and end or error.
 _QUEUE_FRAMES = proto.STREAM_WINDOW + _SEND_WINDOW + 8
-
-
-def check_port(port: object) -> int:
-    """``port`` if it is a TCP port number (1 to 65535), else InvalidArgumentError."""
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise InvalidArgumentError(f"port must be an integer between 1 and 65535, not "
-                                   f"{port!r:.40}")
-    return port
 
 
 class PortConnection:

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from corral.api import models
+from corral.api.models import check_port
 from corral.api.errors import SandboxError
-from corral.node.ports import check_port
 
 from ._http import checked
 

@@ -63,12 +63,13 @@ from websockets.http11 import Response as WsResponse
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from corral.api.models import check_port
 from corral.api.errors import (AuthenticationError, ErrorCode, InvalidArgumentError,
                                NotFoundError, PortUnavailableError, RateLimitedError,
                                SandboxError, http_status)
 from corral.api.limits import PORT_READ_TIMEOUT
 from corral.node import NodeSandbox
-from corral.node.ports import PortConnection, check_port
+from corral.node.ports import PortConnection
 from corral.node.validation import SANDBOX_ID
 
 from .auth import presented_key
