@@ -234,12 +234,13 @@ def context_relative(path: str) -> str:
 
 # -- cache keys ----------------------------------------------------------------------------
 
-def step_keys(spec: ImageSpec) -> list[str]:
-    """Each step's cache key, in order: the sha256 of the previous key (the base's name for
-    the first), the step's canonical JSON, and what it reads (a copy's digest is in its
-    JSON). A copy without a digest has no key: compute it with :func:`context_digest`."""
+def step_keys(spec: ImageSpec, base: str | None = None) -> list[str]:
+    """Each step's cache key, in order: the sha256 of the previous key (for the first, of
+    ``base``: what identifies the base's content, its name by default), the step's
+    canonical JSON, and what it reads (a copy's digest is in its JSON). A copy without a
+    digest has no key: compute it with :func:`context_digest`."""
     keys = []
-    parent = hashlib.sha256(f"corral-image-base\0{spec.base}".encode()).hexdigest()
+    parent = hashlib.sha256(f"corral-image-base\0{base or spec.base}".encode()).hexdigest()
     for number, step in enumerate(spec.steps, 1):
         if isinstance(step, CopyStep) and step.digest is None:
             raise InvalidArgumentError(f"step {number} (copy) has no digest of its files")
@@ -259,7 +260,7 @@ def context_digest(context: Path, sources: Sequence[str], ignore: Sequence[str] 
     count = total = 0
     for source in sources:
         relative = context_relative(source)
-        for path in _walk(root, relative, ignore):
+        for path in walk_context(root, relative, ignore):
             count += 1
             if count > MAX_CONTEXT_FILES:
                 raise InvalidArgumentError(f"the copy takes more than {MAX_CONTEXT_FILES} "
@@ -282,7 +283,7 @@ def context_digest(context: Path, sources: Sequence[str], ignore: Sequence[str] 
     return digest.hexdigest()
 
 
-def _walk(root: Path, relative: str, ignore: Sequence[str]) -> Iterator[Path]:
+def walk_context(root: Path, relative: str, ignore: Sequence[str]) -> Iterator[Path]:
     """The files under ``root/relative`` (itself if a file), sorted, skipping ``ignore``
     patterns; links are yielded, not followed, and must stay inside ``root``."""
     start = root / relative

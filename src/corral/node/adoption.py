@@ -62,7 +62,7 @@ async def adopt(directory: Path, *, runtime: Callable[[str], Runtime], images: I
         built = images.get(record.image)
         spec = SandboxSpec(sandbox_id=sandbox_id, rootfs=built.rootfs,
                            cgroup=f"{node_key}/{sandbox_id}", resources=record.resources,
-                           agent_bundle=bundle, directory=directory)
+                           agent_bundle=bundle, directory=directory, layers=built.layers)
         handle = await chosen.adopt(spec, record.extra)
         if "net" in record.extra:  # the node's, not the runtime's: kept whatever it keeps
             handle.extra["net"] = record.extra["net"]

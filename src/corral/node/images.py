@@ -43,6 +43,8 @@ from corral.api.errors import (
     NotFoundError,
 )
 
+from .layers import LayerStore, Manifest, is_image_id
+
 RECIPE_FORMAT = 1
 """Bump when the build or :func:`customize_rootfs` changes: every cache key changes with it."""
 
@@ -128,21 +130,43 @@ class Image:
     workdir: str
     user: str
     size_bytes: int
+    #: Built images only: their layers' folders, top first, stacked above ``rootfs``.
+    layers: tuple[Path, ...] = ()
+    entrypoint: tuple[str, ...] | None = None
+    cmd: tuple[str, ...] | None = None
 
 
 class ImageStore:
     """Builds, caches, lists and removes images under ``root`` (e.g. /var/lib/corral/images)."""
 
-    def __init__(self, root: Path, recipes: Mapping[str, ImageRecipe] | None = None) -> None:
+    def __init__(self, root: Path, recipes: Mapping[str, ImageRecipe] | None = None,
+                 built: Path | None = None) -> None:
+        """``built``: where built images' layers and manifests live (default: ``root``)."""
         self.root = Path(root)
         self.recipes = dict(BUILTIN_IMAGES if recipes is None else recipes)
+        self.built = LayerStore(Path(built) if built is not None else self.root)
 
     def get(self, name: str) -> Image:
-        """Return the built image ``name``; never builds. Raises NotFoundError if not built."""
+        """Return the image ``name`` (a recipe's name, or a built image's ``sha256:`` id);
+        never builds. Raises NotFoundError if it is not built."""
+        if is_image_id(name):
+            return self.from_manifest(self.built.manifest(name))
         image = self._load(self._recipe(name))
         if image is None:
             raise NotFoundError(f"image {name!r} is not built; build it: corral image build {name}")
         return image
+
+    def from_manifest(self, manifest: Manifest) -> Image:
+        """The image a manifest describes, on its base recipe's current build."""
+        base = self.get(manifest.base)
+        if base.key != manifest.base_key:
+            raise NotFoundError(f"image {manifest.id[:19]} was built on image "
+                                f"{manifest.base} {manifest.base_key}, which is gone (now "
+                                f"{base.key}); build it again")
+        layers = tuple(self.built.layer_path(k) for k in reversed(manifest.layers))
+        return Image(manifest.id, manifest.id[7:23], base.rootfs, manifest.env,
+                     manifest.workdir, manifest.user, base.size_bytes + manifest.size_bytes,
+                     layers=layers, entrypoint=manifest.entrypoint, cmd=manifest.cmd)
 
     def ensure(self, name: str, progress: Progress | None = None) -> Image:
         """Return image ``name``, building it first if needed (output lines go to ``progress``)."""
@@ -313,7 +337,7 @@ def _mounts_using(rootfs: Path) -> int:
     with open("/proc/self/mountinfo") as f:
         return sum(1 for line in f
                    if any(field == needle or field.startswith(needle + "/")
-                          or f"lowerdir={needle}" in field for field in line.split()))
+                          for field in line.replace(",", " ").replace("=", " ").split()))
 
 
 def _check_name(name: str) -> None:

@@ -35,6 +35,7 @@ from corral.api.errors import (
 )
 from corral.api.limits import DEFAULT_LIFETIME
 from corral.api.contract import NetworkArg
+from corral.api.image_spec import ImageSpec
 from corral.api.limits import TIMEOUT_RANGE
 from corral.api.network import NetworkPolicy
 from corral.api.resources import Resources, check_timeout
@@ -43,10 +44,12 @@ from corral.runtime.agent_bundle import ensure_bundle
 from corral.runtime.host import (destroy_net, favor_dynamic_changes, remove_node_cgroups,
                                  sweep, sweep_networks)
 
-from . import records
+from . import builder, records
 from .adoption import AdoptionError, adopt, release
 from .agent_client import AgentClient
-from .images import ImageStore
+from .builder import BuildEvent
+from .images import Image, ImageStore
+from .layers import Manifest, PruneResult
 from .lifecycle import Lifecycle, SandboxState, StateListener
 from .network import EXTRA_KEY as net_extra
 from .network import NodeNetwork, policy_of
@@ -74,7 +77,7 @@ class Node:
         """``runtimes``: the only runtimes this node uses, by name, instead of the host's
         (tests give a fake one); only this constructor takes them, never a setting."""
         self.settings = settings or NodeSettings.from_env()
-        self.images = ImageStore(self.settings.image_dir)
+        self.images = ImageStore(self.settings.image_dir, built=self.settings.built_dir)
         self.lifecycle = Lifecycle(self._persist)
         self.lifecycle.on_state(self._forget_stopped)
         self._sandboxes: dict[str, NodeSandbox] = {}
@@ -292,7 +295,8 @@ class Node:
 
     async def _start(self, image: str, chosen: Runtime, resources: Resources,
                      env: dict[str, str], metadata: dict[str, str], timeout: float,
-                     pooled: bool, policy: NetworkPolicy | None = None) -> NodeSandbox:
+                     pooled: bool, policy: NetworkPolicy | None = None,
+                     built: Image | None = None) -> NodeSandbox:
         """Build and start one sandbox, waiting for a start turn (admission control)."""
         if len(self._sandboxes) + self._pending >= self.settings.max_sandboxes:
             raise ResourceExhaustedError(
@@ -308,16 +312,17 @@ class Node:
             self._waiting -= 1
         try:
             return await self._start_now(image, chosen, resources, env, metadata, timeout,
-                                         pooled, policy or NetworkPolicy())
+                                         pooled, policy or NetworkPolicy(), built)
         finally:
             self._start_turns.release()
 
     async def _start_now(self, image: str, chosen: Runtime, resources: Resources,
                          env: dict[str, str], metadata: dict[str, str], timeout: float,
-                         pooled: bool, policy: NetworkPolicy) -> NodeSandbox:
+                         pooled: bool, policy: NetworkPolicy,
+                         built: Image | None = None) -> NodeSandbox:
         if self._bundle is None:
             raise SandboxError("the node is not started; use `async with Node()`")
-        built = self.images.get(image)
+        built = built or self.images.get(image)
         sandbox_id = f"sbx-{secrets.token_hex(8)}"
         # Counted as pending, and in no list, until it runs: nothing can reach (or stop) a
         # sandbox while it starts, and Node.close() waits for its start instead.
@@ -330,7 +335,8 @@ class Node:
                                agent_bundle=self._bundle,
                                directory=self.sandboxes_dir / sandbox_id,
                                orphan_grace=self.settings.orphan_grace,
-                               netns=net.netns_path if net is not None else None)
+                               netns=net.netns_path if net is not None else None,
+                               layers=built.layers)
             try:
                 handle = await chosen.create(spec)
             except BaseException:
@@ -410,6 +416,40 @@ class Node:
         self.lifecycle.move(sandbox, SandboxState.RUNNING)  # past its lifetime: stops at once
         log.info("sandbox %s adopted (%s, image %s)", sandbox.id, adopted.runtime.name,
                  record.image)
+
+    async def build_image(self, spec: ImageSpec, *, context: Path | None = None,
+                          runtime: str | None = None,
+                          on_event: Callable[[BuildEvent], None] | None = None) -> Manifest:
+        """Build an image from ``spec``, each step in a sandbox of ``runtime`` (default: the
+        strongest), and return its manifest; see :mod:`corral.node.builder`.
+
+        ``context``: the folder copy steps take files from. ``on_event``: each step, log
+        line and the end, as they happen. Steps whose layer exists are not run again.
+        """
+        if self._bundle is None:
+            raise SandboxError("the node is not started; use `async with Node()`")
+        return await builder.build(self, spec, context=context, runtime=runtime,
+                                   registries=self.settings.registries,
+                                   resources=self.settings.build_resources,
+                                   on_event=on_event)
+
+    async def start_for_build(self, image: Image, *, runtime: str | None,
+                              resources: Resources, env: dict[str, str],
+                              policy: NetworkPolicy, timeout: float) -> NodeSandbox:
+        """A sandbox for one build step: started from ``image`` (a base and the layers of
+        the steps before), neither listed nor recorded, like a warm pool's."""
+        self._check_host_fits(resources)
+        policy = self.network.check(policy)
+        chosen = await self._runtime(runtime)
+        return await self._shielded(self._start(image.name, chosen, resources, env, {},
+                                                timeout, pooled=True, policy=policy,
+                                                built=image))
+
+    async def prune_images(self, keep: set[str]) -> PruneResult:
+        """Delete the built images not in ``keep`` (ids) and not used by a live sandbox, and
+        every layer no remaining image uses. Waits for builds under way to end."""
+        used = {sandbox.image for sandbox in self._sandboxes.values()}
+        return await asyncio.to_thread(self.images.built.prune, keep | used)
 
     def _check_host_fits(self, resources: Resources) -> None:
         total_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)

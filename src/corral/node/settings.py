@@ -13,9 +13,11 @@ from pathlib import Path
 
 from corral.api.errors import InvalidArgumentError
 from corral.api.network import MAX_ENTRIES, NetOperator
+from corral.api.resources import Resources
 from corral.runtime import GvisorOptions
 from corral.runtime.agent_bundle import ORPHAN_GRACE
 
+from .builder import BUILD_RESOURCES, Registries
 from .pools import PoolSpec
 
 
@@ -49,6 +51,9 @@ class NodeSettings:
             may be asked for (``CORRAL_NET_ALLOW_ALL=0`` forbids it), the entry cap
             (``CORRAL_NET_MAX_ENTRIES``) and the sandboxes' address pool
             (``CORRAL_NET_POOL``). Lists are comma- or space-separated.
+        registries: the package registries image builds may reach
+            (:class:`corral.node.builder.Registries`, ``CORRAL_BUILD_*``).
+        build_resources: the limits of each build step's sandbox.
     """
 
     data_dir: Path
@@ -61,6 +66,8 @@ class NodeSettings:
     start_queue: int = 256
     gvisor: GvisorOptions | None = None
     network: NetOperator = field(default_factory=NetOperator)
+    registries: Registries = field(default_factory=Registries)
+    build_resources: Resources = BUILD_RESOURCES
 
     def __post_init__(self) -> None:
         if self.max_starting < 1 or self.start_queue < 0:
@@ -90,7 +97,13 @@ class NodeSettings:
                    orphan_grace=orphan_grace, pools=pools,
                    max_starting=_int_env("CORRAL_MAX_STARTING", defaults.max_starting),
                    start_queue=_int_env("CORRAL_START_QUEUE", defaults.start_queue),
-                   gvisor=GvisorOptions.from_env(), network=network_from_env())
+                   gvisor=GvisorOptions.from_env(), network=network_from_env(),
+                   registries=Registries.from_env())
+
+    @property
+    def built_dir(self) -> Path:
+        """Where built images' layers and manifests live (:mod:`corral.node.layers`)."""
+        return self.data_dir / "built"
 
     @property
     def node_key(self) -> str:

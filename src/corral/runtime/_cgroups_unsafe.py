@@ -91,6 +91,19 @@ class SandboxCgroups(CgroupView):
             time.sleep(0.002)
         return False
 
+    def freeze(self, timeout: float = 5.0) -> bool:
+        """Stop every process in the sandbox where it is (the v2 freezer); True once they
+        all are. ``kill`` still ends them; nothing thaws them."""
+        if self.unified is None or not self.unified.exists():
+            return False
+        _write(self.unified / "cgroup.freeze", "1")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "frozen 1" in (self.unified / "cgroup.events").read_text():
+                return True
+            time.sleep(0.002)
+        return False
+
     def remove(self, timeout: float = 5.0) -> list[str]:
         """Remove every cgroup of the sandbox (children first); returns what could not go."""
         left = []

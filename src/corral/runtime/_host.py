@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 from corral.api.errors import InternalError
@@ -47,13 +48,37 @@ def prepare_root(spec: SandboxSpec, userns: mounts.UserNamespace | None) -> Path
     mounts.mount_tmpfs(disk, spec.resources.disk_mib * MIB, inode_limit(spec.resources.disk_mib))
     mounts.make_dir(disk / "upper", 0o755, userns)
     (disk / "work").mkdir()
-    lower = spec.rootfs
+    lowers = [*spec.layers, spec.rootfs]
     if userns is not None:
-        lower = directory / "lower"
-        lower.mkdir()
-        mounts.bind_idmapped(spec.rootfs, lower, userns.fd)
-    mounts.mount_overlay(lower, disk / "upper", disk / "work", root)
+        bound = []
+        for number, layer in enumerate(lowers):
+            lower = directory / ("lower" if number == 0 else f"lower{number}")
+            lower.mkdir()
+            mounts.bind_idmapped(layer, lower, userns.fd)
+            bound.append(lower)
+        lowers = bound
+    mounts.mount_overlay(lowers, disk / "upper", disk / "work", root)
     return root
+
+
+def copy_changes(spec: SandboxSpec, destination: Path) -> None:
+    """Freeze a running sandbox and copy what it changed in its image (its overlay's upper
+    layer, whiteouts and opaque directories included) into the new folder ``destination``.
+
+    The sandbox stays frozen: the caller destroys it next. What is copied is the sandbox's
+    own, hostile content, copied as it is (``cp -a``: links stay links, nothing is
+    followed); the caller neutralises it (:mod:`corral.node.layers`).
+    """
+    if not cgroups.SandboxCgroups(spec.cgroup).freeze():
+        raise InternalError(f"sandbox {spec.sandbox_id}: could not freeze it to copy its "
+                            "changes")
+    upper = spec.directory / "disk" / "upper"
+    destination.mkdir(mode=0o700)
+    result = subprocess.run(["cp", "-a", "--", f"{upper}/.", str(destination)],
+                            stdin=subprocess.DEVNULL, capture_output=True, timeout=3600)
+    if result.returncode != 0:
+        raise InternalError(f"sandbox {spec.sandbox_id}: copying its changes failed: "
+                            f"{result.stderr.decode(errors='replace')[-2000:]}")
 
 
 def channel_dir(spec: SandboxSpec) -> Path:

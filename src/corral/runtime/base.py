@@ -52,6 +52,7 @@ class SandboxSpec:
     sandbox_id: str
     #: The sandbox's cgroup name, ``<node key>/<sandbox id>``, under ``corral/``.
     cgroup: str
+    #: The image's root filesystem: the bottom read-only layer.
     rootfs: Path
     resources: Resources
     agent_bundle: Path
@@ -61,6 +62,9 @@ class SandboxSpec:
     #: The network namespace to start the sandbox in (its policy's, made by the node), or
     #: None: loopback only.
     netns: Path | None = None
+    #: Read-only layers stacked above ``rootfs``, top first (a built image's steps, each an
+    #: overlay upper directory: whiteouts and opaque directories as overlayfs writes them).
+    layers: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)

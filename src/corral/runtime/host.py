@@ -21,6 +21,8 @@ Writes (implemented in :mod:`._cgroups_unsafe`, :mod:`._mounts_unsafe` and
 * :func:`sweep`, :func:`teardown`: kill, unmount, uncgroup and delete sandboxes a node
   left behind, or one sandbox; :func:`sweep_networks`: their network namespaces.
 * :func:`give_socket`: hand a bound channel socket to its folder's owner alone.
+* :func:`copy_changes`: freeze a sandbox and copy what it changed in its image (an image
+  build's step, :mod:`corral.node.builder`).
 * :class:`SandboxCgroups`: make, limit, join, kill and remove a sandbox's cgroups (the
   benchmark's bare sandboxes, which no runtime starts).
 * :func:`ensure_net_table`, :func:`create_net`, :func:`update_net`, :func:`destroy_net`:
@@ -34,7 +36,7 @@ from __future__ import annotations
 
 from ._cgroups import CgroupView, Layout, cgroup_layout, favordynmods_enabled, leftover_names
 from ._cgroups_unsafe import SandboxCgroups, favor_dynamic_changes, remove_node_cgroups
-from ._host import channel_socket, sweep, sweep_networks, teardown
+from ._host import channel_socket, copy_changes, sweep, sweep_networks, teardown
 from ._mounts import mounts_under
 from ._mounts_unsafe import give_socket
 from ._net_unsafe import DNS_PORT as NET_DNS_PORT
@@ -56,7 +58,7 @@ from ._nflog import group_of as nflog_group
 __all__ = [
     "NET_DNS_PORT", "NET_HOST_PREFIX", "NET_LOG_BURST", "NET_LOG_RATE", "NET_PROXY_PORT",
     "CgroupView", "Layout", "LoggedPacket", "NflogReader",
-    "SandboxCgroups", "SandboxNet", "cgroup_layout", "channel_socket", "create_net",
+    "SandboxCgroups", "SandboxNet", "cgroup_layout", "channel_socket", "copy_changes", "create_net",
     "destroy_net", "ensure_net_table", "favor_dynamic_changes", "favordynmods_enabled",
     "give_socket", "leftover_names", "mounts_under", "net_slots", "net_traffic",
     "nflog_group", "remove_node_cgroups", "sweep", "sweep_networks", "taken_net_slots",
