@@ -43,7 +43,6 @@ from corral.api.network import NetworkPolicy
 from corral.api.resources import Resources
 from corral.runtime.host import copy_changes
 
-from .images import Image
 from .layers import Manifest, is_image_id
 
 if TYPE_CHECKING:
@@ -160,15 +159,15 @@ async def build(node: Node, spec: ImageSpec, *, context: Path | None = None,
     spec = with_digests(spec, context)
     if is_image_id(spec.base):
         parent = store.built.manifest(spec.base)
-        base = store.get(parent.base)
+        store.from_manifest(parent)  # its base and layers are all there
         state = _State(list(parent.layers), dict(parent.env), parent.workdir, parent.user)
-        base_id, base_name = spec.base, parent.base
+        base_id, base_name, base_key = spec.base, parent.base, parent.base_key
         entrypoint, cmd = parent.entrypoint, parent.cmd
         labels = dict(parent.labels)
     else:
         base = store.get(spec.base)
         state = _State([], dict(base.env), base.workdir, base.user)
-        base_id, base_name = f"{base.name}@{base.key}", base.name
+        base_id, base_name, base_key = f"{base.name}@{base.key}", base.name, base.key
         entrypoint = cmd = None
         labels = {}
     keys = step_keys(spec, base_id)
@@ -190,7 +189,8 @@ async def build(node: Node, spec: ImageSpec, *, context: Path | None = None,
             emit(BuildEvent("step", number, total, label, cached=cached))
             if not cached:
                 began = time.monotonic()
-                await _run_step(node, base, state, step, number, key, context, runtime,
+                await _run_step(node, base_name, base_key, state, step, number, key,
+                                context, runtime,
                                 registries, resources, step_timeout,
                                 functools.partial(_log, emit, number, total))
                 emit(BuildEvent("log", number, total,
@@ -199,7 +199,7 @@ async def build(node: Node, spec: ImageSpec, *, context: Path | None = None,
             if isinstance(step, WorkdirStep):
                 state.workdir = step.path
         manifest = store.built.save(Manifest(
-            base=base_name, base_key=base.key, layers=tuple(state.layers),
+            base=base_name, base_key=base_key, layers=tuple(state.layers),
             env=tuple(state.env.items()), workdir=state.workdir, user=state.user,
             entrypoint=tuple(spec.entrypoint) if spec.entrypoint is not None else entrypoint,
             cmd=tuple(spec.cmd) if spec.cmd is not None else cmd,
@@ -266,14 +266,15 @@ async def _building(root: Path) -> AsyncIterator[None]:
         os.close(fd)
 
 
-async def _run_step(node: Node, base: Image, state: _State, step: object, number: int,
-                    key: str, context: Path | None, runtime: str | None,
+async def _run_step(node: Node, base_name: str, base_key: str, state: _State,
+                    step: object, number: int, key: str, context: Path | None,
+                    runtime: str | None,
                     registries: Registries, resources: Resources, step_timeout: float,
                     log: Callable[[str], None]) -> None:
     store = node.images.built
-    image = Image(name=base.name, key=base.key, rootfs=base.rootfs,
-                  env=tuple(state.env.items()), workdir=state.workdir, user=state.user,
-                  size_bytes=0, layers=tuple(store.layer_path(k) for k in reversed(state.layers)))
+    image = node.images.from_manifest(Manifest(
+        base=base_name, base_key=base_key, layers=tuple(state.layers),
+        env=tuple(state.env.items()), workdir=state.workdir, user=state.user))
     argv, user, policy, env = _command(step, state, registries)
     sandbox = await node.start_for_build(image, runtime=runtime, resources=resources,
                                          env={**state.env, **env}, policy=policy,
@@ -293,7 +294,7 @@ async def _run_step(node: Node, base: Image, state: _State, step: object, number
         synced = await sandbox.commands.run(["sync"], user="root", timeout=300)
         if synced.exit_code != 0:
             raise BuildError(f"step {number}: sync failed in its sandbox: {synced.stderr}")
-        meta = {"step": describe(step), "base": f"{base.name}@{base.key}",
+        meta = {"step": describe(step), "base": f"{base_name}@{base_key}",
                 "parent": state.layers[-1] if state.layers else None}
         uid_base = sandbox.handle.spec.directory.joinpath("disk", "upper").stat().st_uid
         with store.new_layer(key, meta, uid_base) as where:

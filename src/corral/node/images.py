@@ -157,16 +157,23 @@ class ImageStore:
         return image
 
     def from_manifest(self, manifest: Manifest) -> Image:
-        """The image a manifest describes, on its base recipe's current build."""
-        base = self.get(manifest.base)
-        if base.key != manifest.base_key:
-            raise NotFoundError(f"image {manifest.id[:19]} was built on image "
-                                f"{manifest.base} {manifest.base_key}, which is gone (now "
-                                f"{base.key}); build it again")
-        layers = tuple(self.built.layer_path(k) for k in reversed(manifest.layers))
-        return Image(manifest.id, manifest.id[7:23], base.rootfs, manifest.env,
-                     manifest.workdir, manifest.user, base.size_bytes + manifest.size_bytes,
-                     layers=layers, entrypoint=manifest.entrypoint, cmd=manifest.cmd)
+        """The image a manifest describes: its layers on its base recipe's current build,
+        or, with no base (an imported archive), on its own first layer."""
+        paths = [self.built.layer_path(k) for k in manifest.layers]
+        if manifest.base:
+            base = self.get(manifest.base)
+            if base.key != manifest.base_key:
+                raise NotFoundError(f"image {manifest.id[:19]} was built on image "
+                                    f"{manifest.base} {manifest.base_key}, which is gone "
+                                    f"(now {base.key}); build it again")
+            rootfs, size = base.rootfs, base.size_bytes + manifest.size_bytes
+        elif paths:
+            rootfs, size, paths = paths[0], manifest.size_bytes, paths[1:]
+        else:
+            raise InternalError(f"image {manifest.id[:19]} has neither a base nor a layer")
+        return Image(manifest.id, manifest.id[7:23], rootfs, manifest.env, manifest.workdir,
+                     manifest.user, size, layers=tuple(reversed(paths)),
+                     entrypoint=manifest.entrypoint, cmd=manifest.cmd)
 
     def ensure(self, name: str, progress: Progress | None = None) -> Image:
         """Return image ``name``, building it first if needed (output lines go to ``progress``)."""
