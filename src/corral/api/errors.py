@@ -29,6 +29,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
     PORT_UNAVAILABLE = "port_unavailable"
+    BUILD_FAILED = "build_failed"
     INTERNAL = "internal"
 
 
@@ -156,6 +157,13 @@ class PortUnavailableError(SandboxError):
     code = ErrorCode.PORT_UNAVAILABLE
 
 
+class BuildFailedError(SandboxError):
+    """A step of an image build failed; the message names the step and quotes the end of
+    its output and its exit status."""
+
+    code = ErrorCode.BUILD_FAILED
+
+
 class InternalError(SandboxError):
     """A bug or an unexpected host failure."""
 
@@ -180,6 +188,7 @@ ERROR_CLASSES: dict[ErrorCode, type[SandboxError]] = {
         RateLimitedError,
         UnavailableError,
         PortUnavailableError,
+        BuildFailedError,
         InternalError,
     )
 }
@@ -202,6 +211,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.RATE_LIMITED: 429,  # the request was refused before it did anything
     ErrorCode.INTERNAL: 500,
     ErrorCode.PORT_UNAVAILABLE: 502,  # an exposed port with nothing listening
+    ErrorCode.BUILD_FAILED: 422,  # the request was understood; a step of it failed
     ErrorCode.AGENT_ERROR: 502,
     ErrorCode.RUNTIME_UNAVAILABLE: 503,
     ErrorCode.UNAVAILABLE: 503,  # the server is at its limit of requests in flight

@@ -28,6 +28,7 @@ from .limits import (DEFAULT_CODE_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, DEFAULT_LIFE
 from .limits import MAX_CODE as MAX_CODE
 from .limits import MAX_INLINE_STDIN as MAX_INLINE_STDIN
 from .limits import MAX_PATH as MAX_PATH
+from .image_spec import ImageSpec
 from .network import MAX_ENTRIES, MAX_ENTRY, NetworkPolicy
 from .resources import Resources, check_timeout
 
@@ -659,3 +660,113 @@ class CodeEndEvent(_Response):
 
 CodeEvent = Annotated[CodeOutputEvent | CodeResultEvent | CodeErrorEvent | CodeEndEvent
                       | ErrorEvent, Field(discriminator="type")]
+
+
+# -- images ----------------------------------------------------------------------------------
+
+#: An image name as tenants give it: ``name`` or ``name:tag`` (``latest`` when left out).
+IMAGE_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}(:[a-z0-9][a-z0-9._-]{0,63})?$"
+
+
+class ImageBuildRequest(_Request):
+    """``POST /v1/images``: build ``spec`` and name the result ``name`` (or leave it
+    unnamed: it is then reachable by its id alone, by its owner)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: Annotated[str, Field(pattern=IMAGE_NAME_PATTERN)] | None = None
+    spec: ImageSpec
+    context: Annotated[str, Field(pattern=r"^ctx-[0-9a-f]{32}$")] | None = Field(
+        default=None, description="a build context uploaded to `/v1/images/contexts`")
+    runtime: Annotated[str, Field(max_length=32)] | None = None
+
+
+class ImageContextInfo(_Response):
+    """An uploaded build context: pass ``id`` as a build's ``context``."""
+
+    id: str
+    size_bytes: int
+    files: int
+    expires_at: datetime
+
+
+class ImageInfo(_Response):
+    """An image a tenant can start sandboxes from: one of its own (``public`` false) or
+    one the operator provides."""
+
+    name: str | None
+    id: str
+    public: bool = False
+    base: str | None = None
+    size_bytes: int = 0
+    layers: int = 0
+    created_at: datetime | None = None
+    env: dict[str, str] = {}
+    workdir: str | None = None
+    user: str | None = None
+    entrypoint: list[str] | None = None
+    cmd: list[str] | None = None
+    labels: dict[str, str] = {}
+    steps: list[str] = []
+    build: str | None = Field(default=None, description="the build that made it "
+                              "(`GET /v1/images/builds/{id}`)")
+
+
+class ImageList(_Response):
+    images: list[ImageInfo]
+    used_bytes: int = Field(description="disk this tenant's images take (a layer shared by "
+                            "two of them counts once)")
+    quota_bytes: int
+
+
+class BuildInfo(_Response):
+    """One build: how it went, and its log (the last lines, bounded)."""
+
+    id: str
+    name: str | None
+    state: Literal["running", "succeeded", "failed"]
+    started_at: datetime
+    finished_at: datetime | None = None
+    image: str | None = None
+    error: str | None = None
+    log: str = ""
+
+
+class BuildStepEvent(_Response):
+    """A step begins (``cached``: its layer was there, it does not run)."""
+
+    type: Literal["step"] = "step"
+    step: int
+    total: int
+    text: str
+    cached: bool = False
+
+
+class BuildLogEvent(_Response):
+    """A line a step printed."""
+
+    type: Literal["log"] = "log"
+    step: int
+    text: str
+
+
+class BuildDoneEvent(_Response):
+    type: Literal["done"] = "done"
+    image: ImageInfo
+    seconds: float
+
+
+class BuildStartedEvent(_Response):
+    """The first event of a build's stream: where its log stays afterwards."""
+
+    type: Literal["build"] = "build"
+    build: str
+
+
+BuildEvent = Annotated[BuildStartedEvent | BuildStepEvent | BuildLogEvent | BuildDoneEvent
+                       | ErrorEvent, Field(discriminator="type")]
+
+
+class PruneInfo(_Response):
+    images: int
+    layers: int
+    bytes_freed: int

@@ -20,6 +20,7 @@ from corral.api.models import SandboxInfo
 from .code import AsyncCodeInterpreter, Context, Execution, ExecutionError, Logs, Result
 from .commands import AsyncCommandHandle, AsyncCommands
 from .files import AsyncFiles
+from .images import Image
 from .sandbox import AsyncSandbox
 from .sync import CodeInterpreter, CommandHandle, Commands, Files, Sandbox
 
@@ -27,6 +28,7 @@ __all__ = [
     "AsyncCodeInterpreter", "CodeInterpreter", "Context", "Execution", "ExecutionError",
     "Logs", "Result",
     "AsyncCommandHandle", "AsyncCommands", "AsyncFiles", "AsyncSandbox", "CommandHandle",
-    "CommandResult", "Commands", "EntryInfo", "Files", "Output", "ProcessInfo", "Sandbox",
+    "CommandResult", "Commands", "EntryInfo", "Files", "Image", "Output", "ProcessInfo",
+    "Sandbox",
     "SandboxInfo",
 ]

@@ -28,6 +28,7 @@ from corral.api.code_events import ErrorCallback, ResultCallback, TextCallback
 from corral.api.limits import DEFAULT_CODE_TIMEOUT, DEFAULT_LIFETIME
 from corral.api.resources import Resources
 
+from .images import Image, build_with
 from ._http import CREATE_TIMEOUT, ApiClient, checked
 from .code import AsyncCodeInterpreter, Execution
 from .commands import AsyncCommands
@@ -72,7 +73,7 @@ class AsyncSandbox:
         return f"AsyncSandbox(id={self.id!r}, state={self.info.state!r})"
 
     @classmethod
-    async def create(cls, image: str = "python", *, timeout: float = DEFAULT_LIFETIME,
+    async def create(cls, image: str | Image = "python", *, timeout: float = DEFAULT_LIFETIME,
                      env: Mapping[str, str] | None = None,
                      metadata: Mapping[str, str] | None = None,
                      resources: ResourcesArg | None = None, runtime: str | None = None,
@@ -84,7 +85,9 @@ class AsyncSandbox:
         """Start a sandbox and return once it can run commands.
 
         Args:
-            image: a built image (``corral image build NAME``).
+            image: an image's name (``python``, or one of yours such as ``my-env:1``),
+                its ``sha256:`` id, or an :class:`corral.Image`, built first (its steps
+                built before are not run again).
             timeout: seconds to live; it is killed after (:meth:`set_timeout` extends it).
             env: environment variables of every command.
             metadata: string labels, to find it with :meth:`list`.
@@ -115,6 +118,8 @@ class AsyncSandbox:
         """
         api = ApiClient(url, api_key, ca_file)
         try:
+            if isinstance(image, Image):
+                image = (await build_with(api, image, runtime=runtime)).id
             request = checked(models.SandboxCreate, image=image, runtime=runtime,
                               resources=_resources(resources), env=dict(env or {}),
                               metadata=dict(metadata or {}), timeout=float(timeout),

@@ -24,14 +24,17 @@ from .metrics import Metrics
 from .ports import PortProxy
 from .ratelimit import Buckets
 from .routes import aca, audit, code, commands, files, mcp, metrics, sandboxes
+from .routes import images as images_routes
 from .services import CommandService, FileService, IdleReaper, SandboxService
 from .services.aca import AcaService
 from .services.mcp import McpEndpoint
 from .services.code import CodeService
+from .services.images import ImageService
 from .settings import ServerSettings
 from .store import KeyStore, SandboxStore, open_engine
 from .store.aca_sessions import AcaSessionStore
 from .store.audit import AuditStore
+from .store.images import ImageNameStore
 from .store.schema import database_url
 
 log = logging.getLogger(__name__)
@@ -47,7 +50,10 @@ def create_app(settings: ServerSettings, *,
     engine = open_engine(database_url(settings.node.data_dir, settings.database_url or None))
     keys = KeyStore(engine)
     node = Node(settings.node, runtimes=runtimes)
-    sandbox_service = SandboxService(node, SandboxStore(engine), settings.ports_domain)
+    images = ImageService(node, ImageNameStore(engine), settings.node.data_dir / "contexts",
+                          settings.image_quota)
+    sandbox_service = SandboxService(node, SandboxStore(engine), settings.ports_domain,
+                                     images=images.resolve)
     limits = settings.limits
     failures = Buckets(limits.auth_failure_rate, limits.auth_failure_burst, limits.buckets)
     port_proxy = PortProxy(sandbox_service, keys, settings.ports_domain, failures)
@@ -58,6 +64,7 @@ def create_app(settings: ServerSettings, *,
         await node.start()
         try:
             await sandbox_service.start()
+            await images.start()
             await app.state.aca.start()
             await app.state.mcp.start()
             reaper.start()
@@ -68,6 +75,7 @@ def create_app(settings: ServerSettings, *,
             await port_proxy.aclose()
             await app.state.mcp.close()
             await app.state.aca.close()
+            await images.close()
             await sandbox_service.close()
             await node.close(detach=settings.keep_sandboxes)
             await sandbox_service.record_all()
@@ -78,6 +86,7 @@ def create_app(settings: ServerSettings, *,
     app.state.settings = settings
     app.state.keys = keys
     app.state.sandboxes = sandbox_service
+    app.state.images = images
     app.state.commands = CommandService(sandbox_service)
     app.state.files = FileService(sandbox_service)
     app.state.code = CodeService(sandbox_service)
@@ -87,7 +96,7 @@ def create_app(settings: ServerSettings, *,
     app.state.metrics = Metrics(node)
     errors.install(app)
     openapi.install(app)
-    for module in (sandboxes, commands, files, code, metrics, audit, aca, mcp):
+    for module in (sandboxes, images_routes, commands, files, code, metrics, audit, aca, mcp):
         app.include_router(module.router)
     app.state.audit = AuditStore(engine)
     # Logs, metrics, limits, authentication, audit, body bounds: see middleware.py.

@@ -46,6 +46,8 @@ _MEANING: Final = {
                                 "message says which",
     ErrorCode.RUNTIME_UNAVAILABLE: "the runtime asked for does not work on this host",
     ErrorCode.COMMAND_TIMEOUT: "a command ran past its timeout",
+    ErrorCode.BUILD_FAILED: "a step of an image build failed; the message names it and "
+                            "quotes its output and exit status",
 }
 #: Every operation may answer these: authentication and the body bound come before the
 #: route, and any call can meet a limit or a failure of the host.

@@ -150,6 +150,17 @@ class AcaSettings:
                                        "numbers of seconds") from None
 
 
+def _mib_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    try:
+        value = int(raw) if raw else default
+    except ValueError:
+        raise InvalidArgumentError(f"{name}={raw!r:.40} is not a whole number of MiB") from None
+    if value < 1:
+        raise InvalidArgumentError(f"{name} must be at least 1 MiB")
+    return value
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """Attributes:
@@ -175,6 +186,8 @@ class ServerSettings:
         mcp_network: the most a model may ask a sandbox to reach through the ``/mcp``
             tools (``CORRAL_MCP_NETWORK``, e.g. ``allow:pypi.org,files.pythonhosted.org``;
             default none).
+        image_quota: bytes each tenant's built images may take together
+            (``CORRAL_IMAGE_QUOTA_MIB``, default 20 GiB).
     """
 
     node: NodeSettings
@@ -191,6 +204,7 @@ class ServerSettings:
     aca: AcaSettings = field(default_factory=AcaSettings)
     ports_domain: str = "localhost"
     mcp_network: NetworkPolicy = field(default_factory=NetworkPolicy)
+    image_quota: int = 20 * 1024 ** 3
 
     def __post_init__(self) -> None:
         if not _DOMAIN.match(self.ports_domain):
@@ -225,6 +239,7 @@ class ServerSettings:
                 os.environ.get("CORRAL_MCP_NETWORK", "").split(), "CORRAL_MCP_NETWORK"),
             ports_domain=(ports_domain or os.environ.get("CORRAL_PORTS_DOMAIN")
                           or "localhost").strip().lower().rstrip("."),
+            image_quota=_mib_env("CORRAL_IMAGE_QUOTA_MIB", 20 * 1024) * 1024 * 1024,
         )
 
     @property

@@ -12,6 +12,7 @@ from fastapi import Depends, Path, Request
 
 from ..metrics import Metrics as MetricsT
 from ..services import CommandService, FileService, SandboxService
+from ..services.images import ImageService
 
 
 async def _sandboxes(request: Request) -> SandboxService:
@@ -29,6 +30,11 @@ async def _files(request: Request) -> FileService:
     return service
 
 
+async def _images(request: Request) -> ImageService:
+    service: ImageService = request.app.state.images
+    return service
+
+
 async def _metrics(request: Request) -> MetricsT:
     metrics: MetricsT = request.app.state.metrics
     return metrics
@@ -38,4 +44,5 @@ Sandboxes = Annotated[SandboxService, Depends(_sandboxes)]
 Commands = Annotated[CommandService, Depends(_commands)]
 Files = Annotated[FileService, Depends(_files)]
 Metrics = Annotated[MetricsT, Depends(_metrics)]
+Images = Annotated[ImageService, Depends(_images)]
 SandboxId = Annotated[str, Path(max_length=64)]

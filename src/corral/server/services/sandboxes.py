@@ -29,7 +29,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from corral.api import models
@@ -78,8 +78,12 @@ class _Activity:
 
 
 class SandboxService:
-    def __init__(self, node: Node, store: SandboxStore, ports_domain: str = "localhost") -> None:
+    def __init__(self, node: Node, store: SandboxStore, ports_domain: str = "localhost",
+                 images: Callable[[str, str], Awaitable[str]] | None = None) -> None:
+        """``images``: what the node calls a tenant's image reference (the image service's
+        ``resolve``); None: references go to the node as they are."""
         self._node = node
+        self._images = images
         self._store = store
         #: Host-based port URLs are ``{port}-{id}.{ports_domain}``.
         self.ports_domain = ports_domain
@@ -140,14 +144,16 @@ class SandboxService:
             await self._sync(sandbox)
 
     async def create(self, tenant: str, request: models.SandboxCreate) -> models.SandboxInfo:
+        image = (request.image if self._images is None
+                 else await self._images(tenant, request.image))
         sandbox = await self._node.create(
-            request.image, runtime=request.runtime, resources=request.resources.to_resources(),
+            image, runtime=request.runtime, resources=request.resources.to_resources(),
             env=request.env, timeout=request.timeout, metadata=request.metadata,
             network=models.network_policy(request.network))
         info = sandbox.info
         access = PortAccess(new_port_token(), frozenset(request.public_ports))
         record = SandboxRecord(
-            id=info.id, tenant=tenant, image=info.image, runtime=info.runtime,
+            id=info.id, tenant=tenant, image=request.image, runtime=info.runtime,
             state=info.state, resources=info.resources.model_dump(), metadata=info.metadata,
             created_at=info.created_at, expires_at=info.expires_at,
             stop_reason=info.stop_reason, idle_timeout=request.idle_timeout,

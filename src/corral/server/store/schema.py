@@ -25,6 +25,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     create_engine,
     event,
     inspect,
@@ -108,6 +109,36 @@ audit_log = Table(
     Column("client", String(64), nullable=True),
     Index("ix_audit_log_tenant_seq", "tenant", "seq"),
     Index("ix_audit_log_at", "at"),
+)
+
+
+#: Tenants' names for built images. The image itself (its manifest and layers) lives on
+#: the node, content-addressed and shared: two tenants' rows may name one id, and neither
+#: learns of the other's. An unnamed build's row is named by its id.
+images = Table(
+    "images", metadata,
+    Column("tenant", String(64), ForeignKey("tenants.name"), primary_key=True),
+    Column("name", String(129), primary_key=True),
+    Column("id", String(71), nullable=False),  # sha256:<64 hex>
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("build", String(36), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_images_tenant_id", "tenant", "id"),
+)
+
+#: Image builds, kept after they end with the tail of their log.
+builds = Table(
+    "builds", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("tenant", String(64), ForeignKey("tenants.name"), nullable=False),
+    Column("name", String(129), nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("image", String(71), nullable=True),
+    Column("error", String(STOP_REASON_LENGTH), nullable=True),
+    Column("log", Text, nullable=True),
+    Index("ix_builds_tenant_started", "tenant", "started_at"),
 )
 
 
