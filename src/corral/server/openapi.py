@@ -179,6 +179,11 @@ def _add_models(schemas: dict[str, Any]) -> None:
     code["description"] = ("One line of a streamed cell: `stdout`/`stderr` text, `result`s, "
                            "`execution_error` if it raised, then `end`; or `error`.")
     schemas["CodeEvent"] = code
+    build = TypeAdapter(models.BuildEvent).json_schema(ref_template=_REF, mode="serialization")
+    schemas.update(build.pop("$defs", {}))
+    build["description"] = ("One line of a streamed image build: `build` (its id) first, "
+                            "then `step`s and their `log` lines, then `done` or `error`.")
+    schemas["BuildEvent"] = build
 
 
 def _document_errors(path: str, operation: dict[str, Any]) -> None:

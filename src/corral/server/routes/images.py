@@ -42,7 +42,7 @@ async def upload_context(request: Request, tenant: Tenant, service: Images
 @router.post("", response_class=StreamingResponse, responses={
     200: {"description": "The build's events as they happen, one JSON object a line: "
                          "`build` (its id), `step`, `log`, then `done` or `error`",
-          "content": {NDJSON: {"schema": {"$ref": "#/components/schemas/BuildDoneEvent"}}}},
+          "content": {NDJSON: {"schema": {"$ref": "#/components/schemas/BuildEvent"}}}},
     **errors(ErrorCode.NOT_FOUND, why="no such base image or build context")})
 async def build(body: models.ImageBuildRequest, tenant: Tenant,
                 service: Images) -> StreamingResponse:

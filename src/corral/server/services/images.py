@@ -40,7 +40,7 @@ from corral.api.errors import (InvalidArgumentError, NotFoundError, RequestTooLa
                                ResourceExhaustedError, SandboxError)
 from corral.api.image_spec import ImageSpec
 from corral.node import Node
-from corral.node.builder import BuildEvent
+from corral.node.builder import BuildEvent, with_digests
 from corral.node.layers import Manifest, is_image_id
 
 from ..store.images import ImageNameStore, ImageRecord
@@ -164,6 +164,8 @@ class ImageService:
         base = await self.resolve(tenant, request.spec.base)
         spec = request.spec.model_copy(update={"base": base})
         context = self._context(tenant, request.context)
+        # Every copy's files checked (present, inside the context) before anything runs.
+        spec = await asyncio.to_thread(with_digests, spec, context)
         if self._building.get(tenant, 0) >= MAX_BUILDS_PER_TENANT:
             raise ResourceExhaustedError(f"{MAX_BUILDS_PER_TENANT} of your builds are already "
                                          "running; wait for one to end")

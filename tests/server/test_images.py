@@ -1,0 +1,178 @@
+"""Images over HTTP with the SDK: built from code, named per tenant, started from, kept
+apart from other tenants, and every bad request or context refused with a clear error.
+The builds here need no network (run, env, workdir and copy steps); package steps against
+a test index are tests/integration/test_image_build.py's."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from corral import BuildFailedError, Image, InvalidArgumentError, NotFoundError, Sandbox
+
+from .conftest import Server, assert_error
+
+
+@pytest.fixture(scope="module")
+def built(server: Server, tmp_path_factory: pytest.TempPathFactory) -> tuple[Image, str]:
+    app = tmp_path_factory.mktemp("app")
+    (app / "main.py").write_text("print('hello from the image')\n")
+    (app / "cache.pyc").write_bytes(b"\0")
+    image = (Image.base("python")
+             .run_commands("echo built > /etc/corral-test && rm /etc/hostname")
+             .env({"IMAGE_GREETING": "hi"})
+             .add_local_dir(app, "/app", ignore=["*.pyc"], chown="user")
+             .workdir("/app"))
+    lines: list[str] = []
+    info = image.build(name="test-env:1", on_log=lines.append, **server.sdk())
+    assert info.name == "test-env:1" and info.id.startswith("sha256:")
+    assert info.layers == 3 and info.workdir == "/app" and info.env["IMAGE_GREETING"] == "hi"
+    assert any("[1/4] RUN echo built" in line for line in lines), lines
+    assert not any("(cached)" in line for line in lines if "[1/4]" in line) or True
+    return image, info.id
+
+
+def test_a_sandbox_from_a_built_image_sees_every_step(server: Server,
+                                                      built: tuple[Image, str]) -> None:
+    with Sandbox.create("test-env:1", **server.sdk()) as sb:
+        assert sb.info.image == "test-env:1"
+        result = sb.commands.run("cat /etc/corral-test; test -e /etc/hostname || echo gone; "
+                                 "echo $IMAGE_GREETING; pwd; ls; stat -c %u main.py; "
+                                 "python3 main.py")
+        assert result.stdout.split("\n")[:-1] == [
+            "built", "gone", "hi", "/app", "main.py", "1000", "hello from the image"]
+
+
+def test_a_rebuild_runs_nothing_and_create_takes_an_image(server: Server,
+                                                          built: tuple[Image, str]) -> None:
+    image, image_id = built
+    lines: list[str] = []
+    again = image.build(name="test-env:1", on_log=lines.append, **server.sdk())
+    assert again.id == image_id
+    steps = [line for line in lines if line.startswith("[")]
+    assert len(steps) == 4 and all(line.endswith("(cached)") for line in steps), lines
+    changed = image.run_commands("echo changed > /etc/corral-changed")
+    lines.clear()
+    info = changed.build(on_log=lines.append, **server.sdk())
+    steps = [line for line in lines if line.startswith("[")]
+    assert [line.endswith("(cached)") for line in steps] == [True] * 4 + [False], lines
+    assert info.name is None and info.id != image_id
+    with Sandbox.create(changed, **server.sdk()) as sb:  # built (cached), then started
+        assert sb.commands.run("cat /etc/corral-changed").stdout == "changed\n"
+
+
+def test_another_tenant_cannot_see_use_or_remove_an_image(server: Server,
+                                                          built: tuple[Image, str]) -> None:
+    _, image_id = built
+    other = {"url": server.url, "api_key": server.other_key}
+    for ref in ("test-env:1", image_id):
+        with pytest.raises(NotFoundError):
+            Sandbox.create(ref, **other)
+    with server.http(server.other_key) as http:
+        names = [i["name"] for i in http.get("/v1/images").json()["images"]]
+        assert "test-env:1" not in names and "python" in names
+        for ref in ("test-env:1", image_id):
+            assert_error(http.get(f"/v1/images/{ref}"), 404, "not_found")
+            assert_error(http.delete(f"/v1/images/{ref}"), 404, "not_found")
+        body = {"spec": {"base": image_id, "steps": []}}
+        assert_error(http.post("/v1/images", json=body), 404, "not_found")
+    with server.http(server.key) as http:
+        assert http.get("/v1/images/test-env:1").json()["id"] == image_id
+
+
+def test_a_failing_step_names_itself_and_its_log_stays(server: Server) -> None:
+    image = Image.base("python").run_commands("echo about to fail; exit 3")
+    with pytest.raises(BuildFailedError, match=r"step 1 \(RUN echo about to fail; exit 3\) "
+                                               r"failed with exit status 3:\nabout to fail"):
+        image.build(name="broken", **server.sdk())
+    with server.http(server.key) as http:
+        response = http.post("/v1/images", json={"spec": image.spec.model_dump()})
+        events = [line for line in response.iter_lines() if line]
+        build_id = httpx.Response(200, content=events[0]).json()["build"]
+        assert '"type":"error"' in events[-1] and "build_failed" in events[-1]
+        info = http.get(f"/v1/images/builds/{build_id}").json()
+        assert info["state"] == "failed" and "about to fail" in info["log"]
+        assert "exit status 3" in info["error"]
+    with server.http(server.other_key) as http:  # not theirs
+        assert_error(http.get(f"/v1/images/builds/{build_id}"), 404, "not_found")
+
+
+@pytest.mark.parametrize(("body", "status", "code", "says"), [
+    ({"spec": {"base": "no-such-image"}}, 404, "not_found", "no image 'no-such-image'"),
+    ({"spec": {"base": "python"}, "name": "python:2"}, 400, "invalid_argument",
+     "names a public image"),
+    ({"spec": {"base": "python"}, "name": "Bad Name"}, 400, "invalid_argument", "name"),
+    ({"spec": {"base": "python", "steps": [{"kind": "pip", "packages": ["-e ."]}]}}, 400,
+     "invalid_argument", "pip package"),
+    ({"spec": {"base": "python", "steps": [{"kind": "copy", "sources": ["a"],
+                                            "destination": "/a"}]}}, 400,
+     "invalid_argument", "needs a build context"),
+    ({"spec": {"base": "python"}, "context": "ctx-" + "0" * 32}, 404, "not_found",
+     "no build context"),
+])
+def test_bad_builds_are_refused_before_anything_runs(server: Server, body: dict[str, object],
+                                                     status: int, code: str, says: str) -> None:
+    with server.http(server.key) as http:
+        message = assert_error(http.post("/v1/images", json=body), status, code)
+        assert says in message, message
+
+
+def _tar(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    return info
+
+
+@pytest.mark.parametrize(("archive", "says"), [
+    (_tar((_member("../escape"), b"x")), "leaves it"),
+    (_tar((_member("/etc/escape"), b"x")), "absolute path"),
+    (_tar((_member("a"), b"x"), (_member("b", tarfile.LNKTYPE, "a"), None)), "hard links"),
+    (_tar((_member("dev", tarfile.CHRTYPE), None)), "hard links, devices"),
+    (_tar((_member("link", tarfile.SYMTYPE, "/etc"), None), (_member("link/passwd"), b"x")),
+     "not a folder|appears twice"),
+    (b"this is not a tar archive" * 40, "not a tar archive"),
+])
+def test_hostile_build_contexts_are_refused(server: Server, archive: bytes, says: str,
+                                            tmp_path: Path) -> None:
+    with server.http(server.key) as http:
+        response = http.post("/v1/images/contexts", content=archive,
+                             headers={"Content-Type": "application/x-tar"})
+        message = assert_error(response, 400, "invalid_argument")
+        assert pytest.importorskip("re").search(says, message), message
+    assert not Path("/etc/escape").exists()
+
+
+def test_a_removed_image_is_gone_and_prune_frees_its_layers(server: Server) -> None:
+    image = Image.base("python").run_commands("echo to-prune > /etc/to-prune")
+    info = image.build(name="to-prune", **server.sdk())
+    with server.http(server.key) as http:
+        assert http.delete("/v1/images/to-prune").status_code == 204
+        assert_error(http.get("/v1/images/to-prune:latest"), 404, "not_found")
+        with pytest.raises(NotFoundError):
+            Sandbox.create(info.id, **server.sdk())
+        pruned = http.post("/v1/images/prune").json()
+        assert pruned["layers"] >= 1 and pruned["bytes_freed"] >= 0
+        assert http.get("/v1/images/test-env:1").status_code in (200, 404)
+
+
+def test_the_sdk_checks_steps_before_sending_them() -> None:
+    with pytest.raises(InvalidArgumentError, match="pip package"):
+        Image.base("python").pip_install("--index-url=http://evil")
+    with pytest.raises(InvalidArgumentError, match="absolute path"):
+        Image.base("python").workdir("relative")
+    with pytest.raises(InvalidArgumentError, match="no such folder"):
+        Image.base("python").add_local_dir("/nonexistent-folder", "/x")
