@@ -176,3 +176,34 @@ def test_the_sdk_checks_steps_before_sending_them() -> None:
         Image.base("python").workdir("relative")
     with pytest.raises(InvalidArgumentError, match="no such folder"):
         Image.base("python").add_local_dir("/nonexistent-folder", "/x")
+
+
+def test_the_cli_builds_a_dockerfile_lists_inspects_and_removes(server: Server,
+                                                               tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from corral.cli import app
+
+    (tmp_path / "hello.txt").write_text("from the context\n")
+    (tmp_path / "Dockerfile").write_text(
+        "FROM python\nARG WHO=world\nENV WHO=$WHO\nCOPY hello.txt /srv/\n"
+        "RUN cat /srv/hello.txt > /srv/copied\nWORKDIR /srv\nCMD [\"cat\", \"copied\"]\n")
+    cli = CliRunner(env={"CORRAL_URL": server.url, "CORRAL_API_KEY": server.key})
+    built = cli.invoke(app, ["image", "build", "-f", str(tmp_path / "Dockerfile"),
+                             "--name", "cli-env:1", "--build-arg", "WHO=tests", str(tmp_path)])
+    assert built.exit_code == 0, built.output
+    assert "[3/4] RUN cat /srv/hello.txt" in built.output and built.output.endswith("cli-env:1\n")
+    listed = cli.invoke(app, ["image", "ls", "--json"])
+    assert listed.exit_code == 0 and '"cli-env:1"' in listed.output
+    shown = cli.invoke(app, ["image", "inspect", "cli-env:1"])
+    assert shown.exit_code == 0, shown.output
+    assert '"WHO": "tests"' in shown.output and '"copied"' in shown.output
+    with Sandbox.create("cli-env:1", **server.sdk()) as sb:
+        assert sb.commands.run("cat copied").stdout == "from the context\n"
+    assert cli.invoke(app, ["image", "rm", "cli-env:1"]).exit_code == 0
+    missing = cli.invoke(app, ["image", "inspect", "cli-env:1"])
+    assert missing.exit_code != 0 and "no image" in missing.output
+    bad = tmp_path / "Bad"
+    bad.write_text("FROM python\nEXPOSE 80\n")
+    refused = cli.invoke(app, ["image", "build", "-f", str(bad), str(tmp_path)])
+    assert refused.exit_code != 0 and "line 2: EXPOSE is not supported" in refused.output

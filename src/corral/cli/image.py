@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from corral.api import models
 from corral.node.images import BUILTIN_IMAGES, ImageStore
+from corral.sdk import Image
+from corral.sdk._http import ApiClient
+from corral.sdk._portal import portal
 
-from ._common import DataDirOption, build_image, human_size, node_settings, reporting_errors, say
+from ._common import (DataDirOption, build_image, fail, human_size, node_settings,
+                      reporting_errors, say)
+from .sandbox import KeyOption, UrlOption
 
 app = typer.Typer(
-    help="Build, list and remove sandbox images (Debian root filesystems).",
+    help="Build, list and remove sandbox images: public ones built here (Debian root "
+         "filesystems), and yours, built on the server from a Dockerfile or the SDK's Image.",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode="markdown",
@@ -28,20 +39,135 @@ def _store(data_dir: DataDirOption) -> ImageStore:
 
 @app.command()
 def build(
-    name: Annotated[str, typer.Argument(metavar="NAME", help=f"Image to build: {_KNOWN}.")],
+    target: Annotated[str | None, typer.Argument(
+        metavar="NAME|CONTEXT",
+        help=f"Without -f: the public image to build here ({_KNOWN}). With -f: the build "
+             "context COPY takes files from (default: the current folder).")] = None,
+    file: Annotated[Path | None, typer.Option(
+        "--file", "-f", help="A Dockerfile (the subset docs/images.md lists): build it on "
+                             "the server (CORRAL_URL), each step in a sandbox.")] = None,
+    name: Annotated[str | None, typer.Option(
+        "--name", "-t", help="What to call the image, such as my-env:1.")] = None,
+    build_arg: Annotated[list[str] | None, typer.Option(
+        "--build-arg", metavar="KEY=VALUE", help="A Dockerfile ARG's value (repeatable).")
+    ] = None,
+    url: UrlOption = None, api_key: KeyOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Build an image with mmdebstrap (needs root and network; takes minutes).
+    """Build an image: a public one here with mmdebstrap (needs root and network), or one
+    of yours from a Dockerfile on the server.
 
-    Building an image that is already built does nothing. If another process is building
-    the same image, this waits for it.
+    Building a public image that is already built does nothing. A Dockerfile's steps that
+    were built before (by anyone on the server) are not run again: the output says
+    `(cached)`.
+
+    Examples:
+
+        corral image build python
+
+        corral image build -f Dockerfile --name my-env:1 .
+    """
+    if file is None:
+        if target is None:
+            fail(f"name the image to build ({_KNOWN}), or give a Dockerfile with -f")
+        with reporting_errors():
+            build_image(_store(data_dir), target)
+        return
+    args = {}
+    for pair in build_arg or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            fail(f"--build-arg {pair!r}: write KEY=VALUE")
+        args[key] = value
+    with reporting_errors():
+        image = Image.from_dockerfile(file, context=target or ".", build_args=args)
+        console = Console(stderr=True)
+        started = time.monotonic()
+
+        def show(line: str) -> None:
+            if line.startswith("["):
+                style = "dim" if line.endswith("(cached)") else "bold"
+                console.print(f"[{style}]{escape(line)}[/] "
+                              f"[dim]+{time.monotonic() - started:.1f}s[/]", highlight=False)
+            else:
+                console.print(f"  {escape(line)}", highlight=False, markup=False)
+
+        info = image.build(name, on_log=show, url=url, api_key=api_key)
+    console.print(f"[green]built[/] {info.name or ''} {info.id} "
+                  f"({human_size(info.size_bytes)}, {info.layers} layers) in "
+                  f"{time.monotonic() - started:.1f} s", highlight=False)
+    print(info.name or info.id)
+
+
+@app.command("ls")
+def ls(url: UrlOption = None, api_key: KeyOption = None,
+       json_: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False
+       ) -> None:
+    """List the images you can start sandboxes from on the server (yours and public ones).
 
     Example:
 
-        corral image build python
+        corral image ls
     """
     with reporting_errors():
-        build_image(_store(data_dir), name)
+        found = _api(url, api_key, "GET", "/v1/images")
+    listing = models.ImageList.model_validate(found)
+    if json_:
+        print(listing.model_dump_json(indent=2))
+        return
+    table = Table(title=f"Images ({human_size(listing.used_bytes)} of "
+                        f"{human_size(listing.quota_bytes)} used)")
+    for column in ("name", "id", "size", "layers", "created"):
+        table.add_column(column)
+    for info in listing.images:
+        table.add_row(info.name or "-", info.id[:19], human_size(info.size_bytes),
+                      str(info.layers), info.created_at.isoformat(timespec="seconds")
+                      if info.created_at else ("public" if info.public else "-"))
+    Console().print(table)
+
+
+@app.command()
+def inspect(
+    ref: Annotated[str, typer.Argument(metavar="IMAGE", help="A name or sha256: id.")],
+    url: UrlOption = None, api_key: KeyOption = None,
+) -> None:
+    """Show one image: its steps, environment, working directory, user and command.
+
+    Example:
+
+        corral image inspect my-env:1
+    """
+    with reporting_errors():
+        found = _api(url, api_key, "GET", f"/v1/images/{quote(ref, safe=':')}")
+    print(models.ImageInfo.model_validate(found).model_dump_json(indent=2))
+
+
+@app.command()
+def prune(url: UrlOption = None, api_key: KeyOption = None) -> None:
+    """Delete built images nobody names any more, and the layers only they used.
+
+    Example:
+
+        corral image prune
+    """
+    with reporting_errors():
+        found = models.PruneInfo.model_validate(_api(url, api_key, "POST", "/v1/images/prune"))
+    say(f"removed {found.images} images and {found.layers} layers, "
+        f"{human_size(found.bytes_freed)} freed")
+
+
+def _api(url: str | None, api_key: str | None, method: str, path: str) -> object:
+    async def call() -> object:
+        api = ApiClient(url, api_key)
+        try:
+            if method == "DELETE":
+                await api.call(method, path)
+                return None
+            return await api.json(method, path)
+        finally:
+            await api.aclose()
+
+    return portal().call(call)
 
 
 @app.command("list")
@@ -73,14 +199,22 @@ def list_(data_dir: DataDirOption = None) -> None:
 @app.command("rm")
 def remove(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Image to remove.")],
+    url: UrlOption = None, api_key: KeyOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Remove every build of an image. Do not remove one that running sandboxes use.
+    """Remove an image: one of yours on the server (its name, or its id and every name of
+    it; `corral image prune` then frees the disk), or every local build of a public one
+    (do not remove one that running sandboxes use).
 
-    Example:
+    Examples:
+
+        corral image rm my-env:1
 
         corral image rm minimal
     """
     with reporting_errors():
-        _store(data_dir).remove(name)
+        if name in BUILTIN_IMAGES:
+            _store(data_dir).remove(name)
+        else:
+            _api(url, api_key, "DELETE", f"/v1/images/{quote(name, safe=':')}")
     say(f"removed image {name}")
