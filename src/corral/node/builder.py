@@ -8,7 +8,9 @@ installs run as root). It gets a network only when the step needs one, and then 
 only the registries that step needs (:class:`Registries`) through the sandbox network
 policy: the operator's ceilings (``--net-open``, deny lists) apply as to any sandbox.
 When its command ends, with exit status 0, the sandbox runs ``sync``, is frozen, and what
-it changed is copied out and neutralised into a layer (:mod:`.layers`); then it is killed.
+it changed is copied out (less what its start put there: the agent channel's mount point,
+and the node's ``/etc/resolv.conf``) and neutralised into a layer (:mod:`.layers`); then it
+is killed.
 A failing step stops the build with :class:`BuildError`, its output's tail and status.
 
 Each step's layer is keyed by :func:`~corral.api.image_spec.step_keys` (its parent's key,
@@ -26,6 +28,8 @@ import functools
 import io
 import os
 import shlex
+import shutil
+import stat
 import tarfile
 import tempfile
 import time
@@ -41,6 +45,7 @@ from corral.api.image_spec import (CopyStep, EnvStep, ImageSpec, PackagesStep, R
                                    step_keys, walk_context)
 from corral.api.network import NetworkPolicy
 from corral.api.resources import Resources
+from corral.runtime.agent_bundle import CHANNEL_MOUNT_POINT, MOUNT_POINT
 from corral.runtime.host import copy_changes
 
 from .layers import Manifest, is_image_id
@@ -157,23 +162,25 @@ async def build(node: Node, spec: ImageSpec, *, context: Path | None = None,
     registries = registries or Registries()
     store = node.images
     spec = with_digests(spec, context)
-    if is_image_id(spec.base):
-        parent = store.built.manifest(spec.base)
-        store.from_manifest(parent)  # its base and layers are all there
-        state = _State(list(parent.layers), dict(parent.env), parent.workdir, parent.user)
-        base_id, base_name, base_key = spec.base, parent.base, parent.base_key
-        entrypoint, cmd = parent.entrypoint, parent.cmd
-        labels = dict(parent.labels)
-    else:
-        base = store.get(spec.base)
-        state = _State([], dict(base.env), base.workdir, base.user)
-        base_id, base_name, base_key = f"{base.name}@{base.key}", base.name, base.key
-        entrypoint = cmd = None
-        labels = {}
-    keys = step_keys(spec, base_id)
     total = len(spec.steps)
     started = time.monotonic()
+    # Held from before the base is looked up: a prune waits, and cannot take a base image's
+    # layers between their lookup and the step sandboxes that stack them.
     async with _building(store.built.root):
+        if is_image_id(spec.base):
+            parent = store.built.manifest(spec.base)
+            store.from_manifest(parent)  # its base and layers are all there
+            state = _State(list(parent.layers), dict(parent.env), parent.workdir, parent.user)
+            base_id, base_name, base_key = spec.base, parent.base, parent.base_key
+            entrypoint, cmd = parent.entrypoint, parent.cmd
+            labels = dict(parent.labels)
+        else:
+            base = store.get(spec.base)
+            state = _State([], dict(base.env), base.workdir, base.user)
+            base_id, base_name, base_key = f"{base.name}@{base.key}", base.name, base.key
+            entrypoint = cmd = None
+            labels = {}
+        keys = step_keys(spec, base_id)
         for number, (step, key) in enumerate(zip(spec.steps, keys, strict=True), 1):
             label = describe(step)
             state.summaries.append(label)
@@ -299,6 +306,7 @@ async def _run_step(node: Node, base_name: str, base_key: str, state: _State,
         uid_base = sandbox.handle.spec.directory.joinpath("disk", "upper").stat().st_uid
         with store.new_layer(key, meta, uid_base) as where:
             await asyncio.to_thread(copy_changes, sandbox.handle.spec, where())
+            await asyncio.to_thread(_drop_start_files, where(), policy.enabled)
     finally:
         await asyncio.shield(sandbox.kill())
 
@@ -315,7 +323,8 @@ def _command(step: object, state: _State, registries: Registries
     apt_env = {"DEBIAN_FRONTEND": "noninteractive"}
     if isinstance(step, RunStep):
         argv = ["/bin/sh", "-c", step.command] if isinstance(step.command, str) else step.command
-        return (argv, state.user, registries.policy(("apt", "pip", "npm")),
+        argv, user = as_user(argv, state.user)
+        return (argv, user, registries.policy(("apt", "pip", "npm")),
                 {**apt_env, **pip_env, **npm_env})
     if isinstance(step, PackagesStep):
         packages = list(step.packages)
@@ -339,6 +348,45 @@ def _command(step: object, state: _State, registries: Registries
     if isinstance(step, CopyStep):
         return [], "root", NetworkPolicy(), {}  # the argv comes once the files are in
     raise InvalidArgumentError(f"unknown step {step!r:.80}")
+
+
+#: Runs ``argv`` (after its two first arguments, a user and a group, names or ids) as that
+#: user and group, with no supplementary group and the user's home as ``HOME``. The agent
+#: takes a user alone (its groups are those /etc/group gives it); it starts this as root.
+_SETPRIV = ('home=$(getent passwd "$1" | cut -d: -f6); export HOME="${home:-/}"; '
+            'user=$1 group=$2; shift 2; '
+            'exec setpriv --reuid="$user" --regid="$group" --clear-groups -- "$@"')
+
+
+def as_user(argv: list[str], user: str) -> tuple[list[str], str]:
+    """The argv, and the user the agent starts it as, that run ``argv`` as a ``user`` step
+    names it: ``name`` or ``uid`` as it is; ``name:group`` (Docker's ``USER u:g``) through
+    ``setpriv``, started as root."""
+    name, sep, group = user.partition(":")
+    if not sep:
+        return argv, user
+    return ["/bin/sh", "-c", _SETPRIV, "sh", name, group, *argv], "root"
+
+
+def _drop_start_files(tree: Path, networked: bool) -> None:
+    """Remove from a step's copied changes what the sandbox's start put there, not the
+    step: the runtime's mount points for the agent (empty folders), and the resolver the node
+    writes for a sandbox with a network (a step's own changes to it are lost, as in
+    Docker). ``tree`` is hostile: nothing in it is followed."""
+    for mount_point in (MOUNT_POINT, CHANNEL_MOUNT_POINT):  # a base without them (an archive)
+        with contextlib.suppress(OSError):  # kept if it is not an empty folder
+            if stat.S_ISDIR(os.lstat(tree / mount_point.lstrip("/")).st_mode):
+                os.rmdir(tree / mount_point.lstrip("/"))
+    if not networked:
+        return
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISDIR(os.lstat(tree / "etc").st_mode):
+            return  # /etc replaced by a link or a file: not followed
+        resolv = tree / "etc" / "resolv.conf"
+        if stat.S_ISDIR(os.lstat(resolv).st_mode):
+            shutil.rmtree(resolv)
+        else:
+            os.unlink(resolv)
 
 
 def _host_port(url: str) -> str:
