@@ -32,6 +32,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -197,7 +198,8 @@ class LayerStore:
             return Manifest.from_json(json.loads(path.read_text()))
         except FileNotFoundError:
             raise NotFoundError(f"image {image_id} does not exist") from None
-        except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AssertionError,
+                InvalidArgumentError) as exc:  # the last: a layer key that is not one
             raise InternalError(f"corrupt image manifest {path}: {exc}") from exc
 
     def manifests(self) -> list[Manifest]:
@@ -205,8 +207,9 @@ class LayerStore:
             return []
         found = []
         for path in sorted(self.manifests_dir.glob("*.json")):
-            with contextlib.suppress(NotFoundError, InternalError):
-                found.append(self.manifest(IMAGE_ID_PREFIX + path.stem))
+            if is_image_id(IMAGE_ID_PREFIX + path.stem):
+                with contextlib.suppress(NotFoundError, InternalError):
+                    found.append(self.manifest(IMAGE_ID_PREFIX + path.stem))
         return found
 
     # -- collection ------------------------------------------------------------------------
@@ -219,15 +222,22 @@ class LayerStore:
 
     def prune(self, keep: set[str]) -> PruneResult:
         """Delete the manifests not in ``keep`` (image ids) and every layer no kept manifest
-        names, but a layer a running sandbox has mounted. Waits for running builds."""
+        names, but a layer a running sandbox has mounted. Waits for running builds.
+
+        A manifest goes by its file's name, whatever its content: a corrupt one too, and
+        what a crashed :meth:`save` left."""
         with self._lock(fcntl.LOCK_EX):
             images = layers = freed = 0
             kept_layers: set[str] = set()
-            for manifest in self.manifests():
-                if manifest.id in keep:
-                    kept_layers.update(manifest.layers)
-                else:
-                    (self.manifests_dir / f"{manifest.id[7:]}.json").unlink(missing_ok=True)
+            names = sorted(os.listdir(self.manifests_dir)) if self.manifests_dir.is_dir() else []
+            for name in names:
+                image_id = IMAGE_ID_PREFIX + name.removesuffix(".json")
+                if name.endswith(".json") and image_id in keep:
+                    with contextlib.suppress(NotFoundError, InternalError, InvalidArgumentError):
+                        kept_layers.update(self.manifest(image_id).layers)
+                    continue
+                _remove(self.manifests_dir / name)
+                if name.endswith(".json") and is_image_id(image_id):
                     images += 1
             in_use = _mounted_layers(self.layers_dir)
             entries = sorted(os.listdir(self.layers_dir)) if self.layers_dir.is_dir() else []
@@ -268,49 +278,85 @@ def neutralise(tree: Path, uid_base: int) -> int:
     """
     total = 0
     seen: set[tuple[int, int]] = set()
-    for directory, dirs, files in os.walk(tree):
+
+    def fail(error: OSError) -> None:
+        raise error  # a folder not read would be a folder not neutralised
+
+    for directory, dirs, files in os.walk(tree, onerror=fail):
         for name in [*dirs, *files]:
             path = os.path.join(directory, name)
             info = os.lstat(path)
-            mode = info.st_mode
-            if stat.S_ISCHR(mode) and info.st_rdev == 0:
-                pass  # a whiteout: a file the step deleted
-            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
-                os.unlink(path)
-                continue
-            _own(path, info, uid_base)
-            if not stat.S_ISLNK(mode):
-                for attribute in os.listxattr(path, follow_symlinks=False):
-                    if attribute == "security.capability" or (
-                            attribute.startswith("trusted.") and attribute not in _KEEP_XATTRS):
-                        os.removexattr(path, attribute, follow_symlinks=False)
-                if not stat.S_ISDIR(mode) and mode & (stat.S_ISUID | stat.S_ISGID):
-                    os.chmod(path, stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID))
-            if (info.st_dev, info.st_ino) not in seen:
+            if _neutralise_one(path, info, uid_base) and (info.st_dev, info.st_ino) not in seen:
                 seen.add((info.st_dev, info.st_ino))
                 total += info.st_blocks * 512
-    _own(str(tree), os.lstat(tree), uid_base)
+    _neutralise_one(str(tree), os.lstat(tree), uid_base)
     return total
 
 
+def _neutralise_one(path: str, info: os.stat_result, uid_base: int) -> bool:
+    """Neutralise one entry (never followed); False if it was deleted."""
+    mode = info.st_mode
+    if stat.S_ISCHR(mode) and info.st_rdev == 0:
+        pass  # a whiteout: a file the step deleted
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
+        os.unlink(path)
+        return False
+    _own(path, info, uid_base)
+    # Links too: trusted.* attributes are the kernel's (overlayfs reads them on any inode).
+    for attribute in os.listxattr(path, follow_symlinks=False):
+        if attribute == "security.capability" or (
+                attribute.startswith("trusted.") and attribute not in _KEEP_XATTRS):
+            os.removexattr(path, attribute, follow_symlinks=False)
+    if (not stat.S_ISDIR(mode) and not stat.S_ISLNK(mode)
+            and mode & (stat.S_ISUID | stat.S_ISGID)):
+        os.chmod(path, stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID))
+    return True
+
+
 def _own(path: str, info: os.stat_result, uid_base: int) -> None:
-    if uid_base == 0:
-        return
+    """Shift ``path``'s owner back from ``uid_base``; an id outside the range (with a
+    ``uid_base`` of 0 too: gVisor's files carry the sandbox's own ids) becomes root's."""
     uid, gid = (i - uid_base if uid_base <= i < uid_base + _UID_RANGE else 0
                 for i in (info.st_uid, info.st_gid))
-    os.lchown(path, uid, gid)
+    if (uid, gid) != (info.st_uid, info.st_gid):
+        os.lchown(path, uid, gid)
 
 
 def _mounted_layers(layers_dir: Path) -> set[str]:
-    """Keys of the layers a mounted overlay (or an idmapped bind of one) uses now."""
-    prefix = str(layers_dir) + "/"
-    used = set()
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+    """Keys of the layers mounted now: named by an overlay's options (by their host path),
+    or bound somewhere (the namespaces runtime's idmapped lowers), which mountinfo names by
+    their path inside their filesystem: the host path only when that is the root's."""
+    real = os.path.realpath(layers_dir)
+    prefixes = {str(layers_dir).rstrip("/") + "/", real + "/"}
+    mounts = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
-            for token in line.replace(",", " ").replace("=", " ").split():
+            fields = line.split()
+            if "-" in fields[6:]:
+                options = fields[fields.index("-", 6) + 1:]
+                mounts.append((fields[2], _unescape(fields[3]), _unescape(fields[4]), options))
+    # The filesystem the layers live on (the mount that holds their folder), and their
+    # folder's path inside it.
+    device, inner, longest = None, "", -1
+    for dev, root, point, _ in mounts:
+        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= longest:
+            device, longest = dev, len(point)
+            inner = os.path.normpath(os.path.join(root, os.path.relpath(real, point)))
+    used = set()
+    for dev, root, _, options in mounts:
+        if dev == device and root.startswith(inner.rstrip("/") + "/"):
+            used.add(root[len(inner.rstrip("/")) + 1:].split("/", 1)[0])
+        for token in " ".join(options).replace(",", " ").replace("=", " ").split():
+            token = _unescape(token)
+            for prefix in prefixes:
                 if token.startswith(prefix):
                     used.add(token[len(prefix):].split("/", 1)[0])
     return used
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo field as the path it is (spaces, tabs, newlines, backslashes octal)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
 
 
 def _remove(path: Path) -> None:
