@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
-from corral.api.errors import InvalidArgumentError, SandboxError
+from corral.api.errors import BuildFailedError, InvalidArgumentError
 from corral.api.image_spec import (CopyStep, EnvStep, ImageSpec, PackagesStep, RunStep,
                                    UserStep, WorkdirStep, context_digest, context_relative,
                                    step_keys, walk_context)
@@ -85,10 +85,7 @@ class BuildEvent:
 OnEvent = Callable[[BuildEvent], None]
 
 
-class BuildError(SandboxError):
-    """A build step failed; the message names the step and quotes its output's end."""
-
-    code = "build_failed"  # type: ignore[assignment]
+BuildError = BuildFailedError
 
 
 @dataclass(frozen=True)
