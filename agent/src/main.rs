@@ -206,13 +206,20 @@ fn orphan_grace() -> f64 {
         .map_or(DEFAULT_ORPHAN_GRACE, |v| v.max(0.0))
 }
 
-/// The root named on the command line: none (`/`), or `--root DIR` (tests only).
+/// The root named on the command line: none (`/`), or `--root DIR` (tests only). With
+/// `--sync` the agent only flushes the sandbox's filesystems (sync(2)) and exits: an
+/// image build's step ends with it, whatever the image has (or lacks) of its own.
 fn root_from_args() -> Result<paths::Root, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.as_slice() {
         [] => Ok(paths::Root::slash()),
+        [flag] if flag == "--sync" => {
+            sys::sync_all();
+            std::process::exit(0);
+        }
         [flag, dir] if flag == "--root" => paths::Root::at(dir),
-        _ => Err(format!("unexpected arguments {args:?}; the agent takes none (or --root DIR)")),
+        _ => Err(format!("unexpected arguments {args:?}; the agent takes none (or --root DIR, \
+                          or --sync)")),
     }
 }
 

@@ -207,3 +207,30 @@ def test_the_cli_builds_a_dockerfile_lists_inspects_and_removes(server: Server,
     bad.write_text("FROM python\nEXPOSE 80\n")
     refused = cli.invoke(app, ["image", "build", "-f", str(bad), str(tmp_path)])
     assert refused.exit_code != 0 and "line 2: EXPOSE is not supported" in refused.output
+
+
+def test_an_imported_archive_is_built_on_and_started_from(server: Server,
+                                                         tmp_path: Path) -> None:
+    from corral.node.images import ImageStore
+    from tests.conftest import IMAGE_DIR
+    from tests.fakes.oci_archive import oci_archive
+    from tests.integration.test_oci_image import shell_layer
+
+    layer = shell_layer(ImageStore(IMAGE_DIR).get("python").rootfs)
+    archive = oci_archive(tmp_path / "shell.tar", [layer], {
+        "Env": ["PATH=/usr/bin:/bin", "FROM_ARCHIVE=yes"], "WorkingDir": "/srv"})
+    image = Image.from_oci_archive(archive).run_commands("echo built on it > /srv/made")
+    info = image.build(name="from-archive:1", **server.sdk())
+    assert info.base is None and info.env["FROM_ARCHIVE"] == "yes" and info.workdir == "/srv"
+    with Sandbox.create("from-archive:1", **server.sdk()) as sb:
+        result = sb.commands.run("read line < made; echo $line; echo $FROM_ARCHIVE; "
+                                 "test -e /etc/passwd || "
+                                 "echo no-passwd")
+        assert result.stdout == "built on it\nyes\nno-passwd\n", result
+    with server.http(server.key) as http:  # a bad archive: refused by name, nothing named
+        answer = http.post("/v1/images/archives", params={"name": "junk:1"},
+                           content=b"not an archive" * 100)
+        assert answer.status_code == 400, answer.text
+        assert_error(http.get("/v1/images/junk:1"), 404, "not_found")
+    with server.http(server.other_key) as http:
+        assert_error(http.get("/v1/images/from-archive:1"), 404, "not_found")

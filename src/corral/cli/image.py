@@ -15,6 +15,7 @@ from rich.table import Table
 from corral.api import models
 from corral.node.images import BUILTIN_IMAGES, ImageStore
 from corral.sdk import Image
+from corral.sdk.images import import_archive
 from corral.sdk._http import ApiClient
 from corral.sdk._portal import portal
 
@@ -96,6 +97,43 @@ def build(
     console.print(f"[green]built[/] {info.name or ''} {info.id} "
                   f"({human_size(info.size_bytes)}, {info.layers} layers) in "
                   f"{time.monotonic() - started:.1f} s", highlight=False)
+    print(info.name or info.id)
+
+
+@app.command("import")
+def import_(
+    archive: Annotated[Path, typer.Argument(
+        metavar="ARCHIVE", help="A `docker save` tarball or an OCI image layout as a tar "
+                                "(gzip allowed).")],
+    name: Annotated[str | None, typer.Option(
+        "--name", "-t", help="What to call the image, such as base:1.")] = None,
+    tag: Annotated[str | None, typer.Option(
+        "--tag", help="Which image of the archive, when it holds several.")] = None,
+    url: UrlOption = None, api_key: KeyOption = None,
+) -> None:
+    """Import an image from an OCI archive into the server, to start sandboxes from or to
+    build on (`FROM base:1`).
+
+    Example:
+
+        docker save debian:bookworm-slim -o slim.tar   # on a machine with Docker
+        corral image import slim.tar --name slim:1
+    """
+    if not archive.is_file():
+        fail(f"{archive}: no such file")
+
+    async def upload() -> models.ImageInfo:
+        api = ApiClient(url, api_key)
+        try:
+            return await import_archive(api, archive, tag=tag, name=name)
+        finally:
+            await api.aclose()
+
+    with reporting_errors():
+        info = portal().call(upload)
+    Console(stderr=True).print(f"[green]imported[/] {info.name or ''} {info.id} "
+                               f"({human_size(info.size_bytes)}, {info.layers} layers)",
+                               highlight=False)
     print(info.name or info.id)
 
 

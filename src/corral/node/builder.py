@@ -46,8 +46,10 @@ from corral.api.image_spec import (CopyStep, EnvStep, ImageSpec, PackagesStep, R
 from corral.api.network import NetworkPolicy
 from corral.api.resources import Resources
 from corral.runtime.agent_bundle import CHANNEL_MOUNT_POINT, MOUNT_POINT
+from corral.runtime.agent_bundle import agent_command
 from corral.runtime.host import copy_changes
 
+from .apt_sources import AptSource, install_script, parse_sources, split_sources
 from .layers import Manifest, is_image_id
 
 if TYPE_CHECKING:
@@ -96,7 +98,11 @@ class Registries:
     kind may reach; a ``run`` step may reach all of them. ``pip_index`` and
     ``npm_registry``: the URLs the installers are pointed at (for ``pip``/``npm`` steps,
     and as ``PIP_INDEX_URL``/``NPM_CONFIG_REGISTRY`` for ``run`` steps); a ``pip`` step's
-    own ``index_url`` adds its host for that step.
+    own ``index_url`` adds its host for that step. ``apt_sources``: sources.list lines
+    (``deb [trusted=yes] http://mirror.example/debian bookworm main``, checked by
+    :func:`.apt_sources.parse_source`) that ``apt`` steps install from instead of the
+    image's own sources; their hosts join the ``apt`` entries. Empty: the image's own.
+    A ``run`` step still reads the image's sources (it may reach these hosts).
     """
 
     apt: tuple[str, ...] = ("deb.debian.org",)
@@ -104,12 +110,17 @@ class Registries:
     npm: tuple[str, ...] = ("registry.npmjs.org",)
     pip_index: str = "https://pypi.org/simple"
     npm_registry: str = "https://registry.npmjs.org"
+    apt_sources: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.sources()  # every line checked when made
 
     @classmethod
     def from_env(cls) -> Registries:
         """``CORRAL_BUILD_APT``, ``CORRAL_BUILD_PIP``, ``CORRAL_BUILD_NPM`` (entries,
-        comma- or space-separated), ``CORRAL_BUILD_PIP_INDEX``, ``CORRAL_BUILD_NPM_REGISTRY``;
-        unset: the public registries."""
+        comma- or space-separated), ``CORRAL_BUILD_PIP_INDEX``, ``CORRAL_BUILD_NPM_REGISTRY``,
+        ``CORRAL_BUILD_APT_SOURCES`` (lines separated by ``;`` or newlines); unset: the
+        public registries, and the images' own apt sources."""
         default = cls()
 
         def entries(name: str, fallback: tuple[str, ...]) -> tuple[str, ...]:
@@ -121,14 +132,22 @@ class Registries:
                          npm=entries("CORRAL_BUILD_NPM", default.npm),
                          pip_index=os.environ.get("CORRAL_BUILD_PIP_INDEX", default.pip_index),
                          npm_registry=os.environ.get("CORRAL_BUILD_NPM_REGISTRY",
-                                                     default.npm_registry))
+                                                     default.npm_registry),
+                         apt_sources=split_sources(
+                             os.environ.get("CORRAL_BUILD_APT_SOURCES", "")))
         registries.policy(("apt", "pip", "npm"))  # every entry checked at start
         return registries
+
+    def sources(self) -> tuple[AptSource, ...]:
+        """``apt_sources``, checked (InvalidArgumentError for a bad line)."""
+        return parse_sources(self.apt_sources)
 
     def policy(self, kinds: tuple[str, ...], extra: tuple[str, ...] = ()) -> NetworkPolicy:
         allow = [*extra]
         for kind in kinds:
             allow.extend(getattr(self, kind))
+            if kind == "apt":
+                allow.extend(source.host for source in self.sources())
         if not allow:
             return NetworkPolicy()
         return NetworkPolicy.parse({"allow": list(dict.fromkeys(allow))})
@@ -288,14 +307,17 @@ async def _run_step(node: Node, base_name: str, base_key: str, state: _State,
             assert context is not None
             argv = await _send_copy(sandbox, step, context, state)
         lines = _Lines(log)
-        result = await sandbox.commands.run(argv, user=user, timeout=step_timeout,
+        # root as the agent's own user: an imported image may have no /etc/passwd.
+        result = await sandbox.commands.run(argv, user=None if user == "root" else user,
+                                            timeout=step_timeout,
                                             on_stdout=lines.feed, on_stderr=lines.feed)
         lines.flush()
         if result.exit_code != 0:
             tail = "\n".join(lines.tail[-ERROR_TAIL_LINES:])
             raise BuildError(f"step {number} ({describe(step)}) failed with exit status "
                              f"{result.exit_code}:\n{tail}")
-        synced = await sandbox.commands.run(["sync"], user="root", timeout=300)
+        # The agent's own sync(2): the image may have no sync of its own.
+        synced = await sandbox.commands.run([*agent_command(), "--sync"], timeout=300)
         if synced.exit_code != 0:
             raise BuildError(f"step {number}: sync failed in its sandbox: {synced.stderr}")
         meta = {"step": describe(step), "base": f"{base_name}@{base_key}",
@@ -326,8 +348,7 @@ def _command(step: object, state: _State, registries: Registries
     if isinstance(step, PackagesStep):
         packages = list(step.packages)
         if step.kind == "apt":
-            script = ("apt-get update && apt-get install -y --no-install-recommends "
-                      f"{shlex.join(packages)} && apt-get clean && rm -rf /var/lib/apt/lists/*")
+            script = install_script(packages, registries.sources())
             return ["/bin/sh", "-c", script], "root", registries.policy(("apt",)), apt_env
         if step.kind == "pip":
             index = step.index_url or registries.pip_index

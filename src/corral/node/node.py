@@ -44,7 +44,7 @@ from corral.runtime.agent_bundle import ensure_bundle
 from corral.runtime.host import (destroy_net, favor_dynamic_changes, remove_node_cgroups,
                                  sweep, sweep_networks)
 
-from . import builder, records
+from . import builder, oci, records
 from .adoption import AdoptionError, adopt, release
 from .agent_client import AgentClient
 from .builder import BuildEvent
@@ -432,6 +432,12 @@ class Node:
                                    registries=self.settings.registries,
                                    resources=self.settings.build_resources,
                                    on_event=on_event)
+
+    async def import_image(self, archive: Path, *, tag: str | None = None) -> Manifest:
+        """Import the image in an OCI archive (``docker save`` or an OCI layout tar) and
+        return its manifest; see :mod:`corral.node.oci`."""
+        return await asyncio.to_thread(oci.import_archive, self.images.built, archive,
+                                       tag=tag)
 
     async def start_for_build(self, image: Image, *, runtime: str | None,
                               resources: Resources, env: dict[str, str],

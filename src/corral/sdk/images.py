@@ -46,6 +46,8 @@ from ._portal import portal
 #: What ``on_log`` is given: each line a step prints, and a line per step as it begins.
 LogCallback = Callable[[str], None]
 CaFile = str | os.PathLike[str]
+#: The base of an image from an archive until the archive is imported (then its id).
+_ARCHIVE_BASE = "sha256:" + "0" * 64
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class Image:
     _entrypoint: tuple[str, ...] | None = None
     _cmd: tuple[str, ...] | None = None
     _labels: tuple[tuple[str, str], ...] = field(default=())
+    #: An OCI archive to import first, and which image of it: the base once imported.
+    _archive: tuple[Path, str | None] | None = None
 
     # -- bases -----------------------------------------------------------------------------
 
@@ -85,6 +89,16 @@ class Image:
             raise InvalidArgumentError(f"python_version {python_version!r}: the Debian image "
                                        "has Python 3.11; install another with run_commands")
         return cls("python")
+
+    @classmethod
+    def from_oci_archive(cls, path: str | os.PathLike[str], tag: str | None = None) -> Image:
+        """Start from the image in an OCI archive: a ``docker save`` tarball or an OCI
+        image layout as a tar (gzip allowed). It is uploaded and imported when the image
+        is built; ``tag`` picks one image when the archive holds several."""
+        archive = Path(path)
+        if not archive.is_file():
+            raise InvalidArgumentError(f"{path}: no such file")
+        return cls(_ARCHIVE_BASE, _archive=(archive, tag))
 
     @classmethod
     def from_dockerfile(cls, path: str | os.PathLike[str], context: str | os.PathLike[str]
@@ -222,6 +236,9 @@ async def build_with(api: ApiClient, image: Image, name: str | None = None, *,
     """Build ``image`` through ``api``: upload its context (if it copies files), then
     follow the build's events to its end."""
     spec = image.spec
+    if image._archive is not None:
+        imported = await import_archive(api, *image._archive)
+        spec = spec.model_copy(update={"base": imported.id})
     context = await _upload_context(api, image._sources) if image._sources else None
     request = checked(models.ImageBuildRequest, "build", name=name, spec=spec,
                       context=context, runtime=runtime)
@@ -243,6 +260,21 @@ async def build_with(api: ApiClient, image: Image, name: str | None = None, *,
                 error = event.get("error", {})
                 raise error_from_code(str(error.get("code")), str(error.get("message")))
     raise error_from_code("internal", "the build's stream ended before it did")
+
+
+async def import_archive(api: ApiClient, path: Path, tag: str | None = None,
+                         name: str | None = None) -> models.ImageInfo:
+    """Upload an OCI archive through ``api`` and return the image the server made of it."""
+    params = {k: v for k, v in (("tag", tag), ("name", name)) if v is not None}
+
+    async def body() -> AsyncIterator[bytes]:
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                yield block
+
+    reply = await api.json("POST", "/v1/images/archives", content=body(), params=params,
+                           read_timeout=3600)
+    return models.ImageInfo.model_validate(reply)
 
 
 async def _upload_context(api: ApiClient, sources: Sequence[_Source]) -> str:
@@ -280,4 +312,4 @@ def _ignoring(root: str, patterns: Sequence[str]
     return keep
 
 
-__all__ = ["Image", "LogCallback", "build_with"]
+__all__ = ["Image", "LogCallback", "build_with", "import_archive"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.types import Scope
@@ -20,13 +20,13 @@ from ._deps import Images
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 ImageRef = Annotated[str, Path(min_length=1, max_length=129)]
-_CONTEXTS = "/v1/images/contexts"
+_UPLOADS = ("/v1/images/contexts", "/v1/images/archives")
 
 
 def is_context_upload(scope: Scope) -> bool:
-    """Whether a request uploads a build context (bounded by the service, not the body
-    limit of JSON requests)."""
-    return scope.get("method") == "POST" and scope.get("path") == _CONTEXTS
+    """Whether a request uploads a build context or an image archive (bounded by the
+    service, not the body limit of JSON requests)."""
+    return scope.get("method") == "POST" and scope.get("path") in _UPLOADS
 
 
 @router.post("/contexts", status_code=201, openapi_extra={"requestBody": {
@@ -37,6 +37,21 @@ def is_context_upload(scope: Scope) -> bool:
 async def upload_context(request: Request, tenant: Tenant, service: Images
                          ) -> models.ImageContextInfo:
     return await service.upload_context(tenant, request.stream())
+
+
+@router.post("/archives", status_code=201, openapi_extra={"requestBody": {
+    "required": True, "content": {"application/x-tar": {"schema": {
+        "type": "string", "format": "binary",
+        "description": "a `docker save` tarball or an OCI image layout as a tar (gzip "
+                       "allowed)"}}}}},
+    responses=errors(ErrorCode.REQUEST_TOO_LARGE, why="the archive is over 8 GiB"))
+async def import_archive(request: Request, tenant: Tenant, service: Images,
+                         name: Annotated[str | None, Query(
+                             pattern=models.IMAGE_NAME_PATTERN)] = None,
+                         tag: Annotated[str | None, Query(max_length=256)] = None
+                         ) -> models.ImageInfo:
+    """Import an image from an OCI archive; name it ``name`` (or leave it unnamed)."""
+    return await service.import_archive(tenant, request.stream(), name, tag)
 
 
 @router.post("", response_class=StreamingResponse, responses={

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 MAX_CONTEXT_UPLOAD: Final = 512 * 1024 * 1024
 MAX_CONTEXT_UNPACKED: Final = 1024 * 1024 * 1024
 MAX_CONTEXT_ENTRIES: Final = 100_000
+#: Largest image archive upload (``docker save`` or OCI layout), as sent.
+MAX_ARCHIVE_UPLOAD: Final = 8 * 1024 ** 3
 #: How long an uploaded context is kept, and how many one tenant may hold at once.
 CONTEXT_TTL: Final = 3600.0
 MAX_CONTEXTS_PER_TENANT: Final = 8
@@ -152,6 +154,32 @@ class ImageService:
                                 "hour); upload it again")
         return path
 
+    # -- archives --------------------------------------------------------------------------
+
+    async def import_archive(self, tenant: str, body: AsyncIterator[bytes],
+                             name: str | None, tag: str | None) -> models.ImageInfo:
+        """Import the image of an OCI archive (``docker save`` or an OCI layout, as a tar,
+        gzip allowed) and name it for the tenant."""
+        name = normalize_name(name) if name is not None else None
+        if name is not None:
+            self._check_name(name)
+        used = await asyncio.to_thread(self._store.used_bytes, tenant)
+        if used >= self.quota_bytes:
+            raise ResourceExhaustedError(self._quota_message(used))
+        directory = self._tenant_contexts(tenant)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".archive-") as upload:
+            size = 0
+            async for chunk in body:
+                size += len(chunk)
+                if size > MAX_ARCHIVE_UPLOAD:
+                    raise RequestTooLargeError(f"an image archive may be at most "
+                                               f"{MAX_ARCHIVE_UPLOAD >> 30} GiB")
+                await asyncio.to_thread(upload.write, chunk)
+            await asyncio.to_thread(upload.flush)
+            manifest = await self._node.import_image(Path(upload.name), tag=tag)
+        return await self._name(tenant, name, manifest, None)
+
     # -- builds ----------------------------------------------------------------------------
 
     async def build(self, tenant: str, request: models.ImageBuildRequest
@@ -230,7 +258,7 @@ class ImageService:
             queue.put_nowait(None)
 
     async def _name(self, tenant: str, name: str | None, manifest: Manifest,
-                    build_id: str) -> models.ImageInfo:
+                    build_id: str | None) -> models.ImageInfo:
         owned = await asyncio.to_thread(self._store.by_id, tenant, manifest.id)
         if owned is None:
             used = await asyncio.to_thread(self._store.used_bytes, tenant)
