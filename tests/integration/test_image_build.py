@@ -2,7 +2,8 @@
 layer, and sandboxes started from the built image's id.
 
 The node's builds reach only the test internet's package index (``pypi.test``, see
-corral.bench.testnet), through its resolver: no step sends a packet anywhere else. The main
+corral.bench.testnet) and its apt repository (``apt.test``, the node's only apt source),
+through its resolver: no step sends a packet anywhere else. The main
 image is built once per runtime and shared by the module's tests; each test that needs a
 build of its own keeps it to a step or two.
 """
@@ -25,7 +26,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from corral.api.errors import InvalidArgumentError, NotFoundError
 from corral.api.image_spec import ImageSpec, parse_dockerfile, step_keys
 from corral.api.network import NetOperator
-from corral.bench.testnet import PORT, RESOLVER, internet
+from corral.bench.testnet import APT_LINE, APT_PACKAGE, APT_SOURCE, PORT, RESOLVER, internet
 from corral.node import Node, NodeSettings
 from corral.node.builder import BuildError, BuildEvent, Registries
 from corral.node.layers import Manifest, PruneResult
@@ -36,10 +37,11 @@ from ..conftest import IMAGE_DIR, runtime_params, sandbox_data_dir
 pytestmark = pytest.mark.skipif(shutil.which("nft") is None or os.geteuid() != 0,
                                 reason="needs root and nftables (scripts/install installs it)")
 
-#: The test internet's index alone: no other registry, so no step can reach one.
+#: The test internet's index and apt repository alone: no other registry, so no step can
+#: reach one (an apt step reaches ``apt.test`` through its source line alone).
 REGISTRIES = Registries(apt=(), npm=(), pip=(f"pypi.test:{PORT}",),
                         pip_index=f"http://pypi.test:{PORT}/simple",
-                        npm_registry=f"http://pypi.test:{PORT}/npm")
+                        npm_registry=f"http://pypi.test:{PORT}/npm", apt_sources=(APT_SOURCE,))
 
 #: A first step that deletes a file (a whiteout), replaces a folder (an opaque folder) and
 #: leaves a setuid binary (which the layer must not keep).
@@ -271,6 +273,32 @@ def test_a_build_on_a_built_image(builder: Builder, main_image: Built) -> None:
                                  "/home/user/child; echo $GREETING", timeout=60)
     assert result.exit_code == 0, result.stderr
     assert result.stdout == "child\nbuilt\n1000\nhello there\n"
+
+
+def test_an_apt_step_installs_from_the_operators_sources(builder: Builder,
+                                                         runtime: str) -> None:
+    """The step reads the operator's sources alone (the image's own name deb.debian.org,
+    which it cannot reach), and leaves neither them nor the lists in its layer."""
+    spec = ImageSpec.model_validate({"base": "python", "steps": [
+        {"kind": "env", "env": {"BUILT_WITH": runtime}},
+        {"kind": "apt", "packages": [APT_PACKAGE]}]})
+    manifest, events = builder.build(spec, runtime=runtime)
+    assert cached_flags(events) == [True, False]
+    logs = [e.text for e in events if e.kind == "log"]
+    assert any(f"http://apt.test:{PORT}/apt ./ Packages" in line for line in logs), logs
+    assert not [line for line in logs if "debian.org" in line]
+    layer = builder.layer(manifest.layers[0])
+    assert (layer / "usr" / "bin" / APT_PACKAGE).is_file()
+    names = [name for _, dirs, files in os.walk(layer) for name in dirs + files]
+    assert not [name for name in names if "corral-apt" in name or "apt.test" in name]
+    assert not os.path.lexists(layer / "etc" / "apt")  # the image's sources untouched
+    base_sources = builder.node.images.get("python").rootfs / "etc" / "apt" / "sources.list"
+    with builder.start(manifest.id, runtime) as sb:
+        result = sb.commands.run(f"{APT_PACKAGE}; cat /etc/apt/sources.list;"
+                                 " ls -A /etc/apt/sources.list.d /var/tmp", timeout=60)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == (f"{APT_LINE}\n{base_sources.read_text()}"
+                             "/etc/apt/sources.list.d:\n\n/var/tmp:\n")
 
 
 # -- what a build refuses -------------------------------------------------------------------------

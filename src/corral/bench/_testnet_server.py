@@ -2,7 +2,9 @@
 namespace: ``python -m corral.bench._testnet_server CONFIG.json``.
 
 HTTP (and HTTPS) answer ``GET /`` with the server's own address and port, ``/bytes/N``
-with N zero bytes, and a one-package index (``/simple/corral-demo/`` and its wheel); a UDP
+with N zero bytes, a one-package index (``/simple/corral-demo/`` and its wheel) and a
+one-package flat apt repository (``/apt/``: ``Packages``, ``Release``, the ``.deb``; any
+other name there is a 404, as apt expects of the files it probes for); a UDP
 port logs each datagram; a DNS server answers the test names' A records. Prints ``ready``
 once every socket listens, and stops when its stdin closes.
 """
@@ -10,16 +12,21 @@ once every socket listens, and stops when its stdin closes.
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
 import http.server
 import io
 import json
+import shlex
 import socket
 import socketserver
 import ssl
+import subprocess
 import sys
+import tempfile
 import threading
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import dns.message
@@ -53,8 +60,45 @@ def wheel() -> bytes:
     return buffer.getvalue()
 
 
+def _control(package: str) -> str:
+    return (f"Package: {package}\nVersion: 1.0\nArchitecture: all\n"
+            "Maintainer: Corral tests <tests@corral.invalid>\n"
+            "Description: prints one line (the test internet's apt repository)\n")
+
+
+def deb(package: str, line: str) -> tuple[str, bytes]:
+    """A Debian package (its file name and bytes), built with ``dpkg-deb``: ``package``
+    1.0, installing ``/usr/bin/<package>``, a script that prints ``line``."""
+    name = f"{package}_1.0_all.deb"
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch, "tree")
+        (root / "DEBIAN").mkdir(parents=True)
+        (root / "usr" / "bin").mkdir(parents=True)
+        (root / "DEBIAN" / "control").write_text(_control(package))
+        tool = root / "usr" / "bin" / package
+        tool.write_text(f"#!/bin/sh\nprintf '%s\\n' {shlex.quote(line)}\n")
+        for path in (root, root / "DEBIAN", root / "usr", root / "usr" / "bin", tool):
+            path.chmod(0o755)  # whatever the umask: dpkg-deb checks DEBIAN's mode
+        subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root),
+                        str(Path(scratch, name))], check=True, capture_output=True, timeout=60)
+        return name, Path(scratch, name).read_bytes()
+
+
+def apt_repository(package: str, line: str) -> dict[str, bytes]:
+    """A flat apt repository's files by name: one package, its ``Packages`` stanza (size
+    and sha256 written here, no tool needed) and an unsigned ``Release`` naming it."""
+    name, data = deb(package, line)
+    index = (f"{_control(package)}Filename: ./{name}\nSize: {len(data)}\n"
+             f"SHA256: {hashlib.sha256(data).hexdigest()}\n").encode()
+    release = (f"Origin: corral-test\nLabel: corral-test\n"
+               f"Date: {email.utils.formatdate(usegmt=True)}\nSHA256:\n"
+               f" {hashlib.sha256(index).hexdigest()} {len(index)} Packages\n").encode()
+    return {name: data, "Packages": index, "Release": release}
+
+
 def serve(config: dict[str, Any]) -> None:
     package = wheel()
+    repository = apt_repository(config["apt_package"], config["apt_line"])
     max_bytes = int(config["max_bytes"])
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -72,6 +116,12 @@ def serve(config: dict[str, Any]) -> None:
                 kind = "text/html"
             elif self.path == f"/packages/{WHEEL}":
                 body = package
+            elif self.path.startswith("/apt/"):
+                name = self.path[5:].removeprefix("./")  # apt asks for /apt/./Release
+                if name not in repository:
+                    self.send_error(404)
+                    return
+                body = repository[name]
             else:
                 address: Any = self.server.server_address
                 body = f"{address[0]}:{address[1]}".encode()

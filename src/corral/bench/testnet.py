@@ -12,8 +12,10 @@ Every address sandboxes are sent to lives here, on this machine:
 Each runs an HTTP server on :data:`PORT` (``PUBLIC_A`` also on :data:`OTHER_PORT`, and
 both public hosts HTTPS on :data:`HTTPS_PORT`, with a self-signed certificate for
 :data:`TLS_NAMES`) answering ``GET /`` with its own address and port, ``GET /bytes/N``
-with N zero bytes (at most :data:`MAX_BYTES`), and a one-package index at
-``/simple/corral-demo/``. ``RESOLVER`` answers the A records of :data:`NAMES` (see
+with N zero bytes (at most :data:`MAX_BYTES`), a one-package index at
+``/simple/corral-demo/``, and a one-package flat apt repository at ``/apt/``
+(:data:`APT_SOURCE`: :data:`APT_PACKAGE`, whose one program prints :data:`APT_LINE`).
+``RESOLVER`` answers the A records of :data:`NAMES` (see
 :mod:`._testnet_server`). The host gets routes to 198.51.100.0/24 and 169.254.169.254/32
 through the namespace's veth for as long as the context lasts, so a sandbox's packet to
 them would arrive if a rule did not stop it: a refusal proves the rule. Nothing here
@@ -54,10 +56,16 @@ HTTPS_PORT = 443
 #: The names it answers (A records); any other is NXDOMAIN.
 NAMES = {
     "allowed.test": PUBLIC_A, "www.allowed.test": PUBLIC_A, "pypi.test": PUBLIC_A,
-    "other.test": PUBLIC_B, "rebind.test": PRIVATE, "meta.test": METADATA,
+    "apt.test": PUBLIC_A, "other.test": PUBLIC_B, "rebind.test": PRIVATE, "meta.test": METADATA,
 }
 #: The names the HTTPS servers' (self-signed) certificate is for.
 TLS_NAMES = ("allowed.test", "*.allowed.test", "other.test", "pypi.test")
+#: The apt repository's one package (built with ``dpkg-deb`` when the servers start): it
+#: installs ``/usr/bin/corral-demo-tool``, which prints :data:`APT_LINE`.
+APT_PACKAGE = "corral-demo-tool"
+APT_LINE = "corral-demo-tool 1.0 from the test internet"
+#: The sources.list line of that repository (unsigned, hence trusted).
+APT_SOURCE = f"deb [trusted=yes] http://apt.test:{PORT}/apt/ ./"
 
 
 @dataclass(frozen=True)
@@ -112,7 +120,8 @@ def internet() -> Iterator[Internet]:
             "https": [f"{PUBLIC_A}:{HTTPS_PORT}", f"{PUBLIC_B}:{HTTPS_PORT}"],
             "cert": str(cert), "key": str(key), "max_bytes": MAX_BYTES,
             "udp_log": str(udp_log()), "udp_host": PUBLIC_A, "udp_port": UDP_PORT,
-            "resolver": RESOLVER, "names": NAMES, "dns_log": str(dns_log())}
+            "resolver": RESOLVER, "names": NAMES, "dns_log": str(dns_log()),
+            "apt_package": APT_PACKAGE, "apt_line": APT_LINE}
         config_path = Path(scratch) / "config.json"
         config_path.write_text(json.dumps(config))
         argv = ["ip", "netns", "exec", name, sys.executable, "-m",
