@@ -234,3 +234,14 @@ def test_an_imported_archive_is_built_on_and_started_from(server: Server,
         assert_error(http.get("/v1/images/junk:1"), 404, "not_found")
     with server.http(server.other_key) as http:
         assert_error(http.get("/v1/images/from-archive:1"), 404, "not_found")
+
+
+def test_an_images_user_runs_its_commands_and_code(server: Server) -> None:
+    image = Image.base("python").run_commands("mkdir -p /srv/own").user("user")
+    image.build(name="as-user:1", **server.sdk())
+    with Sandbox.create("as-user:1", **server.sdk()) as sb:
+        assert sb.commands.run("id -un; echo $HOME").stdout == "user\n/home/user\n"
+        assert sb.commands.run("id -un", user="root").stdout == "root\n"  # still chosen
+        assert sb.run_code("import getpass; getpass.getuser()").text == "'user'"
+    with Sandbox.create("python", **server.sdk()) as sb:  # public images: root, as before
+        assert sb.commands.run("id -un").stdout == "root\n"

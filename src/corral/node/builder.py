@@ -307,8 +307,8 @@ async def _run_step(node: Node, base_name: str, base_key: str, state: _State,
             assert context is not None
             argv = await _send_copy(sandbox, step, context, state)
         lines = _Lines(log)
-        # root as the agent's own user: an imported image may have no /etc/passwd.
-        result = await sandbox.commands.run(argv, user=None if user == "root" else user,
+        # root by uid: an imported image may have no /etc/passwd.
+        result = await sandbox.commands.run(argv, user=0 if user == "root" else user,
                                             timeout=step_timeout,
                                             on_stdout=lines.feed, on_stderr=lines.feed)
         lines.flush()
@@ -317,7 +317,8 @@ async def _run_step(node: Node, base_name: str, base_key: str, state: _State,
             raise BuildError(f"step {number} ({describe(step)}) failed with exit status "
                              f"{result.exit_code}:\n{tail}")
         # The agent's own sync(2): the image may have no sync of its own.
-        synced = await sandbox.commands.run([*agent_command(), "--sync"], timeout=300)
+        synced = await sandbox.commands.run([*agent_command(), "--sync"], user=0,
+                                            timeout=300)
         if synced.exit_code != 0:
             raise BuildError(f"step {number}: sync failed in its sandbox: {synced.stderr}")
         meta = {"step": describe(step), "base": f"{base_name}@{base_key}",

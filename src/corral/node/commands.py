@@ -146,7 +146,8 @@ class NodeCommands:
             cmd: a shell string (run by ``/bin/sh -c``) or an argv list (no shell).
             env: extra environment variables, on top of the sandbox's.
             cwd: working directory (default: the image's, usually ``/work``).
-            user: user name or uid inside the sandbox (default: root).
+            user: user name or uid inside the sandbox (default: the image's user, root
+                for the public images).
             timeout: seconds after which the command and all its descendants are killed.
             stdin: keep stdin open for :meth:`NodeCommandHandle.send_stdin`.
         """
@@ -160,6 +161,8 @@ class NodeCommands:
         sandbox = self._sandbox
         fields["env"] = {**sandbox.env, **check_env(env)}
         fields["cwd"] = resolve_path(cwd or sandbox.workdir, sandbox.workdir)
+        if user is None:
+            user = sandbox.user
         if user is not None:
             if isinstance(user, bool) or not isinstance(user, (str, int)):
                 raise InvalidArgumentError("user must be a name or a uid")

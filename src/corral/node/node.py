@@ -347,7 +347,7 @@ class Node:
                 handle.extra[net_extra] = net_record(net, policy)
             sandbox = NodeSandbox(self.lifecycle, sandbox_id, image, chosen, handle, resources,
                                   env, built.workdir, metadata, timeout, self.network,
-                                  pooled=pooled)
+                                  pooled=pooled, user=default_user(built.user))
             try:
                 process = await chosen.start(handle)
                 if process.stdout is None or process.stdin is None:
@@ -387,6 +387,7 @@ class Node:
         records.write(sandbox.handle.spec.directory, records.SandboxRecord(
             id=sandbox.id, image=sandbox.image, runtime=sandbox.runtime.name,
             resources=sandbox.resources, env=sandbox.env, workdir=sandbox.workdir,
+            user=sandbox.user,
             metadata=sandbox.metadata, created_at=sandbox.created_at,
             expires_at=sandbox.expires_at, extra=dict(sandbox.handle.extra),
             state=sandbox.state.value))
@@ -405,7 +406,7 @@ class Node:
         record = adopted.record
         sandbox = NodeSandbox(self.lifecycle, record.id, record.image, adopted.runtime,
                           adopted.handle, record.resources, record.env, record.workdir,
-                          record.metadata, DEFAULT_LIFETIME, self.network)
+                          record.metadata, DEFAULT_LIFETIME, self.network, user=record.user)
         sandbox.created_at, sandbox.expires_at = record.created_at, record.expires_at
         sandbox.agent = adopted.agent
         self._sandboxes[sandbox.id] = sandbox
@@ -508,6 +509,13 @@ class Node:
     async def destroy(self, sandbox_id: str) -> None:
         """Kill a sandbox and remove everything it left on the host."""
         await self.get(sandbox_id).kill()
+
+
+def default_user(image_user: str) -> str | None:
+    """The user a sandbox's commands run as by default: its image's (``USER``; a group
+    given there is left to the user's own), or None for root."""
+    name = image_user.split(":", 1)[0]
+    return None if name in ("", "root", "0") else name
 
 
 def _stop_abandoned(task: asyncio.Task[NodeSandbox]) -> None:

@@ -47,6 +47,8 @@ class SandboxRecord:
     #: Its lifecycle state when written (``SandboxState`` value); only ``running`` ones
     #: are adopted.
     state: str = "running"
+    #: The user its commands run as by default (its image's); None: root.
+    user: str | None = None
 
 
 def write(directory: Path, record: SandboxRecord) -> None:
@@ -81,12 +83,21 @@ def read(directory: Path) -> SandboxRecord:
             env=check_env(_mapping(body, "env")), workdir=_text(body, "workdir"),
             metadata=check_metadata(_mapping(body, "metadata")),
             created_at=_number(body, "created_at"), expires_at=_number(body, "expires_at"),
-            extra=_mapping(body, "extra"), state=_state(body))
+            extra=_mapping(body, "extra"), state=_state(body), user=_user(body))
     except (TypeError, InvalidArgumentError) as exc:
         raise ValueError(f"malformed record: {exc}") from None
     if record.id != directory.name or not SANDBOX_ID.match(record.id):
         raise ValueError(f"the record names another sandbox ({record.id!r:.80})")
     return record
+
+
+def _user(body: dict[str, Any]) -> str | None:
+    user = body.get("user")
+    if user is None:
+        return None
+    if not isinstance(user, str) or not 0 < len(user) <= 64:
+        raise TypeError("user must be a name of 1 to 64 characters")
+    return user
 
 
 def _text(body: dict[str, Any], key: str) -> str:

@@ -45,7 +45,8 @@ class NodeSandbox:
     def __init__(self, lifecycle: Lifecycle, sandbox_id: str, image: str, runtime: Runtime,
                  handle: RuntimeSandbox, resources: Resources, env: dict[str, str],
                  workdir: str, metadata: dict[str, str], timeout: float,
-                 network: NodeNetwork, pooled: bool = False) -> None:
+                 network: NodeNetwork, pooled: bool = False, user: str | None = None
+                 ) -> None:
         self._lifecycle = lifecycle
         self.id = sandbox_id
         self.image = image
@@ -54,6 +55,8 @@ class NodeSandbox:
         self.resources = resources
         self.env = env
         self.workdir = workdir
+        #: The user commands run as when a call names none (the image's); None: root.
+        self.user = user
         self.metadata = metadata
         self.created_at = time.time()
         self.expires_at = self.created_at + timeout
