@@ -57,3 +57,50 @@ def test_creates_are_served_from_the_warm_pool(pool_dir: Path, python_image: str
             samples = pool_samples(url, key)
             assert samples["corral_pool_hits_total"] == 1
             assert samples["corral_pool_misses_total"] == 0
+
+
+def test_a_pool_of_a_tenants_image_fills_after_its_build_and_refills_after_a_rebuild(
+        pool_dir: Path, python_image: str) -> None:
+    from corral import Image
+
+    pool = PoolSpec.parse("alpha/pooled:1@namespaces=1/")
+    assert pool.tenant_image and pool.image == "alpha/pooled:1" and pool.warm is None
+    settings = ServerSettings(node=NodeSettings(data_dir=pool_dir, image_dir=IMAGE_DIR,
+                                                pools=(pool,)), port=0, keep_sandboxes=False)
+    keys = KeyStore(open_engine(database_url(pool_dir, None)))
+    key, other = keys.create("alpha").key, keys.create("beta").key
+
+    def ready() -> float:
+        response = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"})
+        return sum(sample.value for family in text_string_to_metric_families(response.text)
+                   for sample in family.samples
+                   if sample.name == "corral_pool_ready"
+                   and sample.labels.get("image") == "alpha/pooled:1")
+
+    def wait_filled() -> None:
+        deadline = time.monotonic() + 60
+        while ready() != 1:
+            assert time.monotonic() < deadline, "the pool never filled"
+            time.sleep(0.1)
+
+    with serving(create_app(settings)) as url:
+        time.sleep(0.5)
+        assert ready() == 0  # no such image yet: nothing to hold
+        first = Image.base("python").run_commands("echo one > /etc/version")
+        first.build(name="pooled:1", url=url, api_key=key)
+        wait_filled()
+        with Sandbox.create("pooled:1", runtime="namespaces", url=url, api_key=key) as sb:
+            assert sb.commands.run("cat /etc/version").stdout == "one\n"
+        wait_filled()
+        second = Image.base("python").run_commands("echo two > /etc/version")
+        second.build(name="pooled:1", url=url, api_key=key)  # the name moves: refill
+        wait_filled()
+        with Sandbox.create("pooled:1", runtime="namespaces", url=url, api_key=key) as sb:
+            assert sb.commands.run("cat /etc/version").stdout == "two\n"
+        hits = [sample.value for family in text_string_to_metric_families(httpx.get(
+                    f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}).text)
+                for sample in family.samples if sample.name == "corral_pool_hits_total"
+                and sample.labels.get("image") == "alpha/pooled:1"]
+        assert hits == [2]
+        with pytest.raises(Exception, match="no image"):  # another tenant: not theirs
+            Sandbox.create("pooled:1", runtime="namespaces", url=url, api_key=other)

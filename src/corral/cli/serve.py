@@ -56,7 +56,9 @@ def serve(
         "--pool", show_default=False, metavar="IMAGE[:RUNTIME]=SIZE[/MODULES]",
         help="Keep SIZE sandboxes ready, each with a kernel that imported MODULES "
              "(default numpy+pandas+matplotlib; '/' alone: no kernel), e.g. "
-             "--pool python:gvisor=4; repeat for more (env CORRAL_POOLS, comma-separated)."),
+             "--pool python:gvisor=4; a tenant's image as TENANT/NAME[:TAG][@RUNTIME]=SIZE, "
+             "e.g. --pool acme/my-env:1@gvisor=2/ (refilled after each rebuild); repeat for "
+             "more (env CORRAL_POOLS, comma-separated)."),
     ] = None,
     gvisor_platform: Annotated[str | None, typer.Option(
         "--gvisor-platform", metavar="PLATFORM", show_default="systrap where it works",

@@ -148,7 +148,8 @@ class Node:
             try:
                 chosen = await self._runtime(spec.runtime or None)
                 pool = Pool(spec, chosen.name, self._start_pooled, self.lifecycle)
-                self.images.get(spec.image)
+                if not spec.tenant_image:  # a tenant's image: named by retarget_pool
+                    self.images.get(spec.image)
             except SandboxError as exc:
                 log.error("warm pool %s:%s not started: %s", spec.image, spec.runtime,
                           exc.message)
@@ -285,11 +286,23 @@ class Node:
         return await self._start(image, chosen, resources, {**dict(built.env), **env},
                                  metadata, timeout, pooled=False, policy=policy)
 
-    async def _start_pooled(self, spec: PoolSpec, runtime: str) -> NodeSandbox:
-        """Start a sandbox for a warm pool, cold (shielded like :meth:`create`)."""
-        built = self.images.get(spec.image)
+    async def retarget_pool(self, name: str, image: str | None) -> bool:
+        """Point the warm pool of the tenant image ``name`` (``TENANT/NAME:TAG``, as the
+        operator configured it) at ``image`` (a built image's id; None: empty it); False if
+        no pool has that name. The control plane calls this at start and whenever the name
+        is built again, imported or removed."""
+        found = False
+        for pool in self.pools:
+            if pool.spec.image == name:
+                found = True
+                await pool.retarget(image)
+        return found
+
+    async def _start_pooled(self, image: str, spec: PoolSpec, runtime: str) -> NodeSandbox:
+        """Start a sandbox of ``image`` for a warm pool, cold (shielded like :meth:`create`)."""
+        built = self.images.get(image)
         chosen = await self._runtime(runtime)
-        return await self._shielded(self._start(spec.image, chosen,
+        return await self._shielded(self._start(image, chosen,
                                                 spec.resources, dict(built.env), {},
                                                 POOLED_LIFETIME, pooled=True))
 

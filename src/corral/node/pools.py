@@ -56,6 +56,11 @@ _BACKOFF = (1.0, 60.0)
 DEFAULT_WARM = ("numpy", "pandas", "matplotlib")
 _SPEC = re.compile(r"^(?P<image>[a-z0-9][a-z0-9._-]{0,63})(?::(?P<runtime>[a-z0-9-]{1,32}))?"
                    r"=(?P<size>\d{1,4})(?:/(?P<warm>[A-Za-z0-9_.+]*))?$")
+#: A tenant's image: ``TENANT/NAME[:TAG][@RUNTIME]=SIZE[/MODULES]``.
+_TENANT_SPEC = re.compile(
+    r"^(?P<image>[A-Za-z0-9][A-Za-z0-9._-]{0,63}/[a-z0-9][a-z0-9._-]{0,63}"
+    r"(?::[a-z0-9][a-z0-9._-]{0,63})?)(?:@(?P<runtime>[a-z0-9-]{1,32}))?"
+    r"=(?P<size>\d{1,4})(?:/(?P<warm>[A-Za-z0-9_.+]*))?$")
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
@@ -84,22 +89,35 @@ class PoolSpec:
             if not _MODULE.match(module) or len(module) > 200:
                 raise InvalidArgumentError(f"{module!r:.80} is not a module name")
 
+    @property
+    def tenant_image(self) -> bool:
+        """Whether the pool is of a tenant's image (``TENANT/NAME:TAG``), which the control
+        plane resolves and hands the node (:meth:`Pool.retarget`)."""
+        return "/" in self.image
+
     @classmethod
     def parse(cls, text: str) -> PoolSpec:
-        """``IMAGE[:RUNTIME]=SIZE[/MODULE+MODULE...]``.
+        """``IMAGE[:RUNTIME]=SIZE[/MODULE+MODULE...]``, or for a tenant's image
+        ``TENANT/NAME[:TAG][@RUNTIME]=SIZE[/MODULES]``.
 
         ``python:gvisor=4`` keeps 4 sandboxes with a kernel that imported numpy, pandas
-        and matplotlib; ``python=2/numpy`` imports numpy only; ``python=2/`` starts no kernel.
+        and matplotlib; ``python=2/numpy`` imports numpy only; ``python=2/`` starts no
+        kernel; ``acme/my-env:1@gvisor=4/`` keeps 4 of tenant acme's ``my-env:1``,
+        refilled with the new image whenever that name is rebuilt.
         """
-        match = _SPEC.match(text.strip())
+        match = _SPEC.match(text.strip()) or _TENANT_SPEC.match(text.strip())
         if match is None:
             raise InvalidArgumentError(
-                f"pool {text!r:.80} is not IMAGE[:RUNTIME]=SIZE[/MODULES], e.g. "
-                "python:gvisor=4 or python=2/numpy+pandas")
+                f"pool {text!r:.80} is not IMAGE[:RUNTIME]=SIZE[/MODULES] or "
+                "TENANT/NAME[:TAG][@RUNTIME]=SIZE[/MODULES], e.g. python:gvisor=4, "
+                "python=2/numpy+pandas or acme/my-env:1@gvisor=2/")
         warm: tuple[str, ...] | None = DEFAULT_WARM
         if match["warm"] is not None:
             warm = tuple(m for m in match["warm"].split("+") if m) or None
-        return cls(image=match["image"], runtime=match["runtime"] or "", size=int(match["size"]),
+        image = match["image"]
+        if "/" in image and ":" not in image.split("/", 1)[1]:
+            image += ":latest"
+        return cls(image=image, runtime=match["runtime"] or "", size=int(match["size"]),
                    warm=warm)
 
     @classmethod
@@ -124,14 +142,18 @@ class Pool:
     """Ready sandboxes of one :class:`PoolSpec`, and the task that refills them."""
 
     def __init__(self, spec: PoolSpec, runtime: str,
-                 start: Callable[[PoolSpec, str], Awaitable[NodeSandbox]],
+                 start: Callable[[str, PoolSpec, str], Awaitable[NodeSandbox]],
                  lifecycle: Lifecycle) -> None:
-        """``start`` starts one sandbox for this pool, cold (the node's, shielded from
-        cancellation); the pool warms it, and stops those it gives up on itself."""
+        """``start`` starts one sandbox of an image for this pool, cold (the node's,
+        shielded from cancellation); the pool warms it, and stops those it gives up on
+        itself. A pool of a tenant's image holds nothing until :meth:`retarget` names the
+        image."""
         self._start = start
         self._lifecycle = lifecycle
         self.spec = spec
         self.runtime = runtime
+        #: What its sandboxes start from (the node's reference); None: nothing yet.
+        self.image: str | None = None if spec.tenant_image else spec.image
         self._ready: collections.deque[NodeSandbox] = collections.deque()
         self._starting = 0
         self._wake = asyncio.Event()
@@ -139,11 +161,23 @@ class Pool:
         self.stats = PoolStats()
 
     def matches(self, image: str, runtime: str, resources: Resources) -> bool:
-        return (image, runtime, resources) == (self.spec.image, self.runtime,
-                                               self.spec.resources)
+        return self.image is not None and (image, runtime, resources) == (
+            self.image, self.runtime, self.spec.resources)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._fill())
+
+    async def retarget(self, image: str | None) -> None:
+        """Hold sandboxes of ``image`` from now on (None: none); the ready ones of the
+        image before are stopped, and the pool refills."""
+        if image == self.image:
+            return
+        self.image = image
+        stale, self._ready = list(self._ready), collections.deque()
+        self.stats.ready = 0
+        for sandbox in stale:
+            await sandbox.stop("its warm pool's image was rebuilt")
+        self._wake.set()
 
     async def take(self) -> NodeSandbox | None:
         """A healthy ready sandbox, or None (the caller starts one cold)."""
@@ -185,9 +219,9 @@ class Pool:
         log.info("sandbox %s handed out from a warm pool", sandbox.id)
         return sandbox
 
-    async def _warmed(self) -> NodeSandbox:
+    async def _warmed(self, image: str) -> NodeSandbox:
         """Start a sandbox and warm it: its first command run, its kernel's modules imported."""
-        sandbox = await self._start(self.spec, self.runtime)
+        sandbox = await self._start(image, self.spec, self.runtime)
         try:
             # The first exec in a sandbox is slower (gVisor: ~19 ms, then ~15 ms): pay it now
             # (an image without `true` just skips this).
@@ -221,14 +255,15 @@ class Pool:
             self._ready = collections.deque(sb for sb in self._ready
                                             if sb.state is SandboxState.RUNNING)
             self.stats.ready = len(self._ready)
-            if len(self._ready) + self._starting >= self.spec.size:
+            image = self.image
+            if image is None or len(self._ready) + self._starting >= self.spec.size:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             self._starting += 1
             self.stats.starting = self._starting
             try:
-                sandbox = await self._warmed()
+                sandbox = await self._warmed(image)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a pool must outlive failed starts
@@ -243,6 +278,9 @@ class Pool:
                 self._starting -= 1
                 self.stats.starting = self._starting
             failures = 0
+            if image != self.image:  # retargeted while it started
+                await sandbox.stop("its warm pool's image was rebuilt")
+                continue
             self._ready.append(sandbox)
             self.stats.ready = len(self._ready)
 

@@ -83,6 +83,12 @@ class ImageService:
         if failed:
             log.warning("%d image builds were cut short by the restart", failed)
         await asyncio.to_thread(shutil.rmtree, self._contexts, True)
+        for pool in self._node.pools:  # warm pools of tenants' images: what each name is now
+            if pool.spec.tenant_image:
+                tenant, name = pool.spec.image.split("/", 1)
+                record = await asyncio.to_thread(self._store.get, tenant, name)
+                await self._node.retarget_pool(pool.spec.image,
+                                               record.id if record is not None else None)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -268,6 +274,8 @@ class ImageService:
                              size_bytes=manifest.size_bytes,
                              created_at=datetime.now(UTC), build=build_id)
         await asyncio.to_thread(self._store.put, record)
+        if name is not None:  # a warm pool of this name refills with the new image
+            await self._node.retarget_pool(f"{tenant}/{name}", manifest.id)
         return self._info(record, manifest)
 
     def _quota_message(self, used: int) -> str:
@@ -329,6 +337,7 @@ class ImageService:
             raise NotFoundError(f"no image {ref[:80]!r} of yours")
         for record in records:
             await asyncio.to_thread(self._store.remove, tenant, record.name)
+            await self._node.retarget_pool(f"{tenant}/{record.name}", None)
 
     async def prune(self) -> models.PruneInfo:
         """Delete what no tenant names any more (and no live sandbox uses)."""
