@@ -245,3 +245,23 @@ def test_an_images_user_runs_its_commands_and_code(server: Server) -> None:
         assert sb.run_code("import getpass; getpass.getuser()").text == "'user'"
     with Sandbox.create("python", **server.sdk()) as sb:  # public images: root, as before
         assert sb.commands.run("id -un").stdout == "root\n"
+
+
+def test_a_corral_toml_builds_with_overlapping_copies(server: Server, tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "main.py").write_text("print('toml')\n")
+    (tmp_path / "app" / "junk.log").write_text("x")
+    (tmp_path / "corral.toml").write_text(
+        'base = "python"\nlabels = {team = "data"}\ncmd = ["python3", "/srv/main.py"]\n\n'
+        '[[steps]]\nkind = "copy"\nsources = ["app"]\ndestination = "/srv"\n'
+        'ignore = ["*.log"]\n\n'
+        '[[steps]]\nkind = "copy"\nsources = ["app/main.py"]\ndestination = "/opt/"\n')
+    image = Image.from_toml(tmp_path / "corral.toml", context=tmp_path)
+    info = image.build(name="toml-env:1", **server.sdk())
+    assert info.labels == {"team": "data"} and info.cmd == ["python3", "/srv/main.py"]
+    with Sandbox.create("toml-env:1", **server.sdk()) as sb:
+        assert sb.commands.run("python3 /srv/main.py; ls /srv; ls /opt").stdout == (
+            "toml\nmain.py\nmain.py\n")
+    (tmp_path / "bad.toml").write_text('base = "python"\n[[steps]]\nkind = "teleport"\n')
+    with pytest.raises(InvalidArgumentError, match="bad.toml"):
+        Image.from_toml(tmp_path / "bad.toml")

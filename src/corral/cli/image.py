@@ -45,8 +45,9 @@ def build(
         help=f"Without -f: the public image to build here ({_KNOWN}). With -f: the build "
              "context COPY takes files from (default: the current folder).")] = None,
     file: Annotated[Path | None, typer.Option(
-        "--file", "-f", help="A Dockerfile (the subset docs/images.md lists): build it on "
-                             "the server (CORRAL_URL), each step in a sandbox.")] = None,
+        "--file", "-f", help="A Dockerfile (the subset docs/images.md lists) or a "
+                             "corral.toml (*.toml): build it on the server (CORRAL_URL), "
+                             "each step in a sandbox.")] = None,
     name: Annotated[str | None, typer.Option(
         "--name", "-t", help="What to call the image, such as my-env:1.")] = None,
     build_arg: Annotated[list[str] | None, typer.Option(
@@ -81,7 +82,12 @@ def build(
             fail(f"--build-arg {pair!r}: write KEY=VALUE")
         args[key] = value
     with reporting_errors():
-        image = Image.from_dockerfile(file, context=target or ".", build_args=args)
+        if file.suffix == ".toml":
+            if args:
+                fail("--build-arg is for Dockerfiles; a corral.toml has no ARG")
+            image = Image.from_toml(file, context=target or ".")
+        else:
+            image = Image.from_dockerfile(file, context=target or ".", build_args=args)
         console = Console(stderr=True)
         started = time.monotonic()
 

@@ -27,6 +27,7 @@ import json
 import os
 import tarfile
 import tempfile
+import tomllib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -36,9 +37,9 @@ from pydantic import BaseModel
 
 from corral.api import models
 from corral.api.errors import InvalidArgumentError, error_from_code
-from corral.api.image_spec import (CopyStep, EnvStep, ImageSpec, PackagesStep, RunStep,
-                                   UserStep, WorkdirStep, checked, context_relative,
-                                   parse_dockerfile)
+from corral.api.image_spec import (MAX_DOCKERFILE, CopyStep, EnvStep, ImageSpec,
+                                   PackagesStep, RunStep, UserStep, WorkdirStep, checked,
+                                   context_relative, parse_dockerfile)
 
 from ._http import ApiClient
 from ._portal import portal
@@ -106,13 +107,48 @@ class Image:
         """An image from a Dockerfile (the subset ``corral image build`` documents); its
         COPY/ADD sources are taken from ``context``."""
         text = Path(path).read_text(encoding="utf-8")
-        spec = parse_dockerfile(text, build_args)
-        root = Path(context)
+        return cls._of_spec(parse_dockerfile(text, build_args), Path(context))
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str], context: str | os.PathLike[str] = "."
+                  ) -> Image:
+        """An image from a ``corral.toml``: the image spec as TOML (``base``, then
+        ``[[steps]]`` tables with a ``kind`` each, as the REST API takes them, and
+        optionally ``labels``, ``entrypoint``, ``cmd``); copy sources are in ``context``.
+
+        Example ``corral.toml``::
+
+            base = "python"
+
+            [[steps]]
+            kind = "pip"
+            packages = ["httpx==0.28.1"]
+
+            [[steps]]
+            kind = "copy"
+            sources = ["app"]
+            destination = "/app"
+        """
+        raw = Path(path).read_bytes()
+        if len(raw) > MAX_DOCKERFILE:
+            raise InvalidArgumentError(f"{path} is larger than {MAX_DOCKERFILE >> 20} MiB")
+        try:
+            document = tomllib.loads(raw.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidArgumentError(f"{path}: not TOML: {exc}") from None
+        spec = checked(ImageSpec, str(path), **document)
+        assert isinstance(spec, ImageSpec)
+        return cls._of_spec(spec, Path(context))
+
+    @classmethod
+    def _of_spec(cls, spec: ImageSpec, root: Path) -> Image:
         sources = []
         for step in spec.steps:
             if isinstance(step, CopyStep):
+                # The server applies each step's ignore patterns; sources of one context
+                # may overlap, so they are uploaded whole (once each, see _upload_context).
                 for source in step.sources:
-                    sources.append(_Source(root / source, source, tuple(step.ignore)))
+                    sources.append(_Source(root / source, context_relative(source)))
         return cls(spec.base, tuple(spec.steps), tuple(sources),
                    tuple(spec.entrypoint) if spec.entrypoint is not None else None,
                    tuple(spec.cmd) if spec.cmd is not None else None,
@@ -280,8 +316,7 @@ async def import_archive(api: ApiClient, path: Path, tag: str | None = None,
 async def _upload_context(api: ApiClient, sources: Sequence[_Source]) -> str:
     with tempfile.TemporaryFile() as archive:
         with tarfile.open(fileobj=archive, mode="w:gz") as tar:
-            for source in sources:
-                context_relative(source.name)
+            for source in _outermost(sources):
                 if not source.local.exists():
                     raise InvalidArgumentError(f"{source.local}: not found (a copy source)")
                 tar.add(str(source.local), arcname=source.name, recursive=True,
@@ -296,6 +331,17 @@ async def _upload_context(api: ApiClient, sources: Sequence[_Source]) -> str:
 
     reply = await api.json("POST", "/v1/images/contexts", content=body(), read_timeout=600)
     return str(models.ImageContextInfo.model_validate(reply).id)
+
+
+def _outermost(sources: Sequence[_Source]) -> list[_Source]:
+    """Each source once, and none inside another (the context holds it already)."""
+    kept: list[_Source] = []
+    for source in sorted(sources, key=lambda s: (s.name.count("/"), s.name)):
+        name = context_relative(source.name)
+        if not any(name == k.name or k.name == "." or name.startswith(k.name + "/")
+                   for k in kept):
+            kept.append(source)
+    return kept
 
 
 def _ignoring(root: str, patterns: Sequence[str]
