@@ -90,19 +90,37 @@ def build(
             image = Image.from_dockerfile(file, context=target or ".", build_args=args)
         console = Console(stderr=True)
         started = time.monotonic()
+        steps: list[list[object]] = []  # [line, cached, began, ended]
 
         def show(line: str) -> None:
+            now = time.monotonic()
             if line.startswith("["):
-                style = "dim" if line.endswith("(cached)") else "bold"
-                console.print(f"[{style}]{escape(line)}[/] "
-                              f"[dim]+{time.monotonic() - started:.1f}s[/]", highlight=False)
+                if steps:
+                    steps[-1][3] = now
+                cached = line.endswith("(cached)")
+                steps.append([line.removesuffix(" (cached)"), cached, now, now])
+                style = "dim" if cached else "bold"
+                console.print(f"[{style}]{escape(line)}[/] [dim]+{now - started:.1f}s[/]",
+                              highlight=False)
             else:
                 console.print(f"  {escape(line)}", highlight=False, markup=False)
 
-        info = image.build(name, on_log=show, url=url, api_key=api_key)
+        with console.status("building...", spinner="dots"):
+            info = image.build(name, on_log=show, url=url, api_key=api_key)
+    if steps:
+        steps[-1][3] = time.monotonic()
+    summary = Table(title="steps", show_edge=False)
+    for column in ("step", "time", "cache"):
+        summary.add_column(column, justify="right" if column == "time" else "left")
+    for line, cached, began, ended in steps:
+        summary.add_row(escape(str(line))[:90], f"{float(ended) - float(began):.1f}s",  # type: ignore[arg-type]
+                        "hit" if cached else "built")
+    console.print(summary)
+    hits = sum(1 for step in steps if step[1])
     console.print(f"[green]built[/] {info.name or ''} {info.id} "
                   f"({human_size(info.size_bytes)}, {info.layers} layers) in "
-                  f"{time.monotonic() - started:.1f} s", highlight=False)
+                  f"{time.monotonic() - started:.1f} s, {hits}/{len(steps)} steps cached",
+                  highlight=False)
     print(info.name or info.id)
 
 
