@@ -31,8 +31,9 @@ def _rate_ratio(row: Row) -> float:
     return row.rate.ratio or 99.0 if row.rate is not None else 99.0
 
 
-#: Goals from the design brief and the "speed at scale" issue, as (runtime or "*", row key
-#: or fnmatch pattern) -> (goal, whether a row meets it, or None where it does not apply).
+#: Goals from the design brief and the "speed at scale" and images issues, as (runtime or
+#: "*", row key or fnmatch pattern) -> (goal, whether a row meets it, or None where it does
+#: not apply).
 TARGETS: dict[tuple[str, str], tuple[str, Callable[[Row], bool | None]]] = {
     ("gvisor", "create_to_first_command"): (
         "≤ 1.3× bare runsc, < 150 ms",
@@ -63,6 +64,9 @@ TARGETS: dict[tuple[str, str], tuple[str, Callable[[Row], bool | None]]] = {
         lambda row: row.bare is not None and row.corral.p50 - row.bare.p50 < 0.020),
     ("gvisor", "restore_first_command_idle"): ("< 300 ms",
                                                lambda row: row.corral.p50 < 0.300),
+    ("*", "image_create_custom"): (
+        "within 10% of the base image's create → first command (≤ 1.1×)",
+        lambda row: (row.ratio("p50") or 99.0) <= 1.1),
 }
 
 

@@ -26,7 +26,7 @@ from corral.runtime import available_runtimes
 from corral.runtime.agent_bundle import MOUNT_POINT, ensure_bundle
 from corral.runtime.host import remove_node_cgroups
 
-from . import api, checkpoint, code, network, pools, primitives, scale
+from . import api, checkpoint, code, images, network, pools, primitives, scale
 from .report import BenchReport, machine_info
 from .stats import Row, RuntimeResult, Stat
 
@@ -62,6 +62,10 @@ class BenchConfig:
         settle: seconds idle sandboxes settle before their memory is read.
         density: idle sandboxes held at once for the memory measure.
         checkpoint_iterations: recorded gVisor checkpoint/restore rounds.
+        image_build_iterations: recorded cold image builds, and as many rebuilds after
+            changing the last step (0: neither row).
+        image_many_layers: the layers of the second built image whose create → first
+            command is measured (0: none).
         scale: measure the warm pool, throughput, density and checkpoint rows at all.
     """
 
@@ -83,6 +87,8 @@ class BenchConfig:
     min_creates: int = 8
     density: int = 100
     checkpoint_iterations: int = 3
+    image_build_iterations: int = 5
+    image_many_layers: int = 24
     settle: float = 2.0
     scale: bool = True
 
@@ -93,7 +99,7 @@ class BenchConfig:
                    runtimes=runtimes, code_iterations=1, code_warmup=0, pool_iterations=1,
                    pool_warmup=0, cold_pandas_iterations=0, burst=10, clients=(8,),
                    creates_per_client=1, min_creates=4, density=10, checkpoint_iterations=1,
-                   settle=0.5)
+                   image_build_iterations=0, image_many_layers=0, settle=0.5)
 
 
 async def measure(node: Node, image: Image, config: BenchConfig,
@@ -139,6 +145,11 @@ async def _measure_runtime(node: Node, image: Image, config: BenchConfig,
         await code.measure_code(node, config.image, image.rootfs, code_iterations,
                                 config.exec_iterations, config.warmup, result, progress,
                                 config.code_warmup)
+        await images.measure_images(node, images.ImageBench(
+            image=config.image, iterations=config.iterations,
+            build_iterations=config.image_build_iterations, warmup=config.warmup,
+            many_layers=config.image_many_layers, bare=bare, bare_label=bare_label),
+            result, progress)
         if config.scale:
             await measure_scale(node, image, config, result, progress, bare_label, bare)
 

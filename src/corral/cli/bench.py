@@ -60,7 +60,10 @@ def bench(
     sandbox through that server's exposed-port proxy beside the same app on the host
     (small GET, new connection, 64 MiB), and (as root, with
     nftables) a network policy's cost at create, per connection and per 64 MiB, beside
-    the same without it, against a test internet in a namespace of its own. Ratios are Corral / bare
+    the same without it, against a test internet in a namespace of its own, and built
+    images: a cold three-step build and a rebuild of its last step beside as many bare
+    runs, and create → first command from a built image beside the same from the base
+    image (with --quick, that last row alone). Ratios are Corral / bare
     (HTTP / in-process for the API row). The image must be built (`corral image build
     python`).
 

@@ -108,3 +108,21 @@ def test_reports_are_compared_row_by_row(tmp_path: Path) -> None:
 
     path = render_comparison([("old", old), ("new", new)], "gvisor", tmp_path / "cmp.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_built_image_goal_is_judged_on_the_ratio_to_the_base_image() -> None:
+    """Within 10% of the base image's create → first command; the many-layer variant and
+    the build rows carry no goal."""
+    def custom(key: str, built: float, base: float) -> Row:
+        return Row(key, "create → first command, built image (3 layers)", Stat((built,)),
+                   "create → first command, python image", Stat((base,)))
+
+    result = RuntimeResult("namespaces", "test", [
+        custom("image_create_custom", 0.0260, 0.0250),
+        custom("image_create_custom_24_layers", 0.0400, 0.0250),
+        Row("image_rebuild_last_step", "rebuild, last step changed (2/3 steps cached)",
+            Stat((0.2,)), "bwrap sh writing a file + sync", Stat((0.01,)))])
+    assert [(goal.split(":")[0], met) for goal, met in verdicts(result)] == [
+        ("create → first command, built image (3 layers)", True)]
+    result.rows[0] = custom("image_create_custom", 0.0280, 0.0250)  # 1.12×
+    assert [met for _, met in verdicts(result)] == [False]
