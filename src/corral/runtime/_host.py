@@ -48,16 +48,24 @@ def prepare_root(spec: SandboxSpec, userns: mounts.UserNamespace | None) -> Path
     mounts.mount_tmpfs(disk, spec.resources.disk_mib * MIB, inode_limit(spec.resources.disk_mib))
     mounts.make_dir(disk / "upper", 0o755, userns)
     (disk / "work").mkdir()
-    lowers = [*spec.layers, spec.rootfs]
-    if userns is not None:
-        bound = []
-        for number, layer in enumerate(lowers):
-            lower = directory / ("lower" if number == 0 else f"lower{number}")
-            lower.mkdir()
-            mounts.bind_idmapped(layer, lower, userns.fd)
-            bound.append(lower)
-        lowers = bound
-    mounts.mount_overlay(lowers, disk / "upper", disk / "work", root)
+    if userns is None:
+        mounts.mount_overlay([*spec.layers, spec.rootfs], disk / "upper", disk / "work", root)
+        return root
+    # The image is bound at ``lower`` (so that what is mounted says who uses it); a built
+    # image's layers are detached idmapped trees handed to the overlay by descriptor, in
+    # no mount table: bwrap reads the table again and again as it starts, and a line a
+    # layer made each start measurably slower (docs/benchmarks.md, Images).
+    lower = directory / "lower"
+    lower.mkdir()
+    mounts.bind_idmapped(spec.rootfs, lower, userns.fd)
+    trees: list[int] = []
+    try:
+        for layer in spec.layers:
+            trees.append(mounts.idmapped_tree(layer, userns.fd))
+        mounts.mount_overlay([*trees, lower], disk / "upper", disk / "work", root)
+    finally:
+        for fd in trees:
+            os.close(fd)
     return root
 
 

@@ -33,6 +33,7 @@ _SYS_FSMOUNT = 432
 _FSOPEN_CLOEXEC = 1
 _FSMOUNT_CLOEXEC = 1
 _FSCONFIG_SET_STRING = 1
+_FSCONFIG_SET_FD = 5
 _FSCONFIG_CMD_CREATE = 6
 _OPEN_TREE_CLONE = 1
 _O_CLOEXEC = 0o2000000
@@ -72,7 +73,7 @@ def mount_tmpfs(target: Path, size_bytes: int, inodes: int, mode: int = 0o700) -
                        opts.encode()), f"mounting tmpfs on {target}")
 
 
-def mount_overlay(lowers: list[Path], upper: Path, work: Path, target: Path) -> None:
+def mount_overlay(lowers: list[Path | int], upper: Path, work: Path, target: Path) -> None:
     """An overlay of ``lowers`` (top first, read-only) under the writable ``upper``.
 
     Built with the new mount API, one ``lowerdir+`` per layer (Linux 6.8): no layer count or
@@ -83,7 +84,11 @@ def mount_overlay(lowers: list[Path], upper: Path, work: Path, target: Path) -> 
     fs = _check(_libc.syscall(_SYS_FSOPEN, b"overlay", _FSOPEN_CLOEXEC), "opening overlayfs")
     try:
         for layer in lowers:
-            _fsconfig(fs, b"lowerdir+", bytes(layer), target)
+            if isinstance(layer, int):  # a detached mount (idmapped_tree): no path at all
+                _check(_libc.syscall(_SYS_FSCONFIG, fs, _FSCONFIG_SET_FD, b"lowerdir+", None,
+                                     layer), f"overlay layer (descriptor) for {target}")
+            else:
+                _fsconfig(fs, b"lowerdir+", bytes(layer), target)
         _fsconfig(fs, b"upperdir", bytes(upper), target)
         _fsconfig(fs, b"workdir", bytes(work), target)
         _check(_libc.syscall(_SYS_FSCONFIG, fs, _FSCONFIG_CMD_CREATE, None, None, 0),
@@ -103,6 +108,23 @@ def mount_overlay(lowers: list[Path], upper: Path, work: Path, target: Path) -> 
 def _fsconfig(fs: int, key: bytes, value: bytes, target: Path) -> None:
     _check(_libc.syscall(_SYS_FSCONFIG, fs, _FSCONFIG_SET_STRING, key, value, 0),
            f"overlay option {key.decode()}={value.decode(errors='replace')} for {target}")
+
+
+def idmapped_tree(source: Path, userns_fd: int) -> int:
+    """A detached, read-only, nosuid, nodev clone of ``source`` whose ownership is shifted
+    by ``userns_fd``'s id map: a descriptor the caller closes. It is in no mount table, so
+    a sandbox's layers add nothing to the host's (which bwrap reads many times a start)."""
+    fd = _check(_libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, bytes(source),
+                              _OPEN_TREE_CLONE | _O_CLOEXEC), f"cloning {source}")
+    try:
+        attr = _MountAttr(_MOUNT_ATTR_IDMAP | _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID
+                          | _MOUNT_ATTR_NODEV, 0, 0, userns_fd)
+        _check(_libc.syscall(_SYS_MOUNT_SETATTR, fd, b"", _AT_EMPTY_PATH, ctypes.byref(attr),
+                             ctypes.sizeof(attr)), f"idmapping {source}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def bind_idmapped(source: Path, target: Path, userns_fd: int) -> None:
