@@ -323,7 +323,9 @@ async def _run_step(node: Node, base_name: str, base_key: str, state: _State,
             raise BuildError(f"step {number}: sync failed in its sandbox: {synced.stderr}")
         meta = {"step": describe(step), "base": f"{base_name}@{base_key}",
                 "parent": state.layers[-1] if state.layers else None}
-        uid_base = sandbox.handle.spec.directory.joinpath("disk", "upper").stat().st_uid
+        # The host uid of the sandbox's root: its directory's owner, which the step cannot
+        # change (the upper folder is its own `/`, which it may chown).
+        uid_base = sandbox.handle.spec.directory.stat().st_uid
         with store.new_layer(key, meta, uid_base) as where:
             await asyncio.to_thread(copy_changes, sandbox.handle.spec, where())
             await asyncio.to_thread(_drop_start_files, where(), policy.enabled)
