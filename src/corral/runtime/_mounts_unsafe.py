@@ -127,17 +127,20 @@ def idmapped_tree(source: Path, userns_fd: int) -> int:
     return fd
 
 
-def bind_idmapped(source: Path, target: Path, userns_fd: int) -> None:
-    """Bind ``source`` read-only at ``target``, ownership shifted by ``userns_fd``'s id map.
+def bind_idmapped(source: Path, target: Path, userns_fd: int, *,
+                  read_only: bool = True) -> None:
+    """Bind ``source`` at ``target``, ownership shifted by ``userns_fd``'s id map.
 
-    Read-only, nosuid and nodev: the image is shared by every sandbox, and through a
-    writable bind anyone reaching ``target`` could change it for all of them.
+    Always nosuid and nodev. Read-only unless told otherwise: the image is shared by every
+    sandbox, and through a writable bind anyone reaching ``target`` could change it for
+    all of them. A volume's tree is bound writable (unless its mount is read-only): files
+    the sandbox's uid ``n`` writes through it are uid ``n`` on disk, as the image's are.
     """
     fd = _check(_libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, bytes(source),
                               _OPEN_TREE_CLONE | _O_CLOEXEC), f"cloning {source}")
     try:
-        attr = _MountAttr(_MOUNT_ATTR_IDMAP | _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID
-                          | _MOUNT_ATTR_NODEV, 0, 0, userns_fd)
+        attr = _MountAttr(_MOUNT_ATTR_IDMAP | (_MOUNT_ATTR_RDONLY if read_only else 0)
+                          | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV, 0, 0, userns_fd)
         _check(_libc.syscall(_SYS_MOUNT_SETATTR, fd, b"", _AT_EMPTY_PATH, ctypes.byref(attr),
                              ctypes.sizeof(attr)), f"idmapping {source}")
         _check(_libc.syscall(_SYS_MOVE_MOUNT, fd, b"", _AT_FDCWD, bytes(target),

@@ -46,6 +46,18 @@ class Availability:
 
 
 @dataclass(frozen=True)
+class VolumeBind:
+    """A volume's tree, mounted on the host, bound into a sandbox."""
+
+    #: The host folder the volume's filesystem is mounted at (the node's, see
+    #: :mod:`corral.node.volumes`).
+    source: Path
+    #: Where the sandbox sees it: absolute, normal, checked by the node.
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
 class SandboxSpec:
     """Everything a runtime needs to build one sandbox."""
 
@@ -65,6 +77,9 @@ class SandboxSpec:
     #: Read-only layers stacked above ``rootfs``, top first (a built image's steps, each an
     #: overlay upper directory: whiteouts and opaque directories as overlayfs writes them).
     layers: tuple[Path, ...] = ()
+    #: Volumes bound into the sandbox (rw or ro, always nosuid and nodev), shared with
+    #: whichever other sandboxes mount them.
+    volumes: tuple[VolumeBind, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,11 @@ def uid_base(files: tuple[Path, ...] = SUBID_FILES) -> int:
     return ranges * mounts.UID_RANGE
 
 
+def volumes_dir(spec: SandboxSpec) -> Path:
+    """Where a sandbox's volumes are bound, idmapped, on the host (``<n>``, by position)."""
+    return spec.directory / "volumes"
+
+
 def _check_traversable(directory: Path) -> None:
     """Sandbox root maps to an unprivileged host uid, which must reach the sandbox's root."""
     for folder in [directory, *directory.parents]:
@@ -244,6 +249,16 @@ class NamespacesRuntime(HostRuntime):
         spec = sandbox.spec
         userns = self._userns(base)
         prepare_root(spec, userns)
+        if spec.volumes:
+            # Each volume through an idmapped clone of its tree: the sandbox's uid n
+            # (host base + n) reads and writes uid n on disk, as under gvisor, so two
+            # sandboxes of either runtime agree on who owns what.
+            mounts.make_dir(volumes_dir(spec), 0o700, userns)
+            for index, volume in enumerate(spec.volumes):
+                point = volumes_dir(spec) / str(index)
+                point.mkdir(mode=0o700)
+                mounts.bind_idmapped(volume.source, point, userns.fd,
+                                     read_only=volume.read_only)
         res = spec.resources
         cgroups.SandboxCgroups(spec.cgroup).create(res.memory_mib, res.cpus, res.pids)
 
@@ -276,7 +291,11 @@ class NamespacesRuntime(HostRuntime):
                 "--proc", "/proc", *([] if weak.unmasked_proc else proc_mask_args()),
                 "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm",
                 "--ro-bind", str(spec.agent_bundle), MOUNT_POINT,
-                "--ro-bind", str(channel_dir(spec)), CHANNEL_MOUNT_POINT, "--chdir", "/"]
+                "--ro-bind", str(channel_dir(spec)), CHANNEL_MOUNT_POINT]
+        for index, volume in enumerate(spec.volumes):  # bwrap adds nosuid and nodev
+            argv += ["--ro-bind" if volume.read_only else "--bind",
+                     str(volumes_dir(spec) / str(index)), volume.target]
+        argv += ["--chdir", "/"]
         if weak.all_capabilities:
             argv += ["--cap-add", "ALL"]
         else:
