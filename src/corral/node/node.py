@@ -21,7 +21,8 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Callable, Coroutine, Mapping
+from collections import Counter
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 
 from corral.api.errors import (
@@ -39,7 +40,7 @@ from corral.api.image_spec import ImageSpec
 from corral.api.limits import TIMEOUT_RANGE
 from corral.api.network import NetworkPolicy
 from corral.api.resources import Resources, check_timeout
-from corral.runtime import GvisorOptions, Runtime, SandboxSpec, get_runtime
+from corral.runtime import GvisorOptions, Runtime, SandboxSpec, VolumeBind, get_runtime
 from corral.runtime.agent_bundle import ensure_bundle
 from corral.runtime.host import (destroy_net, favor_dynamic_changes, remove_node_cgroups,
                                  sweep, sweep_networks)
@@ -58,6 +59,7 @@ from .pools import Pool, PoolSpec
 from .sandbox import NodeSandbox
 from .settings import NodeSettings
 from .validation import SANDBOX_ID, check_env, check_metadata
+from .volumes import VolumeMount, VolumeStore, check_id, check_mounts
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,11 @@ class Node:
         self._runtime_lock = threading.Lock()
         self.network = NodeNetwork(self.settings.network, self.settings.node_key)
         self.lifecycle.on_state(self.network.on_state)
+        #: This node's volumes (:mod:`corral.node.volumes`), and their files.
+        self.volumes = VolumeStore(self.settings.data_dir / "volumes")
+        #: Volumes named by starts under way (in no list yet), and those being removed.
+        self._volume_starts: Counter[str] = Counter()
+        self._removing_volumes: set[str] = set()
 
     @property
     def sandboxes_dir(self) -> Path:
@@ -125,6 +132,8 @@ class Node:
         self.sandboxes_dir.mkdir(exist_ok=True)
         os.chmod(self.sandboxes_dir, 0o711)  # sandbox uids traverse it to their root
         self._bundle = await asyncio.to_thread(ensure_bundle, self.settings.data_dir / "agent")
+        if os.geteuid() == 0:  # mounting them needs root; without it, every use says so
+            await asyncio.to_thread(self.volumes.open)
         found = [p for p in self.sandboxes_dir.iterdir()
                  if (p / records.RECORD_NAME).is_file() and not p.is_symlink()]
         await asyncio.gather(*(self._adopt(directory) for directory in found))
@@ -194,6 +203,8 @@ class Node:
         await asyncio.gather(*(sb.stop("node shutting down")
                                for sb in list(self._sandboxes.values())))
         await self.network.close()  # released sandboxes' resolvers: the next node's now
+        if os.geteuid() == 0:  # released sandboxes keep their volumes' mounts
+            await asyncio.to_thread(self.volumes.close)
         remove_node_cgroups(self.settings.node_key)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -227,7 +238,8 @@ class Node:
                      resources: Resources | None = None, env: Mapping[str, str] | None = None,
                      timeout: float = DEFAULT_LIFETIME,
                      metadata: Mapping[str, str] | None = None,
-                     network: NetworkArg | NetworkPolicy | None = None) -> NodeSandbox:
+                     network: NetworkArg | NetworkPolicy | None = None,
+                     volumes: Sequence[VolumeMount] = ()) -> NodeSandbox:
         """Start a sandbox and return it once its agent answers.
 
         Cancelling the call does not cut a start in half (that would strand mounts and a
@@ -244,10 +256,17 @@ class Node:
             network: what it may reach (:class:`corral.api.network.NetworkPolicy`, or
                 ``"none"``, ``"all"``, ``{"allow": [...], "deny": [...]}``); default
                 ``"none"``: loopback only.
+            volumes: volumes of this node to mount (:class:`corral.node.volumes.VolumeMount`;
+                at most 16); checked, and each volume's existence too, before anything
+                starts. A warm pool never serves a create with volumes.
         """
         policy = self.network.check(policy_of(network))
+        mounts = check_mounts(volumes)
+        for mount in mounts:
+            if mount.volume in self._removing_volumes or not self.volumes.exists(mount.volume):
+                raise NotFoundError(f"no volume {mount.volume}")
         return await self._shielded(self._create(image, runtime, resources, env, timeout,
-                                                 metadata, policy))
+                                                 metadata, policy, mounts))
 
     async def _shielded(self, start: Coroutine[None, None, NodeSandbox]) -> NodeSandbox:
         """Run a start to its end in a task of its own: a caller that gives up meanwhile
@@ -267,7 +286,28 @@ class Node:
     async def _create(self, image: str, runtime: str | None, resources: Resources | None,
                       env: Mapping[str, str] | None, timeout: float,
                       metadata: Mapping[str, str] | None,
-                      policy: NetworkPolicy) -> NodeSandbox:
+                      policy: NetworkPolicy, mounts: tuple[VolumeMount, ...] = ()
+                      ) -> NodeSandbox:
+        # Its volumes count as used from here (no await before) until the sandbox is listed
+        # or its start failed: remove_volume either sees this start, or this start sees
+        # the removal under way.
+        used = [m.volume for m in mounts]
+        self._volume_starts.update(used)
+        try:
+            for volume_id in used:
+                if volume_id in self._removing_volumes:
+                    raise NotFoundError(f"no volume {volume_id} (it is being removed)")
+            return await self._create_now(image, runtime, resources, env, timeout, metadata,
+                                          policy, mounts)
+        finally:
+            self._volume_starts.subtract(used)
+            self._volume_starts += Counter()  # drops the zeros
+
+    async def _create_now(self, image: str, runtime: str | None,
+                          resources: Resources | None, env: Mapping[str, str] | None,
+                          timeout: float, metadata: Mapping[str, str] | None,
+                          policy: NetworkPolicy, mounts: tuple[VolumeMount, ...]
+                          ) -> NodeSandbox:
         if self._bundle is None:
             raise SandboxError("the node is not started; use `async with Node()`")
         resources = resources or Resources()
@@ -276,7 +316,7 @@ class Node:
         env, metadata = check_env(env), check_metadata(metadata)
         built = self.images.get(image)
         chosen = await self._runtime(runtime)
-        for pool in self.pools if not policy.enabled else ():
+        for pool in self.pools if not policy.enabled and not mounts else ():
             if pool.matches(image, chosen.name, resources):
                 sandbox = await pool.take()
                 handed = (None if sandbox is None
@@ -284,7 +324,8 @@ class Node:
                 if handed is not None:
                     return handed
         return await self._start(image, chosen, resources, {**dict(built.env), **env},
-                                 metadata, timeout, pooled=False, policy=policy)
+                                 metadata, timeout, pooled=False, policy=policy,
+                                 mounts=mounts)
 
     async def retarget_pool(self, name: str, image: str | None) -> bool:
         """Point the warm pool of the tenant image ``name`` (``TENANT/NAME:TAG``, as the
@@ -309,7 +350,8 @@ class Node:
     async def _start(self, image: str, chosen: Runtime, resources: Resources,
                      env: dict[str, str], metadata: dict[str, str], timeout: float,
                      pooled: bool, policy: NetworkPolicy | None = None,
-                     built: Image | None = None) -> NodeSandbox:
+                     built: Image | None = None,
+                     mounts: tuple[VolumeMount, ...] = ()) -> NodeSandbox:
         """Build and start one sandbox, waiting for a start turn (admission control)."""
         if len(self._sandboxes) + self._pending >= self.settings.max_sandboxes:
             raise ResourceExhaustedError(
@@ -325,14 +367,15 @@ class Node:
             self._waiting -= 1
         try:
             return await self._start_now(image, chosen, resources, env, metadata, timeout,
-                                         pooled, policy or NetworkPolicy(), built)
+                                         pooled, policy or NetworkPolicy(), built, mounts)
         finally:
             self._start_turns.release()
 
     async def _start_now(self, image: str, chosen: Runtime, resources: Resources,
                          env: dict[str, str], metadata: dict[str, str], timeout: float,
                          pooled: bool, policy: NetworkPolicy,
-                         built: Image | None = None) -> NodeSandbox:
+                         built: Image | None = None,
+                         mounts: tuple[VolumeMount, ...] = ()) -> NodeSandbox:
         if self._bundle is None:
             raise SandboxError("the node is not started; use `async with Node()`")
         built = built or self.images.get(image)
@@ -341,6 +384,7 @@ class Node:
         # sandbox while it starts, and Node.close() waits for its start instead.
         self._pending += 1
         try:
+            binds = await asyncio.to_thread(self._volume_binds, mounts)
             net = await self.network.attach(policy) if policy.enabled else None
             spec = SandboxSpec(sandbox_id=sandbox_id,
                                cgroup=f"{self.settings.node_key}/{sandbox_id}",
@@ -349,7 +393,7 @@ class Node:
                                directory=self.sandboxes_dir / sandbox_id,
                                orphan_grace=self.settings.orphan_grace,
                                netns=net.netns_path if net is not None else None,
-                               layers=built.layers)
+                               layers=built.layers, volumes=binds)
             try:
                 handle = await chosen.create(spec)
             except BaseException:
@@ -360,7 +404,8 @@ class Node:
                 handle.extra[net_extra] = net_record(net, policy)
             sandbox = NodeSandbox(self.lifecycle, sandbox_id, image, chosen, handle, resources,
                                   env, built.workdir, metadata, timeout, self.network,
-                                  pooled=pooled, user=default_user(built.user))
+                                  pooled=pooled, user=default_user(built.user),
+                                  volumes=mounts)
             try:
                 process = await chosen.start(handle)
                 if process.stdout is None or process.stdin is None:
@@ -392,6 +437,38 @@ class Node:
                  ", warm pool" if pooled else "")
         return sandbox
 
+    def _volume_binds(self, mounts: tuple[VolumeMount, ...]) -> tuple[VolumeBind, ...]:
+        """Each volume's host folder (mounted now if it was not) bound at its mount point."""
+        return tuple(VolumeBind(source=self.volumes.mounted(m.volume), target=m.path,
+                                read_only=m.read_only) for m in mounts)
+
+    def volume_users(self, volume_id: str) -> list[str]:
+        """The ids of this node's live sandboxes (running, or stopping) that mount the
+        volume, sorted; starts under way are not listed (see :meth:`remove_volume`)."""
+        return sorted(sb.id for sb in self._sandboxes.values()
+                      if sb.state is not SandboxState.STOPPED
+                      and any(m.volume == volume_id for m in sb.volumes))
+
+    async def remove_volume(self, volume_id: str) -> None:
+        """Delete a volume and its files; refused (InvalidArgumentError) while a sandbox
+        mounts it or is starting with it. NotFoundError if there is none."""
+        check_id(volume_id)
+        users = self.volume_users(volume_id)
+        starting = self._volume_starts.get(volume_id, 0)
+        if users or starting:
+            count = len(users) + starting
+            named = f" ({', '.join(users[:8])}{', ...' if len(users) > 8 else ''})" if users else ""
+            raise InvalidArgumentError(
+                f"volume {volume_id} is in use by {count} sandbox{'es' if count > 1 else ''}"
+                f"{named}; kill them (or wait for them to stop) first")
+        if volume_id in self._removing_volumes:
+            raise NotFoundError(f"no volume {volume_id} (it is being removed)")
+        self._removing_volumes.add(volume_id)
+        try:
+            await asyncio.shield(asyncio.to_thread(self.volumes.remove, volume_id))
+        finally:
+            self._removing_volumes.discard(volume_id)
+
     def _persist(self, sandbox: NodeSandbox) -> None:
         """Write down what the next node needs to adopt ``sandbox`` (the lifecycle calls
         this on each transition). Pooled sandboxes are nobody's yet: never recorded."""
@@ -400,7 +477,7 @@ class Node:
         records.write(sandbox.handle.spec.directory, records.SandboxRecord(
             id=sandbox.id, image=sandbox.image, runtime=sandbox.runtime.name,
             resources=sandbox.resources, env=sandbox.env, workdir=sandbox.workdir,
-            user=sandbox.user,
+            user=sandbox.user, volumes=sandbox.volumes,
             metadata=sandbox.metadata, created_at=sandbox.created_at,
             expires_at=sandbox.expires_at, extra=dict(sandbox.handle.extra),
             state=sandbox.state.value))
@@ -419,7 +496,8 @@ class Node:
         record = adopted.record
         sandbox = NodeSandbox(self.lifecycle, record.id, record.image, adopted.runtime,
                           adopted.handle, record.resources, record.env, record.workdir,
-                          record.metadata, DEFAULT_LIFETIME, self.network, user=record.user)
+                          record.metadata, DEFAULT_LIFETIME, self.network, user=record.user,
+                          volumes=record.volumes)
         sandbox.created_at, sandbox.expires_at = record.created_at, record.expires_at
         sandbox.agent = adopted.agent
         self._sandboxes[sandbox.id] = sandbox

@@ -22,6 +22,7 @@ from corral.api.resources import Resources
 
 from .lifecycle import SandboxState
 from .validation import SANDBOX_ID, check_env, check_metadata
+from .volumes import VolumeMount, check_mounts
 
 _STATES = frozenset(state.value for state in SandboxState)
 RECORD_NAME = "sandbox.json"
@@ -49,6 +50,8 @@ class SandboxRecord:
     state: str = "running"
     #: The user its commands run as by default (its image's); None: root.
     user: str | None = None
+    #: The volumes it mounts.
+    volumes: tuple[VolumeMount, ...] = ()
 
 
 def write(directory: Path, record: SandboxRecord) -> None:
@@ -83,12 +86,20 @@ def read(directory: Path) -> SandboxRecord:
             env=check_env(_mapping(body, "env")), workdir=_text(body, "workdir"),
             metadata=check_metadata(_mapping(body, "metadata")),
             created_at=_number(body, "created_at"), expires_at=_number(body, "expires_at"),
-            extra=_mapping(body, "extra"), state=_state(body), user=_user(body))
+            extra=_mapping(body, "extra"), state=_state(body), user=_user(body),
+            volumes=_volumes(body))
     except (TypeError, InvalidArgumentError) as exc:
         raise ValueError(f"malformed record: {exc}") from None
     if record.id != directory.name or not SANDBOX_ID.match(record.id):
         raise ValueError(f"the record names another sandbox ({record.id!r:.80})")
     return record
+
+
+def _volumes(body: dict[str, Any]) -> tuple[VolumeMount, ...]:
+    raw = body.get("volumes", [])  # records written before volumes: none
+    if not isinstance(raw, list) or not all(isinstance(v, dict) for v in raw):
+        raise TypeError("volumes must be a list of objects")
+    return check_mounts([VolumeMount(**v) for v in raw])
 
 
 def _user(body: dict[str, Any]) -> str | None:

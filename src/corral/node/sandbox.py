@@ -24,6 +24,7 @@ from .interpreter import NodeCodeInterpreter
 from .lifecycle import Lifecycle, SandboxState
 from .network import NodeNetwork, SandboxNetwork
 from .ports import NodePorts
+from .volumes import VolumeMount
 
 
 class NodeSandbox:
@@ -40,13 +41,14 @@ class NodeSandbox:
         state: where it is in its life; written only by its node's lifecycle.
         stop_reason: why it stopped (or is stopping), once it does.
         pooled: waiting in a warm pool: not listed, not recorded, not yet anyone's.
+        volumes: the volumes it mounts, where, and whether read-only.
     """
 
     def __init__(self, lifecycle: Lifecycle, sandbox_id: str, image: str, runtime: Runtime,
                  handle: RuntimeSandbox, resources: Resources, env: dict[str, str],
                  workdir: str, metadata: dict[str, str], timeout: float,
-                 network: NodeNetwork, pooled: bool = False, user: str | None = None
-                 ) -> None:
+                 network: NodeNetwork, pooled: bool = False, user: str | None = None,
+                 volumes: tuple[VolumeMount, ...] = ()) -> None:
         self._lifecycle = lifecycle
         self.id = sandbox_id
         self.image = image
@@ -58,6 +60,7 @@ class NodeSandbox:
         #: The user commands run as when a call names none (the image's); None: root.
         self.user = user
         self.metadata = metadata
+        self.volumes = volumes
         self.created_at = time.time()
         self.expires_at = self.created_at + timeout
         self.state = SandboxState.STARTING

@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import builtins
 import functools
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
@@ -35,6 +36,7 @@ from .lifecycle import SandboxState
 from .node import Node
 from .sandbox import NodeSandbox
 from .settings import NodeSettings
+from .volumes import VolumeMount, VolumeStore
 
 
 class SyncNodeCommandHandle(CommandIds[NodeCommandHandle]):
@@ -136,6 +138,10 @@ class SyncNodeSandbox(Proxy[NodeSandbox]):
         return self._inner.state
 
     @property
+    def volumes(self) -> tuple[VolumeMount, ...]:
+        return self._inner.volumes
+
+    @property
     def stop_reason(self) -> str | None:
         return self._inner.stop_reason
 
@@ -151,6 +157,7 @@ class SyncNode(Proxy[Node]):
 
     create = blocking_wrapped(Node.create, SyncNodeSandbox)
     destroy = blocking(Node.destroy)
+    remove_volume = blocking(Node.remove_volume)
 
     def __init__(self, settings: NodeSettings | None = None, *,
                  runtimes: Mapping[str, Runtime] | None = None) -> None:
@@ -182,6 +189,15 @@ class SyncNode(Proxy[Node]):
     @property
     def lost(self) -> dict[str, str]:
         return self._inner.lost
+
+    @property
+    def volumes(self) -> VolumeStore:
+        """The node's volumes (:class:`corral.node.volumes.VolumeStore`; already blocking)."""
+        return self._inner.volumes
+
+    def volume_users(self, volume_id: str) -> builtins.list[str]:
+        # On the node's loop thread, which is the one that changes its sandboxes.
+        return self._portal.call(self._inner.volume_users, volume_id)
 
     def close(self, *, detach: bool = False) -> None:
         try:
