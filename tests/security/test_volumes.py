@@ -80,7 +80,7 @@ open("etc/passwd", "w").write("decoy passwd")
 open("etc/shadow", "w").write("decoy shadow")
 links = {
     "shadow": "/etc/shadow", "etcdir": "/etc", "root": "/", "up": "../../../../../../etc",
-    "chain1": "chain2", "chain2": "chain3", "chain3": "../../../../etc",
+    "chain1": "chain2", "chain2": "chain3", "chain3": "../../../../../../../../etc",
     "inner/deep/climb": "../../../../../../../../", "selfroot": "/proc/self/root",
     "hostfd": "/proc/self/fd/0", "loop": "loop", "canary": CANARY, "hostvol": HOSTVOL,
 }
@@ -99,6 +99,11 @@ def test_links_in_a_volume_never_lead_the_file_api_out(node: SyncNode, mounted: 
               .replace("HOSTVOL", repr(str(mounted.folder.parent))))
     run_python(mounted.sandbox, source)
     volumes, vid = node.volumes, mounted.volume
+    # The links are real attacks: opened by a plain path through the host's mount, they
+    # lead out of the volume, to the host's own files.
+    for link in ("shadow", "etcdir/shadow", "up/shadow", "chain1/shadow"):
+        with open(mounted.folder / link, "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == before[Path("/etc/shadow")], link
 
     def read(path: str) -> bytes:
         return b"".join(volumes.read_stream(vid, path))
@@ -322,8 +327,8 @@ def test_setuid_files_and_devices_in_a_volume_do_nothing(node: SyncNode, runtime
         (line,) = [ln for ln in Path("/proc/self/mountinfo").read_text().splitlines()
                    if ln.split()[4] == str(mounted.folder)]
         assert {"nosuid", "nodev"} <= set(line.split()[5].split(",")), line
-        mode = os.stat(mounted.folder.parent)
-        assert (mode.st_uid, mode.st_mode & 0o777) == (0, 0o700)
+        parent = os.stat(mounted.folder.parent)
+        assert (parent.st_uid, parent.st_mode & 0o777) == (0, 0o700)
         nobody = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                                  "ls", str(mounted.folder)], capture_output=True, text=True)
         assert nobody.returncode != 0 and "Permission denied" in nobody.stderr

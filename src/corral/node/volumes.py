@@ -47,7 +47,7 @@ from . import volume_files
 log = logging.getLogger(__name__)
 
 VOLUME_ID = re.compile(r"^vol-[0-9a-f]{16}$")
-#: Smallest volume, in MiB: ext4's journal and tables need room (16 MiB leaves ~14 MiB
+#: Smallest volume, in MiB: ext4's journal and tables need room (16 MiB leaves ~13 MiB
 #: for files).
 MIN_SIZE_MIB = 16
 #: Largest volume, in MiB (1 TiB).
