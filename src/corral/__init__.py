@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from corral.api.errors import (
     AgentError,
+    AlreadyExistsError,
     AuthenticationError,
     BuildFailedError,
     CommandTimeoutError,
@@ -29,8 +30,8 @@ from corral.api.resources import Resources
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from corral.sdk import (AsyncSandbox, Context, Execution, ExecutionError, Image, Logs,
-                            Result, Sandbox)
+    from corral.sdk import (AsyncSandbox, AsyncVolume, Context, Execution, ExecutionError,
+                            Image, Logs, Result, Sandbox, Volume)
 
 
 #: The code interpreter's values (``sb.run_code`` returns an ``Execution``).
@@ -40,19 +41,19 @@ _CODE = ("Context", "Execution", "ExecutionError", "Logs", "Result")
 def __getattr__(name: str) -> Any:
     # The SDK (httpx, pydantic) loads on first use, so `import corral` stays light for the
     # CLI and the node.
-    if name in ("Sandbox", "AsyncSandbox", "Image") or name in _CODE:
+    if name in ("Sandbox", "AsyncSandbox", "Image", "Volume", "AsyncVolume") or name in _CODE:
         from corral import sdk
 
         return getattr(sdk, name)
     raise AttributeError(f"module 'corral' has no attribute {name!r}")
 
 __all__ = [
-    "AgentError", "AsyncSandbox", "AuthenticationError", "BuildFailedError",
+    "AgentError", "AlreadyExistsError", "AsyncSandbox", "AuthenticationError", "BuildFailedError",
     "CommandTimeoutError", "Context",
     "Execution", "ExecutionError", "Image", "Logs", "Result",
     "InvalidArgumentError", "NotFoundError", "PermissionDeniedError", "PortUnavailableError",
     "RateLimitedError",
     "Resources", "ResourceExhaustedError", "RuntimeUnavailableError",
     "Sandbox", "SandboxError", "SandboxNotRunningError", "SandboxTimeoutError",
-    "UnavailableError", "__version__",
+    "UnavailableError", "AsyncVolume", "Volume", "__version__",
 ]

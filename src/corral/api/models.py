@@ -162,6 +162,33 @@ PortNumber = Annotated[int, Field(ge=1, le=65535, strict=True)]
 PortList = Annotated[list[PortNumber], Field(max_length=MAX_PUBLIC_PORTS)]
 
 
+#: A volume's name, as its tenant gives it.
+VOLUME_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+#: Most volumes one sandbox mounts.
+MAX_SANDBOX_VOLUMES = 16
+VolumeName = Annotated[str, Field(pattern=VOLUME_NAME_PATTERN)]
+
+
+class VolumeMountSpec(_Request):
+    """A volume mounted in a sandbox: ``{"volume": "my-vol", "read_only": true}``."""
+
+    volume: VolumeName
+    read_only: bool = False
+
+
+VolumeMap = Annotated[dict[Annotated[str, Field(min_length=1, max_length=MAX_PATH)],
+                           VolumeName | VolumeMountSpec],
+                      Field(max_length=MAX_SANDBOX_VOLUMES)]
+
+
+class VolumeMountInfo(_Response):
+    """A volume a sandbox mounts: where, which (its name), and whether read-only."""
+
+    path: str
+    volume: str
+    read_only: bool = False
+
+
 class SandboxCreate(_Request):
     """``POST /v1/sandboxes``."""
 
@@ -180,6 +207,10 @@ class SandboxCreate(_Request):
     public_ports: PortList = Field(
         default_factory=list, description="ports anyone may reach through the server "
         "without a token (default none: every exposed port needs a credential)")
+    volumes: VolumeMap = Field(
+        default_factory=dict, description="your volumes to mount, by mount point: "
+        "{\"/data\": \"my-vol\"} or {\"/data\": {\"volume\": \"my-vol\", "
+        "\"read_only\": true}}")
 
     @field_validator("timeout")
     @classmethod
@@ -293,6 +324,7 @@ class SandboxInfo(_Response):
     network: NetworkSpec = "none"
     ports: PortsInfo | None = Field(default=None, description="its port token and public "
                                     "ports (see `/v1/sandboxes/{id}/ports`)")
+    volumes: list[VolumeMountInfo] = Field(default_factory=list)
 
 
 class SandboxList(_Response):
@@ -770,3 +802,28 @@ class PruneInfo(_Response):
     images: int
     layers: int
     bytes_freed: int
+
+
+# -- volumes ---------------------------------------------------------------------------------
+
+class VolumeCreate(_Request):
+    """``POST /v1/volumes``: a new volume of ``size`` (MiB, or ``"10G"``)."""
+
+    name: VolumeName
+    size: int | Annotated[str, Field(max_length=32)] = Field(
+        default="1G", description="its quota: MiB as a number, or a string such as 10G")
+
+
+class VolumeInfo(_Response):
+    name: str
+    id: str
+    size_mib: int
+    used_bytes: int
+    created_at: datetime
+    in_use_by: list[str] = Field(default_factory=list,
+                                 description="your running sandboxes that mount it")
+
+
+class VolumeList(_Response):
+    volumes: list[VolumeInfo]
+

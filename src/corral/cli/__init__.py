@@ -18,7 +18,7 @@ import typer
 
 from corral import __version__
 
-from . import audit, bench, doctor, image, keys, mcp, run, sandbox, serve
+from . import audit, bench, doctor, image, keys, mcp, run, sandbox, serve, volume
 
 __all__ = ["app", "main"]
 
@@ -38,6 +38,7 @@ app.command()(serve.serve)
 app.add_typer(keys.app, name="keys")
 app.command()(audit.audit)
 app.add_typer(sandbox.app, name="sandbox")
+app.add_typer(volume.app, name="volume")
 app.command()(mcp.mcp)
 
 

@@ -86,6 +86,9 @@ def create(
         "--public-port", metavar="PORT", show_default=False,
         help="A port anyone may reach through the server without a credential "
              "(repeatable; default: every port needs one).")] = None,
+    volume: Annotated[list[str] | None, typer.Option(
+        "--volume", "-v", metavar="PATH=VOLUME[:ro]", show_default=False,
+        help="Mount one of your volumes at PATH, read-only with :ro (repeatable).")] = None,
     as_json: JsonOption = False,
     url: UrlOption = None,
     api_key: KeyOption = None,
@@ -99,14 +102,20 @@ def create(
         corral sandbox create --image python --memory 1G --json
 
         corral sandbox create --net allow:198.51.100.0/24:443 --net deny:198.51.100.7
+
+        corral sandbox create --volume /data=datasets --volume /models=weights:ro
     """
     resources = {k: v for k, v in (("memory", memory), ("cpus", cpus)) if v is not None}
+    mounts: dict[str, object] = {}
+    for path, name in _pairs(volume, "'--volume'").items():
+        read_only = name.endswith(":ro")
+        mounts[path] = {"volume": name.removesuffix(":ro"), "read_only": read_only}
     policy = parse_net(net)
     with reporting_errors():
         sb = Sandbox.create(image, timeout=timeout, runtime=runtime, resources=resources,
                             env=_pairs(env, "'--env'"), metadata=_pairs(meta, "'--meta'"),
                             network=network_spec(policy), public_ports=public_port or (),
-                            url=url, api_key=api_key)
+                            volumes=mounts, url=url, api_key=api_key)
         sb.close()  # leaves it running
     typer.echo(sb.info.model_dump_json(indent=2) if as_json else sb.id)
 

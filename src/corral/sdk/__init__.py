@@ -22,13 +22,14 @@ from .commands import AsyncCommandHandle, AsyncCommands
 from .files import AsyncFiles
 from .images import Image
 from .sandbox import AsyncSandbox
-from .sync import CodeInterpreter, CommandHandle, Commands, Files, Sandbox
+from .sync import CodeInterpreter, CommandHandle, Commands, Files, Sandbox, Volume
+from .volumes import AsyncVolume
 
 __all__ = [
     "AsyncCodeInterpreter", "CodeInterpreter", "Context", "Execution", "ExecutionError",
     "Logs", "Result",
     "AsyncCommandHandle", "AsyncCommands", "AsyncFiles", "AsyncSandbox", "CommandHandle",
     "CommandResult", "Commands", "EntryInfo", "Files", "Image", "Output", "ProcessInfo",
-    "Sandbox",
+    "Sandbox", "AsyncVolume", "Volume",
     "SandboxInfo",
 ]

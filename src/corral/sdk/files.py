@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from corral.api import contract, models
 from corral.api.errors import InvalidArgumentError
 
-from ._http import checked, transport_errors
+from ._http import ApiClient, checked, transport_errors
 
 if TYPE_CHECKING:
     from .sandbox import AsyncSandbox
@@ -37,6 +37,13 @@ class AsyncFiles:
     def __init__(self, sandbox: AsyncSandbox) -> None:
         self._api = sandbox._api
         self._base = f"/v1/sandboxes/{sandbox.id}/files"
+
+    @classmethod
+    def _at(cls, api: ApiClient, base: str) -> AsyncFiles:
+        """The same calls on another files resource (a volume's)."""
+        files = cls.__new__(cls)
+        files._api, files._base = api, base
+        return files
 
     async def read(self, path: str) -> bytes:
         """A whole file's content."""

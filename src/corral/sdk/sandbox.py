@@ -29,6 +29,7 @@ from corral.api.limits import DEFAULT_CODE_TIMEOUT, DEFAULT_LIFETIME
 from corral.api.resources import Resources
 
 from .images import Image, build_with
+from .volumes import volume_map
 from ._http import CREATE_TIMEOUT, ApiClient, checked
 from .code import AsyncCodeInterpreter, Execution
 from .commands import AsyncCommands
@@ -79,7 +80,8 @@ class AsyncSandbox:
                      resources: ResourcesArg | None = None, runtime: str | None = None,
                      idle_timeout: float | None = None,
                      network: contract.NetworkArg = "none",
-                     public_ports: Iterable[int] = (), url: str | None = None,
+                     public_ports: Iterable[int] = (),
+                     volumes: Mapping[str, object] | None = None, url: str | None = None,
                      api_key: str | None = None, ca_file: CaFile | None = None
                      ) -> AsyncSandbox:
         """Start a sandbox and return once it can run commands.
@@ -103,6 +105,8 @@ class AsyncSandbox:
                 the server's operator opened a range.
             public_ports: ports anyone may reach through the server without a credential
                 (default none: see :attr:`ports`).
+            volumes: your volumes to mount, by mount point: ``{"/data": "my-vol"}``, a
+                :class:`corral.Volume`, or ``{"volume": "my-vol", "read_only": True}``.
             url: the server; default ``CORRAL_URL``, else ``http://127.0.0.1:8470``.
             api_key: your key; default ``CORRAL_API_KEY`` (``corral keys create`` makes one).
             ca_file: a PEM CA bundle to verify an ``https://`` server against instead of
@@ -125,7 +129,8 @@ class AsyncSandbox:
                               metadata=dict(metadata or {}), timeout=float(timeout),
                               idle_timeout=None if idle_timeout is None
                               else float(idle_timeout), network=network_spec(network),
-                              public_ports=list(public_ports))
+                              public_ports=list(public_ports),
+                              volumes=volume_map(dict(volumes or {})))
             reply = await api.json("POST", "/v1/sandboxes", body=request,
                                    read_timeout=CREATE_TIMEOUT)
         except BaseException:

@@ -31,6 +31,7 @@ from .ports import AsyncPorts
 from .commands import AsyncCommandHandle, AsyncCommands
 from .files import AsyncFiles
 from .sandbox import AsyncSandbox
+from .volumes import AsyncVolume
 
 
 class CommandHandle(CommandIds[AsyncCommandHandle]):
@@ -115,6 +116,41 @@ class Ports(Proxy[AsyncPorts]):
     @property
     def public(self) -> list[int]:
         return self._inner.public
+
+
+class VolumeFiles(Files):
+    """Blocking :class:`corral.sdk.volumes.AsyncVolumeFiles`: as :class:`Files` (each call
+    goes to the volume's own method by name, ``exists`` and ``rename`` included)."""
+
+
+class Volume(Proxy[AsyncVolume]):
+    """A volume of yours, blocking: same methods as :class:`corral.sdk.volumes.AsyncVolume`,
+    without ``await``."""
+
+    create = blocking_constructor(AsyncVolume.create)
+    from_name = blocking_constructor(AsyncVolume.from_name)
+    list = blocking_static(AsyncVolume.list)
+    refresh = blocking(AsyncVolume.refresh)
+    delete = blocking(AsyncVolume.delete)
+    close = blocking(AsyncVolume.close)
+
+    def __init__(self, inner: AsyncVolume) -> None:
+        super().__init__(inner, portal())
+        self.files = VolumeFiles(inner.files, self._portal)
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    @property
+    def info(self) -> models.VolumeInfo:
+        return self._inner.info
+
+    def __enter__(self) -> Volume:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Sandbox(Proxy[AsyncSandbox]):

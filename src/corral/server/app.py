@@ -25,16 +25,19 @@ from .ports import PortProxy
 from .ratelimit import Buckets
 from .routes import aca, audit, code, commands, files, mcp, metrics, sandboxes
 from .routes import images as images_routes
+from .routes import volumes as volumes_routes
 from .services import CommandService, FileService, IdleReaper, SandboxService
 from .services.aca import AcaService
 from .services.mcp import McpEndpoint
 from .services.code import CodeService
 from .services.images import ImageService
+from .services.volumes import VolumeService
 from .settings import ServerSettings
 from .store import KeyStore, SandboxStore, open_engine
 from .store.aca_sessions import AcaSessionStore
 from .store.audit import AuditStore
 from .store.images import ImageNameStore
+from .store.volumes import VolumeNameStore
 from .store.schema import database_url
 
 log = logging.getLogger(__name__)
@@ -52,8 +55,9 @@ def create_app(settings: ServerSettings, *,
     node = Node(settings.node, runtimes=runtimes)
     images = ImageService(node, ImageNameStore(engine), settings.node.data_dir / "contexts",
                           settings.image_quota)
+    volumes = VolumeService(node, VolumeNameStore(engine), settings.volume_quota_mib)
     sandbox_service = SandboxService(node, SandboxStore(engine), settings.ports_domain,
-                                     images=images.resolve)
+                                     images=images.resolve, volumes=volumes.mounts)
     limits = settings.limits
     failures = Buckets(limits.auth_failure_rate, limits.auth_failure_burst, limits.buckets)
     port_proxy = PortProxy(sandbox_service, keys, settings.ports_domain, failures)
@@ -87,6 +91,7 @@ def create_app(settings: ServerSettings, *,
     app.state.keys = keys
     app.state.sandboxes = sandbox_service
     app.state.images = images
+    app.state.volumes = volumes
     app.state.commands = CommandService(sandbox_service)
     app.state.files = FileService(sandbox_service)
     app.state.code = CodeService(sandbox_service)
@@ -96,7 +101,8 @@ def create_app(settings: ServerSettings, *,
     app.state.metrics = Metrics(node)
     errors.install(app)
     openapi.install(app)
-    for module in (sandboxes, images_routes, commands, files, code, metrics, audit, aca, mcp):
+    for module in (sandboxes, images_routes, volumes_routes, commands, files, code, metrics,
+                   audit, aca, mcp):
         app.include_router(module.router)
     app.state.audit = AuditStore(engine)
     # Logs, metrics, limits, authentication, audit, body bounds: see middleware.py.

@@ -30,7 +30,7 @@ from .logs import RequestLog
 from .metrics import HttpMetrics, RouteTemplates
 from .ports import PortGateway, PortProxy
 from .ratelimit import Buckets, KeyLimits, ServerCap
-from .routes import files, images
+from .routes import files, images, volumes
 from .settings import ServerSettings
 from .store import KeyStore
 from .store.audit import AuditStore
@@ -49,7 +49,8 @@ def install(app: FastAPI, settings: ServerSettings, keys: KeyStore, audit: Audit
     routes = RouteTemplates(lambda: app.openapi()["paths"])
     app.add_middleware(BodyLimit, limit=settings.max_body,
                        exempt=lambda scope: (files.is_upload(scope)
-                                             or images.is_context_upload(scope)),
+                                             or images.is_context_upload(scope)
+                                             or volumes.is_upload(scope)),
                        json_depth=limits.json_depth, timeout=limits.body_timeout,
                        idle_timeout=limits.body_idle_timeout)
     app.add_middleware(AuditTrail, store=audit, settings=settings.audit, route=routes)

@@ -188,6 +188,8 @@ class ServerSettings:
             default none).
         image_quota: bytes each tenant's built images may take together
             (``CORRAL_IMAGE_QUOTA_MIB``, default 20 GiB).
+        volume_quota_mib: MiB each tenant's volumes may take together, counting each at
+            its size (``CORRAL_VOLUME_QUOTA_MIB``, default 100 GiB).
     """
 
     node: NodeSettings
@@ -205,6 +207,7 @@ class ServerSettings:
     ports_domain: str = "localhost"
     mcp_network: NetworkPolicy = field(default_factory=NetworkPolicy)
     image_quota: int = 20 * 1024 ** 3
+    volume_quota_mib: int = 100 * 1024
 
     def __post_init__(self) -> None:
         if not _DOMAIN.match(self.ports_domain):
@@ -240,6 +243,7 @@ class ServerSettings:
             ports_domain=(ports_domain or os.environ.get("CORRAL_PORTS_DOMAIN")
                           or "localhost").strip().lower().rstrip("."),
             image_quota=_mib_env("CORRAL_IMAGE_QUOTA_MIB", 20 * 1024) * 1024 * 1024,
+            volume_quota_mib=_mib_env("CORRAL_VOLUME_QUOTA_MIB", 100 * 1024),
         )
 
     @property

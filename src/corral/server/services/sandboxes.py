@@ -39,9 +39,14 @@ from corral.api.network import NetworkPolicy
 from corral.node import Node, SandboxState
 from corral.node import NodeSandbox
 from corral.node.validation import SANDBOX_ID, check_metadata
+from corral.node.volumes import VolumeMount
 
 from ..store import SandboxRecord, SandboxStore
 from ..store._time import from_epoch
+
+#: What the volume service gives a create: the node's mounts, and the API's description.
+VolumeResolver = Callable[[str, Mapping[str, "str | models.VolumeMountSpec"]],
+                          Awaitable[tuple[list[VolumeMount], list[models.VolumeMountInfo]]]]
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +84,15 @@ class _Activity:
 
 class SandboxService:
     def __init__(self, node: Node, store: SandboxStore, ports_domain: str = "localhost",
-                 images: Callable[[str, str], Awaitable[str]] | None = None) -> None:
+                 images: Callable[[str, str], Awaitable[str]] | None = None,
+                 volumes: VolumeResolver | None = None) -> None:
         """``images``: what the node calls a tenant's image reference (the image service's
-        ``resolve``); None: references go to the node as they are."""
+        ``resolve``); None: references go to the node as they are. ``volumes``: the node's
+        mounts for a tenant's ``volumes`` (the volume service's ``mounts``); None: a create
+        asking for volumes is refused."""
         self._node = node
         self._images = images
+        self._volumes = volumes
         self._store = store
         #: Host-based port URLs are ``{port}-{id}.{ports_domain}``.
         self.ports_domain = ports_domain
@@ -146,10 +155,16 @@ class SandboxService:
     async def create(self, tenant: str, request: models.SandboxCreate) -> models.SandboxInfo:
         image = (request.image if self._images is None
                  else await self._images(tenant, request.image))
+        mounts: list[VolumeMount] = []
+        described: list[models.VolumeMountInfo] = []
+        if request.volumes:
+            if self._volumes is None:
+                raise InvalidArgumentError("this server has no volumes")
+            mounts, described = await self._volumes(tenant, request.volumes)
         sandbox = await self._node.create(
             image, runtime=request.runtime, resources=request.resources.to_resources(),
             env=request.env, timeout=request.timeout, metadata=request.metadata,
-            network=models.network_policy(request.network))
+            network=models.network_policy(request.network), volumes=mounts)
         info = sandbox.info
         access = PortAccess(new_port_token(), frozenset(request.public_ports))
         record = SandboxRecord(
@@ -158,7 +173,8 @@ class SandboxService:
             created_at=info.created_at, expires_at=info.expires_at,
             stop_reason=info.stop_reason, idle_timeout=request.idle_timeout,
             network=sandbox.network.policy.to_wire(), port_token=access.token,
-            public_ports=tuple(sorted(access.public)))
+            public_ports=tuple(sorted(access.public)),
+            volumes=tuple(m.model_dump() for m in described))
         await asyncio.to_thread(self._store.add, record)
         # Live only once recorded; whatever changed while the record was written, describe()
         # below writes (it syncs a live sandbox).
@@ -363,6 +379,7 @@ def _wire(record: SandboxRecord, ports_domain: str) -> models.SandboxInfo:
         metadata=record.metadata, created_at=record.created_at, expires_at=record.expires_at,
         stop_reason=record.stop_reason, idle_timeout=record.idle_timeout,
         network=_network_spec(record.network),
+        volumes=[models.VolumeMountInfo.model_validate(v) for v in record.volumes],
         ports=None if record.port_token is None else models.PortsInfo(
             token=record.port_token, public=sorted(record.public_ports), domain=ports_domain))
 

@@ -34,6 +34,8 @@ class SandboxRecord:
     port_token: str | None = None
     #: Its ports reachable without a credential.
     public_ports: tuple[int, ...] = ()
+    #: The volumes it mounts, as the API writes them ({"path", "volume", "read_only"}).
+    volumes: tuple[dict[str, Any], ...] = ()
 
 
 def _record(row: Any) -> SandboxRecord:
@@ -44,6 +46,7 @@ def _record(row: Any) -> SandboxRecord:
                          idle_timeout=row.idle_timeout,
                          network=row.network if row.network is not None else "none",
                          port_token=row.port_token,
+                         volumes=tuple(v for v in row.volumes or () if isinstance(v, dict)),
                          public_ports=tuple(p for p in row.public_ports or ()
                                             if isinstance(p, int)))
 
@@ -60,7 +63,8 @@ class SandboxStore:
                 created_at=record.created_at, expires_at=record.expires_at,
                 stop_reason=bounded(record.stop_reason, STOP_REASON_LENGTH),
                 idle_timeout=record.idle_timeout, network=record.network,
-                port_token=record.port_token, public_ports=list(record.public_ports)))
+                port_token=record.port_token, public_ports=list(record.public_ports),
+                volumes=list(record.volumes) or None))
 
     def set_network(self, sandbox_id: str, network: str | dict[str, list[str]]) -> None:
         with self._engine.begin() as db:

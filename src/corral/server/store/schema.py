@@ -74,6 +74,8 @@ sandboxes = Table(
     Column("port_token", String(64), nullable=True),
     # Its ports reachable without a credential, a list of numbers; NULL: none.
     Column("public_ports", JSON, nullable=True),
+    # The volumes it mounts: [{"path", "volume" (the name), "read_only"}]; NULL: none.
+    Column("volumes", JSON, nullable=True),
     Index("ix_sandboxes_tenant_state", "tenant", "state"),
 )
 
@@ -124,6 +126,16 @@ images = Table(
     Column("build", String(36), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_images_tenant_id", "tenant", "id"),
+)
+
+#: Tenants' volumes: a name for a volume of the node's (its id), with its quota.
+volumes = Table(
+    "volumes", metadata,
+    Column("tenant", String(64), ForeignKey("tenants.name"), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("id", String(32), nullable=False, unique=True),
+    Column("size_mib", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
 #: Image builds, kept after they end with the tail of their log.
