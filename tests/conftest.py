@@ -17,7 +17,7 @@ import pytest
 from corral.node import NodeSettings, SyncNode, SyncNodeSandbox
 from corral.node.images import ImageStore
 from corral.runtime import RUNTIME_NAMES, available_runtimes
-from corral.runtime.host import sweep, sweep_networks
+from corral.runtime.host import sweep, sweep_networks, unmount_volume
 
 IMAGE_DIR = Path(os.environ.get("CORRAL_IMAGE_DIR", "/var/lib/corral/images"))
 _PROBED = available_runtimes() if os.geteuid() == 0 else {}
@@ -50,7 +50,7 @@ def sandbox_data_dir(prefix: str) -> Iterator[Path]:
 
     Mode 0711: namespaces sandboxes' own uids traverse it to their root (pytest's tmp_path
     sits in a 0700 folder). Should a test have crashed a node, what it left is swept first:
-    never delete through a sandbox's mounts.
+    never delete through a sandbox's mounts, nor through a volume a node left mounted.
     """
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         os.chmod(tmp, 0o711)
@@ -59,6 +59,9 @@ def sandbox_data_dir(prefix: str) -> Iterator[Path]:
         sweep(settings.data_dir / "sandboxes", settings.node_key, set())
         if os.geteuid() == 0:
             sweep_networks(settings.node_key, set())
+            for folder in (settings.data_dir / "volumes").glob("vol-*"):
+                if folder.is_dir() and not folder.is_symlink():
+                    unmount_volume(folder)
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,16 @@ MAX_LIST_DEPTH = 16
 #: Most entries one file listing returns; past it the listing says it is truncated.
 MAX_LIST_ENTRIES = 10_000
 
+# -- volumes -----------------------------------------------------------------------------
+
+#: Smallest volume, in MiB: ext4's journal and tables need room (16 MiB leaves ~13 MiB for
+#: files).
+MIN_VOLUME_MIB = 16
+#: Largest volume, in MiB (1 TiB).
+MAX_VOLUME_MIB = 1024 * 1024
+#: Most volumes one sandbox mounts.
+MAX_SANDBOX_VOLUMES = 16
+
 # -- exposed ports -----------------------------------------------------------------------
 
 #: Most connections to a sandbox's ports open through Corral at once (the agent refuses

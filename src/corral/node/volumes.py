@@ -36,7 +36,8 @@ from pathlib import Path
 
 from corral.api.errors import (InternalError, InvalidArgumentError, NotFoundError,
                                ResourceExhaustedError)
-from corral.api.limits import normalize_path
+from corral.api.limits import (MAX_SANDBOX_VOLUMES, MAX_VOLUME_MIB, MIN_VOLUME_MIB,
+                               normalize_path)
 from corral.api.models import EntryInfo
 from corral.runtime.agent_bundle import CHANNEL_MOUNT_POINT, MOUNT_POINT
 from corral.runtime.host import (make_volume_fs, mount_volume, prepare_volume_root,
@@ -44,18 +45,21 @@ from corral.runtime.host import (make_volume_fs, mount_volume, prepare_volume_ro
 
 from . import volume_files
 
+__all__ = [
+    "MAX_SANDBOX_VOLUMES", "MAX_SIZE_MIB", "MAX_VOLUMES", "MIN_SIZE_MIB", "RESERVED_PATHS",
+    "VOLUME_ID", "VolumeInfo", "VolumeMount", "VolumeStore", "check_id", "check_mount_point",
+    "check_mounts", "check_size",
+]
+
 log = logging.getLogger(__name__)
 
 VOLUME_ID = re.compile(r"^vol-[0-9a-f]{16}$")
-#: Smallest volume, in MiB: ext4's journal and tables need room (16 MiB leaves ~13 MiB
-#: for files).
-MIN_SIZE_MIB = 16
-#: Largest volume, in MiB (1 TiB).
-MAX_SIZE_MIB = 1024 * 1024
+#: Smallest and largest volume, in MiB (16 MiB: ext4's journal and tables need room, and
+#: leave ~13 MiB for files; 1 TiB); shared with the wire models through api/limits.py.
+MIN_SIZE_MIB = MIN_VOLUME_MIB
+MAX_SIZE_MIB = MAX_VOLUME_MIB
 #: Most volumes one node keeps (each mounted one holds a loop device).
 MAX_VOLUMES = 1024
-#: Most volumes one sandbox mounts.
-MAX_SANDBOX_VOLUMES = 16
 #: Mount points a volume may not take, nor sit below: the sandbox's kernel interfaces and
 #: Corral's own folders.
 RESERVED_PATHS = ("/proc", "/dev", "/sys", MOUNT_POINT, CHANNEL_MOUNT_POINT)
