@@ -15,7 +15,7 @@ import pytest
 from corral.api.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from corral.node import NodeSettings, SandboxState, SyncNode, SyncNodeSandbox
 from corral.node.volumes import MAX_SANDBOX_VOLUMES, MAX_SIZE_MIB, MIN_SIZE_MIB, VolumeMount
-from corral.runtime.host import volume_mounted
+from corral.runtime.host import make_volume_fs, mount_volume, volume_mounted
 
 from ..conftest import IMAGE_DIR, WORKING, sandbox_data_dir
 
@@ -341,3 +341,25 @@ def test_a_volume_survives_a_node_restart(runtime: str, python_image: str,
                 second.get(sandbox_id).kill()
             second.remove_volume(volume_id)
             assert second.volumes.list() == []
+
+
+def test_what_an_interrupted_create_left_is_cleared_at_start(python_image: str) -> None:
+    with sandbox_data_dir("corral-volumes-leftovers-") as data_dir:
+        settings = NodeSettings(data_dir=data_dir, image_dir=IMAGE_DIR)
+        with SyncNode(settings) as first:
+            kept = first.volumes.create(MIN_SIZE_MIB).id
+            first.volumes.write(kept, "/note", [b"kept"])
+        folder = data_dir / "volumes"
+        # A create cut short after mkfs, after the mount, and before anything.
+        stray, half = "vol-00000000000000aa", "vol-00000000000000bb"
+        make_volume_fs(folder / f".{stray}.img", MIN_SIZE_MIB)
+        make_volume_fs(folder / f"{half}.img", MIN_SIZE_MIB)
+        (folder / half).mkdir(mode=0o700)
+        mount_volume(folder / f"{half}.img", folder / half)
+        (folder / f".{half}.json").write_text("{")
+        with SyncNode(settings) as second:
+            assert sorted(os.listdir(folder)) == sorted([kept, f"{kept}.img", f"{kept}.json"])
+            assert not volume_mounted(folder / half)
+            assert [v.id for v in second.volumes.list()] == [kept]
+            assert b"".join(second.volumes.read_stream(kept, "/note")) == b"kept"
+        wait_for(lambda: not loop_backs(folder / f"{half}.img"), 10)

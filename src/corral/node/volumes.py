@@ -40,8 +40,8 @@ from corral.api.limits import (MAX_SANDBOX_VOLUMES, MAX_VOLUME_MIB, MIN_VOLUME_M
                                normalize_path)
 from corral.api.models import EntryInfo
 from corral.runtime.agent_bundle import CHANNEL_MOUNT_POINT, MOUNT_POINT
-from corral.runtime.host import (make_volume_fs, mount_volume, prepare_volume_root,
-                                 unmount_volume, volume_mounted)
+from corral.runtime.host import (loop_backings, make_volume_fs, mount_volume,
+                                 prepare_volume_root, unmount_volume, volume_mounted)
 
 from . import volume_files
 
@@ -176,9 +176,10 @@ class VolumeStore:
             name = entry.split(".", 1)[0]
             if entry.startswith(".") or (VOLUME_ID.match(name) and name not in found):
                 self._discard(entry)
+        backings = loop_backings()  # read once, not once per volume
         for volume_id in sorted(found):
             try:
-                self.mounted(volume_id)
+                self.mounted(volume_id, backings)
             except (OSError, InternalError, NotFoundError) as exc:
                 log.error("volume %s could not be mounted: %s", volume_id, exc)
 
@@ -252,7 +253,8 @@ class VolumeStore:
                 raise InternalError(f"removing volume {volume_id}: {exc}") from exc
         log.info("volume %s removed", volume_id)
 
-    def mounted(self, volume_id: str) -> Path:
+    def mounted(self, volume_id: str,
+                backings: builtins.dict[str, builtins.list[str]] | None = None) -> Path:
         """The host folder the volume is mounted at, mounting it first if need be."""
         self._meta(volume_id)
         folder = self.root / volume_id
@@ -262,7 +264,7 @@ class VolumeStore:
             if not volume_mounted(folder):
                 try:
                     folder.mkdir(mode=0o700, exist_ok=True)
-                    mount_volume(self._image(volume_id), folder)
+                    mount_volume(self._image(volume_id), folder, backings)
                 except OSError as exc:
                     raise InternalError(f"mounting volume {volume_id}: {exc}") from exc
         return folder

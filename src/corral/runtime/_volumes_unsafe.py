@@ -97,12 +97,9 @@ def _backs(info: _LoopInfo64 | None, image: os.stat_result) -> bool:
     return info is not None and (info.lo_inode, info.lo_device) == (image.st_ino, image.st_dev)
 
 
-def _attached(image: Path) -> int | None:
-    """An open descriptor of a loop device the image already backs, or None.
-
-    Holding the descriptor keeps the device attached (autoclear waits for its last opener).
-    """
-    wanted = os.stat(image)
+def loop_backings() -> dict[str, list[str]]:
+    """Attached loop devices by the path of the file backing each (``loop3``, ...)."""
+    found: dict[str, list[str]] = {}
     for name in os.listdir("/sys/block"):
         if not name.startswith("loop") or not name[4:].isdigit():
             continue
@@ -110,8 +107,18 @@ def _attached(image: Path) -> int | None:
             backing = Path(f"/sys/block/{name}/loop/backing_file").read_text().rstrip("\n")
         except OSError:
             continue  # not attached
-        if backing != str(image):
-            continue
+        found.setdefault(backing, []).append(name)
+    return found
+
+
+def _attached(image: Path, backings: dict[str, list[str]] | None) -> int | None:
+    """An open descriptor of a loop device the image already backs, or None.
+
+    Holding the descriptor keeps the device attached (autoclear waits for its last opener).
+    ``backings``: :func:`loop_backings` read once for many mounts (a node's start).
+    """
+    wanted = os.stat(image)
+    for name in (backings if backings is not None else loop_backings()).get(str(image), []):
         try:
             device = os.open(f"/dev/{name}", os.O_RDWR | os.O_CLOEXEC)
         except OSError:
@@ -151,12 +158,12 @@ def is_mounted(target: Path) -> bool:
     return line is not None and " - ext4 " in line
 
 
-def mount(image: Path, target: Path) -> None:
+def mount(image: Path, target: Path, backings: dict[str, list[str]] | None = None) -> None:
     """Mount the filesystem in ``image`` at ``target`` (``nosuid,nodev``); nothing if it is
-    mounted there already."""
+    mounted there already. ``backings``: see :func:`_attached`."""
     if is_mounted(target):
         return
-    device = _attached(image)
+    device = _attached(image, backings)
     if device is None:
         device = _attach(image)
     try:

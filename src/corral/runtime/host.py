@@ -31,8 +31,9 @@ Writes (implemented in :mod:`._cgroups_unsafe`, :mod:`._mounts_unsafe` and
   :class:`SandboxNet` say which slots of the pool exist and what one names;
   :class:`NflogReader` reads the packets those rules refused (:mod:`._nflog`).
 * :func:`make_volume_fs`, :func:`mount_volume`, :func:`prepare_volume_root`,
-  :func:`unmount_volume`, :func:`volume_mounted`: a volume's ext4 filesystem in a sparse
-  file, loop-mounted ``nosuid,nodev`` on the host (:mod:`._volumes_unsafe`).
+  :func:`unmount_volume`, :func:`volume_mounted`, :func:`loop_backings`: a volume's ext4
+  filesystem in a sparse file, loop-mounted ``nosuid,nodev`` on the host
+  (:mod:`._volumes_unsafe`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from ._net_unsafe import update as update_net
 from ._nflog import LoggedPacket, NflogReader
 from ._nflog import group_of as nflog_group
 from ._volumes_unsafe import is_mounted as volume_mounted
+from ._volumes_unsafe import loop_backings
 from ._volumes_unsafe import make_filesystem as make_volume_fs
 from ._volumes_unsafe import mount as mount_volume
 from ._volumes_unsafe import prepare_root as prepare_volume_root
@@ -68,8 +70,8 @@ __all__ = [
     "CgroupView", "Layout", "LoggedPacket", "NflogReader",
     "SandboxCgroups", "SandboxNet", "cgroup_layout", "channel_socket", "copy_changes", "create_net",
     "destroy_net", "ensure_net_table", "favor_dynamic_changes", "favordynmods_enabled",
-    "give_socket", "leftover_names", "make_volume_fs", "mount_volume", "mounts_under",
-    "net_slots", "net_traffic", "nflog_group", "prepare_volume_root", "remove_node_cgroups",
-    "sweep", "sweep_networks", "taken_net_slots", "teardown", "unmount_volume", "update_net",
-    "volume_mounted",
+    "give_socket", "leftover_names", "loop_backings", "make_volume_fs", "mount_volume",
+    "mounts_under", "net_slots", "net_traffic", "nflog_group", "prepare_volume_root",
+    "remove_node_cgroups", "sweep", "sweep_networks", "taken_net_slots", "teardown",
+    "unmount_volume", "update_net", "volume_mounted",
 ]
