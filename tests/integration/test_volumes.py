@@ -108,8 +108,9 @@ def test_sandboxes_of_both_runtimes_share_a_volume_at_once(node: SyncNode, volum
               "for n in ('by-bwrap', 'by-gvisor')])")
     assert py(gvisor, owners.replace("{d}", "/data")) == "[1000, 1000]\n"
     assert py(bwrap, owners.replace("{d}", "/mnt/shared")) == "[1000, 1000]\n"
-    # The user can write its own folder, and not root's.
-    denied = "import os\ntry:\n    open('{d}/no', 'w')\nexcept OSError as e:\n    print(e.errno)"
+    # The user can write its own folder, and not one root made (the volume's own root is
+    # 01777, like /tmp).
+    denied = "import os\ntry:\n    open('{d}/d/no', 'w')\nexcept OSError as e:\n    print(e.errno)"
     assert py(gvisor, denied.replace("{d}", "/data"), user="user") == "13\n"
     assert py(bwrap, denied.replace("{d}", "/mnt/shared"), user="user") == "13\n"
 

@@ -112,3 +112,16 @@ def test_the_cli_creates_fills_mounts_and_removes_a_volume(server: Server, tmp_p
     assert got.output == "x,y\n1,2\n"
     assert "/raw/a.csv" in cli.invoke(app, ["volume", "files", "cli-vol", "/", "-d", "2"]).output
     assert cli.invoke(app, ["volume", "rm", "cli-vol"]).exit_code == 0
+
+
+def test_an_images_non_root_user_can_write_at_a_volumes_root(server: Server) -> None:
+    volume = Volume.create("user-writable", size="32M", **server.sdk())
+    try:
+        with Sandbox.create(volumes={"/data": volume}, **server.sdk()) as sb:
+            made = sb.commands.run("echo mine > /data/by-user && stat -c %U /data/by-user",
+                                   user="user")
+            assert made.exit_code == 0 and made.stdout == "user\n", made
+            other = sb.commands.run("rm /data/by-user", user="nobody")  # sticky: not theirs
+            assert other.exit_code != 0
+    finally:
+        volume.delete()

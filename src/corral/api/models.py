@@ -23,7 +23,8 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from .errors import InvalidArgumentError
 from .limits import (DEFAULT_CODE_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, DEFAULT_LIFETIME,
                      MAX_ARGV, MAX_COMMAND, MAX_ENV_NAME, MAX_MAPPING, MAX_MAPPING_VALUE,
-                     MAX_PUBLIC_PORTS, MAX_SIGNED_URL_LIFETIME, normalize_path)
+                     MAX_PUBLIC_PORTS, MAX_SANDBOX_VOLUMES, MAX_SIGNED_URL_LIFETIME,
+                     normalize_path)
 # Re-exported: a client reads the bounds of the fields it fills here.
 from .limits import MAX_CODE as MAX_CODE
 from .limits import MAX_INLINE_STDIN as MAX_INLINE_STDIN
@@ -164,8 +165,6 @@ PortList = Annotated[list[PortNumber], Field(max_length=MAX_PUBLIC_PORTS)]
 
 #: A volume's name, as its tenant gives it.
 VOLUME_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-#: Most volumes one sandbox mounts.
-MAX_SANDBOX_VOLUMES = 16
 VolumeName = Annotated[str, Field(pattern=VOLUME_NAME_PATTERN)]
 
 

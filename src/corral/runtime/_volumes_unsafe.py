@@ -177,13 +177,15 @@ def mount(image: Path, target: Path, backings: dict[str, list[str]] | None = Non
 
 
 def prepare_root(target: Path) -> None:
-    """A new volume's root: empty (no ``lost+found``), mode 0755, owned by (sandbox) root."""
+    """A new volume's root: empty (no ``lost+found``), owned by (sandbox) root, mode 01777
+    like /tmp: an image's non-root user can write there too, and no user can remove
+    another's files."""
     with contextlib.suppress(FileNotFoundError):
         os.rmdir(target / "lost+found")
     fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.fchown(fd, 0, 0)
-        os.fchmod(fd, 0o755)
+        os.fchmod(fd, 0o1777)
     finally:
         os.close(fd)
 
