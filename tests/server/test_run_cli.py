@@ -141,7 +141,7 @@ def test_corral_errors_exit_125(server: Server) -> None:
     assert done.stderr.startswith(b"corral: error: ") and b"no-such-command-here" in done.stderr
     done = corral_run(server, "--image", "nope", "--", "true")
     assert done.returncode == 125
-    assert b"corral: error: unknown image 'nope'" in done.stderr
+    assert b"corral: error: no image 'nope'" in done.stderr
     done = corral_run(server, "--", "true", key=server.revoked_key)
     assert done.returncode == 125
     assert b"corral: error: the API key is not valid" in done.stderr

@@ -29,6 +29,7 @@ PAIRS = [
     (sdk.AsyncFiles, sdk_sync.Files),
     (sdk.AsyncCodeInterpreter, sdk_sync.CodeInterpreter),
     (AsyncNetwork, sdk_sync.Network),
+    (sdk.AsyncVolume, sdk_sync.Volume),
     (node.NodeSandbox, node_sync.SyncNodeSandbox),
     (node.NodeCommands, node_sync.SyncNodeCommands),
     (node.NodeCommandHandle, node_sync.SyncNodeCommandHandle),
@@ -41,7 +42,8 @@ PAIRS = [
 RENAMED = {"aclose": "close", "__aenter__": "__enter__", "__aexit__": "__exit__",
            "__aiter__": "__iter__"}
 #: Async methods with no blocking twin, and why.
-NO_TWIN = {(node.Node, "start"): "SyncNode() starts its node"}
+NO_TWIN = {(node.Node, "start"): "SyncNode() starts its node",
+           (node.Node, "start_for_build"): "the image builder's own, on the node's loop"}
 
 
 def _is_public(name: str) -> bool:

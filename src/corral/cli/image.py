@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Annotated
@@ -13,7 +14,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from corral.api import models
+from corral.api.errors import InvalidArgumentError
 from corral.node.images import BUILTIN_IMAGES, ImageStore
+from corral.node.layers import is_image_id
 from corral.sdk import Image
 from corral.sdk.images import import_archive
 from corral.sdk._http import ApiClient
@@ -277,6 +280,9 @@ def remove(
     with reporting_errors():
         if name in BUILTIN_IMAGES:
             _store(data_dir).remove(name)
+        elif not (re.fullmatch(models.IMAGE_NAME_PATTERN, name) or is_image_id(name)):
+            raise InvalidArgumentError(f"invalid image name {name!r}: use NAME or NAME:TAG "
+                                       "(a-z 0-9 . _ -), or a sha256: id")
         else:
             _api(url, api_key, "DELETE", f"/v1/images/{quote(name, safe=':')}")
     say(f"removed image {name}")

@@ -158,6 +158,10 @@ class SyncNode(Proxy[Node]):
     create = blocking_wrapped(Node.create, SyncNodeSandbox)
     destroy = blocking(Node.destroy)
     remove_volume = blocking(Node.remove_volume)
+    build_image = blocking(Node.build_image)
+    import_image = blocking(Node.import_image)
+    prune_images = blocking(Node.prune_images)
+    retarget_pool = blocking(Node.retarget_pool)
 
     def __init__(self, settings: NodeSettings | None = None, *,
                  runtimes: Mapping[str, Runtime] | None = None) -> None:

@@ -30,7 +30,7 @@ def is_context_upload(scope: Scope) -> bool:
 
 
 @router.post("/contexts", status_code=201, openapi_extra={"requestBody": {
-    "required": True, "content": {"application/x-tar": {"schema": {
+    "required": True, "content": {"application/octet-stream": {"schema": {
         "type": "string", "format": "binary",
         "description": "a tar archive (gzip allowed) of the files COPY steps take"}}}}},
     responses=errors(ErrorCode.REQUEST_TOO_LARGE, why="the archive is over 512 MiB"))
@@ -40,7 +40,7 @@ async def upload_context(request: Request, tenant: Tenant, service: Images
 
 
 @router.post("/archives", status_code=201, openapi_extra={"requestBody": {
-    "required": True, "content": {"application/x-tar": {"schema": {
+    "required": True, "content": {"application/octet-stream": {"schema": {
         "type": "string", "format": "binary",
         "description": "a `docker save` tarball or an OCI image layout as a tar (gzip "
                        "allowed)"}}}}},
