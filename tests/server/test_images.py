@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from corral import BuildFailedError, Image, InvalidArgumentError, NotFoundError, Sandbox
+from corral import (BuildFailedError, Image, InvalidArgumentError, NotFoundError, Sandbox,
+                    SandboxNotRunningError)
 
 from .conftest import Server, assert_error
 
@@ -265,3 +266,33 @@ def test_a_corral_toml_builds_with_overlapping_copies(server: Server, tmp_path: 
     (tmp_path / "bad.toml").write_text('base = "python"\n[[steps]]\nkind = "teleport"\n')
     with pytest.raises(InvalidArgumentError, match="bad.toml"):
         Image.from_toml(tmp_path / "bad.toml")
+
+
+def test_a_sandboxs_files_are_kept_as_an_image_it_runs_on(server: Server) -> None:
+    from typer.testing import CliRunner
+
+    from corral.cli import app
+
+    with Sandbox.create(env={"CREATE_SECRET": "not-in-the-image"}, **server.sdk()) as sb:
+        sb.commands.run("echo state > /work/state.txt; rm /etc/hostname; "
+                        "mkdir -p /home/user/own && chown user /home/user/own")
+        info = sb.snapshot_filesystem("kept-state:1")
+        assert info.name == "kept-state:1" and info.steps[-1].startswith("SNAPSHOT")
+        assert sb.commands.run("echo running").stdout == "running\n"  # it runs on
+        cli = CliRunner(env={"CORRAL_URL": server.url, "CORRAL_API_KEY": server.key})
+        unnamed = cli.invoke(app, ["sandbox", "snapshot", sb.id])
+        assert unnamed.exit_code == 0 and unnamed.output.startswith("sha256:")
+    with Sandbox.create("kept-state:1", **server.sdk()) as copy:
+        result = copy.commands.run("cat /work/state.txt; test -e /etc/hostname || echo gone; "
+                                   "stat -c %U /home/user/own; echo [$CREATE_SECRET]")
+        assert result.stdout == "state\ngone\nuser\n[]\n", result
+    built = Image.base("kept-state:1").run_commands("cat /work/state.txt > /work/again")
+    built.build(name="on-a-snapshot:1", **server.sdk())
+    with Sandbox.create("on-a-snapshot:1", **server.sdk()) as on_it:
+        assert on_it.commands.run("cat /work/again").stdout == "state\n"
+    with server.http(server.other_key) as http:  # not another tenant's to keep
+        assert_error(http.post(f"/v1/sandboxes/{sb.id}/snapshot-filesystem", json={}), 404,
+                     "not_found")
+    stopped = Sandbox.connect(sb.id, **server.sdk())
+    with pytest.raises(SandboxNotRunningError, match="stopped"):
+        stopped.snapshot_filesystem()

@@ -711,6 +711,13 @@ class ImageBuildRequest(_Request):
     runtime: Annotated[str, Field(max_length=32)] | None = None
 
 
+class FilesystemSnapshot(_Request):
+    """``POST /v1/sandboxes/{id}/snapshot-filesystem``: keep its files as an image, named
+    ``name`` (or unnamed: reachable by its id)."""
+
+    name: Annotated[str, Field(pattern=IMAGE_NAME_PATTERN)] | None = None
+
+
 class ImageContextInfo(_Response):
     """An uploaded build context: pass ``id`` as a build's ``context``."""
 

@@ -400,6 +400,27 @@ def url_(
 
 
 @app.command()
+def snapshot(
+    sandbox_id: Annotated[str, typer.Argument(metavar="ID", help="Sandbox id.")],
+    name: Annotated[str | None, typer.Option(
+        "--name", "-t", help="What to call the image, such as after-setup:1.")] = None,
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Keep a running sandbox's files as an image of yours (it runs on); prints the name or
+    id to start sandboxes from.
+
+    Example:
+
+        corral sandbox snapshot sbx-0123abcd4567 --name after-setup:1
+    """
+    with reporting_errors():
+        with _connected(sandbox_id, url, api_key) as sb:
+            info = sb.snapshot_filesystem(name)
+    typer.echo(info.name or info.id)
+
+
+@app.command()
 def kill(
     sandbox_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Sandbox ids.")],
     url: UrlOption = None,

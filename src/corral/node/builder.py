@@ -182,7 +182,7 @@ async def build(node: Node, spec: ImageSpec, *, context: Path | None = None,
     started = time.monotonic()
     # Held from before the base is looked up: a prune waits, and cannot take a base image's
     # layers between their lookup and the step sandboxes that stack them.
-    async with _building(store.built.root):
+    async with building(store.built.root):
         if is_image_id(spec.base):
             parent = store.built.manifest(spec.base)
             store.from_manifest(parent)  # its base and layers are all there
@@ -273,7 +273,7 @@ def describe(step: object) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _building(root: Path) -> AsyncIterator[None]:
+async def building(root: Path) -> AsyncIterator[None]:
     """Hold the layer store's build lock (shared) without blocking the event loop."""
     root.mkdir(mode=0o755, parents=True, exist_ok=True)
 
@@ -328,7 +328,7 @@ async def _run_step(node: Node, base_name: str, base_key: str, state: _State,
         uid_base = sandbox.handle.spec.directory.stat().st_uid
         with store.new_layer(key, meta, uid_base) as where:
             await asyncio.to_thread(copy_changes, sandbox.handle.spec, where())
-            await asyncio.to_thread(_drop_start_files, where(), policy.enabled)
+            await asyncio.to_thread(drop_start_files, where(), policy.enabled)
     finally:
         await asyncio.shield(sandbox.kill())
 
@@ -389,7 +389,7 @@ def as_user(argv: list[str], user: str) -> tuple[list[str], str]:
     return ["/bin/sh", "-c", _SETPRIV, "sh", name, group, *argv], "root"
 
 
-def _drop_start_files(tree: Path, networked: bool) -> None:
+def drop_start_files(tree: Path, networked: bool) -> None:
     """Remove from a step's copied changes what the sandbox's start put there, not the
     step: the runtime's mount points for the agent (empty folders), and the resolver the node
     writes for a sandbox with a network (a step's own changes to it are lost, as in

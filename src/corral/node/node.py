@@ -45,7 +45,7 @@ from corral.runtime.agent_bundle import ensure_bundle
 from corral.runtime.host import (destroy_net, favor_dynamic_changes, remove_node_cgroups,
                                  sweep, sweep_networks)
 
-from . import builder, oci, records
+from . import builder, oci, records, snapshots
 from .adoption import AdoptionError, adopt, release
 from .agent_client import AgentClient
 from .builder import BuildEvent
@@ -530,6 +530,11 @@ class Node:
         return its manifest; see :mod:`corral.node.oci`."""
         return await asyncio.to_thread(oci.import_archive, self.images.built, archive,
                                        tag=tag)
+
+    async def snapshot_filesystem(self, sandbox_id: str) -> Manifest:
+        """Keep a running sandbox's filesystem as a new image (its image's layers and one
+        more) and return its manifest; the sandbox runs on. See :mod:`corral.node.snapshots`."""
+        return await snapshots.snapshot_filesystem(self, self.get(sandbox_id))
 
     async def start_for_build(self, image: Image, *, runtime: str | None,
                               resources: Resources, env: dict[str, str],

@@ -162,6 +162,7 @@ class SyncNode(Proxy[Node]):
     import_image = blocking(Node.import_image)
     prune_images = blocking(Node.prune_images)
     retarget_pool = blocking(Node.retarget_pool)
+    snapshot_filesystem = blocking(Node.snapshot_filesystem)
 
     def __init__(self, settings: NodeSettings | None = None, *,
                  runtimes: Mapping[str, Runtime] | None = None) -> None:

@@ -104,6 +104,11 @@ class SandboxCgroups(CgroupView):
             time.sleep(0.002)
         return False
 
+    def thaw(self) -> None:
+        """Let the processes :meth:`freeze` stopped run on."""
+        if self.unified is not None and self.unified.exists():
+            _write(self.unified / "cgroup.freeze", "0")
+
     def remove(self, timeout: float = 5.0) -> list[str]:
         """Remove every cgroup of the sandbox (children first); returns what could not go."""
         left = []

@@ -69,24 +69,30 @@ def prepare_root(spec: SandboxSpec, userns: mounts.UserNamespace | None) -> Path
     return root
 
 
-def copy_changes(spec: SandboxSpec, destination: Path) -> None:
+def copy_changes(spec: SandboxSpec, destination: Path, keep_running: bool = False) -> None:
     """Freeze a running sandbox and copy what it changed in its image (its overlay's upper
     layer, whiteouts and opaque directories included) into the new folder ``destination``.
 
-    The sandbox stays frozen: the caller destroys it next. What is copied is the sandbox's
-    own, hostile content, copied as it is (``cp -a``: links stay links, nothing is
-    followed); the caller neutralises it (:mod:`corral.node.layers`).
+    The sandbox stays frozen (the caller destroys it next), or with ``keep_running`` is
+    thawed once the copy is made. What is copied is the sandbox's own, hostile content,
+    copied as it is (``cp -a``: links stay links, nothing is followed); the caller
+    neutralises it (:mod:`corral.node.layers`).
     """
-    if not cgroups.SandboxCgroups(spec.cgroup).freeze():
-        raise InternalError(f"sandbox {spec.sandbox_id}: could not freeze it to copy its "
-                            "changes")
-    upper = spec.directory / "disk" / "upper"
-    destination.mkdir(mode=0o700)
-    result = subprocess.run(["cp", "-a", "--", f"{upper}/.", str(destination)],
-                            stdin=subprocess.DEVNULL, capture_output=True, timeout=3600)
-    if result.returncode != 0:
-        raise InternalError(f"sandbox {spec.sandbox_id}: copying its changes failed: "
-                            f"{result.stderr.decode(errors='replace')[-2000:]}")
+    groups = cgroups.SandboxCgroups(spec.cgroup)
+    try:
+        if not groups.freeze():
+            raise InternalError(f"sandbox {spec.sandbox_id}: could not freeze it to copy its "
+                                "changes")
+        upper = spec.directory / "disk" / "upper"
+        destination.mkdir(mode=0o700)
+        result = subprocess.run(["cp", "-a", "--", f"{upper}/.", str(destination)],
+                                stdin=subprocess.DEVNULL, capture_output=True, timeout=3600)
+        if result.returncode != 0:
+            raise InternalError(f"sandbox {spec.sandbox_id}: copying its changes failed: "
+                                f"{result.stderr.decode(errors='replace')[-2000:]}")
+    finally:
+        if keep_running:
+            groups.thaw()
 
 
 def channel_dir(spec: SandboxSpec) -> Path:

@@ -187,6 +187,22 @@ class AsyncSandbox:
             await self._api.json("GET", f"/v1/sandboxes/{self.id}"))
         return self.info
 
+    async def snapshot_filesystem(self, name: str | None = None) -> models.ImageInfo:
+        """Keep this sandbox's files as an image of yours (it runs on), named ``name``
+        (such as ``my-state:1``) or unnamed (use its ``id``): start sandboxes from it
+        (``create(image=...)``) or build on it (``Image.base(...)``). Memory, processes
+        and, under gVisor, ``/tmp`` are not in it.
+
+        Example::
+
+            info = await sb.snapshot_filesystem("after-setup:1")
+            clone = await AsyncSandbox.create(image="after-setup:1")
+        """
+        request = checked(models.FilesystemSnapshot, name=name)
+        reply = await self._api.json("POST", f"/v1/sandboxes/{self.id}/snapshot-filesystem",
+                                     body=request, read_timeout=CREATE_TIMEOUT)
+        return models.ImageInfo.model_validate(reply)
+
     async def set_timeout(self, seconds: float) -> None:
         """Let the sandbox live ``seconds`` more from now."""
         self.info = models.SandboxInfo.model_validate(await self._api.json(

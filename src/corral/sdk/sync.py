@@ -164,6 +164,7 @@ class Sandbox(Proxy[AsyncSandbox]):
     list = blocking_static(AsyncSandbox.list)
     refresh = blocking(AsyncSandbox.refresh)
     set_timeout = blocking(AsyncSandbox.set_timeout)
+    snapshot_filesystem = blocking(AsyncSandbox.snapshot_filesystem)
     kill = blocking(AsyncSandbox.kill)
     run_code = blocking(AsyncSandbox.run_code)
     close = blocking(AsyncSandbox.close)

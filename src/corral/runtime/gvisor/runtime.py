@@ -199,8 +199,12 @@ class GvisorRuntime(HostRuntime):
         # node); runsc returns once it started, and the agent's stdio stays the channel.
         runsc, platform = self.chosen()
         directory = spec.directory
+        # --net-disconnect-ok (networked only; it is read at `run`, never later): open or
+        # TIME_WAIT connections do not block a checkpoint (pause, fork) but are dropped.
         argv = [runsc.path, "--root", str(directory / "state"),
                 "--network=sandbox" if spec.netns else "--network=none",
+                *(["--net-disconnect-ok"] if spec.netns and runsc.knows("net-disconnect-ok")
+                  else []),
                 f"--platform={platform.name}", *file_flags(runsc, self._weakening),
                 "--host-uds=open", *(["--net-raw"] if self._weakening.gvisor_net_raw else []),
                 "run", "--detach",

@@ -17,7 +17,7 @@ from corral.node import SandboxState
 from .. import ports
 from ..auth import Tenant
 from ..openapi import errors
-from ._deps import Metrics, Sandboxes, SandboxId
+from ._deps import Images, Metrics, Sandboxes, SandboxId
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 METADATA_PREFIX = "metadata."
@@ -49,6 +49,18 @@ async def list_(request: Request, tenant: Tenant, service: Sandboxes,
 @router.get("/{sandbox_id}")
 async def get(sandbox_id: SandboxId, tenant: Tenant, service: Sandboxes) -> models.SandboxInfo:
     return await service.describe(tenant, sandbox_id)
+
+
+@router.post("/{sandbox_id}/snapshot-filesystem", status_code=201, responses=errors(
+    ErrorCode.NOT_FOUND, ErrorCode.SANDBOX_NOT_RUNNING))
+async def snapshot_filesystem(sandbox_id: SandboxId, body: models.FilesystemSnapshot,
+                              tenant: Tenant, service: Sandboxes, images: Images
+                              ) -> models.ImageInfo:
+    """Keep the sandbox's files as an image of yours (it runs on): its image's layers and
+    what it changed, with its image's defaults."""
+    sandbox = await service.owned(tenant, sandbox_id)
+    service.touch(sandbox_id)
+    return await images.snapshot(tenant, sandbox, body.name)
 
 
 @router.post("/{sandbox_id}/timeout")

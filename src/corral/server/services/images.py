@@ -39,7 +39,7 @@ from corral.api import models
 from corral.api.errors import (InvalidArgumentError, NotFoundError, RequestTooLargeError,
                                ResourceExhaustedError, SandboxError)
 from corral.api.image_spec import ImageSpec
-from corral.node import Node
+from corral.node import Node, NodeSandbox
 from corral.node.builder import BuildEvent, with_digests
 from corral.node.layers import Manifest, is_image_id
 
@@ -184,6 +184,21 @@ class ImageService:
                 await asyncio.to_thread(upload.write, chunk)
             await asyncio.to_thread(upload.flush)
             manifest = await self._node.import_image(Path(upload.name), tag=tag)
+        return await self._name(tenant, name, manifest, None)
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    async def snapshot(self, tenant: str, sandbox: NodeSandbox, name: str | None
+                       ) -> models.ImageInfo:
+        """Keep a running sandbox's filesystem as one of the tenant's images (the caller
+        checked the sandbox is the tenant's)."""
+        name = normalize_name(name) if name is not None else None
+        if name is not None:
+            self._check_name(name)
+        used = await asyncio.to_thread(self._store.used_bytes, tenant)
+        if used >= self.quota_bytes:
+            raise ResourceExhaustedError(self._quota_message(used))
+        manifest = await self._node.snapshot_filesystem(sandbox.id)
         return await self._name(tenant, name, manifest, None)
 
     # -- builds ----------------------------------------------------------------------------
