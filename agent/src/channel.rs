@@ -32,6 +32,18 @@ impl Channel {
         *self.writer.locked() = Some(writer);
     }
 
+    /// Serve a node over `writer`, starting with the frame `first`: no other thread's frame
+    /// can come before it.
+    pub fn attach_first(&self, writer: File, first: Value) {
+        let mut slot = self.writer.locked();
+        *slot = Some(writer);
+        if let (Ok(frame), Some(file)) = (proto::encode(&first, b""), slot.as_mut()) {
+            if file.write_all(&frame).is_err() {
+                slot.take();
+            }
+        }
+    }
+
     /// Drop the node that went away: later sends are discarded until `attach`.
     pub fn detach(&self) {
         self.writer.locked().take();
@@ -123,6 +135,12 @@ impl Credits {
 
     pub fn close(&self) {
         self.state.locked().1 = true;
+        self.cond.notify_all();
+    }
+
+    /// Open a closed stream again with a full window (a new node follows it).
+    pub fn reopen(&self) {
+        *self.state.locked() = (proto::STREAM_WINDOW, false);
         self.cond.notify_all();
     }
 }

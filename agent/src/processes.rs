@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::Lock;
 use crate::channel::{Channel, Credits};
+use crate::clock::Clock;
 use crate::errors::{RequestError, Result};
 use crate::files::{error, event};
 use crate::json::{Obj, Value};
@@ -71,6 +72,8 @@ struct Tables {
 pub struct ProcessTable {
     channel: Arc<Channel>,
     root: Arc<Root>,
+    /// Timeouts run on it: paused time does not count.
+    clock: Arc<Clock>,
     tables: Mutex<Tables>,
     /// Set when a child was started: wakes a reaper that found none.
     have_children: Mutex<bool>,
@@ -101,9 +104,9 @@ fn cstring(bytes: &[u8]) -> CString {
 }
 
 impl ProcessTable {
-    pub fn new(channel: Arc<Channel>, root: Arc<Root>) -> Arc<ProcessTable> {
+    pub fn new(channel: Arc<Channel>, root: Arc<Root>, clock: Arc<Clock>) -> Arc<ProcessTable> {
         let table = Arc::new(ProcessTable {
-            channel, root, tables: Mutex::new(Tables::default()),
+            channel, root, clock, tables: Mutex::new(Tables::default()),
             have_children: Mutex::new(false), children_cond: Condvar::new(),
         });
         let reaper = table.clone();
@@ -312,6 +315,13 @@ impl ProcessTable {
         }
     }
 
+    /// Send a running command's output (from now on) to the node again, under the
+    /// command's own id, after a `detach` (a resumed sandbox's kernel bridge).
+    pub fn attach(&self, target: Option<&Value>) -> Result<()> {
+        self.get(target)?.credits.reopen();
+        Ok(())
+    }
+
     pub fn kill_all(&self) {
         let pids: Vec<Pid> = self.tables.locked().by_id.values().map(|p| p.pid).collect();
         for pid in pids {
@@ -333,11 +343,13 @@ impl ProcessTable {
         }
     }
 
+    /// Kill the command once it has run `seconds` on the agent's clock (paused time left
+    /// out: while paused, the deadline never comes).
     fn time_out(&self, proc: &Proc, seconds: f64) {
-        let deadline = Instant::now() + Duration::from_secs_f64(seconds.min(1e9));
+        let deadline = self.clock.now() + Duration::from_secs_f64(seconds.min(1e9));
         let mut status = proc.status.locked();
         while status.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.saturating_sub(self.clock.now());
             if left.is_zero() {
                 drop(status);
                 proc.set_reason(proto::REASON_TIMEOUT, true);

@@ -30,6 +30,17 @@ then ``end`` at its EOF; the node's go as ``chunk`` frames (``"eof": true`` half
 each acknowledged by an ``ack`` once written, at most ``STREAM_WINDOW // 2`` unacknowledged.
 The two directions are independent; ``cancel`` closes a tunnel at once, and an ``error`` is
 a tunnel's last frame.
+
+Sessions and pausing. A session starts with the agent's ``hello`` (``next_id``: the first
+request id the node may use; ids below it belong to commands started before). The agent
+greets unasked when it starts and when a node connects to its socket; the node may also
+ask with :data:`OP_HELLO`, which starts a new session on the same channel. A new session
+follows nothing of the old one: output streams, transfers and tunnels are dropped (commands
+run on), and :data:`OP_ATTACH` sends a running command's output under its own id again.
+:data:`OP_PAUSE` is answered ``ok`` once every request before it was read; then the agent
+sends nothing, closes a socket channel, stops the clock its timeouts run on, and waits with
+no deadline for the next session: an :data:`OP_HELLO` on its stdin, or a node on its socket.
+The node writes nothing after a pause (a host pipe's bytes are not in a checkpoint).
 """
 
 from __future__ import annotations
@@ -68,6 +79,12 @@ OP_PING = "ping"
 OP_CANCEL = "cancel"
 #: Open a TCP connection to a port on the sandbox's loopback (an exposed port).
 OP_CONNECT = "connect"
+#: Quiesce before a pause (a freeze or a checkpoint); see the module docstring.
+OP_PAUSE = "pause"
+#: Start a new session on this channel: answered by the agent's ``hello``.
+OP_HELLO = "hello"
+#: Follow a running command's output again, under its id (``target``), after a new session.
+OP_ATTACH = "attach"
 
 # Agent -> node events.
 EV_HELLO = "hello"
