@@ -11,6 +11,8 @@ the tests' user, on the host, with the sandbox's root at ``<sandbox dir>/rootfs`
 its command line (``--root``, see ``agent/src/paths.rs``): file API paths, a command's
 working directory and the image's ``/etc/passwd`` resolve there, but commands run host
 programs and their own absolute paths are host paths. No limits: counters stay at zero.
+Pausing stops the agent and its descendants with SIGSTOP (a freezer without cgroups), and
+resuming continues them: the node's side of a pause runs as it does on a real runtime.
 
 The agent is made a child subreaper, as PID 1 would be, so that every process a command
 leaves behind stays its descendant: :meth:`FakeRuntime.destroy` kills them all.
@@ -151,6 +153,30 @@ class FakeRuntime(Runtime):
         if not isinstance(pid, int) or not _is_agent(pid, spec.directory / "rootfs"):
             raise InternalError(f"sandbox {spec.sandbox_id}: its agent is gone")
         return RuntimeSandbox(spec=spec, state=RuntimeState.RUNNING, extra=dict(extra))
+
+    def check_pause(self, sandbox: RuntimeSandbox) -> None:
+        return None
+
+    async def pause(self, sandbox: RuntimeSandbox) -> None:
+        self._signal_tree(sandbox, signal.SIGSTOP)
+        sandbox.state = RuntimeState.PAUSED
+
+    async def resume(self, sandbox: RuntimeSandbox) -> None:
+        self._signal_tree(sandbox, signal.SIGCONT)
+        sandbox.state = RuntimeState.RUNNING
+
+    async def adopt_paused(self, spec: SandboxSpec, extra: dict[str, object]) -> RuntimeSandbox:
+        sandbox = await self.adopt(spec, extra)
+        sandbox.state = RuntimeState.PAUSED
+        return sandbox
+
+    def _signal_tree(self, sandbox: RuntimeSandbox, signum: int) -> None:
+        pid = sandbox.extra.get("pid")
+        if not isinstance(pid, int) or not _is_agent(pid, sandbox.spec.directory / "rootfs"):
+            raise InternalError(f"sandbox {sandbox.spec.sandbox_id}: its agent is gone")
+        for victim in {pid} | descendants(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signum)
 
     def counters(self, sandbox: RuntimeSandbox) -> tuple[int, int]:
         return 0, 0

@@ -43,7 +43,8 @@ RENAMED = {"aclose": "close", "__aenter__": "__enter__", "__aexit__": "__exit__"
            "__aiter__": "__iter__"}
 #: Async methods with no blocking twin, and why.
 NO_TWIN = {(node.Node, "start"): "SyncNode() starts its node",
-           (node.Node, "start_for_build"): "the image builder's own, on the node's loop"}
+           (node.Node, "start_for_build"): "the image builder's own, on the node's loop",
+           (NodeCodeInterpreter, "reattach"): "the node's own, as a sandbox resumes"}
 
 
 def _is_public(name: str) -> bool:

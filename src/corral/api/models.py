@@ -48,7 +48,7 @@ def _sandbox_path(value: str) -> str:
     return value
 
 
-SandboxStateName = Literal["starting", "running", "stopping", "stopped"]
+SandboxStateName = Literal["starting", "running", "paused", "stopping", "stopped"]
 Path = Annotated[str, Field(min_length=1, max_length=MAX_PATH), AfterValidator(_sandbox_path)]
 Mapping = Annotated[dict[Annotated[str, Field(max_length=MAX_ENV_NAME)],
                          Annotated[str, Field(max_length=MAX_MAPPING_VALUE)]],

@@ -124,7 +124,7 @@ def create(
 def list_(
     meta: MetaOption = None,
     state: Annotated[str | None, typer.Option(
-        help="Only sandboxes in this state: starting, running, stopping, stopped.")] = None,
+        help="Only sandboxes in this state: starting, running, paused, stopping, stopped.")] = None,
     as_json: JsonOption = False,
     url: UrlOption = None,
     api_key: KeyOption = None,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -45,12 +44,13 @@ class Bridge:
             bridge.
     """
 
-    def __init__(self, sandbox: NodeSandbox, handle: NodeCommandHandle, max_line: int) -> None:
+    def __init__(self, sandbox: NodeSandbox, handle: NodeCommandHandle, max_line: int,
+                 first_id: int = 1) -> None:
         self._sandbox = sandbox
         self._handle = handle
         self.command_id = handle.id
         self._max_line = max_line
-        self._ids = itertools.count(1)
+        self._next_id = first_id
         self._waiting: dict[int, asyncio.Queue[dict[str, Any]]] = {}
         self._send_lock = asyncio.Lock()
         self._hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -76,6 +76,21 @@ class Bridge:
             raise SandboxError(f"sandbox {sandbox.id}: cannot run code: {exc.message}") from None
         return bridge
 
+    @classmethod
+    def attached(cls, sandbox: NodeSandbox, handle: NodeCommandHandle, max_line: int,
+                 earlier: Bridge) -> Bridge:
+        """The bridge ``earlier`` was, followed again through ``handle`` (its command
+        attached after a resume): it said hello to ``earlier`` already, and its request
+        ids go on from ``earlier``'s."""
+        bridge = cls(sandbox, handle, max_line, first_id=earlier._next_id)
+        bridge._hello.set_result({})
+        return bridge
+
+    @property
+    def pid(self) -> int:
+        """The bridge process's pid in the sandbox."""
+        return self._handle.pid
+
     @property
     def alive(self) -> bool:
         return self.closed_reason is None
@@ -85,7 +100,8 @@ class Bridge:
         :meth:`forget`)."""
         if self.closed_reason is not None:
             raise BridgeGone(self.closed_reason)
-        req_id = next(self._ids)
+        req_id = self._next_id
+        self._next_id += 1
         try:
             line = proto.encode_request(req_id, op, **fields)
         except proto.ProtocolError as exc:

@@ -4,7 +4,9 @@
 channel, the agent sees it end and waits (up to the orphan grace) for a new node. The next
 node on the same data dir reads each sandbox's record (:mod:`.records`) and :func:`adopt`\\ s
 it: the runtime re-attaches to it, and the node listens on a socket in the sandbox's
-read-only run folder until the agent reconnects and says hello. A sandbox that cannot be
+read-only run folder until the agent reconnects and says hello. A paused sandbox is adopted
+paused, with no channel (nothing of it runs): the runtime checks that what a resume needs is
+there, and the channel comes with the resume (:mod:`.pausing`). A sandbox that cannot be
 adopted is torn down; the node lists it, with the reason, in ``Node.lost``.
 """
 
@@ -38,12 +40,13 @@ class AdoptionError(SandboxError):
 
 @dataclass(frozen=True)
 class Adopted:
-    """A sandbox taken over from a previous node: its record, runtime handle and channel."""
+    """A sandbox taken over from a previous node: its record, runtime handle and channel
+    (None for a paused one)."""
 
     record: records.SandboxRecord
     runtime: Runtime
     handle: RuntimeSandbox
-    agent: AgentClient
+    agent: AgentClient | None
 
 
 async def adopt(directory: Path, *, runtime: Callable[[str], Runtime], images: ImageStore,
@@ -56,18 +59,21 @@ async def adopt(directory: Path, *, runtime: Callable[[str], Runtime], images: I
     sandbox_id = directory.name
     try:
         record = await asyncio.to_thread(records.read, directory)
-        if record.state != SandboxState.RUNNING.value:
+        paused = record.state == SandboxState.PAUSED.value
+        if record.state != SandboxState.RUNNING.value and not paused:
             raise AdoptionError(f"it was {record.state} when its node stopped")
         chosen = runtime(record.runtime)
         built = images.get(record.image)
         spec = SandboxSpec(sandbox_id=sandbox_id, rootfs=built.rootfs,
                            cgroup=f"{node_key}/{sandbox_id}", resources=record.resources,
                            agent_bundle=bundle, directory=directory, layers=built.layers)
-        handle = await chosen.adopt(spec, record.extra)
+        handle = await (chosen.adopt_paused if paused else chosen.adopt)(spec, record.extra)
         if "net" in record.extra:  # the node's, not the runtime's: kept whatever it keeps
             handle.extra["net"] = record.extra["net"]
     except (ValueError, OSError, SandboxError) as exc:
         raise AdoptionError(_message(exc)) from exc
+    if paused:
+        return Adopted(record, chosen, handle, None)
     try:
         agent = await reconnect(spec, f"sandbox {sandbox_id}")
     except (OSError, SandboxError) as exc:
@@ -109,10 +115,16 @@ async def reconnect(spec: SandboxSpec, label: str) -> AgentClient:
 
 
 async def release(sandbox: NodeSandbox, lifecycle: Lifecycle) -> bool:
-    """Let go of a running sandbox without stopping it; False if it is no longer running or
-    its runtime cannot leave it running (the caller then stops it)."""
-    if sandbox.state is not SandboxState.RUNNING:
-        return False  # it stopped meanwhile: its teardown is under way
+    """Let go of a running or paused sandbox without stopping it; False if it is stopping
+    or its runtime cannot leave it be (the caller then stops it). A pause or resume under
+    way ends first."""
+    async with sandbox.transition:
+        if sandbox.state not in (SandboxState.RUNNING, SandboxState.PAUSED):
+            return False  # it stopped meanwhile: its teardown is under way
+        return await _release(sandbox, lifecycle)
+
+
+async def _release(sandbox: NodeSandbox, lifecycle: Lifecycle) -> bool:
     lifecycle.forget(sandbox)
     if sandbox.agent is not None:
         sandbox.agent.on_close = None
@@ -124,7 +136,7 @@ async def release(sandbox: NodeSandbox, lifecycle: Lifecycle) -> bool:
                     exc.message)
         lifecycle.keep(sandbox)
         return False
-    log.info("sandbox %s released, still running", sandbox.id)
+    log.info("sandbox %s released, still %s", sandbox.id, sandbox.state.value)
     return True
 
 

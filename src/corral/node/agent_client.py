@@ -3,11 +3,16 @@
 Everything the agent sends is untrusted (code in the sandbox can reach the agent's pipes),
 so the reader enforces the frame bounds, drops frames for unknown ids, and closes the
 channel when a stream overruns its flow-control window.
+
+One client serves one session. :meth:`AgentClient.pause` ends it for a pause (the pipes
+stay open); the session after the pause is a new client's, started with
+:meth:`AgentClient.greet` (see :mod:`corral.api.agent_protocol`, *Sessions and pausing*).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -22,11 +27,16 @@ from corral.api.errors import (
 )
 
 _CLOSED = ({"ev": "__closed__"}, b"")
+#: Frames an earlier session may have left before a new session's hello.
+_STALE_FRAMES = 256
 #: What a stream closed on this side hands a task still waiting on it.
 _DROPPED = ({"ev": "__dropped__"}, b"")
 T = TypeVar("T")
 #: Longest a single-reply request (stat, mkdir, list, signal, stdin...) may wait.
 CALL_TIMEOUT = 60.0
+#: Why a paused session's requests failed.
+PAUSED = ("the sandbox was paused: what this request followed (a command's output, a "
+          "transfer) is lost; commands run on after a resume")
 # A well-behaved agent never has more than its credit window (plus a few control frames)
 # queued on one stream; code in the sandbox can forge frames, so the bound is in bytes too.
 _QUEUE_FRAMES = proto.STREAM_WINDOW + 8
@@ -99,15 +109,51 @@ class AgentClient:
         self.close_reason: str | None = None
         self.on_close: Callable[[str], None] | None = None
         self.agent_pid: int | None = None
+        #: Set once the pause request is written: nothing may be written after it.
+        self._quiet = False
+        self._pause_id: int | None = None
 
     async def handshake(self, timeout: float) -> None:
         """Wait for the agent's hello, then start the reader loop."""
+        self._begin(await self._hello(timeout, skip=0))
+
+    async def greet(self, timeout: float) -> None:
+        """Start a new session on a channel an earlier session used (a resumed sandbox's):
+        ask for the agent's hello (:data:`~corral.api.agent_protocol.OP_HELLO`), then as
+        :meth:`handshake`. Frames an earlier session left in the pipe before the hello are
+        skipped (a command's exit the agent sent as it paused)."""
         try:
             async with asyncio.timeout(timeout):
-                prefix = await self._reader.readexactly(proto.HEADER.size)
-                head_len, data_len = proto.parse_prefix(prefix, proto.MAX_REPLY_HEADER)
-                header = proto.parse_header(await self._reader.readexactly(head_len))
-                await self._reader.readexactly(data_len)
+                self._writer.write(proto.encode({"id": 0, "op": proto.OP_HELLO}))
+                await self._writer.drain()
+        except TimeoutError:
+            raise AgentError(f"{self._label}: the agent did not read its hello request "
+                             f"within {timeout:g} s") from None
+        except (ConnectionError, RuntimeError):
+            raise AgentError(f"{self._label}: the agent's channel is closed") from None
+        self._begin(await self._hello(timeout, skip=_STALE_FRAMES))
+
+    def _begin(self, hello: dict[str, Any]) -> None:
+        """Serve the session the agent's ``hello`` opened."""
+        pid = hello.get("pid")
+        self.agent_pid = pid if isinstance(pid, int) else None
+        # A re-attached agent still runs commands under the ids a previous node gave them.
+        next_id = hello.get("next_id")
+        if isinstance(next_id, int) and 1 <= next_id < 2**53:
+            self._ids = itertools.count(next_id)
+        self._task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    async def _hello(self, timeout: float, skip: int) -> dict[str, Any]:
+        """The agent's hello frame, after at most ``skip`` other frames."""
+        try:
+            async with asyncio.timeout(timeout):
+                for _ in range(skip + 1):
+                    prefix = await self._reader.readexactly(proto.HEADER.size)
+                    head_len, data_len = proto.parse_prefix(prefix, proto.MAX_REPLY_HEADER)
+                    header = proto.parse_header(await self._reader.readexactly(head_len))
+                    await self._reader.readexactly(data_len)
+                    if header.get("ev") == proto.EV_HELLO:
+                        break
         except TimeoutError:
             raise AgentError(
                 f"{self._label}: the agent did not start within {timeout:g} s") from None
@@ -117,13 +163,7 @@ class AgentClient:
             raise AgentError(f"{self._label}: the agent spoke out of protocol: {exc}") from None
         if header.get("ev") != proto.EV_HELLO or header.get("version") != proto.PROTOCOL_VERSION:
             raise AgentError(f"{self._label}: unexpected agent greeting {header!r:.200}")
-        pid = header.get("pid")
-        self.agent_pid = pid if isinstance(pid, int) else None
-        # A re-attached agent still runs commands under the ids a previous node gave them.
-        next_id = header.get("next_id")
-        if isinstance(next_id, int) and 1 <= next_id < 2**53:
-            self._ids = itertools.count(next_id)
-        self._task = asyncio.get_running_loop().create_task(self._read_loop())
+        return header
 
     async def _read_loop(self) -> None:
         reason = "the agent closed its channel"
@@ -137,13 +177,15 @@ class AgentClient:
                 if stream is not None and not stream._put((header, data)):
                     reason = "the agent overran a stream's flow-control window"
                     break
+                if header["id"] == self._pause_id and self._pause_id is not None:
+                    return  # paused: read no further (see pause), at a frame's end
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         except proto.ProtocolError as exc:
             reason = f"the agent spoke out of protocol: {exc}"
         self._shut(reason)
 
-    def _shut(self, reason: str) -> None:
+    def _shut(self, reason: str, close_writer: bool = True) -> None:
         if self.closed:
             return
         self.closed = True
@@ -151,7 +193,8 @@ class AgentClient:
         for stream in list(self._streams.values()):
             stream._put(_CLOSED)
         self._streams.clear()
-        self._writer.close()
+        if close_writer:
+            self._writer.close()
         if self.on_close is not None:
             self.on_close(reason)
 
@@ -166,12 +209,61 @@ class AgentClient:
         except proto.ProtocolError as exc:
             raise InvalidArgumentError(f"request too large for the sandbox: {exc}") from None
         async with self._write_lock:
+            if self._quiet:  # the pause was written: nothing may follow it
+                raise SandboxNotRunningError(f"{self._label} is being paused")
             try:
                 self._writer.write(frame)
                 await self._writer.drain()
             except (ConnectionError, RuntimeError):
                 self._shut("the agent's channel broke")
                 raise self.closed_error() from None
+
+    async def pause(self, deadline: float) -> None:
+        """End this session for a pause (:data:`~corral.api.agent_protocol.OP_PAUSE`).
+
+        Nothing is written after the pause request (a byte left in a host pipe would be
+        lost in a checkpoint, or corrupt the next session); once the agent's ``ok`` is read
+        (every request before it read, too), nothing more is read either. Then this client
+        is closed with :data:`PAUSED`: its streams fail with it, ``on_close`` is not
+        called, and the pipes are left open (after a freeze the next session uses them).
+        An agent that does not answer within ``deadline`` is not trusted: the channel is
+        closed (``on_close`` runs) and AgentError raised.
+        """
+        if self.closed:
+            raise self.closed_error()
+        req_id = next(self._ids)
+        stream = Stream(self, req_id, False)
+        self._streams[req_id] = stream
+        self._pause_id = req_id
+        async with self._write_lock:
+            if self.closed:
+                raise self.closed_error()
+            self._quiet = True
+            try:
+                self._writer.write(proto.encode({"id": req_id, "op": proto.OP_PAUSE}))
+                await self._writer.drain()
+            except (ConnectionError, RuntimeError):
+                self._shut("the agent's channel broke")
+                raise self.closed_error() from None
+        try:
+            header, _ = await self.within(deadline, stream.next(), "a pause")
+        finally:
+            stream.close()
+        if header.get("ev") != proto.EV_OK:
+            self._shut(f"the agent refused to pause: {header!r:.200}")
+            raise AgentError(f"{self._label}: unexpected reply {header.get('ev')!r} to pause")
+        if self._task is not None:
+            await asyncio.wait({self._task}, timeout=deadline)
+        self.on_close = None
+        self._shut(PAUSED, close_writer=False)
+        if self._writer.get_extra_info("socket") is not None:
+            # A socket channel (an adopted sandbox's): the agent closes it after its ok, and
+            # a checkpoint must not begin before (gVisor cannot save a connected host socket).
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                async with asyncio.timeout(deadline):
+                    while await self._reader.read(65536):
+                        pass
+            self._writer.close()
 
     async def open(self, op: str, data: bytes = b"", *, credited: bool = False,
                    queue_frames: int = _QUEUE_FRAMES, **fields: Any) -> Stream:
@@ -190,6 +282,17 @@ class AgentClient:
         except BaseException:
             stream.close()
             raise
+        return stream
+
+    def follow(self, req_id: int, *, credited: bool = False) -> Stream:
+        """The stream of an earlier session's request (a running command's id), to receive
+        its frames again once the agent is asked to send them (``attach``)."""
+        if self.closed:
+            raise self.closed_error()
+        if req_id in self._streams or req_id < 1:
+            raise InvalidArgumentError(f"request {req_id} is already followed")
+        stream = Stream(self, req_id, credited)
+        self._streams[req_id] = stream
         return stream
 
     async def call(self, op: str, data: bytes = b"", *, deadline: float | None = CALL_TIMEOUT,

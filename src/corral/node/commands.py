@@ -261,6 +261,20 @@ class NodeCommands:
         return found
 
 
+async def attach(sandbox: NodeSandbox, command_id: int, pid: int) -> NodeCommandHandle:
+    """A handle on a command an earlier session of the agent started and still runs (a
+    resumed sandbox's kernel bridge): its output from now on, its stdin, its signals.
+    NotFoundError if it is no longer running."""
+    agent = sandbox.channel()
+    stream = agent.follow(command_id, credited=True)
+    try:
+        await agent.call(proto.OP_ATTACH, target=command_id)
+    except BaseException:
+        stream.close()
+        raise
+    return NodeCommandHandle(sandbox, stream, pid, sandbox.counters(), time.monotonic())
+
+
 async def _drain(handle: NodeCommandHandle) -> None:
     """Read a background command's output to its end (the agent waits for credit)."""
     with contextlib.suppress(SandboxError):

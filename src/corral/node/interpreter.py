@@ -47,6 +47,7 @@ from corral.api.limits import DEFAULT_CODE_TIMEOUT as DEFAULT_TIMEOUT
 from corral.api.resources import check_timeout
 
 from ._bridge import Bridge, BridgeGone
+from .commands import attach
 from .validation import check_env, resolve_path
 
 if TYPE_CHECKING:
@@ -99,6 +100,8 @@ class NodeCodeInterpreter:
         self._create_lock = asyncio.Lock()
         #: Seconds the last finished cell took inside the bridge (the benchmark reads it).
         self.last_kernel_seconds: float | None = None
+        #: At a pause: the bridge, and the contexts whose kernels lived in it.
+        self._suspended: tuple[Bridge, set[str]] | None = None
 
     # -- contexts ------------------------------------------------------------------------
 
@@ -281,6 +284,39 @@ class NodeCodeInterpreter:
         busy = any(ctx.lock.locked() for ctx in self._contexts.values())
         bridge = self._bridge
         return set() if busy or bridge is None or not bridge.alive else {bridge.command_id}
+
+    # -- pausing (the node's own, see corral.node.pausing) ---------------------------------
+
+    def suspend(self) -> None:
+        """A pause begins: note the bridge and the contexts whose kernels live in it, for
+        :meth:`reattach`. The pause then ends the bridge's stream (and any cell running)."""
+        bridge = self._bridge
+        if bridge is None or not bridge.alive:
+            self._suspended = None
+            return
+        self._suspended = bridge, {ctx.id for ctx in self._contexts.values()
+                                   if ctx.bridge is bridge and ctx.dead is None}
+
+    async def reattach(self) -> None:
+        """After a resume on the same node: follow the bridge :meth:`suspend` noted again
+        (the agent's ``attach``), so its contexts keep their kernels and their state. A
+        cell that ran across the pause lost its output; a bridge gone meanwhile stays gone
+        (its contexts say so on their next cell)."""
+        suspended, self._suspended = self._suspended, None
+        if suspended is None:
+            return
+        earlier, names = suspended
+        async with self._bridge_lock:
+            if self._bridge is not earlier:
+                return  # replaced meanwhile
+            handle = await attach(self._sandbox, earlier.command_id, earlier.pid)
+            bridge = Bridge.attached(self._sandbox, handle, proto.max_event_line(MAX_OUTPUT),
+                                     earlier)
+            self._bridge = bridge
+        for name in names:
+            ctx = self._contexts.get(name)
+            if ctx is not None and ctx.bridge is earlier:
+                ctx.bridge, ctx.dead = bridge, None
 
     # -- internals -----------------------------------------------------------------------
 

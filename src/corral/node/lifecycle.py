@@ -9,12 +9,20 @@ plane's store), so nobody has to poll. It also owns each sandbox's lifetime time
 ::
 
     STARTING ──► RUNNING ──► STOPPING ──► STOPPED
-        └────────────────────────┘
-          (a start that fails)
+        │  │       ▲  │         ▲
+        │  │ resume│  │pause    │ (kill)
+        │  │       │  ▼         │
+        │  └────► PAUSED ───────┘
+        │ (adopted paused)
+        └─────────────────────► STOPPING  (a start that fails)
 
-Adding a state (pausing, paused, resuming, forking, lost, ...) is a member of
-:class:`SandboxState` and its rows in :data:`TRANSITIONS`; every caller already goes
-through :meth:`Lifecycle.move`.
+A paused sandbox's lifetime clock stands still: :meth:`Lifecycle.hold` stops its timer and
+keeps what was left of its lifetime in ``lifetime_left``; the move back to RUNNING sets its
+expiry that far from now. While paused, ``expires_at`` still says when it would have ended
+had it not been paused. The pausing itself is :mod:`.pausing`'s.
+
+Adding a state (forking, lost, ...) is a member of :class:`SandboxState` and its rows in
+:data:`TRANSITIONS`; every caller already goes through :meth:`Lifecycle.move`.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ class SandboxState(enum.Enum):
 
     STARTING = "starting"
     RUNNING = "running"
+    #: Stopped where it was, to be resumed (:meth:`corral.node.Node.pause`).
+    PAUSED = "paused"
     STOPPING = "stopping"
     STOPPED = "stopped"
 
@@ -46,8 +56,10 @@ class SandboxState(enum.Enum):
 S = SandboxState
 #: The moves :meth:`Lifecycle.move` allows: from a state, to these.
 TRANSITIONS: Mapping[SandboxState, frozenset[SandboxState]] = {
-    S.STARTING: frozenset({S.RUNNING, S.STOPPING}),
-    S.RUNNING: frozenset({S.STOPPING}),
+    # STARTING -> PAUSED: a paused sandbox a restarted node adopts.
+    S.STARTING: frozenset({S.RUNNING, S.PAUSED, S.STOPPING}),
+    S.RUNNING: frozenset({S.PAUSED, S.STOPPING}),
+    S.PAUSED: frozenset({S.RUNNING, S.STOPPING}),
     S.STOPPING: frozenset({S.STOPPED}),
     S.STOPPED: frozenset(),
 }
@@ -90,7 +102,12 @@ class Lifecycle:
             sandbox.stop_reason = reason
         sandbox.state = to  # the one assignment of a node sandbox's state (a test checks)
         if to is S.RUNNING:
+            if sandbox.lifetime_left is not None:  # resumed: the rest of its lifetime
+                sandbox.expires_at = time.time() + sandbox.lifetime_left
+                sandbox.lifetime_left = None
             self._arm(sandbox)
+        elif to is S.PAUSED:
+            self.hold(sandbox)
         elif to is S.STOPPING:
             self._disarm(sandbox)
         if to is not S.STOPPED:  # a stopped sandbox's directory, and record, are gone
@@ -116,6 +133,21 @@ class Lifecycle:
             self._arm(sandbox)
         self.persist(sandbox)
 
+    def hold(self, sandbox: NodeSandbox) -> None:
+        """Stop a sandbox's lifetime clock (a pause begins): its timer ends, and what is left
+        of its lifetime is kept in ``lifetime_left`` (once: a second hold keeps the first)."""
+        self._disarm(sandbox)
+        if sandbox.lifetime_left is None:
+            sandbox.lifetime_left = max(0.0, sandbox.expires_at - time.time())
+
+    def release_hold(self, sandbox: NodeSandbox) -> None:
+        """Start a running sandbox's lifetime clock again after a :meth:`hold` that led to
+        no pause (the pause failed): it ends ``lifetime_left`` from now."""
+        if sandbox.lifetime_left is not None and sandbox.state is S.RUNNING:
+            sandbox.expires_at = time.time() + sandbox.lifetime_left
+            sandbox.lifetime_left = None
+            self._arm(sandbox)
+
     def begin_stop(self, sandbox: NodeSandbox, reason: str) -> asyncio.Task[None]:
         """Start stopping ``sandbox`` (its state and reason change now); the teardown runs
         in a task of its own, shared by every caller, and is returned."""
@@ -124,7 +156,7 @@ class Lifecycle:
                                          "next node on this data dir; stop it through that one")
         task = self._teardowns.get(sandbox.id)
         if task is None:
-            if sandbox.state in (S.STARTING, S.RUNNING):
+            if sandbox.state in (S.STARTING, S.RUNNING, S.PAUSED):
                 self.move(sandbox, S.STOPPING, reason)
             task = asyncio.get_running_loop().create_task(self._teardown(sandbox))
             task.add_done_callback(_reported)  # a stop nobody awaits (a timer's, say)
@@ -153,7 +185,7 @@ class Lifecycle:
             log.info("sandbox %s stopped: %s", sandbox.id, sandbox.stop_reason)
 
     def forget(self, sandbox: NodeSandbox) -> None:
-        """Drop a sandbox this node lets go of while it runs (see ``Node.close(detach=)``):
+        """Drop a sandbox this node lets go of, running or paused (see ``Node.close(detach=)``):
         its timer ends, and stopping it through this node is refused from now on."""
         self._disarm(sandbox)
         self._released.add(sandbox.id)

@@ -6,9 +6,12 @@ out, or its agent dies. Its states and every way out belong to the node's
 :class:`~corral.node.lifecycle.Lifecycle`, which records why a sandbox stopped, persists
 each transition, and tells listeners (:meth:`Node.on_state`).
 
-Sandboxes can outlive their node: ``close(detach=True)`` lets go of the running ones, and
-the next node on the same data dir adopts them when it starts (:mod:`.adoption`). Those it
-cannot adopt are torn down and listed in :attr:`Node.lost` with the reason.
+Sandboxes can outlive their node: ``close(detach=True)`` lets go of the running and paused
+ones, and the next node on the same data dir adopts them when it starts (:mod:`.adoption`).
+Those it cannot adopt are torn down and listed in :attr:`Node.lost` with the reason.
+
+A sandbox can be paused and resumed (:meth:`Node.pause`, :meth:`Node.resume`,
+:mod:`.pausing`, docs/pause.md).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from corral.runtime.agent_bundle import ensure_bundle
 from corral.runtime.host import (destroy_net, favor_dynamic_changes, remove_node_cgroups,
                                  sweep, sweep_networks)
 
-from . import builder, oci, records, snapshots
+from . import builder, oci, pausing, records, snapshots
 from .adoption import AdoptionError, adopt, release
 from .agent_client import AgentClient
 from .builder import BuildEvent
@@ -138,7 +141,7 @@ class Node:
                  if (p / records.RECORD_NAME).is_file() and not p.is_symlink()]
         await asyncio.gather(*(self._adopt(directory) for directory in found))
         if self._sandboxes:
-            log.info("adopted %d running sandboxes", len(self._sandboxes))
+            log.info("adopted %d sandboxes", len(self._sandboxes))
         swept = await asyncio.to_thread(sweep, self.sandboxes_dir, self.settings.node_key,
                                         set(self._sandboxes))
         kept = {recorded["index"] for s in self._sandboxes.values()
@@ -182,9 +185,11 @@ class Node:
     async def close(self, *, detach: bool = False) -> None:
         """Stop every sandbox this node holds, then release the data dir.
 
-        With ``detach``, running sandboxes are left running for the next node on this data
-        dir to adopt (:meth:`start`); their agents end them if none comes within
-        :data:`corral.runtime.agent_bundle.ORPHAN_GRACE` seconds.
+        With ``detach``, running sandboxes are left running, and paused ones paused, for the
+        next node on this data dir to adopt (:meth:`start`); running ones' agents end them if
+        none comes within :data:`corral.runtime.agent_bundle.ORPHAN_GRACE` seconds (paused
+        ones wait for ever). Without it, paused sandboxes are stopped too (their saved state
+        deleted).
         """
         self._closing = True  # no new start from now on
         for pool in self.pools:
@@ -194,8 +199,8 @@ class Node:
         # _sandboxes by then, and is stopped or released below with the rest.
         await asyncio.gather(*list(self._starts), return_exceptions=True)
         if detach and self.settings.orphan_grace > 0:
-            running = [sb for sb in self._sandboxes.values()
-                       if sb.state is SandboxState.RUNNING and not sb.pooled]
+            running = [sb for sb in self._sandboxes.values() if not sb.pooled
+                       and sb.state in (SandboxState.RUNNING, SandboxState.PAUSED)]
             released = await asyncio.gather(*(release(sb, self.lifecycle) for sb in running))
             for sandbox, gone in zip(running, released, strict=True):
                 if gone:
@@ -480,7 +485,7 @@ class Node:
             user=sandbox.user, volumes=sandbox.volumes,
             metadata=sandbox.metadata, created_at=sandbox.created_at,
             expires_at=sandbox.expires_at, extra=dict(sandbox.handle.extra),
-            state=sandbox.state.value))
+            state=sandbox.state.value, lifetime_left=sandbox.lifetime_left))
 
     async def _adopt(self, directory: Path) -> None:
         """Take over a sandbox a previous node released; on failure note why in ``lost``."""
@@ -499,15 +504,50 @@ class Node:
                           record.metadata, DEFAULT_LIFETIME, self.network, user=record.user,
                           volumes=record.volumes)
         sandbox.created_at, sandbox.expires_at = record.created_at, record.expires_at
-        sandbox.agent = adopted.agent
         self._sandboxes[sandbox.id] = sandbox
-        adopted.agent.on_close = functools.partial(self._agent_closed, sandbox)
+        if adopted.agent is not None:
+            sandbox.agent = adopted.agent
+            adopted.agent.on_close = functools.partial(self._agent_closed, sandbox)
         net = self.network.slot(adopted.handle.extra)
         if net is not None:
             await self.network.serve_names(net, sandbox.network.policy)
+        if adopted.agent is None:  # paused: nothing of it runs until a resume
+            sandbox.lifetime_left = record.lifetime_left
+            self.lifecycle.move(sandbox, SandboxState.PAUSED)
+            log.info("sandbox %s adopted paused (%s, image %s)", sandbox.id,
+                     adopted.runtime.name, record.image)
+            return
         self.lifecycle.move(sandbox, SandboxState.RUNNING)  # past its lifetime: stops at once
         log.info("sandbox %s adopted (%s, image %s)", sandbox.id, adopted.runtime.name,
                  record.image)
+
+    async def pause(self, sandbox_id: str) -> None:
+        """Pause a running sandbox: it stops where it is, and its lifetime clock with it.
+
+        gVisor: its memory and files go to disk (a checkpoint); nothing of it runs or holds
+        memory, and it survives a restart of the node and a reboot. namespaces: its
+        processes are frozen (the cgroup freezer); it keeps its memory, and survives a
+        restart of the node but not a reboot. While paused, its commands, files and code
+        answer SandboxNotRunningError saying it is paused (check ``sandbox.is_paused``);
+        a command running when it paused runs on after the resume, but its output stream
+        ends now. Pausing a paused sandbox does nothing. Networked gVisor sandboxes cannot
+        be paused yet (RuntimeUnavailableError). See docs/pause.md.
+        """
+        sandbox = self.get(sandbox_id)
+        await pausing.pause(sandbox, self.lifecycle, self._agent_closed)
+
+    async def resume(self, sandbox_id: str) -> None:
+        """Let a paused sandbox run on from where it stopped, with the lifetime it had left.
+
+        Returns once its agent answers; its code contexts keep their state (on the node
+        that paused it). Resuming a running sandbox does nothing. If the runtime cannot
+        resume it, it stays paused and the error says why.
+        """
+        sandbox = self.get(sandbox_id)
+        await pausing.resume(sandbox, self.lifecycle, self._agent_closed, self._read_stderr)
+
+    def _read_stderr(self, sandbox: NodeSandbox, stream: asyncio.StreamReader) -> None:
+        asyncio.get_running_loop().create_task(self._drain_stderr(sandbox, stream))
 
     async def build_image(self, spec: ImageSpec, *, context: Path | None = None,
                           runtime: str | None = None,

@@ -1,4 +1,4 @@
-"""What a node writes down about each running sandbox, so that the next node can adopt it.
+"""What a node writes down about each live sandbox, so that the next node can adopt it.
 
 One JSON file per sandbox, ``<sandbox dir>/sandbox.json``, readable by root alone (the
 sandbox's environment may hold secrets). The lifecycle writes it on every transition but
@@ -45,13 +45,15 @@ class SandboxRecord:
     expires_at: float
     #: What the runtime's ``create`` recorded in its handle (e.g. the uid slot).
     extra: dict[str, Any]
-    #: Its lifecycle state when written (``SandboxState`` value); only ``running`` ones
-    #: are adopted.
+    #: Its lifecycle state when written (``SandboxState`` value); ``running`` and
+    #: ``paused`` ones are adopted.
     state: str = "running"
     #: The user its commands run as by default (its image's); None: root.
     user: str | None = None
     #: The volumes it mounts.
     volumes: tuple[VolumeMount, ...] = ()
+    #: Paused: the seconds of lifetime it had left (its clock stands still while paused).
+    lifetime_left: float | None = None
 
 
 def write(directory: Path, record: SandboxRecord) -> None:
@@ -87,7 +89,7 @@ def read(directory: Path) -> SandboxRecord:
             metadata=check_metadata(_mapping(body, "metadata")),
             created_at=_number(body, "created_at"), expires_at=_number(body, "expires_at"),
             extra=_mapping(body, "extra"), state=_state(body), user=_user(body),
-            volumes=_volumes(body))
+            volumes=_volumes(body), lifetime_left=_lifetime_left(body))
     except (TypeError, InvalidArgumentError) as exc:
         raise ValueError(f"malformed record: {exc}") from None
     if record.id != directory.name or not SANDBOX_ID.match(record.id):
@@ -100,6 +102,15 @@ def _volumes(body: dict[str, Any]) -> tuple[VolumeMount, ...]:
     if not isinstance(raw, list) or not all(isinstance(v, dict) for v in raw):
         raise TypeError("volumes must be a list of objects")
     return check_mounts([VolumeMount(**v) for v in raw])
+
+
+def _lifetime_left(body: dict[str, Any]) -> float | None:
+    if body.get("lifetime_left") is None:
+        return None
+    left = _number(body, "lifetime_left")
+    if not 0 <= left < 1e9:
+        raise ValueError("malformed record: lifetime_left out of range")
+    return left
 
 
 def _user(body: dict[str, Any]) -> str | None:

@@ -6,6 +6,7 @@ reads it, and asks the lifecycle to stop it or to change its expiry.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ class NodeSandbox:
         ports: connections to apps listening inside it
             (:class:`corral.node.ports.NodePorts`).
         state: where it is in its life; written only by its node's lifecycle.
+        is_paused: whether it is paused (:meth:`corral.node.Node.pause`): cheap, no I/O.
         stop_reason: why it stopped (or is stopping), once it does.
         pooled: waiting in a warm pool: not listed, not recorded, not yet anyone's.
         volumes: the volumes it mounts, where, and whether read-only.
@@ -65,6 +67,12 @@ class NodeSandbox:
         self.expires_at = self.created_at + timeout
         self.state = SandboxState.STARTING
         self.stop_reason: str | None = None
+        #: Seconds of lifetime it had left when it was paused; None while it runs.
+        self.lifetime_left: float | None = None
+        #: "pausing" or "resuming" while one is under way (the state changes at its end).
+        self.changing: str | None = None
+        #: Held by a pause, a resume and a stop: one at a time (see :mod:`.pausing`).
+        self.transition = asyncio.Lock()
         self.pooled = pooled
         self.agent: AgentClient | None = None
         self.stderr_tail = bytearray()
@@ -76,6 +84,11 @@ class NodeSandbox:
 
     def __repr__(self) -> str:
         return f"NodeSandbox(id={self.id!r}, state={self.state.value!r})"
+
+    @property
+    def is_paused(self) -> bool:
+        """Whether it is paused: its commands, files and code wait for a resume."""
+        return self.state is SandboxState.PAUSED
 
     def persist(self) -> None:
         """Write its record again (after a change a restarted node must know)."""
@@ -98,6 +111,12 @@ class NodeSandbox:
     def channel(self) -> AgentClient:
         """The agent's channel; raises SandboxNotRunningError, with the reason, once it
         stopped or stops."""
+        if self.changing == "resuming":
+            raise SandboxNotRunningError(f"sandbox {self.id} is resuming; retry in a moment")
+        if self.changing == "pausing" or self.state is SandboxState.PAUSED:
+            raise SandboxNotRunningError(
+                f"sandbox {self.id} is {'being ' if self.changing else ''}paused; resume it "
+                "to use it")
         if self.state is not SandboxState.RUNNING or self.agent is None or self.agent.closed:
             reason = self.stop_reason or (self.agent.close_reason if self.agent else None)
             raise SandboxNotRunningError(
@@ -133,8 +152,12 @@ class NodeSandbox:
 
     async def stop(self, reason: str) -> None:
         """Stop the sandbox, recording ``reason`` (unless it already stops for another),
-        and remove everything it left on the host. Stopping a stopped one returns at once."""
-        await self._lifecycle.stop(self, reason)
+        and remove everything it left on the host (a paused one's saved state too).
+        Stopping a stopped one returns at once; a pause or resume under way ends first."""
+        if self.state is SandboxState.STOPPED:
+            return
+        async with self.transition:
+            await self._lifecycle.stop(self, reason)
 
     async def kill(self) -> None:
         """Stop the sandbox now and remove everything it left on the host."""

@@ -145,6 +145,10 @@ class SyncNodeSandbox(Proxy[NodeSandbox]):
     def stop_reason(self) -> str | None:
         return self._inner.stop_reason
 
+    @property
+    def is_paused(self) -> bool:
+        return self._inner.is_paused
+
     def __enter__(self) -> SyncNodeSandbox:
         return self
 
@@ -163,6 +167,8 @@ class SyncNode(Proxy[Node]):
     prune_images = blocking(Node.prune_images)
     retarget_pool = blocking(Node.retarget_pool)
     snapshot_filesystem = blocking(Node.snapshot_filesystem)
+    pause = blocking(Node.pause)
+    resume = blocking(Node.resume)
 
     def __init__(self, settings: NodeSettings | None = None, *,
                  runtimes: Mapping[str, Runtime] | None = None) -> None:

@@ -95,6 +95,76 @@ def copy_changes(spec: SandboxSpec, destination: Path, keep_running: bool = Fals
             groups.thaw()
 
 
+def saved_upper(spec: SandboxSpec) -> Path:
+    """Where a paused sandbox's writable layer waits on disk (see :func:`park_root`)."""
+    return spec.directory / "upper"
+
+
+def park_root(spec: SandboxSpec) -> None:
+    """Move a stopped sandbox's writable layer to disk and unmount its root.
+
+    Nothing may run in the sandbox (its checkpoint is taken). The overlay's upper layer is
+    copied (``cp -a``: whiteouts, opaque folders, owners and links as they are) into
+    :func:`saved_upper`, synced, and the overlay and its tmpfs are unmounted, so a paused
+    sandbox holds no memory for its files and survives a reboot. Nothing may touch that
+    copy until :func:`unpark_root`: a restored gVisor sandbox trusts what it cached of its
+    files, and a host change there is silently overwritten (trap T6 of
+    docs/research/pause-resume.md). On failure the root stays mounted as it was.
+    """
+    saved = saved_upper(spec)
+    if saved.exists():  # what an interrupted pause left
+        _remove_tree(saved)
+    _copy_tree(spec.directory / "disk" / "upper", saved, spec.sandbox_id)
+    _sync(saved)
+    mounts.unmount_all(spec.directory)
+
+
+def unpark_root(spec: SandboxSpec) -> None:
+    """Mount a paused sandbox's root again as :func:`prepare_root` made it: a tmpfs of its
+    disk size holding the saved upper layer, and the overlay over its image. The copy on
+    disk stays until :func:`drop_parked`. On failure nothing is left mounted."""
+    directory = spec.directory
+    disk, root = directory / "disk", directory / "rootfs"
+    try:
+        mounts.mount_tmpfs(disk, spec.resources.disk_mib * MIB,
+                           inode_limit(spec.resources.disk_mib))
+        _copy_tree(saved_upper(spec), disk / "upper", spec.sandbox_id)
+        (disk / "work").mkdir()
+        mounts.mount_overlay([*spec.layers, spec.rootfs], disk / "upper", disk / "work", root)
+    except BaseException:
+        mounts.unmount_all(directory)
+        raise
+
+
+def unmount_root(spec: SandboxSpec) -> None:
+    """Unmount a sandbox's root (its overlay and tmpfs), leaving its directory."""
+    mounts.unmount_all(spec.directory)
+
+
+def drop_parked(spec: SandboxSpec, *extra: Path) -> None:
+    """Delete the saved upper layer of a resumed sandbox, and ``extra`` folders of its
+    directory (its checkpoint image)."""
+    for path in (saved_upper(spec), *extra):
+        if path.exists():
+            _remove_tree(path)
+
+
+def _copy_tree(source: Path, destination: Path, sandbox_id: str) -> None:
+    result = subprocess.run(["cp", "-a", "--", str(source), str(destination)],
+                            stdin=subprocess.DEVNULL, capture_output=True, timeout=3600)
+    if result.returncode != 0:
+        raise InternalError(f"sandbox {sandbox_id}: copying its files to {destination.name} "
+                            f"failed: {result.stderr.decode(errors='replace')[-2000:]}")
+
+
+def _sync(path: Path) -> None:
+    """Flush the filesystem holding ``path`` to its disk (syncfs(2), one filesystem)."""
+    result = subprocess.run(["sync", "-f", str(path)], stdin=subprocess.DEVNULL,
+                            capture_output=True, timeout=600)
+    if result.returncode != 0:
+        raise InternalError(f"syncing {path}: {result.stderr.decode(errors='replace')[-500:]}")
+
+
 def channel_dir(spec: SandboxSpec) -> Path:
     """The host folder a sandbox sees at :data:`CHANNEL_MOUNT_POINT`."""
     return spec.directory / "run"

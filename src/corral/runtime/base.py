@@ -9,11 +9,15 @@ in-sandbox agent with its stdin/stdout as the channel, and the node talks to the
 States a runtime sandbox moves through (the node persists each transition)::
 
     CREATED --start--> RUNNING --destroy--> DESTROYED
-       \\________________________destroy______/
+                 pause |  ^ resume          ^
+                       v  |                 |
+                      PAUSED ---destroy-----+
 
-A RUNNING sandbox outlives the node that started it: :meth:`Runtime.release` lets go of
-it without stopping it (a server restart), and the next node takes it back with
-:meth:`Runtime.adopt`.
+(``destroy`` is callable in any state.)
+
+A RUNNING or PAUSED sandbox outlives the node that started it: :meth:`Runtime.release`
+lets go of it without stopping it (a server restart), and the next node takes it back with
+:meth:`Runtime.adopt` (running) or :meth:`Runtime.adopt_paused`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from corral.api.resources import Resources
 class RuntimeState(enum.Enum):
     CREATED = "created"
     RUNNING = "running"
+    PAUSED = "paused"
     DESTROYED = "destroyed"
 
 
@@ -215,14 +220,47 @@ class Runtime(ABC):
     def counters(self, sandbox: RuntimeSandbox) -> tuple[int, int]:
         """A cheap reading of the limit counters (OOM kills, refused forks)."""
 
+    # -- pausing ------------------------------------------------------------------------
+    #: Whether a PAUSED sandbox survives a reboot of the host (its state is on disk).
+    durable_pause: bool = False
+
+    def check_pause(self, sandbox: RuntimeSandbox) -> None:
+        """Raise RuntimeUnavailableError, saying why, if ``sandbox`` cannot be paused.
+
+        Called by the node before a pause touches anything (the agent is asked to quiesce
+        only after it); cheap, no I/O that can block.
+        """
+        raise RuntimeUnavailableError(f"the {self.name} runtime cannot pause sandboxes")
+
     async def pause(self, sandbox: RuntimeSandbox) -> None:
-        """Freeze the sandbox in memory. Not supported by any runtime yet."""
-        raise RuntimeUnavailableError(f"the {self.name} runtime cannot pause sandboxes yet")
+        """Stop a RUNNING sandbox where it is; RUNNING -> PAUSED.
 
-    async def checkpoint(self, sandbox: RuntimeSandbox, path: Path) -> None:
-        """Save the sandbox's memory and filesystem state. Not supported yet."""
-        raise RuntimeUnavailableError(f"the {self.name} runtime cannot checkpoint sandboxes yet")
+        Called by the node once per pause, after :meth:`check_pause`, once the agent has
+        quiesced (it answered ``pause``; nothing more is written to its channel). Returns
+        once the sandbox uses no CPU. On failure it raises, with the handle's state saying
+        what is left: RUNNING (nothing was stopped: the node starts a new session with the
+        agent on the same channel and the sandbox runs on), anything else (the node
+        destroys it).
+        """
+        raise RuntimeUnavailableError(f"the {self.name} runtime cannot pause sandboxes")
 
-    async def restore(self, spec: SandboxSpec, path: Path) -> RuntimeSandbox:
-        """Start a sandbox from a checkpoint. Not supported yet."""
-        raise RuntimeUnavailableError(f"the {self.name} runtime cannot restore sandboxes yet")
+    async def resume(self, sandbox: RuntimeSandbox) -> asyncio.subprocess.Process | None:
+        """Let a PAUSED sandbox run on; PAUSED -> RUNNING.
+
+        Returns the new process whose stdin/stdout are the agent's channel (the node starts
+        a session on it with a ``hello``), or None when the sandbox's processes were kept
+        and so is its channel: the node's pipes to :attr:`RuntimeSandbox.process`, or, with
+        none (a sandbox adopted from an earlier node), the socket the agent reconnects to.
+        Called by the node once per resume. On failure it raises and leaves the sandbox
+        PAUSED, as it was (a resume may be tried again), or DESTROYED.
+        """
+        raise RuntimeUnavailableError(f"the {self.name} runtime cannot resume sandboxes")
+
+    async def adopt_paused(self, spec: SandboxSpec, extra: dict[str, object]) -> RuntimeSandbox:
+        """Take back a PAUSED sandbox that a previous node left (see :meth:`adopt`).
+
+        Raises if what it needs to resume is gone (a reboot, for a runtime whose pause is
+        not :attr:`durable_pause`); the node then destroys what is left of it.
+        """
+        raise RuntimeUnavailableError(f"the {self.name} runtime cannot re-attach paused "
+                                      "sandboxes")

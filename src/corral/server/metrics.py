@@ -28,7 +28,8 @@ UNMATCHED: Final = "unmatched"
 OUTCOMES: Final = ("success", "failure", "timeout", "killed", "error", "background")
 #: Sandbox create takes tens of milliseconds to tens of seconds (a cold image).
 CREATE_BUCKETS: Final = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 180.0)
-_LIVE_STATES: Final = (SandboxState.STARTING, SandboxState.RUNNING, SandboxState.STOPPING)
+_LIVE_STATES: Final = (SandboxState.STARTING, SandboxState.RUNNING, SandboxState.PAUSED,
+                        SandboxState.STOPPING)
 
 
 class _SandboxStates(Collector):

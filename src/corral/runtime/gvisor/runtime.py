@@ -8,12 +8,22 @@ slow (~2 s) and unreliable in parallel.
 
 Which runsc and which platform: :mod:`.runsc` (the pinned build ``scripts/install``
 fetches, systrap where it works). Sandboxes get ``--network=none`` (loopback only).
+
+Pausing is a checkpoint to disk (:meth:`GvisorRuntime.pause`): the sandbox's memory goes to
+``<sandbox dir>/snapshot/`` and its writable layer to ``<sandbox dir>/upper/``; nothing of it
+runs, stays mounted or holds memory, and it survives a node restart and a reboot. A resume
+mounts its root again and restores it with new pipes (docs/pause.md). The measurements and
+the traps that shaped both are in docs/research/pause-resume.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import shutil
+import time
+from pathlib import Path
 from typing import Any
 
 from corral.api.errors import InternalError, InvalidArgumentError, RuntimeUnavailableError
@@ -21,10 +31,11 @@ from corral.api.errors import InternalError, InvalidArgumentError, RuntimeUnavai
 from .. import _cgroups_unsafe as cgroups
 from .._cgroups import CPU_PERIOD_US, CgroupView
 from .._cgroups import check_host as check_cgroups
-from .._host import HostRuntime, channel_dir, prepare_root, teardown
+from .._host import (HostRuntime, channel_dir, check_alive, drop_parked, park_root, prepare_root,
+                     saved_upper, teardown, unmount_root, unpark_root)
 from ..agent_bundle import CHANNEL_MOUNT_POINT, MOUNT_POINT, agent_command, agent_env
 from ..base import (Availability, RuntimeSandbox, RuntimeState, SandboxSpec, Weakening,
-                    widen_pipes)
+                    drop_pipes, widen_pipes)
 from .runsc import INSTALL_COMMAND, PINNED_VERSION, GvisorOptions, Platform, Runsc, RunscError
 from .runsc import resolve as resolve_runsc
 
@@ -42,6 +53,9 @@ WEAKENED_EXTRA_CAPABILITIES = [
     "CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_PTRACE", "CAP_MKNOD",
     "CAP_DAC_READ_SEARCH", "CAP_SYS_MODULE",
 ]
+#: Seconds a checkpoint or a restore may take (one of a sandbox with a kernel: ~0.3-0.8 s).
+CHECKPOINT_TIMEOUT = 300.0
+RESTORE_TIMEOUT = 300.0
 MASKED_PATHS = ["/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
                 "/proc/sched_debug", "/sys/firmware", "/proc/scsi"]
 
@@ -193,10 +207,17 @@ class GvisorRuntime(HostRuntime):
                                                     res.pids + GVISOR_TASK_ALLOWANCE)
 
     def _argv(self, spec: SandboxSpec) -> list[str]:
+        # --detach: the sandbox does not die with `runsc run` (or the node); runsc returns
+        # once it started, and the agent's stdio stays the channel.
+        return self._command(spec, "run", "--detach", "--bundle",
+                             str(spec.directory / "bundle"), spec.sandbox_id)
+
+    def _command(self, spec: SandboxSpec, *subcommand: str) -> list[str]:
+        """A runsc command line for the sandbox: its global flags (the same for every
+        subcommand: run, checkpoint, restore), then ``subcommand``."""
         # --host-uds=open: the agent may connect to host sockets it can see, and it sees
         # one: the socket a restarted node binds in the read-only run folder. Creating host
-        # sockets stays refused. --detach: the sandbox does not die with `runsc run` (or the
-        # node); runsc returns once it started, and the agent's stdio stays the channel.
+        # sockets stays refused.
         runsc, platform = self.chosen()
         directory = spec.directory
         # --net-disconnect-ok (networked only; it is read at `run`, never later): open or
@@ -207,8 +228,7 @@ class GvisorRuntime(HostRuntime):
                   else []),
                 f"--platform={platform.name}", *file_flags(runsc, self._weakening),
                 "--host-uds=open", *(["--net-raw"] if self._weakening.gvisor_net_raw else []),
-                "run", "--detach",
-                "--bundle", str(directory / "bundle"), spec.sandbox_id]
+                *subcommand]
         if spec.netns is None:
             return argv
         if not runsc.pinned:
@@ -238,3 +258,191 @@ class GvisorRuntime(HostRuntime):
         sandbox.process = process
         sandbox.state = RuntimeState.RUNNING
         return process
+
+    # -- pausing: a checkpoint to disk (see the module docstring) -------------------------
+
+    durable_pause = True
+
+    def check_pause(self, sandbox: RuntimeSandbox) -> None:
+        if sandbox.spec.netns is not None or "net" in sandbox.extra:
+            raise RuntimeUnavailableError(
+                f"sandbox {sandbox.spec.sandbox_id} has a network policy: pausing a networked "
+                "gvisor sandbox is not supported yet (its address must be put back in its "
+                "network namespace before the restore); pause one without a policy, or use "
+                "the namespaces runtime")
+
+    async def pause(self, sandbox: RuntimeSandbox) -> None:
+        """Checkpoint the sandbox to disk and take down its host side but its directory.
+
+        ``runsc checkpoint --compression=none --direct`` (uncompressed: 2-5x faster than
+        flate, at ~4x the disk; ``--direct``: the image's page cache is not charged to the
+        sandbox, trap T4) ends the sandbox once its memory is saved. Then its writable
+        layer goes to disk (:func:`.._host.park_root`), its runsc state directory is emptied
+        (never ``runsc delete``: slow, and its state cannot be trusted after a checkpoint,
+        trap T3) and its cgroups are removed. A failed checkpoint leaves the handle
+        RUNNING: the sandbox may run on (the node finds out by greeting its agent).
+        """
+        spec = sandbox.spec
+        image = _image_dir(spec)
+        await asyncio.to_thread(_fresh_dir, image)
+        argv = self._command(spec, "checkpoint", "--compression=none", "--direct",
+                             "--image-path", str(image), spec.sandbox_id)
+        code, said = await _run(argv, CHECKPOINT_TIMEOUT)
+        if code != 0:
+            raise InternalError(f"checkpointing sandbox {spec.sandbox_id} failed (runsc "
+                                f"exit status {code}): {said}")
+        sandbox.state = RuntimeState.PAUSED  # its processes are gone: no way back but resume
+        drop_pipes(sandbox)  # to its runsc run, long exited
+        try:
+            await asyncio.to_thread(self._park, spec)
+        except OSError as exc:
+            raise InternalError(f"saving paused sandbox {spec.sandbox_id}: {exc}") from exc
+
+    def _park(self, spec: SandboxSpec) -> None:
+        groups = cgroups.SandboxCgroups(spec.cgroup)
+        if not groups.kill():  # what the checkpoint left (the gofer exits with the Sentry)
+            raise InternalError(f"sandbox {spec.sandbox_id}: processes survived its checkpoint")
+        park_root(spec)
+        _empty(spec.directory / "state")
+        left = groups.remove()
+        if left:
+            raise InternalError(f"sandbox {spec.sandbox_id}: could not remove cgroups {left}")
+
+    async def resume(self, sandbox: RuntimeSandbox) -> asyncio.subprocess.Process:
+        """Mount the sandbox's root again (its writable layer back in a tmpfs of its disk
+        size), make its cgroups, and ``runsc restore --detach --direct`` it with new pipes:
+        its agent's stdin/stdout are re-bound to them, and it waits there for the node's
+        ``hello``. On failure everything is taken down again and it stays paused."""
+        spec = sandbox.spec
+        await asyncio.to_thread(self.chosen)
+        try:
+            await asyncio.to_thread(self._unpark, spec)
+        except OSError as exc:
+            raise InternalError(f"mounting paused sandbox {spec.sandbox_id}: {exc}") from exc
+        argv = self._command(spec, "restore", "--detach", "--direct", "--image-path",
+                             str(_image_dir(spec)), "--bundle", str(spec.directory / "bundle"),
+                             spec.sandbox_id)
+        join = cgroups.SandboxCgroups(spec.cgroup).joiner(v1=False)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, preexec_fn=join, start_new_session=True,
+                limit=1024 * 1024)
+        except OSError as exc:
+            await asyncio.to_thread(self._repark, spec)
+            raise InternalError(f"starting runsc for {spec.sandbox_id}: {exc}") from exc
+        # `restore --detach` returns once the sandbox runs; its pipes stay open (the restored
+        # sandbox holds them), so what it said is read without waiting for their end.
+        code = await _exit_status(process, RESTORE_TIMEOUT)
+        if code != 0:
+            said = await _available(process.stderr)
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            transport = getattr(process, "_transport", None)
+            if transport is not None:
+                transport.close()
+            await asyncio.to_thread(self._repark, spec)
+            what = "timed out" if code is None else f"failed (runsc exit status {code})"
+            raise InternalError(f"restoring sandbox {spec.sandbox_id} {what}: {said}; it is "
+                                "still paused")
+        widen_pipes(process)
+        sandbox.process = process
+        sandbox.state = RuntimeState.RUNNING
+        await asyncio.to_thread(drop_parked, spec, _image_dir(spec))
+        return process
+
+    def _unpark(self, spec: SandboxSpec) -> None:
+        res = spec.resources
+        cgroups.SandboxCgroups(spec.cgroup).create(res.memory_mib, res.cpus,
+                                                    res.pids + GVISOR_TASK_ALLOWANCE)
+        try:
+            unpark_root(spec)
+        except BaseException:
+            self._repark(spec)
+            raise
+
+    def _repark(self, spec: SandboxSpec) -> None:
+        """Back to paused after a resume that failed: whatever runs killed, the root
+        unmounted (its saved layer and image untouched), state and cgroups gone."""
+        groups = cgroups.SandboxCgroups(spec.cgroup)
+        groups.kill()
+        unmount_root(spec)
+        _empty(spec.directory / "state")
+        groups.remove()
+
+    async def adopt_paused(self, spec: SandboxSpec, extra: dict[str, object]) -> RuntimeSandbox:
+        def check() -> None:
+            missing = [p.name for p in (_image_dir(spec) / "checkpoint.img", saved_upper(spec))
+                       if not p.exists()]
+            if missing:
+                raise InternalError(f"sandbox {spec.sandbox_id}: its saved state is "
+                                    f"incomplete (no {', '.join(missing)})")
+            with contextlib.suppress(InternalError):
+                check_alive(spec)
+                raise InternalError(f"sandbox {spec.sandbox_id}: it runs, yet its record "
+                                    "says paused (a resume was cut short)")
+        await asyncio.to_thread(check)
+        return RuntimeSandbox(spec=spec, state=RuntimeState.PAUSED, extra=dict(extra))
+
+
+def _image_dir(spec: SandboxSpec) -> Path:
+    """Where a paused sandbox's checkpoint image is."""
+    return spec.directory / "snapshot"
+
+
+def _fresh_dir(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(mode=0o700)
+
+
+def _empty(folder: Path) -> None:
+    """Empty runsc's state folder (a restore into a stale one is refused, trap T3)."""
+    if folder.is_dir():
+        for child in folder.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+
+async def _run(argv: list[str], timeout: float) -> tuple[int | None, str]:
+    """Run a runsc command to its end; its exit status (None: killed at the timeout) and
+    the end of what it said."""
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        return None, f"no answer within {timeout:g} s"
+    return process.returncode, out.decode(errors="replace").strip()[-2000:]
+
+
+async def _exit_status(process: asyncio.subprocess.Process, timeout: float) -> int | None:
+    """The exit status of a process whose pipes another process holds; None at the timeout.
+
+    ``Process.wait()`` is no use here: on Python 3.11 it returns only once every pipe of
+    the process is closed, and a restored sandbox keeps them open. The child watcher sets
+    the status as soon as the process exits.
+    """
+    deadline = time.monotonic() + timeout
+    while process.returncode is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    return process.returncode
+
+
+async def _available(stream: asyncio.StreamReader | None, wait: float = 0.5) -> str:
+    """What ``stream`` holds now (a pipe another process may keep open), within ``wait``."""
+    said = bytearray()
+    if stream is not None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                while chunk := await stream.read(4096):
+                    said += chunk
+                    if len(said) > 16384:
+                        break
+    return said.decode(errors="replace").strip()[-2000:]

@@ -12,7 +12,8 @@ from sqlalchemy import Engine, insert, select, update
 from ._time import aware
 from .schema import STOP_REASON_LENGTH, bounded, sandboxes
 
-ACTIVE_STATES = ("starting", "running", "stopping")
+#: Not yet stopped: the sandbox (or what it saved, paused) is still on its node.
+ACTIVE_STATES = ("starting", "running", "paused", "stopping")
 
 
 @dataclass(frozen=True)

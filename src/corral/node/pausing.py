@@ -1,0 +1,173 @@
+"""Pausing and resuming a sandbox: the node's side (docs/pause.md).
+
+A pause, in order:
+
+1. the runtime says whether this sandbox can be paused at all (nothing touched yet);
+2. its lifetime clock stops (:meth:`Lifecycle.hold`: what is left of it is kept);
+3. the agent quiesces (:meth:`AgentClient.pause`): it has read every request before, the
+   node writes and reads nothing more, and every request in flight fails with
+   :data:`~corral.node.agent_client.PAUSED` (a command's output stream, a transfer; the
+   commands themselves run on); the agent's own timeouts stop counting;
+4. the runtime stops the sandbox where it is (gVisor: a checkpoint to disk, nothing of it
+   left running or mounted; namespaces: the cgroup freezer);
+5. the state becomes PAUSED, written to its record with the lifetime left.
+
+A resume: the runtime lets it run (gVisor: a restore with new pipes; namespaces: a thaw),
+the node starts a new session with the agent (its ``hello``, over the new pipes, the old
+ones, or the socket for a sandbox adopted from an earlier node), the lifetime clock runs
+again from what was left, and the code interpreter follows its kernel bridge again, so its
+contexts keep their state.
+
+Pausing a paused sandbox and resuming a running one do nothing. A pause or resume holds
+the sandbox's ``transition`` lock, as a stop does: one waits for the other. While one is
+under way, and while paused, the sandbox's commands, files and code answer
+SandboxNotRunningError saying so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from corral.api.errors import SandboxError, SandboxNotRunningError
+from corral.runtime import RuntimeState
+
+from .adoption import reconnect
+from .agent_client import CALL_TIMEOUT, AgentClient
+from .lifecycle import Lifecycle, SandboxState
+from .sandbox import NodeSandbox
+
+log = logging.getLogger(__name__)
+
+#: How long a resumed (or un-paused) sandbox's agent has to answer its hello.
+HELLO_TIMEOUT = 30.0
+
+
+async def pause(sandbox: NodeSandbox, lifecycle: Lifecycle,
+                agent_closed: Callable[[NodeSandbox, str], None]) -> float:
+    """Pause a running sandbox; returns the seconds it took (nothing for a paused one).
+
+    ``agent_closed``: the node's handler of a channel that closes on its own, given to the
+    new session when a pause fails and the sandbox runs on. Raises SandboxNotRunningError
+    if it is stopping or stopped, RuntimeUnavailableError if its runtime cannot pause it
+    (nothing changed), and the runtime's error if the pause failed: the sandbox then runs
+    on if it can, else it is stopped with the reason.
+    """
+    async with sandbox.transition:
+        if sandbox.state is SandboxState.PAUSED:
+            return 0.0
+        agent = sandbox.channel()  # stopping or stopped: says so, with the reason
+        sandbox.runtime.check_pause(sandbox.handle)
+        started = time.monotonic()
+        sandbox.changing = "pausing"
+        lifecycle.hold(sandbox)
+        try:
+            sandbox.code.suspend()
+            try:
+                await agent.pause(CALL_TIMEOUT)
+            except SandboxError as exc:  # wedged or gone: not to be trusted with a pause
+                await _stop(sandbox, lifecycle, f"pausing it failed: {exc.message}")
+                raise
+            try:
+                await sandbox.runtime.pause(sandbox.handle)
+            except SandboxError as exc:
+                await _recover(sandbox, lifecycle, agent_closed, exc)
+                raise
+        finally:
+            sandbox.changing = None
+        lifecycle.move(sandbox, SandboxState.PAUSED)
+    took = time.monotonic() - started
+    log.info("sandbox %s paused in %.3f s", sandbox.id, took)
+    return took
+
+
+async def resume(sandbox: NodeSandbox, lifecycle: Lifecycle,
+                 agent_closed: Callable[[NodeSandbox, str], None],
+                 on_stderr: Callable[[NodeSandbox, asyncio.StreamReader], None]) -> float:
+    """Resume a paused sandbox; returns the seconds it took until its agent answered
+    (nothing for a running one). ``on_stderr``: the node's reader of a new runtime
+    process's stderr.
+
+    Raises SandboxNotRunningError if it is stopping or stopped; if the runtime fails, the
+    sandbox stays paused (resume may be tried again, or kill it); if its agent does not
+    answer, the sandbox is stopped with the reason.
+    """
+    async with sandbox.transition:
+        if sandbox.state is SandboxState.RUNNING:
+            return 0.0
+        if sandbox.state is not SandboxState.PAUSED:
+            sandbox.channel()  # says why, with the reason
+            raise SandboxNotRunningError(f"sandbox {sandbox.id} is {sandbox.state.value}")
+        started = time.monotonic()
+        sandbox.changing = "resuming"
+        try:
+            process = await sandbox.runtime.resume(sandbox.handle)
+            try:
+                agent = await _session(sandbox, process, on_stderr)
+            except SandboxError as exc:
+                await _stop(sandbox, lifecycle, f"resuming it failed: {exc.message}")
+                raise
+        finally:
+            sandbox.changing = None
+        sandbox.agent = agent
+        agent.on_close = lambda reason: agent_closed(sandbox, reason)
+        lifecycle.move(sandbox, SandboxState.RUNNING)  # its clock: what was left, from now
+    took = time.monotonic() - started
+    try:
+        await sandbox.code.reattach()
+    except SandboxError as exc:  # the contexts say so on their next cell
+        log.warning("sandbox %s: its code contexts' kernels are out of reach after the "
+                    "resume: %s", sandbox.id, exc.message)
+    log.info("sandbox %s resumed in %.3f s", sandbox.id, took)
+    return took
+
+
+async def _session(sandbox: NodeSandbox, process: asyncio.subprocess.Process | None,
+                   on_stderr: Callable[[NodeSandbox, asyncio.StreamReader], None]
+                   ) -> AgentClient:
+    """The new session with a resumed sandbox's agent: over the runtime's new process, the
+    node's pipes to its old one, or (with neither) the socket it reconnects to."""
+    label = f"sandbox {sandbox.id}"
+    if process is None:
+        process = sandbox.handle.process
+        if process is None:  # adopted from an earlier node: no pipes of this node's
+            return await reconnect(sandbox.handle.spec, label)
+    elif process.stderr is not None:
+        on_stderr(sandbox, process.stderr)
+    if process.stdout is None or process.stdin is None:
+        raise SandboxError(f"{label}: its runtime gave no agent channel")
+    agent = AgentClient(process.stdout, process.stdin, label)
+    await agent.greet(HELLO_TIMEOUT)
+    return agent
+
+
+async def _recover(sandbox: NodeSandbox, lifecycle: Lifecycle,
+                   agent_closed: Callable[[NodeSandbox, str], None],
+                   exc: SandboxError) -> None:
+    """The runtime failed to pause the sandbox: if it says the sandbox runs on, start a new
+    session with its agent (the one the pause ended) and let its lifetime run again; if
+    that fails too, or it does not run on, stop it."""
+    if sandbox.handle.state is RuntimeState.RUNNING:
+        try:
+            agent = await _session(sandbox, None, lambda *_: None)
+        except SandboxError as again:
+            await _stop(sandbox, lifecycle, f"pausing it failed ({exc.message}), and its "
+                                            f"agent did not answer after: {again.message}")
+            return
+        sandbox.agent = agent
+        agent.on_close = lambda reason: agent_closed(sandbox, reason)
+        lifecycle.release_hold(sandbox)
+        log.warning("sandbox %s could not be paused, and runs on: %s", sandbox.id,
+                    exc.message)
+        return
+    await _stop(sandbox, lifecycle, f"pausing it failed: {exc.message}")
+
+
+async def _stop(sandbox: NodeSandbox, lifecycle: Lifecycle, reason: str) -> None:
+    sandbox.changing = None
+    try:
+        await lifecycle.stop(sandbox, reason)
+    except SandboxError as exc:  # logged by the lifecycle; the caller raises the first error
+        log.debug("sandbox %s: %s", sandbox.id, exc.message)

@@ -1,0 +1,183 @@
+"""Pausing and resuming real sandboxes, on each runtime (docs/pause.md).
+
+gVisor: a checkpoint to disk, nothing of the sandbox left running or mounted while paused,
+and a restore. namespaces: the cgroup freezer. On both: files, processes' memory and a code
+context's variables are there after each of several cycles; a command running across a
+pause goes on (its output stream is lost), and paused time does not count toward its
+timeout; a paused sandbox can be killed, and survives a restart of its node.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.api.errors import SandboxNotRunningError
+from corral.node import NodeSettings, SandboxState, SyncNode, SyncNodeSandbox
+from corral.runtime._cgroups import CgroupView
+from corral.runtime.host import mounts_under
+
+from ..conftest import IMAGE_DIR, sandbox_data_dir
+
+COUNTER = "n=0; while :; do n=$((n+1)); echo $n > /work/counter; sleep 0.1; done"
+CYCLES = 10
+
+
+@pytest.fixture
+def own_data_dir() -> Iterator[Path]:
+    with sandbox_data_dir("corral-pause-") as path:
+        yield path
+
+
+def counter(sb: SyncNodeSandbox) -> int:
+    return int(sb.files.read("/work/counter").decode() or 0)
+
+
+def runs_on(sb: SyncNodeSandbox, since: int) -> None:
+    """The counter goes past ``since``: the counting process runs."""
+    wait_for(lambda: counter(sb) > since, 5)
+
+
+def wait_for(condition: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def directory_of(node: SyncNode, sandbox_id: str) -> Path:
+    return node.node.sandboxes_dir / sandbox_id
+
+
+def cgroup_of(node: SyncNode, sandbox_id: str) -> CgroupView:
+    return CgroupView(f"{node.node.settings.node_key}/{sandbox_id}")
+
+
+def assert_stopped_where_it_is(node: SyncNode, sandbox_id: str, runtime: str) -> None:
+    """gVisor: nothing of it runs or is mounted (its memory and files are on disk);
+    namespaces: its processes are frozen."""
+    view = cgroup_of(node, sandbox_id)
+    directory = directory_of(node, sandbox_id)
+    if runtime == "gvisor":
+        assert not view.pids() and view.unified is not None and not view.unified.exists()
+        assert not mounts_under(directory)
+        assert (directory / "snapshot" / "checkpoint.img").is_file()
+    else:
+        assert view.unified is not None
+        assert "frozen 1" in (view.unified / "cgroup.events").read_text()
+
+
+def test_files_memory_and_kernels_survive_pause_cycles(node: SyncNode, runtime: str) -> None:
+    sb = node.create("python", runtime=runtime, timeout=600)
+    try:
+        sb.commands.run_background(["sh", "-c", COUNTER])
+        assert sb.code.run("x = 41").error is None
+        wait_for(lambda: sb.files.exists("/work/counter"), 10)
+        node.resume(sb.id)  # running: nothing to do
+        pauses, firsts = [], []
+        for cycle in range(CYCLES):
+            sb.files.write(f"/work/file-{cycle}", f"written before pause {cycle}")
+            before = counter(sb)
+            started = time.monotonic()
+            node.pause(sb.id)
+            pauses.append(time.monotonic() - started)
+            node.pause(sb.id)  # paused: nothing to do
+            assert sb.state is SandboxState.PAUSED and sb.is_paused
+            assert_stopped_where_it_is(node, sb.id, runtime)
+            with pytest.raises(SandboxNotRunningError, match="paused; resume it"):
+                sb.commands.run("true")
+            started = time.monotonic()
+            node.resume(sb.id)
+            assert sb.commands.run("true").exit_code == 0
+            firsts.append(time.monotonic() - started)
+            for earlier in range(cycle + 1):
+                assert sb.files.read(f"/work/file-{earlier}") == (
+                    f"written before pause {earlier}".encode())
+            # The shell's n lives in its memory: it goes on from where it was.
+            after = counter(sb)
+            assert before <= after < before + 30, (before, after)
+            runs_on(sb, after)
+        assert sb.code.run("x + 1").text == "42"  # the same kernel, on the same node
+        print(f"\n{runtime}: pause {_spread(pauses)} s; resume -> first command "
+              f"{_spread(firsts)} s over {CYCLES} cycles")
+    finally:
+        sb.kill()
+
+
+def _spread(values: list[float]) -> str:
+    ordered = sorted(values)
+    return f"{ordered[0]:.3f}/{ordered[len(ordered) // 2]:.3f}/{ordered[-1]:.3f}"
+
+
+def test_a_command_running_across_a_pause_goes_on(sandbox: SyncNodeSandbox, node: SyncNode
+                                                  ) -> None:
+    """Its output stream ends with the pause; the command goes on after the resume, and the
+    paused time does not count toward its timeout (the agent's clock stands still)."""
+    handle = sandbox.commands.start("while :; do sleep 0.1; done", timeout=3)
+    node.pause(sandbox.id)
+    with pytest.raises(SandboxNotRunningError, match="was paused"):
+        handle.wait()
+    time.sleep(4)  # past its timeout, had it run
+    node.resume(sandbox.id)
+    assert [p.id for p in sandbox.commands.list()] == [handle.id]
+    wait_for(lambda: not sandbox.commands.list(), 10)  # its own 3 s still end it
+
+
+def test_kill_while_paused_removes_everything(node: SyncNode, runtime: str) -> None:
+    sb = node.create("python", runtime=runtime, timeout=600)
+    directory, cgroup = directory_of(node, sb.id), cgroup_of(node, sb.id)
+    node.pause(sb.id)
+    sb.kill()
+    assert sb.state is SandboxState.STOPPED
+    assert not directory.exists()
+    assert not cgroup.pids() and (cgroup.unified is None or not cgroup.unified.exists())
+    with pytest.raises(SandboxNotRunningError):
+        sb.commands.run("true")
+
+
+def test_a_paused_sandbox_survives_a_node_restart(own_data_dir: Path, runtime: str,
+                                                  python_image: str) -> None:
+    """gVisor: all of it is on disk; namespaces: its frozen processes stay. The next node
+    adopts it paused; resumed, its files and memory are there. A sandbox adopted running
+    (its agent on the socket) can be paused too."""
+    settings = NodeSettings(data_dir=own_data_dir, image_dir=IMAGE_DIR)
+    first = SyncNode(settings)
+    sb = first.create("python", runtime=runtime, timeout=600)
+    sb.files.write("/work/note", b"from the first node")
+    sb.commands.run_background(["sh", "-c", COUNTER])
+    wait_for(lambda: sb.files.exists("/work/counter"), 10)
+    first.pause(sb.id)
+    before = counter_on_disk(own_data_dir, sb.id, runtime)
+    first.close(detach=True)
+    second = SyncNode(settings)
+    try:
+        assert second.lost == {}
+        again = second.get(sb.id)
+        assert again.state is SandboxState.PAUSED
+        second.resume(sb.id)
+        assert again.files.read("/work/note") == b"from the first node"
+        after = counter(again)
+        assert before is None or before <= after < before + 30, (before, after)
+        runs_on(again, after)
+        second.close(detach=True)  # handed over running: the next node's channel is the socket
+        second = SyncNode(settings)
+        again = second.get(sb.id)
+        second.pause(sb.id)
+        second.resume(sb.id)
+        assert again.commands.run("cat /work/note").stdout == "from the first node"
+        again.kill()
+        assert not (own_data_dir / "sandboxes" / sb.id).exists()
+    finally:
+        second.close()
+
+
+def counter_on_disk(data_dir: Path, sandbox_id: str, runtime: str) -> int | None:
+    """The counter a paused gVisor sandbox left in its saved upper layer (read only: never
+    change a paused sandbox's files); None for namespaces (its root is the sandbox's)."""
+    if runtime != "gvisor":
+        return None
+    return int((data_dir / "sandboxes" / sandbox_id / "upper" / "work" / "counter")
+               .read_text() or 0)
