@@ -8,13 +8,13 @@ plane's store), so nobody has to poll. It also owns each sandbox's lifetime time
 
 ::
 
-    STARTING ──► RUNNING ──► STOPPING ──► STOPPED
-        │  │       ▲  │         ▲
-        │  │ resume│  │pause    │ (kill)
-        │  │       │  ▼         │
-        │  └────► PAUSED ───────┘
-        │ (adopted paused)
-        └─────────────────────► STOPPING  (a start that fails)
+    STARTING ──────► RUNNING ──────► STOPPING ──► STOPPED
+       │   │        pause │ ▲ resume     ▲  ▲
+       │   │              ▼ │   (kill)   │  │
+       │   └──────────► PAUSED ──────────┘  │
+       │  (adopted paused)                  │
+       └────────────────────────────────────┘
+                (a start that fails)
 
 A paused sandbox's lifetime clock stands still: :meth:`Lifecycle.hold` stops its timer and
 keeps what was left of its lifetime in ``lifetime_left``; the move back to RUNNING sets its

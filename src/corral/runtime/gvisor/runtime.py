@@ -31,7 +31,7 @@ from corral.api.errors import InternalError, InvalidArgumentError, RuntimeUnavai
 from .. import _cgroups_unsafe as cgroups
 from .._cgroups import CPU_PERIOD_US, CgroupView
 from .._cgroups import check_host as check_cgroups
-from .._host import (HostRuntime, channel_dir, check_alive, drop_parked, park_root, prepare_root,
+from .._host import (HostRuntime, channel_dir, drop_parked, park_root, prepare_root,
                      saved_upper, teardown, unmount_root, unpark_root)
 from ..agent_bundle import CHANNEL_MOUNT_POINT, MOUNT_POINT, agent_command, agent_env
 from ..base import (Availability, RuntimeSandbox, RuntimeState, SandboxSpec, Weakening,
@@ -377,10 +377,10 @@ class GvisorRuntime(HostRuntime):
             if missing:
                 raise InternalError(f"sandbox {spec.sandbox_id}: its saved state is "
                                     f"incomplete (no {', '.join(missing)})")
-            with contextlib.suppress(InternalError):
-                check_alive(spec)
+            if CgroupView(spec.cgroup).pids():
                 raise InternalError(f"sandbox {spec.sandbox_id}: it runs, yet its record "
                                     "says paused (a resume was cut short)")
+            self._repark(spec)  # what a resume cut short left: mounts, runsc state, cgroups
         await asyncio.to_thread(check)
         return RuntimeSandbox(spec=spec, state=RuntimeState.PAUSED, extra=dict(extra))
 
