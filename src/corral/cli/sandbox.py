@@ -400,6 +400,48 @@ def url_(
 
 
 @app.command()
+def pause(
+    sandbox_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Sandbox ids.")],
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Pause sandboxes: memory, processes and files kept, lifetime clock stopped. Any later
+    call on one (or `corral sandbox resume`) resumes it.
+
+    Example:
+
+        corral sandbox pause sbx-0123abcd4567
+    """
+    with reporting_errors():
+        for sandbox_id in sandbox_ids:
+            sb = Sandbox.connect(sandbox_id, url=url, api_key=api_key)
+            try:
+                sb.pause()
+            finally:
+                sb.close()
+            say(f"paused {sandbox_id}")
+
+
+@app.command()
+def resume(
+    sandbox_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Sandbox ids.")],
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Resume paused sandboxes.
+
+    Example:
+
+        corral sandbox resume sbx-0123abcd4567
+    """
+    with reporting_errors():
+        for sandbox_id in sandbox_ids:
+            with _connected(sandbox_id, url, api_key):  # connecting resumes it
+                pass
+            say(f"resumed {sandbox_id}")
+
+
+@app.command()
 def snapshot(
     sandbox_id: Annotated[str, typer.Argument(metavar="ID", help="Sandbox id.")],
     name: Annotated[str | None, typer.Option(

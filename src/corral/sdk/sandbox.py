@@ -142,8 +142,8 @@ class AsyncSandbox:
     async def connect(cls, sandbox_id: str, *, url: str | None = None,
                       api_key: str | None = None, ca_file: CaFile | None = None
                       ) -> AsyncSandbox:
-        """An existing sandbox of yours, by id (``url``, ``api_key`` and ``ca_file`` as
-        in :meth:`create`).
+        """An existing sandbox of yours, by id, resumed if it was paused (``url``,
+        ``api_key`` and ``ca_file`` as in :meth:`create`).
 
         Example::
 
@@ -154,6 +154,9 @@ class AsyncSandbox:
         api = ApiClient(url, api_key, ca_file)
         try:
             reply = await api.json("GET", f"/v1/sandboxes/{sandbox_id}")
+            if reply.get("state") == "paused":  # connecting resumes it, as E2B's does
+                reply = await api.json("POST", f"/v1/sandboxes/{sandbox_id}/resume",
+                                       read_timeout=CREATE_TIMEOUT)
         except BaseException:
             await api.aclose()
             raise
@@ -185,6 +188,23 @@ class AsyncSandbox:
         """Fetch the sandbox's current description (state, expiry, stop reason)."""
         self.info = models.SandboxInfo.model_validate(
             await self._api.json("GET", f"/v1/sandboxes/{self.id}"))
+        return self.info
+
+    async def pause(self) -> models.SandboxInfo:
+        """Pause it: its memory, processes and files are kept and its lifetime clock stops
+        (gVisor: saved to disk, its CPU and memory freed, surviving a server restart;
+        namespaces: frozen in place). Any later call on it resumes it, as does
+        :meth:`resume` or :meth:`connect`."""
+        self.info = models.SandboxInfo.model_validate(
+            await self._api.json("POST", f"/v1/sandboxes/{self.id}/pause",
+                                 read_timeout=CREATE_TIMEOUT))
+        return self.info
+
+    async def resume(self) -> models.SandboxInfo:
+        """Resume it after :meth:`pause` (a running sandbox: nothing to do)."""
+        self.info = models.SandboxInfo.model_validate(
+            await self._api.json("POST", f"/v1/sandboxes/{self.id}/resume",
+                                 read_timeout=CREATE_TIMEOUT))
         return self.info
 
     async def snapshot_filesystem(self, name: str | None = None) -> models.ImageInfo:

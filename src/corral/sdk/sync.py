@@ -165,6 +165,8 @@ class Sandbox(Proxy[AsyncSandbox]):
     refresh = blocking(AsyncSandbox.refresh)
     set_timeout = blocking(AsyncSandbox.set_timeout)
     snapshot_filesystem = blocking(AsyncSandbox.snapshot_filesystem)
+    pause = blocking(AsyncSandbox.pause)
+    resume = blocking(AsyncSandbox.resume)
     kill = blocking(AsyncSandbox.kill)
     run_code = blocking(AsyncSandbox.run_code)
     close = blocking(AsyncSandbox.close)

@@ -63,6 +63,24 @@ async def snapshot_filesystem(sandbox_id: SandboxId, body: models.FilesystemSnap
     return await images.snapshot(tenant, sandbox, body.name)
 
 
+@router.post("/{sandbox_id}/pause", responses=errors(
+    ErrorCode.NOT_FOUND, ErrorCode.SANDBOX_NOT_RUNNING,
+    why="not running, or its runtime cannot pause it (the message says why)"))
+async def pause(sandbox_id: SandboxId, tenant: Tenant, service: Sandboxes
+                ) -> models.SandboxInfo:
+    """Pause it: memory, processes and files kept, its lifetime clock stopped (gVisor: on
+    disk, surviving a restart; namespaces: frozen in place). Any later call resumes it."""
+    return await service.pause(tenant, sandbox_id)
+
+
+@router.post("/{sandbox_id}/resume", responses=errors(ErrorCode.NOT_FOUND,
+                                                      ErrorCode.SANDBOX_NOT_RUNNING))
+async def resume(sandbox_id: SandboxId, tenant: Tenant, service: Sandboxes
+                 ) -> models.SandboxInfo:
+    """Resume a paused sandbox (a running one: nothing to do)."""
+    return await service.resume(tenant, sandbox_id)
+
+
 @router.post("/{sandbox_id}/timeout")
 async def set_timeout(sandbox_id: SandboxId, body: models.TimeoutUpdate, tenant: Tenant,
                       service: Sandboxes) -> models.SandboxInfo:

@@ -60,7 +60,7 @@ class CommandService:
         await self._handle(tenant, sandbox_id, command_id).send_stdin(data, eof=eof)
 
     async def signal(self, tenant: str, sandbox_id: str, command_id: int, signum: int) -> None:
-        sandbox = self._sandboxes.running(tenant, sandbox_id)
+        sandbox = await self._sandboxes.owned(tenant, sandbox_id)
         handle = self._handles.get(sandbox_id, {}).get(command_id)
         if handle is not None:
             await handle.signal(signum)

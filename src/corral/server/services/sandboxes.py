@@ -245,7 +245,11 @@ class SandboxService:
         return sandbox
 
     async def owned(self, tenant: str, sandbox_id: str) -> NodeSandbox:
-        """Like :meth:`running`, but a stopped sandbox of the tenant's says why it stopped."""
+        """Like :meth:`running`, but a stopped sandbox of the tenant's says why it stopped,
+        and a paused one is resumed first (auto-resume, as E2B does)."""
+        live = self._live.get(sandbox_id)
+        if live is not None and live[0] == tenant and live[1].is_paused:
+            await self.resume(tenant, sandbox_id)
         try:
             return self.running(tenant, sandbox_id)
         except NotFoundError:
@@ -253,6 +257,33 @@ class SandboxService:
             raise SandboxNotRunningError(
                 f"sandbox {sandbox_id} is {record.state}"
                 + (f": {record.stop_reason}" if record.stop_reason else "")) from None
+
+    async def pause(self, tenant: str, sandbox_id: str) -> models.SandboxInfo:
+        """Pause the tenant's running sandbox (a paused one stays so): its memory and files
+        are kept (gVisor: on disk, CPU and memory freed; namespaces: frozen in place) and
+        its lifetime clock stops. Any later call on it resumes it."""
+        live = await self._live_one(tenant, sandbox_id)
+        await self._node.pause(sandbox_id)
+        await self._sync(live[1])
+        return await self.describe(tenant, sandbox_id)
+
+    async def resume(self, tenant: str, sandbox_id: str) -> models.SandboxInfo:
+        """Resume the tenant's paused sandbox (a running one stays so)."""
+        live = await self._live_one(tenant, sandbox_id)
+        await self._node.resume(sandbox_id)
+        self._touch(sandbox_id)
+        await self._sync(live[1])
+        return await self.describe(tenant, sandbox_id)
+
+    async def _live_one(self, tenant: str, sandbox_id: str) -> tuple[str, NodeSandbox]:
+        """The tenant's live sandbox; not found, or stopped (saying why), otherwise."""
+        live = self._live.get(sandbox_id)
+        if live is None or live[0] != tenant:
+            record = await self._record(tenant, sandbox_id)
+            raise SandboxNotRunningError(
+                f"sandbox {sandbox_id} is {record.state}"
+                + (f": {record.stop_reason}" if record.stop_reason else ""))
+        return live
 
     async def describe(self, tenant: str, sandbox_id: str) -> models.SandboxInfo:
         owned = self._live.get(sandbox_id)

@@ -1,0 +1,56 @@
+"""Pause and resume over HTTP with the SDK and the CLI: state kept (files, a kernel's
+variables), any call on a paused sandbox resumes it, connect resumes it, the lifetime clock
+stops, and other tenants cannot pause or resume it."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from corral import Sandbox
+from corral.cli import app
+
+from .conftest import Server, assert_error
+
+
+def test_pause_keeps_state_and_any_call_resumes(server: Server, runtime: str) -> None:
+    with Sandbox.create(runtime=runtime, timeout=600, **server.sdk()) as sb:
+        sb.files.write("/work/kept.txt", "before the pause\n")
+        sb.run_code("x = 41")
+        paused = sb.pause()
+        assert paused.state == "paused"
+        assert [s.state for s in Sandbox.list(**server.sdk()) if s.id == sb.id] == ["paused"]
+        assert sb.pause().state == "paused"  # pausing a paused one: it stays so
+        # any call resumes it
+        assert sb.commands.run("cat /work/kept.txt").stdout == "before the pause\n"
+        assert sb.refresh().state == "running"
+        assert sb.run_code("x + 1").text == "42"
+        sb.pause()
+        again = Sandbox.connect(sb.id, **server.sdk())  # connecting resumes it
+        assert again.info.state == "running"
+        assert again.files.read_text("/work/kept.txt") == "before the pause\n"
+        again.close()
+        assert sb.resume().state == "running"  # resuming a running one: nothing to do
+
+
+def test_other_tenants_cannot_pause_or_resume(server: Server) -> None:
+    with Sandbox.create(**server.sdk()) as sb:
+        with server.http(server.other_key) as http:
+            for action in ("pause", "resume"):
+                assert_error(http.post(f"/v1/sandboxes/{sb.id}/{action}"), 404, "not_found")
+        assert sb.refresh().state == "running"
+
+
+def test_the_cli_pauses_and_resumes(server: Server) -> None:
+    cli = CliRunner(env={"CORRAL_URL": server.url, "CORRAL_API_KEY": server.key,
+                         "COLUMNS": "200"})
+    with Sandbox.create(**server.sdk()) as sb:
+        done = cli.invoke(app, ["sandbox", "pause", sb.id])
+        assert done.exit_code == 0, done.output
+        assert sb.refresh().state == "paused"
+        listed = cli.invoke(app, ["sandbox", "list", "--state", "paused", "--json"])
+        assert sb.id in listed.output
+        done = cli.invoke(app, ["sandbox", "resume", sb.id])
+        assert done.exit_code == 0, done.output
+        assert sb.refresh().state == "running"
+    gone = cli.invoke(app, ["sandbox", "pause", sb.id])
+    assert gone.exit_code != 0 and "stopped" in gone.output
