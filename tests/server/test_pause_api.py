@@ -54,3 +54,12 @@ def test_the_cli_pauses_and_resumes(server: Server) -> None:
         assert sb.refresh().state == "running"
     gone = cli.invoke(app, ["sandbox", "pause", sb.id])
     assert gone.exit_code != 0 and "stopped" in gone.output
+
+
+def test_port_traffic_does_not_wake_a_paused_sandbox(server: Server) -> None:
+    with Sandbox.create(public_ports=[8080], **server.sdk()) as sb:
+        sb.pause()
+        with server.http() as anyone:  # no credential: a public port
+            response = anyone.get(f"/v1/sandboxes/{sb.id}/ports/8080/")
+            assert_error(response, 410, "sandbox_not_running")
+        assert sb.refresh().state == "paused"

@@ -66,7 +66,7 @@ from websockets.uri import parse_uri
 from corral.api.models import check_port
 from corral.api.errors import (AuthenticationError, ErrorCode, InvalidArgumentError,
                                NotFoundError, PortUnavailableError, RateLimitedError,
-                               SandboxError, http_status)
+                               SandboxError, SandboxNotRunningError, http_status)
 from corral.api.limits import PORT_READ_TIMEOUT
 from corral.node import NodeSandbox
 from corral.node.ports import PortConnection
@@ -238,6 +238,10 @@ class PortProxy:
     async def _authorize(self, scope: Scope, target: Target) -> tuple[NodeSandbox, _Grant]:
         found = self.service.port_access(target.sandbox_id)
         if found is None:
+            if self.service.is_paused(target.sandbox_id):
+                # Not resumed by port traffic: a public port would let anyone wake it.
+                raise SandboxNotRunningError(f"sandbox {target.sandbox_id} is paused; its "
+                                             "owner resumes it (any API call does)")
             raise NotFoundError(f"no running sandbox {target.sandbox_id!r:.40}")
         sandbox, access = found
         headers = Headers(scope=scope)

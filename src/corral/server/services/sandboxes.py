@@ -221,6 +221,11 @@ class SandboxService:
             return None
         return owned[1], access
 
+    def is_paused(self, sandbox_id: str) -> bool:
+        """Whether a live sandbox (anyone's) is paused."""
+        owned = self._live.get(sandbox_id)
+        return owned is not None and owned[1].is_paused
+
     def owner(self, sandbox_id: str) -> str | None:
         """The tenant of a live sandbox."""
         owned = self._live.get(sandbox_id)
