@@ -31,7 +31,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
-from typing import Final
+from typing import IO, Final
 
 from pydantic import BaseModel
 
@@ -130,14 +130,8 @@ class ImageService:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         context_id = f"ctx-{secrets.token_hex(16)}"
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".upload-") as upload:
-            size = 0
-            async for chunk in body:
-                size += len(chunk)
-                if size > MAX_CONTEXT_UPLOAD:
-                    raise RequestTooLargeError(f"a build context may be at most "
-                                               f"{MAX_CONTEXT_UPLOAD >> 20} MiB")
-                await asyncio.to_thread(upload.write, chunk)
-            upload.flush()
+            size = await spool(body, upload, MAX_CONTEXT_UPLOAD, "a build context may be at "
+                               f"most {MAX_CONTEXT_UPLOAD >> 20} MiB")
             target = directory / context_id
             try:
                 files = await asyncio.to_thread(unpack_context, Path(upload.name), target)
@@ -175,14 +169,8 @@ class ImageService:
         directory = self._tenant_contexts(tenant)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".archive-") as upload:
-            size = 0
-            async for chunk in body:
-                size += len(chunk)
-                if size > MAX_ARCHIVE_UPLOAD:
-                    raise RequestTooLargeError(f"an image archive may be at most "
-                                               f"{MAX_ARCHIVE_UPLOAD >> 30} GiB")
-                await asyncio.to_thread(upload.write, chunk)
-            await asyncio.to_thread(upload.flush)
+            await spool(body, upload, MAX_ARCHIVE_UPLOAD, "an image archive may be at most "
+                        f"{MAX_ARCHIVE_UPLOAD >> 30} GiB")
             manifest = await self._node.import_image(Path(upload.name), tag=tag)
         return await self._name(tenant, name, manifest, None)
 
@@ -381,6 +369,20 @@ class ImageService:
             entrypoint=list(manifest.entrypoint) if manifest.entrypoint is not None else None,
             cmd=list(manifest.cmd) if manifest.cmd is not None else None,
             labels=dict(manifest.labels), steps=list(manifest.steps), build=record.build)
+
+
+async def spool(body: AsyncIterator[bytes], target: IO[bytes], limit: int,
+                too_large: str) -> int:
+    """Write a request body to ``target`` (flushed); RequestTooLargeError saying
+    ``too_large`` past ``limit`` bytes. Returns its size."""
+    size = 0
+    async for chunk in body:
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLargeError(too_large)
+        await asyncio.to_thread(target.write, chunk)
+    await asyncio.to_thread(target.flush)
+    return size
 
 
 async def _drain(first: BaseModel, queue: asyncio.Queue[BaseModel | None]

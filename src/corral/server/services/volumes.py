@@ -18,13 +18,13 @@ from datetime import UTC, datetime
 from typing import IO, Final
 
 from corral.api import models
-from corral.api.errors import (AlreadyExistsError, NotFoundError, RequestTooLargeError,
-                               ResourceExhaustedError)
+from corral.api.errors import (AlreadyExistsError, NotFoundError, ResourceExhaustedError)
 from corral.api.resources import parse_size_mib
 from corral.node import Node
 from corral.node.volumes import VolumeMount
 
 from ..store.volumes import VolumeNameStore, VolumeRecord
+from .images import spool
 
 #: Volumes one tenant may have, and their quotas together by default (``--volume-quota``).
 MAX_VOLUMES_PER_TENANT: Final = 64
@@ -134,17 +134,12 @@ class VolumeService:
         """The request body becomes the file (spooled first, bounded by the volume's size)."""
         record = await self._owned(tenant, name)
         limit = record.size_mib * 1024 * 1024
-        with tempfile.TemporaryFile() as spool:
-            size = 0
-            async for chunk in body:
-                size += len(chunk)
-                if size > limit:
-                    raise RequestTooLargeError(f"the file is larger than volume {name!r} "
-                                               f"({record.size_mib} MiB)")
-                await asyncio.to_thread(spool.write, chunk)
-            spool.seek(0)
+        with tempfile.TemporaryFile() as spooled:
+            await spool(body, spooled, limit, f"the file is larger than volume {name!r} "
+                        f"({record.size_mib} MiB)")
+            spooled.seek(0)
             written = await asyncio.to_thread(self._node.volumes.write, record.id, path,
-                                              _blocks(spool), mode)
+                                              _blocks(spooled), mode)
         return models.WriteResult(path=path, size=written)
 
     async def list_files(self, tenant: str, name: str, path: str, depth: int
