@@ -33,7 +33,14 @@ def own_data_dir() -> Iterator[Path]:
 
 
 def counter(sb: SyncNodeSandbox) -> int:
-    return int(sb.files.read("/work/counter").decode() or 0)
+    """The counter's value. The shell truncates the file before each write, so a read can
+    fall between the two and find it empty: read again (bounded)."""
+    for _ in range(100):
+        text = sb.files.read("/work/counter").decode().strip()
+        if text:
+            return int(text)
+        time.sleep(0.01)
+    raise AssertionError("the counter file stayed empty")
 
 
 def runs_on(sb: SyncNodeSandbox, since: int) -> None:
