@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import tarfile
@@ -31,7 +32,7 @@ import tomllib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 from pydantic import BaseModel
 
@@ -314,23 +315,28 @@ async def import_archive(api: ApiClient, path: Path, tag: str | None = None,
 
 
 async def _upload_context(api: ApiClient, sources: Sequence[_Source]) -> str:
+    """Tar the copy sources (in a thread: it reads the disk) into a temporary file and
+    stream it to the server, a MiB at a time: never the whole context in memory."""
     with tempfile.TemporaryFile() as archive:
-        with tarfile.open(fileobj=archive, mode="w:gz") as tar:
-            for source in _outermost(sources):
-                if not source.local.exists():
-                    raise InvalidArgumentError(f"{source.local}: not found (a copy source)")
-                tar.add(str(source.local), arcname=source.name, recursive=True,
-                        filter=_ignoring(source.name, source.ignore))
+        await asyncio.to_thread(_write_context, archive, sources)
         archive.seek(0)
-        data = archive.read()
 
-    async def body() -> AsyncIterator[bytes]:
-        view = memoryview(data)
-        for start in range(0, len(view), 1 << 20):
-            yield bytes(view[start:start + (1 << 20)])
+        async def body() -> AsyncIterator[bytes]:
+            while block := await asyncio.to_thread(archive.read, 1 << 20):
+                yield block
 
-    reply = await api.json("POST", "/v1/images/contexts", content=body(), read_timeout=600)
+        reply = await api.json("POST", "/v1/images/contexts", content=body(),
+                               read_timeout=600)
     return str(models.ImageContextInfo.model_validate(reply).id)
+
+
+def _write_context(archive: IO[bytes], sources: Sequence[_Source]) -> None:
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        for source in _outermost(sources):
+            if not source.local.exists():
+                raise InvalidArgumentError(f"{source.local}: not found (a copy source)")
+            tar.add(str(source.local), arcname=source.name, recursive=True,
+                    filter=_ignoring(source.name, source.ignore))
 
 
 def _outermost(sources: Sequence[_Source]) -> list[_Source]:
