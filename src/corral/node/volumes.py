@@ -30,7 +30,8 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,8 @@ from corral.runtime.host import (loop_backings, make_volume_fs, mount_volume,
                                  prepare_volume_root, unmount_volume, volume_mounted)
 
 from . import volume_files
+
+T = TypeVar("T")
 
 __all__ = [
     "MAX_SANDBOX_VOLUMES", "MAX_SIZE_MIB", "MAX_VOLUMES", "MIN_SIZE_MIB", "RESERVED_PATHS",
@@ -272,48 +275,33 @@ class VolumeStore:
     # -- files, without a sandbox (see .volume_files) ---------------------------------------
 
     def read_stream(self, volume_id: str, path: str) -> Iterator[bytes]:
-        """A regular file's bytes in chunks; errors are raised by the call itself."""
-        root = self._root(volume_id)
-        try:
-            return volume_files.read_stream(root, f"volume {volume_id}", path)
-        finally:
-            os.close(root)  # the file's own descriptor keeps what it needs
+        """A regular file's bytes in chunks; errors are raised by the call itself (the
+        file's own descriptor keeps what it needs once the root's is closed)."""
+        return self._at_root(volume_id, volume_files.read_stream, path)
 
     def write(self, volume_id: str, path: str, chunks: Iterable[bytes],
               mode: int = 0o644) -> int:
         """Write a file from ``chunks`` (streamed; parents made), uid 0, ``mode``; its size."""
-        root = self._root(volume_id)
-        try:
-            return volume_files.write(root, f"volume {volume_id}", path, chunks, mode)
-        finally:
-            os.close(root)
+        return self._at_root(volume_id, volume_files.write, path, chunks, mode)
 
     def list_dir(self, volume_id: str, path: str, depth: int = 1
                  ) -> builtins.list[EntryInfo]:
-        root = self._root(volume_id)
-        try:
-            return volume_files.list_dir(root, f"volume {volume_id}", path, depth)
-        finally:
-            os.close(root)
+        return self._at_root(volume_id, volume_files.list_dir, path, depth)
 
     def stat(self, volume_id: str, path: str) -> EntryInfo:
-        root = self._root(volume_id)
-        try:
-            return volume_files.stat_path(root, f"volume {volume_id}", path)
-        finally:
-            os.close(root)
+        return self._at_root(volume_id, volume_files.stat_path, path)
 
     def remove_path(self, volume_id: str, path: str, recursive: bool = False) -> None:
-        root = self._root(volume_id)
-        try:
-            volume_files.remove(root, f"volume {volume_id}", path, recursive)
-        finally:
-            os.close(root)
+        self._at_root(volume_id, volume_files.remove, path, recursive)
 
     def mkdir(self, volume_id: str, path: str) -> bool:
+        return self._at_root(volume_id, volume_files.mkdir, path)
+
+    def _at_root(self, volume_id: str, call: Callable[..., T], *args: object) -> T:
+        """``call(root descriptor, label, *args)`` on the volume's root, closed after."""
         root = self._root(volume_id)
         try:
-            return volume_files.mkdir(root, f"volume {volume_id}", path)
+            return call(root, f"volume {volume_id}", *args)
         finally:
             os.close(root)
 
