@@ -78,13 +78,19 @@ class Bridge:
 
     @classmethod
     def attached(cls, sandbox: NodeSandbox, handle: NodeCommandHandle, max_line: int,
-                 earlier: Bridge) -> Bridge:
-        """The bridge ``earlier`` was, followed again through ``handle`` (its command
-        attached after a resume): it said hello to ``earlier`` already, and its request
-        ids go on from ``earlier``'s."""
-        bridge = cls(sandbox, handle, max_line, first_id=earlier._next_id)
+                 first_id: int) -> Bridge:
+        """A bridge an earlier session started, followed again through ``handle`` (its
+        command attached after a resume, or in a sandbox restored from a snapshot): it said
+        hello already, and its request ids go on from ``first_id`` (the earlier
+        :attr:`next_id`)."""
+        bridge = cls(sandbox, handle, max_line, first_id=first_id)
         bridge._hello.set_result({})
         return bridge
+
+    @property
+    def next_id(self) -> int:
+        """The id of this bridge's next request."""
+        return self._next_id
 
     @property
     def pid(self) -> int:

@@ -89,6 +89,18 @@ class _Context:
         return models.CodeContext(id=self.id, language=self.language, cwd=self.cwd)
 
 
+@dataclass(frozen=True)
+class _Suspended:
+    """The kernel bridge as a pause or a snapshot left it: the bridge (None in a sandbox
+    restored from a snapshot, whose node never had it), its command, and its contexts."""
+
+    bridge: Bridge | None
+    command_id: int
+    pid: int
+    next_id: int
+    contexts: tuple[_Context, ...]
+
+
 class NodeCodeInterpreter:
     """``sandbox.code``: contexts and cells. Get it from a running node sandbox."""
 
@@ -101,7 +113,7 @@ class NodeCodeInterpreter:
         #: Seconds the last finished cell took inside the bridge (the benchmark reads it).
         self.last_kernel_seconds: float | None = None
         #: At a pause: the bridge, and the contexts whose kernels lived in it.
-        self._suspended: tuple[Bridge, set[str]] | None = None
+        self._suspended: _Suspended | None = None
 
     # -- contexts ------------------------------------------------------------------------
 
@@ -288,34 +300,56 @@ class NodeCodeInterpreter:
     # -- pausing (the node's own, see corral.node.pausing) ---------------------------------
 
     def suspend(self) -> None:
-        """A pause begins: note the bridge and the contexts whose kernels live in it, for
-        :meth:`reattach`. The pause then ends the bridge's stream (and any cell running)."""
+        """A pause (or a memory snapshot) begins: note the bridge and the contexts whose
+        kernels live in it, for :meth:`reattach`. The pause then ends the bridge's stream
+        (and any cell running)."""
         bridge = self._bridge
         if bridge is None or not bridge.alive:
             self._suspended = None
             return
-        self._suspended = bridge, {ctx.id for ctx in self._contexts.values()
-                                   if ctx.bridge is bridge and ctx.dead is None}
+        self._suspended = _Suspended(
+            bridge, bridge.command_id, bridge.pid, bridge.next_id,
+            tuple(ctx for ctx in self._contexts.values()
+                  if ctx.bridge is bridge and ctx.dead is None))
+
+    def kernels(self) -> dict[str, Any] | None:
+        """What :meth:`suspend` noted, as a memory snapshot keeps it (None: no kernel);
+        a sandbox restored from the snapshot takes it over (:meth:`inherit`)."""
+        held = self._suspended
+        if held is None:
+            return None
+        return {"command_id": held.command_id, "pid": held.pid, "next_id": held.next_id,
+                "contexts": [{"id": ctx.id, "language": ctx.language, "cwd": ctx.cwd,
+                              "env": ctx.env} for ctx in held.contexts]}
+
+    async def inherit(self, kernels: dict[str, Any]) -> None:
+        """In a sandbox restored from a memory snapshot: take the contexts :meth:`kernels`
+        described and follow their bridge (which the restore brought back with its kernels
+        and their variables). Raises SandboxError if it is out of reach."""
+        contexts = tuple(_Context(c["id"], c["language"], c["cwd"], dict(c["env"]))
+                         for c in kernels["contexts"])
+        self._contexts.update({ctx.id: ctx for ctx in contexts})
+        self._suspended = _Suspended(None, kernels["command_id"], kernels["pid"],
+                                     kernels["next_id"], contexts)
+        await self.reattach()
 
     async def reattach(self) -> None:
         """After a resume on the same node: follow the bridge :meth:`suspend` noted again
         (the agent's ``attach``), so its contexts keep their kernels and their state. A
         cell that ran across the pause lost its output; a bridge gone meanwhile stays gone
         (its contexts say so on their next cell)."""
-        suspended, self._suspended = self._suspended, None
-        if suspended is None:
+        held, self._suspended = self._suspended, None
+        if held is None:
             return
-        earlier, names = suspended
         async with self._bridge_lock:
-            if self._bridge is not earlier:
+            if self._bridge is not held.bridge:
                 return  # replaced meanwhile
-            handle = await attach(self._sandbox, earlier.command_id, earlier.pid)
+            handle = await attach(self._sandbox, held.command_id, held.pid)
             bridge = Bridge.attached(self._sandbox, handle, proto.max_event_line(MAX_OUTPUT),
-                                     earlier)
+                                     held.next_id)
             self._bridge = bridge
-        for name in names:
-            ctx = self._contexts.get(name)
-            if ctx is not None and ctx.bridge is earlier:
+        for ctx in held.contexts:
+            if self._contexts.get(ctx.id) is ctx and ctx.bridge is held.bridge:
                 ctx.bridge, ctx.dead = bridge, None
 
     # -- internals -----------------------------------------------------------------------

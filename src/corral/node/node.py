@@ -11,7 +11,9 @@ ones, and the next node on the same data dir adopts them when it starts (:mod:`.
 Those it cannot adopt are torn down and listed in :attr:`Node.lost` with the reason.
 
 A sandbox can be paused and resumed (:meth:`Node.pause`, :meth:`Node.resume`,
-:mod:`.pausing`, docs/pause.md).
+:mod:`.pausing`, docs/pause.md), and its memory kept to start copies of it from
+(:meth:`Node.snapshot`, :meth:`Node.create_from_snapshot`, :meth:`Node.fork`,
+:mod:`.checkpoints`, docs/snapshots.md).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 
 from corral.api.errors import (
@@ -48,10 +51,11 @@ from corral.runtime.agent_bundle import ensure_bundle
 from corral.runtime.host import (destroy_net, favor_dynamic_changes, remove_node_cgroups,
                                  sweep, sweep_networks)
 
-from . import builder, oci, pausing, records, snapshots
+from . import builder, checkpoints, oci, pausing, records, snapshots
 from .adoption import AdoptionError, adopt, release
 from .agent_client import AgentClient
 from .builder import BuildEvent
+from .checkpoints import MemorySnapshot, SnapshotStore
 from .images import Image, ImageStore
 from .layers import Manifest, PruneResult
 from .lifecycle import Lifecycle, SandboxState, StateListener
@@ -107,6 +111,10 @@ class Node:
         #: Volumes named by starts under way (in no list yet), and those being removed.
         self._volume_starts: Counter[str] = Counter()
         self._removing_volumes: set[str] = set()
+        #: This node's memory snapshots (:mod:`corral.node.checkpoints`), and how many
+        #: restores from each are under way (a snapshot is not removed under them).
+        self.snapshots = SnapshotStore(self.settings.data_dir / "snapshots")
+        self._restoring: Counter[str] = Counter()
 
     @property
     def sandboxes_dir(self) -> Path:
@@ -137,6 +145,8 @@ class Node:
         self._bundle = await asyncio.to_thread(ensure_bundle, self.settings.data_dir / "agent")
         if os.geteuid() == 0:  # mounting them needs root; without it, every use says so
             await asyncio.to_thread(self.volumes.open)
+        if os.geteuid() == 0:
+            await asyncio.to_thread(self.snapshots.sweep)  # what a crash cut short
         found = [p for p in self.sandboxes_dir.iterdir()
                  if (p / records.RECORD_NAME).is_file() and not p.is_symlink()]
         await asyncio.gather(*(self._adopt(directory) for directory in found))
@@ -358,6 +368,14 @@ class Node:
                      built: Image | None = None,
                      mounts: tuple[VolumeMount, ...] = ()) -> NodeSandbox:
         """Build and start one sandbox, waiting for a start turn (admission control)."""
+        async with self._start_turn():
+            return await self._start_now(image, chosen, resources, env, metadata, timeout,
+                                         pooled, policy or NetworkPolicy(), built, mounts)
+
+    @contextlib.asynccontextmanager
+    async def _start_turn(self) -> AsyncIterator[None]:
+        """Admission control: one of ``max_starting`` turns, or a refusal when the node is
+        full or too many starts wait already."""
         if len(self._sandboxes) + self._pending >= self.settings.max_sandboxes:
             raise ResourceExhaustedError(
                 f"this node already runs {self.settings.max_sandboxes} sandboxes; kill some first")
@@ -371,8 +389,7 @@ class Node:
         finally:
             self._waiting -= 1
         try:
-            return await self._start_now(image, chosen, resources, env, metadata, timeout,
-                                         pooled, policy or NetworkPolicy(), built, mounts)
+            yield
         finally:
             self._start_turns.release()
 
@@ -479,13 +496,7 @@ class Node:
         this on each transition). Pooled sandboxes are nobody's yet: never recorded."""
         if sandbox.pooled:
             return
-        records.write(sandbox.handle.spec.directory, records.SandboxRecord(
-            id=sandbox.id, image=sandbox.image, runtime=sandbox.runtime.name,
-            resources=sandbox.resources, env=sandbox.env, workdir=sandbox.workdir,
-            user=sandbox.user, volumes=sandbox.volumes,
-            metadata=sandbox.metadata, created_at=sandbox.created_at,
-            expires_at=sandbox.expires_at, extra=dict(sandbox.handle.extra),
-            state=sandbox.state.value, lifetime_left=sandbox.lifetime_left))
+        records.write(sandbox.handle.spec.directory, _record(sandbox))
 
     async def _adopt(self, directory: Path) -> None:
         """Take over a sandbox a previous node released; on failure note why in ``lost``."""
@@ -546,6 +557,193 @@ class Node:
         sandbox = self.get(sandbox_id)
         await pausing.resume(sandbox, self.lifecycle, self._agent_closed, self._read_stderr)
 
+    # -- memory snapshots and forks (corral.node.checkpoints) ------------------------------
+
+    async def snapshot(self, sandbox_id: str) -> MemorySnapshot:
+        """Keep a running sandbox's memory, processes (its code contexts' kernels too) and
+        files as a snapshot, and let it run on; returns the snapshot.
+
+        The sandbox stands still while it is taken (~0.1-0.5 s; its calls meanwhile answer
+        SandboxNotRunningError, "snapshotting"). gVisor only: the namespaces runtime, and a
+        networked gVisor sandbox, raise RuntimeUnavailableError (nothing changed). The
+        snapshot stays until :meth:`remove_snapshot`; a sandbox started from it gets its
+        memory, so whatever secret the sandbox held (docs/snapshots.md).
+        """
+        sandbox = self.get(sandbox_id)
+        return await self._snapshot(sandbox)
+
+    async def _snapshot(self, sandbox: NodeSandbox) -> MemorySnapshot:
+        snapshot_id, folder = await asyncio.to_thread(self.snapshots.new_dir)
+        try:
+            kernels = await pausing.keep_memory(sandbox, self.lifecycle, self._agent_closed,
+                                                folder)
+            spec = sandbox.handle.spec
+            taken = MemorySnapshot(snapshot_id, _record(sandbox), str(spec.rootfs),
+                                   tuple(str(layer) for layer in spec.layers), kernels,
+                                   time.time())
+            return await asyncio.to_thread(self.snapshots.save, taken)
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(checkpoints.discard, folder))
+            raise
+
+    def list_snapshots(self) -> list[MemorySnapshot]:
+        """This node's memory snapshots, oldest first."""
+        return self.snapshots.all()
+
+    async def remove_snapshot(self, snapshot_id: str) -> None:
+        """Delete a memory snapshot; sandboxes started from it run on. NotFoundError if there
+        is none; refused (UnavailableError) while a sandbox is being started from it."""
+        self.snapshots.path(snapshot_id)  # a malformed id: not found
+        if self._restoring[snapshot_id]:
+            raise UnavailableError(f"a sandbox is being started from snapshot {snapshot_id}; "
+                                   "retry in a moment")
+        await asyncio.to_thread(self.snapshots.remove, snapshot_id)
+
+    async def create_from_snapshot(self, snapshot_id: str, *,
+                                   timeout: float = DEFAULT_LIFETIME,
+                                   metadata: Mapping[str, str] | None = None) -> NodeSandbox:
+        """Start a new sandbox where :meth:`snapshot` kept one: its memory, processes, code
+        contexts (their variables too) and files, with the same image, resources, env,
+        working directory, user and volumes; its own id, channel and writable layer.
+
+        Args:
+            snapshot_id: a snapshot of this node (NotFoundError if there is none).
+            timeout: its lifetime in seconds, from now.
+            metadata: its labels; default: those of the sandbox the snapshot kept.
+        """
+        timeout = check_timeout(timeout)
+        snapshot = await asyncio.to_thread(self.snapshots.get, snapshot_id)
+        labels = check_metadata(metadata) if metadata is not None else dict(
+            snapshot.sandbox.metadata)
+        return await self._restore_from(snapshot, timeout, labels)
+
+    async def fork(self, sandbox_id: str, count: int, *, timeout: float | None = None,
+                   metadata: Mapping[str, str] | None = None) -> list[NodeSandbox]:
+        """``count`` new sandboxes (1 to :data:`~corral.node.checkpoints.MAX_FORK`), each
+        a copy of a running sandbox as it is now: its memory (a kernel's variables too),
+        processes and files, each with its own id, channel and writable layer. The sandbox
+        runs on. Taken as :meth:`snapshot` (gVisor only), then restored ``count`` times;
+        the snapshot is not kept.
+
+        ``timeout``: each copy's lifetime from now (default: what the sandbox has left);
+        ``metadata``: their labels (default: the sandbox's). If a copy fails to start, those
+        that started are stopped and the error raised.
+        """
+        if (not isinstance(count, int) or isinstance(count, bool)
+                or not 1 <= count <= checkpoints.MAX_FORK):
+            raise InvalidArgumentError(f"a fork makes 1 to {checkpoints.MAX_FORK} copies")
+        sandbox = self.get(sandbox_id)
+        if timeout is None:
+            timeout = max(TIMEOUT_RANGE[0], min(sandbox.expires_at - time.time(),
+                                                TIMEOUT_RANGE[1]))
+        timeout = check_timeout(timeout)
+        labels = check_metadata(metadata) if metadata is not None else dict(sandbox.metadata)
+        room = self.settings.max_sandboxes - len(self._sandboxes) - self._pending
+        if count > room:
+            raise ResourceExhaustedError(f"this node has room for {max(room, 0)} more "
+                                         f"sandboxes, not {count}; kill some first")
+        snapshot = await self._snapshot(sandbox)
+        self._restoring[snapshot.id] += 1  # not removable by anyone while copies start
+        try:
+            started = await asyncio.gather(
+                *(self._restore_from(snapshot, timeout, labels) for _ in range(count)),
+                return_exceptions=True)
+        finally:
+            self._restoring[snapshot.id] -= 1
+            self._restoring += Counter()
+            await asyncio.shield(asyncio.to_thread(
+                checkpoints.discard, self.snapshots.path(snapshot.id)))
+        clones = [c for c in started if isinstance(c, NodeSandbox)]
+        failed = [e for e in started if isinstance(e, BaseException)]
+        if failed:
+            await asyncio.gather(*(c.stop("its fork failed") for c in clones),
+                                 return_exceptions=True)
+            raise failed[0]
+        log.info("sandbox %s forked into %s", sandbox.id, ", ".join(c.id for c in clones))
+        return clones
+
+    async def _restore_from(self, snapshot: MemorySnapshot, timeout: float,
+                            metadata: dict[str, str]) -> NodeSandbox:
+        record = snapshot.sandbox
+        mounts = record.volumes
+        for mount in mounts:
+            if mount.volume in self._removing_volumes or not self.volumes.exists(mount.volume):
+                raise NotFoundError(f"no volume {mount.volume} (snapshot {snapshot.id} "
+                                    "mounts it)")
+        self._restoring[snapshot.id] += 1
+        try:
+            return await self._shielded(self._restore_now(snapshot, timeout, metadata))
+        finally:
+            self._restoring[snapshot.id] -= 1
+            self._restoring += Counter()
+
+    async def _restore_now(self, snapshot: MemorySnapshot, timeout: float,
+                           metadata: dict[str, str]) -> NodeSandbox:
+        if self._bundle is None:
+            raise SandboxError("the node is not started; use `async with Node()`")
+        record = snapshot.sandbox
+        chosen = await self._runtime(record.runtime)
+        try:
+            built = self.images.get(record.image)
+        except NotFoundError:
+            raise NotFoundError(f"snapshot {snapshot.id}: its image {record.image} is gone"
+                                ) from None
+        if (str(built.rootfs), tuple(str(layer) for layer in built.layers)) != (
+                snapshot.rootfs, snapshot.layers):
+            raise InvalidArgumentError(f"snapshot {snapshot.id}: its image {record.image} was "
+                                       "built again since; it can no longer be restored")
+        self._check_host_fits(record.resources)
+        used = [m.volume for m in record.volumes]
+        self._volume_starts.update(used)
+        try:
+            async with self._start_turn():
+                return await self._restore_started(snapshot, chosen, built, timeout, metadata)
+        finally:
+            self._volume_starts.subtract(used)
+            self._volume_starts += Counter()
+
+    async def _restore_started(self, snapshot: MemorySnapshot, chosen: Runtime, built: Image,
+                               timeout: float, metadata: dict[str, str]) -> NodeSandbox:
+        record = snapshot.sandbox
+        bundle = self.agent_bundle
+        sandbox_id = f"sbx-{secrets.token_hex(8)}"
+        self._pending += 1  # in no list until it runs, as in _start_now
+        try:
+            binds = await asyncio.to_thread(self._volume_binds, record.volumes)
+            spec = SandboxSpec(sandbox_id=sandbox_id,
+                               cgroup=f"{self.settings.node_key}/{sandbox_id}",
+                               rootfs=built.rootfs, resources=record.resources,
+                               agent_bundle=bundle, directory=self.sandboxes_dir / sandbox_id,
+                               orphan_grace=self.settings.orphan_grace,
+                               layers=built.layers, volumes=binds)
+            handle = await chosen.restore(spec, self.snapshots.path(snapshot.id))
+            sandbox = NodeSandbox(self.lifecycle, sandbox_id, record.image, chosen, handle,
+                                  record.resources, dict(record.env), record.workdir,
+                                  metadata, timeout, self.network, user=record.user,
+                                  volumes=record.volumes)
+            try:
+                agent = await pausing.restored_session(sandbox, self._read_stderr)
+            except BaseException as exc:
+                detail = bytes(sandbox.stderr_tail[-2000:]).decode(errors="replace").strip()
+                await asyncio.shield(sandbox.stop(f"failed to start: {exc}"))
+                if isinstance(exc, SandboxError) and detail:
+                    raise type(exc)(f"{exc.message} (runtime said: {detail})") from exc
+                raise
+            self._sandboxes[sandbox_id] = sandbox
+        finally:
+            self._pending -= 1
+        agent.on_close = functools.partial(self._agent_closed, sandbox)
+        self.lifecycle.move(sandbox, SandboxState.RUNNING)
+        if snapshot.kernels is not None:
+            try:
+                await sandbox.code.inherit(snapshot.kernels)
+            except SandboxError as exc:  # its contexts say so on their next cell
+                log.warning("sandbox %s: the code contexts of snapshot %s are out of reach: "
+                            "%s", sandbox_id, snapshot.id, exc.message)
+        log.info("sandbox %s started from snapshot %s (of %s)", sandbox_id, snapshot.id,
+                 record.id)
+        return sandbox
+
     def _read_stderr(self, sandbox: NodeSandbox, stream: asyncio.StreamReader) -> None:
         asyncio.get_running_loop().create_task(self._drain_stderr(sandbox, stream))
 
@@ -589,9 +787,11 @@ class Node:
                                                 built=image))
 
     async def prune_images(self, keep: set[str]) -> PruneResult:
-        """Delete the built images not in ``keep`` (ids) and not used by a live sandbox, and
-        every layer no remaining image uses. Waits for builds under way to end."""
+        """Delete the built images not in ``keep`` (ids) and not used by a live sandbox or a
+        memory snapshot, and every layer no remaining image uses. Waits for builds under way
+        to end."""
         used = {sandbox.image for sandbox in self._sandboxes.values()}
+        used |= {snap.sandbox.image for snap in await asyncio.to_thread(self.snapshots.all)}
         return await asyncio.to_thread(self.images.built.prune, keep | used)
 
     def _check_host_fits(self, resources: Resources) -> None:
@@ -645,6 +845,16 @@ class Node:
     async def destroy(self, sandbox_id: str) -> None:
         """Kill a sandbox and remove everything it left on the host."""
         await self.get(sandbox_id).kill()
+
+
+def _record(sandbox: NodeSandbox) -> records.SandboxRecord:
+    return records.SandboxRecord(
+        id=sandbox.id, image=sandbox.image, runtime=sandbox.runtime.name,
+        resources=sandbox.resources, env=sandbox.env, workdir=sandbox.workdir,
+        user=sandbox.user, volumes=sandbox.volumes, metadata=sandbox.metadata,
+        created_at=sandbox.created_at, expires_at=sandbox.expires_at,
+        extra=dict(sandbox.handle.extra), state=sandbox.state.value,
+        lifetime_left=sandbox.lifetime_left)
 
 
 def default_user(image_user: str) -> str | None:

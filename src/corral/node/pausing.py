@@ -30,6 +30,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from corral.api.errors import SandboxError, SandboxNotRunningError
 from corral.runtime import RuntimeState
@@ -122,6 +124,78 @@ async def resume(sandbox: NodeSandbox, lifecycle: Lifecycle,
                     "resume: %s", sandbox.id, exc.message)
     log.info("sandbox %s resumed in %.3f s", sandbox.id, took)
     return took
+
+
+async def keep_memory(sandbox: NodeSandbox, lifecycle: Lifecycle,
+                      agent_closed: Callable[[NodeSandbox, str], None],
+                      destination: Path) -> dict[str, Any] | None:
+    """Keep a running sandbox's memory, processes and files in ``destination`` (a memory
+    snapshot, :mod:`.checkpoints`) and let it run on; returns its code interpreter's
+    kernels as the snapshot holds them (None: it had none).
+
+    As a pause: the agent quiesces first (its requests in flight fail, its commands run
+    on), the runtime keeps the sandbox, then a new session starts on the same channel and
+    the code interpreter follows its bridge again. Its lifetime clock runs on. Raises
+    SandboxNotRunningError if it is not running, RuntimeUnavailableError if its runtime
+    cannot (nothing changed), and the runtime's error if the snapshot failed (the sandbox
+    runs on if it can, else it is stopped with the reason); ``destination`` is then the
+    caller's to remove.
+    """
+    async with sandbox.transition:
+        agent = sandbox.channel()  # paused, stopping or stopped: says so
+        sandbox.runtime.check_snapshot(sandbox.handle)
+        started = time.monotonic()
+        sandbox.changing = "snapshotting"
+        try:
+            sandbox.code.suspend()
+            kernels = sandbox.code.kernels()
+            try:
+                await agent.pause(CALL_TIMEOUT)
+            except SandboxError as exc:
+                await _stop(sandbox, lifecycle, f"quiescing it for a snapshot failed: "
+                                                f"{exc.message}")
+                raise
+            failed: SandboxError | None = None
+            try:
+                await sandbox.runtime.snapshot(sandbox.handle, destination)
+            except SandboxError as exc:
+                failed = exc
+            if sandbox.handle.state is not RuntimeState.RUNNING:
+                await _stop(sandbox, lifecycle, "its snapshot failed: "
+                            + (failed.message if failed else "it did not run on"))
+                raise failed or SandboxNotRunningError(f"sandbox {sandbox.id} stopped")
+            try:
+                agent = await _session(sandbox, None, lambda *_: None)
+            except SandboxError as exc:
+                await _stop(sandbox, lifecycle, f"its agent did not answer after a snapshot: "
+                                                f"{exc.message}")
+                raise
+            sandbox.agent = agent
+            agent.on_close = lambda reason: agent_closed(sandbox, reason)
+        finally:
+            sandbox.changing = None
+    try:
+        await sandbox.code.reattach()
+    except SandboxError as exc:  # the contexts say so on their next cell
+        log.warning("sandbox %s: its code contexts' kernels are out of reach after a "
+                    "snapshot: %s", sandbox.id, exc.message)
+    if failed is not None:
+        raise failed
+    log.info("sandbox %s: memory kept in %.3f s", sandbox.id, time.monotonic() - started)
+    return kernels
+
+
+async def restored_session(sandbox: NodeSandbox,
+                           on_stderr: Callable[[NodeSandbox, asyncio.StreamReader], None]
+                           ) -> AgentClient:
+    """The first session with the agent of a sandbox restored from a memory snapshot: it
+    waits, as after a resume, for a ``hello`` on the new pipes its runtime gave it."""
+    process = sandbox.handle.process
+    if process is None:
+        raise SandboxError(f"sandbox {sandbox.id}: its runtime gave no agent channel")
+    agent = await _session(sandbox, process, on_stderr)
+    sandbox.agent = agent
+    return agent
 
 
 async def _session(sandbox: NodeSandbox, process: asyncio.subprocess.Process | None,

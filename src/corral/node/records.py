@@ -58,7 +58,7 @@ class SandboxRecord:
 
 def write(directory: Path, record: SandboxRecord) -> None:
     """Write (or replace, atomically) the record in ``directory``."""
-    body = {"format": RECORD_FORMAT, **dataclasses.asdict(record)}
+    body = to_body(record)
     tmp = directory / f".{RECORD_NAME}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
                  0o600)
@@ -80,6 +80,23 @@ def read(directory: Path) -> SandboxRecord:
         raise ValueError("the record is too large")
     try:
         body = json.loads(raw)
+    except ValueError:
+        raise ValueError("malformed record: not JSON") from None
+    record = parse(body)
+    if record.id != directory.name or not SANDBOX_ID.match(record.id):
+        raise ValueError(f"the record names another sandbox ({record.id!r:.80})")
+    return record
+
+
+def to_body(record: SandboxRecord) -> dict[str, Any]:
+    """``record`` as the JSON object :func:`write` writes and :func:`parse` reads."""
+    return {"format": RECORD_FORMAT, **dataclasses.asdict(record)}
+
+
+def parse(body: object) -> SandboxRecord:
+    """A record from its JSON object, every field checked; ValueError if it is foreign or
+    malformed."""
+    try:
         if not isinstance(body, dict) or body.get("format") != RECORD_FORMAT:
             raise ValueError("unknown record format")
         record = SandboxRecord(
@@ -92,8 +109,6 @@ def read(directory: Path) -> SandboxRecord:
             volumes=_volumes(body), lifetime_left=_lifetime_left(body))
     except (TypeError, InvalidArgumentError) as exc:
         raise ValueError(f"malformed record: {exc}") from None
-    if record.id != directory.name or not SANDBOX_ID.match(record.id):
-        raise ValueError(f"the record names another sandbox ({record.id!r:.80})")
     return record
 
 

@@ -69,7 +69,8 @@ class NodeSandbox:
         self.stop_reason: str | None = None
         #: Seconds of lifetime it had left when it was paused; None while it runs.
         self.lifetime_left: float | None = None
-        #: "pausing" or "resuming" while one is under way (the state changes at its end).
+        #: "pausing", "resuming" or "snapshotting" while one is under way (the state
+        #: changes at the end of the first two).
         self.changing: str | None = None
         #: Held by a pause, a resume and a stop: one at a time (see :mod:`.pausing`).
         self.transition = asyncio.Lock()
@@ -111,8 +112,9 @@ class NodeSandbox:
     def channel(self) -> AgentClient:
         """The agent's channel; raises SandboxNotRunningError, with the reason, once it
         stopped or stops."""
-        if self.changing == "resuming":
-            raise SandboxNotRunningError(f"sandbox {self.id} is resuming; retry in a moment")
+        if self.changing in ("resuming", "snapshotting"):
+            raise SandboxNotRunningError(f"sandbox {self.id} is {self.changing}; retry in a "
+                                         "moment")
         if self.changing == "pausing" or self.state is SandboxState.PAUSED:
             raise SandboxNotRunningError(
                 f"sandbox {self.id} is {'being ' if self.changing else ''}paused; resume it "

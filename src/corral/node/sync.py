@@ -24,6 +24,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from corral._blocking import (CommandIds, Proxy, blocking, blocking_iter, blocking_wrapped,
                               iterate)
 
+from .checkpoints import MemorySnapshot
 from .commands import NodeCommandHandle, NodeCommands
 from .files import NodeFiles
 from .interpreter import NodeCodeInterpreter
@@ -169,6 +170,9 @@ class SyncNode(Proxy[Node]):
     snapshot_filesystem = blocking(Node.snapshot_filesystem)
     pause = blocking(Node.pause)
     resume = blocking(Node.resume)
+    snapshot = blocking(Node.snapshot)
+    remove_snapshot = blocking(Node.remove_snapshot)
+    create_from_snapshot = blocking_wrapped(Node.create_from_snapshot, SyncNodeSandbox)
 
     def __init__(self, settings: NodeSettings | None = None, *,
                  runtimes: Mapping[str, Runtime] | None = None) -> None:
@@ -196,6 +200,16 @@ class SyncNode(Proxy[Node]):
         found = self._portal.call(functools.partial(self._inner.list, metadata=metadata,
                                                     state=state))
         return [SyncNodeSandbox(sb, self._portal) for sb in found]
+
+    def fork(self, sandbox_id: str, count: int, *, timeout: float | None = None,
+             metadata: Mapping[str, str] | None = None) -> builtins.list[SyncNodeSandbox]:
+        """Blocking :meth:`Node.fork`."""
+        clones = self._portal.call(functools.partial(self._inner.fork, sandbox_id, count,
+                                                     timeout=timeout, metadata=metadata))
+        return [SyncNodeSandbox(sb, self._portal) for sb in clones]
+
+    def list_snapshots(self) -> builtins.list[MemorySnapshot]:
+        return self._inner.list_snapshots()
 
     @property
     def lost(self) -> dict[str, str]:

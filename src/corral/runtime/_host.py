@@ -31,8 +31,13 @@ def inode_limit(disk_mib: int) -> int:
     return max(4096, min(disk_mib * INODES_PER_MIB, 4_000_000))
 
 
-def prepare_root(spec: SandboxSpec, userns: mounts.UserNamespace | None) -> Path:
+def prepare_root(spec: SandboxSpec, userns: mounts.UserNamespace | None,
+                 upper_from: Path | None = None) -> Path:
     """Mount the sandbox's root: image (read-only lower) + tmpfs upper of ``disk_mib``.
+
+    ``upper_from`` (gvisor only, no ``userns``): a writable layer :func:`keep_upper` saved,
+    copied into the new tmpfs as this sandbox's own (a sandbox restored from a memory
+    snapshot: its files exactly as they were when its memory was kept).
 
     The sandbox's directory is 0700, owned by root (gvisor) or by the sandbox's own root uid
     (namespaces, whose bwrap runs as that uid): no other host user can reach its files.
@@ -46,7 +51,13 @@ def prepare_root(spec: SandboxSpec, userns: mounts.UserNamespace | None) -> Path
     root.mkdir()
     mounts.make_dir(channel_dir(spec), 0o700, userns)
     mounts.mount_tmpfs(disk, spec.resources.disk_mib * MIB, inode_limit(spec.resources.disk_mib))
-    mounts.make_dir(disk / "upper", 0o755, userns)
+    if upper_from is not None:
+        if userns is not None:
+            raise InternalError("a saved writable layer is only restored without a user "
+                                "namespace")
+        _copy_tree(upper_from, disk / "upper", spec.sandbox_id)
+    else:
+        mounts.make_dir(disk / "upper", 0o755, userns)
     (disk / "work").mkdir()
     if userns is None:
         mounts.mount_overlay([*spec.layers, spec.rootfs], disk / "upper", disk / "work", root)
@@ -117,6 +128,14 @@ def park_root(spec: SandboxSpec) -> None:
     _copy_tree(spec.directory / "disk" / "upper", saved, spec.sandbox_id)
     _sync(saved)
     mounts.unmount_all(spec.directory)
+
+
+def keep_upper(spec: SandboxSpec, destination: Path) -> None:
+    """Copy a sandbox's writable layer into the new folder ``destination`` on disk and sync
+    it (a memory snapshot's files). Nothing may write in the sandbox meanwhile (its
+    runtime stopped it): a restored gVisor sandbox trusts what it cached of its files."""
+    _copy_tree(spec.directory / "disk" / "upper", destination, spec.sandbox_id)
+    _sync(destination)
 
 
 def unpark_root(spec: SandboxSpec) -> None:

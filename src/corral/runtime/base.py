@@ -256,6 +256,34 @@ class Runtime(ABC):
         """
         raise RuntimeUnavailableError(f"the {self.name} runtime cannot resume sandboxes")
 
+    # -- memory snapshots ---------------------------------------------------------------
+
+    def check_snapshot(self, sandbox: RuntimeSandbox) -> None:
+        """Raise RuntimeUnavailableError, saying why, if ``sandbox``'s memory cannot be
+        kept (:meth:`snapshot`). Cheap, no I/O that can block."""
+        raise RuntimeUnavailableError(
+            f"the {self.name} runtime cannot keep a running sandbox's memory (that needs "
+            "gVisor's checkpoint); keep its files instead (a filesystem snapshot), or use "
+            "the gvisor runtime")
+
+    async def snapshot(self, sandbox: RuntimeSandbox, destination: Path) -> None:
+        """Keep a RUNNING sandbox's memory, processes and files in the new folder
+        ``destination``, and let it run on.
+
+        Called by the node after :meth:`check_snapshot`, once the agent has quiesced (as
+        for :meth:`pause`). On failure it raises, with the handle's state saying what is
+        left, as :meth:`pause` does; ``destination`` is then the caller's to remove.
+        """
+        raise RuntimeUnavailableError(f"the {self.name} runtime cannot keep a running "
+                                      "sandbox's memory")
+
+    async def restore(self, spec: SandboxSpec, source: Path) -> RuntimeSandbox:
+        """Build a new sandbox ``spec`` from a :meth:`snapshot` in ``source`` (the same
+        image, resources and volumes; its own id, directory and cgroup) and start it where
+        the snapshot was taken. The handle's process's stdin/stdout are the agent's channel:
+        the node starts a session on it with a ``hello``. On failure nothing is left."""
+        raise RuntimeUnavailableError(f"the {self.name} runtime cannot restore snapshots")
+
     async def adopt_paused(self, spec: SandboxSpec, extra: dict[str, object]) -> RuntimeSandbox:
         """Take back a PAUSED sandbox that a previous node left (see :meth:`adopt`).
 
