@@ -32,6 +32,10 @@ MIN_VOLUME_MIB = 16
 MAX_VOLUME_MIB = 1024 * 1024
 #: Most volumes one sandbox mounts.
 MAX_SANDBOX_VOLUMES = 16
+#: Copies one fork of a sandbox makes at most (each is a whole sandbox: memory of its own).
+MAX_FORK = 16
+#: A snapshot's time to live, seconds: a minute to 90 days.
+SNAPSHOT_TTL_RANGE = (60.0, 90 * 24 * 3600.0)
 
 # -- exposed ports -----------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -27,6 +28,7 @@ from .limits import (DEFAULT_CODE_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, DEFAULT_LIFE
                      normalize_path)
 # Re-exported: a client reads the bounds of the fields it fills here.
 from .limits import MAX_CODE as MAX_CODE
+from .limits import MAX_FORK, SNAPSHOT_TTL_RANGE
 from .limits import MAX_INLINE_STDIN as MAX_INLINE_STDIN
 from .limits import MAX_PATH as MAX_PATH
 from .image_spec import ImageSpec
@@ -165,6 +167,8 @@ PortList = Annotated[list[PortNumber], Field(max_length=MAX_PUBLIC_PORTS)]
 
 #: A volume's name, as its tenant gives it.
 VOLUME_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+#: A snapshot id: ``snap-`` and 16 hex digits.
+SNAPSHOT_ID_PATTERN = r"^snap-[0-9a-f]{16}$"
 VolumeName = Annotated[str, Field(pattern=VOLUME_NAME_PATTERN)]
 
 
@@ -210,6 +214,10 @@ class SandboxCreate(_Request):
         default_factory=dict, description="your volumes to mount, by mount point: "
         "{\"/data\": \"my-vol\"} or {\"/data\": {\"volume\": \"my-vol\", "
         "\"read_only\": true}}")
+    snapshot: Annotated[str, Field(pattern=SNAPSHOT_ID_PATTERN)] | None = Field(
+        default=None, description="start from one of your snapshots: with memory, where its "
+        "sandbox was (then image, runtime, resources, env, network and volumes are the "
+        "snapshot's and may not be given); files alone, on the snapshot's image")
 
     @field_validator("timeout")
     @classmethod
@@ -833,3 +841,66 @@ class VolumeInfo(_Response):
 class VolumeList(_Response):
     volumes: list[VolumeInfo]
 
+
+
+# -- snapshots and forks -------------------------------------------------------------------
+
+#: A snapshot's optional label (not unique): letters, digits and ``._-``, up to 64.
+SNAPSHOT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class SnapshotCreate(_Request):
+    """``POST /v1/sandboxes/{id}/snapshots``: keep the sandbox as it is now, and let it run
+    on. ``memory`` (the default): its memory, processes (a code context's kernel and its
+    variables too) and files, gVisor only; ``memory: false``: its files alone, any runtime."""
+
+    name: Annotated[str, Field(pattern=SNAPSHOT_NAME_PATTERN)] | None = Field(
+        default=None, description="a label of yours (not unique)")
+    memory: bool = True
+    ttl: float | None = Field(
+        default=None, description="seconds it is kept (60 to 7776000); default: the "
+        "server's (CORRAL_SNAPSHOT_TTL, 7 days)")
+
+    @field_validator("ttl")
+    @classmethod
+    def _ttl(cls, value: float | None) -> float | None:
+        low, high = SNAPSHOT_TTL_RANGE
+        if value is not None and not (math.isfinite(value) and low <= value <= high):
+            raise ValueError(f"ttl must be {low:g} to {high:g} seconds")
+        return value
+
+
+class SnapshotInfo(_Response):
+    """A snapshot: start sandboxes from it with ``POST /v1/sandboxes {"snapshot": id}``."""
+
+    id: str
+    name: str | None = None
+    sandbox_id: str = Field(description="the sandbox it was taken of")
+    memory: bool = Field(description="whether it holds memory and processes (else files "
+                         "alone)")
+    image: str = Field(description="the image its sandboxes run (for a files-only snapshot, "
+                       "an image of yours that holds them)")
+    runtime: str
+    size_bytes: int
+    created_at: datetime
+    expires_at: datetime
+
+
+class SnapshotList(_Response):
+    snapshots: list[SnapshotInfo]
+
+
+class ForkRequest(_Request):
+    """``POST /v1/sandboxes/{id}/fork``: ``count`` new sandboxes, each a copy of this one as
+    it is now (memory, processes, files), each with its own id, token and files."""
+
+    count: int = Field(default=1, ge=1, le=MAX_FORK)
+    timeout: float | None = Field(default=None, description="each copy's lifetime, seconds; "
+                                  "default: what the sandbox has left")
+    metadata: Mapping | None = Field(default=None, description="the copies' labels; "
+                                     "default: the sandbox's")
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: float | None) -> float | None:
+        return None if value is None else float(_checked(check_timeout, value))

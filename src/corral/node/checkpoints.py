@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.api.errors import InternalError, NotFoundError
+from corral.api.limits import MAX_FORK as MAX_FORK
 
 from . import records
 
@@ -39,8 +40,6 @@ SNAPSHOT_ID = re.compile(r"^snap-[0-9a-f]{16}$")
 META_NAME = "snapshot.json"
 META_FORMAT = 1
 MAX_META_BYTES = 8 * 1024 * 1024
-#: Copies one :meth:`corral.node.Node.fork` makes at most.
-MAX_FORK = 16
 
 
 @dataclass(frozen=True)

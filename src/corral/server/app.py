@@ -25,18 +25,21 @@ from .ports import PortProxy
 from .ratelimit import Buckets
 from .routes import aca, audit, code, commands, files, mcp, metrics, sandboxes
 from .routes import images as images_routes
+from .routes import snapshots as snapshots_routes
 from .routes import volumes as volumes_routes
 from .services import CommandService, FileService, IdleReaper, SandboxService
 from .services.aca import AcaService
 from .services.mcp import McpEndpoint
 from .services.code import CodeService
 from .services.images import ImageService
+from .services.snapshots import SnapshotService
 from .services.volumes import VolumeService
 from .settings import ServerSettings
 from .store import KeyStore, SandboxStore, open_engine
 from .store.aca_sessions import AcaSessionStore
 from .store.audit import AuditStore
 from .store.images import ImageNameStore
+from .store.snapshots import SnapshotStore
 from .store.volumes import VolumeNameStore
 from .store.schema import database_url
 
@@ -56,8 +59,12 @@ def create_app(settings: ServerSettings, *,
     images = ImageService(node, ImageNameStore(engine), settings.node.data_dir / "contexts",
                           settings.image_quota)
     volumes = VolumeService(node, VolumeNameStore(engine), settings.volume_quota_mib)
+    snapshots = SnapshotService(node, SnapshotStore(engine), images,
+                                settings.snapshot_quota_mib, settings.snapshot_ttl,
+                                settings.snapshot_sweep_interval)
     sandbox_service = SandboxService(node, SandboxStore(engine), settings.ports_domain,
-                                     images=images.resolve, volumes=volumes.mounts)
+                                     images=images.resolve, volumes=volumes.mounts,
+                                     snapshots=snapshots.get)
     limits = settings.limits
     failures = Buckets(limits.auth_failure_rate, limits.auth_failure_burst, limits.buckets)
     port_proxy = PortProxy(sandbox_service, keys, settings.ports_domain, failures)
@@ -69,6 +76,7 @@ def create_app(settings: ServerSettings, *,
         try:
             await sandbox_service.start()
             await images.start()
+            await snapshots.start()
             await app.state.aca.start()
             await app.state.mcp.start()
             reaper.start()
@@ -79,6 +87,7 @@ def create_app(settings: ServerSettings, *,
             await port_proxy.aclose()
             await app.state.mcp.close()
             await app.state.aca.close()
+            await snapshots.close()
             await images.close()
             await sandbox_service.close()
             await node.close(detach=settings.keep_sandboxes)
@@ -92,6 +101,7 @@ def create_app(settings: ServerSettings, *,
     app.state.sandboxes = sandbox_service
     app.state.images = images
     app.state.volumes = volumes
+    app.state.snapshots = snapshots
     app.state.commands = CommandService(sandbox_service)
     app.state.files = FileService(sandbox_service)
     app.state.code = CodeService(sandbox_service)
@@ -101,8 +111,8 @@ def create_app(settings: ServerSettings, *,
     app.state.metrics = Metrics(node)
     errors.install(app)
     openapi.install(app)
-    for module in (sandboxes, images_routes, volumes_routes, commands, files, code, metrics,
-                   audit, aca, mcp):
+    for module in (sandboxes, images_routes, volumes_routes, snapshots_routes, commands,
+                   files, code, metrics, audit, aca, mcp):
         app.include_router(module.router)
     app.state.audit = AuditStore(engine)
     # Logs, metrics, limits, authentication, audit, body bounds: see middleware.py.

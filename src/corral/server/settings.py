@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from corral.api.errors import InvalidArgumentError
+from corral.api.limits import SNAPSHOT_TTL_RANGE
 from corral.api.network import NetworkPolicy
 from corral.node import NodeSettings
 
@@ -18,6 +20,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8470
 #: Largest JSON (or stdin) request body; file uploads stream and are bounded by the disk.
 MAX_BODY = 1024 * 1024
+#: Seconds a snapshot is kept when its request says nothing (7 days).
+DEFAULT_SNAPSHOT_TTL = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,12 @@ class ServerSettings:
             (``CORRAL_IMAGE_QUOTA_MIB``, default 20 GiB).
         volume_quota_mib: MiB each tenant's volumes may take together, counting each at
             its size (``CORRAL_VOLUME_QUOTA_MIB``, default 100 GiB).
+        snapshot_quota_mib: MiB each tenant's snapshots may take on disk together
+            (``CORRAL_SNAPSHOT_QUOTA_MIB``, default 20 GiB).
+        snapshot_ttl: seconds a snapshot is kept when its request names no ``ttl``
+            (``CORRAL_SNAPSHOT_TTL``, default 7 days; 60 s to 90 days).
+        snapshot_sweep_interval: seconds between two looks for expired snapshots (a
+            snapshot outlives its time by at most about this; reads treat it as gone).
     """
 
     node: NodeSettings
@@ -208,8 +218,15 @@ class ServerSettings:
     mcp_network: NetworkPolicy = field(default_factory=NetworkPolicy)
     image_quota: int = 20 * 1024 ** 3
     volume_quota_mib: int = 100 * 1024
+    snapshot_quota_mib: int = 20 * 1024
+    snapshot_ttl: float = DEFAULT_SNAPSHOT_TTL
+    snapshot_sweep_interval: float = 30.0
 
     def __post_init__(self) -> None:
+        low, high = SNAPSHOT_TTL_RANGE
+        if not low <= self.snapshot_ttl <= high:
+            raise InvalidArgumentError(f"the snapshot TTL must be {low:g} to {high:g} seconds "
+                                       f"(CORRAL_SNAPSHOT_TTL), not {self.snapshot_ttl:g}")
         if not _DOMAIN.match(self.ports_domain):
             raise InvalidArgumentError(
                 f"the ports domain {self.ports_domain!r:.80} is not a DNS name (letters, "
@@ -244,6 +261,8 @@ class ServerSettings:
                           or "localhost").strip().lower().rstrip("."),
             image_quota=_mib_env("CORRAL_IMAGE_QUOTA_MIB", 20 * 1024) * 1024 * 1024,
             volume_quota_mib=_mib_env("CORRAL_VOLUME_QUOTA_MIB", 100 * 1024),
+            snapshot_quota_mib=_mib_env("CORRAL_SNAPSHOT_QUOTA_MIB", 20 * 1024),
+            snapshot_ttl=_seconds_env("CORRAL_SNAPSHOT_TTL", DEFAULT_SNAPSHOT_TTL),
         )
 
     @property
@@ -259,6 +278,20 @@ class ServerSettings:
 
 _DOMAIN = re.compile(r"^(?=.{1,200}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
                      r"(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def _seconds_env(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidArgumentError(f"{name} must be a number of seconds, not {raw!r:.40}"
+                                   ) from None
+    if not math.isfinite(value):
+        raise InvalidArgumentError(f"{name} must be a finite number of seconds")
+    return value
 
 
 def _flag(value: str) -> bool:

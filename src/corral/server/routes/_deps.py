@@ -13,6 +13,7 @@ from fastapi import Depends, Path, Request
 from ..metrics import Metrics as MetricsT
 from ..services import CommandService, FileService, SandboxService
 from ..services.images import ImageService
+from ..services.snapshots import SnapshotService
 
 
 async def _sandboxes(request: Request) -> SandboxService:
@@ -35,6 +36,11 @@ async def _images(request: Request) -> ImageService:
     return service
 
 
+async def _snapshots(request: Request) -> SnapshotService:
+    service: SnapshotService = request.app.state.snapshots
+    return service
+
+
 async def _metrics(request: Request) -> MetricsT:
     metrics: MetricsT = request.app.state.metrics
     return metrics
@@ -45,4 +51,5 @@ Commands = Annotated[CommandService, Depends(_commands)]
 Files = Annotated[FileService, Depends(_files)]
 Metrics = Annotated[MetricsT, Depends(_metrics)]
 Images = Annotated[ImageService, Depends(_images)]
+Snapshots = Annotated[SnapshotService, Depends(_snapshots)]
 SandboxId = Annotated[str, Path(max_length=64)]

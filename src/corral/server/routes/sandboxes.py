@@ -17,7 +17,7 @@ from corral.node import SandboxState
 from .. import ports
 from ..auth import Tenant
 from ..openapi import errors
-from ._deps import Images, Metrics, Sandboxes, SandboxId
+from ._deps import Images, Metrics, Sandboxes, SandboxId, Snapshots
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 METADATA_PREFIX = "metadata."
@@ -61,6 +61,30 @@ async def snapshot_filesystem(sandbox_id: SandboxId, body: models.FilesystemSnap
     sandbox = await service.owned(tenant, sandbox_id)
     service.touch(sandbox_id)
     return await images.snapshot(tenant, sandbox, body.name)
+
+
+@router.post("/{sandbox_id}/snapshots", status_code=201, responses=errors(
+    ErrorCode.NOT_FOUND, ErrorCode.SANDBOX_NOT_RUNNING, ErrorCode.RUNTIME_UNAVAILABLE,
+    ErrorCode.RESOURCE_EXHAUSTED, why="its runtime cannot keep its memory (namespaces, or a "
+    "network policy: take a files-only one), or your snapshot quota is used up"))
+async def snapshot(sandbox_id: SandboxId, body: models.SnapshotCreate, tenant: Tenant,
+                   service: Sandboxes, snapshots: Snapshots) -> models.SnapshotInfo:
+    """Keep the sandbox as it is now (it runs on): its memory, processes and files, or with
+    ``memory: false`` its files alone. Start sandboxes from it with ``snapshot`` at create."""
+    sandbox = await service.owned(tenant, sandbox_id)
+    service.touch(sandbox_id)
+    return await snapshots.take(tenant, sandbox, body)
+
+
+@router.post("/{sandbox_id}/fork", status_code=201, responses=errors(
+    ErrorCode.NOT_FOUND, ErrorCode.SANDBOX_NOT_RUNNING, ErrorCode.RUNTIME_UNAVAILABLE,
+    ErrorCode.RESOURCE_EXHAUSTED, why="its runtime cannot keep its memory, or the node has "
+    "no room for that many sandboxes"))
+async def fork(sandbox_id: SandboxId, body: models.ForkRequest, tenant: Tenant,
+               service: Sandboxes) -> models.SandboxList:
+    """``count`` new sandboxes, each a copy of this one as it is now (memory, processes,
+    files), each with its own id, port token and files; this one runs on."""
+    return await service.fork(tenant, sandbox_id, body)
 
 
 @router.post("/{sandbox_id}/pause", responses=errors(

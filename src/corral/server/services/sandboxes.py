@@ -29,8 +29,9 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from corral.api import models
 from corral.api.errors import (InvalidArgumentError, NotFoundError, SandboxError,
@@ -42,11 +43,15 @@ from corral.node.validation import SANDBOX_ID, check_metadata
 from corral.node.volumes import VolumeMount
 
 from ..store import SandboxRecord, SandboxStore
+from ..store.snapshots import SnapshotRecord
 from ..store._time import from_epoch
 
 #: What the volume service gives a create: the node's mounts, and the API's description.
 VolumeResolver = Callable[[str, Mapping[str, "str | models.VolumeMountSpec"]],
                           Awaitable[tuple[list[VolumeMount], list[models.VolumeMountInfo]]]]
+
+#: What the snapshot service gives a create from a snapshot: the tenant's live snapshot.
+SnapshotResolver = Callable[[str, str], Awaitable[SnapshotRecord]]
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +90,17 @@ class _Activity:
 class SandboxService:
     def __init__(self, node: Node, store: SandboxStore, ports_domain: str = "localhost",
                  images: Callable[[str, str], Awaitable[str]] | None = None,
-                 volumes: VolumeResolver | None = None) -> None:
+                 volumes: VolumeResolver | None = None,
+                 snapshots: SnapshotResolver | None = None) -> None:
         """``images``: what the node calls a tenant's image reference (the image service's
         ``resolve``); None: references go to the node as they are. ``volumes``: the node's
         mounts for a tenant's ``volumes`` (the volume service's ``mounts``); None: a create
-        asking for volumes is refused."""
+        asking for volumes is refused. ``snapshots``: a tenant's snapshot by id (the
+        snapshot service's ``get``); None: a create from a snapshot is refused."""
         self._node = node
         self._images = images
         self._volumes = volumes
+        self._snapshots = snapshots
         self._store = store
         #: Host-based port URLs are ``{port}-{id}.{ports_domain}``.
         self.ports_domain = ports_domain
@@ -153,6 +161,8 @@ class SandboxService:
             await self._sync(sandbox)
 
     async def create(self, tenant: str, request: models.SandboxCreate) -> models.SandboxInfo:
+        if request.snapshot is not None:
+            return await self._from_snapshot(tenant, request)
         image = (request.image if self._images is None
                  else await self._images(tenant, request.image))
         mounts: list[VolumeMount] = []
@@ -165,26 +175,86 @@ class SandboxService:
             image, runtime=request.runtime, resources=request.resources.to_resources(),
             env=request.env, timeout=request.timeout, metadata=request.metadata,
             network=models.network_policy(request.network), volumes=mounts)
+        await self._register(tenant, sandbox, request.image, request.idle_timeout,
+                             request.public_ports, [m.model_dump() for m in described])
+        log.info("sandbox %s created for tenant %s", sandbox.id, tenant)
+        return await self.describe(tenant, sandbox.id)
+
+    async def _register(self, tenant: str, sandbox: NodeSandbox, image: str,
+                        idle_timeout: float | None, public_ports: Sequence[int],
+                        volumes: Sequence[dict[str, Any]]) -> None:
+        """Record a sandbox the node started for ``tenant`` and make it live (``image``:
+        the tenant's reference to its image; ``volumes``: their API description)."""
         info = sandbox.info
-        access = PortAccess(new_port_token(), frozenset(request.public_ports))
+        access = PortAccess(new_port_token(), frozenset(public_ports))
         record = SandboxRecord(
-            id=info.id, tenant=tenant, image=request.image, runtime=info.runtime,
+            id=info.id, tenant=tenant, image=image, runtime=info.runtime,
             state=info.state, resources=info.resources.model_dump(), metadata=info.metadata,
             created_at=info.created_at, expires_at=info.expires_at,
-            stop_reason=info.stop_reason, idle_timeout=request.idle_timeout,
+            stop_reason=info.stop_reason, idle_timeout=idle_timeout,
             network=sandbox.network.policy.to_wire(), port_token=access.token,
-            public_ports=tuple(sorted(access.public)),
-            volumes=tuple(m.model_dump() for m in described))
-        await asyncio.to_thread(self._store.add, record)
+            public_ports=tuple(sorted(access.public)), volumes=tuple(volumes))
+        try:
+            await asyncio.to_thread(self._store.add, record)
+        except BaseException:
+            await asyncio.shield(sandbox.stop("recording it failed"))
+            raise
         # Live only once recorded; whatever changed while the record was written, describe()
-        # below writes (it syncs a live sandbox).
+        # writes (it syncs a live sandbox).
         self._written[sandbox.id] = (info.state, info.stop_reason, sandbox.expires_at)
         self._live[sandbox.id] = (tenant, sandbox)
         self._ports[sandbox.id] = access
-        if request.idle_timeout is not None:
-            self._activity[sandbox.id] = _Activity(request.idle_timeout, time.monotonic())
-        log.info("sandbox %s created for tenant %s", sandbox.id, tenant)
+        if idle_timeout is not None:
+            self._activity[sandbox.id] = _Activity(idle_timeout, time.monotonic())
+
+    async def _from_snapshot(self, tenant: str, request: models.SandboxCreate
+                             ) -> models.SandboxInfo:
+        """A create from one of the tenant's snapshots: a files-only one is a create on its
+        image; a memory one restores the sandbox it kept, which fixes everything but its
+        lifetime, labels, idle timeout and public ports."""
+        if self._snapshots is None or request.snapshot is None:
+            raise InvalidArgumentError("this server has no snapshots")
+        snapshot = await self._snapshots(tenant, request.snapshot)
+        given = request.model_fields_set
+        if not snapshot.memory:
+            if "image" in given:
+                raise InvalidArgumentError("a sandbox from a snapshot runs the snapshot's "
+                                           "image; leave image out")
+            return await self.create(tenant, request.model_copy(
+                update={"image": snapshot.image, "snapshot": None}))
+        fixed = sorted(given & {"image", "runtime", "resources", "env", "network", "volumes"})
+        if fixed:
+            raise InvalidArgumentError(
+                f"a sandbox from a memory snapshot keeps the snapshot's {', '.join(fixed)}; "
+                "leave them out")
+        source = await asyncio.to_thread(self._store.get, snapshot.sandbox_id)
+        if source is not None and source.tenant != tenant:
+            source = None
+        sandbox = await self._node.create_from_snapshot(
+            snapshot.id, timeout=request.timeout,
+            metadata=request.metadata if "metadata" in given else None)
+        await self._register(tenant, sandbox, source.image if source else snapshot.image,
+                             request.idle_timeout, request.public_ports,
+                             source.volumes if source else ())
+        log.info("sandbox %s started from snapshot %s for tenant %s", sandbox.id,
+                 snapshot.id, tenant)
         return await self.describe(tenant, sandbox.id)
+
+    async def fork(self, tenant: str, sandbox_id: str, request: models.ForkRequest
+                   ) -> models.SandboxList:
+        """``request.count`` copies of the tenant's running sandbox (a paused one is resumed
+        first); each keeps its source's image reference, idle timeout, public ports and
+        volumes, with a port token of its own."""
+        sandbox = await self.owned(tenant, sandbox_id)
+        source = await self._record(tenant, sandbox_id)
+        clones = await self._node.fork(sandbox.id, request.count, timeout=request.timeout,
+                                       metadata=request.metadata)
+        for clone in clones:
+            await self._register(tenant, clone, source.image, source.idle_timeout,
+                                 source.public_ports, source.volumes)
+        log.info("sandbox %s of tenant %s forked into %d", sandbox_id, tenant, len(clones))
+        return models.SandboxList(sandboxes=[await self.describe(tenant, c.id)
+                                             for c in clones])
 
     async def update_network(self, tenant: str, sandbox_id: str,
                              network: models.NetworkSpec) -> models.NetworkInfo:

@@ -138,6 +138,23 @@ volumes = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
+#: Snapshots: a memory one lives on the node (``node_id``); a files-only one is an image of
+#: the tenant's (``image``, an image id, named in ``images`` by its id).
+snapshots = Table(
+    "snapshots", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant", String(64), ForeignKey("tenants.name"), nullable=False),
+    Column("name", String(64), nullable=True),
+    Column("sandbox_id", String(32), nullable=False),
+    Column("memory", Integer, nullable=False),
+    Column("image", String(129), nullable=False),
+    Column("runtime", String(32), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Index("snapshots_by_tenant", "tenant", "created_at"),
+)
+
 #: Image builds, kept after they end with the tail of their log.
 builds = Table(
     "builds", metadata,
