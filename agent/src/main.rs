@@ -245,8 +245,10 @@ impl Agent {
             }
             b"cancel" => {
                 if let Some(target) = target {
-                    self.files.cancel(target);
-                    self.tunnels.cancel(target);
+                    if !self.processes.release(target) {
+                        self.files.cancel(target);
+                        self.tunnels.cancel(target);
+                    }
                 }
             }
             b"stdin" => self.processes.stdin(req_id, req, data)?,

@@ -315,6 +315,18 @@ impl ProcessTable {
         }
     }
 
+    /// Stop sending one running command's output (the node stopped following it); the
+    /// command runs on, and `attach` sends its output again. False if no such command.
+    pub fn release(&self, target: i64) -> bool {
+        match self.tables.locked().by_id.get(&target) {
+            Some(proc) => {
+                proc.credits.close();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Send a running command's output (from now on) to the node again, under the
     /// command's own id, after a `detach` (a resumed sandbox's kernel bridge).
     pub fn attach(&self, target: Option<&Value>) -> Result<()> {

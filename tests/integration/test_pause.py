@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.api.errors import SandboxNotRunningError
+from corral.api.errors import InvalidArgumentError, NotFoundError, SandboxNotRunningError
 from corral.node import NodeSettings, SandboxState, SyncNode, SyncNodeSandbox
 from corral.runtime._cgroups import CgroupView
 from corral.runtime.host import mounts_under
@@ -131,6 +131,53 @@ def test_a_command_running_across_a_pause_goes_on(sandbox: SyncNodeSandbox, node
     node.resume(sandbox.id)
     assert [p.id for p in sandbox.commands.list()] == [handle.id]
     wait_for(lambda: not sandbox.commands.list(), 60)  # its own 3 s still end it
+
+
+#: Counts in /work/flood and writes 64 KiB to stdout per count: a follower that stops
+#: reading (without stopping the output) would block it within ~2 MiB (the agent's window).
+FLOOD = ("n=0; while :; do n=$((n+1)); echo $n > /work/flood; "
+         "head -c 65536 /dev/zero; echo; echo line-$n; sleep 0.01; done")
+
+
+def _flood_count(sb: SyncNodeSandbox) -> int:
+    for _ in range(100):
+        text = sb.files.read("/work/flood").decode().strip()
+        if text:
+            return int(text)
+        time.sleep(0.01)
+    raise AssertionError("the flood counter stayed empty")
+
+
+def test_a_command_is_followed_again_after_a_pause(sandbox: SyncNodeSandbox, node: SyncNode
+                                                   ) -> None:
+    """``commands.connect`` follows a command whose stream the pause ended: its output from
+    then on, its exit; closing the connection stops the output, and the command runs on."""
+    handle = sandbox.commands.start(FLOOD, timeout=600)
+    wait_for(lambda: sandbox.files.exists("/work/flood"), 60)
+    with pytest.raises(InvalidArgumentError, match="already followed"):
+        sandbox.commands.connect(handle.id)  # its starter follows it
+    node.pause(sandbox.id)
+    with pytest.raises(SandboxNotRunningError, match="was paused"):
+        handle.wait()
+    node.resume(sandbox.id)
+    with pytest.raises(NotFoundError):
+        sandbox.commands.connect(handle.id + 1000)
+    again = sandbox.commands.connect(handle.id)
+    seen: list[bytes] = []
+    for event in again:
+        seen.append(event.data)
+        if sum(b"line-" in d for d in seen) >= 3:
+            break
+    assert any(b"line-" in d for d in seen)
+    again.close()  # stops following: the command runs on, its output no longer sent
+    count = _flood_count(sandbox)
+    wait_for(lambda: _flood_count(sandbox) > count + 100, 120)  # ~6 MiB past: not blocked
+    assert [p.id for p in sandbox.commands.list()] == [handle.id]
+    last = sandbox.commands.connect(handle.id)
+    last.kill()
+    result = last.wait()
+    assert result.signal == 9 or result.exit_code != 0
+    wait_for(lambda: not sandbox.commands.list(), 60)
 
 
 def test_kill_while_paused_removes_everything(node: SyncNode, runtime: str) -> None:

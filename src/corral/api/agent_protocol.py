@@ -29,7 +29,8 @@ never anywhere else. After ``ok``, the app's bytes come as ``data`` frames under
 then ``end`` at its EOF; the node's go as ``chunk`` frames (``"eof": true`` half-closes),
 each acknowledged by an ``ack`` once written, at most ``STREAM_WINDOW // 2`` unacknowledged.
 The two directions are independent; ``cancel`` closes a tunnel at once, and an ``error`` is
-a tunnel's last frame.
+a tunnel's last frame. ``cancel`` of a running command's id stops its output (dropped from
+then on; the command runs on, and :data:`OP_ATTACH` sends it again).
 
 Sessions and pausing. A session starts with the agent's ``hello`` (``next_id``: the first
 request id the node may use; ids below it belong to commands started before). The agent

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from corral.api import agent_protocol as proto
 from corral.api import contract, models
 from corral.api.command_events import Output, OutputCallback, OutputCapture
-from corral.api.errors import CommandTimeoutError, InvalidArgumentError, SandboxError
+from corral.api.errors import (CommandTimeoutError, InvalidArgumentError, NotFoundError,
+                               SandboxError)
 from corral.api.limits import DEFAULT_COMMAND_TIMEOUT, MAX_ARGV
 from corral.api.resources import check_timeout
 
@@ -40,7 +41,10 @@ class NodeCommandHandle:
     """
 
     def __init__(self, sandbox: NodeSandbox, stream: Stream, pid: int, counters: tuple[int, int],
-                 started: float) -> None:
+                 started: float, owned: bool = True) -> None:
+        """``owned``: the handle's caller started the command (closing the handle early
+        kills it); else it only follows one that runs on (closing stops its output)."""
+        self._owned = owned
         self._sandbox = sandbox
         self._stream = stream
         self.pid = pid
@@ -114,13 +118,26 @@ class NodeCommandHandle:
         await self.signal(signals.SIGKILL)
 
     async def aclose(self) -> None:
-        """Stop following the command; one still running is killed."""
+        """Stop following the command; one still running is killed, unless this handle
+        only follows it (:meth:`NodeCommands.connect`): then its output stops, and it runs
+        on."""
         if self._closed:
             return
         self._closed = True
         if self._exit is None:
             with contextlib.suppress(SandboxError):
-                await self.kill()
+                if self._owned:
+                    await self.kill()
+                else:
+                    await self._sandbox.channel().send(
+                        {"id": 0, "op": proto.OP_CANCEL, "target": self.id})
+        self._stream.close()
+
+    def detach(self) -> None:
+        """Stop following the command here and now, leaving it running and its output
+        flowing (for :meth:`NodeCommands.connect` to take over); an iteration under way ends
+        with an error."""
+        self._closed = True
         self._stream.close()
 
     async def __aenter__(self) -> NodeCommandHandle:
@@ -260,11 +277,31 @@ class NodeCommands:
                     started_at=float(raw.get("started_at", 0.0))))
         return found
 
+    async def connect(self, command_id: int) -> NodeCommandHandle:
+        """Follow a running command again: its output from now on (what it wrote while
+        nobody followed it is gone), its exit, its stdin and signals. For a command whose
+        output stream ended while it ran on (at a pause, or a restart of the node) or that
+        was started in the background. Closing the handle before the command ends stops
+        its output and leaves it running.
 
-async def attach(sandbox: NodeSandbox, command_id: int, pid: int) -> NodeCommandHandle:
+        NotFoundError if no command with that id runs (see :meth:`list`);
+        InvalidArgumentError if its output is already being followed.
+        """
+        if isinstance(command_id, bool) or not isinstance(command_id, int):
+            raise InvalidArgumentError("a command id is a whole number")
+        running = {p.id: p for p in await self.list()}
+        found = running.get(command_id)
+        if found is None:
+            raise NotFoundError(f"no running command {command_id} in sandbox "
+                                f"{self._sandbox.id}")
+        return await attach(self._sandbox, command_id, found.pid, owned=False)
+
+
+async def attach(sandbox: NodeSandbox, command_id: int, pid: int,
+                 owned: bool = True) -> NodeCommandHandle:
     """A handle on a command an earlier session of the agent started and still runs (a
     resumed sandbox's kernel bridge): its output from now on, its stdin, its signals.
-    NotFoundError if it is no longer running."""
+    NotFoundError if it is no longer running. ``owned``: as :class:`NodeCommandHandle`."""
     agent = sandbox.channel()
     stream = agent.follow(command_id, credited=True)
     try:
@@ -272,7 +309,8 @@ async def attach(sandbox: NodeSandbox, command_id: int, pid: int) -> NodeCommand
     except BaseException:
         stream.close()
         raise
-    return NodeCommandHandle(sandbox, stream, pid, sandbox.counters(), time.monotonic())
+    return NodeCommandHandle(sandbox, stream, pid, sandbox.counters(), time.monotonic(),
+                             owned)
 
 
 async def _drain(handle: NodeCommandHandle) -> None:

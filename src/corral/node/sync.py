@@ -63,6 +63,7 @@ class SyncNodeCommands(Proxy[NodeCommands]):
 
     run = blocking(NodeCommands.run)
     start = blocking_wrapped(NodeCommands.start, SyncNodeCommandHandle)
+    connect = blocking_wrapped(NodeCommands.connect, SyncNodeCommandHandle)
     run_background = blocking(NodeCommands.run_background)
     list = blocking(NodeCommands.list)
     signal = blocking(NodeCommands.signal)

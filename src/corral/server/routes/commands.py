@@ -1,5 +1,6 @@
 """``/v1/sandboxes/{id}/commands``: run (JSON, or NDJSON with ``stream``), background
-start, stdin, signals, and the list of running commands."""
+start, connect (follow a running command again), stdin, signals, and the list of running
+commands."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import StreamingResponse
 
 from corral.api import models
-from corral.api.errors import SandboxError
+from corral.api.errors import ErrorCode, SandboxError
 
 from ..auth import Tenant
 from ..metrics import Metrics as MetricsT
+from ..openapi import errors
 from ._deps import Commands, Metrics, SandboxId
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/commands", tags=["commands"])
@@ -66,6 +68,23 @@ async def _counted(events: AsyncIterator[bytes], metrics: MetricsT) -> AsyncIter
 async def list_(sandbox_id: SandboxId, tenant: Tenant, service: Commands
                 ) -> models.ProcessList:
     return await service.list(tenant, sandbox_id)
+
+
+@router.post("/{command_id}/connect", response_class=StreamingResponse, responses={
+    200: {"description": "NDJSON: one CommandEvent per line, from now on (a `started`, its "
+                         "output, then `exit` or `error`)",
+          "content": {NDJSON: {"schema": _EVENTS}}},
+    **errors(ErrorCode.NOT_FOUND, ErrorCode.INVALID_ARGUMENT,
+             why="no such running command, or its output is already streamed to the "
+                 "request that started it")})
+async def connect(sandbox_id: SandboxId, command_id: CommandId, tenant: Tenant,
+                  service: Commands, metrics: Metrics) -> Response:
+    """Follow a running command again: a background one, or one whose output stream ended
+    at a pause or a server restart. Its output from now on (what it wrote while nobody
+    followed it is gone); leaving early stops the output, and the command runs on."""
+    events = await service.connect(tenant, sandbox_id, command_id)
+    return StreamingResponse(_counted(events, metrics), media_type=NDJSON,
+                             headers={"Cache-Control": "no-store"})
 
 
 @router.post("/{command_id}/stdin", status_code=204, openapi_extra={"requestBody": {

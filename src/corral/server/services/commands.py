@@ -2,7 +2,10 @@
 
 Every started command is registered under its sandbox until it ends, so that stdin and
 signals sent by later requests find it. A streamed command whose client goes away is
-killed (nobody is left to read it); a background one has its output drained and dropped.
+killed (nobody is left to read it); a background one has its output drained and dropped
+until a client connects to it. A connect follows a running command again (a background one,
+or one whose stream ended at a pause or a server restart): its output from then on; a
+connected client that goes away only stops following it.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ import asyncio
 import base64
 import contextlib
 import logging
+import weakref
 from collections.abc import AsyncIterator
 
 import anyio
 
 from corral.api import models
-from corral.api.errors import NotFoundError, SandboxError
+from corral.api.errors import InvalidArgumentError, NotFoundError, SandboxError
 from corral.api.limits import DEFAULT_COMMAND_TIMEOUT
 from corral.node import NodeCommandHandle
 
@@ -30,6 +34,8 @@ class CommandService:
         self._sandboxes = sandboxes
         self._handles: dict[str, dict[int, NodeCommandHandle]] = {}
         self._drains: set[asyncio.Task[None]] = set()
+        #: Background commands' handles, read to their end by the server alone.
+        self._drained: weakref.WeakSet[NodeCommandHandle] = weakref.WeakSet()
         sandboxes.on_stopped.append(self._forget_sandbox)
 
     async def run(self, tenant: str, sandbox_id: str,
@@ -39,7 +45,7 @@ class CommandService:
         try:
             return await handle.wait()
         finally:
-            self._forget(sandbox_id, handle.id)
+            self._forget(sandbox_id, handle)
 
     async def stream(self, tenant: str, sandbox_id: str,
                      request: models.CommandRequest) -> AsyncIterator[bytes]:
@@ -50,10 +56,29 @@ class CommandService:
     async def background(self, tenant: str, sandbox_id: str,
                          request: models.CommandRequest) -> models.CommandStarted:
         handle = await self._start(tenant, sandbox_id, request)
+        self._drained.add(handle)
         task = asyncio.get_running_loop().create_task(self._drain(sandbox_id, handle))
         self._drains.add(task)
         task.add_done_callback(self._drains.discard)
         return models.CommandStarted(id=handle.id, pid=handle.pid)
+
+    async def connect(self, tenant: str, sandbox_id: str, command_id: int
+                      ) -> AsyncIterator[bytes]:
+        """Follow a running command again (a background one, or one whose stream ended at
+        a pause or a server restart): NDJSON events from now on, as :meth:`stream` gives.
+        A client that leaves early stops the output; the command runs on."""
+        sandbox = await self._sandboxes.owned(tenant, sandbox_id)
+        earlier = self._handles.get(sandbox_id, {}).get(command_id)
+        if earlier is not None:
+            if earlier not in self._drained:
+                raise InvalidArgumentError(
+                    f"command {command_id}'s output is already streamed to the request that "
+                    "started it (or another connect); connect once that stream has ended")
+            earlier.detach()  # the background drain ends; its output is this stream's now
+            self._drained.discard(earlier)
+        handle = await sandbox.commands.connect(command_id)
+        self._handles.setdefault(sandbox_id, {})[command_id] = handle
+        return self._events(sandbox_id, handle, owned=False)
 
     async def send_stdin(self, tenant: str, sandbox_id: str, command_id: int, data: bytes,
                          eof: bool) -> None:
@@ -102,16 +127,23 @@ class CommandService:
     def _forget_sandbox(self, sandbox_id: str) -> None:
         self._handles.pop(sandbox_id, None)
 
-    def _forget(self, sandbox_id: str, command_id: int) -> None:
-        self._handles.get(sandbox_id, {}).pop(command_id, None)
+    def _forget(self, sandbox_id: str, handle: NodeCommandHandle) -> None:
+        """Drop ``handle`` (not another that follows the same command since)."""
+        handles = self._handles.get(sandbox_id, {})
+        if handles.get(handle.id) is handle:
+            del handles[handle.id]
+        self._drained.discard(handle)
 
     async def _abandon(self, sandbox_id: str, handle: NodeCommandHandle) -> None:
         """Kill a command nobody will read, even from a cancelled request."""
-        self._forget(sandbox_id, handle.id)
+        self._forget(sandbox_id, handle)
         with anyio.CancelScope(shield=True), contextlib.suppress(SandboxError):
             await handle.kill()
 
-    async def _events(self, sandbox_id: str, handle: NodeCommandHandle) -> AsyncIterator[bytes]:
+    async def _events(self, sandbox_id: str, handle: NodeCommandHandle,
+                      owned: bool = True) -> AsyncIterator[bytes]:
+        """``owned``: this request started the command, and a client that leaves before it
+        ends kills it; else (a connect) it only stops following it."""
         ended = False
         try:
             yield _line(models.StartedEvent(id=handle.id, pid=handle.pid))
@@ -130,9 +162,13 @@ class CommandService:
                     code=exc.code.value, message=exc.message)))
         finally:
             if ended:
-                self._forget(sandbox_id, handle.id)
-            else:
+                self._forget(sandbox_id, handle)
+            elif owned:
                 await self._abandon(sandbox_id, handle)
+            else:
+                self._forget(sandbox_id, handle)
+                with anyio.CancelScope(shield=True), contextlib.suppress(SandboxError):
+                    await handle.aclose()
 
     async def _drain(self, sandbox_id: str, handle: NodeCommandHandle) -> None:
         try:
@@ -142,7 +178,7 @@ class CommandService:
             log.info("background command %d in %s ended: %s", handle.id, sandbox_id,
                      exc.code.value)
         finally:
-            self._forget(sandbox_id, handle.id)
+            self._forget(sandbox_id, handle)
 
 
 def _line(event: models.StartedEvent | models.OutputEvent | models.ExitEvent
