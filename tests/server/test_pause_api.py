@@ -1,15 +1,21 @@
 """Pause and resume over HTTP with the SDK and the CLI: state kept (files, a kernel's
 variables), any call on a paused sandbox resumes it, connect resumes it, the lifetime clock
-stops, and other tenants cannot pause or resume it."""
+stops, other tenants cannot pause or resume it, and a networked sandbox's exposed port
+serves again once it is resumed."""
 
 from __future__ import annotations
 
+import shutil
+
+import httpx
+import pytest
 from typer.testing import CliRunner
 
 from corral import Sandbox
 from corral.cli import app
 
 from .conftest import Server, assert_error
+from .test_ports import PORT, echo, start_app
 
 
 def test_pause_keeps_state_and_any_call_resumes(server: Server, runtime: str) -> None:
@@ -63,3 +69,26 @@ def test_port_traffic_does_not_wake_a_paused_sandbox(server: Server) -> None:
             response = anyone.get(f"/v1/sandboxes/{sb.id}/ports/8080/")
             assert_error(response, 410, "sandbox_not_running")
         assert sb.refresh().state == "paused"
+
+
+@pytest.mark.skipif(shutil.which("nft") is None,
+                    reason="needs nftables for a networked sandbox (scripts/install installs it)")
+def test_a_networked_sandboxs_port_serves_again_after_a_resume(server: Server,
+                                                               runtime: str) -> None:
+    """gVisor: its app listens on netstack's loopback, which the checkpoint saves and the
+    restore (into its network namespace, its address put back) brings back, listening;
+    a connection to it open at the pause is dropped, not in the way. One client connection
+    throughout: the server's kept-alive tunnel to the app, which the pause ended, is not
+    reused after the resume. No network traffic: its policy allows nothing, and its port
+    is reached through its agent."""
+    with Sandbox.create("python", runtime=runtime, network={"allow": []}, timeout=600,
+                        **server.sdk()) as sb:
+        start_app(sb)
+        url = sb.ports.url(PORT) + "echo"
+        with httpx.Client(headers={"X-Corral-Port-Token": sb.ports.token}, timeout=30) as http:
+            assert echo(http.get(url))["path"] == "/echo"
+            assert sb.pause().state == "paused"
+            assert_error(http.get(url), 410, "sandbox_not_running")  # no wake-up by port
+            assert sb.resume().state == "running"
+            assert echo(http.get(url))["path"] == "/echo"
+        assert sb.info.network.model_dump() == {"allow": [], "deny": []}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from corral.api.errors import AgentError, SandboxError
 from corral.runtime import Runtime, RuntimeSandbox, SandboxSpec
-from corral.runtime.host import channel_socket, give_socket
+from corral.runtime.host import channel_socket, give_socket, net_namespace_path
 
 from . import records
 from .agent_client import AgentClient
@@ -66,7 +66,8 @@ async def adopt(directory: Path, *, runtime: Callable[[str], Runtime], images: I
         built = images.get(record.image)
         spec = SandboxSpec(sandbox_id=sandbox_id, rootfs=built.rootfs,
                            cgroup=f"{node_key}/{sandbox_id}", resources=record.resources,
-                           agent_bundle=bundle, directory=directory, layers=built.layers)
+                           agent_bundle=bundle, directory=directory, layers=built.layers,
+                           netns=_netns(record.extra, node_key))
         handle = await (chosen.adopt_paused if paused else chosen.adopt)(spec, record.extra)
         if "net" in record.extra:  # the node's, not the runtime's: kept whatever it keeps
             handle.extra["net"] = record.extra["net"]
@@ -138,6 +139,18 @@ async def _release(sandbox: NodeSandbox, lifecycle: Lifecycle) -> bool:
         return False
     log.info("sandbox %s released, still %s", sandbox.id, sandbox.state.value)
     return True
+
+
+def _netns(extra: dict[str, object], node_key: str) -> Path | None:
+    """The network namespace the sandbox was started in (None: loopback only), from the
+    slot its record names: a gVisor sandbox's checkpoint and restore run on it too."""
+    recorded = extra.get("net")
+    if recorded is None:
+        return None
+    index = recorded.get("index") if isinstance(recorded, dict) else None
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise AdoptionError(f"its record's network {recorded!r:.200} names no slot")
+    return net_namespace_path(node_key, index)
 
 
 def _message(exc: BaseException) -> str:

@@ -6,6 +6,13 @@ network namespace with a veth pair and its own nftables chain
 (:mod:`corral.runtime._net_unsafe`); the runtime starts the sandbox in that namespace and
 removes it with the sandbox. The policy and slot are kept in the runtime handle's
 ``extra`` (so in the sandbox's record), where a restarted node finds them.
+
+A paused sandbox keeps its slot: its namespace, veth pair, rules, resolver and proxy stay
+(no process, a few kernel objects and two listening sockets), so a resume finds its
+address free and its rules as they were. Before each resume the slot is made ready for
+the sandbox to come back into it (:meth:`NodeNetwork.reinstate`): gVisor's restore needs
+the address runsc took out of the namespace put back, and after a reboot of the host the
+whole slot is made again, at the same index.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ from typing import TYPE_CHECKING
 
 from corral.api import models
 from corral.api.contract import NetworkArg
-from corral.api.errors import InvalidArgumentError, ResourceExhaustedError, SandboxError
+from corral.api.errors import (InternalError, InvalidArgumentError, ResourceExhaustedError,
+                               SandboxError)
 from corral.api.network import NetOperator, NetworkPolicy
 from corral.runtime import host
 
@@ -67,6 +75,9 @@ class NodeNetwork:
         self._closing: set[asyncio.Task[None]] = set()
         self._refused: host.NflogReader | None = None
         self._ifnames: dict[int, int] = {}  # interface index -> slot
+        #: Slots of this node's paused sandboxes that are gone from the host (a reboot) and
+        #: could not be made again yet: no new sandbox takes them meanwhile.
+        self._missing: set[int] = set()
 
     def egress(self, sandbox: NodeSandbox) -> SandboxEgress | None:
         """The resolver and proxy of ``sandbox`` (None: it has no network)."""
@@ -107,6 +118,8 @@ class NodeNetwork:
         if state is not SandboxState.STOPPED:
             return
         recorded = sandbox.handle.extra.get(EXTRA_KEY)
+        if isinstance(recorded, dict) and isinstance(recorded.get("index"), int):
+            self._missing.discard(recorded["index"])
         egress = (self._egress.pop(recorded["index"], None)
                   if isinstance(recorded, dict) else None)
         if egress is not None:
@@ -170,14 +183,19 @@ class NodeNetwork:
         it breaks otherwise."""
         return self.operator.check(policy)
 
+    async def _ensure_table(self) -> None:
+        """The shared table's base chains and this node's sets, once per node (hold
+        ``_lock``)."""
+        if not self._table_ready:
+            await asyncio.to_thread(host.ensure_net_table, self._node_key,
+                                    self.operator.denied(), self.operator.pool)
+            self._table_ready = True
+
     async def attach(self, policy: NetworkPolicy) -> host.SandboxNet:
         """A new namespace, veth pair and chain enforcing ``policy``."""
         async with self._lock:  # one slot search at a time in this node
-            if not self._table_ready:
-                await asyncio.to_thread(host.ensure_net_table, self._node_key,
-                                        self.operator.denied(), self.operator.pool)
-                self._table_ready = True
-            taken = await asyncio.to_thread(host.taken_net_slots)
+            await self._ensure_table()
+            taken = await asyncio.to_thread(host.taken_net_slots) | self._missing
             free = (i for i in range(host.net_slots(self.operator.pool)) if i not in taken)
             for _, index in zip(range(_SLOT_TRIES), free, strict=False):
                 net = host.SandboxNet.at(self.operator.pool, index, self._node_key)
@@ -196,6 +214,49 @@ class NodeNetwork:
                 return net
         raise ResourceExhaustedError(f"no free address in the sandbox pool "
                                      f"{self.operator.pool}; stop some networked sandboxes")
+
+    async def reinstate(self, sandbox: NodeSandbox) -> None:
+        """Make a paused sandbox's slot ready for its resume (nothing for one without a
+        network): its address and route back in its namespace (runsc took them out of it,
+        and a restore takes them over again), or, where the slot is gone (the host
+        rebooted), all of it made again at the same index, as it was; then its resolver
+        and proxy serve it.
+
+        Raises ResourceExhaustedError if the slot is gone and another node holds its index
+        now, InternalError if it cannot be made; the sandbox then stays paused, and a later
+        resume tries again.
+        """
+        net = self.slot(sandbox.handle.extra)
+        if net is None:
+            return
+        policy = recorded_policy(sandbox.handle.extra)
+        async with self._lock:  # no slot search in between: it might take this index
+            await self._ensure_table()
+            try:
+                made = await asyncio.to_thread(host.reinstate_net, net, self._node_key, policy)
+            except FileExistsError:
+                self._missing.add(net.index)
+                raise ResourceExhaustedError(
+                    f"sandbox {sandbox.id}: its network (slot {net.index}, {net.address}) is "
+                    "gone from the host (a reboot takes it), and another node's sandbox holds "
+                    "that slot now; it stays paused: resume it once that sandbox stops, or "
+                    "kill it") from None
+            except OSError as exc:
+                self._missing.add(net.index)
+                raise InternalError(f"sandbox {sandbox.id}: making its network ready for the "
+                                    f"resume failed: {exc}; it stays paused") from exc
+            except SandboxError:
+                self._missing.add(net.index)
+                raise
+            self._missing.discard(net.index)
+        if made:
+            log.info("sandbox %s: its network (slot %d) was gone, made again", sandbox.id,
+                     net.index)
+        try:
+            await self.serve_names(net, policy)
+        except OSError as exc:
+            raise InternalError(f"sandbox {sandbox.id}: its resolver and proxy could not start "
+                                f"on {net.gateway}: {exc}; it stays paused") from exc
 
     async def update(self, sandbox: NodeSandbox, policy: NetworkPolicy) -> NetworkPolicy:
         """Replace a running sandbox's policy; new connections see it at once."""

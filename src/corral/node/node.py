@@ -519,15 +519,20 @@ class Node:
         if adopted.agent is not None:
             sandbox.agent = adopted.agent
             adopted.agent.on_close = functools.partial(self._agent_closed, sandbox)
-        net = self.network.slot(adopted.handle.extra)
-        if net is not None:
-            await self.network.serve_names(net, sandbox.network.policy)
         if adopted.agent is None:  # paused: nothing of it runs until a resume
             sandbox.lifetime_left = record.lifetime_left
+            try:  # its slot, made again if a reboot took it (before any create can take it)
+                await self.network.reinstate(sandbox)
+            except SandboxError as exc:
+                log.warning("sandbox %s: adopted paused, but its network is not ready; its "
+                            "resume tries again: %s", sandbox.id, exc.message)
             self.lifecycle.move(sandbox, SandboxState.PAUSED)
             log.info("sandbox %s adopted paused (%s, image %s)", sandbox.id,
                      adopted.runtime.name, record.image)
             return
+        net = self.network.slot(adopted.handle.extra)
+        if net is not None:
+            await self.network.serve_names(net, sandbox.network.policy)
         self.lifecycle.move(sandbox, SandboxState.RUNNING)  # past its lifetime: stops at once
         log.info("sandbox %s adopted (%s, image %s)", sandbox.id, adopted.runtime.name,
                  record.image)
@@ -541,8 +546,9 @@ class Node:
         restart of the node but not a reboot. While paused, its commands, files and code
         answer SandboxNotRunningError saying it is paused (check ``sandbox.is_paused``);
         a command running when it paused runs on after the resume, but its output stream
-        ends now. Pausing a paused sandbox does nothing. Networked gVisor sandboxes cannot
-        be paused yet (RuntimeUnavailableError). See docs/pause.md.
+        ends now. Pausing a paused sandbox does nothing. A networked sandbox keeps its
+        network slot (address, rules, resolver) while paused; its open connections are
+        dropped (gVisor). See docs/pause.md.
         """
         sandbox = self.get(sandbox_id)
         await pausing.pause(sandbox, self.lifecycle, self._agent_closed)
@@ -555,7 +561,8 @@ class Node:
         resume it, it stays paused and the error says why.
         """
         sandbox = self.get(sandbox_id)
-        await pausing.resume(sandbox, self.lifecycle, self._agent_closed, self._read_stderr)
+        await pausing.resume(sandbox, self.lifecycle, self._agent_closed, self._read_stderr,
+                             self.network)
 
     # -- memory snapshots and forks (corral.node.checkpoints) ------------------------------
 

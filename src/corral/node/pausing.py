@@ -12,11 +12,13 @@ A pause, in order:
    left running or mounted; namespaces: the cgroup freezer);
 5. the state becomes PAUSED, written to its record with the lifetime left.
 
-A resume: the runtime lets it run (gVisor: a restore with new pipes; namespaces: a thaw),
-the node starts a new session with the agent (its ``hello``, over the new pipes, the old
-ones, or the socket for a sandbox adopted from an earlier node), the lifetime clock runs
-again from what was left, and the code interpreter follows its kernel bridge again, so its
-contexts keep their state.
+A resume: a networked sandbox's slot is made ready for it
+(:meth:`~corral.node.network.NodeNetwork.reinstate`: gVisor's restore needs its address
+back in its namespace), the runtime lets it run (gVisor: a restore with new pipes;
+namespaces: a thaw), the node starts a new session with the agent (its ``hello``, over the
+new pipes, the old ones, or the socket for a sandbox adopted from an earlier node), the
+lifetime clock runs again from what was left, and the code interpreter follows its kernel
+bridge again, so its contexts keep their state.
 
 Pausing a paused sandbox and resuming a running one do nothing. A pause or resume holds
 the sandbox's ``transition`` lock, as a stop does: one waits for the other. While one is
@@ -39,6 +41,7 @@ from corral.runtime import RuntimeState
 from .adoption import reconnect
 from .agent_client import CALL_TIMEOUT, AgentClient
 from .lifecycle import Lifecycle, SandboxState
+from .network import NodeNetwork
 from .sandbox import NodeSandbox
 
 log = logging.getLogger(__name__)
@@ -87,14 +90,15 @@ async def pause(sandbox: NodeSandbox, lifecycle: Lifecycle,
 
 async def resume(sandbox: NodeSandbox, lifecycle: Lifecycle,
                  agent_closed: Callable[[NodeSandbox, str], None],
-                 on_stderr: Callable[[NodeSandbox, asyncio.StreamReader], None]) -> float:
+                 on_stderr: Callable[[NodeSandbox, asyncio.StreamReader], None],
+                 network: NodeNetwork) -> float:
     """Resume a paused sandbox; returns the seconds it took until its agent answered
     (nothing for a running one). ``on_stderr``: the node's reader of a new runtime
-    process's stderr.
+    process's stderr; ``network``: the node's, which readies the sandbox's slot first.
 
-    Raises SandboxNotRunningError if it is stopping or stopped; if the runtime fails, the
-    sandbox stays paused (resume may be tried again, or kill it); if its agent does not
-    answer, the sandbox is stopped with the reason.
+    Raises SandboxNotRunningError if it is stopping or stopped; if its network cannot be
+    made ready or the runtime fails, the sandbox stays paused (resume may be tried again,
+    or kill it); if its agent does not answer, the sandbox is stopped with the reason.
     """
     async with sandbox.transition:
         if sandbox.state is SandboxState.RUNNING:
@@ -105,6 +109,7 @@ async def resume(sandbox: NodeSandbox, lifecycle: Lifecycle,
         started = time.monotonic()
         sandbox.changing = "resuming"
         try:
+            await network.reinstate(sandbox)
             process = await sandbox.runtime.resume(sandbox.handle)
             try:
                 agent = await _session(sandbox, process, on_stderr)

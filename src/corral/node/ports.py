@@ -90,6 +90,12 @@ class PortConnection:
             self._readable.set()
             self._writable.set()
 
+    @property
+    def readable(self) -> bool:
+        """Whether :meth:`read` would return at once: bytes arrived, or the connection
+        ended (the app closed it, or it failed: the sandbox was paused or stopped)."""
+        return bool(self._chunks) or self._eof or self._error is not None or self._closed
+
     async def read(self, limit: int = proto.CHUNK) -> bytes:
         """The next bytes the app sent: what has arrived, up to ``limit`` bytes (but at least
         one piece, which may be up to 64 KiB); ``b""`` once it closed its side.

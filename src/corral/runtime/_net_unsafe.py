@@ -30,6 +30,10 @@ A policy update rewrites the sandbox's chain in one nftables transaction: new co
 see the new rules at once; open ones keep going. IPv4 forwarding is turned on when the
 first networked sandbox starts; if Corral turned it on, the table also drops forwarding
 between two interfaces that are not sandboxes', so the host routes nothing it did not before.
+
+A paused sandbox keeps its slot; :func:`reinstate` readies it for a gVisor restore (the
+address runsc took out of the namespace put back, or, after a reboot of the host, the
+whole slot made again).
 """
 
 from __future__ import annotations
@@ -117,8 +121,18 @@ class SandboxNet:
     @classmethod
     def at(cls, pool: ipaddress.IPv4Network, index: int, node_key: str) -> SandboxNet:
         base = pool.network_address + index * 4
-        return cls(index=index, netns=f"corral-{node_key}-{index}", gateway=base + 1,
+        return cls(index=index, netns=netns_name(node_key, index), gateway=base + 1,
                    address=base + 2)
+
+
+def netns_name(node_key: str, index: int) -> str:
+    """The name under /run/netns of node ``node_key``'s namespace for slot ``index``."""
+    return f"corral-{node_key}-{index}"
+
+
+def netns_path(node_key: str, index: int) -> Path:
+    """Where node ``node_key``'s namespace for slot ``index`` is kept."""
+    return NETNS_DIR / netns_name(node_key, index)
 
 
 def slots(pool: ipaddress.IPv4Network) -> int:
@@ -237,8 +251,12 @@ def create(net: SandboxNet, node_key: str, policy: NetworkPolicy) -> None:
             host = ipr.link_lookup(ifname=net.host_ifname)[0]
             ipr.addr("add", index=host, address=str(net.gateway), prefixlen=30)
             ipr.link("set", index=host, state="up")
+        # Flushed once made: a chain a crash left behind (its namespace gone, its interface
+        # with it, so no node holds the slot) would otherwise keep its old rules first.
         _apply([f"add chain inet {TABLE} {net.chain}",
                 f"add chain inet {TABLE} {net.nat_chain}",
+                f"flush chain inet {TABLE} {net.chain}",
+                f"flush chain inet {TABLE} {net.nat_chain}",
                 f"add counter inet {TABLE} {net.counter_out}",
                 f"add counter inet {TABLE} {net.counter_in}",
                 f"add element inet {TABLE} sandbox_out {{ \"{net.host_ifname}\" : "
@@ -281,6 +299,74 @@ def _configure_inside(net: SandboxNet, host_netns: int) -> None:
         ipr.addr("add", index=inner, address=str(net.address), prefixlen=30)
         ipr.link("set", index=inner, state="up")
         ipr.route("add", dst="0.0.0.0/0", gateway=str(net.gateway))
+
+
+def reinstate(net: SandboxNet, node_key: str, policy: NetworkPolicy) -> bool:
+    """Make ``net`` ready for its paused sandbox's resume (a gVisor restore needs it; a
+    frozen namespaces sandbox finds nothing changed).
+
+    Its namespace still there: the sandbox end's address and default route are put back
+    (:func:`readdress`). Gone (a reboot of the host takes every namespace, veth and rule
+    with it): the whole slot is made again as :func:`create` makes it, at the same index,
+    so the sandbox keeps its address and gateway. Returns whether it was made again.
+    Raises FileExistsError if it was gone and its interface is another node's now.
+    """
+    if os.path.ismount(net.netns_path):
+        readdress(net)
+        return False
+    if net.index in taken_slots():
+        raise FileExistsError(net.host_ifname)
+    _remove_netns(net)  # a stale file at its path (never a mount: checked above)
+    create(net, node_key, policy)
+    return True
+
+
+def readdress(net: SandboxNet) -> None:
+    """Put the sandbox end's address and default route back in ``net``'s namespace.
+
+    runsc moves them into gVisor's own network stack when it starts a sandbox on the
+    namespace, and deletes them from the namespace; a restore takes them over the same
+    way, so before one into the same namespace they must be there again. Idempotent:
+    where they are (a namespaces sandbox's kernel keeps them), nothing changes. 1-3 ms.
+    """
+    _in_netns(net, functools.partial(_readdress_inside, net))
+
+
+def _readdress_inside(net: SandboxNet) -> None:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=SANDBOX_IFNAME)
+        if not found:
+            raise InternalError(f"the network namespace {net.netns} has lost its interface "
+                                f"{SANDBOX_IFNAME}; kill the sandbox and start a new one")
+        inner = found[0]
+        ipr.addr("replace", index=inner, address=str(net.address), prefixlen=30)
+        ipr.link("set", index=inner, state="up")
+        ipr.route("replace", dst="0.0.0.0/0", gateway=str(net.gateway))
+
+
+def _in_netns(net: SandboxNet, work: Callable[[], None]) -> None:
+    """Run ``work`` in ``net``'s (existing) namespace, from a thread of its own that joins
+    it (network namespaces are per thread) and ends with it, so no other work runs there."""
+    target = os.open(net.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    failure: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            _check(_libc.setns(target, _CLONE_NEWNET), f"joining the namespace {net.netns}")
+            work()
+        except BaseException as exc:
+            failure.append(exc)
+
+    try:
+        thread = threading.Thread(target=body, name=f"corral-netns-{net.index}")
+        thread.start()
+        thread.join()
+    finally:
+        os.close(target)
+    if failure:
+        raise failure[0]
 
 
 def _in_new_netns(net: SandboxNet, configure: Callable[[int], None]) -> None:

@@ -27,8 +27,11 @@ Writes (implemented in :mod:`._cgroups_unsafe`, :mod:`._mounts_unsafe` and
   benchmark's bare sandboxes, which no runtime starts).
 * :func:`ensure_net_table`, :func:`create_net`, :func:`update_net`, :func:`destroy_net`:
   the shared nftables table, and one sandbox's network namespace, veth pair and rules
-  (:mod:`._net_unsafe`); :func:`taken_net_slots`, :func:`net_slots` and
-  :class:`SandboxNet` say which slots of the pool exist and what one names;
+  (:mod:`._net_unsafe`); :func:`reinstate_net`: that slot made ready for a restore into
+  it (its address put back, or all of it made again after a reboot);
+  :func:`taken_net_slots`, :func:`net_slots` and :class:`SandboxNet` say which slots of
+  the pool exist and what one names (:func:`net_namespace_path`: where a node's slot
+  keeps its namespace);
   :class:`NflogReader` reads the packets those rules refused (:mod:`._nflog`).
 * :func:`make_volume_fs`, :func:`mount_volume`, :func:`prepare_volume_root`,
   :func:`unmount_volume`, :func:`volume_mounted`, :func:`loop_backings`: a volume's ext4
@@ -49,9 +52,11 @@ from ._net_unsafe import LOG_BURST as NET_LOG_BURST
 from ._net_unsafe import LOG_RATE as NET_LOG_RATE
 from ._net_unsafe import PROXY_PORT as NET_PROXY_PORT
 from ._net_unsafe import SandboxNet
+from ._net_unsafe import netns_path as net_namespace_path
 from ._net_unsafe import create as create_net
 from ._net_unsafe import destroy as destroy_net
 from ._net_unsafe import ensure_table as ensure_net_table
+from ._net_unsafe import reinstate as reinstate_net
 from ._net_unsafe import slots as net_slots
 from ._net_unsafe import taken_slots as taken_net_slots
 from ._net_unsafe import traffic as net_traffic
@@ -71,7 +76,7 @@ __all__ = [
     "SandboxCgroups", "SandboxNet", "cgroup_layout", "channel_socket", "copy_changes", "create_net",
     "destroy_net", "ensure_net_table", "favor_dynamic_changes", "favordynmods_enabled",
     "give_socket", "leftover_names", "loop_backings", "make_volume_fs", "mount_volume",
-    "mounts_under", "net_slots", "net_traffic", "nflog_group", "prepare_volume_root",
-    "remove_node_cgroups", "sweep", "sweep_networks", "taken_net_slots", "teardown",
-    "unmount_volume", "update_net", "volume_mounted",
+    "mounts_under", "net_namespace_path", "net_slots", "net_traffic", "nflog_group",
+    "prepare_volume_root", "reinstate_net", "remove_node_cgroups", "sweep", "sweep_networks",
+    "taken_net_slots", "teardown", "unmount_volume", "update_net", "volume_mounted",
 ]

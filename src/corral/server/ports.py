@@ -596,6 +596,11 @@ class _TunnelStream(httpcore.AsyncNetworkStream):
         await self._conn.aclose()
 
     def get_extra_info(self, info: str) -> Any:
+        # The pool asks before it reuses a kept-alive connection: one that is readable while
+        # idle has ended (the app closed it, or a pause ended its tunnel), so it makes a new
+        # one instead of failing the request on a dead tunnel.
+        if info == "is_readable":
+            return self._conn.readable
         return None
 
 

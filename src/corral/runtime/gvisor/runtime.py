@@ -7,7 +7,8 @@ is ``cgroup.kill`` plus deleting that directory: it never runs ``runsc delete``,
 slow (~2 s) and unreliable in parallel.
 
 Which runsc and which platform: :mod:`.runsc` (the pinned build ``scripts/install``
-fetches, systrap where it works). Sandboxes get ``--network=none`` (loopback only).
+fetches, systrap where it works). Sandboxes get ``--network=none`` (loopback only), but
+those with a network policy: netstack on their slot's namespace (``--network=sandbox``).
 
 Pausing is a checkpoint to disk (:meth:`GvisorRuntime.pause`): the sandbox's memory goes to
 ``<sandbox dir>/snapshot/`` and its writable layer to ``<sandbox dir>/upper/``; nothing of it
@@ -264,12 +265,13 @@ class GvisorRuntime(HostRuntime):
     durable_pause = True
 
     def check_pause(self, sandbox: RuntimeSandbox) -> None:
-        if sandbox.spec.netns is not None or "net" in sandbox.extra:
+        """Every sandbox can be checkpointed but one whose handle records a network without
+        naming its namespace: its restore would come back without its network."""
+        if sandbox.spec.netns is None and "net" in sandbox.extra:
             raise RuntimeUnavailableError(
-                f"sandbox {sandbox.spec.sandbox_id} has a network policy: pausing a networked "
-                "gvisor sandbox is not supported yet (its address must be put back in its "
-                "network namespace before the restore); pause one without a policy, or use "
-                "the namespaces runtime")
+                f"sandbox {sandbox.spec.sandbox_id} has a network policy, but this node does "
+                "not know its network namespace, which its restore needs; it runs on "
+                "unpaused: kill it and start a new one to be able to pause it")
 
     async def pause(self, sandbox: RuntimeSandbox) -> None:
         """Checkpoint the sandbox to disk and take down its host side but its directory.
@@ -281,6 +283,12 @@ class GvisorRuntime(HostRuntime):
         (never ``runsc delete``: slow, and its state cannot be trusted after a checkpoint,
         trap T3) and its cgroups are removed. A failed checkpoint leaves the handle
         RUNNING: the sandbox may run on (the node finds out by greeting its agent).
+
+        A networked sandbox (netstack on its slot's namespace) is checkpointed through the
+        same ``/proc/sys/net`` wrapper as its ``run`` (:meth:`_command`). It was started
+        with ``--net-disconnect-ok``, so its open and TIME_WAIT connections do not block
+        the checkpoint: they are dropped. Its slot stays as it is while paused (the node's,
+        see :mod:`corral.node.network`).
         """
         spec = sandbox.spec
         image = _image_dir(spec)
@@ -312,7 +320,11 @@ class GvisorRuntime(HostRuntime):
         """Mount the sandbox's root again (its writable layer back in a tmpfs of its disk
         size), make its cgroups, and ``runsc restore --detach --direct`` it with new pipes:
         its agent's stdin/stdout are re-bound to them, and it waits there for the node's
-        ``hello``. On failure everything is taken down again and it stays paused."""
+        ``hello``. On failure everything is taken down again and it stays paused.
+
+        A networked sandbox is restored into the same namespace, whose address and route
+        the node has put back by now (runsc takes them over again, as at ``run``), so it
+        keeps its address; its connections from before the pause are gone."""
         spec = sandbox.spec
         await asyncio.to_thread(self.chosen)
         try:
