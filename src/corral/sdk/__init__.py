@@ -15,14 +15,15 @@ Set ``CORRAL_URL`` and ``CORRAL_API_KEY`` (``corral keys create``), or pass ``ur
 
 from corral.api.command_events import Output
 from corral.api.models import CommandResult, EntryInfo, ProcessInfo
-from corral.api.models import SandboxInfo
+from corral.api.models import SandboxInfo, SnapshotInfo
 
 from .code import AsyncCodeInterpreter, Context, Execution, ExecutionError, Logs, Result
 from .commands import AsyncCommandHandle, AsyncCommands
 from .files import AsyncFiles
 from .images import Image
 from .sandbox import AsyncSandbox
-from .sync import CodeInterpreter, CommandHandle, Commands, Files, Sandbox, Volume
+from .snapshots import AsyncSnapshot
+from .sync import CodeInterpreter, CommandHandle, Commands, Files, Sandbox, Snapshot, Volume
 from .volumes import AsyncVolume
 
 __all__ = [
@@ -30,6 +31,6 @@ __all__ = [
     "Logs", "Result",
     "AsyncCommandHandle", "AsyncCommands", "AsyncFiles", "AsyncSandbox", "CommandHandle",
     "CommandResult", "Commands", "EntryInfo", "Files", "Image", "Output", "ProcessInfo",
-    "Sandbox", "AsyncVolume", "Volume",
-    "SandboxInfo",
+    "Sandbox", "AsyncVolume", "Volume", "AsyncSnapshot", "Snapshot",
+    "SandboxInfo", "SnapshotInfo",
 ]

@@ -19,12 +19,17 @@ an ``https://`` server made by ``corral serve --tls`` is trusted through ``ca_fi
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import RootModel
 
 from corral.api import contract, models
 from corral.api.code_events import ErrorCallback, ResultCallback, TextCallback
+from corral.api.errors import InvalidArgumentError
 from corral.api.limits import DEFAULT_CODE_TIMEOUT, DEFAULT_LIFETIME
 from corral.api.resources import Resources
 
@@ -41,6 +46,34 @@ from .ports import AsyncPorts
 #: ``{"memory": "1G", "cpus": 2}`` (checked as the wire form is).
 ResourcesArg = Resources | models.ResourcesSpec | Mapping[str, str | int | float | None]
 CaFile = str | os.PathLike[str]
+#: A snapshot to start from: its id (``snap-...``) or its description.
+SnapshotArg = str | models.SnapshotInfo
+
+
+@dataclass(frozen=True)
+class _Connection:
+    """What a sandbox's client was made with, to make more alike (its forks')."""
+
+    url: str | None
+    api_key: str | None = field(repr=False)  # never shown, as ApiClient's
+    ca_file: CaFile | None
+
+    @classmethod
+    def of(cls, url: str | None, api_key: str | None, ca_file: CaFile | None
+           ) -> _Connection:
+        """As given, the environment's values filled in now (as :class:`ApiClient` does),
+        so a later change of ``CORRAL_*`` does not move the forks elsewhere."""
+        return cls(url or os.environ.get("CORRAL_URL"),
+                   api_key or os.environ.get("CORRAL_API_KEY"),
+                   ca_file or os.environ.get("CORRAL_CA_FILE") or None)
+
+    def client(self) -> ApiClient:
+        return ApiClient(self.url, self.api_key, self.ca_file)
+
+
+class _Given(RootModel[dict[str, Any]]):
+    """A request body of exactly the fields the caller gave (a create from a memory
+    snapshot is refused for naming what the snapshot fixes, even at its default)."""
 
 
 class AsyncSandbox:
@@ -57,9 +90,11 @@ class AsyncSandbox:
         info: the description last fetched (:meth:`refresh` updates it).
     """
 
-    def __init__(self, info: models.SandboxInfo, api: ApiClient) -> None:
+    def __init__(self, info: models.SandboxInfo, api: ApiClient,
+                 connection: _Connection | None = None) -> None:
         self.info = info
         self._api = api
+        self._connection = connection or _Connection.of(api.url, None, None)
         self.commands = AsyncCommands(self)
         self.files = AsyncFiles(self)
         self.code = AsyncCodeInterpreter(self)
@@ -74,22 +109,24 @@ class AsyncSandbox:
         return f"AsyncSandbox(id={self.id!r}, state={self.info.state!r})"
 
     @classmethod
-    async def create(cls, image: str | Image = "python", *, timeout: float = DEFAULT_LIFETIME,
+    async def create(cls, image: str | Image | None = None, *,
+                     timeout: float = DEFAULT_LIFETIME,
                      env: Mapping[str, str] | None = None,
                      metadata: Mapping[str, str] | None = None,
                      resources: ResourcesArg | None = None, runtime: str | None = None,
                      idle_timeout: float | None = None,
-                     network: contract.NetworkArg = "none",
+                     network: contract.NetworkArg | None = None,
                      public_ports: Iterable[int] = (),
-                     volumes: Mapping[str, object] | None = None, url: str | None = None,
+                     volumes: Mapping[str, object] | None = None,
+                     snapshot: SnapshotArg | None = None, url: str | None = None,
                      api_key: str | None = None, ca_file: CaFile | None = None
                      ) -> AsyncSandbox:
         """Start a sandbox and return once it can run commands.
 
         Args:
-            image: an image's name (``python``, or one of yours such as ``my-env:1``),
-                its ``sha256:`` id, or an :class:`corral.Image`, built first (its steps
-                built before are not run again).
+            image: an image's name (``python``, the default, or one of yours such as
+                ``my-env:1``), its ``sha256:`` id, or an :class:`corral.Image`, built first
+                (its steps built before are not run again).
             timeout: seconds to live; it is killed after (:meth:`set_timeout` extends it).
             env: environment variables of every command.
             metadata: string labels, to find it with :meth:`list`.
@@ -107,6 +144,13 @@ class AsyncSandbox:
                 (default none: see :attr:`ports`).
             volumes: your volumes to mount, by mount point: ``{"/data": "my-vol"}``, a
                 :class:`corral.Volume`, or ``{"volume": "my-vol", "read_only": True}``.
+            snapshot: one of your snapshots (:meth:`snapshot`), by id or as returned. One
+                with memory restores the sandbox it was taken of, where it was: its
+                processes, variables and files, with its image, runtime, resources, env,
+                network and volumes, so leave those out (``timeout``, ``metadata``,
+                ``idle_timeout`` and ``public_ports`` may be given; ``metadata`` left out
+                keeps its labels). A files-only one starts a new sandbox on its files,
+                with anything but ``image``.
             url: the server; default ``CORRAL_URL``, else ``http://127.0.0.1:8470``.
             api_key: your key; default ``CORRAL_API_KEY`` (``corral keys create`` makes one).
             ca_file: a PEM CA bundle to verify an ``https://`` server against instead of
@@ -119,24 +163,41 @@ class AsyncSandbox:
                                            resources={"memory": "1G"})
             sb = await AsyncSandbox.create(url="https://corral.internal:8470",
                                            api_key=key, ca_file="ca.pem")
+            again = await AsyncSandbox.create(snapshot="snap-0123456789abcdef")
         """
-        api = ApiClient(url, api_key, ca_file)
+        if snapshot is not None and isinstance(image, Image):
+            raise InvalidArgumentError("a sandbox from a snapshot runs the snapshot's image; "
+                                       "leave image out")
+        connection = _Connection.of(url, api_key, ca_file)
+        api = connection.client()
         try:
             if isinstance(image, Image):
                 image = (await build_with(api, image, runtime=runtime)).id
-            request = checked(models.SandboxCreate, image=image, runtime=runtime,
-                              resources=_resources(resources), env=dict(env or {}),
-                              metadata=dict(metadata or {}), timeout=float(timeout),
-                              idle_timeout=None if idle_timeout is None
-                              else float(idle_timeout), network=network_spec(network),
-                              public_ports=list(public_ports),
-                              volumes=volume_map(dict(volumes or {})))
-            reply = await api.json("POST", "/v1/sandboxes", body=request,
+            # Only what was given is sent: the server tells a default from a choice.
+            given: dict[str, Any] = {"timeout": float(timeout)}
+            optional = {"image": image, "runtime": runtime,
+                        "metadata": None if metadata is None else dict(metadata),
+                        "idle_timeout": None if idle_timeout is None else float(idle_timeout),
+                        "network": None if network is None else network_spec(network),
+                        "snapshot": _snapshot_id(snapshot)}
+            given.update({k: v for k, v in optional.items() if v is not None})
+            if resources:  # an empty one (as an empty env, volumes, ports) is the default
+                given["resources"] = _resources(resources)
+            if env:
+                given["env"] = dict(env)
+            if volumes:
+                given["volumes"] = volume_map(dict(volumes))
+            if ports := list(public_ports):
+                given["public_ports"] = ports
+            request = checked(models.SandboxCreate, **given)
+            body = _Given(request.model_dump(mode="json", exclude_unset=True,
+                                             exclude_none=True))
+            reply = await api.json("POST", "/v1/sandboxes", body=body,
                                    read_timeout=CREATE_TIMEOUT)
         except BaseException:
             await api.aclose()
             raise
-        return cls(models.SandboxInfo.model_validate(reply), api)
+        return cls(models.SandboxInfo.model_validate(reply), api, connection)
 
     @classmethod
     async def connect(cls, sandbox_id: str, *, url: str | None = None,
@@ -151,7 +212,8 @@ class AsyncSandbox:
             await sb.commands.run("ls /work")
             await sb.close()  # leaves it running; sb.kill() stops it
         """
-        api = ApiClient(url, api_key, ca_file)
+        connection = _Connection.of(url, api_key, ca_file)
+        api = connection.client()
         try:
             reply = await api.json("GET", f"/v1/sandboxes/{sandbox_id}")
             if reply.get("state") == "paused":  # connecting resumes it, as E2B's does
@@ -160,7 +222,7 @@ class AsyncSandbox:
         except BaseException:
             await api.aclose()
             raise
-        return cls(models.SandboxInfo.model_validate(reply), api)
+        return cls(models.SandboxInfo.model_validate(reply), api, connection)
 
     @staticmethod
     async def list(*, metadata: Mapping[str, str] | None = None, state: str | None = None,
@@ -223,6 +285,67 @@ class AsyncSandbox:
                                      body=request, read_timeout=CREATE_TIMEOUT)
         return models.ImageInfo.model_validate(reply)
 
+    async def snapshot(self, name: str | None = None, *, memory: bool = True,
+                       ttl: float | None = None) -> models.SnapshotInfo:
+        """Keep this sandbox as it is now (it runs on), to start sandboxes from later
+        (``create(snapshot=...)``); manage them with :class:`corral.sdk.snapshots.AsyncSnapshot`.
+
+        Args:
+            name: a label of yours (letters, digits, ``._-``; not unique).
+            memory: keep its memory, processes (a code context's kernel and its variables
+                too) and files: a sandbox started from it goes on where this one is now.
+                gVisor only, and not of a sandbox with a network policy
+                (RuntimeUnavailableError: take a files-only one). It holds whatever the
+                memory held, secrets included. ``False``: its files alone (any runtime),
+                kept as an image of yours; memory, processes and, under gVisor, ``/tmp``
+                are not in it.
+            ttl: seconds it is kept, 60 to 7776000 (90 days); default the server's (7
+                days). It is then deleted; sandboxes started from it run on.
+
+        Your snapshots together count against a disk quota (ResourceExhaustedError once
+        it is used up: delete some).
+
+        Example::
+
+            await sb.run_code("model = train()")
+            snap = await sb.snapshot("trained", ttl=3600)
+            again = await AsyncSandbox.create(snapshot=snap)   # model is there
+        """
+        request = checked(models.SnapshotCreate, name=name, memory=memory, ttl=ttl)
+        reply = await self._api.json("POST", f"/v1/sandboxes/{self.id}/snapshots",
+                                     body=request, read_timeout=CREATE_TIMEOUT)
+        return models.SnapshotInfo.model_validate(reply)
+
+    async def fork(self, count: int = 1, *, timeout: float | None = None,
+                   metadata: Mapping[str, str] | None = None) -> builtins.list[AsyncSandbox]:
+        """``count`` new sandboxes (1 to 16), each a copy of this one as it is now, which
+        runs on: each has its memory (a code context's variables, and any secret it
+        held), processes and files as they were at that instant, with its image,
+        runtime, resources, env, network and volumes; and its own id, port token and
+        files from then on (what one writes, the others do not see). gVisor only
+        (RuntimeUnavailableError otherwise). They are connected as this one is (same
+        server, key, CA file); kill or close each.
+
+        Args:
+            count: how many copies, 1 to 16.
+            timeout: each copy's lifetime in seconds; default: what this one has left.
+            metadata: the copies' labels; default: this one's.
+
+        Example::
+
+            await sb.run_code("data = load()")
+            for copy in await sb.fork(3):
+                async with copy:                      # killed at the end
+                    print((await copy.run_code("len(data)")).text)
+        """
+        request = checked(models.ForkRequest, count=count,
+                          timeout=None if timeout is None else float(timeout),
+                          metadata=None if metadata is None else dict(metadata))
+        reply = await self._api.json("POST", f"/v1/sandboxes/{self.id}/fork", body=request,
+                                     read_timeout=CREATE_TIMEOUT)
+        return [type(self)(info, self._connection.client(), self._connection)
+                for info in models.SandboxList.model_validate(reply).sandboxes]
+
     async def set_timeout(self, seconds: float) -> None:
         """Let the sandbox live ``seconds`` more from now."""
         self.info = models.SandboxInfo.model_validate(await self._api.json(
@@ -264,6 +387,12 @@ class AsyncSandbox:
             await self.kill()
         finally:
             await self.close()
+
+
+def _snapshot_id(snapshot: SnapshotArg | None) -> str | None:
+    if isinstance(snapshot, models.SnapshotInfo):
+        return snapshot.id
+    return snapshot
 
 
 def _resources(value: ResourcesArg | None) -> models.ResourcesSpec:

@@ -21,6 +21,8 @@ Example::
 
 from __future__ import annotations
 
+from anyio.from_thread import BlockingPortal
+
 from corral._blocking import CommandIds, Proxy, blocking, blocking_iter, blocking_wrapped
 from corral.api import models
 
@@ -31,6 +33,7 @@ from .ports import AsyncPorts
 from .commands import AsyncCommandHandle, AsyncCommands
 from .files import AsyncFiles
 from .sandbox import AsyncSandbox
+from .snapshots import AsyncSnapshot
 from .volumes import AsyncVolume
 
 
@@ -153,6 +156,28 @@ class Volume(Proxy[AsyncVolume]):
         self.close()
 
 
+class Snapshot:
+    """Your snapshots, blocking: same calls as :class:`corral.sdk.snapshots.AsyncSnapshot`,
+    without ``await``. Take one with :meth:`Sandbox.snapshot`; start from one with
+    ``Sandbox.create(snapshot=...)``.
+
+    Example::
+
+        for info in Snapshot.list():
+            print(info.id, info.name, info.memory, info.expires_at)
+        Snapshot.delete("snap-0123456789abcdef")
+    """
+
+    list = blocking_static(AsyncSnapshot.list)
+    get = blocking_static(AsyncSnapshot.get)
+    delete = blocking_static(AsyncSnapshot.delete)
+
+
+def _sandboxes(found: list[AsyncSandbox], _portal: BlockingPortal) -> list[Sandbox]:
+    """Blocking faces of sandboxes an async call gave (a fork's copies)."""
+    return [Sandbox(inner) for inner in found]
+
+
 class Sandbox(Proxy[AsyncSandbox]):
     """A sandbox on a Corral server, blocking. A context manager that kills it at exit.
 
@@ -165,6 +190,8 @@ class Sandbox(Proxy[AsyncSandbox]):
     refresh = blocking(AsyncSandbox.refresh)
     set_timeout = blocking(AsyncSandbox.set_timeout)
     snapshot_filesystem = blocking(AsyncSandbox.snapshot_filesystem)
+    snapshot = blocking(AsyncSandbox.snapshot)
+    fork = blocking_wrapped(AsyncSandbox.fork, _sandboxes)
     pause = blocking(AsyncSandbox.pause)
     resume = blocking(AsyncSandbox.resume)
     kill = blocking(AsyncSandbox.kill)
