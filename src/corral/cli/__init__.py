@@ -6,6 +6,7 @@
     corral bench --quick                        # measure start-up against bare runsc/bwrap
     corral serve                                # the HTTP API (see corral keys create)
     corral sandbox create | list | exec | kill  # sandboxes on that server
+    corral snapshot create | ls | rm            # sandboxes kept as they are, to start from
     corral audit                                # who did what to which sandbox
     corral mcp                                  # sandbox tools for MCP clients (stdio)
 """
@@ -18,7 +19,7 @@ import typer
 
 from corral import __version__
 
-from . import audit, bench, doctor, image, keys, mcp, run, sandbox, serve, volume
+from . import audit, bench, doctor, image, keys, mcp, run, sandbox, serve, snapshot, volume
 
 __all__ = ["app", "main"]
 
@@ -39,6 +40,7 @@ app.add_typer(keys.app, name="keys")
 app.command()(audit.audit)
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(volume.app, name="volume")
+app.add_typer(snapshot.app, name="snapshot")
 app.command()(mcp.mcp)
 
 

@@ -1,5 +1,5 @@
-"""``corral sandbox create | list | exec | run-code | network | logs | ports | url | kill``:
-sandboxes on a Corral server.
+"""``corral sandbox create | list | exec | run-code | network | logs | ports | url | pause |
+resume | snapshot | fork | kill``: sandboxes on a Corral server.
 
 The server and key come from ``--url``/``--api-key`` or ``CORRAL_URL``/``CORRAL_API_KEY``.
 Unlike ``corral run``, a created sandbox outlives the command: it lives until ``kill`` or
@@ -69,7 +69,8 @@ def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
 
 @app.command()
 def create(
-    image: Annotated[str, typer.Option(help="A built image on the server.")] = "python",
+    image: Annotated[str | None, typer.Option(
+        show_default="python", help="A built image on the server.")] = None,
     timeout: Annotated[float, typer.Option(
         help="Seconds the sandbox lives, unless killed first.")] = DEFAULT_LIFETIME,
     runtime: Annotated[str | None, typer.Option(
@@ -89,6 +90,12 @@ def create(
     volume: Annotated[list[str] | None, typer.Option(
         "--volume", "-v", metavar="PATH=VOLUME[:ro]", show_default=False,
         help="Mount one of your volumes at PATH, read-only with :ro (repeatable).")] = None,
+    snapshot: Annotated[str | None, typer.Option(
+        "--snapshot", metavar="SNAPSHOT_ID", show_default=False,
+        help="Start from one of your snapshots (`corral snapshot ls`). One with memory goes "
+             "on where its sandbox was, with its image, runtime, resources, env, network "
+             "and volumes (those options may not be given); a files-only one starts "
+             "on its files.")] = None,
     as_json: JsonOption = False,
     url: UrlOption = None,
     api_key: KeyOption = None,
@@ -104,18 +111,22 @@ def create(
         corral sandbox create --net allow:198.51.100.0/24:443 --net deny:198.51.100.7
 
         corral sandbox create --volume /data=datasets --volume /models=weights:ro
+
+        corral sandbox create --snapshot snap-0123456789abcdef --timeout 600
     """
     resources = {k: v for k, v in (("memory", memory), ("cpus", cpus)) if v is not None}
     mounts: dict[str, object] = {}
     for path, name in _pairs(volume, "'--volume'").items():
         read_only = name.endswith(":ro")
         mounts[path] = {"volume": name.removesuffix(":ro"), "read_only": read_only}
-    policy = parse_net(net)
+    # Options left out are not sent: a memory snapshot's sandbox keeps its own.
+    policy = network_spec(parse_net(net)) if net else None
     with reporting_errors():
         sb = Sandbox.create(image, timeout=timeout, runtime=runtime, resources=resources,
-                            env=_pairs(env, "'--env'"), metadata=_pairs(meta, "'--meta'"),
-                            network=network_spec(policy), public_ports=public_port or (),
-                            volumes=mounts, url=url, api_key=api_key)
+                            env=_pairs(env, "'--env'"),
+                            metadata=_pairs(meta, "'--meta'") if meta else None,
+                            network=policy, public_ports=public_port or (), volumes=mounts,
+                            snapshot=snapshot, url=url, api_key=api_key)
         sb.close()  # leaves it running
     typer.echo(sb.info.model_dump_json(indent=2) if as_json else sb.id)
 
@@ -460,6 +471,45 @@ def snapshot(
         with _connected(sandbox_id, url, api_key) as sb:
             info = sb.snapshot_filesystem(name)
     typer.echo(info.name or info.id)
+
+
+@app.command()
+def fork(
+    sandbox_id: Annotated[str, typer.Argument(metavar="SANDBOX_ID", help="Sandbox id.")],
+    count: Annotated[int, typer.Option(
+        "--count", "-n", min=1, max=16, help="How many copies, 1 to 16.")] = 1,
+    timeout: Annotated[float | None, typer.Option(
+        show_default="what the sandbox has left",
+        help="Seconds each copy lives, unless killed first.")] = None,
+    meta: MetaOption = None,
+    as_json: JsonOption = False,
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Copy a running sandbox (it runs on) and print the copies' ids, one a line.
+
+    Each copy has its memory, processes (a code context's variables too) and files as they
+    were at that instant, and its own id, port token and files from then on. gVisor only.
+    --meta gives the copies these labels instead of the sandbox's.
+
+    Examples:
+
+        corral sandbox fork sbx-0123abcd4567 -n 4
+
+        for copy in $(corral sandbox fork $id -n 3); do corral sandbox exec $copy -- ls; done
+    """
+    with reporting_errors():
+        with _connected(sandbox_id, url, api_key) as sb:
+            copies = sb.fork(count, timeout=timeout,
+                             metadata=_pairs(meta, "'--meta'") if meta else None)
+        for copy in copies:
+            copy.close()  # leaves it running
+    if as_json:
+        typer.echo(json.dumps([json.loads(c.info.model_dump_json()) for c in copies],
+                              indent=2))
+        return
+    for copy in copies:
+        typer.echo(copy.id)
 
 
 @app.command()
