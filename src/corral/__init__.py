@@ -30,8 +30,8 @@ from corral.api.resources import Resources
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from corral.sdk import (AsyncSandbox, AsyncVolume, Context, Execution, ExecutionError,
-                            Image, Logs, Result, Sandbox, Volume)
+    from corral.sdk import (AsyncSandbox, AsyncSnapshot, AsyncVolume, Context, Execution,
+                            ExecutionError, Image, Logs, Result, Sandbox, Snapshot, Volume)
 
 
 #: The code interpreter's values (``sb.run_code`` returns an ``Execution``).
@@ -41,7 +41,8 @@ _CODE = ("Context", "Execution", "ExecutionError", "Logs", "Result")
 def __getattr__(name: str) -> Any:
     # The SDK (httpx, pydantic) loads on first use, so `import corral` stays light for the
     # CLI and the node.
-    if name in ("Sandbox", "AsyncSandbox", "Image", "Volume", "AsyncVolume") or name in _CODE:
+    if name in ("Sandbox", "AsyncSandbox", "Image", "Volume", "AsyncVolume", "Snapshot",
+                "AsyncSnapshot") or name in _CODE:
         from corral import sdk
 
         return getattr(sdk, name)
@@ -55,5 +56,5 @@ __all__ = [
     "RateLimitedError",
     "Resources", "ResourceExhaustedError", "RuntimeUnavailableError",
     "Sandbox", "SandboxError", "SandboxNotRunningError", "SandboxTimeoutError",
-    "UnavailableError", "AsyncVolume", "Volume", "__version__",
+    "UnavailableError", "AsyncVolume", "Volume", "AsyncSnapshot", "Snapshot", "__version__",
 ]

@@ -10,7 +10,9 @@ import json
 import time
 from collections.abc import Iterator
 
-from corral import Sandbox
+import pytest
+
+from corral import InvalidArgumentError, NotFoundError, Sandbox, SandboxNotRunningError
 
 from .conftest import Server, assert_error
 
@@ -75,3 +77,25 @@ def test_a_command_streamed_to_its_starter_is_not_taken(server: Server) -> None:
             refused = http.post(f"{base}/{first['id']}/connect")
             message = assert_error(refused, 400, "invalid_argument")
             assert "already streamed" in message
+
+
+def test_the_sdk_follows_a_command_across_a_pause(server: Server, runtime: str) -> None:
+    with Sandbox.create(runtime=runtime, **server.sdk()) as sb:
+        handle = sb.commands.start(TICKER)
+        first = next(iter(handle))
+        assert b"tick-" in first.data
+        sb.pause()
+        with pytest.raises(SandboxNotRunningError, match="paused"):
+            handle.wait()
+        sb.resume()
+        again = sb.commands.connect(handle.id)
+        assert again.pid == handle.pid
+        seen = next(iter(again))
+        assert b"tick-" in seen.data
+        again.kill()
+        result = again.wait()
+        assert result.signal == 9
+        with pytest.raises(NotFoundError):
+            sb.commands.connect(handle.id)
+        with pytest.raises(InvalidArgumentError, match="whole number"):
+            sb.commands.connect(-1)

@@ -44,7 +44,9 @@ RENAMED = {"aclose": "close", "__aenter__": "__enter__", "__aexit__": "__exit__"
 #: Async methods with no blocking twin, and why.
 NO_TWIN = {(node.Node, "start"): "SyncNode() starts its node",
            (node.Node, "start_for_build"): "the image builder's own, on the node's loop",
-           (NodeCodeInterpreter, "reattach"): "the node's own, as a sandbox resumes"}
+           (NodeCodeInterpreter, "reattach"): "the node's own, as a sandbox resumes",
+           (NodeCodeInterpreter, "inherit"): "the node's own, as a sandbox is restored "
+                                             "from a snapshot"}
 
 
 def _is_public(name: str) -> bool:

@@ -866,7 +866,7 @@ class SnapshotCreate(_Request):
     def _ttl(cls, value: float | None) -> float | None:
         low, high = SNAPSHOT_TTL_RANGE
         if value is not None and not (math.isfinite(value) and low <= value <= high):
-            raise ValueError(f"ttl must be {low:g} to {high:g} seconds")
+            raise ValueError(f"ttl must be {low:.0f} to {high:.0f} seconds (90 days)")
         return value
 
 

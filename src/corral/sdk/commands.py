@@ -26,7 +26,8 @@ from pydantic import TypeAdapter
 from corral.api import contract, models
 from corral.api.agent_protocol import REASON_TIMEOUT
 from corral.api.command_events import Output, OutputCallback, OutputCapture
-from corral.api.errors import CommandTimeoutError, SandboxError, error_from_code
+from corral.api.errors import (CommandTimeoutError, InvalidArgumentError, SandboxError,
+                               error_from_code)
 from corral.api.limits import DEFAULT_COMMAND_TIMEOUT
 
 from ._http import checked, transport_errors
@@ -107,7 +108,8 @@ class AsyncCommandHandle:
         await self.signal(9)
 
     async def aclose(self) -> None:
-        """Stop reading; a command still running is killed by the server."""
+        """Stop reading; a command still running is killed by the server (one followed with
+        :meth:`AsyncCommands.connect` runs on)."""
         if not self._closed:
             self._closed = True
             await self._response.__aexit__(None, None, None)
@@ -165,7 +167,30 @@ class AsyncCommands:
         ``stdin=True`` keeps its stdin open for :meth:`AsyncCommandHandle.send_stdin`.
         """
         request = self._request(cmd, env, cwd, user, timeout, stdin_open=stdin, stream=True)
-        response = self._api.stream("POST", self._base, body=request)
+        return await self._follow(self._api.stream("POST", self._base, body=request))
+
+    async def connect(self, command_id: int) -> AsyncCommandHandle:
+        """Follow a running command again, by the id :meth:`list` shows: one started with
+        :meth:`run_background`, or one whose output stream ended while it ran on (at a
+        pause of the sandbox, or a server restart). Its output from now on (what it wrote
+        while nobody followed it is gone), its exit, stdin and signals. Closing this handle
+        before the command ends only stops following it: the command runs on.
+
+        Example::
+
+            h = await sb.commands.start("python3 train.py")
+            await sb.pause()                     # h's output ends here; train.py waits
+            await sb.resume()
+            h = await sb.commands.connect(h.id)  # and goes on
+            result = await h.wait()
+        """
+        if isinstance(command_id, bool) or not isinstance(command_id, int) or command_id < 0:
+            raise InvalidArgumentError("a command id is a whole number (see commands.list())")
+        return await self._follow(self._api.stream("POST", f"{self._base}/{command_id}/connect"))
+
+    async def _follow(self, response: AbstractAsyncContextManager[httpx.Response]
+                      ) -> AsyncCommandHandle:
+        """The handle on a command's NDJSON events, once its ``started`` event came."""
         opened = await response.__aenter__()
         try:
             lines = opened.aiter_lines()

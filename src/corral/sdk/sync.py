@@ -60,6 +60,7 @@ class Commands(Proxy[AsyncCommands]):
 
     run = blocking(AsyncCommands.run)
     start = blocking_wrapped(AsyncCommands.start, CommandHandle)
+    connect = blocking_wrapped(AsyncCommands.connect, CommandHandle)
     run_background = blocking(AsyncCommands.run_background)
     signal = blocking(AsyncCommands.signal)
     kill = blocking(AsyncCommands.kill)
