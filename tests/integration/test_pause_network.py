@@ -29,7 +29,7 @@ from corral.node import NodeSettings, SandboxState
 from corral.node.sync import SyncNode, SyncNodeSandbox
 from corral.runtime.host import SandboxNet, destroy_net
 
-from ..conftest import IMAGE_DIR, sandbox_data_dir
+from ..conftest import IMAGE_DIR, WORKING, sandbox_data_dir
 from .test_pause import wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("nft") is None or os.geteuid() != 0,
@@ -244,3 +244,36 @@ def test_a_reboot_takes_the_slot_and_the_resume_makes_it_again(own_data_dir: Pat
                            timeout=10)
         if second is not None:
             second.close()
+
+
+def test_a_fork_of_a_networked_sandbox_gets_networks_of_its_own(net_node: SyncNode) -> None:
+    """gVisor: each copy gets a slot of its own (address, rules, resolver and proxy) under
+    its source's policy, and its resolver is its own gateway; a connection its source held
+    is not carried over; the source's policy holds on, its slot untouched."""
+    if "gvisor" not in WORKING:
+        pytest.skip("memory snapshots are gVisor's")
+    sb = net_node.create("python", runtime="gvisor", network=POLICY, timeout=600)
+    clones: list[SyncNodeSandbox] = []
+    nets: list[SandboxNet] = []
+    try:
+        sb.run_code("token = 'from the source'")
+        sb.commands.run_background(["python3", "-c", HOLD])
+        wait_for(lambda: sb.files.exists("/work/held"), 60)
+        source_net = slot_of(net_node, sb.id)
+        since = time.time()
+        clones = net_node.fork(sb.id, 2)
+        nets = [slot_of(net_node, c.id) for c in clones]
+        assert len({n.index for n in (source_net, *nets)}) == 3
+        assert len({n.gateway for n in (source_net, *nets)}) == 3
+        for clone, net in zip(clones, nets, strict=True):
+            assert clone.run_code("token").text == "'from the source'"
+            assert clone.files.read("/etc/resolv.conf") == f"nameserver {net.gateway}\n".encode()
+            assert_policy_holds(clone, since)
+        assert_policy_holds(sb, since)
+        assert slot_of(net_node, sb.id) == source_net
+    finally:
+        sb.kill()
+        for clone in clones:
+            clone.kill()
+    for net in nets:
+        assert not os.path.exists(net.netns_path)

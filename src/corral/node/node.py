@@ -60,7 +60,7 @@ from .images import Image, ImageStore
 from .layers import Manifest, PruneResult
 from .lifecycle import Lifecycle, SandboxState, StateListener
 from .network import EXTRA_KEY as net_extra
-from .network import NodeNetwork, policy_of
+from .network import NodeNetwork, policy_of, recorded_policy
 from .network import record as net_record
 from .pools import Pool, PoolSpec
 from .sandbox import NodeSandbox
@@ -714,16 +714,28 @@ class Node:
         record = snapshot.sandbox
         bundle = self.agent_bundle
         sandbox_id = f"sbx-{secrets.token_hex(8)}"
+        # A networked source's copy gets a slot of its own (its own address, rules, resolver
+        # and proxy) under the source's policy, as the operator's rules allow it today.
+        policy = self.network.check(recorded_policy(record.extra))
         self._pending += 1  # in no list until it runs, as in _start_now
         try:
             binds = await asyncio.to_thread(self._volume_binds, record.volumes)
+            net = await self.network.attach(policy) if policy.enabled else None
             spec = SandboxSpec(sandbox_id=sandbox_id,
                                cgroup=f"{self.settings.node_key}/{sandbox_id}",
                                rootfs=built.rootfs, resources=record.resources,
                                agent_bundle=bundle, directory=self.sandboxes_dir / sandbox_id,
                                orphan_grace=self.settings.orphan_grace,
+                               netns=net.netns_path if net is not None else None,
                                layers=built.layers, volumes=binds)
-            handle = await chosen.restore(spec, self.snapshots.path(snapshot.id))
+            try:
+                handle = await chosen.restore(spec, self.snapshots.path(snapshot.id))
+            except BaseException:
+                if net is not None:
+                    await asyncio.shield(asyncio.to_thread(destroy_net, net))
+                raise
+            if net is not None:
+                handle.extra[net_extra] = net_record(net, policy)
             sandbox = NodeSandbox(self.lifecycle, sandbox_id, record.image, chosen, handle,
                                   record.resources, dict(record.env), record.workdir,
                                   metadata, timeout, self.network, user=record.user,
@@ -741,6 +753,12 @@ class Node:
             self._pending -= 1
         agent.on_close = functools.partial(self._agent_closed, sandbox)
         self.lifecycle.move(sandbox, SandboxState.RUNNING)
+        if net is not None:
+            try:  # its names are looked up through its own gateway, not its source's
+                await sandbox.files.write(RESOLV_CONF, f"nameserver {net.gateway}\n")
+            except BaseException as exc:
+                await asyncio.shield(sandbox.stop(f"failed to start: {exc}"))
+                raise
         if snapshot.kernels is not None:
             try:
                 await sandbox.code.inherit(snapshot.kernels)

@@ -373,12 +373,7 @@ class GvisorRuntime(HostRuntime):
     # -- memory snapshots: a checkpoint that lets the sandbox run on -----------------------
 
     def check_snapshot(self, sandbox: RuntimeSandbox) -> None:
-        if sandbox.spec.netns is not None or "net" in sandbox.extra:
-            raise RuntimeUnavailableError(
-                f"sandbox {sandbox.spec.sandbox_id} has a network policy: keeping a networked "
-                "sandbox's memory (a snapshot or a fork) is not supported yet (each copy "
-                "needs a network of its own); snapshot one without a policy, or keep its "
-                "files alone (a filesystem snapshot)")
+        self.check_pause(sandbox)  # what a checkpoint of it needs (its namespace known)
 
     async def snapshot(self, sandbox: RuntimeSandbox, destination: Path) -> None:
         """``runsc pause`` (every task stopped: nothing writes while its files are copied),
