@@ -51,7 +51,7 @@ def create(
     """Snapshot a running sandbox (it runs on) and print the snapshot's id.
 
     By default its memory, processes (a code context's variables too) and files are kept:
-    gVisor only, not of a sandbox with a network policy. A memory snapshot holds whatever
+    gVisor only (--files-only works on any runtime). A memory snapshot holds whatever
     the sandbox's memory held, secrets included.
 
     Examples:

@@ -571,10 +571,11 @@ class Node:
         files as a snapshot, and let it run on; returns the snapshot.
 
         The sandbox stands still while it is taken (~0.1-0.5 s; its calls meanwhile answer
-        SandboxNotRunningError, "snapshotting"). gVisor only: the namespaces runtime, and a
-        networked gVisor sandbox, raise RuntimeUnavailableError (nothing changed). The
-        snapshot stays until :meth:`remove_snapshot`; a sandbox started from it gets its
-        memory, so whatever secret the sandbox held (docs/snapshots.md).
+        SandboxNotRunningError, "snapshotting"). gVisor only: the namespaces runtime raises
+        RuntimeUnavailableError (nothing changed). A copy of a networked sandbox gets a
+        network of its own under the same policy. The snapshot stays until
+        :meth:`remove_snapshot`; a sandbox started from it gets its memory, so whatever
+        secret the sandbox held (docs/snapshots.md).
         """
         sandbox = self.get(sandbox_id)
         return await self._snapshot(sandbox)

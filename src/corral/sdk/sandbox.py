@@ -294,9 +294,10 @@ class AsyncSandbox:
             name: a label of yours (letters, digits, ``._-``; not unique).
             memory: keep its memory, processes (a code context's kernel and its variables
                 too) and files: a sandbox started from it goes on where this one is now.
-                gVisor only, and not of a sandbox with a network policy
-                (RuntimeUnavailableError: take a files-only one). It holds whatever the
-                memory held, secrets included. ``False``: its files alone (any runtime),
+                gVisor only (RuntimeUnavailableError on namespaces: take a files-only
+                one); a copy of a networked sandbox gets a network of its own under the
+                same policy. It holds whatever the memory held, secrets included.
+                ``False``: its files alone (any runtime),
                 kept as an image of yours; memory, processes and, under gVisor, ``/tmp``
                 are not in it.
             ttl: seconds it is kept, 60 to 7776000 (90 days); default the server's (7

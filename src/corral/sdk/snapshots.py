@@ -4,10 +4,10 @@ A snapshot is taken of a running sandbox with :meth:`corral.AsyncSandbox.snapsho
 sandbox runs on) and started from with ``Sandbox.create(snapshot=...)``. It comes in two
 kinds:
 
-- with memory (the default; gVisor only, and not of a sandbox with a network policy): its
+- with memory (the default; gVisor only): its
   memory, processes (a code context's kernel and its variables too) and files. A sandbox
   started from it goes on where it was, with its image, runtime, resources, env, network
-  and volumes; it gets its own id, port token and files.
+  and volumes; it gets its own id, port token and files (and, networked, its own address).
 - files only (``memory=False``; any runtime): its files, kept as an image of yours. A
   sandbox started from it is a new one on that image.
 

@@ -65,8 +65,8 @@ async def snapshot_filesystem(sandbox_id: SandboxId, body: models.FilesystemSnap
 
 @router.post("/{sandbox_id}/snapshots", status_code=201, responses=errors(
     ErrorCode.NOT_FOUND, ErrorCode.SANDBOX_NOT_RUNNING, ErrorCode.RUNTIME_UNAVAILABLE,
-    ErrorCode.RESOURCE_EXHAUSTED, why="its runtime cannot keep its memory (namespaces, or a "
-    "network policy: take a files-only one), or your snapshot quota is used up"))
+    ErrorCode.RESOURCE_EXHAUSTED, why="its runtime cannot keep its memory (namespaces: take a "
+    "files-only one), or your snapshot quota is used up"))
 async def snapshot(sandbox_id: SandboxId, body: models.SnapshotCreate, tenant: Tenant,
                    service: Sandboxes, snapshots: Snapshots) -> models.SnapshotInfo:
     """Keep the sandbox as it is now (it runs on): its memory, processes and files, or with
