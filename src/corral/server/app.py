@@ -57,11 +57,12 @@ def create_app(settings: ServerSettings, *,
                           settings.image_quota)
     volumes = VolumeService(node, VolumeNameStore(engine), settings.volume_quota_mib)
     sandbox_service = SandboxService(node, SandboxStore(engine), settings.ports_domain,
-                                     images=images.resolve, volumes=volumes.mounts)
+                                     images=images.resolve, volumes=volumes.mounts,
+                                     paused_ttl=settings.paused_ttl)
     limits = settings.limits
     failures = Buckets(limits.auth_failure_rate, limits.auth_failure_burst, limits.buckets)
     port_proxy = PortProxy(sandbox_service, keys, settings.ports_domain, failures)
-    reaper = IdleReaper(sandbox_service, settings.idle_check_interval)
+    reaper = IdleReaper(sandbox_service, node, settings.idle_check_interval)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from corral.api.errors import InvalidArgumentError
+from corral.api.limits import DEFAULT_PAUSED_TTL
 from corral.api.network import NetworkPolicy
+from corral.api.resources import check_paused_ttl
 from corral.node import NodeSettings
 
 from .store.schema import database_url
@@ -150,6 +152,14 @@ class AcaSettings:
                                        "numbers of seconds") from None
 
 
+def _seconds_env(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise InvalidArgumentError(f"{name}={raw!r:.40} is not a number of seconds") from None
+
+
 def _mib_env(name: str, default: int) -> int:
     raw = os.environ.get(name, "")
     try:
@@ -190,6 +200,9 @@ class ServerSettings:
             (``CORRAL_IMAGE_QUOTA_MIB``, default 20 GiB).
         volume_quota_mib: MiB each tenant's volumes may take together, counting each at
             its size (``CORRAL_VOLUME_QUOTA_MIB``, default 100 GiB).
+        paused_ttl: seconds a sandbox may stay paused before the server kills it
+            (``CORRAL_PAUSED_TTL``, default 30 days, at most a year): a create's
+            ``paused_ttl`` when it gives none, and the most it may ask for.
     """
 
     node: NodeSettings
@@ -208,8 +221,10 @@ class ServerSettings:
     mcp_network: NetworkPolicy = field(default_factory=NetworkPolicy)
     image_quota: int = 20 * 1024 ** 3
     volume_quota_mib: int = 100 * 1024
+    paused_ttl: float = DEFAULT_PAUSED_TTL
 
     def __post_init__(self) -> None:
+        check_paused_ttl(self.paused_ttl, "the server's paused TTL (CORRAL_PAUSED_TTL)")
         if not _DOMAIN.match(self.ports_domain):
             raise InvalidArgumentError(
                 f"the ports domain {self.ports_domain!r:.80} is not a DNS name (letters, "
@@ -244,6 +259,7 @@ class ServerSettings:
                           or "localhost").strip().lower().rstrip("."),
             image_quota=_mib_env("CORRAL_IMAGE_QUOTA_MIB", 20 * 1024) * 1024 * 1024,
             volume_quota_mib=_mib_env("CORRAL_VOLUME_QUOTA_MIB", 100 * 1024),
+            paused_ttl=_seconds_env("CORRAL_PAUSED_TTL", DEFAULT_PAUSED_TTL),
         )
 
     @property
