@@ -108,3 +108,38 @@ def test_keep_sandboxes_off_stops_them_with_the_server(store_url: str, own_data_
         with Sandbox.connect(sb.id, url=url, api_key=key) as again:
             info = again.refresh()
             assert info.state == "stopped" and info.stop_reason == "node shutting down"
+
+
+def test_a_paused_sandbox_keeps_when_why_and_its_ttl_across_a_restart(
+        store_url: str, own_data_dir: Path, python_image: str) -> None:
+    settings = settings_for(own_data_dir, store_url)
+    key = KeyStore(open_engine(store_url)).create("alpha").key
+    label = {"run": f"paused-restart-{time.monotonic_ns()}"}
+    with serving(create_app(settings)) as url:
+        sdk = {"url": url, "api_key": key}
+        short = Sandbox.create("python", timeout=600, paused_ttl=5, metadata=label, **sdk)
+        kept = Sandbox.create("python", timeout=600, idle_timeout=60, on_idle="pause",
+                              on_timeout="pause", metadata=label, **sdk)
+        kept.files.write("/work/state.txt", b"before the restart")
+        short.pause()
+        paused = kept.pause()
+        short.close()
+        kept.close()
+
+    with serving(create_app(settings)) as url:
+        sdk = {"url": url, "api_key": key}
+        after = {s.id: s for s in Sandbox.list(metadata=label, **sdk)}
+        again = after[kept.id]
+        assert (again.state, again.paused_at, again.state_reason) == (
+            "paused", paused.paused_at, "paused: by the API")
+        assert (again.idle_timeout, again.on_idle, again.on_timeout, again.paused_ttl) == (
+            60, "pause", "pause", settings.paused_ttl)
+        # Its pause time came back unchanged (above), and its paused TTL still ends it.
+        wait_for(lambda: {s.id: s.state for s in Sandbox.list(metadata=label, **sdk)}
+                 [short.id] == "stopped", 60)
+        gone = [s for s in Sandbox.list(metadata=label, **sdk) if s.id == short.id]
+        assert gone[0].stop_reason == "paused for more than 5 s (paused_ttl)"
+        with Sandbox.connect(kept.id, **sdk) as resumed:
+            assert resumed.info.state_reason == "resumed: by the API"
+            assert resumed.files.read("/work/state.txt") == b"before the restart"
+            resumed.kill()

@@ -115,21 +115,55 @@ def test_records_need_a_known_tenant(store_url: str) -> None:
         store.add(_record("sbx-0000000000000001", tenant="nobody"))
 
 
+#: Columns added to ``sandboxes`` after its first release, with what an older row reads as.
+LATER_COLUMNS = {"idle_timeout": None, "state_reason": None, "paused_at": None,
+                 "on_idle": "kill", "on_timeout": "kill", "paused_ttl": None}
+
+
 def test_an_older_database_gains_the_new_columns(store_url: str) -> None:
-    """A database made before ``idle_timeout`` existed is upgraded in place on open."""
+    """A database made before the later columns existed is upgraded in place on open."""
     engine = open_engine(store_url)
     KeyStore(engine).create("alpha")
     SandboxStore(engine).add(_record("sbx-0000000000000001"))
     with engine.begin() as db:
-        db.execute(sqlalchemy.text("ALTER TABLE sandboxes DROP COLUMN idle_timeout"))
+        for column in LATER_COLUMNS:
+            db.execute(sqlalchemy.text(f"ALTER TABLE sandboxes DROP COLUMN {column}"))
     engine.dispose()
 
     upgraded = open_engine(store_url)
     store = SandboxStore(upgraded)
     old = store.get("sbx-0000000000000001")
-    assert old is not None and old.idle_timeout is None
-    store.add(_record("sbx-0000000000000002", idle_timeout=5.0))
+    assert old is not None
+    assert {column: getattr(old, column) for column in LATER_COLUMNS} == LATER_COLUMNS
+    paused_at = datetime.now(UTC).replace(microsecond=0)
+    newer = {"idle_timeout": 5.0, "state_reason": "paused: by the API",
+             "paused_at": paused_at, "on_idle": "pause", "on_timeout": "pause",
+             "paused_ttl": 60.0}
+    store.add(_record("sbx-0000000000000002", state="paused", **newer))
     new = store.get("sbx-0000000000000002")
-    assert new is not None and new.idle_timeout == 5.0
+    assert new is not None and {column: getattr(new, column) for column in newer} == newer
     open_engine(store_url).dispose()  # opening an up-to-date database changes nothing
     upgraded.dispose()
+
+
+def test_a_state_write_keeps_why_and_since_when(store_url: str) -> None:
+    engine = open_engine(store_url)
+    KeyStore(engine).create("alpha")
+    store = SandboxStore(engine)
+    first = _record("sbx-0000000000000001")
+    store.add(first)
+    paused_at = datetime.now(UTC).replace(microsecond=654321)
+    store.set_state(first.id, "paused", None, first.expires_at, "x" * 10_000, paused_at)
+    paused = store.get(first.id)
+    assert paused is not None and paused.paused_at == paused_at
+    assert paused.state_reason is not None and len(paused.state_reason) == STOP_REASON_LENGTH
+    store.set_state(first.id, "running", None, first.expires_at, "resumed: by a command")
+    running = store.get(first.id)
+    assert running is not None and running.paused_at is None
+    assert running.state_reason == "resumed: by a command"
+    store.set_state(first.id, "paused", None, first.expires_at, "paused: by the API",
+                    paused_at)
+    assert store.stop_all_active(RESTART_REASON) == 1
+    gone = store.get(first.id)
+    assert gone is not None and (gone.state, gone.paused_at) == ("stopped", None)
+    engine.dispose()

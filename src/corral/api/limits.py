@@ -90,6 +90,14 @@ DEFAULT_COMMAND_TIMEOUT = 60.0
 DEFAULT_CODE_TIMEOUT = 60.0
 #: Shortest and longest lifetime, idle timeout, command or cell timeout (one week).
 TIMEOUT_RANGE = (1.0, 7 * 24 * 3600.0)
+#: Shortest and longest time a sandbox may stay paused before it is killed (``paused_ttl``;
+#: a year). A server's own maximum (``CORRAL_PAUSED_TTL``) lies within it.
+PAUSED_TTL_RANGE = (1.0, 365 * 24 * 3600.0)
+#: A server's ``paused_ttl`` when its operator sets none: the default and the most a create
+#: may ask for (30 days).
+DEFAULT_PAUSED_TTL = 30 * 24 * 3600.0
+#: What the server does to a sandbox once its idle timeout or its lifetime runs out.
+LIFETIME_ACTIONS = ("kill", "pause")
 
 
 def _size(text: str) -> int:

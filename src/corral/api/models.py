@@ -23,7 +23,8 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 
 from .errors import InvalidArgumentError
 from .limits import (DEFAULT_CODE_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, DEFAULT_LIFETIME,
-                     MAX_ARGV, MAX_COMMAND, MAX_ENV_NAME, MAX_MAPPING, MAX_MAPPING_VALUE,
+                     DEFAULT_PAUSED_TTL, MAX_ARGV, MAX_COMMAND, MAX_ENV_NAME, MAX_MAPPING,
+                     MAX_MAPPING_VALUE,
                      MAX_PUBLIC_PORTS, MAX_SANDBOX_VOLUMES, MAX_SIGNED_URL_LIFETIME,
                      normalize_path)
 # Re-exported: a client reads the bounds of the fields it fills here.
@@ -33,7 +34,7 @@ from .limits import MAX_INLINE_STDIN as MAX_INLINE_STDIN
 from .limits import MAX_PATH as MAX_PATH
 from .image_spec import ImageSpec
 from .network import MAX_ENTRIES, MAX_ENTRY, NetworkPolicy
-from .resources import Resources, check_timeout
+from .resources import Resources, check_paused_ttl, check_timeout
 
 #: Longest image name.
 MAX_NAME = 128
@@ -51,6 +52,9 @@ def _sandbox_path(value: str) -> str:
 
 
 SandboxStateName = Literal["starting", "running", "paused", "stopping", "stopped"]
+#: What the server does once a sandbox's idle timeout (``on_idle``) or lifetime
+#: (``on_timeout``) runs out: stop it for good, or pause it (any later call resumes it).
+LifetimeAction = Literal["kill", "pause"]
 Path = Annotated[str, Field(min_length=1, max_length=MAX_PATH), AfterValidator(_sandbox_path)]
 Mapping = Annotated[dict[Annotated[str, Field(max_length=MAX_ENV_NAME)],
                          Annotated[str, Field(max_length=MAX_MAPPING_VALUE)]],
@@ -202,8 +206,19 @@ class SandboxCreate(_Request):
     metadata: Mapping = Field(default_factory=dict)
     timeout: float = Field(default=DEFAULT_LIFETIME, description="maximum lifetime, seconds")
     idle_timeout: float | None = Field(
-        default=None, description="stop it after this many seconds without API activity "
-        "(running commands count as activity); default: never")
+        default=None, description="stop (or, with on_idle=pause, pause) it after this many "
+        "seconds without activity: no API call on it, no command or cell running, no stream, "
+        "transfer or port connection open; default: never")
+    on_idle: LifetimeAction = Field(
+        default="kill", description="what its idle timeout does: \"kill\" stops it, "
+        "\"pause\" pauses it (any later call resumes it); \"pause\" needs idle_timeout")
+    on_timeout: LifetimeAction = Field(
+        default="kill", description="what the end of its lifetime (timeout) does: \"kill\" "
+        "stops it, \"pause\" pauses it, and a resume gives it its whole timeout again")
+    paused_ttl: float | None = Field(
+        default=None, description="seconds it may stay paused before it is killed; "
+        f"default and maximum: the server's (CORRAL_PAUSED_TTL, {DEFAULT_PAUSED_TTL:.15g} s "
+        "unless its operator set another)")
     network: NetworkSpec = Field(
         default="none", description="what it may reach: \"none\" (loopback only), "
         "\"all\" (every public address) or {\"allow\": [...], \"deny\": [...]}")
@@ -230,6 +245,18 @@ class SandboxCreate(_Request):
     def _idle_timeout(cls, value: float | None) -> float | None:
         return None if value is None else float(_checked(check_timeout, value,
                                                          "idle timeout"))
+
+    @field_validator("paused_ttl")
+    @classmethod
+    def _paused_ttl(cls, value: float | None) -> float | None:
+        return None if value is None else float(_checked(check_paused_ttl, value))
+
+    @model_validator(mode="after")
+    def _pause_when_idle_needs_an_idle_timeout(self) -> SandboxCreate:
+        if self.on_idle == "pause" and self.idle_timeout is None:
+            raise ValueError("on_idle=pause needs idle_timeout: the seconds without activity "
+                             "after which it is paused")
+        return self
 
 
 class NetworkUpdate(_Request):
@@ -316,7 +343,13 @@ class TimeoutUpdate(_Request):
 
 
 class SandboxInfo(_Response):
-    """A sandbox as the API describes it; stopped ones keep their ``stop_reason``."""
+    """A sandbox as the API describes it; stopped ones keep their ``stop_reason``.
+
+    ``state_reason`` says why it is in its state now: ``paused: by the API``, ``paused: idle
+    for 300 s``, ``paused: lifetime ran out (on_timeout=pause)``, ``resumed: by a command``;
+    for a stopping or stopped one, its ``stop_reason``; None for one that has run since it
+    started.
+    """
 
     id: str
     image: str
@@ -327,7 +360,15 @@ class SandboxInfo(_Response):
     created_at: datetime
     expires_at: datetime
     stop_reason: str | None = None
+    state_reason: str | None = Field(default=None, description="why it is in its state now "
+                                     "(for a stopped one: its stop_reason)")
+    paused_at: datetime | None = Field(default=None, description="when it was paused (only "
+                                       "while paused)")
     idle_timeout: float | None = None
+    on_idle: LifetimeAction = "kill"
+    on_timeout: LifetimeAction = "kill"
+    paused_ttl: float | None = Field(default=None, description="seconds it may stay paused "
+                                     "before it is killed")
     network: NetworkSpec = "none"
     ports: PortsInfo | None = Field(default=None, description="its port token and public "
                                     "ports (see `/v1/sandboxes/{id}/ports`)")

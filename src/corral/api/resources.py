@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import InvalidArgumentError
-from .limits import TIMEOUT_RANGE
+from .limits import LIFETIME_ACTIONS, PAUSED_TTL_RANGE, TIMEOUT_RANGE
 
 MIB = 1024 * 1024
 
@@ -42,8 +42,9 @@ def _bounded(value: float, bounds: tuple[float, float], what: str, unit: str) ->
     if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
         raise InvalidArgumentError(f"{what} must be a number")
     if not low <= value <= high:
+        # .15g: whole numbers of up to 15 digits as such (a year is 31536000 s, not 3.2e+07)
         raise InvalidArgumentError(
-            f"{what} {value:g}{unit} is outside {low:g}{unit}..{high:g}{unit}")
+            f"{what} {value:.15g}{unit} is outside {low:.15g}{unit}..{high:.15g}{unit}")
 
 
 @dataclass(frozen=True)
@@ -91,3 +92,17 @@ def check_timeout(seconds: float, what: str = "timeout") -> float:
     """Validate a lifetime or command timeout in seconds."""
     _bounded(seconds, TIMEOUT_RANGE, what, " s")
     return float(seconds)
+
+
+def check_paused_ttl(seconds: float, what: str = "paused_ttl") -> float:
+    """Validate how long a sandbox may stay paused before it is killed, in seconds."""
+    _bounded(seconds, PAUSED_TTL_RANGE, what, " s")
+    return float(seconds)
+
+
+def check_action(action: str, what: str) -> str:
+    """Validate what to do when a sandbox's idle timeout or lifetime runs out."""
+    if action not in LIFETIME_ACTIONS:
+        raise InvalidArgumentError(f"{what} must be one of {', '.join(LIFETIME_ACTIONS)}, "
+                                   f"not {action!r:.40}")
+    return action

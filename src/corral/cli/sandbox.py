@@ -1,9 +1,9 @@
-"""``corral sandbox create | list | exec | run-code | network | logs | ports | url | pause |
+"""``corral sandbox create | list (ls) | exec | run-code | network | logs | ports | url | pause |
 resume | snapshot | fork | kill``: sandboxes on a Corral server.
 
 The server and key come from ``--url``/``--api-key`` or ``CORRAL_URL``/``CORRAL_API_KEY``.
-Unlike ``corral run``, a created sandbox outlives the command: it lives until ``kill`` or
-its ``--timeout``.
+Unlike ``corral run``, a created sandbox outlives the command: it lives until ``kill``, its
+``--timeout`` or its ``--idle-timeout`` (which can pause it instead: ``--on-idle pause``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from rich.table import Table
 
 from corral.api.agent_protocol import REASON_TIMEOUT
 from corral.api.limits import DEFAULT_CODE_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, DEFAULT_LIFETIME
-from corral.api.models import TIMEOUT_ERROR, network_spec
+from corral.api.models import TIMEOUT_ERROR, LifetimeAction, network_spec
 from corral.sdk import Sandbox
 
 
@@ -73,6 +73,19 @@ def create(
         show_default="python", help="A built image on the server.")] = None,
     timeout: Annotated[float, typer.Option(
         help="Seconds the sandbox lives, unless killed first.")] = DEFAULT_LIFETIME,
+    idle_timeout: Annotated[float | None, typer.Option(
+        show_default="never",
+        help="Stop (or, with --on-idle pause, pause) it after this many seconds in which "
+             "nothing used it.")] = None,
+    on_idle: Annotated[LifetimeAction, typer.Option(
+        help="What --idle-timeout does: kill, or pause (any later call resumes it).")
+    ] = "kill",
+    on_timeout: Annotated[LifetimeAction, typer.Option(
+        help="What the end of --timeout does: kill, or pause (a resume gives it its whole "
+             "timeout again).")] = "kill",
+    paused_ttl: Annotated[float | None, typer.Option(
+        show_default="the server's, CORRAL_PAUSED_TTL",
+        help="Seconds it may stay paused before it is killed.")] = None,
     runtime: Annotated[str | None, typer.Option(
         "--runtime", "-r", show_default="the server's strongest",
         help="gvisor or namespaces.")] = None,
@@ -113,6 +126,7 @@ def create(
         corral sandbox create --volume /data=datasets --volume /models=weights:ro
 
         corral sandbox create --snapshot snap-0123456789abcdef --timeout 600
+        corral sandbox create --idle-timeout 300 --on-idle pause --paused-ttl 86400
     """
     resources = {k: v for k, v in (("memory", memory), ("cpus", cpus)) if v is not None}
     mounts: dict[str, object] = {}
@@ -123,6 +137,8 @@ def create(
     policy = network_spec(parse_net(net)) if net else None
     with reporting_errors():
         sb = Sandbox.create(image, timeout=timeout, runtime=runtime, resources=resources,
+                            idle_timeout=idle_timeout, on_idle=on_idle,
+                            on_timeout=on_timeout, paused_ttl=paused_ttl,
                             env=_pairs(env, "'--env'"),
                             metadata=_pairs(meta, "'--meta'") if meta else None,
                             network=policy, public_ports=public_port or (), volumes=mounts,
@@ -132,6 +148,7 @@ def create(
 
 
 @app.command("list")
+@app.command("ls", hidden=True)
 def list_(
     meta: MetaOption = None,
     state: Annotated[str | None, typer.Option(
@@ -140,7 +157,8 @@ def list_(
     url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
-    """List your sandboxes, newest first; --meta filters by labels (all must match).
+    """List your sandboxes, newest first, with their state and why (``ls`` does the same);
+    --meta filters by labels (all must match).
 
     Examples:
 
@@ -154,14 +172,13 @@ def list_(
     if as_json:
         typer.echo(json.dumps([json.loads(sb.model_dump_json()) for sb in found], indent=2))
         return
-    table = Table("id", "state", "image", "runtime", "created", "expires", "metadata",
-                  "stop reason")
+    table = Table("id", "state", "reason", "image", "runtime", "created", "expires",
+                  "metadata")
     table.columns[0].no_wrap = True
     for sb in found:
-        table.add_row(sb.id, sb.state, sb.image, sb.runtime,
+        table.add_row(sb.id, sb.state, sb.state_reason or "", sb.image, sb.runtime,
                       f"{sb.created_at:%Y-%m-%d %H:%M:%S}", f"{sb.expires_at:%H:%M:%S}",
-                      " ".join(f"{k}={v}" for k, v in sorted(sb.metadata.items())),
-                      sb.stop_reason or "")
+                      " ".join(f"{k}={v}" for k, v in sorted(sb.metadata.items())))
     Console().print(table)
 
 

@@ -19,7 +19,13 @@ plane's store), so nobody has to poll. It also owns each sandbox's lifetime time
 A paused sandbox's lifetime clock stands still: :meth:`Lifecycle.hold` stops its timer and
 keeps what was left of its lifetime in ``lifetime_left``; the move back to RUNNING sets its
 expiry that far from now. While paused, ``expires_at`` still says when it would have ended
-had it not been paused. The pausing itself is :mod:`.pausing`'s.
+had it not been paused. The pausing itself is :mod:`.pausing`'s. ``paused_at`` is set as a
+sandbox becomes PAUSED (unless it already says when: an adopted one's) and cleared as it
+leaves that state.
+
+When a sandbox's lifetime runs out it is stopped, unless its ``on_timeout`` is ``"pause"``
+and the node gave :attr:`Lifecycle.pause_expired`: then that pauses it (and stops it if
+the pause fails).
 
 Adding a state (forking, lost, ...) is a member of :class:`SandboxState` and its rows in
 :data:`TRANSITIONS`; every caller already goes through :meth:`Lifecycle.move`.
@@ -31,8 +37,8 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
 
 from corral.api.errors import InternalError, SandboxError, SandboxNotRunningError
 
@@ -67,6 +73,8 @@ TRANSITIONS: Mapping[SandboxState, frozenset[SandboxState]] = {
 StateListener = Callable[["NodeSandbox", SandboxState], None]
 #: Writes down what a restarted node needs (see :mod:`.records`); may raise OSError.
 Persist = Callable[["NodeSandbox"], None]
+#: Pauses a sandbox whose lifetime ran out (``on_timeout="pause"``), or stops it with why.
+PauseExpired = Callable[["NodeSandbox"], Coroutine[Any, Any, None]]
 
 
 class IllegalTransition(InternalError):
@@ -83,6 +91,10 @@ class Lifecycle:
         self._teardowns: dict[str, asyncio.Task[None]] = {}
         #: Sandboxes this node let go of, running, for the next node to adopt.
         self._released: set[str] = set()
+        #: The node's pause of a sandbox whose lifetime ran out with ``on_timeout="pause"``;
+        #: None: such sandboxes are stopped like the rest.
+        self.pause_expired: PauseExpired | None = None
+        self._expiring: set[asyncio.Task[None]] = set()
 
     def on_state(self, listener: StateListener) -> Callable[[], None]:
         """Call ``listener`` after every transition; returns a function that unsubscribes."""
@@ -105,10 +117,14 @@ class Lifecycle:
             if sandbox.lifetime_left is not None:  # resumed: the rest of its lifetime
                 sandbox.expires_at = time.time() + sandbox.lifetime_left
                 sandbox.lifetime_left = None
+            sandbox.paused_at = None
             self._arm(sandbox)
         elif to is S.PAUSED:
             self.hold(sandbox)
+            if sandbox.paused_at is None:
+                sandbox.paused_at = time.time()
         elif to is S.STOPPING:
+            sandbox.paused_at = None
             self._disarm(sandbox)
         if to is not S.STOPPED:  # a stopped sandbox's directory, and record, are gone
             self.persist(sandbox)
@@ -199,13 +215,30 @@ class Lifecycle:
         loop = asyncio.get_running_loop()
         lifetime = sandbox.expires_at - sandbox.created_at
         self._timers[sandbox.id] = loop.call_later(
-            max(0.0, sandbox.expires_at - time.time()), lambda: self.begin_stop(
-                sandbox, f"timeout: sandbox lifetime of {lifetime:g} s reached"))
+            max(0.0, sandbox.expires_at - time.time()), self._expire, sandbox, lifetime)
+
+    def _expire(self, sandbox: NodeSandbox, lifetime: float) -> None:
+        """Its lifetime ran out: pause it if it asked for that and can be, else stop it."""
+        self._timers.pop(sandbox.id, None)
+        if (sandbox.on_timeout == "pause" and self.pause_expired is not None
+                and sandbox.state is S.RUNNING and not sandbox.pooled):
+            task = asyncio.get_running_loop().create_task(self.pause_expired(sandbox))
+            self._expiring.add(task)  # held until done: a task nobody holds may be lost
+            task.add_done_callback(self._expiring.discard)
+            task.add_done_callback(_logged)
+            return
+        self.begin_stop(sandbox, f"timeout: sandbox lifetime of {lifetime:g} s reached")
 
     def _disarm(self, sandbox: NodeSandbox) -> None:
         timer = self._timers.pop(sandbox.id, None)
         if timer is not None:
             timer.cancel()
+
+
+def _logged(task: asyncio.Task[None]) -> None:
+    """Log a pause of an expired sandbox that failed in a way its handler did not expect."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("pausing a sandbox whose lifetime ran out failed: %s", type(exc).__name__)
 
 
 def _reported(task: asyncio.Task[None]) -> None:

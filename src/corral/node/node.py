@@ -76,6 +76,8 @@ POOLED_LIFETIME = TIMEOUT_RANGE[1]
 #: Where a networked sandbox is told its resolver (its gateway, see corral.node.egress).
 RESOLV_CONF = "/etc/resolv.conf"
 STDERR_TAIL = 16 * 1024
+#: The ``state_reason`` of a sandbox paused because its lifetime ran out.
+TIMEOUT_PAUSE_REASON = "paused: lifetime ran out (on_timeout=pause)"
 
 
 class Node:
@@ -89,6 +91,7 @@ class Node:
         self.images = ImageStore(self.settings.image_dir, built=self.settings.built_dir)
         self.lifecycle = Lifecycle(self._persist)
         self.lifecycle.on_state(self._forget_stopped)
+        self.lifecycle.pause_expired = self._pause_expired
         self._sandboxes: dict[str, NodeSandbox] = {}
         self._given = dict(runtimes) if runtimes is not None else None
         self._runtimes: dict[str | None, Runtime] = {}
@@ -515,6 +518,9 @@ class Node:
                           record.metadata, DEFAULT_LIFETIME, self.network, user=record.user,
                           volumes=record.volumes)
         sandbox.created_at, sandbox.expires_at = record.created_at, record.expires_at
+        sandbox.timeout = (record.timeout if record.timeout is not None  # else: older
+                           else max(1.0, record.expires_at - record.created_at))
+        sandbox.on_timeout, sandbox.state_reason = record.on_timeout, record.state_reason
         self._sandboxes[sandbox.id] = sandbox
         if adopted.agent is not None:
             sandbox.agent = adopted.agent
@@ -526,6 +532,7 @@ class Node:
             except SandboxError as exc:
                 log.warning("sandbox %s: adopted paused, but its network is not ready; its "
                             "resume tries again: %s", sandbox.id, exc.message)
+            sandbox.paused_at = record.paused_at  # None (an older record): paused from now
             self.lifecycle.move(sandbox, SandboxState.PAUSED)
             log.info("sandbox %s adopted paused (%s, image %s)", sandbox.id,
                      adopted.runtime.name, record.image)
@@ -537,7 +544,7 @@ class Node:
         log.info("sandbox %s adopted (%s, image %s)", sandbox.id, adopted.runtime.name,
                  record.image)
 
-    async def pause(self, sandbox_id: str) -> None:
+    async def pause(self, sandbox_id: str, *, reason: str = "paused: by request") -> None:
         """Pause a running sandbox: it stops where it is, and its lifetime clock with it.
 
         gVisor: its memory and files go to disk (a checkpoint); nothing of it runs or holds
@@ -548,21 +555,35 @@ class Node:
         a command running when it paused runs on after the resume, but its output stream
         ends now. Pausing a paused sandbox does nothing. A networked sandbox keeps its
         network slot (address, rules, resolver) while paused; its open connections are
-        dropped (gVisor). See docs/pause.md.
+        dropped (gVisor). ``reason``: its ``state_reason`` from now (who or what paused it).
+        See docs/pause.md.
         """
         sandbox = self.get(sandbox_id)
-        await pausing.pause(sandbox, self.lifecycle, self._agent_closed)
+        await pausing.pause(sandbox, self.lifecycle, self._agent_closed, reason)
 
-    async def resume(self, sandbox_id: str) -> None:
-        """Let a paused sandbox run on from where it stopped, with the lifetime it had left.
+    async def resume(self, sandbox_id: str, *, reason: str = "resumed: by request") -> None:
+        """Let a paused sandbox run on from where it stopped, with the lifetime it had left
+        (its whole ``timeout`` again if the end of its lifetime paused it).
 
         Returns once its agent answers; its code contexts keep their state (on the node
         that paused it). Resuming a running sandbox does nothing. If the runtime cannot
-        resume it, it stays paused and the error says why.
+        resume it, it stays paused and the error says why. ``reason``: its
+        ``state_reason`` from now.
         """
         sandbox = self.get(sandbox_id)
         await pausing.resume(sandbox, self.lifecycle, self._agent_closed, self._read_stderr,
-                             self.network)
+                             self.network, reason)
+
+    async def _pause_expired(self, sandbox: NodeSandbox) -> None:
+        """The lifecycle's handler of a lifetime that ran out with ``on_timeout="pause"``:
+        pause the sandbox so that its resume gives it its whole ``timeout`` again (as E2B's
+        auto-pause does); if it cannot be paused, stop it, saying so."""
+        try:
+            await pausing.pause(sandbox, self.lifecycle, self._agent_closed,
+                                TIMEOUT_PAUSE_REASON, lifetime=sandbox.timeout)
+        except SandboxError as exc:
+            await sandbox.stop(f"timeout: sandbox lifetime reached, and pausing it instead "
+                               f"(on_timeout=pause) failed: {exc.message}")
 
     # -- memory snapshots and forks (corral.node.checkpoints) ------------------------------
 
@@ -880,7 +901,9 @@ def _record(sandbox: NodeSandbox) -> records.SandboxRecord:
         user=sandbox.user, volumes=sandbox.volumes, metadata=sandbox.metadata,
         created_at=sandbox.created_at, expires_at=sandbox.expires_at,
         extra=dict(sandbox.handle.extra), state=sandbox.state.value,
-        lifetime_left=sandbox.lifetime_left)
+        lifetime_left=sandbox.lifetime_left, timeout=sandbox.timeout,
+        on_timeout=sandbox.on_timeout, state_reason=sandbox.state_reason,
+        paused_at=sandbox.paused_at)
 
 
 def default_user(image_user: str) -> str | None:

@@ -10,7 +10,9 @@ A pause, in order:
    commands themselves run on); the agent's own timeouts stop counting;
 4. the runtime stops the sandbox where it is (gVisor: a checkpoint to disk, nothing of it
    left running or mounted; namespaces: the cgroup freezer);
-5. the state becomes PAUSED, written to its record with the lifetime left.
+5. the state becomes PAUSED, written to its record with the lifetime left (or, for a pause
+   because its lifetime ran out, its whole lifetime again: see ``lifetime``), the time,
+   and why (``state_reason``).
 
 A resume: a networked sandbox's slot is made ready for it
 (:meth:`~corral.node.network.NodeNetwork.reinstate`: gVisor's restore needs its address
@@ -51,18 +53,22 @@ HELLO_TIMEOUT = 30.0
 
 
 async def pause(sandbox: NodeSandbox, lifecycle: Lifecycle,
-                agent_closed: Callable[[NodeSandbox, str], None]) -> float:
-    """Pause a running sandbox; returns the seconds it took (nothing for a paused one).
+                agent_closed: Callable[[NodeSandbox, str], None], reason: str,
+                lifetime: float | None = None) -> float | None:
+    """Pause a running sandbox; returns the seconds it took, None if it was paused already
+    (nothing done).
 
     ``agent_closed``: the node's handler of a channel that closes on its own, given to the
-    new session when a pause fails and the sandbox runs on. Raises SandboxNotRunningError
+    new session when a pause fails and the sandbox runs on. ``reason``: its
+    ``state_reason`` once paused. ``lifetime``: the seconds of lifetime its resume gives it
+    (default: what it had left). Raises SandboxNotRunningError
     if it is stopping or stopped, RuntimeUnavailableError if its runtime cannot pause it
     (nothing changed), and the runtime's error if the pause failed: the sandbox then runs
     on if it can, else it is stopped with the reason.
     """
     async with sandbox.transition:
         if sandbox.state is SandboxState.PAUSED:
-            return 0.0
+            return None
         agent = sandbox.channel()  # stopping or stopped: says so, with the reason
         sandbox.runtime.check_pause(sandbox.handle)
         started = time.monotonic()
@@ -82,19 +88,23 @@ async def pause(sandbox: NodeSandbox, lifecycle: Lifecycle,
                 raise
         finally:
             sandbox.changing = None
-        lifecycle.move(sandbox, SandboxState.PAUSED)
+        if lifetime is not None:
+            sandbox.lifetime_left = lifetime
+        sandbox.state_reason = reason
+        lifecycle.move(sandbox, SandboxState.PAUSED)  # and records all of it
     took = time.monotonic() - started
-    log.info("sandbox %s paused in %.3f s", sandbox.id, took)
+    log.info("sandbox %s paused in %.3f s (%s)", sandbox.id, took, reason)
     return took
 
 
 async def resume(sandbox: NodeSandbox, lifecycle: Lifecycle,
                  agent_closed: Callable[[NodeSandbox, str], None],
                  on_stderr: Callable[[NodeSandbox, asyncio.StreamReader], None],
-                 network: NodeNetwork) -> float:
-    """Resume a paused sandbox; returns the seconds it took until its agent answered
-    (nothing for a running one). ``on_stderr``: the node's reader of a new runtime
+                 network: NodeNetwork, reason: str) -> float | None:
+    """Resume a paused sandbox; returns the seconds it took until its agent answered, None
+    for a running one (nothing done). ``on_stderr``: the node's reader of a new runtime
     process's stderr; ``network``: the node's, which readies the sandbox's slot first.
+    ``reason``: its ``state_reason`` once resumed.
 
     Raises SandboxNotRunningError if it is stopping or stopped; if its network cannot be
     made ready or the runtime fails, the sandbox stays paused (resume may be tried again,
@@ -102,7 +112,7 @@ async def resume(sandbox: NodeSandbox, lifecycle: Lifecycle,
     """
     async with sandbox.transition:
         if sandbox.state is SandboxState.RUNNING:
-            return 0.0
+            return None
         if sandbox.state is not SandboxState.PAUSED:
             sandbox.channel()  # says why, with the reason
             raise SandboxNotRunningError(f"sandbox {sandbox.id} is {sandbox.state.value}")
@@ -119,7 +129,8 @@ async def resume(sandbox: NodeSandbox, lifecycle: Lifecycle,
         finally:
             sandbox.changing = None
         sandbox.agent = agent
-        agent.on_close = lambda reason: agent_closed(sandbox, reason)
+        agent.on_close = lambda why: agent_closed(sandbox, why)
+        sandbox.state_reason = reason
         lifecycle.move(sandbox, SandboxState.RUNNING)  # its clock: what was left, from now
     took = time.monotonic() - started
     try:
@@ -127,7 +138,7 @@ async def resume(sandbox: NodeSandbox, lifecycle: Lifecycle,
     except SandboxError as exc:  # the contexts say so on their next cell
         log.warning("sandbox %s: its code contexts' kernels are out of reach after the "
                     "resume: %s", sandbox.id, exc.message)
-    log.info("sandbox %s resumed in %.3f s", sandbox.id, took)
+    log.info("sandbox %s resumed in %.3f s (%s)", sandbox.id, took, reason)
     return took
 
 

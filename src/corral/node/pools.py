@@ -214,7 +214,7 @@ class Pool:
             return None  # it died while it took the env
         sandbox.env, sandbox.metadata = {**sandbox.env, **env}, metadata
         sandbox.pooled = False
-        sandbox.created_at = time.time()
+        sandbox.created_at, sandbox.timeout = time.time(), timeout
         self._lifecycle.set_expiry(sandbox, sandbox.created_at + timeout)  # and records it
         log.info("sandbox %s handed out from a warm pool", sandbox.id)
         return sandbox

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.api.errors import InvalidArgumentError
-from corral.api.resources import Resources
+from corral.api.resources import Resources, check_action, check_timeout
 
 from .lifecycle import SandboxState
 from .validation import SANDBOX_ID, check_env, check_metadata
@@ -54,6 +54,14 @@ class SandboxRecord:
     volumes: tuple[VolumeMount, ...] = ()
     #: Paused: the seconds of lifetime it had left (its clock stands still while paused).
     lifetime_left: float | None = None
+    #: The lifetime it was created with; None in records from before it was kept.
+    timeout: float | None = None
+    #: What the end of its lifetime does: "kill" or "pause".
+    on_timeout: str = "kill"
+    #: Why it was last paused or resumed (``paused: by request``, ...).
+    state_reason: str | None = None
+    #: Paused: when (epoch seconds); kept across restarts for the paused TTL.
+    paused_at: float | None = None
 
 
 def write(directory: Path, record: SandboxRecord) -> None:
@@ -106,7 +114,12 @@ def parse(body: object) -> SandboxRecord:
             metadata=check_metadata(_mapping(body, "metadata")),
             created_at=_number(body, "created_at"), expires_at=_number(body, "expires_at"),
             extra=_mapping(body, "extra"), state=_state(body), user=_user(body),
-            volumes=_volumes(body), lifetime_left=_lifetime_left(body))
+            volumes=_volumes(body), lifetime_left=_lifetime_left(body),
+            timeout=None if body.get("timeout") is None else check_timeout(
+                _number(body, "timeout")),
+            on_timeout=check_action(body.get("on_timeout", "kill"), "on_timeout"),
+            state_reason=_reason(body),
+            paused_at=None if body.get("paused_at") is None else _number(body, "paused_at"))
     except (TypeError, InvalidArgumentError) as exc:
         raise ValueError(f"malformed record: {exc}") from None
     return record
@@ -126,6 +139,15 @@ def _lifetime_left(body: dict[str, Any]) -> float | None:
     if not 0 <= left < 1e9:
         raise ValueError("malformed record: lifetime_left out of range")
     return left
+
+
+def _reason(body: dict[str, Any]) -> str | None:
+    reason = body.get("state_reason")
+    if reason is None:
+        return None
+    if not isinstance(reason, str) or len(reason) > 4096:
+        raise TypeError("state_reason must be text of at most 4096 characters")
+    return reason
 
 
 def _user(body: dict[str, Any]) -> str | None:

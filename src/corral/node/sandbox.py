@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from corral.api import contract, models
 from corral.api.errors import SandboxNotRunningError
 from corral.api.limits import DEFAULT_CODE_TIMEOUT
-from corral.api.resources import Resources, check_timeout
+from corral.api.resources import Resources, check_action, check_timeout
 from corral.runtime import Runtime, RuntimeSandbox
 
 from .agent_client import AgentClient
@@ -42,6 +42,13 @@ class NodeSandbox:
         state: where it is in its life; written only by its node's lifecycle.
         is_paused: whether it is paused (:meth:`corral.node.Node.pause`): cheap, no I/O.
         stop_reason: why it stopped (or is stopping), once it does.
+        state_reason: why it was last paused or resumed (``paused: by request``,
+            ``resumed: by a command``, ...); None until it is first paused.
+        paused_at: when it was paused (epoch seconds); None unless it is paused.
+        timeout: the lifetime it was created with, in seconds; a resume after its
+            lifetime paused it (``on_timeout``) gives it this much again.
+        on_timeout: what the end of its lifetime does: ``"kill"`` (the default) or
+            ``"pause"`` (:meth:`set_on_timeout`).
         pooled: waiting in a warm pool: not listed, not recorded, not yet anyone's.
         volumes: the volumes it mounts, where, and whether read-only.
     """
@@ -64,9 +71,13 @@ class NodeSandbox:
         self.metadata = metadata
         self.volumes = volumes
         self.created_at = time.time()
+        self.timeout = timeout
         self.expires_at = self.created_at + timeout
+        self.on_timeout = "kill"
         self.state = SandboxState.STARTING
         self.stop_reason: str | None = None
+        self.state_reason: str | None = None
+        self.paused_at: float | None = None
         #: Seconds of lifetime it had left when it was paused; None while it runs.
         self.lifetime_left: float | None = None
         #: "pausing", "resuming" or "snapshotting" while one is under way (the state
@@ -103,7 +114,12 @@ class NodeSandbox:
             resources=models.ResourcesSpec.of(self.resources), metadata=dict(self.metadata),
             created_at=datetime.fromtimestamp(self.created_at, UTC),
             expires_at=datetime.fromtimestamp(self.expires_at, UTC),
-            stop_reason=self.stop_reason)
+            stop_reason=self.stop_reason,
+            state_reason=(self.stop_reason if self.stop_reason is not None
+                          else self.state_reason),
+            paused_at=(None if self.paused_at is None
+                       else datetime.fromtimestamp(self.paused_at, UTC)),
+            on_timeout=self.on_timeout)  # type: ignore[arg-type]  # checked when set
 
     async def refresh(self) -> models.SandboxInfo:
         """Its description now (the node's copy is always current)."""
@@ -151,6 +167,22 @@ class NodeSandbox:
         self.channel()
         check_timeout(seconds)
         self._lifecycle.set_expiry(self, time.time() + seconds)
+
+    def check_pausable(self) -> None:
+        """Raise RuntimeUnavailableError, saying why, if its runtime cannot pause it (a
+        networked gVisor sandbox, today); cheap, no I/O."""
+        self.runtime.check_pause(self.handle)
+
+    async def set_on_timeout(self, action: str) -> None:
+        """What the end of its lifetime does from now: ``"kill"`` stops it; ``"pause"``
+        pauses it instead (its files, memory and processes kept), and its resume gives it
+        its whole :attr:`timeout` again. Refused (RuntimeUnavailableError) with
+        ``"pause"`` if its runtime cannot pause it."""
+        check_action(action, "on_timeout")
+        if action == "pause":
+            self.check_pausable()
+        self.on_timeout = action
+        self._lifecycle.persist(self)
 
     async def stop(self, reason: str) -> None:
         """Stop the sandbox, recording ``reason`` (unless it already stops for another),

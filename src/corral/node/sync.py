@@ -116,6 +116,7 @@ class SyncNodeSandbox(Proxy[NodeSandbox]):
     kill = blocking(NodeSandbox.kill)
     stop = blocking(NodeSandbox.stop)
     set_timeout = blocking(NodeSandbox.set_timeout)
+    set_on_timeout = blocking(NodeSandbox.set_on_timeout)
     refresh = blocking(NodeSandbox.refresh)
     run_code = blocking(NodeSandbox.run_code)
 
@@ -150,6 +151,10 @@ class SyncNodeSandbox(Proxy[NodeSandbox]):
     @property
     def is_paused(self) -> bool:
         return self._inner.is_paused
+
+    @property
+    def state_reason(self) -> str | None:
+        return self._inner.state_reason
 
     def __enter__(self) -> SyncNodeSandbox:
         return self

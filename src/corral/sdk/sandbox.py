@@ -115,6 +115,9 @@ class AsyncSandbox:
                      metadata: Mapping[str, str] | None = None,
                      resources: ResourcesArg | None = None, runtime: str | None = None,
                      idle_timeout: float | None = None,
+                     on_idle: models.LifetimeAction = "kill",
+                     on_timeout: models.LifetimeAction = "kill",
+                     paused_ttl: float | None = None,
                      network: contract.NetworkArg | None = None,
                      public_ports: Iterable[int] = (),
                      volumes: Mapping[str, object] | None = None,
@@ -127,14 +130,27 @@ class AsyncSandbox:
             image: an image's name (``python``, the default, or one of yours such as
                 ``my-env:1``), its ``sha256:`` id, or an :class:`corral.Image`, built first
                 (its steps built before are not run again).
-            timeout: seconds to live; it is killed after (:meth:`set_timeout` extends it).
+            timeout: seconds to live; it is killed after (or paused: ``on_timeout``;
+                :meth:`set_timeout` extends it).
             env: environment variables of every command.
             metadata: string labels, to find it with :meth:`list`.
             resources: limits, e.g. ``{"memory": "1G", "cpus": 2}`` or a
                 :class:`corral.Resources`.
             runtime: ``"gvisor"`` or ``"namespaces"``; default: the server's strongest.
-            idle_timeout: stop it after this many seconds in which no call touched it and
-                no command ran in it; default: only ``timeout`` ends it.
+            idle_timeout: stop it (or pause it: ``on_idle``) after this many seconds in
+                which nothing used it: no call touched it, no command or cell ran in it, no
+                stream, file transfer or port connection was open; default: only
+                ``timeout`` ends it.
+            on_idle: what ``idle_timeout`` does: ``"kill"`` (the default) stops it;
+                ``"pause"`` pauses it, and any later call resumes it with its files,
+                memory and processes as they were (docs/pause.md, "Auto-pause").
+            on_timeout: what the end of its lifetime does: ``"kill"`` (the default) stops
+                it; ``"pause"`` pauses it, and its resume gives it its whole ``timeout``
+                again. Either ``"pause"`` is refused (``InvalidArgumentError``) if its
+                runtime cannot pause it (a gVisor sandbox with a network, today).
+            paused_ttl: seconds it may stay paused (however it was paused) before the
+                server kills it, from 1 s up to the server's own, which is also the
+                default (``CORRAL_PAUSED_TTL``, 30 days unless its operator set another).
             network: what it may reach: ``"none"`` (the default: loopback only),
                 ``"all"`` (every public address) or ``{"allow": [...], "deny": [...]}`` of
                 IPs and CIDRs, each optionally with ``:port`` (``deny`` wins). Private,
@@ -174,10 +190,12 @@ class AsyncSandbox:
             if isinstance(image, Image):
                 image = (await build_with(api, image, runtime=runtime)).id
             # Only what was given is sent: the server tells a default from a choice.
-            given: dict[str, Any] = {"timeout": float(timeout)}
+            given: dict[str, Any] = {"timeout": float(timeout), "on_idle": on_idle,
+                                     "on_timeout": on_timeout}
             optional = {"image": image, "runtime": runtime,
                         "metadata": None if metadata is None else dict(metadata),
                         "idle_timeout": None if idle_timeout is None else float(idle_timeout),
+                        "paused_ttl": None if paused_ttl is None else float(paused_ttl),
                         "network": None if network is None else network_spec(network),
                         "snapshot": _snapshot_id(snapshot)}
             given.update({k: v for k, v in optional.items() if v is not None})

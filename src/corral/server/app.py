@@ -64,11 +64,12 @@ def create_app(settings: ServerSettings, *,
                                 settings.snapshot_sweep_interval)
     sandbox_service = SandboxService(node, SandboxStore(engine), settings.ports_domain,
                                      images=images.resolve, volumes=volumes.mounts,
-                                     snapshots=snapshots.get)
+                                     snapshots=snapshots.get,
+                                     paused_ttl=settings.paused_ttl)
     limits = settings.limits
     failures = Buckets(limits.auth_failure_rate, limits.auth_failure_burst, limits.buckets)
     port_proxy = PortProxy(sandbox_service, keys, settings.ports_domain, failures)
-    reaper = IdleReaper(sandbox_service, settings.idle_check_interval)
+    reaper = IdleReaper(sandbox_service, node, settings.idle_check_interval)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

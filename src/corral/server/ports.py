@@ -32,7 +32,8 @@ server's own origin runs in an opaque origin and cannot act as the server's page
 apps belong on host-based URLs, which give each port an origin of its own.
 
 Every request and every chunk or message relayed counts as activity for the sandbox's
-idle timeout. Limits: :data:`~corral.api.limits.MAX_PORT_CONNECTIONS` connections per
+idle timeout, and a request or WebSocket still open holds the sandbox in use: it is never
+idle while one lasts. Limits: :data:`~corral.api.limits.MAX_PORT_CONNECTIONS` connections per
 sandbox at once, :data:`~corral.api.limits.PORT_READ_TIMEOUT` seconds of silence from the
 app, :data:`MAX_WS_MESSAGE` bytes per WebSocket message.
 """
@@ -229,11 +230,13 @@ class PortProxy:
         if granted.redirect is not None:
             await _redirect(send, granted.redirect, granted.cookie)
             return
-        self.service.touch(sandbox.id)
-        if scope["type"] == "websocket":
-            await _WebSocketRelay(self, sandbox, scope, receive, send, target, granted).run()
-        else:
-            await self._http(scope, receive, send, target, granted)
+        # Held in use while the request or WebSocket lasts, however quiet: never idle.
+        with self.service.in_use(sandbox.id):
+            if scope["type"] == "websocket":
+                await _WebSocketRelay(self, sandbox, scope, receive, send, target,
+                                      granted).run()
+            else:
+                await self._http(scope, receive, send, target, granted)
 
     async def _authorize(self, scope: Scope, target: Target) -> tuple[NodeSandbox, _Grant]:
         found = self.service.port_access(target.sandbox_id)

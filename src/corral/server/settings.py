@@ -10,8 +10,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from corral.api.errors import InvalidArgumentError
-from corral.api.limits import SNAPSHOT_TTL_RANGE
+from corral.api.limits import DEFAULT_PAUSED_TTL, SNAPSHOT_TTL_RANGE
 from corral.api.network import NetworkPolicy
+from corral.api.resources import check_paused_ttl
 from corral.node import NodeSettings
 
 from .store.schema import database_url
@@ -200,6 +201,9 @@ class ServerSettings:
             (``CORRAL_SNAPSHOT_TTL``, default 7 days; 60 s to 90 days).
         snapshot_sweep_interval: seconds between two looks for expired snapshots (a
             snapshot outlives its time by at most about this; reads treat it as gone).
+        paused_ttl: seconds a sandbox may stay paused before the server kills it
+            (``CORRAL_PAUSED_TTL``, default 30 days, at most a year): a create's
+            ``paused_ttl`` when it gives none, and the most it may ask for.
     """
 
     node: NodeSettings
@@ -221,8 +225,10 @@ class ServerSettings:
     snapshot_quota_mib: int = 20 * 1024
     snapshot_ttl: float = DEFAULT_SNAPSHOT_TTL
     snapshot_sweep_interval: float = 30.0
+    paused_ttl: float = DEFAULT_PAUSED_TTL
 
     def __post_init__(self) -> None:
+        check_paused_ttl(self.paused_ttl, "the server's paused TTL (CORRAL_PAUSED_TTL)")
         low, high = SNAPSHOT_TTL_RANGE
         if not low <= self.snapshot_ttl <= high:
             raise InvalidArgumentError(f"the snapshot TTL must be {low:g} to {high:g} seconds "
@@ -263,6 +269,7 @@ class ServerSettings:
             volume_quota_mib=_mib_env("CORRAL_VOLUME_QUOTA_MIB", 100 * 1024),
             snapshot_quota_mib=_mib_env("CORRAL_SNAPSHOT_QUOTA_MIB", 20 * 1024),
             snapshot_ttl=_seconds_env("CORRAL_SNAPSHOT_TTL", DEFAULT_SNAPSHOT_TTL),
+            paused_ttl=_seconds_env("CORRAL_PAUSED_TTL", DEFAULT_PAUSED_TTL),
         )
 
     @property

@@ -259,6 +259,10 @@ def test_the_documented_bounds_are_the_values() -> None:
             "{:g} to {:g}".format(*limits.TIMEOUT_RANGE),
         "default sandbox lifetime; default command and cell timeout, in seconds":
             f"{limits.DEFAULT_LIFETIME:g}; {limits.DEFAULT_COMMAND_TIMEOUT:g}",
+        "`paused_ttl`, seconds a sandbox may stay paused before it is killed; the server's "
+        "own default and most (`CORRAL_PAUSED_TTL`, which a create's may not exceed)":
+            "{:.15g} to {:.15g}; ".format(*limits.PAUSED_TTL_RANGE)
+            + f"{limits.DEFAULT_PAUSED_TTL:.15g}",
         "network policy entries, allow and deny together (the operator may set fewer); "
         "characters of one entry": f"{network.MAX_ENTRIES}; {network.MAX_ENTRY}",
         "connections to one sandbox's exposed ports at once; its public ports":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -186,3 +187,98 @@ async def test_a_paused_sandbox_is_adopted_paused_by_the_next_node(
         await second.resume(sandbox.id)
         assert (await adopted.commands.run("echo again")).stdout == "again\n"
     assert adopted.state is S.STOPPED
+
+
+async def _until(condition: Callable[[], bool], what: str, deadline: float = 30.0) -> None:
+    """Wait for ``condition``, failing after ``deadline`` seconds (a hung pause, say)."""
+    end = time.monotonic() + deadline
+    while not condition():
+        assert time.monotonic() < end, f"still not {what} after {deadline:g} s"
+        await asyncio.sleep(0.05)
+
+
+async def test_pauses_and_resumes_say_why(node: Node) -> None:
+    sandbox = await node.create("python")
+    assert sandbox.state_reason is None and sandbox.paused_at is None
+    before = time.time()
+    await node.pause(sandbox.id, reason="paused: by a test")
+    assert sandbox.state_reason == "paused: by a test"
+    assert sandbox.paused_at is not None and before <= sandbox.paused_at <= time.time()
+    record = records.read(sandbox.handle.spec.directory)
+    assert (record.state_reason, record.paused_at) == ("paused: by a test", sandbox.paused_at)
+    assert sandbox.info.state_reason == "paused: by a test" and sandbox.info.paused_at
+    await node.pause(sandbox.id, reason="paused: again")  # paused already: nothing changes
+    assert sandbox.state_reason == "paused: by a test"
+    await node.resume(sandbox.id)
+    assert sandbox.state_reason == "resumed: by request" and sandbox.paused_at is None
+    await sandbox.kill()
+    assert sandbox.info.state_reason == "killed by request"  # a stopped one's: why it stopped
+
+
+async def test_on_timeout_pause_pauses_and_the_resume_gives_a_whole_lifetime(
+        node: Node) -> None:
+    sandbox = await node.create("python", timeout=1.0)
+    await sandbox.files.write("/work/note", "kept")
+    await sandbox.set_on_timeout("pause")
+    assert records.read(sandbox.handle.spec.directory).on_timeout == "pause"
+    await _until(lambda: sandbox.state is not S.RUNNING, "paused")
+    assert sandbox.state is S.PAUSED
+    assert sandbox.state_reason == "paused: lifetime ran out (on_timeout=pause)"
+    assert sandbox.lifetime_left == sandbox.timeout == 1.0
+    record = records.read(sandbox.handle.spec.directory)
+    assert (record.lifetime_left, record.timeout) == (1.0, 1.0)
+    started = time.time()
+    await node.resume(sandbox.id)
+    assert started + 1.0 <= sandbox.expires_at <= time.time() + 1.0
+    assert await sandbox.files.read_text("/work/note") == "kept"
+    await _until(lambda: sandbox.state is not S.RUNNING, "paused again")  # and again
+    assert sandbox.state is S.PAUSED
+    await sandbox.kill()
+
+
+async def test_on_timeout_is_checked(node: Node) -> None:
+    sandbox = await node.create("python")
+    with pytest.raises(SandboxError, match="on_timeout must be one of kill, pause"):
+        await sandbox.set_on_timeout("sleep")
+    await sandbox.kill()
+
+
+async def test_on_timeout_pause_is_refused_where_the_runtime_cannot_pause(
+        node_settings: NodeSettings) -> None:
+    async with Node(node_settings, runtimes={"fake": _Unpausable()}) as node:
+        sandbox = await node.create("python")
+        with pytest.raises(RuntimeUnavailableError, match="cannot pause"):
+            await sandbox.set_on_timeout("pause")
+        assert sandbox.on_timeout == "kill"
+
+
+async def test_a_lifetime_pause_that_fails_stops_the_sandbox_with_why(
+        node_settings: NodeSettings) -> None:
+    async with Node(node_settings, runtimes={"fake": _FailingPause()}) as node:
+        sandbox = await node.create("python", timeout=1.0)
+        await sandbox.set_on_timeout("pause")
+        await _until(lambda: sandbox.state is S.STOPPED, "stopped")
+        assert sandbox.stop_reason == (
+            "timeout: sandbox lifetime reached, and pausing it instead (on_timeout=pause) "
+            "failed: checkpointing failed: the test said so")
+
+
+async def test_the_next_node_keeps_when_and_why_it_was_paused(
+        node_settings: NodeSettings, fake_runtime: FakeRuntime) -> None:
+    first = Node(node_settings, runtimes={"fake": fake_runtime})
+    await first.start()
+    try:
+        sandbox = await first.create("python", timeout=1.0)
+        await sandbox.set_on_timeout("pause")
+        await _until(lambda: sandbox.state is not S.RUNNING, "paused")
+        paused_at = sandbox.paused_at
+    finally:
+        await first.close(detach=True)
+    async with Node(node_settings, runtimes={"fake": fake_runtime}) as second:
+        adopted = second.get(sandbox.id)
+        assert adopted.state is S.PAUSED and adopted.paused_at == paused_at
+        assert adopted.state_reason == "paused: lifetime ran out (on_timeout=pause)"
+        assert (adopted.on_timeout, adopted.timeout, adopted.lifetime_left) == ("pause", 1.0,
+                                                                                1.0)
+        await second.resume(sandbox.id, reason="resumed: by the next node")
+        assert adopted.state_reason == "resumed: by the next node"

@@ -58,9 +58,9 @@ async def snapshot_filesystem(sandbox_id: SandboxId, body: models.FilesystemSnap
                               ) -> models.ImageInfo:
     """Keep the sandbox's files as an image of yours (it runs on): its image's layers and
     what it changed, with its image's defaults."""
-    sandbox = await service.owned(tenant, sandbox_id)
-    service.touch(sandbox_id)
-    return await images.snapshot(tenant, sandbox, body.name)
+    sandbox = await service.owned(tenant, sandbox_id, "a filesystem snapshot")
+    with service.in_use(sandbox_id):
+        return await images.snapshot(tenant, sandbox, body.name)
 
 
 @router.post("/{sandbox_id}/snapshots", status_code=201, responses=errors(
@@ -124,7 +124,7 @@ async def set_network(sandbox_id: SandboxId, body: models.NetworkUpdate, tenant:
 async def network_events(sandbox_id: SandboxId, tenant: Tenant,
                          service: Sandboxes) -> models.EgressEvents:
     """The sandbox's resolver's and proxy's latest verdicts, oldest first."""
-    sandbox = await service.owned(tenant, sandbox_id)
+    sandbox = await service.owned(tenant, sandbox_id, "a network call")
     return await sandbox.network.events()
 
 

@@ -3,12 +3,14 @@
 A cell runs to its end and answers one :class:`~corral.api.models.Execution`, or streams
 NDJSON :data:`~corral.api.models.CodeEvent` lines as output arrives. A streamed cell whose
 client goes away is interrupted (the context keeps its state); so is a waited-on one whose
-request is cancelled.
+request is cancelled. Every call holds its sandbox in use (never idle) until it ends, a
+streamed cell until its stream does.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 
 from corral.api import models
 from corral.api.errors import SandboxError
@@ -25,56 +27,65 @@ class CodeService:
 
     async def run(self, tenant: str, sandbox_id: str,
                   request: models.RunCodeRequest) -> models.Execution:
-        return await collect(await self._events(tenant, sandbox_id, request))
+        async with self._using(tenant, sandbox_id) as sandbox:
+            return await collect(await _events(sandbox, request))
 
     async def stream(self, tenant: str, sandbox_id: str,
                      request: models.RunCodeRequest) -> AsyncIterator[bytes]:
         """Check the request and find its context (errors surface here), then stream."""
-        events = await self._events(tenant, sandbox_id, request)
-        return _lines(events)
+        async with self._using(tenant, sandbox_id) as sandbox:
+            events = await _events(sandbox, request)
+        return self._lines(sandbox_id, events)
 
     async def create_context(self, tenant: str, sandbox_id: str,
                              request: models.ContextCreate) -> models.CodeContext:
-        sandbox = await self._sandbox(tenant, sandbox_id)
-        return await sandbox.code.create_context(request.language, cwd=request.cwd,
-                                                 env=request.env)
+        async with self._using(tenant, sandbox_id) as sandbox:
+            return await sandbox.code.create_context(request.language, cwd=request.cwd,
+                                                     env=request.env)
 
     async def list_contexts(self, tenant: str, sandbox_id: str) -> models.ContextList:
-        sandbox = await self._sandbox(tenant, sandbox_id)
-        return models.ContextList(contexts=await sandbox.code.list_contexts())
+        async with self._using(tenant, sandbox_id) as sandbox:
+            return models.ContextList(contexts=await sandbox.code.list_contexts())
 
     async def restart_context(self, tenant: str, sandbox_id: str,
                               context_id: str) -> models.CodeContext:
-        sandbox = await self._sandbox(tenant, sandbox_id)
-        return await sandbox.code.restart_context(context_id)
+        async with self._using(tenant, sandbox_id) as sandbox:
+            return await sandbox.code.restart_context(context_id)
 
     async def interrupt(self, tenant: str, sandbox_id: str, context_id: str) -> None:
-        sandbox = await self._sandbox(tenant, sandbox_id)
-        await sandbox.code.interrupt(context_id)
+        async with self._using(tenant, sandbox_id) as sandbox:
+            await sandbox.code.interrupt(context_id)
 
     async def delete_context(self, tenant: str, sandbox_id: str, context_id: str) -> None:
-        sandbox = await self._sandbox(tenant, sandbox_id)
-        await sandbox.code.delete_context(context_id)
+        async with self._using(tenant, sandbox_id) as sandbox:
+            await sandbox.code.delete_context(context_id)
 
-    async def _sandbox(self, tenant: str, sandbox_id: str) -> NodeSandbox:
-        return await self._sandboxes.owned(tenant, sandbox_id)
+    def _using(self, tenant: str, sandbox_id: str) -> AbstractAsyncContextManager[NodeSandbox]:
+        """The tenant's sandbox, in use until the block ends (a first cell, a new or
+        restarted context start a kernel: seconds)."""
+        return self._sandboxes.using(tenant, sandbox_id, "code")
 
-    async def _events(self, tenant: str, sandbox_id: str, request: models.RunCodeRequest
-                      ) -> AsyncIterator[models.CodeEvent]:
-        sandbox = await self._sandbox(tenant, sandbox_id)
-        timeout = DEFAULT_CODE_TIMEOUT if request.timeout is None else request.timeout
-        return await sandbox.code.stream(request.code, language=request.language,
-                                         context=request.context, timeout=timeout)
+    async def _lines(self, sandbox_id: str, events: AsyncIterator[models.CodeEvent]
+                     ) -> AsyncIterator[bytes]:
+        try:
+            with self._sandboxes.in_use(sandbox_id):
+                async for event in events:
+                    yield event.model_dump_json(by_alias=True).encode() + b"\n"
+        except SandboxError as exc:
+            yield models.ErrorEvent(error=models.ErrorDetail(
+                code=exc.code.value, message=exc.message)).model_dump_json().encode() + b"\n"
+        finally:
+            await _close(events)
 
 
-async def _lines(events: AsyncIterator[models.CodeEvent]) -> AsyncIterator[bytes]:
-    try:
-        async for event in events:
-            yield event.model_dump_json(by_alias=True).encode() + b"\n"
-    except SandboxError as exc:
-        yield models.ErrorEvent(error=models.ErrorDetail(
-            code=exc.code.value, message=exc.message)).model_dump_json().encode() + b"\n"
-    finally:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
+async def _events(sandbox: NodeSandbox, request: models.RunCodeRequest
+                  ) -> AsyncIterator[models.CodeEvent]:
+    timeout = DEFAULT_CODE_TIMEOUT if request.timeout is None else request.timeout
+    return await sandbox.code.stream(request.code, language=request.language,
+                                     context=request.context, timeout=timeout)
+
+
+async def _close(events: AsyncIterator[models.CodeEvent]) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()

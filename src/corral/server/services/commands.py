@@ -5,7 +5,8 @@ signals sent by later requests find it. A streamed command whose client goes awa
 killed (nobody is left to read it); a background one has its output drained and dropped
 until a client connects to it. A connect follows a running command again (a background one,
 or one whose stream ended at a pause or a server restart): its output from then on; a
-connected client that goes away only stops following it.
+connected client that goes away only stops following it. A command the server waits on,
+streams or drains holds its sandbox in use (never idle) until it ends.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class CommandService:
         """Run to completion. A timeout is a result (``reason="timeout"``), not an error."""
         handle = await self._start(tenant, sandbox_id, request)
         try:
-            return await handle.wait()
+            with self._sandboxes.in_use(sandbox_id):
+                return await handle.wait()
         finally:
             self._forget(sandbox_id, handle)
 
@@ -85,7 +87,7 @@ class CommandService:
         await self._handle(tenant, sandbox_id, command_id).send_stdin(data, eof=eof)
 
     async def signal(self, tenant: str, sandbox_id: str, command_id: int, signum: int) -> None:
-        sandbox = await self._sandboxes.owned(tenant, sandbox_id)
+        sandbox = await self._sandboxes.owned(tenant, sandbox_id, "a command signal")
         handle = self._handles.get(sandbox_id, {}).get(command_id)
         if handle is not None:
             await handle.signal(signum)
@@ -93,14 +95,14 @@ class CommandService:
             await sandbox.commands.signal(command_id, signum)
 
     async def list(self, tenant: str, sandbox_id: str) -> models.ProcessList:
-        sandbox = await self._sandboxes.owned(tenant, sandbox_id)
+        sandbox = await self._sandboxes.owned(tenant, sandbox_id, "a command listing")
         return models.ProcessList(processes=[
             models.ProcessInfo(id=p.id, pid=p.pid, argv=p.argv, started_at=p.started_at)
             for p in await sandbox.commands.list()])
 
     async def _start(self, tenant: str, sandbox_id: str,
                      request: models.CommandRequest) -> NodeCommandHandle:
-        sandbox = await self._sandboxes.owned(tenant, sandbox_id)
+        sandbox = await self._sandboxes.owned(tenant, sandbox_id, "a command")
         data = request.stdin_bytes()
         timeout = request.timeout
         if timeout is None and not (request.stream or request.background):
@@ -146,20 +148,22 @@ class CommandService:
         ends kills it; else (a connect) it only stops following it."""
         ended = False
         try:
-            yield _line(models.StartedEvent(id=handle.id, pid=handle.pid))
-            try:
-                async for event in handle:
-                    yield _line(models.OutputEvent(
-                        type=event.stream, data=base64.b64encode(event.data).decode()))
-                # Iterated to the end: wait() returns the exit status at once.
-                result = await handle.wait()
-                ended = True
-                yield _line(models.ExitEvent(exit_code=result.exit_code, signal=result.signal,
-                                             reason=result.reason, duration=result.duration))
-            except SandboxError as exc:
-                ended = True
-                yield _line(models.ErrorEvent(error=models.ErrorDetail(
-                    code=exc.code.value, message=exc.message)))
+            with self._sandboxes.in_use(sandbox_id):
+                yield _line(models.StartedEvent(id=handle.id, pid=handle.pid))
+                try:
+                    async for event in handle:
+                        yield _line(models.OutputEvent(
+                            type=event.stream, data=base64.b64encode(event.data).decode()))
+                    # Iterated to the end: wait() returns the exit status at once.
+                    result = await handle.wait()
+                    ended = True
+                    yield _line(models.ExitEvent(
+                        exit_code=result.exit_code, signal=result.signal,
+                        reason=result.reason, duration=result.duration))
+                except SandboxError as exc:
+                    ended = True
+                    yield _line(models.ErrorEvent(error=models.ErrorDetail(
+                        code=exc.code.value, message=exc.message)))
         finally:
             if ended:
                 self._forget(sandbox_id, handle)
@@ -172,8 +176,9 @@ class CommandService:
 
     async def _drain(self, sandbox_id: str, handle: NodeCommandHandle) -> None:
         try:
-            async for _ in handle:
-                pass
+            with self._sandboxes.in_use(sandbox_id):
+                async for _ in handle:
+                    pass
         except SandboxError as exc:
             log.info("background command %d in %s ended: %s", handle.id, sandbox_id,
                      exc.code.value)

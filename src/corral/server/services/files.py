@@ -1,17 +1,20 @@
 """Files in a tenant's sandboxes. Paths are resolved by the node inside the sandbox root.
 
 Downloads start before the response does, so a missing file is an ordinary 404 rather
-than a broken stream; uploads stream into the sandbox and are bounded by its disk.
+than a broken stream; uploads stream into the sandbox and are bounded by its disk. A
+transfer, a listing and a removal hold its sandbox in use (never idle) until they end.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import AbstractAsyncContextManager
 
 import anyio
 
 from corral.api import models
+from corral.node import NodeSandbox
 
 from .sandboxes import SandboxService
 
@@ -22,69 +25,66 @@ class FileService:
 
     async def read_stream(self, tenant: str, sandbox_id: str, path: str
                           ) -> AsyncIterator[bytes]:
-        sandbox = await self._sandboxes.owned(tenant, sandbox_id)
+        sandbox = await self._sandboxes.owned(tenant, sandbox_id, "a file call")
         chunks = sandbox.files.read_stream(path)
         try:
             first = await anext(chunks, None)
         except BaseException:
             await _close(chunks)
             raise
-        return _prefixed(first, chunks, lambda: self._sandboxes.touch(sandbox_id))
+        return _prefixed(first, chunks, self._sandboxes, sandbox_id)
 
     async def write(self, tenant: str, sandbox_id: str, path: str,
                     chunks: AsyncIterable[bytes], mode: int) -> models.WriteResult:
-        sandbox = await self._sandboxes.owned(tenant, sandbox_id)
-        size = await sandbox.files.write(path, _touching(chunks, lambda: self._sandboxes.touch(
-            sandbox_id)), mode)
+        async with self._using(tenant, sandbox_id) as sandbox:
+            size = await sandbox.files.write(path, chunks, mode)
         return models.WriteResult(path=path, size=size)
 
     async def list(self, tenant: str, sandbox_id: str, path: str,
                    depth: int) -> models.EntryList:
-        sandbox = await self._sandboxes.owned(tenant, sandbox_id)
-        return models.EntryList(entries=await sandbox.files.list(path, depth))
+        async with self._using(tenant, sandbox_id) as sandbox:
+            return models.EntryList(entries=await sandbox.files.list(path, depth))
 
     async def stat(self, tenant: str, sandbox_id: str, path: str) -> models.EntryInfo:
-        sandbox = await self._sandboxes.owned(tenant, sandbox_id)
+        sandbox = await self._sandboxes.owned(tenant, sandbox_id, "a file call")
         return await sandbox.files.stat(path)
 
     async def exists(self, tenant: str, sandbox_id: str, path: str) -> models.Exists:
-        sandbox = await self._sandboxes.owned(tenant, sandbox_id)
+        sandbox = await self._sandboxes.owned(tenant, sandbox_id, "a file call")
         return models.Exists(exists=await sandbox.files.exists(path))
 
     async def mkdir(self, tenant: str, sandbox_id: str, request: models.MakeDir
                     ) -> models.Created:
-        sandbox = await self._sandboxes.owned(tenant, sandbox_id)
+        sandbox = await self._sandboxes.owned(tenant, sandbox_id, "a file call")
         return models.Created(created=await sandbox.files.mkdir(request.path, request.parents))
 
     async def remove(self, tenant: str, sandbox_id: str, path: str, recursive: bool) -> None:
-        sandbox = await self._sandboxes.owned(tenant, sandbox_id)
-        await sandbox.files.remove(path, recursive)
+        async with self._using(tenant, sandbox_id) as sandbox:
+            await sandbox.files.remove(path, recursive)
 
     async def rename(self, tenant: str, sandbox_id: str, request: models.Rename) -> None:
-        sandbox = await self._sandboxes.owned(tenant, sandbox_id)
+        sandbox = await self._sandboxes.owned(tenant, sandbox_id, "a file call")
         await sandbox.files.rename(request.src, request.dst, request.overwrite)
 
 
+    def _using(self, tenant: str, sandbox_id: str) -> AbstractAsyncContextManager[NodeSandbox]:
+        """The tenant's sandbox, in use until the block ends (an upload, a deep listing or
+        removal may take a while)."""
+        return self._sandboxes.using(tenant, sandbox_id, "a file call")
+
+
 async def _prefixed(first: bytes | None, rest: AsyncIterator[bytes],
-                    touch: Callable[[], None]) -> AsyncIterator[bytes]:
-    """The download's chunks; each one is activity for the idle timeout."""
+                    sandboxes: SandboxService, sandbox_id: str) -> AsyncIterator[bytes]:
+    """The download's chunks, its sandbox held in use until the last is sent."""
     try:
         if first is None:
             return
-        yield first
-        async for chunk in rest:
-            touch()
-            yield chunk
+        with sandboxes.in_use(sandbox_id):
+            yield first
+            async for chunk in rest:
+                yield chunk
     finally:
         await _close(rest)
-
-
-async def _touching(chunks: AsyncIterable[bytes], touch: Callable[[], None]
-                    ) -> AsyncIterator[bytes]:
-    """An upload's chunks; each one is activity for the idle timeout."""
-    async for chunk in chunks:
-        touch()
-        yield chunk
 
 
 async def _close(chunks: AsyncIterator[bytes]) -> None:

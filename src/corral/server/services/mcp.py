@@ -45,7 +45,9 @@ class ServiceBackend:
 
     @contextlib.asynccontextmanager
     async def _open(self, tenant: str, sandbox_id: str) -> AsyncIterator[contract.SandboxContract]:
-        yield await self._sandboxes.owned(tenant, sandbox_id)
+        sandbox = await self._sandboxes.owned(tenant, sandbox_id, "an MCP tool")
+        with self._sandboxes.in_use(sandbox_id):  # a tool's work is use while it lasts
+            yield sandbox
 
     def open(self, ctx: Context[Any, Any, Any], sandbox_id: str
              ) -> AbstractAsyncContextManager[contract.SandboxContract]:

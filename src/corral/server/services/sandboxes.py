@@ -14,12 +14,17 @@ again; one whose sandbox is gone is closed with the reason the node gives; a san
 node adopted that no record claims (created, then the server died before recording it) is
 killed, since no tenant could ever reach it.
 
-Idle timeouts: a sandbox created with ``idle_timeout`` is stopped once that long has passed
-with no call touching it (a command, a file, a get; listing does not count, so a dashboard
-polling the list keeps nothing alive; each piece of a file transfer does) and no command
-running in it. The service keeps the
-last activity in memory (a restart counts as activity); the reaper
-(:mod:`.reaper`) calls :meth:`SandboxService.reap_idle` every second.
+Idle timeouts: a sandbox created with ``idle_timeout`` is stopped (``on_idle="kill"``) or
+paused (``on_idle="pause"``) once that long has passed with nothing using it
+(:mod:`.activity`: a call touching it (a command, a file, a get; listing does not count,
+so a dashboard polling the list keeps nothing alive), a command or cell running, a stream,
+transfer or port connection open). A sandbox paused longer than its ``paused_ttl`` is
+killed. The service keeps each live sandbox's :class:`~.activity.Upkeep`; the reaper
+(:mod:`.reaper`) acts on them every second. The end of a sandbox's lifetime is the node's
+(``on_timeout="pause"`` is set on the node's sandbox).
+
+Each pause and resume says why in the sandbox's ``state_reason`` (the node keeps it):
+``paused: by the API``, ``paused: idle for 300 s``, ``resumed: by a command``, ...
 """
 
 from __future__ import annotations
@@ -28,14 +33,14 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from corral.api import models
 from corral.api.errors import (InvalidArgumentError, NotFoundError, SandboxError,
                                SandboxNotRunningError)
+from corral.api.limits import DEFAULT_PAUSED_TTL
 from corral.api.network import NetworkPolicy
 from corral.node import Node, SandboxState
 from corral.node import NodeSandbox
@@ -45,6 +50,7 @@ from corral.node.volumes import VolumeMount
 from ..store import SandboxRecord, SandboxStore
 from ..store.snapshots import SnapshotRecord
 from ..store._time import from_epoch
+from .activity import Upkeep, ask_to_pause
 
 #: What the volume service gives a create: the node's mounts, and the API's description.
 VolumeResolver = Callable[[str, Mapping[str, "str | models.VolumeMountSpec"]],
@@ -59,10 +65,12 @@ log = logging.getLogger(__name__)
 RETRY_INTERVAL = 1.0
 RESTART_REASON = "gone when the server restarted"
 ORPHAN_REASON = "no record of it: the server stopped while creating it"
-
-
-def idle_reason(idle_timeout: float) -> str:
-    return f"idle timeout: no activity for {idle_timeout:g} s"
+#: What a sandbox's ``state_reason`` says after the API paused or resumed it.
+API_PAUSE_REASON = "paused: by the API"
+API_RESUME_REASON = "resumed: by the API"
+#: A sandbox's state as the store last got it: state, stop reason, expiry, state reason,
+#: paused since (epoch seconds).
+_Written = tuple[str, str | None, float, str | None, float | None]
 
 
 @dataclass(frozen=True)
@@ -74,29 +82,37 @@ class PortAccess:
     public: frozenset[int]
 
 
+@dataclass(frozen=True)
+class _Keeping:
+    """What the server keeps of a new sandbox beside the node's: its idle timeout and what
+    it does (``on_idle``), what the end of its lifetime does, its paused TTL, its public
+    ports, and its volumes as the API describes them."""
+
+    idle_timeout: float | None
+    on_idle: str
+    on_timeout: str
+    paused_ttl: float
+    public_ports: tuple[int, ...]
+    volumes: tuple[dict[str, Any], ...]
+
+
 def new_port_token() -> str:
     """A fresh port token: 256 random bits."""
     return secrets.token_urlsafe(32)
-
-
-@dataclass
-class _Activity:
-    """When a sandbox with an idle timeout was last used (``time.monotonic()``)."""
-
-    idle_timeout: float
-    last: float
 
 
 class SandboxService:
     def __init__(self, node: Node, store: SandboxStore, ports_domain: str = "localhost",
                  images: Callable[[str, str], Awaitable[str]] | None = None,
                  volumes: VolumeResolver | None = None,
-                 snapshots: SnapshotResolver | None = None) -> None:
+                 snapshots: SnapshotResolver | None = None,
+                 paused_ttl: float = DEFAULT_PAUSED_TTL) -> None:
         """``images``: what the node calls a tenant's image reference (the image service's
         ``resolve``); None: references go to the node as they are. ``volumes``: the node's
         mounts for a tenant's ``volumes`` (the volume service's ``mounts``); None: a create
         asking for volumes is refused. ``snapshots``: a tenant's snapshot by id (the
-        snapshot service's ``get``); None: a create from a snapshot is refused."""
+        snapshot service's ``get``); None: a create from a snapshot is refused.
+        ``paused_ttl``: the server's (a create's default, and the most it may ask for)."""
         self._node = node
         self._images = images
         self._volumes = volumes
@@ -106,11 +122,12 @@ class SandboxService:
         self.ports_domain = ports_domain
         self._live: dict[str, tuple[str, NodeSandbox]] = {}
         self._ports: dict[str, PortAccess] = {}
-        self._written: dict[str, tuple[str, str | None, float]] = {}
+        self._written: dict[str, _Written] = {}
+        self.paused_ttl = paused_ttl
         self._changed: asyncio.Queue[NodeSandbox] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
-        self._activity: dict[str, _Activity] = {}
+        self._upkeep: dict[str, Upkeep] = {}
         #: Called with a sandbox's id once it has stopped (the command registry listens).
         self.on_stopped: list[Callable[[str], None]] = []
 
@@ -136,8 +153,9 @@ class SandboxService:
                 await asyncio.to_thread(self._store.set_ports, record.id, token,
                                         record.public_ports)
             self._ports[record.id] = PortAccess(token, frozenset(record.public_ports))
-            if record.idle_timeout is not None:
-                self._activity[record.id] = _Activity(record.idle_timeout, time.monotonic())
+            self._upkeep[record.id] = Upkeep(
+                record.idle_timeout, record.on_idle,
+                record.paused_ttl if record.paused_ttl is not None else self.paused_ttl)
             await self._sync(sandbox)
             log.info("sandbox %s of tenant %s re-attached", record.id, record.tenant)
         for sandbox in adopted.values():
@@ -161,8 +179,14 @@ class SandboxService:
             await self._sync(sandbox)
 
     async def create(self, tenant: str, request: models.SandboxCreate) -> models.SandboxInfo:
+        paused_ttl = self.paused_ttl if request.paused_ttl is None else request.paused_ttl
+        if paused_ttl > self.paused_ttl:
+            raise InvalidArgumentError(
+                f"paused_ttl {paused_ttl:.15g} s is more than this server allows "
+                f"({self.paused_ttl:.15g} s, its CORRAL_PAUSED_TTL); ask for less, or leave it "
+                "out for the server's")
         if request.snapshot is not None:
-            return await self._from_snapshot(tenant, request)
+            return await self._from_snapshot(tenant, request, paused_ttl)
         image = (request.image if self._images is None
                  else await self._images(tenant, request.image))
         mounts: list[VolumeMount] = []
@@ -175,43 +199,54 @@ class SandboxService:
             image, runtime=request.runtime, resources=request.resources.to_resources(),
             env=request.env, timeout=request.timeout, metadata=request.metadata,
             network=models.network_policy(request.network), volumes=mounts)
-        await self._register(tenant, sandbox, request.image, request.idle_timeout,
-                             request.public_ports, [m.model_dump() for m in described])
+        await self._register(tenant, sandbox, request.image, _Keeping(
+            request.idle_timeout, request.on_idle, request.on_timeout, paused_ttl,
+            tuple(request.public_ports), tuple(m.model_dump() for m in described)))
         log.info("sandbox %s created for tenant %s", sandbox.id, tenant)
         return await self.describe(tenant, sandbox.id)
 
     async def _register(self, tenant: str, sandbox: NodeSandbox, image: str,
-                        idle_timeout: float | None, public_ports: Sequence[int],
-                        volumes: Sequence[dict[str, Any]]) -> None:
+                        keeping: _Keeping) -> None:
         """Record a sandbox the node started for ``tenant`` and make it live (``image``:
-        the tenant's reference to its image; ``volumes``: their API description)."""
+        the tenant's reference to its image). An end its runtime cannot pause is refused
+        here, and the sandbox stopped."""
+        try:
+            await ask_to_pause(sandbox, keeping.on_idle, keeping.on_timeout)
+        except BaseException as exc:
+            with contextlib.suppress(SandboxError):
+                await asyncio.shield(sandbox.stop(f"refused at creation: {exc}"))
+            raise
         info = sandbox.info
-        access = PortAccess(new_port_token(), frozenset(public_ports))
+        access = PortAccess(new_port_token(), frozenset(keeping.public_ports))
         record = SandboxRecord(
             id=info.id, tenant=tenant, image=image, runtime=info.runtime,
             state=info.state, resources=info.resources.model_dump(), metadata=info.metadata,
             created_at=info.created_at, expires_at=info.expires_at,
-            stop_reason=info.stop_reason, idle_timeout=idle_timeout,
+            stop_reason=info.stop_reason, idle_timeout=keeping.idle_timeout,
             network=sandbox.network.policy.to_wire(), port_token=access.token,
-            public_ports=tuple(sorted(access.public)), volumes=tuple(volumes))
+            public_ports=tuple(sorted(access.public)), volumes=keeping.volumes,
+            on_idle=keeping.on_idle, on_timeout=keeping.on_timeout,
+            paused_ttl=keeping.paused_ttl)
+        written = _state_of(sandbox)
         try:
             await asyncio.to_thread(self._store.add, record)
         except BaseException:
-            await asyncio.shield(sandbox.stop("recording it failed"))
+            with contextlib.suppress(SandboxError):
+                await asyncio.shield(sandbox.stop("recording it failed"))
             raise
         # Live only once recorded; whatever changed while the record was written, describe()
         # writes (it syncs a live sandbox).
-        self._written[sandbox.id] = (info.state, info.stop_reason, sandbox.expires_at)
+        self._written[sandbox.id] = written
         self._live[sandbox.id] = (tenant, sandbox)
         self._ports[sandbox.id] = access
-        if idle_timeout is not None:
-            self._activity[sandbox.id] = _Activity(idle_timeout, time.monotonic())
+        self._upkeep[sandbox.id] = Upkeep(keeping.idle_timeout, keeping.on_idle,
+                                          keeping.paused_ttl)
 
-    async def _from_snapshot(self, tenant: str, request: models.SandboxCreate
-                             ) -> models.SandboxInfo:
+    async def _from_snapshot(self, tenant: str, request: models.SandboxCreate,
+                             paused_ttl: float) -> models.SandboxInfo:
         """A create from one of the tenant's snapshots: a files-only one is a create on its
         image; a memory one restores the sandbox it kept, which fixes everything but its
-        lifetime, labels, idle timeout and public ports."""
+        lifetime, labels, idle and lifetime ends, paused TTL and public ports."""
         if self._snapshots is None or request.snapshot is None:
             raise InvalidArgumentError("this server has no snapshots")
         snapshot = await self._snapshots(tenant, request.snapshot)
@@ -234,8 +269,10 @@ class SandboxService:
             snapshot.id, timeout=request.timeout,
             metadata=request.metadata if "metadata" in given else None)
         await self._register(tenant, sandbox, source.image if source else snapshot.image,
-                             request.idle_timeout, request.public_ports,
-                             source.volumes if source else ())
+                             _Keeping(request.idle_timeout, request.on_idle,
+                                      request.on_timeout, paused_ttl,
+                                      tuple(request.public_ports),
+                                      tuple(source.volumes) if source else ()))
         log.info("sandbox %s started from snapshot %s for tenant %s", sandbox.id,
                  snapshot.id, tenant)
         return await self.describe(tenant, sandbox.id)
@@ -243,15 +280,17 @@ class SandboxService:
     async def fork(self, tenant: str, sandbox_id: str, request: models.ForkRequest
                    ) -> models.SandboxList:
         """``request.count`` copies of the tenant's running sandbox (a paused one is resumed
-        first); each keeps its source's image reference, idle timeout, public ports and
-        volumes, with a port token of its own."""
+        first); each keeps its source's image reference, idle timeout and its end, lifetime
+        end, paused TTL, public ports and volumes, with a port token of its own."""
         sandbox = await self.owned(tenant, sandbox_id)
         source = await self._record(tenant, sandbox_id)
         clones = await self._node.fork(sandbox.id, request.count, timeout=request.timeout,
                                        metadata=request.metadata)
+        keeping = _Keeping(source.idle_timeout, source.on_idle, source.on_timeout,
+                           source.paused_ttl if source.paused_ttl is not None
+                           else self.paused_ttl, source.public_ports, source.volumes)
         for clone in clones:
-            await self._register(tenant, clone, source.image, source.idle_timeout,
-                                 source.public_ports, source.volumes)
+            await self._register(tenant, clone, source.image, keeping)
         log.info("sandbox %s of tenant %s forked into %d", sandbox_id, tenant, len(clones))
         return models.SandboxList(sandboxes=[await self.describe(tenant, c.id)
                                              for c in clones])
@@ -259,7 +298,7 @@ class SandboxService:
     async def update_network(self, tenant: str, sandbox_id: str,
                              network: models.NetworkSpec) -> models.NetworkInfo:
         """Replace a running sandbox's network policy (new connections see it at once)."""
-        sandbox = await self.owned(tenant, sandbox_id)
+        sandbox = await self.owned(tenant, sandbox_id, "a network change")
         info = await sandbox.network.update(network)
         await asyncio.to_thread(self._store.set_network, sandbox_id,
                                 sandbox.network.policy.to_wire())
@@ -267,7 +306,7 @@ class SandboxService:
 
     async def ports(self, tenant: str, sandbox_id: str) -> models.PortsInfo:
         """How the tenant's running sandbox's ports are reached: its token, its public ports."""
-        await self.owned(tenant, sandbox_id)
+        await self.owned(tenant, sandbox_id, "a ports call")
         access = self._ports[sandbox_id]
         return models.PortsInfo(token=access.token, public=sorted(access.public),
                                 domain=self.ports_domain)
@@ -275,7 +314,7 @@ class SandboxService:
     async def set_public_ports(self, tenant: str, sandbox_id: str,
                                public: list[int]) -> models.PortsInfo:
         """Make exactly ``public`` of the sandbox's ports reachable without a credential."""
-        await self.owned(tenant, sandbox_id)
+        await self.owned(tenant, sandbox_id, "a ports call")
         access = PortAccess(self._ports[sandbox_id].token, frozenset(public))
         await asyncio.to_thread(self._store.set_ports, sandbox_id, access.token,
                                 tuple(sorted(access.public)))
@@ -311,7 +350,7 @@ class SandboxService:
         if owned is None or owned[0] != tenant:
             # Not live, or not the tenant's: the store says which error to give.
             raise NotFoundError(f"no sandbox {sandbox_id!r:.80}")
-        self._touch(sandbox_id)
+        self.touch(sandbox_id)
         sandbox = owned[1]
         if sandbox.state is not SandboxState.RUNNING:
             raise SandboxNotRunningError(f"sandbox {sandbox_id} is {sandbox.state.value}"
@@ -319,12 +358,15 @@ class SandboxService:
                                             if sandbox.stop_reason else ""))
         return sandbox
 
-    async def owned(self, tenant: str, sandbox_id: str) -> NodeSandbox:
+    async def owned(self, tenant: str, sandbox_id: str, use: str = "an API call"
+                    ) -> NodeSandbox:
         """Like :meth:`running`, but a stopped sandbox of the tenant's says why it stopped,
-        and a paused one is resumed first (auto-resume, as E2B does)."""
+        and a paused one (or one being paused) is resumed first (auto-resume, as E2B does);
+        ``use`` names what resumed it in its ``state_reason`` (``resumed: by {use}``)."""
         live = self._live.get(sandbox_id)
-        if live is not None and live[0] == tenant and live[1].is_paused:
-            await self.resume(tenant, sandbox_id)
+        if live is not None and live[0] == tenant and (live[1].is_paused
+                                                       or live[1].changing == "pausing"):
+            await self._resume(live[1], f"resumed: by {use}")
         try:
             return self.running(tenant, sandbox_id)
         except NotFoundError:
@@ -338,17 +380,20 @@ class SandboxService:
         are kept (gVisor: on disk, CPU and memory freed; namespaces: frozen in place) and
         its lifetime clock stops. Any later call on it resumes it."""
         live = await self._live_one(tenant, sandbox_id)
-        await self._node.pause(sandbox_id)
+        await self._node.pause(sandbox_id, reason=API_PAUSE_REASON)
         await self._sync(live[1])
         return await self.describe(tenant, sandbox_id)
 
     async def resume(self, tenant: str, sandbox_id: str) -> models.SandboxInfo:
         """Resume the tenant's paused sandbox (a running one stays so)."""
         live = await self._live_one(tenant, sandbox_id)
-        await self._node.resume(sandbox_id)
-        self._touch(sandbox_id)
-        await self._sync(live[1])
+        await self._resume(live[1], API_RESUME_REASON)
         return await self.describe(tenant, sandbox_id)
+
+    async def _resume(self, sandbox: NodeSandbox, reason: str) -> None:
+        await self._node.resume(sandbox.id, reason=reason)
+        self.touch(sandbox.id)
+        await self._sync(sandbox)
 
     async def _live_one(self, tenant: str, sandbox_id: str) -> tuple[str, NodeSandbox]:
         """The tenant's live sandbox; not found, or stopped (saying why), otherwise."""
@@ -363,9 +408,9 @@ class SandboxService:
     async def describe(self, tenant: str, sandbox_id: str) -> models.SandboxInfo:
         owned = self._live.get(sandbox_id)
         if owned is not None and owned[0] == tenant:
-            self._touch(sandbox_id)
+            self.touch(sandbox_id)
             await self._sync(owned[1])
-        return _wire(await self._record(tenant, sandbox_id), self.ports_domain)
+        return self._wire(await self._record(tenant, sandbox_id))
 
     async def list(self, tenant: str, metadata: Mapping[str, str] | None = None,
                    state: SandboxState | None = None) -> models.SandboxList:
@@ -375,10 +420,10 @@ class SandboxService:
                 await self._sync(sandbox)
         records = await asyncio.to_thread(self._store.list, tenant, wanted,
                                           state.value if state else None)
-        return models.SandboxList(sandboxes=[_wire(r, self.ports_domain) for r in records])
+        return models.SandboxList(sandboxes=[self._wire(r) for r in records])
 
     async def set_timeout(self, tenant: str, sandbox_id: str, seconds: float) -> models.SandboxInfo:
-        sandbox = await self.owned(tenant, sandbox_id)
+        sandbox = await self.owned(tenant, sandbox_id, "a timeout change")
         await sandbox.set_timeout(seconds)
         return await self.describe(tenant, sandbox_id)
 
@@ -391,50 +436,40 @@ class SandboxService:
         await owned[1].kill()
         await self._sync(owned[1])
 
-    async def reap_idle(self) -> int:
-        """Stop every sandbox idle past its idle timeout; returns how many were stopped."""
-        now = time.monotonic()
-        due = [(sandbox_id, activity) for sandbox_id, activity in self._activity.items()
-               if now - activity.last >= activity.idle_timeout]
-        stopped = await asyncio.gather(*(self._reap(sandbox_id, activity)
-                                         for sandbox_id, activity in due))
-        return sum(stopped)
+    def upkept(self) -> tuple[tuple[NodeSandbox, Upkeep], ...]:
+        """Every live sandbox (every tenant's) with its use so far (for the reaper)."""
+        return tuple((sandbox, upkeep) for _, sandbox in self._live.values()
+                     if (upkeep := self._upkeep.get(sandbox.id)) is not None)
 
-    async def _reap(self, sandbox_id: str, activity: _Activity) -> bool:
-        owned = self._live.get(sandbox_id)
-        if owned is None:
-            self._activity.pop(sandbox_id, None)
-            return False
-        sandbox = owned[1]
-        if sandbox.state is not SandboxState.RUNNING:
-            return False  # stopping already; the watcher records how it ended
-        try:
-            # A command still running (in the background, streamed, or waited on) is
-            # activity. The agent answers this: a hostile one can claim to be busy, but
-            # then only its lifetime timeout ends it, which bounds every sandbox anyway.
-            busy = bool(await sandbox.commands.list())
-        except SandboxError:
-            return False  # it is stopping on its own
-        if busy:
-            activity.last = time.monotonic()
-            return False
-        if (sandbox.state is not SandboxState.RUNNING
-                or time.monotonic() - activity.last < activity.idle_timeout):
-            return False  # it stopped, or a request touched it, while we asked
-        reason = idle_reason(activity.idle_timeout)
-        log.info("sandbox %s stopped: %s", sandbox_id, reason)
-        await sandbox.stop(reason)  # requests in flight and the record both say why
+    async def record(self, sandbox: NodeSandbox) -> None:
+        """Write a live sandbox's state to the store now (after the reaper acted on it)."""
         await self._sync(sandbox)
-        return True
 
     def touch(self, sandbox_id: str) -> None:
-        """Count activity on the sandbox now (each piece of a long transfer)."""
-        self._touch(sandbox_id)
+        """Count activity on the sandbox now (a call, each piece of a long transfer)."""
+        upkeep = self._upkeep.get(sandbox_id)
+        if upkeep is not None:
+            upkeep.touch()
 
-    def _touch(self, sandbox_id: str) -> None:
-        activity = self._activity.get(sandbox_id)
-        if activity is not None:
-            activity.last = time.monotonic()
+    @contextlib.asynccontextmanager
+    async def using(self, tenant: str, sandbox_id: str, use: str = "an API call"
+                    ) -> AsyncIterator[NodeSandbox]:
+        """:meth:`owned`, held in use (never idle) until the block ends: for a call that
+        may take a while (starting a kernel, removing a tree)."""
+        sandbox = await self.owned(tenant, sandbox_id, use)
+        with self.in_use(sandbox_id):
+            yield sandbox
+
+    @contextlib.contextmanager
+    def in_use(self, sandbox_id: str) -> Iterator[None]:
+        """Hold the sandbox in use while the block runs (a stream, a transfer, a port
+        connection): its idle timeout does not run out meanwhile."""
+        upkeep = self._upkeep.get(sandbox_id)
+        if upkeep is None:
+            yield
+            return
+        with upkeep.opened():
+            yield
 
     async def _record(self, tenant: str, sandbox_id: str) -> SandboxRecord:
         if not SANDBOX_ID.match(sandbox_id):
@@ -446,15 +481,16 @@ class SandboxService:
 
     async def _sync(self, sandbox: NodeSandbox) -> None:
         """Write the sandbox's state to the store if it changed since the last write."""
-        now = (sandbox.state.value, sandbox.stop_reason, sandbox.expires_at)
+        now = _state_of(sandbox)
         if self._written.get(sandbox.id) != now:
             await asyncio.to_thread(self._store.set_state, sandbox.id, now[0], now[1],
-                                    from_epoch(now[2]))
+                                    from_epoch(now[2]), now[3],
+                                    None if now[4] is None else from_epoch(now[4]))
             self._written[sandbox.id] = now
         if sandbox.state is SandboxState.STOPPED and sandbox.id in self._live:
             del self._live[sandbox.id]
             self._written.pop(sandbox.id, None)
-            self._activity.pop(sandbox.id, None)
+            self._upkeep.pop(sandbox.id, None)
             self._ports.pop(sandbox.id, None)
             for hook in self.on_stopped:
                 hook(sandbox.id)
@@ -476,18 +512,32 @@ class SandboxService:
                 asyncio.get_running_loop().call_later(RETRY_INTERVAL, self._changed.put_nowait,
                                                       sandbox)
 
+    def _wire(self, record: SandboxRecord) -> models.SandboxInfo:
+        stopped = record.state in ("stopping", "stopped")
+        return models.SandboxInfo(
+            id=record.id, image=record.image, runtime=record.runtime,
+            state=record.state,  # type: ignore[arg-type]
+            resources=models.ResourcesSpec.model_validate(record.resources),
+            metadata=record.metadata, created_at=record.created_at,
+            expires_at=record.expires_at, stop_reason=record.stop_reason,
+            state_reason=(record.stop_reason if stopped and record.stop_reason
+                          else record.state_reason),
+            paused_at=record.paused_at if record.state == "paused" else None,
+            idle_timeout=record.idle_timeout,
+            on_idle=record.on_idle,  # type: ignore[arg-type]
+            on_timeout=record.on_timeout,  # type: ignore[arg-type]
+            paused_ttl=(record.paused_ttl if record.paused_ttl is not None
+                        else self.paused_ttl),
+            network=_network_spec(record.network),
+            volumes=[models.VolumeMountInfo.model_validate(v) for v in record.volumes],
+            ports=None if record.port_token is None else models.PortsInfo(
+                token=record.port_token, public=sorted(record.public_ports),
+                domain=self.ports_domain))
 
-def _wire(record: SandboxRecord, ports_domain: str) -> models.SandboxInfo:
-    return models.SandboxInfo(
-        id=record.id, image=record.image, runtime=record.runtime,
-        state=record.state,  # type: ignore[arg-type]
-        resources=models.ResourcesSpec.model_validate(record.resources),
-        metadata=record.metadata, created_at=record.created_at, expires_at=record.expires_at,
-        stop_reason=record.stop_reason, idle_timeout=record.idle_timeout,
-        network=_network_spec(record.network),
-        volumes=[models.VolumeMountInfo.model_validate(v) for v in record.volumes],
-        ports=None if record.port_token is None else models.PortsInfo(
-            token=record.port_token, public=sorted(record.public_ports), domain=ports_domain))
+
+def _state_of(sandbox: NodeSandbox) -> _Written:
+    return (sandbox.state.value, sandbox.stop_reason, sandbox.expires_at,
+            sandbox.state_reason, sandbox.paused_at)
 
 
 def _network_spec(recorded: object) -> models.NetworkSpec:

@@ -37,6 +37,16 @@ class SandboxRecord:
     public_ports: tuple[int, ...] = ()
     #: The volumes it mounts, as the API writes them ({"path", "volume", "read_only"}).
     volumes: tuple[dict[str, Any], ...] = ()
+    #: Why it is in its state now (a stopped one's is its stop_reason).
+    state_reason: str | None = None
+    #: When it was paused, while it is.
+    paused_at: datetime | None = None
+    #: What its idle timeout and the end of its lifetime do: "kill" or "pause".
+    on_idle: str = "kill"
+    on_timeout: str = "kill"
+    #: Seconds it may stay paused before it is killed; None in rows from before: the
+    #: server's default.
+    paused_ttl: float | None = None
 
 
 def _record(row: Any) -> SandboxRecord:
@@ -49,7 +59,11 @@ def _record(row: Any) -> SandboxRecord:
                          port_token=row.port_token,
                          volumes=tuple(v for v in row.volumes or () if isinstance(v, dict)),
                          public_ports=tuple(p for p in row.public_ports or ()
-                                            if isinstance(p, int)))
+                                            if isinstance(p, int)),
+                         state_reason=row.state_reason,
+                         paused_at=None if row.paused_at is None else aware(row.paused_at),
+                         on_idle=row.on_idle or "kill", on_timeout=row.on_timeout or "kill",
+                         paused_ttl=row.paused_ttl)
 
 
 class SandboxStore:
@@ -65,7 +79,10 @@ class SandboxStore:
                 stop_reason=bounded(record.stop_reason, STOP_REASON_LENGTH),
                 idle_timeout=record.idle_timeout, network=record.network,
                 port_token=record.port_token, public_ports=list(record.public_ports),
-                volumes=list(record.volumes) or None))
+                volumes=list(record.volumes) or None,
+                state_reason=bounded(record.state_reason, STOP_REASON_LENGTH),
+                paused_at=record.paused_at, on_idle=record.on_idle,
+                on_timeout=record.on_timeout, paused_ttl=record.paused_ttl))
 
     def set_network(self, sandbox_id: str, network: str | dict[str, list[str]]) -> None:
         with self._engine.begin() as db:
@@ -78,11 +95,16 @@ class SandboxStore:
                 port_token=token, public_ports=list(public)))
 
     def set_state(self, sandbox_id: str, state: str, stop_reason: str | None,
-                  expires_at: datetime) -> None:
+                  expires_at: datetime, state_reason: str | None = None,
+                  paused_at: datetime | None = None) -> None:
+        """Write a sandbox's state now: each field as given (None clears the reasons and
+        the pause time)."""
         with self._engine.begin() as db:
             db.execute(update(sandboxes).where(sandboxes.c.id == sandbox_id).values(
                 state=state, stop_reason=bounded(stop_reason, STOP_REASON_LENGTH),
-                expires_at=expires_at))
+                expires_at=expires_at,
+                state_reason=bounded(state_reason, STOP_REASON_LENGTH),
+                paused_at=paused_at))
 
     def active(self) -> list[SandboxRecord]:
         """Every tenant's sandboxes not yet recorded stopped."""
@@ -115,5 +137,6 @@ class SandboxStore:
         with self._engine.begin() as db:
             done = db.execute(update(sandboxes).where(sandboxes.c.state.in_(ACTIVE_STATES))
                               .values(state="stopped",
-                                      stop_reason=bounded(reason, STOP_REASON_LENGTH)))
+                                      stop_reason=bounded(reason, STOP_REASON_LENGTH),
+                                      paused_at=None))
         return int(done.rowcount)

@@ -76,6 +76,15 @@ sandboxes = Table(
     Column("public_ports", JSON, nullable=True),
     # The volumes it mounts: [{"path", "volume" (the name), "read_only"}]; NULL: none.
     Column("volumes", JSON, nullable=True),
+    # Why it is in its state now ("paused: idle for 300 s", ...); NULL: nothing to say.
+    Column("state_reason", String(STOP_REASON_LENGTH), nullable=True),
+    # When it was paused, while it is; kept for the paused TTL across restarts.
+    Column("paused_at", DateTime(timezone=True), nullable=True),
+    # What its idle timeout and the end of its lifetime do: "kill" or "pause"; NULL: kill.
+    Column("on_idle", String(8), nullable=True),
+    Column("on_timeout", String(8), nullable=True),
+    # Seconds it may stay paused before it is killed; NULL (rows from before): the server's.
+    Column("paused_ttl", Float, nullable=True),
     Index("ix_sandboxes_tenant_state", "tenant", "state"),
 )
 
