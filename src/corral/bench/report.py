@@ -31,9 +31,9 @@ def _rate_ratio(row: Row) -> float:
     return row.rate.ratio or 99.0 if row.rate is not None else 99.0
 
 
-#: Goals from the design brief and the "speed at scale" and images issues, as (runtime or
-#: "*", row key or fnmatch pattern) -> (goal, whether a row meets it, or None where it does
-#: not apply).
+#: Goals from the design brief and the "speed at scale", images and state-over-time issues,
+#: as (runtime or "*", row key or fnmatch pattern) -> (goal, whether a row meets it, or None
+#: where it does not apply).
 TARGETS: dict[tuple[str, str], tuple[str, Callable[[Row], bool | None]]] = {
     ("gvisor", "create_to_first_command"): (
         "≤ 1.3× bare runsc, < 150 ms",
@@ -67,6 +67,13 @@ TARGETS: dict[tuple[str, str], tuple[str, Callable[[Row], bool | None]]] = {
     ("*", "image_create_custom"): (
         "within 10% of the base image's create → first command (≤ 1.1×)",
         lambda row: (row.ratio("p50") or 99.0) <= 1.1),
+    ("*", "resume_first_command*"): ("< 300 ms", lambda row: row.corral.p50 < 0.300),
+    ("gvisor", "fork_*"): (
+        "< 2 s until all 10 copies answered",
+        lambda row: row.corral.p50 < 2.0 if row.extra.get("copies") == 10 else None),
+    ("gvisor", "paused_memory*"): (
+        "no process and no memory left while paused",
+        lambda row: max(row.corral.samples) == 0 and row.extra.get("processes_paused") == 0),
 }
 
 

@@ -26,7 +26,7 @@ from corral.runtime import available_runtimes
 from corral.runtime.agent_bundle import MOUNT_POINT, ensure_bundle
 from corral.runtime.host import remove_node_cgroups
 
-from . import api, checkpoint, code, images, network, pools, primitives, scale
+from . import api, checkpoint, code, images, network, pools, primitives, scale, state
 from .report import BenchReport, machine_info
 from .stats import Row, RuntimeResult, Stat
 
@@ -67,6 +67,10 @@ class BenchConfig:
         image_many_layers: the layers of the second built image whose create → first
             command is measured (0: none).
         scale: measure the warm pool, throughput, density and checkpoint rows at all.
+        state_iterations: recorded pause/resume (and gVisor snapshot and fork) rounds
+            per runtime (0: no state rows).
+        state_fork: copies per fork round (gVisor; 0 to 10).
+        state_paused: sandboxes paused at once to see what a paused one costs the host.
     """
 
     iterations: int = 20
@@ -91,6 +95,9 @@ class BenchConfig:
     image_many_layers: int = 24
     settle: float = 2.0
     scale: bool = True
+    state_iterations: int = 10
+    state_fork: int = state.MAX_CLONES
+    state_paused: int = 10
 
     @classmethod
     def quick(cls, image: str = "python", runtimes: tuple[str, ...] = ()) -> BenchConfig:
@@ -99,7 +106,8 @@ class BenchConfig:
                    runtimes=runtimes, code_iterations=1, code_warmup=0, pool_iterations=1,
                    pool_warmup=0, cold_pandas_iterations=0, burst=10, clients=(8,),
                    creates_per_client=1, min_creates=4, density=10, checkpoint_iterations=1,
-                   image_build_iterations=0, image_many_layers=0, settle=0.5)
+                   image_build_iterations=0, image_many_layers=0, settle=0.5,
+                   state_iterations=1, state_fork=3, state_paused=3)
 
 
 async def measure(node: Node, image: Image, config: BenchConfig,
@@ -150,6 +158,11 @@ async def _measure_runtime(node: Node, image: Image, config: BenchConfig,
             build_iterations=config.image_build_iterations, warmup=config.warmup,
             many_layers=config.image_many_layers, bare=bare, bare_label=bare_label),
             result, progress)
+        if config.state_iterations > 0:
+            await state.measure_state(node, state.StateBench(
+                image=config.image, rootfs=image.rootfs, iterations=config.state_iterations,
+                warmup=config.warmup, fork=config.state_fork, paused=config.state_paused,
+                settle=config.settle), result, progress)
         if config.scale:
             await measure_scale(node, image, config, result, progress, bare_label, bare)
 
@@ -326,6 +339,8 @@ async def run_benchmark(settings: NodeSettings, config: BenchConfig,
     """
     if min(config.iterations, config.exec_iterations, config.file_iterations) < 1:
         raise InvalidArgumentError("iterations must be at least 1")
+    if not 0 <= config.state_fork <= state.MAX_CLONES:
+        raise InvalidArgumentError(f"a fork row makes 0 to {state.MAX_CLONES} copies")
     image = ImageStore(settings.image_dir).get(config.image)
     machine = machine_info()
     started = datetime.now(UTC)

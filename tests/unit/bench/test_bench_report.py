@@ -126,3 +126,34 @@ def test_the_built_image_goal_is_judged_on_the_ratio_to_the_base_image() -> None
         ("create → first command, built image (3 layers)", True)]
     result.rows[0] = custom("image_create_custom", 0.0280, 0.0250)  # 1.12×
     assert [met for _, met in verdicts(result)] == [False]
+
+
+def test_the_state_goals() -> None:
+    """resume → first command < 300 ms on both runtimes; a fork of 10 < 2 s (other counts
+    carry no goal); a paused gVisor sandbox holds no process and no memory."""
+    def fork(copies: int, seconds: float) -> Row:
+        return Row(f"fork_{copies}", f"fork of {copies} → every copy answered (idle)",
+                   Stat((seconds,)), "checkpoint --leave-running + restores", Stat((1.0,)),
+                   extra={"copies": copies})
+
+    def paused(mib: float, processes: int) -> Row:
+        return Row("paused_memory_kernel", "cgroup memory while paused (kernel)",
+                   Stat((mib,)), "the same sandbox, running", Stat((140.0,)), unit="MiB",
+                   extra={"processes_running": 14, "processes_paused": processes})
+
+    gvisor = RuntimeResult("gvisor", "test", [
+        Row("resume_first_command", "resume → first command (idle)", Stat((0.25, 0.29)),
+            "runsc restore → exec true (bare idle python)", Stat((0.2, 0.2))),
+        Row("resume_first_command_kernel", "resume → first command (kernel)",
+            Stat((0.5,)), "runsc restore → exec true", Stat((0.3,))),
+        fork(10, 1.5), fork(3, 9.0), Row("forked_10", "↳ Node.fork returned", Stat((1.0,)),
+                                         extra={"copies": 10}),
+        paused(0.0, 0)])
+    assert [(goal.split(":")[0], met) for goal, met in verdicts(gvisor)] == [
+        ("resume → first command (idle)", True), ("resume → first command (kernel)", False),
+        ("fork of 10 → every copy answered (idle)", True),
+        ("cgroup memory while paused (kernel)", True)]
+    gvisor.rows[-1] = paused(0.0, 1)
+    assert verdicts(gvisor)[-1][1] is False
+    namespaces = RuntimeResult("namespaces", "test", [paused(106.0, 4)])
+    assert verdicts(namespaces) == []  # frozen: its memory stays, by design
