@@ -9,6 +9,9 @@ timeout; a paused sandbox can be killed, and survives a restart of its node.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -262,3 +265,69 @@ def test_a_resume_cut_short_is_adopted_paused(own_data_dir: Path, runtime: str,
         assert not mounts_under(directory)
         second.resume(sb.id)
         assert again.files.read("/work/note") == b"kept"
+
+
+#: A node in a process of its own that dies pausing a sandbox: once the runtime's part is
+#: done (gVisor: checkpointed, its files not yet parked; namespaces: frozen), it says
+#: "cut" and hangs, and the test kills it as a crash would (SIGKILL, nothing cleaned up).
+CRASHING_NODE = """
+import asyncio, sys, time
+from pathlib import Path
+from corral.node import NodeSettings, SyncNode
+from corral.runtime.gvisor.runtime import GvisorRuntime
+from corral.runtime.namespaces.runtime import NamespacesRuntime
+
+data_dir, image_dir, runtime = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+
+def park_and_die(self, spec):  # gVisor: the checkpoint is done, the parking never comes
+    print("cut", flush=True)
+    time.sleep(3600)
+
+frozen = NamespacesRuntime.pause
+async def freeze_and_die(self, sandbox):  # namespaces: frozen, never recorded paused
+    await frozen(self, sandbox)
+    print("cut", flush=True)
+    await asyncio.sleep(3600)
+
+GvisorRuntime._park = park_and_die
+NamespacesRuntime.pause = freeze_and_die
+node = SyncNode(NodeSettings(data_dir=data_dir, image_dir=image_dir))
+sb = node.create("python", runtime=runtime, timeout=600)
+sb.files.write("/work/note", b"written before the pause")
+sb.commands.run_background(["sh", "-c", sys.argv[4]])
+while not sb.files.exists("/work/counter"):
+    time.sleep(0.05)
+print(sb.id, flush=True)
+node.pause(sb.id)
+"""
+
+
+def test_a_node_dying_mid_pause_leaves_it_paused_for_the_next(own_data_dir: Path,
+                                                               runtime: str) -> None:
+    """The next node finishes the pause (gVisor: parks its files) and adopts it paused: its
+    files and memory come back at the resume."""
+    process = subprocess.Popen([sys.executable, "-c", CRASHING_NODE, str(own_data_dir),
+                                str(IMAGE_DIR), runtime, COUNTER], stdout=subprocess.PIPE,
+                               text=True)
+    try:
+        assert process.stdout is not None
+        sandbox_id = process.stdout.readline().strip()
+        assert sandbox_id.startswith("sbx-"), sandbox_id
+        assert process.stdout.readline().strip() == "cut"
+    finally:
+        process.kill()  # the crash
+        process.wait(timeout=60)
+    directory = own_data_dir / "sandboxes" / sandbox_id
+    assert json.loads((directory / "sandbox.json").read_text())["state"] == "running"
+    with SyncNode(NodeSettings(data_dir=own_data_dir, image_dir=IMAGE_DIR)) as second:
+        assert second.lost == {}
+        sb = second.get(sandbox_id)
+        assert sb.state is SandboxState.PAUSED
+        assert "finished by the next node" in (sb.info.state_reason or "")
+        assert not (directory / "pausing").exists()
+        if runtime == "gvisor":
+            assert_stopped_where_it_is(second, sandbox_id, runtime)
+        second.resume(sandbox_id)
+        assert sb.files.read("/work/note") == b"written before the pause"
+        runs_on(sb, counter(sb))  # the counting shell's memory came back with it
+        sb.kill()

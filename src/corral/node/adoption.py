@@ -6,7 +6,9 @@ node on the same data dir reads each sandbox's record (:mod:`.records`) and :fun
 it: the runtime re-attaches to it, and the node listens on a socket in the sandbox's
 read-only run folder until the agent reconnects and says hello. A paused sandbox is adopted
 paused, with no channel (nothing of it runs): the runtime checks that what a resume needs is
-there, and the channel comes with the resume (:mod:`.pausing`). A sandbox that cannot be
+there, and the channel comes with the resume (:mod:`.pausing`). A sandbox whose node died
+pausing it (its record says running, and the pause's mark is there) is adopted paused if
+the runtime's part got done (:meth:`Runtime.finish_pause`), else running. A sandbox that cannot be
 adopted is torn down; the node lists it, with the reason, in ``Node.lost``.
 """
 
@@ -68,7 +70,16 @@ async def adopt(directory: Path, *, runtime: Callable[[str], Runtime], images: I
                            cgroup=f"{node_key}/{sandbox_id}", resources=record.resources,
                            agent_bundle=bundle, directory=directory, layers=built.layers,
                            netns=_netns(record.extra, node_key))
-        handle = await (chosen.adopt_paused if paused else chosen.adopt)(spec, record.extra)
+        cut_short = None
+        if not paused and await asyncio.to_thread(records.pausing_marked, directory):
+            # Its node died pausing it: paused if the runtime's part got done.
+            cut_short = await chosen.finish_pause(spec, record.extra)
+            paused = cut_short is not None
+            if paused:
+                log.warning("sandbox %s: its node died pausing it; adopted paused",
+                            sandbox_id)
+        handle = cut_short or await (chosen.adopt_paused if paused else chosen.adopt)(
+            spec, record.extra)
         if "net" in record.extra:  # the node's, not the runtime's: kept whatever it keeps
             handle.extra["net"] = record.extra["net"]
     except (ValueError, OSError, SandboxError) as exc:

@@ -527,6 +527,9 @@ class Node:
             adopted.agent.on_close = functools.partial(self._agent_closed, sandbox)
         if adopted.agent is None:  # paused: nothing of it runs until a resume
             sandbox.lifetime_left = record.lifetime_left
+            if record.state == SandboxState.RUNNING.value:  # its node died pausing it
+                sandbox.lifetime_left = max(0.0, record.expires_at - time.time())
+                sandbox.state_reason = "paused: its pause was finished by the next node"
             try:  # its slot, made again if a reboot took it (before any create can take it)
                 await self.network.reinstate(sandbox)
             except SandboxError as exc:
@@ -534,6 +537,7 @@ class Node:
                             "resume tries again: %s", sandbox.id, exc.message)
             sandbox.paused_at = record.paused_at  # None (an older record): paused from now
             self.lifecycle.move(sandbox, SandboxState.PAUSED)
+            await asyncio.to_thread(records.unmark_pausing, directory)  # recorded paused
             log.info("sandbox %s adopted paused (%s, image %s)", sandbox.id,
                      adopted.runtime.name, record.image)
             return
@@ -541,6 +545,7 @@ class Node:
         if net is not None:
             await self.network.serve_names(net, sandbox.network.policy)
         self.lifecycle.move(sandbox, SandboxState.RUNNING)  # past its lifetime: stops at once
+        await asyncio.to_thread(records.unmark_pausing, directory)  # a pause never begun
         log.info("sandbox %s adopted (%s, image %s)", sandbox.id, adopted.runtime.name,
                  record.image)
 

@@ -40,6 +40,7 @@ from typing import Any
 from corral.api.errors import SandboxError, SandboxNotRunningError
 from corral.runtime import RuntimeState
 
+from . import records
 from .adoption import reconnect
 from .agent_client import CALL_TIMEOUT, AgentClient
 from .lifecycle import Lifecycle, SandboxState
@@ -81,10 +82,18 @@ async def pause(sandbox: NodeSandbox, lifecycle: Lifecycle,
             except SandboxError as exc:  # wedged or gone: not to be trusted with a pause
                 await _stop(sandbox, lifecycle, f"pausing it failed: {exc.message}")
                 raise
+            # From here until its record says paused, a node that dies leaves a mark: the
+            # next one finishes the pause if the runtime's part got done (adoption).
+            directory = sandbox.handle.spec.directory
+            marked = not sandbox.pooled
+            if marked:
+                await asyncio.to_thread(records.mark_pausing, directory)
             try:
                 await sandbox.runtime.pause(sandbox.handle)
             except SandboxError as exc:
                 await _recover(sandbox, lifecycle, agent_closed, exc)
+                if marked:
+                    await asyncio.to_thread(records.unmark_pausing, directory)
                 raise
         finally:
             sandbox.changing = None
@@ -92,6 +101,8 @@ async def pause(sandbox: NodeSandbox, lifecycle: Lifecycle,
             sandbox.lifetime_left = lifetime
         sandbox.state_reason = reason
         lifecycle.move(sandbox, SandboxState.PAUSED)  # and records all of it
+        if marked:
+            await asyncio.to_thread(records.unmark_pausing, directory)
     took = time.monotonic() - started
     log.info("sandbox %s paused in %.3f s (%s)", sandbox.id, took, reason)
     return took

@@ -64,6 +64,31 @@ class SandboxRecord:
     paused_at: float | None = None
 
 
+#: A sandbox's pause under way: the file is there from just before its runtime stops it
+#: until its record says ``paused`` (a node that died in between left it).
+PAUSING_MARK = "pausing"
+
+
+def mark_pausing(directory: Path) -> None:
+    """Note that ``directory``'s sandbox is being paused (synced: it must outlive a crash)."""
+    fd = os.open(directory / PAUSING_MARK,
+                 os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unmark_pausing(directory: Path) -> None:
+    (directory / PAUSING_MARK).unlink(missing_ok=True)
+
+
+def pausing_marked(directory: Path) -> bool:
+    """Whether a pause of ``directory``'s sandbox began and its record never said how it
+    ended."""
+    return (directory / PAUSING_MARK).is_file()
+
+
 def write(directory: Path, record: SandboxRecord) -> None:
     """Write (or replace, atomically) the record in ``directory``."""
     body = to_body(record)

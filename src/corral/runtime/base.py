@@ -256,6 +256,15 @@ class Runtime(ABC):
         """
         raise RuntimeUnavailableError(f"the {self.name} runtime cannot resume sandboxes")
 
+    async def finish_pause(self, spec: SandboxSpec, extra: dict[str, object]
+                           ) -> RuntimeSandbox | None:
+        """Take back a sandbox whose pause its node did not see to the end (it died during
+        :meth:`pause`; the sandbox's record still says running). Returns the PAUSED handle
+        if the runtime's part got done (finishing what is left of it), None if the sandbox
+        runs as it did (its pause never got under way: adopt it running). Raises if it is
+        neither (the node then destroys what is left)."""
+        return None
+
     # -- memory snapshots ---------------------------------------------------------------
 
     def check_snapshot(self, sandbox: RuntimeSandbox) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from corral.api.errors import InternalError, InvalidArgumentError, RuntimeUnavai
 from .. import _cgroups_unsafe as cgroups
 from .._cgroups import CPU_PERIOD_US, CgroupView
 from .._cgroups import check_host as check_cgroups
+from .._mounts import mounts_under
 from .._host import (HostRuntime, channel_dir, drop_parked, keep_upper, park_root,
                      prepare_root, saved_upper, teardown, unmount_root, unpark_root)
 from ..agent_bundle import CHANNEL_MOUNT_POINT, MOUNT_POINT, agent_command, agent_env
@@ -447,6 +449,29 @@ class GvisorRuntime(HostRuntime):
         _empty(spec.directory / "state")
         groups.remove()
 
+    async def finish_pause(self, spec: SandboxSpec, extra: dict[str, object]
+                           ) -> RuntimeSandbox | None:
+        """The dead node's ``runsc checkpoint`` runs on in a session of its own: wait for it
+        (up to :data:`CHECKPOINT_TIMEOUT`). A sandbox still running then was not
+        checkpointed (None); one gone with its image written was, and its writable layer is
+        parked as :meth:`pause` would have (unless that was done already)."""
+        def finish() -> RuntimeSandbox | None:
+            deadline = time.monotonic() + CHECKPOINT_TIMEOUT
+            while _checkpointing(spec) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if CgroupView(spec.cgroup).pids():
+                return None
+            if not (_image_dir(spec) / "checkpoint.img").is_file():
+                raise InternalError(f"sandbox {spec.sandbox_id}: its pause was cut short "
+                                    "and its checkpoint is missing")
+            if mounts_under(spec.directory):
+                self._park(spec)  # its layer still in its tmpfs: the node died before
+            elif not saved_upper(spec).is_dir():
+                raise InternalError(f"sandbox {spec.sandbox_id}: its pause was cut short "
+                                    "and its files were not saved")
+            return RuntimeSandbox(spec=spec, state=RuntimeState.PAUSED, extra=dict(extra))
+        return await asyncio.to_thread(finish)
+
     async def adopt_paused(self, spec: SandboxSpec, extra: dict[str, object]) -> RuntimeSandbox:
         def check() -> None:
             missing = [p.name for p in (_image_dir(spec) / "checkpoint.img", saved_upper(spec))
@@ -460,6 +485,23 @@ class GvisorRuntime(HostRuntime):
             self._repark(spec)  # what a resume cut short left: mounts, runsc state, cgroups
         await asyncio.to_thread(check)
         return RuntimeSandbox(spec=spec, state=RuntimeState.PAUSED, extra=dict(extra))
+
+
+def _checkpointing(spec: SandboxSpec) -> bool:
+    """Whether a ``runsc checkpoint`` of the sandbox runs (any process's argv names its
+    state folder and ``checkpoint``)."""
+    state = str(spec.directory / "state")
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"checkpoint" in argv and state.encode() in argv:
+            return True
+    return False
 
 
 def _image_dir(spec: SandboxSpec) -> Path:

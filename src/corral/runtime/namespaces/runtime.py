@@ -32,6 +32,7 @@ from corral.api.errors import InternalError, InvalidArgumentError, ResourceExhau
 from .. import _cgroups_unsafe as cgroups
 from .. import _mounts_unsafe as mounts
 from .. import _net_unsafe as net
+from .._cgroups import CgroupView
 from .._cgroups import check_host as check_cgroups
 from .._host import HostRuntime, channel_dir, check_alive, prepare_root, teardown
 from ..agent_bundle import CHANNEL_MOUNT_POINT, MOUNT_POINT, agent_command, agent_env
@@ -367,6 +368,18 @@ class NamespacesRuntime(HostRuntime):
         """Thaw it: the processes run on, over the channel they had."""
         await asyncio.to_thread(cgroups.SandboxCgroups(sandbox.spec.cgroup).thaw)
         sandbox.state = RuntimeState.RUNNING
+
+    async def finish_pause(self, spec: SandboxSpec, extra: dict[str, object]
+                           ) -> RuntimeSandbox | None:
+        """Frozen: its pause got done (the node died before recording it); else it runs
+        (its agent waits for the next node)."""
+        unified = CgroupView(spec.cgroup).unified
+        try:
+            frozen = unified is not None and "frozen 1" in await asyncio.to_thread(
+                (unified / "cgroup.events").read_text)
+        except FileNotFoundError:
+            frozen = False
+        return await self.adopt_paused(spec, extra) if frozen else None
 
     async def adopt_paused(self, spec: SandboxSpec, extra: dict[str, object]) -> RuntimeSandbox:
         sandbox = await self.adopt(spec, extra)  # frozen processes are alive processes
