@@ -9,6 +9,8 @@ changed. Snapshots outlive their node, and one that is gone says so.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,3 +178,53 @@ def test_a_snapshot_outlives_its_node(own_data_dir: Path) -> None:
             second.create_from_snapshot(snapshot.id)
         second.remove_snapshot(snapshot.id)
         assert not second.list_snapshots()
+
+
+#: A node in a process of its own that dies taking a snapshot: the sandbox is stopped by
+#: ``runsc pause`` and its files are being copied when it says "cut" and hangs.
+DYING_SNAPSHOT = """
+import sys, time
+from pathlib import Path
+from corral.node import NodeSettings, SyncNode
+from corral.runtime.gvisor import runtime as gvisor
+
+def copy_and_die(spec, destination):
+    print("cut", flush=True)
+    time.sleep(3600)
+
+gvisor.keep_upper = copy_and_die
+node = SyncNode(NodeSettings(data_dir=Path(sys.argv[1]), image_dir=Path(sys.argv[2])))
+sb = node.create("python", runtime="gvisor", timeout=600)
+sb.files.write("/work/note", b"before the snapshot")
+sb.commands.run_background(["sh", "-c", sys.argv[3]])
+while not sb.files.exists("/work/counter"):
+    time.sleep(0.05)
+print(sb.id, flush=True)
+node.snapshot(sb.id)
+"""
+
+
+@gvisor_only
+def test_a_node_dying_mid_snapshot_leaves_the_sandbox_running(own_data_dir: Path) -> None:
+    """The next node lets the sandbox ``runsc pause`` left stopped run on, adopts it, and
+    removes the snapshot that was never finished."""
+    process = subprocess.Popen([sys.executable, "-c", DYING_SNAPSHOT, str(own_data_dir),
+                                str(IMAGE_DIR), COUNTER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        sandbox_id = process.stdout.readline().strip()
+        assert sandbox_id.startswith("sbx-"), sandbox_id
+        assert process.stdout.readline().strip() == "cut"
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+    assert len(list((own_data_dir / "snapshots").iterdir())) == 1  # begun, never finished
+    with SyncNode(NodeSettings(data_dir=own_data_dir, image_dir=IMAGE_DIR)) as second:
+        assert second.lost == {}
+        sb = second.get(sandbox_id)
+        assert sb.state is SandboxState.RUNNING
+        assert sb.files.read("/work/note") == b"before the snapshot"
+        runs_on(sb, counter(sb))
+        assert not second.list_snapshots()
+        assert not list((own_data_dir / "snapshots").iterdir())
+        sb.kill()

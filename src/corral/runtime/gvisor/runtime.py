@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -42,6 +43,8 @@ from ..base import (Availability, RuntimeSandbox, RuntimeState, SandboxSpec, Wea
 from .runsc import INSTALL_COMMAND, PINNED_VERSION, GvisorOptions, Platform, Runsc, RunscError
 from .runsc import resolve as resolve_runsc
 
+log = logging.getLogger(__name__)
+
 # The Sentry, gofer and ptrace stubs are host tasks that count toward the pids cgroup: an
 # idle python sandbox holds ~34 and gVisor panics when the limit is hit, so the host limit
 # is the sandbox's own plus a generous allowance for gVisor itself.
@@ -59,6 +62,8 @@ WEAKENED_EXTRA_CAPABILITIES = [
 #: Seconds a checkpoint or a restore may take (one of a sandbox with a kernel: ~0.3-0.8 s).
 CHECKPOINT_TIMEOUT = 300.0
 RESTORE_TIMEOUT = 300.0
+#: Seconds a quick runsc command (state, pause, resume) may take.
+RUNSC_TIMEOUT = 60.0
 MASKED_PATHS = ["/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
                 "/proc/sched_debug", "/sys/firmware", "/proc/scsi"]
 
@@ -448,6 +453,26 @@ class GvisorRuntime(HostRuntime):
         unmount_root(spec)
         _empty(spec.directory / "state")
         groups.remove()
+
+    async def adopt(self, spec: SandboxSpec, extra: dict[str, object]) -> RuntimeSandbox:
+        """As every runtime, and: a sandbox a node left stopped by ``runsc pause`` (it died
+        taking a snapshot, between the pause and the resume) is let run on first, so that
+        its agent can meet the new node."""
+        sandbox = await super().adopt(spec, extra)
+        code, said = await _run(self._command(spec, "state", spec.sandbox_id), RUNSC_TIMEOUT)
+        try:
+            status = json.loads(said).get("status") if code == 0 else None
+        except (ValueError, AttributeError):
+            status = None
+        if status == "paused":
+            code, said = await _run(self._command(spec, "resume", spec.sandbox_id),
+                                    RUNSC_TIMEOUT)
+            if code != 0:
+                raise InternalError(f"sandbox {spec.sandbox_id} was left stopped by a snapshot "
+                                    f"cut short, and `runsc resume` failed: {said}")
+            log.warning("sandbox %s: left stopped by a snapshot cut short; let run on",
+                        spec.sandbox_id)
+        return sandbox
 
     async def finish_pause(self, spec: SandboxSpec, extra: dict[str, object]
                            ) -> RuntimeSandbox | None:
