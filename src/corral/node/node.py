@@ -30,6 +30,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from corral.api.errors import (
     AlreadyExistsError,
@@ -48,8 +49,8 @@ from corral.api.network import NetworkPolicy
 from corral.api.resources import Resources, check_timeout
 from corral.runtime import GvisorOptions, Runtime, SandboxSpec, VolumeBind, get_runtime
 from corral.runtime.agent_bundle import ensure_bundle
-from corral.runtime.host import (destroy_net, favor_dynamic_changes, remove_node_cgroups,
-                                 sweep, sweep_networks)
+from corral.runtime.host import (SandboxNet, destroy_net, favor_dynamic_changes,
+                                 remove_node_cgroups, sweep, sweep_networks)
 
 from . import builder, checkpoints, oci, pausing, records, snapshots
 from .adoption import AdoptionError, adopt, release
@@ -442,25 +443,27 @@ class Node:
                 sandbox.agent = agent
                 await agent.handshake(AGENT_START_TIMEOUT)
             except BaseException as exc:
-                detail = bytes(sandbox.stderr_tail[-2000:]).decode(errors="replace").strip()
-                await asyncio.shield(sandbox.stop(f"failed to start: {exc}"))
-                if isinstance(exc, SandboxError) and detail:
-                    raise type(exc)(f"{exc.message} (runtime said: {detail})") from exc
-                raise
+                await _start_failed(sandbox, exc)
             self._sandboxes[sandbox_id] = sandbox
         finally:
             self._pending -= 1
+        await self._go_live(sandbox, agent, net)
+        log.info("sandbox %s started (%s, image %s%s)", sandbox_id, chosen.name, image,
+                 ", warm pool" if pooled else "")
+        return sandbox
+
+    async def _go_live(self, sandbox: NodeSandbox, agent: AgentClient,
+                       net: SandboxNet | None) -> None:
+        """A started sandbox runs: its channel watched, its state RUNNING, and (networked)
+        its names looked up through its gateway, its resolver. Stopped if that fails."""
         agent.on_close = functools.partial(self._agent_closed, sandbox)
         self.lifecycle.move(sandbox, SandboxState.RUNNING)
         if net is not None:
-            try:  # its names are looked up through its gateway (its resolver)
+            try:
                 await sandbox.files.write(RESOLV_CONF, f"nameserver {net.gateway}\n")
             except BaseException as exc:
                 await asyncio.shield(sandbox.stop(f"failed to start: {exc}"))
                 raise
-        log.info("sandbox %s started (%s, image %s%s)", sandbox_id, chosen.name, image,
-                 ", warm pool" if pooled else "")
-        return sandbox
 
     def _volume_binds(self, mounts: tuple[VolumeMount, ...]) -> tuple[VolumeBind, ...]:
         """Each volume's host folder (mounted now if it was not) bound at its mount point."""
@@ -770,22 +773,11 @@ class Node:
             try:
                 agent = await pausing.restored_session(sandbox, self._read_stderr)
             except BaseException as exc:
-                detail = bytes(sandbox.stderr_tail[-2000:]).decode(errors="replace").strip()
-                await asyncio.shield(sandbox.stop(f"failed to start: {exc}"))
-                if isinstance(exc, SandboxError) and detail:
-                    raise type(exc)(f"{exc.message} (runtime said: {detail})") from exc
-                raise
+                await _start_failed(sandbox, exc)
             self._sandboxes[sandbox_id] = sandbox
         finally:
             self._pending -= 1
-        agent.on_close = functools.partial(self._agent_closed, sandbox)
-        self.lifecycle.move(sandbox, SandboxState.RUNNING)
-        if net is not None:
-            try:  # its names are looked up through its own gateway, not its source's
-                await sandbox.files.write(RESOLV_CONF, f"nameserver {net.gateway}\n")
-            except BaseException as exc:
-                await asyncio.shield(sandbox.stop(f"failed to start: {exc}"))
-                raise
+        await self._go_live(sandbox, agent, net)  # its own gateway, not its source's one
         if snapshot.kernels is not None:
             try:
                 await sandbox.code.inherit(snapshot.kernels)
@@ -897,6 +889,15 @@ class Node:
     async def destroy(self, sandbox_id: str) -> None:
         """Kill a sandbox and remove everything it left on the host."""
         await self.get(sandbox_id).kill()
+
+
+async def _start_failed(sandbox: NodeSandbox, exc: BaseException) -> NoReturn:
+    """Stop a sandbox whose start failed and raise ``exc``, with what its runtime said."""
+    detail = bytes(sandbox.stderr_tail[-2000:]).decode(errors="replace").strip()
+    await asyncio.shield(sandbox.stop(f"failed to start: {exc}"))
+    if isinstance(exc, SandboxError) and detail:
+        raise type(exc)(f"{exc.message} (runtime said: {detail})") from exc
+    raise exc
 
 
 def _record(sandbox: NodeSandbox) -> records.SandboxRecord:
