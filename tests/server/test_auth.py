@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import httpx
 import pytest
 
@@ -68,6 +69,19 @@ def test_a_key_revoked_while_serving_stops_working(server: Server) -> None:
 def test_x_api_key_header_works(server: Server) -> None:
     with httpx.Client(base_url=server.url, headers={"X-API-Key": server.key}) as http:
         assert http.get("/v1/sandboxes").status_code == 200
+
+
+def test_a_key_in_the_e2b_form_works_as_any(server: Server) -> None:
+    """``e2b_`` and 64 hex digits (what e2b 2.25-2.45 insist on), in either header; revoked,
+    it stops working as any key does."""
+    fresh = server.keys.create("alpha", e2b=True)
+    assert re.fullmatch(r"e2b_[0-9a-f]{64}", fresh.key)
+    for headers in ({"X-API-Key": fresh.key}, {"Authorization": f"Bearer {fresh.key}"}):
+        with httpx.Client(base_url=server.url, headers=headers) as http:
+            assert http.get("/v1/sandboxes").status_code == 200
+    server.keys.revoke(fresh.id)
+    with server.http(fresh.key) as http:
+        assert_error(http.get("/v1/sandboxes"), 401, "unauthenticated")
 
 
 def test_another_tenant_sees_nothing(server: Server, default_sandbox: Sandbox) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import stat
 from pathlib import Path
@@ -37,6 +38,17 @@ def test_create_list_revoke(tmp_path: Path) -> None:
     assert store.tenant_of(key) is None
     assert runner.invoke(app, ["keys", "revoke", "key-000000000000"]).exit_code == 125
     assert runner.invoke(app, ["keys", "create", "--tenant", "Bad Name"]).exit_code == 125
+
+
+def test_a_key_for_the_e2b_sdk(tmp_path: Path) -> None:
+    runner = CliRunner(env={"CORRAL_DATA_DIR": str(tmp_path), "COLUMNS": "200"})
+    made = runner.invoke(app, ["keys", "create", "--tenant", "team-a", "--e2b"])
+    assert made.exit_code == 0, made.output
+    key = made.stdout.strip()
+    assert re.fullmatch(r"e2b_[0-9a-f]{64}", key), key
+    store = KeyStore(open_engine(database_url(tmp_path, None)))
+    assert store.tenant_of(key) == "team-a"
+    assert store.tenant_of("e2b_" + "0" * 64) is None
 
 
 def test_serve_help_names_its_settings() -> None:

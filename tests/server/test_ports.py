@@ -72,9 +72,13 @@ def test_a_private_port_needs_a_credential(server: Server, app_sandbox: Sandbox)
         assert seen["header"]["authorization"] == "Bearer the-apps-own"  # not ours: kept
         assert seen["path"] == "/echo"
         assert seen["header"]["x-forwarded-prefix"] == f"/v1/sandboxes/{sb.id}/ports/{PORT}"
-        # The owner's key opens it too, and never reaches the app.
+        # The owner's key opens it too, and never reaches the app; in the e2b form too.
         seen = echo(http.get(url, headers={"Authorization": f"Bearer {server.key}"}))
         assert "authorization" not in seen["header"]
+        e2b = server.keys.create("alpha", e2b=True)
+        seen = echo(http.get(url, headers={"Authorization": f"Bearer {e2b.key}"}))
+        assert "authorization" not in seen["header"]
+        server.keys.revoke(e2b.id)
 
 
 def test_a_token_visit_leaves_a_cookie_that_stands_for_it(app_sandbox: Sandbox) -> None:

@@ -28,11 +28,20 @@ def _keys(data_dir: Path | None) -> KeyStore:
 def create(
     tenant: Annotated[str, typer.Option("--tenant", help="Whose key (made if new).")]
     = "default",
+    e2b: Annotated[bool, typer.Option(
+        "--e2b", help="In the form the e2b SDK accepts (e2b_ and hex; releases 2.25 to 2.45 "
+        "refuse any other); it works everywhere a Corral key does.")] = False,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Make a key for a tenant and print it, once: only its hash is kept."""
+    """Make a key for a tenant and print it, once: only its hash is kept.
+
+    Example::
+
+        corral keys create --tenant team-a
+        corral keys create --tenant team-a --e2b
+    """
     with reporting_errors():
-        key = _keys(data_dir).create(tenant)
+        key = _keys(data_dir).create(tenant, e2b=e2b)
     say(f"created {key.id} for tenant {key.tenant}; it is shown only now:")
     typer.echo(key.key)
 
@@ -44,7 +53,7 @@ def list_(data_dir: DataDirOption = None) -> None:
         keys = _keys(data_dir).list()
     table = Table("id", "tenant", "key", "created", "revoked")
     for k in keys:
-        table.add_row(k.id, k.tenant, f"crl_…{k.last4}", f"{k.created_at:%Y-%m-%d %H:%M}",
+        table.add_row(k.id, k.tenant, f"…{k.last4}", f"{k.created_at:%Y-%m-%d %H:%M}",
                       f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
     Console().print(table)
 

@@ -460,8 +460,9 @@ def _forwarding(name: str) -> bool:
 
 
 def _corral_key(value: bytes) -> bool:
-    """Whether a header value carries a Corral API key (``crl_...``, maybe after a scheme)."""
-    return value.rpartition(b" ")[2].strip().startswith(b"crl_")
+    """Whether a header value carries a Corral API key (``crl_...`` or ``e2b_...``, maybe
+    after a scheme)."""
+    return value.rpartition(b" ")[2].strip().startswith((b"crl_", b"e2b_"))
 
 
 def _same(given: str, token: str) -> bool:

@@ -1,7 +1,9 @@
 """Tenants and their API keys. Only a key's sha256 is stored; the key is shown once.
 
 A key is ``crl_`` and 43 url-safe characters (256 random bits), so its sha256 is as good a
-secret as the key and a lookup by hash compares nothing secret-dependent in Python.
+secret as the key and a lookup by hash compares nothing secret-dependent in Python. A key
+made for the e2b SDK is ``e2b_`` and 64 hex digits (256 random bits too): e2b releases
+2.25 to 2.45 refuse, before sending it, a key of any other form.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from ._time import aware, now
 from .schema import api_keys, tenants
 
 KEY_PREFIX = "crl_"
+#: The form of a key made for the e2b SDK (``corral keys create --e2b``).
+E2B_KEY_PREFIX = "e2b_"
+KEY_PREFIXES = (KEY_PREFIX, E2B_KEY_PREFIX)
 MAX_KEY_LENGTH = 256
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _KEY_ID = re.compile(r"^key-[0-9a-f]{12}$")
@@ -70,13 +75,15 @@ class KeyStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def create(self, tenant: str = "default") -> NewKey:
-        """Make a key for ``tenant`` (created if new)."""
+    def create(self, tenant: str = "default", *, e2b: bool = False) -> NewKey:
+        """Make a key for ``tenant`` (created if new); ``e2b``: in the form the e2b SDK
+        accepts (``e2b_`` and hex), which works everywhere a Corral key does."""
         if not TENANT_NAME.match(tenant):
             raise InvalidArgumentError(
                 f"tenant name {tenant!r:.80} must be lowercase letters, digits, '.', '_' or "
                 "'-' (at most 64)")
-        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = (E2B_KEY_PREFIX + secrets.token_hex(32) if e2b
+               else KEY_PREFIX + secrets.token_urlsafe(32))
         key_id = f"key-{secrets.token_hex(6)}"
         with self._engine.begin() as db:
             _add_tenant(db, tenant)
@@ -110,7 +117,7 @@ class KeyStore:
 
     def identify(self, key: str) -> KeyRef | None:
         """Which live key ``key`` is (its id and tenant), or None if unknown or revoked."""
-        if not key.startswith(KEY_PREFIX) or len(key) > MAX_KEY_LENGTH:
+        if not key.startswith(KEY_PREFIXES) or len(key) > MAX_KEY_LENGTH:
             return None
         digest = key_hash(key)
         with self._engine.connect() as db:
