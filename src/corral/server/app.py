@@ -3,7 +3,8 @@
 One process holds the control plane and the node: the lifespan opens the store, starts
 the node (which sweeps what a previous run left) and closes both in reverse. Requests go
 through logging, rate limits, authentication, the audit trail and the body bounds
-(:mod:`.middleware`), then a route. Docs pages are off; every
+(:mod:`.middleware`), then a route: Corral's own, or the E2B-compatible API's mounted at
+``/e2b`` (:mod:`.e2b`; ``CORRAL_E2B=0`` leaves it out). Docs pages are off; every
 path needs a key but the OpenAPI document, ``GET /openapi.json``.
 """
 
@@ -19,7 +20,7 @@ from corral import __version__
 from corral.node import Node
 from corral.runtime import Runtime
 
-from . import errors, middleware, openapi
+from . import e2b, errors, middleware, openapi
 from .metrics import Metrics
 from .ports import PortProxy
 from .ratelimit import Buckets
@@ -116,6 +117,14 @@ def create_app(settings: ServerSettings, *,
                    files, code, metrics, audit, aca, mcp):
         app.include_router(module.router)
     app.state.audit = AuditStore(engine)
+    extra_routes: list[str] = []
+    if settings.e2b:
+        e2b_app = e2b.create_app(sandbox_service, e2b.mapping.Tokens(
+            settings.node.data_dir / "e2b-token-secret"))
+        app.mount(e2b.PREFIX, e2b_app)
+        extra_routes = e2b.templates()
     # Logs, metrics, limits, authentication, audit, body bounds: see middleware.py.
-    middleware.install(app, settings, keys, app.state.audit, port_proxy, failures)
+    middleware.install(app, settings, keys, app.state.audit, port_proxy, failures,
+                       extra_routes=extra_routes, extra_actions=e2b.AUDITED,
+                       e2b_prefix=e2b.PREFIX if settings.e2b else None)
     return app

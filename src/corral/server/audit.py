@@ -18,7 +18,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import timedelta
 from typing import Final
@@ -59,9 +59,11 @@ _READS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 PRUNE_INTERVAL: Final = 60.0
 
 
-def action_of(method: str, template: str) -> str | None:
-    """The audited action of a request, or None for one that is not audited."""
-    action = ACTIONS.get((method, template))
+def action_of(method: str, template: str,
+              extra: Mapping[tuple[str, str], str] | None = None) -> str | None:
+    """The audited action of a request, or None for one that is not audited; ``extra``:
+    actions of routes outside ``/v1`` (the E2B API's)."""
+    action = ACTIONS.get((method, template)) or (extra or {}).get((method, template))
     if action is not None:
         return action
     if method in _READS or template == UNMATCHED or not template.startswith("/v1/"):
@@ -73,8 +75,10 @@ def action_of(method: str, template: str) -> str | None:
 
 class AuditTrail:
     def __init__(self, app: ASGIApp, store: AuditStore, settings: AuditSettings,
-                 route: Callable[[str], tuple[str, str | None]]) -> None:
+                 route: Callable[[str], tuple[str, str | None]],
+                 actions: Mapping[tuple[str, str], str] | None = None) -> None:
         self.app = app
+        self._actions = dict(actions or {})
         self.store = store
         self.settings = settings
         self._route = route
@@ -86,7 +90,7 @@ class AuditTrail:
             await self.app(scope, receive, send)
             return
         template, sandbox_id = self._route(scope["path"])
-        action = action_of(scope["method"], template)
+        action = action_of(scope["method"], template, self._actions)
         if action is None:
             await self.app(scope, receive, send)
             return
@@ -103,7 +107,8 @@ class AuditTrail:
             recorded = True
             sid = draft.sandbox_id
             if sid is None and status == 201 and draft.action == "sandbox.create":
-                sid = _json_field(body, "id")
+                # Corral's answer names it "id", the E2B API's "sandboxID".
+                sid = _json_field(body, "id") or _json_field(body, "sandboxID")
                 if sid:
                     scope[SANDBOX_SCOPE] = sid
             outcome = _outcome(status, body)

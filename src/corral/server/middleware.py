@@ -1,6 +1,7 @@
 """The layers every request passes before a route, in order (outermost first):
 
 1. :class:`~corral.server.logs.RequestLog`: request id, ``X-Request-ID``, the access line.
+1a. :class:`~corral.server.e2b.ErrorShape`: under ``/e2b``, errors in E2B's body.
 2. :class:`~corral.server.metrics.HttpMetrics`: counts every answer, refusals included.
 3. :class:`~corral.server.ratelimit.ServerCap`: requests in flight server-wide (503).
 4. :class:`~corral.server.limits.HeaderLimit`: header bytes (400).
@@ -20,11 +21,13 @@ the server's cap, no body read past authentication and rate limits.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 
 from fastapi import FastAPI
 
 from . import openapi
 from .audit import AuditTrail
+from .e2b import ErrorShape
 from .limits import BodyLimit, HeaderLimit
 from .logs import RequestLog
 from .metrics import HttpMetrics, RouteTemplates
@@ -39,21 +42,28 @@ events = logging.getLogger("corral.server.events")
 
 
 def install(app: FastAPI, settings: ServerSettings, keys: KeyStore, audit: AuditStore,
-            ports: PortProxy, failures: Buckets) -> None:
+            ports: PortProxy, failures: Buckets, *, extra_routes: Sequence[str] = (),
+            extra_actions: Mapping[tuple[str, str], str] | None = None,
+            e2b_prefix: str | None = None) -> None:
     """Add the layers above to ``app`` (Starlette runs the one added last first).
 
     ``failures``: failed authentications per client address, API keys' and port
-    credentials' together.
+    credentials' together. ``extra_routes``, ``extra_actions``: path templates and audited
+    actions of a mounted API outside the published document (the E2B one). ``e2b_prefix``:
+    where the E2B API is mounted; every error under it is answered in E2B's shape
+    (:class:`~corral.server.e2b.ErrorShape`, between the access log and the metrics, so
+    metrics and the audit trail still see Corral's codes).
     """
     limits = settings.limits
-    routes = RouteTemplates(lambda: app.openapi()["paths"])
+    routes = RouteTemplates(lambda: [*app.openapi()["paths"], *extra_routes])
     app.add_middleware(BodyLimit, limit=settings.max_body,
                        exempt=lambda scope: (files.is_upload(scope)
                                              or images.is_context_upload(scope)
                                              or volumes.is_upload(scope)),
                        json_depth=limits.json_depth, timeout=limits.body_timeout,
                        idle_timeout=limits.body_idle_timeout)
-    app.add_middleware(AuditTrail, store=audit, settings=settings.audit, route=routes)
+    app.add_middleware(AuditTrail, store=audit, settings=settings.audit, route=routes,
+                       actions=extra_actions)
     app.add_middleware(KeyLimits, rate=limits.rate, burst=limits.burst,
                        in_flight=limits.in_flight_per_key, size=limits.buckets)
     app.add_middleware(openapi.AuthenticateExceptSpec, keys=keys, failures=failures,
@@ -62,6 +72,8 @@ def install(app: FastAPI, settings: ServerSettings, keys: KeyStore, audit: Audit
     app.add_middleware(HeaderLimit)
     app.add_middleware(ServerCap, limit=limits.in_flight)
     app.add_middleware(HttpMetrics, metrics=app.state.metrics, templates=routes)
+    if e2b_prefix is not None:
+        app.add_middleware(ErrorShape, prefix=e2b_prefix)
     app.add_middleware(RequestLog, route=routes)
     app.state.sandboxes.on_stopped.append(
         lambda sandbox_id: events.info("sandbox %s stopped", sandbox_id,

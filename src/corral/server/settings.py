@@ -204,6 +204,8 @@ class ServerSettings:
         paused_ttl: seconds a sandbox may stay paused before the server kills it
             (``CORRAL_PAUSED_TTL``, default 30 days, at most a year): a create's
             ``paused_ttl`` when it gives none, and the most it may ask for.
+        e2b: serve the E2B-compatible API under ``/e2b`` (``CORRAL_E2B``, on by default;
+            ``CORRAL_E2B=0`` turns it off), so the e2b SDKs work unmodified (docs/e2b.md).
     """
 
     node: NodeSettings
@@ -226,6 +228,7 @@ class ServerSettings:
     snapshot_ttl: float = DEFAULT_SNAPSHOT_TTL
     snapshot_sweep_interval: float = 30.0
     paused_ttl: float = DEFAULT_PAUSED_TTL
+    e2b: bool = True
 
     def __post_init__(self) -> None:
         check_paused_ttl(self.paused_ttl, "the server's paused TTL (CORRAL_PAUSED_TTL)")
@@ -270,6 +273,7 @@ class ServerSettings:
             snapshot_quota_mib=_mib_env("CORRAL_SNAPSHOT_QUOTA_MIB", 20 * 1024),
             snapshot_ttl=_seconds_env("CORRAL_SNAPSHOT_TTL", DEFAULT_SNAPSHOT_TTL),
             paused_ttl=_seconds_env("CORRAL_PAUSED_TTL", DEFAULT_PAUSED_TTL),
+            e2b=_flag(os.environ.get("CORRAL_E2B", "1")),
         )
 
     @property

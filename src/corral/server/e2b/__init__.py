@@ -1,0 +1,53 @@
+"""The E2B-compatible API, mounted at ``/e2b``: the e2b SDKs run unmodified against Corral
+with ``E2B_API_URL=<server>/e2b`` and a Corral key as ``E2B_API_KEY``.
+
+Today: the control plane (create, connect, get, list, timeout, pause, metrics, kill).
+Requests pass Corral's own layers first (authentication by ``X-API-Key``, tenants, rate
+limits, body bounds, the audit trail); errors on every path under the mount are E2B's
+``{"code", "message"}`` (:class:`.mapping.ErrorShape`). The sub-app is not in Corral's
+OpenAPI document: its API is E2B's, described in docs/e2b.md.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from .. import errors
+from ..services import SandboxService
+from . import mapping, routes
+from .mapping import ErrorShape
+
+PREFIX: Final = "/e2b"
+#: The action names the audit trail records for E2B calls that change a sandbox.
+_SANDBOX = f"{PREFIX}/sandboxes/{{sandbox_id}}"
+AUDITED: Final = {
+    ("POST", f"{PREFIX}/sandboxes"): "sandbox.create",
+    ("POST", f"{PREFIX}/v2/sandboxes"): "sandbox.create",
+    ("DELETE", _SANDBOX): "sandbox.kill",
+    ("POST", f"{_SANDBOX}/timeout"): "sandbox.set_timeout",
+    ("POST", f"{_SANDBOX}/connect"): "sandbox.connect",
+    ("POST", f"{PREFIX}/v2/sandboxes/{{sandbox_id}}/connect"): "sandbox.connect",
+    ("POST", f"{_SANDBOX}/pause"): "sandbox.pause",
+}
+
+__all__ = ["AUDITED", "PREFIX", "ErrorShape", "create_app", "templates"]
+
+
+def create_app(sandboxes: SandboxService, tokens: mapping.Tokens) -> FastAPI:
+    """The sub-app to mount at :data:`PREFIX` (no schema, no docs pages of its own)."""
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.sandboxes = sandboxes
+    app.state.tokens = tokens
+    errors.install(app)
+    app.include_router(routes.router)
+    return app
+
+
+def templates() -> list[str]:
+    """The path templates of the sub-app's routes as the parent sees them, mounted (for
+    route labels in metrics and the audit trail)."""
+    return list(dict.fromkeys(PREFIX + r.path for r in routes.router.routes
+                              if isinstance(r, APIRoute)))

@@ -1,0 +1,261 @@
+"""Between E2B's control plane and Corral's: templates, states, tokens, errors, pages.
+
+* Templates: E2B's stock ``base`` and ``code-interpreter-v1`` start Corral's default
+  ``python`` image; a ``snap-…`` id starts from that snapshot; any other name is one of the
+  tenant's images (or a built-in one).
+* States: E2B knows ``running`` and ``paused`` only. A starting sandbox is ``running``; a
+  stopping or stopped one is gone (404, left out of lists), as E2B forgets killed ones.
+* Tokens: ``envdAccessToken`` and ``trafficAccessToken`` are HMACs of a server secret
+  and the sandbox id, so every connect answers the same value without storing any, and a
+  later data plane can check them.
+* Errors: every answer under the E2B mount is ``{"code": <status>, "message": <str>}``
+  (:class:`ErrorShape`), the body the SDKs parse; Corral's ``{"error": {...}}`` would make
+  them raise ``KeyError('code')``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import math
+import os
+import secrets
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Final, Literal
+from urllib.parse import parse_qsl
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from corral.api import models as corral
+from corral.api.errors import InvalidArgumentError
+
+from . import models
+
+#: What the create answer claims: no envd is served yet, and 0.5.2 is below every gate
+#: of an SDK feature that needs a newer one (docs/research/e2b-protocol.md §5.9, §9).
+ENVD_VERSION: Final = "0.5.2"
+#: E2B's ``clientID`` is the node that runs the sandbox; Corral has one.
+CLIENT_ID: Final = "corral"
+#: E2B's stock templates, started as Corral's default image.
+STOCK_TEMPLATES: Final = frozenset({"base", "code-interpreter-v1"})
+DEFAULT_IMAGE: Final = "python"
+SNAPSHOT_PREFIX: Final = "snap-"
+#: E2B's states by Corral's; the others (stopping, stopped) are not shown.
+E2bState = Literal["running", "paused"]
+_STATES: Final[dict[str, E2bState]] = {"starting": "running", "running": "running",
+                                       "paused": "paused"}
+MAX_PAGE: Final = 100
+_SECRET_BYTES: Final = 32
+
+
+def image_of(template: str) -> tuple[str, str | None]:
+    """``(image, snapshot id)`` a create's ``templateID`` asks for."""
+    if template in STOCK_TEMPLATES:
+        return DEFAULT_IMAGE, None
+    if template.startswith(SNAPSHOT_PREFIX):
+        return DEFAULT_IMAGE, template
+    return template, None
+
+
+def e2b_state(state: str) -> E2bState | None:
+    """The E2B state of a Corral one; None for a sandbox E2B would not know any more."""
+    return _STATES.get(state)
+
+
+class Tokens:
+    """Per-sandbox access tokens derived from a secret kept in ``path`` (made once, 0600)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._secret: bytes | None = None
+
+    def _key(self) -> bytes:
+        if self._secret is None:
+            self._secret = _load_or_make(self._path)
+        return self._secret
+
+    def envd(self, sandbox_id: str) -> str:
+        return self._derive("envd", sandbox_id)
+
+    def traffic(self, sandbox_id: str) -> str:
+        return self._derive("traffic", sandbox_id)
+
+    def _derive(self, use: str, sandbox_id: str) -> str:
+        return hmac.new(self._key(), f"{use}:{sandbox_id}".encode(),
+                        hashlib.sha256).hexdigest()
+
+
+def _load_or_make(path: Path) -> bytes:
+    try:
+        secret = path.read_bytes()
+    except FileNotFoundError:
+        secret = b""
+    if len(secret) == _SECRET_BYTES:
+        return secret
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fresh = secrets.token_bytes(_SECRET_BYTES)
+    temp = path.with_name(path.name + ".tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(fresh)
+    os.replace(temp, path)
+    return fresh
+
+
+def listed(info: corral.SandboxInfo) -> models.ListedSandbox:
+    """A Corral sandbox as a list item (the caller has left out stopped ones)."""
+    resources = info.resources.to_resources()
+    return models.ListedSandbox(
+        templateID=info.image, sandboxID=info.id, clientID=CLIENT_ID,
+        startedAt=info.created_at, endAt=info.expires_at,
+        cpuCount=max(1, math.ceil(resources.cpus)), memoryMB=resources.memory_mib,
+        diskSizeMB=resources.disk_mib, state=e2b_state(info.state) or "running",
+        envdVersion=ENVD_VERSION, metadata=dict(info.metadata))
+
+
+def detail(info: corral.SandboxInfo, tokens: Tokens, domain: str | None
+           ) -> models.SandboxDetail:
+    return models.SandboxDetail(
+        **listed(info).model_dump(), envdAccessToken=tokens.envd(info.id), domain=domain,
+        allowInternetAccess=info.network != "none",
+        lifecycle=models.Lifecycle(autoResume=True, onTimeout=info.on_timeout))
+
+
+def sandbox(info: corral.SandboxInfo, tokens: Tokens, domain: str | None,
+            template: str | None = None) -> models.Sandbox:
+    """The create/connect answer; ``template``: the ``templateID`` the create named."""
+    return models.Sandbox(
+        templateID=template or info.image, sandboxID=info.id, clientID=CLIENT_ID,
+        envdVersion=ENVD_VERSION, envdAccessToken=tokens.envd(info.id),
+        trafficAccessToken=tokens.traffic(info.id), domain=domain)
+
+
+def metadata_filter(raw: str | None) -> dict[str, str]:
+    """E2B's list filter: ``k=v&k2=v2`` with keys and values percent-encoded, sent as one
+    (so doubly encoded) query value; the framework undid the outer encoding."""
+    if not raw:
+        return {}
+    try:
+        return dict(parse_qsl(raw, keep_blank_values=True, strict_parsing=True))
+    except ValueError:
+        raise InvalidArgumentError(
+            "metadata must be key=value pairs joined by '&', each part percent-encoded"
+        ) from None
+
+
+def states_filter(raw: str | None) -> frozenset[str]:
+    """The states a list asks for (``running,paused``; absent: both)."""
+    if not raw:
+        return frozenset(_STATES.values())
+    wanted = frozenset(s.strip() for s in raw.split(",") if s.strip())
+    unknown = wanted - set(_STATES.values())
+    if unknown:
+        raise InvalidArgumentError(f"unknown state {sorted(unknown)[0]!r:.40}; "
+                                   "ask for running, paused or both, comma-separated")
+    return wanted
+
+
+def _cursor(item: models.ListedSandbox) -> tuple[str, str]:
+    return item.startedAt.isoformat(), item.sandboxID
+
+
+def page(items: Sequence[models.ListedSandbox], order: str, limit: int,
+         token: str | None) -> tuple[list[models.ListedSandbox], str | None]:
+    """One page of ``items`` by start time, and the token of the next (None: the last).
+
+    The token names the last item shown, not an offset, so sandboxes that start or stop
+    between two pages neither repeat nor skip the ones that stay."""
+    if order not in ("asc", "desc"):
+        raise InvalidArgumentError("order must be asc or desc")
+    ranked = sorted(items, key=_cursor, reverse=order == "desc")
+    if token:
+        after = _decode_token(token)
+        ranked = [i for i in ranked
+                  if (_cursor(i) > after if order == "asc" else _cursor(i) < after)]
+    shown = ranked[:limit]
+    more = len(ranked) > limit
+    return shown, _encode_token(_cursor(shown[-1])) if more and shown else None
+
+
+def _encode_token(cursor: tuple[str, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(cursor).encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> tuple[str, str]:
+    try:
+        started, sandbox_id = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        datetime.fromisoformat(started)
+        return str(started), str(sandbox_id)
+    except (ValueError, TypeError):
+        raise InvalidArgumentError("nextToken is not one this server gave; start the list "
+                                   "again without it") from None
+
+
+class ErrorShape:
+    """ASGI middleware: answers under ``prefix`` that are errors get E2B's body.
+
+    It sits outside every refusing layer (server cap, header bound, authentication,
+    rate limits, body bound) and the routes, so 401, 413, 429, 503 and an unknown path's
+    404 all reach the SDK as ``{"code": <status>, "message": <str>}``. Corral's message is
+    kept; a body that is not Corral's error shape is quoted as the message.
+    """
+
+    def __init__(self, app: ASGIApp, prefix: str) -> None:
+        self.app = app
+        self.prefix = prefix
+
+    def _applies(self, scope: Scope) -> bool:
+        if scope["type"] != "http":
+            return False
+        path: str = scope["path"]
+        return path == self.prefix or path.startswith(self.prefix + "/")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._applies(scope):
+            await self.app(scope, receive, send)
+            return
+        held: Message | None = None
+        parts: list[bytes] = []
+
+        async def reshaping(message: Message) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                held = message
+                return
+            if message["type"] == "http.response.body" and held is not None:
+                parts.append(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                body = e2b_error_body(int(held["status"]), b"".join(parts))
+                headers = [(k, v) for k, v in held.get("headers", [])
+                           if k.lower() not in (b"content-length", b"content-type")]
+                headers += [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]
+                await send({**held, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await send(message)
+
+        await self.app(scope, receive, reshaping)
+
+
+def e2b_error_body(status: int, body: bytes) -> bytes:
+    """E2B's error body for an answer of ``status`` whose body was ``body``."""
+    message: str | None = None
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        inner = parsed.get("error")
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            message = inner["message"]
+        elif isinstance(parsed.get("message"), str):
+            message = parsed["message"]
+    if message is None:
+        message = body.decode("utf-8", "replace")[:2000] or f"HTTP {status}"
+    return json.dumps({"code": status, "message": message}).encode()

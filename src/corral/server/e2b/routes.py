@@ -1,0 +1,213 @@
+"""E2B's control plane over :class:`~corral.server.services.SandboxService`.
+
+Paths as the SDKs send them under the mount (docs/research/e2b-protocol.md §4.1): create
+and connect exist as ``/sandboxes…`` (e2b ≤ 2.50) and ``/v2/sandboxes…`` (2.51 and later);
+the rest are shared. Errors are Corral's exceptions, answered in Corral's shape by the
+sub-app's handlers and reshaped to E2B's at the edge (:class:`.mapping.ErrorShape`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import ValidationError
+
+from corral.api import models as corral
+from corral.api.errors import (AlreadyExistsError, InvalidArgumentError, NotFoundError,
+                               SandboxNotRunningError)
+
+from ..auth import Tenant
+from ..services import SandboxService
+from . import mapping, models
+
+router = APIRouter()
+#: Longest sandbox id looked up; a longer one is no sandbox.
+_MAX_ID = 64
+
+
+async def _service(request: Request) -> SandboxService:
+    service: SandboxService = request.app.state.sandboxes
+    return service
+
+
+async def _tokens(request: Request) -> mapping.Tokens:
+    tokens: mapping.Tokens = request.app.state.tokens
+    return tokens
+
+
+Sandboxes = Annotated[SandboxService, Depends(_service)]
+Tokens = Annotated[mapping.Tokens, Depends(_tokens)]
+
+
+def _domain(request: Request, service: SandboxService) -> str:
+    """Where ``<port>-<id>.<domain>`` reaches a sandbox's port: the ports domain, with the
+    port this request came in on (the SDK's ``get_host`` appends nothing)."""
+    host = request.headers.get("host", "")
+    _, colon, port = host.rpartition(":")
+    if colon and port.isdigit() and not host.endswith("]"):
+        return f"{service.ports_domain}:{port}"
+    return service.ports_domain
+
+
+@asynccontextmanager
+async def _gone_is_not_found(sandbox_id: str) -> AsyncIterator[None]:
+    """E2B forgets a stopped sandbox: Corral's "not running" is its 404."""
+    try:
+        yield
+    except SandboxNotRunningError:
+        raise NotFoundError(f"sandbox {sandbox_id} not found (it has stopped)") from None
+
+
+async def _known(service: SandboxService, tenant: str, sandbox_id: str
+                 ) -> corral.SandboxInfo:
+    """The tenant's sandbox that E2B would know (running or paused), else 404."""
+    if len(sandbox_id) > _MAX_ID:
+        raise NotFoundError(f"sandbox {sandbox_id[:_MAX_ID]!r}… not found")
+    info = await service.describe(tenant, sandbox_id)
+    if mapping.e2b_state(info.state) is None:
+        raise NotFoundError(f"sandbox {sandbox_id} not found (it has stopped)")
+    return info
+
+
+def _corral_create(body: models.NewSandbox) -> corral.SandboxCreate:
+    if body.mcp is not None:
+        raise InvalidArgumentError("mcp is not supported by Corral's E2B API yet; create "
+                                   "the sandbox without it")
+    image, snapshot = mapping.image_of(body.templateID)
+    try:
+        return corral.SandboxCreate.model_validate({
+            "image": image, "snapshot": snapshot, "timeout": body.timeout,
+            "env": body.envVars or {}, "metadata": body.metadata or {},
+            "on_timeout": "pause" if body.autoPause else "kill",
+            "volumes": {m.path: m.name for m in body.volumeMounts or ()}})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+                             for e in exc.errors()[:10])
+        raise InvalidArgumentError(f"invalid request: {problems}") from None
+
+
+async def _create(request: Request, body: models.NewSandbox, tenant: str,
+                  service: SandboxService, tokens: mapping.Tokens) -> models.Sandbox:
+    info = await service.create(tenant, _corral_create(body))
+    return mapping.sandbox(info, tokens, _domain(request, service), body.templateID)
+
+
+@router.post("/sandboxes", status_code=201)
+async def create_v1(request: Request, body: models.NewSandbox, tenant: Tenant,
+                    service: Sandboxes, tokens: Tokens) -> models.Sandbox:
+    """Create (e2b ≤ 2.50): ``templateID`` picks the image, ``autoPause`` pauses at the
+    timeout instead of killing."""
+    return await _create(request, body, tenant, service, tokens)
+
+
+@router.post("/v2/sandboxes", status_code=201)
+async def create_v2(request: Request, body: models.NewSandbox, tenant: Tenant,
+                    service: Sandboxes, tokens: Tokens) -> models.Sandbox:
+    """Create (e2b 2.51 and later): the same body as v1."""
+    return await _create(request, body, tenant, service, tokens)
+
+
+@router.get("/v2/sandboxes")
+async def list_(response: Response, tenant: Tenant, service: Sandboxes,
+                metadata: str | None = None, state: str | None = None,
+                template: str | None = None, order: str = "asc",
+                started_after: Annotated[datetime | None, Query(alias="startedAfter")] = None,
+                next_token: Annotated[str | None, Query(alias="nextToken",
+                                                        max_length=1024)] = None,
+                limit: Annotated[int, Query(ge=1, le=mapping.MAX_PAGE)] = mapping.MAX_PAGE,
+                ) -> list[models.ListedSandbox]:
+    """The tenant's running and paused sandboxes, by start time; the next page's token
+    comes back in ``x-next-token`` (absent on the last page)."""
+    wanted = mapping.states_filter(state)
+    found = await service.list(tenant, mapping.metadata_filter(metadata))
+    if started_after is not None and started_after.tzinfo is None:
+        started_after = started_after.replace(tzinfo=UTC)
+    items = [mapping.listed(info) for info in found.sandboxes
+             if mapping.e2b_state(info.state) in wanted
+             and (template is None or info.image == mapping.image_of(template)[0])
+             and (started_after is None or info.created_at > started_after)]
+    shown, token = mapping.page(items, order, limit, next_token)
+    if token:
+        response.headers["x-next-token"] = token
+    return shown
+
+
+@router.get("/sandboxes/{sandbox_id}")
+async def get(request: Request, sandbox_id: str, tenant: Tenant, service: Sandboxes,
+              tokens: Tokens) -> models.SandboxDetail:
+    info = await _known(service, tenant, sandbox_id)
+    return mapping.detail(info, tokens, _domain(request, service))
+
+
+@router.delete("/sandboxes/{sandbox_id}", status_code=204)
+async def kill(sandbox_id: str, tenant: Tenant, service: Sandboxes) -> None:
+    """Stop it for good; one already stopped is 404 (the SDK's ``kill`` returns False)."""
+    await _known(service, tenant, sandbox_id)
+    async with _gone_is_not_found(sandbox_id):
+        await service.kill(tenant, sandbox_id)
+
+
+@router.post("/sandboxes/{sandbox_id}/timeout", status_code=204)
+async def set_timeout(sandbox_id: str, body: models.Timeout, tenant: Tenant,
+                      service: Sandboxes) -> None:
+    """End its life ``timeout`` seconds from now (sooner or later than before)."""
+    await _known(service, tenant, sandbox_id)
+    async with _gone_is_not_found(sandbox_id):
+        await service.set_timeout(tenant, sandbox_id, body.timeout)
+
+
+async def _connect(request: Request, response: Response, sandbox_id: str,
+                   body: models.Connect, tenant: str, service: SandboxService,
+                   tokens: mapping.Tokens) -> models.Sandbox:
+    info = await _known(service, tenant, sandbox_id)
+    async with _gone_is_not_found(sandbox_id):
+        resumed = info.state == "paused"
+        if resumed:
+            info = await service.resume(tenant, sandbox_id)
+        if body.timeout is not None:
+            # Connecting never shortens a life another client asked for.
+            wanted = datetime.now(UTC).timestamp() + body.timeout
+            if wanted > info.expires_at.timestamp():
+                info = await service.set_timeout(tenant, sandbox_id, body.timeout)
+    response.status_code = 201 if resumed else 200
+    return mapping.sandbox(info, tokens, _domain(request, service))
+
+
+@router.post("/sandboxes/{sandbox_id}/connect", responses={201: {"model": models.Sandbox}})
+async def connect_v1(request: Request, response: Response, sandbox_id: str,
+                     body: models.Connect, tenant: Tenant, service: Sandboxes,
+                     tokens: Tokens) -> models.Sandbox:
+    """Reach a sandbox (e2b ≤ 2.50): 200 if it was running, 201 if it was paused and
+    has been resumed; ``timeout`` extends its life, never shortens it."""
+    return await _connect(request, response, sandbox_id, body, tenant, service, tokens)
+
+
+@router.post("/v2/sandboxes/{sandbox_id}/connect",
+             responses={201: {"model": models.Sandbox}})
+async def connect_v2(request: Request, response: Response, sandbox_id: str,
+                     body: models.Connect, tenant: Tenant, service: Sandboxes,
+                     tokens: Tokens) -> models.Sandbox:
+    """Connect (e2b 2.51 and later): as v1."""
+    return await _connect(request, response, sandbox_id, body, tenant, service, tokens)
+
+
+@router.post("/sandboxes/{sandbox_id}/pause", status_code=204)
+async def pause(sandbox_id: str, tenant: Tenant, service: Sandboxes) -> None:
+    """Pause it (memory and files kept); 409 if it is paused already, as E2B answers."""
+    info = await _known(service, tenant, sandbox_id)
+    if info.state == "paused":
+        raise AlreadyExistsError(f"sandbox {sandbox_id} is already paused")
+    async with _gone_is_not_found(sandbox_id):
+        await service.pause(tenant, sandbox_id)
+
+
+@router.get("/sandboxes/{sandbox_id}/metrics")
+async def metrics(sandbox_id: str, tenant: Tenant, service: Sandboxes
+                  ) -> list[dict[str, float | int | str]]:
+    """No per-sandbox figures are kept yet: an empty list, which the SDKs accept."""
+    await _known(service, tenant, sandbox_id)
+    return []
