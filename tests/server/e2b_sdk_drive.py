@@ -1,0 +1,75 @@
+"""Run by test_e2b_sdk.py inside a virtualenv holding one e2b release, never by pytest:
+drives Corral's E2B control plane (``E2B_API_URL``, ``E2B_API_KEY``) with the SDK's sync
+and async classes and prints what it saw as one JSON object on the last line.
+
+Only control-plane calls: anything reaching envd (commands, files) is a later slice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+from e2b import AsyncSandbox, NotFoundException, Sandbox, SandboxQuery
+
+
+def _listed(tag: str) -> list[list[str]]:
+    """The pages (one sandbox each) of the tenant's sandboxes tagged ``tag``."""
+    pager = Sandbox.list(query=SandboxQuery(metadata={"suite": tag}), limit=1)
+    pages = []
+    while pager.has_next:
+        pages.append([s.sandbox_id for s in pager.next_items()])
+    return pages
+
+
+def sync_flow(tag: str) -> dict[str, Any]:
+    first = Sandbox.create(metadata={"suite": tag, "n": "1"}, envs={"E": "1"}, timeout=120)
+    second = Sandbox.create(metadata={"suite": tag, "n": "2"})
+    info = first.get_info()
+    ends = info.end_at
+    first.set_timeout(30)
+    seen: dict[str, Any] = {
+        "ids": [first.sandbox_id, second.sandbox_id],
+        "template": info.template_id, "state": getattr(info.state, "value", info.state),
+        "metadata": info.metadata, "shortened": first.get_info().end_at < ends,
+        "pages": _listed(tag),
+        "metrics": first.get_metrics(),
+    }
+    seen["connected"] = Sandbox.connect(second.sandbox_id).sandbox_id
+    seen["killed"] = [first.kill(), Sandbox.kill(second.sandbox_id)]
+    seen["killed_again"] = Sandbox.kill(second.sandbox_id)
+    seen["pages_after"] = _listed(tag)
+    try:
+        Sandbox.get_info("sbx-0000000000000000")
+        seen["not_found"] = None
+    except NotFoundException as exc:
+        seen["not_found"] = type(exc).__name__
+    return seen
+
+
+async def async_flow(tag: str) -> dict[str, Any]:
+    sb = await AsyncSandbox.create(metadata={"suite": tag}, timeout=120)
+    info = await sb.get_info()
+    await sb.set_timeout(60)
+    pager = AsyncSandbox.list(query=SandboxQuery(metadata={"suite": tag}))
+    listed = [s.sandbox_id for s in await pager.next_items()]
+    killed = await sb.kill()
+    try:
+        await AsyncSandbox.connect(sb.sandbox_id)
+        not_found = None
+    except NotFoundException as exc:
+        not_found = type(exc).__name__
+    return {"id": sb.sandbox_id, "state": getattr(info.state, "value", info.state),
+            "listed": listed, "killed": killed, "not_found": not_found}
+
+
+def main() -> None:
+    tag = sys.argv[1]
+    result = {"sync": sync_flow(tag + "-sync"), "async": asyncio.run(async_flow(tag + "-async"))}
+    print(json.dumps(result, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The real e2b SDKs against Corral's E2B control plane: each release line in a virtualenv
+of its own (their ``connectrpc``/``protobuf-py`` pins clash with each other), made once
+under :data:`VENVS` and reused, and skipped when PyPI cannot be reached to make it.
+
+2.45.1 is the last release that sends ``POST /sandboxes`` and checks the key's form
+(``e2b_`` and hex: a ``corral keys create --e2b`` key); 2.63.0 sends ``/v2/sandboxes``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from .conftest import Server
+
+VENVS = Path(os.environ.get("CORRAL_TEST_VENVS", "/var/cache/corral/test-venvs"))
+DRIVER = Path(__file__).with_name("e2b_sdk_drive.py")
+
+
+def sdk_python(version: str) -> Path:
+    """The python of a virtualenv holding ``e2b==version``, made if missing (skip if
+    PyPI is out of reach)."""
+    venv = VENVS / f"e2b-{version}"
+    python = venv / "bin" / "python"
+    if python.exists():
+        return python
+    VENVS.mkdir(parents=True, exist_ok=True)
+    building = VENVS / f"e2b-{version}.{os.getpid()}.tmp"
+    shutil.rmtree(building, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(building)], check=True)
+    try:
+        installed = subprocess.run(
+            [str(building / "bin" / "python"), "-m", "pip", "install", "-q",
+             "--disable-pip-version-check", f"e2b=={version}"],
+            capture_output=True, text=True, timeout=600)
+        failure = installed.stderr.strip()[-300:] if installed.returncode else ""
+    except subprocess.TimeoutExpired:
+        failure = "pip ran for over 600 s"
+    if failure:
+        shutil.rmtree(building, ignore_errors=True)
+        pytest.skip(f"could not install e2b=={version} from PyPI (offline?): {failure}")
+    # A venv's bin/python finds its packages relative to itself, so it survives the move;
+    # renaming makes a half-made venv never look finished.
+    try:
+        building.rename(venv)
+    except OSError:  # another run finished first
+        shutil.rmtree(building, ignore_errors=True)
+    return python
+
+
+@pytest.mark.parametrize("version", ["2.45.1", "2.63.0"])
+def test_the_real_sdk_drives_the_control_plane(server: Server, version: str) -> None:
+    python = sdk_python(version)
+    key = server.keys.create("alpha", e2b=True).key
+    tag = uuid.uuid4().hex[:12]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),
+           "E2B_API_URL": server.url + "/e2b", "E2B_API_KEY": key,
+           "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    ran = subprocess.run([str(python), str(DRIVER), tag], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-4000:]
+    seen = json.loads(ran.stdout.strip().splitlines()[-1])
+
+    sync = seen["sync"]
+    first, second = sync["ids"]
+    assert (sync["template"], sync["state"]) == ("python", "running")
+    assert sync["metadata"] == {"suite": f"{tag}-sync", "n": "1"}
+    assert sync["shortened"] is True
+    assert sync["pages"] == [[first], [second]]  # one a page, by start time
+    assert sync["metrics"] == []
+    assert sync["connected"] == second
+    assert sync["killed"] == [True, True] and sync["killed_again"] is False
+    assert sync["pages_after"] == [[]]  # one empty page: the killed ones are gone
+    assert sync["not_found"] == "SandboxNotFoundException"
+
+    done = seen["async"]
+    assert done["state"] == "running" and done["listed"] == [done["id"]]
+    assert done["killed"] is True
+    assert done["not_found"] == "SandboxNotFoundException"
+    with server.http(server.key) as http:
+        for sid in (first, second, done["id"]):
+            assert http.get(f"/v1/sandboxes/{sid}").json()["state"] == "stopped"
