@@ -256,4 +256,3 @@ def test_the_e2b_api_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.Monke
     app = create_app(replace(settings, node=NodeSettings(data_dir=tmp_path,
                                                          image_dir=tmp_path / "images")))
     assert not any(getattr(r, "path", "").startswith(E2B) for r in app.routes)
-    assert not (tmp_path / "e2b-token-secret").exists()
