@@ -118,13 +118,15 @@ def create_app(settings: ServerSettings, *,
         app.include_router(module.router)
     app.state.audit = AuditStore(engine)
     extra_routes: list[str] = []
+    e2b_auth: e2b.TokenAuth | None = None
     if settings.e2b:
-        e2b_app = e2b.create_app(sandbox_service, e2b.mapping.Tokens(
-            settings.node.data_dir / "e2b-token-secret"))
-        app.mount(e2b.PREFIX, e2b_app)
+        tokens = e2b.mapping.Tokens(settings.node.data_dir / "e2b-token-secret")
+        app.mount(e2b.PREFIX, e2b.create_app(sandbox_service, app.state.commands, tokens))
         extra_routes = e2b.templates()
+        e2b_auth = e2b.TokenAuth(e2b.PREFIX, tokens, sandbox_service)
     # Logs, metrics, limits, authentication, audit, body bounds: see middleware.py.
     middleware.install(app, settings, keys, app.state.audit, port_proxy, failures,
                        extra_routes=extra_routes, extra_actions=e2b.AUDITED,
-                       e2b_prefix=e2b.PREFIX if settings.e2b else None)
+                       e2b_prefix=e2b.PREFIX if settings.e2b else None,
+                       alternative_auth=e2b_auth)
     return app

@@ -12,6 +12,9 @@ Failed authentications are rate limited per client address (a token bucket,
 so that a client sharing an address with a guesser (behind one proxy, say) keeps working.
 Keys carry 256 random bits, so the limit bounds the cost of a flood of bad keys (lookups,
 log lines) more than the odds of a guess, which are nil either way.
+
+Some paths authenticate another way (E2B's data plane: a per-sandbox token, not a key):
+an :data:`Alternative` names the caller for them, under the same failure limit.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hashlib
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Final
 
 from fastapi import Depends, Request
@@ -38,6 +42,11 @@ _SCOPE_KEY = "corral.tenant"
 RECENT_KEY_SECONDS: Final = 600.0
 _HINT = "send `Authorization: Bearer <key>`; `corral keys create` makes one"
 
+#: Another way to authenticate some requests: None (not this request's way: a key is
+#: wanted), the caller (a :class:`KeyRef` whose id keys the rate limits), or why the
+#: request was refused (401, with that message).
+Alternative = Callable[[Scope], Awaitable[KeyRef | str | None]]
+
 
 def presented_key(headers: Headers) -> str | None:
     header = headers.get("authorization")
@@ -52,9 +61,10 @@ class Authenticate:
     the scope. Failures are limited per client address by ``failures`` (none: unlimited)."""
 
     def __init__(self, app: ASGIApp, keys: KeyStore, failures: Buckets | None = None,
-                 recent_size: int = 10_000) -> None:
+                 recent_size: int = 10_000, alternative: Alternative | None = None) -> None:
         self.app = app
         self.keys = keys
+        self.alternative = alternative
         self.failures = failures if failures is not None else Buckets(0, 0)
         # sha256 of keys that authenticated lately -> when; oldest first, bounded.
         self._recent: OrderedDict[str, float] = OrderedDict()
@@ -73,6 +83,16 @@ class Authenticate:
                        f"{max(1, math.ceil(wait))} s")
             await error_response(ErrorCode.RATE_LIMITED, message,
                                  headers=retry_after(wait))(scope, receive, send)
+            return
+        other = await self.alternative(scope) if self.alternative is not None else None
+        if other is not None:
+            if isinstance(other, str):
+                self.failures.take(address)
+                await error_response(ErrorCode.UNAUTHENTICATED, other)(scope, receive, send)
+                return
+            scope[_SCOPE_KEY] = other.tenant
+            scope[KEY_ID_SCOPE] = other.id
+            await self.app(scope, receive, send)
             return
         found: KeyRef | None = (await asyncio.to_thread(self.keys.identify, key)
                                 if key else None)

@@ -7,8 +7,8 @@
 4. :class:`~corral.server.limits.HeaderLimit`: header bytes (400).
 4a. :class:`~corral.server.ports.PortGateway`: traffic for a sandbox's exposed port is
    answered here, with its own credentials (a port token, a signed URL, the owner's key).
-5. :class:`~corral.server.openapi.AuthenticateExceptSpec`: the key (401), failed
-   authentications per client address (429).
+5. :class:`~corral.server.openapi.AuthenticateExceptSpec`: the key (401), or on E2B's
+   envd paths the sandbox's access token; failed authentications per client address (429).
 6. :class:`~corral.server.ratelimit.KeyLimits`: the key's token bucket and requests in
    flight (429).
 7. :class:`~corral.server.audit.AuditTrail`: who did what to which sandbox.
@@ -27,6 +27,7 @@ from fastapi import FastAPI
 
 from . import openapi
 from .audit import AuditTrail
+from .auth import Alternative
 from .e2b import ErrorShape
 from .limits import BodyLimit, HeaderLimit
 from .logs import RequestLog
@@ -44,7 +45,8 @@ events = logging.getLogger("corral.server.events")
 def install(app: FastAPI, settings: ServerSettings, keys: KeyStore, audit: AuditStore,
             ports: PortProxy, failures: Buckets, *, extra_routes: Sequence[str] = (),
             extra_actions: Mapping[tuple[str, str], str] | None = None,
-            e2b_prefix: str | None = None) -> None:
+            e2b_prefix: str | None = None, alternative_auth: Alternative | None = None
+            ) -> None:
     """Add the layers above to ``app`` (Starlette runs the one added last first).
 
     ``failures``: failed authentications per client address, API keys' and port
@@ -52,7 +54,8 @@ def install(app: FastAPI, settings: ServerSettings, keys: KeyStore, audit: Audit
     actions of a mounted API outside the published document (the E2B one). ``e2b_prefix``:
     where the E2B API is mounted; every error under it is answered in E2B's shape
     (:class:`~corral.server.e2b.ErrorShape`, between the access log and the metrics, so
-    metrics and the audit trail still see Corral's codes).
+    metrics and the audit trail still see Corral's codes). ``alternative_auth``: how
+    requests that carry no key authenticate (E2B's envd paths: the sandbox's token).
     """
     limits = settings.limits
     routes = RouteTemplates(lambda: [*app.openapi()["paths"], *extra_routes])
@@ -67,7 +70,7 @@ def install(app: FastAPI, settings: ServerSettings, keys: KeyStore, audit: Audit
     app.add_middleware(KeyLimits, rate=limits.rate, burst=limits.burst,
                        in_flight=limits.in_flight_per_key, size=limits.buckets)
     app.add_middleware(openapi.AuthenticateExceptSpec, keys=keys, failures=failures,
-                       recent_size=limits.buckets)
+                       recent_size=limits.buckets, alternative=alternative_auth)
     app.add_middleware(PortGateway, proxy=ports)
     app.add_middleware(HeaderLimit)
     app.add_middleware(ServerCap, limit=limits.in_flight)

@@ -1,9 +1,11 @@
 """The E2B-compatible API, mounted at ``/e2b``: the e2b SDKs run unmodified against Corral
 with ``E2B_API_URL=<server>/e2b`` and a Corral key as ``E2B_API_KEY``.
 
-Today: the control plane (create, connect, get, list, timeout, pause, metrics, kill).
-Requests pass Corral's own layers first (authentication by ``X-API-Key``, tenants, rate
-limits, body bounds, the audit trail); errors on every path under the mount are E2B's
+Today: the control plane (create, connect, get, list, timeout, pause, metrics, kill) and
+envd's process service (:mod:`.envd`: commands, with ``E2B_SANDBOX_URL=<server>/e2b``).
+Requests pass Corral's own layers first (authentication by ``X-API-Key``, or on envd's
+paths by the sandbox's access token, :class:`.envd.TokenAuth`; tenants, rate limits, body
+bounds, the audit trail); errors on every path under the mount are E2B's
 ``{"code", "message"}`` (:class:`.mapping.ErrorShape`). The sub-app is not in Corral's
 OpenAPI document: its API is E2B's, described in docs/e2b.md.
 """
@@ -16,8 +18,9 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from .. import errors
-from ..services import SandboxService
-from . import mapping, routes
+from ..services import CommandService, SandboxService
+from . import envd, mapping, routes
+from .envd import TokenAuth
 from .mapping import ErrorShape
 
 PREFIX: Final = "/e2b"
@@ -33,21 +36,25 @@ AUDITED: Final = {
     ("POST", f"{_SANDBOX}/pause"): "sandbox.pause",
 }
 
-__all__ = ["AUDITED", "PREFIX", "ErrorShape", "create_app", "templates"]
+__all__ = ["AUDITED", "PREFIX", "ErrorShape", "TokenAuth", "create_app", "templates"]
 
 
-def create_app(sandboxes: SandboxService, tokens: mapping.Tokens) -> FastAPI:
+def create_app(sandboxes: SandboxService, commands: CommandService,
+               tokens: mapping.Tokens) -> FastAPI:
     """The sub-app to mount at :data:`PREFIX` (no schema, no docs pages of its own)."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     app.state.sandboxes = sandboxes
+    app.state.commands = commands
     app.state.tokens = tokens
     errors.install(app)
     app.include_router(routes.router)
+    app.include_router(envd.router)
     return app
 
 
 def templates() -> list[str]:
     """The path templates of the sub-app's routes as the parent sees them, mounted (for
     route labels in metrics and the audit trail)."""
-    return list(dict.fromkeys(PREFIX + r.path for r in routes.router.routes
+    return list(dict.fromkeys(PREFIX + r.path
+                              for r in [*routes.router.routes, *envd.router.routes]
                               if isinstance(r, APIRoute)))

@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from corral.api import models as corral
 from corral.api.errors import InvalidArgumentError
 
-from . import models
+from . import connect, models
 
 #: What the create answer claims: no envd is served yet, and 0.5.2 is below every gate
 #: of an SDK feature that needs a newer one (docs/research/e2b-protocol.md §5.9, §9).
@@ -201,7 +201,8 @@ class ErrorShape:
     It sits outside every refusing layer (server cap, header bound, authentication,
     rate limits, body bound) and the routes, so 401, 413, 429, 503 and an unknown path's
     404 all reach the SDK as ``{"code": <status>, "message": <str>}``. Corral's message is
-    kept; a body that is not Corral's error shape is quoted as the message.
+    kept; a body that is not Corral's error shape is quoted as the message; an RPC's
+    Connect error (a string code, :mod:`.connect`) passes as it is.
     """
 
     def __init__(self, app: ASGIApp, prefix: str) -> None:
@@ -250,6 +251,8 @@ def e2b_error_body(status: int, body: bytes) -> bytes:
         parsed = json.loads(body)
     except ValueError:
         parsed = None
+    if connect.is_connect_error(parsed):
+        return body  # an RPC's error: the SDKs read Connect's string code
     if isinstance(parsed, dict):
         inner = parsed.get("error")
         if isinstance(inner, dict) and isinstance(inner.get("message"), str):

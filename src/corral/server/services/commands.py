@@ -16,7 +16,7 @@ import base64
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import anyio
 
@@ -28,6 +28,12 @@ from corral.node import NodeCommandHandle
 from .sandboxes import SandboxService
 
 log = logging.getLogger(__name__)
+
+#: A command's events, in order: started, output…, then exit or error.
+Event = models.StartedEvent | models.OutputEvent | models.ExitEvent | models.ErrorEvent
+#: What a follower that leaves early does to the command: kill it, stop following it,
+#: or leave it running with its output drained (see ``CommandService._follow``).
+_KILL, _STOP, _DRAIN = "kill", "stop", "drain"
 
 
 class CommandService:
@@ -58,10 +64,7 @@ class CommandService:
     async def background(self, tenant: str, sandbox_id: str,
                          request: models.CommandRequest) -> models.CommandStarted:
         handle = await self._start(tenant, sandbox_id, request)
-        self._drained.add(handle)
-        task = asyncio.get_running_loop().create_task(self._drain(sandbox_id, handle))
-        self._drains.add(task)
-        task.add_done_callback(self._drains.discard)
+        self._drain_later(sandbox_id, handle)
         return models.CommandStarted(id=handle.id, pid=handle.pid)
 
     async def connect(self, tenant: str, sandbox_id: str, command_id: int
@@ -69,6 +72,30 @@ class CommandService:
         """Follow a running command again (a background one, or one whose stream ended at
         a pause or a server restart): NDJSON events from now on, as :meth:`stream` gives.
         A client that leaves early stops the output; the command runs on."""
+        handle = await self._take_over(tenant, sandbox_id, command_id)
+        return self._events(sandbox_id, handle, owned=False)
+
+    async def follow(self, tenant: str, sandbox_id: str, command_id: int
+                     ) -> AsyncGenerator[Event, None]:
+        """:meth:`connect`, as event models (for APIs that frame them their own way)."""
+        handle = await self._take_over(tenant, sandbox_id, command_id)
+        return self._follow(sandbox_id, handle, _STOP)
+
+    async def start_detached(self, tenant: str, sandbox_id: str,
+                             request: models.CommandRequest
+                             ) -> tuple[AsyncGenerator[Event, None], Callable[[], None]]:
+        """Start a command and follow it, as event models; unlike :meth:`stream`, a client
+        that leaves early leaves it running, drained as a background one until a
+        :meth:`connect` follows it again (E2B's processes outlive their stream).
+
+        Also returns what to call the moment the client has left, before the events are
+        closed (which may wait for a read under way): from then on a connect may take the
+        command over."""
+        handle = await self._start(tenant, sandbox_id, request)
+        return self._follow(sandbox_id, handle, _DRAIN), lambda: self._drained.add(handle)
+
+    async def _take_over(self, tenant: str, sandbox_id: str, command_id: int
+                         ) -> NodeCommandHandle:
         sandbox = await self._sandboxes.owned(tenant, sandbox_id)
         earlier = self._handles.get(sandbox_id, {}).get(command_id)
         if earlier is not None:
@@ -80,7 +107,7 @@ class CommandService:
             self._drained.discard(earlier)
         handle = await sandbox.commands.connect(command_id)
         self._handles.setdefault(sandbox_id, {})[command_id] = handle
-        return self._events(sandbox_id, handle, owned=False)
+        return handle
 
     async def send_stdin(self, tenant: str, sandbox_id: str, command_id: int, data: bytes,
                          eof: bool) -> None:
@@ -146,33 +173,53 @@ class CommandService:
                       owned: bool = True) -> AsyncIterator[bytes]:
         """``owned``: this request started the command, and a client that leaves before it
         ends kills it; else (a connect) it only stops following it."""
+        async with contextlib.aclosing(
+                self._follow(sandbox_id, handle, _KILL if owned else _STOP)) as events:
+            async for event in events:
+                yield _line(event)
+
+    async def _follow(self, sandbox_id: str, handle: NodeCommandHandle, leave: str
+                      ) -> AsyncGenerator[Event, None]:
+        """The command's events to its end. ``leave``: what a client that leaves before
+        the end does to it: kill it (:data:`_KILL`), stop following it (:data:`_STOP`),
+        or leave it running, drained (:data:`_DRAIN`)."""
         ended = False
         try:
             with self._sandboxes.in_use(sandbox_id):
-                yield _line(models.StartedEvent(id=handle.id, pid=handle.pid))
+                yield models.StartedEvent(id=handle.id, pid=handle.pid)
                 try:
                     async for event in handle:
-                        yield _line(models.OutputEvent(
-                            type=event.stream, data=base64.b64encode(event.data).decode()))
+                        yield models.OutputEvent(
+                            type=event.stream, data=base64.b64encode(event.data).decode())
                     # Iterated to the end: wait() returns the exit status at once.
                     result = await handle.wait()
                     ended = True
-                    yield _line(models.ExitEvent(
+                    yield models.ExitEvent(
                         exit_code=result.exit_code, signal=result.signal,
-                        reason=result.reason, duration=result.duration))
+                        reason=result.reason, duration=result.duration)
                 except SandboxError as exc:
                     ended = True
-                    yield _line(models.ErrorEvent(error=models.ErrorDetail(
-                        code=exc.code.value, message=exc.message)))
+                    yield models.ErrorEvent(error=models.ErrorDetail(
+                        code=exc.code.value, message=exc.message))
         finally:
             if ended:
                 self._forget(sandbox_id, handle)
-            elif owned:
+            elif leave == _KILL:
                 await self._abandon(sandbox_id, handle)
+            elif leave == _DRAIN:
+                if self._handles.get(sandbox_id, {}).get(handle.id) is handle:
+                    self._drain_later(sandbox_id, handle)  # unless a connect took it over
             else:
                 self._forget(sandbox_id, handle)
                 with anyio.CancelScope(shield=True), contextlib.suppress(SandboxError):
                     await handle.aclose()
+
+    def _drain_later(self, sandbox_id: str, handle: NodeCommandHandle) -> None:
+        """Read ``handle`` to its end in the background (its output dropped)."""
+        self._drained.add(handle)
+        task = asyncio.get_running_loop().create_task(self._drain(sandbox_id, handle))
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
 
     async def _drain(self, sandbox_id: str, handle: NodeCommandHandle) -> None:
         try:
@@ -186,6 +233,5 @@ class CommandService:
             self._forget(sandbox_id, handle)
 
 
-def _line(event: models.StartedEvent | models.OutputEvent | models.ExitEvent
-          | models.ErrorEvent) -> bytes:
+def _line(event: Event) -> bytes:
     return event.model_dump_json().encode() + b"\n"

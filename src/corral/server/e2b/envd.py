@@ -1,0 +1,388 @@
+"""envd's data plane under the mount: ``GET /health`` and the ``process.Process`` service
+(docs/research/e2b-protocol.md §5), over Corral's :class:`CommandService`.
+
+Requests carry no API key but the sandbox's id (``E2b-Sandbox-Id``) and its access token
+(``X-Access-Token``), checked by :class:`TokenAuth` in Corral's authentication layer, so
+rate limits and body bounds still apply (keyed per sandbox). A sandbox that is not live
+is E2B's proxy answer, 502 "… was not found", which the SDKs read as "not running".
+
+E2B's processes outlive their stream: ``Start`` runs a command that a client leaving
+early leaves running (:meth:`CommandService.start_detached`), killed only when
+``Connect-Timeout-Ms`` runs out; ``Connect`` follows one again by pid, bounded by the
+same header without killing it. Processes are addressed by pid; Corral's command id is
+found from the pid through the agent's process list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Scope
+
+from corral.api import models as corral
+from corral.api.errors import SandboxError
+
+from ..services import CommandService, SandboxService
+from ..store import KeyRef
+from . import connect
+from .connect import ConnectError
+from .mapping import Tokens
+
+router = APIRouter()
+#: envd's port, the one data-plane calls name in ``E2b-Sandbox-Port``.
+ENVD_PORT: Final = 49983
+_SERVICE: Final = "/process.Process/"
+#: Seconds without output after which a stream carries a keepalive, unless the client
+#: asks otherwise (``Keepalive-Ping-Interval``, as the SDKs send: 50).
+_KEEPALIVE: Final = 50.0
+_KEEPALIVE_RANGE: Final = (1.0, 3600.0)
+#: Command timeouts Corral accepts (``Connect-Timeout-Ms`` is clamped into them).
+_TIMEOUT_RANGE: Final = (1.0, 7 * 24 * 3600.0)
+_MAX_ID: Final = 64
+_SIGNALS: Final = {"SIGNAL_SIGTERM": signal.SIGTERM, "SIGNAL_SIGKILL": signal.SIGKILL,
+                   15: signal.SIGTERM, 9: signal.SIGKILL}
+#: Streams' followers left to finish in the background (kept referenced until done).
+_LEFT: set[asyncio.Task[None]] = set()
+
+
+def is_data_plane(path: str, prefix: str) -> bool:
+    """Whether ``path`` is envd's (token-authenticated) rather than the control plane's."""
+    rest = path[len(prefix):] if path.startswith(prefix + "/") else None
+    return rest is not None and (rest == "/health" or rest.startswith(_SERVICE))
+
+
+class TokenAuth:
+    """Authentication for envd's paths (an :data:`corral.server.auth.Alternative`): the
+    sandbox's ``X-Access-Token``, compared in constant time. The caller is the sandbox's
+    tenant; the rate limits key on the sandbox."""
+
+    def __init__(self, prefix: str, tokens: Tokens, sandboxes: SandboxService) -> None:
+        self.prefix = prefix
+        self.tokens = tokens
+        self.sandboxes = sandboxes
+
+    async def __call__(self, scope: Scope) -> KeyRef | str | None:
+        if not is_data_plane(scope["path"], self.prefix):
+            return None
+        headers = Headers(scope=scope)
+        sandbox_id = headers.get("e2b-sandbox-id", "")
+        token = headers.get("x-access-token", "")
+        if not sandbox_id or len(sandbox_id) > _MAX_ID:
+            return ("no E2b-Sandbox-Id header: envd calls name their sandbox (set "
+                    "E2B_SANDBOX_URL and use the sandbox object the SDK returned)")
+        if not token:
+            return ("no X-Access-Token header: envd calls carry the sandbox's "
+                    "envdAccessToken from the create or connect answer")
+        wanted = self.tokens.envd(sandbox_id)
+        if not hmac.compare_digest(wanted.encode(), token.encode("utf-8", "replace")):
+            return (f"the X-Access-Token is not sandbox {sandbox_id}'s; connect to the "
+                    "sandbox again for its token")
+        return KeyRef(id=f"e2b-sandbox:{sandbox_id}",
+                      tenant=self.sandboxes.owner(sandbox_id) or "")
+
+
+def _sandbox(request: Request) -> tuple[str, str] | None:
+    """(tenant, sandbox id) of a live sandbox the token was for, else None."""
+    sandbox_id = request.headers.get("e2b-sandbox-id", "")
+    tenant = request.scope.get("corral.tenant")
+    service: SandboxService = request.app.state.sandboxes
+    owner = service.owner(sandbox_id)
+    if not sandbox_id or not tenant or owner != tenant:
+        return None
+    return tenant, sandbox_id
+
+
+def _not_found(request: Request) -> JSONResponse:
+    """E2B's proxy answer for a sandbox it does not know (any more)."""
+    sandbox_id = request.headers.get("e2b-sandbox-id", "")[:_MAX_ID]
+    return JSONResponse({"code": 502, "message": f"The sandbox {sandbox_id} was not found"},
+                        status_code=502)
+
+
+@router.get("/health", status_code=204)
+async def health(request: Request) -> Response:
+    """204 while the sandbox is live (paused counts: any call resumes it), else 502."""
+    if _sandbox(request) is None:
+        return _not_found(request)
+    return Response(status_code=204)
+
+
+@router.post(_SERVICE + "{method}")
+async def process(method: str, request: Request) -> Response:
+    """One call of envd's process service; errors are Connect's."""
+    found = _sandbox(request)
+    if found is None:
+        return _not_found(request)
+    commands: CommandService = request.app.state.commands
+    call = _Call(commands, found[0], found[1], request.headers)
+    body = await request.body()
+    try:
+        if method in ("Start", "Connect"):
+            return await call.stream(method, connect.read_single(body))
+        handler = _UNARY.get(method)
+        if handler is None:
+            raise ConnectError("unimplemented", f"process.Process/{method} is not served "
+                               "by Corral's envd (no PTY, no StreamInput yet); use "
+                               "commands.run/send_stdin instead")
+        return JSONResponse(await handler(call, connect.read_unary(body)))
+    except ConnectError as exc:
+        return exc.response()
+    except SandboxError as exc:
+        return ConnectError.of(exc).response()
+
+
+class _Call:
+    """One request's view of the process service: the tenant's sandbox and its headers."""
+
+    def __init__(self, commands: CommandService, tenant: str, sandbox_id: str,
+                 headers: Headers) -> None:
+        self.commands = commands
+        self.tenant = tenant
+        self.sandbox_id = sandbox_id
+        self.headers = headers
+
+    async def stream(self, method: str, message: dict[str, Any]) -> Response:
+        deadline = connect.timeout_ms(self.headers.get("connect-timeout-ms"))
+        left: Callable[[], None] | None
+        if method == "Start":
+            events, left = await self.commands.start_detached(
+                self.tenant, self.sandbox_id, self._start_request(message, deadline))
+            bound = None  # the command's own timeout kills it (and ends the stream)
+        else:
+            command_id = await self._command_id(_pid(message))
+            events = await self.commands.follow(self.tenant, self.sandbox_id, command_id)
+            bound, left = deadline, None
+        first = await anext(events)
+        if not isinstance(first, corral.StartedEvent):
+            await events.aclose()
+            raise ConnectError("internal", "the command did not report its start")
+        return StreamingResponse(
+            _frames(first.pid, events, self._keepalive(), bound, left),
+            media_type=connect.STREAM_TYPE)
+
+    def _keepalive(self) -> float:
+        raw = self.headers.get("keepalive-ping-interval", "")
+        try:
+            seconds = float(raw) if raw else _KEEPALIVE
+        except ValueError:
+            seconds = _KEEPALIVE
+        return min(max(seconds, _KEEPALIVE_RANGE[0]), _KEEPALIVE_RANGE[1])
+
+    def _start_request(self, message: dict[str, Any], deadline: float | None
+                       ) -> corral.CommandRequest:
+        if message.get("pty") is not None:
+            raise ConnectError("unimplemented", "PTYs are not served by Corral's envd yet; "
+                               "run the command without pty")
+        config = message.get("process")
+        if not isinstance(config, dict) or not isinstance(config.get("cmd"), str):
+            raise ConnectError("invalid_argument", "process.cmd (a string) is required")
+        args = config.get("args") or []
+        envs = config.get("envs") or {}
+        cwd = config.get("cwd")
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise ConnectError("invalid_argument", "process.args must be a list of strings")
+        if not isinstance(envs, dict):
+            raise ConnectError("invalid_argument", "process.envs must be an object")
+        timeout = (None if deadline is None
+                   else min(max(deadline, _TIMEOUT_RANGE[0]), _TIMEOUT_RANGE[1]))
+        try:
+            return corral.CommandRequest.model_validate({
+                "cmd": [config["cmd"], *args], "env": envs, "cwd": cwd,
+                "user": _basic_user(self.headers), "timeout": timeout,
+                # Absent (older clients) means a pipe, as envd does; false means none.
+                "stdin_open": message.get("stdin") is not False, "background": True})
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+                                 for e in exc.errors()[:10])
+            raise ConnectError("invalid_argument", f"invalid process: {problems}") from None
+
+    async def _command_id(self, pid: int) -> int:
+        listed = await self.commands.list(self.tenant, self.sandbox_id)
+        for found in listed.processes:
+            if found.pid == pid:
+                return found.id
+        raise ConnectError("not_found", f"no running process with pid {pid} in sandbox "
+                           f"{self.sandbox_id}")
+
+    async def list(self, message: dict[str, Any]) -> dict[str, Any]:
+        listed = await self.commands.list(self.tenant, self.sandbox_id)
+        return {"processes": [
+            {"config": {"cmd": p.argv[0] if p.argv else "", "args": p.argv[1:], "envs": {}},
+             "pid": p.pid} for p in listed.processes]}
+
+    async def send_signal(self, message: dict[str, Any]) -> dict[str, Any]:
+        signum = _SIGNALS.get(message.get("signal", ""))
+        if signum is None:
+            raise ConnectError("invalid_argument", "signal must be SIGNAL_SIGTERM or "
+                               "SIGNAL_SIGKILL")
+        command_id = await self._command_id(_pid(message))
+        await self.commands.signal(self.tenant, self.sandbox_id, command_id, int(signum))
+        return {}
+
+    async def send_input(self, message: dict[str, Any]) -> dict[str, Any]:
+        given = message.get("input")
+        if not isinstance(given, dict) or "pty" in given:
+            raise ConnectError("unimplemented" if isinstance(given, dict) else
+                               "invalid_argument", "input.stdin (base64) is required; PTY "
+                               "input is not served by Corral's envd yet")
+        try:
+            data = base64.b64decode(given.get("stdin") or "", validate=True)
+        except (binascii.Error, TypeError):
+            raise ConnectError("invalid_argument", "input.stdin is not base64") from None
+        command_id = await self._command_id(_pid(message))
+        await self.commands.send_stdin(self.tenant, self.sandbox_id, command_id, data,
+                                       eof=False)
+        return {}
+
+    async def close_stdin(self, message: dict[str, Any]) -> dict[str, Any]:
+        command_id = await self._command_id(_pid(message))
+        await self.commands.send_stdin(self.tenant, self.sandbox_id, command_id, b"",
+                                       eof=True)
+        return {}
+
+
+_UNARY: Final[dict[str, Callable[[_Call, dict[str, Any]], Awaitable[dict[str, Any]]]]] = {
+    "List": _Call.list, "SendSignal": _Call.send_signal, "SendInput": _Call.send_input,
+    "CloseStdin": _Call.close_stdin,
+}
+
+
+def _pid(message: dict[str, Any]) -> int:
+    selector = message.get("process")
+    pid = selector.get("pid") if isinstance(selector, dict) else None
+    if isinstance(pid, str) and pid.isdigit():
+        pid = int(pid)
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        raise ConnectError("invalid_argument", "process.pid (a positive integer) is "
+                           "required; tags are not supported")
+    return pid
+
+
+def _basic_user(headers: Headers) -> str | None:
+    """The user of ``Authorization: Basic base64("<user>:")``, the SDKs' ``user=``."""
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user = base64.b64decode(value.strip(), validate=True).decode().partition(":")[0]
+    except (binascii.Error, UnicodeDecodeError):
+        raise ConnectError("invalid_argument", "Authorization: Basic must be "
+                           "base64('<user>:')") from None
+    return user or None
+
+
+def _end(event: corral.ExitEvent) -> dict[str, Any]:
+    """Corral's exit as envd's end event: a signal is exit code -1, not ``exited``."""
+    if event.signal is not None:
+        try:
+            name = signal.Signals(event.signal).name.removeprefix("SIG").lower()
+        except ValueError:
+            name = str(event.signal)
+        end: dict[str, Any] = {"exitCode": -1, "exited": False,
+                               "status": f"signal: {'killed' if name == 'kill' else name}"}
+    else:
+        end = {"exitCode": event.exit_code, "exited": True,
+               "status": f"exit status {event.exit_code}"}
+    if end["exitCode"] != 0:
+        end["error"] = end["status"]
+    return end
+
+
+_KEEPALIVE_MARK: Final = object()
+_DEADLINE_MARK: Final = object()
+
+
+async def _frames(pid: int, events: AsyncIterator[Any], keepalive: float,
+                  deadline: float | None, left: Callable[[], None] | None
+                  ) -> AsyncIterator[bytes]:
+    """The stream's envelopes: start, data/keepalive…, end, then end-of-stream (with
+    ``deadline_exceeded`` when the deadline or the command's timeout ran out)."""
+    yield connect.envelope({"event": {"start": {"pid": pid}}})
+    async for event in _paced(events, keepalive, deadline, left):
+        if event is _KEEPALIVE_MARK:
+            yield connect.envelope({"event": {"keepalive": {}}})
+        elif event is _DEADLINE_MARK:
+            yield connect.end_of_stream(ConnectError(
+                "deadline_exceeded", "the stream's Connect-Timeout-Ms ran out; the process "
+                "runs on (commands.connect follows it again)"))
+            return
+        elif isinstance(event, corral.OutputEvent):
+            yield connect.envelope({"event": {"data": {event.type: event.data}}})
+        elif isinstance(event, corral.ExitEvent):
+            yield connect.envelope({"event": {"end": _end(event)}})
+            if event.reason == "timeout":
+                yield connect.end_of_stream(ConnectError(
+                    "deadline_exceeded", "the command ran past its Connect-Timeout-Ms and "
+                    "was killed; pass a longer timeout (or timeout=0 for none)"))
+                return
+        elif isinstance(event, corral.ErrorEvent):
+            yield connect.end_of_stream(connect.from_corral_code(event.error.code,
+                                                                  event.error.message))
+            return
+    yield connect.end_of_stream()
+
+
+async def _paced(events: AsyncIterator[Any], keepalive: float, deadline: float | None,
+                 left: Callable[[], None] | None) -> AsyncIterator[Any]:
+    """``events`` with :data:`_KEEPALIVE_MARK` after each ``keepalive`` seconds of
+    silence, and :data:`_DEADLINE_MARK` (then nothing) once ``deadline`` seconds pass.
+
+    A reader that leaves early closes ``events``: at once (the read under way cancelled)
+    when ``left`` is None; else ``left`` is called and the events are closed after the
+    read under way completes, so that a command Start left running keeps its output
+    stream intact for the background drain or a later Connect."""
+    ends = None if deadline is None else time.monotonic() + deadline
+    pending: asyncio.Future[Any] | None = None
+    finished = False
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(events))
+            wait = keepalive if ends is None else min(keepalive, ends - time.monotonic())
+            done, _ = await asyncio.wait({pending}, timeout=max(wait, 0))
+            if not done:
+                if ends is not None and time.monotonic() >= ends:
+                    yield _DEADLINE_MARK
+                    return
+                yield _KEEPALIVE_MARK
+                continue
+            ready, pending = pending, None
+            try:
+                item = ready.result()
+            except StopAsyncIteration:
+                finished = True
+                return
+            yield item
+    finally:
+        if not finished:
+            if left is not None:
+                left()
+            task = asyncio.get_running_loop().create_task(
+                _close(events, pending, cancel=left is None))
+            _LEFT.add(task)
+            task.add_done_callback(_LEFT.discard)
+
+
+async def _close(events: AsyncIterator[Any], pending: asyncio.Future[Any] | None,
+                 cancel: bool) -> None:
+    if pending is not None:
+        if cancel:
+            pending.cancel()
+        with contextlib.suppress(BaseException):
+            await pending
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
