@@ -1,8 +1,9 @@
 """Run by test_e2b_sdk.py inside a virtualenv holding one e2b release, never by pytest:
-drives Corral's E2B control plane (``E2B_API_URL``, ``E2B_API_KEY``) with the SDK's sync
-and async classes and prints what it saw as one JSON object on the last line.
+drives Corral's E2B control plane (``E2B_API_URL``, ``E2B_API_KEY``) and envd's process
+service (``E2B_SANDBOX_URL``) with the SDK's sync and async classes and prints what it saw
+as one JSON object on the last line.
 
-Only control-plane calls: anything reaching envd (commands, files) is a later slice.
+Files and the code interpreter are later slices.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from e2b import AsyncSandbox, NotFoundException, Sandbox, SandboxQuery
+from e2b import AsyncSandbox, CommandExitException, NotFoundException, Sandbox, SandboxQuery
 
 
 def _listed(tag: str) -> list[list[str]]:
@@ -65,9 +66,52 @@ async def async_flow(tag: str) -> dict[str, Any]:
             "listed": listed, "killed": killed, "not_found": not_found}
 
 
+def commands_flow(tag: str) -> dict[str, Any]:
+    sb = Sandbox.create(metadata={"suite": tag}, timeout=120)
+    try:
+        ran = sb.commands.run("echo hi; echo oops >&2")
+        seen: dict[str, Any] = {"run": [ran.stdout, ran.stderr, ran.exit_code]}
+        try:
+            sb.commands.run("echo partial; exit 3")
+            seen["failed"] = None
+        except CommandExitException as exc:
+            seen["failed"] = [type(exc).__name__, exc.exit_code, exc.stdout]
+        seen["envs_cwd"] = sb.commands.run("echo $A; pwd", envs={"A": "x"}, cwd="/tmp").stdout
+        sleeper = sb.commands.run("sleep 600", background=True)
+        seen["listed"] = [[p.cmd, p.args] for p in sb.commands.list() if p.pid == sleeper.pid]
+        seen["killed"] = sb.commands.kill(sleeper.pid)
+        try:
+            sleeper.wait()
+            seen["killed_wait"] = None
+        except CommandExitException as exc:
+            seen["killed_wait"] = exc.exit_code
+        seen["killed_again"] = sb.commands.kill(sleeper.pid)
+        reader = sb.commands.run("read x; echo got $x", background=True, stdin=True)
+        sb.commands.send_stdin(reader.pid, "hello\n")
+        seen["stdin"] = reader.wait().stdout
+    finally:
+        sb.kill()
+    return seen
+
+
+async def async_commands_flow(tag: str) -> dict[str, Any]:
+    sb = await AsyncSandbox.create(metadata={"suite": tag}, timeout=120)
+    try:
+        ran = await sb.commands.run("echo async")
+        sleeper = await sb.commands.run("sleep 600", background=True)
+        listed = [p.pid for p in await sb.commands.list()]
+        killed = await sb.commands.kill(sleeper.pid)
+    finally:
+        await sb.kill()
+    return {"run": [ran.stdout, ran.exit_code], "listed": sleeper.pid in listed,
+            "killed": killed}
+
+
 def main() -> None:
     tag = sys.argv[1]
-    result = {"sync": sync_flow(tag + "-sync"), "async": asyncio.run(async_flow(tag + "-async"))}
+    result = {"sync": sync_flow(tag + "-sync"), "async": asyncio.run(async_flow(tag + "-async")),
+              "commands": commands_flow(tag + "-commands"),
+              "async_commands": asyncio.run(async_commands_flow(tag + "-acommands"))}
     print(json.dumps(result, default=str))
 
 

@@ -1,4 +1,5 @@
-"""The real e2b SDKs against Corral's E2B control plane: each release line in a virtualenv
+"""The real e2b SDKs against Corral's E2B control plane and envd's process service
+(``E2B_SANDBOX_URL`` on the same mount): each release line in a virtualenv
 of its own (their ``connectrpc``/``protobuf-py`` pins clash with each other), made once
 under :data:`VENVS` and reused, and skipped when PyPI cannot be reached to make it.
 
@@ -56,12 +57,13 @@ def sdk_python(version: str) -> Path:
 
 
 @pytest.mark.parametrize("version", ["2.45.1", "2.63.0"])
-def test_the_real_sdk_drives_the_control_plane(server: Server, version: str) -> None:
+def test_the_real_sdk_drives_the_control_plane_and_commands(server: Server, version: str) -> None:
     python = sdk_python(version)
     key = server.keys.create("alpha", e2b=True).key
     tag = uuid.uuid4().hex[:12]
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),
-           "E2B_API_URL": server.url + "/e2b", "E2B_API_KEY": key,
+           "E2B_API_URL": server.url + "/e2b", "E2B_SANDBOX_URL": server.url + "/e2b",
+           "E2B_API_KEY": key,
            "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
     ran = subprocess.run([str(python), str(DRIVER), tag], env=env, capture_output=True,
                          text=True, timeout=600)
@@ -84,6 +86,15 @@ def test_the_real_sdk_drives_the_control_plane(server: Server, version: str) -> 
     assert done["state"] == "running" and done["listed"] == [done["id"]]
     assert done["killed"] is True
     assert done["not_found"] == "SandboxNotFoundException"
+    commands = seen["commands"]
+    assert commands["run"] == ["hi\n", "oops\n", 0]
+    assert commands["failed"] == ["CommandExitException", 3, "partial\n"]
+    assert commands["envs_cwd"] == "x\n/tmp\n"
+    assert commands["listed"] == [["/bin/bash", ["-l", "-c", "sleep 600"]]]
+    assert commands["killed"] is True and commands["killed_wait"] == -1
+    assert commands["killed_again"] is False
+    assert commands["stdin"] == "got hello\n"
+    assert seen["async_commands"] == {"run": ["async\n", 0], "listed": True, "killed": True}
     with server.http(server.key) as http:
         for sid in (first, second, done["id"]):
             assert http.get(f"/v1/sandboxes/{sid}").json()["state"] == "stopped"
