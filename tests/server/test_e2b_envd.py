@@ -212,3 +212,21 @@ def test_connect_errors_keep_their_code_through_the_error_shape(
         answer = unary(client, "SendSignal", {"process": {"pid": 1}, "signal": "SIGNAL_X"})
     assert answer.status_code == 400
     assert json.loads(answer.content)["code"] == "invalid_argument"
+
+
+def test_process_calls_are_audited_for_the_sandboxes_tenant(
+        server: Server, box: dict[str, Any]) -> None:
+    sid = box["sandboxID"]
+    with envd(server, box) as client:
+        start(client, "true")
+        assert unary(client, "List", {}).status_code == 200  # a read: not audited
+        unary(client, "SendSignal", {"process": {"pid": 999999},
+                                     "signal": "SIGNAL_SIGKILL"})
+    with server.http(server.key) as http:
+        events = http.get("/v1/audit", params={"sandbox_id": sid}).json()["events"]
+    done = [(e["action"], e["outcome"]) for e in reversed(events)]
+    assert done == [("sandbox.create", "ok"), ("command.run", "ok"),
+                    ("command.signal", "not_found")]
+    assert all(e["tenant"] == "alpha" for e in events)
+    assert [e["key_id"] for e in events if e["action"] != "sandbox.create"] == [
+        f"e2b-sandbox:{sid}"] * 2

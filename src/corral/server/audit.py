@@ -90,6 +90,8 @@ class AuditTrail:
             await self.app(scope, receive, send)
             return
         template, sandbox_id = self._route(scope["path"])
+        # Not in the path for E2B's envd calls: their authentication found it in a header.
+        sandbox_id = sandbox_id or scope.get(SANDBOX_SCOPE)
         action = action_of(scope["method"], template, self._actions)
         if action is None:
             await self.app(scope, receive, send)

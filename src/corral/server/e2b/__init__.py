@@ -34,6 +34,8 @@ AUDITED: Final = {
     ("POST", f"{_SANDBOX}/connect"): "sandbox.connect",
     ("POST", f"{PREFIX}/v2/sandboxes/{{sandbox_id}}/connect"): "sandbox.connect",
     ("POST", f"{_SANDBOX}/pause"): "sandbox.pause",
+    **{("POST", f"{PREFIX}/process.Process/{method}"): action
+       for method, action in envd.ACTIONS.items()},
 }
 
 __all__ = ["AUDITED", "PREFIX", "ErrorShape", "TokenAuth", "create_app", "templates"]

@@ -34,6 +34,7 @@ from starlette.types import Scope
 from corral.api import models as corral
 from corral.api.errors import SandboxError
 
+from ..logs import SANDBOX_SCOPE
 from ..services import CommandService, SandboxService
 from ..store import KeyRef
 from . import connect
@@ -89,6 +90,7 @@ class TokenAuth:
         if not hmac.compare_digest(wanted.encode(), token.encode("utf-8", "replace")):
             return (f"the X-Access-Token is not sandbox {sandbox_id}'s; connect to the "
                     "sandbox again for its token")
+        scope[SANDBOX_SCOPE] = sandbox_id  # for the access log and the audit trail
         return KeyRef(id=f"e2b-sandbox:{sandbox_id}",
                       tenant=self.sandboxes.owner(sandbox_id) or "")
 
@@ -119,7 +121,6 @@ async def health(request: Request) -> Response:
     return Response(status_code=204)
 
 
-@router.post(_SERVICE + "{method}")
 async def process(method: str, request: Request) -> Response:
     """One call of envd's process service; errors are Connect's."""
     found = _sandbox(request)
@@ -257,6 +258,32 @@ _UNARY: Final[dict[str, Callable[[_Call, dict[str, Any]], Awaitable[dict[str, An
     "List": _Call.list, "SendSignal": _Call.send_signal, "SendInput": _Call.send_input,
     "CloseStdin": _Call.close_stdin,
 }
+
+
+#: The audited process calls (action names as Corral's own command routes'); the paths
+#: are the sub-app's, unprefixed.
+ACTIONS: Final = {"Start": "command.run", "SendInput": "command.stdin",
+                  "CloseStdin": "command.stdin", "SendSignal": "command.signal"}
+
+
+def _route(method: str) -> Callable[[Request], Awaitable[Response]]:
+    async def call(request: Request) -> Response:
+        return await process(method, request)
+    call.__name__ = f"process_{method}"
+    call.__doc__ = f"process.Process/{method}"
+    return call
+
+
+# One route per method served, so that each has its own template (metrics, the audit
+# trail); any other method reaches the last, which answers Connect's unimplemented.
+for _method in ("Start", "Connect", *_UNARY):
+    router.add_api_route(_SERVICE + _method, _route(_method), methods=["POST"])
+
+
+@router.post(_SERVICE + "{method}")
+async def other_method(method: str, request: Request) -> Response:
+    """A method not served (Update, StreamInput, unknown ones): ``unimplemented``."""
+    return await process(method, request)
 
 
 def _pid(message: dict[str, Any]) -> int:
