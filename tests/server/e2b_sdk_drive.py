@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 
@@ -112,7 +113,11 @@ def main() -> None:
     result = {"sync": sync_flow(tag + "-sync"), "async": asyncio.run(async_flow(tag + "-async")),
               "commands": commands_flow(tag + "-commands"),
               "async_commands": asyncio.run(async_commands_flow(tag + "-acommands"))}
-    print(json.dumps(result, default=str))
+    print(json.dumps(result, default=str), flush=True)
+    # e2b 2.45's HTTP stack can crash the interpreter as it shuts down ("PyGILState_Release:
+    # thread state must be current", a native thread of its own still running): everything
+    # this script had to say is said, so it leaves without the interpreter's finalization.
+    os._exit(0)
 
 
 if __name__ == "__main__":
