@@ -99,7 +99,7 @@ def _load_or_make(path: Path) -> bytes:
     path.parent.mkdir(parents=True, exist_ok=True)
     fresh = secrets.token_bytes(_SECRET_BYTES)
     temp = path.with_name(path.name + ".tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(fresh)
     os.replace(temp, path)
