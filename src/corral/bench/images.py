@@ -47,7 +47,7 @@ from corral.node.builder import BuildEvent, Registries
 from corral.node.layers import Manifest
 
 from ._scratch import scratch_dir
-from .stats import Row, RuntimeResult, Stat
+from .stats import Row, RuntimeResult, Stat, out_of_time, round_label
 
 SANDBOX_LIFETIME = 600.0
 #: Longest one build, one create → first command, and one measure's rounds may take (s).
@@ -131,9 +131,9 @@ async def _measure_cold(node: Node, bench: ImageBench, context: Path, result: Ru
     rounds = bench.warmup + bench.build_iterations
     deadline = time.monotonic() + MEASURE_BUDGET
     for i in range(rounds):
-        if _out_of_time(deadline, corral, i, rounds, "cold build", result):
+        if out_of_time(deadline, corral, i, rounds, "cold build", result, MEASURE_BUDGET):
             break
-        progress(f"{name}: cold image build, {_step(i, bench.warmup, rounds)}")
+        progress(f"{name}: cold image build, {round_label(i, bench.warmup, rounds)}")
         async with build_node(node) as fresh:
             manifest, seconds = await _build(fresh, steps(), bench.image, context, name)
         if len(manifest.layers) != count:
@@ -161,10 +161,10 @@ async def _measure_rebuild(node: Node, bench: ImageBench, context: Path,
     rounds = bench.warmup + bench.build_iterations
     deadline = time.monotonic() + MEASURE_BUDGET
     for i in range(rounds):
-        if _out_of_time(deadline, corral, i, rounds, "rebuild", result):
+        if out_of_time(deadline, corral, i, rounds, "rebuild", result, MEASURE_BUDGET):
             break
         progress(f"{name}: image rebuild, last step changed, "
-                 f"{_step(i, bench.warmup, rounds)}")
+                 f"{round_label(i, bench.warmup, rounds)}")
         events: list[BuildEvent] = []
         _, seconds = await _build(node, steps(f"/opt/corral-bench/work-{i}"), bench.image,
                                   context, name, events.append)
@@ -192,10 +192,10 @@ async def _measure_custom(node: Node, bench: ImageBench, image: Manifest, key: s
     rounds = bench.warmup + bench.iterations
     deadline = time.monotonic() + MEASURE_BUDGET
     for i in range(rounds):
-        if _out_of_time(deadline, samples[0], i, rounds, key, result):
+        if out_of_time(deadline, samples[0], i, rounds, key, result, MEASURE_BUDGET):
             break
         progress(f"{name}: create → first command, {layers}-layer image, "
-                 f"{_step(i, bench.warmup, rounds)}")
+                 f"{round_label(i, bench.warmup, rounds)}")
         for which in ((0, 1) if i % 2 == 0 else (1, 0)):
             elapsed = await _create_to_first(node, name, refs[which])
             if i >= bench.warmup:
@@ -265,23 +265,8 @@ def _context() -> Iterator[Path]:
         yield root
 
 
-def _out_of_time(deadline: float, recorded: list[float], i: int, rounds: int, what: str,
-                 result: RuntimeResult) -> bool:
-    """Whether to stop taking rounds: the budget is spent and a sample is recorded."""
-    if not recorded or time.monotonic() < deadline:
-        return False
-    result.notes.append(f"{what}: stopped after {i} of {rounds} rounds, "
-                        f"its {MEASURE_BUDGET:g} s budget spent")
-    return True
-
-
 def _stat(samples: list[float]) -> Stat:
     if not samples:
         raise InternalError("an image measure has no samples (iterations must be at least 1)")
     return Stat(tuple(samples))
 
-
-def _step(i: int, warmup: int, rounds: int) -> str:
-    if i < warmup:
-        return f"warm-up {i + 1}/{warmup}"
-    return f"{i + 1 - warmup}/{rounds - warmup}"

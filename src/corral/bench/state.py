@@ -69,7 +69,7 @@ from corral.runtime.host import CgroupView, SandboxCgroups, mounts_under, teardo
 
 from . import primitives, scale
 from .checkpoint import IDLE_PYTHON
-from .stats import Row, RuntimeResult, Stat
+from .stats import Row, RuntimeResult, Stat, out_of_time, round_label
 
 MIB = 1024 * 1024
 KIB_PER_MIB = 1024
@@ -164,11 +164,11 @@ async def _measure_cycles(node: Node, bench: StateBench, bare: _BareGvisor | _Ba
     rounds = bench.warmup + bench.iterations
     deadline = time.monotonic() + MEASURE_BUDGET
     for i in range(rounds):
-        if _out_of_time(deadline, corral.get("pause", []), i, rounds,
-                        f"pause/resume ({what})", result):
+        if out_of_time(deadline, corral.get("pause", []), i, rounds,
+                        f"pause/resume ({what})", result, MEASURE_BUDGET):
             break
         progress(f"{name}: pause, resume{', snapshot' if gvisor else ''} ({what}), "
-                 f"{_step(i, bench.warmup, rounds)}")
+                 f"{round_label(i, bench.warmup, rounds)}")
         for side in ((0, 1) if i % 2 == 0 else (1, 0)):
             if side == 0:
                 found = await _corral_cycle(node, bench.image, name, kernel, gvisor, made)
@@ -292,7 +292,7 @@ async def _measure_fork(node: Node, bench: StateBench, bare: _BareGvisor, made: 
     source = await _create(node, bench.image, result.runtime, made)
     try:
         for i in range(rounds):
-            if _out_of_time(deadline, corral, i, rounds, f"fork of {count}", result):
+            if out_of_time(deadline, corral, i, rounds, f"fork of {count}", result, MEASURE_BUDGET):
                 break
             if primitives.mem_available_kib() < need_kib:
                 result.notes.append(f"fork of {count}: stopped after {i} of {rounds} rounds: "
@@ -300,7 +300,7 @@ async def _measure_fork(node: Node, bench: StateBench, bare: _BareGvisor, made: 
                                     "available")
                 break
             progress(f"gvisor: fork of {count} → every copy answered, "
-                     f"{_step(i, bench.warmup, rounds)}")
+                     f"{round_label(i, bench.warmup, rounds)}")
             for side in ((0, 1) if i % 2 == 0 else (1, 0)):
                 if side == 0:
                     total, returned = await _corral_fork(node, source, count, made)
@@ -672,23 +672,8 @@ async def _clean(node: Node, made: _Made) -> None:
         made.snapshots.discard(snapshot_id)
 
 
-def _out_of_time(deadline: float, recorded: list[float], i: int, rounds: int, what: str,
-                 result: RuntimeResult) -> bool:
-    """Whether to stop taking rounds: the budget is spent and a sample is recorded."""
-    if not recorded or time.monotonic() < deadline:
-        return False
-    result.notes.append(f"{what}: stopped after {i} of {rounds} rounds, "
-                        f"its {MEASURE_BUDGET:g} s budget spent")
-    return True
-
-
 def _stat(samples: list[float]) -> Stat:
     if not samples:
         raise InternalError("a state measure has no samples (iterations must be at least 1)")
     return Stat(tuple(samples))
 
-
-def _step(i: int, warmup: int, rounds: int) -> str:
-    if i < warmup:
-        return f"warm-up {i + 1}/{warmup}"
-    return f"{i + 1 - warmup}/{rounds - warmup}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,3 +149,21 @@ class RuntimeResult:
     def to_json(self) -> dict[str, Any]:
         return {"runtime": self.runtime, "detail": self.detail,
                 "rows": [row.to_json() for row in self.rows], "notes": list(self.notes)}
+
+
+def out_of_time(deadline: float, recorded: list[float], i: int, rounds: int, what: str,
+                result: RuntimeResult, budget: float) -> bool:
+    """Whether a measure stops taking rounds: its ``budget`` (seconds, ending at the
+    monotonic ``deadline``) is spent and a sample is recorded; says so in ``result``."""
+    if not recorded or time.monotonic() < deadline:
+        return False
+    result.notes.append(f"{what}: stopped after {i} of {rounds} rounds, "
+                        f"its {budget:g} s budget spent")
+    return True
+
+
+def round_label(i: int, warmup: int, rounds: int) -> str:
+    """Round ``i`` of ``rounds`` as the progress line says it (warm-up rounds first)."""
+    if i < warmup:
+        return f"warm-up {i + 1}/{warmup}"
+    return f"{i + 1 - warmup}/{rounds - warmup}"
