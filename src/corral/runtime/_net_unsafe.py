@@ -350,21 +350,31 @@ def _in_netns(net: SandboxNet, work: Callable[[], None]) -> None:
     """Run ``work`` in ``net``'s (existing) namespace, from a thread of its own that joins
     it (network namespaces are per thread) and ends with it, so no other work runs there."""
     target = os.open(net.netns_path, os.O_RDONLY | os.O_CLOEXEC)
-    failure: list[BaseException] = []
 
     def body() -> None:
+        _check(_libc.setns(target, _CLONE_NEWNET), f"joining the namespace {net.netns}")
+        work()
+
+    try:
+        _on_own_thread(f"corral-netns-{net.index}", body)
+    finally:
+        os.close(target)
+
+
+def _on_own_thread(name: str, body: Callable[[], None]) -> None:
+    """Run ``body`` on a thread of its own (whose network namespace it may change) and
+    wait for it; what it raised is raised here."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
         try:
-            _check(_libc.setns(target, _CLONE_NEWNET), f"joining the namespace {net.netns}")
-            work()
+            body()
         except BaseException as exc:
             failure.append(exc)
 
-    try:
-        thread = threading.Thread(target=body, name=f"corral-netns-{net.index}")
-        thread.start()
-        thread.join()
-    finally:
-        os.close(target)
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    thread.join()
     if failure:
         raise failure[0]
 
@@ -377,27 +387,19 @@ def _in_new_netns(net: SandboxNet, configure: Callable[[int], None]) -> None:
     _prepare_netns_dir()
     path = net.netns_path
     host = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    failure: list[BaseException] = []
 
     def body() -> None:
-        try:
-            _check(_libc.unshare(_CLONE_NEWNET), "making a network namespace")
-            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
-            os.close(fd)
-            _check(_libc.mount(b"/proc/thread-self/ns/net", bytes(path), None, _MS_BIND, None),
-                   "keeping the network namespace")
-            configure(host)
-        except BaseException as exc:
-            failure.append(exc)
+        _check(_libc.unshare(_CLONE_NEWNET), "making a network namespace")
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+        os.close(fd)
+        _check(_libc.mount(b"/proc/thread-self/ns/net", bytes(path), None, _MS_BIND, None),
+               "keeping the network namespace")
+        configure(host)
 
     try:
-        thread = threading.Thread(target=body, name=f"corral-netns-{net.index}")
-        thread.start()
-        thread.join()
+        _on_own_thread(f"corral-netns-{net.index}", body)
     finally:
         os.close(host)
-    if failure:
-        raise failure[0]
 
 
 def _prepare_netns_dir() -> None:
