@@ -412,14 +412,7 @@ class Node:
         try:
             binds = await asyncio.to_thread(self._volume_binds, mounts)
             net = await self.network.attach(policy) if policy.enabled else None
-            spec = SandboxSpec(sandbox_id=sandbox_id,
-                               cgroup=f"{self.settings.node_key}/{sandbox_id}",
-                               rootfs=built.rootfs, resources=resources,
-                               agent_bundle=self._bundle,
-                               directory=self.sandboxes_dir / sandbox_id,
-                               orphan_grace=self.settings.orphan_grace,
-                               netns=net.netns_path if net is not None else None,
-                               layers=built.layers, volumes=binds)
+            spec = self._spec(sandbox_id, built, resources, binds, net)
             try:
                 handle = await chosen.create(spec)
             except BaseException:
@@ -451,6 +444,17 @@ class Node:
         log.info("sandbox %s started (%s, image %s%s)", sandbox_id, chosen.name, image,
                  ", warm pool" if pooled else "")
         return sandbox
+
+    def _spec(self, sandbox_id: str, built: Image, resources: Resources,
+              binds: tuple[VolumeBind, ...], net: SandboxNet | None) -> SandboxSpec:
+        """What the runtime needs to build sandbox ``sandbox_id`` of this node."""
+        return SandboxSpec(sandbox_id=sandbox_id, cgroup=f"{self.settings.node_key}/{sandbox_id}",
+                           rootfs=built.rootfs, resources=resources,
+                           agent_bundle=self.agent_bundle,
+                           directory=self.sandboxes_dir / sandbox_id,
+                           orphan_grace=self.settings.orphan_grace,
+                           netns=net.netns_path if net is not None else None,
+                           layers=built.layers, volumes=binds)
 
     async def _go_live(self, sandbox: NodeSandbox, agent: AgentClient,
                        net: SandboxNet | None) -> None:
@@ -742,7 +746,6 @@ class Node:
     async def _restore_started(self, snapshot: MemorySnapshot, chosen: Runtime, built: Image,
                                timeout: float, metadata: dict[str, str]) -> NodeSandbox:
         record = snapshot.sandbox
-        bundle = self.agent_bundle
         sandbox_id = f"sbx-{secrets.token_hex(8)}"
         # A networked source's copy gets a slot of its own (its own address, rules, resolver
         # and proxy) under the source's policy, as the operator's rules allow it today.
@@ -751,13 +754,7 @@ class Node:
         try:
             binds = await asyncio.to_thread(self._volume_binds, record.volumes)
             net = await self.network.attach(policy) if policy.enabled else None
-            spec = SandboxSpec(sandbox_id=sandbox_id,
-                               cgroup=f"{self.settings.node_key}/{sandbox_id}",
-                               rootfs=built.rootfs, resources=record.resources,
-                               agent_bundle=bundle, directory=self.sandboxes_dir / sandbox_id,
-                               orphan_grace=self.settings.orphan_grace,
-                               netns=net.netns_path if net is not None else None,
-                               layers=built.layers, volumes=binds)
+            spec = self._spec(sandbox_id, built, record.resources, binds, net)
             try:
                 handle = await chosen.restore(spec, self.snapshots.path(snapshot.id))
             except BaseException:
