@@ -78,6 +78,10 @@ def commands_flow(tag: str) -> dict[str, Any]:
         except CommandExitException as exc:
             seen["failed"] = [type(exc).__name__, exc.exit_code, exc.stdout]
         seen["envs_cwd"] = sb.commands.run("echo $A; pwd", envs={"A": "x"}, cwd="/tmp").stdout
+        seen["default_user"] = sb.commands.run("whoami; pwd; echo $HOME").stdout
+        seen["root"] = sb.commands.run("whoami; pwd; sudo -n whoami", user="root").stdout
+        seen["tools"] = sb.commands.run("python --version && git --version >/dev/null && "
+                                        "curl --version >/dev/null && echo ok").stdout
         sleeper = sb.commands.run("sleep 600", background=True)
         seen["listed"] = [[p.cmd, p.args] for p in sb.commands.list() if p.pid == sleeper.pid]
         seen["killed"] = sb.commands.kill(sleeper.pid)

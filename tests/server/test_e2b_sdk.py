@@ -90,6 +90,10 @@ def test_the_real_sdk_drives_the_control_plane_and_commands(server: Server, vers
     assert commands["run"] == ["hi\n", "oops\n", 0]
     assert commands["failed"] == ["CommandExitException", 3, "partial\n"]
     assert commands["envs_cwd"] == "x\n/tmp\n"
+    # E2B's default user, and the tools its base template has.
+    assert commands["default_user"] == "user\n/home/user\n/home/user\n"
+    assert commands["root"] == "root\n/root\nroot\n"
+    assert commands["tools"].startswith("Python 3.") and commands["tools"].endswith("ok\n")
     assert commands["listed"] == [["/bin/bash", ["-l", "-c", "sleep 600"]]]
     assert commands["killed"] is True and commands["killed_wait"] == -1
     assert commands["killed_again"] is False
