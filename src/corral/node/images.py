@@ -300,7 +300,8 @@ def customize_rootfs(tree: Path, recipe: ImageRecipe) -> None:
     Creates ``/.corral`` (0755, the agent's mount point) and the workdir (01777, so root and
     ``user`` can both write), adds ``user`` (uid/gid 1000, home ``/home/user`` 0750, password
     locked; passwordless sudo where sudo is installed, as in E2B's templates), writes a
-    regular empty ``etc/resolv.conf``, ``etc/hostname`` and ``etc/hosts`` (mmdebstrap's root mode leaves copies of the host's), and drops apt lists and caches.
+    regular empty ``etc/resolv.conf``, ``etc/hostname`` and ``etc/hosts`` (mmdebstrap's
+    root mode leaves copies of the host's), and drops apt lists and caches.
     Every path is resolved first: symlinks inside the tree (``/bin -> usr/bin``) are followed
     only while they stay inside it, otherwise :class:`InternalError`.
     """

@@ -124,7 +124,8 @@ def test_recipe_validation(bad: dict[str, object]) -> None:
 def test_mmdebstrap_argv_has_explicit_mirror(tmp_path: Path) -> None:
     argv = mmdebstrap_argv(BUILTIN_IMAGES["python"], tmp_path / "rootfs")
     assert argv[:4] == ["mmdebstrap", "--mode=root", "--format=directory", "--variant=minbase"]
-    assert argv[4].startswith("--include=python3,python3-pip,") and argv[4].endswith(",git,curl,sudo,python-is-python3")
+    assert argv[4].startswith("--include=python3,python3-pip,")
+    assert argv[4].endswith(",git,curl,sudo,python-is-python3")
     assert argv[-3:] == ["bookworm", str(tmp_path / "rootfs"), "http://deb.debian.org/debian"]
     assert not any(a.startswith("--include") for a in mmdebstrap_argv(ImageRecipe("t"), tmp_path))
 
