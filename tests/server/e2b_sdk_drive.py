@@ -2,8 +2,6 @@
 drives Corral's E2B control plane (``E2B_API_URL``, ``E2B_API_KEY``) and envd's process
 service (``E2B_SANDBOX_URL``) with the SDK's sync and async classes and prints what it saw
 as one JSON object on the last line.
-
-Files and the code interpreter are later slices.
 """
 
 from __future__ import annotations
@@ -112,11 +110,64 @@ async def async_commands_flow(tag: str) -> dict[str, Any]:
             "killed": killed}
 
 
+def state_flow(tag: str) -> dict[str, Any]:
+    """Network settings, snapshots, sandboxes from them, fork, pause and resume."""
+    seen: dict[str, Any] = {}
+    closed = Sandbox.create(metadata={"suite": tag}, allow_internet_access=False, timeout=120)
+    try:
+        seen["closed"] = [closed.get_info().allow_internet_access]
+        closed.update_network({"allow_out": ["example.org"]})
+    except Exception as exc:  # noqa: BLE001 - what the SDK raised is the finding
+        seen["closed"].append([type(exc).__name__, "no interface" in str(exc)])
+    finally:
+        closed.kill()
+    sb = Sandbox.create(metadata={"suite": tag}, network={"deny_out": ["0.0.0.0/0"]},
+                        timeout=120)
+    copies: list[Any] = []
+    try:
+        seen["id"] = sb.sandbox_id
+        seen["internet"] = sb.get_info().allow_internet_access
+        sb.update_network({"deny_out": ["0.0.0.0/0"], "allow_out": ["example.org"]})
+        try:
+            sb.update_network({"deny_out": ["192.0.2.0/24"], "allow_out": ["192.0.2.7"]})
+            seen["exceptions_refused"] = None
+        except Exception as exc:  # noqa: BLE001 - what the SDK raised is the finding
+            seen["exceptions_refused"] = [type(exc).__name__, "deny always wins" in str(exc)]
+        sb.commands.run("echo kept > /home/user/f")
+        snap = sb.create_snapshot(name="first")
+        seen["snapshot"] = [snap.snapshot_id, snap.names]
+        seen["listed"] = [s.snapshot_id for s in sb.list_snapshots().next_items()]
+        copy = Sandbox.create(snap.snapshot_id, timeout=120)
+        copies.append(copy)
+        seen["copy"] = [copy.sandbox_id != sb.sandbox_id,
+                        copy.commands.run("cat /home/user/f").stdout]
+        forks = sb.fork(count=2, timeout=120)
+        copies.extend(f for f in forks if not isinstance(f, Exception))
+        seen["forks"] = [f.commands.run("cat /home/user/f").stdout
+                         if not isinstance(f, Exception) else type(f).__name__ for f in forks]
+        try:
+            sb.fork(count=17)
+            seen["too_many"] = None
+        except Exception as exc:  # noqa: BLE001
+            seen["too_many"] = [type(exc).__name__, "16" in str(exc)]
+        seen["deleted"] = [Sandbox.delete_snapshot(snap.snapshot_id),
+                           Sandbox.delete_snapshot(snap.snapshot_id)]
+        seen["paused"] = [sb.pause(), sb.pause(), sb.get_info().state]
+        sb.connect()
+        seen["resumed"] = [sb.get_info().state, sb.commands.run("cat /home/user/f").stdout]
+    finally:
+        for copy in copies:
+            copy.kill()
+        sb.kill()
+    return seen
+
+
 def main() -> None:
     tag = sys.argv[1]
     result = {"sync": sync_flow(tag + "-sync"), "async": asyncio.run(async_flow(tag + "-async")),
               "commands": commands_flow(tag + "-commands"),
-              "async_commands": asyncio.run(async_commands_flow(tag + "-acommands"))}
+              "async_commands": asyncio.run(async_commands_flow(tag + "-acommands")),
+              "state": state_flow(tag + "-state")}
     print(json.dumps(result, default=str), flush=True)
     # e2b 2.45's HTTP stack can crash the interpreter as it shuts down ("PyGILState_Release:
     # thread state must be current", a native thread of its own still running): everything

@@ -219,6 +219,15 @@ def test_every_refusal_has_e2b_error_body(e2b: httpx.Client, server: Server) -> 
     too_big = b'{"templateID": "' + b"x" * (2 * 1024 * 1024) + b'"}'
     assert_e2b_error(e2b.post("/v2/sandboxes", content=too_big,
                               headers={"Content-Type": "application/json"}), 413)
+    # Snapshots, fork and network: what has no Corral equivalent, and bounds.
+    assert "only snapshots" in assert_e2b_error(e2b.delete("/templates/base"), 404)
+    assert_e2b_error(e2b.delete("/templates/snap-0000000000000000"), 404)
+    assert_e2b_error(e2b.get("/snapshots", params={"nextToken": "snap-nope"}), 400)
+    assert_e2b_error(e2b.post("/sandboxes/sbx-0000000000000000/fork", json={"count": 2}), 404)
+    assert_e2b_error(e2b.post("/v2/sandboxes", json={
+        "templateID": "base", "network": {"dnsServers": ["192.0.2.53"]}}), 400)
+    assert_e2b_error(e2b.post("/v2/sandboxes", json={
+        "templateID": "snap-0000000000000000", "envVars": {"A": "1"}}), 400)
     # Corral's own API keeps its own error body.
     with server.http() as plain:
         assert_error(plain.get("/v1/sandboxes"), 401, "unauthenticated")

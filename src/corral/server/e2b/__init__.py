@@ -1,7 +1,8 @@
 """The E2B-compatible API, mounted at ``/e2b``: the e2b SDKs run unmodified against Corral
 with ``E2B_API_URL=<server>/e2b`` and a Corral key as ``E2B_API_KEY``.
 
-Today: the control plane (create, connect, get, list, timeout, pause, metrics, kill) and
+Today: the control plane (create, connect, get, list, timeout, pause, metrics, kill,
+network, snapshots, fork) and
 envd's process service (:mod:`.envd`: commands, with ``E2B_SANDBOX_URL=<server>/e2b``).
 Requests pass Corral's own layers first (authentication by ``X-API-Key``, or on envd's
 paths by the sandbox's access token, :class:`.envd.TokenAuth`; tenants, rate limits, body
@@ -19,6 +20,7 @@ from fastapi.routing import APIRoute
 
 from .. import errors
 from ..services import CommandService, SandboxService
+from ..services.snapshots import SnapshotService
 from . import envd, mapping, routes
 from .envd import TokenAuth
 from .mapping import ErrorShape
@@ -34,6 +36,10 @@ AUDITED: Final = {
     ("POST", f"{_SANDBOX}/connect"): "sandbox.connect",
     ("POST", f"{PREFIX}/v2/sandboxes/{{sandbox_id}}/connect"): "sandbox.connect",
     ("POST", f"{_SANDBOX}/pause"): "sandbox.pause",
+    ("PUT", f"{_SANDBOX}/network"): "sandbox.set_network",
+    ("POST", f"{_SANDBOX}/snapshots"): "sandbox.snapshot",
+    ("POST", f"{_SANDBOX}/fork"): "sandbox.fork",
+    ("DELETE", f"{PREFIX}/templates/{{template_id}}"): "snapshot.delete",
     **{("POST", f"{PREFIX}/process.Process/{method}"): action
        for method, action in envd.ACTIONS.items()},
 }
@@ -41,13 +47,16 @@ AUDITED: Final = {
 __all__ = ["AUDITED", "PREFIX", "ErrorShape", "TokenAuth", "create_app", "templates"]
 
 
-def create_app(sandboxes: SandboxService, commands: CommandService,
-               tokens: mapping.Tokens) -> FastAPI:
-    """The sub-app to mount at :data:`PREFIX` (no schema, no docs pages of its own)."""
+def create_app(sandboxes: SandboxService, commands: CommandService, tokens: mapping.Tokens,
+               snapshots: SnapshotService, *, internet: bool = False) -> FastAPI:
+    """The sub-app to mount at :data:`PREFIX` (no schema, no docs pages of its own);
+    ``internet``: whether a create that says nothing of the network gets ``"all"``."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     app.state.sandboxes = sandboxes
     app.state.commands = commands
     app.state.tokens = tokens
+    app.state.snapshots = snapshots
+    app.state.internet = internet
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(envd.router)
