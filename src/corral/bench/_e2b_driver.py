@@ -4,8 +4,9 @@
 It reads one JSON request per line on stdin and answers one JSON line on stdout each, so
 that the benchmark can interleave its own SDK's calls with these, round by round:
 
-* ``{"op": "create", "template": t, "argv": [...]}``: ``Sandbox.create(t)`` then
-  ``commands.run`` of the command; answers ``{"seconds": s}`` (the sandbox is kept for ``exec``);
+* ``{"op": "create", "template": t, "cmd": c}``: ``Sandbox.create(t)`` then
+  ``commands.run(c)`` (which runs ``bash -l -c c``); answers ``{"seconds": s}`` (the
+  sandbox is kept for ``exec``);
 * ``{"op": "exec"}``: the same command again in that sandbox, ``{"seconds": s}``;
 * ``{"op": "kill"}``: kills it, ``{}``.
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 import time
 from typing import Any
@@ -33,7 +33,7 @@ def main() -> None:
         request = json.loads(line)
         try:
             if request["op"] == "create":
-                command = shlex.join(request["argv"])
+                command = request["cmd"]
                 started = time.perf_counter()
                 sandbox = Sandbox.create(request["template"], timeout=600)
                 ran = sandbox.commands.run(command)

@@ -32,8 +32,10 @@ from .stats import Row, RuntimeResult, Stat, round_label
 #: The ``e2b`` release the rows drive (the newest the compatibility tests pin).
 E2B_VERSION: Final = "2.63.0"
 PYTHON_ENV: Final = "CORRAL_BENCH_E2B_PYTHON"
-#: What each E2B ``commands.run(cmd)`` runs; Corral's side runs the same, as the same user.
-ARGV: Final = ("/bin/bash", "-l", "-c", "true")
+#: The command both SDKs run: E2B's ``commands.run(COMMAND)`` runs ``bash -l -c COMMAND``,
+#: so Corral's side runs :data:`ARGV`, as the same user.
+COMMAND: Final = "true"
+ARGV: Final = ("/bin/bash", "-l", "-c", COMMAND)
 _DRIVER: Final = Path(__file__).with_name("_e2b_driver.py")
 _INSTALL_TIMEOUT: Final = 600.0
 _ANSWER_TIMEOUT: Final = 120.0
@@ -69,7 +71,7 @@ async def measure_e2b(url: str, key: str, image: str, runtime: str, iterations: 
                 await _run(sandbox)
                 seconds = time.perf_counter() - started
                 last = i == warmup + iterations - 1
-                e2b = await driver.ask({"op": "create", "template": image, "argv": ARGV})
+                e2b = await driver.ask({"op": "create", "template": image, "cmd": COMMAND})
                 if i >= warmup:
                     ours.append(seconds)
                     theirs.append(e2b)
