@@ -34,6 +34,7 @@ PAIRS = [
     (node.NodeCommands, node_sync.SyncNodeCommands),
     (node.NodeCommandHandle, node_sync.SyncNodeCommandHandle),
     (node.NodeFiles, node_sync.SyncNodeFiles),
+    (node.NodeWatch, node_sync.SyncNodeWatch),
     (NodeCodeInterpreter, node_sync.SyncNodeCodeInterpreter),
     (SandboxNetwork, node_sync.SyncNodeNetwork),
     (node.Node, node_sync.SyncNode),

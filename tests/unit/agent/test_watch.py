@@ -118,6 +118,8 @@ def test_watches_per_sandbox_are_bounded(tmp_path: Path) -> None:
         assert (reply["ev"], reply["code"]) == ("error", "resource_exhausted"), reply
         assert f"{proto.MAX_WATCHES} watches" in reply["message"]
         assert len(set(ids)) == proto.MAX_WATCHES
+        agent.send({"op": "cancel", "target": ids[0]})
+        _watch(agent, "/w")  # a cancelled watch's place is free at once
 
 
 def test_a_tree_past_the_directory_bound_is_refused(tmp_path: Path) -> None:
