@@ -19,10 +19,12 @@ def test_the_sdk_streams_a_directorys_changes(default_sandbox: Sandbox) -> None:
     sb = default_sandbox
     sb.files.mkdir("/work/w")
     with sb.files.watch("/work/w", recursive=True) as watch:
-        sb.commands.run("cd /work/w && mkdir sub && echo x > sub/f && rm sub/f && touch end")
+        sb.commands.run("mkdir /work/w/sub && touch /work/w/ready")
         seen: list[WatchEvent] = []
         for event in watch:
             seen.append(event)
+            if event.name == "ready":  # sub's event came before: sub is watched now
+                sb.commands.run("cd /work/w && echo x > sub/f && rm sub/f && touch end")
             if event.name == "end":
                 break
     kinds = {(e.type, e.name, e.is_dir) for e in seen}
