@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from starlette.routing import Mount
 
 from corral.server.e2b import connect, watch
 
@@ -161,3 +163,38 @@ def test_bad_watcher_ids_are_refused(server: Server, box: dict[str, Any],
     with envd(server, box) as client:
         answer = call(client, "GetWatcherEvents", message)
         assert (answer.status_code, answer.json()["code"]) == (400, "invalid_argument")
+
+
+def _watchers(server: Server) -> watch.Watchers:
+    """The server's table of polling watchers (the server runs in this process)."""
+    for route in server.spec_check.app.routes:
+        if isinstance(route, Mount) and route.path == "/e2b":
+            found: watch.Watchers = route.app.state.watchers  # type: ignore[attr-defined]
+            return found
+    raise AssertionError("no E2B API mounted")
+
+
+def test_watchers_go_with_their_sandbox(server: Server) -> None:
+    with e2b_client(server, server.key) as control:
+        sandbox = control.post("/v2/sandboxes", json={"templateID": "base"}).json()
+        with envd(server, sandbox) as client:
+            for _ in range(2):
+                assert call(client, "CreateWatcher", {"path": "/tmp"}).status_code == 200
+        table = _watchers(server)
+        assert table.count(sandbox["sandboxID"]) == 2
+        assert control.delete(f"/sandboxes/{sandbox['sandboxID']}").status_code == 204
+    deadline = time.monotonic() + 60
+    while table.count(sandbox["sandboxID"]) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the server sees the stop a moment after it answered
+    assert table.count(sandbox["sandboxID"]) == 0
+
+
+def test_watchers_nobody_polls_are_dropped(server: Server, box: dict[str, Any],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    with envd(server, box) as client:
+        idle = call(client, "CreateWatcher", {"path": "/tmp"}).json()["watcherId"]
+        monkeypatch.setattr(watch, "IDLE", 0.0)  # every watcher is idle from now on
+        answer = call(client, "GetWatcherEvents", {"watcherId": idle})
+        assert (answer.status_code, answer.json()["code"]) == (404, "not_found")
+        assert "without a poll" in answer.json()["message"]
+        assert _watchers(server).count(box["sandboxID"]) == 0

@@ -12,8 +12,9 @@ Corral's own (:meth:`corral.node.NodeFiles.watch`, inotify inside the sandbox):
   ``watch_dir``: :class:`Watchers` keeps each watch on the server, its events held between
   polls. Bounds: :data:`MAX_PER_SANDBOX` watchers per sandbox and :data:`MAX_WATCHERS` in
   all (``resource_exhausted`` past them), :data:`MAX_HELD` events held per watcher (later
-  ones are dropped until a poll takes them). A watcher goes with its sandbox (stopped or
-  paused: a pause ends every watch), and after :data:`IDLE` seconds without a poll.
+  ones are dropped until a poll takes them). A watcher goes when its sandbox stops, and
+  after :data:`IDLE` seconds without a poll; a pause ends its watch (the next poll gets
+  what was held, then the error, and the watcher goes).
 
 ``FilesystemEvent`` carries ``name`` (relative to the watched directory) and ``type``;
 Corral's ``overflow`` marker has no E2B counterpart and is not sent. ``includeEntry``
@@ -188,11 +189,12 @@ class Watchers:
         self._sweeper: asyncio.Task[None] | None = None
         sandboxes.on_stopped.append(self._sandbox_stopped)
 
-    def __len__(self) -> int:
-        return len(self._by_id)
+    def count(self, sandbox_id: str) -> int:
+        """The polling watchers sandbox ``sandbox_id`` has."""
+        return sum(w.sandbox_id == sandbox_id for w in self._by_id.values())
 
     def _room(self, sandbox_id: str) -> None:
-        if sum(w.sandbox_id == sandbox_id for w in self._by_id.values()) >= MAX_PER_SANDBOX:
+        if self.count(sandbox_id) >= MAX_PER_SANDBOX:
             raise ConnectError("resource_exhausted", f"sandbox {sandbox_id} already has "
                                f"{MAX_PER_SANDBOX} watchers; stop one (WatchHandle.stop)")
         if len(self._by_id) >= MAX_WATCHERS:
@@ -201,6 +203,7 @@ class Watchers:
 
     async def create(self, request: Request, tenant: str, sandbox_id: str,
                      message: dict[str, Any]) -> dict[str, Any]:
+        self._expire()
         self._room(sandbox_id)
         watch = await _open(request, tenant, sandbox_id, message)
         try:
@@ -217,6 +220,7 @@ class Watchers:
 
     async def events(self, request: Request, tenant: str, sandbox_id: str,
                      message: dict[str, Any]) -> dict[str, Any]:
+        self._expire()
         watcher = self._get(tenant, sandbox_id, message)
         watcher.polled = time.monotonic()
         events = list(watcher.held)
@@ -262,13 +266,17 @@ class Watchers:
         for watcher in [w for w in self._by_id.values() if w.sandbox_id == sandbox_id]:
             self._drop(watcher)
 
+    def _expire(self) -> None:
+        """Drop the watchers nobody polled for :data:`IDLE` seconds."""
+        now = time.monotonic()
+        for watcher in [w for w in self._by_id.values() if now - w.polled > IDLE]:
+            self._drop(watcher)
+
     async def _sweep(self) -> None:
-        """Drop watchers nobody polled for :data:`IDLE` seconds, while there are any."""
+        """:meth:`_expire` now and then, while there are watchers (besides each call)."""
         while self._by_id:
             await asyncio.sleep(_SWEEP)
-            now = time.monotonic()
-            for watcher in [w for w in self._by_id.values() if now - w.polled > IDLE]:
-                self._drop(watcher)
+            self._expire()
 
 
 Unary = Callable[[Watchers, Request, str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
