@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from corral import InvalidArgumentError, NotFoundError, ResourceExhaustedError
+from corral import (InvalidArgumentError, NotFoundError, ResourceExhaustedError,
+                    SandboxNotRunningError)
 from corral.api import agent_protocol as proto
-from corral.node import SyncNodeSandbox
+from corral.node import SyncNode, SyncNodeSandbox
 from corral.node.sync import SyncNodeWatch
 
 
@@ -85,3 +86,19 @@ def test_watching_what_is_not_a_directory_is_refused(sandbox: SyncNodeSandbox) -
         sandbox.files.watch("/work/file")
     with pytest.raises(NotFoundError):
         sandbox.files.watch("/work/none")
+
+
+def test_a_pause_ends_a_watch_and_watches_work_after(sandbox: SyncNodeSandbox,
+                                                    node: SyncNode) -> None:
+    """The pause (a checkpoint under gVisor) is taken with a watch open; it ends the watch,
+    and a new one works after the resume."""
+    sandbox.files.mkdir("/work/w")
+    before = sandbox.files.watch("/work/w", recursive=True)
+    node.pause(sandbox.id)
+    with pytest.raises(SandboxNotRunningError, match="was paused"):
+        list(before)
+    node.resume(sandbox.id)
+    with sandbox.files.watch("/work/w") as after:
+        sandbox.commands.run("touch /work/w/end")
+        assert _until_created(after, "end") == [("create", "end")]
+    before.close()
