@@ -60,7 +60,7 @@ def test_watch_dir_streams_start_then_events(server: Server, box: dict[str, Any]
                 seen.append(message["filesystem"])
                 if message["filesystem"]["type"] == "EVENT_TYPE_REMOVE":
                     break
-    # (An unlink changes the link count: Linux reports it as a chmod too, before the remove.)
+    # (touch sets the new file's times: a chmod of its own, besides chmod's.)
     assert seen[0] == {"name": "a", "type": "EVENT_TYPE_CREATE"}
     assert seen[1] == {"name": "a", "type": "EVENT_TYPE_CHMOD"}
     assert seen[-1] == {"name": "a", "type": "EVENT_TYPE_REMOVE"}
