@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import secrets
 import time
 from collections import deque
@@ -104,6 +105,8 @@ def _keepalive(headers: Headers) -> float:
     try:
         seconds = float(raw) if raw else envd._KEEPALIVE
     except ValueError:
+        seconds = envd._KEEPALIVE
+    if not math.isfinite(seconds):  # nan would compare false with both ends
         seconds = envd._KEEPALIVE
     return min(max(seconds, envd._KEEPALIVE_RANGE[0]), envd._KEEPALIVE_RANGE[1])
 
