@@ -181,6 +181,9 @@ class AsyncFiles:
         ends it sooner. Changes made inside the sandbox are seen on every runtime; under
         gVisor, changes made outside it (another sandbox on a shared volume) are not.
         """
+        if not self._base.startswith("/v1/sandboxes/"):
+            raise InvalidArgumentError("a volume's files are watched from a sandbox that "
+                                       "mounts it: watch the mount point there")
         response = self._api.stream("GET", f"{self._base}/watch", params={
             "path": path, "recursive": "true" if recursive else "false",
             "timeout": timeout})
