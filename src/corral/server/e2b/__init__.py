@@ -2,8 +2,8 @@
 with ``E2B_API_URL=<server>/e2b`` and a Corral key as ``E2B_API_KEY``.
 
 Today: the control plane (create, connect, get, list, timeout, pause, metrics, kill,
-network, snapshots, fork) and
-envd's process service (:mod:`.envd`: commands, with ``E2B_SANDBOX_URL=<server>/e2b``).
+network, snapshots, fork), envd's process service (:mod:`.envd`: commands, with
+``E2B_SANDBOX_URL=<server>/e2b``) and its directory watches (:mod:`.watch`).
 Requests pass Corral's own layers first (authentication by ``X-API-Key``, or on envd's
 paths by the sandbox's access token, :class:`.envd.TokenAuth`; tenants, rate limits, body
 bounds, the audit trail); errors on every path under the mount are E2B's
@@ -21,7 +21,7 @@ from fastapi.routing import APIRoute
 from .. import errors
 from ..services import CommandService, SandboxService
 from ..services.snapshots import SnapshotService
-from . import envd, mapping, routes
+from . import envd, mapping, routes, watch
 from .envd import TokenAuth
 from .mapping import ErrorShape
 
@@ -60,6 +60,8 @@ def create_app(sandboxes: SandboxService, commands: CommandService, tokens: mapp
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(envd.router)
+    app.state.watchers = watch.Watchers(sandboxes)
+    app.include_router(watch.router)
     return app
 
 
@@ -67,5 +69,6 @@ def templates() -> list[str]:
     """The path templates of the sub-app's routes as the parent sees them, mounted (for
     route labels in metrics and the audit trail)."""
     return list(dict.fromkeys(PREFIX + r.path
-                              for r in [*routes.router.routes, *envd.router.routes]
+                              for r in [*routes.router.routes, *envd.router.routes,
+                                        *watch.router.routes]
                               if isinstance(r, APIRoute)))

@@ -65,7 +65,8 @@ _LEFT: set[asyncio.Task[None]] = set()
 def is_data_plane(path: str, prefix: str) -> bool:
     """Whether ``path`` is envd's (token-authenticated) rather than the control plane's."""
     rest = path[len(prefix):] if path.startswith(prefix + "/") else None
-    return rest is not None and (rest == "/health" or rest.startswith(_SERVICE))
+    return rest is not None and (rest == "/health" or rest.startswith(_SERVICE)
+                                 or rest.startswith("/filesystem.Filesystem/"))
 
 
 class TokenAuth:

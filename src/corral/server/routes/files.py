@@ -1,5 +1,6 @@
 """``/v1/sandboxes/{id}/files``: streamed download (GET) and upload (PUT) of one file,
-and ``list``, ``stat``, ``exists``, ``mkdir``, ``rename``, DELETE."""
+and ``list``, ``stat``, ``exists``, ``mkdir``, ``rename``, DELETE, and ``watch`` (a
+directory's changes as NDJSON)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Scope
 
 from corral.api import models
-from corral.api.limits import MAX_LIST_DEPTH, MAX_PATH
+from corral.api.errors import ErrorCode
+from corral.api.limits import (DEFAULT_WATCH_LIFETIME, MAX_LIST_DEPTH, MAX_PATH,
+                               MAX_WATCH_LIFETIME)
 
 from ..auth import Tenant
+from ..openapi import errors
 from . import aca
 from ._deps import Files, SandboxId
 
@@ -89,3 +93,23 @@ async def rename(sandbox_id: SandboxId, body: models.Rename, tenant: Tenant,
                  service: Files) -> Response:
     await service.rename(tenant, sandbox_id, body)
     return Response(status_code=204)
+
+
+@router.get("/watch", response_class=StreamingResponse, responses={
+    200: {"description": "NDJSON: one WatchEvent per line as changes happen (names "
+                         "relative to `path`), or an `error` line last; the stream ends "
+                         "after `timeout` seconds or when the directory goes",
+          "content": {"application/x-ndjson": {"schema": {
+              "$ref": "#/components/schemas/WatchStreamEvent"}}}},
+    **errors(ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.INVALID_ARGUMENT,
+             why="the sandbox's watches, or the tree's directories, are at their bound; "
+                 "or `path` is not a directory")})
+async def watch(sandbox_id: SandboxId, path: FilePath, tenant: Tenant, service: Files,
+                recursive: bool = False,
+                timeout: Annotated[float, Query(gt=0, le=MAX_WATCH_LIFETIME)]
+                = DEFAULT_WATCH_LIFETIME) -> StreamingResponse:
+    """Watch a directory (with ``recursive``, every directory under it, those made later
+    too) for ``timeout`` seconds. Answers once it is watched; leaving early stops it."""
+    lines = await service.watch(tenant, sandbox_id, path, recursive, timeout)
+    return StreamingResponse(lines, media_type="application/x-ndjson",
+                             headers={"Cache-Control": "no-store"})
