@@ -167,10 +167,16 @@ class NodeCodeInterpreter:
     async def run(self, code: str, *, language: str | None = None,
                   context: contract.ContextRef | None = None,
                   timeout: float | None = DEFAULT_TIMEOUT,
+                  env: Mapping[str, str] | None = None,
                   on_stdout: TextCallback | None = None, on_stderr: TextCallback | None = None,
                   on_result: ResultCallback | None = None,
                   on_error: ErrorCallback | None = None) -> models.Execution:
         """Run a cell and return its :class:`~corral.api.models.Execution`.
+
+        ``env``: environment variables for this cell alone (``os.environ`` in Python,
+        exported in Bash, so its subprocesses get them too); afterwards each is back to
+        what it was before the cell (Bash: to the context's own value), even if the cell
+        failed or was interrupted.
 
         Callbacks get stdout/stderr text, each :class:`~corral.api.models.Result` and the
         :class:`~corral.api.models.ExecutionError` as they arrive. The cell's own
@@ -181,12 +187,14 @@ class NodeCodeInterpreter:
             ex = await sb.code.run("import math; math.pi")
             assert ex.text == "3.141592653589793"
         """
-        events = await self.stream(code, language=language, context=context, timeout=timeout)
+        events = await self.stream(code, language=language, context=context, timeout=timeout,
+                                   env=env)
         return await collect(events, on_stdout, on_stderr, on_result, on_error)
 
     async def stream(self, code: str, *, language: str | None = None,
                      context: contract.ContextRef | None = None,
-                     timeout: float | None = DEFAULT_TIMEOUT
+                     timeout: float | None = DEFAULT_TIMEOUT,
+                     env: Mapping[str, str] | None = None
                      ) -> AsyncIterator[models.CodeEvent]:
         """Check the request and make sure the context exists (errors raise here), then
         return the cell's events; leaving the iteration early interrupts the cell."""
@@ -199,6 +207,7 @@ class NodeCodeInterpreter:
                                        "run that instead")
         if timeout is not None:
             timeout = check_timeout(timeout, "code timeout")
+        cell_env = check_env(env)
         self._sandbox.channel()  # a stopped sandbox says so, with its reason
         if context is None:
             ctx = await self._default(_language(language or "python"))
@@ -207,10 +216,10 @@ class NodeCodeInterpreter:
             if language is not None and _language(language) != ctx.language:
                 raise InvalidArgumentError(f"context {ctx.id} runs {ctx.language}, "
                                            f"not {language}")
-        return self._events(ctx, code, timeout)
+        return self._events(ctx, code, timeout, cell_env)
 
-    async def _events(self, ctx: _Context, code: str, timeout: float | None
-                      ) -> AsyncIterator[models.CodeEvent]:
+    async def _events(self, ctx: _Context, code: str, timeout: float | None,
+                      env: dict[str, str]) -> AsyncIterator[models.CodeEvent]:
         async with ctx.lock:
             started = time.monotonic()
             bridge = ctx.bridge
@@ -223,7 +232,8 @@ class NodeCodeInterpreter:
             counters = self._sandbox.counters()
             try:
                 req_id, queue = await bridge.request(
-                    proto.OP_EXECUTE, ctx=ctx.id, code=code, timeout=timeout, max_output=MAX_OUTPUT)
+                    proto.OP_EXECUTE, ctx=ctx.id, code=code, timeout=timeout,
+                    max_output=MAX_OUTPUT, env=env)
             except BridgeGone as exc:
                 self._gone(ctx, exc)
                 yield _died(exc.message)

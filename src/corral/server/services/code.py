@@ -82,7 +82,8 @@ async def _events(sandbox: NodeSandbox, request: models.RunCodeRequest
                   ) -> AsyncIterator[models.CodeEvent]:
     timeout = DEFAULT_CODE_TIMEOUT if request.timeout is None else request.timeout
     return await sandbox.code.stream(request.code, language=request.language,
-                                     context=request.context, timeout=timeout)
+                                     context=request.context, timeout=timeout,
+                                     env=request.env)
 
 
 async def _close(events: AsyncIterator[models.CodeEvent]) -> None:
