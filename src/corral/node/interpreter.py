@@ -28,7 +28,7 @@ import contextlib
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +73,10 @@ _MIME_FIELDS = {
     "application/javascript": "javascript",
 }
 _BINARY = ("png", "jpeg", "pdf")
+#: Events after which a cell's request gets no more.
+_CELL_ENDS = frozenset({proto.EV_DONE, proto.EV_DIED, proto.EV_FAIL, proto.EV_GONE})
+#: Cells left by their callers, settling in the background (kept referenced until done).
+_SETTLING: set[asyncio.Task[None]] = set()
 
 
 @dataclass
@@ -220,7 +224,9 @@ class NodeCodeInterpreter:
 
     async def _events(self, ctx: _Context, code: str, timeout: float | None,
                       env: dict[str, str]) -> AsyncIterator[models.CodeEvent]:
-        async with ctx.lock:
+        await ctx.lock.acquire()
+        settling = False
+        try:
             started = time.monotonic()
             bridge = ctx.bridge
             if ctx.dead is not None or bridge is None or not bridge.alive:
@@ -288,12 +294,32 @@ class NodeCodeInterpreter:
                         finished = kind == proto.EV_FAIL
                         raise _failure(event, f"running a cell in context {ctx.id}")
             finally:
-                bridge.forget(req_id)
                 if not finished and bridge.alive:
-                    # The caller left mid-cell: stop the cell rather than let it run unseen.
-                    with contextlib.suppress(SandboxError):
-                        await asyncio.shield(bridge.call(proto.OP_INTERRUPT, CALL_DEADLINE,
-                                                         ctx=ctx.id))
+                    # The caller left mid-cell: stop the cell rather than let it run
+                    # unseen, the context held until it has stopped (the next cell would
+                    # find the kernel busy).
+                    settling = True
+                    _spawn(self._settle(ctx, bridge, req_id, queue))
+                else:
+                    bridge.forget(req_id)
+        finally:
+            if not settling:
+                ctx.lock.release()
+
+    async def _settle(self, ctx: _Context, bridge: Bridge, req_id: int,
+                      queue: asyncio.Queue[dict[str, Any]]) -> None:
+        """Interrupt the cell a caller left, wait for its end, then free the context."""
+        try:
+            with contextlib.suppress(SandboxError):
+                await bridge.call(proto.OP_INTERRUPT, CALL_DEADLINE, ctx=ctx.id)
+            # The bridge kills a kernel that ignores the interrupt, so the end comes.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CALL_DEADLINE):
+                    while (await queue.get())["ev"] not in _CELL_ENDS:
+                        pass
+        finally:
+            bridge.forget(req_id)
+            ctx.lock.release()
 
     def default_ready(self) -> bool:
         """Whether the default Python context's kernel is running (a warmed pool sandbox)."""
@@ -412,6 +438,12 @@ class NodeCodeInterpreter:
     def _death(self, reason: str, counters: tuple[int, int]) -> str:
         limit = self._sandbox.limit_hit(counters)
         return f"{reason} ({limit})" if limit else reason
+
+
+def _spawn(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(work)
+    _SETTLING.add(task)
+    task.add_done_callback(_SETTLING.discard)
 
 
 def _language(language: str) -> str:

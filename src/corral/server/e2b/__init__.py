@@ -1,8 +1,9 @@
 """The E2B-compatible API, mounted at ``/e2b``: the e2b SDKs run unmodified against Corral
 with ``E2B_API_URL=<server>/e2b`` and a Corral key as ``E2B_API_KEY``.
 
-Today: the control plane (create, connect, get, list, timeout, pause, metrics, kill) and
-envd's process service (:mod:`.envd`: commands, with ``E2B_SANDBOX_URL=<server>/e2b``).
+Today: the control plane (create, connect, get, list, timeout, pause, metrics, kill),
+envd's process service (:mod:`.envd`: commands, with ``E2B_SANDBOX_URL=<server>/e2b``) and
+the code interpreter (:mod:`.interpreter`: ``run_code`` and contexts).
 Requests pass Corral's own layers first (authentication by ``X-API-Key``, or on envd's
 paths by the sandbox's access token, :class:`.envd.TokenAuth`; tenants, rate limits, body
 bounds, the audit trail); errors on every path under the mount are E2B's
@@ -19,7 +20,7 @@ from fastapi.routing import APIRoute
 
 from .. import errors
 from ..services import CommandService, SandboxService
-from . import envd, mapping, routes
+from . import envd, interpreter, mapping, routes
 from .envd import TokenAuth
 from .mapping import ErrorShape
 
@@ -36,6 +37,7 @@ AUDITED: Final = {
     ("POST", f"{_SANDBOX}/pause"): "sandbox.pause",
     **{("POST", f"{PREFIX}/process.Process/{method}"): action
        for method, action in envd.ACTIONS.items()},
+    **{(method, PREFIX + path): action for (method, path), action in interpreter.ACTIONS.items()},
 }
 
 __all__ = ["AUDITED", "PREFIX", "ErrorShape", "TokenAuth", "create_app", "templates"]
@@ -51,6 +53,7 @@ def create_app(sandboxes: SandboxService, commands: CommandService,
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(envd.router)
+    app.include_router(interpreter.router)
     return app
 
 
@@ -58,5 +61,6 @@ def templates() -> list[str]:
     """The path templates of the sub-app's routes as the parent sees them, mounted (for
     route labels in metrics and the audit trail)."""
     return list(dict.fromkeys(PREFIX + r.path
-                              for r in [*routes.router.routes, *envd.router.routes]
+                              for r in [*routes.router.routes, *envd.router.routes,
+                                        *interpreter.router.routes]
                               if isinstance(r, APIRoute)))
