@@ -3,7 +3,8 @@ with ``E2B_API_URL=<server>/e2b`` and a Corral key as ``E2B_API_KEY``.
 
 Today: the control plane (create, connect, get, list, timeout, pause, metrics, kill,
 network, snapshots, fork), envd's process service (:mod:`.envd`: commands, with
-``E2B_SANDBOX_URL=<server>/e2b``) and its directory watches (:mod:`.watch`).
+``E2B_SANDBOX_URL=<server>/e2b``) and its directory watches (:mod:`.watch`), and the code
+interpreter (:mod:`.interpreter`: ``run_code`` and contexts).
 Requests pass Corral's own layers first (authentication by ``X-API-Key``, or on envd's
 paths by the sandbox's access token, :class:`.envd.TokenAuth`; tenants, rate limits, body
 bounds, the audit trail); errors on every path under the mount are E2B's
@@ -21,7 +22,7 @@ from fastapi.routing import APIRoute
 from .. import errors
 from ..services import CommandService, SandboxService
 from ..services.snapshots import SnapshotService
-from . import envd, mapping, routes, watch
+from . import envd, interpreter, mapping, routes, watch
 from .envd import TokenAuth
 from .mapping import ErrorShape
 
@@ -42,6 +43,7 @@ AUDITED: Final = {
     ("DELETE", f"{PREFIX}/templates/{{template_id}}"): "snapshot.delete",
     **{("POST", f"{PREFIX}/process.Process/{method}"): action
        for method, action in envd.ACTIONS.items()},
+    **{(method, PREFIX + path): action for (method, path), action in interpreter.ACTIONS.items()},
 }
 
 __all__ = ["AUDITED", "PREFIX", "ErrorShape", "TokenAuth", "create_app", "templates"]
@@ -62,6 +64,7 @@ def create_app(sandboxes: SandboxService, commands: CommandService, tokens: mapp
     app.include_router(envd.router)
     app.state.watchers = watch.Watchers(sandboxes)
     app.include_router(watch.router)
+    app.include_router(interpreter.router)
     return app
 
 
@@ -70,5 +73,6 @@ def templates() -> list[str]:
     route labels in metrics and the audit trail)."""
     return list(dict.fromkeys(PREFIX + r.path
                               for r in [*routes.router.routes, *envd.router.routes,
-                                        *watch.router.routes]
+                                        *watch.router.routes,
+                                        *interpreter.router.routes]
                               if isinstance(r, APIRoute)))

@@ -37,7 +37,7 @@ from corral.api.errors import SandboxError
 from ..logs import SANDBOX_SCOPE
 from ..services import CommandService, SandboxService
 from ..store import KeyRef
-from . import connect
+from . import connect, interpreter
 from .connect import ConnectError
 from .mapping import Tokens
 
@@ -63,16 +63,19 @@ _LEFT: set[asyncio.Task[None]] = set()
 
 
 def is_data_plane(path: str, prefix: str) -> bool:
-    """Whether ``path`` is envd's (token-authenticated) rather than the control plane's."""
+    """Whether ``path`` is envd's or the code interpreter's (token-authenticated) rather
+    than the control plane's."""
     rest = path[len(prefix):] if path.startswith(prefix + "/") else None
     return rest is not None and (rest == "/health" or rest.startswith(_SERVICE)
-                                 or rest.startswith("/filesystem.Filesystem/"))
+                                 or rest.startswith("/filesystem.Filesystem/")
+                                 or interpreter.is_interpreter_path(rest))
 
 
 class TokenAuth:
     """Authentication for envd's paths (an :data:`corral.server.auth.Alternative`): the
-    sandbox's ``X-Access-Token``, compared in constant time. The caller is the sandbox's
-    tenant; the rate limits key on the sandbox."""
+    sandbox's ``X-Access-Token``, compared in constant time (the code interpreter's: see
+    :func:`.interpreter.refusal`). The caller is the sandbox's tenant; the rate limits key
+    on the sandbox."""
 
     def __init__(self, prefix: str, tokens: Tokens, sandboxes: SandboxService) -> None:
         self.prefix = prefix
@@ -88,11 +91,15 @@ class TokenAuth:
         if not sandbox_id or len(sandbox_id) > _MAX_ID:
             return ("no E2b-Sandbox-Id header: envd calls name their sandbox (set "
                     "E2B_SANDBOX_URL and use the sandbox object the SDK returned)")
-        if not token:
+        if interpreter.is_interpreter_path(scope["path"][len(self.prefix):]):
+            refused = interpreter.refusal(headers, self.tokens, sandbox_id)
+            if refused is not None:
+                return refused
+        elif not token:
             return ("no X-Access-Token header: envd calls carry the sandbox's "
                     "envdAccessToken from the create or connect answer")
-        wanted = self.tokens.envd(sandbox_id)
-        if not hmac.compare_digest(wanted.encode(), token.encode("utf-8", "replace")):
+        elif not hmac.compare_digest(self.tokens.envd(sandbox_id).encode(),
+                                     token.encode("utf-8", "replace")):
             return (f"the X-Access-Token is not sandbox {sandbox_id}'s; connect to the "
                     "sandbox again for its token")
         scope[SANDBOX_SCOPE] = sandbox_id  # for the access log and the audit trail
