@@ -20,6 +20,7 @@ import base64
 import binascii
 import contextlib
 import hmac
+import math
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -186,12 +187,7 @@ class _Call:
             media_type=connect.STREAM_TYPE)
 
     def _keepalive(self) -> float:
-        raw = self.headers.get("keepalive-ping-interval", "")
-        try:
-            seconds = float(raw) if raw else _KEEPALIVE
-        except ValueError:
-            seconds = _KEEPALIVE
-        return min(max(seconds, _KEEPALIVE_RANGE[0]), _KEEPALIVE_RANGE[1])
+        return keepalive_interval(self.headers)
 
     def _start_request(self, message: dict[str, Any], deadline: float | None
                        ) -> corral.CommandRequest:
@@ -299,6 +295,20 @@ for _method in ("Start", "Connect", *_UNARY):
 async def other_method(method: str, request: Request) -> Response:
     """A method not served (Update, StreamInput, unknown ones): ``unimplemented``."""
     return await process(method, request)
+
+
+def keepalive_interval(headers: Headers) -> float:
+    """Seconds of silence after which a stream carries a keepalive: the client's
+    ``Keepalive-Ping-Interval`` within bounds, else the default (also for ``nan``/``inf``,
+    which would compare false with both bounds)."""
+    raw = headers.get("keepalive-ping-interval", "")
+    try:
+        seconds = float(raw) if raw else _KEEPALIVE
+    except ValueError:
+        seconds = _KEEPALIVE
+    if not math.isfinite(seconds):
+        seconds = _KEEPALIVE
+    return min(max(seconds, _KEEPALIVE_RANGE[0]), _KEEPALIVE_RANGE[1])
 
 
 def _pid(message: dict[str, Any]) -> int:
