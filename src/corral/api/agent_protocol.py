@@ -32,6 +32,12 @@ The two directions are independent; ``cancel`` closes a tunnel at once, and an `
 a tunnel's last frame. ``cancel`` of a running command's id stops its output (dropped from
 then on; the command runs on, and :data:`OP_ATTACH` sends it again).
 
+Terminals. ``exec`` with ``"pty": {"cols": c, "rows": r}`` (each 1 to
+:data:`MAX_PTY_SIZE`) runs the command on a new pseudo-terminal, its controlling terminal:
+stdin, stdout and stderr are the terminal, its output comes as ``stdout`` events, ``stdin``
+frames are typed into it (``eof`` only stops further input), and :data:`OP_RESIZE` changes
+its size (the command gets SIGWINCH). ``TERM`` is ``xterm-256color`` unless ``env`` sets it.
+
 Sessions and pausing. A session starts with the agent's ``hello`` (``next_id``: the first
 request id the node may use; ids below it belong to commands started before). The agent
 greets unasked when it starts and when a node connects to its socket; the node may also
@@ -60,6 +66,8 @@ MAX_REPLY_HEADER = 64 * 1024
 MAX_DATA = 1024 * 1024
 CHUNK = 64 * 1024
 STREAM_WINDOW = 32
+#: A terminal's largest width and height (``pty`` of :data:`OP_EXEC`, :data:`OP_RESIZE`).
+MAX_PTY_SIZE = 1000
 
 # Node -> agent operations.
 OP_EXEC = "exec"
@@ -86,6 +94,8 @@ OP_PAUSE = "pause"
 OP_HELLO = "hello"
 #: Follow a running command's output again, under its id (``target``), after a new session.
 OP_ATTACH = "attach"
+#: Set the size (``cols``, ``rows``) of a command's terminal (``target``).
+OP_RESIZE = "resize"
 
 # Agent -> node events.
 EV_HELLO = "hello"
