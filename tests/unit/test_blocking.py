@@ -27,6 +27,8 @@ PAIRS = [
     (sdk.AsyncCommands, sdk_sync.Commands),
     (sdk.AsyncCommandHandle, sdk_sync.CommandHandle),
     (sdk.AsyncFiles, sdk_sync.Files),
+    (sdk.AsyncPty, sdk_sync.Pty),
+    (sdk.AsyncPtyHandle, sdk_sync.PtyHandle),
     (sdk.AsyncCodeInterpreter, sdk_sync.CodeInterpreter),
     (AsyncNetwork, sdk_sync.Network),
     (sdk.AsyncVolume, sdk_sync.Volume),

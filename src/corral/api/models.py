@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
                       field_validator, model_validator)
 
+from .agent_protocol import MAX_PTY_SIZE
 from .errors import InvalidArgumentError
 from .limits import (DEFAULT_CODE_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, DEFAULT_LIFETIME,
                      DEFAULT_PAUSED_TTL, MAX_ARGV, MAX_COMMAND, MAX_ENV_NAME, MAX_MAPPING,
@@ -381,6 +382,14 @@ class SandboxList(_Response):
 
 # -- commands ----------------------------------------------------------------------------
 
+class PtySize(_Request):
+    """A terminal's size in characters: ``pty`` of a command request, and the body of
+    ``POST .../commands/{cid}/resize``."""
+
+    cols: Annotated[int, Field(ge=1, le=MAX_PTY_SIZE)]
+    rows: Annotated[int, Field(ge=1, le=MAX_PTY_SIZE)]
+
+
 class CommandRequest(_Request):
     """``POST /v1/sandboxes/{id}/commands``.
 
@@ -390,6 +399,10 @@ class CommandRequest(_Request):
     ``background`` answers :class:`CommandStarted` at once and lets the command run.
     Inline stdin (``stdin`` text or ``stdin_base64`` bytes) is written, then closed unless
     ``stdin_open``; with ``stdin_open`` more can be sent to ``.../commands/{cid}/stdin``.
+    With ``pty`` the command runs on a pseudo-terminal of that size (its stdin, stdout and
+    stderr, its output all ``stdout``; ``TERM=xterm-256color`` unless ``env`` names one):
+    its stdin is open (keys typed go to ``.../stdin``, Ctrl-C is ``\x03``) and
+    ``.../commands/{cid}/resize`` changes the size.
     """
 
     cmd: Annotated[str, Field(min_length=1, max_length=MAX_COMMAND)] | Annotated[
@@ -407,6 +420,7 @@ class CommandRequest(_Request):
     stdin_open: bool = False
     stream: bool = False
     background: bool = False
+    pty: PtySize | None = None
 
     @field_validator("timeout")
     @classmethod

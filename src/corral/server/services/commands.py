@@ -121,6 +121,12 @@ class CommandService:
         else:  # started before a server restart: the agent still knows it by its id
             await sandbox.commands.signal(command_id, signum)
 
+    async def resize(self, tenant: str, sandbox_id: str, command_id: int,
+                     size: models.PtySize) -> None:
+        """Set the size of a running command's terminal (one started with ``pty``)."""
+        sandbox = await self._sandboxes.owned(tenant, sandbox_id, "a terminal resize")
+        await sandbox.commands.resize(command_id, size.cols, size.rows)
+
     async def list(self, tenant: str, sandbox_id: str) -> models.ProcessList:
         sandbox = await self._sandboxes.owned(tenant, sandbox_id, "a command listing")
         return models.ProcessList(processes=[
@@ -136,7 +142,7 @@ class CommandService:
             timeout = DEFAULT_COMMAND_TIMEOUT
         handle = await sandbox.commands.start(
             request.cmd, env=request.env, cwd=request.cwd, user=request.user, timeout=timeout,
-            stdin=data is not None or request.stdin_open)
+            stdin=data is not None or request.stdin_open, pty=request.pty)
         self._handles.setdefault(sandbox_id, {})[handle.id] = handle
         if data is not None:
             try:
