@@ -327,7 +327,8 @@ impl ProcessTable {
         let items = procs.iter().take(1000).map(|p| {
             let argv = p.argv.iter().take(32).map(|a| Value::Str(prefix(a, 256))).collect();
             Obj::new().set("id", Value::Int(p.req_id)).set("pid", Value::Int(i64::from(p.pid)))
-                .set("argv", Value::Arr(argv)).set("started_at", Value::Float(p.started)).value()
+                .set("argv", Value::Arr(argv)).set("started_at", Value::Float(p.started))
+                .set("pty", Value::Bool(p.pty.is_some())).value()
         }).collect();
         Value::Arr(items)
     }

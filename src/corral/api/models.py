@@ -519,6 +519,8 @@ class ProcessInfo(_Response):
     pid: int
     argv: list[str]
     started_at: float
+    #: Whether it runs on a pseudo-terminal (started with ``pty``).
+    pty: bool = False
 
 
 class ProcessList(_Response):

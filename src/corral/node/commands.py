@@ -302,7 +302,7 @@ class NodeCommands:
                 found.append(models.ProcessInfo(
                     id=int(raw.get("id", 0)), pid=int(raw.get("pid", 0)),
                     argv=[str(a) for a in raw.get("argv", [])][:MAX_ARGV],
-                    started_at=float(raw.get("started_at", 0.0))))
+                    started_at=float(raw.get("started_at", 0.0)), pty=raw.get("pty") is True))
         return found
 
     async def connect(self, command_id: int) -> NodeCommandHandle:

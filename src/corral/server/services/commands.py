@@ -130,7 +130,8 @@ class CommandService:
     async def list(self, tenant: str, sandbox_id: str) -> models.ProcessList:
         sandbox = await self._sandboxes.owned(tenant, sandbox_id, "a command listing")
         return models.ProcessList(processes=[
-            models.ProcessInfo(id=p.id, pid=p.pid, argv=p.argv, started_at=p.started_at)
+            models.ProcessInfo(id=p.id, pid=p.pid, argv=p.argv, started_at=p.started_at,
+                               pty=p.pty)
             for p in await sandbox.commands.list()])
 
     async def _start(self, tenant: str, sandbox_id: str,
