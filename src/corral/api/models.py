@@ -514,6 +514,51 @@ class SignalRequest(_Request):
     signal: Annotated[int, Field(ge=1, le=MAX_SIGNAL)]
 
 
+#: What a terminal runs unless told otherwise: a login shell, bash where the image has it.
+TERMINAL_SHELL: tuple[str, ...] = (
+    "/bin/sh", "-c", "command -v bash >/dev/null && exec bash -i -l; exec sh -i -l")
+
+
+class TerminalRequest(_Request):
+    """The first message (text, JSON) on ``WS /v1/sandboxes/{id}/terminal``: the terminal's
+    size and what runs on it (default :data:`TERMINAL_SHELL`), as a command request's."""
+
+    pty: PtySize
+    cmd: Annotated[str, Field(min_length=1, max_length=MAX_COMMAND)] | Annotated[
+        list[Annotated[str, Field(max_length=MAX_COMMAND)]],
+        Field(min_length=1, max_length=MAX_ARGV)] | None = None
+    env: Mapping = Field(default_factory=dict)
+    cwd: Path | None = None
+    user: Annotated[str, Field(min_length=1, max_length=64)] | Annotated[
+        int, Field(ge=0, le=2**32 - 2)] | None = None
+    timeout: float | None = Field(default=None, description="seconds; default none")
+
+    def command(self) -> CommandRequest:
+        """The command request it stands for (streamed, stdin open)."""
+        return CommandRequest.model_validate({
+            "cmd": self.cmd if self.cmd is not None else list(TERMINAL_SHELL),
+            "env": dict(self.env), "cwd": self.cwd, "user": self.user,
+            "timeout": self.timeout, "pty": self.pty, "stream": True, "stdin_open": True})
+
+
+class TerminalResize(_Request):
+    """A text message on a terminal WebSocket: its new size."""
+
+    type: Literal["resize"]
+    cols: Annotated[int, Field(ge=1, le=MAX_PTY_SIZE)]
+    rows: Annotated[int, Field(ge=1, le=MAX_PTY_SIZE)]
+
+
+class TerminalSignal(_Request):
+    """A text message on a terminal WebSocket: a signal for its command's process group."""
+
+    type: Literal["signal"]
+    signal: Annotated[int, Field(ge=1, le=MAX_SIGNAL)]
+
+
+TerminalControl = Annotated[TerminalResize | TerminalSignal, Field(discriminator="type")]
+
+
 class ProcessInfo(_Response):
     id: int
     pid: int

@@ -33,8 +33,7 @@ if TYPE_CHECKING:
 
 #: What :meth:`AsyncPty.create` runs unless told otherwise: a login shell, bash where the
 #: image has it.
-DEFAULT_SHELL = ("/bin/sh", "-c", "command -v bash >/dev/null && exec bash -i -l; "
-                 "exec sh -i -l")
+DEFAULT_SHELL = models.TERMINAL_SHELL
 #: A terminal's output, as bytes: called on the SDK's event loop (the blocking face's
 #: thread), in order.
 DataCallback = Callable[[bytes], object]

@@ -61,6 +61,13 @@ class CommandService:
         handle = await self._start(tenant, sandbox_id, request)
         return self._events(sandbox_id, handle)
 
+    async def events(self, tenant: str, sandbox_id: str, request: models.CommandRequest
+                     ) -> AsyncGenerator[Event, None]:
+        """Start the command (errors surface here), then its events as models, as
+        :meth:`stream` gives them (a client that leaves before the end kills it)."""
+        handle = await self._start(tenant, sandbox_id, request)
+        return self._follow(sandbox_id, handle, _KILL)
+
     async def background(self, tenant: str, sandbox_id: str,
                          request: models.CommandRequest) -> models.CommandStarted:
         handle = await self._start(tenant, sandbox_id, request)
