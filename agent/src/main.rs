@@ -1,9 +1,9 @@
 //! Corral's agent: the first process of every sandbox.
 //!
 //! It serves the node over its stdin and stdout with the framed protocol of
-//! `corral/api/agent_protocol.py`: commands (spawn, stream, stdin, signals, timeouts) and
-//! files (stat, list, read and write streams, mkdir, remove, rename, directory watches
-//! with inotify), and tunnels to TCP
+//! `corral/api/agent_protocol.py`: commands (spawn, stream, stdin, signals, timeouts,
+//! terminals) and files (stat, list, read and write streams, mkdir, remove, rename,
+//! directory watches with inotify), and tunnels to TCP
 //! ports on the sandbox's own loopback (`connect`: exposed ports). The main thread reads
 //! frames and dispatches them; quick operations run inline, a file download gets a thread
 //! of its own, each command a thread pumping its output, and each tunnel two threads.
@@ -260,6 +260,10 @@ impl Agent {
             b"stdin" => self.processes.stdin(req_id, req, data)?,
             b"signal" => {
                 self.processes.signal(req)?;
+                self.reply(req_id, Obj::new(), b"")?;
+            }
+            b"resize" => {
+                self.processes.resize(req)?;
                 self.reply(req_id, Obj::new(), b"")?;
             }
             b"attach" => {

@@ -1,5 +1,9 @@
 //! Processes inside the sandbox: spawn, stream, feed stdin, signal, time out, reap.
 //!
+//! A command may run on a pseudo-terminal of its own (`pty`): the terminal is its stdin,
+//! stdout and stderr and its controlling terminal (so that Ctrl-C typed into it interrupts
+//! the foreground job), its output is the terminal's, and `resize` changes its size.
+//!
 //! The agent is the sandbox's PID 1, so every orphan ends up as its child. One reaper
 //! thread owns `waitpid(-1)`, and a command's pid is registered under the table's lock
 //! before the reaper can see it exit, so an exit status can never be lost or stolen. A
@@ -34,6 +38,8 @@ const EXIT_GRACE: Duration = Duration::from_millis(200);
 const MAX_ENV: usize = 4096;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const THREAD_STACK: usize = 256 * 1024;
+/// What `TERM` a command on a terminal gets unless its environment names one.
+const DEFAULT_TERM: &str = "xterm-256color";
 
 type StdinItem = (i64, Vec<u8>, bool);
 
@@ -44,6 +50,8 @@ struct Proc {
     started: f64,
     credits: Credits,
     stdin: Mutex<Option<mpsc::Sender<StdinItem>>>,
+    /// The master side of the command's terminal, if it has one (for `resize`).
+    pty: Option<File>,
     reason: Mutex<Option<&'static str>>,
     /// The raw wait status, once the reaper collected it.
     status: Mutex<Option<i32>>,
@@ -145,7 +153,12 @@ impl ProcessTable {
                 env.push((key.as_bytes().to_vec(), value));
             }
         }
-        let want_stdin = req.get("stdin").map_or(false, Value::truthy);
+        let pty = pty_size(req.get("pty"))?;
+        if pty.is_some() && !env.iter().any(|(k, _)| k == b"TERM") {
+            env.push((b"TERM".to_vec(), DEFAULT_TERM.as_bytes().to_vec()));
+        }
+        // A terminal always takes input: typing into it is what it is for.
+        let want_stdin = pty.is_some() || req.get("stdin").map_or(false, Value::truthy);
 
         // Everything the child needs, made before the fork (the child may not allocate).
         let path_var = env.iter().find(|(k, _)| k == b"PATH").map(|(_, v)| v.clone());
@@ -173,24 +186,23 @@ impl ProcessTable {
                 _ => RequestError::invalid(format!("cannot start {shown}: {}", sys::strerror(&err))),
             }
         };
-        let pipe = || sys::cloexec_pipe().map_err(&spawn_error);
-        let (stdin_child, stdin_parent) = if want_stdin {
-            let (r, w) = pipe()?;
-            (unsafe { File::from_raw_fd(r) }, Some(unsafe { File::from_raw_fd(w) }))
-        } else {
-            (File::open("/dev/null").map_err(&spawn_error)?, None)
-        };
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
-        let (out_r, out_w) = unsafe { (File::from_raw_fd(out_r), File::from_raw_fd(out_w)) };
-        let (err_r, err_w) = unsafe { (File::from_raw_fd(err_r), File::from_raw_fd(err_w)) };
+        let Stdio { child: child_ends, stdin: stdin_parent, outputs, pty: pty_master } =
+            match pty {
+                Some((cols, rows)) => terminal(cols, rows).map_err(|e| RequestError::new(
+                    // Out of descriptors or of terminals (pty max), or none in this sandbox.
+                    if matches!(e.raw_os_error(), Some(11 | 23 | 24 | 28)) { "resource_exhausted" }
+                    else { "unavailable" },
+                    format!("cannot open a terminal: {}", sys::strerror(&e))))?,
+                None => pipes(want_stdin).map_err(&spawn_error)?,
+            };
         let plan = sys::ChildPlan {
             programs: programs.iter().map(|p| cstring(p)).collect(),
             argv: argv_p,
             envp: env_p,
             cwd: cstring(&cwd_opened),
-            stdio: [stdin_child.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+            stdio: [child_ends[0].as_raw_fd(), child_ends[1].as_raw_fd(), child_ends[2].as_raw_fd()],
             user: switch.then(|| (user.uid, user.gid, user.groups.clone())),
+            tty: pty.is_some(),
         };
 
         // Every thread that will serve the command starts before the command does: if the
@@ -198,8 +210,8 @@ impl ProcessTable {
         let refused = |_| RequestError::new("resource_exhausted", "cannot start a thread to \
             serve the command: the sandbox's pids limit is reached");
         let table = self.clone();
-        let pump = parked("pump", move |(proc, out, err): (Arc<Proc>, File, File)| {
-            table.pump(&proc, out, err)
+        let pump = parked("pump", move |(proc, outputs): (Arc<Proc>, Vec<(File, &'static str)>)| {
+            table.pump(&proc, outputs)
         }).map_err(refused)?;
         let timer = match timeout {
             Some(seconds) => {
@@ -225,14 +237,14 @@ impl ProcessTable {
             let pid = sys::spawn(&plan).map_err(&spawn_error)?;
             let proc = Arc::new(Proc {
                 req_id, pid, argv, started: now(), credits: Credits::new(),
-                stdin: Mutex::new(None), reason: Mutex::new(None),
+                stdin: Mutex::new(None), pty: pty_master, reason: Mutex::new(None),
                 status: Mutex::new(None), exited: Condvar::new(),
             });
             tables.by_id.insert(req_id, proc.clone());
             tables.by_pid.insert(pid, proc.clone());
             proc
         };
-        drop((stdin_child, out_w, err_w));
+        drop(child_ends);
         *self.have_children.locked() = true;
         self.children_cond.notify_all();
         // "started" goes out before the pump may send any output.
@@ -245,8 +257,20 @@ impl ProcessTable {
         if let Some(timer) = timer {
             let _ = timer.send(proc.clone());
         }
-        let _ = pump.send((proc, out_r, err_r));
+        let _ = pump.send((proc, outputs));
         Ok(())
+    }
+
+    /// Set the size of a command's terminal.
+    pub fn resize(&self, req: &Value) -> Result<()> {
+        let proc = self.get(req.get("target"))?;
+        let (cols, rows) = pty_size(Some(req))?
+            .ok_or_else(|| RequestError::invalid("cols and rows are required"))?;
+        let Some(master) = proc.pty.as_ref() else {
+            return Err(RequestError::invalid("the command was not started on a terminal (pty)"));
+        };
+        sys::set_window(master.as_raw_fd(), cols, rows)
+            .map_err(|e| RequestError::invalid(format!("resizing the terminal: {}", sys::strerror(&e))))
     }
 
     /// Queue bytes (and/or EOF) for a command's stdin; acknowledged once written.
@@ -303,7 +327,8 @@ impl ProcessTable {
         let items = procs.iter().take(1000).map(|p| {
             let argv = p.argv.iter().take(32).map(|a| Value::Str(prefix(a, 256))).collect();
             Obj::new().set("id", Value::Int(p.req_id)).set("pid", Value::Int(i64::from(p.pid)))
-                .set("argv", Value::Arr(argv)).set("started_at", Value::Float(p.started)).value()
+                .set("argv", Value::Arr(argv)).set("started_at", Value::Float(p.started))
+                .set("pty", Value::Bool(p.pty.is_some())).value()
         }).collect();
         Value::Arr(items)
     }
@@ -372,20 +397,21 @@ impl ProcessTable {
         }
     }
 
-    /// Forward stdout/stderr until both reach EOF or the command exited a while ago.
-    fn pump(&self, proc: &Proc, mut out: File, mut err: File) {
-        let mut open = [true, true];
+    /// Forward the command's outputs (stdout and stderr, or its terminal) until each
+    /// reaches its end or the command exited a while ago.
+    fn pump(&self, proc: &Proc, mut outputs: Vec<(File, &'static str)>) {
+        let mut open = vec![true; outputs.len()];
         let mut buf = vec![0u8; proto::CHUNK];
         let mut deadline: Option<Instant> = None;
-        while open[0] || open[1] {
+        while open.iter().any(|o| *o) {
             if deadline.is_none() && proc.has_exited() {
                 deadline = Some(Instant::now() + EXIT_GRACE);
             }
             if deadline.map_or(false, |d| Instant::now() >= d) {
                 break;
             }
-            let mut fds: Vec<sys::PollFd> = Vec::with_capacity(2);
-            for (n, file) in [&out, &err].iter().enumerate() {
+            let mut fds: Vec<sys::PollFd> = Vec::with_capacity(outputs.len());
+            for (n, (file, _)) in outputs.iter().enumerate() {
                 if open[n] {
                     fds.push(sys::PollFd { fd: file.as_raw_fd(), events: sys::POLLIN, revents: 0 });
                 }
@@ -394,7 +420,11 @@ impl ProcessTable {
                 break;
             }
             for fd in fds.iter().filter(|f| f.revents != 0) {
-                let (n, file) = if fd.fd == out.as_raw_fd() { (0, &mut out) } else { (1, &mut err) };
+                let Some(n) = outputs.iter().position(|(file, _)| file.as_raw_fd() == fd.fd) else {
+                    continue;
+                };
+                let (file, ev) = &mut outputs[n];
+                // A terminal whose every slave end closed reads as EIO: its end.
                 let count = match file.read(&mut buf) {
                     Ok(count) => count,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -405,12 +435,11 @@ impl ProcessTable {
                     continue;
                 }
                 if proc.credits.take() {
-                    let ev = if n == 0 { "stdout" } else { "stderr" };
                     self.channel.send(event(proc.req_id, ev), &buf[..count]);
                 }
             }
         }
-        drop((out, err));
+        drop(outputs);
         let status = {
             let mut status = proc.status.locked();
             while status.is_none() {
@@ -457,6 +486,70 @@ impl ProcessTable {
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
             }
         }
+    }
+}
+
+/// A command's standard descriptors: the child's three ends, the agent's end of its stdin
+/// (if open), the outputs to pump with their event names, and the terminal's master.
+struct Stdio {
+    child: [File; 3],
+    stdin: Option<File>,
+    outputs: Vec<(File, &'static str)>,
+    pty: Option<File>,
+}
+
+/// Pipes for stdout and stderr; a pipe for stdin if `want_stdin`, else /dev/null.
+fn pipes(want_stdin: bool) -> std::io::Result<Stdio> {
+    let pipe = || -> std::io::Result<(File, File)> {
+        let (r, w) = sys::cloexec_pipe()?;
+        Ok(unsafe { (File::from_raw_fd(r), File::from_raw_fd(w)) })
+    };
+    let (stdin_child, stdin) = if want_stdin {
+        let (r, w) = pipe()?;
+        (r, Some(w))
+    } else {
+        (File::open("/dev/null")?, None)
+    };
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    Ok(Stdio { child: [stdin_child, out_w, err_w], stdin,
+               outputs: vec![(out_r, "stdout"), (err_r, "stderr")], pty: None })
+}
+
+/// A new terminal of `cols` x `rows`: the child gets its slave side three times; the
+/// agent reads and writes (and resizes) the master side, each through a descriptor of its
+/// own.
+fn terminal(cols: u16, rows: u16) -> std::io::Result<Stdio> {
+    let (master, slave) = sys::open_pty(cols, rows)?;
+    let (master, slave) = unsafe { (File::from_raw_fd(master), File::from_raw_fd(slave)) };
+    let copy = |file: &File| -> std::io::Result<File> {
+        let fd = sys::dup_fd(file.as_raw_fd())?;
+        sys::set_cloexec(fd);
+        Ok(unsafe { File::from_raw_fd(fd) })
+    };
+    let child = [copy(&slave)?, copy(&slave)?, slave];
+    let (input, resize) = (copy(&master)?, copy(&master)?);
+    Ok(Stdio { child, stdin: Some(input), outputs: vec![(master, "stdout")], pty: Some(resize) })
+}
+
+/// A terminal size (`{"cols": c, "rows": r}`, each 1 to MAX_PTY_SIZE), if one is given.
+fn pty_size(pty: Option<&Value>) -> Result<Option<(u16, u16)>> {
+    let bad = || RequestError::invalid(format!(
+        "pty must be {{\"cols\": c, \"rows\": r}}, each a whole number from 1 to {}",
+        proto::MAX_PTY_SIZE));
+    match pty {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Obj(_)) => {
+            let mut dims = [0u16; 2];
+            for (slot, key) in dims.iter_mut().zip(["cols", "rows"]) {
+                match pty.and_then(|p| p.get(key)) {
+                    Some(Value::Int(n)) if (1..=proto::MAX_PTY_SIZE).contains(n) => *slot = *n as u16,
+                    _ => return Err(bad()),
+                }
+            }
+            Ok(Some((dims[0], dims[1])))
+        }
+        Some(_) => Err(bad()),
     }
 }
 

@@ -12,6 +12,8 @@ pub const MAX_HEADER: usize = 1024 * 1024;
 pub const MAX_DATA: usize = 1024 * 1024;
 pub const CHUNK: usize = 64 * 1024;
 pub const STREAM_WINDOW: i64 = 32;
+/// A terminal's largest width and height, in characters.
+pub const MAX_PTY_SIZE: i64 = 1000;
 
 // From limits.py.
 pub const MAX_PATH: usize = 4096;

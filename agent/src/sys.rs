@@ -43,6 +43,8 @@ extern "C" {
     fn getuid() -> c_uint;
     fn getgid() -> c_uint;
     fn __errno_location() -> *mut c_int;
+    fn ioctl(fd: c_int, request: std::os::raw::c_ulong, ...) -> c_int;
+    fn open(path: *const c_char, flags: c_int, ...) -> c_int;
 }
 
 fn errno() -> i32 {
@@ -151,6 +153,8 @@ pub struct ChildPlan {
     pub stdio: [c_int; 3],
     /// (uid, gid, supplementary groups) to become, or None to stay the agent's user.
     pub user: Option<(u32, u32, Vec<c_uint>)>,
+    /// Make the child's stdin (a terminal) its controlling terminal, in its new session.
+    pub tty: bool,
 }
 
 /// Start `plan` as a new process: the new pid, or the errno of whichever step failed in
@@ -246,6 +250,9 @@ unsafe fn child(plan: &ChildPlan, err_write: c_int) -> ! {
         fail(());
     }
     if syscall(nr::SETSID) < 0 {
+        fail(());
+    }
+    if plan.tty && ioctl(0, TIOCSCTTY, 0 as c_int) < 0 {
         fail(());
     }
     if let Some((uid, gid, groups)) = &plan.user {
@@ -411,4 +418,53 @@ pub fn read_some(fd: c_int, buf: &mut [u8]) -> io::Result<usize> {
             _ => return Err(err),
         }
     }
+}
+
+// The terminal ioctls (the generic numbers, as on x86_64 and aarch64).
+const TIOCSCTTY: std::os::raw::c_ulong = 0x540E;
+const TIOCSWINSZ: std::os::raw::c_ulong = 0x5414;
+const TIOCGPTN: std::os::raw::c_ulong = 0x8004_5430;
+const TIOCSPTLCK: std::os::raw::c_ulong = 0x4004_5431;
+const O_RDWR: c_int = 2;
+const O_NOCTTY: c_int = 0o400;
+
+/// `struct winsize`.
+#[repr(C)]
+struct WinSize {
+    rows: u16,
+    cols: u16,
+    x_pixels: u16,
+    y_pixels: u16,
+}
+
+fn open_path(path: &str) -> io::Result<c_int> {
+    let c_path = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(22))?;
+    check(unsafe { open(c_path.as_ptr(), O_RDWR | O_NOCTTY | O_CLOEXEC) })
+}
+
+/// A new pseudo-terminal of `cols` x `rows`: (master, slave), both close-on-exec, the
+/// slave not (yet) anyone's controlling terminal. What `openpty(3)` does, without libutil.
+pub fn open_pty(cols: u16, rows: u16) -> io::Result<(c_int, c_int)> {
+    let master = open_path("/dev/ptmx").or_else(|_| open_path("/dev/pts/ptmx"))?;
+    let slave = (|| {
+        let unlock: c_int = 0;
+        check(unsafe { ioctl(master, TIOCSPTLCK, &unlock as *const c_int) })?;
+        let mut number: c_uint = 0;
+        check(unsafe { ioctl(master, TIOCGPTN, &mut number as *mut c_uint) })?;
+        set_window(master, cols, rows)?;
+        open_path(&format!("/dev/pts/{number}"))
+    })();
+    match slave {
+        Ok(slave) => Ok((master, slave)),
+        Err(err) => {
+            close(master);
+            Err(err)
+        }
+    }
+}
+
+/// Set a terminal's size; the kernel sends SIGWINCH to its foreground process group.
+pub fn set_window(fd: c_int, cols: u16, rows: u16) -> io::Result<()> {
+    let size = WinSize { rows, cols, x_pixels: 0, y_pixels: 0 };
+    check(unsafe { ioctl(fd, TIOCSWINSZ, &size as *const WinSize) }).map(|_| ())
 }

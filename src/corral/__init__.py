@@ -31,7 +31,8 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from corral.sdk import (AsyncSandbox, AsyncSnapshot, AsyncVolume, Context, Execution,
-                            ExecutionError, Image, Logs, Result, Sandbox, Snapshot, Volume)
+                            ExecutionError, Image, Logs, PtySize, Result, Sandbox, Snapshot,
+                            Volume)
 
 
 #: The code interpreter's values (``sb.run_code`` returns an ``Execution``).
@@ -42,7 +43,7 @@ def __getattr__(name: str) -> Any:
     # The SDK (httpx, pydantic) loads on first use, so `import corral` stays light for the
     # CLI and the node.
     if name in ("Sandbox", "AsyncSandbox", "Image", "Volume", "AsyncVolume", "Snapshot",
-                "AsyncSnapshot") or name in _CODE:
+                "AsyncSnapshot", "PtySize") or name in _CODE:
         from corral import sdk
 
         return getattr(sdk, name)
@@ -53,6 +54,7 @@ __all__ = [
     "CommandTimeoutError", "Context",
     "Execution", "ExecutionError", "Image", "Logs", "Result",
     "InvalidArgumentError", "NotFoundError", "PermissionDeniedError", "PortUnavailableError",
+    "PtySize",
     "RateLimitedError",
     "Resources", "ResourceExhaustedError", "RuntimeUnavailableError",
     "Sandbox", "SandboxError", "SandboxNotRunningError", "SandboxTimeoutError",

@@ -12,17 +12,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from e2b import (AsyncSandbox, CommandExitException, NotFoundException, Sandbox,
+from e2b import (AsyncSandbox, CommandExitException, NotFoundException, PtySize, Sandbox,
                  SandboxException, SandboxQuery)
 
 #: What each watch flow does under /tmp/w: a new directory (``ready`` once its event came,
 #: so it is watched too), then changes in it, ``end`` last.
 NEW_DIR = "mkdir /tmp/w/sub && touch /tmp/w/ready"
 CHANGES = "cd /tmp/w && echo x > sub/f && mv sub/f sub/g && rm sub/g && touch end"
+#: A shell's prompt at the end of what a terminal showed.
+PROMPT = rb"[#$] $"
 
 
 def _listed(tag: str) -> list[list[str]]:
@@ -172,6 +176,8 @@ def state_flow(tag: str) -> dict[str, Any]:
             copy.kill()
         sb.kill()
     return seen
+
+
 def watch_flow(tag: str) -> dict[str, Any]:
     """The sync SDK's polling watcher, recursive: events until ``end`` was seen."""
     sb = Sandbox.create(metadata={"suite": tag}, timeout=120)
@@ -220,10 +226,107 @@ async def async_watch_flow(tag: str) -> dict[str, Any]:
     finally:
         await sb.kill()
     return {"events": events, "exits": [repr(e) for e in exits]}
+class Screen:
+    """A sync PTY handle's output, read as far as needed."""
+
+    def __init__(self, handle: Any) -> None:
+        self._events: Iterator[Any] = iter(handle)
+        self.text = b""
+
+    def until(self, pattern: bytes) -> bytes:
+        """Everything shown once ``pattern`` (a regex) matches the output's end part."""
+        start = len(self.text)
+        while re.search(pattern, self.text[start:]) is None:
+            try:
+                _, _, pty = next(self._events)
+            except Exception as exc:
+                raise RuntimeError(f"no {pattern!r} in {self.text[start:]!r}") from exc
+            self.text += pty or b""
+        return self.text[start:]
+
+
+def pty_flow(tag: str) -> dict[str, Any]:
+    sb = Sandbox.create(metadata={"suite": tag}, timeout=120)
+    print("sync pty", file=sys.stderr, flush=True)
+    try:
+        term = sb.pty.create(PtySize(rows=30, cols=100), envs={"A": "x"}, cwd="/tmp")
+        screen = Screen(term)
+        screen.until(PROMPT)
+        sb.pty.send_stdin(term.pid, b"tty; stty size; echo $A $PWD $TERM\n")
+        shown = screen.until(rb"xterm-256color\r\n.*" + PROMPT)
+        seen: dict[str, Any] = {"first": shown.decode(errors="replace")}
+        sb.pty.resize(term.pid, PtySize(rows=50, cols=132))
+        sb.pty.send_stdin(term.pid, b"stty size\n")
+        seen["resized"] = screen.until(rb"\d+ \d+\r\n.*" + PROMPT).decode(errors="replace")
+        # "started" comes from the foreground job itself: Ctrl-C reaches it, not the shell.
+        sb.pty.send_stdin(term.pid, b"sh -c 'echo sta''rted; exec sleep 600'; "
+                                    b"echo not-interrupted\n")
+        screen.until(rb"[\r\n]started\r\n")
+        sb.pty.send_stdin(term.pid, b"\x03")
+        sb.pty.send_stdin(term.pid, b"echo after\n")
+        seen["interrupted"] = screen.until(rb"[\r\n]after\r\n.*" + PROMPT).decode(
+            errors="replace")
+        if hasattr(sb.pty, "stream_input"):  # 2.59 and later
+            sb.pty.stream_input(term.pid, [b"echo stream", b"ed\n"])
+            seen["streamed"] = b"streamed" in screen.until(rb"[\r\n]streamed\r\n.*" + PROMPT)
+        seen["listed"] = [[p.cmd, p.args] for p in sb.commands.list() if p.pid == term.pid]
+        seen["killed"] = sb.pty.kill(term.pid)
+        try:
+            term.wait()
+            seen["killed_wait"] = None
+        except CommandExitException as exc:
+            seen["killed_wait"] = exc.exit_code
+        try:
+            sb.pty.resize(term.pid, PtySize(rows=5, cols=5))
+            seen["resize_gone"] = None
+        except Exception as exc:  # noqa: BLE001 - its class is what is checked
+            seen["resize_gone"] = type(exc).__name__
+    finally:
+        sb.kill()
+    return seen
+
+
+async def async_pty_flow(tag: str) -> dict[str, Any]:
+    sb = await AsyncSandbox.create(metadata={"suite": tag}, timeout=120)
+    print("async pty", file=sys.stderr, flush=True)
+    try:
+        shown = bytearray()
+        seen_prompt = asyncio.Event()
+        done = asyncio.Event()
+
+        def on_data(data: bytes) -> None:
+            shown.extend(data)
+            if re.search(PROMPT, bytes(shown)):
+                seen_prompt.set()
+            if re.search(rb"[\r\n]24 80\r\n", bytes(shown)):
+                done.set()
+
+        term = await sb.pty.create(PtySize(rows=10, cols=40), on_data=on_data)
+        try:  # bounded: a hang here would say nothing
+            await asyncio.wait_for(seen_prompt.wait(), 60)
+            await sb.pty.resize(term.pid, PtySize(rows=24, cols=80))
+            await sb.pty.send_stdin(term.pid, b"stty size\n")
+            await asyncio.wait_for(done.wait(), 60)
+        except TimeoutError:
+            raise RuntimeError(f"the terminal showed only {bytes(shown)!r}") from None
+        killed = await sb.pty.kill(term.pid)
+        try:
+            await term.wait()
+            exit_code = None
+        except CommandExitException as exc:
+            exit_code = exc.exit_code
+    finally:
+        await sb.kill()
+    return {"resized": done.is_set(), "killed": killed, "killed_wait": exit_code}
 
 
 def main() -> None:
     tag = sys.argv[1]
+    if sys.argv[2:] == ["pty"]:
+        print(json.dumps({"pty": pty_flow(tag + "-pty"),
+                          "async_pty": asyncio.run(async_pty_flow(tag + "-apty"))}),
+              flush=True)
+        os._exit(0)
     result = {"sync": sync_flow(tag + "-sync"), "async": asyncio.run(async_flow(tag + "-async")),
               "commands": commands_flow(tag + "-commands"),
               "async_commands": asyncio.run(async_commands_flow(tag + "-acommands")),

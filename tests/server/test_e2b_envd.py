@@ -160,17 +160,75 @@ def test_close_stdin_ends_the_input(server: Server, box: dict[str, Any]) -> None
     assert output(frames, "stdout").strip() == "5"
 
 
-def test_pty_and_update_are_unimplemented(server: Server, box: dict[str, Any]) -> None:
+def _envelopes(chunks: Iterator[bytes]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """A stream's envelopes, each as soon as it has come whole."""
+    held = b""
+    for chunk in chunks:
+        held += chunk
+        while len(held) >= 5 and len(held) >= 5 + int.from_bytes(held[1:5], "big"):
+            size = 5 + int.from_bytes(held[1:5], "big")
+            yield connect.read_envelopes(held[:size])[0]
+            held = held[size:]
+
+
+def test_a_pty_streams_pty_data_takes_input_and_resizes(server: Server,
+                                                        box: dict[str, Any]) -> None:
+    message = {"process": {"cmd": "/bin/bash", "args": ["-c", "stty size; read x; stty size"]},
+               "pty": {"size": {"cols": 90, "rows": 20}}}
+    shown, frames = b"", []
+    with envd(server, box) as client, client.stream(
+            "POST", "/process.Process/Start", headers=STREAM,
+            content=connect.envelope(message)) as running:
+        events = _envelopes(running.iter_bytes())
+        for flags, frame in events:
+            frames.append((flags, frame))
+            if "start" in frame.get("event", {}):
+                pid = frame["event"]["start"]["pid"]
+            shown += base64.b64decode(frame.get("event", {}).get("data", {}).get("pty", ""))
+            if b"20 90\r\n" in shown:
+                break
+        resized = unary(client, "Update", {"process": {"pid": pid},
+                                           "pty": {"size": {"cols": 100, "rows": 40}}})
+        assert (resized.status_code, resized.json()) == (200, {})
+        typed = unary(client, "SendInput", {"process": {"pid": pid}, "input": {
+            "pty": base64.b64encode(b"go\n").decode()}})
+        assert (typed.status_code, typed.json()) == (200, {})
+        frames += list(events)
+    assert output(frames, "pty") == "20 90\r\ngo\r\n40 100\r\n"
+    assert output(frames, "stdout") == output(frames, "stderr") == ""
+    assert frames[-2][1]["event"]["end"]["exitCode"] == 0
+
+
+@pytest.mark.parametrize("size", [{"cols": 0, "rows": 24}, {"cols": 80, "rows": 1001},
+                                  {"cols": 80}, {"cols": "80", "rows": 24}, None])
+def test_pty_sizes_out_of_bounds_are_refused(server: Server, box: dict[str, Any],
+                                             size: Any) -> None:
     with envd(server, box) as client:
         answer = client.post("/process.Process/Start", headers=STREAM,
                              content=connect.envelope({"process": {"cmd": "/bin/bash"},
-                                                       "pty": {"size": {"cols": 80,
-                                                                        "rows": 24}}}))
-        assert (answer.status_code, answer.json()["code"]) == (501, "unimplemented")
-        update = unary(client, "Update", {"process": {"pid": 1}})
-        assert (update.status_code, update.json()["code"]) == (501, "unimplemented")
-        bad = client.post("/process.Process/Start", headers=STREAM, content=b"\x00\x00")
-        assert (bad.status_code, bad.json()["code"]) == (400, "invalid_argument")
+                                                       "pty": {"size": size}}))
+        assert (answer.status_code, answer.json()["code"]) == (400, "invalid_argument")
+        assert "from 1 to 1000" in answer.json()["message"]
+        update = unary(client, "Update", {"process": {"pid": 1}, "pty": {"size": size}})
+        assert (update.status_code, update.json()["code"]) == (400, "invalid_argument")
+
+
+def test_input_update_and_stream_input_refusals(server: Server, box: dict[str, Any]) -> None:
+    with envd(server, box) as client:
+        gone = unary(client, "Update", {"process": {"pid": 99999},
+                                        "pty": {"size": {"cols": 80, "rows": 24}}})
+        assert (gone.status_code, gone.json()["code"]) == (404, "not_found")
+        both = unary(client, "SendInput", {"process": {"pid": 1}, "input": {
+            "stdin": "eA==", "pty": "eA=="}})
+        assert (both.status_code, both.json()["code"]) == (400, "invalid_argument")
+        # a client stream that does not start with its process: the error ends its answer
+        streamed = client.post("/process.Process/StreamInput", headers=STREAM,
+                               content=connect.envelope({"data": {"input": {"pty": "eA=="}}}))
+        assert streamed.status_code == 200
+        [(flags, end)] = connect.read_envelopes(streamed.content)
+        assert flags == connect.END_STREAM and end["error"]["code"] == "invalid_argument"
+        other = unary(client, "Nope", {})
+        assert (other.status_code, other.json()["code"]) == (501, "unimplemented")
 
 
 def test_token_is_checked(server: Server, box: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -128,3 +129,33 @@ def test_the_real_sdk_drives_the_control_plane_and_commands(server: Server, vers
             "allow": ["example.org"], "deny": []}
         for sid in (first, second, done["id"], state["id"]):
             assert http.get(f"/v1/sandboxes/{sid}").json()["state"] == "stopped"
+
+
+@pytest.mark.parametrize("version", ["2.45.1", "2.63.0"])
+def test_the_real_sdk_drives_a_pty(server: Server, version: str) -> None:
+    """``sb.pty``: create (size, envs, cwd), typed input and its echo, resize, Ctrl-C,
+    StreamInput (2.59 and later), kill; sync and async."""
+    python = sdk_python(version)
+    key = server.keys.create("alpha", e2b=True).key
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),
+           "E2B_API_URL": server.url + "/e2b", "E2B_SANDBOX_URL": server.url + "/e2b",
+           "E2B_API_KEY": key, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    ran = subprocess.run([str(python), str(DRIVER), uuid.uuid4().hex[:12], "pty"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-4000:]
+    seen = json.loads(ran.stdout.strip().splitlines()[-1])
+
+    pty = seen["pty"]
+    lines = pty["first"].split("\r\n")
+    assert lines[0] == "tty; stty size; echo $A $PWD $TERM", lines  # echoed as typed
+    assert re.search(r"\r/dev/pts/\d+$", lines[1]), lines  # after bracketed-paste codes
+    assert lines[2:4] == ["30 100", "x /tmp xterm-256color"], lines
+    assert "\r50 132\r\n" in pty["resized"]
+    # Ctrl-C ended the sleep (not the shell, which went on to the next line).
+    assert "not-interrupted" not in pty["interrupted"]
+    assert re.search(r"[\r\n]after\r\n", pty["interrupted"]), pty["interrupted"]
+    assert pty.get("streamed", True) is True
+    assert pty["listed"] == [["/bin/bash", ["-i", "-l"]]]
+    assert pty["killed"] is True and pty["killed_wait"] == -1
+    assert pty["resize_gone"] in ("NotFoundException", "SandboxException"), pty
+    assert seen["async_pty"] == {"resized": True, "killed": True, "killed_wait": -1}

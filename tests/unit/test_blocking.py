@@ -29,6 +29,8 @@ PAIRS = [
     (sdk.AsyncCommandHandle, sdk_sync.CommandHandle),
     (sdk.AsyncFiles, sdk_sync.Files),
     (AsyncWatchHandle, sdk_sync.WatchHandle),
+    (sdk.AsyncPty, sdk_sync.Pty),
+    (sdk.AsyncPtyHandle, sdk_sync.PtyHandle),
     (sdk.AsyncCodeInterpreter, sdk_sync.CodeInterpreter),
     (AsyncNetwork, sdk_sync.Network),
     (sdk.AsyncVolume, sdk_sync.Volume),

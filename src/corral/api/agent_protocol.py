@@ -42,6 +42,12 @@ under a recursive watch is watched too, and what it holds on arrival is reported
 larger tree is refused), :data:`MAX_WATCH_EVENTS` waiting for credits; events lost past a
 bound (or the kernel's queue) leave one ``overflow`` event where they were.
 
+Terminals. ``exec`` with ``"pty": {"cols": c, "rows": r}`` (each 1 to
+:data:`MAX_PTY_SIZE`) runs the command on a new pseudo-terminal, its controlling terminal:
+stdin, stdout and stderr are the terminal, its output comes as ``stdout`` events, ``stdin``
+frames are typed into it (``eof`` only stops further input), and :data:`OP_RESIZE` changes
+its size (the command gets SIGWINCH). ``TERM`` is ``xterm-256color`` unless ``env`` sets it.
+
 Sessions and pausing. A session starts with the agent's ``hello`` (``next_id``: the first
 request id the node may use; ids below it belong to commands started before). The agent
 greets unasked when it starts and when a node connects to its socket; the node may also
@@ -78,6 +84,8 @@ MAX_WATCH_DIRS = 4096
 MAX_WATCH_EVENTS = 4096
 #: What a watch's events report; ``overflow`` marks where events were lost.
 WATCH_EVENT_TYPES = ("create", "write", "remove", "rename", "chmod", "overflow")
+#: A terminal's largest width and height (``pty`` of :data:`OP_EXEC`, :data:`OP_RESIZE`).
+MAX_PTY_SIZE = 1000
 
 # Node -> agent operations.
 OP_EXEC = "exec"
@@ -106,6 +114,8 @@ OP_HELLO = "hello"
 OP_ATTACH = "attach"
 #: Watch a directory (inotify); events stream as ``data`` frames under credits.
 OP_WATCH = "watch"
+#: Set the size (``cols``, ``rows``) of a command's terminal (``target``).
+OP_RESIZE = "resize"
 
 # Agent -> node events.
 EV_HELLO = "hello"

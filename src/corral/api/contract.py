@@ -60,6 +60,10 @@ class CommandHandleContract(Protocol):
 
     async def signal(self, signum: int) -> None: ...
 
+    async def resize(self, cols: int, rows: int) -> None:
+        """Set the size of the command's terminal (one started with ``pty``)."""
+        ...
+
     async def kill(self) -> None: ...
 
     async def aclose(self) -> None:
@@ -80,7 +84,8 @@ class CommandsContract(Protocol):
 
     async def start(self, cmd: Cmd, *, env: Mapping[str, str] | None = None,
                     cwd: str | None = None, user: str | int | None = None,
-                    timeout: float | None = None, stdin: bool = False) -> CommandHandleContract: ...
+                    timeout: float | None = None, stdin: bool = False,
+                    pty: models.PtySize | None = None) -> CommandHandleContract: ...
 
     async def run_background(self, cmd: Cmd, *, env: Mapping[str, str] | None = None,
                              cwd: str | None = None, user: str | int | None = None,
@@ -91,6 +96,10 @@ class CommandsContract(Protocol):
     async def signal(self, command_id: int, signum: int) -> None: ...
 
     async def kill(self, command_id: int) -> None: ...
+
+    async def resize(self, command_id: int, cols: int, rows: int) -> None:
+        """Set the size of a running command's terminal, by its id."""
+        ...
 
     async def list(self) -> list[models.ProcessInfo]: ...
 

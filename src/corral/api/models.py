@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
                       field_validator, model_validator)
 
+from .agent_protocol import MAX_PTY_SIZE
 from .errors import InvalidArgumentError
 from .limits import (DEFAULT_CODE_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, DEFAULT_LIFETIME,
                      DEFAULT_PAUSED_TTL, MAX_ARGV, MAX_COMMAND, MAX_ENV_NAME, MAX_MAPPING,
@@ -381,6 +382,14 @@ class SandboxList(_Response):
 
 # -- commands ----------------------------------------------------------------------------
 
+class PtySize(_Request):
+    """A terminal's size in characters: ``pty`` of a command request, and the body of
+    ``POST .../commands/{cid}/resize``."""
+
+    cols: Annotated[int, Field(ge=1, le=MAX_PTY_SIZE)]
+    rows: Annotated[int, Field(ge=1, le=MAX_PTY_SIZE)]
+
+
 class CommandRequest(_Request):
     """``POST /v1/sandboxes/{id}/commands``.
 
@@ -390,6 +399,10 @@ class CommandRequest(_Request):
     ``background`` answers :class:`CommandStarted` at once and lets the command run.
     Inline stdin (``stdin`` text or ``stdin_base64`` bytes) is written, then closed unless
     ``stdin_open``; with ``stdin_open`` more can be sent to ``.../commands/{cid}/stdin``.
+    With ``pty`` the command runs on a pseudo-terminal of that size (its stdin, stdout and
+    stderr, its output all ``stdout``; ``TERM=xterm-256color`` unless ``env`` names one):
+    its stdin is open (keys typed go to ``.../stdin``, Ctrl-C is ``\x03``) and
+    ``.../commands/{cid}/resize`` changes the size.
     """
 
     cmd: Annotated[str, Field(min_length=1, max_length=MAX_COMMAND)] | Annotated[
@@ -407,6 +420,7 @@ class CommandRequest(_Request):
     stdin_open: bool = False
     stream: bool = False
     background: bool = False
+    pty: PtySize | None = None
 
     @field_validator("timeout")
     @classmethod
@@ -500,11 +514,58 @@ class SignalRequest(_Request):
     signal: Annotated[int, Field(ge=1, le=MAX_SIGNAL)]
 
 
+#: What a terminal runs unless told otherwise: a login shell, bash where the image has it.
+TERMINAL_SHELL: tuple[str, ...] = (
+    "/bin/sh", "-c", "command -v bash >/dev/null && exec bash -i -l; exec sh -i -l")
+
+
+class TerminalRequest(_Request):
+    """The first message (text, JSON) on ``WS /v1/sandboxes/{id}/terminal``: the terminal's
+    size and what runs on it (default :data:`TERMINAL_SHELL`), as a command request's."""
+
+    pty: PtySize
+    cmd: Annotated[str, Field(min_length=1, max_length=MAX_COMMAND)] | Annotated[
+        list[Annotated[str, Field(max_length=MAX_COMMAND)]],
+        Field(min_length=1, max_length=MAX_ARGV)] | None = None
+    env: Mapping = Field(default_factory=dict)
+    cwd: Path | None = None
+    user: Annotated[str, Field(min_length=1, max_length=64)] | Annotated[
+        int, Field(ge=0, le=2**32 - 2)] | None = None
+    timeout: float | None = Field(default=None, description="seconds; default none")
+
+    def command(self) -> CommandRequest:
+        """The command request it stands for (streamed, stdin open)."""
+        return CommandRequest.model_validate({
+            "cmd": self.cmd if self.cmd is not None else list(TERMINAL_SHELL),
+            "env": dict(self.env), "cwd": self.cwd, "user": self.user,
+            "timeout": self.timeout, "pty": self.pty, "stream": True, "stdin_open": True})
+
+
+class TerminalResize(_Request):
+    """A text message on a terminal WebSocket: its new size."""
+
+    type: Literal["resize"]
+    cols: Annotated[int, Field(ge=1, le=MAX_PTY_SIZE)]
+    rows: Annotated[int, Field(ge=1, le=MAX_PTY_SIZE)]
+
+
+class TerminalSignal(_Request):
+    """A text message on a terminal WebSocket: a signal for its command's process group."""
+
+    type: Literal["signal"]
+    signal: Annotated[int, Field(ge=1, le=MAX_SIGNAL)]
+
+
+TerminalControl = Annotated[TerminalResize | TerminalSignal, Field(discriminator="type")]
+
+
 class ProcessInfo(_Response):
     id: int
     pid: int
     argv: list[str]
     started_at: float
+    #: Whether it runs on a pseudo-terminal (started with ``pty``).
+    pty: bool = False
 
 
 class ProcessList(_Response):

@@ -13,6 +13,8 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from corral.api import agent_protocol as proto
 from corral.api import contract, models
 from corral.api.command_events import Output, OutputCallback, OutputCapture
@@ -113,6 +115,11 @@ class NodeCommandHandle:
         """Send ``signum`` to the command's process group."""
         await self._sandbox.channel().call(proto.OP_SIGNAL, target=self.id, signal=int(signum))
 
+    async def resize(self, cols: int, rows: int) -> None:
+        """Set the size of the command's terminal (it must have been started with ``pty``);
+        the command gets SIGWINCH."""
+        await self._sandbox.commands.resize(self.id, cols, rows)
+
     async def kill(self) -> None:
         """SIGKILL the command and every process it started."""
         await self.signal(signals.SIGKILL)
@@ -156,7 +163,8 @@ class NodeCommands:
 
     async def start(self, cmd: contract.Cmd, *, env: Mapping[str, str] | None = None,
                     cwd: str | None = None, user: str | int | None = None,
-                    timeout: float | None = None, stdin: bool = False) -> NodeCommandHandle:
+                    timeout: float | None = None, stdin: bool = False,
+                    pty: models.PtySize | None = None) -> NodeCommandHandle:
         """Start a command in the background and return its handle.
 
         Args:
@@ -167,8 +175,15 @@ class NodeCommands:
                 for the public images).
             timeout: seconds after which the command and all its descendants are killed.
             stdin: keep stdin open for :meth:`NodeCommandHandle.send_stdin`.
+            pty: run it on a pseudo-terminal of this size (stdin, stdout and stderr; its
+                output all stdout; stdin open; ``TERM=xterm-256color`` unless ``env`` sets
+                it); :meth:`NodeCommandHandle.resize` changes the size.
         """
         fields: dict[str, Any] = {"stdin": stdin}
+        if pty is not None:
+            if not isinstance(pty, models.PtySize):
+                raise InvalidArgumentError("pty must be a PtySize(cols=..., rows=...)")
+            fields["pty"] = {"cols": pty.cols, "rows": pty.rows}
         if isinstance(cmd, str):
             fields["cmd"] = cmd
         elif isinstance(cmd, Sequence) and all(isinstance(a, str) for a in cmd) and cmd:
@@ -260,6 +275,19 @@ class NodeCommands:
         """SIGKILL a running command, and every process it started, by its id."""
         await self.signal(command_id, signals.SIGKILL)
 
+    async def resize(self, command_id: int, cols: int, rows: int) -> None:
+        """Set the size of a running command's terminal, by its id (see ``pty`` of
+        :meth:`start`). InvalidArgumentError for a size out of bounds (1 to
+        :data:`~corral.api.agent_protocol.MAX_PTY_SIZE`) or a command with no terminal;
+        NotFoundError if no such command runs."""
+        try:
+            size = models.PtySize.model_validate({"cols": cols, "rows": rows})
+        except ValidationError:
+            raise InvalidArgumentError(f"a terminal's cols and rows are whole numbers from 1 "
+                                       f"to {proto.MAX_PTY_SIZE}") from None
+        await self._sandbox.channel().call(proto.OP_RESIZE, target=int(command_id),
+                                           cols=size.cols, rows=size.rows)
+
     async def list(self) -> list[models.ProcessInfo]:
         """NodeCommands started through the API that are still running.
 
@@ -274,7 +302,7 @@ class NodeCommands:
                 found.append(models.ProcessInfo(
                     id=int(raw.get("id", 0)), pid=int(raw.get("pid", 0)),
                     argv=[str(a) for a in raw.get("argv", [])][:MAX_ARGV],
-                    started_at=float(raw.get("started_at", 0.0))))
+                    started_at=float(raw.get("started_at", 0.0)), pty=raw.get("pty") is True))
         return found
 
     async def connect(self, command_id: int) -> NodeCommandHandle:

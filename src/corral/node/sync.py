@@ -47,6 +47,7 @@ class SyncNodeCommandHandle(CommandIds[NodeCommandHandle]):
     send_stdin = blocking(NodeCommandHandle.send_stdin)
     close_stdin = blocking(NodeCommandHandle.close_stdin)
     signal = blocking(NodeCommandHandle.signal)
+    resize = blocking(NodeCommandHandle.resize)
     kill = blocking(NodeCommandHandle.kill)
     close = blocking(NodeCommandHandle.aclose)
     __iter__ = blocking_iter(NodeCommandHandle.__aiter__)
@@ -68,6 +69,7 @@ class SyncNodeCommands(Proxy[NodeCommands]):
     list = blocking(NodeCommands.list)
     signal = blocking(NodeCommands.signal)
     kill = blocking(NodeCommands.kill)
+    resize = blocking(NodeCommands.resize)
 
 
 class SyncNodeWatch(Proxy[NodeWatch]):

@@ -14,7 +14,7 @@ Set ``CORRAL_URL`` and ``CORRAL_API_KEY`` (``corral keys create``), or pass ``ur
 """
 
 from corral.api.command_events import Output
-from corral.api.models import CommandResult, EntryInfo, ProcessInfo
+from corral.api.models import CommandResult, EntryInfo, ProcessInfo, PtySize
 from corral.api.models import SandboxInfo, SnapshotInfo, WatchEvent
 
 from .code import AsyncCodeInterpreter, Context, Execution, ExecutionError, Logs, Result
@@ -23,8 +23,9 @@ from .files import AsyncFiles, AsyncWatchHandle
 from .images import Image
 from .sandbox import AsyncSandbox
 from .snapshots import AsyncSnapshot
-from .sync import (CodeInterpreter, CommandHandle, Commands, Files, Sandbox, Snapshot, Volume,
-                   WatchHandle)
+from .pty import AsyncPty, AsyncPtyHandle
+from .sync import (CodeInterpreter, CommandHandle, Commands, Files, Pty, PtyHandle, Sandbox,
+                   Snapshot, Volume, WatchHandle)
 from .volumes import AsyncVolume
 
 __all__ = [
@@ -33,5 +34,6 @@ __all__ = [
     "AsyncCommandHandle", "AsyncCommands", "AsyncFiles", "AsyncSandbox", "CommandHandle",
     "CommandResult", "Commands", "EntryInfo", "Files", "Image", "Output", "ProcessInfo",
     "Sandbox", "AsyncVolume", "Volume", "AsyncSnapshot", "Snapshot",
+    "AsyncPty", "AsyncPtyHandle", "Pty", "PtyHandle", "PtySize",
     "SandboxInfo", "SnapshotInfo", "AsyncWatchHandle", "WatchHandle", "WatchEvent",
 ]

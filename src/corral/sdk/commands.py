@@ -107,6 +107,11 @@ class AsyncCommandHandle:
         """SIGKILL the command and every process it started."""
         await self.signal(9)
 
+    async def resize(self, cols: int, rows: int) -> None:
+        """Set the size of the command's terminal (start it with ``pty``); it gets
+        SIGWINCH."""
+        await self._commands.resize(self.id, cols, rows)
+
     async def aclose(self) -> None:
         """Stop reading; a command still running is killed by the server (one followed with
         :meth:`AsyncCommands.connect` runs on)."""
@@ -161,12 +166,18 @@ class AsyncCommands:
 
     async def start(self, cmd: contract.Cmd, *, env: Mapping[str, str] | None = None,
                     cwd: str | None = None, user: str | int | None = None,
-                    timeout: float | None = None, stdin: bool = False) -> AsyncCommandHandle:
+                    timeout: float | None = None, stdin: bool = False,
+                    pty: models.PtySize | None = None) -> AsyncCommandHandle:
         """Start a command and return its handle once it runs (``handle.pid`` is set).
 
         ``stdin=True`` keeps its stdin open for :meth:`AsyncCommandHandle.send_stdin`.
+        ``pty=PtySize(cols=80, rows=24)`` runs it on a pseudo-terminal of that size: its
+        output all comes as stdout, its stdin is open, and
+        :meth:`AsyncCommandHandle.resize` changes the size (:attr:`AsyncSandbox.pty
+        <corral.sdk.pty.AsyncPty>` makes an interactive shell of it).
         """
-        request = self._request(cmd, env, cwd, user, timeout, stdin_open=stdin, stream=True)
+        request = self._request(cmd, env, cwd, user, timeout, stdin_open=stdin, stream=True,
+                                pty=pty)
         return await self._follow(self._api.stream("POST", self._base, body=request))
 
     async def connect(self, command_id: int) -> AsyncCommandHandle:
@@ -231,6 +242,11 @@ class AsyncCommands:
     async def kill(self, command_id: int) -> None:
         """SIGKILL a running command, and every process it started, by its id."""
         await self.signal(command_id, 9)
+
+    async def resize(self, command_id: int, cols: int, rows: int) -> None:
+        """Set the size of a running command's terminal (one started with ``pty``), by id."""
+        await self._api.call("POST", f"{self._base}/{command_id}/resize",
+                             body=checked(models.PtySize, cols=cols, rows=rows))
 
     async def list(self) -> list[models.ProcessInfo]:
         """Commands started through the API that still run."""

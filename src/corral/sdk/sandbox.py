@@ -41,6 +41,7 @@ from .commands import AsyncCommands
 from .files import AsyncFiles
 from .network import AsyncNetwork, network_spec
 from .ports import AsyncPorts
+from .pty import AsyncPty
 
 #: Limits: a :class:`corral.Resources`, its wire form, or a mapping such as
 #: ``{"memory": "1G", "cpus": 2}`` (checked as the wire form is).
@@ -81,6 +82,7 @@ class AsyncSandbox:
 
     Attributes:
         commands: run processes (:class:`corral.sdk.commands.AsyncCommands`).
+        pty: interactive terminals (:class:`corral.sdk.pty.AsyncPty`).
         files: move files in and out (:class:`corral.sdk.files.AsyncFiles`).
         code: stateful code contexts (:class:`corral.sdk.code.AsyncCodeInterpreter`);
             :meth:`run_code` runs a cell.
@@ -96,6 +98,7 @@ class AsyncSandbox:
         self._api = api
         self._connection = connection or _Connection.of(api.url, None, None)
         self.commands = AsyncCommands(self)
+        self.pty = AsyncPty(self)
         self.files = AsyncFiles(self)
         self.code = AsyncCodeInterpreter(self)
         self.network = AsyncNetwork(self)

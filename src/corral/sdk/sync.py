@@ -32,6 +32,7 @@ from .network import AsyncNetwork
 from .ports import AsyncPorts
 from .commands import AsyncCommandHandle, AsyncCommands
 from .files import AsyncFiles, AsyncWatchHandle
+from .pty import AsyncPty, AsyncPtyHandle
 from .sandbox import AsyncSandbox
 from .snapshots import AsyncSnapshot
 from .volumes import AsyncVolume
@@ -44,6 +45,7 @@ class CommandHandle(CommandIds[AsyncCommandHandle]):
     send_stdin = blocking(AsyncCommandHandle.send_stdin)
     close_stdin = blocking(AsyncCommandHandle.close_stdin)
     signal = blocking(AsyncCommandHandle.signal)
+    resize = blocking(AsyncCommandHandle.resize)
     kill = blocking(AsyncCommandHandle.kill)
     close = blocking(AsyncCommandHandle.aclose)
     __iter__ = blocking_iter(AsyncCommandHandle.__aiter__)
@@ -64,6 +66,7 @@ class Commands(Proxy[AsyncCommands]):
     run_background = blocking(AsyncCommands.run_background)
     signal = blocking(AsyncCommands.signal)
     kill = blocking(AsyncCommands.kill)
+    resize = blocking(AsyncCommands.resize)
     list = blocking(AsyncCommands.list)
 
 
@@ -81,6 +84,29 @@ class WatchHandle(Proxy[AsyncWatchHandle]):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class PtyHandle(CommandIds[AsyncPtyHandle]):
+    """Blocking :class:`corral.sdk.pty.AsyncPtyHandle`; ``on_data`` runs on the SDK's
+    thread."""
+
+    send_input = blocking(AsyncPtyHandle.send_input)
+    resize = blocking(AsyncPtyHandle.resize)
+    kill = blocking(AsyncPtyHandle.kill)
+    wait = blocking(AsyncPtyHandle.wait)
+    close = blocking(AsyncPtyHandle.aclose)
+
+    def __enter__(self) -> PtyHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Pty(Proxy[AsyncPty]):
+    """Blocking :class:`corral.sdk.pty.AsyncPty`."""
+
+    create = blocking_wrapped(AsyncPty.create, PtyHandle)
 
 
 class Files(Proxy[AsyncFiles]):
@@ -219,6 +245,7 @@ class Sandbox(Proxy[AsyncSandbox]):
     def __init__(self, inner: AsyncSandbox) -> None:
         super().__init__(inner, portal())
         self.commands = Commands(inner.commands, self._portal)
+        self.pty = Pty(inner.pty, self._portal)
         self.files = Files(inner.files, self._portal)
         self.code = CodeInterpreter(inner.code, self._portal)
         self.network = Network(inner.network, self._portal)

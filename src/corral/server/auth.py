@@ -15,6 +15,10 @@ log lines) more than the odds of a guess, which are nil either way.
 
 Some paths authenticate another way (E2B's data plane: a per-sandbox token, not a key):
 an :data:`Alternative` names the caller for them, under the same failure limit.
+
+WebSocket handshakes (the terminal route) authenticate as requests do, by the same headers;
+a refused one is answered in the same error body, as an HTTP answer to the handshake where
+the server can send one, else by closing it (1008) before it is accepted.
 """
 
 from __future__ import annotations
@@ -29,9 +33,9 @@ from typing import Annotated, Final
 
 from fastapi import Depends, Request
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from corral.api.errors import AuthenticationError, ErrorCode
+from corral.api.errors import AuthenticationError, ErrorCode, http_status
 
 from .errors import error_response
 from .ratelimit import KEY_ID_SCOPE, Buckets, client_name, retry_after
@@ -71,7 +75,7 @@ class Authenticate:
         self._recent_size = max(1, recent_size)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         key = presented_key(Headers(scope=scope))
@@ -81,14 +85,14 @@ class Authenticate:
         if wait > 0 and not self._recently_good(digest):
             message = ("too many failed authentications from this address; try again in "
                        f"{max(1, math.ceil(wait))} s")
-            await error_response(ErrorCode.RATE_LIMITED, message,
-                                 headers=retry_after(wait))(scope, receive, send)
+            await refuse(scope, receive, send, ErrorCode.RATE_LIMITED, message,
+                         retry_after(wait))
             return
         other = await self.alternative(scope) if self.alternative is not None else None
         if other is not None:
             if isinstance(other, str):
                 self.failures.take(address)
-                await error_response(ErrorCode.UNAUTHENTICATED, other)(scope, receive, send)
+                await refuse(scope, receive, send, ErrorCode.UNAUTHENTICATED, other)
                 return
             scope[_SCOPE_KEY] = other.tenant
             scope[KEY_ID_SCOPE] = other.id
@@ -101,7 +105,7 @@ class Authenticate:
             self._recent.pop(digest, None)
             message = (f"no API key: {_HINT}" if not key
                        else "the API key is not valid (unknown or revoked)")
-            await error_response(ErrorCode.UNAUTHENTICATED, message)(scope, receive, send)
+            await refuse(scope, receive, send, ErrorCode.UNAUTHENTICATED, message)
             return
         self._remember(digest)
         scope[_SCOPE_KEY] = found.tenant
@@ -117,6 +121,24 @@ class Authenticate:
         self._recent.move_to_end(digest)
         while len(self._recent) > self._recent_size:
             self._recent.popitem(last=False)
+
+
+async def refuse(scope: Scope, receive: Receive, send: Send, code: ErrorCode, message: str,
+                 headers: dict[str, str] | None = None) -> None:
+    """Answer a request, or a WebSocket handshake, with the error body of ``code``."""
+    response = error_response(code, message, headers=headers)
+    if scope["type"] == "http":
+        await response(scope, receive, send)
+        return
+    first: Message = await receive()
+    if first["type"] != "websocket.connect":
+        return  # the client left first
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        await send({"type": "websocket.http.response.start", "status": http_status(code),
+                    "headers": response.raw_headers})
+        await send({"type": "websocket.http.response.body", "body": bytes(response.body)})
+    else:
+        await send({"type": "websocket.close", "code": 1008})
 
 
 async def _tenant(request: Request) -> str:

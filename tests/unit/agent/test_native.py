@@ -39,6 +39,7 @@ def test_the_agents_constants_are_the_nodes() -> None:
         "MAX_DATA": agent_protocol.MAX_DATA,
         "CHUNK": agent_protocol.CHUNK,
         "STREAM_WINDOW": agent_protocol.STREAM_WINDOW,
+        "MAX_PTY_SIZE": agent_protocol.MAX_PTY_SIZE,
         "MAX_PATH": limits.MAX_PATH,
         "NAME_MAX": limits.NAME_MAX,
         "MAX_LIST_DEPTH": limits.MAX_LIST_DEPTH,

@@ -11,6 +11,10 @@ early leaves running (:meth:`CommandService.start_detached`), killed only when
 ``Connect-Timeout-Ms`` runs out; ``Connect`` follows one again by pid, bounded by the
 same header without killing it. Processes are addressed by pid; Corral's command id is
 found from the pid through the agent's process list.
+
+PTYs: ``Start`` with ``pty.size`` runs the command on a pseudo-terminal of Corral's own
+(its output comes as ``data.pty``), ``SendInput`` and ``StreamInput`` type
+``input.pty`` into it, and ``Update`` with ``pty.size`` resizes it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Scope
 
 from corral.api import models as corral
+from corral.api.agent_protocol import MAX_PTY_SIZE
 from corral.api.errors import SandboxError
 
 from ..logs import SANDBOX_SCOPE
@@ -57,6 +62,9 @@ _MAX_ID: Final = 64
 #: a user not in this table starts in the image's working directory.
 DEFAULT_USER: Final = "user"
 _HOMES: Final = {"user": "/home/user", "root": "/root"}
+#: Bytes of a ``StreamInput`` body held at once: one envelope's bound (a larger one is
+#: refused; whole envelopes are forwarded as they come).
+_MAX_ENVELOPE: Final = 1024 * 1024
 _SIGNALS: Final = {"SIGNAL_SIGTERM": signal.SIGTERM, "SIGNAL_SIGKILL": signal.SIGKILL,
                    15: signal.SIGTERM, 9: signal.SIGKILL}
 #: Streams' followers left to finish in the background (kept referenced until done).
@@ -141,15 +149,18 @@ async def process(method: str, request: Request) -> Response:
         return _not_found(request)
     commands: CommandService = request.app.state.commands
     call = _Call(commands, found[0], found[1], request.headers)
-    body = await request.body()
+    # StreamInput's body is read as it comes (a client stream); every other one whole.
+    body: bytes | AsyncIterator[bytes] = (
+        request.stream() if method == "StreamInput" else await request.body())
     try:
-        if method in ("Start", "Connect"):
+        if isinstance(body, bytes) and method in ("Start", "Connect"):
             return await call.stream(method, connect.read_single(body))
+        if not isinstance(body, bytes):
+            return await call.stream_input(body)
         handler = _UNARY.get(method)
         if handler is None:
             raise ConnectError("unimplemented", f"process.Process/{method} is not served "
-                               "by Corral's envd (no PTY, no StreamInput yet); use "
-                               "commands.run/send_stdin instead")
+                               "by Corral's envd")
         return JSONResponse(await handler(call, connect.read_unary(body)))
     except ConnectError as exc:
         return exc.response()
@@ -171,19 +182,21 @@ class _Call:
         deadline = connect.timeout_ms(self.headers.get("connect-timeout-ms"))
         left: Callable[[], None] | None
         if method == "Start":
+            request = self._start_request(message, deadline)
             events, left = await self.commands.start_detached(
-                self.tenant, self.sandbox_id, self._start_request(message, deadline))
+                self.tenant, self.sandbox_id, request)
             bound = None  # the command's own timeout kills it (and ends the stream)
+            pty = request.pty is not None
         else:
-            command_id = await self._command_id(_pid(message))
-            events = await self.commands.follow(self.tenant, self.sandbox_id, command_id)
-            bound, left = deadline, None
+            found = await self._process(_pid(message))
+            events = await self.commands.follow(self.tenant, self.sandbox_id, found.id)
+            bound, left, pty = deadline, None, found.pty
         first = await anext(events)
         if not isinstance(first, corral.StartedEvent):
             await events.aclose()
             raise ConnectError("internal", "the command did not report its start")
         return StreamingResponse(
-            _frames(first.pid, events, self._keepalive(), bound, left),
+            _frames(first.pid, events, self._keepalive(), bound, left, pty),
             media_type=connect.STREAM_TYPE)
 
     def _keepalive(self) -> float:
@@ -191,9 +204,7 @@ class _Call:
 
     def _start_request(self, message: dict[str, Any], deadline: float | None
                        ) -> corral.CommandRequest:
-        if message.get("pty") is not None:
-            raise ConnectError("unimplemented", "PTYs are not served by Corral's envd yet; "
-                               "run the command without pty")
+        pty = _pty_size(message) if message.get("pty") is not None else None
         config = message.get("process")
         if not isinstance(config, dict) or not isinstance(config.get("cmd"), str):
             raise ConnectError("invalid_argument", "process.cmd (a string) is required")
@@ -214,17 +225,21 @@ class _Call:
                 "cmd": [config["cmd"], *args], "env": envs, "cwd": cwd,
                 "user": user, "timeout": timeout,
                 # Absent (older clients) means a pipe, as envd does; false means none.
-                "stdin_open": message.get("stdin") is not False, "background": True})
+                "stdin_open": message.get("stdin") is not False, "background": True,
+                "pty": pty})
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
                                  for e in exc.errors()[:10])
             raise ConnectError("invalid_argument", f"invalid process: {problems}") from None
 
     async def _command_id(self, pid: int) -> int:
+        return (await self._process(pid)).id
+
+    async def _process(self, pid: int) -> corral.ProcessInfo:
         listed = await self.commands.list(self.tenant, self.sandbox_id)
         for found in listed.processes:
             if found.pid == pid:
-                return found.id
+                return found
         raise ConnectError("not_found", f"no running process with pid {pid} in sandbox "
                            f"{self.sandbox_id}")
 
@@ -244,19 +259,56 @@ class _Call:
         return {}
 
     async def send_input(self, message: dict[str, Any]) -> dict[str, Any]:
-        given = message.get("input")
-        if not isinstance(given, dict) or "pty" in given:
-            raise ConnectError("unimplemented" if isinstance(given, dict) else
-                               "invalid_argument", "input.stdin (base64) is required; PTY "
-                               "input is not served by Corral's envd yet")
-        try:
-            data = base64.b64decode(given.get("stdin") or "", validate=True)
-        except (binascii.Error, TypeError):
-            raise ConnectError("invalid_argument", "input.stdin is not base64") from None
+        data = _input(message.get("input"))
         command_id = await self._command_id(_pid(message))
         await self.commands.send_stdin(self.tenant, self.sandbox_id, command_id, data,
                                        eof=False)
         return {}
+
+    async def update(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A PTY's new size (``pty.size``); nothing else of a process can change."""
+        if message.get("pty") is None:
+            return {}  # envd changes nothing either
+        size = _pty_size(message)
+        command_id = await self._command_id(_pid(message))
+        await self.commands.resize(self.tenant, self.sandbox_id, command_id,
+                                   corral.PtySize(**size))
+        return {}
+
+    async def stream_input(self, body: AsyncIterator[bytes]) -> Response:
+        """A client stream: ``start`` (the process), then ``data`` (inputs, forwarded in
+        order) and ``keepalive`` messages; answered once the client ends its stream.
+        Corral's body limit reads the stream whole before this sees it (bounded in size
+        and time as every request body), so the inputs go in once it has ended."""
+        command_id: int | None = None
+        error: ConnectError | None = None
+        try:
+            async for flags, message in _envelopes(body):
+                if flags & connect.END_STREAM:
+                    break
+                if "keepalive" in message:
+                    continue
+                if command_id is None:
+                    start = message.get("start")
+                    if not isinstance(start, dict):
+                        raise ConnectError("invalid_argument", "the first message must be "
+                                           "start (with process.pid)")
+                    command_id = await self._command_id(_pid(start))
+                    continue
+                given = message.get("data")
+                if not isinstance(given, dict):
+                    raise ConnectError("invalid_argument", "after start, messages are data "
+                                       "(input.stdin or input.pty) or keepalive")
+                await self.commands.send_stdin(self.tenant, self.sandbox_id, command_id,
+                                               _input(given.get("input")), eof=False)
+        except ConnectError as exc:
+            error = exc
+        except SandboxError as exc:
+            error = ConnectError.of(exc)
+        # A client stream's answer is its one message (the empty StreamInputResponse), then
+        # the end; or the end with the error alone.
+        answer = b"" if error is not None else connect.envelope({})
+        return Response(answer + connect.end_of_stream(error), media_type=connect.STREAM_TYPE)
 
     async def close_stdin(self, message: dict[str, Any]) -> dict[str, Any]:
         command_id = await self._command_id(_pid(message))
@@ -267,14 +319,15 @@ class _Call:
 
 _UNARY: Final[dict[str, Callable[[_Call, dict[str, Any]], Awaitable[dict[str, Any]]]]] = {
     "List": _Call.list, "SendSignal": _Call.send_signal, "SendInput": _Call.send_input,
-    "CloseStdin": _Call.close_stdin,
+    "CloseStdin": _Call.close_stdin, "Update": _Call.update,
 }
 
 
 #: The audited process calls (action names as Corral's own command routes'); the paths
 #: are the sub-app's, unprefixed.
 ACTIONS: Final = {"Start": "command.run", "SendInput": "command.stdin",
-                  "CloseStdin": "command.stdin", "SendSignal": "command.signal"}
+                  "StreamInput": "command.stdin", "CloseStdin": "command.stdin",
+                  "SendSignal": "command.signal"}
 
 
 def _route(method: str) -> Callable[[Request], Awaitable[Response]]:
@@ -287,13 +340,13 @@ def _route(method: str) -> Callable[[Request], Awaitable[Response]]:
 
 # One route per method served, so that each has its own template (metrics, the audit
 # trail); any other method reaches the last, which answers Connect's unimplemented.
-for _method in ("Start", "Connect", *_UNARY):
+for _method in ("Start", "Connect", "StreamInput", *_UNARY):
     router.add_api_route(_SERVICE + _method, _route(_method), methods=["POST"])
 
 
 @router.post(_SERVICE + "{method}")
 async def other_method(method: str, request: Request) -> Response:
-    """A method not served (Update, StreamInput, unknown ones): ``unimplemented``."""
+    """A method not served (unknown ones): ``unimplemented``."""
     return await process(method, request)
 
 
@@ -320,6 +373,56 @@ def _pid(message: dict[str, Any]) -> int:
         raise ConnectError("invalid_argument", "process.pid (a positive integer) is "
                            "required; tags are not supported")
     return pid
+
+
+def _pty_size(message: dict[str, Any]) -> dict[str, int]:
+    """``pty.size`` of a Start or Update as Corral's ``{"cols", "rows"}`` (1 to
+    :data:`~corral.api.agent_protocol.MAX_PTY_SIZE` each)."""
+    pty = message.get("pty")
+    size = pty.get("size") if isinstance(pty, dict) else None
+    found: dict[str, int] = {}
+    for key in ("cols", "rows"):
+        value = size.get(key) if isinstance(size, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_PTY_SIZE:
+            found[key] = value
+    if len(found) != 2:
+        raise ConnectError("invalid_argument", f"pty.size.cols and pty.size.rows must be "
+                           f"whole numbers from 1 to {MAX_PTY_SIZE}")
+    return found
+
+
+def _input(given: object) -> bytes:
+    """A ``ProcessInput``'s bytes: exactly one of ``stdin`` and ``pty``, base64."""
+    kinds = [k for k in ("stdin", "pty") if isinstance(given, dict) and k in given]
+    if len(kinds) != 1 or not isinstance(given, dict):
+        raise ConnectError("invalid_argument", "input must hold exactly one of stdin and "
+                           "pty (base64)")
+    try:
+        return base64.b64decode(given[kinds[0]] or "", validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raise ConnectError("invalid_argument", f"input.{kinds[0]} is not base64") from None
+
+
+async def _envelopes(body: AsyncIterator[bytes]
+                     ) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    """The envelopes of a streamed request body, each as soon as it is whole; at most
+    :data:`_MAX_ENVELOPE` bytes held."""
+    held = b""
+    async for chunk in body:
+        held += chunk
+        while len(held) >= 5:
+            length = int.from_bytes(held[1:5], "big")
+            if length > _MAX_ENVELOPE:
+                raise ConnectError("resource_exhausted", f"an input envelope of {length} "
+                                   f"bytes is over the {_MAX_ENVELOPE}-byte bound")
+            if len(held) < 5 + length:
+                break
+            (found,) = connect.read_envelopes(held[:5 + length])
+            held = held[5 + length:]
+            yield found
+    if held:
+        connect.read_envelopes(held)  # names what is wrong with the rest
+        raise ConnectError("invalid_argument", "the request body ends inside an envelope")
 
 
 def _basic_user(headers: Headers) -> str | None:
@@ -357,10 +460,11 @@ _DEADLINE_MARK: Final = object()
 
 
 async def _frames(pid: int, events: AsyncIterator[Any], keepalive: float,
-                  deadline: float | None, left: Callable[[], None] | None
+                  deadline: float | None, left: Callable[[], None] | None, pty: bool = False
                   ) -> AsyncIterator[bytes]:
     """The stream's envelopes: start, data/keepalive…, end, then end-of-stream (with
-    ``deadline_exceeded`` when the deadline or the command's timeout ran out)."""
+    ``deadline_exceeded`` when the deadline or the command's timeout ran out). A PTY's
+    output is ``data.pty``."""
     yield connect.envelope({"event": {"start": {"pid": pid}}})
     async for event in _paced(events, keepalive, deadline, left):
         if event is _KEEPALIVE_MARK:
@@ -371,7 +475,8 @@ async def _frames(pid: int, events: AsyncIterator[Any], keepalive: float,
                 "runs on (commands.connect follows it again)"))
             return
         elif isinstance(event, corral.OutputEvent):
-            yield connect.envelope({"event": {"data": {event.type: event.data}}})
+            kind = "pty" if pty else event.type
+            yield connect.envelope({"event": {"data": {kind: event.data}}})
         elif isinstance(event, corral.ExitEvent):
             yield connect.envelope({"event": {"end": _end(event)}})
             if event.reason == "timeout":

@@ -1,6 +1,6 @@
 """``/v1/sandboxes/{id}/commands``: run (JSON, or NDJSON with ``stream``), background
-start, connect (follow a running command again), stdin, signals, and the list of running
-commands."""
+start, connect (follow a running command again), stdin, signals, a terminal's resize, and
+the list of running commands."""
 
 from __future__ import annotations
 
@@ -102,4 +102,14 @@ async def stdin(sandbox_id: SandboxId, command_id: CommandId, request: Request,
 async def signal(sandbox_id: SandboxId, command_id: CommandId, body: models.SignalRequest,
                  tenant: Tenant, service: Commands) -> Response:
     await service.signal(tenant, sandbox_id, command_id, body.signal)
+    return Response(status_code=204)
+
+
+@router.post("/{command_id}/resize", status_code=204, responses=errors(
+    ErrorCode.NOT_FOUND, ErrorCode.INVALID_ARGUMENT,
+    why="no such running command, or it was not started with a pty"))
+async def resize(sandbox_id: SandboxId, command_id: CommandId, body: models.PtySize,
+                 tenant: Tenant, service: Commands) -> Response:
+    """Set the size of a command's terminal (one started with ``pty``); it gets SIGWINCH."""
+    await service.resize(tenant, sandbox_id, command_id, body)
     return Response(status_code=204)

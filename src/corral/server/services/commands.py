@@ -61,6 +61,13 @@ class CommandService:
         handle = await self._start(tenant, sandbox_id, request)
         return self._events(sandbox_id, handle)
 
+    async def events(self, tenant: str, sandbox_id: str, request: models.CommandRequest
+                     ) -> AsyncGenerator[Event, None]:
+        """Start the command (errors surface here), then its events as models, as
+        :meth:`stream` gives them (a client that leaves before the end kills it)."""
+        handle = await self._start(tenant, sandbox_id, request)
+        return self._follow(sandbox_id, handle, _KILL)
+
     async def background(self, tenant: str, sandbox_id: str,
                          request: models.CommandRequest) -> models.CommandStarted:
         handle = await self._start(tenant, sandbox_id, request)
@@ -121,10 +128,17 @@ class CommandService:
         else:  # started before a server restart: the agent still knows it by its id
             await sandbox.commands.signal(command_id, signum)
 
+    async def resize(self, tenant: str, sandbox_id: str, command_id: int,
+                     size: models.PtySize) -> None:
+        """Set the size of a running command's terminal (one started with ``pty``)."""
+        sandbox = await self._sandboxes.owned(tenant, sandbox_id, "a terminal resize")
+        await sandbox.commands.resize(command_id, size.cols, size.rows)
+
     async def list(self, tenant: str, sandbox_id: str) -> models.ProcessList:
         sandbox = await self._sandboxes.owned(tenant, sandbox_id, "a command listing")
         return models.ProcessList(processes=[
-            models.ProcessInfo(id=p.id, pid=p.pid, argv=p.argv, started_at=p.started_at)
+            models.ProcessInfo(id=p.id, pid=p.pid, argv=p.argv, started_at=p.started_at,
+                               pty=p.pty)
             for p in await sandbox.commands.list()])
 
     async def _start(self, tenant: str, sandbox_id: str,
@@ -136,7 +150,7 @@ class CommandService:
             timeout = DEFAULT_COMMAND_TIMEOUT
         handle = await sandbox.commands.start(
             request.cmd, env=request.env, cwd=request.cwd, user=request.user, timeout=timeout,
-            stdin=data is not None or request.stdin_open)
+            stdin=data is not None or request.stdin_open, pty=request.pty)
         self._handles.setdefault(sandbox_id, {})[handle.id] = handle
         if data is not None:
             try:
