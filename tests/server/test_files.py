@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from corral import NotFoundError, Sandbox
+from corral import InvalidArgumentError, NotFoundError, Sandbox
 
 BIG = 64 * 1024 * 1024
 
@@ -38,6 +38,21 @@ def test_round_trip_and_management(sandbox: Sandbox) -> None:
         sandbox.files.read("/work/missing")
     with pytest.raises(NotFoundError):
         sandbox.files.stat("/work/missing")
+
+
+def test_a_named_user_owns_what_a_write_or_mkdir_creates(sandbox: Sandbox) -> None:
+    sandbox.files.write("/work/u/v/w.txt", "x", user="user")
+    sandbox.files.write("/work/r.txt", "x")
+    assert sandbox.files.mkdir("/work/m/n", user=1000) is True
+    for path in ("/work/u", "/work/u/v", "/work/u/v/w.txt", "/work/m", "/work/m/n"):
+        entry = sandbox.files.stat(path)
+        assert (path, entry.uid, entry.gid) == (path, 1000, 1000)
+    assert sandbox.files.stat("/work/r.txt").uid == 0
+    assert sandbox.files.stat("/work").uid == 0  # an existing parent keeps its owner
+    with pytest.raises(NotFoundError, match="does not exist"):
+        sandbox.files.write("/work/x.txt", "x", user="nobody-here")
+    with pytest.raises(InvalidArgumentError):
+        sandbox.files.mkdir("/work/y", user="a:b")
 
 
 def _chunks(seed: bytes, total: int) -> Iterator[bytes]:

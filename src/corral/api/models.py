@@ -540,9 +540,17 @@ class Exists(_Response):
     exists: bool
 
 
+#: Who owns what a file call creates: a user name or a uid of the image's /etc/passwd.
+FileUser = Annotated[str, Field(min_length=1, max_length=64)] | Annotated[
+    int, Field(ge=0, le=2**32 - 2)]
+
+
 class MakeDir(_Request):
     path: Path
     parents: bool = True
+    user: FileUser | None = Field(default=None, description=(
+        "the user (name or uid) who owns the directories created; default: the agent's "
+        "(root). Sandboxes only: volumes refuse it"))
 
 
 class Created(_Response):

@@ -46,10 +46,13 @@ RAW_BODY = {"requestBody": {"required": True, "content": {"application/octet-str
 
 @router.put("", openapi_extra=RAW_BODY)
 async def upload(sandbox_id: SandboxId, path: FilePath, request: Request, tenant: Tenant,
-                 service: Files, mode: Annotated[int, Query(ge=0, le=0o7777)] = 0o644
+                 service: Files, mode: Annotated[int, Query(ge=0, le=0o7777)] = 0o644,
+                 user: Annotated[str | None, Query(min_length=1, max_length=64)] = None
                  ) -> models.WriteResult:
-    """The raw request body becomes the file, written atomically (parents created)."""
-    return await service.write(tenant, sandbox_id, path, request.stream(), mode)
+    """The raw request body becomes the file, written atomically (parents created).
+    ``user`` (a name or uid of the image) owns the file and the parents created."""
+    owner: str | int | None = int(user) if user is not None and user.isdigit() else user
+    return await service.write(tenant, sandbox_id, path, request.stream(), mode, owner)
 
 
 @router.delete("", status_code=204)
