@@ -121,7 +121,9 @@ def create_app(settings: ServerSettings, *,
     e2b_auth: e2b.TokenAuth | None = None
     if settings.e2b:
         tokens = e2b.mapping.Tokens(settings.node.data_dir / "e2b-token-secret")
-        app.mount(e2b.PREFIX, e2b.create_app(sandbox_service, app.state.commands, tokens))
+        app.mount(e2b.PREFIX, e2b.create_app(sandbox_service, app.state.commands,
+                                             app.state.files, tokens))
+        e2b.install_signed_files(app)
         extra_routes = e2b.templates()
         e2b_auth = e2b.TokenAuth(e2b.PREFIX, tokens, sandbox_service)
     # Logs, metrics, limits, authentication, audit, body bounds: see middleware.py.

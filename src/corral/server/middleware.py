@@ -28,6 +28,7 @@ from fastapi import FastAPI
 from . import openapi
 from .audit import AuditTrail
 from .auth import Alternative
+from . import e2b
 from .e2b import ErrorShape
 from .limits import BodyLimit, HeaderLimit
 from .logs import RequestLog
@@ -62,7 +63,9 @@ def install(app: FastAPI, settings: ServerSettings, keys: KeyStore, audit: Audit
     app.add_middleware(BodyLimit, limit=settings.max_body,
                        exempt=lambda scope: (files.is_upload(scope)
                                              or images.is_context_upload(scope)
-                                             or volumes.is_upload(scope)),
+                                             or volumes.is_upload(scope)
+                                             or (e2b_prefix is not None
+                                                 and e2b.is_upload(scope))),
                        json_depth=limits.json_depth, timeout=limits.body_timeout,
                        idle_timeout=limits.body_idle_timeout)
     app.add_middleware(AuditTrail, store=audit, settings=settings.audit, route=routes,

@@ -1,8 +1,10 @@
 """The E2B-compatible API, mounted at ``/e2b``: the e2b SDKs run unmodified against Corral
 with ``E2B_API_URL=<server>/e2b`` and a Corral key as ``E2B_API_KEY``.
 
-Today: the control plane (create, connect, get, list, timeout, pause, metrics, kill) and
-envd's process service (:mod:`.envd`: commands, with ``E2B_SANDBOX_URL=<server>/e2b``).
+Today: the control plane (create, connect, get, list, timeout, pause, metrics, kill),
+envd's process service (:mod:`.envd`: commands, with ``E2B_SANDBOX_URL=<server>/e2b``),
+its filesystem service (:mod:`.filesystem`) and file transfers (:mod:`.files`, also at
+the root's ``/files`` for signed URLs, which the SDKs build without the prefix).
 Requests pass Corral's own layers first (authentication by ``X-API-Key``, or on envd's
 paths by the sandbox's access token, :class:`.envd.TokenAuth`; tenants, rate limits, body
 bounds, the audit trail); errors on every path under the mount are E2B's
@@ -16,10 +18,11 @@ from typing import Final
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from starlette.types import Scope
 
 from .. import errors
-from ..services import CommandService, SandboxService
-from . import envd, mapping, routes
+from ..services import CommandService, FileService, SandboxService
+from . import envd, files, filesystem, mapping, routes
 from .envd import TokenAuth
 from .mapping import ErrorShape
 
@@ -36,27 +39,51 @@ AUDITED: Final = {
     ("POST", f"{_SANDBOX}/pause"): "sandbox.pause",
     **{("POST", f"{PREFIX}/process.Process/{method}"): action
        for method, action in envd.ACTIONS.items()},
+    **{("POST", f"{PREFIX}/filesystem.Filesystem/{method}"): action
+       for method, action in filesystem.ACTIONS.items()},
+    ("POST", f"{PREFIX}/files"): "file.write",
+    ("POST", "/files"): "file.write",
 }
 
-__all__ = ["AUDITED", "PREFIX", "ErrorShape", "TokenAuth", "create_app", "templates"]
+__all__ = ["AUDITED", "PREFIX", "ErrorShape", "TokenAuth", "create_app",
+           "install_signed_files", "is_upload", "templates"]
 
 
-def create_app(sandboxes: SandboxService, commands: CommandService,
+def is_upload(scope: Scope) -> bool:
+    """Whether a request is an E2B file upload (exempt from the whole-body bounds)."""
+    return files.is_upload(scope, PREFIX)
+
+
+def create_app(sandboxes: SandboxService, commands: CommandService, files_: FileService,
                tokens: mapping.Tokens) -> FastAPI:
     """The sub-app to mount at :data:`PREFIX` (no schema, no docs pages of its own)."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     app.state.sandboxes = sandboxes
     app.state.commands = commands
+    app.state.files = files_
     app.state.tokens = tokens
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(envd.router)
+    app.include_router(filesystem.router)
+    app.include_router(files.router)
     return app
+
+
+def install_signed_files(parent: FastAPI) -> None:
+    """Serve ``/files`` at ``parent``'s root too, for signed URLs: the SDKs build them on
+    the origin, without the mount's prefix (docs/research/e2b-protocol.md §5.7). The
+    parent's state must hold ``sandboxes`` and ``files``."""
+    parent.add_api_route(files.ROUTE, files.download, methods=["GET"],
+                         include_in_schema=False)
+    parent.add_api_route(files.ROUTE, files.upload, methods=["POST"],
+                         include_in_schema=False)
 
 
 def templates() -> list[str]:
     """The path templates of the sub-app's routes as the parent sees them, mounted (for
     route labels in metrics and the audit trail)."""
     return list(dict.fromkeys(PREFIX + r.path
-                              for r in [*routes.router.routes, *envd.router.routes]
-                              if isinstance(r, APIRoute)))
+                              for r in [*routes.router.routes, *envd.router.routes,
+                                        *filesystem.router.routes, *files.router.routes]
+                              if isinstance(r, APIRoute))) + [files.ROUTE]

@@ -22,22 +22,22 @@ import contextlib
 import hmac
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Final
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, QueryParams
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Scope
 
 from corral.api import models as corral
-from corral.api.errors import SandboxError
+from corral.api.errors import InvalidArgumentError, SandboxError
 
 from ..logs import SANDBOX_SCOPE
 from ..services import CommandService, SandboxService
 from ..store import KeyRef
-from . import connect
+from . import connect, signing
 from .connect import ConnectError
 from .mapping import Tokens
 
@@ -58,16 +58,26 @@ _SIGNALS: Final = {"SIGNAL_SIGTERM": signal.SIGTERM, "SIGNAL_SIGKILL": signal.SI
 _LEFT: set[asyncio.Task[None]] = set()
 
 
+#: envd's RPC services served under the mount (the process one here, the filesystem one
+#: in :mod:`.filesystem`), and its file transfers' path (:mod:`.files`).
+_SERVICES: Final = (_SERVICE, "/filesystem.Filesystem/")
+_FILES: Final = "/files"
+
+
 def is_data_plane(path: str, prefix: str) -> bool:
-    """Whether ``path`` is envd's (token-authenticated) rather than the control plane's."""
+    """Whether ``path`` is envd's (token-authenticated) rather than the control plane's:
+    under ``prefix``, or ``/files`` at the root, where the SDKs send signed file URLs."""
+    if path == _FILES:
+        return True
     rest = path[len(prefix):] if path.startswith(prefix + "/") else None
-    return rest is not None and (rest == "/health" or rest.startswith(_SERVICE))
+    return rest is not None and (rest in ("/health", _FILES) or rest.startswith(_SERVICES))
 
 
 class TokenAuth:
     """Authentication for envd's paths (an :data:`corral.server.auth.Alternative`): the
-    sandbox's ``X-Access-Token``, compared in constant time. The caller is the sandbox's
-    tenant; the rate limits key on the sandbox."""
+    sandbox's ``X-Access-Token``, compared in constant time, or on ``/files`` a URL
+    signature made with it (:func:`.signing.signed_by`; envd lets those through without the
+    token). The caller is the sandbox's tenant; the rate limits key on the sandbox."""
 
     def __init__(self, prefix: str, tokens: Tokens, sandboxes: SandboxService) -> None:
         self.prefix = prefix
@@ -80,6 +90,10 @@ class TokenAuth:
         headers = Headers(scope=scope)
         sandbox_id = headers.get("e2b-sandbox-id", "")
         token = headers.get("x-access-token", "")
+        if scope["path"].endswith(_FILES) and not token:
+            return self._signed(scope, sandbox_id)
+        if scope["path"] == _FILES:
+            return "at the root, /files takes signed URLs only; send the rest under " + self.prefix
         if not sandbox_id or len(sandbox_id) > _MAX_ID:
             return ("no E2b-Sandbox-Id header: envd calls name their sandbox (set "
                     "E2B_SANDBOX_URL and use the sandbox object the SDK returned)")
@@ -95,6 +109,31 @@ class TokenAuth:
                       tenant=self.sandboxes.owner(sandbox_id) or "")
 
 
+    def _signed(self, scope: Scope, sandbox_id: str) -> KeyRef | str:
+        """A signed file URL's sandbox: the one it names, else the live one whose token
+        made the signature (at most MAX_SIGNED_SCAN tried)."""
+        query = QueryParams(scope.get("query_string", b""))
+        if "signature" not in query:
+            return ("no X-Access-Token header or signature: envd's /files takes the "
+                    "sandbox's envdAccessToken or a signed URL (download_url, upload_url)")
+        if sandbox_id:
+            candidates: Iterable[str] = [sandbox_id[:_MAX_ID]]
+        else:
+            live = self.sandboxes.live_ids()
+            if len(live) > signing.MAX_SIGNED_SCAN:
+                return (f"more than {signing.MAX_SIGNED_SCAN} sandboxes are live: a signed URL "
+                        "must name its sandbox (E2b-Sandbox-Id header)")
+            candidates = sorted(live)
+        try:
+            found = signing.signed_by(query, scope.get("method", "GET"), candidates,
+                                    self.tokens.envd)
+        except InvalidArgumentError as exc:
+            return exc.message
+        scope[SANDBOX_SCOPE] = found
+        scope[signing.SIGNED_SCOPE] = True
+        return KeyRef(id=f"e2b-sandbox:{found}", tenant=self.sandboxes.owner(found) or "")
+
+
 def _sandbox(request: Request) -> tuple[str, str] | None:
     """(tenant, sandbox id) of a live sandbox the token was for, else None."""
     sandbox_id = request.headers.get("e2b-sandbox-id", "")
@@ -106,7 +145,7 @@ def _sandbox(request: Request) -> tuple[str, str] | None:
     return tenant, sandbox_id
 
 
-def _not_found(request: Request) -> JSONResponse:
+def not_found(request: Request) -> JSONResponse:
     """E2B's proxy answer for a sandbox it does not know (any more)."""
     sandbox_id = request.headers.get("e2b-sandbox-id", "")[:_MAX_ID]
     return JSONResponse({"code": 502, "message": f"The sandbox {sandbox_id} was not found"},
@@ -117,7 +156,7 @@ def _not_found(request: Request) -> JSONResponse:
 async def health(request: Request) -> Response:
     """204 while the sandbox is live (paused counts: any call resumes it), else 502."""
     if _sandbox(request) is None:
-        return _not_found(request)
+        return not_found(request)
     return Response(status_code=204)
 
 
@@ -125,7 +164,7 @@ async def process(method: str, request: Request) -> Response:
     """One call of envd's process service; errors are Connect's."""
     found = _sandbox(request)
     if found is None:
-        return _not_found(request)
+        return not_found(request)
     commands: CommandService = request.app.state.commands
     call = _Call(commands, found[0], found[1], request.headers)
     body = await request.body()
@@ -201,7 +240,7 @@ class _Call:
         try:
             return corral.CommandRequest.model_validate({
                 "cmd": [config["cmd"], *args], "env": envs, "cwd": cwd,
-                "user": _basic_user(self.headers), "timeout": timeout,
+                "user": basic_user(self.headers), "timeout": timeout,
                 # Absent (older clients) means a pipe, as envd does; false means none.
                 "stdin_open": message.get("stdin") is not False, "background": True})
         except ValidationError as exc:
@@ -297,7 +336,7 @@ def _pid(message: dict[str, Any]) -> int:
     return pid
 
 
-def _basic_user(headers: Headers) -> str | None:
+def basic_user(headers: Headers) -> str | None:
     """The user of ``Authorization: Basic base64("<user>:")``, the SDKs' ``user=``."""
     scheme, _, value = headers.get("authorization", "").partition(" ")
     if scheme.lower() != "basic":

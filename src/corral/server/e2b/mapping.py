@@ -35,9 +35,12 @@ from corral.api.errors import InvalidArgumentError
 
 from . import connect, models
 
-#: What the create answer claims: no envd is served yet, and 0.5.2 is below every gate
-#: of an SDK feature that needs a newer one (docs/research/e2b-protocol.md §5.9, §9).
-ENVD_VERSION: Final = "0.5.2"
+#: What the create answer claims: 0.6.4, the highest gate in the SDKs (docs/research/
+#: e2b-protocol.md §5.9). What the SDK then does by itself (a default user, octet-stream
+#: uploads of file-like and iterable data, close_stdin) is served; what the gates above
+#: 0.5.7 unlock is asked for per call (file metadata, watch options) and refused per call
+#: where Corral lacks it.
+ENVD_VERSION: Final = "0.6.4"
 #: E2B's ``clientID`` is the node that runs the sandbox; Corral has one.
 CLIENT_ID: Final = "corral"
 #: E2B's stock templates, started as Corral's default image.
