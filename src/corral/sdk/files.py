@@ -106,6 +106,26 @@ class AsyncFiles:
             models.MakeDir, path=path, parents=parents, user=user))
         return models.Created.model_validate(reply).created
 
+    async def download_url(self, path: str, *, expires_in: float = 60.0) -> str:
+        """A URL anyone may GET ``path`` from, with no key, for ``expires_in`` seconds (at
+        most a day). Sandboxes only: volumes refuse it."""
+        return await self._signed(path, "read", expires_in, None)
+
+    async def upload_url(self, path: str, *, expires_in: float = 60.0,
+                         user: str | int | None = None) -> str:
+        """A URL anyone may PUT ``path``'s new content to (the raw body), with no key, for
+        ``expires_in`` seconds; ``user`` owns the file written (as :meth:`write`)."""
+        return await self._signed(path, "write", expires_in, user)
+
+    async def _signed(self, path: str, operation: str, expires_in: float,
+                      user: str | int | None) -> str:
+        if not self._base.startswith("/v1/sandboxes/"):
+            raise InvalidArgumentError("signed URLs are for a sandbox's files, not a volume's")
+        body = checked(models.FileUrlRequest, path=path, operation=operation,
+                       expires_in=float(expires_in), user=user)
+        reply = await self._api.json("POST", f"{self._base}/signed-urls", body=body)
+        return models.SignedUrl.model_validate(reply).url
+
     async def remove(self, path: str, recursive: bool = False) -> None:
         """Remove a file, link or (with ``recursive``) a directory tree."""
         await self._api.call("DELETE", self._base,

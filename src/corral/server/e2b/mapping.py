@@ -20,8 +20,6 @@ import hashlib
 import hmac
 import json
 import math
-import os
-import secrets
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from corral.api import models as corral
 from corral.api.errors import InvalidArgumentError
 
+from ..secret import load_or_make
 from . import connect, models
 
 #: What the create answer claims: 0.6.4, the highest gate in the SDKs (docs/research/
@@ -52,7 +51,6 @@ E2bState = Literal["running", "paused"]
 _STATES: Final[dict[str, E2bState]] = {"starting": "running", "running": "running",
                                        "paused": "paused"}
 MAX_PAGE: Final = 100
-_SECRET_BYTES: Final = 32
 
 
 def image_of(template: str) -> tuple[str, str | None]:
@@ -78,7 +76,7 @@ class Tokens:
 
     def _key(self) -> bytes:
         if self._secret is None:
-            self._secret = _load_or_make(self._path)
+            self._secret = load_or_make(self._path)
         return self._secret
 
     def envd(self, sandbox_id: str) -> str:
@@ -90,23 +88,6 @@ class Tokens:
     def _derive(self, use: str, sandbox_id: str) -> str:
         return hmac.new(self._key(), f"{use}:{sandbox_id}".encode(),
                         hashlib.sha256).hexdigest()
-
-
-def _load_or_make(path: Path) -> bytes:
-    try:
-        secret = path.read_bytes()
-    except FileNotFoundError:
-        secret = b""
-    if len(secret) == _SECRET_BYTES:
-        return secret
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fresh = secrets.token_bytes(_SECRET_BYTES)
-    temp = path.with_name(path.name + ".tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(fresh)
-    os.replace(temp, path)
-    return fresh
 
 
 def listed(info: corral.SandboxInfo) -> models.ListedSandbox:

@@ -1,9 +1,11 @@
 """``/v1/sandboxes/{id}/files``: streamed download (GET) and upload (PUT) of one file,
-and ``list``, ``stat``, ``exists``, ``mkdir``, ``rename``, DELETE."""
+``list``, ``stat``, ``exists``, ``mkdir``, ``rename``, DELETE, and ``signed-urls``: a
+download or upload that needs no key (:mod:`corral.server.file_urls`)."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -14,8 +16,9 @@ from corral.api import models
 from corral.api.limits import MAX_LIST_DEPTH, MAX_PATH
 
 from ..auth import Tenant
+from ..file_urls import FileUrls
 from . import aca
-from ._deps import Files, SandboxId
+from ._deps import Files, Sandboxes, SandboxId
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/files", tags=["files"])
 FilePath = Annotated[str, Query(min_length=1, max_length=MAX_PATH)]
@@ -92,3 +95,16 @@ async def rename(sandbox_id: SandboxId, body: models.Rename, tenant: Tenant,
                  service: Files) -> Response:
     await service.rename(tenant, sandbox_id, body)
     return Response(status_code=204)
+
+
+@router.post("/signed-urls", status_code=201)
+async def signed_url(sandbox_id: SandboxId, body: models.FileUrlRequest, request: Request,
+                     tenant: Tenant, sandboxes: Sandboxes) -> models.SignedUrl:
+    """A URL that downloads (GET) or uploads (PUT) ``path`` with no key until it expires."""
+    await sandboxes.describe(tenant, sandbox_id)  # the tenant's, or 404
+    urls: FileUrls = request.app.state.file_urls
+    user = None if body.user is None else str(body.user)
+    query, expires = urls.query(sandbox_id, body.operation, body.path, user, body.expires_in)
+    base = str(request.base_url).rstrip("/")
+    return models.SignedUrl(url=f"{base}/v1/sandboxes/{sandbox_id}/files?{query}",
+                            expires_at=datetime.fromtimestamp(expires, UTC))
