@@ -207,3 +207,11 @@ def test_a_gzip_body_inflates_a_bounded_step_at_a_time() -> None:
 def test_a_bad_encoding_is_refused(body: bytes, encoding: str, why: str) -> None:
     with pytest.raises(InvalidArgumentError, match=why):
         _decoded(body, encoding)
+
+
+@pytest.mark.parametrize(("header", "takes"), [
+    ("gzip", True), ("gzip, deflate, br", True), ("deflate, GZIP;q=0.5", True),
+    ("gzip;q=0", False), ("identity", False), ("", False), ("x-gzip", False),
+    ("gzip;q=abc", False)])
+def test_gzip_is_sent_only_to_who_takes_it(header: str, takes: bool) -> None:
+    assert files.accepts_gzip(header) is takes
