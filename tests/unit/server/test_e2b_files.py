@@ -89,7 +89,10 @@ def test_users_come_from_the_tables_and_relative_paths_from_home() -> None:
     assert ACCOUNTS.named(None) == users.Account("user", 1000, 1000, "/home/user")
     assert ACCOUNTS.named("root").resolve("a/b") == "/root/a/b"
     assert ACCOUNTS.named(None).resolve(".") == "/home/user"
-    assert ACCOUNTS.named(None).resolve("/abs") == "/abs"
+    assert ACCOUNTS.named(None).resolve("/abs//x/../y") == "/abs/y"
+    assert ACCOUNTS.named(None).resolve("../../..") == "/"
+    with pytest.raises(InvalidArgumentError):
+        ACCOUNTS.named(None).resolve("a\0b")
     with pytest.raises(users.UnknownUser):
         ACCOUNTS.named("nobody")
 

@@ -48,8 +48,8 @@ from corral.api.limits import MAX_PATH
 from ..services import FileService
 from ..services._multipart import file_parts
 from . import users
-from .signing import SIGNED_SCOPE
 from .filesystem import sandbox_of
+from .signing import SIGNED_SCOPE
 
 router = APIRouter()
 ROUTE: Final = "/files"
@@ -176,7 +176,7 @@ async def _multipart(request: Request, files: FileService, found: tuple[str, str
         if not name or len(name) > MAX_PATH or "\0" in name:
             raise InvalidArgumentError(f"a part's filename must be a path of 1 to {MAX_PATH} "
                                        "characters, no NUL")
-        target = posixpath.normpath(account.resolve(name))
+        target = account.resolve(name)
         if target in written:
             raise InvalidArgumentError(f"two parts write {target[:200]!r}")
         await files.write(*found, target, part.content, MODE, account.name)

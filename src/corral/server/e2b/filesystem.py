@@ -30,7 +30,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from corral.api import models as corral
-from corral.api.errors import NotFoundError, SandboxError
+from corral.api.errors import SandboxError
 from corral.api.limits import MAX_LIST_DEPTH, MAX_PATH
 
 from ..logs import SANDBOX_SCOPE
@@ -171,7 +171,7 @@ class _Call:
 
     async def move(self, message: dict[str, Any]) -> dict[str, Any]:
         source, destination = self.path(message, "source"), self.path(message, "destination")
-        parent = posixpath.dirname(posixpath.normpath(destination))
+        parent = posixpath.dirname(destination)
         await self.files.mkdir(self.tenant, self.sandbox_id, corral.MakeDir(
             path=parent, parents=True, user=self.account.name))
         await self.files.rename(self.tenant, self.sandbox_id, corral.Rename(
@@ -182,10 +182,8 @@ class _Call:
         """A file, link or whole tree; a path already gone is no error (envd's
         ``RemoveAll``)."""
         path = self.path(message)
-        try:
+        if (await self.files.exists(self.tenant, self.sandbox_id, path)).exists:
             await self.files.remove(self.tenant, self.sandbox_id, path, recursive=True)
-        except NotFoundError:
-            pass
         return {}
 
 
@@ -207,10 +205,13 @@ async def call(method: str, request: Request) -> Response:
         return not_found(request)
     try:
         handler = _UNARY.get(method)
-        if handler is None:
-            raise ConnectError("unimplemented", f"filesystem.Filesystem/{method[:64]} is not "
+        if handler is None and method in METHODS:
+            raise ConnectError("unimplemented", f"filesystem.Filesystem/{method} is not "
                                "served by Corral's envd yet (directory watching is not "
                                "available); poll with files.list instead")
+        if handler is None:
+            raise ConnectError("unimplemented", f"filesystem.Filesystem/{method[:64]} is not "
+                               "served: the service has no such method")
         message = connect.read_unary(await request.body())
         files: FileService = request.app.state.files
         accounts = await users.load(files, *found)

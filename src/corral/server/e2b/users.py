@@ -14,7 +14,8 @@ import contextlib
 from dataclasses import dataclass
 from typing import Final
 
-from corral.api.errors import AuthenticationError, NotFoundError
+from corral.api.errors import AuthenticationError, InvalidArgumentError, NotFoundError
+from corral.api.limits import normalize_path
 
 from ..services import FileService
 
@@ -36,10 +37,12 @@ class Account:
     home: str
 
     def resolve(self, path: str) -> str:
-        """``path``, made absolute: a relative one starts at the user's home."""
-        if path.startswith("/"):
-            return path
-        return f"{self.home.rstrip('/')}/{path}" if path not in ("", ".") else self.home
+        """``path`` made absolute and normal (Corral's one rule for sandbox paths): a
+        relative one starts at the user's home."""
+        try:
+            return normalize_path(path, self.home)
+        except ValueError as exc:
+            raise InvalidArgumentError(str(exc)) from None
 
 
 @dataclass(frozen=True)
