@@ -27,7 +27,8 @@ UNROUTED = {400, 401, 404, 405, 429, 503}
 _KEEP = 8 * 1024 * 1024  # enough of a body to check; downloads are not kept
 _E2B = "/e2b/"
 _E2B_SIGNED = "/files"
-_PORT_HOST = re.compile(r"^[0-9]+-sbx-[0-9a-f]{16}\.")
+#: Hosts of a sandbox's port, or of the E2B API's host-based URLs (``api.<domain>``).
+_PORT_HOST = re.compile(r"^([0-9]+-sbx-[0-9a-f]{16}|api)\.")
 
 
 def _pattern(template: str, operations: dict[str, Any]) -> re.Pattern[str]:

@@ -1,9 +1,7 @@
 """Run by test_e2b_sdk.py inside a virtualenv holding one e2b release, never by pytest:
 drives Corral's E2B control plane (``E2B_API_URL``, ``E2B_API_KEY``) and envd's process
-service (``E2B_SANDBOX_URL``) with the SDK's sync and async classes and prints what it saw
-as one JSON object on the last line.
-
-The code interpreter is a later slice.
+service and files (``E2B_SANDBOX_URL``) with the SDK's sync and async classes and prints
+what it saw as one JSON object on the last line.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ from typing import Any
 import httpx
 from e2b import (AsyncSandbox, CommandExitException, FileNotFoundException, NotFoundException,
                  Sandbox, SandboxQuery)
-
 
 _E2B = tuple(int(n) for n in version("e2b").split(".")[:2])
 
@@ -88,6 +85,10 @@ def commands_flow(tag: str) -> dict[str, Any]:
         except CommandExitException as exc:
             seen["failed"] = [type(exc).__name__, exc.exit_code, exc.stdout]
         seen["envs_cwd"] = sb.commands.run("echo $A; pwd", envs={"A": "x"}, cwd="/tmp").stdout
+        seen["default_user"] = sb.commands.run("whoami; pwd; echo $HOME").stdout
+        seen["root"] = sb.commands.run("whoami; pwd; sudo -n whoami", user="root").stdout
+        seen["tools"] = sb.commands.run("python --version && git --version >/dev/null && "
+                                        "curl --version >/dev/null && echo ok").stdout
         sleeper = sb.commands.run("sleep 600", background=True)
         seen["listed"] = [[p.cmd, p.args] for p in sb.commands.list() if p.pid == sleeper.pid]
         seen["killed"] = sb.commands.kill(sleeper.pid)
@@ -116,6 +117,58 @@ async def async_commands_flow(tag: str) -> dict[str, Any]:
         await sb.kill()
     return {"run": [ran.stdout, ran.exit_code], "listed": sleeper.pid in listed,
             "killed": killed}
+
+
+def state_flow(tag: str) -> dict[str, Any]:
+    """Network settings, snapshots, sandboxes from them, fork, pause and resume."""
+    seen: dict[str, Any] = {}
+    closed = Sandbox.create(metadata={"suite": tag}, allow_internet_access=False, timeout=120)
+    try:
+        seen["closed"] = [closed.get_info().allow_internet_access]
+        closed.update_network({"allow_out": ["example.org"]})
+    except Exception as exc:  # noqa: BLE001 - what the SDK raised is the finding
+        seen["closed"].append([type(exc).__name__, "no interface" in str(exc)])
+    finally:
+        closed.kill()
+    sb = Sandbox.create(metadata={"suite": tag}, network={"deny_out": ["0.0.0.0/0"]},
+                        timeout=120)
+    copies: list[Any] = []
+    try:
+        seen["id"] = sb.sandbox_id
+        seen["internet"] = sb.get_info().allow_internet_access
+        sb.update_network({"deny_out": ["0.0.0.0/0"], "allow_out": ["example.org"]})
+        try:
+            sb.update_network({"deny_out": ["192.0.2.0/24"], "allow_out": ["192.0.2.7"]})
+            seen["exceptions_refused"] = None
+        except Exception as exc:  # noqa: BLE001 - what the SDK raised is the finding
+            seen["exceptions_refused"] = [type(exc).__name__, "deny always wins" in str(exc)]
+        sb.commands.run("echo kept > /home/user/f")
+        snap = sb.create_snapshot(name="first")
+        seen["snapshot"] = [snap.snapshot_id, snap.names]
+        seen["listed"] = [s.snapshot_id for s in sb.list_snapshots().next_items()]
+        copy = Sandbox.create(snap.snapshot_id, timeout=120)
+        copies.append(copy)
+        seen["copy"] = [copy.sandbox_id != sb.sandbox_id,
+                        copy.commands.run("cat /home/user/f").stdout]
+        forks = sb.fork(count=2, timeout=120)
+        copies.extend(f for f in forks if not isinstance(f, Exception))
+        seen["forks"] = [f.commands.run("cat /home/user/f").stdout
+                         if not isinstance(f, Exception) else type(f).__name__ for f in forks]
+        try:
+            sb.fork(count=17)
+            seen["too_many"] = None
+        except Exception as exc:  # noqa: BLE001
+            seen["too_many"] = [type(exc).__name__, "16" in str(exc)]
+        seen["deleted"] = [Sandbox.delete_snapshot(snap.snapshot_id),
+                           Sandbox.delete_snapshot(snap.snapshot_id)]
+        seen["paused"] = [sb.pause(), sb.pause(), sb.get_info().state]
+        sb.connect()
+        seen["resumed"] = [sb.get_info().state, sb.commands.run("cat /home/user/f").stdout]
+    finally:
+        for copy in copies:
+            copy.kill()
+        sb.kill()
+    return seen
 
 
 def _failure(call: Any) -> str | None:
@@ -236,6 +289,7 @@ def main() -> None:
     result = {"sync": sync_flow(tag + "-sync"), "async": asyncio.run(async_flow(tag + "-async")),
               "commands": commands_flow(tag + "-commands"),
               "async_commands": asyncio.run(async_commands_flow(tag + "-acommands")),
+              "state": state_flow(tag + "-state"),
               "files": files_flow(tag + "-files"),
               "async_files": asyncio.run(async_files_flow(tag + "-afiles"))}
     print(json.dumps(result, default=str), flush=True)

@@ -103,3 +103,47 @@ def test_the_server_serves_its_key_and_is_gone_after(python_image: str) -> None:
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/openapi.json", timeout=5)
     assert _leftover_dirs() <= before
+
+
+def test_measures_the_e2b_sdk_beside_corrals(runtime: str, python_image: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from corral.bench.api import default_runtime
+    from corral.bench.e2b import E2B_VERSION, PYTHON_ENV, measure_e2b
+
+    from .test_e2b_sdk import sdk_python
+
+    if runtime != default_runtime():
+        pytest.skip("an E2B create gets the default runtime; the rows compare on it alone")
+    monkeypatch.setenv(PYTHON_ENV, str(sdk_python(E2B_VERSION)))
+    result = RuntimeResult(runtime=runtime, detail="test")
+    steps: list[str] = []
+
+    async def measure() -> None:
+        async with api_server(IMAGE_DIR) as server:
+            await measure_e2b(server.url, server.key, python_image, runtime, 2, 3, 1, result,
+                              steps.append)
+            # Both SDKs' sandboxes were killed (E2B's list shows running and paused ones).
+            assert await AsyncSandbox.list(url=server.url, api_key=server.key,
+                                           state="running") == []
+
+    asyncio.run(measure())
+    assert result.notes == []
+    rows = {row.key: row for row in result.rows}
+    assert list(rows) == ["e2b_create_first", "e2b_exec"]
+    assert [(row.corral.n, row.bare.n if row.bare else 0) for row in rows.values()] == [
+        (2, 2), (3, 3)]
+    assert all(min(row.corral.samples) > 0 and row.bare and min(row.bare.samples) > 0
+               for row in rows.values())
+    assert any("E2B SDK" in step for step in steps)
+
+
+def test_the_e2b_rows_say_why_they_are_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from corral.bench.e2b import PYTHON_ENV, measure_e2b
+
+    monkeypatch.setenv(PYTHON_ENV, "/nonexistent/python")
+    result = RuntimeResult(runtime="gvisor", detail="test")
+    asyncio.run(measure_e2b("http://127.0.0.1:9", "k", "python", "gvisor", 1, 1, 0, result,
+                            lambda _: None))
+    assert result.rows == []
+    assert result.notes == [f"E2B rows skipped: {PYTHON_ENV}=/nonexistent/python is not an "
+                            "executable Python"]

@@ -219,6 +219,15 @@ def test_every_refusal_has_e2b_error_body(e2b: httpx.Client, server: Server) -> 
     too_big = b'{"templateID": "' + b"x" * (2 * 1024 * 1024) + b'"}'
     assert_e2b_error(e2b.post("/v2/sandboxes", content=too_big,
                               headers={"Content-Type": "application/json"}), 413)
+    # Snapshots, fork and network: what has no Corral equivalent, and bounds.
+    assert "only snapshots" in assert_e2b_error(e2b.delete("/templates/base"), 404)
+    assert_e2b_error(e2b.delete("/templates/snap-0000000000000000"), 404)
+    assert_e2b_error(e2b.get("/snapshots", params={"nextToken": "snap-nope"}), 400)
+    assert_e2b_error(e2b.post("/sandboxes/sbx-0000000000000000/fork", json={"count": 2}), 404)
+    assert_e2b_error(e2b.post("/v2/sandboxes", json={
+        "templateID": "base", "network": {"dnsServers": ["192.0.2.53"]}}), 400)
+    assert_e2b_error(e2b.post("/v2/sandboxes", json={
+        "templateID": "snap-0000000000000000", "envVars": {"A": "1"}}), 400)
     # Corral's own API keeps its own error body.
     with server.http() as plain:
         assert_error(plain.get("/v1/sandboxes"), 401, "unauthenticated")
@@ -256,3 +265,29 @@ def test_the_e2b_api_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.Monke
     app = create_app(replace(settings, node=NodeSettings(data_dir=tmp_path,
                                                          image_dir=tmp_path / "images")))
     assert not any(getattr(r, "path", "").startswith(E2B) for r in app.routes)
+
+
+def test_host_based_urls_reach_the_same_api(e2b: httpx.Client, server: Server) -> None:
+    """What SDKs that know only ``E2B_DOMAIN`` send: the API at ``api.<domain>``, envd at
+    ``49983-<id>.<domain>``, with no mount in the path (the server's domain: localhost)."""
+    port = server.url.rsplit(":", 1)[1]
+    key = e2b.headers["X-API-Key"]
+    made = _create(e2b)
+    sandbox, token = made["sandboxID"], made["envdAccessToken"]
+    assert made["domain"] == f"localhost:{port}"
+    with httpx.Client(base_url=server.url, timeout=60.0) as raw:
+        api = {"Host": f"api.localhost:{port}", "X-API-Key": key}
+        listed = raw.get("/v2/sandboxes", headers=api)
+        assert listed.status_code == 200, listed.text
+        assert sandbox in [s["sandboxID"] for s in listed.json()]
+        assert_e2b_error(raw.get("/sandboxes/sbx-0000000000000000", headers=api), 404)
+        envd = {"Host": f"49983-{sandbox}.localhost:{port}", "X-Access-Token": token}
+        assert raw.get("/health", headers=envd).status_code == 204
+        # The host names the sandbox: a header naming another does not change that.
+        other = {**envd, "E2b-Sandbox-Id": "sbx-0000000000000000"}
+        assert raw.get("/health", headers=other).status_code == 204
+        assert_e2b_error(raw.get("/health", headers={**envd, "X-Access-Token": "x" * 64}), 401)
+        # Another domain's api host is Corral's own API, which has no such path.
+        assert_error(raw.get("/v2/sandboxes", headers={**api, "Host": "api.example.org"}), 404,
+                     "not_found")
+    e2b.delete(f"/sandboxes/{sandbox}")

@@ -91,14 +91,34 @@ def test_the_real_sdk_drives_the_control_plane_and_commands(server: Server, vers
     assert commands["run"] == ["hi\n", "oops\n", 0]
     assert commands["failed"] == ["CommandExitException", 3, "partial\n"]
     assert commands["envs_cwd"] == "x\n/tmp\n"
+    # E2B's default user, and the tools its base template has.
+    assert commands["default_user"] == "user\n/home/user\n/home/user\n"
+    assert commands["root"] == "root\n/root\nroot\n"
+    assert commands["tools"].startswith("Python 3.") and commands["tools"].endswith("ok\n")
     assert commands["listed"] == [["/bin/bash", ["-l", "-c", "sleep 600"]]]
     assert commands["killed"] is True and commands["killed_wait"] == -1
     assert commands["killed_again"] is False
     assert commands["stdin"] == "got hello\n"
     assert seen["async_commands"] == {"run": ["async\n", 0], "listed": True, "killed": True}
+    state = seen["state"]
+    assert state["closed"] == [False, ["SandboxException", True]]  # a 400, as E2B's
+    assert state["internet"] is False
+    assert state["exceptions_refused"] == ["SandboxException", True]
+    snapshot_id, names = state["snapshot"]
+    assert snapshot_id.startswith("snap-") and names == ["first"]
+    assert state["listed"] == [snapshot_id]
+    assert state["copy"] == [True, "kept\n"]
+    assert state["forks"] == ["kept\n", "kept\n"]
+    assert state["too_many"] is not None and state["too_many"][1] is True
+    assert state["deleted"] == [True, False]
+    assert state["paused"] == [True, False, "paused"]
+    assert state["resumed"] == ["running", "kept\n"]
     _check_files(seen["files"], seen["async_files"])
     with server.http(server.key) as http:
-        for sid in (first, second, done["id"]):
+        # The policy the last update_network set, as Corral enforces it.
+        assert http.get(f"/v1/sandboxes/{state['id']}").json()["network"] == {
+            "allow": ["example.org"], "deny": []}
+        for sid in (first, second, done["id"], state["id"]):
             assert http.get(f"/v1/sandboxes/{sid}").json()["state"] == "stopped"
 
 

@@ -32,11 +32,13 @@ import httpx
 
 from corral.api.errors import InternalError
 from corral.node import Node
+from corral.runtime import available_runtimes
 from corral.sdk import AsyncSandbox
 from corral.server.store import KeyStore, open_engine
 from corral.server.store.schema import database_url
 
 from ._scratch import remove_data_dir
+from .e2b import measure_e2b
 from .ports import measure_ports
 from .stats import Row, RuntimeResult, Stat
 
@@ -61,12 +63,19 @@ class ApiServer:
 
 async def measure_api(node: Node, config: BenchConfig, result: RuntimeResult,
                       progress: Callable[[str], None]) -> None:
-    """Add the rows that need a server to ``result`` (``api_exec``, the ``port_*`` rows),
-    all on one ``corral serve``."""
+    """Add the rows that need a server to ``result`` (``api_exec``, the ``port_*`` rows,
+    and on the server's default runtime the ``e2b_*`` rows), all on one ``corral serve``."""
     progress(f"{result.runtime}: starting corral serve for the HTTP API and port rows")
     async with api_server(node.settings.image_dir) as server:
         await measure_api_exec(node, server, config, result, progress)
         await measure_ports(server, config, result, progress)
+        if result.runtime == default_runtime():  # the one an E2B create gets
+            await measure_e2b(server.url, server.key, config.image, result.runtime,
+                              config.iterations, config.exec_iterations, config.warmup,
+                              result, progress)
+        else:
+            result.notes.append("E2B rows: measured on the default runtime only (E2B's "
+                                "create cannot pick one)")
 
 
 async def measure_api_exec(node: Node, server: ApiServer, config: BenchConfig,
@@ -112,7 +121,7 @@ async def api_server(image_dir: Path) -> AsyncIterator[ApiServer]:
         os.chmod(data_dir, 0o711)  # namespaces sandboxes' uids traverse it to their root
         engine = open_engine(database_url(data_dir, None))
         try:
-            key = KeyStore(engine).create("bench").key
+            key = KeyStore(engine).create("bench", e2b=True).key  # for both SDKs
         finally:
             engine.dispose()
         process, url = await asyncio.to_thread(_start, data_dir, image_dir)
@@ -173,6 +182,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(STOP_TIMEOUT)
+
+
+def default_runtime() -> str | None:
+    """The runtime a create that names none gets: the strongest that works here."""
+    return next((name for name, (_, status) in available_runtimes().items() if status.ok),
+                None)
 
 
 def _free_port() -> int:

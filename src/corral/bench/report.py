@@ -71,6 +71,8 @@ TARGETS: dict[tuple[str, str], tuple[str, Callable[[Row], bool | None]]] = {
     ("gvisor", "fork_*"): (
         "< 2 s until all 10 copies answered",
         lambda row: row.corral.p50 < 2.0 if row.extra.get("copies") == 10 else None),
+    ("*", "e2b_*"): ("within 1.2× of Corral's own SDK",
+                     lambda row: (row.ratio("p50") or 99.0) <= 1.2),
     ("gvisor", "paused_memory*"): (
         "no process and no memory left while paused",
         lambda row: max(row.corral.samples) == 0 and row.extra.get("processes_paused") == 0),

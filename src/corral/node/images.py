@@ -106,7 +106,7 @@ _PYTHON_PACKAGES = """
     python3 python3-pip python3-venv python3-numpy python3-pandas python3-matplotlib
     python3-requests python3-scipy python3-seaborn python3-sympy python3-openpyxl python3-pil
     python3-bs4 python3-lxml python3-yaml python3-ipykernel
-    ca-certificates procps less file zip unzip xz-utils git
+    ca-certificates procps less file zip unzip xz-utils git curl sudo python-is-python3
 """
 _PYTHON_ENV = (("PYTHONUNBUFFERED", "1"), ("MPLBACKEND", "Agg"), ("PIP_BREAK_SYSTEM_PACKAGES", "1"))
 
@@ -299,8 +299,9 @@ def customize_rootfs(tree: Path, recipe: ImageRecipe) -> None:
 
     Creates ``/.corral`` (0755, the agent's mount point) and the workdir (01777, so root and
     ``user`` can both write), adds ``user`` (uid/gid 1000, home ``/home/user`` 0750, password
-    locked), writes a regular empty ``etc/resolv.conf``, ``etc/hostname`` and ``etc/hosts``
-    (mmdebstrap's root mode leaves copies of the host's), and drops apt lists and caches.
+    locked; passwordless sudo where sudo is installed, as in E2B's templates), writes a
+    regular empty ``etc/resolv.conf``, ``etc/hostname`` and ``etc/hosts`` (mmdebstrap's
+    root mode leaves copies of the host's), and drops apt lists and caches.
     Every path is resolved first: symlinks inside the tree (``/bin -> usr/bin``) are followed
     only while they stay inside it, otherwise :class:`InternalError`.
     """
@@ -325,6 +326,10 @@ def customize_rootfs(tree: Path, recipe: ImageRecipe) -> None:
             _write(base, f"home/user/{entry.name}", _read(base, f"etc/skel/{entry.name}"), 0o644)
             os.chown(_inside(base, f"home/user/{entry.name}"), u, u, follow_symlinks=False)
     os.chown(home, u, u, follow_symlinks=False)
+    if os.path.isdir(_inside(base, "etc/sudoers.d")):
+        # As E2B's templates: ``user`` may become root, which any caller can be anyway
+        # (commands take ``user: root``); the sandbox, not the account, is the boundary.
+        _write(base, "etc/sudoers.d/user", "user ALL=(ALL:ALL) NOPASSWD: ALL\n", 0o440)
     _write(base, "etc/resolv.conf", "", 0o644)
     _write(base, "etc/hostname", "sandbox\n", 0o644)
     _write(base, "etc/hosts", "127.0.0.1 localhost sandbox\n::1 localhost\n", 0o644)

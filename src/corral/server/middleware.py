@@ -1,5 +1,7 @@
 """The layers every request passes before a route, in order (outermost first):
 
+0. :class:`~corral.server.e2b.hosts.HostRouting` (with the E2B API on): E2B's host-based
+   URLs (``api.<domain>``, ``49983-<id>.<domain>``) become requests under ``/e2b``.
 1. :class:`~corral.server.logs.RequestLog`: request id, ``X-Request-ID``, the access line.
 1a. :class:`~corral.server.e2b.ErrorShape`: under ``/e2b``, errors in E2B's body.
 2. :class:`~corral.server.metrics.HttpMetrics`: counts every answer, refusals included.
@@ -30,6 +32,7 @@ from .audit import AuditTrail
 from .auth import Alternative
 from . import e2b
 from .e2b import ErrorShape
+from .e2b.hosts import HostRouting
 from .limits import BodyLimit, HeaderLimit
 from .logs import RequestLog
 from .metrics import HttpMetrics, RouteTemplates
@@ -81,6 +84,8 @@ def install(app: FastAPI, settings: ServerSettings, keys: KeyStore, audit: Audit
     if e2b_prefix is not None:
         app.add_middleware(ErrorShape, prefix=e2b_prefix)
     app.add_middleware(RequestLog, route=routes)
+    if e2b_prefix is not None:
+        app.add_middleware(HostRouting, prefix=e2b_prefix, domain=settings.ports_domain)
     app.state.sandboxes.on_stopped.append(
         lambda sandbox_id: events.info("sandbox %s stopped", sandbox_id,
                                        extra={"event": "sandbox.stopped"}))

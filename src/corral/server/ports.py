@@ -51,7 +51,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 from urllib.parse import parse_qsl, urlencode
 
 import httpcore
@@ -146,6 +146,11 @@ class Target:
         return "" if self.host_based else f"/v1/sandboxes/{self.sandbox_id}/ports/{self.port}"
 
 
+#: Scope key a layer before the gateway sets on a request it has claimed, whose host only
+#: looks like a port's (E2B's ``49983-<id>.<domain>``: :mod:`corral.server.e2b.hosts`).
+CLAIMED: Final = "corral.not_a_port"
+
+
 def host_pattern(domain: str) -> re.Pattern[str]:
     return re.compile(r"^([0-9]{1,5})-(sbx-[0-9a-f]{16})\." + re.escape(domain.lower())
                       + r"(?::[0-9]{1,5})?$")
@@ -198,6 +203,8 @@ class PortProxy:
         app gets exactly what was asked for, and nothing decoded (a ``%0d%0a``, a ``%2f``)
         ever becomes part of a header or a different path.
         """
+        if scope.get(CLAIMED):
+            return None
         query = scope.get("query_string", b"").decode("latin-1")
         raw = scope.get("raw_path") or scope["path"].encode("utf-8")
         path = raw.decode("latin-1")

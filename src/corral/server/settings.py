@@ -206,6 +206,9 @@ class ServerSettings:
             ``paused_ttl`` when it gives none, and the most it may ask for.
         e2b: serve the E2B-compatible API under ``/e2b`` (``CORRAL_E2B``, on by default;
             ``CORRAL_E2B=0`` turns it off), so the e2b SDKs work unmodified (docs/e2b.md).
+        e2b_internet: what an E2B create that says nothing of the network gets (E2B's
+            default is internet on): ``CORRAL_E2B_INTERNET=1`` gives it ``"all"`` (public
+            addresses, under the operator's rules), off by default gives ``"none"``.
     """
 
     node: NodeSettings
@@ -229,6 +232,7 @@ class ServerSettings:
     snapshot_sweep_interval: float = 30.0
     paused_ttl: float = DEFAULT_PAUSED_TTL
     e2b: bool = True
+    e2b_internet: bool = False
 
     def __post_init__(self) -> None:
         check_paused_ttl(self.paused_ttl, "the server's paused TTL (CORRAL_PAUSED_TTL)")
@@ -274,6 +278,7 @@ class ServerSettings:
             snapshot_ttl=_seconds_env("CORRAL_SNAPSHOT_TTL", DEFAULT_SNAPSHOT_TTL),
             paused_ttl=_seconds_env("CORRAL_PAUSED_TTL", DEFAULT_PAUSED_TTL),
             e2b=_flag(os.environ.get("CORRAL_E2B", "1")),
+            e2b_internet=_flag(os.environ.get("CORRAL_E2B_INTERNET", "0")),
         )
 
     @property

@@ -60,8 +60,10 @@ def test_get_never_builds(tmp_path: Path) -> None:
 
 def test_builtin_recipes() -> None:
     python = BUILTIN_IMAGES["python"]
-    assert {"python3", "python3-numpy", "python3-ipykernel", "git"} <= set(python.packages)
-    assert len(python.packages) == 24
+    # What E2B's ``base`` template offers, besides Python's own.
+    assert {"python3", "python3-numpy", "python3-ipykernel", "git", "curl", "sudo",
+            "python-is-python3"} <= set(python.packages)
+    assert len(python.packages) == 27
     assert python.mirror == "http://deb.debian.org/debian"
     assert (python.suite, python.variant, python.workdir) == ("bookworm", "minbase", "/work")
     assert ("LANG", "C.UTF-8") in python.env
@@ -122,7 +124,8 @@ def test_recipe_validation(bad: dict[str, object]) -> None:
 def test_mmdebstrap_argv_has_explicit_mirror(tmp_path: Path) -> None:
     argv = mmdebstrap_argv(BUILTIN_IMAGES["python"], tmp_path / "rootfs")
     assert argv[:4] == ["mmdebstrap", "--mode=root", "--format=directory", "--variant=minbase"]
-    assert argv[4].startswith("--include=python3,python3-pip,") and argv[4].endswith(",git")
+    assert argv[4].startswith("--include=python3,python3-pip,")
+    assert argv[4].endswith(",git,curl,sudo,python-is-python3")
     assert argv[-3:] == ["bookworm", str(tmp_path / "rootfs"), "http://deb.debian.org/debian"]
     assert not any(a.startswith("--include") for a in mmdebstrap_argv(ImageRecipe("t"), tmp_path))
 
@@ -165,6 +168,17 @@ def test_customize_rootfs_on_fake_tree(tmp_path: Path) -> None:
     assert stat.S_IMODE((tree / ".corral").stat().st_mode) == 0o755
     assert sorted(os.listdir(tree / "var/lib/apt/lists")) == ["lock", "partial"]
     assert os.listdir(tree / "var/cache/apt") == []
+    assert not (tree / "etc/sudoers.d/user").exists()  # no sudo in this tree
+
+
+def test_customize_rootfs_lets_user_sudo_where_sudo_is(tmp_path: Path) -> None:
+    tree = tmp_path / "rootfs"
+    _fake_tree(tree)
+    (tree / "etc/sudoers.d").mkdir()
+    customize_rootfs(tree, ImageRecipe(name="t"))
+    rule = tree / "etc/sudoers.d/user"
+    assert rule.read_text() == "user ALL=(ALL:ALL) NOPASSWD: ALL\n"
+    assert stat.S_IMODE(rule.stat().st_mode) == 0o440
 
 
 def test_customize_rootfs_refuses_to_leave_the_tree(tmp_path: Path) -> None:

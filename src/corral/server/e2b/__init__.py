@@ -1,10 +1,11 @@
 """The E2B-compatible API, mounted at ``/e2b``: the e2b SDKs run unmodified against Corral
 with ``E2B_API_URL=<server>/e2b`` and a Corral key as ``E2B_API_KEY``.
 
-Today: the control plane (create, connect, get, list, timeout, pause, metrics, kill),
-envd's process service (:mod:`.envd`: commands, with ``E2B_SANDBOX_URL=<server>/e2b``),
-its filesystem service (:mod:`.filesystem`) and file transfers (:mod:`.files`, also at
-the root's ``/files`` for signed URLs, which the SDKs build without the prefix).
+Today: the control plane (create, connect, get, list, timeout, pause, metrics, kill,
+network, snapshots, fork), envd's process service (:mod:`.envd`: commands, with
+``E2B_SANDBOX_URL=<server>/e2b``), its filesystem service (:mod:`.filesystem`) and file
+transfers (:mod:`.files`, also at the root's ``/files`` for signed URLs, which the SDKs
+build without the prefix).
 Requests pass Corral's own layers first (authentication by ``X-API-Key``, or on envd's
 paths by the sandbox's access token, :class:`.envd.TokenAuth`; tenants, rate limits, body
 bounds, the audit trail); errors on every path under the mount are E2B's
@@ -22,6 +23,7 @@ from starlette.types import Scope
 
 from .. import errors
 from ..services import CommandService, FileService, SandboxService
+from ..services.snapshots import SnapshotService
 from . import envd, files, filesystem, mapping, routes
 from .envd import TokenAuth
 from .mapping import ErrorShape
@@ -37,6 +39,10 @@ AUDITED: Final = {
     ("POST", f"{_SANDBOX}/connect"): "sandbox.connect",
     ("POST", f"{PREFIX}/v2/sandboxes/{{sandbox_id}}/connect"): "sandbox.connect",
     ("POST", f"{_SANDBOX}/pause"): "sandbox.pause",
+    ("PUT", f"{_SANDBOX}/network"): "sandbox.set_network",
+    ("POST", f"{_SANDBOX}/snapshots"): "sandbox.snapshot",
+    ("POST", f"{_SANDBOX}/fork"): "sandbox.fork",
+    ("DELETE", f"{PREFIX}/templates/{{template_id}}"): "snapshot.delete",
     **{("POST", f"{PREFIX}/process.Process/{method}"): action
        for method, action in envd.ACTIONS.items()},
     **{("POST", f"{PREFIX}/filesystem.Filesystem/{method}"): action
@@ -55,13 +61,17 @@ def is_upload(scope: Scope) -> bool:
 
 
 def create_app(sandboxes: SandboxService, commands: CommandService, files_: FileService,
-               tokens: mapping.Tokens) -> FastAPI:
-    """The sub-app to mount at :data:`PREFIX` (no schema, no docs pages of its own)."""
+               tokens: mapping.Tokens, snapshots: SnapshotService, *,
+               internet: bool = False) -> FastAPI:
+    """The sub-app to mount at :data:`PREFIX` (no schema, no docs pages of its own);
+    ``internet``: whether a create that says nothing of the network gets ``"all"``."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     app.state.sandboxes = sandboxes
     app.state.commands = commands
     app.state.files = files_
     app.state.tokens = tokens
+    app.state.snapshots = snapshots
+    app.state.internet = internet
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(envd.router)

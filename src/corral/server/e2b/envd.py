@@ -52,6 +52,10 @@ _KEEPALIVE_RANGE: Final = (1.0, 3600.0)
 #: Command timeouts Corral accepts (``Connect-Timeout-Ms`` is clamped into them).
 _TIMEOUT_RANGE: Final = (1.0, 7 * 24 * 3600.0)
 _MAX_ID: Final = 64
+#: Who runs a call that names no user (envd >= 0.4.0 semantics), in which directory;
+#: a user not in this table starts in the image's working directory.
+DEFAULT_USER: Final = "user"
+_HOMES: Final = {"user": "/home/user", "root": "/root"}
 _SIGNALS: Final = {"SIGNAL_SIGTERM": signal.SIGTERM, "SIGNAL_SIGKILL": signal.SIGKILL,
                    15: signal.SIGTERM, 9: signal.SIGKILL}
 #: Streams' followers left to finish in the background (kept referenced until done).
@@ -237,10 +241,13 @@ class _Call:
             raise ConnectError("invalid_argument", "process.envs must be an object")
         timeout = (None if deadline is None
                    else min(max(deadline, _TIMEOUT_RANGE[0]), _TIMEOUT_RANGE[1]))
+        user = basic_user(self.headers) or DEFAULT_USER
+        if cwd is None:
+            cwd = _HOMES.get(user)
         try:
             return corral.CommandRequest.model_validate({
                 "cmd": [config["cmd"], *args], "env": envs, "cwd": cwd,
-                "user": basic_user(self.headers), "timeout": timeout,
+                "user": user, "timeout": timeout,
                 # Absent (older clients) means a pipe, as envd does; false means none.
                 "stdin_open": message.get("stdin") is not False, "background": True})
         except ValidationError as exc:

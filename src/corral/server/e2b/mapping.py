@@ -51,6 +51,12 @@ E2bState = Literal["running", "paused"]
 _STATES: Final[dict[str, E2bState]] = {"starting": "running", "running": "running",
                                        "paused": "paused"}
 MAX_PAGE: Final = 100
+#: E2B's "all traffic" entry: in ``denyOut`` it leaves only ``allowOut`` reachable.
+ALL_TRAFFIC: Final = frozenset({"0.0.0.0/0", "::/0"})
+_EVERYWHERE: Final = ["0.0.0.0/0", "::/0"]
+#: Network fields of E2B that Corral has no equivalent of: a request naming one is refused.
+_UNSUPPORTED_NETWORK: Final = ("dnsServers", "egressProxy", "maskRequestHost", "httpsPorts",
+                               "rules")
 
 
 def image_of(template: str) -> tuple[str, str | None]:
@@ -105,7 +111,7 @@ def detail(info: corral.SandboxInfo, tokens: Tokens, domain: str | None
            ) -> models.SandboxDetail:
     return models.SandboxDetail(
         **listed(info).model_dump(), envdAccessToken=tokens.envd(info.id), domain=domain,
-        allowInternetAccess=info.network != "none",
+        allowInternetAccess=internet_open(info.network),
         lifecycle=models.Lifecycle(autoResume=True, onTimeout=info.on_timeout))
 
 
@@ -246,3 +252,68 @@ def e2b_error_body(status: int, body: bytes) -> bytes:
     if message is None:
         message = body.decode("utf-8", "replace")[:2000] or f"HTTP {status}"
     return json.dumps({"code": status, "message": message}).encode()
+
+
+def network_of(allow_internet: bool | None, network: models.Network | None,
+               internet: bool) -> str | dict[str, list[str]]:
+    """Corral's network policy for E2B's egress settings.
+
+    ``allow_internet_access: false`` alone is no network at all (loopback only, no interface
+    to open later); with a ``network`` object, or ``denyOut`` holding ``0.0.0.0/0``, it
+    leaves only ``allowOut`` reachable, on an interface that ``update_network`` can open
+    further; another ``denyOut`` blocks those entries and allows the rest; nothing said is
+    E2B's default, "internet on", which gets what the operator chose (``internet``:
+    ``CORRAL_E2B_INTERNET``; off by default, so loopback only). Whatever this gives, the
+    operator's rules still apply (private ranges stay closed). ``allowOut`` as exceptions
+    inside a partial ``denyOut`` has no equivalent (Corral's deny wins).
+    ``allowPublicTraffic`` is not a network matter here (SDKs send ``true`` unasked): a
+    sandbox's ports are reached as Corral's are, with its port token."""
+    if network is not None:
+        named = [f for f in _UNSUPPORTED_NETWORK if getattr(network, f) not in (None, [], {})]
+        if named:
+            raise InvalidArgumentError(
+                f"network.{named[0]} is not supported by Corral's E2B API; Corral sandboxes "
+                "reach the network through the node's own resolver and proxy")
+    allow = list(network.allowOut or ()) if network is not None else []
+    deny = list(network.denyOut or ()) if network is not None else []
+    if allow_internet is False and network is None:
+        return "none"  # no interface at all (update_network then says how to get one)
+    if allow_internet is False or ALL_TRAFFIC & set(deny):
+        # An interface with only ``allowOut`` open (perhaps nothing), to open more later.
+        return {"allow": allow, "deny": [d for d in deny if d not in ALL_TRAFFIC]}
+    if deny:
+        if allow:
+            raise InvalidArgumentError(
+                "allowOut as exceptions to a partial denyOut is not supported (in Corral a "
+                "deny always wins): deny 0.0.0.0/0 and list what to allow, or list only what "
+                "to deny")
+        return {"allow": list(_EVERYWHERE), "deny": deny}
+    return "all" if internet else "none"
+
+
+def internet_open(network: corral.NetworkSpec) -> bool:
+    """Whether a policy lets a sandbox reach the internet at large (E2B's
+    ``allowInternetAccess``): ``"all"``, or lists that allow every address."""
+    if isinstance(network, corral.NetworkLists):
+        return bool(ALL_TRAFFIC & set(network.allow))
+    return network == "all"
+
+
+def snapshot(info: corral.SnapshotInfo) -> models.SnapshotInfo:
+    return models.SnapshotInfo(snapshotID=info.id, names=[info.name] if info.name else [])
+
+
+def snapshot_page(items: Sequence[corral.SnapshotInfo], limit: int, token: str | None
+                  ) -> tuple[list[corral.SnapshotInfo], str | None]:
+    """One page of ``items`` (sorted by creation) after the snapshot ``token`` names, and
+    the next page's token (None on the last page)."""
+    start = 0
+    if token:
+        ids = [item.id for item in items]
+        if token not in ids:
+            raise InvalidArgumentError("nextToken is not one this server gave, or its "
+                                       "snapshot is gone; list again from the start")
+        start = ids.index(token) + 1
+    shown = list(items[start:start + limit])
+    more = start + limit < len(items)
+    return shown, (shown[-1].id if more and shown else None)

@@ -24,6 +24,27 @@ class VolumeMount(_Request):
     path: Annotated[str, Field(min_length=1, max_length=4096)]
 
 
+_ENTRY = Annotated[str, Field(min_length=1, max_length=300)]
+_ENTRIES = Annotated[list[_ENTRY], Field(max_length=256)]
+
+
+class Network(_Request):
+    """``network`` at create and the body of ``PUT /sandboxes/{id}/network``: E2B's egress
+    lists (``allowOut`` entries are exceptions to ``denyOut``). The fields Corral cannot
+    honour are kept so that a request naming them is refused, not half-done."""
+
+    allowOut: _ENTRIES | None = None
+    denyOut: _ENTRIES | None = None
+    allowPublicTraffic: bool | None = None
+    # Update only (``allow_internet_access`` is snake_case on the wire, as at create).
+    allow_internet_access: bool | None = None
+    dnsServers: list[Any] | None = None
+    egressProxy: Any = None
+    maskRequestHost: Any = None
+    httpsPorts: list[Any] | None = None
+    rules: Any = None
+
+
 class NewSandbox(_Request):
     """``POST /sandboxes`` (e2b ≤ 2.50) and ``POST /v2/sandboxes`` (2.51 and later)."""
 
@@ -34,6 +55,29 @@ class NewSandbox(_Request):
     envVars: dict[str, str] | None = None
     volumeMounts: list[VolumeMount] | None = None
     mcp: dict[str, Any] | None = None
+    allow_internet_access: bool | None = None
+    network: Network | None = None
+
+
+class SnapshotCreate(_Request):
+    """``POST /sandboxes/{id}/snapshots``."""
+
+    name: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    memory: bool = True
+
+
+class SnapshotInfo(BaseModel):
+    """A snapshot as E2B names one: its id (a template id that creates from it) and names."""
+
+    snapshotID: str
+    names: list[str]
+
+
+class Fork(_Request):
+    """``POST /sandboxes/{id}/fork`` (2.45 always sends both; 2.63 what it was given)."""
+
+    timeout: Annotated[int, Field(ge=1)] | None = None
+    count: Annotated[int, Field(ge=1, le=20)] = 1
 
 
 class Connect(_Request):
@@ -88,3 +132,15 @@ class SandboxDetail(ListedSandbox):
     domain: str | None
     allowInternetAccess: bool
     lifecycle: Lifecycle
+
+
+class Error(BaseModel):
+    code: int
+    message: str
+
+
+class ForkResult(BaseModel):
+    """One copy of a fork: its ``sandbox``, or the ``error`` that kept it from starting."""
+
+    sandbox: Sandbox | None = None
+    error: Error | None = None

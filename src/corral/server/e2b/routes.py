@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from corral.api import models as corral
 from corral.api.errors import (AlreadyExistsError, InvalidArgumentError, NotFoundError,
@@ -22,9 +22,11 @@ from corral.api.errors import (AlreadyExistsError, InvalidArgumentError, NotFoun
 
 from ..auth import Tenant
 from ..services import SandboxService
+from ..services.snapshots import SnapshotService
 from . import mapping, models
 
 router = APIRouter()
+_M = TypeVar("_M", bound=BaseModel)
 #: Longest sandbox id looked up; a longer one is no sandbox.
 _MAX_ID = 64
 
@@ -39,8 +41,14 @@ async def _tokens(request: Request) -> mapping.Tokens:
     return tokens
 
 
+async def _snapshots(request: Request) -> SnapshotService:
+    service: SnapshotService = request.app.state.snapshots
+    return service
+
+
 Sandboxes = Annotated[SandboxService, Depends(_service)]
 Tokens = Annotated[mapping.Tokens, Depends(_tokens)]
+Snapshots = Annotated[SnapshotService, Depends(_snapshots)]
 
 
 def _domain(request: Request, service: SandboxService) -> str:
@@ -73,26 +81,42 @@ async def _known(service: SandboxService, tenant: str, sandbox_id: str
     return info
 
 
-def _corral_create(body: models.NewSandbox) -> corral.SandboxCreate:
-    if body.mcp is not None:
-        raise InvalidArgumentError("mcp is not supported by Corral's E2B API yet; create "
-                                   "the sandbox without it")
-    image, snapshot = mapping.image_of(body.templateID)
+def _corral(model: type[_M], fields: dict[str, object]) -> _M:
+    """Corral's request ``model`` of ``fields``; what it refuses is a 400."""
     try:
-        return corral.SandboxCreate.model_validate({
-            "image": image, "snapshot": snapshot, "timeout": body.timeout,
-            "env": body.envVars or {}, "metadata": body.metadata or {},
-            "on_timeout": "pause" if body.autoPause else "kill",
-            "volumes": {m.path: m.name for m in body.volumeMounts or ()}})
+        return model.model_validate(fields)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
                              for e in exc.errors()[:10])
         raise InvalidArgumentError(f"invalid request: {problems}") from None
 
 
+def _corral_create(body: models.NewSandbox, internet: bool) -> corral.SandboxCreate:
+    if body.mcp is not None:
+        raise InvalidArgumentError("mcp is not supported by Corral's E2B API yet; create "
+                                   "the sandbox without it")
+    image, snapshot = mapping.image_of(body.templateID)
+    fields: dict[str, object] = {
+        "timeout": body.timeout, "metadata": body.metadata or {},
+        "on_timeout": "pause" if body.autoPause else "kill"}
+    if snapshot is None:
+        fields.update(image=image, env=body.envVars or {},
+                      network=mapping.network_of(body.allow_internet_access, body.network,
+                                                 internet),
+                      volumes={m.path: m.name for m in body.volumeMounts or ()})
+    elif body.envVars or body.volumeMounts or body.network is not None:
+        raise InvalidArgumentError(
+            "a sandbox started from a snapshot keeps its source's environment, network and "
+            "volumes: leave out envs, network and volume mounts (change the network "
+            "afterwards with update_network)")
+    else:
+        fields["snapshot"] = snapshot
+    return _corral(corral.SandboxCreate, fields)
+
+
 async def _create(request: Request, body: models.NewSandbox, tenant: str,
                   service: SandboxService, tokens: mapping.Tokens) -> models.Sandbox:
-    info = await service.create(tenant, _corral_create(body))
+    info = await service.create(tenant, _corral_create(body, request.app.state.internet))
     return mapping.sandbox(info, tokens, _domain(request, service), body.templateID)
 
 
@@ -211,3 +235,82 @@ async def metrics(sandbox_id: str, tenant: Tenant, service: Sandboxes
     """No per-sandbox figures are kept yet: an empty list, which the SDKs accept."""
     await _known(service, tenant, sandbox_id)
     return []
+
+
+@router.put("/sandboxes/{sandbox_id}/network", status_code=204)
+async def update_network(request: Request, sandbox_id: str, body: models.Network,
+                         tenant: Tenant, service: Sandboxes) -> None:
+    """Replace its egress policy (``allowOut``, ``denyOut``, ``allow_internet_access``);
+    new connections see it at once."""
+    info = await _known(service, tenant, sandbox_id)
+    if info.network == "none":
+        raise InvalidArgumentError(
+            f"sandbox {sandbox_id} was created without network access, so it has no "
+            "interface to open; create it with a network setting instead, e.g. "
+            "network={'deny_out': ['0.0.0.0/0']} (nothing open yet), then update it")
+    spec = _corral(corral.NetworkUpdate, {"network": mapping.network_of(
+        body.allow_internet_access, body, request.app.state.internet)}).network
+    async with _gone_is_not_found(sandbox_id):
+        await service.update_network(tenant, sandbox_id, spec)
+
+
+@router.post("/sandboxes/{sandbox_id}/snapshots", status_code=201)
+async def create_snapshot(sandbox_id: str, body: models.SnapshotCreate, tenant: Tenant,
+                          service: Sandboxes, snapshots: Snapshots) -> models.SnapshotInfo:
+    """Keep it as it is now (it runs on); its ``snapshotID`` is a ``templateID`` that starts
+    copies. ``memory: false`` keeps its files alone (any runtime)."""
+    await _known(service, tenant, sandbox_id)
+    request = _corral(corral.SnapshotCreate, {"name": body.name, "memory": body.memory})
+    async with _gone_is_not_found(sandbox_id):
+        sandbox = await service.owned(tenant, sandbox_id, "a snapshot")
+        service.touch(sandbox_id)
+        info = await snapshots.take(tenant, sandbox, request)
+    return mapping.snapshot(info)
+
+
+@router.get("/snapshots")
+async def list_snapshots(response: Response, tenant: Tenant, snapshots: Snapshots,
+                         sandbox_id: Annotated[str | None, Query(alias="sandboxID",
+                                                                 max_length=_MAX_ID)] = None,
+                         name: Annotated[str | None, Query(max_length=128)] = None,
+                         next_token: Annotated[str | None, Query(alias="nextToken",
+                                                                 max_length=64)] = None,
+                         limit: Annotated[int, Query(ge=1, le=mapping.MAX_PAGE)
+                                          ] = mapping.MAX_PAGE,
+                         ) -> list[models.SnapshotInfo]:
+    """The tenant's snapshots, oldest first (of one sandbox, or named ``name``); the next
+    page's token comes back in ``x-next-token``."""
+    found = (await snapshots.list(tenant)).snapshots
+    chosen = sorted((s for s in found
+                     if (sandbox_id is None or s.sandbox_id == sandbox_id)
+                     and (name is None or s.name == name)),
+                    key=lambda s: (s.created_at, s.id))
+    shown, token = mapping.snapshot_page(chosen, limit, next_token)
+    if token:
+        response.headers["x-next-token"] = token
+    return [mapping.snapshot(s) for s in shown]
+
+
+@router.delete("/templates/{template_id}", status_code=204)
+async def delete_snapshot(template_id: str, tenant: Tenant, snapshots: Snapshots) -> None:
+    """Delete a snapshot (the SDK's ``delete_snapshot``); templates are Corral's images,
+    managed with ``corral image``, not here."""
+    if not template_id.startswith(mapping.SNAPSHOT_PREFIX) or len(template_id) > _MAX_ID:
+        raise NotFoundError(f"snapshot {template_id[:_MAX_ID]!r} not found (only snapshots "
+                            "are deleted here; images are managed with `corral image`)")
+    await snapshots.delete(tenant, template_id)
+
+
+@router.post("/sandboxes/{sandbox_id}/fork", status_code=201,
+             response_model_exclude_none=True)
+async def fork(request: Request, sandbox_id: str, body: models.Fork, tenant: Tenant,
+               service: Sandboxes, tokens: Tokens) -> list[models.ForkResult]:
+    """``count`` new sandboxes (at most 16), each a copy of this one as it is now (memory,
+    processes, files); this one runs on."""
+    info = await _known(service, tenant, sandbox_id)
+    fork_request = _corral(corral.ForkRequest, {"count": body.count, "timeout": body.timeout})
+    async with _gone_is_not_found(sandbox_id):
+        copies = await service.fork(tenant, sandbox_id, fork_request)
+    domain = _domain(request, service)
+    return [models.ForkResult(sandbox=mapping.sandbox(copy, tokens, domain, info.image))
+            for copy in copies.sandboxes]

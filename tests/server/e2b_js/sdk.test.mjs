@@ -1,0 +1,60 @@
+// The published e2b JS SDK (npm) against a real `corral serve`: E2B_API_URL,
+// E2B_SANDBOX_URL and E2B_API_KEY come from tests/server/test_e2b_js.py.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { CommandExitError, NotFoundError, Sandbox } from 'e2b'
+
+const tag = process.env.CORRAL_TEST_TAG
+
+test('create, get info, list, set timeout and kill', async () => {
+  const sbx = await Sandbox.create({ metadata: { suite: tag }, timeoutMs: 120_000 })
+  try {
+    const info = await sbx.getInfo()
+    assert.equal(info.sandboxId, sbx.sandboxId)
+    assert.equal(info.state, 'running')
+    assert.equal(info.metadata.suite, tag)
+    await sbx.setTimeout(300_000)
+    const listed = await Sandbox.list({ query: { metadata: { suite: tag } } }).nextItems()
+    assert.deepEqual(listed.map((s) => s.sandboxId), [sbx.sandboxId])
+    assert.equal(await sbx.isRunning(), true)
+  } finally {
+    assert.equal(await sbx.kill(), true)
+  }
+  await assert.rejects(Sandbox.connect(sbx.sandboxId), NotFoundError)
+})
+
+test('commands: run, exit codes, env, cwd, user, background and stdin', async () => {
+  const sbx = await Sandbox.create({ metadata: { suite: tag }, timeoutMs: 120_000 })
+  try {
+    const ran = await sbx.commands.run('echo hi; echo oops >&2')
+    assert.deepEqual([ran.stdout, ran.stderr, ran.exitCode], ['hi\n', 'oops\n', 0])
+    await assert.rejects(sbx.commands.run('echo partial; exit 3'), (err) => {
+      assert.ok(err instanceof CommandExitError)
+      assert.equal(err.exitCode, 3)
+      assert.equal(err.stdout, 'partial\n')
+      return true
+    })
+    const here = await sbx.commands.run('echo $A; pwd; whoami', { envs: { A: 'x' }, cwd: '/tmp' })
+    assert.equal(here.stdout, 'x\n/tmp\nuser\n')
+    const root = await sbx.commands.run('whoami', { user: 'root' })
+    assert.equal(root.stdout, 'root\n')
+    const chunks = []
+    const streamed = await sbx.commands.run('for i in 1 2 3; do echo $i; done',
+      { onStdout: (data) => chunks.push(data) })
+    assert.equal(chunks.join(''), streamed.stdout)
+    assert.equal(streamed.stdout, '1\n2\n3\n')
+
+    const sleeper = await sbx.commands.run('sleep 600', { background: true })
+    const listed = await sbx.commands.list()
+    assert.ok(listed.some((p) => p.pid === sleeper.pid))
+    assert.equal(await sbx.commands.kill(sleeper.pid), true)
+    await assert.rejects(sleeper.wait(), CommandExitError)
+    assert.equal(await sbx.commands.kill(sleeper.pid), false)
+
+    const reader = await sbx.commands.run('read x; echo got $x', { background: true, stdin: true })
+    await sbx.commands.sendStdin(reader.pid, 'hello\n')
+    assert.equal((await reader.wait()).stdout, 'got hello\n')
+  } finally {
+    await sbx.kill()
+  }
+})
