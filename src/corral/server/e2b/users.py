@@ -18,8 +18,7 @@ from corral.api.errors import AuthenticationError, InvalidArgumentError, NotFoun
 from corral.api.limits import normalize_path
 
 from ..services import FileService
-
-DEFAULT_USER: Final = "user"
+from .envd import DEFAULT_USER
 #: Most bytes of /etc/passwd and /etc/group read (the rest is ignored).
 MAX_TABLE: Final = 1024 * 1024
 _ROOT: Final = ("root", 0, 0, "/root")
