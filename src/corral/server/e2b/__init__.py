@@ -77,6 +77,8 @@ def create_app(sandboxes: SandboxService, commands: CommandService, files_: File
     app.include_router(envd.router)
     app.include_router(filesystem.router)
     app.include_router(files.router)
+    # Last: what no router above serves of envd's filesystem service is unimplemented.
+    app.include_router(filesystem.fallback)
     return app
 
 
@@ -95,5 +97,6 @@ def templates() -> list[str]:
     route labels in metrics and the audit trail)."""
     return list(dict.fromkeys(PREFIX + r.path
                               for r in [*routes.router.routes, *envd.router.routes,
-                                        *filesystem.router.routes, *files.router.routes]
+                                        *filesystem.router.routes, *files.router.routes,
+                                        *filesystem.fallback.routes]
                               if isinstance(r, APIRoute))) + [files.ROUTE]

@@ -149,7 +149,7 @@ def _sandbox(request: Request) -> tuple[str, str] | None:
     return tenant, sandbox_id
 
 
-def not_found(request: Request) -> JSONResponse:
+def _not_found(request: Request) -> JSONResponse:
     """E2B's proxy answer for a sandbox it does not know (any more)."""
     sandbox_id = request.headers.get("e2b-sandbox-id", "")[:_MAX_ID]
     return JSONResponse({"code": 502, "message": f"The sandbox {sandbox_id} was not found"},
@@ -160,7 +160,7 @@ def not_found(request: Request) -> JSONResponse:
 async def health(request: Request) -> Response:
     """204 while the sandbox is live (paused counts: any call resumes it), else 502."""
     if _sandbox(request) is None:
-        return not_found(request)
+        return _not_found(request)
     return Response(status_code=204)
 
 
@@ -168,7 +168,7 @@ async def process(method: str, request: Request) -> Response:
     """One call of envd's process service; errors are Connect's."""
     found = _sandbox(request)
     if found is None:
-        return not_found(request)
+        return _not_found(request)
     commands: CommandService = request.app.state.commands
     call = _Call(commands, found[0], found[1], request.headers)
     body = await request.body()
@@ -241,7 +241,7 @@ class _Call:
             raise ConnectError("invalid_argument", "process.envs must be an object")
         timeout = (None if deadline is None
                    else min(max(deadline, _TIMEOUT_RANGE[0]), _TIMEOUT_RANGE[1]))
-        user = basic_user(self.headers) or DEFAULT_USER
+        user = _basic_user(self.headers) or DEFAULT_USER
         if cwd is None:
             cwd = _HOMES.get(user)
         try:
@@ -343,7 +343,7 @@ def _pid(message: dict[str, Any]) -> int:
     return pid
 
 
-def basic_user(headers: Headers) -> str | None:
+def _basic_user(headers: Headers) -> str | None:
     """The user of ``Authorization: Basic base64("<user>:")``, the SDKs' ``user=``."""
     scheme, _, value = headers.get("authorization", "").partition(" ")
     if scheme.lower() != "basic":

@@ -15,8 +15,9 @@ a link, and its ``symlinkTarget``); ``permissions`` is Go's ``FileMode.String()`
 none); ``size`` an int64 as a string; ``modifiedTime`` RFC 3339 in UTC.
 
 The watch methods (``WatchDir``, ``CreateWatcher``, ``GetWatcherEvents``,
-``RemoveWatcher``) are served by whichever module :func:`register` s them; until one
-does they answer ``unimplemented``.
+``RemoveWatcher``) are another module's: one that serves them either :func:`register` s
+its endpoints here or includes a router of its own before :data:`fallback` (which the app
+includes last). Until one does they answer ``unimplemented``, as any unknown method does.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from ..logs import SANDBOX_SCOPE
 from ..services import FileService, SandboxService
 from . import connect, users
 from .connect import ConnectError
-from .envd import basic_user, not_found
+from .envd import _basic_user as basic_user
+from .envd import _not_found as not_found
 
 router = APIRouter()
 SERVICE: Final = "/filesystem.Filesystem/"
@@ -231,11 +233,19 @@ def _route(method: str) -> Endpoint:
     return endpoint
 
 
-for _method in METHODS:
+for _method in _UNARY:
     router.add_api_route(SERVICE + _method, _route(_method), methods=["POST"])
 
+#: The service's other methods (one route each, for metrics and the audit trail) and any
+#: unknown one: served by a registered endpoint, else ``unimplemented``. The app includes
+#: it after every router that serves a method of the service itself.
+fallback = APIRouter()
+for _method in METHODS:
+    if _method not in _UNARY:
+        fallback.add_api_route(SERVICE + _method, _route(_method), methods=["POST"])
 
-@router.post(SERVICE + "{method}")
+
+@fallback.post(SERVICE + "{method}")
 async def other_method(method: str, request: Request) -> Response:
     """A method this service does not have: ``unimplemented``."""
     return await call(method, request)
