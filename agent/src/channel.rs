@@ -127,6 +127,24 @@ impl Credits {
         true
     }
 
+    /// Take one credit if one is free, without waiting: Some(taken), or None once the
+    /// stream was cancelled.
+    pub fn try_take(&self) -> Option<bool> {
+        let mut state = self.state.locked();
+        if state.1 {
+            return None;
+        }
+        if state.0 <= 0 {
+            return Some(false);
+        }
+        state.0 -= 1;
+        Some(true)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state.locked().1
+    }
+
     pub fn give(&self, count: i64) {
         let mut state = self.state.locked();
         state.0 = state.0.saturating_add(count.clamp(0, proto::STREAM_WINDOW));

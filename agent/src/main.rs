@@ -2,7 +2,8 @@
 //!
 //! It serves the node over its stdin and stdout with the framed protocol of
 //! `corral/api/agent_protocol.py`: commands (spawn, stream, stdin, signals, timeouts) and
-//! files (stat, list, read and write streams, mkdir, remove, rename), and tunnels to TCP
+//! files (stat, list, read and write streams, mkdir, remove, rename, directory watches
+//! with inotify), and tunnels to TCP
 //! ports on the sandbox's own loopback (`connect`: exposed ports). The main thread reads
 //! frames and dispatches them; quick operations run inline, a file download gets a thread
 //! of its own, each command a thread pumping its output, and each tunnel two threads.
@@ -36,6 +37,7 @@ mod proto;
 mod sys;
 mod tunnels;
 mod users;
+mod watch;
 
 use std::fs::File;
 use std::io::{BufReader, Write};
@@ -52,6 +54,7 @@ use files::{error, Files};
 use json::{Obj, Value};
 use processes::ProcessTable;
 use tunnels::Tunnels;
+use watch::Watches;
 
 /// Signals whose default ends or stops a process. As PID 1 the agent only gets signals it
 /// handles; a no-op handler (reset to the default in every child at exec) keeps sandbox
@@ -80,6 +83,7 @@ struct Agent {
     processes: Arc<ProcessTable>,
     files: Arc<Files>,
     tunnels: Arc<Tunnels>,
+    watches: Arc<Watches>,
     clock: Arc<Clock>,
     last_id: i64,
     /// The stdout the sandbox started with (a descriptor of its own, never closed): a
@@ -202,6 +206,7 @@ impl Agent {
         self.processes.detach();
         self.files.detach();
         self.tunnels.detach();
+        self.watches.detach();
     }
 
     /// A new descriptor of the sandbox's original stdout.
@@ -238,14 +243,15 @@ impl Agent {
             }
             b"credit" => {
                 if let (Some(target), Some(n)) = (target, req.get("n").and_then(Value::as_int)) {
-                    if !self.processes.grant(target, n) && !self.files.credit(target, n) {
+                    if !self.processes.grant(target, n) && !self.files.credit(target, n)
+                        && !self.watches.credit(target, n) {
                         self.tunnels.credit(target, n);
                     }
                 }
             }
             b"cancel" => {
                 if let Some(target) = target {
-                    if !self.processes.release(target) {
+                    if !self.processes.release(target) && !self.watches.cancel(target) {
                         self.files.cancel(target);
                         self.tunnels.cancel(target);
                     }
@@ -261,6 +267,7 @@ impl Agent {
                 self.reply(req_id, Obj::new(), b"")?;
             }
             b"write" => self.files.write_open(req_id, req)?,
+            b"watch" => self.watches.watch(req_id, req)?,
             b"read" => {
                 let (files, channel, req) = (self.files.clone(), self.channel.clone(), req.clone());
                 let spawned = std::thread::Builder::new().name("read".into()).stack_size(READ_STACK)
@@ -387,8 +394,9 @@ fn main() {
     let clock = Arc::new(Clock::new());
     let mut agent = Agent {
         processes: ProcessTable::new(channel.clone(), root.clone(), clock.clone()),
-        files: Arc::new(Files::new(channel.clone(), root)),
+        files: Arc::new(Files::new(channel.clone(), root.clone())),
         tunnels: Tunnels::new(channel.clone()),
+        watches: Watches::new(channel.clone(), root.clone()),
         channel,
         clock,
         last_id: 0,

@@ -21,6 +21,11 @@ pub const MAX_LIST_ENTRIES: usize = 10_000;
 pub const MAX_ARGV: usize = 4096;
 pub const MAX_PORT_CONNECTIONS: usize = 256;
 
+// Directory watches (watch.rs).
+pub const MAX_WATCHES: usize = 64;
+pub const MAX_WATCH_DIRS: usize = 4096;
+pub const MAX_WATCH_EVENTS: usize = 4096;
+
 pub const REASON_TIMEOUT: &str = "timeout";
 pub const REASON_KILLED: &str = "killed";
 

@@ -362,3 +362,53 @@ pub fn sync_all() {
     // SAFETY: sync(2) takes no arguments and touches no memory of ours.
     unsafe { sync() }
 }
+
+// -- inotify (watch.rs) -------------------------------------------------------------------
+
+/// A new inotify instance, non-blocking and close-on-exec.
+pub fn inotify_new() -> io::Result<c_int> {
+    extern "C" {
+        fn inotify_init1(flags: c_int) -> c_int;
+    }
+    const IN_NONBLOCK: c_int = 0o4000;
+    check(unsafe { inotify_init1(IN_NONBLOCK | O_CLOEXEC) })
+}
+
+/// Watch `path` (no NUL byte in it) on inotify instance `fd`: the watch descriptor.
+pub fn inotify_watch(fd: c_int, path: &[u8], mask: u32) -> io::Result<c_int> {
+    extern "C" {
+        fn inotify_add_watch(fd: c_int, path: *const c_char, mask: u32) -> c_int;
+    }
+    let path = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(22))?;
+    check(unsafe { inotify_add_watch(fd, path.as_ptr(), mask) })
+}
+
+/// Stop watch `wd` of instance `fd` (its `IN_IGNORED` follows); an unknown one is no error.
+pub fn inotify_unwatch(fd: c_int, wd: c_int) {
+    extern "C" {
+        fn inotify_rm_watch(fd: c_int, wd: c_int) -> c_int;
+    }
+    unsafe {
+        inotify_rm_watch(fd, wd);
+    }
+}
+
+/// `read(2)` into `buf`: Ok(0) when nothing is waiting on a non-blocking descriptor.
+pub fn read_some(fd: c_int, buf: &mut [u8]) -> io::Result<usize> {
+    extern "C" {
+        fn read(fd: c_int, buf: *mut u8, count: usize) -> isize;
+    }
+    const EAGAIN: i32 = 11;
+    loop {
+        let n = unsafe { read(fd, buf.as_mut_ptr(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(EINTR) => continue,
+            Some(EAGAIN) => return Ok(0),
+            _ => return Err(err),
+        }
+    }
+}

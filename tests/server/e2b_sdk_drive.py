@@ -2,6 +2,9 @@
 drives Corral's E2B control plane (``E2B_API_URL``, ``E2B_API_KEY``) and envd's process
 service and files (``E2B_SANDBOX_URL``) with the SDK's sync and async classes and prints
 what it saw as one JSON object on the last line.
+
+Directory watches go through ``files.watch_dir``: the sync SDK's polling watcher
+(CreateWatcher, GetWatcherEvents, RemoveWatcher) and the async SDK's WatchDir stream.
 """
 
 from __future__ import annotations
@@ -19,9 +22,14 @@ from typing import Any
 
 import httpx
 from e2b import (AsyncSandbox, CommandExitException, FileNotFoundException, NotFoundException,
-                 Sandbox, SandboxQuery)
+                 Sandbox, SandboxException, SandboxQuery)
 
 _E2B = tuple(int(n) for n in version("e2b").split(".")[:2])
+
+#: What each watch flow does under /tmp/w: a new directory (``ready`` once its event came,
+#: so it is watched too), then changes in it, ``end`` last.
+NEW_DIR = "mkdir /tmp/w/sub && touch /tmp/w/ready"
+CHANGES = "cd /tmp/w && echo x > sub/f && mv sub/f sub/g && rm sub/g && touch end"
 
 
 def _listed(tag: str) -> list[list[str]]:
@@ -169,6 +177,54 @@ def state_flow(tag: str) -> dict[str, Any]:
             copy.kill()
         sb.kill()
     return seen
+def watch_flow(tag: str) -> dict[str, Any]:
+    """The sync SDK's polling watcher, recursive: events until ``end`` was seen."""
+    sb = Sandbox.create(metadata={"suite": tag}, timeout=120)
+    try:
+        sb.commands.run("mkdir -p /tmp/w")
+        handle = sb.files.watch_dir("/tmp/w", recursive=True)
+        events: list[list[str]] = []
+        for step, last in ((NEW_DIR, "ready"), (CHANGES, "end")):
+            sb.commands.run(step)
+            polls = 0
+            while ["create", last] not in events and polls < 600:
+                events += [[e.type.value, e.name] for e in handle.get_new_events()]
+                polls += 1
+                time.sleep(0.05)  # between polls; the loop ends on the condition above
+        handle.stop()
+        try:
+            handle.get_new_events()
+            after_stop = None
+        except SandboxException as exc:
+            after_stop = type(exc).__name__
+    finally:
+        sb.kill()
+    return {"events": events, "after_stop": after_stop}
+
+
+async def async_watch_flow(tag: str) -> dict[str, Any]:
+    """The async SDK's WatchDir stream, recursive: events until ``end`` was seen."""
+    sb = await AsyncSandbox.create(metadata={"suite": tag}, timeout=120)
+    try:
+        await sb.commands.run("mkdir -p /tmp/w")
+        events: list[list[str]] = []
+        seen = {"ready": asyncio.Event(), "end": asyncio.Event()}
+        exits: list[Any] = []
+
+        def on_event(event: Any) -> None:
+            events.append([event.type.value, event.name])
+            if event.name in seen:
+                seen[event.name].set()
+
+        handle = await sb.files.watch_dir("/tmp/w", on_event, recursive=True,
+                                          on_exit=exits.append)
+        for step, last in ((NEW_DIR, "ready"), (CHANGES, "end")):
+            await sb.commands.run(step)
+            await asyncio.wait_for(seen[last].wait(), 120)
+        await handle.stop()
+    finally:
+        await sb.kill()
+    return {"events": events, "exits": [repr(e) for e in exits]}
 
 
 def _failure(call: Any) -> str | None:
@@ -290,6 +346,8 @@ def main() -> None:
               "commands": commands_flow(tag + "-commands"),
               "async_commands": asyncio.run(async_commands_flow(tag + "-acommands")),
               "state": state_flow(tag + "-state"),
+              "watch": watch_flow(tag + "-watch"),
+              "async_watch": asyncio.run(async_watch_flow(tag + "-awatch")),
               "files": files_flow(tag + "-files"),
               "async_files": asyncio.run(async_files_flow(tag + "-afiles"))}
     print(json.dumps(result, default=str), flush=True)

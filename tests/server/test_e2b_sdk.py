@@ -113,6 +113,16 @@ def test_the_real_sdk_drives_the_control_plane_and_commands(server: Server, vers
     assert state["deleted"] == [True, False]
     assert state["paused"] == [True, False, "paused"]
     assert state["resumed"] == ["running", "kept\n"]
+    # Directory watches, recursive: the polling watcher (sync) and the stream (async).
+    changes = [["create", "sub"], ["create", "sub/f"], ["write", "sub/f"],
+               ["rename", "sub/f"], ["create", "sub/g"], ["remove", "sub/g"],
+               ["create", "end"]]
+    for flow in ("watch", "async_watch"):
+        events = seen[flow]["events"]
+        assert all(change in events for change in changes), (flow, events)
+        assert [events.index(change) for change in changes] == sorted(
+            events.index(change) for change in changes), (flow, events)
+    assert seen["watch"]["after_stop"] == "SandboxException"
     _check_files(seen["files"], seen["async_files"])
     with server.http(server.key) as http:
         # The policy the last update_network set, as Corral enforces it.

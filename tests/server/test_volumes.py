@@ -88,6 +88,8 @@ def test_bad_volume_requests_are_refused(server: Server) -> None:
                 Sandbox.create(volumes=mounts, **server.sdk())
         with pytest.raises(ResourceExhaustedError):
             Volume.create("too-big", size="200000G", **server.sdk())
+        with pytest.raises(InvalidArgumentError, match="from a sandbox that mounts it"):
+            volume.files.watch("/")
         # what only a sandbox's files have
         for call in (lambda: volume.files.write("/a", b"x", user="user"),
                      lambda: volume.files.mkdir("/d", user=1000),

@@ -19,6 +19,7 @@ from corral._blocking import Proxy, blocking, blocking_iter, blocking_wrapped, i
 from corral.node import sync as node_sync
 from corral.node.interpreter import NodeCodeInterpreter
 from corral.node.network import SandboxNetwork
+from corral.sdk.files import AsyncWatchHandle
 from corral.sdk.network import AsyncNetwork
 from corral.sdk import sync as sdk_sync
 
@@ -27,6 +28,7 @@ PAIRS = [
     (sdk.AsyncCommands, sdk_sync.Commands),
     (sdk.AsyncCommandHandle, sdk_sync.CommandHandle),
     (sdk.AsyncFiles, sdk_sync.Files),
+    (AsyncWatchHandle, sdk_sync.WatchHandle),
     (sdk.AsyncCodeInterpreter, sdk_sync.CodeInterpreter),
     (AsyncNetwork, sdk_sync.Network),
     (sdk.AsyncVolume, sdk_sync.Volume),
@@ -34,6 +36,7 @@ PAIRS = [
     (node.NodeCommands, node_sync.SyncNodeCommands),
     (node.NodeCommandHandle, node_sync.SyncNodeCommandHandle),
     (node.NodeFiles, node_sync.SyncNodeFiles),
+    (node.NodeWatch, node_sync.SyncNodeWatch),
     (NodeCodeInterpreter, node_sync.SyncNodeCodeInterpreter),
     (SandboxNetwork, node_sync.SyncNodeNetwork),
     (node.Node, node_sync.SyncNode),

@@ -32,6 +32,16 @@ The two directions are independent; ``cancel`` closes a tunnel at once, and an `
 a tunnel's last frame. ``cancel`` of a running command's id stops its output (dropped from
 then on; the command runs on, and :data:`OP_ATTACH` sends it again).
 
+Directory watches (:data:`OP_WATCH`, ``path`` and ``recursive``): ``ok`` once the
+directory (and with ``recursive`` every directory under it) is watched, then ``data``
+frames under credits, each a JSON array of :data:`WATCH_EVENT_TYPES` events
+``{"type", "name", "dir"}`` with ``name`` relative to the watched directory, until
+``cancel`` or the watched directory's removal or move (then ``end``). A directory made
+under a recursive watch is watched too, and what it holds on arrival is reported as
+``create``. Bounds: :data:`MAX_WATCHES` per sandbox, :data:`MAX_WATCH_DIRS` per watch (a
+larger tree is refused), :data:`MAX_WATCH_EVENTS` waiting for credits; events lost past a
+bound (or the kernel's queue) leave one ``overflow`` event where they were.
+
 Sessions and pausing. A session starts with the agent's ``hello`` (``next_id``: the first
 request id the node may use; ids below it belong to commands started before). The agent
 greets unasked when it starts and when a node connects to its socket; the node may also
@@ -60,6 +70,14 @@ MAX_REPLY_HEADER = 64 * 1024
 MAX_DATA = 1024 * 1024
 CHUNK = 64 * 1024
 STREAM_WINDOW = 32
+#: Directory watches at once per sandbox.
+MAX_WATCHES = 64
+#: Directories one recursive watch follows.
+MAX_WATCH_DIRS = 4096
+#: Events one watch holds while it waits for credits; past it, events are dropped.
+MAX_WATCH_EVENTS = 4096
+#: What a watch's events report; ``overflow`` marks where events were lost.
+WATCH_EVENT_TYPES = ("create", "write", "remove", "rename", "chmod", "overflow")
 
 # Node -> agent operations.
 OP_EXEC = "exec"
@@ -86,6 +104,8 @@ OP_PAUSE = "pause"
 OP_HELLO = "hello"
 #: Follow a running command's output again, under its id (``target``), after a new session.
 OP_ATTACH = "attach"
+#: Watch a directory (inotify); events stream as ``data`` frames under credits.
+OP_WATCH = "watch"
 
 # Agent -> node events.
 EV_HELLO = "hello"

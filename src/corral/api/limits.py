@@ -22,6 +22,10 @@ NAME_MAX = 255
 MAX_LIST_DEPTH = 16
 #: Most entries one file listing returns; past it the listing says it is truncated.
 MAX_LIST_ENTRIES = 10_000
+#: Seconds a streamed directory watch (``files.watch``) lasts unless it asks for less,
+#: and the most it may ask for; it ends (the stream closes) when they run out.
+DEFAULT_WATCH_LIFETIME = 600.0
+MAX_WATCH_LIFETIME = 24 * 3600.0
 
 # -- volumes -----------------------------------------------------------------------------
 

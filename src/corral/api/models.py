@@ -558,6 +558,24 @@ class WriteResult(_Response):
     size: int
 
 
+class WatchEvent(_Response):
+    """One change under a watched directory (``files.watch``).
+
+    ``name`` is relative to the watched directory (``sub/a.txt`` under a recursive
+    watch). ``rename`` is reported under the old name and ``create`` under the new one;
+    ``overflow`` (``name`` empty) marks where events were lost (the client fell behind
+    by more than the sandbox holds, or a bound was reached).
+    """
+
+    type: Literal["create", "write", "remove", "rename", "chmod", "overflow"]
+    name: str
+    is_dir: bool = False
+
+
+#: The lines of a watch's NDJSON stream: events, or an error that ended it.
+WatchStreamEvent = Annotated[WatchEvent | ErrorEvent, Field(discriminator="type")]
+
+
 class Exists(_Response):
     exists: bool
 

@@ -8,7 +8,7 @@ from corral.api.command_events import Output
 from corral.api.models import CommandResult, EntryInfo, ProcessInfo, SandboxInfo
 
 from .commands import NodeCommandHandle, NodeCommands
-from .files import NodeFiles
+from .files import NodeFiles, NodeWatch
 from .lifecycle import Lifecycle, SandboxState
 from .node import Node
 from .sandbox import NodeSandbox
@@ -17,6 +17,6 @@ from .sync import SyncNode, SyncNodeSandbox
 
 __all__ = [
     "CommandResult", "EntryInfo", "Lifecycle", "Node", "NodeCommandHandle", "NodeCommands",
-    "NodeFiles", "NodeSandbox", "NodeSettings", "Output", "ProcessInfo", "SandboxInfo",
+    "NodeFiles", "NodeSandbox", "NodeWatch", "NodeSettings", "Output", "ProcessInfo", "SandboxInfo",
     "SandboxState", "SyncNode", "SyncNodeSandbox",
 ]

@@ -7,6 +7,7 @@ holds a whole file in memory unless you ask for ``read``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
@@ -14,10 +15,13 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from corral.api import agent_protocol as proto
-from corral.api.errors import AgentError, InvalidArgumentError, ResourceExhaustedError
+from corral.api.errors import (AgentError, InvalidArgumentError, ResourceExhaustedError,
+                               SandboxError)
 from corral.api import contract
-from corral.api.limits import MAX_LIST_DEPTH
-from corral.api.models import EntryInfo
+from corral.api.limits import MAX_LIST_DEPTH, MAX_PATH
+from corral.api.models import EntryInfo, WatchEvent
+
+from .agent_client import AgentClient, Stream
 
 from .validation import resolve_path
 
@@ -161,6 +165,89 @@ class NodeFiles:
     async def rename(self, src: str, dst: str, overwrite: bool = False) -> None:
         await self._sandbox.channel().call(proto.OP_RENAME, src=self._path(src),
                                           dst=self._path(dst), overwrite=overwrite)
+
+    async def watch(self, path: str, recursive: bool = False) -> NodeWatch:
+        """Watch a directory (with ``recursive``, every directory under it, those made
+        later too); returns once it is watched. Iterate the watch for
+        :class:`~corral.api.models.WatchEvent` (names relative to ``path``) until
+        :meth:`NodeWatch.aclose`, or until the directory is removed or moved away.
+
+        Bounds (:mod:`corral.api.agent_protocol`): ``MAX_WATCHES`` per sandbox,
+        ``MAX_WATCH_DIRS`` directories per watch (a larger tree is refused),
+        ``MAX_WATCH_EVENTS`` events held for a reader that falls behind; past them, an
+        ``overflow`` event marks where events were lost.
+        """
+        if not isinstance(recursive, bool):
+            raise InvalidArgumentError("recursive must be true or false")
+        client = self._sandbox.channel()
+        stream = await client.open(proto.OP_WATCH, path=self._path(path), recursive=recursive,
+                                   credited=True)
+        try:
+            await client.within(CALL_TIMEOUT_WATCH, stream.next(), "a watch")
+        except BaseException:
+            stream.close()
+            raise
+        return NodeWatch(client, stream)
+
+
+#: Longest the agent may take to watch a tree (a recursive watch walks it first).
+CALL_TIMEOUT_WATCH = 120.0
+
+
+def _watch_event(raw: object) -> WatchEvent:
+    """An event the agent sent; the agent is untrusted, so anything off-shape is refused."""
+    if (not isinstance(raw, dict) or raw.get("type") not in proto.WATCH_EVENT_TYPES
+            or not isinstance(raw.get("name"), str) or not isinstance(raw.get("dir"), bool)
+            or len(raw["name"]) > 2 * MAX_PATH):
+        raise AgentError("the agent sent a malformed watch event")
+    # A name that is not UTF-8 came with its stray bytes as lone surrogates.
+    name = raw["name"].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return WatchEvent(type=raw["type"], name=name, is_dir=raw["dir"])
+
+
+class NodeWatch:
+    """A directory watch (:meth:`NodeFiles.watch`): iterate it for events; :meth:`aclose`
+    stops it. A watch ends with its session: a pause or the sandbox's end fails the
+    iteration with :class:`~corral.api.errors.SandboxNotRunningError`."""
+
+    def __init__(self, client: AgentClient, stream: Stream) -> None:
+        self._client = client
+        self._stream = stream
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[WatchEvent]:
+        while not self._closed:
+            header, data = await self._stream.next()
+            if header.get("ev") == proto.EV_END:
+                await self.aclose()
+                return
+            if header.get("ev") != proto.EV_DATA:
+                continue
+            try:
+                batch = json.loads(data)
+            except ValueError:
+                raise AgentError("the agent sent a malformed watch event") from None
+            if not isinstance(batch, list):
+                raise AgentError("the agent sent a malformed watch event")
+            for raw in batch:
+                yield _watch_event(raw)
+
+    async def aclose(self) -> None:
+        """Stop watching (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stream.close()
+        if not self._client.closed:
+            with contextlib.suppress(SandboxError):
+                await self._client.send({"id": 0, "op": proto.OP_CANCEL,
+                                         "target": self._stream.id})
+
+    async def __aenter__(self) -> NodeWatch:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from corral._blocking import (CommandIds, Proxy, blocking, blocking_iter, blocki
 
 from .checkpoints import MemorySnapshot
 from .commands import NodeCommandHandle, NodeCommands
-from .files import NodeFiles
+from .files import NodeFiles, NodeWatch
 from .interpreter import NodeCodeInterpreter
 from .network import SandboxNetwork
 from corral.api.models import SandboxInfo
@@ -70,6 +70,19 @@ class SyncNodeCommands(Proxy[NodeCommands]):
     kill = blocking(NodeCommands.kill)
 
 
+class SyncNodeWatch(Proxy[NodeWatch]):
+    """Blocking :class:`corral.node.files.NodeWatch`; iterate it for events."""
+
+    close = blocking(NodeWatch.aclose)
+    __iter__ = blocking_iter(NodeWatch.__aiter__)
+
+    def __enter__(self) -> SyncNodeWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class SyncNodeFiles(Proxy[NodeFiles]):
     """Blocking :class:`corral.node.files.NodeFiles`."""
 
@@ -83,6 +96,7 @@ class SyncNodeFiles(Proxy[NodeFiles]):
     mkdir = blocking(NodeFiles.mkdir)
     remove = blocking(NodeFiles.remove)
     rename = blocking(NodeFiles.rename)
+    watch = blocking_wrapped(NodeFiles.watch, SyncNodeWatch)
 
 
 class SyncNodeCodeInterpreter(Proxy[NodeCodeInterpreter]):

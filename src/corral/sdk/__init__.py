@@ -15,15 +15,16 @@ Set ``CORRAL_URL`` and ``CORRAL_API_KEY`` (``corral keys create``), or pass ``ur
 
 from corral.api.command_events import Output
 from corral.api.models import CommandResult, EntryInfo, ProcessInfo
-from corral.api.models import SandboxInfo, SnapshotInfo
+from corral.api.models import SandboxInfo, SnapshotInfo, WatchEvent
 
 from .code import AsyncCodeInterpreter, Context, Execution, ExecutionError, Logs, Result
 from .commands import AsyncCommandHandle, AsyncCommands
-from .files import AsyncFiles
+from .files import AsyncFiles, AsyncWatchHandle
 from .images import Image
 from .sandbox import AsyncSandbox
 from .snapshots import AsyncSnapshot
-from .sync import CodeInterpreter, CommandHandle, Commands, Files, Sandbox, Snapshot, Volume
+from .sync import (CodeInterpreter, CommandHandle, Commands, Files, Sandbox, Snapshot, Volume,
+                   WatchHandle)
 from .volumes import AsyncVolume
 
 __all__ = [
@@ -32,5 +33,5 @@ __all__ = [
     "AsyncCommandHandle", "AsyncCommands", "AsyncFiles", "AsyncSandbox", "CommandHandle",
     "CommandResult", "Commands", "EntryInfo", "Files", "Image", "Output", "ProcessInfo",
     "Sandbox", "AsyncVolume", "Volume", "AsyncSnapshot", "Snapshot",
-    "SandboxInfo", "SnapshotInfo",
+    "SandboxInfo", "SnapshotInfo", "AsyncWatchHandle", "WatchHandle", "WatchEvent",
 ]

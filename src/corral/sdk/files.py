@@ -15,10 +15,15 @@ Example::
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
 
+import httpx
+from pydantic import TypeAdapter
+
 from corral.api import contract, models
-from corral.api.errors import InvalidArgumentError
+from corral.api.errors import InvalidArgumentError, SandboxError, error_from_code
+from corral.api.limits import DEFAULT_WATCH_LIFETIME
 
 from ._http import ApiClient, checked, transport_errors
 
@@ -29,6 +34,63 @@ if TYPE_CHECKING:
 TRANSFER_TIMEOUT = 300.0
 CHUNK = 1024 * 1024
 FileData = contract.FileData
+_WATCH_LINE: TypeAdapter[models.WatchEvent | models.ErrorEvent] = TypeAdapter(
+    models.WatchStreamEvent)
+
+
+class AsyncWatchHandle:
+    """A directory watch (:meth:`AsyncFiles.watch`): iterate it for
+    :class:`~corral.api.models.WatchEvent`; :meth:`stop` (or leaving ``async with``)
+    ends it. Iteration ends by itself when the watch's ``timeout`` runs out or the
+    watched directory is removed or moved away.
+
+    Example::
+
+        async with await sb.files.watch("/work/out", recursive=True) as watch:
+            async for event in watch:
+                print(event.type, event.name)      # "create", "sub/result.csv"
+                if event.name == "done":
+                    break
+    """
+
+    def __init__(self, response: AbstractAsyncContextManager[httpx.Response],
+                 lines: AsyncIterator[str], url: str) -> None:
+        self._response = response
+        self._lines = lines
+        self._url = url
+        self._stopped = False
+
+    async def __aiter__(self) -> AsyncIterator[models.WatchEvent]:
+        while not self._stopped:
+            try:
+                with transport_errors(self._url):
+                    line = await anext(self._lines, None)
+            except (SandboxError, httpx.StreamError):
+                if self._stopped:  # stopped from elsewhere while a read waited
+                    return
+                raise
+            if line is None:
+                await self.stop()
+                return
+            if not line.strip():
+                continue
+            event = _WATCH_LINE.validate_json(line)
+            if isinstance(event, models.ErrorEvent):
+                await self.stop()
+                raise error_from_code(event.error.code, event.error.message)
+            yield event
+
+    async def stop(self) -> None:
+        """Stop watching (idempotent); an iteration under way ends."""
+        if not self._stopped:
+            self._stopped = True
+            await self._response.__aexit__(None, None, None)
+
+    async def __aenter__(self) -> AsyncWatchHandle:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
 
 class AsyncFiles:
@@ -134,6 +196,27 @@ class AsyncFiles:
     async def rename(self, src: str, dst: str, overwrite: bool = False) -> None:
         await self._api.call("POST", f"{self._base}/rename",
                              body=checked(models.Rename, src=src, dst=dst, overwrite=overwrite))
+
+    async def watch(self, path: str, recursive: bool = False,
+                    timeout: float = DEFAULT_WATCH_LIFETIME) -> AsyncWatchHandle:
+        """Watch a directory for changes; returns once it is watched.
+
+        Iterate the handle for :class:`~corral.api.models.WatchEvent` (``type``:
+        ``create``, ``write``, ``remove``, ``rename``, ``chmod``, or ``overflow`` where
+        events were lost; ``name`` relative to ``path``). With ``recursive``, every
+        directory under ``path`` is watched, those made later too. The watch lasts
+        ``timeout`` seconds at most (the server's bound is a day); :meth:`AsyncWatchHandle.stop`
+        ends it sooner. Changes made inside the sandbox are seen on every runtime; under
+        gVisor, changes made outside it (another sandbox on a shared volume) are not.
+        """
+        if not self._base.startswith("/v1/sandboxes/"):
+            raise InvalidArgumentError("a volume's files are watched from a sandbox that "
+                                       "mounts it: watch the mount point there")
+        response = self._api.stream("GET", f"{self._base}/watch", params={
+            "path": path, "recursive": "true" if recursive else "false",
+            "timeout": timeout})
+        opened = await response.__aenter__()
+        return AsyncWatchHandle(response, opened.aiter_lines(), self._api.url)
 
 
 async def _chunks(data: Iterable[bytes] | AsyncIterable[bytes]) -> AsyncIterator[bytes]:

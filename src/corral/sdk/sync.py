@@ -31,7 +31,7 @@ from .code import AsyncCodeInterpreter
 from .network import AsyncNetwork
 from .ports import AsyncPorts
 from .commands import AsyncCommandHandle, AsyncCommands
-from .files import AsyncFiles
+from .files import AsyncFiles, AsyncWatchHandle
 from .sandbox import AsyncSandbox
 from .snapshots import AsyncSnapshot
 from .volumes import AsyncVolume
@@ -67,6 +67,22 @@ class Commands(Proxy[AsyncCommands]):
     list = blocking(AsyncCommands.list)
 
 
+class WatchHandle(Proxy[AsyncWatchHandle]):
+    """Blocking :class:`corral.sdk.files.AsyncWatchHandle`; iterate it for events.
+
+    :meth:`stop` may be called from another thread to end an iteration that waits.
+    """
+
+    stop = blocking(AsyncWatchHandle.stop)
+    __iter__ = blocking_iter(AsyncWatchHandle.__aiter__)
+
+    def __enter__(self) -> WatchHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 class Files(Proxy[AsyncFiles]):
     """Blocking :class:`corral.sdk.files.AsyncFiles`."""
 
@@ -82,6 +98,7 @@ class Files(Proxy[AsyncFiles]):
     upload_url = blocking(AsyncFiles.upload_url)
     remove = blocking(AsyncFiles.remove)
     rename = blocking(AsyncFiles.rename)
+    watch = blocking_wrapped(AsyncFiles.watch, WatchHandle)
 
 
 class CodeInterpreter(Proxy[AsyncCodeInterpreter]):

@@ -184,6 +184,13 @@ def _add_models(schemas: dict[str, Any]) -> None:
     build["description"] = ("One line of a streamed image build: `build` (its id) first, "
                             "then `step`s and their `log` lines, then `done` or `error`.")
     schemas["BuildEvent"] = build
+    watch = TypeAdapter(models.WatchStreamEvent).json_schema(ref_template=_REF,
+                                                             mode="serialization")
+    schemas.update(watch.pop("$defs", {}))
+    watch["description"] = ("One line of a directory watch: a change (`create`, `write`, "
+                            "`remove`, `rename`, `chmod`; `overflow` where events were "
+                            "lost), or `error`, last.")
+    schemas["WatchStreamEvent"] = watch
 
 
 def _document_errors(path: str, operation: dict[str, Any]) -> None:

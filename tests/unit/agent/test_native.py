@@ -45,6 +45,9 @@ def test_the_agents_constants_are_the_nodes() -> None:
         "MAX_LIST_ENTRIES": limits.MAX_LIST_ENTRIES,
         "MAX_ARGV": limits.MAX_ARGV,
         "MAX_PORT_CONNECTIONS": limits.MAX_PORT_CONNECTIONS,
+        "MAX_WATCHES": agent_protocol.MAX_WATCHES,
+        "MAX_WATCH_DIRS": agent_protocol.MAX_WATCH_DIRS,
+        "MAX_WATCH_EVENTS": agent_protocol.MAX_WATCH_EVENTS,
     }
 
 

@@ -1,6 +1,7 @@
 """``/v1/sandboxes/{id}/files``: streamed download (GET) and upload (PUT) of one file,
-``list``, ``stat``, ``exists``, ``mkdir``, ``rename``, DELETE, and ``signed-urls``: a
-download or upload that needs no key (:mod:`corral.server.file_urls`)."""
+``list``, ``stat``, ``exists``, ``mkdir``, ``rename``, DELETE, ``watch`` (a directory's
+changes as NDJSON), and ``signed-urls``: a download or upload that needs no key
+(:mod:`corral.server.file_urls`)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Scope
 
 from corral.api import models
-from corral.api.limits import MAX_LIST_DEPTH, MAX_PATH
+from corral.api.errors import ErrorCode
+from corral.api.limits import (DEFAULT_WATCH_LIFETIME, MAX_LIST_DEPTH, MAX_PATH,
+                               MAX_WATCH_LIFETIME)
 
 from ..auth import Tenant
 from ..file_urls import FileUrls
+from ..openapi import errors
 from . import aca
 from ._deps import Files, Sandboxes, SandboxId
 
@@ -108,3 +112,21 @@ async def signed_url(sandbox_id: SandboxId, body: models.FileUrlRequest, request
     base = str(request.base_url).rstrip("/")
     return models.SignedUrl(url=f"{base}/v1/sandboxes/{sandbox_id}/files?{query}",
                             expires_at=datetime.fromtimestamp(expires, UTC))
+@router.get("/watch", response_class=StreamingResponse, responses={
+    200: {"description": "NDJSON: one WatchEvent per line as changes happen (names "
+                         "relative to `path`), or an `error` line last; the stream ends "
+                         "after `timeout` seconds or when the directory goes",
+          "content": {"application/x-ndjson": {"schema": {
+              "$ref": "#/components/schemas/WatchStreamEvent"}}}},
+    **errors(ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.INVALID_ARGUMENT,
+             why="the sandbox's watches, or the tree's directories, are at their bound; "
+                 "or `path` is not a directory")})
+async def watch(sandbox_id: SandboxId, path: FilePath, tenant: Tenant, service: Files,
+                recursive: bool = False,
+                timeout: Annotated[float, Query(gt=0, le=MAX_WATCH_LIFETIME)]
+                = DEFAULT_WATCH_LIFETIME) -> StreamingResponse:
+    """Watch a directory (with ``recursive``, every directory under it, those made later
+    too) for ``timeout`` seconds. Answers once it is watched; leaving early stops it."""
+    lines = await service.watch(tenant, sandbox_id, path, recursive, timeout)
+    return StreamingResponse(lines, media_type="application/x-ndjson",
+                             headers={"Cache-Control": "no-store"})

@@ -7,14 +7,17 @@ transfer, a listing and a removal hold its sandbox in use (never idle) until the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AbstractAsyncContextManager
 
 import anyio
 
 from corral.api import models
-from corral.node import NodeSandbox
+from corral.api.errors import SandboxError
+from corral.node import NodeSandbox, NodeWatch
 
 from .sandboxes import SandboxService
 
@@ -69,6 +72,15 @@ class FileService:
         await sandbox.files.rename(request.src, request.dst, request.overwrite)
 
 
+    async def watch(self, tenant: str, sandbox_id: str, path: str, recursive: bool,
+                    lifetime: float) -> AsyncIterator[bytes]:
+        """Watch a directory (errors such as a missing one surface here), then stream its
+        events as NDJSON for at most ``lifetime`` seconds. A watch does not hold its
+        sandbox in use: watching alone does not keep it from its idle timeout."""
+        sandbox = await self._sandboxes.owned(tenant, sandbox_id, "a file call")
+        watch = await sandbox.files.watch(path, recursive)
+        return _watch_lines(watch, lifetime)
+
     def _using(self, tenant: str, sandbox_id: str) -> AbstractAsyncContextManager[NodeSandbox]:
         """The tenant's sandbox, in use until the block ends (an upload, a deep listing or
         removal may take a while)."""
@@ -87,6 +99,28 @@ async def _prefixed(first: bytes | None, rest: AsyncIterator[bytes],
                 yield chunk
     finally:
         await _close(rest)
+
+
+async def _watch_lines(watch: NodeWatch, lifetime: float) -> AsyncIterator[bytes]:
+    """A watch's events as NDJSON lines until ``lifetime`` runs out (then the stream just
+    ends), the watched directory goes, or an error (its last line); the watch is stopped
+    however the stream ends."""
+    ends = time.monotonic() + lifetime
+    events = aiter(watch)
+    try:
+        while True:
+            try:
+                event = await asyncio.wait_for(anext(events), max(ends - time.monotonic(), 0))
+            except (StopAsyncIteration, TimeoutError):
+                return
+            except SandboxError as exc:
+                yield models.ErrorEvent(error=models.ErrorDetail(
+                    code=exc.code.value, message=exc.message)).model_dump_json().encode() + b"\n"
+                return
+            yield event.model_dump_json().encode() + b"\n"
+    finally:
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await watch.aclose()
 
 
 async def _close(chunks: AsyncIterator[bytes]) -> None:
