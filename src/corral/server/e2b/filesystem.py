@@ -15,9 +15,10 @@ a link, and its ``symlinkTarget``); ``permissions`` is Go's ``FileMode.String()`
 none); ``size`` an int64 as a string; ``modifiedTime`` RFC 3339 in UTC.
 
 The watch methods (``WatchDir``, ``CreateWatcher``, ``GetWatcherEvents``,
-``RemoveWatcher``) are another module's: one that serves them either :func:`register` s
-its endpoints here or includes a router of its own before :data:`fallback` (which the app
-includes last). Until one does they answer ``unimplemented``, as any unknown method does.
+``RemoveWatcher``) are :mod:`.watch`'s, whose router the app includes before
+:data:`fallback` (included last); another module may instead :func:`register` its
+endpoints here. A method nobody serves, or one the service does not have, answers
+``unimplemented``.
 """
 
 from __future__ import annotations
