@@ -380,3 +380,34 @@ def test_bash_contexts_are_isolated(sandbox: SyncNodeSandbox) -> None:
     assert [c.id for c in code.list_contexts()] == [b.id]
     with pytest.raises(NotFoundError):
         code.run("echo", context=a.id)
+
+
+def test_a_cells_own_env_is_put_back_after_it(sandbox: SyncNodeSandbox) -> None:
+    code = sandbox.code
+    ctx = code.create_context(env={"BASE": "ctx"})
+    show = ("import os, subprocess\nprint(os.environ.get('ONE'), os.environ.get('BASE'))\n"
+            "subprocess.run('echo child $ONE', shell=True)")
+    ex = code.run(show, context=ctx.id, env={"ONE": "a b", "BASE": "cell"})
+    assert "".join(ex.logs.stdout) == "a b cell\nchild a b\n" and ex.error is None
+    assert ex.execution_count == 1  # the variables' own request is not counted
+    ex = code.run(show, context=ctx.id)
+    assert "".join(ex.logs.stdout) == "None ctx\nchild\n"
+    # Put back after a failing cell and after an interrupted one too.
+    ex = code.run("import os\nassert os.environ['ONE'] == 'x'\n1 / 0", context=ctx.id,
+                  env={"ONE": "x"})
+    assert ex.error is not None and ex.error.name == "ZeroDivisionError"
+    ex = code.run("import time\ntime.sleep(60)", context=ctx.id, env={"ONE": "y"}, timeout=2)
+    assert ex.error is not None and ex.error.name == models.TIMEOUT_ERROR
+    assert code.run("os.environ.get('ONE'), os.environ['BASE']", context=ctx.id).text == \
+        "(None, 'ctx')"
+    with pytest.raises(InvalidArgumentError, match="invalid environment variable name"):
+        code.run("1", env={"A=B": "x"})
+
+    bash = code.create_context("bash", env={"BASE": "ctx"})
+    ex = code.run("echo \"$ONE $BASE\"; bash -c 'echo child $ONE'", context=bash.id,
+                  env={"ONE": "a 'b'", "BASE": "cell"})
+    assert "".join(ex.logs.stdout) == "a 'b' cell\nchild a 'b'\n"
+    ex = code.run("sleep 60", context=bash.id, env={"ONE": "z"}, timeout=2)
+    assert ex.error is not None and ex.error.name == models.TIMEOUT_ERROR
+    ex = code.run("echo \"${ONE-unset} $BASE\"", context=bash.id)
+    assert ex.logs.stdout == ["unset ctx\n"]

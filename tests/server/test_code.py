@@ -194,3 +194,22 @@ def test_bash_contexts_over_http(server: Server, default_sandbox: Sandbox) -> No
         schemas = http.get("/openapi.json").json()["components"]["schemas"]
     for name in ("RunCodeRequest", "ContextCreate", "CodeContext"):
         assert "bash" in json.dumps(schemas[name]["properties"]["language"]), name
+
+
+def test_a_cells_own_env_and_a_stream_left_mid_cell(server: Server,
+                                                     default_sandbox: Sandbox) -> None:
+    sb = default_sandbox
+    show = "import os\nos.environ.get('ONE')"
+    assert sb.run_code(show, env={"ONE": "1"}).text == "'1'"
+    assert sb.run_code(show).text is None
+    base = f"/v1/sandboxes/{sb.id}/code"
+    with server.http(server.key) as http:
+        message = assert_error(http.post(base, json={"code": "1", "env": {"A-B": "x"}}),
+                               400, "invalid_argument")
+        assert "environment variable name" in message
+        sleeper = ("import time\nstopped = False\ntry:\n    print('go', flush=True)\n"
+                   "    time.sleep(3600)\nexcept KeyboardInterrupt:\n    stopped = True\n")
+        with http.stream("POST", base, json={"code": sleeper, "stream": True}) as answer:
+            assert json.loads(next(answer.iter_lines()))["text"] == "go\n"
+        # Leaving interrupted the cell, and the next one waited for it to stop.
+        assert http.post(base, json={"code": "stopped"}).json()["results"][0]["text"] == "True"

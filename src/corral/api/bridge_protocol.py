@@ -18,8 +18,9 @@ The requests, and what answers them (``{field}`` lists an event's fields)::
     op          fields                            answered with
     ping                                          ok
     create      ctx, language, cwd, env           ok {pid}, once the context runs code
-    execute     ctx, code, timeout, max_output    stdout/stderr {text}, result {main, data},
-                                                  error {name, value, traceback}, then
+    execute     ctx, code, timeout, max_output,   stdout/stderr {text}, result {main, data},
+                env (optional: the cell's own
+                variables, put back after it)     error {name, value, traceback}, then
                                                   done {execution_count, timed_out,
                                                   truncated, kernel_seconds} or died
                                                   {reason, timed_out (optional)}

@@ -124,6 +124,7 @@ class CodeContract(Protocol):
 
     async def run(self, code: str, *, language: str | None = None,
                   context: ContextRef | None = None, timeout: float = DEFAULT_CODE_TIMEOUT,
+                  env: Mapping[str, str] | None = None,
                   on_stdout: Callable[[str], None] | None = None,
                   on_stderr: Callable[[str], None] | None = None,
                   on_result: Callable[[models.Result], None] | None = None,
@@ -183,6 +184,7 @@ class SandboxContract(Protocol):
     async def run_code(self, code: str, *, language: str | None = None,
                        context: ContextRef | None = None,
                        timeout: float = DEFAULT_CODE_TIMEOUT,
+                       env: Mapping[str, str] | None = None,
                        on_stdout: Callable[[str], None] | None = None,
                        on_stderr: Callable[[str], None] | None = None,
                        on_result: Callable[[models.Result], None] | None = None,

@@ -667,6 +667,9 @@ class RunCodeRequest(_Request):
     timeout: float | None = Field(default=None, description=f"seconds; default "
                                   f"{DEFAULT_CODE_TIMEOUT:g}. At the timeout the cell is "
                                   "interrupted; the context lives on")
+    env: Mapping = Field(default_factory=dict, description="environment variables for this "
+                         "cell alone; afterwards each is back to what it was before the cell "
+                         "(Bash: to the context's own value)")
     stream: bool = False
 
     @field_validator("timeout")

@@ -103,6 +103,10 @@ class BashShell:
         shell_env.pop("PYDEVD_DISABLE_FILE_VALIDATION", None)  # the bridge's, for ipykernel
         shell_env.update(env)
         shell_env.pop("PROMPT_COMMAND", None)
+        #: The context's own environment, which a cell's variables are put back to.
+        self.base_env = shell_env
+        #: Variables of the last cell's own, put back as the next line starts.
+        self.restore: dict[str, str | None] = {}
         status_read, status_write = os.pipe()
         try:
             self.process = subprocess.Popen(
@@ -135,15 +139,17 @@ class BashShell:
 
     # -- the bridge's calls ----------------------------------------------------------------
 
-    def execute(self, run: Any, code: str) -> None:
-        """Start a cell (the bridge checked that none runs and the shell is ready)."""
+    def execute(self, run: Any, code: str, env: dict[str, str] | None = None) -> None:
+        """Start a cell (the bridge checked that none runs and the shell is ready), with
+        ``env`` (names the bridge checked) exported for it alone: the next line puts them
+        back to the context's own values, so that an interrupted cell is undone too."""
         os.makedirs(os.path.dirname(self.cell_file), mode=0o700, exist_ok=True)
         fd = os.open(self.cell_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with open(fd, "w", encoding="utf-8", errors="replace") as f:
             f.write(code)
         run.msg_id = self.new_token()
-        self.send(f"\\builtin source {shlex.quote(self.cell_file)} </dev/null "
-                  f"{STATUS_FD}>&-", run.msg_id)
+        self.send(self.env_line(env or {}) + f"\\builtin source {shlex.quote(self.cell_file)} "
+                  f"</dev/null {STATUS_FD}>&-", run.msg_id)
         self.count += 1
         run.execution_count = self.count
         self.run = run
@@ -215,6 +221,16 @@ class BashShell:
             pass
 
     # -- internals -------------------------------------------------------------------------
+
+    def env_line(self, env: dict[str, str]) -> str:
+        """Commands that undo the last cell's variables and set this one's."""
+        parts = []
+        for name, value in self.restore.items():
+            parts.append(f"\\builtin unset {name}" if value is None
+                         else f"\\builtin export {name}={shlex.quote(value)}")
+        parts += [f"\\builtin export {name}={shlex.quote(value)}" for name, value in env.items()]
+        self.restore = {name: self.base_env.get(name) for name in env}
+        return "".join(f"{part}; " for part in parts)
 
     def new_token(self) -> str:
         self.token, self.started, self.pending_interrupt = secrets.token_hex(16), False, False

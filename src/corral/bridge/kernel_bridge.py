@@ -73,6 +73,25 @@ KNOWN_MIME = (
     "image/svg+xml", "application/json", "application/javascript", "application/pdf",
 )
 KERNEL_ARGS = ["--HistoryManager.hist_file=:memory:", "--InteractiveShell.colors=NoColor"]
+#: Run in a namespace of its own by a silent request just before a cell that has
+#: environment variables of its own (``new``): sets them in ``os.environ`` (so the cell's
+#: subprocesses get them too) and registers an IPython ``post_run_cell`` hook that puts
+#: back what each was before, however the cell ends (error, interrupt), before its reply.
+CELL_ENV = """
+import os
+from IPython import get_ipython
+shell = get_ipython()
+old = {name: os.environ.get(name) for name in new}
+def restore(*_):
+    shell.events.unregister("post_run_cell", restore)
+    for name, value in old.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+os.environ.update(new)
+shell.events.register("post_run_cell", restore)
+"""
 
 
 def emit(req_id: int, ev: str, **fields: Any) -> None:
@@ -437,16 +456,27 @@ class Bridge:
         if kernel.run is not None:
             raise Refused(proto.FAIL_BUSY, "the context is running another cell")
         code, timeout, limit = req.get("code"), req.get("timeout"), req.get("max_output")
+        env = req.get("env") or {}
         if not isinstance(code, str):
             raise Refused(proto.FAIL_INVALID_ARGUMENT, "code must be a string")
+        if not isinstance(env, dict) or not all(
+                isinstance(k, str) and k.isidentifier() and isinstance(v, str) and "\0" not in v
+                for k, v in env.items()):
+            raise Refused(proto.FAIL_INVALID_ARGUMENT,
+                          "env must map variable names to strings without NUL")
         if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
             raise Refused(proto.FAIL_INVALID_ARGUMENT, "timeout must be a positive number")
         if not isinstance(limit, int) or limit < 0:
             raise Refused(proto.FAIL_INVALID_ARGUMENT,
                           "max_output must be a non-negative integer")
         if not isinstance(kernel, Kernel):
-            kernel.execute(Run(req_id, "", timeout, limit), code)
+            kernel.execute(Run(req_id, "", timeout, limit), code, env)
             return
+        if env:  # silent: no output, no execution count, never aborts the cell after it
+            kernel.send("execute_request", {
+                "code": f"__import__('builtins').exec({CELL_ENV!r}, {{'new': {env!r}}})",
+                "silent": True, "store_history": False, "user_expressions": {},
+                "allow_stdin": False, "stop_on_error": False})
         msg_id = kernel.send("execute_request", {
             "code": code, "silent": False, "store_history": True, "user_expressions": {},
             "allow_stdin": False, "stop_on_error": True})

@@ -28,7 +28,7 @@ import contextlib
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +73,10 @@ _MIME_FIELDS = {
     "application/javascript": "javascript",
 }
 _BINARY = ("png", "jpeg", "pdf")
+#: Events after which a cell's request gets no more.
+_CELL_ENDS = frozenset({proto.EV_DONE, proto.EV_DIED, proto.EV_FAIL, proto.EV_GONE})
+#: Cells left by their callers, settling in the background (kept referenced until done).
+_SETTLING: set[asyncio.Task[None]] = set()
 
 
 @dataclass
@@ -167,10 +171,16 @@ class NodeCodeInterpreter:
     async def run(self, code: str, *, language: str | None = None,
                   context: contract.ContextRef | None = None,
                   timeout: float | None = DEFAULT_TIMEOUT,
+                  env: Mapping[str, str] | None = None,
                   on_stdout: TextCallback | None = None, on_stderr: TextCallback | None = None,
                   on_result: ResultCallback | None = None,
                   on_error: ErrorCallback | None = None) -> models.Execution:
         """Run a cell and return its :class:`~corral.api.models.Execution`.
+
+        ``env``: environment variables for this cell alone (``os.environ`` in Python,
+        exported in Bash, so its subprocesses get them too); afterwards each is back to
+        what it was before the cell (Bash: to the context's own value), even if the cell
+        failed or was interrupted.
 
         Callbacks get stdout/stderr text, each :class:`~corral.api.models.Result` and the
         :class:`~corral.api.models.ExecutionError` as they arrive. The cell's own
@@ -181,12 +191,14 @@ class NodeCodeInterpreter:
             ex = await sb.code.run("import math; math.pi")
             assert ex.text == "3.141592653589793"
         """
-        events = await self.stream(code, language=language, context=context, timeout=timeout)
+        events = await self.stream(code, language=language, context=context, timeout=timeout,
+                                   env=env)
         return await collect(events, on_stdout, on_stderr, on_result, on_error)
 
     async def stream(self, code: str, *, language: str | None = None,
                      context: contract.ContextRef | None = None,
-                     timeout: float | None = DEFAULT_TIMEOUT
+                     timeout: float | None = DEFAULT_TIMEOUT,
+                     env: Mapping[str, str] | None = None
                      ) -> AsyncIterator[models.CodeEvent]:
         """Check the request and make sure the context exists (errors raise here), then
         return the cell's events; leaving the iteration early interrupts the cell."""
@@ -199,6 +211,7 @@ class NodeCodeInterpreter:
                                        "run that instead")
         if timeout is not None:
             timeout = check_timeout(timeout, "code timeout")
+        cell_env = check_env(env)
         self._sandbox.channel()  # a stopped sandbox says so, with its reason
         if context is None:
             ctx = await self._default(_language(language or "python"))
@@ -207,11 +220,13 @@ class NodeCodeInterpreter:
             if language is not None and _language(language) != ctx.language:
                 raise InvalidArgumentError(f"context {ctx.id} runs {ctx.language}, "
                                            f"not {language}")
-        return self._events(ctx, code, timeout)
+        return self._events(ctx, code, timeout, cell_env)
 
-    async def _events(self, ctx: _Context, code: str, timeout: float | None
-                      ) -> AsyncIterator[models.CodeEvent]:
-        async with ctx.lock:
+    async def _events(self, ctx: _Context, code: str, timeout: float | None,
+                      env: dict[str, str]) -> AsyncIterator[models.CodeEvent]:
+        await ctx.lock.acquire()
+        settling = False
+        try:
             started = time.monotonic()
             bridge = ctx.bridge
             if ctx.dead is not None or bridge is None or not bridge.alive:
@@ -223,7 +238,8 @@ class NodeCodeInterpreter:
             counters = self._sandbox.counters()
             try:
                 req_id, queue = await bridge.request(
-                    proto.OP_EXECUTE, ctx=ctx.id, code=code, timeout=timeout, max_output=MAX_OUTPUT)
+                    proto.OP_EXECUTE, ctx=ctx.id, code=code, timeout=timeout,
+                    max_output=MAX_OUTPUT, env=env)
             except BridgeGone as exc:
                 self._gone(ctx, exc)
                 yield _died(exc.message)
@@ -278,12 +294,32 @@ class NodeCodeInterpreter:
                         finished = kind == proto.EV_FAIL
                         raise _failure(event, f"running a cell in context {ctx.id}")
             finally:
-                bridge.forget(req_id)
                 if not finished and bridge.alive:
-                    # The caller left mid-cell: stop the cell rather than let it run unseen.
-                    with contextlib.suppress(SandboxError):
-                        await asyncio.shield(bridge.call(proto.OP_INTERRUPT, CALL_DEADLINE,
-                                                         ctx=ctx.id))
+                    # The caller left mid-cell: stop the cell rather than let it run
+                    # unseen, the context held until it has stopped (the next cell would
+                    # find the kernel busy).
+                    settling = True
+                    _spawn(self._settle(ctx, bridge, req_id, queue))
+                else:
+                    bridge.forget(req_id)
+        finally:
+            if not settling:
+                ctx.lock.release()
+
+    async def _settle(self, ctx: _Context, bridge: Bridge, req_id: int,
+                      queue: asyncio.Queue[dict[str, Any]]) -> None:
+        """Interrupt the cell a caller left, wait for its end, then free the context."""
+        try:
+            with contextlib.suppress(SandboxError):
+                await bridge.call(proto.OP_INTERRUPT, CALL_DEADLINE, ctx=ctx.id)
+            # The bridge kills a kernel that ignores the interrupt, so the end comes.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CALL_DEADLINE):
+                    while (await queue.get())["ev"] not in _CELL_ENDS:
+                        pass
+        finally:
+            bridge.forget(req_id)
+            ctx.lock.release()
 
     def default_ready(self) -> bool:
         """Whether the default Python context's kernel is running (a warmed pool sandbox)."""
@@ -402,6 +438,12 @@ class NodeCodeInterpreter:
     def _death(self, reason: str, counters: tuple[int, int]) -> str:
         limit = self._sandbox.limit_hit(counters)
         return f"{reason} ({limit})" if limit else reason
+
+
+def _spawn(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(work)
+    _SETTLING.add(task)
+    task.add_done_callback(_SETTLING.discard)
 
 
 def _language(language: str) -> str:

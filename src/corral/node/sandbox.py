@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -152,6 +152,7 @@ class NodeSandbox:
     async def run_code(self, code: str, *, language: str | None = None,
                        context: contract.ContextRef | None = None,
                        timeout: float | None = DEFAULT_CODE_TIMEOUT,
+                       env: Mapping[str, str] | None = None,
                        on_stdout: Callable[[str], None] | None = None,
                        on_stderr: Callable[[str], None] | None = None,
                        on_result: Callable[[models.Result], None] | None = None,
@@ -159,7 +160,7 @@ class NodeSandbox:
                        ) -> models.Execution:
         """Run a cell in a stateful context; see :meth:`NodeCodeInterpreter.run`."""
         return await self.code.run(code, language=language, context=context, timeout=timeout,
-                                   on_stdout=on_stdout, on_stderr=on_stderr,
+                                   env=env, on_stdout=on_stdout, on_stderr=on_stderr,
                                    on_result=on_result, on_error=on_error)
 
     async def set_timeout(self, seconds: float) -> None:

@@ -57,6 +57,7 @@ class AsyncCodeInterpreter:
 
     async def run(self, code: str, *, language: str | None = None,
                   context: ContextArg = None, timeout: float = DEFAULT_TIMEOUT,
+                  env: Mapping[str, str] | None = None,
                   on_stdout: TextCallback | None = None, on_stderr: TextCallback | None = None,
                   on_result: ResultCallback | None = None,
                   on_error: ErrorCallback | None = None) -> Execution:
@@ -65,10 +66,12 @@ class AsyncCodeInterpreter:
         ``context`` is a :class:`Context` (or its id); default: the sandbox's default
         context for ``language`` (``"python"``: ``default``; ``"bash"``:
         ``default-bash``), created on first use. At ``timeout`` seconds the cell is
-        interrupted. Callbacks get output while the cell runs.
+        interrupted. ``env``: environment variables for this cell alone (afterwards each
+        is back to what it was). Callbacks get output while the cell runs.
         """
         request = checked(models.RunCodeRequest, code=code, language=language,
                           context=_context_id(context), timeout=float(timeout),
+                          env=dict(env or {}),
                           stream=any((on_stdout, on_stderr, on_result, on_error)))
         if not request.stream:
             reply = await self._api.json("POST", self._base, body=request,

@@ -374,6 +374,7 @@ class AsyncSandbox:
     async def run_code(self, code: str, *, language: str | None = None,
                        context: contract.ContextRef | None = None,
                        timeout: float = DEFAULT_CODE_TIMEOUT,
+                       env: Mapping[str, str] | None = None,
                        on_stdout: TextCallback | None = None,
                        on_stderr: TextCallback | None = None,
                        on_result: ResultCallback | None = None,
@@ -387,7 +388,7 @@ class AsyncSandbox:
             print(ex.results[0].html, ex.logs.stdout, ex.error)
         """
         return await self.code.run(code, language=language, context=context, timeout=timeout,
-                                   on_stdout=on_stdout, on_stderr=on_stderr,
+                                   env=env, on_stdout=on_stdout, on_stderr=on_stderr,
                                    on_result=on_result, on_error=on_error)
 
     async def kill(self) -> None:

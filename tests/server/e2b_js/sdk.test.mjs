@@ -3,6 +3,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { CommandExitError, NotFoundError, Sandbox } from 'e2b'
+import { Sandbox as CodeSandbox } from '@e2b/code-interpreter'
 
 const tag = process.env.CORRAL_TEST_TAG
 
@@ -54,6 +55,30 @@ test('commands: run, exit codes, env, cwd, user, background and stdin', async ()
     const reader = await sbx.commands.run('read x; echo got $x', { background: true, stdin: true })
     await sbx.commands.sendStdin(reader.pid, 'hello\n')
     assert.equal((await reader.wait()).stdout, 'got hello\n')
+  } finally {
+    await sbx.kill()
+  }
+})
+
+test('code interpreter: run_code results, errors, streaming, env and contexts', async () => {
+  const sbx = await CodeSandbox.create({ timeoutMs: 120_000 })
+  try {
+    const answer = await sbx.runCode('x = 21\nx * 2')
+    assert.equal(answer.text, '42')
+    assert.equal(answer.error, undefined)
+    const failed = await sbx.runCode('1 / 0')
+    assert.equal(failed.error.name, 'ZeroDivisionError')
+    const lines = []
+    await sbx.runCode('print("hi")', { onStdout: (out) => lines.push(out.line) })
+    assert.deepEqual(lines, ['hi\n'])
+    const env = await sbx.runCode('import os; os.environ.get("ONLY_HERE")', { envs: { ONLY_HERE: 'yes' } })
+    assert.equal(env.text, "'yes'")
+    const context = await sbx.createCodeContext()
+    await sbx.runCode('y = 5', { context })
+    assert.equal((await sbx.runCode('y', { context })).text, '5')
+    assert.equal((await sbx.runCode('"y" in globals()')).text, 'False')
+    const shell = await sbx.runCode('echo from bash', { language: 'bash' })
+    assert.deepEqual(shell.logs.stdout, ['from bash\n'])
   } finally {
     await sbx.kill()
   }

@@ -282,6 +282,18 @@ def test_bridge_script_speaks_the_protocol(tmp_path: Path) -> None:
         assert kinds[-1] == proto.EV_DONE and proto.EV_ERROR in kinds
         assert "".join(e["text"] for e in ran if e["ev"] == proto.EV_STDOUT) == "hi\n"
         assert "".join(e["text"] for e in ran if e["ev"] == proto.EV_STDERR) == "\x01"
+        # A cell's own variables hold for it alone, and go back to the context's value.
+        ran = ask(10, proto.OP_EXECUTE, ctx="b1", code="echo \"$ONE\"; bash -c 'echo $ONE'",
+                  timeout=30, max_output=1 << 20, env={"ONE": "a 'b' $x"})
+        assert "".join(e["text"] for e in ran if e["ev"] == proto.EV_STDOUT) == \
+            "a 'b' $x\na 'b' $x\n"
+        ran = ask(11, proto.OP_EXECUTE, ctx="b1", code="echo \"${ONE-unset}\"", timeout=30,
+                  max_output=1 << 20)
+        assert [e["text"] for e in ran if e["ev"] == proto.EV_STDOUT] == ["unset\n"]
+        for bad in ({"A;B": "x"}, {"A": 1}, ["A"]):
+            [refused] = ask(12, proto.OP_EXECUTE, ctx="b1", code="", timeout=None,
+                            max_output=9, env=bad)
+            assert refused["code"] == proto.FAIL_INVALID_ARGUMENT, bad
         process.stdin.write(b'{"id": 5, "op": "no such op"}\n')
         process.stdin.flush()
         unknown = proto.parse_event(lines.next(), 1 << 20)

@@ -46,4 +46,4 @@ def test_events_map_to_envds_and_overflow_has_none() -> None:
     ("inf", envd._KEEPALIVE)])
 def test_keepalive_intervals_are_bounded(raw: str | None, seconds: float) -> None:
     headers = Headers({} if raw is None else {"Keepalive-Ping-Interval": raw})
-    assert watch._keepalive(headers) == seconds
+    assert envd.keepalive_interval(headers) == seconds  # the process service's too

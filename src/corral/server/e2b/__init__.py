@@ -4,8 +4,9 @@ with ``E2B_API_URL=<server>/e2b`` and a Corral key as ``E2B_API_KEY``.
 Today: the control plane (create, connect, get, list, timeout, pause, metrics, kill,
 network, snapshots, fork), envd's process service (:mod:`.envd`: commands, with
 ``E2B_SANDBOX_URL=<server>/e2b``), its filesystem service (:mod:`.filesystem`) with its
-directory watches (:mod:`.watch`), and file transfers (:mod:`.files`, also at the root's
-``/files`` for signed URLs, which the SDKs build without the prefix).
+directory watches (:mod:`.watch`), file transfers (:mod:`.files`, also at the root's
+``/files`` for signed URLs, which the SDKs build without the prefix), and the code
+interpreter (:mod:`.interpreter`: ``run_code`` and contexts).
 Requests pass Corral's own layers first (authentication by ``X-API-Key``, or on envd's
 paths by the sandbox's access token, :class:`.envd.TokenAuth`; tenants, rate limits, body
 bounds, the audit trail); errors on every path under the mount are E2B's
@@ -24,7 +25,7 @@ from starlette.types import Scope
 from .. import errors
 from ..services import CommandService, FileService, SandboxService
 from ..services.snapshots import SnapshotService
-from . import envd, files, filesystem, mapping, routes, watch
+from . import envd, files, filesystem, interpreter, mapping, routes, watch
 from .envd import TokenAuth
 from .mapping import ErrorShape
 
@@ -49,6 +50,7 @@ AUDITED: Final = {
        for method, action in filesystem.ACTIONS.items()},
     ("POST", f"{PREFIX}/files"): "file.write",
     ("POST", "/files"): "file.write",
+    **{(method, PREFIX + path): action for (method, path), action in interpreter.ACTIONS.items()},
 }
 
 __all__ = ["AUDITED", "PREFIX", "ErrorShape", "TokenAuth", "create_app",
@@ -79,6 +81,7 @@ def create_app(sandboxes: SandboxService, commands: CommandService, files_: File
     app.include_router(files.router)
     app.state.watchers = watch.Watchers(sandboxes)
     app.include_router(watch.router)
+    app.include_router(interpreter.router)
     # Last: what no router above serves of envd's filesystem service is unimplemented.
     app.include_router(filesystem.fallback)
     return app
@@ -100,5 +103,6 @@ def templates() -> list[str]:
     return list(dict.fromkeys(PREFIX + r.path
                               for r in [*routes.router.routes, *envd.router.routes,
                                         *filesystem.router.routes, *files.router.routes,
-                                        *watch.router.routes, *filesystem.fallback.routes]
+                                        *watch.router.routes, *interpreter.router.routes,
+                                        *filesystem.fallback.routes]
                               if isinstance(r, APIRoute))) + [files.ROUTE]

@@ -20,6 +20,7 @@ import base64
 import binascii
 import contextlib
 import hmac
+import math
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -37,7 +38,7 @@ from corral.api.errors import InvalidArgumentError, SandboxError
 from ..logs import SANDBOX_SCOPE
 from ..services import CommandService, SandboxService
 from ..store import KeyRef
-from . import connect, signing
+from . import connect, interpreter, signing
 from .connect import ConnectError
 from .mapping import Tokens
 
@@ -69,19 +70,22 @@ _FILES: Final = "/files"
 
 
 def is_data_plane(path: str, prefix: str) -> bool:
-    """Whether ``path`` is envd's (token-authenticated) rather than the control plane's:
-    under ``prefix``, or ``/files`` at the root, where the SDKs send signed file URLs."""
+    """Whether ``path`` is envd's or the code interpreter's (token-authenticated) rather
+    than the control plane's: under ``prefix``, or ``/files`` at the root, where the SDKs
+    send signed file URLs."""
     if path == _FILES:
         return True
     rest = path[len(prefix):] if path.startswith(prefix + "/") else None
-    return rest is not None and (rest in ("/health", _FILES) or rest.startswith(_SERVICES))
+    return rest is not None and (rest in ("/health", _FILES) or rest.startswith(_SERVICES)
+                                 or interpreter.is_interpreter_path(rest))
 
 
 class TokenAuth:
     """Authentication for envd's paths (an :data:`corral.server.auth.Alternative`): the
-    sandbox's ``X-Access-Token``, compared in constant time, or on ``/files`` a URL
-    signature made with it (:func:`.signing.signed_by`; envd lets those through without the
-    token). The caller is the sandbox's tenant; the rate limits key on the sandbox."""
+    sandbox's ``X-Access-Token``, compared in constant time (the code interpreter's: see
+    :func:`.interpreter.refusal`), or on ``/files`` a URL signature made with it
+    (:func:`.signing.signed_by`; envd lets those through without the token). The caller is
+    the sandbox's tenant; the rate limits key on the sandbox."""
 
     def __init__(self, prefix: str, tokens: Tokens, sandboxes: SandboxService) -> None:
         self.prefix = prefix
@@ -101,17 +105,20 @@ class TokenAuth:
         if not sandbox_id or len(sandbox_id) > _MAX_ID:
             return ("no E2b-Sandbox-Id header: envd calls name their sandbox (set "
                     "E2B_SANDBOX_URL and use the sandbox object the SDK returned)")
-        if not token:
+        if interpreter.is_interpreter_path(scope["path"][len(self.prefix):]):
+            refused = interpreter.refusal(headers, self.tokens, sandbox_id)
+            if refused is not None:
+                return refused
+        elif not token:
             return ("no X-Access-Token header: envd calls carry the sandbox's "
                     "envdAccessToken from the create or connect answer")
-        wanted = self.tokens.envd(sandbox_id)
-        if not hmac.compare_digest(wanted.encode(), token.encode("utf-8", "replace")):
+        elif not hmac.compare_digest(self.tokens.envd(sandbox_id).encode(),
+                                     token.encode("utf-8", "replace")):
             return (f"the X-Access-Token is not sandbox {sandbox_id}'s; connect to the "
                     "sandbox again for its token")
         scope[SANDBOX_SCOPE] = sandbox_id  # for the access log and the audit trail
         return KeyRef(id=f"e2b-sandbox:{sandbox_id}",
                       tenant=self.sandboxes.owner(sandbox_id) or "")
-
 
     def _signed(self, scope: Scope, sandbox_id: str) -> KeyRef | str:
         """A signed file URL's sandbox: the one it names, else the live one whose token
@@ -217,12 +224,7 @@ class _Call:
             media_type=connect.STREAM_TYPE)
 
     def _keepalive(self) -> float:
-        raw = self.headers.get("keepalive-ping-interval", "")
-        try:
-            seconds = float(raw) if raw else _KEEPALIVE
-        except ValueError:
-            seconds = _KEEPALIVE
-        return min(max(seconds, _KEEPALIVE_RANGE[0]), _KEEPALIVE_RANGE[1])
+        return keepalive_interval(self.headers)
 
     def _start_request(self, message: dict[str, Any], deadline: float | None
                        ) -> corral.CommandRequest:
@@ -330,6 +332,20 @@ for _method in ("Start", "Connect", *_UNARY):
 async def other_method(method: str, request: Request) -> Response:
     """A method not served (Update, StreamInput, unknown ones): ``unimplemented``."""
     return await process(method, request)
+
+
+def keepalive_interval(headers: Headers) -> float:
+    """Seconds of silence after which a stream carries a keepalive: the client's
+    ``Keepalive-Ping-Interval`` within bounds, else the default (also for ``nan``/``inf``,
+    which would compare false with both bounds)."""
+    raw = headers.get("keepalive-ping-interval", "")
+    try:
+        seconds = float(raw) if raw else _KEEPALIVE
+    except ValueError:
+        seconds = _KEEPALIVE
+    if not math.isfinite(seconds):
+        seconds = _KEEPALIVE
+    return min(max(seconds, _KEEPALIVE_RANGE[0]), _KEEPALIVE_RANGE[1])
 
 
 def _pid(message: dict[str, Any]) -> int:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import secrets
 import time
 from collections import deque
@@ -37,7 +36,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from fastapi import APIRouter, Request
-from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from corral.api.errors import SandboxError
@@ -100,17 +98,6 @@ async def _open(request: Request, tenant: str, sandbox_id: str,
     return await sandbox.files.watch(path, recursive)
 
 
-def _keepalive(headers: Headers) -> float:
-    raw = headers.get("keepalive-ping-interval", "")
-    try:
-        seconds = float(raw) if raw else envd._KEEPALIVE
-    except ValueError:
-        seconds = envd._KEEPALIVE
-    if not math.isfinite(seconds):  # nan would compare false with both ends
-        seconds = envd._KEEPALIVE
-    return min(max(seconds, envd._KEEPALIVE_RANGE[0]), envd._KEEPALIVE_RANGE[1])
-
-
 # -- WatchDir ----------------------------------------------------------------------------
 
 async def watch_dir(request: Request) -> Response:
@@ -127,7 +114,7 @@ async def watch_dir(request: Request) -> Response:
     except SandboxError as exc:
         return ConnectError.of(exc).response()
     bound = MAX_STREAM if deadline is None else min(deadline, MAX_STREAM)
-    return StreamingResponse(_frames(watch, _keepalive(request.headers), bound),
+    return StreamingResponse(_frames(watch, envd.keepalive_interval(request.headers), bound),
                              media_type=connect.STREAM_TYPE)
 
 

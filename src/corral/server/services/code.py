@@ -33,9 +33,16 @@ class CodeService:
     async def stream(self, tenant: str, sandbox_id: str,
                      request: models.RunCodeRequest) -> AsyncIterator[bytes]:
         """Check the request and find its context (errors surface here), then stream."""
+        return _lines(await self.events(tenant, sandbox_id, request))
+
+    async def events(self, tenant: str, sandbox_id: str, request: models.RunCodeRequest
+                     ) -> AsyncIterator[models.CodeEvent]:
+        """Check the request and find its context (errors surface here), then the cell's
+        events; a sandbox failing meanwhile ends them with an ``error`` event. Leaving the
+        iteration early interrupts the cell."""
         async with self._using(tenant, sandbox_id) as sandbox:
             events = await _events(sandbox, request)
-        return self._lines(sandbox_id, events)
+        return self._follow(sandbox_id, events)
 
     async def create_context(self, tenant: str, sandbox_id: str,
                              request: models.ContextCreate) -> models.CodeContext:
@@ -65,24 +72,33 @@ class CodeService:
         restarted context start a kernel: seconds)."""
         return self._sandboxes.using(tenant, sandbox_id, "code")
 
-    async def _lines(self, sandbox_id: str, events: AsyncIterator[models.CodeEvent]
-                     ) -> AsyncIterator[bytes]:
+    async def _follow(self, sandbox_id: str, events: AsyncIterator[models.CodeEvent]
+                      ) -> AsyncIterator[models.CodeEvent]:
         try:
             with self._sandboxes.in_use(sandbox_id):
                 async for event in events:
-                    yield event.model_dump_json(by_alias=True).encode() + b"\n"
+                    yield event
         except SandboxError as exc:
-            yield models.ErrorEvent(error=models.ErrorDetail(
-                code=exc.code.value, message=exc.message)).model_dump_json().encode() + b"\n"
+            yield models.ErrorEvent(error=models.ErrorDetail(code=exc.code.value,
+                                                             message=exc.message))
         finally:
             await _close(events)
+
+
+async def _lines(events: AsyncIterator[models.CodeEvent]) -> AsyncIterator[bytes]:
+    try:
+        async for event in events:
+            yield event.model_dump_json(by_alias=True).encode() + b"\n"
+    finally:
+        await _close(events)
 
 
 async def _events(sandbox: NodeSandbox, request: models.RunCodeRequest
                   ) -> AsyncIterator[models.CodeEvent]:
     timeout = DEFAULT_CODE_TIMEOUT if request.timeout is None else request.timeout
     return await sandbox.code.stream(request.code, language=request.language,
-                                     context=request.context, timeout=timeout)
+                                     context=request.context, timeout=timeout,
+                                     env=request.env)
 
 
 async def _close(events: AsyncIterator[models.CodeEvent]) -> None:
