@@ -301,6 +301,8 @@ def files_flow(tag: str) -> dict[str, Any]:
         forged = sb.download_url("notes/a.txt").replace("a.txt", "b.txt")
         seen["forged"] = _fetch(forged)[0]
         seen["metadata"] = _failure(lambda: sb.files.write("/tmp/x", "x", metadata={"k": "v"}))
+        # envd 0.6.4 claimed: the SDK sends the watch options, which the server refuses
+        seen["include_entry"] = _failure(lambda: sb.files.watch_dir("/tmp", include_entry=True))
     finally:
         sb.kill()
     return seen
