@@ -172,8 +172,10 @@ def test_the_filesystem_service(server: Server, box: dict[str, Any]) -> None:
             assert answer.json()["code"] == "invalid_argument", answer.text
         unknown = rpc(client, "Stat", {"path": "/tmp"}, user="nobody2")
         assert unknown.json()["code"] == "unauthenticated"
-        # the watch methods reach their own module, ahead of the service's fallback
-        created = rpc(client, "CreateWatcher", {"path": "/tmp"})
+        # the watch methods reach their own module, ahead of the service's fallback; a
+        # relative path starts at the user's home there too
+        rpc(client, "MakeDir", {"path": "/root/watched"}, user="root")
+        created = rpc(client, "CreateWatcher", {"path": "watched"}, user="root")
         assert created.status_code == 200, created.text
         assert rpc(client, "RemoveWatcher", created.json()).json() == {}
         answer = rpc(client, "Nope", {"path": "/tmp"})
