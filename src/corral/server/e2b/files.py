@@ -49,10 +49,11 @@ from ..services import FileService
 from ..services._multipart import file_parts
 from . import users
 from .filesystem import sandbox_of
+from .mapping import SIGNED_FILES
 from .signing import SIGNED_SCOPE
 
 router = APIRouter()
-ROUTE: Final = "/files"
+ROUTE: Final = SIGNED_FILES
 #: Most files one multipart upload may carry.
 MAX_PARTS: Final = 256
 #: Bytes a gzip body's decompression yields per step.

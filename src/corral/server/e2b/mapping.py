@@ -51,6 +51,9 @@ E2bState = Literal["running", "paused"]
 _STATES: Final[dict[str, E2bState]] = {"starting": "running", "running": "running",
                                        "paused": "paused"}
 MAX_PAGE: Final = 100
+#: Where the SDKs send signed file URLs: envd's ``/files`` at the server's root, the
+#: mount's prefix dropped (docs/research/e2b-protocol.md §5.7).
+SIGNED_FILES: Final = "/files"
 #: E2B's "all traffic" entry: in ``denyOut`` it leaves only ``allowOut`` reachable.
 ALL_TRAFFIC: Final = frozenset({"0.0.0.0/0", "::/0"})
 _EVERYWHERE: Final = ["0.0.0.0/0", "::/0"]
@@ -186,7 +189,8 @@ def _decode_token(token: str) -> tuple[str, str]:
 
 
 class ErrorShape:
-    """ASGI middleware: answers under ``prefix`` that are errors get E2B's body.
+    """ASGI middleware: answers under ``prefix`` (and on :data:`SIGNED_FILES`, where the
+    SDKs' signed file URLs land) that are errors get E2B's body.
 
     It sits outside every refusing layer (server cap, header bound, authentication,
     rate limits, body bound) and the routes, so 401, 413, 429, 503 and an unknown path's
@@ -203,7 +207,8 @@ class ErrorShape:
         if scope["type"] != "http":
             return False
         path: str = scope["path"]
-        return path == self.prefix or path.startswith(self.prefix + "/")
+        return (path == self.prefix or path.startswith(self.prefix + "/")
+                or path == SIGNED_FILES)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self._applies(scope):
