@@ -10,7 +10,8 @@
 4a. :class:`~corral.server.ports.PortGateway`: traffic for a sandbox's exposed port is
    answered here, with its own credentials (a port token, a signed URL, the owner's key).
 5. :class:`~corral.server.openapi.AuthenticateExceptSpec`: the key (401), or on E2B's
-   envd paths the sandbox's access token; failed authentications per client address (429).
+   envd paths the sandbox's access token (or a signature, on ``/files``), or a signed file
+   URL (:mod:`~corral.server.file_urls`); failed authentications per client address (429).
 6. :class:`~corral.server.ratelimit.KeyLimits`: the key's token bucket and requests in
    flight (429).
 7. :class:`~corral.server.audit.AuditTrail`: who did what to which sandbox.
