@@ -52,7 +52,9 @@ def sync_flow(tag: str) -> dict[str, Any]:
         "template": info.template_id, "state": getattr(info.state, "value", info.state),
         "metadata": info.metadata, "shortened": first.get_info().end_at < ends,
         "pages": _listed(tag),
-        "metrics": first.get_metrics(),
+        "metrics": [[m.cpu_count >= 1, 0 <= m.cpu_used_pct <= 100,
+                     0 < m.mem_used <= m.mem_total, 0 <= m.disk_used < m.disk_total]
+                    for m in first.get_metrics()],
     }
     seen["connected"] = Sandbox.connect(second.sandbox_id).sandbox_id
     seen["killed"] = [first.kill(), Sandbox.kill(second.sandbox_id)]

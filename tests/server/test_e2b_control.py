@@ -97,6 +97,19 @@ def test_create_get_timeout_kill(e2b: httpx.Client, server: Server, path: str) -
         assert shorter < ends
         assert e2b.get(f"/sandboxes/{sid}/metrics",
                        params={"start": 0, "end": 1}).json() == []
+        with server.http(server.key) as http:
+            http.post(f"/v1/sandboxes/{sid}/commands", json={
+                "cmd": "head -c 1048576 /dev/zero > /work/mib"})
+            (first,) = e2b.get(f"/sandboxes/{sid}/metrics").json()
+            assert first["cpuCount"] == 1 and first["memTotal"] > first["memUsed"] > 0
+            assert first["diskTotal"] >= first["diskUsed"] >= 1024 * 1024
+            # Two seconds of CPU burnt between two samples show in the second.
+            burn = http.post(f"/v1/sandboxes/{sid}/commands", json={
+                "cmd": ["timeout", "2", "sh", "-c", "while :; do :; done"]})
+            assert burn.json()["exit_code"] == 124, burn.text
+            (second,) = e2b.get(f"/sandboxes/{sid}/metrics").json()
+            assert 0 < second["cpuUsedPct"] <= 100
+            assert second["timestampUnix"] >= first["timestampUnix"]
     finally:
         killed = e2b.delete(f"/sandboxes/{sid}")
     assert killed.status_code == 204, killed.text

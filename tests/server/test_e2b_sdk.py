@@ -77,7 +77,7 @@ def test_the_real_sdk_drives_the_control_plane_and_commands(server: Server, vers
     assert sync["metadata"] == {"suite": f"{tag}-sync", "n": "1"}
     assert sync["shortened"] is True
     assert sync["pages"] == [[first], [second]]  # one a page, by start time
-    assert sync["metrics"] == []
+    assert sync["metrics"] == [[True, True, True, True]]  # one sample, taken then
     assert sync["connected"] == second
     assert sync["killed"] == [True, True] and sync["killed_again"] is False
     assert sync["pages_after"] == [[]]  # one empty page: the killed ones are gone

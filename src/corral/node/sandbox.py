@@ -16,7 +16,7 @@ from corral.api import contract, models
 from corral.api.errors import SandboxNotRunningError
 from corral.api.limits import DEFAULT_CODE_TIMEOUT
 from corral.api.resources import Resources, check_action, check_timeout
-from corral.runtime import Runtime, RuntimeSandbox
+from corral.runtime import Runtime, RuntimeSandbox, Usage
 
 from .agent_client import AgentClient
 from .commands import NodeCommands
@@ -144,6 +144,11 @@ class NodeSandbox:
     def counters(self) -> tuple[int, int]:
         """The runtime's limit counters now, to compare with :meth:`limit_hit` later."""
         return self.runtime.counters(self.handle)
+
+    def usage(self) -> Usage:
+        """What it uses now: CPU time so far, memory, its writable layer (a paused gVisor
+        sandbox: none of its memory, which is on disk)."""
+        return self.runtime.usage(self.handle)
 
     def limit_hit(self, since: tuple[int, int]) -> str | None:
         """Which limit, if any, was hit since ``since`` (e.g. ``killed: memory limit ...``)."""

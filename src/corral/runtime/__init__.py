@@ -6,14 +6,14 @@ from collections.abc import Mapping
 
 from corral.api.errors import InvalidArgumentError, RuntimeUnavailableError
 
-from .base import (Availability, Runtime, RuntimeSandbox, RuntimeState, SandboxSpec,
+from .base import (Availability, Runtime, RuntimeSandbox, RuntimeState, SandboxSpec, Usage,
                    VolumeBind)
 from .gvisor.runsc import GvisorOptions
 
 __all__ = [
     "RUNTIME_NAMES", "Availability", "GvisorOptions", "Runtime", "RuntimeSandbox",
     "RuntimeState",
-    "SandboxSpec", "VolumeBind", "available_runtimes", "get_runtime",
+    "SandboxSpec", "Usage", "VolumeBind", "available_runtimes", "get_runtime",
 ]
 
 RUNTIME_NAMES = ("gvisor", "namespaces")

@@ -129,6 +129,33 @@ class CgroupView:
         _, _, value = self._read("pids", "pids.events").partition(" ")
         return int(value) if value.strip().isdigit() else 0
 
+    def cpu_seconds(self) -> float:
+        """CPU time the sandbox's processes used so far (the unified hierarchy's
+        ``cpu.stat``, kept by every cgroup whatever its controllers)."""
+        if self.unified is None:
+            return 0.0
+        try:
+            text = (self.unified / "cpu.stat").read_text()
+        except OSError:
+            return 0.0
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "usage_usec" and value.strip().isdigit():
+                return int(value) / 1e6
+        return 0.0
+
+    def memory(self) -> tuple[int, int, int]:
+        """``(used, page cache in it, limit)`` in bytes (limit 0 when unknown)."""
+        used = self._read("memory", "memory.usage_in_bytes").strip()
+        limit = self._read("memory", "memory.limit_in_bytes").strip()
+        cache = 0
+        for line in self._read("memory", "memory.stat").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "total_cache" and value.strip().isdigit():
+                cache = int(value)
+        return (int(used) if used.isdigit() else 0, cache,
+                int(limit) if limit.isdigit() else 0)
+
     def memory_peak(self) -> int:
         value = self._read("memory", "memory.max_usage_in_bytes").strip()
         return int(value) if value.isdigit() else 0

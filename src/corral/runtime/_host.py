@@ -19,7 +19,7 @@ from . import _net_unsafe as net
 from ._cgroups import CgroupView, leftover_names
 from ._mounts import mounts_under
 from .agent_bundle import CHANNEL_SOCKET_NAME
-from .base import Runtime, RuntimeSandbox, RuntimeState, SandboxSpec, drop_pipes
+from .base import Runtime, RuntimeSandbox, RuntimeState, SandboxSpec, Usage, drop_pipes
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +320,19 @@ class HostRuntime(Runtime):
     def counters(self, sandbox: RuntimeSandbox) -> tuple[int, int]:
         groups = CgroupView(sandbox.spec.cgroup)
         return groups.oom_kills(), groups.pids_hits()
+
+    def usage(self, sandbox: RuntimeSandbox) -> Usage:
+        groups = CgroupView(sandbox.spec.cgroup)
+        used, cache, limit = groups.memory()
+        try:
+            disk = os.statvfs(sandbox.spec.directory / "disk")
+            disk_total = disk.f_blocks * disk.f_frsize
+            disk_used = (disk.f_blocks - disk.f_bfree) * disk.f_frsize
+        except OSError:  # stopping: its layer is gone
+            disk_total = disk_used = 0
+        return Usage(cpu_seconds=groups.cpu_seconds(), memory_bytes=used,
+                     memory_cache_bytes=cache, memory_limit_bytes=limit,
+                     disk_used_bytes=disk_used, disk_total_bytes=disk_total)
 
     def limit_hit(self, sandbox: RuntimeSandbox, since: tuple[int, int]) -> str | None:
         oom, pids = self.counters(sandbox)

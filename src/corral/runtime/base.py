@@ -63,6 +63,18 @@ class VolumeBind:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """What a sandbox uses now: CPU time so far, memory and its writable layer, in bytes."""
+
+    cpu_seconds: float
+    memory_bytes: int
+    memory_cache_bytes: int
+    memory_limit_bytes: int
+    disk_used_bytes: int
+    disk_total_bytes: int
+
+
+@dataclass(frozen=True)
 class SandboxSpec:
     """Everything a runtime needs to build one sandbox."""
 
@@ -219,6 +231,10 @@ class Runtime(ABC):
     @abstractmethod
     def counters(self, sandbox: RuntimeSandbox) -> tuple[int, int]:
         """A cheap reading of the limit counters (OOM kills, refused forks)."""
+
+    def usage(self, sandbox: RuntimeSandbox) -> Usage:
+        """What ``sandbox`` uses now (cheap: a few small reads)."""
+        raise RuntimeUnavailableError(f"the {self.name} runtime does not report usage")
 
     # -- pausing ------------------------------------------------------------------------
     #: Whether a PAUSED sandbox survives a reboot of the host (its state is on disk).

@@ -74,6 +74,7 @@ def create_app(sandboxes: SandboxService, commands: CommandService, files_: File
     app.state.tokens = tokens
     app.state.snapshots = snapshots
     app.state.internet = internet
+    app.state.cpu_samples = mapping.CpuSamples()
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(envd.router)

@@ -144,3 +144,17 @@ class ForkResult(BaseModel):
 
     sandbox: Sandbox | None = None
     error: Error | None = None
+
+
+class SandboxMetric(BaseModel):
+    """One ``GET /sandboxes/{id}/metrics`` sample (every field required by the SDKs)."""
+
+    timestamp: datetime
+    timestampUnix: int
+    cpuCount: int
+    cpuUsedPct: float
+    memUsed: int
+    memTotal: int
+    memCache: int
+    diskUsed: int
+    diskTotal: int

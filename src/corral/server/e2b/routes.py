@@ -8,6 +8,8 @@ sub-app's handlers and reshaped to E2B's at the edge (:class:`.mapping.ErrorShap
 
 from __future__ import annotations
 
+import asyncio
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -230,11 +232,32 @@ async def pause(sandbox_id: str, tenant: Tenant, service: Sandboxes) -> None:
 
 
 @router.get("/sandboxes/{sandbox_id}/metrics")
-async def metrics(sandbox_id: str, tenant: Tenant, service: Sandboxes
-                  ) -> list[dict[str, float | int | str]]:
-    """No per-sandbox figures are kept yet: an empty list, which the SDKs accept."""
-    await _known(service, tenant, sandbox_id)
-    return []
+async def metrics(request: Request, sandbox_id: str, tenant: Tenant, service: Sandboxes,
+                  start: Annotated[int | None, Query(ge=0)] = None,
+                  end: Annotated[int | None, Query(ge=0)] = None,
+                  ) -> list[models.SandboxMetric]:
+    """One sample, taken now (Corral keeps no history): memory and the writable layer as
+    they are, and CPU as the share of the sandbox's cores used since the previous metrics
+    call for it, or since it started. None for a paused sandbox, or when now is outside
+    ``start``..``end`` (unix seconds). Looking does not count as activity."""
+    info = await _known(service, tenant, sandbox_id)
+    sandbox = service.watched(tenant, sandbox_id)
+    now = datetime.now(UTC)
+    if sandbox is None or (start is not None and now.timestamp() < start) or (
+            end is not None and now.timestamp() > end + 1):
+        return []
+    usage = await asyncio.to_thread(sandbox.usage)
+    cpus = info.resources.to_resources().cpus
+    samples: mapping.CpuSamples = request.app.state.cpu_samples
+    used_pct = samples.percent(sandbox_id, usage.cpu_seconds, cpus, info.created_at, now,
+                               keep=service.owner)
+    memory_total = info.resources.to_resources().memory_mib * 1024 * 1024
+    return [models.SandboxMetric(
+        timestamp=now, timestampUnix=int(now.timestamp()), cpuCount=max(1, math.ceil(cpus)),
+        cpuUsedPct=used_pct, memUsed=usage.memory_bytes,
+        memTotal=min(usage.memory_limit_bytes or memory_total, memory_total),
+        memCache=usage.memory_cache_bytes, diskUsed=usage.disk_used_bytes,
+        diskTotal=usage.disk_total_bytes)]
 
 
 @router.put("/sandboxes/{sandbox_id}/network", status_code=204)

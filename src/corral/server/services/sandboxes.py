@@ -344,6 +344,14 @@ class SandboxService:
         """The sandboxes the server holds now (not yet seen stopped), every tenant's."""
         return set(self._live)
 
+    def watched(self, tenant: str, sandbox_id: str) -> NodeSandbox | None:
+        """The tenant's running sandbox, to look at without using it (no activity counted,
+        nothing resumed); None when it is not running."""
+        owned = self._live.get(sandbox_id)
+        if owned is None or owned[0] != tenant or owned[1].state is not SandboxState.RUNNING:
+            return None
+        return owned[1]
+
     def running(self, tenant: str, sandbox_id: str) -> NodeSandbox:
         """The tenant's running sandbox ``sandbox_id``, for commands and files."""
         owned = self._live.get(sandbox_id)
