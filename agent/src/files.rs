@@ -6,6 +6,10 @@
 //! regular files are read (a FIFO or `/dev/zero` would hang or never end); and writes land
 //! in a temporary file renamed into place on success, so a failed upload (disk full,
 //! cancelled) leaves the old file intact.
+//!
+//! A write or mkdir may name a `user` (a name or uid of the image's /etc/passwd): the
+//! agent still does the work, and what it creates (the file, each missing parent
+//! directory) is then handed to that user and the user's group, without following links.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -19,12 +23,14 @@ use crate::errors::{RequestError, Result};
 use crate::json::{self, Obj, Value};
 use crate::paths::{self, os, repr, Root};
 use crate::proto::{self, MAX_LIST_DEPTH, MAX_LIST_ENTRIES};
+use crate::users;
 
 const O_NONBLOCK: i32 = 0o4000;
 const O_NOFOLLOW: i32 = 0o400000;
 
 struct Upload {
     file: File,
+    owner: Option<(u32, u32)>,
     mode: u32,
     tmp: Vec<u8>,
     opened: Vec<u8>,
@@ -89,6 +95,14 @@ impl Files {
 
     fn path(&self, req: &Value, key: &str) -> Result<(Vec<u8>, Vec<u8>)> {
         paths::check(req.get(key), &self.root)
+    }
+
+    /// The (uid, gid) a request's `user` names; None: none named, the agent's own.
+    fn owner(&self, req: &Value) -> Result<Option<(u32, u32)>> {
+        match req.get("user") {
+            None | Some(Value::Null) => Ok(None),
+            spec => users::resolve(spec, &self.root).map(|u| Some((u.uid, u.gid))),
+        }
     }
 
     pub fn stat(&self, req: &Value) -> Result<Reply> {
@@ -161,7 +175,10 @@ impl Files {
             return Ok((Obj::new().set("created", Value::Bool(false)), Vec::new()));
         }
         let parents = req.get("parents").map_or(true, Value::truthy);
-        let made = if parents { fs::create_dir_all(os(&opened)) } else { fs::create_dir(os(&opened)) };
+        let owner = self.owner(req)?;
+        let made = if parents { make_dirs(&opened, owner) } else {
+            fs::create_dir(os(&opened)).and_then(|_| give(&opened, owner))
+        };
         made.map_err(|e| RequestError::os("mkdir", &path, &e))?;
         Ok((Obj::new().set("created", Value::Bool(true)), Vec::new()))
     }
@@ -254,11 +271,12 @@ impl Files {
             Some(at) => opened[..at].to_vec(),
         };
         let fail = |e: std::io::Error| RequestError::os("write", &path, &e);
-        fs::create_dir_all(os(&parent)).map_err(fail)?;
+        let owner = self.owner(req)?;
+        make_dirs(&parent, owner).map_err(fail)?;
         let tmp = join(&parent, format!(".corral-upload-{req_id}-{}", crate::sys::pid()).as_bytes());
         let file = OpenOptions::new().write(true).create_new(true).custom_flags(O_NOFOLLOW)
             .mode(mode & 0o777).open(os(&tmp)).map_err(fail)?;
-        self.uploads.locked().insert(req_id, Upload { file, mode: mode & 0o777, tmp, opened, path });
+        self.uploads.locked().insert(req_id, Upload { file, owner, mode: mode & 0o777, tmp, opened, path });
         self.channel.send(event(req_id, "ok"), b"");
         Ok(())
     }
@@ -275,6 +293,9 @@ impl Files {
                 return Ok(None);
             }
             let meta = upload.file.metadata()?;
+            if let Some((uid, gid)) = upload.owner {
+                std::os::unix::fs::fchown(&upload.file, Some(uid), Some(gid))?;
+            }
             // The mode as asked, whatever the umask took away at creation.
             upload.file.set_permissions(fs::Permissions::from_mode(upload.mode))?;
             fs::rename(os(&upload.tmp), os(&upload.opened))?;
@@ -325,6 +346,41 @@ impl Files {
         for target in targets {
             self.cancel(target);
         }
+    }
+}
+
+/// Hand a path just created to `owner` (the link itself, were it one).
+fn give(opened: &[u8], owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    match owner {
+        Some((uid, gid)) => std::os::unix::fs::lchown(os(opened), Some(uid), Some(gid)),
+        None => Ok(()),
+    }
+}
+
+/// `create_dir_all`, each directory it creates handed to `owner`.
+fn make_dirs(opened: &[u8], owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    if owner.is_none() {
+        return fs::create_dir_all(os(opened));
+    }
+    // The missing ancestors, nearest first (a path has at most MAX_PATH / 2 of them).
+    let mut missing: Vec<&[u8]> = Vec::new();
+    let mut at: &[u8] = opened;
+    while !at.is_empty() && fs::symlink_metadata(os(at)).is_err() {
+        missing.push(at);
+        at = match at.iter().rposition(|b| *b == b'/') {
+            Some(cut) => &at[..cut],
+            None => b"",
+        };
+    }
+    for dir in missing.into_iter().rev() {
+        match fs::create_dir(os(dir)) {
+            Ok(()) => give(dir, owner)?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if fs::metadata(os(opened))?.is_dir() { Ok(()) } else {
+        Err(std::io::Error::from(std::io::ErrorKind::NotADirectory))
     }
 }
 

@@ -1,7 +1,7 @@
 """Run by test_e2b_sdk.py inside a virtualenv holding one e2b release, never by pytest:
 drives Corral's E2B control plane (``E2B_API_URL``, ``E2B_API_KEY``) and envd's process
-service (``E2B_SANDBOX_URL``) with the SDK's sync and async classes and prints what it saw
-as one JSON object on the last line.
+service and files (``E2B_SANDBOX_URL``) with the SDK's sync and async classes and prints
+what it saw as one JSON object on the last line.
 
 Directory watches go through ``files.watch_dir``: the sync SDK's polling watcher
 (CreateWatcher, GetWatcherEvents, RemoveWatcher) and the async SDK's WatchDir stream.
@@ -10,16 +10,23 @@ Directory watches go through ``files.watch_dir``: the sync SDK's polling watcher
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import re
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from importlib.metadata import version
 from typing import Any
 
-from e2b import (AsyncSandbox, CommandExitException, NotFoundException, PtySize, Sandbox,
-                 SandboxException, SandboxQuery)
+import httpx
+from e2b import (AsyncSandbox, CommandExitException, FileNotFoundException, NotFoundException,
+                 PtySize, Sandbox, SandboxException, SandboxQuery)
+
+_E2B = tuple(int(n) for n in version("e2b").split(".")[:2])
 
 #: What each watch flow does under /tmp/w: a new directory (``ready`` once its event came,
 #: so it is watched too), then changes in it, ``end`` last.
@@ -320,6 +327,121 @@ async def async_pty_flow(tag: str) -> dict[str, Any]:
     return {"resized": done.is_set(), "killed": killed, "killed_wait": exit_code}
 
 
+def _failure(call: Any) -> str | None:
+    """The name of the exception ``call()`` raises, None if it returns."""
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001 - the name is what the test compares
+        return type(exc).__name__
+    return None
+
+
+def _fetch(url: str, data: bytes | None = None) -> tuple[int, bytes]:
+    """GET ``url``, or POST ``data`` to it as one multipart file, with no credentials."""
+    if data is None:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+    answer = httpx.post(url, files={"file": ("ignored.txt", data)}, timeout=60)
+    return answer.status_code, answer.content
+
+
+def files_flow(tag: str) -> dict[str, Any]:
+    sb = Sandbox.create(metadata={"suite": tag}, timeout=120)
+    try:
+        written = sb.files.write("notes/a.txt", "hello")
+        seen: dict[str, Any] = {"write": [written.name, written.path, written.type.value]}
+        seen["read"] = sb.files.read("notes/a.txt")
+        sb.files.write("/tmp/b.bin", bytes(range(256)))
+        seen["bytes"] = sb.files.read("/tmp/b.bin", format="bytes") == bytes(range(256))
+        seen["gzip"] = sb.files.read("/tmp/b.bin", format="bytes", gzip=True) == bytes(range(256))
+        big = os.urandom(3 * 1024 * 1024 + 7)
+        sb.files.write("/tmp/io.bin", io.BytesIO(big))  # file-like: octet-stream
+        # An iterable (2.63; 2.45 takes only bytes, text and file-like): octet-stream too.
+        sb.files.write("/tmp/it.bin", iter([b"ab", b"cd"]) if _E2B >= (2, 63)
+                       else io.BytesIO(b"abcd"))
+        seen["file_like"] = [sb.files.read("/tmp/io.bin", format="bytes") == big,
+                             sb.files.read("/tmp/it.bin")]
+        many = sb.files.write_files([{"path": "/tmp/m/1.txt", "data": "1"},
+                                     {"path": "m2.txt", "data": b"2"}])
+        seen["write_files"] = [w.path for w in many]
+        seen["list"] = [e.path for e in sb.files.list("/tmp/m")]
+        seen["list_depth"] = sorted(e.path for e in sb.files.list("/home/user", depth=2))
+        seen["exists"] = [sb.files.exists("notes/a.txt"), sb.files.exists("/nope")]
+        info = sb.files.get_info("notes/a.txt")
+        seen["info"] = [info.name, info.type.value, info.size, info.permissions, info.owner,
+                        info.group, abs(info.modified_time.timestamp() - time.time()) < 3600,
+                        info.path]
+        seen["make_dir"] = [sb.files.make_dir("/tmp/d/e"), sb.files.make_dir("/tmp/d/e")]
+        moved = sb.files.rename("/tmp/b.bin", "/tmp/d/b.bin")
+        seen["rename"] = [moved.path, sb.files.exists("/tmp/b.bin")]
+        sb.files.remove("/tmp/d")
+        seen["removed"] = sb.files.exists("/tmp/d")
+        as_root = sb.files.write("r.txt", "r", user="root")
+        sb.files.make_dir("/tmp/mine/deeper")
+        seen["owners"] = [as_root.path, sb.files.get_info("/root/r.txt").owner,
+                          sb.files.get_info("/tmp/mine").owner,
+                          sb.files.get_info("notes").owner, sb.files.get_info("/tmp").owner]
+        sb.commands.run("ln -s /tmp/m/1.txt /tmp/link")
+        link = sb.files.get_info("/tmp/link")
+        seen["link"] = [link.type.value, link.symlink_target]
+        seen["missing"] = _failure(lambda: sb.files.read("/nope"))
+        seen["missing_is_file_not_found"] = isinstance(
+            _raised(lambda: sb.files.get_info("/nope")), FileNotFoundException)
+        seen["dir_target"] = _failure(lambda: sb.files.write("/tmp", "x"))
+        seen["unknown_user"] = _failure(lambda: sb.files.read("notes/a.txt", user="nobody2"))
+        seen["download_url"] = _fetch(sb.download_url("notes/a.txt"))[1].decode()
+        seen["download_url_root"] = _fetch(sb.download_url("r.txt", user="root"))[1].decode()
+        status, _ = _fetch(sb.upload_url("up/u.txt", use_signature_expiration=60), b"up")
+        seen["upload_url"] = [status, sb.files.read("up/u.txt"),
+                              sb.files.get_info("up/u.txt").owner]
+        seen["expired"] = _fetch(sb.download_url("notes/a.txt", use_signature_expiration=-5))[0]
+        forged = sb.download_url("notes/a.txt").replace("a.txt", "b.txt")
+        seen["forged"] = _fetch(forged)[0]
+        seen["metadata"] = _failure(lambda: sb.files.write("/tmp/x", "x", metadata={"k": "v"}))
+        # envd 0.6.4 claimed: the SDK sends the watch options, which the server refuses
+        seen["include_entry"] = _failure(lambda: sb.files.watch_dir("/tmp", include_entry=True))
+    finally:
+        sb.kill()
+    return seen
+
+
+def _raised(call: Any) -> BaseException | None:
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001 - returned for the test to inspect
+        return exc
+    return None
+
+
+async def async_files_flow(tag: str) -> dict[str, Any]:
+    sb = await AsyncSandbox.create(metadata={"suite": tag}, timeout=120)
+    try:
+        await sb.files.write("a.txt", "async")
+        await sb.files.write("/tmp/f.bin", io.BytesIO(b"x" * 100_000))
+        many = await sb.files.write_files([{"path": "/tmp/w/1", "data": "1"},
+                                           {"path": "/tmp/w/2", "data": "2"}])
+        listed = [e.name for e in await sb.files.list("/tmp/w")]
+        made = [await sb.files.make_dir("/tmp/q"), await sb.files.make_dir("/tmp/q")]
+        moved = await sb.files.rename("a.txt", "b.txt")
+        await sb.files.remove("/tmp/w")
+        try:
+            await sb.files.read("/tmp/w/1")
+            missing = None
+        except FileNotFoundException as exc:
+            missing = type(exc).__name__
+        info = await sb.files.get_info("b.txt")
+        return {"read": await sb.files.read("b.txt"),
+                "file_like": len(await sb.files.read("/tmp/f.bin", format="bytes")),
+                "write_files": [w.path for w in many], "listed": listed, "made": made,
+                "moved": moved.path, "exists": await sb.files.exists("/tmp/w"),
+                "missing": missing, "owner": info.owner}
+    finally:
+        await sb.kill()
+
+
 def main() -> None:
     tag = sys.argv[1]
     if sys.argv[2:] == ["pty"]:
@@ -332,7 +454,9 @@ def main() -> None:
               "async_commands": asyncio.run(async_commands_flow(tag + "-acommands")),
               "state": state_flow(tag + "-state"),
               "watch": watch_flow(tag + "-watch"),
-              "async_watch": asyncio.run(async_watch_flow(tag + "-awatch"))}
+              "async_watch": asyncio.run(async_watch_flow(tag + "-awatch")),
+              "files": files_flow(tag + "-files"),
+              "async_files": asyncio.run(async_files_flow(tag + "-afiles"))}
     print(json.dumps(result, default=str), flush=True)
     # e2b 2.45's HTTP stack can crash the interpreter as it shuts down ("PyGILState_Release:
     # thread state must be current", a native thread of its own still running): everything

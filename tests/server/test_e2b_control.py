@@ -72,7 +72,7 @@ def test_create_get_timeout_kill(e2b: httpx.Client, server: Server, path: str) -
     try:
         assert set(created) == SANDBOX_KEYS
         assert created["templateID"] == "base" and created["clientID"] == "corral"
-        assert created["envdVersion"] == "0.5.2"
+        assert created["envdVersion"] == "0.6.4"
         port = server.url.rsplit(":", 1)[1]
         assert created["domain"] == f"localhost:{port}"
         assert created["envdAccessToken"] != created["trafficAccessToken"]

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,6 +124,7 @@ def test_the_real_sdk_drives_the_control_plane_and_commands(server: Server, vers
         assert [events.index(change) for change in changes] == sorted(
             events.index(change) for change in changes), (flow, events)
     assert seen["watch"]["after_stop"] == "SandboxException"
+    _check_files(seen["files"], seen["async_files"])
     with server.http(server.key) as http:
         # The policy the last update_network set, as Corral enforces it.
         assert http.get(f"/v1/sandboxes/{state['id']}").json()["network"] == {
@@ -159,3 +161,37 @@ def test_the_real_sdk_drives_a_pty(server: Server, version: str) -> None:
     assert pty["killed"] is True and pty["killed_wait"] == -1
     assert pty["resize_gone"] in ("NotFoundException", "SandboxException"), pty
     assert seen["async_pty"] == {"resized": True, "killed": True, "killed_wait": -1}
+
+
+def _check_files(files: dict[str, Any], done: dict[str, Any]) -> None:
+    assert files["write"] == ["a.txt", "/home/user/notes/a.txt", "file"]
+    assert files["read"] == "hello"
+    assert files["bytes"] is True and files["gzip"] is True
+    assert files["file_like"] == [True, "abcd"]
+    assert files["write_files"] == ["/tmp/m/1.txt", "/home/user/m2.txt"]
+    assert files["list"] == ["/tmp/m/1.txt"]
+    assert {"/home/user/notes", "/home/user/notes/a.txt", "/home/user/m2.txt"} <= set(
+        files["list_depth"])
+    assert files["exists"] == [True, False]
+    assert files["info"] == ["a.txt", "file", 5, "-rw-r--r--", "user", "user", True,
+                             "/home/user/notes/a.txt"]
+    assert files["make_dir"] == [True, False]
+    assert files["rename"] == ["/tmp/d/b.bin", False]
+    assert files["removed"] is False
+    # root's write lands in root's home; the default user owns what it creates, not what
+    # was there before it.
+    assert files["owners"] == ["/root/r.txt", "root", "user", "user", "root"]
+    assert files["link"] == ["symlink", "/tmp/m/1.txt"]
+    assert files["missing"] == "FileNotFoundException"
+    assert files["missing_is_file_not_found"] is True
+    assert files["dir_target"] == "InvalidArgumentException"
+    assert files["unknown_user"] == "AuthenticationException"
+    assert files["download_url"] == "hello"
+    assert files["download_url_root"] == "r"
+    assert files["upload_url"] == [200, "up", "user"]
+    assert files["expired"] == 401 and files["forged"] == 401
+    assert files["metadata"] == "InvalidArgumentException"
+    assert files["include_entry"] == "SandboxException"  # unimplemented, not the SDK's own
+    assert done == {"read": "async", "file_like": 100_000, "write_files": ["/tmp/w/1", "/tmp/w/2"],
+                    "listed": ["1", "2"], "made": [True, False], "moved": "/home/user/b.txt",
+                    "exists": False, "missing": "FileNotFoundException", "owner": "user"}

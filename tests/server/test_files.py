@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlencode
+
+import httpx
 
 import pytest
 
-from corral import NotFoundError, Sandbox
+from corral import InvalidArgumentError, NotFoundError, Sandbox
+from corral.server.file_urls import FileUrls
+
+from .conftest import Server
 
 BIG = 64 * 1024 * 1024
 
@@ -38,6 +46,54 @@ def test_round_trip_and_management(sandbox: Sandbox) -> None:
         sandbox.files.read("/work/missing")
     with pytest.raises(NotFoundError):
         sandbox.files.stat("/work/missing")
+
+
+def test_a_named_user_owns_what_a_write_or_mkdir_creates(sandbox: Sandbox) -> None:
+    sandbox.files.write("/work/u/v/w.txt", "x", user="user")
+    sandbox.files.write("/work/r.txt", "x")
+    assert sandbox.files.mkdir("/work/m/n", user=1000) is True
+    for path in ("/work/u", "/work/u/v", "/work/u/v/w.txt", "/work/m", "/work/m/n"):
+        entry = sandbox.files.stat(path)
+        assert (path, entry.uid, entry.gid) == (path, 1000, 1000)
+    assert sandbox.files.stat("/work/r.txt").uid == 0
+    assert sandbox.files.stat("/work").uid == 0  # an existing parent keeps its owner
+    with pytest.raises(NotFoundError, match="does not exist"):
+        sandbox.files.write("/work/x.txt", "x", user="nobody-here")
+    with pytest.raises(InvalidArgumentError):
+        sandbox.files.mkdir("/work/y", user="a:b")
+
+
+def test_signed_urls_download_and_upload_without_a_key(
+        server: Server, server_dir: Path, default_sandbox: Sandbox) -> None:
+    sb = default_sandbox
+    sb.files.write("/work/s.txt", "shared")
+    down = sb.files.download_url("/work/s.txt", expires_in=120)
+    up = sb.files.upload_url("/work/up/new.txt", user="user")
+    with httpx.Client(timeout=60) as anyone:
+        assert anyone.get(down).content == b"shared"
+        answer = anyone.put(up, content=b"uploaded")
+        assert answer.status_code == 200, answer.text
+        assert sb.files.read("/work/up/new.txt") == b"uploaded"
+        assert sb.files.stat("/work/up/new.txt").uid == 1000
+        # a URL is for its operation, path and user only, and names nothing else
+        assert anyone.put(down, content=b"x").status_code == 401
+        assert anyone.get(up).status_code == 401
+        for tampered in (down.replace("s.txt", "t.txt"), down + "&mode=4095",
+                         up.replace("user=user", "user=root"),
+                         down.replace(sb.id, "sbx-0000000000000000")):
+            assert anyone.get(tampered).status_code == 401, tampered
+        assert anyone.put(up + "&mode=2541", content=b"x").status_code == 401
+        # expired: signed as the server signs, a second in the past
+        urls = FileUrls(server_dir / "file-url-secret")
+        past = int(time.time()) - 1
+        query = urlencode({"path": "/work/s.txt", "corral_expires": past,
+                           "corral_signature": urls.sign(sb.id, "read", "/work/s.txt", "",
+                                                         past)})
+        expired = anyone.get(f"{server.url}/v1/sandboxes/{sb.id}/files?{query}")
+        assert expired.status_code == 401 and "expired" in expired.text
+    assert sb.files.read("/work/up/new.txt") == b"uploaded"  # the refused PUTs wrote nothing
+    with pytest.raises(InvalidArgumentError):
+        sb.files.download_url("/work/s.txt", expires_in=2 * 24 * 3600)
 
 
 def _chunks(seed: bytes, total: int) -> Iterator[bytes]:

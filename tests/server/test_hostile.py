@@ -254,6 +254,61 @@ def test_an_upload_that_stalls_is_cut_off(guarded: Guarded, victim: tuple[Sandbo
     _assert_intact(guarded, victim)
 
 
+def _e2b_upload(guarded: Guarded, victim: tuple[Sandbox, str], path: str) -> socket.socket:
+    """A raw connection that has sent the head of an E2B octet-stream upload of ``path``
+    (chunked), authenticated by the victim's envd token."""
+    sb, key = victim
+    with guarded.http() as http:
+        token = http.post(f"/e2b/sandboxes/{sb.id}/connect", json={"timeout": 600},
+                          headers={"X-API-Key": key}).json()["envdAccessToken"]
+    sock = guarded.connect()
+    sock.sendall(b"POST /e2b/files?path=" + path.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                 b"E2b-Sandbox-Id: " + sb.id.encode() + b"\r\nX-Access-Token: "
+                 + token.encode() + b"\r\nContent-Type: application/octet-stream\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n")
+    return sock
+
+
+def test_an_e2b_upload_may_outlast_the_body_deadline(guarded: Guarded,
+                                                     victim: tuple[Sandbox, str]) -> None:
+    """An upload steadier than the idle timeout but longer than the whole-body deadline
+    (6 s here) is written whole, past the 1 MiB body bound too."""
+    sb, _ = victim
+    piece = b"y" * (64 * 1024)
+    pieces = int(guarded.limits.body_timeout / 0.25) + 8
+    sock = _e2b_upload(guarded, victim, "/work/steady.bin")
+    try:
+        for _ in range(pieces):
+            sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            sock.settimeout(0.25)  # paces the upload; an early answer is a failure below
+            try:
+                early = sock.recv(65536)
+            except TimeoutError:
+                continue
+            pytest.fail(f"the server answered mid-upload: {early[:300]!r}")
+        sock.sendall(b"0\r\n\r\n")
+        status, answer = _response(sock)
+    finally:
+        sock.close()
+    assert status == 200, answer
+    assert sb.files.stat("/work/steady.bin").size == pieces * len(piece)
+    sb.files.remove("/work/steady.bin")
+
+
+def test_an_e2b_upload_that_stalls_is_cut_off(guarded: Guarded,
+                                              victim: tuple[Sandbox, str]) -> None:
+    sb, _ = victim
+    sock = _e2b_upload(guarded, victim, "/work/stalled.bin")
+    try:
+        sock.sendall(b"3e8\r\n" + b"x" * 1000 + b"\r\n")
+        status, answer = _response(sock)  # then nothing more: the upload stalls
+    finally:
+        sock.close()
+    assert status == 400 and b"paused" in answer, answer
+    assert not sb.files.exists("/work/stalled.bin")  # nothing half-written
+    _assert_intact(guarded, victim)
+
+
 @pytest.mark.parametrize("body", [
     b"[" * 100_000 + b"]" * 100_000,
     b"[" * 100_000,

@@ -90,6 +90,14 @@ def test_bad_volume_requests_are_refused(server: Server) -> None:
             Volume.create("too-big", size="200000G", **server.sdk())
         with pytest.raises(InvalidArgumentError, match="from a sandbox that mounts it"):
             volume.files.watch("/")
+        # what only a sandbox's files have
+        for call in (lambda: volume.files.write("/a", b"x", user="user"),
+                     lambda: volume.files.mkdir("/d", user=1000),
+                     lambda: volume.files.download_url("/a"),
+                     lambda: volume.files.upload_url("/a")):
+            with pytest.raises(InvalidArgumentError):
+                call()
+        assert not volume.files.exists("/a") and not volume.files.exists("/d")
     finally:
         volume.delete()
 

@@ -57,6 +57,10 @@ SandboxStateName = Literal["starting", "running", "paused", "stopping", "stopped
 #: (``on_timeout``) runs out: stop it for good, or pause it (any later call resumes it).
 LifetimeAction = Literal["kill", "pause"]
 Path = Annotated[str, Field(min_length=1, max_length=MAX_PATH), AfterValidator(_sandbox_path)]
+
+#: Who owns what a file call creates: a user name or a uid of the image's /etc/passwd.
+FileUser = Annotated[str, Field(min_length=1, max_length=64)] | Annotated[
+    int, Field(ge=0, le=2**32 - 2)]
 Mapping = Annotated[dict[Annotated[str, Field(max_length=MAX_ENV_NAME)],
                          Annotated[str, Field(max_length=MAX_MAPPING_VALUE)]],
                     Field(max_length=MAX_MAPPING)]
@@ -324,6 +328,24 @@ class SignedUrlRequest(_Request):
     path: Annotated[str, Field(max_length=2048, pattern=r"^/[^?#\s]*$")] = "/"
     host_based: bool = Field(default=False, description="a {port}-{id}.{domain} URL instead "
                              "of /v1/sandboxes/{id}/ports/{port}/")
+
+
+class FileUrlRequest(_Request):
+    """``POST /v1/sandboxes/{id}/files/signed-urls``: a URL that downloads (``read``: GET)
+    or uploads (``write``: PUT, the raw body) one path until it expires, with no key."""
+
+    path: Path
+    operation: Literal["read", "write"] = "read"
+    expires_in: float = Field(default=60.0, ge=1, le=MAX_SIGNED_URL_LIFETIME,
+                              description="seconds it stays valid")
+    user: FileUser | None = Field(default=None, description=(
+        "who owns the file an upload writes (as PUT .../files ?user=); uploads only"))
+
+    @model_validator(mode="after")
+    def _user_for_uploads(self) -> FileUrlRequest:
+        if self.user is not None and self.operation != "write":
+            raise ValueError("user applies to uploads (operation write) only")
+        return self
 
 
 class SignedUrl(_Response):
@@ -622,6 +644,9 @@ class Exists(_Response):
 class MakeDir(_Request):
     path: Path
     parents: bool = True
+    user: FileUser | None = Field(default=None, description=(
+        "the user (name or uid) who owns the directories created; default: the agent's "
+        "(root). Sandboxes only: volumes refuse it"))
 
 
 class Created(_Response):

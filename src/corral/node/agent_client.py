@@ -351,9 +351,12 @@ class AgentClient:
                     await self.send({"id": 0, "op": proto.OP_CANCEL, "target": stream.id})
         return (size if isinstance(size, int) else -1), chunks()
 
-    async def write_file(self, path: str, chunks: AsyncIterator[bytes], mode: int) -> int:
-        """Upload a file from ``chunks`` with a bounded number of chunks in flight."""
-        stream = await self.open(proto.OP_WRITE, path=path, mode=mode)
+    async def write_file(self, path: str, chunks: AsyncIterator[bytes], mode: int, *,
+                         user: str | int | None = None) -> int:
+        """Upload a file from ``chunks`` with a bounded number of chunks in flight; the
+        file and the parents created are ``user``'s when one is named."""
+        fields: dict[str, Any] = {} if user is None else {"user": user}
+        stream = await self.open(proto.OP_WRITE, path=path, mode=mode, **fields)
         try:
             await stream.next()  # opened
             in_flight = 0

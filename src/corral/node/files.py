@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -61,6 +61,20 @@ def _entry(raw: object) -> EntryInfo:
         raise AgentError("the agent sent a malformed file entry") from None
 
 
+def _user(user: object) -> str | int | None:
+    """A file call's owner as the agent takes it: a name (1 – 64 characters, no NUL or
+    ``:``) or a uid."""
+    if user is None:
+        return None
+    if isinstance(user, int) and not isinstance(user, bool) and 0 <= user <= 2**32 - 2:
+        return user
+    if (isinstance(user, str) and 1 <= len(user) <= 64
+            and not any(c in user for c in "\0:\n/")):
+        return user
+    raise InvalidArgumentError("user must be a user name (1 to 64 characters, no ':', "
+                               "'/', NUL or newline) or a uid")
+
+
 class NodeFiles:
     """File operations on one sandbox."""
 
@@ -95,15 +109,19 @@ class NodeFiles:
     async def read_text(self, path: str) -> str:
         return (await self.read(path)).decode("utf-8", "replace")
 
-    async def write(self, path: str, data: contract.FileData, mode: int = 0o644) -> int:
+    async def write(self, path: str, data: contract.FileData, mode: int = 0o644, *,
+                    user: str | int | None = None) -> int:
         """Write a file atomically (parents created); returns its size.
 
         ``data`` may be bytes, text, or an (async) iterable of byte chunks for large
         uploads. A failed write (e.g. the disk limit) leaves any previous file intact.
+        ``user`` (a name or uid of the image): who owns the file and the parents created;
+        default the agent's user (root).
         """
         if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
             raise InvalidArgumentError("mode must be an integer between 0 and 0o7777")
-        return await self._sandbox.channel().write_file(self._path(path), _iterate(data), mode)
+        return await self._sandbox.channel().write_file(self._path(path), _iterate(data), mode,
+                                                        user=_user(user))
 
     async def list(self, path: str = ".", depth: int = 1) -> list[EntryInfo]:
         """Entries under a directory, recursing ``depth`` levels (at most
@@ -130,10 +148,13 @@ class NodeFiles:
         reply = await self._sandbox.channel().call(proto.OP_EXISTS, path=self._path(path))
         return reply.get("exists") is True
 
-    async def mkdir(self, path: str, parents: bool = True) -> bool:
-        """Create a directory; returns False if it already existed."""
+    async def mkdir(self, path: str, parents: bool = True, *,
+                    user: str | int | None = None) -> bool:
+        """Create a directory; returns False if it already existed. ``user``: who owns
+        the directories created (as :meth:`write`)."""
+        fields: dict[str, Any] = {} if user is None else {"user": _user(user)}
         reply = await self._sandbox.channel().call(proto.OP_MKDIR, path=self._path(path),
-                                                  parents=parents)
+                                                  parents=parents, **fields)
         return reply.get("created") is True
 
     async def remove(self, path: str, recursive: bool = False) -> None:

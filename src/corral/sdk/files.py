@@ -123,11 +123,17 @@ class AsyncFiles:
                 async for chunk in response.aiter_bytes(CHUNK):
                     yield chunk
 
-    async def write(self, path: str, data: FileData, mode: int = 0o644) -> int:
+    async def write(self, path: str, data: FileData, mode: int = 0o644, *,
+                    user: str | int | None = None) -> int:
         """Write a file atomically (parents created) and return its size.
 
         ``data`` is bytes, text, or an iterable or async iterable of byte chunks, streamed.
+        ``user`` (a name or uid of the image's) owns the file and the parents created;
+        default root. Volumes refuse it.
         """
+        params: dict[str, str | int] = {"path": path, "mode": mode}
+        if user is not None:
+            params["user"] = str(user)
         content: bytes | AsyncIterable[bytes]
         if isinstance(data, str):
             content = data.encode()
@@ -135,7 +141,7 @@ class AsyncFiles:
             content = bytes(data)
         else:
             content = _chunks(data)
-        reply = await self._api.json("PUT", self._base, params={"path": path, "mode": mode},
+        reply = await self._api.json("PUT", self._base, params=params,
                                      content=content, read_timeout=TRANSFER_TIMEOUT)
         return models.WriteResult.model_validate(reply).size
 
@@ -154,11 +160,33 @@ class AsyncFiles:
         reply = await self._api.json("GET", f"{self._base}/exists", params={"path": path})
         return models.Exists.model_validate(reply).exists
 
-    async def mkdir(self, path: str, parents: bool = True) -> bool:
-        """Create a directory; False if it already existed."""
-        reply = await self._api.json("POST", f"{self._base}/mkdir",
-                                     body=checked(models.MakeDir, path=path, parents=parents))
+    async def mkdir(self, path: str, parents: bool = True, *,
+                    user: str | int | None = None) -> bool:
+        """Create a directory; False if it already existed. ``user`` owns the
+        directories created (as :meth:`write`)."""
+        reply = await self._api.json("POST", f"{self._base}/mkdir", body=checked(
+            models.MakeDir, path=path, parents=parents, user=user))
         return models.Created.model_validate(reply).created
+
+    async def download_url(self, path: str, *, expires_in: float = 60.0) -> str:
+        """A URL anyone may GET ``path`` from, with no key, for ``expires_in`` seconds (at
+        most a day). Sandboxes only: volumes refuse it."""
+        return await self._signed(path, "read", expires_in, None)
+
+    async def upload_url(self, path: str, *, expires_in: float = 60.0,
+                         user: str | int | None = None) -> str:
+        """A URL anyone may PUT ``path``'s new content to (the raw body), with no key, for
+        ``expires_in`` seconds; ``user`` owns the file written (as :meth:`write`)."""
+        return await self._signed(path, "write", expires_in, user)
+
+    async def _signed(self, path: str, operation: str, expires_in: float,
+                      user: str | int | None) -> str:
+        if not self._base.startswith("/v1/sandboxes/"):
+            raise InvalidArgumentError("signed URLs are for a sandbox's files, not a volume's")
+        body = checked(models.FileUrlRequest, path=path, operation=operation,
+                       expires_in=float(expires_in), user=user)
+        reply = await self._api.json("POST", f"{self._base}/signed-urls", body=body)
+        return models.SignedUrl.model_validate(reply).url
 
     async def remove(self, path: str, recursive: bool = False) -> None:
         """Remove a file, link or (with ``recursive``) a directory tree."""

@@ -120,6 +120,8 @@ class Files(Proxy[AsyncFiles]):
     stat = blocking(AsyncFiles.stat)
     exists = blocking(AsyncFiles.exists)
     mkdir = blocking(AsyncFiles.mkdir)
+    download_url = blocking(AsyncFiles.download_url)
+    upload_url = blocking(AsyncFiles.upload_url)
     remove = blocking(AsyncFiles.remove)
     rename = blocking(AsyncFiles.rename)
     watch = blocking_wrapped(AsyncFiles.watch, WatchHandle)

@@ -21,6 +21,7 @@ from corral.node import Node
 from corral.runtime import Runtime
 
 from . import e2b, errors, middleware, openapi
+from .file_urls import FileUrlAuth, FileUrls
 from .metrics import Metrics
 from .ports import PortProxy
 from .ratelimit import Buckets
@@ -121,13 +122,17 @@ def create_app(settings: ServerSettings, *,
     e2b_auth: e2b.TokenAuth | None = None
     if settings.e2b:
         tokens = e2b.mapping.Tokens(settings.node.data_dir / "e2b-token-secret")
-        app.mount(e2b.PREFIX, e2b.create_app(sandbox_service, app.state.commands, tokens,
-                                             snapshots, internet=settings.e2b_internet))
+        app.mount(e2b.PREFIX, e2b.create_app(sandbox_service, app.state.commands,
+                                             app.state.files, tokens, snapshots,
+                                             internet=settings.e2b_internet))
+        e2b.install_signed_files(app)
         extra_routes = e2b.templates()
         e2b_auth = e2b.TokenAuth(e2b.PREFIX, tokens, sandbox_service)
+    app.state.file_urls = FileUrls(settings.node.data_dir / "file-url-secret")
+    file_auth = FileUrlAuth(app.state.file_urls, sandbox_service, then=e2b_auth)
     # Logs, metrics, limits, authentication, audit, body bounds: see middleware.py.
     middleware.install(app, settings, keys, app.state.audit, port_proxy, failures,
                        extra_routes=extra_routes, extra_actions=e2b.AUDITED,
                        e2b_prefix=e2b.PREFIX if settings.e2b else None,
-                       alternative_auth=e2b_auth)
+                       alternative_auth=file_auth)
     return app

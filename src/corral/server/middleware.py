@@ -10,7 +10,8 @@
 4a. :class:`~corral.server.ports.PortGateway`: traffic for a sandbox's exposed port is
    answered here, with its own credentials (a port token, a signed URL, the owner's key).
 5. :class:`~corral.server.openapi.AuthenticateExceptSpec`: the key (401), or on E2B's
-   envd paths the sandbox's access token; failed authentications per client address (429).
+   envd paths the sandbox's access token (or a signature, on ``/files``), or a signed file
+   URL (:mod:`~corral.server.file_urls`); failed authentications per client address (429).
 6. :class:`~corral.server.ratelimit.KeyLimits`: the key's token bucket and requests in
    flight (429).
 7. :class:`~corral.server.audit.AuditTrail`: who did what to which sandbox.
@@ -30,6 +31,7 @@ from fastapi import FastAPI
 from . import openapi
 from .audit import AuditTrail
 from .auth import Alternative
+from . import e2b
 from .e2b import ErrorShape
 from .e2b.hosts import HostRouting
 from .limits import BodyLimit, HeaderLimit
@@ -65,7 +67,9 @@ def install(app: FastAPI, settings: ServerSettings, keys: KeyStore, audit: Audit
     app.add_middleware(BodyLimit, limit=settings.max_body,
                        exempt=lambda scope: (files.is_upload(scope)
                                              or images.is_context_upload(scope)
-                                             or volumes.is_upload(scope)),
+                                             or volumes.is_upload(scope)
+                                             or (e2b_prefix is not None
+                                                 and e2b.is_upload(scope))),
                        json_depth=limits.json_depth, timeout=limits.body_timeout,
                        idle_timeout=limits.body_idle_timeout)
     app.add_middleware(AuditTrail, store=audit, settings=settings.audit, route=routes,

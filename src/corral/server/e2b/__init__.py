@@ -3,7 +3,9 @@ with ``E2B_API_URL=<server>/e2b`` and a Corral key as ``E2B_API_KEY``.
 
 Today: the control plane (create, connect, get, list, timeout, pause, metrics, kill,
 network, snapshots, fork), envd's process service (:mod:`.envd`: commands, with
-``E2B_SANDBOX_URL=<server>/e2b``) and its directory watches (:mod:`.watch`), and the code
+``E2B_SANDBOX_URL=<server>/e2b``), its filesystem service (:mod:`.filesystem`) with its
+directory watches (:mod:`.watch`), file transfers (:mod:`.files`, also at the root's
+``/files`` for signed URLs, which the SDKs build without the prefix), and the code
 interpreter (:mod:`.interpreter`: ``run_code`` and contexts).
 Requests pass Corral's own layers first (authentication by ``X-API-Key``, or on envd's
 paths by the sandbox's access token, :class:`.envd.TokenAuth`; tenants, rate limits, body
@@ -18,11 +20,12 @@ from typing import Final
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from starlette.types import Scope
 
 from .. import errors
-from ..services import CommandService, SandboxService
+from ..services import CommandService, FileService, SandboxService
 from ..services.snapshots import SnapshotService
-from . import envd, interpreter, mapping, routes, watch
+from . import envd, files, filesystem, interpreter, mapping, routes, watch
 from .envd import TokenAuth
 from .mapping import ErrorShape
 
@@ -43,19 +46,31 @@ AUDITED: Final = {
     ("DELETE", f"{PREFIX}/templates/{{template_id}}"): "snapshot.delete",
     **{("POST", f"{PREFIX}/process.Process/{method}"): action
        for method, action in envd.ACTIONS.items()},
+    **{("POST", f"{PREFIX}/filesystem.Filesystem/{method}"): action
+       for method, action in filesystem.ACTIONS.items()},
+    ("POST", f"{PREFIX}/files"): "file.write",
+    ("POST", "/files"): "file.write",
     **{(method, PREFIX + path): action for (method, path), action in interpreter.ACTIONS.items()},
 }
 
-__all__ = ["AUDITED", "PREFIX", "ErrorShape", "TokenAuth", "create_app", "templates"]
+__all__ = ["AUDITED", "PREFIX", "ErrorShape", "TokenAuth", "create_app",
+           "install_signed_files", "is_upload", "templates"]
 
 
-def create_app(sandboxes: SandboxService, commands: CommandService, tokens: mapping.Tokens,
-               snapshots: SnapshotService, *, internet: bool = False) -> FastAPI:
+def is_upload(scope: Scope) -> bool:
+    """Whether a request is an E2B file upload (exempt from the whole-body bounds)."""
+    return files.is_upload(scope, PREFIX)
+
+
+def create_app(sandboxes: SandboxService, commands: CommandService, files_: FileService,
+               tokens: mapping.Tokens, snapshots: SnapshotService, *,
+               internet: bool = False) -> FastAPI:
     """The sub-app to mount at :data:`PREFIX` (no schema, no docs pages of its own);
     ``internet``: whether a create that says nothing of the network gets ``"all"``."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     app.state.sandboxes = sandboxes
     app.state.commands = commands
+    app.state.files = files_
     app.state.tokens = tokens
     app.state.snapshots = snapshots
     app.state.internet = internet
@@ -63,10 +78,24 @@ def create_app(sandboxes: SandboxService, commands: CommandService, tokens: mapp
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(envd.router)
+    app.include_router(filesystem.router)
+    app.include_router(files.router)
     app.state.watchers = watch.Watchers(sandboxes)
     app.include_router(watch.router)
     app.include_router(interpreter.router)
+    # Last: what no router above serves of envd's filesystem service is unimplemented.
+    app.include_router(filesystem.fallback)
     return app
+
+
+def install_signed_files(parent: FastAPI) -> None:
+    """Serve ``/files`` at ``parent``'s root too, for signed URLs: the SDKs build them on
+    the origin, without the mount's prefix (docs/research/e2b-protocol.md §5.7). The
+    parent's state must hold ``sandboxes`` and ``files``."""
+    parent.add_api_route(files.ROUTE, files.download, methods=["GET"],
+                         include_in_schema=False)
+    parent.add_api_route(files.ROUTE, files.upload, methods=["POST"],
+                         include_in_schema=False)
 
 
 def templates() -> list[str]:
@@ -74,6 +103,7 @@ def templates() -> list[str]:
     route labels in metrics and the audit trail)."""
     return list(dict.fromkeys(PREFIX + r.path
                               for r in [*routes.router.routes, *envd.router.routes,
-                                        *watch.router.routes,
-                                        *interpreter.router.routes]
-                              if isinstance(r, APIRoute)))
+                                        *filesystem.router.routes, *files.router.routes,
+                                        *watch.router.routes, *interpreter.router.routes,
+                                        *filesystem.fallback.routes]
+                              if isinstance(r, APIRoute))) + [files.ROUTE]

@@ -27,23 +27,23 @@ import hmac
 import math
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Final
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, QueryParams
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Scope
 
 from corral.api import models as corral
 from corral.api.agent_protocol import MAX_PTY_SIZE
-from corral.api.errors import SandboxError
+from corral.api.errors import InvalidArgumentError, SandboxError
 
 from ..logs import SANDBOX_SCOPE
 from ..services import CommandService, SandboxService
 from ..store import KeyRef
-from . import connect, interpreter
+from . import connect, interpreter, signing
 from .connect import ConnectError
 from .mapping import Tokens
 
@@ -71,20 +71,29 @@ _SIGNALS: Final = {"SIGNAL_SIGTERM": signal.SIGTERM, "SIGNAL_SIGKILL": signal.SI
 _LEFT: set[asyncio.Task[None]] = set()
 
 
+#: envd's RPC services served under the mount (the process one here, the filesystem one
+#: in :mod:`.filesystem`), and its file transfers' path (:mod:`.files`).
+_SERVICES: Final = (_SERVICE, "/filesystem.Filesystem/")
+_FILES: Final = "/files"
+
+
 def is_data_plane(path: str, prefix: str) -> bool:
     """Whether ``path`` is envd's or the code interpreter's (token-authenticated) rather
-    than the control plane's."""
+    than the control plane's: under ``prefix``, or ``/files`` at the root, where the SDKs
+    send signed file URLs."""
+    if path == _FILES:
+        return True
     rest = path[len(prefix):] if path.startswith(prefix + "/") else None
-    return rest is not None and (rest == "/health" or rest.startswith(_SERVICE)
-                                 or rest.startswith("/filesystem.Filesystem/")
+    return rest is not None and (rest in ("/health", _FILES) or rest.startswith(_SERVICES)
                                  or interpreter.is_interpreter_path(rest))
 
 
 class TokenAuth:
     """Authentication for envd's paths (an :data:`corral.server.auth.Alternative`): the
     sandbox's ``X-Access-Token``, compared in constant time (the code interpreter's: see
-    :func:`.interpreter.refusal`). The caller is the sandbox's tenant; the rate limits key
-    on the sandbox."""
+    :func:`.interpreter.refusal`), or on ``/files`` a URL signature made with it
+    (:func:`.signing.signed_by`; envd lets those through without the token). The caller is
+    the sandbox's tenant; the rate limits key on the sandbox."""
 
     def __init__(self, prefix: str, tokens: Tokens, sandboxes: SandboxService) -> None:
         self.prefix = prefix
@@ -97,6 +106,10 @@ class TokenAuth:
         headers = Headers(scope=scope)
         sandbox_id = headers.get("e2b-sandbox-id", "")
         token = headers.get("x-access-token", "")
+        if scope["path"].endswith(_FILES) and not token:
+            return self._signed(scope, sandbox_id)
+        if scope["path"] == _FILES:
+            return "at the root, /files takes signed URLs only; send the rest under " + self.prefix
         if not sandbox_id or len(sandbox_id) > _MAX_ID:
             return ("no E2b-Sandbox-Id header: envd calls name their sandbox (set "
                     "E2B_SANDBOX_URL and use the sandbox object the SDK returned)")
@@ -114,6 +127,30 @@ class TokenAuth:
         scope[SANDBOX_SCOPE] = sandbox_id  # for the access log and the audit trail
         return KeyRef(id=f"e2b-sandbox:{sandbox_id}",
                       tenant=self.sandboxes.owner(sandbox_id) or "")
+
+    def _signed(self, scope: Scope, sandbox_id: str) -> KeyRef | str:
+        """A signed file URL's sandbox: the one it names, else the live one whose token
+        made the signature (at most MAX_SIGNED_SCAN tried)."""
+        query = QueryParams(scope.get("query_string", b""))
+        if "signature" not in query:
+            return ("no X-Access-Token header or signature: envd's /files takes the "
+                    "sandbox's envdAccessToken or a signed URL (download_url, upload_url)")
+        if sandbox_id:
+            candidates: Iterable[str] = [sandbox_id[:_MAX_ID]]
+        else:
+            live = self.sandboxes.live_ids()
+            if len(live) > signing.MAX_SIGNED_SCAN:
+                return (f"more than {signing.MAX_SIGNED_SCAN} sandboxes are live: a signed URL "
+                        "must name its sandbox (E2b-Sandbox-Id header)")
+            candidates = sorted(live)
+        try:
+            found = signing.signed_by(query, scope.get("method", "GET"), candidates,
+                                    self.tokens.envd)
+        except InvalidArgumentError as exc:
+            return exc.message
+        scope[SANDBOX_SCOPE] = found
+        scope[signing.SIGNED_SCOPE] = True
+        return KeyRef(id=f"e2b-sandbox:{found}", tenant=self.sandboxes.owner(found) or "")
 
 
 def _sandbox(request: Request) -> tuple[str, str] | None:

@@ -20,8 +20,6 @@ import hashlib
 import hmac
 import json
 import math
-import os
-import secrets
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -33,11 +31,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from corral.api import models as corral
 from corral.api.errors import InvalidArgumentError
 
+from ..secret import load_or_make
 from . import connect, models
 
-#: What the create answer claims: no envd is served yet, and 0.5.2 is below every gate
-#: of an SDK feature that needs a newer one (docs/research/e2b-protocol.md §5.9, §9).
-ENVD_VERSION: Final = "0.5.2"
+#: What the create answer claims: 0.6.4, the highest gate in the SDKs (docs/research/
+#: e2b-protocol.md §5.9). What the SDK then does by itself (a default user, octet-stream
+#: uploads of file-like and iterable data, close_stdin) is served; what the gates above
+#: 0.5.7 unlock is asked for per call (file metadata, watch options) and refused per call
+#: where Corral lacks it.
+ENVD_VERSION: Final = "0.6.4"
 #: E2B's ``clientID`` is the node that runs the sandbox; Corral has one.
 CLIENT_ID: Final = "corral"
 #: E2B's stock templates, started as Corral's default image.
@@ -49,13 +51,15 @@ E2bState = Literal["running", "paused"]
 _STATES: Final[dict[str, E2bState]] = {"starting": "running", "running": "running",
                                        "paused": "paused"}
 MAX_PAGE: Final = 100
+#: Where the SDKs send signed file URLs: envd's ``/files`` at the server's root, the
+#: mount's prefix dropped (docs/research/e2b-protocol.md §5.7).
+SIGNED_FILES: Final = "/files"
 #: E2B's "all traffic" entry: in ``denyOut`` it leaves only ``allowOut`` reachable.
 ALL_TRAFFIC: Final = frozenset({"0.0.0.0/0", "::/0"})
 _EVERYWHERE: Final = ["0.0.0.0/0", "::/0"]
 #: Network fields of E2B that Corral has no equivalent of: a request naming one is refused.
 _UNSUPPORTED_NETWORK: Final = ("dnsServers", "egressProxy", "maskRequestHost", "httpsPorts",
                                "rules")
-_SECRET_BYTES: Final = 32
 
 
 def image_of(template: str) -> tuple[str, str | None]:
@@ -81,7 +85,7 @@ class Tokens:
 
     def _key(self) -> bytes:
         if self._secret is None:
-            self._secret = _load_or_make(self._path)
+            self._secret = load_or_make(self._path)
         return self._secret
 
     def envd(self, sandbox_id: str) -> str:
@@ -93,23 +97,6 @@ class Tokens:
     def _derive(self, use: str, sandbox_id: str) -> str:
         return hmac.new(self._key(), f"{use}:{sandbox_id}".encode(),
                         hashlib.sha256).hexdigest()
-
-
-def _load_or_make(path: Path) -> bytes:
-    try:
-        secret = path.read_bytes()
-    except FileNotFoundError:
-        secret = b""
-    if len(secret) == _SECRET_BYTES:
-        return secret
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fresh = secrets.token_bytes(_SECRET_BYTES)
-    temp = path.with_name(path.name + ".tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(fresh)
-    os.replace(temp, path)
-    return fresh
 
 
 def listed(info: corral.SandboxInfo) -> models.ListedSandbox:
@@ -202,7 +189,8 @@ def _decode_token(token: str) -> tuple[str, str]:
 
 
 class ErrorShape:
-    """ASGI middleware: answers under ``prefix`` that are errors get E2B's body.
+    """ASGI middleware: answers under ``prefix`` (and on :data:`SIGNED_FILES`, where the
+    SDKs' signed file URLs land) that are errors get E2B's body.
 
     It sits outside every refusing layer (server cap, header bound, authentication,
     rate limits, body bound) and the routes, so 401, 413, 429, 503 and an unknown path's
@@ -219,7 +207,8 @@ class ErrorShape:
         if scope["type"] != "http":
             return False
         path: str = scope["path"]
-        return path == self.prefix or path.startswith(self.prefix + "/")
+        return (path == self.prefix or path.startswith(self.prefix + "/")
+                or path == SIGNED_FILES)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self._applies(scope):

@@ -18,10 +18,10 @@ Corral's own (:meth:`corral.node.NodeFiles.watch`, inotify inside the sandbox):
 
 ``FilesystemEvent`` carries ``name`` (relative to the watched directory) and ``type``;
 Corral's ``overflow`` marker has no E2B counterpart and is not sent. ``includeEntry``
-(envd 0.6.3) and ``allowNetworkMounts`` (0.6.4) are refused (``unimplemented``): the
-claimed envd version makes the SDKs refuse both first. Relative paths resolve against
-the sandbox's working directory, as Corral's file API does; the watch runs as the agent
-(whatever ``Authorization: Basic`` names).
+(envd 0.6.3) and ``allowNetworkMounts`` (0.6.4) are refused (``unimplemented``), which
+the SDKs (that see envd 0.6.4 claimed) raise as ``SandboxException``. Relative paths start
+at the home of the user ``Authorization: Basic`` names (E2B's ``user`` by default), as
+for envd's other file calls (:mod:`.users`); the watch itself runs as the agent.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from corral.api.models import WatchEvent
 from corral.node import NodeWatch
 
 from ..services import SandboxService
-from . import connect, envd
+from . import connect, envd, users
 from .connect import ConnectError
 
 router = APIRouter()
@@ -93,6 +93,9 @@ def _event(event: WatchEvent) -> dict[str, Any] | None:
 async def _open(request: Request, tenant: str, sandbox_id: str,
                 message: dict[str, Any]) -> NodeWatch:
     path, recursive = _request(message)
+    if not path.startswith("/"):  # the user's home, as for envd's other file calls
+        accounts = await users.load(request.app.state.files, tenant, sandbox_id)
+        path = accounts.named(envd._basic_user(request.headers)).resolve(path)
     sandboxes: SandboxService = request.app.state.sandboxes
     sandbox = await sandboxes.owned(tenant, sandbox_id, "a watch")
     return await sandbox.files.watch(path, recursive)

@@ -1,10 +1,12 @@
 """``/v1/sandboxes/{id}/files``: streamed download (GET) and upload (PUT) of one file,
-and ``list``, ``stat``, ``exists``, ``mkdir``, ``rename``, DELETE, and ``watch`` (a
-directory's changes as NDJSON)."""
+``list``, ``stat``, ``exists``, ``mkdir``, ``rename``, DELETE, ``watch`` (a directory's
+changes as NDJSON), and ``signed-urls``: a download or upload that needs no key
+(:mod:`corral.server.file_urls`)."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -17,9 +19,10 @@ from corral.api.limits import (DEFAULT_WATCH_LIFETIME, MAX_LIST_DEPTH, MAX_PATH,
                                MAX_WATCH_LIFETIME)
 
 from ..auth import Tenant
+from ..file_urls import FileUrls
 from ..openapi import errors
 from . import aca
-from ._deps import Files, SandboxId
+from ._deps import Files, Sandboxes, SandboxId
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/files", tags=["files"])
 FilePath = Annotated[str, Query(min_length=1, max_length=MAX_PATH)]
@@ -50,10 +53,13 @@ RAW_BODY = {"requestBody": {"required": True, "content": {"application/octet-str
 
 @router.put("", openapi_extra=RAW_BODY)
 async def upload(sandbox_id: SandboxId, path: FilePath, request: Request, tenant: Tenant,
-                 service: Files, mode: Annotated[int, Query(ge=0, le=0o7777)] = 0o644
+                 service: Files, mode: Annotated[int, Query(ge=0, le=0o7777)] = 0o644,
+                 user: Annotated[str | None, Query(min_length=1, max_length=64)] = None
                  ) -> models.WriteResult:
-    """The raw request body becomes the file, written atomically (parents created)."""
-    return await service.write(tenant, sandbox_id, path, request.stream(), mode)
+    """The raw request body becomes the file, written atomically (parents created).
+    ``user`` (a name or uid of the image) owns the file and the parents created."""
+    owner: str | int | None = int(user) if user is not None and user.isdigit() else user
+    return await service.write(tenant, sandbox_id, path, request.stream(), mode, owner)
 
 
 @router.delete("", status_code=204)
@@ -95,6 +101,17 @@ async def rename(sandbox_id: SandboxId, body: models.Rename, tenant: Tenant,
     return Response(status_code=204)
 
 
+@router.post("/signed-urls", status_code=201)
+async def signed_url(sandbox_id: SandboxId, body: models.FileUrlRequest, request: Request,
+                     tenant: Tenant, sandboxes: Sandboxes) -> models.SignedUrl:
+    """A URL that downloads (GET) or uploads (PUT) ``path`` with no key until it expires."""
+    await sandboxes.describe(tenant, sandbox_id)  # the tenant's, or 404
+    urls: FileUrls = request.app.state.file_urls
+    user = None if body.user is None else str(body.user)
+    query, expires = urls.query(sandbox_id, body.operation, body.path, user, body.expires_in)
+    base = str(request.base_url).rstrip("/")
+    return models.SignedUrl(url=f"{base}/v1/sandboxes/{sandbox_id}/files?{query}",
+                            expires_at=datetime.fromtimestamp(expires, UTC))
 @router.get("/watch", response_class=StreamingResponse, responses={
     200: {"description": "NDJSON: one WatchEvent per line as changes happen (names "
                          "relative to `path`), or an `error` line last; the stream ends "

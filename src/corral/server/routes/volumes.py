@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Scope
 
 from corral.api import models
-from corral.api.errors import ErrorCode
+from corral.api.errors import ErrorCode, InvalidArgumentError
 from corral.api.limits import MAX_LIST_DEPTH, MAX_PATH
 
 from ..auth import Tenant
@@ -19,6 +19,8 @@ from ..openapi import errors
 from ..services.volumes import VolumeService
 from .files import RAW_BODY
 
+_NO_USER = ("a volume's files belong to no sandbox user: leave user out (it applies to "
+            "a sandbox's files)")
 router = APIRouter(prefix="/v1/volumes", tags=["volumes"])
 VolumeName = Annotated[str, Path(min_length=1, max_length=64)]
 FilePath = Annotated[str, Query(min_length=1, max_length=MAX_PATH)]
@@ -74,9 +76,12 @@ async def download(name: VolumeName, path: FilePath, tenant: Tenant,
 
 @router.put("/{name}/files", openapi_extra=RAW_BODY, responses=errors(ErrorCode.NOT_FOUND))
 async def upload(name: VolumeName, path: FilePath, request: Request, tenant: Tenant,
-                 service: Volumes, mode: Annotated[int, Query(ge=0, le=0o777)] = 0o644
+                 service: Volumes, mode: Annotated[int, Query(ge=0, le=0o777)] = 0o644,
+                 user: Annotated[str | None, Query(max_length=64)] = None
                  ) -> models.WriteResult:
     """The raw request body becomes the file (parents created)."""
+    if user is not None:
+        raise InvalidArgumentError(_NO_USER)
     return await service.write(tenant, name, path, request.stream(), mode)
 
 
@@ -104,4 +109,6 @@ async def stat(name: VolumeName, path: FilePath, tenant: Tenant, service: Volume
 @router.post("/{name}/files/mkdir", responses=errors(ErrorCode.NOT_FOUND))
 async def mkdir(name: VolumeName, body: models.MakeDir, tenant: Tenant, service: Volumes
                 ) -> models.Created:
+    if body.user is not None:
+        raise InvalidArgumentError(_NO_USER)
     return await service.mkdir(tenant, name, body.path)

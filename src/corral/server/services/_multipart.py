@@ -5,7 +5,7 @@ its uploads with a ``Content-Type: application/json`` header left over from an e
 so the boundary is read from the body's first line when the header does not give one. A
 boundary the header does give must be the one the body uses.
 
-Bounds: part headers 16 KiB, at most 16 parts before the file part; the file's bytes
+Bounds: part headers 16 KiB, at most 16 parts (or the caller's bound); the files' bytes
 stream out as they arrive (the sandbox's disk bounds them). Nothing is interpreted but the
 ``Content-Disposition`` header's ``name``, ``filename`` and ``filename*``.
 """
@@ -78,6 +78,16 @@ class _Reader:
 async def file_part(chunks: AsyncIterator[bytes], content_type: str,
                     field: str = "file") -> FilePart:
     """The first part named ``field`` that carries a filename."""
+    async for part in file_parts(chunks, content_type, field, max_parts=MAX_PARTS):
+        return part
+    raise _bad(f"no part named {field!r} with a filename")
+
+
+async def file_parts(chunks: AsyncIterator[bytes], content_type: str, field: str = "file",
+                     max_parts: int = MAX_PARTS) -> AsyncIterator[FilePart]:
+    """Each part named ``field`` that carries a filename, in order, among at most
+    ``max_parts`` parts; other parts are skipped. A part's content is read by the caller
+    before it asks for the next (what it left unread is skipped then)."""
     reader = _Reader(chunks)
     declared = _HEADER_BOUNDARY.search(content_type or "")
     first = await reader.until(b"\r\n", MAX_HEAD, "the first line")
@@ -94,18 +104,22 @@ async def file_part(chunks: AsyncIterator[bytes], content_type: str,
     if not _BOUNDARY.match(boundary):
         raise _bad("the boundary is not a valid one")
     delimiter = b"\r\n--" + boundary
-    for _ in range(MAX_PARTS):
+    for _ in range(max_parts):
         head = await reader.until(b"\r\n\r\n", MAX_HEAD, "a part's headers")
         name, filename = _disposition(head)
         if name == field and filename is not None:
-            return FilePart(filename, _content(reader, delimiter))
-        await reader.until(delimiter, MAX_SKIPPED, "a part before the file")
+            content = _content(reader, delimiter)
+            yield FilePart(filename, content)
+            async for _unread in content:
+                pass
+        else:
+            await reader.until(delimiter, MAX_SKIPPED, "a part before the file")
         while len(reader.buffer) < 2 and await reader.fill():
             pass
         if reader.buffer.startswith(b"--"):
-            break  # the closing boundary
+            return  # the closing boundary
         await reader.until(b"\r\n", MAX_HEAD, "a boundary line")
-    raise _bad(f"no part named {field!r} with a filename")
+    raise _bad(f"it has more than {max_parts} parts")
 
 
 async def _content(reader: _Reader, delimiter: bytes) -> AsyncIterator[bytes]:
@@ -115,7 +129,7 @@ async def _content(reader: _Reader, delimiter: bytes) -> AsyncIterator[bytes]:
         if found >= 0:
             if found:
                 yield bytes(reader.buffer[:found])
-            del reader.buffer[:]
+            del reader.buffer[:found + len(delimiter)]
             return
         if len(reader.buffer) > keep:
             cut = len(reader.buffer) - keep

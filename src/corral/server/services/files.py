@@ -38,9 +38,10 @@ class FileService:
         return _prefixed(first, chunks, self._sandboxes, sandbox_id)
 
     async def write(self, tenant: str, sandbox_id: str, path: str,
-                    chunks: AsyncIterable[bytes], mode: int) -> models.WriteResult:
+                    chunks: AsyncIterable[bytes], mode: int,
+                    user: str | int | None = None) -> models.WriteResult:
         async with self._using(tenant, sandbox_id) as sandbox:
-            size = await sandbox.files.write(path, chunks, mode)
+            size = await sandbox.files.write(path, chunks, mode, user=user)
         return models.WriteResult(path=path, size=size)
 
     async def list(self, tenant: str, sandbox_id: str, path: str,
@@ -59,7 +60,8 @@ class FileService:
     async def mkdir(self, tenant: str, sandbox_id: str, request: models.MakeDir
                     ) -> models.Created:
         sandbox = await self._sandboxes.owned(tenant, sandbox_id, "a file call")
-        return models.Created(created=await sandbox.files.mkdir(request.path, request.parents))
+        return models.Created(created=await sandbox.files.mkdir(
+            request.path, request.parents, user=request.user))
 
     async def remove(self, tenant: str, sandbox_id: str, path: str, recursive: bool) -> None:
         async with self._using(tenant, sandbox_id) as sandbox:
