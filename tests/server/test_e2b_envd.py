@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -288,3 +289,65 @@ def test_process_calls_are_audited_for_the_sandboxes_tenant(
     assert all(e["tenant"] == "alpha" for e in events)
     assert [e["key_id"] for e in events if e["action"] != "sandbox.create"] == [
         f"e2b-sandbox:{sid}"] * 2
+
+
+def test_stream_input_is_typed_in_as_it_arrives(server: Server, box: dict[str, Any]) -> None:
+    """A ``StreamInput`` client stream reaches the process message by message, while the
+    stream is still open (not once the client has sent it all)."""
+    replied = threading.Event()
+    seen: list[str] = []
+
+    def follow(pid_box: list[int], started: threading.Event) -> None:
+        with envd(server, box) as client, client.stream(
+                "POST", "/process.Process/Start", headers=STREAM,
+                content=connect.envelope({"process": {
+                    "cmd": "/bin/bash", "args": ["-c", "read x; echo got $x; read y"]},
+                    "stdin": True})) as answer:
+            buffer = b""
+            for chunk in answer.iter_bytes():
+                buffer += chunk
+                whole = _whole_envelopes(buffer)
+                frames, buffer = connect.read_envelopes(buffer[:whole]), buffer[whole:]
+                for _, message in frames:
+                    event = message.get("event", {})
+                    if "start" in event and not pid_box:
+                        pid_box.append(int(event["start"]["pid"]))
+                        started.set()
+                    data = event.get("data", {}).get("stdout")
+                    if data:
+                        seen.append(base64.b64decode(data).decode())
+                        if "got hello" in "".join(seen):
+                            replied.set()
+
+    pid: list[int] = []
+    started = threading.Event()
+    follower = threading.Thread(target=follow, args=(pid, started), daemon=True)
+    follower.start()
+    assert started.wait(60), "the process did not start"
+
+    def body() -> Iterator[bytes]:
+        yield connect.envelope({"start": {"process": {"pid": pid[0]}}})
+        yield connect.envelope({"data": {"input": {"stdin": base64.b64encode(b"hello\n")
+                                                   .decode()}}})
+        # Only once the process has answered the first line does the stream go on.
+        assert replied.wait(60), f"the input was held back while the stream was open: {seen}"
+        yield connect.envelope({"data": {"input": {"stdin": base64.b64encode(b"bye\n")
+                                                   .decode()}}})
+
+    with envd(server, box) as client:
+        answer = client.post("/process.Process/StreamInput", headers=STREAM, content=body())
+    assert answer.status_code == 200, answer.text
+    assert connect.read_envelopes(answer.content)[-1][0] == connect.END_STREAM
+    follower.join(60)
+    assert "".join(seen) == "got hello\n" and not follower.is_alive()
+
+
+def _whole_envelopes(data: bytes) -> int:
+    """How many leading bytes of ``data`` are whole envelopes."""
+    at = 0
+    while len(data) - at >= 5:
+        length = int.from_bytes(data[at + 1:at + 5], "big")
+        if len(data) - at - 5 < length:
+            break
+        at += 5 + length
+    return at

@@ -58,8 +58,13 @@ __all__ = ["AUDITED", "PREFIX", "ErrorShape", "TokenAuth", "create_app",
 
 
 def is_upload(scope: Scope) -> bool:
-    """Whether a request is an E2B file upload (exempt from the whole-body bounds)."""
-    return files.is_upload(scope, PREFIX)
+    """Whether a request's body is read as it comes, by its route, under bounds of its own
+    (exempt from the whole-body ones): an E2B file upload (the sandbox's disk bounds it),
+    or ``StreamInput``'s client stream (each envelope bounded; input typed in as it
+    arrives, for as long as the process runs)."""
+    return files.is_upload(scope, PREFIX) or (
+        scope.get("method") == "POST"
+        and scope.get("path") == f"{PREFIX}/process.Process/StreamInput")
 
 
 def create_app(sandboxes: SandboxService, commands: CommandService, files_: FileService,
