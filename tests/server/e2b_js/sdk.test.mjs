@@ -2,7 +2,7 @@
 // E2B_SANDBOX_URL and E2B_API_KEY come from tests/server/test_e2b_js.py.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { CommandExitError, NotFoundError, Sandbox } from 'e2b'
+import { CommandExitError, FileNotFoundError, NotFoundError, Sandbox } from 'e2b'
 import { Sandbox as CodeSandbox } from '@e2b/code-interpreter'
 
 const tag = process.env.CORRAL_TEST_TAG
@@ -55,6 +55,32 @@ test('commands: run, exit codes, env, cwd, user, background and stdin', async ()
     const reader = await sbx.commands.run('read x; echo got $x', { background: true, stdin: true })
     await sbx.commands.sendStdin(reader.pid, 'hello\n')
     assert.equal((await reader.wait()).stdout, 'got hello\n')
+  } finally {
+    await sbx.kill()
+  }
+})
+
+test('files: write, read, list, info, make_dir, rename, remove', async () => {
+  const sbx = await Sandbox.create({ metadata: { suite: tag }, timeoutMs: 120_000 })
+  try {
+    const written = await sbx.files.write('notes/a.txt', 'hello')
+    assert.equal(written.path, '/home/user/notes/a.txt')
+    assert.equal(await sbx.files.read('notes/a.txt'), 'hello')
+    const bytes = await sbx.files.read('/home/user/notes/a.txt', { format: 'bytes' })
+    assert.deepEqual(Array.from(bytes), Array.from(Buffer.from('hello')))
+    await sbx.files.write([{ path: '/tmp/m/1.txt', data: 'one' }, { path: '/tmp/m/2.txt', data: 'two' }])
+    const listed = (await sbx.files.list('/tmp/m')).map((e) => e.name).sort()
+    assert.deepEqual(listed, ['1.txt', '2.txt'])
+    const info = await sbx.files.getInfo('notes/a.txt')
+    assert.deepEqual([info.name, info.type, info.size, info.owner], ['a.txt', 'file', 5, 'user'])
+    assert.equal(await sbx.files.makeDir('/tmp/d'), true)
+    assert.equal(await sbx.files.makeDir('/tmp/d'), false)
+    const moved = await sbx.files.rename('/tmp/m/1.txt', '/tmp/d/1.txt')
+    assert.equal(moved.path, '/tmp/d/1.txt')
+    assert.equal(await sbx.files.exists('/tmp/m/1.txt'), false)
+    await sbx.files.remove('/tmp/d')
+    assert.equal(await sbx.files.exists('/tmp/d'), false)
+    await assert.rejects(sbx.files.read('/nope'), FileNotFoundError)
   } finally {
     await sbx.kill()
   }
