@@ -45,6 +45,7 @@ from ..services import CommandService, SandboxService
 from ..store import KeyRef
 from . import connect, interpreter, signing
 from .connect import ConnectError
+from .dataplane import not_found, sandbox_of
 from .mapping import Tokens
 
 router = APIRouter()
@@ -153,37 +154,19 @@ class TokenAuth:
         return KeyRef(id=f"e2b-sandbox:{found}", tenant=self.sandboxes.owner(found) or "")
 
 
-def _sandbox(request: Request) -> tuple[str, str] | None:
-    """(tenant, sandbox id) of a live sandbox the token was for, else None."""
-    sandbox_id = request.headers.get("e2b-sandbox-id", "")
-    tenant = request.scope.get("corral.tenant")
-    service: SandboxService = request.app.state.sandboxes
-    owner = service.owner(sandbox_id)
-    if not sandbox_id or not tenant or owner != tenant:
-        return None
-    return tenant, sandbox_id
-
-
-def _not_found(request: Request) -> JSONResponse:
-    """E2B's proxy answer for a sandbox it does not know (any more)."""
-    sandbox_id = request.headers.get("e2b-sandbox-id", "")[:_MAX_ID]
-    return JSONResponse({"code": 502, "message": f"The sandbox {sandbox_id} was not found"},
-                        status_code=502)
-
-
 @router.get("/health", status_code=204)
 async def health(request: Request) -> Response:
     """204 while the sandbox is live (paused counts: any call resumes it), else 502."""
-    if _sandbox(request) is None:
-        return _not_found(request)
+    if sandbox_of(request) is None:
+        return not_found(request)
     return Response(status_code=204)
 
 
 async def process(method: str, request: Request) -> Response:
     """One call of envd's process service; errors are Connect's."""
-    found = _sandbox(request)
+    found = sandbox_of(request)
     if found is None:
-        return _not_found(request)
+        return not_found(request)
     commands: CommandService = request.app.state.commands
     call = _Call(commands, found[0], found[1], request.headers)
     # StreamInput's body is read as it comes (a client stream); every other one whole.

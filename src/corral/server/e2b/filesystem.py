@@ -40,7 +40,7 @@ from ..services import FileService, SandboxService
 from . import connect, users
 from .connect import ConnectError
 from .envd import _basic_user as basic_user
-from .envd import _not_found as not_found
+from .dataplane import not_found
 
 router = APIRouter()
 SERVICE: Final = "/filesystem.Filesystem/"

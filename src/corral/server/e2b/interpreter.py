@@ -41,8 +41,8 @@ from corral.api import models as corral
 from corral.api.errors import InvalidArgumentError, error_from_code
 from corral.api.limits import MAX_CODE
 
-from ..services import SandboxService
 from ..services.code import CodeService
+from .dataplane import not_found, sandbox_of
 from .mapping import Tokens
 
 router = APIRouter()
@@ -221,23 +221,6 @@ async def _ndjson(events: AsyncIterator[corral.CodeEvent]) -> AsyncIterator[byte
 
 # -- routes --------------------------------------------------------------------------------
 
-def _sandbox(request: Request) -> tuple[str, str] | None:
-    """(tenant, sandbox id) of the live sandbox the token was for, else None (as envd's)."""
-    sandbox_id = request.headers.get("e2b-sandbox-id", "")
-    tenant = request.scope.get("corral.tenant")
-    service: SandboxService = request.app.state.sandboxes
-    if not sandbox_id or not tenant or service.owner(sandbox_id) != tenant:
-        return None
-    return tenant, sandbox_id
-
-
-def _not_found(request: Request) -> JSONResponse:
-    """E2B's proxy answer for a sandbox it does not know (any more)."""
-    sandbox_id = request.headers.get("e2b-sandbox-id", "")[:_MAX_ID]
-    return JSONResponse({"code": 502, "message": f"The sandbox {sandbox_id} was not found"},
-                        status_code=502)
-
-
 def _code(request: Request) -> CodeService:
     # Stateless over the sandbox service: made here rather than handed to the sub-app.
     return CodeService(request.app.state.sandboxes)
@@ -249,9 +232,9 @@ ContextId = Annotated[str, Path(max_length=_MAX_ID)]
 @router.post("/execute", response_model=None)
 async def execute(request: Request, body: Execute) -> Response:
     """Run a cell and stream its output as E2B's NDJSON lines."""
-    found = _sandbox(request)
+    found = sandbox_of(request)
     if found is None:
-        return _not_found(request)
+        return not_found(request)
     events = await _code(request).events(*found, run_request(body))
     return StreamingResponse(_ndjson(events), media_type=NDJSON,
                              headers={"Cache-Control": "no-store"})
@@ -259,35 +242,35 @@ async def execute(request: Request, body: Execute) -> Response:
 
 @router.post("/contexts", response_model=None)
 async def create_context(request: Request, body: NewContext) -> Response:
-    found = _sandbox(request)
+    found = sandbox_of(request)
     if found is None:
-        return _not_found(request)
+        return not_found(request)
     created = await _code(request).create_context(*found, context_request(body))
     return JSONResponse(context_json(created))
 
 
 @router.get("/contexts", response_model=None)
 async def list_contexts(request: Request) -> Response:
-    found = _sandbox(request)
+    found = sandbox_of(request)
     if found is None:
-        return _not_found(request)
+        return not_found(request)
     listed = await _code(request).list_contexts(*found)
     return JSONResponse([context_json(c) for c in listed.contexts])
 
 
 @router.post("/contexts/{context_id}/restart", response_model=None)
 async def restart_context(context_id: ContextId, request: Request) -> Response:
-    found = _sandbox(request)
+    found = sandbox_of(request)
     if found is None:
-        return _not_found(request)
+        return not_found(request)
     await _code(request).restart_context(*found, context_id)
     return Response(status_code=204)
 
 
 @router.delete("/contexts/{context_id}", response_model=None)
 async def delete_context(context_id: ContextId, request: Request) -> Response:
-    found = _sandbox(request)
+    found = sandbox_of(request)
     if found is None:
-        return _not_found(request)
+        return not_found(request)
     await _code(request).delete_context(*found, context_id)
     return Response(status_code=204)

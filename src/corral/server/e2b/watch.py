@@ -46,6 +46,7 @@ from corral.node import NodeWatch
 from ..services import SandboxService
 from . import connect, envd, users
 from .connect import ConnectError
+from .dataplane import not_found, sandbox_of
 
 router = APIRouter()
 SERVICE: Final = "/filesystem.Filesystem/"
@@ -105,9 +106,9 @@ async def _open(request: Request, tenant: str, sandbox_id: str,
 
 async def watch_dir(request: Request) -> Response:
     """``filesystem.Filesystem/WatchDir``: the watch's events as a Connect stream."""
-    found = envd._sandbox(request)
+    found = sandbox_of(request)
     if found is None:
-        return envd._not_found(request)
+        return not_found(request)
     try:
         message = connect.read_single(await request.body())
         deadline = connect.timeout_ms(request.headers.get("connect-timeout-ms"))
@@ -283,9 +284,9 @@ METHODS: Final[dict[str, Unary]] = {
 
 async def unary(method: str, request: Request) -> Response:
     """One call of a unary watcher method; errors are Connect's."""
-    found = envd._sandbox(request)
+    found = sandbox_of(request)
     if found is None:
-        return envd._not_found(request)
+        return not_found(request)
     watchers: Watchers = request.app.state.watchers
     try:
         message = connect.read_unary(await request.body())
