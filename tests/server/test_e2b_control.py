@@ -8,6 +8,7 @@ The real SDKs run against the same server in test_e2b_sdk.py.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -47,6 +48,20 @@ def assert_e2b_error(response: httpx.Response, status: int) -> str:
     assert body["code"] == status, body
     assert isinstance(body["message"], str) and body["message"]
     return str(body["message"])
+
+
+@contextlib.contextmanager
+def e2b_sandbox(server: Server, template: str = "base") -> Iterator[dict[str, Any]]:
+    """A sandbox of tenant alpha's made through E2B's create (killed after): the create
+    answer, with its id and tokens."""
+    with e2b_client(server, server.key) as control:
+        created = control.post("/v2/sandboxes", json={"templateID": template})
+        assert created.status_code == 201, created.text
+        body: dict[str, Any] = created.json()
+        try:
+            yield body
+        finally:
+            control.delete(f"/sandboxes/{body['sandboxID']}")
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 from corral.server.e2b import connect
 
 from .conftest import Server
-from .test_e2b_control import assert_e2b_error, e2b_client
+from .test_e2b_control import assert_e2b_error, e2b_client, e2b_sandbox
 
 STREAM = {"Content-Type": connect.STREAM_TYPE, "Connect-Protocol-Version": "1"}
 
@@ -27,14 +27,8 @@ STREAM = {"Content-Type": connect.STREAM_TYPE, "Connect-Protocol-Version": "1"}
 @pytest.fixture
 def box(server: Server) -> Iterator[dict[str, Any]]:
     """A sandbox of tenant alpha's made through E2B's create: its id and envd token."""
-    with e2b_client(server, server.key) as control:
-        created = control.post("/v2/sandboxes", json={"templateID": "base"})
-        assert created.status_code == 201, created.text
-        body: dict[str, Any] = created.json()
-        try:
-            yield body
-        finally:
-            control.delete(f"/sandboxes/{body['sandboxID']}")
+    with e2b_sandbox(server, "base") as body:
+        yield body
 
 
 def envd(server: Server, sandbox: dict[str, Any], token: str | None = None) -> httpx.Client:

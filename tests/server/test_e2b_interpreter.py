@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from .conftest import Server
-from .test_e2b_control import assert_e2b_error, e2b_client
+from .test_e2b_control import assert_e2b_error, e2b_client, e2b_sandbox
 from .test_e2b_sdk import sdk_python
 
 DRIVER = Path(__file__).with_name("e2b_interpreter_drive.py")
@@ -31,14 +31,8 @@ PNG_SIGNATURE = "89504e470d0a1a0a"
 def box(server: Server) -> Iterator[dict[str, Any]]:
     """A sandbox of tenant alpha's made through E2B's create, as the code interpreter SDK
     makes it: its id and tokens."""
-    with e2b_client(server, server.key) as control:
-        created = control.post("/v2/sandboxes", json={"templateID": "code-interpreter-v1"})
-        assert created.status_code == 201, created.text
-        body: dict[str, Any] = created.json()
-        try:
-            yield body
-        finally:
-            control.delete(f"/sandboxes/{body['sandboxID']}")
+    with e2b_sandbox(server, "code-interpreter-v1") as body:
+        yield body
 
 
 def jupyter(server: Server, box: dict[str, Any], **tokens: str) -> httpx.Client:
