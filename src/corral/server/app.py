@@ -122,7 +122,8 @@ def create_app(settings: ServerSettings, *,
     if settings.e2b:
         tokens = e2b.mapping.Tokens(settings.node.data_dir / "e2b-token-secret")
         app.mount(e2b.PREFIX, e2b.create_app(sandbox_service, app.state.commands, tokens,
-                                             snapshots, internet=settings.e2b_internet))
+                                             snapshots, internet=settings.e2b_internet,
+                                             public_images=images.public))
         extra_routes = e2b.templates()
         e2b_auth = e2b.TokenAuth(e2b.PREFIX, tokens, sandbox_service)
     # Logs, metrics, limits, authentication, audit, body bounds: see middleware.py.

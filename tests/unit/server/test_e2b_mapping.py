@@ -70,3 +70,14 @@ def test_snapshot_pages_follow_their_tokens_to_the_end() -> None:
     assert mapping.snapshot_page(items, 5, None) == (items, None)
     with pytest.raises(InvalidArgumentError, match="nextToken"):
         mapping.snapshot_page(items, 2, "snap-ffffffffffffffff")
+
+
+def test_templates_name_images() -> None:
+    # code-interpreter-v1 gets the image with E2B's other kernels where it is built.
+    built = ["python", "minimal", "code-interpreter"]
+    assert mapping.image_of("code-interpreter-v1", built) == ("code-interpreter", None)
+    assert mapping.image_of("code-interpreter-v1", ["python"]) == ("python", None)
+    assert mapping.image_of("code-interpreter-v1") == ("python", None)
+    assert mapping.image_of("base", built) == ("python", None)
+    assert mapping.image_of("snap-abc", built) == ("python", "snap-abc")
+    assert mapping.image_of("my-env:1", built) == ("my-env:1", None)
