@@ -384,8 +384,9 @@ class Bridge:
                 continue
             if not isinstance(kernel, Kernel):
                 kernel.tick(now)
-            elif run.settle_at is not None and now >= run.settle_at:
-                self.finish(kernel)
+            elif run.settle_at is not None:  # it has ended: only its settling is left
+                if now >= run.settle_at:
+                    self.finish(kernel)
                 continue
             if run.deadline is not None and now >= run.deadline and not run.timed_out:
                 run.timed_out = True
@@ -691,8 +692,8 @@ class Bridge:
 
     def failure(self, run: Run) -> None:
         """A cell whose reply says it failed, from a kernel that sent no error for it
-        (tslab prints its errors to stderr): the error is the last stderr line that names
-        one, as ``Name: message``, with the stderr as traceback."""
+        (tslab prints its errors to stderr): the error is the first stderr line that names
+        one, as ``Name: message`` (else the first line), with the stderr as traceback."""
         if run.status == "abort":
             self.error(run, "CellAborted", "the kernel aborted the cell without running it",
                        "")
