@@ -4,8 +4,9 @@ image, behind the same kernel bridge as Python.
 
 Each language: state kept between cells, a value, printed output, the cell's error (and a
 cell right after a failed one still runs), a timeout that interrupts the cell and keeps
-the context. A sandbox of the ``python`` image refuses them, naming the image that has
-them. One sandbox per runtime serves the module; no test asserts a duration.
+the context; every kernel keeps its state across a pause. A sandbox of the ``python``
+image refuses them, naming the image that has them. One sandbox per runtime serves the
+module; no test asserts a duration.
 """
 
 from __future__ import annotations
@@ -106,6 +107,20 @@ def test_contexts_of_each_language_are_their_own(box: SyncNodeSandbox) -> None:
     with pytest.raises(InvalidArgumentError, match="runs r, not java"):
         code.run("1", context=ctx, language="java")
     code.delete_context(ctx)
+
+
+def test_every_kernel_keeps_its_state_across_a_pause(box: SyncNodeSandbox,
+                                                    node: SyncNode) -> None:
+    declare = {"r": "p <- 7", "javascript": "let p = 7", "typescript": "let p: number = 7",
+               "java": "int p = 7;"}
+    for language, code in declare.items():
+        assert box.code.run(code, language=language).error is None
+    node.pause(box.id)  # gVisor: a memory checkpoint, kernels and sockets in it
+    node.resume(box.id)
+    assert box.code.run("p * 6", language="r").results[0].text == "[1] 42"
+    assert box.code.run("p * 6", language="javascript").logs.stdout == ["42\n"]
+    assert box.code.run("p * 6", language="typescript").logs.stdout == ["42\n"]
+    assert box.code.run("p * 6", language="java").text == "42"
 
 
 def test_the_python_image_names_the_image_with_the_kernel(sandbox: SyncNodeSandbox) -> None:
