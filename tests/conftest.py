@@ -1,7 +1,8 @@
 """Shared fixtures: a node per test session, one parametrized over every working runtime.
 
 Integration tests need root, cgroups, and the ``python`` image (built on first use, which
-takes about a minute on a fresh machine and is cached under ``CORRAL_IMAGE_DIR``).
+takes about a minute on a fresh machine and is cached under ``CORRAL_IMAGE_DIR``); the
+tests of other languages' kernels the ``code-interpreter`` image, built the same way.
 """
 
 from __future__ import annotations
@@ -42,6 +43,14 @@ def python_image() -> str:
                     "are in tests/unit)")
     ImageStore(IMAGE_DIR).ensure("python", progress=lambda line: None)
     return "python"
+
+
+@pytest.fixture(scope="session")
+def code_interpreter_image(python_image: str) -> str:
+    """The image with R, JavaScript, TypeScript and Java kernels (built on first use: some
+    minutes, then cached beside ``python``)."""
+    ImageStore(IMAGE_DIR).ensure("code-interpreter", progress=lambda line: None)
+    return "code-interpreter"
 
 
 @contextmanager

@@ -26,6 +26,17 @@ ENV = ("import os, subprocess\n"
        "print(out.stdout, end='')\nos.environ.get('ONE')")
 
 
+#: For each other language: a declaration, a value, a print, an error, the value again.
+LANGUAGE_CELLS = {
+    "r": ["x <- 41", "x + 1", 'print("hi")', 'stop("boom")', "x"],
+    "javascript": ["let x = 41", "x + 1", 'console.log("hi")', 'throw new Error("boom")', "x"],
+    "typescript": ["let x: number = 41", "x + 1", 'console.log("hi")', "const s: string = 1",
+                   "x"],
+    "java": ["int x = 41;", "x + 1", 'System.out.println("hi");',
+             'throw new RuntimeException("boom");', "x"],
+}
+
+
 def refused(call: Any) -> list[str] | None:
     """The exception ``call()`` raised, as [type name, message], or None."""
     try:
@@ -77,8 +88,8 @@ def sync_flow() -> dict[str, Any]:
         seen["bash_context"] = [shell.language,
                                 sb.run_code("echo $ONE", context=shell,
                                             envs={"ONE": "1"}).logs.stdout]
-        seen["unsupported"] = [refused(lambda: sb.run_code("1", language="javascript")),
-                               refused(lambda: sb.create_code_context(language="r"))]
+        seen["unsupported"] = [refused(lambda: sb.run_code("1", language="cobol")),
+                               refused(lambda: sb.create_code_context(language="cobol"))]
 
         seen["cancelled"] = refused(lambda: sb.run_code(SLEEPER, timeout=3))
         seen["after_cancel"] = execution(sb.run_code("interrupted, x", timeout=120))
@@ -105,7 +116,7 @@ async def async_flow() -> dict[str, Any]:
         seen["listed_after"] = ctx.id in [c.id for c in await sb.list_code_contexts()]
         seen["bash"] = execution(await sb.run_code("echo $((2 + 3))", language="bash"))
         try:
-            await sb.run_code("1", language="java")
+            await sb.run_code("1", language="cobol")
             seen["unsupported"] = None
         except Exception as exc:
             seen["unsupported"] = [type(exc).__name__, str(exc)]
@@ -120,8 +131,26 @@ async def async_flow() -> dict[str, Any]:
     return seen
 
 
+def languages_flow() -> dict[str, Any]:
+    """R, JavaScript, TypeScript and Java by ``run_code(language=...)``, each context
+    removed after its cells (a sandbox's 512 MiB hold one such kernel at a time)."""
+    sb = Sandbox.create(timeout=300)
+    try:
+        seen: dict[str, Any] = {"template": sb.get_info().template_id}
+        for language, cells in LANGUAGE_CELLS.items():
+            seen[language] = [execution(sb.run_code(cell, language=language, timeout=180))
+                              for cell in cells]
+            sb.remove_code_context(f"default-{language}")
+        ctx = sb.create_code_context(language="r", cwd="/tmp")
+        seen["r_context"] = [ctx.language, sb.run_code("getwd()", context=ctx).results[0].text]
+    finally:
+        sb.kill()
+    return seen
+
+
 def main() -> None:
-    result = {"sync": sync_flow(), "async": asyncio.run(async_flow())}
+    result = {"sync": sync_flow(), "async": asyncio.run(async_flow()),
+              "languages": languages_flow()}
     print(json.dumps(result, default=str), flush=True)
     os._exit(0)  # as e2b_sdk_drive.py: e2b 2.45 can crash in interpreter finalization
 

@@ -213,3 +213,28 @@ def test_a_cells_own_env_and_a_stream_left_mid_cell(server: Server,
             assert json.loads(next(answer.iter_lines()))["text"] == "go\n"
         # Leaving interrupted the cell, and the next one waited for it to stop.
         assert http.post(base, json={"code": "stopped"}).json()["results"][0]["text"] == "True"
+
+
+def test_other_languages_through_the_api_and_sdk(server: Server,
+                                                 code_interpreter_image: str) -> None:
+    with Sandbox.create(code_interpreter_image, timeout=600, resources={"memory": "2G"},
+                        **server.sdk()) as sb:
+        ex = sb.run_code("v <- c(1, 2, 3)\nsum(v)", language="r")
+        assert ex.error is None and ex.results[0].text == "[1] 6"
+        ctx = sb.code.create_context("java")
+        assert (ctx.language, ctx.id) == ("java", ctx.id)
+        assert sb.run_code("var s = \"ab\".repeat(2);\ns", context=ctx).text == "abab"
+        seen: list[str] = []
+        ex = sb.run_code("for (const i of [1, 2]) console.log(i)", language="typescript",
+                         on_stdout=seen.append)
+        assert ex.error is None and "".join(seen) == "1\n2\n"
+        ex = sb.run_code("JSON.parse('{')", language="javascript")
+        assert ex.error is not None and ex.error.name == "SyntaxError"
+        # tslab checks JavaScript's names as TypeScript's, before it runs anything.
+        ex = sb.run_code("undefinedName + 1", language="javascript")
+        assert ex.error is not None and "Cannot find name 'undefinedName'" in ex.error.value
+        languages = sorted(c.language for c in sb.code.list_contexts())
+        assert languages == ["java", "javascript", "r", "typescript"]
+    with Sandbox.create("python", timeout=600, **server.sdk()) as sb:
+        with pytest.raises(InvalidArgumentError, match="the code-interpreter image has it"):
+            sb.run_code("1", language="java")

@@ -108,7 +108,7 @@ def test_contexts_take_the_traffic_token_alone(server: Server, box: dict[str, An
 
 
 @pytest.mark.parametrize(("body", "says"), [
-    ({"code": "1", "language": "javascript"}, "language 'javascript' is not supported"),
+    ({"code": "1", "language": "cobol"}, "language 'cobol' is not supported"),
     ({"code": "1", "language": "python", "context_id": "default"}, "exclusive"),
     ({"code": "1", "env_vars": {"A=B": "x"}}, "environment variable name"),
     ({"code": "1", "env_vars": {"A": 1}}, "env_vars"),
@@ -125,16 +125,33 @@ def test_execute_refusals_are_e2b_400s(server: Server, box: dict[str, Any],
 
 def test_context_refusals(server: Server, box: dict[str, Any]) -> None:
     with jupyter(server, box) as client:
-        for language in ("r", "java", "typescript", "javascript"):
-            answer = client.post("/contexts", json={"language": language})
-            assert_e2b_error(answer, 400)
-            assert "supported languages: python, bash" in answer.json()["message"]
+        answer = client.post("/contexts", json={"language": "cobol"})
+        assert_e2b_error(answer, 400)
+        assert "supported languages: python, bash, r, javascript, typescript, java" \
+            in answer.json()["message"]
         assert_e2b_error(client.post("/contexts", json={"cwd": "/no/such/dir"}), 404)
         assert_e2b_error(client.post("/contexts", json={"cwd": "rel\0"}), 400)
         assert_e2b_error(client.post("/contexts/ctx-0000000000000000/restart"), 404)
     gone = dict(box, sandboxID="sbx-0000000000000000")
     with jupyter(server, gone) as client:
         assert_e2b_error(client.get("/contexts"), 401)  # its token is not this one's
+
+
+def test_the_python_image_names_the_image_with_the_other_kernels(server: Server) -> None:
+    with e2b_client(server, server.key) as control:
+        base = control.post("/v2/sandboxes", json={"templateID": "base"}).json()
+        try:
+            with jupyter(server, base) as client:
+                for language in ("r", "java", "typescript", "javascript"):
+                    answer = client.post("/contexts", json={"language": language})
+                    assert_e2b_error(answer, 400)
+                    assert (f"this image has no {language} kernel" in answer.json()["message"]
+                            and "the code-interpreter image has it" in answer.json()["message"])
+                answer = client.post("/execute", json={"code": "1", "language": "r"})
+                assert_e2b_error(answer, 400)
+                assert "the code-interpreter image has it" in answer.json()["message"]
+        finally:
+            control.delete(f"/sandboxes/{base['sandboxID']}")
 
 
 def test_a_client_leaving_interrupts_the_cell(server: Server, box: dict[str, Any]) -> None:
@@ -152,7 +169,8 @@ def test_a_client_leaving_interrupts_the_cell(server: Server, box: dict[str, Any
 
 
 @pytest.mark.parametrize("version", ["2.45.1", "2.63.0"])
-def test_the_real_code_interpreter_sdk(server: Server, version: str) -> None:
+def test_the_real_code_interpreter_sdk(server: Server, version: str,
+                                       code_interpreter_image: str) -> None:
     python = sdk_python(version)
     if subprocess.run([str(python), "-c", "import e2b_code_interpreter"]).returncode:
         installed = subprocess.run(
@@ -172,7 +190,8 @@ def test_the_real_code_interpreter_sdk(server: Server, version: str) -> None:
     seen = json.loads(ran.stdout.strip().splitlines()[-1])
 
     sync = seen["sync"]
-    assert sync["template"] == "python"  # get_info names the image it started
+    # code-interpreter-v1 starts the code-interpreter image where it is built.
+    assert sync["template"] == "code-interpreter"  # get_info names the image it started
     assert sync["first"] == {"stdout": ["hi\n"], "stderr": [], "text": "42", "count": 1,
                              "error": None, "results": [["text"]]}
     assert sync["streamed"] == ["hi\n"]
@@ -209,6 +228,27 @@ def test_the_real_code_interpreter_sdk(server: Server, version: str) -> None:
     assert done["restarted"][0] == "NameError"
     assert done["bash"]["stdout"] == ["5\n"]
     assert done["unsupported"][0] == "SandboxException"
-    assert "language 'java' is not supported" in done["unsupported"][1]
+    assert "language 'cobol' is not supported" in done["unsupported"][1]
     assert done["cancelled"][0] == "TimeoutException"
     assert done["after_cancel"]["text"] == "(True, 41)"
+
+    other = seen["languages"]
+    assert other["template"] == "code-interpreter"
+    declared, value, printed, failed, again = other["r"]
+    assert declared["error"] is None and value["error"] is None
+    # IRkernel shows values as display data: a result, but not the main one (no text).
+    assert value["text"] is None and value["results"] == [["html", "latex", "markdown", "text"]]
+    assert printed["stdout"] == ['[1] "hi"\n']
+    assert failed["error"][0] == "ERROR" and "boom" in failed["error"][1]
+    assert again["results"] == value["results"]
+    for language in ("javascript", "typescript"):
+        declared, value, printed, failed, again = other[language]
+        assert declared["error"] is None and value["stdout"] == ["42\n"]  # tslab prints it
+        assert printed["stdout"] == ["hi\n"] and again["stdout"] == ["41\n"]
+    assert other["javascript"][3]["error"][:2] == ["Error", "boom"]
+    assert "not assignable to type 'string'" in other["typescript"][3]["error"][1]
+    declared, value, printed, failed, again = other["java"]
+    assert declared["error"] is None and (value["text"], value["count"]) == ("42", 2)
+    assert printed["stdout"] == ["hi\n"] and again["text"] == "41"
+    assert failed["error"][0] == "RuntimeException" and "boom" in failed["error"][1]
+    assert other["r_context"] == ["r", '[1] "/tmp"']

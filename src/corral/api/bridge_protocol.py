@@ -108,7 +108,11 @@ FAIL_CODES = frozenset({FAIL_INVALID_ARGUMENT, FAIL_NOT_FOUND, FAIL_ALREADY_EXIS
 
 LANGUAGE_PYTHON = "python"
 LANGUAGE_BASH = "bash"
-LANGUAGES = (LANGUAGE_PYTHON, LANGUAGE_BASH)
+#: Each language a Jupyter kernel runs, and the kernelspec that names it in the image
+#: (Python's is ipykernel's; the others are the ``code-interpreter`` image's).
+KERNELSPECS = {LANGUAGE_PYTHON: "python3", "r": "ir", "javascript": "jslab",
+               "typescript": "tslab", "java": "java"}
+LANGUAGES = (LANGUAGE_PYTHON, LANGUAGE_BASH, "r", "javascript", "typescript", "java")
 
 # Field kinds of :data:`EVENT_FIELDS` (their values name them in errors).
 STR = "a string"

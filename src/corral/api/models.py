@@ -688,9 +688,12 @@ KERNEL_DIED = "KernelDied"
 #: ``ExecutionError.name`` of a Bash cell whose last command exited non-zero; the value is
 #: the exit status (``"1"``). An interrupted Bash cell is ``KeyboardInterrupt`` (``"130"``).
 EXIT_STATUS = "ExitStatus"
-#: The languages a code context runs: ``python`` (ipykernel) and ``bash``.
-CODE_LANGUAGES = ("python", "bash")
-_LANGUAGE_DOC = "the context's language: " + " or ".join(CODE_LANGUAGES)
+#: The languages a code context runs: ``python`` (ipykernel) and ``bash`` in every image
+#: with Python's Jupyter; ``r``, ``javascript``, ``typescript`` and ``java`` where the
+#: image has their Jupyter kernels (the ``code-interpreter`` image).
+CODE_LANGUAGES = ("python", "bash", "r", "javascript", "typescript", "java")
+_LANGUAGE_DOC = ("the context's language: " + ", ".join(CODE_LANGUAGES)
+                 + " (the last four in images with their kernels, as code-interpreter)")
 ContextId = Annotated[str, Field(min_length=1, max_length=64)]
 
 

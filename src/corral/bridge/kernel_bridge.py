@@ -4,8 +4,10 @@ Runs inside the sandbox, on the image's ``python3``, started by the node as an o
 command with its stdin open. It imports nothing from Corral: it is run as a script from
 the read-only agent bundle, and loads its sibling :mod:`bash_shell` by path. A Python
 context is a Jupyter kernel (the image needs ``jupyter_client``, ``pyzmq`` and
-``ipykernel``); a Bash context is a persistent interactive ``bash`` (see
-:mod:`bash_shell`), which needs neither.
+``ipykernel``); an R, JavaScript, TypeScript or Java context is the Jupyter kernel of the
+image's kernelspec for it (``proto.KERNELSPECS``: the ``code-interpreter`` image has them);
+a Bash context is a persistent interactive ``bash`` (see :mod:`bash_shell`), which needs
+no Jupyter.
 
 The protocol, one JSON object per line on stdin and stdout, is
 :mod:`corral.api.bridge_protocol`, loaded by path from the bundle like the shell module.
@@ -15,8 +17,10 @@ iopub sockets, their stderr pipes, every shell's pipes), so no lock is needed an
 flooding kernel cannot starve another one's replies for long. stdout and stderr beyond
 ``max_output`` bytes per execution (and rich results beyond as much again) are read from
 the kernel and dropped, so the kernel never blocks and the node receives a bounded
-amount. A cell still running at its timeout is interrupted (SIGINT); one that ignores the
-interrupt is killed after :data:`INTERRUPT_GRACE` seconds. Kernels and shells get
+amount. A cell still running at its timeout is interrupted (SIGINT, or the
+``interrupt_request`` message for a kernelspec whose ``interrupt_mode`` asks for it, as
+JJava's: the JVM ends on SIGINT); one that ignores the interrupt is killed after
+:data:`INTERRUPT_GRACE` seconds. Kernels and shells get
 ``oom_score_adj`` 1000, so they, not the bridge, are what the OOM killer picks.
 """
 
@@ -60,10 +64,18 @@ else:
 MAX_KERNEL_MESSAGE = 256 * 1024 * 1024
 INTERRUPT_GRACE = 3.0
 START_TIMEOUT = 120.0
+#: Where the kernels of the other languages are, to say so when an image lacks one.
+KERNELS_IMAGE = "code-interpreter"
 #: After the execute reply, how long to wait for the iopub ``idle`` that ends the output.
 #: Only a message zmq dropped (oversized) leaves it missing; on a loaded host the idle
 #: status can trail the reply by seconds, and finishing early would lose the cell's result.
 IDLE_GRACE = 15.0
+#: tslab (JavaScript, TypeScript) aborts every request that arrives within 200 ms of a
+#: failed cell; the bridge ends such a cell this long after its reply, so the next cell
+#: (sent only once this one is done) is not lost.
+SETTLE = {"jslab": 0.4, "tslab": 0.4}
+#: The stderr text of a cell kept to describe its failure when the kernel reports none.
+FAILURE_TAIL = 4000
 STDERR_TAIL = 8 * 1024
 #: Connection files and ipc sockets, one folder per bridge (a second bridge may run).
 RUN_DIR = f"/tmp/.corral-kernels-{os.getpid()}"
@@ -149,6 +161,10 @@ class Run:
         self.idle = False
         self.execution_count: int | None = None
         self.kernel_seconds = 0.0
+        self.status: str | None = None  # the execute reply's
+        self.errored = False  # an error event was sent
+        self.stderr = ""  # its tail, see FAILURE_TAIL
+        self.settle_at: float | None = None
 
 
 class Kernel:
@@ -172,14 +188,24 @@ class Kernel:
         self.iopub_seen = False
         self.start_deadline = time.monotonic() + START_TIMEOUT
         base = f"{RUN_DIR}/{name}"
-        self.km = KernelManager(kernel_name="python3", transport="ipc", ip=base,
+        # ipc sockets in RUN_DIR for ipykernel; TCP on the sandbox's own loopback for the
+        # others, which do not all speak ipc (tslab names ipc endpoints as TCP ones).
+        ipc = language == proto.LANGUAGE_PYTHON
+        self.km = KernelManager(kernel_name=proto.KERNELSPECS[language],
+                                transport="ipc" if ipc else "tcp",
+                                ip=base if ipc else "127.0.0.1",
                                 connection_file=f"{base}.json")
         kernel_env = dict(os.environ)
         kernel_env.update(env)
-        kernel_env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-        if "MPLBACKEND" not in env:  # images may set Agg; kernels want inline figures
-            kernel_env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
-        self.km.start_kernel(cwd=cwd, env=kernel_env, extra_arguments=KERNEL_ARGS,
+        extra: list[str] = []
+        if language == proto.LANGUAGE_PYTHON:
+            extra = KERNEL_ARGS
+            kernel_env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+            if "MPLBACKEND" not in env:  # images may set Agg; kernels want inline figures
+                kernel_env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+        self.by_message = self.km.kernel_spec.interrupt_mode == "message"
+        self.settle = SETTLE.get(proto.KERNELSPECS[language], 0.0)
+        self.km.start_kernel(cwd=cwd, env=kernel_env, extra_arguments=extra,
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE)
         self.process = self.km.provisioner.process
@@ -227,7 +253,13 @@ class Kernel:
             pass
 
     def interrupt(self) -> None:
-        self.signal(signal.SIGINT)
+        if self.by_message:
+            try:
+                self.km.interrupt_kernel()  # an interrupt_request on the control channel
+            except Exception:
+                pass  # the kill after INTERRUPT_GRACE still comes
+        else:
+            self.signal(signal.SIGINT)
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
@@ -352,6 +384,10 @@ class Bridge:
                 continue
             if not isinstance(kernel, Kernel):
                 kernel.tick(now)
+            elif run.settle_at is not None:  # it has ended: only its settling is left
+                if now >= run.settle_at:
+                    self.finish(kernel)
+                continue
             if run.deadline is not None and now >= run.deadline and not run.timed_out:
                 run.timed_out = True
                 self.interrupt(kernel)
@@ -422,8 +458,10 @@ class Bridge:
         if language not in proto.LANGUAGES:
             raise Refused(proto.FAIL_INVALID_ARGUMENT,
                           f"unsupported language {language!r:.40}")
-        if language == proto.LANGUAGE_PYTHON and self.no_jupyter is not None:
+        if language != proto.LANGUAGE_BASH and self.no_jupyter is not None:
             raise Refused(proto.FAIL_INVALID_ARGUMENT, self.no_jupyter)
+        if language not in (proto.LANGUAGE_PYTHON, proto.LANGUAGE_BASH):
+            self.check_kernelspec(language)
         if not isinstance(cwd, str) or not os.path.isdir(cwd):
             raise Refused(proto.FAIL_NOT_FOUND,
                           f"working directory {cwd!r:.200} does not exist")
@@ -431,6 +469,20 @@ class Bridge:
                 isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
             raise Refused(proto.FAIL_INVALID_ARGUMENT, "env must map strings to strings")
         self.start(req_id, name, language, cwd, env)
+
+    def check_kernelspec(self, language: str) -> None:
+        """Refuse a language whose kernelspec the image lacks, naming the image with it."""
+        from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+        name = proto.KERNELSPECS[language]
+        try:
+            KernelSpecManager().get_kernel_spec(name)
+        except NoSuchKernel:
+            raise Refused(proto.FAIL_INVALID_ARGUMENT,
+                          f"this image has no {language} kernel (no Jupyter kernelspec "
+                          f"{name!r}); the {KERNELS_IMAGE} image has it: create the "
+                          f"sandbox from image {KERNELS_IMAGE} (built by 'corral image "
+                          f"build {KERNELS_IMAGE}')") from None
 
     def start(self, req_id: int, name: str, language: str, cwd: str,
               env: dict[str, str]) -> None:
@@ -472,6 +524,10 @@ class Bridge:
         if not isinstance(kernel, Kernel):
             kernel.execute(Run(req_id, "", timeout, limit), code, env)
             return
+        if env and kernel.language != proto.LANGUAGE_PYTHON:
+            raise Refused(proto.FAIL_INVALID_ARGUMENT,
+                          f"a cell's own env is supported in python and bash contexts, not "
+                          f"{kernel.language}: set the variables when creating the context")
         if env:  # silent: no output, no execution count, never aborts the cell after it
             kernel.send("execute_request", {
                 "code": f"__import__('builtins').exec({CELL_ENV!r}, {{'new': {env!r}}})",
@@ -524,6 +580,8 @@ class Bridge:
         count = content.get("execution_count")
         run.execution_count = (count if isinstance(count, int) and not isinstance(count, bool)
                                and count >= 0 else None)
+        status = content.get("status")
+        run.status = status if isinstance(status, str) else None
         run.reply_at = time.monotonic()
         if run.idle:
             self.finish(kernel)
@@ -568,6 +626,7 @@ class Bridge:
                 self.finish(kernel)
 
     def error(self, run: Run, name: str, value: str, traceback: str) -> None:
+        run.errored = True
         fields = {"name": name, "value": value, "traceback": traceback}
         size = len(json.dumps(fields))
         if size > run.rich_left:  # cut to fit proto.max_event_line, however long each was
@@ -579,6 +638,8 @@ class Bridge:
         emit(run.req_id, proto.EV_ERROR, **fields)
 
     def output(self, run: Run, name: str, text: str) -> None:
+        if name == proto.EV_STDERR:
+            run.stderr = (run.stderr + text)[-FAILURE_TAIL:]
         if run.left <= 0 and run.cut:
             run.truncated = True
             return
@@ -613,12 +674,38 @@ class Bridge:
         emit(run.req_id, proto.EV_RESULT, main=main, data=bundle)
 
     def finish(self, kernel: Kernel | BashShell) -> None:
-        run, kernel.run = kernel.run, None
+        run = kernel.run
         if run is None:
             return
+        if isinstance(kernel, Kernel):
+            if run.status == "error" and kernel.settle and run.settle_at is None:
+                run.settle_at = time.monotonic() + kernel.settle  # see SETTLE; tick ends it
+                return
+            if run.settle_at is not None and time.monotonic() < run.settle_at:
+                return
+            if run.status in ("error", "abort") and not run.errored and not run.timed_out:
+                self.failure(run)
+        kernel.run = None
         emit(run.req_id, proto.EV_DONE, execution_count=run.execution_count,
              timed_out=run.timed_out, truncated=run.truncated,
              kernel_seconds=time.monotonic() - run.started)
+
+    def failure(self, run: Run) -> None:
+        """A cell whose reply says it failed, from a kernel that sent no error for it
+        (tslab prints its errors to stderr): the error is the first stderr line that names
+        one, as ``Name: message`` (else the first line), with the stderr as traceback."""
+        if run.status == "abort":
+            self.error(run, "CellAborted", "the kernel aborted the cell without running it",
+                       "")
+            return
+        lines = [line.strip() for line in run.stderr.splitlines() if line.strip()]
+        name, value = "Error", lines[0] if lines else "the cell failed"
+        for line in lines:
+            head, sep, rest = line.partition(": ")
+            if sep and head.replace(".", "").replace("_", "").isalnum() and " " not in head:
+                name, value = head, rest
+                break
+        self.error(run, name, value, run.stderr)
 
     def died(self, kernel: Kernel | BashShell, why: str) -> None:
         if not isinstance(kernel, Kernel):
@@ -678,9 +765,9 @@ def main() -> int:
         if bridge.zmq is None:
             raise ImportError("no module named 'zmq'")
     except ImportError as exc:
-        bridge.no_jupyter = ("this image cannot run Python (Jupyter) kernels: it needs "
-                             f"python3 with jupyter_client, pyzmq and ipykernel ({exc}); "
-                             "Bash contexts work without them")
+        bridge.no_jupyter = ("this image cannot run Jupyter kernels: it needs python3 "
+                             f"with jupyter_client, pyzmq and ipykernel ({exc}); Bash "
+                             "contexts work without them")
     try:
         bridge.serve()
     finally:

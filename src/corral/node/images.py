@@ -43,6 +43,8 @@ from corral.api.errors import (
     NotFoundError,
 )
 
+from . import image_addons
+from .image_addons import Kernelspec, NpmTree, PypiWheel
 from .layers import LayerStore, Manifest, is_image_id
 
 RECIPE_FORMAT = 1
@@ -75,6 +77,11 @@ class ImageRecipe:
     env: tuple[tuple[str, str], ...] = _BASE_ENV
     workdir: str = "/work"
     user: str = "root"
+    #: Beyond Debian's packages (see :mod:`.image_addons`): pinned wheels and npm trees,
+    #: fetched without running them, and the kernelspecs written for them.
+    wheels: tuple[PypiWheel, ...] = ()
+    npm: tuple[NpmTree, ...] = ()
+    kernelspecs: tuple[Kernelspec, ...] = ()
 
     def __post_init__(self) -> None:
         bad = [p for p in self.packages if not _PACKAGE_RE.fullmatch(p)]
@@ -98,6 +105,10 @@ class ImageRecipe:
             "packages": sorted(set(self.packages)),
             "workdir": self.workdir,
         }
+        if self.wheels or self.npm or self.kernelspecs:  # absent: older keys stay the same
+            doc["wheels"] = [asdict(w) for w in self.wheels]
+            doc["npm"] = [{**asdict(n), "sha256": n.digest()} for n in self.npm]
+            doc["kernelspecs"] = [s.document() | {"name": s.name} for s in self.kernelspecs]
         canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -110,11 +121,40 @@ _PYTHON_PACKAGES = """
 """
 _PYTHON_ENV = (("PYTHONUNBUFFERED", "1"), ("MPLBACKEND", "Agg"), ("PIP_BREAK_SYSTEM_PACKAGES", "1"))
 
+#: The Jupyter kernels E2B's code-interpreter template has besides Python: R (Debian's
+#: IRkernel), Java (JJava, the maintained IJava), JavaScript and TypeScript (tslab).
+_KERNEL_PACKAGES = "r-base-core r-cran-irkernel openjdk-17-jdk-headless nodejs"
+_JJAVA = "/usr/local/share/jupyter/kernels/java"
+_TSLAB = ("node", "/opt/tslab/node_modules/tslab/bin/tslab", "kernel",
+          "--config-path", "{connection_file}")
+_KERNELSPECS = (
+    Kernelspec("ir", "R", "R", ("R", "--no-echo", "--no-restore", "-e", "IRkernel::main()",
+                                "--args", "{connection_file}")),
+    Kernelspec("jslab", "JavaScript", "javascript", (*_TSLAB, "--js")),
+    Kernelspec("tslab", "TypeScript", "typescript", _TSLAB),
+    # What JJava's launcher would run, without the launcher's own JVM (~200 MB); a small
+    # collector and C1 alone: a notebook's JVM starts faster and in less memory. The JVM
+    # ends on SIGINT: JJava is interrupted by a message.
+    Kernelspec("java", "Java", "java", ("java", "--add-opens", "jdk.jshell/jdk.jshell=ALL-UNNAMED",
+                                        "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                                        "-jar", f"{_JJAVA}/jjava.jar", "{connection_file}"),
+               interrupt_mode="message"),
+)
+
 BUILTIN_IMAGES: dict[str, ImageRecipe] = {
     "python": ImageRecipe(
         name="python", packages=tuple(_PYTHON_PACKAGES.split()), env=(*_BASE_ENV, *_PYTHON_ENV)
     ),
     "minimal": ImageRecipe(name="minimal", packages=("procps",)),
+    "code-interpreter": ImageRecipe(
+        name="code-interpreter",
+        packages=(*_PYTHON_PACKAGES.split(), *_KERNEL_PACKAGES.split()),
+        env=(*_BASE_ENV, *_PYTHON_ENV),
+        wheels=(PypiWheel("jjava", "1.0a8",
+                          "b86ddf2eee6037a33a0adc2ac2f318a94638f42eefaeeeb13db381587e5f2a69"),),
+        npm=(NpmTree("tslab", "/opt/tslab"),),
+        kernelspecs=_KERNELSPECS,
+    ),
 }
 """The images ``corral image build`` knows, by name."""
 
@@ -263,6 +303,7 @@ class ImageStore:
             build.chmod(0o755)
             rootfs = build / "rootfs"
             _run_step(recipe.name, "mmdebstrap", mmdebstrap_argv(recipe, rootfs), progress)
+            _add_extras(rootfs, recipe, progress)
             progress("I: customizing the root filesystem...")
             try:
                 customize_rootfs(rootfs, recipe)
@@ -284,6 +325,26 @@ class ImageStore:
             _remove_tree(build)
             raise
         progress(f"I: image {recipe.name} ({key}) is ready")
+
+
+def _add_extras(rootfs: Path, recipe: ImageRecipe, progress: Progress) -> None:
+    """The recipe's wheels, npm trees and kernelspecs (:mod:`.image_addons`)."""
+    tree = os.path.realpath(rootfs)
+
+    def run(step: str, argv: list[str], cwd: Path | None) -> None:
+        _run_step(recipe.name, step, argv, progress, cwd)
+
+    try:
+        for wheel in recipe.wheels:
+            progress(f"I: adding {wheel.name} {wheel.version} (PyPI, sha256 checked)...")
+            image_addons.add_wheel(tree, wheel, run)
+        for npm in recipe.npm:
+            progress(f"I: adding the npm packages of {npm.lock} (locked, no scripts run)...")
+            image_addons.add_npm_tree(tree, npm, run)
+        for spec in recipe.kernelspecs:
+            image_addons.add_kernelspec(tree, spec)
+    except OSError as e:
+        raise InternalError(f"building image {recipe.name!r} failed adding packages: {e}") from e
 
 
 def mmdebstrap_argv(recipe: ImageRecipe, target: Path) -> list[str]:
@@ -406,15 +467,16 @@ def _write(base: str, rel: str, text: str, mode: int) -> None:
         f.write(text)
 
 
-def _run_step(name: str, step: str, argv: list[str], progress: Progress) -> None:
+def _run_step(name: str, step: str, argv: list[str], progress: Progress,
+              cwd: Path | None = None) -> None:
     """Run ``argv`` streaming its output lines to ``progress``; InternalError if it fails."""
     env = {"PATH": os.environ.get("PATH", _PATH), "LC_ALL": "C.UTF-8", "HOME": "/root"}
     env.update({k: v for k, v in os.environ.items() if k.lower().endswith("_proxy")})
     env.update({k: v for k, v in os.environ.items() if k == "TMPDIR"})
     tail: collections.deque[str] = collections.deque(maxlen=15)
     proc = subprocess.Popen(
-        argv, stdin=DEVNULL, stdout=PIPE, stderr=STDOUT, env=env, text=True, errors="replace"
-    )
+        argv, stdin=DEVNULL, stdout=PIPE, stderr=STDOUT, env=env, text=True, errors="replace",
+        cwd=cwd)
     try:
         assert proc.stdout is not None
         for raw in proc.stdout:

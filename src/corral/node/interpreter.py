@@ -1,10 +1,10 @@
 """The code interpreter of one sandbox: stateful contexts on real kernels.
 
 ``sandbox.code`` runs cells in *contexts*. A context is one kernel inside the sandbox (a
-Jupyter ipykernel for Python, a persistent interactive ``bash`` for Bash), so variables,
-imports, functions and the working directory persist from one cell to the next, and two
-contexts never share state. ``default`` (Python) and ``default-bash`` are created on first
-use.
+Jupyter ipykernel for Python, the image's Jupyter kernel for R, JavaScript, TypeScript and
+Java, a persistent interactive ``bash`` for Bash), so variables, imports, functions and
+the working directory persist from one cell to the next, and two contexts never share
+state. ``default`` (Python) and ``default-<language>`` are created on first use.
 
 The kernels belong to a *kernel bridge* (:mod:`corral.bridge.kernel_bridge`), a process the
 node starts in the sandbox through the ordinary command API on the image's own
@@ -53,7 +53,7 @@ from .validation import check_env, resolve_path
 if TYPE_CHECKING:
     from .sandbox import NodeSandbox
 
-LANGUAGES = models.CODE_LANGUAGES  # ("python", "bash")
+LANGUAGES = models.CODE_LANGUAGES
 DEFAULT_CONTEXT = "default"
 #: stdout and stderr kept per execution, and as much again for results and the traceback;
 #: the rest is dropped, with a marker at the end of the output.

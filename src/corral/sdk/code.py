@@ -64,10 +64,12 @@ class AsyncCodeInterpreter:
         """Run a cell and return its :class:`Execution`.
 
         ``context`` is a :class:`Context` (or its id); default: the sandbox's default
-        context for ``language`` (``"python"``: ``default``; ``"bash"``:
-        ``default-bash``), created on first use. At ``timeout`` seconds the cell is
-        interrupted. ``env``: environment variables for this cell alone (afterwards each
-        is back to what it was). Callbacks get output while the cell runs.
+        context for ``language`` (``"python"``: ``default``; another, as ``"bash"`` or,
+        in the ``code-interpreter`` image, ``"r"``, ``"javascript"``, ``"typescript"``,
+        ``"java"``: ``default-<language>``), created on first use. At ``timeout`` seconds
+        the cell is interrupted. ``env``: environment variables for this cell alone
+        (afterwards each is back to what it was). Callbacks get output while the cell
+        runs.
         """
         request = checked(models.RunCodeRequest, code=code, language=language,
                           context=_context_id(context), timeout=float(timeout),
@@ -84,7 +86,9 @@ class AsyncCodeInterpreter:
     async def create_context(self, language: str = "python", *, cwd: str | None = None,
                              env: Mapping[str, str] | None = None) -> Context:
         """Start a new context: a kernel of its own (variables, imports, working dir);
-        ``language`` is ``"python"`` or ``"bash"``."""
+        ``language`` is one of :data:`corral.api.models.CODE_LANGUAGES` (``"r"``,
+        ``"javascript"``, ``"typescript"`` and ``"java"`` where the image has their
+        kernels, as ``code-interpreter``)."""
         request = checked(models.ContextCreate, language=language, cwd=cwd,
                           env=dict(env or {}))
         reply = await self._api.json("POST", f"{self._base}/contexts", body=request,

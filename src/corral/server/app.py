@@ -124,7 +124,8 @@ def create_app(settings: ServerSettings, *,
         tokens = e2b.mapping.Tokens(settings.node.data_dir / "e2b-token-secret")
         app.mount(e2b.PREFIX, e2b.create_app(sandbox_service, app.state.commands,
                                              app.state.files, tokens, snapshots,
-                                             internet=settings.e2b_internet))
+                                             internet=settings.e2b_internet,
+                                             public_images=images.public))
         e2b.install_signed_files(app)
         extra_routes = e2b.templates()
         e2b_auth = e2b.TokenAuth(e2b.PREFIX, tokens, sandbox_service)

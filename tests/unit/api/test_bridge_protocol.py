@@ -329,3 +329,29 @@ class _Lines:
             self.buffer += chunk
         line, _, self.buffer = self.buffer.partition(b"\n")
         return line
+
+
+@pytest.mark.parametrize(("status", "stderr", "error"), [
+    # tslab: a thrown error, printed with its source line first, then its stack.
+    ("error", "evalmachine.<anonymous>:2\nthrow new TypeError(\"boom\");\n^\n\n"
+              "TypeError: boom\n    at evalmachine.<anonymous>:2:7\n", ("TypeError", "boom")),
+    # tslab: a TypeScript type error names none.
+    ("error", "1:7 - Type 'number' is not assignable to type 'string'.\n",
+     ("Error", "1:7 - Type 'number' is not assignable to type 'string'.")),
+    ("error", "", ("Error", "the cell failed")),
+    ("abort", "", ("CellAborted", "the kernel aborted the cell without running it")),
+])
+def test_a_failed_reply_without_an_error_becomes_the_cells_error(
+        capfd: pytest.CaptureFixture[str], status: str, stderr: str,
+        error: tuple[str, str]) -> None:
+    from corral.bridge.kernel_bridge import Bridge as KernelBridge
+    from corral.bridge.kernel_bridge import Run
+
+    run = Run(7, "m", None, 1 << 20)
+    run.status, run.stderr = status, stderr
+    bridge = KernelBridge.__new__(KernelBridge)  # no sockets, no poller: failure() needs none
+    bridge.failure(run)
+    [line] = capfd.readouterr().out.splitlines()
+    event = proto.parse_event(line.encode(), proto.max_event_line(1 << 20))
+    assert (event["id"], event["ev"]) == (7, proto.EV_ERROR) and run.errored
+    assert (event["name"], event["value"]) == error and event["traceback"] == stderr

@@ -43,7 +43,8 @@ def test_invalid_names_are_rejected(tmp_path: Path, name: str) -> None:
 def test_unknown_image(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError) as info:
         ImageStore(tmp_path).get("nope")
-    assert info.value.message == "unknown image 'nope'; known images: python, minimal"
+    assert info.value.message == ("unknown image 'nope'; known images: python, minimal, "
+                                  "code-interpreter")
     with pytest.raises(NotFoundError):
         ImageStore(tmp_path).ensure("nope")
 

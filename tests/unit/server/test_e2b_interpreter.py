@@ -48,8 +48,12 @@ def test_a_sandbox_failing_mid_cell_is_the_cells_error() -> None:
 def test_languages() -> None:
     assert interpreter.language_of(None) == "python"
     assert interpreter.language_of("Bash") == "bash"
-    for name in ("javascript", "typescript", "r", "java", "js", ""):
-        with pytest.raises(InvalidArgumentError, match="supported languages: python, bash"):
+    # The image must have their kernels: the sandbox says so if it has not.
+    for name in ("javascript", "typescript", "r", "java", "R", " Java "):
+        assert interpreter.language_of(name) == name.strip().lower()
+    for name in ("cobol", "js", "python3", ""):
+        with pytest.raises(InvalidArgumentError, match="supported languages: python, bash, "
+                                                       "r, javascript, typescript, java"):
             interpreter.language_of(name)
 
 

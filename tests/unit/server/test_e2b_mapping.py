@@ -87,3 +87,14 @@ def test_cpu_samples_share_cores_over_the_time_between() -> None:
                            {"b": "t"}.get) == 50.0
     assert samples.percent("a", 3.5, 2.0, started, started + timedelta(seconds=9), keep) == round(
         3.5 / 18 * 100, 2)  # "a" starts again from its start
+
+
+def test_templates_name_images() -> None:
+    # code-interpreter-v1 gets the image with E2B's other kernels where it is built.
+    built = ["python", "minimal", "code-interpreter"]
+    assert mapping.image_of("code-interpreter-v1", built) == ("code-interpreter", None)
+    assert mapping.image_of("code-interpreter-v1", ["python"]) == ("python", None)
+    assert mapping.image_of("code-interpreter-v1") == ("python", None)
+    assert mapping.image_of("base", built) == ("python", None)
+    assert mapping.image_of("snap-abc", built) == ("python", "snap-abc")
+    assert mapping.image_of("my-env:1", built) == ("my-env:1", None)

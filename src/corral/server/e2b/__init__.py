@@ -16,6 +16,7 @@ OpenAPI document: its API is E2B's, described in docs/e2b.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 from fastapi import FastAPI
@@ -69,9 +70,12 @@ def is_upload(scope: Scope) -> bool:
 
 def create_app(sandboxes: SandboxService, commands: CommandService, files_: FileService,
                tokens: mapping.Tokens, snapshots: SnapshotService, *,
-               internet: bool = False) -> FastAPI:
+               internet: bool = False,
+               public_images: Callable[[], list[str]] = list) -> FastAPI:
     """The sub-app to mount at :data:`PREFIX` (no schema, no docs pages of its own);
-    ``internet``: whether a create that says nothing of the network gets ``"all"``."""
+    ``internet``: whether a create that says nothing of the network gets ``"all"``;
+    ``public_images``: the built public images (whether ``code-interpreter-v1`` gets the
+    ``code-interpreter`` image, see :func:`mapping.image_of`)."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     app.state.sandboxes = sandboxes
     app.state.commands = commands
@@ -80,6 +84,7 @@ def create_app(sandboxes: SandboxService, commands: CommandService, files_: File
     app.state.snapshots = snapshots
     app.state.internet = internet
     app.state.cpu_samples = mapping.CpuSamples()
+    app.state.public_images = public_images
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(envd.router)

@@ -21,7 +21,10 @@ its state). The server bounds a cell at :data:`MAX_CELL_SECONDS` all the same, a
 sandbox's own lifetime bounds everything.
 
 Languages: ``python`` (Jupyter kernels) and ``bash`` (a persistent shell per context, as
-Corral's own API runs them); any other is refused with 400, before anything starts.
+Corral's own API runs them); ``r``, ``javascript``, ``typescript`` and ``java`` on the
+Jupyter kernels of the ``code-interpreter`` image (what ``code-interpreter-v1`` starts
+where it is built; a sandbox of another image refuses them with 400, naming it); any
+other is refused with 400, before anything starts.
 """
 
 from __future__ import annotations
@@ -127,7 +130,8 @@ def language_of(name: str | None) -> str:
     if wanted not in LANGUAGES:
         raise InvalidArgumentError(
             f"language {name!r:.40} is not supported: Corral's sandboxes have no "
-            f"{name:.40} kernel; supported languages: {', '.join(LANGUAGES)}")
+            f"{name:.40} kernel; supported languages: {', '.join(LANGUAGES)} (all but "
+            "python and bash in images with their kernels, as code-interpreter)")
     return wanted
 
 

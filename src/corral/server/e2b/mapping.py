@@ -1,8 +1,10 @@
 """Between E2B's control plane and Corral's: templates, states, tokens, errors, pages.
 
-* Templates: E2B's stock ``base`` and ``code-interpreter-v1`` start Corral's default
-  ``python`` image; a ``snap-…`` id starts from that snapshot; any other name is one of the
-  tenant's images (or a built-in one).
+* Templates: E2B's stock ``base`` starts Corral's default ``python`` image, and
+  ``code-interpreter-v1`` the ``code-interpreter`` image (Python, R, JavaScript,
+  TypeScript and Java kernels) where the server has it built, else ``python`` too; a
+  ``snap-…`` id starts from that snapshot; any other name is one of the tenant's images
+  (or a built-in one).
 * States: E2B knows ``running`` and ``paused`` only. A starting sandbox is ``running``; a
   stopping or stopped one is gone (404, left out of lists), as E2B forgets killed ones.
 * Tokens: ``envdAccessToken`` and ``trafficAccessToken`` are HMACs of a server secret
@@ -20,7 +22,7 @@ import hashlib
 import hmac
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Final, Literal
@@ -45,6 +47,9 @@ CLIENT_ID: Final = "corral"
 #: E2B's stock templates, started as Corral's default image.
 STOCK_TEMPLATES: Final = frozenset({"base", "code-interpreter-v1"})
 DEFAULT_IMAGE: Final = "python"
+#: E2B's code interpreter template, and the image with its kernels (if built).
+CODE_INTERPRETER_TEMPLATE: Final = "code-interpreter-v1"
+CODE_INTERPRETER_IMAGE: Final = "code-interpreter"
 SNAPSHOT_PREFIX: Final = "snap-"
 #: E2B's states by Corral's; the others (stopping, stopped) are not shown.
 E2bState = Literal["running", "paused"]
@@ -62,8 +67,11 @@ _UNSUPPORTED_NETWORK: Final = ("dnsServers", "egressProxy", "maskRequestHost", "
                                "rules")
 
 
-def image_of(template: str) -> tuple[str, str | None]:
-    """``(image, snapshot id)`` a create's ``templateID`` asks for."""
+def image_of(template: str, public: Collection[str] = ()) -> tuple[str, str | None]:
+    """``(image, snapshot id)`` a create's ``templateID`` asks for; ``public``: the built
+    public images."""
+    if template == CODE_INTERPRETER_TEMPLATE and CODE_INTERPRETER_IMAGE in public:
+        return CODE_INTERPRETER_IMAGE, None
     if template in STOCK_TEMPLATES:
         return DEFAULT_IMAGE, None
     if template.startswith(SNAPSHOT_PREFIX):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, TypeVar
@@ -93,11 +93,12 @@ def _corral(model: type[_M], fields: dict[str, object]) -> _M:
         raise InvalidArgumentError(f"invalid request: {problems}") from None
 
 
-def _corral_create(body: models.NewSandbox, internet: bool) -> corral.SandboxCreate:
+def _corral_create(body: models.NewSandbox, internet: bool,
+                   public: Collection[str]) -> corral.SandboxCreate:
     if body.mcp is not None:
         raise InvalidArgumentError("mcp is not supported by Corral's E2B API yet; create "
                                    "the sandbox without it")
-    image, snapshot = mapping.image_of(body.templateID)
+    image, snapshot = mapping.image_of(body.templateID, public)
     fields: dict[str, object] = {
         "timeout": body.timeout, "metadata": body.metadata or {},
         "on_timeout": "pause" if body.autoPause else "kill"}
@@ -118,7 +119,9 @@ def _corral_create(body: models.NewSandbox, internet: bool) -> corral.SandboxCre
 
 async def _create(request: Request, body: models.NewSandbox, tenant: str,
                   service: SandboxService, tokens: mapping.Tokens) -> models.Sandbox:
-    info = await service.create(tenant, _corral_create(body, request.app.state.internet))
+    public = request.app.state.public_images()
+    info = await service.create(tenant, _corral_create(body, request.app.state.internet,
+                                                       public))
     return mapping.sandbox(info, tokens, _domain(request, service), body.templateID)
 
 
@@ -138,7 +141,7 @@ async def create_v2(request: Request, body: models.NewSandbox, tenant: Tenant,
 
 
 @router.get("/v2/sandboxes")
-async def list_(response: Response, tenant: Tenant, service: Sandboxes,
+async def list_(request: Request, response: Response, tenant: Tenant, service: Sandboxes,
                 metadata: str | None = None, state: str | None = None,
                 template: str | None = None, order: str = "asc",
                 started_after: Annotated[datetime | None, Query(alias="startedAfter")] = None,
@@ -149,12 +152,14 @@ async def list_(response: Response, tenant: Tenant, service: Sandboxes,
     """The tenant's running and paused sandboxes, by start time; the next page's token
     comes back in ``x-next-token`` (absent on the last page)."""
     wanted = mapping.states_filter(state)
+    image = None if template is None else mapping.image_of(
+        template, request.app.state.public_images())[0]
     found = await service.list(tenant, mapping.metadata_filter(metadata))
     if started_after is not None and started_after.tzinfo is None:
         started_after = started_after.replace(tzinfo=UTC)
     items = [mapping.listed(info) for info in found.sandboxes
              if mapping.e2b_state(info.state) in wanted
-             and (template is None or info.image == mapping.image_of(template)[0])
+             and (image is None or info.image == image)
              and (started_after is None or info.created_at > started_after)]
     shown, token = mapping.page(items, order, limit, next_token)
     if token:
