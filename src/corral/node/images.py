@@ -420,13 +420,7 @@ def _check_name(name: str) -> None:
         )
 
 
-def _inside(base: str, rel: str) -> str:
-    """``base/rel`` with its parent resolved; InternalError if that leaves ``base``."""
-    path = os.path.join(base, rel.lstrip("/"))
-    parent = os.path.realpath(os.path.dirname(path))
-    if parent != base and not parent.startswith(base + os.sep):
-        raise InternalError(f"refusing to write {rel!r}: it resolves outside the image tree")
-    return os.path.join(parent, os.path.basename(path))
+_inside = image_addons.inside  # the one check of a path in a tree being built
 
 
 def _mkdir(base: str, rel: str, mode: int) -> str:
