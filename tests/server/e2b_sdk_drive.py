@@ -266,8 +266,9 @@ def pty_flow(tag: str) -> dict[str, Any]:
         sb.pty.send_stdin(term.pid, b"stty size\n")
         seen["resized"] = screen.until(rb"\d+ \d+\r\n.*" + PROMPT).decode(errors="replace")
         # "started" comes from the foreground job itself: Ctrl-C reaches it, not the shell.
-        sb.pty.send_stdin(term.pid, b"sh -c 'echo sta''rted; exec sleep 600'; "
-                                    b"echo not-interrupted\n")
+        sb.pty.send_stdin(term.pid, b"python3 -c 'import signal, time; signal.signal(2, "
+                                    b"signal.SIG_DFL); print(\"sta\" \"rted\", flush=True); "
+                                    b"time.sleep(600)'; echo not-interrupted\n")
         screen.until(rb"[\r\n]started\r\n")
         sb.pty.send_stdin(term.pid, b"\x03")
         sb.pty.send_stdin(term.pid, b"echo after\n")
