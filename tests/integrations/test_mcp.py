@@ -40,6 +40,16 @@ async def test_streamable_http_on_the_server(corral: Corral) -> None:
     _check(await mcp_client.over_http(corral.url, corral.key, str(corral.ca)))
 
 
+async def test_a_get_is_refused_at_once_for_there_is_no_stream(corral: Corral) -> None:
+    # The stateless server pushes nothing: asking for its stream is a 405, not an open stream.
+    with corral.http() as http:
+        for accept in ("text/event-stream", "application/json, text/event-stream"):
+            answer = http.get("/mcp", headers={"Accept": accept})
+            assert answer.status_code == 405, answer.text
+            assert answer.headers["allow"] == "POST, DELETE"
+            assert answer.json()["error"]["message"].startswith("Method Not Allowed")
+
+
 async def test_http_needs_a_key_and_keeps_tenants_apart(corral: Corral) -> None:
     with corral.http(key="crl_not-a-key") as http:
         refused = http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"},

@@ -15,6 +15,7 @@ from typing import Any
 
 from mcp.server.fastmcp import Context
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from corral.api import contract, models
@@ -81,4 +82,17 @@ class McpEndpoint:
         await self._stack.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] == "GET":
+            # A GET asks for a stream of the server's own messages. A stateless server sends
+            # none, and the transport would hold the stream open until the client left: the
+            # protocol's answer for a server without one is 405.
+            await JSONResponse(_NO_STREAM, status_code=405, headers={"Allow": "POST, DELETE"})(
+                scope, receive, send)
+            return
         await self._manager.handle_request(scope, receive, send)
+
+
+#: The JSON-RPC error of a GET (see :meth:`McpEndpoint.__call__`).
+_NO_STREAM: dict[str, Any] = {"jsonrpc": "2.0", "id": None, "error": {
+    "code": -32000, "message": "Method Not Allowed: this server is stateless and offers no "
+                               "stream of its own messages; send requests with POST"}}
