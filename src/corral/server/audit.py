@@ -15,13 +15,14 @@ find its record; a request whose client left before any answer is recorded with 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import timedelta
-from typing import Final
+from typing import Any, Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -40,6 +41,7 @@ events = logging.getLogger("corral.server.events")
 _LIFECYCLE: Final = frozenset({"sandbox.create", "sandbox.kill"})
 
 _SANDBOX = "/v1/sandboxes/{sandbox_id}"
+_ACA = "/aca/{pool}"
 ACTIONS: Final = {
     ("POST", "/v1/sandboxes"): "sandbox.create",
     ("DELETE", _SANDBOX): "sandbox.kill",
@@ -53,8 +55,30 @@ ACTIONS: Final = {
     ("DELETE", f"{_SANDBOX}/files"): "file.remove",
     ("POST", f"{_SANDBOX}/files/mkdir"): "file.mkdir",
     ("POST", f"{_SANDBOX}/files/rename"): "file.rename",
+    # The Azure Container Apps façade: the sandbox is the session's, found by the route.
+    ("POST", f"{_ACA}/code/execute"): "aca.execute",
+    ("POST", f"{_ACA}/executions"): "aca.execute",
+    ("POST", f"{_ACA}/files/upload"): "aca.file.upload",
+    ("POST", f"{_ACA}/files"): "aca.file.upload",
+    ("GET", f"{_ACA}/files"): "aca.file.list",
+    ("GET", f"{_ACA}/files/{{name}}"): "aca.file.read",
+    # MCP: one route for every tool call; the body (which tool) is never read here.
+    ("POST", "/mcp"): "mcp.request",
+    ("GET", "/mcp"): "mcp.request",
+    ("DELETE", "/mcp"): "mcp.request",
+    # The console's logout; its login is recorded by its route, which finds the tenant.
+    ("POST", "/ui/api/logout"): "ui.logout",
 }
 _READS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+#: The sandbox a route found for its request when the path names none (an ``/aca``
+#: session's): set by the route's service with :func:`found_sandbox`, read for the record.
+_FOUND: contextvars.ContextVar[str | None] = contextvars.ContextVar("corral_audit_sandbox",
+                                                                    default=None)
+
+
+def found_sandbox(sandbox_id: str) -> None:
+    """Say which sandbox the request being served acts on, for its audit record."""
+    _FOUND.set(sandbox_id)
 #: Seconds between two prunes of the table.
 PRUNE_INTERVAL: Final = 60.0
 
@@ -103,11 +127,12 @@ class AuditTrail:
                             client=str(client[0]) if client else None)
         recorded = False
         start: Message | None = None
+        found = _FOUND.set(None)
 
         async def write(status: int, body: bytes) -> None:
             nonlocal recorded
             recorded = True
-            sid = draft.sandbox_id
+            sid = draft.sandbox_id or _FOUND.get()
             if sid is None and status == 201 and draft.action == "sandbox.create":
                 # Corral's answer names it "id", the E2B API's "sandboxID".
                 sid = _json_field(body, "id") or _json_field(body, "sandboxID")
@@ -141,7 +166,9 @@ class AuditTrail:
             await self.app(scope, receive, auditing)
         finally:
             if not recorded:
-                await self._write(replace(draft, outcome="no_response"))
+                await self._write(replace(draft, outcome="no_response",
+                                          sandbox_id=draft.sandbox_id or _FOUND.get()))
+            _FOUND.reset(found)
 
     async def _write(self, record: AuditRecord) -> None:
         try:
@@ -159,6 +186,24 @@ class AuditTrail:
                                         timedelta(days=age) if age > 0 else None)
             except Exception:
                 log.exception("pruning the audit log failed")
+
+
+async def record(app: Any, scope: Scope, tenant: str, key_id: str | None, action: str,
+                 outcome: str, status: int, sandbox_id: str | None = None) -> None:
+    """Write one record from a route, for what this layer cannot see: a WebSocket, or a
+    request that names its tenant only once the route ran (the console's login)."""
+    store: AuditStore | None = getattr(app.state, "audit", None)
+    if store is None:
+        return
+    client = scope.get("client")
+    entry = AuditRecord(tenant=tenant, action=action, outcome=outcome, status=status,
+                        key_id=key_id, sandbox_id=sandbox_id,
+                        request_id=scope.get(REQUEST_ID_SCOPE),
+                        client=str(client[0]) if client else None)
+    try:
+        await asyncio.to_thread(store.add, entry)
+    except Exception:
+        log.exception("writing the audit record of a %s failed", action)
 
 
 def _outcome(status: int, body: bytes) -> str:

@@ -155,6 +155,58 @@ class AcaSettings:
                                        "numbers of seconds") from None
 
 
+#: Bounds of the console's session lifetimes, in seconds, and of sessions per key.
+UI_SESSION_SECONDS = (1.0, 30 * 24 * 3600.0)
+UI_SESSIONS_PER_KEY = (1, 1000)
+
+
+@dataclass(frozen=True)
+class UiSettings:
+    """The web console's sessions (``/ui``).
+
+    Attributes:
+        session_idle: seconds a session may go without a request before it ends
+            (``CORRAL_UI_SESSION_IDLE``, default 8 h).
+        session_lifetime: seconds a session lasts at most, however busy
+            (``CORRAL_UI_SESSION_LIFETIME``, default 24 h). Both 1 s to 30 days.
+        sessions_per_key: sessions one API key may hold; a login past it ends the key's
+            oldest (``CORRAL_UI_SESSIONS_PER_KEY``, default 16, 1 to 1000).
+    """
+
+    session_idle: float = 8 * 3600.0
+    session_lifetime: float = 24 * 3600.0
+    sessions_per_key: int = 16
+
+    def __post_init__(self) -> None:
+        low, high = UI_SESSION_SECONDS
+        for name in ("session_idle", "session_lifetime"):
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise InvalidArgumentError(
+                    f"the console's {name.replace('_', ' ')} must be {low:g} to {high:g} "
+                    f"seconds (CORRAL_UI_{name.upper()}), not {value:g}")
+        low_n, high_n = UI_SESSIONS_PER_KEY
+        if not low_n <= self.sessions_per_key <= high_n:
+            raise InvalidArgumentError(
+                f"the console's sessions per key must be {low_n} to {high_n} "
+                f"(CORRAL_UI_SESSIONS_PER_KEY), not {self.sessions_per_key}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> UiSettings:
+        env = os.environ if env is None else env
+        try:
+            return cls(
+                session_idle=float(env.get("CORRAL_UI_SESSION_IDLE") or cls.session_idle),
+                session_lifetime=float(env.get("CORRAL_UI_SESSION_LIFETIME")
+                                       or cls.session_lifetime),
+                sessions_per_key=int(env.get("CORRAL_UI_SESSIONS_PER_KEY")
+                                     or cls.sessions_per_key))
+        except ValueError:
+            raise InvalidArgumentError(
+                "CORRAL_UI_SESSION_IDLE and CORRAL_UI_SESSION_LIFETIME must be numbers of "
+                "seconds, CORRAL_UI_SESSIONS_PER_KEY a whole number") from None
+
+
 def _mib_env(name: str, default: int) -> int:
     raw = os.environ.get(name, "")
     try:
@@ -209,6 +261,7 @@ class ServerSettings:
         e2b_internet: what an E2B create that says nothing of the network gets (E2B's
             default is internet on): ``CORRAL_E2B_INTERNET=1`` gives it ``"all"`` (public
             addresses, under the operator's rules), off by default gives ``"none"``.
+        ui: the web console's session lifetimes (:class:`UiSettings`).
     """
 
     node: NodeSettings
@@ -233,6 +286,7 @@ class ServerSettings:
     paused_ttl: float = DEFAULT_PAUSED_TTL
     e2b: bool = True
     e2b_internet: bool = False
+    ui: UiSettings = field(default_factory=UiSettings)
 
     def __post_init__(self) -> None:
         check_paused_ttl(self.paused_ttl, "the server's paused TTL (CORRAL_PAUSED_TTL)")
@@ -279,6 +333,7 @@ class ServerSettings:
             paused_ttl=_seconds_env("CORRAL_PAUSED_TTL", DEFAULT_PAUSED_TTL),
             e2b=_flag(os.environ.get("CORRAL_E2B", "1")),
             e2b_internet=_flag(os.environ.get("CORRAL_E2B_INTERNET", "0")),
+            ui=UiSettings.from_env(),
         )
 
     @property
