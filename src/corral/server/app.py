@@ -32,6 +32,7 @@ from .routes import volumes as volumes_routes
 from .services import CommandService, FileService, IdleReaper, SandboxService
 from .services.aca import AcaService
 from .services.mcp import McpEndpoint
+from .services.sampler import MetricsSampler
 from .services.code import CodeService
 from .services.images import ImageService
 from .services.snapshots import SnapshotService
@@ -72,6 +73,8 @@ def create_app(settings: ServerSettings, *,
     failures = Buckets(limits.auth_failure_rate, limits.auth_failure_burst, limits.buckets)
     port_proxy = PortProxy(sandbox_service, keys, settings.ports_domain, failures)
     reaper = IdleReaper(sandbox_service, node, settings.idle_check_interval)
+    sampler = MetricsSampler(sandbox_service, settings.metrics_interval,
+                             settings.metrics_retention)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -83,9 +86,11 @@ def create_app(settings: ServerSettings, *,
             await app.state.aca.start()
             await app.state.mcp.start()
             reaper.start()
+            sampler.start()
             log.info("corral server ready on %s", settings.url)
             yield
         finally:
+            await sampler.close()
             await reaper.close()
             await port_proxy.aclose()
             await app.state.mcp.close()
@@ -102,6 +107,7 @@ def create_app(settings: ServerSettings, *,
     app.state.settings = settings
     app.state.keys = keys
     app.state.sandboxes = sandbox_service
+    app.state.sampler = sampler
     app.state.images = images
     app.state.volumes = volumes
     app.state.snapshots = snapshots

@@ -444,6 +444,18 @@ class SandboxService:
         await owned[1].kill()
         await self._sync(owned[1])
 
+    def tenanted(self) -> tuple[tuple[str, NodeSandbox], ...]:
+        """Every live sandbox with its tenant, to look at without using it (the metrics
+        sampler: nothing is touched or resumed)."""
+        return tuple(self._live.values())
+
+    async def check_owner(self, tenant: str, sandbox_id: str) -> None:
+        """NotFoundError unless ``sandbox_id`` is the tenant's (live or recorded), without
+        touching it."""
+        owned = self._live.get(sandbox_id)
+        if owned is None or owned[0] != tenant:
+            await self._record(tenant, sandbox_id)
+
     def upkept(self) -> tuple[tuple[NodeSandbox, Upkeep], ...]:
         """Every live sandbox (every tenant's) with its use so far (for the reaper)."""
         return tuple((sandbox, upkeep) for _, sandbox in self._live.values()
