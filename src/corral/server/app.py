@@ -25,7 +25,8 @@ from .file_urls import FileUrlAuth, FileUrls
 from .metrics import Metrics
 from .ports import PortProxy
 from .ratelimit import Buckets
-from .routes import aca, audit, code, commands, files, mcp, metrics, sandboxes, terminal
+from .routes import (aca, audit, code, commands, files, mcp, metrics, sandbox_metrics,
+                     sandboxes, terminal)
 from .routes import images as images_routes
 from .routes import snapshots as snapshots_routes
 from .routes import volumes as volumes_routes
@@ -121,7 +122,7 @@ def create_app(settings: ServerSettings, *,
     errors.install(app)
     openapi.install(app)
     for module in (sandboxes, images_routes, volumes_routes, snapshots_routes, commands,
-                   files, code, metrics, audit, aca, mcp, terminal):
+                   files, code, metrics, sandbox_metrics, audit, aca, mcp, terminal):
         app.include_router(module.router)
     app.state.audit = AuditStore(engine)
     extra_routes: list[str] = []

@@ -54,6 +54,10 @@ def cpu_percent(cpu_before: float, cpu_now: float, elapsed: float, cpus: float) 
     return round(min(max((cpu_now - cpu_before) / (elapsed * cpus) * 100, 0.0), 100.0), 2)
 
 
+def _micro(seconds: float) -> int:
+    return round(seconds * 1_000_000)
+
+
 class Series:
     """A sandbox's samples (see the module's docstring for the bounds)."""
 
@@ -80,9 +84,12 @@ class Series:
 
     def samples(self, start: float | None = None, end: float | None = None
                 ) -> list[Sample]:
-        """Samples from ``start`` to ``end`` (epoch seconds, both included), oldest first."""
-        return [s for s in self._all() if (start is None or s.time >= start)
-                and (end is None or s.time <= end)]
+        """Samples from ``start`` to ``end`` (epoch seconds, both included, to the
+        microsecond: the precision of the times the API shows), oldest first."""
+        low = None if start is None else _micro(start)
+        high = None if end is None else _micro(end)
+        return [s for s in self._all() if (low is None or _micro(s.time) >= low)
+                and (high is None or _micro(s.time) <= high)]
 
     def last(self, points: int) -> list[Sample]:
         """The newest ``points`` samples, oldest first."""

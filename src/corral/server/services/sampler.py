@@ -23,6 +23,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from datetime import UTC, datetime
+
+from corral.api import models
 from corral.api.errors import SandboxError
 from corral.node import NodeSandbox, SandboxState
 from corral.runtime import Usage
@@ -75,6 +78,30 @@ class MetricsSampler:
         its retention, or not the tenant's)."""
         found = self._series.get(sandbox_id)
         return found if found is not None and found.tenant == tenant else None
+
+    async def sandbox_metrics(self, tenant: str, sandbox_id: str, start: float | None,
+                              end: float | None) -> models.SandboxMetrics:
+        """The tenant's sandbox's samples from ``start`` to ``end`` (epoch seconds; None:
+        unbounded); NotFoundError if it is not the tenant's. Touches nothing."""
+        series = self.series(tenant, sandbox_id)
+        if series is None:
+            await self._sandboxes.check_owner(tenant, sandbox_id)
+        return models.SandboxMetrics(
+            interval=self.interval,
+            samples=[] if series is None else [wire(s) for s in series.samples(start, end)])
+
+    def latest_of(self, tenant: str, sandbox_ids: list[str], points: int
+                  ) -> models.SandboxesMetrics:
+        """The newest ``points`` samples of each of the tenant's sandboxes among
+        ``sandbox_ids`` (others' and unknown ids are left out). Touches nothing."""
+        found: dict[str, list[models.MetricSample]] = {}
+        for sandbox_id in sandbox_ids:
+            series = self.series(tenant, sandbox_id)
+            if series is not None:
+                found[sandbox_id] = [wire(s) for s in series.last(points)]
+            elif self._sandboxes.owner(sandbox_id) == tenant:
+                found[sandbox_id] = []  # live, not looked at yet
+        return models.SandboxesMetrics(interval=self.interval, sandboxes=found)
 
     def tenant_totals(self) -> dict[str, TenantTotals]:
         """Each tenant's running sandboxes' latest samples, added up."""
@@ -173,6 +200,14 @@ class MetricsSampler:
 class _Reading:
     usage: Usage
     net: tuple[int, int] | None
+
+
+def wire(sample: Sample) -> models.MetricSample:
+    return models.MetricSample(
+        time=datetime.fromtimestamp(sample.time, UTC), cpu_percent=sample.cpu_percent,
+        memory_used=sample.memory_used, memory_limit=sample.memory_limit,
+        disk_used=sample.disk_used, disk_limit=sample.disk_limit, pids=sample.pids,
+        net_rx_bytes=sample.net_rx_bytes, net_tx_bytes=sample.net_tx_bytes)
 
 
 def _running(sandbox: NodeSandbox) -> bool:
