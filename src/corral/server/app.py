@@ -130,7 +130,7 @@ def create_app(settings: ServerSettings, *,
     if settings.e2b:
         tokens = e2b.mapping.Tokens(settings.node.data_dir / "e2b-token-secret")
         app.mount(e2b.PREFIX, e2b.create_app(sandbox_service, app.state.commands,
-                                             app.state.files, tokens, snapshots,
+                                             app.state.files, tokens, snapshots, sampler,
                                              internet=settings.e2b_internet,
                                              public_images=images.public))
         e2b.install_signed_files(app)

@@ -8,7 +8,8 @@ from corral.server.services._series import (FULL_WINDOW, MAX_RECENT, MAX_SAMPLES
 
 
 def _sample(t: float) -> Sample:
-    return Sample(time=t, cpu_percent=1.0, memory_used=1, memory_limit=2, disk_used=3,
+    return Sample(time=t, cpu_percent=1.0, memory_used=1, memory_limit=2, memory_cache=0,
+                  disk_used=3,
                   disk_limit=4, pids=5, net_rx_bytes=None, net_tx_bytes=None)
 
 

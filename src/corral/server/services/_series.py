@@ -40,6 +40,7 @@ class Sample:
     cpu_percent: float
     memory_used: int
     memory_limit: int
+    memory_cache: int
     disk_used: int
     disk_limit: int
     pids: int

@@ -122,7 +122,7 @@ class MetricsSampler:
         live = self._sandboxes.tenanted()
         running = [(tenant, sandbox) for tenant, sandbox in live if _running(sandbox)]
         readings = await asyncio.to_thread(_read_all, [s for _, s in running])
-        now_wall, now = time.time(), time.monotonic()
+        now_wall, now = round(time.time(), 6), time.monotonic()
         taken = 0
         for (tenant, sandbox), reading in zip(running, readings, strict=True):
             if reading is None or not _running(sandbox):
@@ -159,6 +159,7 @@ class MetricsSampler:
                       cpu_percent=cpu_percent(before[1], usage.cpu_seconds, now - before[0],
                                               cpus),
                       memory_used=usage.memory_bytes, memory_limit=memory_limit,
+                      memory_cache=usage.memory_cache_bytes,
                       disk_used=usage.disk_used_bytes, disk_limit=usage.disk_total_bytes,
                       pids=usage.pids, net_rx_bytes=net[0] if net else None,
                       net_tx_bytes=net[1] if net else None)

@@ -352,6 +352,12 @@ class SandboxService:
             return None
         return owned[1]
 
+    def peek(self, tenant: str, sandbox_id: str) -> NodeSandbox | None:
+        """The tenant's live sandbox in whatever state, to look at without using it (no
+        activity counted, nothing resumed); None when it is not live or not the tenant's."""
+        owned = self._live.get(sandbox_id)
+        return owned[1] if owned is not None and owned[0] == tenant else None
+
     def running(self, tenant: str, sandbox_id: str) -> NodeSandbox:
         """The tenant's running sandbox ``sandbox_id``, for commands and files."""
         owned = self._live.get(sandbox_id)
