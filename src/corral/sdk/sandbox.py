@@ -23,6 +23,7 @@ import builtins
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import RootModel
@@ -290,6 +291,29 @@ class AsyncSandbox:
                                  read_timeout=CREATE_TIMEOUT))
         return self.info
 
+    async def get_metrics(self, start: datetime | float | None = None,
+                          end: datetime | float | None = None
+                          ) -> builtins.list[models.MetricSample]:
+        """The samples the server took of this sandbox, oldest first: one every
+        ``CORRAL_METRICS_INTERVAL`` seconds (5 by default) while it ran (none while paused),
+        kept for its life and a while after it stopped (``CORRAL_METRICS_RETENTION``).
+
+        ``start``, ``end``: a datetime (a naive one is local time) or Unix seconds; each
+        optional (everything kept). Each :class:`~corral.api.models.MetricSample` has
+        ``time``, ``cpu_percent`` (the share of its cores busy: 100 is all of them),
+        ``memory_used``/``memory_limit``, ``disk_used``/``disk_limit`` (bytes), ``pids``
+        and ``net_rx_bytes``/``net_tx_bytes`` (None without a network). Asking is not
+        activity: it keeps nothing from its idle timeout, and a paused sandbox stays so.
+
+        Example::
+
+            peak = max(s.memory_used for s in await sb.get_metrics())
+        """
+        params = {name: f"{_seconds(value):.6f}"
+                  for name, value in (("start", start), ("end", end)) if value is not None}
+        reply = await self._api.json("GET", f"/v1/sandboxes/{self.id}/metrics", params=params)
+        return models.SandboxMetrics.model_validate(reply).samples
+
     async def snapshot_filesystem(self, name: str | None = None) -> models.ImageInfo:
         """Keep this sandbox's files as an image of yours (it runs on), named ``name``
         (such as ``my-state:1``) or unnamed (use its ``id``): start sandboxes from it
@@ -431,3 +455,13 @@ def _resources(value: ResourcesArg | None) -> models.ResourcesSpec:
 
 if TYPE_CHECKING:
     _conforms: type[contract.SandboxContract] = AsyncSandbox
+
+
+def _seconds(value: datetime | float) -> float:
+    """Unix seconds of a datetime (a naive one is local time) or a number."""
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgumentError(f"a time is a datetime or Unix seconds, not "
+                                   f"{type(value).__name__}")
+    return float(value)

@@ -234,6 +234,7 @@ class Sandbox(Proxy[AsyncSandbox]):
     connect = blocking_constructor(AsyncSandbox.connect)
     list = blocking_static(AsyncSandbox.list)
     refresh = blocking(AsyncSandbox.refresh)
+    get_metrics = blocking(AsyncSandbox.get_metrics)
     set_timeout = blocking(AsyncSandbox.set_timeout)
     snapshot_filesystem = blocking(AsyncSandbox.snapshot_filesystem)
     snapshot = blocking(AsyncSandbox.snapshot)
