@@ -17,10 +17,12 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from corral import AsyncSandbox, Sandbox
 from corral.api.errors import InvalidArgumentError, NotFoundError
 from corral.api.models import MetricSample
+from corral.cli import app
 from corral.node import NodeSettings
 from corral.server import ServerSettings, create_app
 from corral.server.store import KeyStore, open_engine
@@ -287,3 +289,30 @@ def test_the_sdk_gets_metrics(server: Server, default_sandbox: Sandbox) -> None:
     assert [s.time for s in asyncio.run(from_async())][-1] == middle
     with pytest.raises(NotFoundError):
         Sandbox.connect(sb.id, url=server.url, api_key=server.other_key)
+
+
+def test_sandbox_top_prints_the_callers_sandboxes(server: Server) -> None:
+    cli = CliRunner(env={"CORRAL_URL": server.url, "CORRAL_API_KEY": server.key,
+                         "COLUMNS": "250"})
+    label = f"top-{time.monotonic_ns()}"
+    with Sandbox.create("python", timeout=300, metadata={"top": label},
+                        **server.sdk()) as sb, \
+            Sandbox.create("python", timeout=300, metadata={"top": label},
+                           url=server.url, api_key=server.other_key) as foreign, \
+            server.http(server.key) as http:
+        samples_of(http, sb.id)
+
+        def shown() -> str | None:
+            done = cli.invoke(app, ["sandbox", "top", "--once", "--meta", f"top={label}"])
+            assert done.exit_code == 0, done.output
+            row = [line for line in done.stdout.splitlines() if sb.id in line]
+            return done.stdout if row and "512.0M" in row[0] else None
+        out = wait_for("a row with a sample", shown)
+        assert "1 sandboxes" in out and foreign.id not in out
+        for column in ("cpu %", "memory", "disk", "pids", "net rx/tx"):
+            assert column in out
+        helped = cli.invoke(app, ["sandbox", "top", "--help"])
+        assert helped.exit_code == 0 and "--once" in helped.stdout
+        assert "Watching" in helped.stdout and "--interval" in helped.stdout
+        bad = cli.invoke(app, ["sandbox", "top", "--interval", "0"])
+        assert bad.exit_code == 2

@@ -31,7 +31,7 @@ from pydantic import RootModel
 from corral.api import contract, models
 from corral.api.code_events import ErrorCallback, ResultCallback, TextCallback
 from corral.api.errors import InvalidArgumentError
-from corral.api.limits import DEFAULT_CODE_TIMEOUT, DEFAULT_LIFETIME
+from corral.api.limits import DEFAULT_CODE_TIMEOUT, DEFAULT_LIFETIME, MAX_METRICS_IDS
 from corral.api.resources import Resources
 
 from .images import Image, build_with
@@ -267,6 +267,31 @@ class AsyncSandbox:
         finally:
             await api.aclose()
         return models.SandboxList.model_validate(reply).sandboxes
+
+    @staticmethod
+    async def list_metrics(sandbox_ids: Iterable[str], *, points: int = 1,
+                           url: str | None = None, api_key: str | None = None,
+                           ca_file: CaFile | None = None
+                           ) -> dict[str, builtins.list[models.MetricSample]]:
+        """The newest ``points`` samples (1 to 120) of each of your sandboxes among
+        ``sandbox_ids``, oldest first, by id (one request per 100 ids). Another tenant's
+        sandbox, or an unknown id, is simply absent. Asking is not activity.
+
+        Example::
+
+            latest = await AsyncSandbox.list_metrics([sb.id for sb in found])
+        """
+        wanted = builtins.list(dict.fromkeys(sandbox_ids))
+        found: dict[str, builtins.list[models.MetricSample]] = {}
+        api = ApiClient(url, api_key, ca_file)
+        try:
+            for i in range(0, len(wanted), MAX_METRICS_IDS):
+                reply = await api.json("GET", "/v1/metrics/sandboxes", params={
+                    "ids": ",".join(wanted[i:i + MAX_METRICS_IDS]), "points": str(points)})
+                found.update(models.SandboxesMetrics.model_validate(reply).sandboxes)
+        finally:
+            await api.aclose()
+        return found
 
     async def refresh(self) -> models.SandboxInfo:
         """Fetch the sandbox's current description (state, expiry, stop reason)."""

@@ -233,6 +233,7 @@ class Sandbox(Proxy[AsyncSandbox]):
     create = blocking_constructor(AsyncSandbox.create)
     connect = blocking_constructor(AsyncSandbox.connect)
     list = blocking_static(AsyncSandbox.list)
+    list_metrics = blocking_static(AsyncSandbox.list_metrics)
     refresh = blocking(AsyncSandbox.refresh)
     get_metrics = blocking(AsyncSandbox.get_metrics)
     set_timeout = blocking(AsyncSandbox.set_timeout)
