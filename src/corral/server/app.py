@@ -119,6 +119,7 @@ def create_app(settings: ServerSettings, *,
                                settings.aca)
     app.state.mcp = McpEndpoint(sandbox_service, settings.mcp_network)
     app.state.metrics = Metrics(node)
+    app.state.metrics.add_tenants(sandbox_service, sampler)
     errors.install(app)
     openapi.install(app)
     for module in (sandboxes, images_routes, volumes_routes, snapshots_routes, commands,
