@@ -32,6 +32,7 @@ from .routes import snapshots as snapshots_routes
 from .routes import volumes as volumes_routes
 from .services import CommandService, FileService, IdleReaper, SandboxService
 from .services.aca import AcaService
+from .services.history import CommandHistory
 from .services.mcp import McpEndpoint
 from .services.sampler import MetricsSampler
 from .services.code import CodeService
@@ -112,7 +113,8 @@ def create_app(settings: ServerSettings, *,
     app.state.images = images
     app.state.volumes = volumes
     app.state.snapshots = snapshots
-    app.state.commands = CommandService(sandbox_service)
+    app.state.commands = CommandService(sandbox_service,
+                                        CommandHistory(settings.metrics_retention))
     app.state.files = FileService(sandbox_service)
     app.state.code = CodeService(sandbox_service)
     app.state.aca = AcaService(sandbox_service, app.state.files, AcaSessionStore(engine),
