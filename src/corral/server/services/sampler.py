@@ -33,8 +33,9 @@ from .sandboxes import SandboxService
 
 log = logging.getLogger(__name__)
 
-#: Stopped sandboxes whose series are kept at most (then the longest stopped go first).
-MAX_STOPPED = 4096
+#: Stopped sandboxes whose series are kept at most (then the longest stopped go first): with
+#: a full series at ~260 KB, at most ~270 MB for all of them.
+MAX_STOPPED = 1024
 
 
 @dataclass(frozen=True)
