@@ -68,6 +68,7 @@ class Commands(Proxy[AsyncCommands]):
     kill = blocking(AsyncCommands.kill)
     resize = blocking(AsyncCommands.resize)
     list = blocking(AsyncCommands.list)
+    history = blocking(AsyncCommands.history)
 
 
 class WatchHandle(Proxy[AsyncWatchHandle]):
@@ -233,7 +234,9 @@ class Sandbox(Proxy[AsyncSandbox]):
     create = blocking_constructor(AsyncSandbox.create)
     connect = blocking_constructor(AsyncSandbox.connect)
     list = blocking_static(AsyncSandbox.list)
+    list_metrics = blocking_static(AsyncSandbox.list_metrics)
     refresh = blocking(AsyncSandbox.refresh)
+    get_metrics = blocking(AsyncSandbox.get_metrics)
     set_timeout = blocking(AsyncSandbox.set_timeout)
     snapshot_filesystem = blocking(AsyncSandbox.snapshot_filesystem)
     snapshot = blocking(AsyncSandbox.snapshot)

@@ -30,13 +30,15 @@ from .metrics import Metrics
 from .ports import PortProxy
 from .ratelimit import Buckets
 from .routes import (aca, audit, code, commands, console, files, mcp, metrics, pools,
-                     sandboxes, terminal)
+                     sandbox_metrics, sandboxes, terminal)
 from .routes import images as images_routes
 from .routes import snapshots as snapshots_routes
 from .routes import volumes as volumes_routes
 from .services import CommandService, FileService, IdleReaper, SandboxService
 from .services.aca import AcaService
+from .services.history import CommandHistory
 from .services.mcp import McpEndpoint
+from .services.sampler import MetricsSampler
 from .services.code import CodeService
 from .services.images import ImageService
 from .services.snapshots import SnapshotService
@@ -84,6 +86,8 @@ def create_app(settings: ServerSettings, *,
         lifetime=timedelta(seconds=settings.ui.session_lifetime),
         per_key=settings.ui.sessions_per_key))
     reaper = IdleReaper(sandbox_service, node, settings.idle_check_interval)
+    sampler = MetricsSampler(sandbox_service, settings.metrics_interval,
+                             settings.metrics_retention)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -95,9 +99,11 @@ def create_app(settings: ServerSettings, *,
             await app.state.aca.start()
             await app.state.mcp.start()
             reaper.start()
+            sampler.start()
             log.info("corral server ready on %s", settings.url)
             yield
         finally:
+            await sampler.close()
             await reaper.close()
             await port_proxy.aclose()
             await app.state.mcp.close()
@@ -118,20 +124,24 @@ def create_app(settings: ServerSettings, *,
     app.state.auth_failures = failures
     app.state.ui_sessions = ui_sessions
     app.state.sandboxes = sandbox_service
+    app.state.sampler = sampler
     app.state.images = images
     app.state.volumes = volumes
     app.state.snapshots = snapshots
-    app.state.commands = CommandService(sandbox_service)
+    app.state.commands = CommandService(sandbox_service,
+                                        CommandHistory(settings.metrics_retention))
     app.state.files = FileService(sandbox_service)
     app.state.code = CodeService(sandbox_service)
     app.state.aca = AcaService(sandbox_service, app.state.files, AcaSessionStore(engine),
                                settings.aca)
     app.state.mcp = McpEndpoint(sandbox_service, settings.mcp_network)
     app.state.metrics = Metrics(node)
+    app.state.metrics.add_tenants(sandbox_service, sampler)
     errors.install(app)
     openapi.install(app)
     for module in (sandboxes, images_routes, volumes_routes, snapshots_routes, commands,
-                   files, code, metrics, audit, pools, aca, mcp, terminal, console):
+                   files, code, metrics, sandbox_metrics, audit, pools, aca, mcp, terminal,
+                   console):
         app.include_router(module.router)
     app.state.audit = AuditStore(engine)
     extra_routes: list[str] = list(console.TEMPLATES)
@@ -139,7 +149,7 @@ def create_app(settings: ServerSettings, *,
     if settings.e2b:
         tokens = e2b.mapping.Tokens(settings.node.data_dir / "e2b-token-secret")
         app.mount(e2b.PREFIX, e2b.create_app(sandbox_service, app.state.commands,
-                                             app.state.files, tokens, snapshots,
+                                             app.state.files, tokens, snapshots, sampler,
                                              internet=settings.e2b_internet,
                                              public_images=images.public))
         e2b.install_signed_files(app)
