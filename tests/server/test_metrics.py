@@ -16,8 +16,9 @@ from .conftest import Server, assert_error
 T = TypeVar("T")
 
 
-def scrape(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with server.http(server.key) as http:
+def scrape(server: Server, key: str | None = None
+           ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with server.http(key or server.key) as http:
         response = http.get("/metrics")
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
@@ -65,11 +66,9 @@ def test_counters_move_with_calls(server: Server) -> None:
     assert (value(after, "corral_errors_total", code="not_found")
             >= value(before, "corral_errors_total", code="not_found") + 1)
 
-    # Tenants label only their own figures (corral_tenant_*), by the operator's name.
-    labels = {v for (_, pairs) in after for (k, v) in pairs if k != "tenant"}
+    # A tenant's scrape names no tenant and no sandbox (corral_tenant_* are operators').
+    labels = {v for (_, pairs) in after for (_, v) in pairs}
     assert not any(sandbox_id in v or v in ("alpha", "beta", "metrics") for v in labels)
-    assert all(name.startswith("corral_tenant_") for (name, pairs) in after
-               if any(k == "tenant" for k, _ in pairs))
 
 
 def test_unauthenticated_and_unknown_paths_are_counted_without_their_path(
@@ -90,14 +89,19 @@ def test_unauthenticated_and_unknown_paths_are_counted_without_their_path(
 
 def test_tenants_figures_add_up_their_sandboxes(server: Server) -> None:
     """``corral_tenant_*``: each tenant's live sandboxes by state, and what its running ones
-    use at their latest samples; another tenant's figures move apart."""
+    use at their latest samples; another tenant's figures move apart. An operator's scrape
+    has them; a tenant's key sees no tenant's figures, its own included."""
+    operator = server.keys.create("ops", operator=True).key
+
+    def scrape_all() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return scrape(server, operator)
     with Sandbox.create("python", timeout=300, **server.sdk()) as a, \
             Sandbox.create("python", timeout=300, url=server.url,
                            api_key=server.other_key) as b:
         a.commands.run("head -c 2000000 /dev/urandom > /work/blob")
 
         def counted() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
-            samples = scrape(server)
+            samples = scrape_all()
             ok = (value(samples, "corral_tenant_memory_bytes", tenant="alpha") > 0
                   and value(samples, "corral_tenant_memory_bytes", tenant="beta") > 0
                   and value(samples, "corral_tenant_disk_bytes", tenant="alpha") >= 2000000)
@@ -111,10 +115,13 @@ def test_tenants_figures_add_up_their_sandboxes(server: Server) -> None:
         beta_running = value(samples, "corral_tenant_sandboxes", tenant="beta",
                              state="running")
         b.kill()
-        after = _wait(lambda: (s if value(s := scrape(server), "corral_tenant_sandboxes",
+        after = _wait(lambda: (s if value(s := scrape_all(), "corral_tenant_sandboxes",
                                             tenant="beta", state="running") < beta_running
                                else None))
         assert value(after, "corral_tenant_sandboxes", tenant="alpha", state="running") >= 1
+        tenants = scrape(server)
+        assert not any(name.startswith("corral_tenant_") for (name, _) in tenants), tenants
+        assert any(name.startswith("corral_sandboxes") for (name, _) in tenants)
 
 
 def _wait(probe: Callable[[], T | None], deadline: float = 60.0) -> T:

@@ -4,9 +4,9 @@ Labels are drawn from small, fixed sets only: route templates (never the path as
 HTTP statuses, error codes, command outcomes and sandbox states, and tenant names (which
 the operator chose, ``corral keys create --tenant``; as many series as tenants with live
 sandboxes). Nothing is labelled by sandbox id, key or anything a client chose, so the
-series stay few. The per-tenant figures show every tenant's use to whoever may scrape: give
-that key to monitoring alone (docs/api.md). Each app has its own registry, so several apps
-in one process (tests) never collide.
+series stay few. The per-tenant figures (``corral_tenant_*``) name every tenant and its
+use, so they are in the exposition an operator's key scrapes only (docs/api.md). Each app
+has its own registries, so several apps in one process (tests) never collide.
 """
 
 from __future__ import annotations
@@ -135,6 +135,8 @@ class Metrics:
 
     def __init__(self, node: Node) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        #: What only an operator's scrape shows: every tenant's figures.
+        self.operator_registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_SandboxStates(node))
         self.registry.register(_Pools(node))
         self.registry.register(_Egress(node))
@@ -154,14 +156,16 @@ class Metrics:
             self.commands.labels(outcome)
 
     def add_tenants(self, sandboxes: SandboxService, sampler: MetricsSampler) -> None:
-        """Add the per-tenant figures (``corral_tenant_*``)."""
-        self.registry.register(_Tenants(sandboxes, sampler))
+        """Add the per-tenant figures (``corral_tenant_*``), for operators' scrapes."""
+        self.operator_registry.register(_Tenants(sandboxes, sampler))
 
     def command_ended(self, exit_code: int, reason: str | None) -> None:
         self.commands.labels(outcome_of(exit_code, reason)).inc()
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def exposition(self, operator: bool = False) -> bytes:
+        """The text format; with ``operator``, every tenant's figures too."""
+        text = generate_latest(self.registry)
+        return text + generate_latest(self.operator_registry) if operator else text
 
 
 def outcome_of(exit_code: int, reason: str | None) -> str:
