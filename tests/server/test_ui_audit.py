@@ -102,8 +102,8 @@ def test_mcp_requests_are_audited(server: Server, server_dir: Path) -> None:
             "jsonrpc": "2.0", "method": "notifications/initialized"})
         assert noted.status_code == 202, noted.text
         refused = http.get("/mcp", headers={"Accept": "application/json"})
-        assert refused.status_code == 406
+        assert refused.status_code == 405
     records = [_one(server_dir, r) for r in (answer, noted, refused)]
     assert [(r.tenant, r.action, r.status) for r in records] == [
         ("alpha", "mcp.request", 200), ("alpha", "mcp.request", 202),
-        ("alpha", "mcp.request", 406)]
+        ("alpha", "mcp.request", 405)]
