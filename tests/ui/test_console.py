@@ -1,0 +1,189 @@
+"""The console, used as a person would in chromium: log in, see and open a sandbox, a
+terminal, files, charts, command history, the operators' pages; another tenant's
+sandboxes stay invisible and a bad key is refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from corral import Sandbox
+
+from .conftest import Console, Server
+
+expect = pytest.importorskip("playwright.sync_api").expect
+
+#: A 2x2 PNG (red, green / blue, white).
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP4z8DAwMDAxMDAwMDAAAANHQEDasKb"
+    "6QAAAABJRU5ErkJggg==")
+#: A file name that would be markup if the page ever treated names as HTML.
+HOSTILE_NAME = '<img src=x onerror="document.title=1">.txt'
+
+
+def test_a_bad_key_is_refused(console: Console) -> None:
+    console.open()
+    console.page.get_by_label("API key").fill("crl_" + "x" * 43)
+    console.page.get_by_role("button", name="Log in").click()
+    expect(console.page.get_by_role("alert")).to_contain_text("refused")
+    expect(console.page.get_by_role("button", name="Log out")).to_have_count(0)
+    assert [c for c in console.context.cookies() if c["name"] == "corral_session"] == []
+    console.shot("refused")
+
+
+def test_log_in_see_a_sandbox_open_it_by_keyboard_and_log_out(console: Console,
+                                                              sandbox: Sandbox) -> None:
+    page = console.page
+    console.log_in(console.server.key)
+    row = page.locator(f'tr[data-id="{sandbox.id}"]')
+    expect(row).to_contain_text("running")
+    expect(row).to_contain_text("python")
+    # The key is nowhere the page could leak it: not stored, not in the URL; the session
+    # is a cookie the page's scripts cannot read.
+    stored = page.evaluate("() => JSON.stringify([{...localStorage}, {...sessionStorage},"
+                           " document.cookie, location.href])")
+    assert console.server.key not in stored and "corral_session" not in stored, stored
+    [cookie] = [c for c in console.context.cookies() if c["name"] == "corral_session"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict", cookie
+    console.shot("list")
+    # Keyboard: focus the first row, arrow to ours, Enter opens it.
+    rows = page.locator("tr[data-id]")
+    rows.first.focus()
+    for _ in range(rows.count()):
+        if page.evaluate("() => document.activeElement.dataset.id") == sandbox.id:
+            break
+        page.keyboard.press("ArrowDown")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name=sandbox.id)).to_be_visible()
+    assert page.url.endswith(f"#/sandboxes/{sandbox.id}"), page.url
+    # A reload keeps the session (the cookie; the CSRF token is asked for again).
+    page.reload()
+    expect(page.get_by_role("heading", name=sandbox.id)).to_be_visible()
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_label("API key")).to_be_visible()
+    page.reload()
+    expect(page.get_by_label("API key")).to_be_visible()
+    assert [c for c in console.context.cookies() if c["name"] == "corral_session"] == []
+
+
+def test_a_tenant_sees_none_of_another_tenants_sandboxes(console: Console,
+                                                          sandbox: Sandbox) -> None:
+    page = console.page
+    with Sandbox.create("python", timeout=600, url=console.server.url,
+                        api_key=console.server.other_key) as theirs:
+        console.log_in(console.server.other_key)
+        expect(page.locator(f'tr[data-id="{theirs.id}"]')).to_be_visible()
+        expect(page.locator(f'tr[data-id="{sandbox.id}"]')).to_have_count(0)
+        console.shot("other-tenant-list")
+        console.open(f"/sandboxes/{sandbox.id}")
+        expect(page.get_by_role("alert").first).to_contain_text("not_found")
+        console.open(f"/sandboxes/{sandbox.id}/files")
+        expect(page.get_by_role("alert").first).to_contain_text("not_found")
+        expect(page.locator("table")).to_have_count(0)
+
+
+def test_a_command_typed_in_the_terminal_shows_its_output(console: Console,
+                                                          sandbox: Sandbox) -> None:
+    page = console.page
+    console.log_in(console.server.key)
+    console.open(f"/sandboxes/{sandbox.id}/terminal")
+    expect(page.locator(".term-status")).to_have_attribute("data-state", "connected")
+    rows = page.locator(".xterm-rows")
+    expect(rows).to_contain_text(re.compile(r"[#$]"))  # the shell's prompt
+    page.locator(".term-box").click()
+    page.keyboard.type("echo $((6 * 7))-from-$(hostname | wc -c)-chars; tty\n")
+    expect(rows).to_contain_text(re.compile(r"42-from-\d+-chars"))
+    expect(rows).to_contain_text("/dev/pts/")
+    console.shot("terminal")
+    page.keyboard.type("exit 3\n")
+    expect(page.locator(".term-status")).to_contain_text("exited with code 3")
+
+
+def test_a_file_is_uploaded_downloaded_and_previewed(console: Console, sandbox: Sandbox,
+                                                     tmp_path: Path) -> None:
+    page = console.page
+    sandbox.files.write(f"/work/{HOSTILE_NAME}", b"plain text\n")
+    sandbox.files.write("/work/dot.png", PNG)
+    console.log_in(console.server.key)
+    console.open(f"/sandboxes/{sandbox.id}/files")
+    table = page.get_by_role("table", name="Files in /work")
+    # The name is shown as text, never parsed as markup.
+    expect(table.get_by_text(HOSTILE_NAME, exact=True)).to_be_visible()
+    assert table.locator("img").count() == 0
+    local = tmp_path / "notes.txt"
+    local.write_bytes("héllo from the browser\n".encode() * 100)
+    page.get_by_label("Upload to this folder").set_input_files(str(local))
+    page.get_by_role("button", name="Upload", exact=True).click()
+    expect(page.get_by_role("status").filter(has_text="Uploaded notes.txt")).to_be_visible()
+    expect(table.locator('tr[data-name="notes.txt"]')).to_contain_text("2.3 KiB")
+    assert sandbox.files.read("/work/notes.txt", format="bytes") == local.read_bytes()
+    with page.expect_download() as downloading:
+        page.get_by_role("button", name="Download notes.txt").click()
+    download = downloading.value
+    assert download.suggested_filename == "notes.txt"
+    assert Path(download.path()).read_bytes() == local.read_bytes()
+    page.get_by_role("button", name=f"Preview {HOSTILE_NAME}").click()
+    expect(page.locator("pre.file-text")).to_have_text("plain text\n")
+    page.get_by_role("button", name="Preview dot.png").click()
+    image = page.get_by_role("img", name="dot.png")
+    expect(image).to_have_attribute("src", re.compile(r"^blob:"))
+    page.wait_for_function("() => document.querySelector('.preview img').naturalWidth === 2")
+    assert page.title() == "Corral"  # no markup of the hostile name ran
+    console.shot("files")
+
+
+def test_the_charts_update_as_samples_arrive(console: Console, sandbox: Sandbox) -> None:
+    page = console.page
+    sandbox.commands.run_background("timeout 300 python3 -c 'while True: pass'")
+    console.log_in(console.server.key)
+    console.open(f"/sandboxes/{sandbox.id}/metrics")
+    metrics = page.locator(".metrics")
+    expect(metrics).not_to_have_attribute("data-last", "")
+    first = metrics.get_attribute("data-last")
+    expect(page.locator(".chart canvas").first).to_be_visible()
+    expect(metrics).not_to_have_attribute("data-last", first or "")
+    expect(page.get_by_role("img", name=re.compile(r"^CPU: \d"))).to_be_visible()
+    console.shot("metrics")
+    # The list's sparklines come from the same samples.
+    console.open("/sandboxes")
+    row = page.locator(f'tr[data-id="{sandbox.id}"]')
+    expect(row.locator(".spark svg")).to_have_count(2)
+
+
+def test_command_history_shows_exit_codes_and_output(console: Console,
+                                                     sandbox: Sandbox) -> None:
+    page = console.page
+    sandbox.commands.run("echo out-text; echo err-text >&2; exit 7")
+    console.log_in(console.server.key)
+    console.open(f"/sandboxes/{sandbox.id}/commands")
+    entry = page.locator(".commands li").filter(has_text="echo out-text")
+    expect(entry).to_contain_text("exit 7")
+    entry.locator("summary").click()
+    expect(entry.locator("pre").first).to_have_text("out-text\n")
+    expect(entry.locator("pre.stderr")).to_have_text("err-text\n")
+    console.shot("history")
+
+
+def test_operator_pages(console: Console, server: Server) -> None:
+    page = console.page
+    console.log_in(server.key)
+    expect(page.get_by_role("link", name="Pools")).to_have_count(0)
+    page.get_by_role("link", name="Audit").click()
+    expect(page.get_by_role("table", name="Audit records")).to_contain_text("ui.login")
+    page.get_by_role("button", name="Log out").click()
+    operator = server.keys.create("ops", operator=True)  # type: ignore[call-arg]
+    console.log_in(operator.key)
+    expect(page.locator(".who")).to_contain_text("(operator)")
+    page.get_by_role("link", name="Pools").click()
+    expect(page.get_by_role("heading", name="Warm pools")).to_be_visible()
+    page.get_by_role("link", name="Images").click()
+    expect(page.get_by_role("table", name="Images")).to_contain_text("python")
+    page.get_by_role("link", name="Audit").click()
+    audit = page.get_by_role("table", name="Audit records")
+    expect(audit).to_contain_text("alpha")  # another tenant's record, for an operator
+    console.shot("audit")
+    assert json.dumps(console.problems).count("permission_denied") == 0
