@@ -120,7 +120,7 @@ def test_a_file_is_uploaded_downloaded_and_previewed(console: Console, sandbox: 
     page.get_by_role("button", name="Upload", exact=True).click()
     expect(page.get_by_role("status").filter(has_text="Uploaded notes.txt")).to_be_visible()
     expect(table.locator('tr[data-name="notes.txt"]')).to_contain_text("2.3 KiB")
-    assert sandbox.files.read("/work/notes.txt", format="bytes") == local.read_bytes()
+    assert sandbox.files.read("/work/notes.txt") == local.read_bytes()
     with page.expect_download() as downloading:
         page.get_by_role("button", name="Download notes.txt").click()
     download = downloading.value

@@ -1,5 +1,6 @@
 // The console's single page: it asks the server whether the browser has a session, then
 // routes by URL hash. Styles come from files (the server's CSP allows no inline styles).
+import './csp-styles.js';
 import '@xterm/xterm/css/xterm.css';
 import 'uplot/dist/uPlot.min.css';
 import './style.css';
