@@ -31,6 +31,10 @@ from ._db import BACKENDS, fresh_database
 from ._serving import serving
 from ._spec import SpecCheck
 
+#: Seconds between two metrics samples: short, so tests see samples soon.
+METRICS_INTERVAL = 0.5
+
+
 @dataclass(frozen=True)
 class Server:
     url: str
@@ -58,7 +62,7 @@ def server_dir() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def server(server_dir: Path, python_image: str) -> Iterator[Server]:
     settings = ServerSettings(node=NodeSettings(data_dir=server_dir, image_dir=IMAGE_DIR),
-                              port=0)
+                              port=0, metrics_interval=METRICS_INTERVAL)
     keys = KeyStore(open_engine(database_url(server_dir, None)))
     alpha, beta, revoked = keys.create("alpha"), keys.create("beta"), keys.create("alpha")
     keys.revoke(revoked.id)

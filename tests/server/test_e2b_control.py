@@ -9,8 +9,9 @@ The real SDKs run against the same server in test_e2b_sdk.py.
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -115,16 +116,27 @@ def test_create_get_timeout_kill(e2b: httpx.Client, server: Server, path: str) -
         with server.http(server.key) as http:
             http.post(f"/v1/sandboxes/{sid}/commands", json={
                 "cmd": "head -c 1048576 /dev/zero > /work/mib"})
-            (first,) = e2b.get(f"/sandboxes/{sid}/metrics").json()
-            assert first["cpuCount"] == 1 and first["memTotal"] > first["memUsed"] > 0
-            assert first["diskTotal"] >= first["diskUsed"] >= 1024 * 1024
-            # Two seconds of CPU burnt between two samples show in the second.
+            # Samples the server takes on its own, several by now (waited for, bounded).
+            samples = _metrics_until(e2b, sid, lambda ms: len(ms) >= 3 and ms[-1][
+                "diskUsed"] >= 1024 * 1024)
+            stamps = [m["timestamp"] for m in samples]
+            assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+            last = samples[-1]
+            assert last["cpuCount"] == 1 and last["memTotal"] > last["memUsed"] > 0
+            assert last["diskTotal"] >= last["diskUsed"] >= 1024 * 1024
+            # CPU burnt shows in a sample taken while it burnt.
             burn = http.post(f"/v1/sandboxes/{sid}/commands", json={
                 "cmd": ["timeout", "2", "sh", "-c", "while :; do :; done"]})
             assert burn.json()["exit_code"] == 124, burn.text
-            (second,) = e2b.get(f"/sandboxes/{sid}/metrics").json()
-            assert 0 < second["cpuUsedPct"] <= 100
-            assert second["timestampUnix"] >= first["timestampUnix"]
+            busy = [m for m in e2b.get(f"/sandboxes/{sid}/metrics").json()
+                    if m["cpuUsedPct"] > 10]
+            assert busy and all(0 < m["cpuUsedPct"] <= 100 for m in busy)
+            # A range in Unix seconds selects the samples of those seconds.
+            second = busy[0]["timestampUnix"]
+            ranged = e2b.get(f"/sandboxes/{sid}/metrics",
+                             params={"start": second, "end": second}).json()
+            assert busy[0] in ranged
+            assert all(m["timestampUnix"] == second for m in ranged)
     finally:
         killed = e2b.delete(f"/sandboxes/{sid}")
     assert killed.status_code == 204, killed.text
@@ -210,6 +222,18 @@ def test_list_filters_by_metadata_and_state_and_pages(e2b: httpx.Client) -> None
     finally:
         for sid in ids:
             e2b.delete(f"/sandboxes/{sid}")
+
+
+def _metrics_until(e2b: httpx.Client, sid: str, done: Callable[[list[dict[str, Any]]], bool],
+                   deadline: float = 60.0) -> list[dict[str, Any]]:
+    """The sandbox's metrics once ``done`` holds of them; fails after ``deadline`` s."""
+    end = time.monotonic() + deadline
+    while True:
+        samples: list[dict[str, Any]] = e2b.get(f"/sandboxes/{sid}/metrics").json()
+        if done(samples):
+            return samples
+        assert time.monotonic() < end, f"metrics never got there: {samples[-3:]}"
+        time.sleep(0.1)
 
 
 def test_another_tenants_sandbox_is_not_found(e2b: httpx.Client, server: Server) -> None:

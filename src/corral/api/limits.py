@@ -138,3 +138,13 @@ def normalize_path(path: object, workdir: str | None = None) -> str:
     if any(_size(part) > NAME_MAX for part in normal.split("/")):
         raise ValueError(f"a path component is longer than {NAME_MAX} bytes")
     return normal
+
+# -- metrics and command history ------------------------------------------------------------
+#: Sandboxes one ``GET /v1/metrics/sandboxes`` may name.
+MAX_METRICS_IDS = 100
+#: Samples per sandbox it may ask for; and its default.
+MAX_METRICS_POINTS, DEFAULT_METRICS_POINTS = 120, 30
+#: Commands a sandbox's history keeps (the newest).
+HISTORY_COMMANDS = 100
+#: Bytes of each stream of a command (and of its command line) its history keeps.
+HISTORY_OUTPUT = 16 * 1024

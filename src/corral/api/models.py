@@ -594,6 +594,61 @@ class ProcessList(_Response):
     processes: list[ProcessInfo]
 
 
+class CommandRecord(_Response):
+    """A command run through the API, as its sandbox's history keeps it: the first
+    :data:`~corral.api.limits.HISTORY_OUTPUT` bytes of each stream (and of its command
+    line); ``truncated`` when anything was cut. ``ended_at`` is None while it runs."""
+
+    id: int
+    cmd: str | list[str]
+    started_at: datetime
+    ended_at: datetime | None
+    exit_code: int | None
+    signal: int | None
+    reason: str | None
+    stdout: str
+    stderr: str
+    truncated: bool
+
+
+class CommandHistory(_Response):
+    """A sandbox's last commands run through the API, newest first."""
+
+    commands: list[CommandRecord]
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+class MetricSample(_Response):
+    """One look at a sandbox. ``cpu_percent``: the share of its cores busy since the look
+    before (100: all of them); sizes in bytes; ``pids``: its pids cgroup's tasks;
+    ``net_*_bytes``: through its interface so far, None without a network."""
+
+    time: datetime
+    cpu_percent: float
+    memory_used: int
+    memory_limit: int
+    disk_used: int
+    disk_limit: int
+    pids: int
+    net_rx_bytes: int | None
+    net_tx_bytes: int | None
+
+
+class SandboxMetrics(_Response):
+    """A sandbox's samples, oldest first; ``interval``: seconds between two looks."""
+
+    interval: float
+    samples: list[MetricSample]
+
+
+class SandboxesMetrics(_Response):
+    """The newest samples of several sandboxes, oldest first, by id."""
+
+    interval: float
+    sandboxes: dict[str, list[MetricSample]]
+
+
 # -- files -------------------------------------------------------------------------------
 
 class EntryInfo(_Response):

@@ -60,6 +60,10 @@ def policy_of(value: NetworkArg | NetworkPolicy | None) -> NetworkPolicy:
     return NetworkPolicy.parse(value)
 
 
+#: Where the host's interfaces' counters are.
+SYS_NET = Path("/sys/class/net")
+
+
 class NodeNetwork:
     """The node's side of sandbox networking: the operator's rules and the host table."""
 
@@ -109,6 +113,22 @@ class NodeNetwork:
         if egress is not None:
             bytes_in, bytes_out = bytes_in + egress.bytes_in, bytes_out + egress.bytes_out
         return bytes_in, bytes_out
+
+    def interface_bytes(self, sandbox: NodeSandbox) -> tuple[int, int] | None:
+        """Bytes (received, sent) by ``sandbox`` through its interface so far: the host end
+        of its veth pair counts them the other way round (what the sandbox sends, the host
+        end receives). Everything it moves, its resolver and proxy included; None when it
+        has no network (or its pair is gone). Plain reads of sysfs, cheap."""
+        net = self.slot(sandbox.handle.extra)
+        if net is None:
+            return None
+        stats = SYS_NET / net.host_ifname / "statistics"
+        try:
+            host_rx = int((stats / "rx_bytes").read_text())
+            host_tx = int((stats / "tx_bytes").read_text())
+        except (OSError, ValueError):
+            return None
+        return host_tx, host_rx
 
     def _count(self, event: EgressEvent) -> None:
         self.verdicts[event.kind, event.reason] += 1
@@ -298,6 +318,11 @@ class SandboxNetwork:
                                name=e.name, port=e.port, address=e.address,
                                allowed=e.allowed, reason=e.reason)
             for e in (egress.events() if egress is not None else [])])
+
+    def interface_bytes(self) -> tuple[int, int] | None:
+        """Bytes (received, sent) through its interface so far; None without a network
+        (see :meth:`NodeNetwork.interface_bytes`)."""
+        return self._network.interface_bytes(self._sandbox)
 
     async def get(self) -> models.NetworkInfo:
         """Its policy as the API describes it, and its traffic so far."""

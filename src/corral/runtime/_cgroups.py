@@ -129,6 +129,11 @@ class CgroupView:
         _, _, value = self._read("pids", "pids.events").partition(" ")
         return int(value) if value.strip().isdigit() else 0
 
+    def pids_current(self) -> int:
+        """Tasks in the sandbox's pids cgroup now (0 if it is gone)."""
+        value = self._read("pids", "pids.current").strip()
+        return int(value) if value.isdigit() else 0
+
     def cpu_seconds(self) -> float:
         """CPU time the sandbox's processes used so far (the unified hierarchy's
         ``cpu.stat``, kept by every cgroup whatever its controllers)."""

@@ -332,7 +332,8 @@ class HostRuntime(Runtime):
             disk_total = disk_used = 0
         return Usage(cpu_seconds=groups.cpu_seconds(), memory_bytes=used,
                      memory_cache_bytes=cache, memory_limit_bytes=limit,
-                     disk_used_bytes=disk_used, disk_total_bytes=disk_total)
+                     disk_used_bytes=disk_used, disk_total_bytes=disk_total,
+                     pids=groups.pids_current())
 
     def limit_hit(self, sandbox: RuntimeSandbox, since: tuple[int, int]) -> str | None:
         oom, pids = self.counters(sandbox)

@@ -64,7 +64,9 @@ class VolumeBind:
 
 @dataclass(frozen=True)
 class Usage:
-    """What a sandbox uses now: CPU time so far, memory and its writable layer, in bytes."""
+    """What a sandbox uses now: CPU time so far, memory and its writable layer, in bytes,
+    and its tasks (the pids cgroup's ``pids.current``: under gVisor the Sentry's and gofer's
+    host threads, which is what its pids limit counts, not the processes it runs inside)."""
 
     cpu_seconds: float
     memory_bytes: int
@@ -72,6 +74,7 @@ class Usage:
     memory_limit_bytes: int
     disk_used_bytes: int
     disk_total_bytes: int
+    pids: int = 0
 
 
 @dataclass(frozen=True)

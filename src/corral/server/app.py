@@ -25,13 +25,15 @@ from .file_urls import FileUrlAuth, FileUrls
 from .metrics import Metrics
 from .ports import PortProxy
 from .ratelimit import Buckets
-from .routes import aca, audit, code, commands, files, mcp, metrics, sandboxes, terminal
+from .routes import (aca, audit, code, commands, files, mcp, metrics, sandbox_metrics,
+                     sandboxes, terminal)
 from .routes import images as images_routes
 from .routes import snapshots as snapshots_routes
 from .routes import volumes as volumes_routes
 from .services import CommandService, FileService, IdleReaper, SandboxService
 from .services.aca import AcaService
 from .services.mcp import McpEndpoint
+from .services.sampler import MetricsSampler
 from .services.code import CodeService
 from .services.images import ImageService
 from .services.snapshots import SnapshotService
@@ -72,6 +74,8 @@ def create_app(settings: ServerSettings, *,
     failures = Buckets(limits.auth_failure_rate, limits.auth_failure_burst, limits.buckets)
     port_proxy = PortProxy(sandbox_service, keys, settings.ports_domain, failures)
     reaper = IdleReaper(sandbox_service, node, settings.idle_check_interval)
+    sampler = MetricsSampler(sandbox_service, settings.metrics_interval,
+                             settings.metrics_retention)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -83,9 +87,11 @@ def create_app(settings: ServerSettings, *,
             await app.state.aca.start()
             await app.state.mcp.start()
             reaper.start()
+            sampler.start()
             log.info("corral server ready on %s", settings.url)
             yield
         finally:
+            await sampler.close()
             await reaper.close()
             await port_proxy.aclose()
             await app.state.mcp.close()
@@ -102,6 +108,7 @@ def create_app(settings: ServerSettings, *,
     app.state.settings = settings
     app.state.keys = keys
     app.state.sandboxes = sandbox_service
+    app.state.sampler = sampler
     app.state.images = images
     app.state.volumes = volumes
     app.state.snapshots = snapshots
@@ -115,7 +122,7 @@ def create_app(settings: ServerSettings, *,
     errors.install(app)
     openapi.install(app)
     for module in (sandboxes, images_routes, volumes_routes, snapshots_routes, commands,
-                   files, code, metrics, audit, aca, mcp, terminal):
+                   files, code, metrics, sandbox_metrics, audit, aca, mcp, terminal):
         app.include_router(module.router)
     app.state.audit = AuditStore(engine)
     extra_routes: list[str] = []
@@ -123,7 +130,7 @@ def create_app(settings: ServerSettings, *,
     if settings.e2b:
         tokens = e2b.mapping.Tokens(settings.node.data_dir / "e2b-token-secret")
         app.mount(e2b.PREFIX, e2b.create_app(sandbox_service, app.state.commands,
-                                             app.state.files, tokens, snapshots,
+                                             app.state.files, tokens, snapshots, sampler,
                                              internet=settings.e2b_internet,
                                              public_images=images.public))
         e2b.install_signed_files(app)

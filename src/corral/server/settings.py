@@ -23,6 +23,10 @@ DEFAULT_PORT = 8470
 MAX_BODY = 1024 * 1024
 #: Seconds a snapshot is kept when its request says nothing (7 days).
 DEFAULT_SNAPSHOT_TTL = 7 * 24 * 3600.0
+#: Sandbox metrics: seconds between two samples, and how long after a sandbox stopped
+#: they (and its command history) are kept: defaults and bounds.
+METRICS_INTERVAL, METRICS_INTERVAL_RANGE = 5.0, (0.1, 3600.0)
+METRICS_RETENTION, METRICS_RETENTION_RANGE = 3600.0, (0.0, 7 * 24 * 3600.0)
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,10 @@ class ServerSettings:
         e2b_internet: what an E2B create that says nothing of the network gets (E2B's
             default is internet on): ``CORRAL_E2B_INTERNET=1`` gives it ``"all"`` (public
             addresses, under the operator's rules), off by default gives ``"none"``.
+        metrics_interval: seconds between two samples of every running sandbox's metrics
+            (``CORRAL_METRICS_INTERVAL``, default 5; 0.1 to 3600).
+        metrics_retention: seconds a stopped sandbox's metrics and command history are
+            kept (``CORRAL_METRICS_RETENTION``, default 3600; 0 to 7 days).
     """
 
     node: NodeSettings
@@ -233,8 +241,16 @@ class ServerSettings:
     paused_ttl: float = DEFAULT_PAUSED_TTL
     e2b: bool = True
     e2b_internet: bool = False
+    metrics_interval: float = METRICS_INTERVAL
+    metrics_retention: float = METRICS_RETENTION
 
     def __post_init__(self) -> None:
+        for name, value, (low, high) in (
+                ("CORRAL_METRICS_INTERVAL", self.metrics_interval, METRICS_INTERVAL_RANGE),
+                ("CORRAL_METRICS_RETENTION", self.metrics_retention, METRICS_RETENTION_RANGE)):
+            if not low <= value <= high:
+                raise InvalidArgumentError(f"{name} must be {low:g} to {high:g} seconds, "
+                                           f"not {value:g}")
         check_paused_ttl(self.paused_ttl, "the server's paused TTL (CORRAL_PAUSED_TTL)")
         low, high = SNAPSHOT_TTL_RANGE
         if not low <= self.snapshot_ttl <= high:
@@ -279,6 +295,8 @@ class ServerSettings:
             paused_ttl=_seconds_env("CORRAL_PAUSED_TTL", DEFAULT_PAUSED_TTL),
             e2b=_flag(os.environ.get("CORRAL_E2B", "1")),
             e2b_internet=_flag(os.environ.get("CORRAL_E2B_INTERNET", "0")),
+            metrics_interval=_seconds_env("CORRAL_METRICS_INTERVAL", METRICS_INTERVAL),
+            metrics_retention=_seconds_env("CORRAL_METRICS_RETENTION", METRICS_RETENTION),
         )
 
     @property

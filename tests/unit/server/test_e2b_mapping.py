@@ -72,23 +72,6 @@ def test_snapshot_pages_follow_their_tokens_to_the_end() -> None:
         mapping.snapshot_page(items, 2, "snap-ffffffffffffffff")
 
 
-def test_cpu_samples_share_cores_over_the_time_between() -> None:
-    samples = mapping.CpuSamples()
-    started = datetime(2026, 1, 1, tzinfo=UTC)
-    live = {"a", "b"}
-    keep = {s: "t" for s in live}.get
-    # 1 s of CPU over the 4 s since the start, on 2 cores: 12.5 %.
-    assert samples.percent("a", 1.0, 2.0, started, started + timedelta(seconds=4), keep) == 12.5
-    # Then 2 s more over 1 s on 2 cores: all of them.
-    assert samples.percent("a", 3.0, 2.0, started, started + timedelta(seconds=5), keep) == 100
-    assert samples.percent("b", 0.0, 1.0, started, started, keep) == 0.0  # no time yet
-    # A sandbox gone is forgotten as the next sample is taken.
-    assert samples.percent("b", 0.5, 1.0, started, started + timedelta(seconds=1),
-                           {"b": "t"}.get) == 50.0
-    assert samples.percent("a", 3.5, 2.0, started, started + timedelta(seconds=9), keep) == round(
-        3.5 / 18 * 100, 2)  # "a" starts again from its start
-
-
 def test_templates_name_images() -> None:
     # code-interpreter-v1 gets the image with E2B's other kernels where it is built.
     built = ["python", "minimal", "code-interpreter"]

@@ -25,6 +25,7 @@ from starlette.types import Scope
 
 from .. import errors
 from ..services import CommandService, FileService, SandboxService
+from ..services.sampler import MetricsSampler
 from ..services.snapshots import SnapshotService
 from . import envd, files, filesystem, interpreter, mapping, routes, watch
 from .envd import TokenAuth
@@ -69,7 +70,8 @@ def is_upload(scope: Scope) -> bool:
 
 
 def create_app(sandboxes: SandboxService, commands: CommandService, files_: FileService,
-               tokens: mapping.Tokens, snapshots: SnapshotService, *,
+               tokens: mapping.Tokens, snapshots: SnapshotService, sampler: MetricsSampler,
+               *,
                internet: bool = False,
                public_images: Callable[[], list[str]] = list) -> FastAPI:
     """The sub-app to mount at :data:`PREFIX` (no schema, no docs pages of its own);
@@ -83,7 +85,7 @@ def create_app(sandboxes: SandboxService, commands: CommandService, files_: File
     app.state.tokens = tokens
     app.state.snapshots = snapshots
     app.state.internet = internet
-    app.state.cpu_samples = mapping.CpuSamples()
+    app.state.sampler = sampler
     app.state.public_images = public_images
     errors.install(app)
     app.include_router(routes.router)

@@ -22,7 +22,7 @@ import hashlib
 import hmac
 import json
 import math
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Final, Literal
@@ -330,24 +330,3 @@ def snapshot_page(items: Sequence[corral.SnapshotInfo], limit: int, token: str |
     shown = list(items[start:start + limit])
     more = start + limit < len(items)
     return shown, (shown[-1].id if more and shown else None)
-
-
-class CpuSamples:
-    """Each live sandbox's CPU time at its last metrics sample, to turn the next into a
-    share of its cores over the time between (entries of sandboxes gone are dropped as
-    samples are taken, so the table holds at most the live sandboxes)."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, tuple[datetime, float]] = {}
-
-    def percent(self, sandbox_id: str, cpu_seconds: float, cpus: float, started: datetime,
-                now: datetime, keep: Callable[[str], str | None]) -> float:
-        """Percent of ``cpus`` cores used since the previous sample (or ``started``)."""
-        since, before = self._last.get(sandbox_id, (started, 0.0))
-        for gone in [s for s in self._last if keep(s) is None]:
-            del self._last[gone]
-        self._last[sandbox_id] = (now, cpu_seconds)
-        elapsed = (now - since).total_seconds()
-        if elapsed <= 0 or cpus <= 0:
-            return 0.0
-        return round(min(max((cpu_seconds - before) / (elapsed * cpus) * 100, 0.0), 100.0), 2)

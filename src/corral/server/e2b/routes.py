@@ -8,7 +8,6 @@ sub-app's handlers and reshaped to E2B's at the edge (:class:`.mapping.ErrorShap
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
@@ -24,6 +23,7 @@ from corral.api.errors import (AlreadyExistsError, InvalidArgumentError, NotFoun
 
 from ..auth import Tenant
 from ..services import SandboxService
+from ..services.sampler import MetricsSampler
 from ..services.snapshots import SnapshotService
 from . import mapping, models
 
@@ -241,28 +241,24 @@ async def metrics(request: Request, sandbox_id: str, tenant: Tenant, service: Sa
                   start: Annotated[int | None, Query(ge=0)] = None,
                   end: Annotated[int | None, Query(ge=0)] = None,
                   ) -> list[models.SandboxMetric]:
-    """One sample, taken now (Corral keeps no history): memory and the writable layer as
-    they are, and CPU as the share of the sandbox's cores used since the previous metrics
-    call for it, or since it started. None for a paused sandbox, or when now is outside
-    ``start``..``end`` (unix seconds). Looking does not count as activity."""
-    info = await _known(service, tenant, sandbox_id)
-    sandbox = service.watched(tenant, sandbox_id)
-    now = datetime.now(UTC)
-    if sandbox is None or (start is not None and now.timestamp() < start) or (
-            end is not None and now.timestamp() > end + 1):
+    """The samples the server took of it (every ``CORRAL_METRICS_INTERVAL`` seconds) from
+    ``start`` to ``end`` (Unix seconds, each second included whole), oldest first: memory
+    and the writable layer as they were, CPU as the share of its cores used since the
+    sample before. None while it was paused. Looking does not count as activity."""
+    sandbox = service.peek(tenant, sandbox_id) if len(sandbox_id) <= _MAX_ID else None
+    if sandbox is None or mapping.e2b_state(sandbox.state.value) is None:
+        raise NotFoundError(f"sandbox {sandbox_id[:_MAX_ID]!r} not found")
+    sampler: MetricsSampler = request.app.state.sampler
+    series = sampler.series(tenant, sandbox_id)
+    if series is None:
         return []
-    usage = await asyncio.to_thread(sandbox.usage)
-    cpus = info.resources.to_resources().cpus
-    samples: mapping.CpuSamples = request.app.state.cpu_samples
-    used_pct = samples.percent(sandbox_id, usage.cpu_seconds, cpus, info.created_at, now,
-                               keep=service.owner)
-    memory_total = info.resources.to_resources().memory_mib * 1024 * 1024
+    cpus = max(1, math.ceil(sandbox.resources.cpus))
     return [models.SandboxMetric(
-        timestamp=now, timestampUnix=int(now.timestamp()), cpuCount=max(1, math.ceil(cpus)),
-        cpuUsedPct=used_pct, memUsed=usage.memory_bytes,
-        memTotal=min(usage.memory_limit_bytes or memory_total, memory_total),
-        memCache=usage.memory_cache_bytes, diskUsed=usage.disk_used_bytes,
-        diskTotal=usage.disk_total_bytes)]
+        timestamp=datetime.fromtimestamp(s.time, UTC), timestampUnix=int(s.time),
+        cpuCount=cpus, cpuUsedPct=s.cpu_percent, memUsed=s.memory_used,
+        memTotal=s.memory_limit, memCache=s.memory_cache, diskUsed=s.disk_used,
+        diskTotal=s.disk_limit)
+        for s in series.samples(start, None if end is None else end + 0.999999)]
 
 
 @router.put("/sandboxes/{sandbox_id}/network", status_code=204)

@@ -352,6 +352,12 @@ class SandboxService:
             return None
         return owned[1]
 
+    def peek(self, tenant: str, sandbox_id: str) -> NodeSandbox | None:
+        """The tenant's live sandbox in whatever state, to look at without using it (no
+        activity counted, nothing resumed); None when it is not live or not the tenant's."""
+        owned = self._live.get(sandbox_id)
+        return owned[1] if owned is not None and owned[0] == tenant else None
+
     def running(self, tenant: str, sandbox_id: str) -> NodeSandbox:
         """The tenant's running sandbox ``sandbox_id``, for commands and files."""
         owned = self._live.get(sandbox_id)
@@ -443,6 +449,18 @@ class SandboxService:
             return
         await owned[1].kill()
         await self._sync(owned[1])
+
+    def tenanted(self) -> tuple[tuple[str, NodeSandbox], ...]:
+        """Every live sandbox with its tenant, to look at without using it (the metrics
+        sampler: nothing is touched or resumed)."""
+        return tuple(self._live.values())
+
+    async def check_owner(self, tenant: str, sandbox_id: str) -> None:
+        """NotFoundError unless ``sandbox_id`` is the tenant's (live or recorded), without
+        touching it."""
+        owned = self._live.get(sandbox_id)
+        if owned is None or owned[0] != tenant:
+            await self._record(tenant, sandbox_id)
 
     def upkept(self) -> tuple[tuple[NodeSandbox, Upkeep], ...]:
         """Every live sandbox (every tenant's) with its use so far (for the reaper)."""
