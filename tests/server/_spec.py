@@ -27,6 +27,8 @@ UNROUTED = {400, 401, 404, 405, 429, 503}
 _KEEP = 8 * 1024 * 1024  # enough of a body to check; downloads are not kept
 _E2B = "/e2b/"
 _E2B_SIGNED = "/files"
+#: The web console's page, assets and session: outside the document, like the E2B API.
+_CONSOLE = "/ui"
 #: Hosts of a sandbox's port, or of the E2B API's host-based URLs (``api.<domain>``).
 _PORT_HOST = re.compile(r"^([0-9]+-sbx-[0-9a-f]{16}|api)\.")
 
@@ -146,10 +148,12 @@ class SpecCheck:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or _PORT_HOST.match(
                 dict(scope["headers"]).get(b"host", b"").decode("latin-1")) or (
-                    scope["path"] + "/").startswith(_E2B) or scope["path"] == _E2B_SIGNED:
+                    scope["path"] + "/").startswith(_E2B) or scope["path"] == _E2B_SIGNED or (
+                        scope["path"] + "/").startswith(_CONSOLE + "/"):
             # Host-based port traffic is the app's, on no path of the API's; the E2B
             # API's answers follow E2B's API, not this document (tests/server/test_e2b_*),
-            # signed file URLs at the root included.
+            # signed file URLs at the root included. The console's /ui is tested by
+            # tests/server/test_ui_*.
             await self.app(scope, receive, send)
             return
         status = 0

@@ -207,3 +207,16 @@ def test_settings_read_tls_from_the_environment(tmp_path: Path,
     assert settings.tls_dir == tmp_path / "tls"
     flag = ServerSettings.from_env(data_dir=tmp_path, port=8470, tls=False, tls_names=["b"])
     assert flag.url == "http://127.0.0.1:8470" and flag.tls_names == ("b",)
+
+
+def test_the_console_cookie_is_secure_over_tls(tls_server: TlsServer) -> None:
+    with httpx.Client(base_url=tls_server.url, verify=str(tls_server.files.ca_cert),
+                      timeout=60.0) as client:
+        answer = client.post("/ui/api/login", json={"key": tls_server.key})
+        assert answer.status_code == 200, answer.text
+        attributes = [a.strip().lower() for a in answer.headers["set-cookie"].split(";")]
+        assert "secure" in attributes and "httponly" in attributes
+        csrf = {"X-Corral-CSRF": answer.json()["csrf"]}
+        assert client.get("/v1/sandboxes", headers=csrf).status_code == 200
+        out = client.post("/ui/api/logout", headers=csrf)
+        assert out.status_code == 204 and "secure" in out.headers["set-cookie"].lower()

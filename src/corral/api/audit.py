@@ -36,3 +36,22 @@ class AuditList(BaseModel):
 
     events: list[AuditEvent]
     next_before: int | None = None
+
+
+class PoolInfo(BaseModel):
+    """One warm pool of the node (``corral serve --pool``), as an operator sees it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    image: str
+    runtime: str
+    size: int  # how many it keeps ready
+    ready: int  # ready now
+    hits: int  # creates it served
+    misses: int  # creates that matched it and found it empty
+
+
+class PoolList(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    pools: list[PoolInfo]

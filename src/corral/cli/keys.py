@@ -31,6 +31,10 @@ def create(
     e2b: Annotated[bool, typer.Option(
         "--e2b", help="In the form the e2b SDK accepts (e2b_ and hex; releases 2.25 to 2.45 "
         "refuse any other); it works everywhere a Corral key does.")] = False,
+    operator: Annotated[bool, typer.Option(
+        "--operator", help="It may also read every tenant's audit records and the node's "
+        "pools (GET /v1/audit?all_tenants=true, GET /v1/pools, the console's operator "
+        "pages).")] = False,
     data_dir: DataDirOption = None,
 ) -> None:
     """Make a key for a tenant and print it, once: only its hash is kept.
@@ -39,21 +43,24 @@ def create(
 
         corral keys create --tenant team-a
         corral keys create --tenant team-a --e2b
+        corral keys create --tenant ops --operator
     """
     with reporting_errors():
-        key = _keys(data_dir).create(tenant, e2b=e2b)
-    say(f"created {key.id} for tenant {key.tenant}; it is shown only now:")
+        key = _keys(data_dir).create(tenant, e2b=e2b, operator=operator)
+    role = " (operator)" if key.operator else ""
+    say(f"created {key.id} for tenant {key.tenant}{role}; it is shown only now:")
     typer.echo(key.key)
 
 
 @app.command("list")
 def list_(data_dir: DataDirOption = None) -> None:
-    """List keys (id, tenant, last 4 characters, created, revoked)."""
+    """List keys (id, tenant, last 4 characters, operator, created, revoked)."""
     with reporting_errors():
         keys = _keys(data_dir).list()
-    table = Table("id", "tenant", "key", "created", "revoked")
+    table = Table("id", "tenant", "key", "operator", "created", "revoked")
     for k in keys:
-        table.add_row(k.id, k.tenant, f"…{k.last4}", f"{k.created_at:%Y-%m-%d %H:%M}",
+        table.add_row(k.id, k.tenant, f"…{k.last4}", "yes" if k.operator else "",
+                      f"{k.created_at:%Y-%m-%d %H:%M}",
                       f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
     Console().print(table)
 

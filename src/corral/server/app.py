@@ -4,8 +4,10 @@ One process holds the control plane and the node: the lifespan opens the store, 
 the node (which sweeps what a previous run left) and closes both in reverse. Requests go
 through logging, rate limits, authentication, the audit trail and the body bounds
 (:mod:`.middleware`), then a route: Corral's own, or the E2B-compatible API's mounted at
-``/e2b`` (:mod:`.e2b`; ``CORRAL_E2B=0`` leaves it out). Docs pages are off; every
-path needs a key but the OpenAPI document, ``GET /openapi.json``.
+``/e2b`` (:mod:`.e2b`; ``CORRAL_E2B=0`` leaves it out), or the web console's at ``/ui``
+(:mod:`.routes.console`). Docs pages are off; every path needs a key (or the console's
+session cookie) but the OpenAPI document, ``GET /openapi.json``, and the console's page,
+assets and login.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -25,8 +29,8 @@ from .file_urls import FileUrlAuth, FileUrls
 from .metrics import Metrics
 from .ports import PortProxy
 from .ratelimit import Buckets
-from .routes import (aca, audit, code, commands, files, mcp, metrics, sandbox_metrics,
-                     sandboxes, terminal)
+from .routes import (aca, audit, code, commands, console, files, mcp, metrics, pools,
+                     sandbox_metrics, sandboxes, terminal)
 from .routes import images as images_routes
 from .routes import snapshots as snapshots_routes
 from .routes import volumes as volumes_routes
@@ -44,6 +48,7 @@ from .store.aca_sessions import AcaSessionStore
 from .store.audit import AuditStore
 from .store.images import ImageNameStore
 from .store.snapshots import SnapshotStore
+from .store.ui_sessions import SessionPolicy, UiSessionStore
 from .store.volumes import VolumeNameStore
 from .store.schema import database_url
 
@@ -51,11 +56,13 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: ServerSettings, *,
-               runtimes: Mapping[str, Runtime] | None = None) -> FastAPI:
+               runtimes: Mapping[str, Runtime] | None = None,
+               ui_dist: Path | None = None) -> FastAPI:
     """The app serving ``settings``; its node starts when the server does.
 
     ``runtimes``: the node's only runtimes instead of the host's (tests give a fake one;
     see :class:`corral.node.Node`); only this function takes them, never a setting.
+    ``ui_dist``: the console's built files instead of the package's (tests give theirs).
     """
     engine = open_engine(database_url(settings.node.data_dir, settings.database_url or None))
     keys = KeyStore(engine)
@@ -73,6 +80,10 @@ def create_app(settings: ServerSettings, *,
     limits = settings.limits
     failures = Buckets(limits.auth_failure_rate, limits.auth_failure_burst, limits.buckets)
     port_proxy = PortProxy(sandbox_service, keys, settings.ports_domain, failures)
+    ui_sessions = UiSessionStore(engine, SessionPolicy(
+        idle=timedelta(seconds=settings.ui.session_idle),
+        lifetime=timedelta(seconds=settings.ui.session_lifetime),
+        per_key=settings.ui.sessions_per_key))
     reaper = IdleReaper(sandbox_service, node, settings.idle_check_interval)
     sampler = MetricsSampler(sandbox_service, settings.metrics_interval,
                              settings.metrics_retention)
@@ -107,6 +118,10 @@ def create_app(settings: ServerSettings, *,
                   redoc_url=None, openapi_url=openapi.SPEC_PATH)
     app.state.settings = settings
     app.state.keys = keys
+    app.state.node = node
+    app.state.ui_dist = ui_dist
+    app.state.auth_failures = failures
+    app.state.ui_sessions = ui_sessions
     app.state.sandboxes = sandbox_service
     app.state.sampler = sampler
     app.state.images = images
@@ -122,10 +137,11 @@ def create_app(settings: ServerSettings, *,
     errors.install(app)
     openapi.install(app)
     for module in (sandboxes, images_routes, volumes_routes, snapshots_routes, commands,
-                   files, code, metrics, sandbox_metrics, audit, aca, mcp, terminal):
+                   files, code, metrics, sandbox_metrics, audit, pools, aca, mcp, terminal,
+                   console):
         app.include_router(module.router)
     app.state.audit = AuditStore(engine)
-    extra_routes: list[str] = []
+    extra_routes: list[str] = list(console.TEMPLATES)
     e2b_auth: e2b.TokenAuth | None = None
     if settings.e2b:
         tokens = e2b.mapping.Tokens(settings.node.data_dir / "e2b-token-secret")
@@ -134,7 +150,7 @@ def create_app(settings: ServerSettings, *,
                                              internet=settings.e2b_internet,
                                              public_images=images.public))
         e2b.install_signed_files(app)
-        extra_routes = e2b.templates()
+        extra_routes += e2b.templates()
         e2b_auth = e2b.TokenAuth(e2b.PREFIX, tokens, sandbox_service)
     app.state.file_urls = FileUrls(settings.node.data_dir / "file-url-secret")
     file_auth = FileUrlAuth(app.state.file_urls, sandbox_service, then=e2b_auth)
@@ -142,5 +158,5 @@ def create_app(settings: ServerSettings, *,
     middleware.install(app, settings, keys, app.state.audit, port_proxy, failures,
                        extra_routes=extra_routes, extra_actions=e2b.AUDITED,
                        e2b_prefix=e2b.PREFIX if settings.e2b else None,
-                       alternative_auth=file_auth)
+                       alternative_auth=file_auth, sessions=ui_sessions)
     return app

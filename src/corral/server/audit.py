@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import timedelta
-from typing import Final
+from typing import Any, Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -40,6 +40,7 @@ events = logging.getLogger("corral.server.events")
 _LIFECYCLE: Final = frozenset({"sandbox.create", "sandbox.kill"})
 
 _SANDBOX = "/v1/sandboxes/{sandbox_id}"
+_ACA = "/aca/{pool}"
 ACTIONS: Final = {
     ("POST", "/v1/sandboxes"): "sandbox.create",
     ("DELETE", _SANDBOX): "sandbox.kill",
@@ -53,6 +54,19 @@ ACTIONS: Final = {
     ("DELETE", f"{_SANDBOX}/files"): "file.remove",
     ("POST", f"{_SANDBOX}/files/mkdir"): "file.mkdir",
     ("POST", f"{_SANDBOX}/files/rename"): "file.rename",
+    # The Azure Container Apps façade: the sandbox is the session's, found by the route.
+    ("POST", f"{_ACA}/code/execute"): "aca.execute",
+    ("POST", f"{_ACA}/executions"): "aca.execute",
+    ("POST", f"{_ACA}/files/upload"): "aca.file.upload",
+    ("POST", f"{_ACA}/files"): "aca.file.upload",
+    ("GET", f"{_ACA}/files"): "aca.file.list",
+    ("GET", f"{_ACA}/files/{{name}}"): "aca.file.read",
+    # MCP: one route for every tool call; the body (which tool) is never read here.
+    ("POST", "/mcp"): "mcp.request",
+    ("GET", "/mcp"): "mcp.request",
+    ("DELETE", "/mcp"): "mcp.request",
+    # The console's logout; its login is recorded by its route, which finds the tenant.
+    ("POST", "/ui/api/logout"): "ui.logout",
 }
 _READS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Seconds between two prunes of the table.
@@ -159,6 +173,24 @@ class AuditTrail:
                                         timedelta(days=age) if age > 0 else None)
             except Exception:
                 log.exception("pruning the audit log failed")
+
+
+async def record(app: Any, scope: Scope, tenant: str, key_id: str | None, action: str,
+                 outcome: str, status: int, sandbox_id: str | None = None) -> None:
+    """Write one record from a route, for what this layer cannot see: a WebSocket, or a
+    request that names its tenant only once the route ran (the console's login)."""
+    store: AuditStore | None = getattr(app.state, "audit", None)
+    if store is None:
+        return
+    client = scope.get("client")
+    entry = AuditRecord(tenant=tenant, action=action, outcome=outcome, status=status,
+                        key_id=key_id, sandbox_id=sandbox_id,
+                        request_id=scope.get(REQUEST_ID_SCOPE),
+                        client=str(client[0]) if client else None)
+    try:
+        await asyncio.to_thread(store.add, entry)
+    except Exception:
+        log.exception("writing the audit record of a %s failed", action)
 
 
 def _outcome(status: int, body: bytes) -> str:

@@ -19,6 +19,12 @@ an :data:`Alternative` names the caller for them, under the same failure limit.
 WebSocket handshakes (the terminal route) authenticate as requests do, by the same headers;
 a refused one is answered in the same error body, as an HTTP answer to the handshake where
 the server can send one, else by closing it (1008) before it is accepted.
+
+A request without a key may carry the web console's session cookie instead: it then
+authenticates as the key that logged in (rate limits, audit and all), under the CSRF rules
+of :mod:`corral.server.sessions`; failures count against the address like bad keys. The
+console's page, assets and login need no credential (the login checks the key it is given,
+under the same failure limit).
 """
 
 from __future__ import annotations
@@ -35,13 +41,18 @@ from fastapi import Depends, Request
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from corral.api.errors import AuthenticationError, ErrorCode, http_status
+from corral.api.errors import (AuthenticationError, ErrorCode, PermissionDeniedError,
+                               http_status)
 
+from . import sessions as console
 from .errors import error_response
 from .ratelimit import KEY_ID_SCOPE, Buckets, client_name, retry_after
 from .store import KeyRef, KeyStore
+from .store.ui_sessions import UiSessionStore
 
 _SCOPE_KEY = "corral.tenant"
+#: Set in the scope of a request whose key is an operator's.
+OPERATOR_SCOPE: Final = "corral.operator"
 #: How long a key that authenticated stays exempt from its address's failure limit.
 RECENT_KEY_SECONDS: Final = 600.0
 _HINT = "send `Authorization: Bearer <key>`; `corral keys create` makes one"
@@ -65,9 +76,11 @@ class Authenticate:
     the scope. Failures are limited per client address by ``failures`` (none: unlimited)."""
 
     def __init__(self, app: ASGIApp, keys: KeyStore, failures: Buckets | None = None,
-                 recent_size: int = 10_000, alternative: Alternative | None = None) -> None:
+                 recent_size: int = 10_000, alternative: Alternative | None = None,
+                 sessions: UiSessionStore | None = None) -> None:
         self.app = app
         self.keys = keys
+        self.sessions = sessions
         self.alternative = alternative
         self.failures = failures if failures is not None else Buckets(0, 0)
         # sha256 of keys that authenticated lately -> when; oldest first, bounded.
@@ -78,9 +91,16 @@ class Authenticate:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        key = presented_key(Headers(scope=scope))
+        if self.sessions is not None and console.is_public(scope):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        key = presented_key(headers)
+        cookie = (console.session_id(headers) if key is None and self.sessions is not None
+                  else None)
         address = client_name(scope)
-        digest = hashlib.sha256(key.encode()).hexdigest() if key else ""
+        secret = key or cookie
+        digest = hashlib.sha256(secret.encode()).hexdigest() if secret else ""
         wait = self.failures.wait(address)
         if wait > 0 and not self._recently_good(digest):
             message = ("too many failed authentications from this address; try again in "
@@ -98,6 +118,17 @@ class Authenticate:
             scope[KEY_ID_SCOPE] = other.id
             await self.app(scope, receive, send)
             return
+        if cookie is not None and self.sessions is not None:
+            session = await console.authenticate(scope, headers, self.sessions, cookie)
+            if isinstance(session, tuple):
+                self.failures.take(address)
+                self._recent.pop(digest, None)
+                await refuse(scope, receive, send, *session)
+                return
+            self._remember(digest)
+            _identify(scope, session)
+            await self.app(scope, receive, send)
+            return
         found: KeyRef | None = (await asyncio.to_thread(self.keys.identify, key)
                                 if key else None)
         if found is None:
@@ -108,8 +139,7 @@ class Authenticate:
             await refuse(scope, receive, send, ErrorCode.UNAUTHENTICATED, message)
             return
         self._remember(digest)
-        scope[_SCOPE_KEY] = found.tenant
-        scope[KEY_ID_SCOPE] = found.id
+        _identify(scope, found)
         await self.app(scope, receive, send)
 
     def _recently_good(self, digest: str) -> bool:
@@ -121,6 +151,12 @@ class Authenticate:
         self._recent.move_to_end(digest)
         while len(self._recent) > self._recent_size:
             self._recent.popitem(last=False)
+
+
+def _identify(scope: Scope, key: KeyRef) -> None:
+    scope[_SCOPE_KEY] = key.tenant
+    scope[KEY_ID_SCOPE] = key.id
+    scope[OPERATOR_SCOPE] = key.operator
 
 
 async def refuse(scope: Scope, receive: Receive, send: Send, code: ErrorCode, message: str,
@@ -149,6 +185,22 @@ async def _tenant(request: Request) -> str:
 
 
 Tenant = Annotated[str, Depends(_tenant)]
+
+
+async def _operator(request: Request) -> str:
+    tenant = await _tenant(request)
+    if request.scope.get(OPERATOR_SCOPE) is not True:
+        raise PermissionDeniedError(
+            "only an operator's key may do this; `corral keys create --operator` makes one")
+    return tenant
+
+
+#: The caller's tenant, for routes only an operator's key may call (403 otherwise).
+OperatorTenant = Annotated[str, Depends(_operator)]
+
+
+def is_operator(scope: Scope) -> bool:
+    return scope.get(OPERATOR_SCOPE) is True
 
 
 def tenant_of(scope: Scope) -> str | None:

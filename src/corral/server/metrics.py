@@ -129,6 +129,14 @@ def outcome_of(exit_code: int, reason: str | None) -> str:
     return "success" if exit_code == 0 else "failure"
 
 
+def _pattern(template: str) -> re.Pattern[str]:
+    """A template as a regex: a parameter is one segment, or any number of them written
+    ``{name:path}`` (as Starlette writes routes whose parameter is a path)."""
+    return re.compile("^" + re.sub(
+        r"\{([^/}:]+)(:path)?\}",
+        lambda m: f"(?P<{m.group(1)}>{'.+' if m.group(2) else '[^/]+'})", template) + "$")
+
+
 class RouteTemplates:
     """Which path template of the published document a path matches, and its
     ``{sandbox_id}``; built on first use, since the document is too."""
@@ -140,9 +148,8 @@ class RouteTemplates:
     def __call__(self, path: str) -> tuple[str, str | None]:
         """``(template, sandbox id)``; ``(UNMATCHED, None)`` for a path the API lacks."""
         if self._patterns is None:
-            self._patterns = [
-                (re.compile("^" + re.sub(r"\{([^/}]+)\}", r"(?P<\1>[^/]+)", t) + "$"), t)
-                for t in self._templates()]
+            self._patterns = [(_pattern(t), t.replace(":path}", "}"))
+                              for t in self._templates()]
         for pattern, template in self._patterns:
             found = pattern.match(path)
             if found:

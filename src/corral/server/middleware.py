@@ -11,7 +11,8 @@
    answered here, with its own credentials (a port token, a signed URL, the owner's key).
 5. :class:`~corral.server.openapi.AuthenticateExceptSpec`: the key (401), or on E2B's
    envd paths the sandbox's access token (or a signature, on ``/files``), or a signed file
-   URL (:mod:`~corral.server.file_urls`); failed authentications per client address (429).
+   URL (:mod:`~corral.server.file_urls`), or the console's session cookie with its CSRF
+   token (:mod:`~corral.server.sessions`); failed authentications per client address (429).
 6. :class:`~corral.server.ratelimit.KeyLimits`: the key's token bucket and requests in
    flight (429).
 7. :class:`~corral.server.audit.AuditTrail`: who did what to which sandbox.
@@ -43,6 +44,7 @@ from .routes import files, images, volumes
 from .settings import ServerSettings
 from .store import KeyStore
 from .store.audit import AuditStore
+from .store.ui_sessions import UiSessionStore
 
 events = logging.getLogger("corral.server.events")
 
@@ -50,8 +52,8 @@ events = logging.getLogger("corral.server.events")
 def install(app: FastAPI, settings: ServerSettings, keys: KeyStore, audit: AuditStore,
             ports: PortProxy, failures: Buckets, *, extra_routes: Sequence[str] = (),
             extra_actions: Mapping[tuple[str, str], str] | None = None,
-            e2b_prefix: str | None = None, alternative_auth: Alternative | None = None
-            ) -> None:
+            e2b_prefix: str | None = None, alternative_auth: Alternative | None = None,
+            sessions: UiSessionStore | None = None) -> None:
     """Add the layers above to ``app`` (Starlette runs the one added last first).
 
     ``failures``: failed authentications per client address, API keys' and port
@@ -61,9 +63,11 @@ def install(app: FastAPI, settings: ServerSettings, keys: KeyStore, audit: Audit
     (:class:`~corral.server.e2b.ErrorShape`, between the access log and the metrics, so
     metrics and the audit trail still see Corral's codes). ``alternative_auth``: how
     requests that carry no key authenticate (E2B's envd paths: the sandbox's token).
+    ``sessions``: the web console's, whose cookie authenticates too
+    (:mod:`~corral.server.sessions`).
     """
     limits = settings.limits
-    routes = RouteTemplates(lambda: [*app.openapi()["paths"], *extra_routes])
+    routes = RouteTemplates(lambda: [*openapi.templates(app.openapi()), *extra_routes])
     app.add_middleware(BodyLimit, limit=settings.max_body,
                        exempt=lambda scope: (files.is_upload(scope)
                                              or images.is_context_upload(scope)
@@ -77,7 +81,8 @@ def install(app: FastAPI, settings: ServerSettings, keys: KeyStore, audit: Audit
     app.add_middleware(KeyLimits, rate=limits.rate, burst=limits.burst,
                        in_flight=limits.in_flight_per_key, size=limits.buckets)
     app.add_middleware(openapi.AuthenticateExceptSpec, keys=keys, failures=failures,
-                       recent_size=limits.buckets, alternative=alternative_auth)
+                       recent_size=limits.buckets, alternative=alternative_auth,
+                       sessions=sessions)
     app.add_middleware(PortGateway, proxy=ports)
     app.add_middleware(HeaderLimit)
     app.add_middleware(ServerCap, limit=limits.in_flight)

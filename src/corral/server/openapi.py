@@ -215,6 +215,20 @@ def _document_errors(path: str, operation: dict[str, Any]) -> None:
                 "schema": {"type": "integer", "minimum": 1}}
 
 
+def templates(document: dict[str, Any]) -> list[str]:
+    """The document's path templates, a parameter whose schema says ``"format": "path"``
+    (a ``{name:path}`` route, spanning segments) written ``{name:path}``."""
+    found = []
+    for path, operations in document["paths"].items():
+        spanning = {p["name"] for op in operations.values() if isinstance(op, dict)
+                    for p in op.get("parameters", ())
+                    if p.get("in") == "path" and p.get("schema", {}).get("format") == "path"}
+        for name in spanning:
+            path = path.replace(f"{{{name}}}", f"{{{name}:path}}")
+        found.append(path)
+    return found
+
+
 class AuthenticateExceptSpec(Authenticate):
     """:class:`~corral.server.auth.Authenticate`, but ``GET /openapi.json`` needs no key:
     the document describes the API, not anyone's data."""

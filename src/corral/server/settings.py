@@ -159,6 +159,58 @@ class AcaSettings:
                                        "numbers of seconds") from None
 
 
+#: Bounds of the console's session lifetimes, in seconds, and of sessions per key.
+UI_SESSION_SECONDS = (1.0, 30 * 24 * 3600.0)
+UI_SESSIONS_PER_KEY = (1, 1000)
+
+
+@dataclass(frozen=True)
+class UiSettings:
+    """The web console's sessions (``/ui``).
+
+    Attributes:
+        session_idle: seconds a session may go without a request before it ends
+            (``CORRAL_UI_SESSION_IDLE``, default 8 h).
+        session_lifetime: seconds a session lasts at most, however busy
+            (``CORRAL_UI_SESSION_LIFETIME``, default 24 h). Both 1 s to 30 days.
+        sessions_per_key: sessions one API key may hold; a login past it ends the key's
+            oldest (``CORRAL_UI_SESSIONS_PER_KEY``, default 16, 1 to 1000).
+    """
+
+    session_idle: float = 8 * 3600.0
+    session_lifetime: float = 24 * 3600.0
+    sessions_per_key: int = 16
+
+    def __post_init__(self) -> None:
+        low, high = UI_SESSION_SECONDS
+        for name in ("session_idle", "session_lifetime"):
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise InvalidArgumentError(
+                    f"the console's {name.replace('_', ' ')} must be {low:g} to {high:g} "
+                    f"seconds (CORRAL_UI_{name.upper()}), not {value:g}")
+        low_n, high_n = UI_SESSIONS_PER_KEY
+        if not low_n <= self.sessions_per_key <= high_n:
+            raise InvalidArgumentError(
+                f"the console's sessions per key must be {low_n} to {high_n} "
+                f"(CORRAL_UI_SESSIONS_PER_KEY), not {self.sessions_per_key}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> UiSettings:
+        env = os.environ if env is None else env
+        try:
+            return cls(
+                session_idle=float(env.get("CORRAL_UI_SESSION_IDLE") or cls.session_idle),
+                session_lifetime=float(env.get("CORRAL_UI_SESSION_LIFETIME")
+                                       or cls.session_lifetime),
+                sessions_per_key=int(env.get("CORRAL_UI_SESSIONS_PER_KEY")
+                                     or cls.sessions_per_key))
+        except ValueError:
+            raise InvalidArgumentError(
+                "CORRAL_UI_SESSION_IDLE and CORRAL_UI_SESSION_LIFETIME must be numbers of "
+                "seconds, CORRAL_UI_SESSIONS_PER_KEY a whole number") from None
+
+
 def _mib_env(name: str, default: int) -> int:
     raw = os.environ.get(name, "")
     try:
@@ -217,6 +269,7 @@ class ServerSettings:
             (``CORRAL_METRICS_INTERVAL``, default 5; 0.1 to 3600).
         metrics_retention: seconds a stopped sandbox's metrics and command history are
             kept (``CORRAL_METRICS_RETENTION``, default 3600; 0 to 7 days).
+        ui: the web console's session lifetimes (:class:`UiSettings`).
     """
 
     node: NodeSettings
@@ -243,6 +296,7 @@ class ServerSettings:
     e2b_internet: bool = False
     metrics_interval: float = METRICS_INTERVAL
     metrics_retention: float = METRICS_RETENTION
+    ui: UiSettings = field(default_factory=UiSettings)
 
     def __post_init__(self) -> None:
         for name, value, (low, high) in (
@@ -297,6 +351,7 @@ class ServerSettings:
             e2b_internet=_flag(os.environ.get("CORRAL_E2B_INTERNET", "0")),
             metrics_interval=_seconds_env("CORRAL_METRICS_INTERVAL", METRICS_INTERVAL),
             metrics_retention=_seconds_env("CORRAL_METRICS_RETENTION", METRICS_RETENTION),
+            ui=UiSettings.from_env(),
         )
 
     @property

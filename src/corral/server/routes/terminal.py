@@ -1,7 +1,9 @@
 """``WS /v1/sandboxes/{id}/terminal``: an interactive terminal over one WebSocket.
 
 The handshake authenticates as every request does (``Authorization: Bearer <key>`` or
-``X-API-Key``; see :mod:`corral.server.auth`). Then, in order:
+``X-API-Key``; see :mod:`corral.server.auth`), or with the web console's session cookie,
+its CSRF token in ``?csrf=`` and an ``Origin`` that is the server's own (a browser cannot
+set a WebSocket's headers; :mod:`corral.server.sessions`). Then, in order:
 
 1. the client sends one text message, a :class:`~corral.api.models.TerminalRequest`
    (``{"pty": {"cols": 80, "rows": 24}}``, and optionally ``cmd``, ``env``, ``cwd``,

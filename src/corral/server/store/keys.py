@@ -15,13 +15,13 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, Executable, insert, select, update
+from sqlalchemy import Connection, Engine, Executable, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from corral.api.errors import InternalError, InvalidArgumentError, NotFoundError
 
 from ._time import aware, now
-from .schema import api_keys, tenants
+from .schema import api_keys, tenants, ui_sessions
 
 KEY_PREFIX = "crl_"
 #: The form of a key made for the e2b SDK (``corral keys create --e2b``).
@@ -45,6 +45,7 @@ class ApiKey:
     last4: str
     created_at: datetime
     revoked_at: datetime | None
+    operator: bool = False
 
     @property
     def revoked(self) -> bool:
@@ -57,6 +58,8 @@ class KeyRef:
 
     id: str
     tenant: str
+    #: May read every tenant's audit records and the node's pools.
+    operator: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class NewKey:
     id: str
     tenant: str
     key: str = ""
+    operator: bool = False
 
     def __repr__(self) -> str:  # never print the key by accident
         return f"NewKey(id={self.id!r}, tenant={self.tenant!r})"
@@ -75,9 +79,11 @@ class KeyStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def create(self, tenant: str = "default", *, e2b: bool = False) -> NewKey:
+    def create(self, tenant: str = "default", *, e2b: bool = False,
+               operator: bool = False) -> NewKey:
         """Make a key for ``tenant`` (created if new); ``e2b``: in the form the e2b SDK
-        accepts (``e2b_`` and hex), which works everywhere a Corral key does."""
+        accepts (``e2b_`` and hex), which works everywhere a Corral key does; ``operator``:
+        it may also read every tenant's audit records and the node's pools."""
         if not TENANT_NAME.match(tenant):
             raise InvalidArgumentError(
                 f"tenant name {tenant!r:.80} must be lowercase letters, digits, '.', '_' or "
@@ -88,17 +94,20 @@ class KeyStore:
         with self._engine.begin() as db:
             _add_tenant(db, tenant)
             db.execute(insert(api_keys).values(id=key_id, tenant=tenant, key_hash=key_hash(key),
-                                               last4=key[-4:], created_at=now()))
-        return NewKey(id=key_id, tenant=tenant, key=key)
+                                               last4=key[-4:], created_at=now(),
+                                               operator=operator))
+        return NewKey(id=key_id, tenant=tenant, key=key, operator=operator)
 
     def list(self) -> list[ApiKey]:
         with self._engine.connect() as db:
             rows = db.execute(select(api_keys).order_by(api_keys.c.created_at)).all()
         return [ApiKey(id=r.id, tenant=r.tenant, last4=r.last4, created_at=aware(r.created_at),
-                       revoked_at=aware(r.revoked_at) if r.revoked_at else None) for r in rows]
+                       revoked_at=aware(r.revoked_at) if r.revoked_at else None,
+                       operator=bool(r.operator)) for r in rows]
 
     def revoke(self, key_id: str) -> None:
-        """Revoke a key; it stops working on the server's next request."""
+        """Revoke a key; it stops working on the server's next request, and so do the
+        console sessions it opened (deleted here)."""
         if not _KEY_ID.match(key_id):
             raise NotFoundError(f"no API key {key_id!r:.80}")
         with self._engine.begin() as db:
@@ -109,6 +118,7 @@ class KeyStore:
                 found = db.execute(select(api_keys.c.id).where(api_keys.c.id == key_id)).first()
                 if found is None:
                     raise NotFoundError(f"no API key {key_id!r}")
+            db.execute(delete(ui_sessions).where(ui_sessions.c.key_id == key_id))
 
     def tenant_of(self, key: str) -> str | None:
         """The tenant a live key belongs to, or None for an unknown or revoked key."""
@@ -121,12 +131,13 @@ class KeyStore:
             return None
         digest = key_hash(key)
         with self._engine.connect() as db:
-            row = db.execute(select(api_keys.c.id, api_keys.c.tenant, api_keys.c.key_hash)
+            row = db.execute(select(api_keys.c.id, api_keys.c.tenant, api_keys.c.key_hash,
+                                    api_keys.c.operator)
                              .where(api_keys.c.key_hash == digest,
                                     api_keys.c.revoked_at.is_(None))).first()
         if row is None or not hmac.compare_digest(row.key_hash, digest):
             return None
-        return KeyRef(id=str(row.id), tenant=str(row.tenant))
+        return KeyRef(id=str(row.id), tenant=str(row.tenant), operator=bool(row.operator))
 
 
 def _add_tenant(db: Connection, tenant: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Engine,
@@ -51,6 +52,19 @@ api_keys = Table(
     Column("last4", String(4), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+    # May see every tenant's audit records and the node's pools; NULL (rows from before): no.
+    Column("operator", Boolean, nullable=True),
+)
+
+#: The web console's sessions (``/ui``): a session id is a cookie's secret, kept only as
+#: its sha256, like keys. A session is its key's: the key revoked, it works no more.
+ui_sessions = Table(
+    "ui_sessions", metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("key_id", String(32), ForeignKey("api_keys.id"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False),
+    Index("ix_ui_sessions_key", "key_id", "created_at"),
 )
 
 sandboxes = Table(
