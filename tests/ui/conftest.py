@@ -50,6 +50,8 @@ def browser() -> Iterator[Any]:
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.skip("the playwright package is missing (scripts/install --test installs it)")
+    from playwright.sync_api import expect
+    expect.set_options(timeout=WAIT_MS)  # conditions in the page, waited for up to this
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
         yield launched

@@ -10,7 +10,9 @@ import { bytes, percent, time } from '../format.js';
 const count = (v) => String(Math.round(v));
 
 export function Metrics({ id }) {
-  const m = usePoll(() => getJson(`${sandboxPath(id)}/metrics`), 5, [id]);
+  // Fetched again at the server's sampling interval (at least 1 s apart, 5 s until known).
+  const m = usePoll(() => getJson(`${sandboxPath(id)}/metrics`),
+                    (last) => Math.max(1, (last && last.interval) || 5), [id]);
   const samples = (m.data && m.data.samples) || [];
   const times = samples.map((s) => Date.parse(s.time) / 1000);
   const col = (key) => samples.map((s) => (s[key] === undefined ? null : s[key]));
@@ -20,7 +22,7 @@ export function Metrics({ id }) {
     <div class="metrics" data-samples=${samples.length} data-last=${last ? last.time : ''}>
       <${ErrorBox} error=${m.error} onRetry=${m.reload} />
       <p class="muted" aria-live="polite">
-        ${m.data ? (last ? `${samples.length} samples, every ${m.data.interval} s; the latest at ${time(last.time)}.`
+        ${m.data ? (last ? `${samples.length} sample${samples.length === 1 ? '' : 's'}, every ${m.data.interval} s; the latest at ${time(last.time)}.`
                          : 'No samples yet: the first comes within one interval of the start.')
                  : 'Loading…'}
       </p>

@@ -16,7 +16,7 @@ var Dh=Document.prototype.createElement,Af=Element.prototype.setAttribute;functi
         <button type="submit" disabled=${r}>${r?"Logging in…":"Log in"}</button>
       </form>
       <${Ne} error=${i} />
-    </main>`}function Pt(e,t,i){let[s,r]=me({data:null,error:null}),n=Ei(0),o=Ei(()=>{});return Et(()=>{let l=!1,h=null,a=async()=>{clearTimeout(h);let u=++n.current;try{let d=await e();!l&&u===n.current&&r({data:d,error:null})}catch(d){!l&&u===n.current&&r(f=>({data:f.data,error:d}))}!l&&t&&(h=setTimeout(a,document.hidden?t*4e3:t*1e3))};return o.current=a,a(),()=>{l=!0,clearTimeout(h)}},i),{...s,reload:()=>o.current()}}function nl({values:e,max:t,label:i,unit:s}){let r=e.filter(f=>f!=null);if(r.length===0)return I`<span class="muted" aria-label=${`${i}: no samples yet`}>—</span>`;let n=Math.max(t||0,...r,1e-9),o=80,l=20,h=r.length>1?o/(r.length-1):0,a=r.map((f,p)=>`${(p*h).toFixed(1)},${(l-f/n*(l-2)-1).toFixed(1)}`).join(" "),u=r[r.length-1],d=s(u);return I`
+    </main>`}function Pt(e,t,i){let[s,r]=me({data:null,error:null}),n=Ei(0),o=Ei(()=>{});return Et(()=>{let l=!1,h=null,a=null,u=async()=>{clearTimeout(h);let d=++n.current;try{a=await e(),!l&&d===n.current&&r({data:a,error:null})}catch(p){!l&&d===n.current&&r(g=>({data:g.data,error:p}))}let f=typeof t=="function"?t(a):t;!l&&f&&(h=setTimeout(u,(document.hidden?4:1)*f*1e3))};return o.current=u,u(),()=>{l=!0,clearTimeout(h)}},i),{...s,reload:()=>o.current()}}function nl({values:e,max:t,label:i,unit:s}){let r=e.filter(f=>f!=null);if(r.length===0)return I`<span class="muted" aria-label=${`${i}: no samples yet`}>—</span>`;let n=Math.max(t||0,...r,1e-9),o=80,l=20,h=r.length>1?o/(r.length-1):0,a=r.map((f,p)=>`${(p*h).toFixed(1)},${(l-f/n*(l-2)-1).toFixed(1)}`).join(" "),u=r[r.length-1],d=s(u);return I`
     <span class="spark" role="img" aria-label=${`${i}: ${d}`} title=${`${i}: ${d}`}>
       <svg width=${o} height=${l} viewBox=${`0 0 ${o} ${l}`} aria-hidden="true">
         <polyline points=${r.length>1?a:`0,${l/2} ${o},${l/2}`} />
@@ -98,11 +98,11 @@ var Dh=Document.prototype.createElement,Af=Element.prototype.setAttribute;functi
     <figure class="chart">
       <figcaption>${e}</figcaption>
       <div ref=${n} role="img" aria-label=${`${e}: ${r}`}></div>
-    </figure>`}var Fd=e=>String(Math.round(e));function Ud({id:e}){let t=Pt(()=>Qe(`${wt(e)}/metrics`),5,[e]),i=t.data&&t.data.samples||[],s=i.map(l=>Date.parse(l.time)/1e3),r=l=>i.map(h=>h[l]===void 0?null:h[l]),n=i[i.length-1],o=i.some(l=>l.net_rx_bytes!==null&&l.net_rx_bytes!==void 0);return I`
+    </figure>`}var Fd=e=>String(Math.round(e));function Ud({id:e}){let t=Pt(()=>Qe(`${wt(e)}/metrics`),l=>Math.max(1,l&&l.interval||5),[e]),i=t.data&&t.data.samples||[],s=i.map(l=>Date.parse(l.time)/1e3),r=l=>i.map(h=>h[l]===void 0?null:h[l]),n=i[i.length-1],o=i.some(l=>l.net_rx_bytes!==null&&l.net_rx_bytes!==void 0);return I`
     <div class="metrics" data-samples=${i.length} data-last=${n?n.time:""}>
       <${Ne} error=${t.error} onRetry=${t.reload} />
       <p class="muted" aria-live="polite">
-        ${t.data?n?`${i.length} samples, every ${t.data.interval} s; the latest at ${fi(n.time)}.`:"No samples yet: the first comes within one interval of the start.":"Loading…"}
+        ${t.data?n?`${i.length} sample${i.length===1?"":"s"}, every ${t.data.interval} s; the latest at ${fi(n.time)}.`:"No samples yet: the first comes within one interval of the start.":"Loading…"}
       </p>
       ${i.length>0&&I`
         <div class="charts">
