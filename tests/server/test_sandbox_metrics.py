@@ -9,6 +9,7 @@ METRICS_INTERVAL seconds.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -16,8 +17,12 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
-from corral import Sandbox
+from corral import AsyncSandbox, Sandbox
+from corral.api.errors import InvalidArgumentError, NotFoundError
+from corral.api.models import MetricSample
+from corral.cli import app
 from corral.node import NodeSettings
 from corral.server import ServerSettings, create_app
 from corral.server.store import KeyStore, open_engine
@@ -251,10 +256,63 @@ def test_samples_go_once_the_retention_is_over(python_image: str) -> None:
 
 
 def test_the_settings_are_bounded() -> None:
-    from corral.api.errors import InvalidArgumentError
     node = NodeSettings(data_dir=IMAGE_DIR, image_dir=IMAGE_DIR)
     for bad in ({"metrics_interval": 0.05}, {"metrics_interval": 3601.0},
                 {"metrics_interval": float("nan")}, {"metrics_retention": -1.0},
                 {"metrics_retention": 7 * 24 * 3600.0 + 1}):
         with pytest.raises(InvalidArgumentError, match="CORRAL_METRICS_"):
             ServerSettings(node=node, **bad)  # type: ignore[arg-type]
+
+
+def test_the_sdk_gets_metrics(server: Server, default_sandbox: Sandbox) -> None:
+    sb = default_sandbox
+    samples = wait_for("samples through the SDK", lambda: (
+        found if len(found := sb.get_metrics()) >= 3 else None))
+    assert all(isinstance(s, MetricSample) for s in samples)
+    assert [s.time for s in samples] == sorted(s.time for s in samples)
+    assert samples[-1].memory_limit == 512 * MIB and samples[-1].net_rx_bytes is None
+    middle = samples[1].time
+    assert sb.get_metrics(start=middle)[0].time == middle
+    assert sb.get_metrics(end=middle)[-1].time == middle
+    assert sb.get_metrics(start=middle.timestamp() + 1e-4, end=middle.timestamp() + 2e-4) == []
+    with pytest.raises(InvalidArgumentError, match="end is before start"):
+        sb.get_metrics(start=2000, end=1000)
+    with pytest.raises(InvalidArgumentError, match="datetime or Unix seconds"):
+        sb.get_metrics(start="yesterday")  # type: ignore[arg-type]
+
+    async def from_async() -> list[MetricSample]:
+        again = await AsyncSandbox.connect(sb.id, **server.sdk())
+        try:
+            return await again.get_metrics(end=middle)
+        finally:
+            await again.close()  # leaves it running: the fixture kills it
+    assert [s.time for s in asyncio.run(from_async())][-1] == middle
+    with pytest.raises(NotFoundError):
+        Sandbox.connect(sb.id, url=server.url, api_key=server.other_key)
+
+
+def test_sandbox_top_prints_the_callers_sandboxes(server: Server) -> None:
+    cli = CliRunner(env={"CORRAL_URL": server.url, "CORRAL_API_KEY": server.key,
+                         "COLUMNS": "250"})
+    label = f"top-{time.monotonic_ns()}"
+    with Sandbox.create("python", timeout=300, metadata={"top": label},
+                        **server.sdk()) as sb, \
+            Sandbox.create("python", timeout=300, metadata={"top": label},
+                           url=server.url, api_key=server.other_key) as foreign, \
+            server.http(server.key) as http:
+        samples_of(http, sb.id)
+
+        def shown() -> str | None:
+            done = cli.invoke(app, ["sandbox", "top", "--once", "--meta", f"top={label}"])
+            assert done.exit_code == 0, done.output
+            row = [line for line in done.stdout.splitlines() if sb.id in line]
+            return done.stdout if row and "512.0M" in row[0] else None
+        out = wait_for("a row with a sample", shown)
+        assert "1 sandboxes" in out and foreign.id not in out
+        for column in ("cpu %", "memory", "disk", "pids", "net rx/tx"):
+            assert column in out
+        helped = cli.invoke(app, ["sandbox", "top", "--help"])
+        assert helped.exit_code == 0 and "--once" in helped.stdout
+        assert "Watching" in helped.stdout and "--interval" in helped.stdout
+        bad = cli.invoke(app, ["sandbox", "top", "--interval", "0"])
+        assert bad.exit_code == 2

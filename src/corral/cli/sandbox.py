@@ -1,5 +1,5 @@
-"""``corral sandbox create | list (ls) | exec | run-code | network | logs | ports | url | pause |
-resume | snapshot | fork | kill``: sandboxes on a Corral server.
+"""``corral sandbox create | list (ls) | top | exec | run-code | network | logs | ports | url |
+pause | resume | snapshot | fork | kill``: sandboxes on a Corral server.
 
 The server and key come from ``--url``/``--api-key`` or ``CORRAL_URL``/``CORRAL_API_KEY``.
 Unlike ``corral run``, a created sandbox outlives the command: it lives until ``kill``, its
@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Annotated, BinaryIO
 
 import typer
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 
 from corral.api.agent_protocol import REASON_TIMEOUT
@@ -24,6 +26,7 @@ from corral.api.models import TIMEOUT_ERROR, LifetimeAction, network_spec
 from corral.sdk import Sandbox
 
 
+from . import _top
 from ._common import EXIT_CORRAL_ERROR, EXIT_TIMEOUT, reporting_errors, say
 from .run import parse_env, parse_net
 
@@ -547,3 +550,45 @@ def kill(
                 sb.kill()
             say(f"killed {sandbox_id}")
 
+
+
+@app.command()
+def top(
+    meta: MetaOption = None,
+    interval: Annotated[float, typer.Option(
+        min=0.5, max=3600,
+        help="Seconds between two refreshes (the server samples every "
+             "CORRAL_METRICS_INTERVAL seconds, 5 by default).")] = 5.0,
+    once: Annotated[bool, typer.Option(
+        "--once", help="Print the table once and exit (for scripts).")] = False,
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """A live table of your running and paused sandboxes: CPU % (of each one's cores),
+    memory and disk (used/limit), pids and network bytes (received/sent), from the samples
+    the server takes (CORRAL_METRICS_INTERVAL). Ctrl-C leaves. Watching is not activity:
+    it keeps no sandbox from its idle timeout, and wakes no paused one.
+
+    Examples:
+
+        corral sandbox top
+
+        corral sandbox top --meta job=demo --once
+    """
+    labels = _pairs(meta, "'--meta'")
+
+    def frame() -> Table:
+        found = [sb for sb in Sandbox.list(metadata=labels, url=url, api_key=api_key)
+                 if sb.state in ("running", "paused")]
+        latest = Sandbox.list_metrics([sb.id for sb in found], url=url, api_key=api_key)
+        return _top.table(found, latest, title=f"{len(found)} sandboxes")
+
+    with reporting_errors():
+        if once:
+            Console().print(frame())
+            return
+        with contextlib.suppress(KeyboardInterrupt), \
+                Live(frame(), auto_refresh=False, screen=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(frame(), refresh=True)

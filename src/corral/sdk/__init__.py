@@ -15,7 +15,7 @@ Set ``CORRAL_URL`` and ``CORRAL_API_KEY`` (``corral keys create``), or pass ``ur
 
 from corral.api.command_events import Output
 from corral.api.models import CommandResult, EntryInfo, ProcessInfo, PtySize
-from corral.api.models import SandboxInfo, SnapshotInfo, WatchEvent
+from corral.api.models import CommandRecord, MetricSample, SandboxInfo, SnapshotInfo, WatchEvent
 
 from .code import AsyncCodeInterpreter, Context, Execution, ExecutionError, Logs, Result
 from .commands import AsyncCommandHandle, AsyncCommands
@@ -36,4 +36,5 @@ __all__ = [
     "Sandbox", "AsyncVolume", "Volume", "AsyncSnapshot", "Snapshot",
     "AsyncPty", "AsyncPtyHandle", "Pty", "PtyHandle", "PtySize",
     "SandboxInfo", "SnapshotInfo", "AsyncWatchHandle", "WatchHandle", "WatchEvent",
+    "MetricSample", "CommandRecord",
 ]

@@ -23,6 +23,7 @@ import builtins
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import RootModel
@@ -30,7 +31,7 @@ from pydantic import RootModel
 from corral.api import contract, models
 from corral.api.code_events import ErrorCallback, ResultCallback, TextCallback
 from corral.api.errors import InvalidArgumentError
-from corral.api.limits import DEFAULT_CODE_TIMEOUT, DEFAULT_LIFETIME
+from corral.api.limits import DEFAULT_CODE_TIMEOUT, DEFAULT_LIFETIME, MAX_METRICS_IDS
 from corral.api.resources import Resources
 
 from .images import Image, build_with
@@ -267,6 +268,31 @@ class AsyncSandbox:
             await api.aclose()
         return models.SandboxList.model_validate(reply).sandboxes
 
+    @staticmethod
+    async def list_metrics(sandbox_ids: Iterable[str], *, points: int = 1,
+                           url: str | None = None, api_key: str | None = None,
+                           ca_file: CaFile | None = None
+                           ) -> dict[str, builtins.list[models.MetricSample]]:
+        """The newest ``points`` samples (1 to 120) of each of your sandboxes among
+        ``sandbox_ids``, oldest first, by id (one request per 100 ids). Another tenant's
+        sandbox, or an unknown id, is simply absent. Asking is not activity.
+
+        Example::
+
+            latest = await AsyncSandbox.list_metrics([sb.id for sb in found])
+        """
+        wanted = builtins.list(dict.fromkeys(sandbox_ids))
+        found: dict[str, builtins.list[models.MetricSample]] = {}
+        api = ApiClient(url, api_key, ca_file)
+        try:
+            for i in range(0, len(wanted), MAX_METRICS_IDS):
+                reply = await api.json("GET", "/v1/metrics/sandboxes", params={
+                    "ids": ",".join(wanted[i:i + MAX_METRICS_IDS]), "points": str(points)})
+                found.update(models.SandboxesMetrics.model_validate(reply).sandboxes)
+        finally:
+            await api.aclose()
+        return found
+
     async def refresh(self) -> models.SandboxInfo:
         """Fetch the sandbox's current description (state, expiry, stop reason)."""
         self.info = models.SandboxInfo.model_validate(
@@ -289,6 +315,29 @@ class AsyncSandbox:
             await self._api.json("POST", f"/v1/sandboxes/{self.id}/resume",
                                  read_timeout=CREATE_TIMEOUT))
         return self.info
+
+    async def get_metrics(self, start: datetime | float | None = None,
+                          end: datetime | float | None = None
+                          ) -> builtins.list[models.MetricSample]:
+        """The samples the server took of this sandbox, oldest first: one every
+        ``CORRAL_METRICS_INTERVAL`` seconds (5 by default) while it ran (none while paused),
+        kept for its life and a while after it stopped (``CORRAL_METRICS_RETENTION``).
+
+        ``start``, ``end``: a datetime (a naive one is local time) or Unix seconds; each
+        optional (everything kept). Each :class:`~corral.api.models.MetricSample` has
+        ``time``, ``cpu_percent`` (the share of its cores busy: 100 is all of them),
+        ``memory_used``/``memory_limit``, ``disk_used``/``disk_limit`` (bytes), ``pids``
+        and ``net_rx_bytes``/``net_tx_bytes`` (None without a network). Asking is not
+        activity: it keeps nothing from its idle timeout, and a paused sandbox stays so.
+
+        Example::
+
+            peak = max(s.memory_used for s in await sb.get_metrics())
+        """
+        params = {name: f"{_seconds(value):.6f}"
+                  for name, value in (("start", start), ("end", end)) if value is not None}
+        reply = await self._api.json("GET", f"/v1/sandboxes/{self.id}/metrics", params=params)
+        return models.SandboxMetrics.model_validate(reply).samples
 
     async def snapshot_filesystem(self, name: str | None = None) -> models.ImageInfo:
         """Keep this sandbox's files as an image of yours (it runs on), named ``name``
@@ -431,3 +480,13 @@ def _resources(value: ResourcesArg | None) -> models.ResourcesSpec:
 
 if TYPE_CHECKING:
     _conforms: type[contract.SandboxContract] = AsyncSandbox
+
+
+def _seconds(value: datetime | float) -> float:
+    """Unix seconds of a datetime (a naive one is local time) or a number."""
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgumentError(f"a time is a datetime or Unix seconds, not "
+                                   f"{type(value).__name__}")
+    return float(value)
