@@ -57,6 +57,18 @@ def test_creates_are_served_from_the_warm_pool(pool_dir: Path, python_image: str
             samples = pool_samples(url, key)
             assert samples["corral_pool_hits_total"] == 1
             assert samples["corral_pool_misses_total"] == 0
+            # An operator's key reads the same figures from the API; no other key may.
+            operator = KeyStore(open_engine(database_url(pool_dir, None))).create(
+                "ops", operator=True).key
+            pools = httpx.get(f"{url}/v1/pools",
+                              headers={"Authorization": f"Bearer {operator}"})
+            assert pools.status_code == 200, pools.text
+            (listed,) = pools.json()["pools"]
+            assert listed == {"image": "python", "runtime": "namespaces", "size": 1,
+                              "ready": samples["corral_pool_ready"], "hits": 1, "misses": 0}
+            refused = httpx.get(f"{url}/v1/pools", headers={"Authorization": f"Bearer {key}"})
+            assert refused.status_code == 403
+            assert refused.json()["error"]["code"] == "permission_denied"
 
 
 def test_a_pool_of_a_tenants_image_fills_after_its_build_and_refills_after_a_rebuild(
