@@ -152,6 +152,7 @@ def test_the_charts_update_as_samples_arrive(console: Console, sandbox: Sandbox)
     console.open("/sandboxes")
     row = page.locator(f'tr[data-id="{sandbox.id}"]')
     expect(row.locator(".spark svg")).to_have_count(2)
+    console.shot("list")
 
 
 def test_command_history_shows_exit_codes_and_output(console: Console,
