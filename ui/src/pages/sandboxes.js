@@ -113,7 +113,6 @@ function Table({ rows, samples, act }) {
       <tbody ref=${body} onKeyDown=${onKey}>
         ${rows.map((s) => {
           const points = samples[s.id] || [];
-          const limit = points.length ? points[points.length - 1].memory_limit : null;
           return html`
             <tr key=${s.id} data-id=${s.id} tabindex="0" aria-label=${`${s.id}, ${s.state}, ${s.image}`}>
               <td><a href=${href(`/sandboxes/${s.id}`)} tabindex="-1">${s.id}</a></td>
@@ -122,7 +121,7 @@ function Table({ rows, samples, act }) {
               <td>${s.runtime}</td>
               <td title=${s.created_at}>${age(s.created_at, now)}</td>
               <td><${Sparkline} label="CPU" values=${points.map((p) => p.cpu_percent)} max=${100} unit=${percent} /></td>
-              <td><${Sparkline} label="Memory" values=${points.map((p) => p.memory_used)} max=${limit} unit=${bytes} /></td>
+              <td><${Sparkline} label="Memory" values=${points.map((p) => p.memory_used)} unit=${bytes} /></td>
               <td class="actions">
                 ${s.state === 'running' && html`<button type="button" onClick=${() => act('pause', s)} aria-label=${`Pause ${s.id}`}>Pause</button>`}
                 ${s.state === 'paused' && html`<button type="button" onClick=${() => act('resume', s)} aria-label=${`Resume ${s.id}`}>Resume</button>`}

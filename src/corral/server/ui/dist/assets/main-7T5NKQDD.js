@@ -61,15 +61,15 @@ var Dh=Document.prototype.createElement,Af=Element.prototype.setAttribute;functi
         <th scope="col">Memory</th><th scope="col"><span class="sr-only">Actions</span></th>
       </tr></thead>
       <tbody ref=${s} onKeyDown=${r}>
-        ${e.map(o=>{let l=t[o.id]||[],h=l.length?l[l.length-1].memory_limit:null;return I`
+        ${e.map(o=>{let l=t[o.id]||[];return I`
             <tr key=${o.id} data-id=${o.id} tabindex="0" aria-label=${`${o.id}, ${o.state}, ${o.image}`}>
               <td><a href=${Bn(`/sandboxes/${o.id}`)} tabindex="-1">${o.id}</a></td>
               <td><span class=${`state state-${o.state}`}>${o.state}</span></td>
               <td>${o.image}</td>
               <td>${o.runtime}</td>
               <td title=${o.created_at}>${Ln(o.created_at,n)}</td>
-              <td><${nl} label="CPU" values=${l.map(a=>a.cpu_percent)} max=${100} unit=${Rr} /></td>
-              <td><${nl} label="Memory" values=${l.map(a=>a.memory_used)} max=${h} unit=${yt} /></td>
+              <td><${nl} label="CPU" values=${l.map(h=>h.cpu_percent)} max=${100} unit=${Rr} /></td>
+              <td><${nl} label="Memory" values=${l.map(h=>h.memory_used)} unit=${yt} /></td>
               <td class="actions">
                 ${o.state==="running"&&I`<button type="button" onClick=${()=>i("pause",o)} aria-label=${`Pause ${o.id}`}>Pause</button>`}
                 ${o.state==="paused"&&I`<button type="button" onClick=${()=>i("resume",o)} aria-label=${`Resume ${o.id}`}>Resume</button>`}
