@@ -3,11 +3,17 @@ sandbox id or tenant."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from corral import Sandbox
 
 from .conftest import Server, assert_error
+
+T = TypeVar("T")
 
 
 def scrape(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -59,8 +65,11 @@ def test_counters_move_with_calls(server: Server) -> None:
     assert (value(after, "corral_errors_total", code="not_found")
             >= value(before, "corral_errors_total", code="not_found") + 1)
 
-    labels = {v for (_, pairs) in after for (_, v) in pairs}
+    # Tenants label only their own figures (corral_tenant_*), by the operator's name.
+    labels = {v for (_, pairs) in after for (k, v) in pairs if k != "tenant"}
     assert not any(sandbox_id in v or v in ("alpha", "beta", "metrics") for v in labels)
+    assert all(name.startswith("corral_tenant_") for (name, pairs) in after
+               if any(k == "tenant" for k, _ in pairs))
 
 
 def test_unauthenticated_and_unknown_paths_are_counted_without_their_path(
@@ -77,3 +86,40 @@ def test_unauthenticated_and_unknown_paths_are_counted_without_their_path(
             >= value(before, "corral_http_requests_total", **unmatched) + 1)
     assert not any("secretpath" in v or "route-xyz" in v
                    for (_, pairs) in after for (_, v) in pairs)
+
+
+def test_tenants_figures_add_up_their_sandboxes(server: Server) -> None:
+    """``corral_tenant_*``: each tenant's live sandboxes by state, and what its running ones
+    use at their latest samples; another tenant's figures move apart."""
+    with Sandbox.create("python", timeout=300, **server.sdk()) as a, \
+            Sandbox.create("python", timeout=300, url=server.url,
+                           api_key=server.other_key) as b:
+        a.commands.run("head -c 2000000 /dev/urandom > /work/blob")
+
+        def counted() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+            samples = scrape(server)
+            ok = (value(samples, "corral_tenant_memory_bytes", tenant="alpha") > 0
+                  and value(samples, "corral_tenant_memory_bytes", tenant="beta") > 0
+                  and value(samples, "corral_tenant_disk_bytes", tenant="alpha") >= 2000000)
+            return samples if ok else None
+        samples = _wait(counted)
+        assert value(samples, "corral_tenant_sandboxes", tenant="alpha", state="running") >= 1
+        assert value(samples, "corral_tenant_sandboxes", tenant="beta", state="running") >= 1
+        assert value(samples, "corral_tenant_cpu_percent", tenant="alpha") >= 0
+        assert a.id and b.id
+        assert not any(a.id in v or b.id in v for (_, pairs) in samples for (_, v) in pairs)
+        beta_running = value(samples, "corral_tenant_sandboxes", tenant="beta",
+                             state="running")
+        b.kill()
+        after = _wait(lambda: (s if value(s := scrape(server), "corral_tenant_sandboxes",
+                                            tenant="beta", state="running") < beta_running
+                               else None))
+        assert value(after, "corral_tenant_sandboxes", tenant="alpha", state="running") >= 1
+
+
+def _wait(probe: Callable[[], T | None], deadline: float = 60.0) -> T:
+    end = time.monotonic() + deadline
+    while (found := probe()) is None:
+        assert time.monotonic() < end, "the figures never got there"
+        time.sleep(0.1)
+    return found

@@ -56,6 +56,11 @@ class NodeCommandHandle:
         self._exit: models.ExitEvent | None = None
         self._closed = False
 
+    @property
+    def exit(self) -> models.ExitEvent | None:
+        """How the command ended, once its output was read to the end; None before."""
+        return self._exit
+
     async def __aiter__(self) -> AsyncIterator[Output]:
         while self._exit is None:
             try:

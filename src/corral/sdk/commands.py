@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import base64
+import builtins
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
@@ -252,6 +253,22 @@ class AsyncCommands:
         """Commands started through the API that still run."""
         reply = await self._api.json("GET", self._base)
         return models.ProcessList.model_validate(reply).processes
+
+    async def history(self) -> builtins.list[models.CommandRecord]:
+        """The last 100 commands started through the API in this sandbox, newest first:
+        each :class:`~corral.api.models.CommandRecord` has ``cmd`` (as given), ``started_at``
+        and ``ended_at`` (None while it runs), ``exit_code``, ``signal``, ``reason``, the
+        first 16 KiB of ``stdout`` and ``stderr``, and ``truncated``. Kept a while after
+        the sandbox stopped (the server's ``CORRAL_METRICS_RETENTION``). Reading it is
+        not activity.
+
+        Example::
+
+            for c in await sb.commands.history():
+                print(c.exit_code, c.cmd)
+        """
+        reply = await self._api.json("GET", f"{self._base}/history")
+        return models.CommandHistory.model_validate(reply).commands
 
     async def _send_stdin(self, command_id: int, data: bytes | str, eof: bool) -> None:
         payload = data.encode() if isinstance(data, str) else bytes(data)

@@ -68,6 +68,7 @@ class Commands(Proxy[AsyncCommands]):
     kill = blocking(AsyncCommands.kill)
     resize = blocking(AsyncCommands.resize)
     list = blocking(AsyncCommands.list)
+    history = blocking(AsyncCommands.history)
 
 
 class WatchHandle(Proxy[AsyncWatchHandle]):

@@ -36,6 +36,7 @@ from .routes import snapshots as snapshots_routes
 from .routes import volumes as volumes_routes
 from .services import CommandService, FileService, IdleReaper, SandboxService
 from .services.aca import AcaService
+from .services.history import CommandHistory
 from .services.mcp import McpEndpoint
 from .services.sampler import MetricsSampler
 from .services.code import CodeService
@@ -127,13 +128,15 @@ def create_app(settings: ServerSettings, *,
     app.state.images = images
     app.state.volumes = volumes
     app.state.snapshots = snapshots
-    app.state.commands = CommandService(sandbox_service)
+    app.state.commands = CommandService(sandbox_service,
+                                        CommandHistory(settings.metrics_retention))
     app.state.files = FileService(sandbox_service)
     app.state.code = CodeService(sandbox_service)
     app.state.aca = AcaService(sandbox_service, app.state.files, AcaSessionStore(engine),
                                settings.aca)
     app.state.mcp = McpEndpoint(sandbox_service, settings.mcp_network)
     app.state.metrics = Metrics(node)
+    app.state.metrics.add_tenants(sandbox_service, sampler)
     errors.install(app)
     openapi.install(app)
     for module in (sandboxes, images_routes, volumes_routes, snapshots_routes, commands,

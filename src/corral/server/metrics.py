@@ -1,10 +1,12 @@
 """Prometheus metrics of one server, served at ``GET /metrics`` (behind the API key).
 
 Labels are drawn from small, fixed sets only: route templates (never the path as sent),
-HTTP statuses, error codes, command outcomes and sandbox states. Nothing is labelled by
-sandbox id, tenant, key or anything a client chose, so the series stay few and a scrape
-reveals no one's data. Each app has its own registry, so several apps in one process
-(tests) never collide.
+HTTP statuses, error codes, command outcomes and sandbox states, and tenant names (which
+the operator chose, ``corral keys create --tenant``; as many series as tenants with live
+sandboxes). Nothing is labelled by sandbox id, key or anything a client chose, so the
+series stay few. The per-tenant figures show every tenant's use to whoever may scrape: give
+that key to monitoring alone (docs/api.md). Each app has its own registry, so several apps
+in one process (tests) never collide.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.api.errors import ErrorCode, code_for_status
 from corral.node import Node, SandboxState
+
+from .services.sampler import MetricsSampler
+from .services.sandboxes import SandboxService
 
 #: Route label of a request that matched no route (its path is never a label).
 UNMATCHED: Final = "unmatched"
@@ -90,6 +95,41 @@ class _Egress(Collector):
         yield family
 
 
+class _Tenants(Collector):
+    """``corral_tenant_*{tenant}``: each tenant's live sandboxes by state, and what its
+    running ones use by their latest samples (:class:`~.services.sampler.MetricsSampler`)."""
+
+    def __init__(self, sandboxes: SandboxService, sampler: MetricsSampler) -> None:
+        self._sandboxes = sandboxes
+        self._sampler = sampler
+
+    def collect(self) -> Iterable[Metric]:
+        counts: dict[tuple[str, str], int] = {}
+        for tenant, sandbox in self._sandboxes.tenanted():
+            if sandbox.state in _LIVE_STATES:
+                key = (tenant, sandbox.state.value)
+                counts[key] = counts.get(key, 0) + 1
+        states = GaugeMetricFamily("corral_tenant_sandboxes",
+                                   "Each tenant's live sandboxes by state",
+                                   labels=["tenant", "state"])
+        for (tenant, state), count in sorted(counts.items()):
+            states.add_metric([tenant, state], count)
+        yield states
+        totals = sorted(self._sampler.tenant_totals().items())
+        for name, help_text, field in (
+                ("cpu_percent", "Each tenant's running sandboxes' CPU, summed (100 per "
+                                "sandbox whose cores are all busy), at their latest samples",
+                 "cpu_percent"),
+                ("memory_bytes", "Each tenant's running sandboxes' memory in use, summed",
+                 "memory_bytes"),
+                ("disk_bytes", "Each tenant's running sandboxes' writable layers in use, "
+                               "summed", "disk_bytes")):
+            family = GaugeMetricFamily(f"corral_tenant_{name}", help_text, labels=["tenant"])
+            for tenant, total in totals:
+                family.add_metric([tenant], getattr(total, field))
+            yield family
+
+
 class Metrics:
     """The server's metrics; :meth:`exposition` renders them for Prometheus."""
 
@@ -112,6 +152,10 @@ class Metrics:
             registry=self.registry)
         for outcome in OUTCOMES:  # present from the start, so rate() sees the first one
             self.commands.labels(outcome)
+
+    def add_tenants(self, sandboxes: SandboxService, sampler: MetricsSampler) -> None:
+        """Add the per-tenant figures (``corral_tenant_*``)."""
+        self.registry.register(_Tenants(sandboxes, sampler))
 
     def command_ended(self, exit_code: int, reason: str | None) -> None:
         self.commands.labels(outcome_of(exit_code, reason)).inc()

@@ -1,6 +1,6 @@
 """``/v1/sandboxes/{id}/commands``: run (JSON, or NDJSON with ``stream``), background
 start, connect (follow a running command again), stdin, signals, a terminal's resize, and
-the list of running commands."""
+the list of running commands, and the history of those run."""
 
 from __future__ import annotations
 
@@ -68,6 +68,16 @@ async def _counted(events: AsyncIterator[bytes], metrics: MetricsT) -> AsyncIter
 async def list_(sandbox_id: SandboxId, tenant: Tenant, service: Commands
                 ) -> models.ProcessList:
     return await service.list(tenant, sandbox_id)
+
+
+@router.get("/history")
+async def history(sandbox_id: SandboxId, tenant: Tenant, service: Commands
+                  ) -> models.CommandHistory:
+    """The last 100 commands started through the API in this sandbox, newest first, each
+    with the first 16 KiB of its stdout and stderr (``truncated`` when cut) and how it
+    ended (``ended_at`` null while it runs). A stopped sandbox's is kept for the server's
+    metrics retention. Reading it is not activity and never resumes the sandbox."""
+    return await service.commands_history(tenant, sandbox_id)
 
 
 @router.post("/{command_id}/connect", response_class=StreamingResponse, responses={

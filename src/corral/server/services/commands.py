@@ -7,6 +7,9 @@ until a client connects to it. A connect follows a running command again (a back
 or one whose stream ended at a pause or a server restart): its output from then on; a
 connected client that goes away only stops following it. A command the server waits on,
 streams or drains holds its sandbox in use (never idle) until it ends.
+
+Each started command goes into its sandbox's history (:mod:`.history`) with the output
+that passes through the server (a background command's as it is drained) and its end.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from corral.api.errors import InvalidArgumentError, NotFoundError, SandboxError
 from corral.api.limits import DEFAULT_COMMAND_TIMEOUT
 from corral.node import NodeCommandHandle
 
+from .history import CommandHistory, Entry
 from .sandboxes import SandboxService
 
 log = logging.getLogger(__name__)
@@ -37,8 +41,12 @@ _KILL, _STOP, _DRAIN = "kill", "stop", "drain"
 
 
 class CommandService:
-    def __init__(self, sandboxes: SandboxService) -> None:
+    def __init__(self, sandboxes: SandboxService, history: CommandHistory | None = None
+                 ) -> None:
         self._sandboxes = sandboxes
+        #: What each sandbox ran (kept a while after it stopped).
+        self.history = history if history is not None else CommandHistory(0.0)
+        sandboxes.on_stopped.append(self.history.stopped)
         self._handles: dict[str, dict[int, NodeCommandHandle]] = {}
         self._drains: set[asyncio.Task[None]] = set()
         #: Background commands' handles, read to their end by the server alone.
@@ -49,11 +57,20 @@ class CommandService:
                   request: models.CommandRequest) -> models.CommandResult:
         """Run to completion. A timeout is a result (``reason="timeout"``), not an error."""
         handle = await self._start(tenant, sandbox_id, request)
+        entry = self.history.entry(sandbox_id, handle.id)
         try:
             with self._sandboxes.in_use(sandbox_id):
-                return await handle.wait()
+                result = await handle.wait()
+        except SandboxError as exc:
+            _ended_by_error(entry, exc)
+            raise
         finally:
             self._forget(sandbox_id, handle)
+        if entry is not None:
+            entry.feed("stdout", result.stdout.encode())
+            entry.feed("stderr", result.stderr.encode())
+            entry.end(result.exit_code, result.signal, result.reason, result.truncated)
+        return result
 
     async def stream(self, tenant: str, sandbox_id: str,
                      request: models.CommandRequest) -> AsyncIterator[bytes]:
@@ -134,6 +151,14 @@ class CommandService:
         sandbox = await self._sandboxes.owned(tenant, sandbox_id, "a terminal resize")
         await sandbox.commands.resize(command_id, size.cols, size.rows)
 
+    async def commands_history(self, tenant: str, sandbox_id: str) -> models.CommandHistory:
+        """The sandbox's last commands, newest first (a stopped one's, for the metrics
+        retention). Reading it is not activity and never resumes the sandbox."""
+        found = self.history.of(tenant, sandbox_id)
+        if found is None:
+            await self._sandboxes.check_owner(tenant, sandbox_id)
+        return models.CommandHistory(commands=found or [])
+
     async def list(self, tenant: str, sandbox_id: str) -> models.ProcessList:
         sandbox = await self._sandboxes.owned(tenant, sandbox_id, "a command listing")
         return models.ProcessList(processes=[
@@ -152,6 +177,7 @@ class CommandService:
             request.cmd, env=request.env, cwd=request.cwd, user=request.user, timeout=timeout,
             stdin=data is not None or request.stdin_open, pty=request.pty)
         self._handles.setdefault(sandbox_id, {})[handle.id] = handle
+        self.history.started(tenant, sandbox_id, handle.id, request.cmd)
         if data is not None:
             try:
                 await handle.send_stdin(data, eof=not request.stdin_open)
@@ -198,21 +224,27 @@ class CommandService:
         the end does to it: kill it (:data:`_KILL`), stop following it (:data:`_STOP`),
         or leave it running, drained (:data:`_DRAIN`)."""
         ended = False
+        entry = self.history.entry(sandbox_id, handle.id)
         try:
             with self._sandboxes.in_use(sandbox_id):
                 yield models.StartedEvent(id=handle.id, pid=handle.pid)
                 try:
                     async for event in handle:
+                        if entry is not None:
+                            entry.feed(event.stream, event.data)
                         yield models.OutputEvent(
                             type=event.stream, data=base64.b64encode(event.data).decode())
                     # Iterated to the end: wait() returns the exit status at once.
                     result = await handle.wait()
                     ended = True
+                    if entry is not None:
+                        entry.end(result.exit_code, result.signal, result.reason)
                     yield models.ExitEvent(
                         exit_code=result.exit_code, signal=result.signal,
                         reason=result.reason, duration=result.duration)
                 except SandboxError as exc:
                     ended = True
+                    _ended_by_error(entry, exc)
                     yield models.ErrorEvent(error=models.ErrorDetail(
                         code=exc.code.value, message=exc.message))
         finally:
@@ -236,15 +268,28 @@ class CommandService:
         task.add_done_callback(self._drains.discard)
 
     async def _drain(self, sandbox_id: str, handle: NodeCommandHandle) -> None:
+        entry = self.history.entry(sandbox_id, handle.id)
         try:
             with self._sandboxes.in_use(sandbox_id):
-                async for _ in handle:
-                    pass
+                async for chunk in handle:
+                    if entry is not None:
+                        entry.feed(chunk.stream, chunk.data)
+            if entry is not None and handle.exit is not None:
+                end = handle.exit
+                entry.end(end.exit_code, end.signal, end.reason)
         except SandboxError as exc:
+            if handle in self._drained:  # else a connect took it over, and follows it on
+                _ended_by_error(entry, exc)
             log.info("background command %d in %s ended: %s", handle.id, sandbox_id,
                      exc.code.value)
         finally:
             self._forget(sandbox_id, handle)
+
+
+def _ended_by_error(entry: Entry | None, exc: SandboxError) -> None:
+    """Record that a command's end was not seen: the sandbox stopped under it, say."""
+    if entry is not None:
+        entry.end(None, None, exc.message)
 
 
 def _line(event: Event) -> bytes:
