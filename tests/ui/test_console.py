@@ -188,3 +188,29 @@ def test_operator_pages(console: Console, server: Server) -> None:
     expect(audit).to_contain_text("alpha")  # another tenant's record, for an operator
     console.shot("audit")
     assert json.dumps(console.problems).count("permission_denied") == 0
+
+
+def test_create_pause_resume_and_kill_from_the_console(console: Console) -> None:
+    page = console.page
+    console.log_in(console.server.key)
+    form = page.get_by_role("form", name="Create a sandbox")
+    form.get_by_label("Image").fill("python")
+    form.get_by_role("button", name="Create sandbox").click()
+    expect(page).to_have_url(re.compile(r"#/sandboxes/sbx-[0-9a-f]+$"))
+    sandbox_id = page.url.rsplit("/", 1)[1]
+    try:
+        state = page.locator(".page-head .state")
+        expect(state).to_have_text("running")
+        page.get_by_role("button", name="Pause").click()
+        expect(state).to_have_text("paused")
+        page.get_by_role("button", name="Resume").click()
+        expect(state).to_have_text("running")
+        page.get_by_role("tab", name="Network").click()
+        expect(page.locator(".egress")).to_contain_text("Nothing yet")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.get_by_role("button", name="Kill").click()
+        expect(state).to_have_text(re.compile("stopp"))
+        console.shot("killed")
+    finally:
+        with console.server.http(console.server.key) as http:
+            http.delete(f"/v1/sandboxes/{sandbox_id}")
