@@ -42,7 +42,7 @@ const page = `<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="referrer" content="no-referrer">
-<title>Corral</title>
+<title>Corral console</title>
 <link rel="stylesheet" href="/ui/assets/${basename(style)}">
 <script type="module" src="/ui/assets/${basename(script)}"></script>
 </head>

@@ -132,7 +132,7 @@ def test_a_file_is_uploaded_downloaded_and_previewed(console: Console, sandbox: 
     image = page.get_by_role("img", name="dot.png")
     expect(image).to_have_attribute("src", re.compile(r"^blob:"))
     page.wait_for_function("() => document.querySelector('.preview img').naturalWidth === 2")
-    assert page.title() == "Corral"  # no markup of the hostile name ran
+    assert page.title() == "Corral console"  # no markup of the hostile name ran
     console.shot("files")
 
 
