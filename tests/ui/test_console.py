@@ -7,11 +7,14 @@ from __future__ import annotations
 import base64
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from corral import Sandbox
+
+from tests.conftest import WORKING
 
 from .conftest import Console, Server
 
@@ -214,3 +217,37 @@ def test_create_pause_resume_and_kill_from_the_console(console: Console) -> None
     finally:
         with console.server.http(console.server.key) as http:
             http.delete(f"/v1/sandboxes/{sandbox_id}")
+
+
+def test_the_list_is_paged(console: Console, server: Server) -> None:
+    """One more sandbox than a page holds (50): two pages, each drawn alone, and a filter
+    that finds one on the other page. (500 read alike: 10 pages of 50 rows.)"""
+    key = server.keys.create("paging").key
+    runtime = "namespaces" if "namespaces" in WORKING else None  # the fastest to start
+
+    def create(_: int) -> Sandbox:
+        return Sandbox.create("python", runtime=runtime, timeout=600, url=server.url,
+                              api_key=key)
+
+    with ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(create, range(51)))
+    try:
+        page = console.page
+        console.log_in(key)
+        expect(page.get_by_text("51 in all")).to_be_visible()
+        expect(page.get_by_text("Page 1 of 2")).to_be_visible()
+        expect(page.locator("tr[data-id]")).to_have_count(50)
+        expect(page.locator("tr[data-id]").first.locator(".spark svg")).to_have_count(2)
+        console.shot("page-1", full_page=False)
+        page.get_by_role("button", name="Next page").click()
+        expect(page.get_by_text("Page 2 of 2")).to_be_visible()
+        expect(page.locator("tr[data-id]")).to_have_count(1)
+        last = page.locator("tr[data-id]").get_attribute("data-id")
+        page.get_by_role("button", name="Previous page").click()
+        expect(page.locator(f'tr[data-id="{last}"]')).to_have_count(0)
+        page.get_by_label("Filter").fill(str(last))
+        expect(page.locator("tr[data-id]")).to_have_count(1)
+        expect(page.locator(f'tr[data-id="{last}"]')).to_be_visible()
+    finally:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda sb: sb.kill(), made))
