@@ -111,6 +111,7 @@ def test_a_file_is_uploaded_downloaded_and_previewed(console: Console, sandbox: 
     page = console.page
     sandbox.files.write(f"/work/{HOSTILE_NAME}", b"plain text\n")
     sandbox.files.write("/work/dot.png", PNG)
+    sandbox.files.write("/work/big.log", b"0123456789abcde\n" * (128 * 1024))  # 2 MiB
     console.log_in(console.server.key)
     console.open(f"/sandboxes/{sandbox.id}/files")
     table = page.get_by_role("table", name="Files in /work")
@@ -131,6 +132,9 @@ def test_a_file_is_uploaded_downloaded_and_previewed(console: Console, sandbox: 
     assert Path(download.path()).read_bytes() == local.read_bytes()
     page.get_by_role("button", name=f"Preview {HOSTILE_NAME}").click()
     expect(page.locator("pre.file-text")).to_have_text("plain text\n")
+    page.get_by_role("button", name="Preview big.log").click()
+    expect(page.locator(".preview")).to_contain_text("Only the first 1 MiB is shown")
+    assert len(page.locator("pre.file-text").inner_text()) == 1024 * 1024
     page.get_by_role("button", name="Preview dot.png").click()
     image = page.get_by_role("img", name="dot.png")
     expect(image).to_have_attribute("src", re.compile(r"^blob:"))

@@ -83,6 +83,30 @@ export async function del(path) { await send('DELETE', path); }
 
 export async function getBlob(path) { return (await send('GET', path)).blob(); }
 
+/**
+ * The first `limit` bytes of a body (a preview), and whether there was more: the rest is
+ * never downloaded (the stream is cancelled).
+ */
+export async function getPrefix(path, limit) {
+  const response = await send('GET', path);
+  const reader = response.body.getReader();
+  const chunks = [];
+  let size = 0;
+  let more = false;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    size += value.length;
+    if (size > limit) {
+      more = true;
+      await reader.cancel();
+      break;
+    }
+  }
+  return { blob: new Blob(chunks).slice(0, limit), more };
+}
+
 export async function putBody(path, body) { return (await send('PUT', path, { body })).json(); }
 
 /** Log in: the key goes in this request's body and nowhere else. */

@@ -4,11 +4,12 @@
 // a document.
 import { useEffect, useState } from 'preact/hooks';
 import { html } from '../html.js';
-import { getJson, getBlob, putBody, query, sandboxPath } from '../api.js';
+import { getJson, getBlob, getPrefix, putBody, query, sandboxPath } from '../api.js';
 import { ErrorBox } from '../components/error.js';
 import { bytes } from '../format.js';
 
-const PREVIEW_TEXT = 1024 * 1024; // a text preview shows at most 1 MiB
+const PREVIEW_TEXT = 1024 * 1024; // a text preview reads and shows at most 1 MiB
+const PREVIEW_IMAGE = 16 * 1024 * 1024; // a larger image is not previewed (download it)
 const IMAGES = { png: 'image/png', jpg: 'image/jpeg', jpeg: 'image/jpeg', gif: 'image/gif',
                  webp: 'image/webp', svg: 'image/svg+xml', bmp: 'image/bmp' };
 
@@ -59,12 +60,15 @@ export function Files({ id }) {
     const ext = entry.name.includes('.') ? entry.name.split('.').pop().toLowerCase() : '';
     try {
       if (IMAGES[ext]) {
-        const blob = await getBlob(`${base}${query({ path: entry.path })}`);
+        if (entry.size > PREVIEW_IMAGE) {
+          setError({ code: 'invalid_argument', message: `${entry.name} is over 16 MiB: download it to see it.` });
+          return;
+        }
+        const { blob } = await getPrefix(`${base}${query({ path: entry.path })}`, PREVIEW_IMAGE);
         setPreview({ name: entry.name, url: URL.createObjectURL(new Blob([blob], { type: IMAGES[ext] })) });
       } else {
-        const blob = await getBlob(`${base}${query({ path: entry.path })}`);
-        const text = await blob.slice(0, PREVIEW_TEXT).text();
-        setPreview({ name: entry.name, text, cut: blob.size > PREVIEW_TEXT });
+        const { blob, more } = await getPrefix(`${base}${query({ path: entry.path })}`, PREVIEW_TEXT);
+        setPreview({ name: entry.name, text: await blob.text(), cut: more });
       }
     } catch (e) {
       setError(e);
