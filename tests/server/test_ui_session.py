@@ -5,6 +5,7 @@ backend."""
 
 from __future__ import annotations
 
+import json
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
@@ -84,6 +85,16 @@ def test_a_revoked_key_and_malformed_logins_are_refused(server: Server) -> None:
                      "invalid_argument")
         assert_error(client.post(LOGIN, content=b"key=" + server.key.encode()), 400,
                      "invalid_argument")
+        # Another site's form can post text/plain that reads as JSON: no login from it.
+        as_json = json.dumps({"key": server.key}).encode()
+        for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
+                     None):
+            headers = {"Content-Type": kind} if kind else {}
+            refused = client.post(LOGIN, content=as_json, headers=headers)
+            assert_error(refused, 400, "invalid_argument")
+            assert "set-cookie" not in refused.headers and server.key not in refused.text
+        assert_error(client.post(LOGIN, content=b"{", headers={
+            "Content-Type": "application/json"}), 400, "invalid_argument")
         # The key goes in the body only: a query string is not read.
         assert_error(client.post(f"{LOGIN}?key={server.key}"), 400, "invalid_argument")
 

@@ -23,9 +23,9 @@ from typing import Final
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from corral.api.errors import AuthenticationError, ErrorCode
+from corral.api.errors import AuthenticationError, ErrorCode, InvalidArgumentError
 
 from ..audit import record
 from ..auth import OPERATOR_SCOPE, tenant_of
@@ -120,9 +120,25 @@ def _secure(request: Request) -> bool:
     return bool(request.app.state.settings.tls) or request.url.scheme == "https"
 
 
+async def _login_body(request: Request) -> Login:
+    """The login's JSON body. Its type must say JSON: a form of another site can send
+    ``text/plain`` that reads as JSON, and must not log a browser in (login CSRF)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise InvalidArgumentError('send {"key": "<api key>"} as application/json')
+    try:
+        return Login.model_validate_json(await request.body())
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))[:64] or 'body'}: "
+                             f"{e['msg'][:200]}" for e in exc.errors()[:5])
+        raise InvalidArgumentError(f'invalid login (send {{"key": "<api key>"}}): '
+                                   f"{problems}") from None
+
+
 @router.post(LOGIN_PATH)
-async def login(request: Request, body: Login) -> Response:
+async def login(request: Request) -> Response:
     """A session for the key in the body; 401 for a bad key (counted as a failure)."""
+    body = await _login_body(request)
     failures: Buckets = request.app.state.auth_failures
     address = client_name(request.scope)
     wait = failures.wait(address)
