@@ -5,7 +5,6 @@ sandboxes stay invisible and a bad key is refused."""
 from __future__ import annotations
 
 import base64
-import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -84,6 +83,7 @@ def test_a_tenant_sees_none_of_another_tenants_sandboxes(console: Console,
         console.shot("other-tenant-list")
         console.open(f"/sandboxes/{sandbox.id}")
         expect(page.get_by_role("alert").first).to_contain_text("not_found")
+        expect(page.get_by_role("alert").first).to_contain_text("go back to the list")
         console.open(f"/sandboxes/{sandbox.id}/files")
         expect(page.get_by_role("alert").first).to_contain_text("not_found")
         expect(page.locator("table")).to_have_count(0)
@@ -180,6 +180,9 @@ def test_operator_pages(console: Console, server: Server) -> None:
     page = console.page
     console.log_in(server.key)
     expect(page.get_by_role("link", name="Pools")).to_have_count(0)
+    console.open("/pools")  # by hand: refused, and the page says what would do
+    expect(page.get_by_role("alert")).to_contain_text("permission_denied")
+    expect(page.get_by_role("alert")).to_contain_text("corral keys create --operator")
     page.get_by_role("link", name="Audit").click()
     expect(page.get_by_role("table", name="Audit records")).to_contain_text("ui.login")
     page.get_by_role("button", name="Log out").click()
@@ -194,7 +197,6 @@ def test_operator_pages(console: Console, server: Server) -> None:
     audit = page.get_by_role("table", name="Audit records")
     expect(audit).to_contain_text("alpha")  # another tenant's record, for an operator
     console.shot("audit")
-    assert json.dumps(console.problems).count("permission_denied") == 0
 
 
 def test_create_pause_resume_and_kill_from_the_console(console: Console) -> None:
