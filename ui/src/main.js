@@ -24,6 +24,12 @@ function App() {
     setSignedOutHandler((why) => { setReason(why); setSession(null); });
     resume().then(setSession).catch((e) => { setError(e); setSession(null); });
   }, []);
+  const [page, id, tab] = route;
+  // A new page moves the focus to its content (for keyboards and screen readers), not a tab.
+  useEffect(() => {
+    const main = document.getElementById('main');
+    if (main && session) main.focus({ preventScroll: true });
+  }, [page, id, Boolean(session)]);
   if (session === undefined) return html`<p class="loading" role="status">Loading…</p>`;
   if (session === null) {
     return html`
@@ -38,7 +44,6 @@ function App() {
     setSession(null);
     go('/login');
   };
-  const [page, id, tab] = route;
   let body;
   if (page === 'sandboxes' && id) body = html`<${Sandbox} id=${id} tab=${tab} />`;
   else if (page === 'pools') body = html`<${Pools} />`;
