@@ -257,3 +257,24 @@ def test_the_list_is_paged(console: Console, server: Server) -> None:
     finally:
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda sb: sb.kill(), made))
+
+
+def test_watching_a_sandbox_is_not_activity(console: Console, server: Server) -> None:
+    """Its page (state, charts, history) reads what is not activity: an idle sandbox
+    pauses on its idle timeout (longer than the page's 5 s between two reads) while its
+    page is open, and the page shows it."""
+    with Sandbox.create("python", timeout=600, idle_timeout=8, on_idle="pause",
+                        **server.sdk()) as sb:
+        page = console.page
+        console.log_in(server.key)
+        console.open(f"/sandboxes/{sb.id}/metrics")
+        expect(page.locator(".page-head .state")).to_have_text("paused")
+        page.get_by_role("tab", name="Commands").click()
+        page.get_by_role("tab", name="Network").click()
+        expect(page.locator("#tab-panel")).to_contain_text("resume it to see its egress log")
+        page.get_by_role("tab", name="Files").click()
+        expect(page.get_by_role("button", name="Resume and show its files")).to_be_visible()
+        with server.http(server.key) as http:  # the list, which is not activity either
+            listed = http.get("/v1/sandboxes").json()["sandboxes"]
+        assert [x["state"] for x in listed if x["id"] == sb.id] == ["paused"]
+        console.shot("paused")

@@ -5,11 +5,15 @@ import { usePoll } from '../components/poll.js';
 import { ErrorBox } from '../components/error.js';
 import { time } from '../format.js';
 
-export function Egress({ id }) {
-  const n = usePoll(() => getJson(`${sandboxPath(id)}/network/events`), 5, [id]);
+// Loaded when shown and on Refresh, not polled: asking for it is a call on the sandbox
+// (it would keep it from idling, and resume a paused one).
+export function Egress({ id, paused }) {
+  const n = usePoll(() => (paused ? Promise.resolve(null) : getJson(`${sandboxPath(id)}/network/events`)), 0, [id, paused]);
   const events = (n.data && n.data.events) || [];
+  if (paused) return html`<p class="empty">The sandbox is paused: resume it to see its egress log.</p>`;
   return html`
     <div class="egress">
+      <div class="toolbar"><button type="button" onClick=${n.reload}>Refresh</button></div>
       <${ErrorBox} error=${n.error} onRetry=${n.reload} />
       ${n.data && events.length === 0 && html`<p class="empty">Nothing yet: no name looked up, no connection tried, no packet refused. A sandbox created with network "none" reaches nothing at all.</p>`}
       ${events.length > 0 && html`

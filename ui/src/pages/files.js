@@ -32,7 +32,17 @@ function saveBlob(blob, name) {
   setTimeout(() => URL.revokeObjectURL(url), 60000);
 }
 
-export function Files({ id }) {
+export function Files({ id, paused }) {
+  const [wake, setWake] = useState(false);
+  if (paused && !wake) {
+    return html`
+      <p class="empty">The sandbox is paused: reading its files resumes it.
+        <button type="button" onClick=${() => setWake(true)}>Resume and show its files</button></p>`;
+  }
+  return html`<${Browser} id=${id} />`;
+}
+
+function Browser({ id }) {
   const [path, setPath] = useState('/work');
   const [typed, setTyped] = useState('/work');
   const [entries, setEntries] = useState(null);

@@ -26,7 +26,13 @@ const TABS = [['metrics', 'Metrics'], ['terminal', 'Terminal'], ['files', 'Files
               ['commands', 'Commands'], ['network', 'Network']];
 
 export function Sandbox({ id, tab }) {
-  const info = usePoll(() => getJson(sandboxPath(id)), 5, [id]);
+  // Followed through the list, which is not activity (GET /v1/sandboxes/{id} is, and would
+  // keep an idle sandbox alive while its page is open); one missing from the list (another
+  // tenant's, or gone) is asked for by id, for the error that says so.
+  const info = usePoll(async () => {
+    const listed = (await getJson('/v1/sandboxes')).sandboxes.find((x) => x.id === id);
+    return listed || getJson(sandboxPath(id));
+  }, 5, [id]);
   const [actionError, setActionError] = useState(null);
   const s = info.data;
   const current = TABS.some(([name]) => name === tab) ? tab : 'metrics';
@@ -85,9 +91,9 @@ export function Sandbox({ id, tab }) {
       <div role="tabpanel" id="tab-panel" aria-labelledby=${`tab-${current}`}>
         ${current === 'metrics' && html`<${Metrics} id=${id} />`}
         ${current === 'terminal' && s && html`<${Terminal} id=${id} running=${s.state === 'running'} />`}
-        ${current === 'files' && html`<${Files} id=${id} />`}
+        ${current === 'files' && s && html`<${Files} id=${id} paused=${s.state === 'paused'} />`}
         ${current === 'commands' && html`<${History} id=${id} />`}
-        ${current === 'network' && html`<${Egress} id=${id} />`}
+        ${current === 'network' && s && html`<${Egress} id=${id} paused=${s.state === 'paused'} />`}
       </div>
     </section>`;
 }
