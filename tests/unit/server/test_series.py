@@ -82,3 +82,14 @@ def test_cpu_percent_is_a_share_of_the_cores() -> None:
     assert cpu_percent(5.0, 1.0, 1.0, 1.0) == 0.0  # a counter that went back
     assert cpu_percent(0.0, 9.0, 1.0, 1.0) == 100.0
     assert cpu_percent(0.0, 1.0, 0.0, 1.0) == 0.0
+
+
+def test_samples_come_back_as_they_went_in() -> None:
+    series = Series("t")
+    with_net = Sample(time=1765121400.123456, cpu_percent=12.5, memory_used=2**40,
+                      memory_limit=2**29, memory_cache=7, disk_used=0, disk_limit=2**30,
+                      pids=3, net_rx_bytes=0, net_tx_bytes=2**50)
+    series.add(with_net)
+    series.add(_sample(1765121401.0))
+    assert series.samples() == [with_net, _sample(1765121401.0)]
+    assert series.latest() == _sample(1765121401.0)

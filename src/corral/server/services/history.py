@@ -27,7 +27,7 @@ from corral.api.limits import HISTORY_COMMANDS, HISTORY_OUTPUT
 #: Bytes every history together may hold (command lines and output).
 MAX_BYTES = 256 * 1024 * 1024
 #: Stopped sandboxes whose history is kept at most.
-MAX_STOPPED = 4096
+MAX_STOPPED = 1024
 #: Seconds between two sweeps of histories past their retention.
 SWEEP_INTERVAL = 1.0
 

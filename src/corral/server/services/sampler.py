@@ -10,8 +10,7 @@ Samples are kept in memory (:mod:`._series` bounds each series) for the sandbox'
 ``retention`` seconds after it was seen stopped (``CORRAL_METRICS_RETENTION``), for at most
 :data:`MAX_STOPPED` stopped sandboxes (the longest stopped dropped first). A restart of the
 server loses them: they are a view of the recent past, not a record (the audit log and the
-store are the records). Other keepers of per-sandbox data for the same window (the command
-history) listen with :attr:`MetricsSampler.on_forget`.
+store are the records).
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from datetime import UTC, datetime
@@ -35,8 +33,9 @@ from .sandboxes import SandboxService
 
 log = logging.getLogger(__name__)
 
-#: Stopped sandboxes whose series are kept at most (then the longest stopped go first).
-MAX_STOPPED = 4096
+#: Stopped sandboxes whose series are kept at most (then the longest stopped go first): with
+#: a full series at ~260 KB, at most ~270 MB for all of them.
+MAX_STOPPED = 1024
 
 
 @dataclass(frozen=True)
@@ -57,8 +56,6 @@ class MetricsSampler:
         #: Each running sandbox's CPU time at its last look: (monotonic time, seconds).
         self._cpu: dict[str, tuple[float, float]] = {}
         self._task: asyncio.Task[None] | None = None
-        #: Called with a sandbox's id once its retention is over (its series dropped).
-        self.on_forget: list[Callable[[str], None]] = []
 
     def start(self) -> None:
         """Start sampling on the running event loop (the server's lifespan calls this)."""
@@ -121,6 +118,9 @@ class MetricsSampler:
         """Look at every running sandbox once; returns how many were sampled."""
         live = self._sandboxes.tenanted()
         running = [(tenant, sandbox) for tenant, sandbox in live if _running(sandbox)]
+        for _, sandbox in live:
+            if not _running(sandbox):
+                self._cpu.pop(sandbox.id, None)  # paused: its next look sets a baseline
         readings = await asyncio.to_thread(_read_all, [s for _, s in running])
         now_wall, now = round(time.time(), 6), time.monotonic()
         taken = 0
@@ -185,8 +185,6 @@ class MetricsSampler:
         """Drop a sandbox's series now (its retention is over)."""
         self._series.pop(sandbox_id, None)
         self._cpu.pop(sandbox_id, None)
-        for hook in self.on_forget:
-            hook(sandbox_id)
 
     async def _run(self) -> None:
         while True:
