@@ -84,6 +84,10 @@ def test_aca_executions_and_files_are_audited(server: Server, server_dir: Path) 
                        ("aca.file.list", "ok"), ("aca.file.read", "ok"),
                        ("aca.execute", "invalid_argument")]
     assert all(_one(server_dir, r).tenant == "alpha" for r in (run, upload, read))
+    # The session's sandbox, though no path names it; none for the refused one.
+    sandboxes = {_one(server_dir, r).sandbox_id for r in (run, upload, listed, read)}
+    assert len(sandboxes) == 1 and str(sandboxes.pop()).startswith("sbx-")
+    assert _one(server_dir, refused).sandbox_id is None
 
 
 def test_mcp_requests_are_audited(server: Server, server_dir: Path) -> None:

@@ -15,6 +15,7 @@ find its record; a request whose client left before any answer is recorded with 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import time
@@ -69,6 +70,15 @@ ACTIONS: Final = {
     ("POST", "/ui/api/logout"): "ui.logout",
 }
 _READS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+#: The sandbox a route found for its request when the path names none (an ``/aca``
+#: session's): set by the route's service with :func:`found_sandbox`, read for the record.
+_FOUND: contextvars.ContextVar[str | None] = contextvars.ContextVar("corral_audit_sandbox",
+                                                                    default=None)
+
+
+def found_sandbox(sandbox_id: str) -> None:
+    """Say which sandbox the request being served acts on, for its audit record."""
+    _FOUND.set(sandbox_id)
 #: Seconds between two prunes of the table.
 PRUNE_INTERVAL: Final = 60.0
 
@@ -117,11 +127,12 @@ class AuditTrail:
                             client=str(client[0]) if client else None)
         recorded = False
         start: Message | None = None
+        found = _FOUND.set(None)
 
         async def write(status: int, body: bytes) -> None:
             nonlocal recorded
             recorded = True
-            sid = draft.sandbox_id
+            sid = draft.sandbox_id or _FOUND.get()
             if sid is None and status == 201 and draft.action == "sandbox.create":
                 # Corral's answer names it "id", the E2B API's "sandboxID".
                 sid = _json_field(body, "id") or _json_field(body, "sandboxID")
@@ -155,7 +166,9 @@ class AuditTrail:
             await self.app(scope, receive, auditing)
         finally:
             if not recorded:
-                await self._write(replace(draft, outcome="no_response"))
+                await self._write(replace(draft, outcome="no_response",
+                                          sandbox_id=draft.sandbox_id or _FOUND.get()))
+            _FOUND.reset(found)
 
     async def _write(self, record: AuditRecord) -> None:
         try:

@@ -35,6 +35,7 @@ from corral.api.errors import (
 )
 from corral.node import NodeSandbox
 
+from ..audit import found_sandbox
 from ..settings import AcaSettings
 from ..store.aca_sessions import AcaSessionStore, identifier_hash
 from ._multipart import file_part
@@ -130,10 +131,14 @@ class AcaService:
         with self._locked((tenant, pool, digest)) as lock:
             async with lock:
                 current = await asyncio.to_thread(self._store.get, tenant, pool, digest)
+                sandbox: NodeSandbox | None = None
                 if current is not None:
                     with contextlib.suppress(NotFoundError, SandboxNotRunningError):
-                        return self._sandboxes.running(tenant, current)
-                return await self._start(tenant, pool, image, digest, current)
+                        sandbox = self._sandboxes.running(tenant, current)
+                if sandbox is None:
+                    sandbox = await self._start(tenant, pool, image, digest, current)
+        found_sandbox(sandbox.id)
+        return sandbox
 
     async def _start(self, tenant: str, pool: str, image: str, digest: str,
                      replacing: str | None) -> NodeSandbox:
