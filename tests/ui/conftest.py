@@ -42,8 +42,11 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium for one module's tests. Not for the whole session: Playwright's sync API
+    keeps an asyncio loop running in the main thread while it is open, and later tests
+    that run a loop of their own (asyncio.run, anyio) could not."""
     if not CHROMIUM.is_file() or shutil.which(str(CHROMIUM)) is None:
         pytest.skip(f"no chromium at {CHROMIUM} (scripts/install --test installs Debian's)")
     try:
