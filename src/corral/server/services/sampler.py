@@ -20,7 +20,6 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-
 from datetime import UTC, datetime
 
 from corral.api import models
@@ -101,13 +100,15 @@ class MetricsSampler:
         return models.SandboxesMetrics(interval=self.interval, sandboxes=found)
 
     def tenant_totals(self) -> dict[str, TenantTotals]:
-        """Each tenant's running sandboxes' latest samples, added up."""
+        """Each tenant's running sandboxes' latest samples, added up (a paused one's are
+        not: it uses no CPU, and under gVisor no memory)."""
         totals: dict[str, list[float]] = {}
-        for series in self._series.values():
-            latest = series.latest()
-            if series.stopped_at is not None or latest is None:
+        for tenant, sandbox in self._sandboxes.tenanted():
+            series = self._series.get(sandbox.id)
+            latest = series.latest() if series is not None else None
+            if latest is None or not _running(sandbox):
                 continue
-            row = totals.setdefault(series.tenant, [0.0, 0, 0])
+            row = totals.setdefault(tenant, [0.0, 0, 0])
             row[0] += latest.cpu_percent
             row[1] += latest.memory_used
             row[2] += latest.disk_used
