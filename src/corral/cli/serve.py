@@ -129,6 +129,7 @@ def serve(
     say(f"make an API key with: corral keys create --data-dir {settings.node.data_dir}")
     say(f"then, for the SDK and the CLI: export CORRAL_URL={settings.url} "
         "CORRAL_API_KEY=<the key>" + (f" CORRAL_CA_FILE={files.ca_cert}" if files else ""))
+    say(f"the web console: {settings.url}/ui (log in with a key)")
     uvicorn.run(app, host=settings.host, port=settings.port, **uvicorn_options(settings),
                 ssl_keyfile=str(files.key) if files else None,
                 ssl_certfile=str(files.cert) if files else None)
