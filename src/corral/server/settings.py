@@ -265,11 +265,11 @@ class ServerSettings:
         e2b_internet: what an E2B create that says nothing of the network gets (E2B's
             default is internet on): ``CORRAL_E2B_INTERNET=1`` gives it ``"all"`` (public
             addresses, under the operator's rules), off by default gives ``"none"``.
-        ui: the web console's session lifetimes (:class:`UiSettings`).
         metrics_interval: seconds between two samples of every running sandbox's metrics
             (``CORRAL_METRICS_INTERVAL``, default 5; 0.1 to 3600).
         metrics_retention: seconds a stopped sandbox's metrics and command history are
             kept (``CORRAL_METRICS_RETENTION``, default 3600; 0 to 7 days).
+        ui: the web console's session lifetimes (:class:`UiSettings`).
     """
 
     node: NodeSettings
@@ -294,9 +294,9 @@ class ServerSettings:
     paused_ttl: float = DEFAULT_PAUSED_TTL
     e2b: bool = True
     e2b_internet: bool = False
-    ui: UiSettings = field(default_factory=UiSettings)
     metrics_interval: float = METRICS_INTERVAL
     metrics_retention: float = METRICS_RETENTION
+    ui: UiSettings = field(default_factory=UiSettings)
 
     def __post_init__(self) -> None:
         for name, value, (low, high) in (
@@ -349,9 +349,9 @@ class ServerSettings:
             paused_ttl=_seconds_env("CORRAL_PAUSED_TTL", DEFAULT_PAUSED_TTL),
             e2b=_flag(os.environ.get("CORRAL_E2B", "1")),
             e2b_internet=_flag(os.environ.get("CORRAL_E2B_INTERNET", "0")),
-            ui=UiSettings.from_env(),
             metrics_interval=_seconds_env("CORRAL_METRICS_INTERVAL", METRICS_INTERVAL),
             metrics_retention=_seconds_env("CORRAL_METRICS_RETENTION", METRICS_RETENTION),
+            ui=UiSettings.from_env(),
         )
 
     @property
