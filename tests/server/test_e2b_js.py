@@ -2,11 +2,10 @@
 ``corral serve``, with Node's own test runner: the JS line of E2B compatibility.
 
 The packages are installed once per ``package.json`` content under the test cache
-(``CORRAL_TEST_VENVS``); the tests skip where Node 20 or the npm registry is missing."""
+(``CORRAL_TEST_VENVS``, see ``tests/_npm.py``); the tests skip where Node 20 is missing."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -16,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests import _npm
+
 from .conftest import Server
 
-CACHE = Path(os.environ.get("CORRAL_TEST_VENVS", "/var/cache/corral/test-venvs"))
 SUITE = Path(__file__).with_name("e2b_js")
 
 
@@ -33,28 +33,8 @@ def js_modules() -> Path:
     version = tuple(int(part) for part in re.findall(r"\d+", shown)[:3])
     if version < (20, 18, 1):
         pytest.skip(f"the e2b JS SDK needs Node 20.18.1 or newer, not {shown}")
-    manifest = (SUITE / "package.json").read_bytes()
-    folder = CACHE / f"e2b-js-{hashlib.sha256(manifest).hexdigest()[:12]}"
-    if (folder / "node_modules").is_dir():
-        return folder
-    building = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir(parents=True)
-    (building / "package.json").write_bytes(manifest)
-    try:
-        installed = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--quiet"],
-                                   cwd=building, capture_output=True, text=True, timeout=600)
-        failure = installed.stderr.strip()[-300:] if installed.returncode else ""
-    except subprocess.TimeoutExpired:
-        failure = "npm ran for over 600 s"
-    if failure:
-        shutil.rmtree(building, ignore_errors=True)
-        pytest.skip(f"could not install the e2b JS SDK from npm (offline?): {failure}")
-    try:
-        building.rename(folder)
-    except OSError:  # another run finished first
-        shutil.rmtree(building, ignore_errors=True)
-    return folder
+    return _npm.installed("e2b-js", {"package.json": (SUITE / "package.json").read_bytes()},
+                          ["install"], "the e2b JS SDK")
 
 
 def test_the_js_sdk_passes_its_suite(server: Server) -> None:

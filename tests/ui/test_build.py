@@ -3,55 +3,28 @@ then ``ui/build.mjs``, in a fresh copy of ``ui/``, gives byte for byte the files
 ``src/corral/server/ui/dist`` (no more, no fewer).
 
 ``node_modules`` is installed once per lockfile content under the test cache
-(``CORRAL_TEST_VENVS``); the test skips where Node or the npm registry is missing."""
+(``CORRAL_TEST_VENVS``, see ``tests/_npm.py``); the test skips where Node is missing."""
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests import _npm
 
 REPO = Path(__file__).resolve().parents[2]
 UI = REPO / "ui"
 DIST = REPO / "src" / "corral" / "server" / "ui" / "dist"
-CACHE = Path(os.environ.get("CORRAL_TEST_VENVS", "/var/cache/corral/test-venvs"))
 SOURCES = ("package.json", "package-lock.json", "build.mjs", "src")
 
 
 def node_modules() -> Path:
     """``node_modules`` as ``npm ci`` installs it from ``ui/package-lock.json``, made once
-    per lockfile (skips without node and npm, or without the registry)."""
-    npm = shutil.which("npm")
-    if shutil.which("node") is None or npm is None:
-        pytest.skip("node and npm are not installed (scripts/install --test installs them)")
-    lock = (UI / "package-lock.json").read_bytes()
-    folder = CACHE / f"console-npm-{hashlib.sha256(lock).hexdigest()[:12]}"
-    if (folder / "node_modules").is_dir():
-        return folder / "node_modules"
-    building = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir(parents=True)
-    for name in ("package.json", "package-lock.json"):
-        shutil.copy(UI / name, building / name)
-    try:
-        installed = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund",
-                                    "--quiet"],
-                                   cwd=building, capture_output=True, text=True, timeout=600)
-        failure = installed.stderr.strip()[-300:] if installed.returncode else ""
-    except subprocess.TimeoutExpired:
-        failure = "npm ran for over 600 s"
-    if failure:
-        shutil.rmtree(building, ignore_errors=True)
-        pytest.skip(f"could not install the console's packages from npm (offline?): {failure}")
-    try:
-        building.rename(folder)
-    except OSError:  # another run finished first
-        shutil.rmtree(building, ignore_errors=True)
-    return folder / "node_modules"
+    per lockfile."""
+    files = {name: (UI / name).read_bytes() for name in ("package.json", "package-lock.json")}
+    return _npm.installed("console-npm", files, ["ci", "--ignore-scripts"],
+                          "the console's packages") / "node_modules"
 
 
 def tree(root: Path) -> dict[str, bytes]:
