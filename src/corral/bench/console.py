@@ -441,17 +441,22 @@ class _Run:
             args["first"] = first
         return "list", args
 
+    async def _elsewhere(self) -> None:
+        """Untimed: the Images page, shown and its fetches done (the list is unmounted)."""
+        await self.page.goto(self.page.url.split("#")[0] + "#/images")
+        await self.page.locator("#images-title").wait_for()
+        await self.page.wait_for_load_state("networkidle")
+
     async def _to_list(self) -> None:
-        """Untimed: page 1 of the unfiltered list, shown."""
+        """Untimed: page 1 of the unfiltered list, mounted afresh and shown."""
+        await self._elsewhere()
         await self._arm({"list": self._list(self.ids[0])}, hash_="#/sandboxes")
         await self._done()
 
     async def list_shown(self) -> None:
         """Hash navigation from another page to the list, until page 1 is shown."""
         for i in self._rounds("list page shown"):
-            await self.page.goto(self.page.url.split("#")[0] + "#/images")
-            await self.page.locator("#images-title").wait_for()
-            await self.page.wait_for_load_state("networkidle")
+            await self._elsewhere()
             await self._arm({"shown": self._list(self.ids[0])}, hash_="#/sandboxes")
             shown = (await self._done())["shown"]
             self._keep("list", i, shown, await self.bare.list())
