@@ -162,6 +162,7 @@ _ARM: Final = """
   };
   let t0 = null;
   const times = {};
+  performance.clearResourceTimings();  // its buffer holds 250: keep room for this round's
   const pending = new Set(Object.keys(until));
   const bench = {};
   bench.done = new Promise((resolve, reject) => {
@@ -204,7 +205,18 @@ _ARM: Final = """
     }
   });
   bench.done.catch(() => {});
+  bench.start = () => t0;
   window.__corralBench = bench;
+}
+"""
+# The first fetch of `path` since the clock started: [ms from the start until it was sent,
+# ms it took until its last byte], from Resource Timing; null if there was none.
+_FETCH: Final = """
+(path) => {
+  const t0 = window.__corralBench.start();
+  const found = performance.getEntriesByType('resource').find(
+    (e) => new URL(e.name).pathname === path && e.startTime >= t0);
+  return found ? [found.startTime - t0, found.responseEnd - found.startTime] : null;
 }
 """
 # Installed in every document of the page-load context: the time from the navigation's
@@ -459,7 +471,13 @@ class _Run:
             await self._elsewhere()
             await self._arm({"shown": self._list(self.ids[0])}, hash_="#/sandboxes")
             shown = (await self._done())["shown"]
-            self._keep("list", i, shown, await self.bare.list())
+            fetch = await self.page.evaluate(_FETCH, "/v1/sandboxes")
+            if fetch is None:
+                raise InternalError("the list page was shown without GET /v1/sandboxes")
+            bare = await self.bare.list()
+            self._keep("list", i, shown, bare)
+            self._keep("list_sent", i, fetch[0] / 1000)
+            self._keep("list_fetch", i, fetch[1] / 1000, bare)
 
     async def page_load(self, browser: Any, server: ApiServer) -> None:
         """A new page (the session's cookie already set) loading ``/ui#/sandboxes``."""
@@ -543,6 +561,9 @@ class _Run:
         spark = f"GET /v1/metrics/sandboxes ({PAGE_SIZE} ids) via httpx"
         made = [
             ("list", "console_list_shown", f"list page shown, {n} listed", listing),
+            ("list_sent", "console_list_sent", "↳ until the page sends its list fetch", None),
+            ("list_fetch", "console_list_fetch", "↳ the page's list fetch (Resource Timing)",
+             listing),
             ("load", "console_page_load", "page load → list shown", listing),
             ("turn", "console_page_turn", "next page → its rows shown", listing),
             ("sparks", "console_sparklines", "next page → its sparklines shown", spark),
