@@ -469,8 +469,10 @@ class _Run:
         """Hash navigation from another page to the list, until page 1 is shown."""
         for i in self._rounds("list page shown"):
             await self._elsewhere()
-            await self._arm({"shown": self._list(self.ids[0])}, hash_="#/sandboxes")
-            shown = (await self._done())["shown"]
+            await self._arm({"shown": self._list(self.ids[0]),
+                             "sparks": ("sparks", {"ids": self.first})}, hash_="#/sandboxes")
+            times = await self._done()
+            shown = times["shown"]
             fetch = await self.page.evaluate(_FETCH, "/v1/sandboxes")
             if fetch is None:
                 raise InternalError("the list page was shown without GET /v1/sandboxes")
@@ -478,6 +480,7 @@ class _Run:
             self._keep("list", i, shown, bare)
             self._keep("list_sent", i, fetch[0] / 1000)
             self._keep("list_fetch", i, fetch[1] / 1000, bare)
+            self._keep("list_sparks", i, times["sparks"], await self.bare.sparks(self.first))
 
     async def page_load(self, browser: Any, server: ApiServer) -> None:
         """A new page (the session's cookie already set) loading ``/ui#/sandboxes``."""
@@ -558,12 +561,14 @@ class _Run:
     def rows(self) -> list[Row]:
         n = len(self.ids)
         listing = f"GET /v1/sandboxes ({n}) via httpx"
-        spark = f"GET /v1/metrics/sandboxes ({PAGE_SIZE} ids) via httpx"
+        spark = f"GET /v1/metrics/sandboxes ({len(self.first)} ids) via httpx"
         made = [
             ("list", "console_list_shown", f"list page shown, {n} listed", listing),
             ("list_sent", "console_list_sent", "↳ until the page sends its list fetch", None),
             ("list_fetch", "console_list_fetch", "↳ the page's list fetch (Resource Timing)",
              listing),
+            ("list_sparks", "console_list_sparklines", "list page → its sparklines shown",
+             spark),
             ("load", "console_page_load", "page load → list shown", listing),
             ("turn", "console_page_turn", "next page → its rows shown", listing),
             ("sparks", "console_sparklines", "next page → its sparklines shown", spark),
