@@ -422,7 +422,6 @@ class _Run:
         self.count = f"{len(ids)} in all"
         self.first = ids[:PAGE_SIZE]
         self.samples: dict[str, _Samples] = {}
-        self.turns = 0
 
     def _keep(self, key: str, i: int, corral: float, bare: float | None = None) -> None:
         if i < self.config.warmup:
