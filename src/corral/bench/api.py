@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,8 +57,12 @@ _SERVE = "from corral.cli import main; main()"
 
 @dataclass(frozen=True)
 class ApiServer:
+    """A benchmark's server: its URL, the key of tenant ``bench``, and one key per other
+    tenant it was asked for."""
+
     url: str
     key: str
+    others: dict[str, str] = field(default_factory=dict)
 
 
 async def measure_api(node: Node, config: BenchConfig, result: RuntimeResult,
@@ -114,19 +118,22 @@ async def measure_api_exec(node: Node, server: ApiServer, config: BenchConfig,
 
 
 @contextlib.asynccontextmanager
-async def api_server(image_dir: Path) -> AsyncIterator[ApiServer]:
-    """A ``corral serve`` of the benchmark's own, on a fresh data dir with a fresh key."""
+async def api_server(image_dir: Path, others: tuple[str, ...] = ()
+                     ) -> AsyncIterator[ApiServer]:
+    """A ``corral serve`` of the benchmark's own, on a fresh data dir with a fresh key (and
+    one for each tenant named in ``others``)."""
     data_dir = Path(tempfile.mkdtemp(prefix="corral-bench-api-"))
     try:
         os.chmod(data_dir, 0o711)  # namespaces sandboxes' uids traverse it to their root
         engine = open_engine(database_url(data_dir, None))
         try:
             key = KeyStore(engine).create("bench", e2b=True).key  # for both SDKs
+            other_keys = {name: KeyStore(engine).create(name).key for name in others}
         finally:
             engine.dispose()
         process, url = await asyncio.to_thread(_start, data_dir, image_dir)
         try:
-            yield ApiServer(url=url, key=key)
+            yield ApiServer(url=url, key=key, others=other_keys)
         finally:
             await asyncio.to_thread(_stop, process)
     finally:

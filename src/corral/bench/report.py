@@ -199,9 +199,16 @@ _MEMORY_LEFT = (0, 4)
 
 
 def _split(result: RuntimeResult) -> tuple[list[Row], list[Row]]:
-    """(time rows, memory rows)."""
+    """(time rows, the others: memory in MiB, counts)."""
     return ([r for r in result.rows if r.unit == "s"],
-            [r for r in result.rows if r.unit == "MiB"])
+            [r for r in result.rows if r.unit != "s"])
+
+
+def _memory_headers(row: Row) -> list[str]:
+    """The memory table's headers, or a count's (DOM nodes) in its own unit."""
+    if row.unit == "MiB":
+        return MEMORY_HEADERS
+    return [row.unit, *(h.replace("MiB", row.unit) for h in MEMORY_HEADERS[1:])]
 
 
 def verdicts(result: RuntimeResult) -> list[tuple[str, bool]]:
@@ -229,7 +236,8 @@ def rich_table(result: RuntimeResult) -> Table:
     """One runtime's rows as a rich table (times in milliseconds, memory apart)."""
     rows, memory = _split(result)
     n = rows[0].corral.n if rows else 0
-    caption = [f"n = {n} create runs; ratio = Corral / bare, lower is better; rate: "
+    runs = "create runs" if rows and rows[0].key.startswith("create") else "rounds"
+    caption = [f"n = {n} {runs}; ratio = Corral / bare, lower is better; rate: "
                "Corral vs bare, ratio of wall times"]
     caption += [f"[{'green' if met else 'red'}]{'met' if met else 'MISSED'}[/] {text}"
                 for text, met in verdicts(result)]
@@ -241,11 +249,13 @@ def rich_table(result: RuntimeResult) -> Table:
                          style="bold" if i == 0 else None, no_wrap=i in _LEFT)
     for row in rows:
         table.add_row(*_cells(row))
-    if memory:
-        table.add_section()
-        table.add_row(*(f"[dim]{h}[/]" for h in MEMORY_HEADERS))
-        for row in memory:
-            table.add_row(*_memory_cells(row))
+    headers = None
+    for row in memory:
+        if _memory_headers(row) != headers:
+            headers = _memory_headers(row)
+            table.add_section()
+            table.add_row(*(f"[dim]{h}[/]" for h in headers))
+        table.add_row(*_memory_cells(row))
     return table
 
 
@@ -278,9 +288,10 @@ def markdown(report: BenchReport) -> str:
         lines += [f"### {result.runtime}", "", f"{result.detail}", ""]
         lines += _markdown_table(HEADERS, _LEFT, [_cells(row) for row in rows])
         lines.append("")
-        if memory:
-            lines += _markdown_table(MEMORY_HEADERS, _MEMORY_LEFT,
-                                     [_memory_cells(row) for row in memory])
+        for unit in dict.fromkeys(row.unit for row in memory):
+            same = [row for row in memory if row.unit == unit]
+            lines += _markdown_table(_memory_headers(same[0]), _MEMORY_LEFT,
+                                     [_memory_cells(row) for row in same])
             lines.append("")
         found = candidates(result)
         if found:

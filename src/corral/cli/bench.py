@@ -12,7 +12,9 @@ import typer
 from rich.console import Console
 
 from corral.bench import BenchConfig, markdown, rich_table, run_benchmark
+from corral.bench.console import ConsoleBench, run_console_benchmark
 from corral.bench.plots import render_plots
+from corral.bench.report import BenchReport
 from corral.runtime import RUNTIME_NAMES
 
 from ._common import DataDirOption, node_settings, private_node, reporting_errors, say, stderr
@@ -47,6 +49,13 @@ def bench(
     plots: Annotated[Path | None, typer.Option(
         "--plots", metavar="DIR", help="Also render PNG plots into DIR (needs matplotlib: "
         "the `bench` extra).")] = None,
+    console: Annotated[bool, typer.Option(
+        "--console", help="Measure the web console (/ui) alone, with --console-sandboxes "
+        "live sandboxes listed, in headless chromium (needs the playwright package and "
+        "chromium: `scripts/install --test`).")] = False,
+    console_sandboxes: Annotated[int | None, typer.Option(
+        "--console-sandboxes", min=1, max=1000, show_default="500, or 50 with --quick",
+        help="Live sandboxes (namespaces, unless --runtime) the --console rows list.")] = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Measure sandbox start-up, exec and file round trips against bare runsc/bwrap.
@@ -74,7 +83,19 @@ def bench(
         corral bench -n 20 --json bench.json --runtime gvisor
 
         corral bench --density 500 --runtime gvisor --plots docs/img
+
+        corral bench --console -n 10 --json console.json
+
+    With --console, the web console alone: a `corral serve` of its own with 500 live
+    sandboxes of one tenant, the list page, a page turn, its sparklines, a filter, the
+    keyboard, and the page's JS heap and DOM nodes, each beside the API call it is built on
+    (docs/benchmarks.md says what each row times).
     """
+    if console:
+        report = _console_report(quick, iterations, runtime, image, console_sandboxes,
+                                 data_dir)
+        _print(report, image, json_path, markdown_path)
+        return
     runtimes = tuple(runtime or ())
     config = BenchConfig.quick(image, runtimes) if quick else BenchConfig(
         image=image, runtimes=runtimes)
@@ -89,6 +110,33 @@ def bench(
                 report = asyncio.run(run_benchmark(private, config, status.update))
         else:
             report = asyncio.run(run_benchmark(private, config, lambda line: None))
+    _print(report, config.image, json_path, markdown_path)
+    if plots is not None:
+        with reporting_errors():
+            for path in render_plots(report.to_json(), plots):
+                say(f"wrote {path}")
+
+
+def _console_report(quick: bool, iterations: int | None, runtime: list[str] | None,
+                    image: str, sandboxes: int | None, data_dir: Path | None) -> BenchReport:
+    if runtime is not None and len(runtime) != 1:
+        raise typer.BadParameter("--console measures one runtime; give --runtime once",
+                                 param_hint="--runtime")
+    config = ConsoleBench(sandboxes=sandboxes or (50 if quick else 500),
+                          iterations=iterations or (3 if quick else 10),
+                          warmup=1 if quick else 2, image=image,
+                          runtime=runtime[0] if runtime else "namespaces")
+    settings = node_settings(data_dir)
+    with reporting_errors():
+        if stderr.is_terminal:
+            with stderr.status("starting") as status:
+                return asyncio.run(run_console_benchmark(settings.image_dir, config,
+                                                         status.update))
+        return asyncio.run(run_console_benchmark(settings.image_dir, config, say))
+
+
+def _print(report: BenchReport, image: str, json_path: Path | None,
+           markdown_path: Path | None) -> None:
     console = Console()
     if not console.is_terminal:
         console = Console(width=120)  # a log or a file: do not squeeze the tables into 80
@@ -96,7 +144,7 @@ def bench(
     console.print(f"[bold]Corral benchmark[/] {report.started:%Y-%m-%d %H:%M} UTC · "
                   f"{machine['cpu_count']} CPUs ({machine['cpu_model']}) · {machine['kernel']}"
                   f" · runsc {machine['runsc_version']} on {machine['gvisor_platform']}"
-                  f" · image {config.image}", soft_wrap=True)
+                  f" · image {image}", soft_wrap=True)
     for result in report.results:
         console.print(rich_table(result))
     if json_path is not None:
@@ -105,7 +153,3 @@ def bench(
     if markdown_path is not None:
         markdown_path.write_text(markdown(report))
         say(f"wrote {markdown_path}")
-    if plots is not None:
-        with reporting_errors():
-            for path in render_plots(report.to_json(), plots):
-                say(f"wrote {path}")
