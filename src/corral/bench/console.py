@@ -584,12 +584,13 @@ async def _heap_rows(browser: Any, page: Any, server: ApiServer, ids: list[str],
     """The list page's JS heap and DOM nodes with ``ids`` listed, beside a tenant's with
     none, each after a garbage collection, ``config.iterations`` times."""
     full = await _page_figures(page, {"rows": min(len(ids), PAGE_SIZE),
-                                      "count": f"{len(ids)} in all"}, config.iterations)
+                                      "count": f"{len(ids)} in all"}, ids[:PAGE_SIZE],
+                               config.iterations)
     context = await browser.new_context(viewport={"width": 1280, "height": 800})
     try:
         empty_page = await context.new_page()
         await _log_in(empty_page, server.url, server.others[EMPTY_TENANT])
-        empty = await _page_figures(empty_page, {"rows": 0, "count": "0 in all"},
+        empty = await _page_figures(empty_page, {"rows": 0, "count": "0 in all"}, [],
                                     config.iterations)
     finally:
         await context.close()
@@ -604,9 +605,10 @@ async def _heap_rows(browser: Any, page: Any, server: ApiServer, ids: list[str],
     ]
 
 
-async def _page_figures(page: Any, wanted: dict[str, Any], rounds: int
+async def _page_figures(page: Any, wanted: dict[str, Any], first: list[str], rounds: int
                         ) -> list[tuple[float, int]]:
-    """(JS heap MiB, DOM nodes) of the list page, shown fresh each round."""
+    """(JS heap MiB, DOM nodes) of the list page, shown fresh each round with page 1's
+    rows (``first``) and their sparklines drawn."""
     cdp = await page.context.new_cdp_session(page)
     await cdp.send("Performance.enable")
     figures = []
@@ -614,7 +616,8 @@ async def _page_figures(page: Any, wanted: dict[str, Any], rounds: int
         await page.goto(page.url.split("#")[0] + "#/images")
         await page.locator("#images-title").wait_for()
         await page.evaluate(_ARM, {"start": "", "key": "", "hash": "#/sandboxes",
-                                   "until": {"list": ["list", wanted]},
+                                   "until": {"list": ["list", wanted],
+                                             "sparks": ["sparks", {"ids": first}]},
                                    "limit": WAIT_S * 1000})
         await page.evaluate("() => window.__corralBench.done")
         await page.wait_for_load_state("networkidle")
