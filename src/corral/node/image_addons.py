@@ -185,16 +185,17 @@ def add_kernelspec(tree: str, spec: Kernelspec) -> None:
         out.write("\n")
 
 
-def makedirs(base: str, rel: str) -> None:
+def makedirs(base: str, rel: str) -> str:
     """``mkdir -p base/rel`` (0755), one level at a time, each checked to stay in ``base``
-    and to be a real folder, not a symlink."""
-    parts = [p for p in rel.split("/") if p]
+    and to be a real folder, not a symlink; returns the folder's path."""
+    parts, path = [p for p in rel.split("/") if p], base
     for i in range(len(parts)):
         path = inside(base, "/".join(parts[: i + 1]))
         if os.path.islink(path):
             raise InternalError(f"refusing to use symlink {path!r} as a folder")
         if not os.path.isdir(path):
             os.mkdir(path, 0o755)
+    return path
 
 
 def inside(base: str, rel: str) -> str:

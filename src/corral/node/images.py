@@ -424,13 +424,7 @@ _inside = image_addons.inside  # the one check of a path in a tree being built
 
 
 def _mkdir(base: str, rel: str, mode: int) -> str:
-    parts, path = [p for p in rel.split("/") if p], base
-    for i in range(len(parts)):
-        path = _inside(base, "/".join(parts[: i + 1]))
-        if os.path.islink(path):
-            raise InternalError(f"refusing to use symlink {path!r} as a directory")
-        if not os.path.isdir(path):
-            os.mkdir(path, 0o755)
+    path = image_addons.makedirs(base, rel)
     os.chmod(path, mode)
     return path
 
