@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import collections
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 #: Seconds of the most recent samples kept at full resolution.
@@ -80,6 +80,17 @@ def cpu_percent(cpu_before: float, cpu_now: float, elapsed: float, cpus: float) 
     if elapsed <= 0 or cpus <= 0:
         return 0.0
     return round(min(max((cpu_now - cpu_before) / (elapsed * cpus) * 100, 0.0), 100.0), 2)
+
+
+def past_retention(stopped: Iterable[tuple[float, str]], now: float, retention: float,
+                   keep: int) -> list[str]:
+    """Of sandboxes stopped at the given times (``(stopped_at, sandbox_id)``), those whose
+    records go now: past ``retention`` seconds, or beyond the ``keep`` most recently
+    stopped."""
+    ordered = sorted(stopped)
+    excess = max(len(ordered) - keep, 0)
+    return [sandbox_id for i, (stopped_at, sandbox_id) in enumerate(ordered)
+            if i < excess or now - stopped_at > retention]
 
 
 def _micro(seconds: float) -> int:

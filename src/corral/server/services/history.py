@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from corral.api import models
 from corral.api.limits import HISTORY_COMMANDS, HISTORY_OUTPUT
 
+from ._series import past_retention
+
 #: Bytes every history together may hold (command lines and output).
 MAX_BYTES = 256 * 1024 * 1024
 #: Stopped sandboxes whose history is kept at most.
@@ -125,6 +127,7 @@ class CommandHistory:
         self._sweep()
         book = self._books.get(sandbox_id)
         if book is None or book.tenant != tenant:
+            self.forget(sandbox_id)  # (another tenant's: never, ids are not reused)
             book = self._books[sandbox_id] = _Book(tenant, self)
         book.entries.append(Entry(book, command_id, cmd))
         while len(book.entries) > HISTORY_COMMANDS:
@@ -169,12 +172,10 @@ class CommandHistory:
         if not force and now - self._swept < SWEEP_INTERVAL:
             return
         self._swept = now
-        stopped = sorted((book.stopped_at, sandbox_id) for sandbox_id, book in self._books.items()
-                         if book.stopped_at is not None)
-        excess = max(len(stopped) - MAX_STOPPED, 0)
-        for i, (stopped_at, sandbox_id) in enumerate(stopped):
-            if i < excess or now - stopped_at > self.retention:
-                self.forget(sandbox_id)
+        stopped = [(book.stopped_at, sandbox_id) for sandbox_id, book in self._books.items()
+                   if book.stopped_at is not None]
+        for sandbox_id in past_retention(stopped, now, self.retention, MAX_STOPPED):
+            self.forget(sandbox_id)
 
     def _shrink(self) -> None:
         """Back under :data:`MAX_BYTES`: stopped sandboxes' histories first (the longest

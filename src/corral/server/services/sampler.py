@@ -27,7 +27,7 @@ from corral.api.errors import SandboxError
 from corral.node import NodeSandbox, SandboxState
 from corral.runtime import Usage
 
-from ._series import Sample, Series, cpu_percent
+from ._series import Sample, Series, cpu_percent, past_retention
 from .sandboxes import SandboxService
 
 log = logging.getLogger(__name__)
@@ -176,11 +176,8 @@ class MetricsSampler:
                 series.stopped_at = now
             if series.stopped_at is not None:
                 stopped.append((series.stopped_at, sandbox_id))
-        stopped.sort()
-        excess = max(len(stopped) - MAX_STOPPED, 0)
-        for i, (stopped_at, sandbox_id) in enumerate(stopped):
-            if i < excess or now - stopped_at > self.retention:
-                self.forget(sandbox_id)
+        for sandbox_id in past_retention(stopped, now, self.retention, MAX_STOPPED):
+            self.forget(sandbox_id)
 
     def forget(self, sandbox_id: str) -> None:
         """Drop a sandbox's series now (its retention is over)."""
