@@ -1,0 +1,130 @@
+"""Everything Corral asks of Ray itself: the token, a local head, the driver, the actors.
+
+Ray is imported here and in the node actor only, so that a server of its own never needs
+it (``pip install 'corral[cluster]'`` brings it).
+
+Addresses: Ray rewrites ``127.0.0.1`` and ``localhost`` into the machine's outward address
+when it connects, so a cluster on one machine uses another loopback address
+(``127.0.0.2``, :data:`DEFAULT_HOST`), which Ray takes as it is; a cluster of several hosts
+uses their private interface. Ray's ports then listen there only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from corral.api.errors import InvalidArgumentError, UnavailableError
+
+DEFAULT_HOST: Final = "127.0.0.2"
+HEAD_PORT: Final = 6380
+#: Seconds ``ray start`` may take on a loaded host.
+START_TIMEOUT: Final = 120
+
+
+def use_token(secret: str) -> None:
+    """Make this process (and the Ray processes it starts) use token authentication."""
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = secret
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def gcs_address(address: str) -> str:
+    """``HOST:PORT`` from ``ray://HOST:PORT`` or ``HOST:PORT``."""
+    bare = address.removeprefix("ray://")
+    host, _, port = bare.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgumentError(f"the cluster address {address!r:.80} is not HOST:PORT "
+                                   "(or ray://HOST:PORT, or auto)")
+    return bare
+
+
+@dataclass
+class Head:
+    address: str
+    temp_dir: Path
+
+    def stop(self) -> None:
+        subprocess.run([_ray(), "stop", "--force"], capture_output=True, timeout=60,
+                       check=False)
+
+
+def _ray() -> str:
+    found = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    if found is None:
+        raise UnavailableError("Ray is not installed: pip install 'corral[cluster]'")
+    return found
+
+
+def start_head(host: str, temp_dir: Path, port: int = HEAD_PORT) -> Head:
+    """Start a Ray head on this machine at ``host`` (``--cluster auto``)."""
+    temp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    done = subprocess.run(
+        [_ray(), "start", "--head", f"--node-ip-address={host}", f"--port={port}",
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+         "--num-cpus=0"],
+        capture_output=True, text=True, timeout=START_TIMEOUT, check=False)
+    if done.returncode != 0:
+        raise UnavailableError(f"ray start failed: {done.stderr.strip()[-800:]}")
+    return Head(address=f"{host}:{port}", temp_dir=temp_dir)
+
+
+def connect(address: str, host: str) -> None:
+    import ray
+    if ray.is_initialized():
+        return
+    ray.init(address=gcs_address(address), namespace="corral", _node_ip_address=host,
+             log_to_driver=False, configure_logging=False, include_dashboard=False)
+
+
+def disconnect() -> None:
+    import ray
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@dataclass(frozen=True)
+class RayNode:
+    id: str
+    name: str
+    address: str
+    labels: dict[str, str]
+
+
+def alive_nodes() -> list[RayNode]:
+    import ray
+    found = []
+    for node in ray.nodes():  # type: ignore[no-untyped-call]
+        if not node.get("Alive"):
+            continue
+        labels = {k: str(v) for k, v in (node.get("Labels") or {}).items()
+                  if not k.startswith("ray.io/")}
+        found.append(RayNode(id=node["NodeID"], name=node.get("NodeName") or
+                             node["NodeManagerAddress"], address=node["NodeManagerAddress"],
+                             labels=labels))
+    return found
+
+
+def node_actor_names() -> list[str]:
+    import ray
+
+    from .node_actor import ACTOR_PREFIX, NAMESPACE
+    names = ray.util.list_named_actors(all_namespaces=True)
+    return sorted(entry["name"].removeprefix(ACTOR_PREFIX) for entry in names
+                  if entry.get("namespace") == NAMESPACE
+                  and entry["name"].startswith(ACTOR_PREFIX))
+
+
+def get_actor(name: str) -> Any:
+    import ray
+
+    from .node_actor import NAMESPACE
+    try:
+        return ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return None
