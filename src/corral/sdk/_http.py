@@ -3,7 +3,9 @@
 Every error the server answers is ``{"error": {"code", "message"}}``; :func:`error_of`
 turns it into the same class the server raised (:func:`corral.api.errors.error_from_code`).
 A response without that body (a proxy's 502, say) maps by status through the shared
-table; a connection failure is a :class:`corral.SandboxError` naming the URL.
+table; a connection failure is a :class:`corral.SandboxError` naming the URL. An answer
+that says nothing was done (``429 rate_limited``, ``503 unavailable``) is sent again after
+its ``Retry-After``, a bounded number of times (:mod:`corral.sdk._retry`).
 """
 
 from __future__ import annotations
