@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from corral.api.errors import (ErrorCode, RateLimitedError, ResourceExhaustedError,
                                RuntimeUnavailableError, SandboxError, SandboxNotRunningError,
                                UnavailableError)
-from corral.server import errors
+from corral.server import errors, ports
 from corral.server.e2b.connect import ConnectError
 
 pytestmark = [pytest.mark.rootless]
@@ -78,3 +78,29 @@ def test_a_connect_error_says_retry_after_only_when_nothing_was_done(
     response = ConnectError.of(error).response()
     assert response.status_code in (429, 503)
     assert response.headers.get("retry-after") == retry_after
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["http", "websocket"])
+async def test_a_refused_port_credential_says_retry_after(kind: str) -> None:
+    """The port gateway's answer to too many wrong credentials (a plain request, or a
+    WebSocket handshake answered in HTTP)."""
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "websocket.connect"} if kind == "websocket" else {
+            "type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {"type": kind, "extensions": {"websocket.http.response": {}}, "headers": []}
+    await ports._refuse(scope, receive, send, RateLimitedError("too many wrong port "
+                                                                "credentials"))
+    start = sent[0]
+    assert start["status"] == 429
+    headers = dict(start["headers"])  # type: ignore[call-overload]
+    assert headers[b"retry-after"] == b"1"
+    assert headers[b"content-type"] == b"application/json"
+    body = b"".join(m.get("body", b"") for m in sent[1:])  # type: ignore[misc]
+    assert int(headers[b"content-length"]) == len(body) and b"rate_limited" in body
