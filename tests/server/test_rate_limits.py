@@ -10,7 +10,7 @@ import math
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 
 import anyio
@@ -182,6 +182,39 @@ def test_the_sdk_waits_out_retry_after_and_succeeds(one_a_second: Guarded) -> No
     assert transport.statuses.count(200) == made
     assert len(transport.statuses) == made + transport.statuses.count(429)
     assert transport.statuses[-1] == 200
+
+
+def test_a_body_streamed_from_an_iterator_is_sent_once(one_a_second: Guarded) -> None:
+    key = one_a_second.key()
+    transport = Counting(one_a_second.address())
+    path = "/v1/sandboxes/sbx-00000000000000000000/files"
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"one-shot"
+
+    async def upload(streamed: bool) -> int:
+        """Uploads right after another call until one is refused: the attempts it took."""
+        api = ApiClient(one_a_second.url, key, transport=transport)
+        try:
+            for _ in range(20):
+                await api.call("GET", "/v1/sandboxes")  # takes the second's token
+                transport.statuses.clear()
+                try:
+                    await api.call("PUT", path, params={"path": "/work/f"},
+                                   content=chunks() if streamed else b"replayable")
+                except RateLimitedError:
+                    assert streamed, "a bytes body was not sent again"
+                    return len(transport.statuses)
+                except NotFoundError:  # the limit passed: the server looked for it
+                    if 429 in transport.statuses:
+                        assert not streamed, "a one-shot body was sent again"
+                        return len(transport.statuses)
+        finally:
+            await api.aclose()
+        raise AssertionError("20 uploads right after a call were never limited")
+
+    assert anyio.run(upload, True) == 1
+    assert anyio.run(upload, False) >= 2
 
 
 def test_connect_and_list_retry_through_the_same_client(one_a_second: Guarded) -> None:
