@@ -111,7 +111,7 @@ def join(
         "--name", help="The node's name (default: this host's Ray node name).")] = None,
     host: Annotated[str, typer.Option(
         "--host", help="This host's cluster address (its Ray node's address): the node "
-                       "server listens there.")] = "127.0.0.2",
+                       "server listens there.")] = "127.0.0.1",
     label: Annotated[list[str] | None, typer.Option(
         "--label", metavar="KEY=VALUE", help="A label sandboxes can select "
         "(node_selector); repeat for more.")] = None,
@@ -139,7 +139,7 @@ def join(
         labels[key] = value
     with reporting_errors():
         secret = load_secret(secret_file)
-        ray_boot.use_token(secret)
+        ray_boot.use_token(secret, host)
         ray_boot.connect(address, host)
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

@@ -93,6 +93,23 @@ class _Node:
     handle: Any
     last_ok: float
     lost: bool = False
+    #: Sandboxes placed here that its last description may not list yet:
+    #: id -> (tenant, cpus, memory MiB, when placed), kept for SETTLE seconds at most.
+    placed: dict[str, tuple[str, float, int, float]] = field(default_factory=dict)
+
+    def hold(self, sandbox_id: str, tenant: str, cpus: float, memory_mib: int) -> None:
+        self.placed[sandbox_id] = (tenant, cpus, memory_mib, time.monotonic())
+        self.view.sandboxes[sandbox_id] = (tenant, cpus, memory_mib)
+
+    def describe(self, view: NodeView) -> None:
+        """Take ``view`` from a heartbeat, with what was placed since it was asked for."""
+        now = time.monotonic()
+        for sandbox_id, (tenant, cpus, memory, at) in list(self.placed.items()):
+            if sandbox_id in view.sandboxes or now - at > SETTLE:
+                del self.placed[sandbox_id]
+            else:
+                view.sandboxes[sandbox_id] = (tenant, cpus, memory)
+        self.view = view
 
 
 class Cluster:
@@ -116,7 +133,7 @@ class Cluster:
         settings = self.settings
         auto = settings.address == "auto"
         secret = load_secret(settings.secret_file, create=auto)
-        ray_boot.use_token(secret)
+        ray_boot.use_token(secret, settings.host)
         address = settings.address
         if auto:
             self._head = await asyncio.to_thread(ray_boot.start_head, settings.host,
@@ -175,7 +192,8 @@ class Cluster:
             tried.add(node.name)
             self._pending += 1
             slot = f"pending-{self._pending}"
-            node.sandboxes[slot] = (key.tenant, cpus, memory_mib)
+            holder = self._nodes[node.name]
+            holder.hold(slot, key.tenant, cpus, memory_mib)
             try:
                 status, payload = await self._call(node.name, key, "POST", "/v1/sandboxes",
                                                    body)
@@ -183,13 +201,14 @@ class Cluster:
                 last = unreachable
                 continue
             finally:
-                node.sandboxes.pop(slot, None)
+                holder.placed.pop(slot, None)
+                holder.view.sandboxes.pop(slot, None)
             if status == 201:
                 info = dict(payload)
                 info["node"] = node.name
+                holder.hold(info["id"], key.tenant, cpus, memory_mib)
                 await asyncio.to_thread(self.directory.add, info["id"], key.tenant, node.name,
                                         info)
-                node.sandboxes[info["id"]] = (key.tenant, cpus, memory_mib)
                 return info
             refused = _error(status, payload)
             if status not in (429, 503):
@@ -212,11 +231,10 @@ class Cluster:
             result: tuple[int, Any] = await node.handle.call.remote(
                 self._token, key.tenant, key.id, method, path, body,
                 dict(params) if params else None)
-        except Exception as error:  # Ray's: the actor died or is unreachable
-            if _is_ray_error(error):
-                raise UnavailableError(f"node {name} did not answer ({type(error).__name__});"
-                                       " try again shortly") from None
-            raise
+        except Exception as error:  # the actor died, is unreachable, or its call failed
+            log.warning("call to node %s failed: %r", name, error)
+            raise UnavailableError(f"node {name} did not answer ({type(error).__name__}); "
+                                   "try again shortly") from None
         return result
 
     async def end(self, name: str, owned: list[tuple[str, str]]) -> list[str]:
@@ -308,7 +326,7 @@ class Cluster:
         node.lost = False
         record = await asyncio.to_thread(self.directory.node, name)
         view = _view(status, record)
-        node.view = view
+        node.describe(view)
         back = await asyncio.to_thread(self.directory.node_seen, name, view.url, view.labels)
         await self._reconcile(name, status, started, back)
 
@@ -380,10 +398,6 @@ def _error(status: int, payload: Any) -> SandboxError:
     error = (payload or {}).get("error", {}) if isinstance(payload, dict) else {}
     return error_from_code(str(error.get("code", "internal")),
                            str(error.get("message", f"the node answered {status}")))
-
-
-def _is_ray_error(error: BaseException) -> bool:
-    return type(error).__module__.startswith("ray")
 
 
 def env_settings(address: str, data_dir: Path) -> ClusterSettings:

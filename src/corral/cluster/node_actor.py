@@ -79,7 +79,8 @@ class NodeActor:
         self.host = host
         self.ray_node_id = ray.get_runtime_context().get_node_id()
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o711)  # namespaces sandboxes' uids traverse it to their root
         token_file = self.data_dir / "node-token"
         write_secret(token_file, token)
         self.port = free_port(host)
@@ -159,9 +160,13 @@ class NodeActor:
                 ended.append(sandbox_id)
         return ended
 
-    async def stop(self, token: str) -> None:
-        """Stop the node server, leaving its sandboxes for the next one to adopt."""
+    async def stop(self, token: str, *, end_sandboxes: bool = False) -> None:
+        """Stop the node server, leaving its sandboxes for the next one to adopt (or, with
+        ``end_sandboxes``, ending them first)."""
         check_token(token, self._token)
+        if end_sandboxes and self._process.poll() is None:
+            status = await self.describe(token)
+            await self.end(token, [(s["id"], s["tenant"]) for s in status["sandboxes"]])
         if self._process.poll() is None:
             self._process.send_signal(signal.SIGTERM)
             try:

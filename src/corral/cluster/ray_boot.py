@@ -3,10 +3,13 @@
 Ray is imported here and in the node actor only, so that a server of its own never needs
 it (``pip install 'corral[cluster]'`` brings it).
 
-Addresses: Ray rewrites ``127.0.0.1`` and ``localhost`` into the machine's outward address
-when it connects, so a cluster on one machine uses another loopback address
-(``127.0.0.2``, :data:`DEFAULT_HOST`), which Ray takes as it is; a cluster of several hosts
-uses their private interface. Ray's ports then listen there only.
+Addresses: a cluster on one machine (``--cluster auto``, the tests) uses ``127.0.0.1``
+(:data:`DEFAULT_HOST`): Ray's servers then listen on loopback only, and this process tells
+Ray it is not a multi-host cluster (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``), or Ray would
+rewrite ``127.0.0.1`` into the machine's outward address when it connects. A cluster of
+several hosts uses their private interface; Ray 2.60's gRPC servers then listen on every
+interface of each host (SECURITY.md says what keeps them closed: Ray's token, the hosts'
+firewall, and sandboxes' rules, which never reach a host address).
 """
 
 from __future__ import annotations
@@ -21,14 +24,18 @@ from typing import Any, Final
 
 from corral.api.errors import InvalidArgumentError, UnavailableError
 
-DEFAULT_HOST: Final = "127.0.0.2"
+DEFAULT_HOST: Final = "127.0.0.1"
 HEAD_PORT: Final = 6380
 #: Seconds ``ray start`` may take on a loaded host.
 START_TIMEOUT: Final = 120
 
 
-def use_token(secret: str) -> None:
-    """Make this process (and the Ray processes it starts) use token authentication."""
+def use_token(secret: str, host: str = DEFAULT_HOST) -> None:
+    """Make this process (and the Ray processes it starts) use token authentication; on
+    one machine (``host`` 127.0.0.1), keep Ray on loopback. Call before Ray is imported:
+    Ray reads both once."""
+    if host == "127.0.0.1":
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = secret
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -74,8 +81,15 @@ def start_head(host: str, temp_dir: Path, port: int = HEAD_PORT) -> Head:
     return Head(address=f"{host}:{port}", temp_dir=temp_dir)
 
 
+_users = 0
+
+
 def connect(address: str, host: str) -> None:
+    """Connect this process to Ray as a driver (once: API servers in one process share it,
+    and :func:`disconnect` lets go when the last is done)."""
+    global _users
     import ray
+    _users += 1
     if ray.is_initialized():
         return
     ray.init(address=gcs_address(address), namespace="corral", _node_ip_address=host,
@@ -83,8 +97,10 @@ def connect(address: str, host: str) -> None:
 
 
 def disconnect() -> None:
+    global _users
     import ray
-    if ray.is_initialized():
+    _users = max(0, _users - 1)
+    if _users == 0 and ray.is_initialized():
         ray.shutdown()
 
 

@@ -126,7 +126,8 @@ class AsyncSandbox:
                      network: contract.NetworkArg | None = None,
                      public_ports: Iterable[int] = (),
                      volumes: Mapping[str, object] | None = None,
-                     snapshot: SnapshotArg | None = None, url: str | None = None,
+                     snapshot: SnapshotArg | None = None,
+                     node_selector: Mapping[str, str] | None = None, url: str | None = None,
                      api_key: str | None = None, ca_file: CaFile | None = None,
                      max_retries: int | None = None
                      ) -> AsyncSandbox:
@@ -173,6 +174,8 @@ class AsyncSandbox:
                 ``idle_timeout`` and ``public_ports`` may be given; ``metadata`` left out
                 keeps its labels). A files-only one starts a new sandbox on its files,
                 with anything but ``image``.
+            node_selector: on a cluster (docs/cluster.md), only a node with all these
+                labels may run it, e.g. ``{"zone": "b"}``; a server of its own refuses any.
             url: the server; default ``CORRAL_URL``, else ``http://127.0.0.1:8470``.
             api_key: your key; default ``CORRAL_API_KEY`` (``corral keys create`` makes one).
             ca_file: a PEM CA bundle to verify an ``https://`` server against instead of
@@ -218,6 +221,8 @@ class AsyncSandbox:
                 given["env"] = dict(env)
             if volumes:
                 given["volumes"] = volume_map(dict(volumes))
+            if node_selector:
+                given["node_selector"] = dict(node_selector)
             if ports := list(public_ports):
                 given["public_ports"] = ports
             request = checked(models.SandboxCreate, **given)
