@@ -56,16 +56,16 @@ class SimParams:
     heartbeat_cpu_s: float = 0.00045  # API CPU per per-node heartbeat call
     aggregated_cpu_per_node_s: float = 0.00002
     # --- Ray ---
-    ray_call_p50_s: float = 0.00063
-    ray_call_p99_s: float = 0.00151
+    ray_call_p50_s: float = 0.00060
+    ray_call_p99_s: float = 0.00136
     # --- PostgreSQL ---
     db_cores: int = 8
     db_pool_size: int = 15           # per API server (SQLAlchemy's 5 + 10 overflow)
     db_rtt_s: float = 0.0002
-    db_read_s: float = 0.00010
+    db_read_s: float = 0.00030
     db_count_s: float = 0.00030
-    db_write_s: float = 0.00020
-    db_flush_s: float = 0.0010       # WAL flush (fsync) shared by a group of commits
+    db_write_s: float = 0.00025
+    db_flush_s: float = 0.00105      # WAL flush (fsync) shared by a group of commits
     db_commits_per_create: int = 2   # directory row, audit row; 1 = one transaction
     db_shards: int = 1               # directory split by tenant over this many primaries
     lost_update_s: float = 0.005
@@ -87,18 +87,20 @@ PROVENANCE: dict[str, tuple[str, str]] = {
                          "control-plane creates/s of one API process"),
     "api_delete_cpu_s": ("assumed", "API CPU per delete"),
     "api_proxy_cpu_s": ("assumed", "API CPU per reverse-proxied call"),
-    "heartbeat_cpu_s": ("measured", "1 / pipelined Ray calls/s of one driver "
-                        "(cluster_costs, ray_roundtrip), an upper bound"),
+    "heartbeat_cpu_s": ("measured", "1 / pipelined Ray calls/s of one driver, 2,224/s "
+                        "(ray_roundtrip; both ends on 2 cores: an upper bound)"),
     "aggregated_cpu_per_node_s": ("assumed", "decoding one node's row of a snapshot"),
-    "ray_call_p50_s": ("measured", "Ray actor call round trip, p50 (cluster_costs)"),
-    "ray_call_p99_s": ("measured", "Ray actor call round trip, p99 (cluster_costs)"),
+    "ray_call_p50_s": ("measured", "Ray actor call round trip, p50 of 0.57-0.63 ms "
+                       "(ray_roundtrip, 2 runs)"),
+    "ray_call_p99_s": ("measured", "Ray actor call round trip, p99 of 1.22-1.51 ms"),
     "db_cores": ("assumed", "PostgreSQL host cores"),
     "db_pool_size": ("assumed", "SQLAlchemy QueuePool default, 5 + 10 overflow"),
     "db_rtt_s": ("assumed", "one in-cluster network round trip"),
-    "db_read_s": ("measured", "PostgreSQL primary-key SELECT, p50 (cluster_costs)"),
-    "db_count_s": ("measured", "PostgreSQL COUNT of one tenant's live rows (cluster_costs)"),
-    "db_write_s": ("measured", "PostgreSQL INSERT/UPDATE without the flush (cluster_costs)"),
-    "db_flush_s": ("measured", "synchronous commit minus asynchronous (cluster_costs)"),
+    "db_read_s": ("measured", "PostgreSQL primary-key SELECT round trip, p50 "
+                  "(cluster_costs; client on the same 2 cores: an upper bound)"),
+    "db_count_s": ("measured", "PostgreSQL COUNT of one tenant's live rows, p50"),
+    "db_write_s": ("measured", "PostgreSQL INSERT, p50, fsync off (no flush)"),
+    "db_flush_s": ("measured", "INSERT p50 with synchronous_commit on minus off, fsync on"),
     "db_commits_per_create": ("assumed", "directory row and audit row, two transactions; "
                               "replace with the measured writes per create"),
     "lost_update_s": ("assumed", "one UPDATE marking a lost node's sandboxes"),

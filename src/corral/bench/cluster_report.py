@@ -55,6 +55,7 @@ def summarise(sim: Simulation) -> dict[str, Any]:
         "unfinished": unfinished,
         "started": sim.started_total,
         "live_at_end": sum(sim.live),
+        "live_max": sim.live_max,
         "deleted": sim.deleted,
         "lost": sim.lost,
         "failed_in_flight": sim.failed_in_flight,
@@ -92,7 +93,10 @@ def markdown_table(results: list[tuple[str, dict[str, Any]]]) -> str:
         used = result["utilisation"]
         reached = result["target_reached_s"]
         lines.append(
-            f"| {name} | {'not reached' if reached is None else f'{reached:.0f} s'} | "
+            f"| {name} | "
+            + (f"{reached:.0f} s" if reached is not None
+               else f"not in {result['params']['max_s']:.0f} s (at most {result['live_max']:,})")
+            + " | "
             f"{result['peak_create_rate']:,.0f} | "
             f"{_ms(result['placement_p50_s'])} / {_ms(result['placement_p99_s'])} | "
             f"{_ms(result['create_p50_s'])} / {_ms(result['create_p99_s'])} | "

@@ -178,6 +178,7 @@ class Simulation:
         self.arrivals = self.placed = self.refused_full = self.refused_overload = 0
         self.retries = self.pool_hits = self.cold_starts = self.deleted = self.lost = 0
         self.failed_in_flight = self.started_total = self.recorded = 0
+        self.live_total = self.live_max = 0
         self.max_over_capacity = 0
         self.placement_latency: list[float] = []
         self.create_latency: list[float] = []
@@ -362,6 +363,8 @@ class Simulation:
             return
         self.starting[host] -= 1
         self.live[host] += 1
+        self.live_total += 1
+        self.live_max = max(self.live_max, self.live_total)
         self.started_total += 1
         self.max_over_capacity = max(self.max_over_capacity,
                                      self.live[host] + self.starting[host]
@@ -383,7 +386,7 @@ class Simulation:
     def _record(self, create: _Create) -> None:
         # The sandbox runs (if its host died since, it is among the lost ones): record it.
         self.recorded += 1
-        if self._target_reached_at is None and self.recorded >= self.p.target_concurrent:
+        if self._target_reached_at is None and self.live_total >= self.p.target_concurrent:
             self._target_reached_at = self.now
             self._stop_arrivals_at = self.now + self.p.hold_s
             self._end = self._stop_arrivals_at + self.p.drain_s
@@ -451,6 +454,7 @@ class Simulation:
         if host is None or self.dead[host]:
             return
         self.live[host] -= 1
+        self.live_total -= 1
         self.deleted += 1
         api = sandbox % self.p.api_servers
         self.views_free[api][host] += 1
@@ -463,6 +467,7 @@ class Simulation:
             self.dead[host] = True
             self.dead_at[host] = self.now
             self.lost += self.live[host]
+            self.live_total -= self.live[host]
             self.live[host] = 0
             self.at(self.now + self.p.loss_detect_s, self._declare_lost, host)
 
@@ -518,7 +523,7 @@ class Simulation:
         utilisation["api_admission"] = sum(self.in_flight) / (
             p.api_servers * p.api_max_in_flight)
         if self.now > 0:
-            self.series.append({"t": self.now, "live": sum(self.live), **self._second,
+            self.series.append({"t": self.now, "live": self.live_total, **self._second,
                                 **utilisation})
         self._second = {"arrivals": 0, "created": 0, "refused": 0}
         self.at(self.now + 1.0, self._second_mark)
