@@ -114,3 +114,18 @@ def test_cli_refuses_an_oversized_params_file(tmp_path) -> None:
     params.write_text(" " * (cluster_sim.MAX_PARAMS_BYTES + 1) + "{}")
     with pytest.raises(InvalidArgumentError, match="bytes"):
         main(["--quick", "--params", str(params)])
+
+
+def test_corral_bench_cluster_sim_quick(tmp_path) -> None:
+    """The CLI face: `corral bench --cluster-sim --quick --json PATH` (no plots: matplotlib
+    is an extra)."""
+    from typer.testing import CliRunner
+
+    from corral.cli import app
+
+    out = tmp_path / "sim.json"
+    result = CliRunner().invoke(app, ["bench", "--cluster-sim", "--quick", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "baseline: 4 API servers" in result.output
+    document = json.loads(out.read_text())
+    assert [entry["scenario"] for entry in document] == list(SCENARIOS)
