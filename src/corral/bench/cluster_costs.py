@@ -14,6 +14,13 @@ waits for), UPDATEs marking one node's rows lost (3n/100 rows each), and INSERTs
 threads at once
 (throughput). Durability is whatever the server is set to; ``scripts/with-postgres`` turns
 fsync off, so its flush figure is a floor.
+
+With ``--api``, the control-plane cost of one API server process: a ``corral serve`` of its
+own (127.0.0.1, a temporary data dir, a fresh key, no rate limit) answers ``n`` authenticated
+``GET /v1/sandboxes/{id}`` of a sandbox that does not exist (key check, a directory lookup, a
+404 in the error shape: the part of every call that is not the sandbox's work), first one at
+a time (latency), then 16 at once (throughput); the server's CPU seconds per request come
+from its ``/proc/PID/stat`` before and after. Needs root, as ``corral serve`` does.
 """
 
 from __future__ import annotations
@@ -135,6 +142,90 @@ def _threaded_inserts(engine: Any, insert: Any, n: int) -> float:
     return THREADS * per_thread / elapsed
 
 
+API_CONCURRENCY = 16
+
+
+def measure_api(n: int, image_dir: Path) -> dict[str, Any]:
+    import asyncio
+    import tempfile
+
+    import httpx
+
+    from corral.server.store import KeyStore, open_engine
+    from corral.server.store.schema import database_url
+
+    from ._scratch import remove_data_dir
+    from .api import _free_port, _stop, _wait_ready
+
+    data_dir = Path(tempfile.mkdtemp(prefix="corral-bench-costs-"))
+    process = None
+    try:
+        engine = open_engine(database_url(data_dir, None))
+        try:
+            key = KeyStore(engine).create("bench").key
+        finally:
+            engine.dispose()
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+        env["CORRAL_IMAGE_DIR"] = str(image_dir)
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from corral.cli import main; main()", "serve", "--host",
+             "127.0.0.1", "--port", str(port), "--no-tls", "--data-dir", str(data_dir),
+             "--rate", "0", "--in-flight-per-key", "0"],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        if not _wait_ready(process, url):
+            raise RuntimeError("corral serve for the measure exited at start")
+        return asyncio.run(_drive_api(url, key, n, process.pid, httpx))
+    finally:
+        if process is not None:
+            _stop(process)
+        remove_data_dir(data_dir, image_dir)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _drive_api(url: str, key: str, n: int, pid: int, httpx: Any) -> dict[str, Any]:
+    import asyncio
+
+    headers = {"Authorization": f"Bearer {key}"}
+    path = "/v1/sandboxes/sbx-00000000000000000000000000"
+    limits = httpx.Limits(max_connections=API_CONCURRENCY)
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits,
+                                 timeout=30.0) as client:
+        for _ in range(min(100, n)):  # warm: imports, caches, connections
+            await client.get(path)
+        statuses: dict[int, int] = {}
+        sequential = []
+        for _ in range(n):
+            begin = time.perf_counter()
+            response = await client.get(path)
+            sequential.append(time.perf_counter() - begin)
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        remaining = n
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                response = await client.get(path)
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+
+        cpu_before = _cpu_seconds(pid)
+        begin = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(API_CONCURRENCY)))
+        elapsed = time.perf_counter() - begin
+        cpu = _cpu_seconds(pid) - cpu_before
+    return {"request": f"GET {path.rsplit('/', 1)[0]}/{{missing id}}", "statuses": statuses,
+            "sequential": _stats(sequential),
+            "concurrent_requests_per_s": n / elapsed, "concurrency": API_CONCURRENCY,
+            "server_cpu_s_per_request": cpu / n}
+
+
 def measure_ray(python: str, n: int, timeout_s: float = 300.0) -> dict[str, Any]:
     """Run ray_roundtrip.py with ``python`` (an interpreter that has Ray installed)."""
     script = Path(__file__).with_name("ray_roundtrip.py")
@@ -155,14 +246,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="SQLAlchemy URL of a PostgreSQL to measure (default: "
                              "$CORRAL_TEST_DATABASE_URL, which scripts/with-postgres sets)")
     parser.add_argument("--ray-python", help="an interpreter with Ray, for the Ray measure")
+    parser.add_argument("--api", action="store_true",
+                        help="measure one corral serve process's cost per request (root)")
     parser.add_argument("-n", type=int, default=1000,
                         help=f"operations per measure, 1 to {MAX_N} (default 1000)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write JSON here")
     args = parser.parse_args(argv)
     if not 1 <= args.n <= MAX_N:
         parser.error(f"-n must be between 1 and {MAX_N}")
-    if not args.database_url and not args.ray_python:
-        parser.error("nothing to measure: give --database-url and/or --ray-python")
+    if not (args.database_url or args.ray_python or args.api):
+        parser.error("nothing to measure: give --database-url, --ray-python or --api")
     results: dict[str, Any] = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                             time.gmtime()),
                                "cpu_count": os.cpu_count()}
@@ -170,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         results["postgresql"] = measure_database(args.database_url, args.n)
     if args.ray_python:
         results["ray"] = measure_ray(args.ray_python, args.n)
+    if args.api:
+        from corral.node import NodeSettings
+        results["api"] = measure_api(args.n, NodeSettings.from_env().image_dir)
     text = json.dumps(results, indent=1)
     print(text)
     if args.json:

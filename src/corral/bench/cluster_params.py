@@ -46,7 +46,7 @@ class SimParams:
     api_backlog: int = 1024          # waiting beyond in-flight before 429
     api_create_cpu_s: float = 0.003
     api_delete_cpu_s: float = 0.0015
-    api_proxy_cpu_s: float = 0.0005
+    api_proxy_cpu_s: float = 0.0012
     placement_sample: int = 4        # hosts compared per placement (best of d)
     placement_tries: int = 3
     auth_cache_hit: float = 0.99
@@ -72,7 +72,7 @@ class SimParams:
     # --- the run ---
     tick_s: float = 0.1
     drain_s: float = 30.0
-    max_s: float = 600.0             # stop here if the target is never reached
+    max_s: float = 300.0             # stop here if the target is never reached
 
 
 # Where each default comes from: ("measured" | "assumed", what it is and what replaces it).
@@ -86,7 +86,9 @@ PROVENANCE: dict[str, tuple[str, str]] = {
     "api_create_cpu_s": ("assumed", "API CPU per create; replace with 1 / measured "
                          "control-plane creates/s of one API process"),
     "api_delete_cpu_s": ("assumed", "API CPU per delete"),
-    "api_proxy_cpu_s": ("assumed", "API CPU per reverse-proxied call"),
+    "api_proxy_cpu_s": ("measured", "server CPU per authenticated GET of a missing sandbox "
+                        "on one corral serve, 1.17-1.32 ms (cluster_costs --api): a floor, "
+                        "without the forwarding"),
     "heartbeat_cpu_s": ("measured", "1 / pipelined Ray calls/s of one driver, 2,224/s "
                         "(ray_roundtrip; both ends on 2 cores: an upper bound)"),
     "aggregated_cpu_per_node_s": ("assumed", "decoding one node's row of a snapshot"),
