@@ -129,3 +129,15 @@ def test_corral_bench_cluster_sim_quick(tmp_path) -> None:
     assert "baseline: 4 API servers" in result.output
     document = json.loads(out.read_text())
     assert [entry["scenario"] for entry in document] == list(SCENARIOS)
+
+
+def test_hosts_lost_mid_ramp_fail_over_their_creates() -> None:
+    """A fifth of the hosts die while creates pour in: the creates that were starting
+    there are retried elsewhere once Ray declares the hosts dead, and none is left hanging."""
+    params = dataclasses.replace(quick(), node_failures=((20.0, 10),), peak_rate=600.0)
+    result = Simulation(params).run()
+    _check_conservation(result)
+    assert result["failed_in_flight"] > 0
+    assert result["retries"] >= result["failed_in_flight"]
+    assert result["unfinished"] == 0
+    assert result["lost"] > 0

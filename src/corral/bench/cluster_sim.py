@@ -299,8 +299,7 @@ class Simulation:
         host, p = create.host, self.p
         if self.dead[host]:
             # Ray answers a call to a dead node's actor once the node is declared dead
-            reply_at = max(self.now, self.dead_at[host] + p.loss_detect_s)
-            self.at(reply_at + self._ray_leg(), self._retry, create)
+            self._lost_in_flight(create)
             return
         if self.live[host] + self.starting[host] >= p.host_capacity:
             self.at(self.now + self._ray_leg(), self._retry, create)
@@ -351,7 +350,8 @@ class Simulation:
             self._started(create)
 
     def _lost_in_flight(self, create: _Create) -> None:
-        """A start on a host that died: Ray fails the call once the host is declared dead."""
+        """A create sent to, or starting on, a host that died: Ray fails the call once the
+        host is declared dead, and the API server tries another."""
         self.failed_in_flight += 1
         reply_at = max(self.now, self.dead_at[create.host] + self.p.loss_detect_s)
         self.at(reply_at + self._ray_leg(), self._retry, create)
