@@ -145,11 +145,16 @@ class Cluster:
         self._task = asyncio.create_task(self._monitor(), name="cluster-monitor")
 
     async def close(self) -> None:
+        """Let go of Ray (the nodes run on: the cluster outlives an API server), and stop
+        the head this server started, if it did."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await asyncio.to_thread(ray_boot.disconnect)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(ray_boot.disconnect), 30)
+        except TimeoutError:
+            log.warning("Ray did not let go in 30 s")
         if self._head is not None:
             await asyncio.to_thread(self._head.stop)
 

@@ -14,10 +14,14 @@ firewall, and sandboxes' rules, which never reach a host address).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -53,12 +57,22 @@ def gcs_address(address: str) -> str:
 
 @dataclass
 class Head:
+    """A Ray head this process started (``ray start --head --block``, a session of its
+    own): stopping it stops its raylet, GCS and workers, and no other Ray on the host."""
+
     address: str
-    temp_dir: Path
+    process: subprocess.Popen[bytes]
 
     def stop(self) -> None:
-        subprocess.run([_ray(), "stop", "--force"], capture_output=True, timeout=60,
-                       check=False)
+        """SIGTERM to its process group (not Ray's 30 s drain: the node servers stop on
+        their own once their actors are gone, leaving their sandboxes to be adopted), then
+        SIGKILL to what is left after 10 s."""
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(wait)
+                break
 
 
 def _ray() -> str:
@@ -69,16 +83,30 @@ def _ray() -> str:
 
 
 def start_head(host: str, temp_dir: Path, port: int = HEAD_PORT) -> Head:
-    """Start a Ray head on this machine at ``host`` (``--cluster auto``)."""
+    """Start a Ray head on this machine at ``host`` (``--cluster auto``); returns once its
+    GCS accepts connections."""
     temp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    done = subprocess.run(
-        [_ray(), "start", "--head", f"--node-ip-address={host}", f"--port={port}",
+    log = open(temp_dir / "head.log", "ab")  # noqa: SIM115
+    process = subprocess.Popen(
+        [_ray(), "start", "--head", "--block", f"--node-ip-address={host}", f"--port={port}",
          "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
          "--num-cpus=0"],
-        capture_output=True, text=True, timeout=START_TIMEOUT, check=False)
-    if done.returncode != 0:
-        raise UnavailableError(f"ray start failed: {done.stderr.strip()[-800:]}")
-    return Head(address=f"{host}:{port}", temp_dir=temp_dir)
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    log.close()
+    head = Head(address=f"{host}:{port}", process=process)
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if process.poll() is not None:
+            raise UnavailableError(f"ray start failed ({process.returncode}); see "
+                                   f"{temp_dir / 'head.log'}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            return head
+        if time.monotonic() > deadline:
+            head.stop()
+            raise UnavailableError(f"the Ray head did not start in {START_TIMEOUT} s; see "
+                                   f"{temp_dir / 'head.log'}")
+        time.sleep(0.2)
 
 
 _users = 0
