@@ -30,6 +30,7 @@ from corral.cluster import ray_boot  # noqa: E402
 from corral.cluster.control import ClusterSettings  # noqa: E402
 from corral.cluster.gateway import create_gateway_app  # noqa: E402
 from corral.cluster.trust import load_secret  # noqa: E402
+from corral.node.pools import PoolSpec  # noqa: E402
 from corral.server.settings import ServerSettings  # noqa: E402
 from corral.server.store import KeyStore, open_engine  # noqa: E402
 from tests.conftest import IMAGE_DIR, sandbox_data_dir  # noqa: E402
@@ -41,6 +42,8 @@ LABELS = {name: {"zone": "b" if name == "n3" else "a", "host": name} for name in
 #: Seconds: short, so that a loss is seen soon (the defaults are 1 and 3).
 HEARTBEAT = 0.5
 LOST_AFTER = 2.0
+#: The cluster's warm pool: one ready namespaces sandbox (no kernel) a node.
+POOL = "python:namespaces=3/"
 
 
 @dataclass
@@ -105,7 +108,8 @@ def cluster() -> Iterator[Cluster]:
                 host=NODES["n1"], heartbeat=HEARTBEAT, lost_after=LOST_AFTER,
                 node_root=root / "nodes",
                 node_env={"CORRAL_IMAGE_DIR": str(IMAGE_DIR),
-                          "CORRAL_LOG_LEVEL": "WARNING"})
+                          "CORRAL_LOG_LEVEL": "WARNING"},
+                pools=(PoolSpec.parse(POOL),))
             keys = KeyStore(open_engine(database))
             app = create_gateway_app(settings, cluster_settings)
             with serving(app) as url:

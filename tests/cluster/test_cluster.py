@@ -173,10 +173,17 @@ def test_ray_listens_on_loopback_only_and_sandboxes_cannot_reach_it(cluster: Clu
         assert routes.strip() == "1"  # only the header: no route anywhere
 
 
+def pools_ready(cluster: Cluster) -> dict[str, int]:
+    return {view.name: view.pool_ready.get("python", 0)
+            for view in cluster.app.state.cluster.views() if view.ready}
+
+
 def test_a_killed_node_is_reported_lost_then_reconciled(cluster: Cluster) -> None:
-    """n2's host goes: its sandboxes are reported lost within 5 s, calls on them say so;
-    when it comes back, the sandbox the control plane waited for is adopted and the one
-    it gave up on is ended."""
+    """n2's host goes: its sandboxes are reported lost within 5 s, calls on them say so,
+    and its share of the warm pool is refilled on the others; when it comes back, the
+    sandbox the control plane waited for is adopted and the one it gave up on is ended."""
+    wait_until(lambda: pools_ready(cluster) == {"n1": 1, "n2": 1, "n3": 1}, timeout=120.0,
+               step=0.5)
     with sandboxes(cluster, 2, node_selector={"host": "n2"}) as (kept, given_up), \
             sandboxes(cluster, 1, node_selector={"host": "n1"}) as (other,):
         http = cluster.http()
@@ -198,6 +205,8 @@ def test_a_killed_node_is_reported_lost_then_reconciled(cluster: Cluster) -> Non
             n2 = next(n for n in ops.get("/v1/nodes").json()["nodes"] if n["name"] == "n2")
         assert n2["state"] == "lost" and "n2" in n2["reason"]
         assert other.commands.run("echo up").stdout == "up\n"  # the others carry on
+        wait_until(lambda: pools_ready(cluster) == {"n1": 2, "n3": 1}, timeout=120.0,
+                   step=0.5)
         # the control plane gives up on one of them (its grace ran out, say)
         directory = cluster.app.state.cluster.directory
         assert directory.set_state([given_up.id], "stopped", "given up", was=("lost",)) == 1

@@ -129,8 +129,8 @@ def serve(
         if cluster:
             from corral.cluster import control, gateway
             settings.node.data_dir.mkdir(parents=True, exist_ok=True)
-            app = gateway.create_gateway_app(
-                settings, control.env_settings(cluster, settings.node.data_dir))
+            app = gateway.create_gateway_app(settings, control.env_settings(
+                cluster, settings.node.data_dir, settings.node.pools))
         else:
             from corral.cluster.node_actor import watch_supervisor
             watch_supervisor()  # a cluster's node server: stop when its actor is gone

@@ -29,7 +29,8 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -37,6 +38,7 @@ from typing import Any, Final
 from corral.api.errors import (NotFoundError, SandboxError, SandboxNotRunningError,
                                UnavailableError, error_from_code)
 
+from ..node.pools import PoolSpec
 from ..server.store.keys import KeyRef
 from . import ray_boot
 from .directory import LIVE, LOST, STOPPED, Directory, Placement
@@ -73,6 +75,9 @@ class ClusterSettings:
         node_root: where an autostarted node keeps its data (``<node_root>/<name>``).
         node_env: variables set for autostarted node servers (``CORRAL_IMAGE_DIR``, ...).
         cpu_overcommit: sandboxes' CPU limits a node may hold, per core.
+        pools: the cluster's warm pools, each spread over the nodes that take sandboxes
+            (:func:`spread_pools`); a node lost, drained or cordoned, its share moves to
+            the others.
     """
 
     address: str
@@ -85,6 +90,20 @@ class ClusterSettings:
     node_root: Path = Path("/var/lib/corral/nodes")
     node_env: Mapping[str, str] = field(default_factory=dict)
     cpu_overcommit: float = 4.0
+    pools: tuple[PoolSpec, ...] = ()
+
+
+def spread_pools(pools: Sequence[PoolSpec], nodes: Sequence[str]) -> dict[str, str]:
+    """Each node's share of the cluster's pools, in ``CORRAL_POOLS`` syntax: a pool of
+    size S over N nodes gives each S // N, and one more to the first S % N (by name)."""
+    names = sorted(nodes)
+    shares: dict[str, list[str]] = {name: [] for name in names}
+    for spec in pools:
+        for index, name in enumerate(names):
+            size = spec.size // len(names) + (1 if index < spec.size % len(names) else 0)
+            if size:
+                shares[name].append(replace(spec, size=size).text)
+    return {name: ",".join(specs) for name, specs in shares.items()}
 
 
 @dataclass
@@ -93,6 +112,8 @@ class _Node:
     handle: Any
     last_ok: float
     lost: bool = False
+    #: The pools last asked of it (``CORRAL_POOLS`` syntax); None: none asked yet.
+    pools: str | None = None
     #: Sandboxes placed here that its last description may not list yet:
     #: id -> (tenant, cpus, memory MiB, when placed), kept for SETTLE seconds at most.
     placed: dict[str, tuple[str, float, int, float]] = field(default_factory=dict)
@@ -260,12 +281,38 @@ class Cluster:
                     last_discover = time.monotonic()
                     await self._discover()
                 await asyncio.gather(*(self._beat(name) for name in list(self._nodes)))
+                await self._spread_pools()
                 for given_up in await asyncio.to_thread(self.directory.give_up,
                                                         self.settings.grace):
                     events.warning("sandbox %s given up: %s", given_up.id, given_up.reason,
                                    extra={"event": "sandbox.given_up"})
             except Exception:
                 log.exception("cluster monitor round failed; trying again")
+
+    async def _spread_pools(self) -> None:
+        if not self.settings.pools:
+            return
+        takers = [n for n, node in self._nodes.items() if not node.lost and node.view.ready
+                  and not node.view.cordoned and not node.view.draining]
+        if not takers:
+            return
+        for name, share in spread_pools(self.settings.pools, takers).items():
+            node = self._nodes[name]
+            if node.pools == share:
+                continue
+            try:
+                await node.handle.set_pools.remote(self._token, share)
+            except Exception as error:
+                log.warning("node %s did not take its pools %r: %r", name, share, error)
+                continue
+            node.pools = share
+            events.info("node %s keeps pools %s", name, share or "none",
+                        extra={"event": "node.pools"})
+        for name, node in self._nodes.items():  # cordoned, draining: their share moved
+            if name not in takers and not node.lost and node.pools:
+                with contextlib.suppress(Exception):
+                    await node.handle.set_pools.remote(self._token, "")
+                    node.pools = ""
 
     async def _discover(self) -> None:
         """Find node actors (and, with autostart, start those missing)."""
@@ -283,7 +330,8 @@ class Cluster:
             view = NodeView(name=name, url="", ready=False)
             if record is not None:
                 view.cordoned, view.draining = record.cordoned, record.draining
-            self._nodes[name] = _Node(view=view, handle=handle, last_ok=time.monotonic())
+            self._nodes[name] = _Node(view=view, handle=handle, last_ok=time.monotonic())  # a
+            # node back is a new node server: it holds no pools until asked again
             await self._beat(name)
 
     async def _autostart(self) -> None:
@@ -405,14 +453,15 @@ def _error(status: int, payload: Any) -> SandboxError:
                            str(error.get("message", f"the node answered {status}")))
 
 
-def env_settings(address: str, data_dir: Path) -> ClusterSettings:
+def env_settings(address: str, data_dir: Path, pools: tuple[PoolSpec, ...] = ()
+                 ) -> ClusterSettings:
     """Settings from ``CORRAL_CLUSTER_*`` variables (docs/cluster.md)."""
     def number(name: str, default: float) -> float:
         raw = os.environ.get(name, "").strip()
         return float(raw) if raw else default
     node_env = {k: v for k, v in os.environ.items()
-                if k in ("CORRAL_IMAGE_DIR", "CORRAL_GVISOR_PLATFORM", "CORRAL_POOLS",
-                         "CORRAL_NET_OPEN", "CORRAL_NET_DNS", "CORRAL_RUNSC")}
+                if k in ("CORRAL_IMAGE_DIR", "CORRAL_GVISOR_PLATFORM", "CORRAL_NET_OPEN",
+                         "CORRAL_NET_DNS")}
     return ClusterSettings(
         address=address,
         secret_file=Path(os.environ.get("CORRAL_CLUSTER_SECRET_FILE",
@@ -423,4 +472,4 @@ def env_settings(address: str, data_dir: Path) -> ClusterSettings:
         grace=number("CORRAL_CLUSTER_GRACE", 300.0),
         autostart=os.environ.get("CORRAL_CLUSTER_AUTOSTART", "1") not in ("0", "false", "no"),
         node_root=Path(os.environ.get("CORRAL_CLUSTER_NODE_ROOT", str(data_dir / "nodes"))),
-        node_env=node_env)
+        node_env=node_env, pools=pools)

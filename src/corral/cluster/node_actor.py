@@ -148,6 +148,17 @@ class NodeActor:
             payload = {"error": {"code": "internal", "message": reply.text[:2000]}}
         return reply.status_code, payload
 
+    async def set_pools(self, token: str, pools: str) -> list[str]:
+        """Keep these warm pools (``CORRAL_POOLS`` syntax) on this node; the specs it now
+        keeps."""
+        check_token(token, self._token)
+        status, payload = await self.call(token, CONTROL_TENANT, "control", "PUT",
+                                          "/v1/node/pools", {"pools": pools})
+        if status != 200:
+            raise RuntimeError(f"the node refused the pools {pools!r:.200}: {payload}")
+        kept: list[str] = payload["pools"]
+        return kept
+
     async def end(self, token: str, owned: list[tuple[str, str]]) -> list[str]:
         """Kill these sandboxes ((id, tenant) pairs) the control plane gave up on; the ids
         of those it ended."""

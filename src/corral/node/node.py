@@ -172,16 +172,41 @@ class Node:
                 log.warning("could not enable cgroup favordynmods; sandbox starts will be slower")
         for spec in self.settings.pools:
             try:
-                chosen = await self._runtime(spec.runtime or None)
-                pool = Pool(spec, chosen.name, self._start_pooled, self.lifecycle)
-                if not spec.tenant_image:  # a tenant's image: named by retarget_pool
-                    self.images.get(spec.image)
+                await self._add_pool(spec)
             except SandboxError as exc:
                 log.error("warm pool %s:%s not started: %s", spec.image, spec.runtime,
                           exc.message)
-                continue
-            self.pools.append(pool)
-            pool.start()
+
+    async def _add_pool(self, spec: PoolSpec) -> None:
+        chosen = await self._runtime(spec.runtime or None)
+        pool = Pool(spec, chosen.name, self._start_pooled, self.lifecycle)
+        if not spec.tenant_image:  # a tenant's image: named by retarget_pool
+            self.images.get(spec.image)
+        self.pools.append(pool)
+        pool.start()
+
+    async def set_pools(self, specs: Sequence[PoolSpec]) -> None:
+        """Keep exactly these warm pools from now on (a cluster's control plane spreads
+        its pools over its nodes this way): pools no longer wanted, or of another size,
+        are closed and their ready sandboxes stopped; new ones start filling. A spec this
+        node cannot serve (an unknown image or runtime) is refused before anything
+        changes."""
+        if sum(spec.size for spec in specs) > self.settings.max_sandboxes:
+            raise InvalidArgumentError("the warm pools would hold more sandboxes than this "
+                                       "node's max_sandboxes")
+        for spec in specs:
+            await self._runtime(spec.runtime or None)
+            if not spec.tenant_image:
+                self.images.get(spec.image)
+        wanted = set(specs)
+        for pool in [p for p in self.pools if p.spec not in wanted]:
+            self.pools.remove(pool)
+            for sandbox in await pool.close():
+                await sandbox.stop("its warm pool was resized or removed")
+        held = {pool.spec for pool in self.pools}
+        for spec in specs:
+            if spec not in held and spec.size > 0:
+                await self._add_pool(spec)
 
     def _lock_data_dir(self) -> None:
         """Own the data dir: a second node on it would sweep this one's sandboxes."""

@@ -95,6 +95,15 @@ class PoolSpec:
         plane resolves and hands the node (:meth:`Pool.retarget`)."""
         return "/" in self.image
 
+    @property
+    def text(self) -> str:
+        """The spec as :meth:`parse` reads it (``python:gvisor=4/numpy``)."""
+        runtime = (f"@{self.runtime}" if self.tenant_image else f":{self.runtime}"
+                   ) if self.runtime else ""
+        warm = ("" if self.warm == DEFAULT_WARM else "/" if self.warm is None
+                else "/" + "+".join(self.warm))
+        return f"{self.image}{runtime}={self.size}{warm}"
+
     @classmethod
     def parse(cls, text: str) -> PoolSpec:
         """``IMAGE[:RUNTIME]=SIZE[/MODULE+MODULE...]``, or for a tenant's image

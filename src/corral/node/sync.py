@@ -189,6 +189,7 @@ class SyncNode(Proxy[Node]):
     import_image = blocking(Node.import_image)
     prune_images = blocking(Node.prune_images)
     retarget_pool = blocking(Node.retarget_pool)
+    set_pools = blocking(Node.set_pools)
     snapshot_filesystem = blocking(Node.snapshot_filesystem)
     pause = blocking(Node.pause)
     resume = blocking(Node.resume)

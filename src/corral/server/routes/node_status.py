@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import os
 
-from fastapi import APIRouter, Request
+from typing import Annotated
 
-from corral.api.errors import NotFoundError
+from fastapi import APIRouter, Body, Request
+
+from corral.api.errors import InvalidArgumentError, NotFoundError
 from corral.node import Node
+from corral.node.pools import PoolSpec
 
 from ..services import SandboxService
 
@@ -32,11 +35,30 @@ def _memory_mib() -> tuple[int, int]:
     return values.get("MemTotal", 0), values.get("MemAvailable", 0)
 
 
-@router.get("")
-async def status(request: Request) -> dict[str, object]:
+def _from_control_plane(request: Request) -> None:
     from corral.cluster.trust import CLUSTER_SCOPE
     if request.scope.get(CLUSTER_SCOPE) is not True:
         raise NotFoundError("no such route")
+
+
+@router.put("/pools")
+async def set_pools(request: Request, body: Annotated[str, Body(embed=True, alias="pools",
+                                                                 max_length=4096)]
+                    ) -> dict[str, object]:
+    """Keep these warm pools (``CORRAL_POOLS`` syntax), as the control plane spreads the
+    cluster's pools over its nodes."""
+    _from_control_plane(request)
+    node: Node = request.app.state.node
+    specs = PoolSpec.parse_list(body)
+    if any(spec.tenant_image for spec in specs):
+        raise InvalidArgumentError("pools of tenants' images are not served in cluster mode")
+    await node.set_pools(specs)
+    return {"pools": [p.spec.text for p in node.pools]}
+
+
+@router.get("")
+async def status(request: Request) -> dict[str, object]:
+    _from_control_plane(request)
     node: Node = request.app.state.node
     service: SandboxService = request.app.state.sandboxes
     total, available = _memory_mib()
@@ -52,7 +74,7 @@ async def status(request: Request) -> dict[str, object]:
         "sandboxes": sandboxes,
         "images": sorted(image.name for image in node.images.list()),
         "pools": [{"image": p.spec.image, "runtime": p.runtime, "size": p.spec.size,
-                   "ready": p.stats.ready} for p in node.pools],
+                   "ready": p.stats.ready, "spec": p.spec.text} for p in node.pools],
         "capacity": {"cpus": os.cpu_count() or 1, "memory_mib": total,
                      "available_memory_mib": available,
                      "max_sandboxes": node.settings.max_sandboxes},
