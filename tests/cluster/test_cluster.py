@@ -225,3 +225,18 @@ def test_a_killed_node_is_reported_lost_then_reconciled(cluster: Cluster) -> Non
 
         wait_until(ended, timeout=60.0, step=0.5)
         http.close()
+
+
+def test_what_cluster_mode_does_not_serve_yet_says_so(cluster: Cluster) -> None:
+    with sandboxes(cluster, 1) as (sb,), cluster.http() as http:
+        for path in (f"/v1/sandboxes/{sb.id}/fork", f"/v1/sandboxes/{sb.id}/snapshots",
+                     f"/v1/sandboxes/{sb.id}/ports/8000/"):
+            reply = http.post(path, json={})
+            assert reply.status_code == 400, (path, reply.text)
+            assert "not served in cluster mode yet" in reply.json()["error"]["message"]
+        images = http.get("/v1/images")
+        assert images.status_code == 404
+        assert "cluster mode" in images.json()["error"]["message"]
+        from_snapshot = http.post("/v1/sandboxes", json={"snapshot": "snap-0123456789abcdef"})
+        assert from_snapshot.status_code == 400
+        assert sb.commands.run("echo fine").stdout == "fine\n"  # the sandbox is untouched

@@ -60,6 +60,10 @@ def bench(
         "--cluster-sim", help="Run the cluster-mode simulation instead (100,000 sandboxes on "
         "1,000 hosts, no sandboxes started; docs/scaling.md); --quick for 1/20 of it, "
         "--json and --plots as usual.")] = False,
+    cluster: Annotated[bool, typer.Option(
+        "--cluster", help="Measure cluster mode instead: a Ray cluster of two raylets here, "
+        "an API server on it, and each call through it beside the node directly "
+        "(docs/cluster.md); -n rounds (default 20, 5 with --quick), --json.")] = False,
     data_dir: DataDirOption = None,
 ) -> None:
     """Measure sandbox start-up, exec and file round trips against bare runsc/bwrap.
@@ -104,6 +108,16 @@ def bench(
     """
     if cluster_sim:
         _cluster_sim(quick, json_path, plots)
+        return
+    if cluster:
+        from corral.bench.cluster import print_report, run_cluster_benchmark
+        with reporting_errors():
+            result = run_cluster_benchmark(iterations or (5 if quick else 20),
+                                           progress=lambda line: say(line))
+        print_report(result)
+        if json_path is not None:
+            json_path.write_text(json.dumps(result, indent=2) + "\n")
+            say(f"wrote {json_path}")
         return
     if console:
         report = _console_report(quick, iterations, runtime, image, console_sandboxes,

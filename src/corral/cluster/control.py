@@ -54,6 +54,12 @@ NODE_NAME: Final = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,62}[a-z0-9])?$")
 DISCOVER_INTERVAL: Final = 2.0
 #: A sandbox a node no longer lists is taken as ended only if created this long before.
 SETTLE: Final = 10.0
+#: Seconds between two writes of a node's "seen" time when nothing else about it changed
+#: (its row says when it last answered to within this; every heartbeat would be a write).
+SEEN_EVERY: Final = 10.0
+#: Seconds a live sandbox's placement is used without reading it again, and how many are.
+PLACEMENT_TTL: Final = 1.0
+MAX_PLACEMENTS: Final = 100_000
 #: Placements tried for one create before it is refused (other nodes after a failure).
 PLACEMENT_TRIES: Final = 3
 
@@ -145,6 +151,12 @@ class Cluster:
         self._task: asyncio.Task[None] | None = None
         self._pending = 0
         self._ended: set[str] = set()
+        #: Ray calls made, by method (``corral bench --cluster`` reads them).
+        self.ray_calls: dict[str, int] = {}
+        #: Live placements read lately: id -> (placement, when read).
+        self._placements: dict[str, tuple[Placement, float]] = {}
+        #: When each node's row was last written: (url, labels, monotonic time).
+        self._written: dict[str, tuple[str, dict[str, str], float]] = {}
 
     @property
     def token(self) -> str:
@@ -192,8 +204,18 @@ class Cluster:
 
     def placement(self, tenant: str, sandbox_id: str) -> Placement:
         """Where the tenant's sandbox runs: NotFoundError if it is not theirs; a lost one
-        is SandboxNotRunningError with the reason."""
-        found = self.directory.get(sandbox_id)
+        is SandboxNotRunningError with the reason. A live one is remembered for
+        ``PLACEMENT_TTL`` seconds (a node's loss, which this server marks itself, forgets
+        its sandboxes at once; another server's marking is seen within that time)."""
+        cached = self._placements.get(sandbox_id)
+        if cached is not None and time.monotonic() - cached[1] < PLACEMENT_TTL:
+            found: Placement | None = cached[0]
+        else:
+            found = self.directory.get(sandbox_id)
+            if found is not None and found.state == LIVE:
+                if len(self._placements) >= MAX_PLACEMENTS:
+                    self._placements.pop(next(iter(self._placements)))
+                self._placements[sandbox_id] = (found, time.monotonic())
         if found is None or found.tenant != tenant:
             raise NotFoundError(f"no sandbox {sandbox_id!r:.80}")
         if found.state == LOST:
@@ -202,6 +224,13 @@ class Cluster:
                 f"its node comes back within {self.settings.grace:g} s of the loss it is "
                 "adopted again, else it is ended. Create a new sandbox to go on now.")
         return found
+
+    def forget(self, sandbox_id: str) -> None:
+        """A sandbox ended (killed through this server): it holds no place any more."""
+        self._placements.pop(sandbox_id, None)
+        for node in self._nodes.values():
+            node.placed.pop(sandbox_id, None)
+            node.view.sandboxes.pop(sandbox_id, None)
 
     async def create(self, key: KeyRef, body: dict[str, Any], *, image: str, cpus: float,
                      memory_mib: int, selector: Mapping[str, str]) -> dict[str, Any]:
@@ -253,6 +282,7 @@ class Cluster:
         node = self._nodes.get(name)
         if node is None or node.lost:
             raise UnavailableError(f"node {name} is not reachable now; try again shortly")
+        self._count("call")
         try:
             result: tuple[int, Any] = await node.handle.call.remote(
                 self._token, key.tenant, key.id, method, path, body,
@@ -267,8 +297,12 @@ class Cluster:
         node = self._nodes.get(name)
         if node is None or node.lost:
             raise UnavailableError(f"node {name} is not reachable now")
+        self._count("end")
         ended: list[str] = await node.handle.end.remote(self._token, owned)
         return ended
+
+    def _count(self, method: str) -> None:
+        self.ray_calls[method] = self.ray_calls.get(method, 0) + 1
 
     # -- keeping the view ------------------------------------------------------------------
 
@@ -300,6 +334,7 @@ class Cluster:
             node = self._nodes[name]
             if node.pools == share:
                 continue
+            self._count("set_pools")
             try:
                 await node.handle.set_pools.remote(self._token, share)
             except Exception as error:
@@ -362,6 +397,7 @@ class Cluster:
     async def _beat(self, name: str) -> None:
         node = self._nodes[name]
         started = time.time()
+        self._count("describe")
         try:
             status = await asyncio.wait_for(node.handle.describe.remote(self._token),
                                             self.settings.lost_after)
@@ -380,7 +416,14 @@ class Cluster:
         record = await asyncio.to_thread(self.directory.node, name)
         view = _view(status, record)
         node.describe(view)
-        back = await asyncio.to_thread(self.directory.node_seen, name, view.url, view.labels)
+        back = False
+        written = self._written.get(name)
+        if (written is None or written[:2] != (view.url, view.labels)
+                or time.monotonic() - written[2] > SEEN_EVERY or record is None
+                or record.state != "ready"):
+            back = await asyncio.to_thread(self.directory.node_seen, name, view.url,
+                                           view.labels)
+            self._written[name] = (view.url, view.labels, time.monotonic())
         await self._reconcile(name, status, started, back)
 
     async def _lose(self, name: str, why: str) -> None:
@@ -390,6 +433,8 @@ class Cluster:
         at = datetime.now(UTC).isoformat(timespec="seconds")
         reason = f"node {name} was lost at {at}: {why}"
         marked = await asyncio.to_thread(self.directory.node_lost, name, reason)
+        for sandbox_id in [i for i, (p, _) in self._placements.items() if p.node == name]:
+            self._placements.pop(sandbox_id, None)
         events.warning("node %s lost (%s): %d sandboxes marked lost", name, why, marked,
                        extra={"event": "node.lost"})
 

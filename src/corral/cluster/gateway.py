@@ -22,6 +22,7 @@ saying so; docs/cluster.md lists it.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -123,9 +124,19 @@ def _metadata_matches(info: dict[str, Any], params: dict[str, str]) -> bool:
                if k.startswith("metadata."))
 
 
+#: Calls on a sandbox that would make something only its node knows of (copies, snapshots,
+#: images) or that need the node's own port credentials: refused, saying so.
+_NOT_YET = re.compile(r"^(fork|snapshots|snapshot-filesystem|ports/\d+)(/|$)")
+
+
 @router.api_route(_SANDBOX, methods=_METHODS, include_in_schema=False)
 @router.api_route(_SANDBOX + "/{rest:path}", methods=_METHODS, include_in_schema=False)
-async def on_sandbox(request: Request, sandbox_id: str, _tenant: Tenant) -> Response:
+async def on_sandbox(request: Request, sandbox_id: str, _tenant: Tenant,
+                     rest: str = "") -> Response:
+    if _NOT_YET.match(rest):
+        raise InvalidArgumentError(
+            f"{rest.split('/')[0]} is not served in cluster mode yet: forks, snapshots and "
+            "exposed ports' traffic stay on a sandbox's node (docs/cluster.md)")
     key = _key(request)
     cluster = _cluster(request)
     placement = await asyncio.to_thread(cluster.placement, key.tenant, sandbox_id)
@@ -136,6 +147,7 @@ async def on_sandbox(request: Request, sandbox_id: str, _tenant: Tenant) -> Resp
             f"/v1/sandboxes/{sandbox_id}" and reply.status_code == 204):
         await asyncio.to_thread(cluster.directory.set_state, [sandbox_id], STOPPED,
                                 "killed by request", was=(LIVE,))
+        cluster.forget(sandbox_id)
     return reply
 
 
@@ -221,6 +233,8 @@ async def drain(request: Request, name: str, _tenant: OperatorTenant,
         ended = await cluster.end(name, [(row.id, row.tenant) for row in rows])
         await asyncio.to_thread(cluster.directory.set_state, ended, STOPPED,
                                 f"node {name} was drained", was=(LIVE,))
+        for sandbox_id in ended:
+            cluster.forget(sandbox_id)
     return {**result, "ended": ended}
 
 

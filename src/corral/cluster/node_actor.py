@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import httpx
@@ -147,6 +148,20 @@ class NodeActor:
         except ValueError:
             payload = {"error": {"code": "internal", "message": reply.text[:2000]}}
         return reply.status_code, payload
+
+    async def read_stream(self, token: str, tenant: str, key_id: str, sandbox_id: str,
+                          path: str) -> AsyncIterator[bytes]:
+        """A file of a sandbox as a Ray streaming generator of chunks: the other way bytes
+        could travel, which ``corral bench --cluster`` measures against the API server's
+        HTTP hop to the node (docs/cluster.md says which wins and why; the API uses
+        HTTP)."""
+        check_token(token, self._token)
+        async with self._client.stream(
+                "GET", f"/v1/sandboxes/{sandbox_id}/files", params={"path": path},
+                headers=self._headers(tenant, key_id)) as reply:
+            reply.raise_for_status()
+            async for chunk in reply.aiter_bytes():
+                yield chunk
 
     async def set_pools(self, token: str, pools: str) -> list[str]:
         """Keep these warm pools (``CORRAL_POOLS`` syntax) on this node; the specs it now
