@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -91,6 +92,7 @@ def test_both_runtimes(cluster: Cluster) -> None:
         assert gv.commands.run("echo ok").stdout == "ok\n"
         assert ns.refresh().runtime == "namespaces"
         assert gv.refresh().runtime == "gvisor"
+        assert ns.refresh().node == node_of(cluster, ns.id)
 
 
 def test_cordon_and_drain(cluster: Cluster) -> None:
@@ -240,3 +242,36 @@ def test_what_cluster_mode_does_not_serve_yet_says_so(cluster: Cluster) -> None:
         from_snapshot = http.post("/v1/sandboxes", json={"snapshot": "snap-0123456789abcdef"})
         assert from_snapshot.status_code == 400
         assert sb.commands.run("echo fine").stdout == "fine\n"  # the sandbox is untouched
+
+
+def test_a_host_joins_with_corral_node_join(cluster: Cluster, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from corral.cli import app
+    data = tmp_path / "joined"
+    result = CliRunner().invoke(app, [
+        "node", "join", cluster.cluster_settings.address, "--name", "joined",
+        "--host", "127.0.0.1", "--label", "joined=yes", "--data-dir", str(data),
+        "--secret-file", str(cluster.cluster_settings.secret_file)])
+    assert result.exit_code == 0, result.output
+    with cluster.http(cluster.operator_key) as ops:
+        wait_until(lambda: any(n["name"] == "joined" and n["state"] == "ready"
+                               and n["cpus"] is not None
+                               for n in ops.get("/v1/nodes").json()["nodes"]), timeout=60)
+    import ray
+
+    from corral.cluster import ray_boot
+    from corral.cluster.node_actor import ACTOR_PREFIX
+    try:
+        with sandboxes(cluster, 1, node_selector={"joined": "yes"}) as (sb,):
+            assert node_of(cluster, sb.id) == "joined"
+            assert sb.commands.run("echo joined").stdout == "joined\n"
+    finally:
+        handle = ray_boot.get_actor(ACTOR_PREFIX + "joined")
+        ray.get(handle.stop.remote(cluster.app.state.cluster.token, end_sandboxes=True),
+                timeout=120)
+        ray.kill(handle)
+    bad = CliRunner().invoke(app, ["node", "join", cluster.cluster_settings.address,
+                                   "--label", "Bad Label", "--secret-file",
+                                   str(cluster.cluster_settings.secret_file)])
+    assert bad.exit_code != 0 and "KEY=VALUE" in bad.output

@@ -141,8 +141,10 @@ async def on_sandbox(request: Request, sandbox_id: str, _tenant: Tenant,
     cluster = _cluster(request)
     placement = await asyncio.to_thread(cluster.placement, key.tenant, sandbox_id)
     forwarder: Forwarder = request.app.state.forwarder
+    describes = request.method == "GET" and not rest or rest in ("pause", "resume")
     reply = await forwarder.forward(request, cluster.node_url(placement.node),
-                                    forward_headers(cluster.token, key), placement.node)
+                                    forward_headers(cluster.token, key), placement.node,
+                                    adding={"node": placement.node} if describes else None)
     if (request.method == "DELETE" and request.url.path.rstrip("/") ==
             f"/v1/sandboxes/{sandbox_id}" and reply.status_code == 204):
         await asyncio.to_thread(cluster.directory.set_state, [sandbox_id], STOPPED,

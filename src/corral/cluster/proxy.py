@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from typing import Final
 
 import httpx
 import websockets
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from corral.api.errors import UnavailableError
@@ -46,7 +47,9 @@ class Forwarder:
         await self._client.aclose()
 
     async def forward(self, request: Request, base_url: str, extra: dict[str, str],
-                      node: str) -> Response:
+                      node: str, adding: dict[str, str] | None = None) -> Response:
+        """``request`` passed to ``base_url``, its answer streamed back; ``adding``: fields
+        put into a JSON object answered 200 (read whole: a sandbox's description)."""
         headers = [(k, v) for k, v in request.headers.items() if k not in _DROP_REQUEST]
         headers += list(extra.items())
         query = request.url.query
@@ -61,6 +64,13 @@ class Forwarder:
             raise UnavailableError(f"node {node} of this sandbox did not answer "
                                    f"({type(error).__name__}); try again shortly") from None
         out = {k: v for k, v in reply.headers.items() if k not in _DROP_RESPONSE}
+        if adding and reply.status_code == 200 and reply.headers.get(
+                "content-type", "").startswith("application/json"):
+            body = json.loads(await reply.aread())
+            await reply.aclose()
+            return JSONResponse({**body, **adding}, headers={
+                k: v for k, v in out.items() if k not in ("content-length",
+                                                          "content-encoding")})
         return StreamingResponse(reply.aiter_raw(), status_code=reply.status_code,
                                  headers=out, background=BackgroundTask(reply.aclose))
 
