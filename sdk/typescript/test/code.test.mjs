@@ -1,0 +1,51 @@
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { NotFoundError } from "../dist/index.js";
+import { sandbox } from "./_server.mjs";
+
+let sb;
+before(async () => { sb = await sandbox(); });
+after(async () => { await sb?.kill(); });
+
+test("runCode keeps state and gives rich results", async () => {
+  await sb.runCode("x = 20");
+  const ex = await sb.runCode("x + 22");
+  assert.equal(ex.text, "42");
+  assert.equal(ex.error, null);
+  const html = await sb.runCode("from IPython.display import HTML; HTML('<b>hi</b>')");
+  assert.equal(html.results[0].html, "<b>hi</b>");
+});
+
+test("a cell's exception is its error, not thrown; streaming callbacks see output", async () => {
+  const out = [];
+  const errors = [];
+  const ex = await sb.runCode("print('a'); print('b'); 1/0", {
+    onStdout: (text) => out.push(text), onError: (error) => errors.push(error.name),
+  });
+  assert.equal(out.join(""), "a\nb\n");
+  assert.deepEqual(ex.logs.stdout.join(""), "a\nb\n");
+  assert.equal(ex.error.name, "ZeroDivisionError");
+  assert.deepEqual(errors, ["ZeroDivisionError"]);
+});
+
+test("contexts are apart; restart, list, interrupt by timeout, delete", async () => {
+  const ctx = await sb.code.createContext({ cwd: "/tmp" });
+  await sb.runCode("y = 1", { context: ctx });
+  assert.equal((await sb.runCode("import os; os.getcwd()", { context: ctx })).text, "'/tmp'");
+  assert.equal((await sb.runCode("'y' in globals()")).text, "False");
+  assert.ok((await sb.code.listContexts()).some((c) => c.id === ctx.id));
+  const slow = await sb.runCode("import time; time.sleep(30)", { context: ctx, timeout: 1 });
+  assert.equal(slow.error.name, "TimeoutError");
+  assert.equal((await sb.runCode("y", { context: ctx.id })).text, "1");
+  await sb.code.restartContext(ctx);
+  assert.equal((await sb.runCode("'y' in globals()", { context: ctx })).text, "False");
+  await sb.code.deleteContext(ctx);
+  await assert.rejects(sb.runCode("1", { context: ctx }), NotFoundError);
+});
+
+test("bash contexts keep their shell", async () => {
+  await sb.runCode("cd /tmp; n=5", { language: "bash" });
+  const ex = await sb.runCode("echo $n $PWD; false", { language: "bash" });
+  assert.equal(ex.logs.stdout.join(""), "5 /tmp\n");
+  assert.equal(ex.error.name, "ExitStatus");
+});
