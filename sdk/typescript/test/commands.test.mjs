@@ -106,14 +106,19 @@ test("an unknown command id is NotFoundError", async () => {
 });
 
 test("a terminal over HTTP: keys in, bytes out, resize, exit", async () => {
-  const chunks = [];
-  const term = await sb.pty.create({ cols: 100, rows: 30, onData: (data) => chunks.push(data) });
+  let text = "";
+  let wanted;
+  const shown = (pattern) => new Promise((resolve) => { wanted = { pattern, resolve }; check(); });
+  const check = () => { if (wanted?.pattern.test(text)) wanted.resolve(); };
+  const decoder = new TextDecoder();
+  const term = await sb.pty.create({
+    cols: 100, rows: 30, onData: (data) => { text += decoder.decode(data, { stream: true }); check(); },
+  });
   await term.sendInput("stty size\n");
+  await shown(/30 100/);
   await term.resize(120, 40);
   await term.sendInput("stty size; exit 5\n");
   const r = await term.wait();
   assert.equal(r.exit_code, 5);
-  const text = new TextDecoder().decode(Buffer.concat(chunks));
-  assert.match(text, /30 100/);
   assert.match(text, /40 120/);
 });

@@ -102,7 +102,11 @@ test("ports: an app in the sandbox answers through the server with the token", a
   assert.equal(refused.status, 401);
   await refused.body?.cancel();
   const signed = await sb.ports.signedUrl(8000, { expiresIn: 60 });
-  const viaSigned = await fetch(signed);
+  assert.ok(signed.startsWith(`${target}?corral_expires=`), signed);
+  const visit = await fetch(signed, { redirect: "manual" }); // a GET trades it for a cookie
+  assert.equal(visit.status, 303);
+  const cookie = visit.headers.getSetCookie().map((c) => c.split(";")[0]).join("; ");
+  const viaSigned = await fetch(new URL(visit.headers.get("location"), signed), { headers: { cookie } });
   assert.equal(await viaSigned.text(), "hello from the sandbox");
   assert.deepEqual((await sb.ports.setPublic([8000])).public, [8000]);
   assert.deepEqual(sb.ports.public, [8000]);
