@@ -61,6 +61,9 @@ export interface StartOptions extends CommandOptions {
   onOutput?: (output: Output) => void;
 }
 
+/** What following a running command again takes: where its output goes. */
+export type ConnectOptions = Pick<StartOptions, "onStdout" | "onStderr" | "onOutput" | "signal">;
+
 /** One command's output: decoded for callbacks as it comes, kept up to {@link MAX_CAPTURE}
  * (the TypeScript twin of `corral.api.command_events.OutputCapture`). */
 class OutputCapture {
@@ -234,7 +237,7 @@ export class Commands {
    * whose stream ended at a pause): its output from now on, its exit, stdin and signals.
    * Closing this handle only stops following it.
    */
-  connect(commandId: number, options: Omit<StartOptions, keyof CommandOptions | "stdin" | "pty"> & Abortable = {}): Promise<CommandHandle> {
+  connect(commandId: number, options: ConnectOptions = {}): Promise<CommandHandle> {
     if (!Number.isInteger(commandId) || commandId < 0) {
       throw new InvalidArgumentError("a command id is a whole number (see commands.list())");
     }

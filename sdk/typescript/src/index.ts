@@ -8,7 +8,7 @@ export { Sandbox, type CreateOptions, type ListOptions } from "./sandbox.js";
 export { Snapshot, type SnapshotCallOptions } from "./snapshots.js";
 export {
   CommandHandle, Commands, DEFAULT_COMMAND_TIMEOUT, MAX_CAPTURE, MAX_INLINE_STDIN,
-  type CommandOptions, type Output, type OutputCallback, type RunOptions, type StartOptions,
+  type CommandOptions, type ConnectOptions, type Output, type OutputCallback, type RunOptions, type StartOptions,
 } from "./commands.js";
 export { Files, WatchHandle, type FileData } from "./files.js";
 export { CodeInterpreter, DEFAULT_CODE_TIMEOUT, type RunCodeOptions } from "./code.js";

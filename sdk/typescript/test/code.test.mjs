@@ -49,3 +49,14 @@ test("bash contexts keep their shell", async () => {
   assert.equal(ex.logs.stdout.join(""), "5 /tmp\n");
   assert.equal(ex.error.name, "ExitStatus");
 });
+
+test("aborting a cell interrupts it; its context lives on", async () => {
+  const ctx = await sb.code.createContext();
+  await sb.runCode("z = 3", { context: ctx });
+  const abort = new AbortController();
+  const cell = sb.runCode("import time\nprint('begun', flush=True)\ntime.sleep(60)", {
+    context: ctx, signal: abort.signal, onStdout: () => abort.abort(new Error("stop the cell")),
+  });
+  await assert.rejects(cell, /stop the cell/);
+  assert.equal((await sb.runCode("z", { context: ctx })).text, "3"); // waits for the interrupt
+});

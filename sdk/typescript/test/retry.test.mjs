@@ -3,7 +3,9 @@
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
 import { after, before, test } from "node:test";
-import { RateLimitedError, ResourceExhaustedError, Sandbox, UnavailableError } from "../dist/index.js";
+import {
+  ConnectionError, CorralError, RateLimitedError, ResourceExhaustedError, Sandbox, UnavailableError,
+} from "../dist/index.js";
 
 let server;
 let base;
@@ -90,4 +92,17 @@ test("aborting during the wait before a retry rejects at once with the reason", 
   abort.abort(new Error("gave up"));
   await assert.rejects(listing, /gave up/);
   assert.equal(seen.length, 1);
+});
+
+test("a server that cannot be reached is a ConnectionError naming it", async () => {
+  const closed = createServer();
+  await new Promise((resolve) => closed.listen(0, "127.0.0.1", resolve));
+  const port = closed.address().port;
+  await new Promise((resolve) => closed.close(resolve));
+  await assert.rejects(Sandbox.list({ url: `http://127.0.0.1:${port}`, apiKey: "crl_test" }),
+    (error) => {
+      assert.ok(error instanceof ConnectionError && error instanceof CorralError);
+      assert.match(error.message, new RegExp(`127\\.0\\.0\\.1:${port}`));
+      return true;
+    });
 });
