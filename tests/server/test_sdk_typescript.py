@@ -129,6 +129,19 @@ def test_the_ai_sdk_example_runs_code_in_a_sandbox(server: Server, built: Path) 
     assert ran.stdout.strip() == "The sum is 409114."  # 0! + 1! + ... + 9!
 
 
+def test_the_sdk_runs_on_deno(server: Server, built: Path) -> None:
+    """The core needs only what every runtime has: the same calls on Deno (the npm
+    package's binary), allowed the network and two variables alone."""
+    deno = built / "node_modules" / ".bin" / "deno"
+    ran = subprocess.run([str(deno), "run", "--no-prompt", "--no-config",
+                          "--allow-net=127.0.0.1", "--allow-env=CORRAL_URL,CORRAL_API_KEY",
+                          "test/runtimes/smoke.mjs"],
+                         cwd=built, env={**node_env(server), "DENO_DIR": str(built / ".deno"),
+                                         "DENO_NO_UPDATE_CHECK": "1"},
+                         capture_output=True, text=True, timeout=300)
+    assert (ran.returncode, ran.stdout.strip()) == (0, "ok"), (ran.stdout + ran.stderr)[-4000:]
+
+
 def test_npm_pack_ships_the_built_package_alone(built: Path) -> None:
     done = subprocess.run(["npm", "pack", "--dry-run", "--json", "--ignore-scripts"], cwd=built,
                           capture_output=True, text=True, timeout=120)
