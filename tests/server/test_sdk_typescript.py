@@ -65,6 +65,15 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work
 
 
+def test_the_built_declarations_type_a_consumer(built: Path) -> None:
+    """``test/types/consumer.ts`` against ``dist/``: the declarations stand alone, and a
+    wrong field or argument fails (its ``@ts-expect-error`` lines)."""
+    done = subprocess.run(["node", "node_modules/typescript/bin/tsc", "-p",
+                           "test/types/tsconfig.json"], cwd=built, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+
+
 def schema_script() -> ModuleType:
     spec = importlib.util.spec_from_file_location("sdk_ts_schema",
                                                   PACKAGE / "scripts" / "schema.py")

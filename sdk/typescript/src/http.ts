@@ -220,12 +220,19 @@ export class ApiClient {
     }
   }
 
+  /** A call whose answer is JSON, read in full. */
   async json<T>(method: string, path: string, options: CallOptions = {}): Promise<T> {
     const response = await this.call(method, path, options);
-    return (await response.json()) as T;
+    try {
+      return (await response.json()) as T;
+    } catch (error) {
+      if (options.signal?.aborted) throw options.signal.reason;
+      throw new ConnectionError(`${method} ${path}: reading the answer from ${this.url} ` +
+        `failed: ${String(error)}`, error);
+    }
   }
 
-  /** A call whose answer is read in full and dropped (204s). */
+  /** A call whose answer has no body to read (204s). */
   async send(method: string, path: string, options: CallOptions = {}): Promise<void> {
     const response = await this.call(method, path, options);
     await response.body?.cancel();
