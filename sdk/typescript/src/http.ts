@@ -81,10 +81,15 @@ function environment(name: string): string | undefined {
   }
 }
 
-/** Seconds of a `Retry-After` of seconds (the only form the server sends), if sane. */
-export function retryAfterSeconds(value: string | null): number | undefined {
+/** Seconds a `Retry-After` asks for: seconds (what the server sends) or an HTTP date (a
+ * proxy's), if under a day; else undefined. */
+export function retryAfterSeconds(value: string | null, now = Date.now()): number | undefined {
   if (value === null || value.trim() === "") return undefined;
-  const seconds = Number(value);
+  let seconds = Number(value);
+  if (Number.isNaN(seconds)) {
+    const at = Date.parse(value);
+    seconds = Number.isNaN(at) ? Number.NaN : Math.max(0, (at - now) / 1000);
+  }
   return Number.isFinite(seconds) && seconds >= 0 && seconds < 86_400 ? seconds : undefined;
 }
 
@@ -152,7 +157,7 @@ export class ApiClient {
   readonly retries: number;
   readonly maxRetryDelay: number;
   readonly WebSocket?: WebSocketConstructor;
-  readonly options: ConnectionOptions;
+  readonly #options: ConnectionOptions;
 
   constructor(options: ConnectionOptions = {}) {
     this.url = (options.url ?? environment("CORRAL_URL") ?? DEFAULT_URL).replace(/\/+$/, "");
@@ -167,7 +172,12 @@ export class ApiClient {
     this.maxRetryDelay = options.maxRetryDelay ?? 30_000;
     this.WebSocket = options.WebSocket ??
       (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-    this.options = { ...options, url: this.url, apiKey: key };
+    this.#options = { ...options, url: this.url, apiKey: key };
+  }
+
+  /** Another client to the same server with the same key and options (a fork's). */
+  clone(): ApiClient {
+    return new ApiClient(this.#options);
   }
 
   /** The headers that authenticate a request (for a WebSocket's handshake too). */

@@ -178,6 +178,7 @@ export class Pty {
       });
       done.catch(() => undefined);
       let opened: TerminalSocket | undefined;
+      let exit: Extract<CommandEvent, { type: "exit" }> | undefined;
       let output = Promise.resolve();
       const fail = (error: unknown) => {
         if (opened === undefined) reject(error);
@@ -198,14 +199,16 @@ export class Pty {
           opened = new TerminalSocket(socket, event, done);
           resolve(opened);
         } else if (event.type === "exit") {
-          void output.then(() => settle.resolve(event));
+          exit = event;
         } else if (event.type === "error") {
           fail(errorFromCode(event.error.code, event.error.message));
         }
       });
       socket.addEventListener("error", () => fail(new CorralError("the terminal's WebSocket failed")));
       socket.addEventListener("close", (event: CloseEvent) => {
-        fail(new CorralError(`the terminal's WebSocket closed (${event.code}) before its end`));
+        const end = exit;
+        if (end !== undefined) void output.then(() => settle.resolve(end));
+        else fail(new CorralError(`the terminal's WebSocket closed (${event.code}) before its end`));
       });
     });
   }

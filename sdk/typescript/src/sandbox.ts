@@ -189,7 +189,7 @@ export class Sandbox {
     };
     const reply = await this.#api.json<Schemas["SandboxList"]>("POST", this.#path("/fork"),
       { json: body, signal: options.signal, timeoutMs: CREATE_TIMEOUT_MS });
-    return reply.sandboxes.map((info) => new Sandbox(info, new ApiClient(this.#api.options)));
+    return reply.sandboxes.map((info) => new Sandbox(info, this.#api.clone()));
   }
 
   /** The samples the server took of it, oldest first (`start`, `end`: Dates or Unix seconds). */

@@ -106,3 +106,11 @@ test("a server that cannot be reached is a ConnectionError naming it", async () 
       return true;
     });
 });
+
+test("a Retry-After given as an HTTP date is honoured", async () => {
+  seen.length = 0;
+  const soon = new Date(Date.now() + 1500).toUTCString(); // whole seconds: at most 1.5 s
+  script = [[503, { "Retry-After": soon }, "busy"], [200, {}, { sandboxes: [] }]];
+  assert.deepEqual(await Sandbox.list({ url: base, apiKey: "crl_test" }), []);
+  assert.equal(seen.length, 2);
+});
