@@ -3,7 +3,7 @@ import { after, before, test } from "node:test";
 import WebSocket from "ws";
 import {
   AuthenticationError, CorralError, InvalidArgumentError, NotFoundError, Sandbox,
-  SandboxNotRunningError, Snapshot,
+  RuntimeUnavailableError, SandboxNotRunningError, Snapshot,
 } from "../dist/index.js";
 import { apiKey, sandbox, url } from "./_server.mjs";
 
@@ -51,7 +51,10 @@ test("pause and resume keep memory; a memory snapshot starts a copy", async () =
   assert.equal((await sb.pause()).state, "paused");
   assert.equal((await sb.resume()).state, "running");
   assert.equal((await sb.runCode("kept")).text, "'still here'");
-  if (sb.info.runtime !== "gvisor") return; // memory snapshots are gVisor's
+  if (sb.info.runtime !== "gvisor") { // memory snapshots are gVisor's
+    await assert.rejects(sb.snapshot(), RuntimeUnavailableError);
+    return;
+  }
   const snap = await sb.snapshot({ name: "sdk-ts", ttl: 600 });
   assert.ok((await Snapshot.list()).some((s) => s.id === snap.id));
   assert.equal((await Snapshot.get(snap.id)).memory, true);
@@ -63,6 +66,51 @@ test("pause and resume keep memory; a memory snapshot starts a copy", async () =
     await Snapshot.delete(snap.id);
   }
   await assert.rejects(Snapshot.get(snap.id), NotFoundError);
+});
+
+test("fork copies a running sandbox, memory and all (gVisor)", async () => {
+  if (sb.info.runtime !== "gvisor") {
+    await assert.rejects(sb.fork(), RuntimeUnavailableError);
+    return;
+  }
+  await sb.runCode("forked = [1, 2, 3]");
+  const [copy] = await sb.fork({ count: 1, timeout: 120 });
+  try {
+    assert.notEqual(copy.id, sb.id);
+    assert.equal((await copy.runCode("sum(forked)")).text, "6");
+  } finally {
+    await copy.kill();
+  }
+});
+
+test("a files-only snapshot is an image a new sandbox starts from", async () => {
+  await sb.files.write("/work/baked.txt", "baked in");
+  const name = `sdk-ts-${tag}:1`;
+  const image = await sb.snapshotFilesystem(name);
+  try {
+    const child = await Sandbox.create({ image: name, timeout: 120 });
+    try {
+      assert.equal(await child.files.readText("/work/baked.txt"), "baked in");
+    } finally {
+      await child.kill();
+    }
+  } finally {
+    const gone = await fetch(`${url}/v1/images/${encodeURIComponent(image.id)}`,
+      { method: "DELETE", headers: { Authorization: `Bearer ${apiKey}` } });
+    assert.equal(gone.status, 204);
+  }
+});
+
+test("metrics: the server's samples of the sandbox", async () => {
+  const deadline = Date.now() + 30_000;
+  let samples = [];
+  while (samples.length === 0 && Date.now() < deadline) {
+    samples = await sb.getMetrics({ start: new Date(Date.now() - 3600_000) });
+    if (samples.length === 0) await new Promise((r) => setTimeout(r, 200));
+  }
+  assert.ok(samples.length > 0, "no sample in 30 s");
+  assert.ok(samples[0].memory_used > 0);
+  assert.ok(samples.every((s) => Date.parse(s.time) > 0));
 });
 
 test("setTimeout moves the expiry", async () => {
