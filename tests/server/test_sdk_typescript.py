@@ -120,6 +120,7 @@ def node_env(server: Server) -> dict[str, str]:
 def test_the_sdk_passes_its_suite(server: Server, built: Path) -> None:
     files = sorted(p.name for p in (built / "test").glob("*.test.mjs"))
     ran = subprocess.run(["node", "--test", "--test-reporter=spec", "--test-concurrency=2",
+                          "--test-timeout=180000",
                           *(f"test/{name}" for name in files)],
                          cwd=built, env=node_env(server), capture_output=True, text=True,
                          timeout=600)

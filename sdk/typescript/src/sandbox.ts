@@ -36,17 +36,17 @@ export interface CreateOptions extends ConnectionOptions, Abortable {
   /** Limits, e.g. `{memory: "1G", cpus: 2}`. */
   resources?: ResourcesSpec;
   /** `"gvisor"` or `"namespaces"`; default the server's strongest. */
-  runtime?: string;
+  runtime?: NonNullable<SandboxCreateRequest["runtime"]>;
   /** Stop (or pause: `onIdle`) it after this many seconds unused. */
-  idleTimeout?: number;
+  idleTimeout?: NonNullable<SandboxCreateRequest["idle_timeout"]>;
   onIdle?: SandboxCreateRequest["on_idle"];
   onTimeout?: SandboxCreateRequest["on_timeout"];
   /** Seconds it may stay paused before the server kills it. */
-  pausedTtl?: number;
+  pausedTtl?: NonNullable<SandboxCreateRequest["paused_ttl"]>;
   /** What it may reach: `"none"` (default), `"all"`, or `{allow, deny}` lists. */
   network?: NetworkPolicy;
   /** Ports anyone may reach without a credential. */
-  publicPorts?: number[];
+  publicPorts?: SandboxCreateRequest["public_ports"];
   /** Your volumes by mount point: `{"/data": "my-vol"}`. */
   volumes?: SandboxCreateRequest["volumes"];
   /** Start from one of your snapshots (its id or its description). */

@@ -62,11 +62,16 @@ test("list, stat, exists, mkdir, rename, remove", async () => {
 
 test("a watch reports files made, and stops", async () => {
   await sb.files.mkdir("/work/w");
-  const watch = await sb.files.watch("/work/w");
+  const watch = await sb.files.watch("/work/w", { timeout: 60 }); // the stream ends by then
   await sb.files.write("/work/w/new.txt", "x");
+  let seen = false;
   for await (const event of watch) {
-    if (event.type === "create" && event.name === "new.txt") break;
+    if (event.type === "create" && event.name === "new.txt") {
+      seen = true;
+      break;
+    }
   }
+  assert.ok(seen, "no create event for new.txt");
   watch.stop();
 });
 

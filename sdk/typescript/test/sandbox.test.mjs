@@ -21,6 +21,13 @@ test("create, list by metadata, connect by id", async () => {
   assert.equal((await again.commands.run("echo $((6*7))")).stdout, "42\n");
 });
 
+test("the key shows nowhere: not in JSON, not when inspected", async () => {
+  const { inspect } = await import("node:util");
+  assert.ok(!JSON.stringify(sb).includes(apiKey));
+  assert.ok(!inspect(sb, { depth: 10, showHidden: true }).includes(apiKey));
+  assert.ok(!inspect(sb.commands, { depth: 10, showHidden: true }).includes(apiKey));
+});
+
 test("errors are typed under one root", async () => {
   await assert.rejects(Sandbox.connect(sb.id, { apiKey: "crl_not-a-key" }), (error) => {
     assert.ok(error instanceof AuthenticationError && error instanceof CorralError);
@@ -137,6 +144,10 @@ test("ports: an app in the sandbox answers through the server with the token", a
   await sb.commands.runBackground("python3 -m http.server 8000 --bind 127.0.0.1", { cwd: "/work/site" });
   const target = sb.ports.url(8000);
   assert.equal(target, `${url}/v1/sandboxes/${sb.id}/ports/8000/`);
+  const { port } = new URL(url);
+  assert.equal(sb.ports.url(8000, { hostBased: true }),
+    `http://8000-${sb.id}.${sb.info.ports.domain}:${port}/`);
+  assert.throws(() => sb.ports.url(70000), InvalidArgumentError);
   let response;
   const deadline = Date.now() + 30_000;
   for (;;) {
