@@ -105,15 +105,16 @@ export class WatchHandle implements AsyncIterable<WatchEvent> {
   }
 }
 
-/** `sandbox.files` of a {@link Sandbox}. */
+/** `sandbox.files` of a {@link Sandbox} (and, less `rename`, `watch` and signed URLs,
+ * `volume.files` of a {@link Volume}). */
 export class Files {
   readonly #api: ApiClient;
   readonly #base: string;
 
-  /** @internal */
-  constructor(api: ApiClient, sandboxId: string) {
+  /** @internal `base`: the files resource (a sandbox's, or a volume's). */
+  constructor(api: ApiClient, base: string) {
     this.#api = api;
-    this.#base = `/v1/sandboxes/${encodeURIComponent(sandboxId)}/files`;
+    this.#base = base;
   }
 
   /** A whole file's content. */

@@ -14,6 +14,7 @@ export { Files, WatchHandle, type FileData } from "./files.js";
 export { CodeInterpreter, DEFAULT_CODE_TIMEOUT, type RunCodeOptions } from "./code.js";
 export { DEFAULT_SHELL, Pty, PtyHandle, TerminalSocket, type PtyOptions } from "./pty.js";
 export { Network } from "./network.js";
+export { Volume, VolumeFiles, type VolumeCallOptions, type VolumeInfo } from "./volumes.js";
 export { Ports, TOKEN_HEADER } from "./ports.js";
 export {
   ApiClient, DEFAULT_URL, type Abortable, type ConnectionOptions, type WebSocketConstructor,

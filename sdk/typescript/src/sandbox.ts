@@ -20,6 +20,7 @@ import { ApiClient, CREATE_TIMEOUT_MS, type Abortable, type ConnectionOptions } 
 import { Network } from "./network.js";
 import { Ports } from "./ports.js";
 import { Pty } from "./pty.js";
+import { Volume } from "./volumes.js";
 import type {
   Execution, ImageInfo, MetricSample, NetworkPolicy, ResourcesSpec, SandboxCreateRequest,
   SandboxInfo, SandboxState, Schemas, SnapshotInfo,
@@ -47,8 +48,9 @@ export interface CreateOptions extends ConnectionOptions, Abortable {
   network?: NetworkPolicy;
   /** Ports anyone may reach without a credential. */
   publicPorts?: SandboxCreateRequest["public_ports"];
-  /** Your volumes by mount point: `{"/data": "my-vol"}`. */
-  volumes?: SandboxCreateRequest["volumes"];
+  /** Your volumes by mount point: `{"/data": "my-vol"}`, `{"/data": volume}`, or
+   * `{"/data": {volume: "my-vol", read_only: true}}`. */
+  volumes?: Record<string, NonNullable<SandboxCreateRequest["volumes"]>[string] | Volume>;
   /** Start from one of your snapshots (its id or its description). */
   snapshot?: string | SnapshotInfo;
 }
@@ -75,7 +77,7 @@ export class Sandbox {
     this.info = info;
     this.#api = api;
     this.commands = new Commands(api, info.id);
-    this.files = new Files(api, info.id);
+    this.files = new Files(api, `/v1/sandboxes/${encodeURIComponent(info.id)}/files`);
     this.code = new CodeInterpreter(api, info.id);
     this.pty = new Pty(this.commands, api, info.id);
     this.network = new Network(api, info.id, (options) => this.refresh(options));
@@ -95,7 +97,9 @@ export class Sandbox {
       metadata: options.metadata, resources: options.resources, runtime: options.runtime,
       idle_timeout: options.idleTimeout, on_idle: options.onIdle, on_timeout: options.onTimeout,
       paused_ttl: options.pausedTtl, network: options.network,
-      public_ports: options.publicPorts, volumes: options.volumes, snapshot,
+      public_ports: options.publicPorts, snapshot,
+      volumes: options.volumes && Object.fromEntries(Object.entries(options.volumes).map(
+        ([path, volume]) => [path, volume instanceof Volume ? volume.name : volume])),
     };
     // Only what was given: a create from a memory snapshot is refused for naming what the
     // snapshot fixes, even at its default.
