@@ -250,14 +250,14 @@ export class Commands {
     const response = await this.#api.call(method, path, { json, signal, timeoutMs: null });
     const events = lines<CommandEvent>(response.body, signal);
     const first = await events.next();
+    if (!first.done && first.value.type === "started") {
+      return new CommandHandle(this, first.value, events, abort, options);
+    }
+    await events.return(undefined); // closes the response
     if (!first.done && first.value.type === "error") {
       throw errorFromCode(first.value.error.code, first.value.error.message);
     }
-    if (first.done || first.value.type !== "started") {
-      abort.abort();
-      throw new CorralError("the server did not report the command's start");
-    }
-    return new CommandHandle(this, first.value, events, abort, options);
+    throw new CorralError("the server did not report the command's start");
   }
 
   /** Start a command that runs on its own (its output discarded); its id and pid. */
