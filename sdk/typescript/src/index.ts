@@ -14,6 +14,9 @@ export { Files, WatchHandle, type FileData } from "./files.js";
 export { CodeInterpreter, DEFAULT_CODE_TIMEOUT, type RunCodeOptions } from "./code.js";
 export { DEFAULT_SHELL, Pty, PtyHandle, TerminalSocket, type PtyOptions } from "./pty.js";
 export { Network } from "./network.js";
+export {
+  Image, Images, type BuildOptions, type ImageCallOptions, type ImageSpec,
+} from "./images.js";
 export { Volume, VolumeFiles, type VolumeCallOptions, type VolumeInfo } from "./volumes.js";
 export { Ports, TOKEN_HEADER } from "./ports.js";
 export {

@@ -19,6 +19,7 @@ import { Files } from "./files.js";
 import { ApiClient, CREATE_TIMEOUT_MS, type Abortable, type ConnectionOptions } from "./http.js";
 import { Network } from "./network.js";
 import { Ports } from "./ports.js";
+import { Image, buildWith } from "./images.js";
 import { Pty } from "./pty.js";
 import { Volume } from "./volumes.js";
 import type {
@@ -28,8 +29,9 @@ import type {
 
 /** What `Sandbox.create` takes: the wire's `SandboxCreate` in camelCase, and how to connect. */
 export interface CreateOptions extends ConnectionOptions, Abortable {
-  /** An image's name (`python`, the default), or its `sha256:` id. */
-  image?: SandboxCreateRequest["image"];
+  /** An image's name (`python`, the default), its `sha256:` id, or an {@link Image},
+   * built first (its steps built before are not run again). */
+  image?: SandboxCreateRequest["image"] | Image;
   /** Seconds to live (default 300). */
   timeout?: SandboxCreateRequest["timeout"];
   env?: SandboxCreateRequest["env"];
@@ -92,8 +94,11 @@ export class Sandbox {
   static async create(options: CreateOptions = {}): Promise<Sandbox> {
     const api = new ApiClient(options);
     const snapshot = typeof options.snapshot === "object" ? options.snapshot.id : options.snapshot;
+    const image = options.image instanceof Image
+      ? (await buildWith(api, options.image, { signal: options.signal, runtime: options.runtime })).id
+      : options.image;
     const given: Partial<SandboxCreateRequest> = {
-      image: options.image, timeout: options.timeout, env: options.env,
+      image, timeout: options.timeout, env: options.env,
       metadata: options.metadata, resources: options.resources, runtime: options.runtime,
       idle_timeout: options.idleTimeout, on_idle: options.onIdle, on_timeout: options.onTimeout,
       paused_ttl: options.pausedTtl, network: options.network,
