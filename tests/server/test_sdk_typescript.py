@@ -24,6 +24,7 @@ from corral.api.errors import HTTP_STATUS, ErrorCode
 from tests import _npm
 
 from .conftest import Server
+from .test_tls import TlsServer, tls_data_dir, tls_server  # noqa: F401 (its fixtures)
 
 PACKAGE = Path(__file__).resolve().parents[2] / "sdk" / "typescript"
 #: What the package is built and tested from (``node_modules`` is linked in beside them).
@@ -150,6 +151,22 @@ def test_the_sdk_runs_on_deno(server: Server, built: Path) -> None:
                                          "DENO_NO_UPDATE_CHECK": "1"},
                          capture_output=True, text=True, timeout=300)
     assert (ran.returncode, ran.stdout.strip()) == (0, "ok"), (ran.stdout + ran.stderr)[-4000:]
+
+
+def test_the_sdk_trusts_a_tls_server_as_its_runtime_does(
+        tls_server: TlsServer, built: Path) -> None:  # noqa: F811 (the fixture imported)
+    """``corral serve --tls``: Node trusts its CA through ``NODE_EXTRA_CA_CERTS``; without
+    it the call fails (verification is never off), as a ConnectionError."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/"),
+           "CORRAL_URL": tls_server.url, "CORRAL_API_KEY": tls_server.key}
+    trusted = subprocess.run(["node", "test/runtimes/smoke.mjs"], cwd=built,
+                             env={**env, "NODE_EXTRA_CA_CERTS": str(tls_server.files.ca_cert)},
+                             capture_output=True, text=True, timeout=300)
+    assert (trusted.returncode, trusted.stdout.strip()) == (0, "ok"), trusted.stderr[-3000:]
+    untrusted = subprocess.run(["node", "test/runtimes/smoke.mjs"], cwd=built, env=env,
+                               capture_output=True, text=True, timeout=300)
+    assert untrusted.returncode != 0
+    assert "ConnectionError" in untrusted.stderr, untrusted.stderr[-3000:]
 
 
 def test_npm_pack_ships_the_built_package_alone(built: Path) -> None:
