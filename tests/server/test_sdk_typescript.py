@@ -169,6 +169,17 @@ def test_the_sdk_trusts_a_tls_server_as_its_runtime_does(
     assert "ConnectionError" in untrusted.stderr, untrusted.stderr[-3000:]
 
 
+def test_the_readme_typescript_example_runs(server: Server, built: Path) -> None:
+    readme = (PACKAGE.parents[1] / "README.md").read_text()
+    found = re.search(r"^```ts\n(.*?)^```$", readme[readme.index("## TypeScript"):],
+                      re.MULTILINE | re.DOTALL)
+    assert found is not None, "no ts block under the README's TypeScript section"
+    (built / "readme-example.mjs").write_text(found.group(1))  # plain JavaScript too
+    ran = subprocess.run(["node", "readme-example.mjs"], cwd=built, env=node_env(server),
+                         capture_output=True, text=True, timeout=300)
+    assert (ran.returncode, ran.stdout) == (0, "hi\n\n"), (ran.stdout + ran.stderr)[-3000:]
+
+
 def test_npm_pack_ships_the_built_package_alone(built: Path) -> None:
     done = subprocess.run(["npm", "pack", "--dry-run", "--json", "--ignore-scripts"], cwd=built,
                           capture_output=True, text=True, timeout=120)
