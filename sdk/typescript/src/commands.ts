@@ -237,11 +237,16 @@ export class Commands {
    * whose stream ended at a pause): its output from now on, its exit, stdin and signals.
    * Closing this handle only stops following it.
    */
-  connect(commandId: number, options: ConnectOptions = {}): Promise<CommandHandle> {
-    if (!Number.isInteger(commandId) || commandId < 0) {
+  async connect(commandId: number, options: ConnectOptions = {}): Promise<CommandHandle> {
+    return this.#follow("POST", this.#command(commandId, "connect"), undefined, options);
+  }
+
+  /** The path of one command's `action`; its id checked (a whole number, never a path). */
+  #command(commandId: number, action: string): string {
+    if (!Number.isSafeInteger(commandId) || commandId < 0) {
       throw new InvalidArgumentError("a command id is a whole number (see commands.list())");
     }
-    return this.#follow("POST", `${this.#base}/${commandId}/connect`, undefined, options);
+    return `${this.#base}/${commandId}/${action}`;
   }
 
   async #follow(method: string, path: string, json: unknown, options: StartOptions): Promise<CommandHandle> {
@@ -272,7 +277,7 @@ export class Commands {
     const bytes = utf8(data);
     for (let at = 0; at < Math.max(bytes.length, 1); at += STDIN_CHUNK) {
       const last = at + STDIN_CHUNK >= bytes.length;
-      await this.#api.send("POST", `${this.#base}/${commandId}/stdin`, {
+      await this.#api.send("POST", this.#command(commandId, "stdin"), {
         query: { eof: Boolean(options.eof && last) }, signal: options.signal,
         body: bytes.slice(at, at + STDIN_CHUNK),
         headers: { "Content-Type": "application/octet-stream" },
@@ -280,8 +285,8 @@ export class Commands {
     }
   }
 
-  signal(commandId: number, signum: number, options: Abortable = {}): Promise<void> {
-    return this.#api.send("POST", `${this.#base}/${commandId}/signal`,
+  async signal(commandId: number, signum: number, options: Abortable = {}): Promise<void> {
+    return this.#api.send("POST", this.#command(commandId, "signal"),
       { json: { signal: signum }, signal: options.signal });
   }
 
@@ -289,8 +294,8 @@ export class Commands {
     return this.signal(commandId, 9, options);
   }
 
-  resize(commandId: number, cols: number, rows: number, options: Abortable = {}): Promise<void> {
-    return this.#api.send("POST", `${this.#base}/${commandId}/resize`,
+  async resize(commandId: number, cols: number, rows: number, options: Abortable = {}): Promise<void> {
+    return this.#api.send("POST", this.#command(commandId, "resize"),
       { json: { cols, rows } satisfies PtySize, signal: options.signal });
   }
 

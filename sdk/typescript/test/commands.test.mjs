@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { CommandTimeoutError, CorralError, NotFoundError, Sandbox } from "../dist/index.js";
+import { CommandTimeoutError, CorralError, InvalidArgumentError, NotFoundError } from "../dist/index.js";
 import { sandbox } from "./_server.mjs";
 
 let sb;
@@ -101,8 +101,10 @@ test("aborting a run's signal kills the command and rejects with the reason", as
   }
 });
 
-test("an unknown command id is NotFoundError", async () => {
+test("an unknown command id is NotFoundError; one that is not a number never leaves", async () => {
   await assert.rejects(sb.commands.signal(999_999, 15), NotFoundError);
+  await assert.rejects(sb.commands.signal("1/../../../sandboxes", 15), InvalidArgumentError);
+  await assert.rejects(sb.commands.connect(-1), InvalidArgumentError);
 });
 
 test("a terminal over HTTP: keys in, bytes out, resize, exit", async () => {
