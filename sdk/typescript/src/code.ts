@@ -15,7 +15,7 @@
  */
 
 import { AgentError, errorFromCode } from "./errors.js";
-import { type Abortable, type ApiClient } from "./http.js";
+import { type Abortable, type ApiClient, segment } from "./http.js";
 import { lines } from "./ndjson.js";
 import type { CodeContext, CodeEvent, Execution, ExecutionError, Result, Schemas } from "./types.js";
 
@@ -59,7 +59,7 @@ export class CodeInterpreter {
   /** @internal */
   constructor(api: ApiClient, sandboxId: string) {
     this.#api = api;
-    this.#base = `/v1/sandboxes/${encodeURIComponent(sandboxId)}/code`;
+    this.#base = `/v1/sandboxes/${segment(sandboxId)}/code`;
   }
 
   /** Run a cell; callbacks get output while it runs. Aborting `signal` interrupts it. */
@@ -95,22 +95,22 @@ export class CodeInterpreter {
   }
 
   /** A fresh kernel for the context: its state is lost, its id kept. */
-  restartContext(context: CodeContext | string, options: Abortable = {}): Promise<CodeContext> {
+  async restartContext(context: CodeContext | string, options: Abortable = {}): Promise<CodeContext> {
     return this.#api.json<CodeContext>("POST",
-      `${this.#base}/contexts/${encodeURIComponent(contextId(context)!)}/restart`,
+      `${this.#base}/contexts/${segment(contextId(context)!)}/restart`,
       { signal: options.signal, timeoutMs: 180_000 });
   }
 
   /** Interrupt the cell the context runs (it ends with `KeyboardInterrupt`). */
-  interrupt(context: CodeContext | string = "default", options: Abortable = {}): Promise<void> {
+  async interrupt(context: CodeContext | string = "default", options: Abortable = {}): Promise<void> {
     return this.#api.send("POST",
-      `${this.#base}/contexts/${encodeURIComponent(contextId(context)!)}/interrupt`, options);
+      `${this.#base}/contexts/${segment(contextId(context)!)}/interrupt`, options);
   }
 
   /** Stop the context's kernel and forget it. */
-  deleteContext(context: CodeContext | string, options: Abortable = {}): Promise<void> {
+  async deleteContext(context: CodeContext | string, options: Abortable = {}): Promise<void> {
     return this.#api.send("DELETE",
-      `${this.#base}/contexts/${encodeURIComponent(contextId(context)!)}`, options);
+      `${this.#base}/contexts/${segment(contextId(context)!)}`, options);
   }
 }
 

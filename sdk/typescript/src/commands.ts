@@ -11,7 +11,7 @@
  */
 
 import { CommandTimeoutError, CorralError, InvalidArgumentError, errorFromCode } from "./errors.js";
-import { anySignal, type Abortable, type ApiClient } from "./http.js";
+import { anySignal, type Abortable, type ApiClient, segment } from "./http.js";
 import { fromBase64, lines, toBase64, utf8 } from "./ndjson.js";
 import type {
   Cmd, CommandEvent, CommandRecord, CommandRequest, CommandResult, CommandStarted,
@@ -190,7 +190,7 @@ export class Commands {
   /** @internal */
   constructor(api: ApiClient, sandboxId: string) {
     this.#api = api;
-    this.#base = `/v1/sandboxes/${encodeURIComponent(sandboxId)}/commands`;
+    this.#base = `/v1/sandboxes/${segment(sandboxId)}/commands`;
   }
 
   /**

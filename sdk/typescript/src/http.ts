@@ -15,6 +15,7 @@
 import {
   AuthenticationError,
   ConnectionError,
+  InvalidArgumentError,
   CorralError,
   codeForStatus,
   errorFromCode,
@@ -47,6 +48,15 @@ export interface ConnectionOptions {
   retries?: number;
   /** Longest wait before a retry, in ms (a longer `Retry-After` is not waited for); default 30000. */
   maxRetryDelay?: number;
+}
+
+/** `value` as one segment of a path: encoded, and never `.`, `..` or empty, which a URL
+ * would resolve into another route (`contexts/../..` is the sandbox itself). */
+export function segment(value: string): string {
+  if (typeof value !== "string" || value === "" || value === "." || value === "..") {
+    throw new InvalidArgumentError(`${JSON.stringify(String(value)).slice(0, 80)} is not an id or name`);
+  }
+  return encodeURIComponent(value);
 }
 
 export type Query = Record<string, string | number | boolean | undefined>;

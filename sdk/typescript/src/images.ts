@@ -14,7 +14,7 @@
  */
 
 import { CorralError, errorFromCode } from "./errors.js";
-import { ApiClient, type Abortable, type ConnectionOptions } from "./http.js";
+import { ApiClient, type Abortable, type ConnectionOptions, segment } from "./http.js";
 import { lines } from "./ndjson.js";
 import type { ImageInfo, Schemas } from "./types.js";
 
@@ -135,14 +135,14 @@ export const Images = {
   },
 
   /** One image, by name or `sha256:` id. */
-  get(ref: string, options: ImageCallOptions = {}): Promise<ImageInfo> {
-    return new ApiClient(options).json<ImageInfo>("GET", `/v1/images/${encodeURIComponent(ref)}`,
+  async get(ref: string, options: ImageCallOptions = {}): Promise<ImageInfo> {
+    return new ApiClient(options).json<ImageInfo>("GET", `/v1/images/${segment(ref)}`,
       { signal: options.signal });
   },
 
   /** Forget your name `ref` (or every name of an id); `corral image prune` frees the disk. */
-  delete(ref: string, options: ImageCallOptions = {}): Promise<void> {
-    return new ApiClient(options).send("DELETE", `/v1/images/${encodeURIComponent(ref)}`,
+  async delete(ref: string, options: ImageCallOptions = {}): Promise<void> {
+    return new ApiClient(options).send("DELETE", `/v1/images/${segment(ref)}`,
       { signal: options.signal });
   },
 };

@@ -1,6 +1,6 @@
 /** `sandbox.network`: what a sandbox may reach, read and changed while it runs. */
 
-import type { Abortable, ApiClient } from "./http.js";
+import { segment, type Abortable, type ApiClient } from "./http.js";
 import type { EgressEvents, NetworkInfo, NetworkPolicy, SandboxInfo } from "./types.js";
 
 export class Network {
@@ -11,7 +11,7 @@ export class Network {
   /** @internal */
   constructor(api: ApiClient, sandboxId: string, refresh: (options: Abortable) => Promise<SandboxInfo>) {
     this.#api = api;
-    this.#path = `/v1/sandboxes/${encodeURIComponent(sandboxId)}/network`;
+    this.#path = `/v1/sandboxes/${segment(sandboxId)}/network`;
     this.#refresh = refresh;
   }
 

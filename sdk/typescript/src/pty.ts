@@ -14,7 +14,7 @@
 
 import type { CommandHandle, Commands } from "./commands.js";
 import { CorralError, InvalidArgumentError, errorFromCode } from "./errors.js";
-import type { Abortable, ApiClient } from "./http.js";
+import { segment, type Abortable, type ApiClient } from "./http.js";
 import type { Cmd, CommandEvent, CommandResult, PtySize, User } from "./types.js";
 
 /** What a terminal runs unless told otherwise: a login shell, bash where the image has it. */
@@ -163,7 +163,7 @@ export class Pty {
       throw new InvalidArgumentError("this runtime has no global WebSocket: pass one as the " +
         "WebSocket option (e.g. the ws package's)");
     }
-    const url = new URL(`${this.#api.url}/v1/sandboxes/${encodeURIComponent(this.#sandboxId)}/terminal`);
+    const url = new URL(`${this.#api.url}/v1/sandboxes/${segment(this.#sandboxId)}/terminal`);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     const socket = new WebSocketClass(url.toString(), { headers: this.#api.authHeaders() });
     socket.binaryType = "arraybuffer";

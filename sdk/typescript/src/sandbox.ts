@@ -16,7 +16,7 @@
 import { CodeInterpreter, type RunCodeOptions } from "./code.js";
 import { Commands } from "./commands.js";
 import { Files } from "./files.js";
-import { ApiClient, CREATE_TIMEOUT_MS, type Abortable, type ConnectionOptions } from "./http.js";
+import { ApiClient, CREATE_TIMEOUT_MS, type Abortable, type ConnectionOptions, segment } from "./http.js";
 import { Network } from "./network.js";
 import { Ports } from "./ports.js";
 import { Image, buildWith } from "./images.js";
@@ -79,7 +79,7 @@ export class Sandbox {
     this.info = info;
     this.#api = api;
     this.commands = new Commands(api, info.id);
-    this.files = new Files(api, `/v1/sandboxes/${encodeURIComponent(info.id)}/files`);
+    this.files = new Files(api, `/v1/sandboxes/${segment(info.id)}/files`);
     this.code = new CodeInterpreter(api, info.id);
     this.pty = new Pty(this.commands, api, info.id);
     this.network = new Network(api, info.id, (options) => this.refresh(options));
@@ -117,7 +117,7 @@ export class Sandbox {
   /** An existing sandbox of yours, by id, resumed if it was paused. */
   static async connect(sandboxId: string, options: ConnectionOptions & Abortable = {}): Promise<Sandbox> {
     const api = new ApiClient(options);
-    const path = `/v1/sandboxes/${encodeURIComponent(sandboxId)}`;
+    const path = `/v1/sandboxes/${segment(sandboxId)}`;
     let info = await api.json<SandboxInfo>("GET", path, { signal: options.signal });
     if (info.state === "paused") {
       info = await api.json<SandboxInfo>("POST", `${path}/resume`,
@@ -137,7 +137,7 @@ export class Sandbox {
   }
 
   #path(suffix = ""): string {
-    return `/v1/sandboxes/${encodeURIComponent(this.id)}${suffix}`;
+    return `/v1/sandboxes/${segment(this.id)}${suffix}`;
   }
 
   /** Fetch its current description (state, expiry, stop reason). */

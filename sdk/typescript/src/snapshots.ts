@@ -4,7 +4,7 @@
  * `Sandbox.create({ snapshot })`.
  */
 
-import { ApiClient, type Abortable, type ConnectionOptions } from "./http.js";
+import { ApiClient, type Abortable, type ConnectionOptions, segment } from "./http.js";
 import type { SnapshotInfo } from "./types.js";
 
 export type SnapshotCallOptions = ConnectionOptions & Abortable;
@@ -18,14 +18,14 @@ export const Snapshot = {
   },
 
   /** Your snapshot `snapshotId` (`snap-...`); NotFoundError if you have none of that id. */
-  get(snapshotId: string, options: SnapshotCallOptions = {}): Promise<SnapshotInfo> {
+  async get(snapshotId: string, options: SnapshotCallOptions = {}): Promise<SnapshotInfo> {
     return new ApiClient(options).json<SnapshotInfo>("GET",
-      `/v1/snapshots/${encodeURIComponent(snapshotId)}`, { signal: options.signal });
+      `/v1/snapshots/${segment(snapshotId)}`, { signal: options.signal });
   },
 
   /** Delete it and free its disk; sandboxes started from it run on. */
-  delete(snapshotId: string, options: SnapshotCallOptions = {}): Promise<void> {
+  async delete(snapshotId: string, options: SnapshotCallOptions = {}): Promise<void> {
     return new ApiClient(options).send("DELETE",
-      `/v1/snapshots/${encodeURIComponent(snapshotId)}`, { signal: options.signal });
+      `/v1/snapshots/${segment(snapshotId)}`, { signal: options.signal });
   },
 };

@@ -12,7 +12,7 @@
 
 import { InvalidArgumentError, NotFoundError } from "./errors.js";
 import { Files, type WatchHandle } from "./files.js";
-import { ApiClient, type Abortable, type ConnectionOptions } from "./http.js";
+import { ApiClient, type Abortable, type ConnectionOptions, segment } from "./http.js";
 import type { Schemas } from "./types.js";
 
 export type VolumeInfo = Schemas["VolumeInfo"];
@@ -60,7 +60,7 @@ export class Volume {
   constructor(info: VolumeInfo, api: ApiClient) {
     this.info = info;
     this.#api = api;
-    this.files = new VolumeFiles(api, `/v1/volumes/${encodeURIComponent(info.name)}/files`);
+    this.files = new VolumeFiles(api, `/v1/volumes/${segment(info.name)}/files`);
   }
 
   get name(): string {
@@ -81,7 +81,7 @@ export class Volume {
     const api = new ApiClient(options);
     try {
       return new Volume(await api.json<VolumeInfo>("GET",
-        `/v1/volumes/${encodeURIComponent(name)}`, { signal: options.signal }), api);
+        `/v1/volumes/${segment(name)}`, { signal: options.signal }), api);
     } catch (error) {
       if (!(error instanceof NotFoundError) || !options.createIfMissing) throw error;
       return Volume.create(name, options);
@@ -97,12 +97,12 @@ export class Volume {
   /** Fetch its current description (used bytes, which sandboxes mount it). */
   async refresh(options: Abortable = {}): Promise<VolumeInfo> {
     this.info = await this.#api.json<VolumeInfo>("GET",
-      `/v1/volumes/${encodeURIComponent(this.name)}`, options);
+      `/v1/volumes/${segment(this.name)}`, options);
     return this.info;
   }
 
   /** Delete it and its files; refused while a sandbox mounts it. */
   delete(options: Abortable = {}): Promise<void> {
-    return this.#api.send("DELETE", `/v1/volumes/${encodeURIComponent(this.name)}`, options);
+    return this.#api.send("DELETE", `/v1/volumes/${segment(this.name)}`, options);
   }
 }

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { NotFoundError } from "../dist/index.js";
+import { InvalidArgumentError, NotFoundError } from "../dist/index.js";
 import { sandbox } from "./_server.mjs";
 
 let sb;
@@ -41,6 +41,14 @@ test("contexts are apart; restart, list, interrupt by timeout, delete", async ()
   assert.equal((await sb.runCode("'y' in globals()", { context: ctx })).text, "False");
   await sb.code.deleteContext(ctx);
   await assert.rejects(sb.runCode("1", { context: ctx }), NotFoundError);
+});
+
+test("a context id never becomes another route", async () => {
+  await assert.rejects(sb.code.deleteContext(".."), InvalidArgumentError); // not DELETE .../code
+  await assert.rejects(sb.code.interrupt("."), InvalidArgumentError);
+  await assert.rejects(sb.code.deleteContext("../.."), NotFoundError); // one segment, "..%2F.."
+  await assert.rejects(sb.runCode("1", { context: "../../x" }), NotFoundError); // a body field
+  assert.equal((await sb.refresh()).state, "running");
 });
 
 test("bash contexts keep their shell", async () => {
