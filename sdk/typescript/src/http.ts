@@ -26,6 +26,9 @@ export const DEFAULT_URL = "http://127.0.0.1:8470";
 export const DEFAULT_TIMEOUT_MS = 60_000;
 /** Milliseconds a create, pause, resume or snapshot may take. */
 export const CREATE_TIMEOUT_MS = 180_000;
+/** Most retries of one call, and longest wait before one (`retries`, `maxRetryDelay`). */
+export const MAX_RETRIES = 10;
+export const MAX_RETRY_DELAY_MS = 300_000;
 
 /** A WebSocket constructor: the global one (Node 22+, Deno, Bun) or the `ws` package's. */
 export type WebSocketConstructor = new (
@@ -171,6 +174,10 @@ export class ApiClient {
 
   constructor(options: ConnectionOptions = {}) {
     this.url = (options.url ?? environment("CORRAL_URL") ?? DEFAULT_URL).replace(/\/+$/, "");
+    if (!/^https?:\/\/[^/?#]+(\/[^?#]*)?$/.test(this.url) || !URL.canParse(this.url)) {
+      throw new InvalidArgumentError(`the server's URL is http:// or https://, host, optional ` +
+        `path, not ${JSON.stringify(this.url.slice(0, 100))}`);
+    }
     const key = options.apiKey ?? environment("CORRAL_API_KEY");
     if (!key) {
       throw new AuthenticationError(
@@ -179,7 +186,14 @@ export class ApiClient {
     this.#key = key;
     this.#fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
     this.retries = options.retries ?? 3;
+    if (!Number.isInteger(this.retries) || this.retries < 0 || this.retries > MAX_RETRIES) {
+      throw new InvalidArgumentError(`retries is a whole number from 0 to ${MAX_RETRIES}`);
+    }
     this.maxRetryDelay = options.maxRetryDelay ?? 30_000;
+    if (!Number.isFinite(this.maxRetryDelay) || this.maxRetryDelay < 0 ||
+        this.maxRetryDelay > MAX_RETRY_DELAY_MS) {
+      throw new InvalidArgumentError(`maxRetryDelay is 0 to ${MAX_RETRY_DELAY_MS} ms`);
+    }
     this.WebSocket = options.WebSocket ??
       (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     this.#options = { ...options, url: this.url, apiKey: key };
@@ -226,8 +240,10 @@ export class ApiClient {
           throw new ConnectionError(`${method} ${path}: no answer from ${this.url} within ` +
             `${timeout} ms`, error);
         }
+        const cause = (error as { cause?: { code?: unknown; message?: unknown } }).cause;
+        const detail = cause ? ` (${String(cause.code ?? cause.message)})` : "";
         throw new ConnectionError(`talking to the Corral server at ${this.url} failed: ` +
-          `${String(error)}`, error);
+          `${String(error)}${detail}`, error);
       }
       if (response.ok) return response;
       const error = await errorOf(response);

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { createServer } from "node:http";
 import { after, before, test } from "node:test";
 import {
-  ConnectionError, CorralError, RateLimitedError, ResourceExhaustedError, Sandbox, UnavailableError,
+  ConnectionError, CorralError, InvalidArgumentError, RateLimitedError, ResourceExhaustedError, Sandbox, UnavailableError,
 } from "../dist/index.js";
 
 let server;
@@ -113,4 +113,17 @@ test("a Retry-After given as an HTTP date is honoured", async () => {
   script = [[503, { "Retry-After": soon }, "busy"], [200, {}, { sandboxes: [] }]];
   assert.deepEqual(await Sandbox.list({ url: base, apiKey: "crl_test" }), []);
   assert.equal(seen.length, 2);
+});
+
+test("connection options are checked before any request", async () => {
+  for (const options of [{ retries: -1 }, { retries: 1.5 }, { retries: Number.NaN }, { retries: 11 },
+    { maxRetryDelay: -5 }, { maxRetryDelay: Number.POSITIVE_INFINITY },
+    { url: "ftp://127.0.0.1" }, { url: "http://" }, { url: "127.0.0.1:8470" }]) {
+    await assert.rejects(Sandbox.list({ url: base, apiKey: "crl_test", ...options }),
+      InvalidArgumentError, JSON.stringify(options));
+  }
+  seen.length = 0;
+  script = [[200, {}, { sandboxes: [] }]];
+  await Sandbox.list({ url: `${base}/`, apiKey: "crl_test", retries: 0 }); // a trailing slash is fine
+  assert.equal(seen[0].url, "/v1/sandboxes");
 });
