@@ -12,8 +12,12 @@ test("runCode keeps state and gives rich results", async () => {
   const ex = await sb.runCode("x + 22");
   assert.equal(ex.text, "42");
   assert.equal(ex.error, null);
-  const html = await sb.runCode("from IPython.display import HTML; HTML('<b>hi</b>')");
-  assert.equal(html.results[0].html, "<b>hi</b>");
+  const shown = [];
+  const html = await sb.runCode("from IPython.display import HTML, display\n" +
+    "display(HTML('<i>first</i>'))\nHTML('<b>hi</b>')", { onResult: (r) => shown.push(r.html) });
+  assert.deepEqual(shown, ["<i>first</i>", "<b>hi</b>"]);
+  assert.equal(html.results[1].html, "<b>hi</b>");
+  assert.deepEqual(html.results.map((r) => r.is_main_result), [false, true]);
 });
 
 test("a cell's exception is its error, not thrown; streaming callbacks see output", async () => {
