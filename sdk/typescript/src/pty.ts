@@ -160,9 +160,10 @@ export class Pty {
   connect(options: PtyOptions = {}): Promise<TerminalSocket> {
     const WebSocketClass = this.#api.WebSocket;
     if (WebSocketClass === undefined) {
-      throw new InvalidArgumentError("this runtime has no global WebSocket: pass one as the " +
-        "WebSocket option (e.g. the ws package's)");
+      return Promise.reject(new InvalidArgumentError("this runtime has no global WebSocket: " +
+        "pass one as the WebSocket option (e.g. the ws package's)"));
     }
+    if (options.signal?.aborted) return Promise.reject(options.signal.reason);
     const url = new URL(`${this.#api.url}/v1/sandboxes/${segment(this.#sandboxId)}/terminal`);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     const socket = new WebSocketClass(url.toString(), { headers: this.#api.authHeaders() });
@@ -191,7 +192,11 @@ export class Pty {
       socket.addEventListener("open", () => socket.send(JSON.stringify(request)));
       socket.addEventListener("message", (message: MessageEvent) => {
         if (typeof message.data !== "string") {
-          output = output.then(async () => options.onData?.(await bytesOf(message.data)));
+          output = output.then(async () => options.onData?.(await bytesOf(message.data)))
+            .catch((error: unknown) => { // what onData threw ends it, and wait() throws it
+              fail(error);
+              socket.close(1000);
+            });
           return;
         }
         const event = JSON.parse(message.data) as CommandEvent;
@@ -204,7 +209,8 @@ export class Pty {
           fail(errorFromCode(event.error.code, event.error.message));
         }
       });
-      socket.addEventListener("error", () => fail(new CorralError("the terminal's WebSocket failed")));
+      socket.addEventListener("error", () => fail(new CorralError(`the terminal's WebSocket ` +
+        `to ${url.host} failed (its handshake is refused for a bad key)`)));
       socket.addEventListener("close", (event: CloseEvent) => {
         const end = exit;
         if (end !== undefined) void output.then(() => settle.resolve(end));

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import WebSocket from "ws";
 import {
-  AuthenticationError, CorralError, InvalidArgumentError, NotFoundError, Sandbox,
+  ApiClient, AuthenticationError, CorralError, InvalidArgumentError, NotFoundError, Sandbox,
   RuntimeUnavailableError, SandboxNotRunningError, Snapshot,
 } from "../dist/index.js";
 import { apiKey, sandbox, url } from "./_server.mjs";
@@ -183,6 +183,10 @@ test("a terminal over a WebSocket (the ws package where the runtime has no globa
   const exit = await term.wait();
   assert.equal(exit.exit_code, 4);
   assert.match(new TextDecoder().decode(Buffer.concat(chunks)), /20 90/);
+  const refused = await Sandbox.connect(sb.id, { WebSocket: globalThis.WebSocket ?? WebSocket });
+  const bad = new Sandbox(refused.info, new ApiClient({ apiKey: "crl_not-a-key", WebSocket: globalThis.WebSocket ?? WebSocket }));
+  await assert.rejects(bad.pty.connect(), CorralError);
+  await assert.rejects(other.pty.connect({ signal: AbortSignal.abort(new Error("no")) }), /no/);
 });
 
 test("no key anywhere is AuthenticationError before any request", async () => {
