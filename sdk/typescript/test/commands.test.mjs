@@ -30,6 +30,15 @@ test("run streams output to callbacks as it comes, and takes stdin, env and cwd"
   assert.equal(piped.stdout, "hi\nhello\n/tmp\n");
 });
 
+test("a command runs as the user asked for, by name or uid", async () => {
+  assert.equal((await sb.commands.run("id -un", { user: "nobody" })).stdout, "nobody\n");
+  assert.equal((await sb.commands.run(["id", "-u"], { user: 65534 })).stdout, "65534\n");
+  await sb.files.write("/tmp/owned.txt", "x", { user: "nobody", mode: 0o600 });
+  const stat = await sb.files.stat("/tmp/owned.txt");
+  assert.equal(stat.uid, 65534);
+  assert.equal(stat.mode & 0o777, 0o600);
+});
+
 test("a large stdin goes through in pieces", async () => {
   const big = "x".repeat(1_500_000);
   const r = await sb.commands.run("wc -c", { stdin: big });
