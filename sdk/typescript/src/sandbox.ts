@@ -55,6 +55,9 @@ export interface CreateOptions extends ConnectionOptions, Abortable {
   volumes?: Record<string, NonNullable<SandboxCreateRequest["volumes"]>[string] | Volume>;
   /** Start from one of your snapshots (its id or its description). */
   snapshot?: string | SnapshotInfo;
+  /** On a cluster, only a node with all these labels may run it (`{zone: "b"}`); a
+   * server of its own refuses any. */
+  nodeSelector?: SandboxCreateRequest["node_selector"];
 }
 
 export interface ListOptions extends ConnectionOptions, Abortable {
@@ -102,7 +105,7 @@ export class Sandbox {
       metadata: options.metadata, resources: options.resources, runtime: options.runtime,
       idle_timeout: options.idleTimeout, on_idle: options.onIdle, on_timeout: options.onTimeout,
       paused_ttl: options.pausedTtl, network: options.network,
-      public_ports: options.publicPorts, snapshot,
+      public_ports: options.publicPorts, snapshot, node_selector: options.nodeSelector,
       volumes: options.volumes && Object.fromEntries(Object.entries(options.volumes).map(
         ([path, volume]) => [path, volume instanceof Volume ? volume.name : volume])),
     };

@@ -2559,6 +2559,13 @@ export interface components {
              */
             network: ("none" | "all") | components["schemas"]["NetworkLists"];
             /**
+             * Node Selector
+             * @description cluster mode: only a node with all these labels (`corral node ls`) may run it; at most 16. A server of its own has no labels and refuses any
+             */
+            node_selector?: {
+                [key: string]: string;
+            };
+            /**
              * On Idle
              * @description what its idle timeout does: "kill" stops it, "pause" pauses it (any later call resumes it); "pause" needs idle_timeout
              * @default kill
@@ -2640,6 +2647,11 @@ export interface components {
              */
             network: ("none" | "all") | components["schemas"]["NetworkLists"];
             /**
+             * Node
+             * @description cluster mode: the node it runs on
+             */
+            node?: string | null;
+            /**
              * On Idle
              * @default kill
              * @enum {string}
@@ -2670,7 +2682,7 @@ export interface components {
              * State
              * @enum {string}
              */
-            state: "starting" | "running" | "paused" | "stopping" | "stopped";
+            state: "starting" | "running" | "paused" | "stopping" | "stopped" | "lost";
             /**
              * State Reason
              * @description why it is in its state now (for a stopped one: its stop_reason)
