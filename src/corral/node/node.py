@@ -49,7 +49,7 @@ from corral.api.network import NetworkPolicy
 from corral.api.resources import Resources, check_timeout
 from corral.runtime import GvisorOptions, Runtime, SandboxSpec, VolumeBind, get_runtime
 from corral.runtime.agent_bundle import ensure_bundle
-from corral.runtime.gpu import DriverFiles, GpuHost, discover
+from corral.runtime.gpu import DriverFiles, GpuHost, discover, sandbox_env
 from corral.runtime.host import (SandboxNet, destroy_net, favor_dynamic_changes,
                                  remove_node_cgroups, sweep, sweep_networks)
 
@@ -423,7 +423,7 @@ class Node:
             binds = await asyncio.to_thread(self._volume_binds, mounts)
             gpu = await asyncio.to_thread(self.gpus.acquire, sandbox_id, resources, chosen)
             if gpu is not None:
-                env = {**gpu[1].env, **env}
+                env = sandbox_env(env)
             try:
                 net = await self.network.attach(policy) if policy.enabled else None
             except BaseException:

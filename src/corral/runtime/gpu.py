@@ -21,7 +21,7 @@ import glob
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,16 @@ class DriverFiles:
     links: tuple[tuple[str, str], ...] = ()
     tools: tuple[tuple[str, str], ...] = ()
     firmware: str | None = None
-    env: dict[str, str] = field(default_factory=lambda: dict(SANDBOX_ENV))
+
+
+def sandbox_env(env: dict[str, str]) -> dict[str, str]:
+    """A GPU sandbox's environment: ``env`` (the image's and the request's) with the
+    driver's folders appended to its search paths, and :data:`SANDBOX_ENV` where unset."""
+    merged = {**SANDBOX_ENV, **env}
+    for key, folder in (("PATH", SANDBOX_BIN_DIR), ("LD_LIBRARY_PATH", SANDBOX_LIB_DIR)):
+        if folder not in merged[key].split(":"):
+            merged[key] = f"{merged[key]}:{folder}" if merged[key] else folder
+    return merged
 
 
 def driver_version(root: Path = Path("/")) -> str | None:

@@ -4,14 +4,16 @@ from the pinned runsc itself."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import pytest
 
-from corral.runtime import gpu
+from corral.api.resources import Resources
+from corral.runtime import SandboxSpec, gpu
 from corral.runtime.gvisor.runsc import MANAGED, GvisorOptions, nvproxy_drivers
-from corral.runtime.gvisor.runtime import GvisorRuntime
+from corral.runtime.gvisor.runtime import GvisorRuntime, oci_spec
 from tests.fakes.gpu import DRIVER, make_driver_tree
 
 pytestmark = pytest.mark.rootless
@@ -93,7 +95,16 @@ def test_the_driver_files_are_its_own_versioned_libraries_and_their_links(
         "libnvidia-ptxjitcompiler.so.1": f"libnvidia-ptxjitcompiler.so.{DRIVER}"}
     assert [name for _, name in files.tools] == ["nvidia-smi"]
     assert files.firmware == str(tmp_path / "lib/firmware/nvidia" / DRIVER)
-    assert files.env["LD_LIBRARY_PATH"] == gpu.SANDBOX_LIB_DIR
+
+
+def test_a_gpu_sandbox_env_appends_the_drivers_folders_to_the_images() -> None:
+    assert gpu.sandbox_env({})["LD_LIBRARY_PATH"] == gpu.SANDBOX_LIB_DIR
+    env = gpu.sandbox_env({"PATH": "/opt/conda/bin:/usr/bin", "LD_LIBRARY_PATH": "/opt/x",
+                           "NVIDIA_VISIBLE_DEVICES": "0"})
+    assert env["PATH"] == f"/opt/conda/bin:/usr/bin:{gpu.SANDBOX_BIN_DIR}"
+    assert env["LD_LIBRARY_PATH"] == f"/opt/x:{gpu.SANDBOX_LIB_DIR}"
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "0"
+    assert gpu.sandbox_env(env) == env  # once only
 
 
 def test_a_missing_gpu_node_is_an_error(tmp_path: Path) -> None:
@@ -130,3 +141,23 @@ def test_gvisor_names_the_driver_and_runscs_list_when_it_cannot_pass_a_gpu() -> 
 def test_gvisor_without_runsc_says_so() -> None:
     problem = GvisorRuntime(GvisorOptions(runsc="/nonexistent/runsc")).gpu_problem("550.90.07")
     assert problem is not None and problem.startswith("gVisor is not available here")
+
+
+def test_gvisors_spec_for_a_gpu_sandbox_names_its_devices_and_binds(tmp_path: Path) -> None:
+    (tmp_path / "host").mkdir()
+    host = make_driver_tree(tmp_path / "host", gpus=2)
+    files = gpu.driver_files(host.gpus[1:], DRIVER, tmp_path / "host")
+    spec = SandboxSpec(sandbox_id="sbx-0123456789abcdef", cgroup="n/sbx-0123456789abcdef",
+                       rootfs=tmp_path, resources=Resources(gpus=1), agent_bundle=tmp_path,
+                       directory=tmp_path / "sbx", gpu=files)
+    oci = oci_spec(spec)
+    assert [d["path"].rsplit("/", 1)[1] for d in oci["linux"]["devices"]] == [
+        "nvidiactl", "nvidia-uvm", "nvidia1"]
+    rules = oci["linux"]["resources"]["devices"]
+    assert rules[0] == {"allow": False, "access": "rwm"} and len(rules) == 4
+    binds = {m["destination"]: m for m in oci["mounts"]}
+    lib = binds[f"{gpu.SANDBOX_LIB_DIR}/libcuda.so.{DRIVER}"]
+    assert "ro" in lib["options"] and lib["source"].startswith(str(tmp_path))
+    assert "NVIDIA_VISIBLE_DEVICES=1" in oci["process"]["env"]
+    plain = oci_spec(dataclasses.replace(spec, gpu=None))
+    assert "devices" not in plain["linux"] and "devices" not in plain["linux"]["resources"]
