@@ -627,7 +627,9 @@ class CommandHistory(_Response):
 class MetricSample(_Response):
     """One look at a sandbox. ``cpu_percent``: the share of its cores busy since the look
     before (100: all of them); sizes in bytes; ``pids``: its pids cgroup's tasks;
-    ``net_*_bytes``: through its interface so far, None without a network."""
+    ``net_*_bytes``: through its interface so far, None without a network; ``gpu_percent``
+    and ``gpu_memory_used``: its GPUs' mean utilisation and memory in use (bytes), None
+    without a GPU (or where the node cannot read them: no NVML)."""
 
     time: datetime
     cpu_percent: float
@@ -638,6 +640,8 @@ class MetricSample(_Response):
     pids: int
     net_rx_bytes: int | None
     net_tx_bytes: int | None
+    gpu_percent: float | None = None
+    gpu_memory_used: int | None = None
 
 
 class SandboxMetrics(_Response):
