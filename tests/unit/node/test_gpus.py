@@ -214,3 +214,15 @@ class GvisorLike(GpuFakeRuntime):
 ])
 def test_recorded_gpus_are_checked(extra: dict[str, object], expected: tuple[int, ...]) -> None:
     assert recorded(extra) == expected
+
+
+def test_a_pool_spec_names_its_gpus_after_a_semicolon() -> None:
+    assert PoolSpec.parse("python:namespaces=2/;gpu=1").resources == Resources(gpus=1)
+    spec = PoolSpec.parse("acme/env:1@namespaces=1/numpy;gpu=H200:2")
+    assert spec.resources == Resources(gpus=2, gpu_model="H200")
+    assert spec.warm == ("numpy",) and spec.image == "acme/env:1"
+    assert PoolSpec.parse("python=1").resources == Resources()
+    for bad in ("python=1;gpu=9", "python=1;gpu=", "python=1;gpu=a/b", "python=1;gpus=1",
+                "python=1/os;gpu=1;gpu=1"):
+        with pytest.raises(InvalidArgumentError):
+            PoolSpec.parse(bad)
