@@ -106,11 +106,15 @@ class DriverFiles:
 
 def sandbox_env(env: dict[str, str]) -> dict[str, str]:
     """A GPU sandbox's environment: ``env`` (the image's and the request's) with the
-    driver's folders appended to its search paths, and :data:`SANDBOX_ENV` where unset."""
+    driver's tools last on ``PATH``, its libraries first on ``LD_LIBRARY_PATH``, and
+    :data:`SANDBOX_ENV` where unset."""
     merged = {**SANDBOX_ENV, **env}
-    for key, folder in (("PATH", SANDBOX_BIN_DIR), ("LD_LIBRARY_PATH", SANDBOX_LIB_DIR)):
-        if folder not in merged[key].split(":"):
-            merged[key] = f"{merged[key]}:{folder}" if merged[key] else folder
+    if SANDBOX_BIN_DIR not in merged["PATH"].split(":"):
+        merged["PATH"] = f"{merged['PATH']}:{SANDBOX_BIN_DIR}".lstrip(":")
+    # The driver's libraries first: an image's own libcuda (of another driver version)
+    # cannot talk to the host's kernel module.
+    libs = [p for p in merged["LD_LIBRARY_PATH"].split(":") if p and p != SANDBOX_LIB_DIR]
+    merged["LD_LIBRARY_PATH"] = ":".join([SANDBOX_LIB_DIR, *libs])
     return merged
 
 

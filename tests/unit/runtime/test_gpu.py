@@ -102,7 +102,7 @@ def test_a_gpu_sandbox_env_appends_the_drivers_folders_to_the_images() -> None:
     env = gpu.sandbox_env({"PATH": "/opt/conda/bin:/usr/bin", "LD_LIBRARY_PATH": "/opt/x",
                            "NVIDIA_VISIBLE_DEVICES": "0"})
     assert env["PATH"] == f"/opt/conda/bin:/usr/bin:{gpu.SANDBOX_BIN_DIR}"
-    assert env["LD_LIBRARY_PATH"] == f"/opt/x:{gpu.SANDBOX_LIB_DIR}"
+    assert env["LD_LIBRARY_PATH"] == f"{gpu.SANDBOX_LIB_DIR}:/opt/x"
     assert env["NVIDIA_VISIBLE_DEVICES"] == "0"
     assert gpu.sandbox_env(env) == env  # once only
 
