@@ -161,3 +161,15 @@ def test_gvisors_spec_for_a_gpu_sandbox_names_its_devices_and_binds(tmp_path: Pa
     assert "NVIDIA_VISIBLE_DEVICES=1" in oci["process"]["env"]
     plain = oci_spec(dataclasses.replace(spec, gpu=None))
     assert "devices" not in plain["linux"] and "devices" not in plain["linux"]["resources"]
+
+
+def test_only_a_gpu_sandbox_sees_the_drivers_proc_folder() -> None:
+    from corral.runtime.namespaces.runtime import proc_mask_args
+
+    bind = ["--ro-bind-try", "/proc/driver/nvidia", "/proc/driver/nvidia"]
+    plain, with_gpu = proc_mask_args(), proc_mask_args(gpu=True)
+    assert not any(plain[i:i + 3] == bind for i in range(len(plain)))
+    if os.path.isdir("/proc/driver"):  # masked on this kernel: the bind sits inside it
+        at = next(i for i in range(len(with_gpu)) if with_gpu[i:i + 3] == bind)
+        assert with_gpu[at - 2:at] == ["--tmpfs", "/proc/driver"]
+        assert with_gpu[at + 3:at + 5] == ["--remount-ro", "/proc/driver"]

@@ -68,8 +68,12 @@ MASKED_PROC_FILES = (
 MASKED_PROC_DIRS = ("acpi", "scsi", "asound", "driver", "dynamic_debug")
 
 
-def proc_mask_args() -> list[str]:
+def proc_mask_args(gpu: bool = False) -> list[str]:
     """bwrap arguments masking the host's /proc entries above (those this kernel has).
+
+    A GPU sandbox (``gpu``) sees the NVIDIA driver's own folder, ``/proc/driver/nvidia``,
+    read-only inside the masked ``/proc/driver``: CUDA and NVML read the driver's
+    parameters and GPU list there, as they do in containers (SECURITY.md, "GPUs").
 
     Files get the host's ``/dev/null`` bound over them: bwrap mounts it ``nodev``, so the
     sandbox cannot even open it. A sandbox cannot lift a mask: ``umount`` needs
@@ -81,7 +85,10 @@ def proc_mask_args() -> list[str]:
             args += ["--ro-bind", "/dev/null", f"/proc/{name}"]
     for name in MASKED_PROC_DIRS:
         if os.path.isdir(f"/proc/{name}"):
-            args += ["--tmpfs", f"/proc/{name}", "--remount-ro", f"/proc/{name}"]
+            args += ["--tmpfs", f"/proc/{name}"]
+            if gpu and name == "driver":
+                args += ["--ro-bind-try", "/proc/driver/nvidia", "/proc/driver/nvidia"]
+            args += ["--remount-ro", f"/proc/{name}"]
     return args
 
 
@@ -330,7 +337,8 @@ class NamespacesRuntime(HostRuntime):
                 *(["--unshare-net"] if netns_fd < 0 else []), "--unshare-uts",
                 "--unshare-cgroup-try", "--new-session", "--as-pid-1",
                 "--hostname", "sandbox", "--bind", str(spec.directory / "rootfs"), "/",
-                "--proc", "/proc", *([] if weak.unmasked_proc else proc_mask_args()),
+                "--proc", "/proc",
+                *([] if weak.unmasked_proc else proc_mask_args(spec.gpu is not None)),
                 "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm",
                 "--ro-bind", str(spec.agent_bundle), MOUNT_POINT,
                 "--ro-bind", str(channel_dir(spec)), CHANNEL_MOUNT_POINT]
