@@ -226,6 +226,19 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def work_parent() -> str:
+    """Where the image made from this host goes: a folder on the filesystem of ``/usr``
+    (hard links instead of copies of the host's GBs of CUDA and PyTorch), else /var/tmp."""
+    usr = os.stat("/usr").st_dev
+    for candidate in ("/var/tmp", "/tmp", "/root", "/"):
+        try:
+            if os.stat(candidate).st_dev == usr and os.access(candidate, os.W_OK):
+                return candidate
+        except OSError:
+            continue
+    return "/var/tmp"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m corral.bench.gpu_check")
     parser.add_argument("--python", default=shutil.which("python3") or "python3",
@@ -236,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="no GPU here: the same steps with gpu=0")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here")
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="corral-gpu-check-", dir="/var/tmp"))
+    work = Path(tempfile.mkdtemp(prefix="corral-gpu-check-", dir=work_parent()))
+    print(f"== work folder {work}", flush=True)
     report = check(python=os.path.realpath(args.python) if args.dry_run else args.python,
                    n=args.n, reps=args.reps, dry_run=args.dry_run, work=work)
     mounted = Path("/proc/self/mountinfo").read_text()

@@ -151,7 +151,8 @@ def gpu_minors(root: Path = Path("/")) -> list[int]:
 
 
 def _nvml_gpus() -> tuple[list[Gpu] | None, str]:
-    """GPUs as NVML reports them, or None and why NVML cannot be asked."""
+    """GPUs as NVML reports them, or None and why NVML cannot be asked; the reason is
+    ``driver <version>`` when NVML answered (the driver version it reports)."""
     try:
         import pynvml  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError:
@@ -162,6 +163,7 @@ def _nvml_gpus() -> tuple[list[Gpu] | None, str]:
         return None, f"NVML did not start ({exc})"
     try:
         gpus = []
+        driver = _text(pynvml.nvmlSystemGetDriverVersion())
         for index in range(min(int(pynvml.nvmlDeviceGetCount()), 64)):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             name = pynvml.nvmlDeviceGetName(handle)
@@ -170,7 +172,7 @@ def _nvml_gpus() -> tuple[list[Gpu] | None, str]:
             gpus.append(Gpu(index=index, minor=int(pynvml.nvmlDeviceGetMinorNumber(handle)),
                             name=_text(name), uuid=_text(uuid),
                             memory_mib=int(memory.total) // (1024 * 1024)))
-        return gpus, ""
+        return gpus, f"driver {driver}"
     except Exception as exc:  # noqa: BLE001
         return None, f"NVML failed listing GPUs ({exc})"
     finally:
@@ -193,8 +195,10 @@ def discover(root: Path = Path("/"), *, nvml: bool = True) -> GpuHost:
     minors = gpu_minors(root)
     if nvml and root == Path("/"):
         gpus, why = _nvml_gpus()
-        if gpus:
-            present = [g for g in gpus if g.minor in minors] if minors else gpus
+        if driver is None and why.startswith("driver "):  # no /proc/driver (a gVisor host)
+            driver = why.removeprefix("driver ") or None
+        if gpus and driver is not None:
+            present = [g for g in gpus if g.minor in minors]
             return GpuHost(tuple(present), driver, "" if present else
                            "NVML lists GPUs but none has a /dev/nvidia<N> node", "nvml")
     else:

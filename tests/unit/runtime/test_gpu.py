@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -173,3 +175,42 @@ def test_only_a_gpu_sandbox_sees_the_drivers_proc_folder() -> None:
         at = next(i for i in range(len(with_gpu)) if with_gpu[i:i + 3] == bind)
         assert with_gpu[at - 2:at] == ["--tmpfs", "/proc/driver"]
         assert with_gpu[at + 3:at + 5] == ["--remount-ro", "/proc/driver"]
+
+
+class _FakeNvml(types.ModuleType):
+    """A stand-in for ``pynvml`` (NVML cannot run without a GPU): two H200s, minors 0, 1."""
+
+    def __init__(self) -> None:
+        super().__init__("pynvml")
+        self.nvmlInit = self.nvmlShutdown = lambda: None
+        self.nvmlSystemGetDriverVersion = lambda: b"580.159.04"
+        self.nvmlDeviceGetCount = lambda: 2
+        self.nvmlDeviceGetHandleByIndex = lambda i: i
+        self.nvmlDeviceGetName = lambda h: "NVIDIA H200"
+        self.nvmlDeviceGetUUID = lambda h: f"GPU-{h}"
+        self.nvmlDeviceGetMinorNumber = lambda h: h
+        self.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(
+            total=143771 * 2**20, used=(h + 1) * 2**30)
+        self.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=40 * h)
+
+
+def test_nvml_names_the_gpus_and_its_driver_fills_in_for_proc(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml())
+    found = gpu.discover()  # this host: no /dev/nvidia<N>, no /proc/driver/nvidia
+    assert not found.present and found.driver == "580.159.04"
+    assert found.reason == "NVML lists GPUs but none has a /dev/nvidia<N> node"
+    readings = gpu.usage((1,))
+    assert set(readings) == {1} and readings[1].utilization_percent == 40
+    assert readings[1].memory_used_bytes == 2 * 2**30
+
+
+def test_an_nvml_that_fails_is_no_gpu_and_no_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = _FakeNvml()
+
+    def refuse() -> None:
+        raise OSError("libnvidia-ml.so.1: cannot open shared object file")
+
+    broken.nvmlInit = refuse
+    monkeypatch.setitem(sys.modules, "pynvml", broken)
+    assert not gpu.discover().present and gpu.usage((0,)) == {}
