@@ -10,14 +10,17 @@ import math
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 
+import anyio
 import httpx
 import pytest
 
-from corral import RateLimitedError, Sandbox, UnavailableError
+from corral import NotFoundError, RateLimitedError, Sandbox, UnavailableError
 from corral.api.errors import ResourceExhaustedError
+from corral.sdk._http import ApiClient
+from corral.sdk._retry import DEFAULT_MAX_RETRIES, MAX_WAIT
 from corral.server.ratelimit import Buckets, client_name
 
 from ._guarded import LIMITS, Guarded, guarded_server
@@ -122,9 +125,130 @@ def test_the_sdk_raises_a_typed_error_with_retry_after(python_image: str) -> Non
         key = slow.key()
         with pytest.raises(RateLimitedError) as caught:
             for _ in range(10):
-                Sandbox.list(url=slow.url, api_key=key)
+                Sandbox.list(url=slow.url, api_key=key, max_retries=0)
     assert caught.value.retry_after is not None and caught.value.retry_after >= 1
     assert isinstance(caught.value, ResourceExhaustedError)  # callers catching that still do
+
+
+class Counting(httpx.AsyncBaseTransport):
+    """The network, counting the requests sent through it by status answered."""
+
+    def __init__(self, address: str) -> None:
+        self.inner = httpx.AsyncHTTPTransport(local_address=address)
+        self.statuses: list[int] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        self.statuses.append(response.status_code)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _refused(server: Guarded, status: int, route: str = "/v1/sandboxes") -> float:
+    """How many ``GET route`` the server answered with ``status`` (its own metrics)."""
+    registry = server.spec_check.app.state.metrics.registry
+    return registry.get_sample_value("corral_http_requests_total", {
+        "route": route, "method": "GET", "status": str(status)}) or 0.0
+
+
+@pytest.fixture(scope="module")
+def one_a_second(python_image: str) -> Iterator[Guarded]:
+    """One request a second per key, none saved up: a second call at once is refused
+    with ``Retry-After: 1``."""
+    with guarded_server(python_image, replace(LIMITS, rate=1, burst=1)) as server:
+        yield server
+
+
+def test_the_sdk_waits_out_retry_after_and_succeeds(one_a_second: Guarded) -> None:
+    key = one_a_second.key()
+    transport = Counting(one_a_second.address())
+
+    async def calls() -> int:
+        """Calls until one was refused and retried (each at once after the last)."""
+        api = ApiClient(one_a_second.url, key, transport=transport)
+        try:
+            for made in range(1, 21):
+                assert (await api.json("GET", "/v1/sandboxes"))["sandboxes"] == []
+                if 429 in transport.statuses:
+                    return made
+        finally:
+            await api.aclose()
+        raise AssertionError(f"20 calls at once were never limited: {transport.statuses}")
+
+    made = anyio.run(calls)
+    # Every call succeeded; one attempt more per refusal, each refusal saying wait 1 s.
+    assert transport.statuses.count(200) == made
+    assert len(transport.statuses) == made + transport.statuses.count(429)
+    assert transport.statuses[-1] == 200
+
+
+def test_a_body_streamed_from_an_iterator_is_sent_once(one_a_second: Guarded) -> None:
+    key = one_a_second.key()
+    transport = Counting(one_a_second.address())
+    path = "/v1/sandboxes/sbx-00000000000000000000/files"
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"one-shot"
+
+    async def upload(streamed: bool) -> int:
+        """Uploads right after another call until one is refused: the attempts it took."""
+        api = ApiClient(one_a_second.url, key, transport=transport)
+        try:
+            for _ in range(20):
+                await api.call("GET", "/v1/sandboxes")  # takes the second's token
+                transport.statuses.clear()
+                try:
+                    await api.call("PUT", path, params={"path": "/work/f"},
+                                   content=chunks() if streamed else b"replayable")
+                except RateLimitedError:
+                    assert streamed, "a bytes body was not sent again"
+                    return len(transport.statuses)
+                except NotFoundError:  # the limit passed: the server looked for it
+                    if 429 in transport.statuses:
+                        assert not streamed, "a one-shot body was sent again"
+                        return len(transport.statuses)
+        finally:
+            await api.aclose()
+        raise AssertionError("20 uploads right after a call were never limited")
+
+    assert anyio.run(upload, True) == 1
+    assert anyio.run(upload, False) >= 2
+
+
+def test_connect_and_list_retry_through_the_same_client(one_a_second: Guarded) -> None:
+    key = one_a_second.key()
+    before = _refused(one_a_second, 429)
+    for _ in range(20):  # until the server refused one of them, which still succeeded
+        assert Sandbox.list(url=one_a_second.url, api_key=key) == []
+        with pytest.raises(NotFoundError):  # past the limit: the server looked
+            Sandbox.connect("sbx-00000000000000000000", url=one_a_second.url, api_key=key)
+        if _refused(one_a_second, 429) > before:
+            break
+    else:
+        pytest.fail("40 calls at once were never limited")
+
+
+def test_no_retries_raises_at_once_with_retry_after(one_a_second: Guarded) -> None:
+    key = one_a_second.key()
+    before = _refused(one_a_second, 429)
+    with pytest.raises(RateLimitedError) as caught:
+        for _ in range(20):
+            Sandbox.list(url=one_a_second.url, api_key=key, max_retries=0)
+    assert caught.value.retry_after == 1.0  # a token a second: never more than 1 s away
+    assert _refused(one_a_second, 429) == before + 1  # refused once, not sent again
+
+
+def test_a_retry_after_past_the_cap_is_not_waited_for(python_image: str) -> None:
+    # A token every 50 s: the wait asked for is past the SDK's 30 s of waiting a call.
+    with guarded_server(python_image, replace(LIMITS, rate=0.02, burst=1)) as slow:
+        key = slow.key()
+        Sandbox.list(url=slow.url, api_key=key)
+        with pytest.raises(RateLimitedError) as caught:
+            Sandbox.list(url=slow.url, api_key=key)  # retries left, but not waited
+        assert caught.value.retry_after is not None and caught.value.retry_after > MAX_WAIT
+        assert _refused(slow, 429) == 1
 
 
 def _hold(guarded: Guarded, key: str, address: str) -> socket.socket:
@@ -193,8 +317,12 @@ def test_requests_in_flight_server_wide_get_503(holding: Guarded) -> None:
             response = http.get("/v1/sandboxes")
             assert_error(response, 503, "unavailable")
             assert int(response.headers["retry-after"]) >= 1
-            with pytest.raises(UnavailableError):
+            # Still capped through every retry: the first attempt and each retry refused.
+            before = _refused(guarded, 503)
+            with pytest.raises(UnavailableError) as caught:
                 Sandbox.list(url=guarded.url, api_key=poller)
+            assert caught.value.retry_after == 1.0
+            assert _refused(guarded, 503) == before + 1 + DEFAULT_MAX_RETRIES
     finally:
         for sock in held:
             sock.close()

@@ -52,7 +52,7 @@ def _sandbox_path(value: str) -> str:
     return value
 
 
-SandboxStateName = Literal["starting", "running", "paused", "stopping", "stopped"]
+SandboxStateName = Literal["starting", "running", "paused", "stopping", "stopped", "lost"]
 #: What the server does once a sandbox's idle timeout (``on_idle``) or lifetime
 #: (``on_timeout``) runs out: stop it for good, or pause it (any later call resumes it).
 LifetimeAction = Literal["kill", "pause"]
@@ -206,6 +206,16 @@ class VolumeMountInfo(_Response):
     read_only: bool = False
 
 
+#: Node labels a sandbox asks for (cluster mode): names like ``zone`` or ``corral.io/gpu``.
+NODE_LABEL_PATTERN = r"^[a-z0-9]([a-z0-9._/-]{0,62}[a-z0-9])?$"
+NODE_LABEL_VALUE_PATTERN = r"^[A-Za-z0-9._-]{0,63}$"
+MAX_NODE_SELECTOR = 16
+NodeSelector = Annotated[
+    dict[Annotated[str, Field(pattern=NODE_LABEL_PATTERN)],
+         Annotated[str, Field(pattern=NODE_LABEL_VALUE_PATTERN)]],
+    Field(max_length=MAX_NODE_SELECTOR)]
+
+
 class SandboxCreate(_Request):
     """``POST /v1/sandboxes``."""
 
@@ -239,6 +249,10 @@ class SandboxCreate(_Request):
         default_factory=dict, description="your volumes to mount, by mount point: "
         "{\"/data\": \"my-vol\"} or {\"/data\": {\"volume\": \"my-vol\", "
         "\"read_only\": true}}")
+    node_selector: NodeSelector = Field(
+        default_factory=dict, description="cluster mode: only a node with all these labels "
+        "(`corral node ls`) may run it; at most 16. A server of its own has no labels and "
+        "refuses any")
     snapshot: Annotated[str, Field(pattern=SNAPSHOT_ID_PATTERN)] | None = Field(
         default=None, description="start from one of your snapshots: with memory, where its "
         "sandbox was (then image, runtime, resources, env, network and volumes are the "
@@ -401,6 +415,7 @@ class SandboxInfo(_Response):
     ports: PortsInfo | None = Field(default=None, description="its port token and public "
                                     "ports (see `/v1/sandboxes/{id}/ports`)")
     volumes: list[VolumeMountInfo] = Field(default_factory=list)
+    node: str | None = Field(default=None, description="cluster mode: the node it runs on")
 
 
 class SandboxList(_Response):

@@ -9,6 +9,7 @@
     corral snapshot create | ls | rm            # sandboxes kept as they are, to start from
     corral audit                                # who did what to which sandbox
     corral mcp                                  # sandbox tools for MCP clients (stdio)
+    corral node join | ls | cordon | drain      # the nodes of a cluster on Ray
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import typer
 
 from corral import __version__
 
-from . import audit, bench, doctor, image, keys, mcp, run, sandbox, serve, snapshot, volume
+from . import (audit, bench, doctor, image, keys, mcp, node, run, sandbox, serve, snapshot,
+               volume)
 
 __all__ = ["app", "main"]
 
@@ -42,6 +44,7 @@ app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(volume.app, name="volume")
 app.add_typer(snapshot.app, name="snapshot")
 app.command()(mcp.mcp)
+app.add_typer(node.app, name="node")
 
 
 def _version(value: bool) -> None:

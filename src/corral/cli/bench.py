@@ -56,6 +56,10 @@ def bench(
     console_sandboxes: Annotated[int | None, typer.Option(
         "--console-sandboxes", min=1, max=1000, show_default="500, or 50 with --quick",
         help="Live sandboxes (namespaces, unless --runtime) the --console rows list.")] = None,
+    cluster_sim: Annotated[bool, typer.Option(
+        "--cluster-sim", help="Run the cluster-mode simulation instead (100,000 sandboxes on "
+        "1,000 hosts, no sandboxes started; docs/scaling.md); --quick for 1/20 of it, "
+        "--json and --plots as usual.")] = False,
     data_dir: DataDirOption = None,
 ) -> None:
     """Measure sandbox start-up, exec and file round trips against bare runsc/bwrap.
@@ -86,11 +90,21 @@ def bench(
 
         corral bench --console -n 10 --json console.json
 
+        corral bench --cluster-sim --plots docs/img
+
     With --console, the web console alone: a `corral serve` of its own with 500 live
     sandboxes of one tenant, the list page, a page turn, its sparklines, a filter, the
     keyboard, and the page's JS heap and DOM nodes, each beside the API call it is built on
     (docs/benchmarks.md says what each row times).
+
+    With --cluster-sim, no sandbox is started: a discrete-event simulation of cluster mode
+    fills 1,000 hosts with 100,000 sandboxes in each scenario of docs/scaling.md and prints
+    create rate, latencies and each resource's busy share (python -m corral.bench.cluster_sim
+    takes a parameters file and one scenario).
     """
+    if cluster_sim:
+        _cluster_sim(quick, json_path, plots)
+        return
     if console:
         report = _console_report(quick, iterations, runtime, image, console_sandboxes,
                                  data_dir)
@@ -114,6 +128,22 @@ def bench(
     if plots is not None:
         with reporting_errors():
             for path in render_plots(report.to_json(), plots):
+                say(f"wrote {path}")
+
+
+def _cluster_sim(quick: bool, json_path: Path | None, plots: Path | None) -> None:
+    from corral.bench.cluster_sim import run_scenarios, write_json
+    from corral.bench.cluster_report import markdown_table
+
+    with reporting_errors():
+        results = run_scenarios(quick_run=quick)
+        print(markdown_table(results), end="")
+        if json_path is not None:
+            write_json(results, json_path)
+            say(f"wrote {json_path}")
+        if plots is not None:
+            from corral.bench.cluster_plots import render_cluster_plots
+            for path in render_cluster_plots(results, plots):
                 say(f"wrote {path}")
 
 

@@ -84,6 +84,13 @@ def serve(
         "--keep-sandboxes/--stop-sandboxes", show_default="keep",
         help="When the server stops, leave running sandboxes for the next server on this "
              "data dir to re-attach, or stop them (env CORRAL_KEEP_SANDBOXES=0).")] = None,
+    cluster: Annotated[str | None, typer.Option(
+        "--cluster", metavar="ADDRESS", envvar="CORRAL_CLUSTER", show_default=False,
+        help="Serve as an API server of a cluster on Ray (docs/cluster.md): ray://HOST:PORT "
+             "(or HOST:PORT) of the Ray head's GCS, or auto to start a Ray head here. Every "
+             "Ray node then runs a Corral node; keys, tenants and records live in the "
+             "database (CORRAL_DATABASE_URL, PostgreSQL when there are several API "
+             "servers) (env CORRAL_CLUSTER).")] = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Serve the Corral HTTP API (sandboxes, commands, files) on this host.
@@ -119,7 +126,15 @@ def serve(
         # JSON lines on stderr: the request log, sandbox events, errors (server/logs.py).
         logs.configure(os.environ.get("CORRAL_LOG_LEVEL", "INFO").upper())
         files = ensure_tls(settings.tls_dir, settings.tls_names) if settings.tls else None
-        app = create_app(settings)
+        if cluster:
+            from corral.cluster import control, gateway
+            settings.node.data_dir.mkdir(parents=True, exist_ok=True)
+            app = gateway.create_gateway_app(
+                settings, control.env_settings(cluster, settings.node.data_dir))
+        else:
+            from corral.cluster.node_actor import watch_supervisor
+            watch_supervisor()  # a cluster's node server: stop when its actor is gone
+            app = create_app(settings)
     if not _is_loopback(settings.host):
         say(f"warning: listening on {settings.host}, reachable from the network"
             + ("" if files else " and without TLS"), style="yellow")

@@ -3,7 +3,9 @@
 Every error the server answers is ``{"error": {"code", "message"}}``; :func:`error_of`
 turns it into the same class the server raised (:func:`corral.api.errors.error_from_code`).
 A response without that body (a proxy's 502, say) maps by status through the shared
-table; a connection failure is a :class:`corral.SandboxError` naming the URL.
+table; a connection failure is a :class:`corral.SandboxError` naming the URL. An answer
+that says nothing was done (``429 rate_limited``, ``503 unavailable``) is sent again after
+its ``Retry-After``, a bounded number of times (:mod:`corral.sdk._retry`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import ssl
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
+import anyio
 import httpx
 from pydantic import BaseModel, ValidationError
 
@@ -27,6 +30,8 @@ from corral.api.errors import (
     error_from_code,
 )
 from corral.api.models import ErrorBody
+
+from ._retry import Retries, check_max_retries, parse_retry_after, retryable
 
 DEFAULT_URL = "http://127.0.0.1:8470"
 #: Seconds to wait for an ordinary answer; command and file calls set their own.
@@ -42,25 +47,27 @@ IN_PROCESS: dict[str, httpx.AsyncBaseTransport] = {}
 
 def error_of(response: httpx.Response) -> SandboxError:
     """The exception an error response stands for (with the server's ``Retry-After``)."""
-    try:
-        body = ErrorBody.model_validate_json(response.content)
-    except ValidationError:
+    body = _error_body(response)
+    if body is None:
         text = response.text[:300].strip() or response.reason_phrase
         error = error_from_code(code_for_status(response.status_code),
                                 f"HTTP {response.status_code} from {response.url}: {text}")
     else:
         error = error_from_code(body.error.code, body.error.message)
-    error.retry_after = _seconds(response.headers.get("retry-after"))
+    error.retry_after = parse_retry_after(response.headers.get("retry-after"))
     return error
 
 
-def _seconds(value: str | None) -> float | None:
-    """A ``Retry-After`` of seconds (the only form the server sends), or None."""
+def _error_body(response: httpx.Response) -> ErrorBody | None:
     try:
-        seconds = float(value) if value else None
-    except ValueError:
+        return ErrorBody.model_validate_json(response.content)
+    except ValidationError:
         return None
-    return seconds if seconds is not None and 0 <= seconds < 86400 else None
+
+
+def _replayable(content: Any) -> bool:
+    """Whether a request body can be sent again: none, or bytes (not a one-shot iterator)."""
+    return content is None or isinstance(content, (bytes, bytearray, memoryview, str))
 
 
 @contextlib.contextmanager
@@ -107,11 +114,17 @@ class ApiClient:
         transport: what carries the requests instead of a connection to ``url`` (an
             in-process server, :mod:`corral.sdk.testing`); default: the network, unless
             ``url`` names a server registered in this process.
+        max_retries: times a request refused before the server did anything (``429`` or
+            ``503`` with ``Retry-After``) is sent again, from 0 (never) to 10; default 3.
+            The waits follow ``Retry-After``, back off exponentially with jitter, and add
+            up to at most 30 s a call (:mod:`corral.sdk._retry` says which answers).
     """
 
     def __init__(self, url: str | None = None, api_key: str | None = None,
                  ca_file: str | os.PathLike[str] | None = None, *,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 max_retries: int | None = None) -> None:
+        self.retries = Retries(check_max_retries(max_retries))
         self.url = (url or os.environ.get("CORRAL_URL") or DEFAULT_URL).rstrip("/")
         key = api_key or os.environ.get("CORRAL_API_KEY")
         if not key:
@@ -132,11 +145,7 @@ class ApiClient:
                    read_timeout: float | None = DEFAULT_TIMEOUT) -> httpx.Response:
         """Send a request and return its (successful) response, read in full."""
         request = self._build(method, path, body, params, content, read_timeout)
-        with transport_errors(self.url):
-            response = await self._client.send(request)
-        if response.is_error:
-            raise error_of(response)
-        return response
+        return await self._send(request, stream=False, replayable=_replayable(content))
 
     async def json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = await self.call(method, path, **kwargs)
@@ -147,16 +156,35 @@ class ApiClient:
                      params: Params | None = None) -> AsyncIterator[httpx.Response]:
         """A response whose body is read as it arrives (no read timeout)."""
         request = self._build(method, path, body, params, None, None)
-        with transport_errors(self.url):
-            response = await self._client.send(request, stream=True)
+        response = await self._send(request, stream=True, replayable=True)
         try:
-            if response.is_error:
-                with transport_errors(self.url):
-                    await response.aread()
-                raise error_of(response)
             yield response
         finally:
             await response.aclose()
+
+    async def _send(self, request: httpx.Request, *, stream: bool,
+                    replayable: bool) -> httpx.Response:
+        """Send ``request`` until it succeeds or its error is not to be retried
+        (:mod:`corral.sdk._retry`); a successful streamed response is returned unread."""
+        attempt, waited = 0, 0.0
+        while True:
+            with transport_errors(self.url):
+                response = await self._client.send(request, stream=stream)
+                if not response.is_error:
+                    return response
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+            error = error_of(response)
+            wait = None
+            if replayable and retryable(error, response.status_code, request.method,
+                                        _error_body(response) is not None):
+                wait = self.retries.wait(attempt, waited, error)
+            if wait is None:
+                raise error
+            await anyio.sleep(wait)
+            attempt, waited = attempt + 1, waited + wait
 
     def _build(self, method: str, path: str, body: BaseModel | None, params: Params | None,
                content: Any, read_timeout: float | None) -> httpx.Request:

@@ -247,20 +247,23 @@ class Image:
 
     def build(self, name: str | None = None, *, on_log: LogCallback | None = None,
               runtime: str | None = None, url: str | None = None, api_key: str | None = None,
-              ca_file: CaFile | None = None) -> models.ImageInfo:
+              ca_file: CaFile | None = None,
+              max_retries: int | None = None) -> models.ImageInfo:
         """Build it on the server and return the image (``name``: what to call it, such
         as ``my-env:1``; unnamed, use its ``id``). ``on_log`` gets the build's lines as
         they come (it runs on the SDK's thread). Raises ``BuildFailedError`` naming the
         step that failed, with its output."""
         return portal().call(lambda: self.build_async(
-            name, on_log=on_log, runtime=runtime, url=url, api_key=api_key, ca_file=ca_file))
+            name, on_log=on_log, runtime=runtime, url=url, api_key=api_key, ca_file=ca_file,
+            max_retries=max_retries))
 
     async def build_async(self, name: str | None = None, *, on_log: LogCallback | None = None,
                           runtime: str | None = None, url: str | None = None,
-                          api_key: str | None = None, ca_file: CaFile | None = None
+                          api_key: str | None = None, ca_file: CaFile | None = None,
+                          max_retries: int | None = None
                           ) -> models.ImageInfo:
         """:meth:`build`, awaited."""
-        api = ApiClient(url, api_key, ca_file)
+        api = ApiClient(url, api_key, ca_file, max_retries=max_retries)
         try:
             return await build_with(api, self, name, on_log=on_log, runtime=runtime)
         finally:

@@ -59,18 +59,19 @@ class _Connection:
     url: str | None
     api_key: str | None = field(repr=False)  # never shown, as ApiClient's
     ca_file: CaFile | None
+    max_retries: int | None = None
 
     @classmethod
-    def of(cls, url: str | None, api_key: str | None, ca_file: CaFile | None
-           ) -> _Connection:
+    def of(cls, url: str | None, api_key: str | None, ca_file: CaFile | None,
+           max_retries: int | None = None) -> _Connection:
         """As given, the environment's values filled in now (as :class:`ApiClient` does),
         so a later change of ``CORRAL_*`` does not move the forks elsewhere."""
         return cls(url or os.environ.get("CORRAL_URL"),
                    api_key or os.environ.get("CORRAL_API_KEY"),
-                   ca_file or os.environ.get("CORRAL_CA_FILE") or None)
+                   ca_file or os.environ.get("CORRAL_CA_FILE") or None, max_retries)
 
     def client(self) -> ApiClient:
-        return ApiClient(self.url, self.api_key, self.ca_file)
+        return ApiClient(self.url, self.api_key, self.ca_file, max_retries=self.max_retries)
 
 
 class _Given(RootModel[dict[str, Any]]):
@@ -126,8 +127,10 @@ class AsyncSandbox:
                      network: contract.NetworkArg | None = None,
                      public_ports: Iterable[int] = (),
                      volumes: Mapping[str, object] | None = None,
-                     snapshot: SnapshotArg | None = None, url: str | None = None,
-                     api_key: str | None = None, ca_file: CaFile | None = None
+                     snapshot: SnapshotArg | None = None,
+                     node_selector: Mapping[str, str] | None = None, url: str | None = None,
+                     api_key: str | None = None, ca_file: CaFile | None = None,
+                     max_retries: int | None = None
                      ) -> AsyncSandbox:
         """Start a sandbox and return once it can run commands.
 
@@ -177,11 +180,20 @@ class AsyncSandbox:
                 ``idle_timeout`` and ``public_ports`` may be given; ``metadata`` left out
                 keeps its labels). A files-only one starts a new sandbox on its files,
                 with anything but ``image``.
+            node_selector: on a cluster (docs/cluster.md), only a node with all these
+                labels may run it, e.g. ``{"zone": "b"}``; a server of its own refuses any.
             url: the server; default ``CORRAL_URL``, else ``http://127.0.0.1:8470``.
             api_key: your key; default ``CORRAL_API_KEY`` (``corral keys create`` makes one).
             ca_file: a PEM CA bundle to verify an ``https://`` server against instead of
                 the system's trust store; default ``CORRAL_CA_FILE``. Verification is never
                 turned off.
+            max_retries: how many times a call refused before the server did anything
+                (``429 rate_limited``, ``503 unavailable``) is sent again, after the wait
+                its ``Retry-After`` asks for (with exponential back-off and jitter, at most
+                30 s of waiting a call); 0 to 10, default 3; 0 raises at once. A longer
+                ``Retry-After`` is not waited for: the error is raised, its
+                ``retry_after`` saying it. Uploads streamed from an iterator are never
+                sent again.
 
         Example::
 
@@ -194,7 +206,7 @@ class AsyncSandbox:
         if snapshot is not None and isinstance(image, Image):
             raise InvalidArgumentError("a sandbox from a snapshot runs the snapshot's image; "
                                        "leave image out")
-        connection = _Connection.of(url, api_key, ca_file)
+        connection = _Connection.of(url, api_key, ca_file, max_retries)
         api = connection.client()
         try:
             if isinstance(image, Image):
@@ -219,6 +231,8 @@ class AsyncSandbox:
                 given["env"] = dict(env)
             if volumes:
                 given["volumes"] = volume_map(dict(volumes))
+            if node_selector:
+                given["node_selector"] = dict(node_selector)
             if ports := list(public_ports):
                 given["public_ports"] = ports
             request = checked(models.SandboxCreate, **given)
@@ -233,7 +247,8 @@ class AsyncSandbox:
 
     @classmethod
     async def connect(cls, sandbox_id: str, *, url: str | None = None,
-                      api_key: str | None = None, ca_file: CaFile | None = None
+                      api_key: str | None = None, ca_file: CaFile | None = None,
+                      max_retries: int | None = None
                       ) -> AsyncSandbox:
         """An existing sandbox of yours, by id, resumed if it was paused (``url``,
         ``api_key`` and ``ca_file`` as in :meth:`create`).
@@ -244,7 +259,7 @@ class AsyncSandbox:
             await sb.commands.run("ls /work")
             await sb.close()  # leaves it running; sb.kill() stops it
         """
-        connection = _Connection.of(url, api_key, ca_file)
+        connection = _Connection.of(url, api_key, ca_file, max_retries)
         api = connection.client()
         try:
             reply = await api.json("GET", f"/v1/sandboxes/{sandbox_id}")
@@ -259,9 +274,10 @@ class AsyncSandbox:
     @staticmethod
     async def list(*, metadata: Mapping[str, str] | None = None, state: str | None = None,
                    url: str | None = None, api_key: str | None = None,
-                   ca_file: CaFile | None = None) -> list[models.SandboxInfo]:
+                   ca_file: CaFile | None = None,
+                   max_retries: int | None = None) -> list[models.SandboxInfo]:
         """Your sandboxes, newest first: those whose metadata includes ``metadata``
-        (``url``, ``api_key`` and ``ca_file`` as in :meth:`create`).
+        (``url``, ``api_key``, ``ca_file`` and ``max_retries`` as in :meth:`create`).
 
         Example::
 
@@ -271,7 +287,7 @@ class AsyncSandbox:
         params = {f"metadata.{k}": v for k, v in (metadata or {}).items()}
         if state is not None:
             params["state"] = state
-        api = ApiClient(url, api_key, ca_file)
+        api = ApiClient(url, api_key, ca_file, max_retries=max_retries)
         try:
             reply = await api.json("GET", "/v1/sandboxes", params=params)
         finally:
@@ -281,7 +297,8 @@ class AsyncSandbox:
     @staticmethod
     async def list_metrics(sandbox_ids: Iterable[str], *, points: int = 1,
                            url: str | None = None, api_key: str | None = None,
-                           ca_file: CaFile | None = None
+                           ca_file: CaFile | None = None,
+                           max_retries: int | None = None
                            ) -> dict[str, builtins.list[models.MetricSample]]:
         """The newest ``points`` samples (1 to 120) of each of your sandboxes among
         ``sandbox_ids``, oldest first, by id (one request per 100 ids). Another tenant's
@@ -293,7 +310,7 @@ class AsyncSandbox:
         """
         wanted = builtins.list(dict.fromkeys(sandbox_ids))
         found: dict[str, builtins.list[models.MetricSample]] = {}
-        api = ApiClient(url, api_key, ca_file)
+        api = ApiClient(url, api_key, ca_file, max_retries=max_retries)
         try:
             for i in range(0, len(wanted), MAX_METRICS_IDS):
                 reply = await api.json("GET", "/v1/metrics/sandboxes", params={

@@ -44,12 +44,14 @@ CaFile = str | os.PathLike[str]
 
 class AsyncSnapshot:
     """Your snapshots on a server: :meth:`list`, :meth:`get`, :meth:`delete`. Each takes
-    ``url``, ``api_key`` and ``ca_file`` as :meth:`corral.AsyncSandbox.create` does; a
-    snapshot is described by a :class:`corral.api.models.SnapshotInfo`."""
+    ``url``, ``api_key``, ``ca_file`` and ``max_retries`` as
+    :meth:`corral.AsyncSandbox.create` does; a snapshot is described by a
+    :class:`corral.api.models.SnapshotInfo`."""
 
     @staticmethod
     async def list(*, url: str | None = None, api_key: str | None = None,
-                   ca_file: CaFile | None = None) -> list[models.SnapshotInfo]:
+                   ca_file: CaFile | None = None,
+                   max_retries: int | None = None) -> list[models.SnapshotInfo]:
         """Your snapshots that have not expired, oldest first.
 
         Example::
@@ -57,7 +59,7 @@ class AsyncSnapshot:
             for info in await AsyncSnapshot.list():
                 print(info.id, info.name, info.sandbox_id, info.expires_at)
         """
-        api = ApiClient(url, api_key, ca_file)
+        api = ApiClient(url, api_key, ca_file, max_retries=max_retries)
         try:
             reply = await api.json("GET", "/v1/snapshots")
         finally:
@@ -66,10 +68,11 @@ class AsyncSnapshot:
 
     @staticmethod
     async def get(snapshot_id: str, *, url: str | None = None, api_key: str | None = None,
-                  ca_file: CaFile | None = None) -> models.SnapshotInfo:
+                  ca_file: CaFile | None = None,
+                  max_retries: int | None = None) -> models.SnapshotInfo:
         """Your snapshot ``snapshot_id`` (``snap-...``); NotFoundError if you have none of
         that id (never had, deleted, or expired)."""
-        api = ApiClient(url, api_key, ca_file)
+        api = ApiClient(url, api_key, ca_file, max_retries=max_retries)
         try:
             reply = await api.json("GET", f"/v1/snapshots/{quote(snapshot_id, safe='')}")
         finally:
@@ -78,10 +81,11 @@ class AsyncSnapshot:
 
     @staticmethod
     async def delete(snapshot_id: str, *, url: str | None = None,
-                     api_key: str | None = None, ca_file: CaFile | None = None) -> None:
+                     api_key: str | None = None, ca_file: CaFile | None = None,
+                     max_retries: int | None = None) -> None:
         """Delete your snapshot ``snapshot_id`` and free its disk; sandboxes started from it
         run on. NotFoundError if you have none of that id."""
-        api = ApiClient(url, api_key, ca_file)
+        api = ApiClient(url, api_key, ca_file, max_retries=max_retries)
         try:
             await api.call("DELETE", f"/v1/snapshots/{quote(snapshot_id, safe='')}")
         finally:

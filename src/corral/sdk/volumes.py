@@ -68,11 +68,12 @@ class AsyncVolume:
 
     @classmethod
     async def create(cls, name: str, *, size: int | str = "1G", url: str | None = None,
-                     api_key: str | None = None, ca_file: CaFile | None = None
+                     api_key: str | None = None, ca_file: CaFile | None = None,
+                     max_retries: int | None = None
                      ) -> AsyncVolume:
         """A new empty volume of ``size`` (MiB, or ``"10G"``): its quota. ``url``,
         ``api_key`` and ``ca_file`` as in :meth:`corral.AsyncSandbox.create`."""
-        api = ApiClient(url, api_key, ca_file)
+        api = ApiClient(url, api_key, ca_file, max_retries=max_retries)
         try:
             request = checked(models.VolumeCreate, name=name, size=size)
             reply = await api.json("POST", "/v1/volumes", body=request)
@@ -84,11 +85,12 @@ class AsyncVolume:
     @classmethod
     async def from_name(cls, name: str, *, create_if_missing: bool = False,
                         size: int | str = "1G", url: str | None = None,
-                        api_key: str | None = None, ca_file: CaFile | None = None
+                        api_key: str | None = None, ca_file: CaFile | None = None,
+                        max_retries: int | None = None
                         ) -> AsyncVolume:
         """Your volume ``name``; NotFoundError if there is none, unless
         ``create_if_missing`` (then of ``size``)."""
-        api = ApiClient(url, api_key, ca_file)
+        api = ApiClient(url, api_key, ca_file, max_retries=max_retries)
         try:
             reply = await api.json("GET", f"/v1/volumes/{quote(name, safe='')}")
         except NotFoundError:
@@ -96,7 +98,7 @@ class AsyncVolume:
             if not create_if_missing:
                 raise
             return await cls.create(name, size=size, url=url, api_key=api_key,
-                                    ca_file=ca_file)
+                                    ca_file=ca_file, max_retries=max_retries)
         except BaseException:
             await api.aclose()
             raise
@@ -104,9 +106,10 @@ class AsyncVolume:
 
     @staticmethod
     async def list(*, url: str | None = None, api_key: str | None = None,
-                   ca_file: CaFile | None = None) -> list[models.VolumeInfo]:
+                   ca_file: CaFile | None = None,
+                   max_retries: int | None = None) -> list[models.VolumeInfo]:
         """Your volumes."""
-        api = ApiClient(url, api_key, ca_file)
+        api = ApiClient(url, api_key, ca_file, max_retries=max_retries)
         try:
             reply = await api.json("GET", "/v1/volumes")
         finally:

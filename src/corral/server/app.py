@@ -25,6 +25,7 @@ from corral.node import Node
 from corral.runtime import Runtime
 
 from . import e2b, errors, middleware, openapi
+from .auth import Alternative
 from .file_urls import FileUrlAuth, FileUrls
 from .metrics import Metrics
 from .ports import PortProxy
@@ -32,6 +33,7 @@ from .ratelimit import Buckets
 from .routes import (aca, audit, code, commands, console, files, mcp, metrics, pools,
                      sandbox_metrics, sandboxes, terminal)
 from .routes import images as images_routes
+from .routes import node_status
 from .routes import snapshots as snapshots_routes
 from .routes import volumes as volumes_routes
 from .services import CommandService, FileService, IdleReaper, SandboxService
@@ -143,6 +145,8 @@ def create_app(settings: ServerSettings, *,
                    files, code, metrics, sandbox_metrics, audit, pools, aca, mcp, terminal,
                    console):
         app.include_router(module.router)
+    if settings.cluster_token:
+        app.include_router(node_status.router)
     app.state.audit = AuditStore(engine)
     extra_routes: list[str] = list(console.TEMPLATES)
     e2b_auth: e2b.TokenAuth | None = None
@@ -156,7 +160,10 @@ def create_app(settings: ServerSettings, *,
         extra_routes += e2b.templates()
         e2b_auth = e2b.TokenAuth(e2b.PREFIX, tokens, sandbox_service)
     app.state.file_urls = FileUrls(settings.node.data_dir / "file-url-secret")
-    file_auth = FileUrlAuth(app.state.file_urls, sandbox_service, then=e2b_auth)
+    file_auth: Alternative = FileUrlAuth(app.state.file_urls, sandbox_service, then=e2b_auth)
+    if settings.cluster_token:  # a cluster's node: the control plane calls, as a tenant
+        from corral.cluster.trust import node_auth
+        file_auth = node_auth(settings.cluster_token, keys, then=file_auth)
     # Logs, metrics, limits, authentication, audit, body bounds: see middleware.py.
     middleware.install(app, settings, keys, app.state.audit, port_proxy, failures,
                        extra_routes=extra_routes, extra_actions=e2b.AUDITED,

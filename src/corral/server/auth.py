@@ -45,8 +45,8 @@ from corral.api.errors import (AuthenticationError, ErrorCode, PermissionDeniedE
                                http_status)
 
 from . import sessions as console
-from .errors import error_response
-from .ratelimit import KEY_ID_SCOPE, Buckets, client_name, retry_after
+from .errors import error_response, retry_after
+from .ratelimit import KEY_ID_SCOPE, Buckets, client_name
 from .store import KeyRef, KeyStore
 from .store.ui_sessions import UiSessionStore
 

@@ -564,11 +564,10 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, exc: SandboxError,
         return  # the client left first
     # A WebSocket handshake: an HTTP answer where the server can send one, else a close.
     if "websocket.http.response" in (scope.get("extensions") or {}):
-        body = bytes(error_response(exc.code, exc.message).body)
+        response = error_response(exc.code, exc.message)
         await send({"type": "websocket.http.response.start", "status": http_status(exc.code),
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "websocket.http.response.body", "body": body})
+                    "headers": response.raw_headers})
+        await send({"type": "websocket.http.response.body", "body": bytes(response.body)})
     else:
         await send({"type": "websocket.close", "code": 1008})
 

@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral.api.errors import ErrorCode
 
-from .errors import error_response
+from .errors import error_response, retry_after
 
 #: Where :class:`corral.server.auth.Authenticate` leaves the caller's key id in the scope.
 KEY_ID_SCOPE: Final = "corral.key_id"
@@ -111,11 +111,6 @@ def client_name(scope: Scope) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return str(address)
-
-
-def retry_after(seconds: float) -> dict[str, str]:
-    """The ``Retry-After`` header for a wait of ``seconds`` (whole seconds, at least 1)."""
-    return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
 class ServerCap:

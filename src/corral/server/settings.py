@@ -270,6 +270,10 @@ class ServerSettings:
         metrics_retention: seconds a stopped sandbox's metrics and command history are
             kept (``CORRAL_METRICS_RETENTION``, default 3600; 0 to 7 days).
         ui: the web console's session lifetimes (:class:`UiSettings`).
+        cluster_token: set on a cluster's node server (read from the file
+            ``CORRAL_CLUSTER_TOKEN_FILE``, which the node actor writes): the node token
+            requests from the control plane carry (:mod:`corral.cluster.trust`); empty on a
+            server of its own.
     """
 
     node: NodeSettings
@@ -297,6 +301,7 @@ class ServerSettings:
     metrics_interval: float = METRICS_INTERVAL
     metrics_retention: float = METRICS_RETENTION
     ui: UiSettings = field(default_factory=UiSettings)
+    cluster_token: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         for name, value, (low, high) in (
@@ -352,6 +357,7 @@ class ServerSettings:
             metrics_interval=_seconds_env("CORRAL_METRICS_INTERVAL", METRICS_INTERVAL),
             metrics_retention=_seconds_env("CORRAL_METRICS_RETENTION", METRICS_RETENTION),
             ui=UiSettings.from_env(),
+            cluster_token=_cluster_token(os.environ.get("CORRAL_CLUSTER_TOKEN_FILE", "")),
         )
 
     @property
@@ -381,6 +387,13 @@ def _seconds_env(name: str, default: float) -> float:
     if not math.isfinite(value):
         raise InvalidArgumentError(f"{name} must be a finite number of seconds")
     return value
+
+
+def _cluster_token(path: str) -> str:
+    if not path:
+        return ""
+    from corral.cluster.trust import load_secret
+    return load_secret(Path(path), what="node token")
 
 
 def _flag(value: str) -> bool:

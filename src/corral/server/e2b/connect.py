@@ -18,6 +18,8 @@ from starlette.responses import JSONResponse
 
 from corral.api.errors import ErrorCode, SandboxError
 
+from ..errors import RETRY_LATER, retry_after
+
 #: Connect's codes and the HTTP status each is answered with (outside a stream).
 STATUS: Final = {
     "canceled": 499, "unknown": 500, "invalid_argument": 400, "deadline_exceeded": 504,
@@ -68,6 +70,9 @@ class ConnectError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+        #: Seconds to wait before trying again, for an error that means nothing was done
+        #: (Corral's ``rate_limited`` and ``unavailable``): sent as ``Retry-After``.
+        self.retry_after: float | None = None
 
     @property
     def status(self) -> int:
@@ -78,12 +83,17 @@ class ConnectError(Exception):
 
     def response(self) -> JSONResponse:
         """The unary answer (also a stream's, when it fails before its first message)."""
-        return JSONResponse(self.body(), status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status,
+                            headers=None if self.retry_after is None
+                            else retry_after(self.retry_after))
 
     @classmethod
     def of(cls, exc: SandboxError) -> ConnectError:
         """Corral's error as the Connect error the SDKs map to the nearest exception."""
-        return from_corral_code(exc.code, exc.message)
+        error = from_corral_code(exc.code, exc.message)
+        if exc.code in RETRY_LATER:
+            error.retry_after = exc.retry_after or 1
+        return error
 
 
 def from_corral_code(code: str, message: str) -> ConnectError:

@@ -29,8 +29,8 @@ from corral.api.errors import AuthenticationError, ErrorCode, InvalidArgumentErr
 
 from ..audit import record
 from ..auth import OPERATOR_SCOPE, tenant_of
-from ..errors import error_response
-from ..ratelimit import KEY_ID_SCOPE, Buckets, client_name, retry_after
+from ..errors import error_response, retry_after
+from ..ratelimit import KEY_ID_SCOPE, Buckets, client_name
 from ..sessions import COOKIE, LOGIN_PATH, LOGOUT_PATH, SESSION_PATH, SESSION_SCOPE
 from ..store.keys import MAX_KEY_LENGTH, KeyRef, KeyStore
 from ..store.ui_sessions import UiSessionStore, csrf_token

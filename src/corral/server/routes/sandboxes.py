@@ -27,6 +27,9 @@ METADATA_PREFIX = "metadata."
     ErrorCode.NOT_FOUND, why="no such image (`corral image build NAME` builds one)"))
 async def create(body: models.SandboxCreate, tenant: Tenant, service: Sandboxes,
                  metrics: Metrics) -> models.SandboxInfo:
+    if body.node_selector:
+        raise InvalidArgumentError("node_selector picks a node of a cluster; this server runs "
+                                   "alone and has no node labels: leave it out")
     started = time.perf_counter()
     sandbox = await service.create(tenant, body)
     metrics.create_seconds.observe(time.perf_counter() - started)  # only those that started

@@ -98,6 +98,14 @@ class KeyStore:
                                                operator=operator))
         return NewKey(id=key_id, tenant=tenant, key=key, operator=operator)
 
+    def ensure_tenant(self, tenant: str) -> None:
+        """Add ``tenant`` unless it exists (a cluster node learns its tenants from the
+        control plane's calls, never from keys of its own)."""
+        if not TENANT_NAME.match(tenant):
+            raise InvalidArgumentError(f"tenant name {tenant!r:.80} is not valid")
+        with self._engine.begin() as db:
+            _add_tenant(db, tenant)
+
     def list(self) -> list[ApiKey]:
         with self._engine.connect() as db:
             rows = db.execute(select(api_keys).order_by(api_keys.c.created_at)).all()

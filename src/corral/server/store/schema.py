@@ -194,6 +194,40 @@ builds = Table(
 )
 
 
+#: Cluster mode (:mod:`corral.cluster`): the nodes the control plane knows, with the
+#: operator's say on each (cordoned, draining), shared by every API server.
+cluster_nodes = Table(
+    "cluster_nodes", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("url", String(256), nullable=False),
+    Column("labels", JSON, nullable=False),
+    Column("state", String(16), nullable=False),  # "ready" or "lost"
+    Column("reason", String(STOP_REASON_LENGTH), nullable=True),
+    Column("cordoned", Boolean, nullable=False),
+    Column("draining", Boolean, nullable=False),
+    Column("seen_at", DateTime(timezone=True), nullable=False),
+    Column("lost_at", DateTime(timezone=True), nullable=True),
+)
+
+#: Cluster mode: which node runs each sandbox, and whose it is. The sandbox's own record is
+#: the node's; this row is what the control plane needs without asking the node: where to
+#: send its calls, and what to say of it once its node is lost (``info``: its description
+#: when it was created, shown with ``state`` "lost").
+cluster_sandboxes = Table(
+    "cluster_sandboxes", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant", String(64), nullable=False),
+    Column("node", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # "live", "lost" or "stopped"
+    Column("reason", String(STOP_REASON_LENGTH), nullable=True),
+    Column("info", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("lost_at", DateTime(timezone=True), nullable=True),
+    Index("ix_cluster_sandboxes_node_state", "node", "state"),
+    Index("ix_cluster_sandboxes_tenant_state", "tenant", "state"),
+)
+
+
 def database_url(data_dir: Path, url: str | None) -> str:
     """``url`` if given, else SQLite in ``data_dir``."""
     return url or f"sqlite:///{data_dir / 'corral.db'}"

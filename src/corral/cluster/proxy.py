@@ -1,0 +1,109 @@
+"""Requests on a sandbox, passed from an API server to the node server that runs it.
+
+The API server has already authenticated the caller, applied its limits and audited the
+call; the node server gets the request as it came, less the caller's credentials, plus the
+node token and the tenant (:func:`.trust.forward_headers`). Bodies stream both ways
+(uploads, downloads, command output as NDJSON), so one hop adds latency but holds no more
+than a chunk in memory. WebSockets (terminals) are passed frame by frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Final
+
+import httpx
+import websockets
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from corral.api.errors import UnavailableError
+
+#: Request headers a node server never sees: hop-by-hop ones, and the caller's credentials.
+_DROP_REQUEST: Final = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+    "trailers", "transfer-encoding", "upgrade", "host", "content-length", "authorization",
+    "x-api-key", "cookie", "x-corral-csrf", "x-corral-cluster", "x-corral-tenant",
+    "x-corral-key-id", "x-corral-operator"})
+_DROP_RESPONSE: Final = frozenset({
+    "connection", "keep-alive", "transfer-encoding", "upgrade", "server", "date"})
+#: Seconds to connect to a node server; reads may last as long as a command does.
+CONNECT_TIMEOUT: Final = 5.0
+
+
+class Forwarder:
+    """One HTTP client (a connection pool per node) for all passed-on requests."""
+
+    def __init__(self) -> None:
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
+                                         limits=httpx.Limits(max_connections=None,
+                                                             max_keepalive_connections=64))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def forward(self, request: Request, base_url: str, extra: dict[str, str],
+                      node: str) -> Response:
+        headers = [(k, v) for k, v in request.headers.items() if k not in _DROP_REQUEST]
+        headers += list(extra.items())
+        query = request.url.query
+        url = base_url + request.url.path + (f"?{query}" if query else "")
+        has_body = request.method not in ("GET", "HEAD", "OPTIONS")
+        upstream = self._client.build_request(
+            request.method, url, headers=headers,
+            content=request.stream() if has_body else None)
+        try:
+            reply = await self._client.send(upstream, stream=True)
+        except httpx.TransportError as error:
+            raise UnavailableError(f"node {node} of this sandbox did not answer "
+                                   f"({type(error).__name__}); try again shortly") from None
+        out = {k: v for k, v in reply.headers.items() if k not in _DROP_RESPONSE}
+        return StreamingResponse(reply.aiter_raw(), status_code=reply.status_code,
+                                 headers=out, background=BackgroundTask(reply.aclose))
+
+
+async def forward_websocket(websocket: WebSocket, url: str, extra: dict[str, str]) -> None:
+    """Pass a WebSocket to ``url`` (the node's same path), frame by frame, until either
+    side closes."""
+    try:
+        upstream = await websockets.connect(url, additional_headers=extra,
+                                            open_timeout=CONNECT_TIMEOUT, max_size=2 ** 22)
+    except (OSError, websockets.WebSocketException, TimeoutError):
+        await websocket.close(1011)
+        return
+    await websocket.accept()
+
+    async def client_to_node() -> None:
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                if message.get("bytes") is not None:
+                    await upstream.send(message["bytes"])
+                elif message.get("text") is not None:
+                    await upstream.send(message["text"])
+        await upstream.close()
+
+    async def node_to_client() -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for frame in upstream:
+                if isinstance(frame, bytes):
+                    await websocket.send_bytes(frame)
+                else:
+                    await websocket.send_text(frame)
+        code = upstream.close_code or 1000
+        with contextlib.suppress(RuntimeError):
+            await websocket.close(code if 1000 <= code < 5000 and code != 1005 else 1000)
+
+    tasks = [asyncio.create_task(client_to_node()), asyncio.create_task(node_to_client())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await upstream.close()

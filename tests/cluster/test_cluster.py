@@ -1,0 +1,218 @@
+"""Cluster mode on a real Ray cluster of three raylets on this machine (see conftest.py):
+placement, labels, cordon and drain, a second API server, a node killed and back, both
+runtimes, and what stays closed (Ray, the node servers) to anyone without the token."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from corral import Sandbox
+from corral.cluster.gateway import create_gateway_app
+from corral.cluster.trust import CLUSTER_HEADER, TENANT_HEADER
+from tests.server._serving import serving
+
+from .conftest import Cluster, wait_until
+
+pytestmark = [pytest.mark.gvisor, pytest.mark.timeout(600)]
+
+
+@contextmanager
+def sandboxes(cluster: Cluster, count: int, **create: Any) -> Iterator[list[Sandbox]]:
+    made: list[Sandbox] = []
+    try:
+        for _ in range(count):
+            made.append(Sandbox.create(url=cluster.url, api_key=cluster.key, timeout=300,
+                                       **create))
+        yield made
+    finally:
+        for sandbox in made:
+            try:
+                sandbox.kill()
+            except Exception:  # noqa: BLE001 - lost or gone with its node
+                pass
+
+
+def node_of(cluster: Cluster, sandbox_id: str) -> str:
+    with cluster.http() as http:
+        reply = http.get("/v1/sandboxes")
+    assert reply.status_code == 200, reply.text
+    return next(s["node"] for s in reply.json()["sandboxes"] if s["id"] == sandbox_id)
+
+
+def test_sandboxes_spread_across_nodes_and_run(cluster: Cluster) -> None:
+    with sandboxes(cluster, 3) as made:
+        nodes = {node_of(cluster, sb.id) for sb in made}
+        assert len(nodes) == 3  # one tenant's sandboxes spread: one per node
+        for sb in made:
+            sb.files.write("/tmp/x", b"hello " + sb.id.encode())
+            result = sb.commands.run("cat /tmp/x; echo; echo err >&2; exit 3")
+            assert (result.exit_code, result.stdout, result.stderr) == (
+                3, f"hello {sb.id}\n", "err\n")
+            streamed: list[str] = []
+            sb.commands.run("for i in 1 2 3; do echo $i; done", on_stdout=streamed.append)
+            assert "".join(streamed) == "1\n2\n3\n"
+            assert sb.run_code("21 * 2").text == "42"
+
+
+def test_another_tenant_sees_nothing(cluster: Cluster) -> None:
+    with sandboxes(cluster, 1) as (sb,):
+        with cluster.http(cluster.other_key) as http:
+            assert http.get(f"/v1/sandboxes/{sb.id}").status_code == 404
+            assert http.post(f"/v1/sandboxes/{sb.id}/commands",
+                             json={"cmd": ["true"]}).status_code == 404
+            assert sb.id not in http.get("/v1/sandboxes").text
+
+
+def test_node_selector_picks_labelled_nodes(cluster: Cluster) -> None:
+    with sandboxes(cluster, 2, node_selector={"zone": "b"}) as made:
+        assert {node_of(cluster, sb.id) for sb in made} == {"n3"}
+    with cluster.http() as http:
+        reply = http.post("/v1/sandboxes", json={"node_selector": {"zone": "nowhere"}})
+        assert reply.status_code == 429, reply.text
+        assert reply.json()["error"]["code"] == "resource_exhausted"
+        assert "labels" in reply.json()["error"]["message"]
+        bad = http.post("/v1/sandboxes", json={"node_selector": {"Zone!": "x"}})
+        assert bad.status_code == 400
+        many = http.post("/v1/sandboxes",
+                         json={"node_selector": {f"k{i}": "v" for i in range(17)}})
+        assert many.status_code == 400
+
+
+def test_both_runtimes(cluster: Cluster) -> None:
+    with sandboxes(cluster, 1, runtime="namespaces") as (ns,), \
+            sandboxes(cluster, 1, runtime="gvisor") as (gv,):
+        assert ns.commands.run("echo ok").stdout == "ok\n"
+        assert gv.commands.run("echo ok").stdout == "ok\n"
+        assert ns.refresh().runtime == "namespaces"
+        assert gv.refresh().runtime == "gvisor"
+
+
+def test_cordon_and_drain(cluster: Cluster) -> None:
+    ops = cluster.http(cluster.operator_key)
+    with ops:
+        assert ops.post("/v1/nodes/n1/cordon").status_code == 200
+        assert ops.post("/v1/nodes/n2/cordon").status_code == 200
+        try:
+            with sandboxes(cluster, 2) as made:
+                assert {node_of(cluster, sb.id) for sb in made} == {"n3"}
+                reply = ops.post("/v1/nodes/n3/drain", json={"kill": True})
+                assert reply.status_code == 200, reply.text
+                assert sorted(reply.json()["ended"]) == sorted(sb.id for sb in made)
+                for sb in made:
+                    info = sb.refresh()
+                    assert info.state == "stopped"
+                with cluster.http() as http:  # nothing left to place on
+                    full = http.post("/v1/sandboxes", json={})
+                    assert full.status_code == 429
+                    assert "cordoned or draining" in full.json()["error"]["message"]
+        finally:
+            for name in ("n1", "n2", "n3"):
+                assert ops.post(f"/v1/nodes/{name}/uncordon").status_code == 200
+        assert ops.post("/v1/nodes/nope/cordon").status_code == 404
+    with cluster.http() as http:  # not an operator
+        assert http.get("/v1/nodes").status_code == 403
+        assert http.post("/v1/nodes/n1/cordon").status_code == 403
+
+
+def test_a_second_api_server_serves_any_sandbox(cluster: Cluster) -> None:
+    with sandboxes(cluster, 1) as (sb,):
+        second = create_gateway_app(cluster.settings, cluster.cluster_settings)
+        with serving(second) as url:
+            other = Sandbox.connect(sb.id, url=url, api_key=cluster.key)
+            assert other.commands.run("echo from-b").stdout == "from-b\n"
+            made = Sandbox.create(url=url, api_key=cluster.key, timeout=300)
+            try:  # created through the second, used through the first
+                first = Sandbox.connect(made.id, url=cluster.url, api_key=cluster.key)
+                assert first.commands.run("echo from-a").stdout == "from-a\n"
+            finally:
+                made.kill()
+        # the second API server is gone: the first serves on, nothing lost
+        assert sb.commands.run("echo still").stdout == "still\n"
+
+
+def test_node_servers_and_actors_want_the_token(cluster: Cluster) -> None:
+    with cluster.http(cluster.operator_key) as ops:
+        node = next(n for n in ops.get("/v1/nodes").json()["nodes"] if n["name"] == "n1")
+    for headers in ({}, {CLUSTER_HEADER: "x" * 64, TENANT_HEADER: "alpha"},
+                    {"Authorization": f"Bearer {cluster.key}"}):
+        reply = httpx.get(node["url"] + "/v1/sandboxes", headers=headers, timeout=30)
+        assert reply.status_code == 401, reply.text
+    import ray
+
+    from corral.cluster import ray_boot
+    from corral.cluster.node_actor import ACTOR_PREFIX
+    handle = ray_boot.get_actor(ACTOR_PREFIX + "n1")
+    with pytest.raises(Exception, match="node token"):
+        ray.get(handle.describe.remote("not-the-token"), timeout=30)
+
+
+def test_ray_listens_on_loopback_only_and_sandboxes_cannot_reach_it(cluster: Cluster
+                                                                     ) -> None:
+    gcs_host, _, gcs_port = cluster.cluster_settings.address.rpartition(":")
+    listening = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True,
+                               check=True).stdout.splitlines()
+    ray_sockets = [line for line in listening
+                   if any(f'"{name}"' in line for name in ("gcs_server", "raylet"))]
+    assert ray_sockets, listening
+    for line in ray_sockets:
+        host = line.split()[3].rpartition(":")[0].strip("[]").removeprefix("::ffff:")
+        assert host == "127.0.0.1", line
+    with sandboxes(cluster, 1) as (sb,):  # network "none": no way to the host at all
+        probe = sb.commands.run(["python3", "-c", (
+            "import socket; s = socket.socket(); s.settimeout(2)\n"
+            f"try: s.connect(({gcs_host!r}, {int(gcs_port)})); print('open')\n"
+            "except OSError as e: print('closed', type(e).__name__)")])
+        assert probe.stdout.startswith("closed"), probe.stdout
+        routes = sb.commands.run("cat /proc/net/route | wc -l").stdout
+        assert routes.strip() == "1"  # only the header: no route anywhere
+
+
+def test_a_killed_node_is_reported_lost_then_reconciled(cluster: Cluster) -> None:
+    """n2's host goes: its sandboxes are reported lost within 5 s, calls on them say so;
+    when it comes back, the sandbox the control plane waited for is adopted and the one
+    it gave up on is ended."""
+    with sandboxes(cluster, 2, node_selector={"host": "n2"}) as (kept, given_up), \
+            sandboxes(cluster, 1, node_selector={"host": "n1"}) as (other,):
+        http = cluster.http()
+        cluster.ray.kill("n2")
+
+        def lost() -> bool:
+            return http.get(f"/v1/sandboxes/{kept.id}").status_code == 410
+
+        assert wait_until(lost, timeout=5.0) <= 5.0
+        error = http.get(f"/v1/sandboxes/{kept.id}").json()["error"]
+        assert error["code"] == "sandbox_not_running"
+        assert "node n2 was lost" in error["message"], error
+        run = http.post(f"/v1/sandboxes/{kept.id}/commands", json={"cmd": ["true"]})
+        assert run.status_code == 410
+        listed = {s["id"]: s for s in http.get("/v1/sandboxes").json()["sandboxes"]}
+        assert listed[kept.id]["state"] == "lost"
+        assert "node n2 was lost" in listed[kept.id]["state_reason"]
+        with cluster.http(cluster.operator_key) as ops:
+            n2 = next(n for n in ops.get("/v1/nodes").json()["nodes"] if n["name"] == "n2")
+        assert n2["state"] == "lost" and "n2" in n2["reason"]
+        assert other.commands.run("echo up").stdout == "up\n"  # the others carry on
+        # the control plane gives up on one of them (its grace ran out, say)
+        directory = cluster.app.state.cluster.directory
+        assert directory.set_state([given_up.id], "stopped", "given up", was=("lost",)) == 1
+        cluster.ray.add("n2")
+
+        def back() -> bool:
+            return http.get(f"/v1/sandboxes/{kept.id}").status_code == 200
+
+        wait_until(back, timeout=180.0, step=0.5)
+        assert kept.commands.run("echo adopted").stdout == "adopted\n"
+
+        def ended() -> bool:
+            views = {v.name: v for v in cluster.app.state.cluster.views()}
+            return "n2" in views and views["n2"].ready and given_up.id not in views[
+                "n2"].sandboxes
+
+        wait_until(ended, timeout=60.0, step=0.5)
+        http.close()
