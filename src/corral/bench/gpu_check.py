@@ -34,6 +34,7 @@ from typing import Any
 from corral.api.errors import SandboxError
 from corral.api.resources import Resources
 from corral.node import NodeSettings, SyncNode
+from corral.node.gpus import doctor_rows as gpu_rows
 from corral.node.images import ImageStore
 from corral.runtime import GvisorOptions, available_runtimes
 from corral.runtime.gpu import GpuHost, discover, usage
@@ -140,8 +141,6 @@ def check(*, python: str, n: int, reps: int, dry_run: bool, work: Path) -> dict[
     host: GpuHost = discover()
     report["discovery"] = {"gpus": [g.__dict__ for g in host.gpus], "driver": host.driver,
                            "source": host.source, "reason": host.reason}
-    from corral.cli.doctor import gpu_rows
-
     runtimes = available_runtimes(gvisor=GvisorOptions.from_env())
     report["doctor"] = {"gpu_rows": [list(row) for row in gpu_rows(host, runtimes)],
                         "runtimes": {n_: {"ok": s.ok, "detail": s.detail}
@@ -240,7 +239,7 @@ def work_parent() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m corral.bench.gpu_check")
+    parser = argparse.ArgumentParser(prog="gpu_check.py")
     parser.add_argument("--python", default=shutil.which("python3") or "python3",
                         help="the python3 with PyTorch (the same path inside the sandbox)")
     parser.add_argument("-n", type=int, default=8192)

@@ -12,8 +12,9 @@ from rich.table import Table
 
 from corral.api.errors import SandboxError
 from corral.node.images import ImageStore
-from corral.runtime import Availability, GvisorOptions, Runtime, available_runtimes
-from corral.runtime.gpu import GpuHost, discover
+from corral.node.gpus import doctor_rows as gpu_rows
+from corral.runtime import GvisorOptions, available_runtimes
+from corral.runtime.gpu import discover
 from corral.runtime.gvisor import runsc as runsc_module
 from corral.runtime.host import favordynmods_enabled
 
@@ -122,26 +123,6 @@ def _gvisor_table() -> Table:
     except runsc_module.RunscError as exc:
         table.add_row("sandboxes use", f"[red]{exc}[/]")
     return table
-
-
-def gpu_rows(host: GpuHost, runtimes: dict[str, tuple[Runtime, Availability]]
-             ) -> list[tuple[str, str]]:
-    """The GPUs table: each GPU, the driver, and per runtime whether a sandbox can be
-    given one here and, if not, why (the words a create with ``gpu`` would get)."""
-    if not host.present:
-        return [("GPUs", f"none: {host.reason}"),
-                *((f"{name} sandboxes", "no GPU here") for name in runtimes)]
-    rows = [(f"GPU {g.index}", f"{g.name}" + (f", {g.memory_mib} MiB" if g.memory_mib else "")
-             + f", /dev/nvidia{g.minor}" + (f", {g.uuid}" if g.uuid else ""))
-            for g in host.gpus]
-    rows.append(("driver", f"{host.driver} (found through {host.source})"))
-    assert host.driver is not None  # noqa: S101 - present GPUs come with a driver
-    for name, (runtime, status) in runtimes.items():
-        problem = (runtime.gpu_problem(host.driver) if status.ok
-                   else f"the runtime does not work here ({status.detail})")
-        rows.append((f"{name} sandboxes", "[green]can have a GPU[/]" if problem is None
-                     else f"[red]cannot have a GPU[/]: {problem}"))
-    return rows
 
 
 def _cgroup_fact() -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from corral.api.errors import InvalidArgumentError, ResourceExhaustedError
 from corral.api.resources import Resources
-from corral.runtime import Runtime
+from corral.runtime import Availability, Runtime
 from corral.runtime.gpu import DriverFiles, Gpu, GpuHost, driver_files
 
 #: The key of a sandbox's runtime handle ``extra`` (and so its record) naming its GPUs'
@@ -135,6 +135,26 @@ class GpuScheduler:
             for minor in given:
                 del self._holders[minor]
         return given
+
+
+def doctor_rows(host: GpuHost, runtimes: dict[str, tuple[Runtime, Availability]]
+             ) -> list[tuple[str, str]]:
+    """The GPUs table: each GPU, the driver, and per runtime whether a sandbox can be
+    given one here and, if not, why (the words a create with ``gpu`` would get)."""
+    if not host.present:
+        return [("GPUs", f"none: {host.reason}"),
+                *((f"{name} sandboxes", "no GPU here") for name in runtimes)]
+    rows = [(f"GPU {g.index}", f"{g.name}" + (f", {g.memory_mib} MiB" if g.memory_mib else "")
+             + f", /dev/nvidia{g.minor}" + (f", {g.uuid}" if g.uuid else ""))
+            for g in host.gpus]
+    rows.append(("driver", f"{host.driver} (found through {host.source})"))
+    assert host.driver is not None  # noqa: S101 - present GPUs come with a driver
+    for name, (runtime, status) in runtimes.items():
+        problem = (runtime.gpu_problem(host.driver) if status.ok
+                   else f"the runtime does not work here ({status.detail})")
+        rows.append((f"{name} sandboxes", "[green]can have a GPU[/]" if problem is None
+                     else f"[red]cannot have a GPU[/]: {problem}"))
+    return rows
 
 
 def recorded(extra: dict[str, object]) -> tuple[int, ...]:

@@ -239,7 +239,7 @@ def test_doctor_says_there_is_no_gpu_and_why(tmp_path: Path,
 
 def test_doctors_gpu_rows_name_each_gpu_the_driver_and_each_runtimes_answer(
         tmp_path: Path) -> None:
-    from corral.cli.doctor import gpu_rows
+    from corral.node.gpus import doctor_rows as gpu_rows
     from corral.runtime.gvisor.runsc import MANAGED
     from corral.runtime.gvisor.runtime import GvisorOptions, GvisorRuntime
     from tests.fakes.gpu import make_driver_tree
