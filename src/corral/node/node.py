@@ -609,15 +609,20 @@ class Node:
         ``state_reason`` from now.
         """
         sandbox = self.get(sandbox_id)
-        gpus = recorded_gpus(sandbox.handle.extra)
-        if gpus and sandbox.state is SandboxState.PAUSED:
-            self.gpus.take_back(sandbox.id, gpus)  # its device nodes are these: the same
         try:
             await pausing.resume(sandbox, self.lifecycle, self._agent_closed,
-                                 self._read_stderr, self.network, reason)
+                                 self._read_stderr, self.network, reason,
+                                 take=self._take_gpus)
         finally:
-            if gpus and sandbox.state is not SandboxState.RUNNING:
+            if sandbox.state is not SandboxState.RUNNING:
                 self.gpus.release(sandbox.id)  # still paused (or gone): not holding them
+
+    def _take_gpus(self, sandbox: NodeSandbox) -> None:
+        """A resume's first step: the GPUs the sandbox had, again (their device nodes are
+        bound into it: the same ones or none), or ResourceExhaustedError naming the holder."""
+        gpus = recorded_gpus(sandbox.handle.extra)
+        if gpus:
+            self.gpus.take_back(sandbox.id, gpus)
 
     def _gpu_state(self, sandbox: NodeSandbox, state: SandboxState) -> None:
         """Lifecycle listener: a sandbox that stops or pauses gives its GPUs back."""

@@ -131,6 +131,19 @@ async def test_a_pause_gives_the_gpu_back_and_a_resume_takes_it_again(gpu_node: 
     await sandbox.kill()
 
 
+async def test_a_resume_that_waits_for_a_pause_takes_the_gpu_back(gpu_node: Node) -> None:
+    sandbox = await gpu_node.create("python", resources=_gpu(1))
+    await asyncio.gather(gpu_node.pause(sandbox.id), gpu_node.resume(sandbox.id))
+    if sandbox.state is S.PAUSED:  # the resume ran first (nothing to do), then the pause
+        assert gpu_node.gpus.holders() == {}
+        await gpu_node.resume(sandbox.id)
+    assert sandbox.state is S.RUNNING
+    assert gpu_node.gpus.holders() == {0: sandbox.id}
+    with pytest.raises(ResourceExhaustedError):
+        await gpu_node.create("python", resources=_gpu(2))
+    await sandbox.kill()
+
+
 async def test_a_resume_whose_gpu_was_taken_fails_and_stays_paused(gpu_node: Node) -> None:
     paused = await gpu_node.create("python", resources=_gpu(1))
     await gpu_node.pause(paused.id)
