@@ -128,3 +128,21 @@ async def test_without_a_ceiling_a_model_gets_no_network(corral: Corral) -> None
         result = await session.call_tool("create_sandbox", {"network": ["pypi.org:443"]})
         text = "".join(getattr(c, "text", "") for c in result.content)
     assert text.startswith("error:") and "allows none" in text
+
+
+async def test_create_sandbox_with_a_gpu_says_why_it_cannot(corral: Corral) -> None:
+    def factory(headers: Any = None, timeout: Any = None, auth: Any = None
+                ) -> httpx.AsyncClient:
+        return httpx.AsyncClient(headers=headers, timeout=timeout, auth=auth,
+                                 verify=ssl.create_default_context(cafile=str(corral.ca)))
+
+    async with streamablehttp_client(f"{corral.url}/mcp",
+                                     headers={"Authorization": f"Bearer {corral.key}"},
+                                     httpx_client_factory=factory) as (r, w, _), \
+            ClientSession(r, w) as session:
+        await session.initialize()
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+        assert tools["create_sandbox"].inputSchema["properties"]["gpu"]["maximum"] == 8
+        result = await session.call_tool("create_sandbox", {"gpu": 1})
+        text = "".join(getattr(c, "text", "") for c in result.content)
+    assert text.startswith("error:") and "this node has no GPU" in text, text

@@ -84,7 +84,7 @@ def test_samples_describe_a_running_sandbox(server: Server, runtime: str) -> Non
         last = samples[-1]
         assert set(last) == {"time", "cpu_percent", "memory_used", "memory_limit",
                              "disk_used", "disk_limit", "pids", "net_rx_bytes",
-                             "net_tx_bytes"}
+                             "net_tx_bytes", "gpu_percent", "gpu_memory_used"}
         assert 0 <= busy[-1]["cpu_percent"] <= 100
         assert last["memory_limit"] == 512 * MIB
         assert 0 < last["memory_used"] <= last["memory_limit"]
@@ -93,6 +93,7 @@ def test_samples_describe_a_running_sandbox(server: Server, runtime: str) -> Non
             s for s in metrics(http, sb.id)["samples"] if s["disk_used"] >= 3_000_000])
         assert last["pids"] >= 2  # the agent and the loop, at least
         assert last["net_rx_bytes"] is None and last["net_tx_bytes"] is None
+        assert last["gpu_percent"] is None and last["gpu_memory_used"] is None  # no GPU
 
 
 def test_a_networked_sandbox_counts_its_bytes(server: Server, runtime: str) -> None:

@@ -95,6 +95,11 @@ class ResourcesSpec(BaseModel):
     pids: Annotated[int, Field(strict=True)] | None = None
     disk: Annotated[str, Field(max_length=32)] | Annotated[int, Field(strict=True)] | None \
         = None
+    gpu: Annotated[str, Field(max_length=72)] | Annotated[int, Field(strict=True)] | None = \
+        Field(default=None, description="NVIDIA GPUs it has to itself: a count (0-8), a "
+              "model name matched against the node's GPUs (\"H200\": one of them) or "
+              "\"<model>:<count>\"; a node without a usable GPU refuses it (400, saying "
+              "why). See docs/gpu.md")
 
     @model_validator(mode="after")
     def _within_bounds(self) -> ResourcesSpec:
@@ -104,13 +109,13 @@ class ResourcesSpec(BaseModel):
     def to_resources(self) -> Resources:
         """The checked :class:`~corral.api.resources.Resources` these values describe."""
         result: Resources = _checked(Resources.parse, self.memory, self.cpus, self.pids,
-                                     self.disk)
+                                     self.disk, self.gpu)
         return result
 
     @classmethod
     def of(cls, resources: Resources) -> ResourcesSpec:
         return cls(memory=resources.memory_mib, cpus=resources.cpus, pids=resources.pids,
-                   disk=resources.disk_mib)
+                   disk=resources.disk_mib, gpu=resources.gpu or None)
 
 
 class NetworkLists(BaseModel):
@@ -637,7 +642,9 @@ class CommandHistory(_Response):
 class MetricSample(_Response):
     """One look at a sandbox. ``cpu_percent``: the share of its cores busy since the look
     before (100: all of them); sizes in bytes; ``pids``: its pids cgroup's tasks;
-    ``net_*_bytes``: through its interface so far, None without a network."""
+    ``net_*_bytes``: through its interface so far, None without a network; ``gpu_percent``
+    and ``gpu_memory_used``: its GPUs' mean utilisation and memory in use (bytes), None
+    without a GPU (or where the node cannot read them: no NVML)."""
 
     time: datetime
     cpu_percent: float
@@ -648,6 +655,8 @@ class MetricSample(_Response):
     pids: int
     net_rx_bytes: int | None
     net_tx_bytes: int | None
+    gpu_percent: float | None = None
+    gpu_memory_used: int | None = None
 
 
 class SandboxMetrics(_Response):

@@ -12,7 +12,9 @@ from rich.table import Table
 
 from corral.api.errors import SandboxError
 from corral.node.images import ImageStore
+from corral.node.gpus import doctor_rows as gpu_rows
 from corral.runtime import GvisorOptions, available_runtimes
+from corral.runtime.gpu import discover
 from corral.runtime.gvisor import runsc as runsc_module
 from corral.runtime.host import favordynmods_enabled
 
@@ -48,6 +50,12 @@ def doctor(data_dir: DataDirOption = None) -> None:
                   "not built: needs a host whose KVM can boot a guest")
     console.print(table)
     console.print(_gvisor_table())
+    gpus = Table(title="GPUs", show_header=False)
+    gpus.add_column("fact", style="bold")
+    gpus.add_column("value")
+    for fact, value in gpu_rows(discover(), runtimes):
+        gpus.add_row(fact, value)
+    console.print(gpus)
 
     settings = node_settings(data_dir)
     host = Table(title="Host", show_header=False)

@@ -94,6 +94,9 @@ def create(
         help="gvisor or namespaces.")] = None,
     memory: Annotated[str | None, typer.Option(help="Memory limit, e.g. 1G.")] = None,
     cpus: Annotated[float | None, typer.Option(help="CPU time, in cores.")] = None,
+    gpu: Annotated[str | None, typer.Option(
+        "--gpu", metavar="COUNT|MODEL[:COUNT]", show_default=False,
+        help="NVIDIA GPUs it has to itself: 1, H200 or H200:2 (docs/gpu.md).")] = None,
     env: Annotated[list[str] | None, typer.Option(
         "--env", "-e", metavar="KEY=VALUE", show_default=False,
         help="Environment variable of every command (repeatable).")] = None,
@@ -124,6 +127,8 @@ def create(
 
         corral sandbox create --image python --memory 1G --json
 
+        corral sandbox create --runtime namespaces --gpu 1
+
         corral sandbox create --net allow:198.51.100.0/24:443 --net deny:198.51.100.7
 
         corral sandbox create --volume /data=datasets --volume /models=weights:ro
@@ -140,6 +145,7 @@ def create(
     policy = network_spec(parse_net(net)) if net else None
     with reporting_errors():
         sb = Sandbox.create(image, timeout=timeout, runtime=runtime, resources=resources,
+                            gpu=int(gpu) if gpu is not None and gpu.isdigit() else gpu,
                             idle_timeout=idle_timeout, on_idle=on_idle,
                             on_timeout=on_timeout, paused_ttl=paused_ttl,
                             env=_pairs(env, "'--env'"),

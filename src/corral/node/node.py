@@ -49,6 +49,7 @@ from corral.api.network import NetworkPolicy
 from corral.api.resources import Resources, check_timeout
 from corral.runtime import GvisorOptions, Runtime, SandboxSpec, VolumeBind, get_runtime
 from corral.runtime.agent_bundle import ensure_bundle
+from corral.runtime.gpu import DriverFiles, GpuHost, discover, sandbox_env
 from corral.runtime.host import (SandboxNet, destroy_net, favor_dynamic_changes,
                                  remove_node_cgroups, sweep, sweep_networks)
 
@@ -57,6 +58,9 @@ from .adoption import AdoptionError, adopt, release
 from .agent_client import AgentClient
 from .builder import BuildEvent
 from .checkpoints import MemorySnapshot, SnapshotStore
+from .gpus import EXTRA_KEY as gpu_extra
+from .gpus import GpuScheduler
+from .gpus import recorded as recorded_gpus
 from .images import Image, ImageStore
 from .layers import Manifest, PruneResult
 from .lifecycle import Lifecycle, SandboxState, StateListener
@@ -85,13 +89,19 @@ class Node:
     """Sandboxes on this host. Use as ``async with Node() as node: ...``."""
 
     def __init__(self, settings: NodeSettings | None = None, *,
-                 runtimes: Mapping[str, Runtime] | None = None) -> None:
+                 runtimes: Mapping[str, Runtime] | None = None,
+                 gpus: GpuHost | None = None, gpu_root: Path = Path("/")) -> None:
         """``runtimes``: the only runtimes this node uses, by name, instead of the host's
-        (tests give a fake one); only this constructor takes them, never a setting."""
+        (tests give a fake one); ``gpus`` and ``gpu_root``: the GPUs this node schedules
+        and the root folder their driver's files are read under, instead of the host's
+        (tests give a fake driver tree). Only this constructor takes them, never a setting."""
         self.settings = settings or NodeSettings.from_env()
         self.images = ImageStore(self.settings.image_dir, built=self.settings.built_dir)
         self.lifecycle = Lifecycle(self._persist)
         self.lifecycle.on_state(self._forget_stopped)
+        #: This node's GPUs and who holds them (:mod:`corral.node.gpus`).
+        self.gpus = GpuScheduler(gpus if gpus is not None else discover(), gpu_root)
+        self.lifecycle.on_state(self._gpu_state)
         self.lifecycle.pause_expired = self._pause_expired
         self._sandboxes: dict[str, NodeSandbox] = {}
         self._given = dict(runtimes) if runtimes is not None else None
@@ -436,16 +446,27 @@ class Node:
         self._pending += 1
         try:
             binds = await asyncio.to_thread(self._volume_binds, mounts)
-            net = await self.network.attach(policy) if policy.enabled else None
-            spec = self._spec(sandbox_id, built, resources, binds, net)
+            gpu = await asyncio.to_thread(self.gpus.acquire, sandbox_id, resources, chosen)
+            if gpu is not None:
+                env = sandbox_env(env)
+            try:
+                net = await self.network.attach(policy) if policy.enabled else None
+            except BaseException:
+                self.gpus.release(sandbox_id)
+                raise
+            spec = self._spec(sandbox_id, built, resources, binds, net,
+                              gpu[1] if gpu is not None else None)
             try:
                 handle = await chosen.create(spec)
             except BaseException:
+                self.gpus.release(sandbox_id)
                 if net is not None:
                     await asyncio.shield(asyncio.to_thread(destroy_net, net))
                 raise
             if net is not None:
                 handle.extra[net_extra] = net_record(net, policy)
+            if gpu is not None:
+                handle.extra[gpu_extra] = list(gpu[0])
             sandbox = NodeSandbox(self.lifecycle, sandbox_id, image, chosen, handle, resources,
                                   env, built.workdir, metadata, timeout, self.network,
                                   pooled=pooled, user=default_user(built.user),
@@ -471,7 +492,8 @@ class Node:
         return sandbox
 
     def _spec(self, sandbox_id: str, built: Image, resources: Resources,
-              binds: tuple[VolumeBind, ...], net: SandboxNet | None) -> SandboxSpec:
+              binds: tuple[VolumeBind, ...], net: SandboxNet | None,
+              gpu: DriverFiles | None = None) -> SandboxSpec:
         """What the runtime needs to build sandbox ``sandbox_id`` of this node."""
         return SandboxSpec(sandbox_id=sandbox_id, cgroup=f"{self.settings.node_key}/{sandbox_id}",
                            rootfs=built.rootfs, resources=resources,
@@ -479,7 +501,7 @@ class Node:
                            directory=self.sandboxes_dir / sandbox_id,
                            orphan_grace=self.settings.orphan_grace,
                            netns=net.netns_path if net is not None else None,
-                           layers=built.layers, volumes=binds)
+                           layers=built.layers, volumes=binds, gpu=gpu)
 
     async def _go_live(self, sandbox: NodeSandbox, agent: AgentClient,
                        net: SandboxNet | None) -> None:
@@ -555,6 +577,10 @@ class Node:
         sandbox.on_timeout, sandbox.state_reason = record.on_timeout, record.state_reason
         self._sandboxes[sandbox.id] = sandbox
         if adopted.agent is not None:
+            try:  # it runs on its GPUs: none of them is anyone else's
+                self.gpus.adopt(sandbox.id, recorded_gpus(adopted.handle.extra))
+            except SandboxError as exc:
+                log.error("sandbox %s: %s", sandbox.id, exc.message)
             sandbox.agent = adopted.agent
             adopted.agent.on_close = functools.partial(self._agent_closed, sandbox)
         if adopted.agent is None:  # paused: nothing of it runs until a resume
@@ -608,8 +634,28 @@ class Node:
         ``state_reason`` from now.
         """
         sandbox = self.get(sandbox_id)
-        await pausing.resume(sandbox, self.lifecycle, self._agent_closed, self._read_stderr,
-                             self.network, reason)
+        try:
+            await pausing.resume(sandbox, self.lifecycle, self._agent_closed,
+                                 self._read_stderr, self.network, reason,
+                                 take=self._take_gpus)
+        finally:
+            if sandbox.state is not SandboxState.RUNNING:
+                self.gpus.release(sandbox.id)  # still paused (or gone): not holding them
+
+    def _take_gpus(self, sandbox: NodeSandbox) -> None:
+        """A resume's first step: the GPUs the sandbox had, again (their device nodes are
+        bound into it: the same ones or none), or ResourceExhaustedError naming the holder."""
+        gpus = recorded_gpus(sandbox.handle.extra)
+        if gpus:
+            self.gpus.take_back(sandbox.id, gpus)
+
+    def _gpu_state(self, sandbox: NodeSandbox, state: SandboxState) -> None:
+        """Lifecycle listener: a sandbox that stops or pauses gives its GPUs back."""
+        if state in (SandboxState.STOPPED, SandboxState.PAUSED):
+            given = self.gpus.release(sandbox.id)
+            if given:
+                log.info("sandbox %s gave back GPUs %s (%s)", sandbox.id, list(given),
+                         state.value)
 
     async def _pause_expired(self, sandbox: NodeSandbox) -> None:
         """The lifecycle's handler of a lifetime that ran out with ``on_timeout="pause"``:

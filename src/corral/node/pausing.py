@@ -111,11 +111,14 @@ async def pause(sandbox: NodeSandbox, lifecycle: Lifecycle,
 async def resume(sandbox: NodeSandbox, lifecycle: Lifecycle,
                  agent_closed: Callable[[NodeSandbox, str], None],
                  on_stderr: Callable[[NodeSandbox, asyncio.StreamReader], None],
-                 network: NodeNetwork, reason: str) -> float | None:
+                 network: NodeNetwork, reason: str,
+                 take: Callable[[NodeSandbox], None] | None = None) -> float | None:
     """Resume a paused sandbox; returns the seconds it took until its agent answered, None
     for a running one (nothing done). ``on_stderr``: the node's reader of a new runtime
     process's stderr; ``network``: the node's, which readies the sandbox's slot first.
-    ``reason``: its ``state_reason`` once resumed.
+    ``reason``: its ``state_reason`` once resumed. ``take``: called first, under the
+    sandbox's transition lock, to take back what it gave up when it paused (its GPUs);
+    if it raises, nothing is done and the sandbox stays paused.
 
     Raises SandboxNotRunningError if it is stopping or stopped; if its network cannot be
     made ready or the runtime fails, the sandbox stays paused (resume may be tried again,
@@ -127,6 +130,8 @@ async def resume(sandbox: NodeSandbox, lifecycle: Lifecycle,
         if sandbox.state is not SandboxState.PAUSED:
             sandbox.channel()  # says why, with the reason
             raise SandboxNotRunningError(f"sandbox {sandbox.id} is {sandbox.state.value}")
+        if take is not None:
+            take(sandbox)
         started = time.monotonic()
         sandbox.changing = "resuming"
         try:

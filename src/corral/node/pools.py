@@ -61,6 +61,8 @@ _TENANT_SPEC = re.compile(
     r"^(?P<image>[A-Za-z0-9][A-Za-z0-9._-]{0,63}/[a-z0-9][a-z0-9._-]{0,63}"
     r"(?::[a-z0-9][a-z0-9._-]{0,63})?)(?:@(?P<runtime>[a-z0-9-]{1,32}))?"
     r"=(?P<size>\d{1,4})(?:/(?P<warm>[A-Za-z0-9_.+]*))?$")
+#: A pool's GPUs, after its spec: ``;gpu=1``, ``;gpu=H200`` or ``;gpu=H200:2``.
+_GPU_SUFFIX = re.compile(r"^(?P<spec>.*);gpu=(?P<gpu>[A-Za-z0-9 ._:-]{1,72})$")
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
@@ -112,9 +114,17 @@ class PoolSpec:
         ``python:gvisor=4`` keeps 4 sandboxes with a kernel that imported numpy, pandas
         and matplotlib; ``python=2/numpy`` imports numpy only; ``python=2/`` starts no
         kernel; ``acme/my-env:1@gvisor=4/`` keeps 4 of tenant acme's ``my-env:1``,
-        refilled with the new image whenever that name is rebuilt.
+        refilled with the new image whenever that name is rebuilt. A trailing
+        ``;gpu=COUNT|MODEL[:COUNT]`` gives each of them GPUs (``python:namespaces=1/;gpu=1``),
+        which they hold while they wait; only creates asking for the same ``gpu`` (and
+        the default limits) take from it.
         """
-        match = _SPEC.match(text.strip()) or _TENANT_SPEC.match(text.strip())
+        text = text.strip()
+        gpu: str | int | None = None
+        if (suffix := _GPU_SUFFIX.match(text)) is not None:
+            text, gpu = suffix["spec"], suffix["gpu"]
+            gpu = int(gpu) if gpu.isdigit() else gpu
+        match = _SPEC.match(text) or _TENANT_SPEC.match(text)
         if match is None:
             raise InvalidArgumentError(
                 f"pool {text!r:.80} is not IMAGE[:RUNTIME]=SIZE[/MODULES] or "
@@ -127,7 +137,7 @@ class PoolSpec:
         if "/" in image and ":" not in image.split("/", 1)[1]:
             image += ":latest"
         return cls(image=image, runtime=match["runtime"] or "", size=int(match["size"]),
-                   warm=warm)
+                   warm=warm, resources=Resources.parse(gpu=gpu))
 
     @classmethod
     def parse_list(cls, text: str) -> tuple[PoolSpec, ...]:

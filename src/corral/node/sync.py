@@ -18,6 +18,7 @@ import builtins
 import functools
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
+from pathlib import Path
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
@@ -32,6 +33,7 @@ from .network import SandboxNetwork
 from corral.api.models import SandboxInfo
 from corral.api.network import NetworkPolicy
 from corral.runtime import Runtime
+from corral.runtime.gpu import GpuHost
 
 from .lifecycle import SandboxState
 from .node import Node
@@ -198,12 +200,15 @@ class SyncNode(Proxy[Node]):
     create_from_snapshot = blocking_wrapped(Node.create_from_snapshot, SyncNodeSandbox)
 
     def __init__(self, settings: NodeSettings | None = None, *,
-                 runtimes: Mapping[str, Runtime] | None = None) -> None:
-        """``settings`` and ``runtimes`` as :class:`Node` takes them; the node starts now."""
+                 runtimes: Mapping[str, Runtime] | None = None,
+                 gpus: GpuHost | None = None, gpu_root: Path = Path("/")) -> None:
+        """``settings``, ``runtimes``, ``gpus`` and ``gpu_root`` as :class:`Node` takes
+        them; the node starts now."""
         self._portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal()
         portal = self._portal_cm.__enter__()
         try:
-            super().__init__(Node(settings, runtimes=runtimes), portal)
+            super().__init__(Node(settings, runtimes=runtimes, gpus=gpus, gpu_root=gpu_root),
+                             portal)
             portal.call(self._inner.start)
         except BaseException:
             self._portal_cm.__exit__(None, None, None)

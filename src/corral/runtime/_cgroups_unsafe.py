@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ._cgroups import CPU_PERIOD_US, PARENT, CgroupView, cgroup_layout, favordynmods_enabled
+from ._cgroups import (CPU_PERIOD_US, PARENT, ROOT, CgroupView, cgroup_layout,
+                       favordynmods_enabled)
 
 
 def favor_dynamic_changes() -> bool | None:
@@ -36,6 +37,12 @@ def favor_dynamic_changes() -> bool | None:
     result = subprocess.run(["mount", "-o", "remount,favordynmods", str(unified)],
                             capture_output=True)
     return True if result.returncode == 0 else None
+
+
+#: What a sandbox's minimal /dev holds (bwrap's --dev: null, zero, full, random,
+#: urandom, tty, and a devpts of its own with its ptmx).
+BASE_DEVICES = ("c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
+                "c 5:0 rwm", "c 5:2 rwm", "c 136:* rwm")
 
 
 def _write(path: Path, value: str) -> None:
@@ -58,6 +65,17 @@ class SandboxCgroups(CgroupView):
         _write(self.v1["pids"] / "pids.max", str(pids))
         _write(self.v1["cpu"] / "cpu.cfs_period_us", str(CPU_PERIOD_US))
         _write(self.v1["cpu"] / "cpu.cfs_quota_us", str(int(cpus * CPU_PERIOD_US)))
+
+    def limit_devices(self, allowed: list[tuple[int, int]]) -> Path:
+        """Make the sandbox's v1 devices cgroup, letting it use only the character devices
+        ``allowed`` (major, minor) and those every sandbox's ``/dev`` holds; returns its
+        ``cgroup.procs`` for the sandbox to join. Raises OSError without the controller."""
+        path = ROOT / "devices" / PARENT / self.name
+        path.mkdir(parents=True, exist_ok=True)
+        _write(path / "devices.deny", "a")
+        for rule in [*BASE_DEVICES, *(f"c {major}:{minor} rw" for major, minor in allowed)]:
+            _write(path / "devices.allow", rule)
+        return path / "cgroup.procs"
 
     def joiner(self, v1: bool) -> Callable[[], None]:
         """A pre-exec hook that moves the calling (child) process into these cgroups."""

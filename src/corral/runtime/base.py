@@ -33,6 +33,8 @@ from pathlib import Path
 from corral.api.errors import RuntimeUnavailableError
 from corral.api.resources import Resources
 
+from .gpu import DriverFiles
+
 
 class RuntimeState(enum.Enum):
     CREATED = "created"
@@ -100,6 +102,9 @@ class SandboxSpec:
     #: Volumes bound into the sandbox (rw or ro, always nosuid and nodev), shared with
     #: whichever other sandboxes mount them.
     volumes: tuple[VolumeBind, ...] = ()
+    #: The GPUs' device nodes and the driver's files the sandbox is given (the node's
+    #: assignment, :mod:`corral.node.gpus`); None: no GPU.
+    gpu: DriverFiles | None = None
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,12 @@ class Runtime(ABC):
     @abstractmethod
     def check(self) -> Availability:
         """Probe the host. Called by ``corral doctor`` and when a node starts; cheap, repeatable."""
+
+    def gpu_problem(self, driver: str) -> str | None:
+        """Why this runtime cannot give a sandbox the host's GPUs with NVIDIA driver
+        ``driver`` (``580.159.04``), or None if it can. Called by the node before it
+        assigns a GPU, and by ``corral doctor``; cheap after its first call."""
+        return f"the {self.name} runtime cannot pass GPUs into sandboxes"
 
     @abstractmethod
     async def create(self, spec: SandboxSpec) -> RuntimeSandbox:

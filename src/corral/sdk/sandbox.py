@@ -119,6 +119,7 @@ class AsyncSandbox:
                      env: Mapping[str, str] | None = None,
                      metadata: Mapping[str, str] | None = None,
                      resources: ResourcesArg | None = None, runtime: str | None = None,
+                     gpu: int | str | None = None,
                      idle_timeout: float | None = None,
                      on_idle: models.LifetimeAction = "kill",
                      on_timeout: models.LifetimeAction = "kill",
@@ -144,6 +145,11 @@ class AsyncSandbox:
             resources: limits, e.g. ``{"memory": "1G", "cpus": 2}`` or a
                 :class:`corral.Resources`.
             runtime: ``"gvisor"`` or ``"namespaces"``; default: the server's strongest.
+            gpu: NVIDIA GPUs it has to itself: a count (``1``), a model name (``"H200"``:
+                one GPU whose name contains it) or ``"H200:2"``; the same as ``resources``'
+                ``gpu``. A server without a usable GPU refuses it with
+                ``InvalidArgumentError`` saying why; all its GPUs in use,
+                ``ResourceExhaustedError`` (docs/gpu.md).
             idle_timeout: stop it (or pause it: ``on_idle``) after this many seconds in
                 which nothing used it: no call touched it, no command or cell ran in it, no
                 stream, file transfer or port connection was open; default: only
@@ -217,6 +223,10 @@ class AsyncSandbox:
             given.update({k: v for k, v in optional.items() if v is not None})
             if resources:  # an empty one (as an empty env, volumes, ports) is the default
                 given["resources"] = _resources(resources)
+            if gpu is not None:
+                limits = given.get("resources", models.ResourcesSpec())
+                given["resources"] = checked(models.ResourcesSpec, **{
+                    **limits.model_dump(exclude_unset=True), "gpu": gpu})
             if env:
                 given["env"] = dict(env)
             if volumes:

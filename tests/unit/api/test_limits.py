@@ -271,6 +271,9 @@ def test_the_documented_bounds_are_the_values() -> None:
         "fails (502)": f"1 to {limits.MAX_SIGNED_URL_LIFETIME:g}; {limits.PORT_READ_TIMEOUT:g}",
         "a WebSocket message through an exposed port, either way":
             f"{MAX_WS_MESSAGE // mib} MiB",
+        "`resources.gpu`: a count; a model name's characters (letters, digits, space, `.`, "
+        "`_`, `-`); `\"<model>:<count>\"` (docs/gpu.md)":
+            "{} to {}; 1 to ".format(*resources.GPUS_RANGE) + f"{resources.MAX_GPU_MODEL}",
     }
     assert limits.DEFAULT_CODE_TIMEOUT == limits.DEFAULT_COMMAND_TIMEOUT  # one row says both
     security = " ".join((DOCS / "SECURITY.md").read_text().split())

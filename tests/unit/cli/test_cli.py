@@ -226,3 +226,32 @@ def test_net_options_make_a_policy(values: list[str] | None, wire: object) -> No
 def test_bad_net_options_are_usage_errors(values: list[str], message: str) -> None:
     with pytest.raises(typer.BadParameter, match=message):
         parse_net(values)
+
+
+def test_doctor_says_there_is_no_gpu_and_why(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_runtimes(monkeypatch, {"gvisor": True, "namespaces": True})
+    result = invoke("doctor", data_dir=tmp_path)
+    out = " ".join(result.stdout.split())
+    assert "GPUs │ none: no NVIDIA driver is loaded" in out, out
+    assert "namespaces sandboxes │ no GPU here" in out, out
+
+
+def test_doctors_gpu_rows_name_each_gpu_the_driver_and_each_runtimes_answer(
+        tmp_path: Path) -> None:
+    from corral.node.gpus import doctor_rows as gpu_rows
+    from corral.runtime.gvisor.runsc import MANAGED
+    from corral.runtime.gvisor.runtime import GvisorOptions, GvisorRuntime
+    from tests.fakes.gpu import make_driver_tree
+
+    host = make_driver_tree(tmp_path, gpus=1)
+    gvisor = GvisorRuntime(GvisorOptions(runsc=str(MANAGED)))
+    broken = GvisorRuntime(GvisorOptions(runsc=str(MANAGED)))
+    rows = dict(gpu_rows(host, {"gvisor": (gvisor, Availability(True, "ok")),
+                                "other": (broken, Availability(False, "no runsc"))}))
+    assert rows["GPU 0"] == "NVIDIA H200, 143771 MiB, /dev/nvidia0, GPU-00000000"
+    assert rows["driver"] == "580.159.04 (found through test)"
+    assert "cannot have a GPU" in rows["gvisor sandboxes"]
+    assert ("driver 580.159.04 is not in runsc's nvproxy list" in rows["gvisor sandboxes"]
+            if MANAGED.exists() else "gVisor is not available" in rows["gvisor sandboxes"])
+    assert rows["other sandboxes"].endswith("the runtime does not work here (no runsc)")

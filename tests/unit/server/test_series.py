@@ -3,8 +3,12 @@ never more than MAX_SAMPLES whatever the interval or the sandbox's life."""
 
 from __future__ import annotations
 
+import dataclasses
+
+from corral.runtime.gpu import GpuUsage
 from corral.server.services._series import (FULL_WINDOW, MAX_RECENT, MAX_SAMPLES, MAX_THINNED,
                                             THIN_STEP, Sample, Series, cpu_percent)
+from corral.server.services.sampler import gpu_reading
 
 
 def _sample(t: float) -> Sample:
@@ -93,3 +97,22 @@ def test_samples_come_back_as_they_went_in() -> None:
     series.add(_sample(1765121401.0))
     assert series.samples() == [with_net, _sample(1765121401.0)]
     assert series.latest() == _sample(1765121401.0)
+
+
+def test_gpu_readings_come_back_as_they_went_in() -> None:
+    series = Series("t")
+    with_gpu = dataclasses.replace(_sample(1765121400.0), gpu_percent=87.5,
+                                   gpu_memory_used=80 * 2**30)
+    series.add(with_gpu)
+    series.add(_sample(1765121401.0))
+    assert series.samples() == [with_gpu, _sample(1765121401.0)]
+    assert series.samples()[1].gpu_percent is None
+    assert series.samples()[1].gpu_memory_used is None
+
+
+def test_a_sandboxs_gpu_reading_is_its_gpus_mean_and_sum() -> None:
+    readings = {0: GpuUsage(100, 2**30, 2**34), 1: GpuUsage(50, 3 * 2**30, 2**34)}
+    assert gpu_reading((0, 1), readings) == (75.0, 4 * 2**30)
+    assert gpu_reading((1,), readings) == (50.0, 3 * 2**30)
+    assert gpu_reading((), readings) is None
+    assert gpu_reading((0, 2), readings) is None  # one not read: no half a figure

@@ -43,7 +43,7 @@ class Backend(Protocol):
     """Where sandboxes come from; ``ctx`` identifies the caller."""
 
     async def create(self, ctx: Context[Any, Any, Any], name: str | None, image: str,
-                     timeout: float, network: NetworkPolicy) -> str: ...
+                     timeout: float, network: NetworkPolicy, gpu: int = 0) -> str: ...
 
     def open(self, ctx: Context[Any, Any, Any], sandbox_id: str
              ) -> AbstractAsyncContextManager[contract.SandboxContract]: ...
@@ -59,7 +59,7 @@ class SdkBackend:
         self._connect = dict(connect or {})
 
     async def create(self, ctx: Context[Any, Any, Any], name: str | None, image: str,
-                     timeout: float, network: NetworkPolicy) -> str:
+                     timeout: float, network: NetworkPolicy, gpu: int = 0) -> str:
         if name:
             found = await AsyncSandbox.list(metadata={NAME_KEY: name}, state="running",
                                             **self._connect)
@@ -67,7 +67,8 @@ class SdkBackend:
                 return found[0].id
         sandbox = await AsyncSandbox.create(image, timeout=timeout,
                                             metadata={NAME_KEY: name} if name else None,
-                                            network=network.to_wire(), **self._connect)
+                                            network=network.to_wire(), gpu=gpu or None,
+                                            **self._connect)
         await sandbox.close()
         return sandbox.id
 
@@ -110,10 +111,13 @@ def build_server(backend: Backend, network: NetworkPolicy | None = None,
                                Field(max_length=64, description=(
                                    "Hosts it may connect to: domains (pypi.org, "
                                    "*.example.org), IPs or CIDRs, each optionally with "
-                                   ":port. Default: none."))] = None) -> str:
+                                   ":port. Default: none."))] = None,
+            gpu: Annotated[int, Field(ge=0, le=8, description=(
+                "NVIDIA GPUs it needs (default 0). Refused with the reason where the "
+                "server has none free or none at all."))] = 0) -> str:
         try:
             return await backend.create(ctx, name, image, timeout,
-                                        ceiling.narrowed(network or ()))
+                                        ceiling.narrowed(network or ()), gpu=gpu)
         except SandboxError as exc:
             return f"error: {exc}"
 

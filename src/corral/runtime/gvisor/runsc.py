@@ -153,6 +153,24 @@ def _flags(path: str) -> frozenset[str]:
     return found
 
 
+@functools.cache  # a failure raises, and is not cached
+def nvproxy_drivers(path: str) -> tuple[str, ...]:
+    """The NVIDIA driver versions this runsc's nvproxy supports
+    (``runsc nvproxy list-supported-drivers``); empty for a build without nvproxy."""
+    if "nvproxy" not in _flags(path):
+        return ()
+    try:
+        done = subprocess.run([path, "nvproxy", "list-supported-drivers"],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RunscError(f"{path} cannot list nvproxy's drivers ({exc})") from None
+    if done.returncode != 0:
+        return ()
+    versions = [line.strip() for line in done.stdout.splitlines()[:256]]
+    return tuple(sorted((v for v in versions if v and v.replace(".", "").isdigit()),
+                        key=lambda v: tuple(int(p) for p in v.split("."))))
+
+
 _PASSED: set[tuple[str, str]] = set()
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -38,9 +39,12 @@ from .._mounts import mounts_under
 from .._host import (HostRuntime, channel_dir, drop_parked, keep_upper, park_root,
                      prepare_root, saved_upper, teardown, unmount_root, unpark_root)
 from ..agent_bundle import CHANNEL_MOUNT_POINT, MOUNT_POINT, agent_command, agent_env
+from ..gpu import SANDBOX_BIN_DIR, SANDBOX_LIB_DIR
 from ..base import (Availability, RuntimeSandbox, RuntimeState, SandboxSpec, Weakening,
                     drop_pipes, widen_pipes)
 from .runsc import INSTALL_COMMAND, PINNED_VERSION, GvisorOptions, Platform, Runsc, RunscError
+from .runsc import locate as locate_runsc
+from .runsc import nvproxy_drivers
 from .runsc import resolve as resolve_runsc
 
 log = logging.getLogger(__name__)
@@ -121,7 +125,35 @@ def oci_spec(spec: SandboxSpec, weakening: Weakening | None = None) -> dict[str,
             },
             "maskedPaths": MASKED_PATHS,
         },
-    }
+    } | ({} if spec.gpu is None else _gpu_spec(spec))
+
+
+def _gpu_spec(spec: SandboxSpec) -> dict[str, Any]:
+    """What ``--nvproxy`` reads: the GPUs' device nodes (linux.devices, and allowed in the
+    devices cgroup), the driver's libraries and tools bound read-only, and the env NVIDIA's
+    hooks use. The Sentry opens the device nodes; the sandbox's ioctls reach the driver only
+    through nvproxy's filter."""
+    gpu = spec.gpu
+    assert gpu is not None  # noqa: S101 - only called with one
+    base = oci_spec(dataclasses.replace(spec, gpu=None))
+    devices = [{"path": d.path, "type": "c", "major": d.major, "minor": d.minor,
+                "fileMode": 0o666, "uid": 0, "gid": 0} for d in gpu.devices]
+    binds = [{"destination": f"{SANDBOX_LIB_DIR}/{name}", "type": "bind", "source": source,
+              "options": ["rbind", "ro", "nosuid", "nodev"]} for source, name in gpu.libraries]
+    binds += [{"destination": f"{SANDBOX_BIN_DIR}/{name}", "type": "bind", "source": source,
+               "options": ["rbind", "ro", "nosuid", "nodev"]} for source, name in gpu.tools]
+    linux = dict(base["linux"])
+    linux["devices"] = devices
+    linux["resources"] = {**linux["resources"], "devices": [
+        {"allow": False, "access": "rwm"},
+        *({"allow": True, "type": "c", "major": d.major, "minor": d.minor, "access": "rw"}
+          for d in gpu.devices)]}
+    minors = ",".join(str(d.minor) for d in gpu.devices if d.path.rsplit("nvidia", 1)[-1]
+                      .isdigit())
+    env = [e for e in base["process"]["env"] if not e.startswith("NVIDIA_VISIBLE_DEVICES=")]
+    env += [f"NVIDIA_VISIBLE_DEVICES={minors}", f"LD_LIBRARY_PATH={SANDBOX_LIB_DIR}"]
+    return {"mounts": [*base["mounts"], *binds], "linux": linux,
+            "process": {**base["process"], "env": env}}
 
 
 def file_flags(runsc: Runsc, weakening: Weakening | None = None) -> list[str]:
@@ -188,6 +220,21 @@ class GvisorRuntime(HostRuntime):
                        "(faster, and `ls -l` works)")
         return Availability(True, detail)
 
+    def gpu_problem(self, driver: str) -> str | None:
+        """nvproxy passes a GPU through only for the drivers its runsc build lists."""
+        try:
+            runsc = locate_runsc(self.options.runsc)
+            supported = nvproxy_drivers(runsc.path)
+        except RunscError as exc:
+            return f"gVisor is not available here: {exc}"
+        if not supported:
+            return f"runsc {runsc.version} ({runsc.path}) has no nvproxy"
+        if driver not in supported:
+            return (f"driver {driver} is not in runsc's nvproxy list ({runsc.version} "
+                    f"supports {', '.join(supported)}); use the namespaces runtime, or "
+                    "a driver from that list")
+        return None
+
     async def create(self, spec: SandboxSpec) -> RuntimeSandbox:
         await asyncio.to_thread(self.chosen)  # no runsc, no platform: say so before any work
         sandbox = RuntimeSandbox(spec=spec)
@@ -236,6 +283,7 @@ class GvisorRuntime(HostRuntime):
                   else []),
                 f"--platform={platform.name}", *file_flags(runsc, self._weakening),
                 "--host-uds=open", *(["--net-raw"] if self._weakening.gvisor_net_raw else []),
+                *(["--nvproxy"] if spec.gpu is not None else []),
                 *subcommand]
         if spec.netns is None:
             return argv
@@ -273,7 +321,13 @@ class GvisorRuntime(HostRuntime):
 
     def check_pause(self, sandbox: RuntimeSandbox) -> None:
         """Every sandbox can be checkpointed but one whose handle records a network without
-        naming its namespace: its restore would come back without its network."""
+        naming its namespace: its restore would come back without its network, and one
+        with a GPU: a checkpoint cannot hold what the GPU holds (runsc 20240729 refuses)."""
+        if sandbox.spec.gpu is not None:
+            raise RuntimeUnavailableError(
+                f"sandbox {sandbox.spec.sandbox_id} has a GPU, and gVisor cannot checkpoint "
+                "a sandbox's GPU state (memory, contexts); it runs on unpaused: kill it "
+                "when done, or use the namespaces runtime, whose pause freezes it in place")
         if sandbox.spec.netns is None and "net" in sandbox.extra:
             raise RuntimeUnavailableError(
                 f"sandbox {sandbox.spec.sandbox_id} has a network policy, but this node does "

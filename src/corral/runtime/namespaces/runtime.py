@@ -32,10 +32,12 @@ from corral.api.errors import InternalError, InvalidArgumentError, ResourceExhau
 from .. import _cgroups_unsafe as cgroups
 from .. import _mounts_unsafe as mounts
 from .. import _net_unsafe as net
+from .._cgroups import ROOT as CGROUP_ROOT
 from .._cgroups import CgroupView
 from .._cgroups import check_host as check_cgroups
 from .._host import HostRuntime, channel_dir, check_alive, prepare_root, teardown
 from ..agent_bundle import CHANNEL_MOUNT_POINT, MOUNT_POINT, agent_command, agent_env
+from ..gpu import SANDBOX_BIN_DIR, SANDBOX_LIB_DIR, DriverFiles
 from ..base import (Availability, RuntimeSandbox, RuntimeState, SandboxSpec, Weakening,
                     widen_pipes)
 from . import _seccomp
@@ -66,8 +68,12 @@ MASKED_PROC_FILES = (
 MASKED_PROC_DIRS = ("acpi", "scsi", "asound", "driver", "dynamic_debug")
 
 
-def proc_mask_args() -> list[str]:
+def proc_mask_args(gpu: bool = False) -> list[str]:
     """bwrap arguments masking the host's /proc entries above (those this kernel has).
+
+    A GPU sandbox (``gpu``) sees the NVIDIA driver's own folder, ``/proc/driver/nvidia``,
+    read-only inside the masked ``/proc/driver``: CUDA and NVML read the driver's
+    parameters and GPU list there, as they do in containers (SECURITY.md, "GPUs").
 
     Files get the host's ``/dev/null`` bound over them: bwrap mounts it ``nodev``, so the
     sandbox cannot even open it. A sandbox cannot lift a mask: ``umount`` needs
@@ -79,7 +85,30 @@ def proc_mask_args() -> list[str]:
             args += ["--ro-bind", "/dev/null", f"/proc/{name}"]
     for name in MASKED_PROC_DIRS:
         if os.path.isdir(f"/proc/{name}"):
-            args += ["--tmpfs", f"/proc/{name}", "--remount-ro", f"/proc/{name}"]
+            args += ["--tmpfs", f"/proc/{name}"]
+            if gpu and name == "driver":
+                args += ["--ro-bind-try", "/proc/driver/nvidia", "/proc/driver/nvidia"]
+            args += ["--remount-ro", f"/proc/{name}"]
+    return args
+
+
+def gpu_args(gpu: DriverFiles) -> list[str]:
+    """bwrap arguments giving a sandbox its GPUs: their device nodes (``--dev-bind``: the
+    sandbox opens them as they are on the host; no other device of the host is there, and
+    the devices cgroup refuses any other), the driver's libraries and tools read-only in
+    :data:`SANDBOX_LIB_DIR` and :data:`SANDBOX_BIN_DIR` with their soname links, and its
+    firmware folder read-only."""
+    args: list[str] = []
+    for device in gpu.devices:
+        args += ["--dev-bind", device.path, "/dev/" + device.path.rsplit("/", 1)[-1]]
+    for source, name in gpu.libraries:
+        args += ["--ro-bind", source, f"{SANDBOX_LIB_DIR}/{name}"]
+    for name, target in gpu.links:
+        args += ["--symlink", target, f"{SANDBOX_LIB_DIR}/{name}"]
+    for source, name in gpu.tools:
+        args += ["--ro-bind", source, f"{SANDBOX_BIN_DIR}/{name}"]
+    if gpu.firmware is not None:
+        args += ["--ro-bind", gpu.firmware, "/lib/firmware/nvidia/" + Path(gpu.firmware).name]
     return args
 
 
@@ -232,6 +261,14 @@ class NamespacesRuntime(HostRuntime):
                                 "apt-get install libseccomp2")
         return Availability(True, f"bubblewrap ({bwrap}), user namespaces, cgroups, seccomp")
 
+    def gpu_problem(self, driver: str) -> str | None:
+        """The device nodes and the driver's files are bound in (as NVIDIA's container
+        toolkit does); the v1 devices cgroup keeps the sandbox to those devices."""
+        if not (CGROUP_ROOT / "devices" / "devices.allow").exists():
+            return ("the cgroup v1 devices controller is not mounted, so a sandbox could "
+                    "not be kept to its own GPU's device nodes")
+        return None
+
     async def create(self, spec: SandboxSpec) -> RuntimeSandbox:
         _check_traversable(spec.directory.parent)
         slot = self._slots.take()
@@ -261,7 +298,10 @@ class NamespacesRuntime(HostRuntime):
                 mounts.bind_idmapped(volume.source, point, userns.fd,
                                      read_only=volume.read_only)
         res = spec.resources
-        cgroups.SandboxCgroups(spec.cgroup).create(res.memory_mib, res.cpus, res.pids)
+        groups = cgroups.SandboxCgroups(spec.cgroup)
+        groups.create(res.memory_mib, res.cpus, res.pids)
+        if spec.gpu is not None:
+            groups.limit_devices([(d.major, d.minor) for d in spec.gpu.devices])
 
     async def start(self, sandbox: RuntimeSandbox) -> asyncio.subprocess.Process:
         spec = sandbox.spec
@@ -269,6 +309,8 @@ class NamespacesRuntime(HostRuntime):
         assert isinstance(slot, int)
         userns = self._userns(self._base + slot * mounts.UID_RANGE)
         join = cgroups.SandboxCgroups(spec.cgroup).joiner(v1=True)
+        devices_procs = (str(CGROUP_ROOT / "devices" / "corral" / spec.cgroup / "cgroup.procs")
+                         if spec.gpu is not None else None)
         userns_fd = userns.fd
         slot_fd = self._slots.fd(slot)
         weak = self._weakening
@@ -277,6 +319,12 @@ class NamespacesRuntime(HostRuntime):
 
         def pre_exec() -> None:
             join()  # while still host root: cgroup files belong to the host
+            if devices_procs is not None:
+                fd = os.open(devices_procs, os.O_WRONLY)
+                try:
+                    os.write(fd, b"0")
+                finally:
+                    os.close(fd)
             if netns_fd >= 0:  # the policy's namespace; bwrap then makes none of its own
                 net.enter(netns_fd)
                 os.close(netns_fd)
@@ -289,13 +337,16 @@ class NamespacesRuntime(HostRuntime):
                 *(["--unshare-net"] if netns_fd < 0 else []), "--unshare-uts",
                 "--unshare-cgroup-try", "--new-session", "--as-pid-1",
                 "--hostname", "sandbox", "--bind", str(spec.directory / "rootfs"), "/",
-                "--proc", "/proc", *([] if weak.unmasked_proc else proc_mask_args()),
+                "--proc", "/proc",
+                *([] if weak.unmasked_proc else proc_mask_args(spec.gpu is not None)),
                 "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm",
                 "--ro-bind", str(spec.agent_bundle), MOUNT_POINT,
                 "--ro-bind", str(channel_dir(spec)), CHANNEL_MOUNT_POINT]
         for index, volume in enumerate(spec.volumes):  # bwrap adds nosuid and nodev
             argv += ["--ro-bind" if volume.read_only else "--bind",
                      str(volumes_dir(spec) / str(index)), volume.target]
+        if spec.gpu is not None:
+            argv += gpu_args(spec.gpu)
         argv += ["--chdir", "/"]
         if weak.all_capabilities:
             argv += ["--cap-add", "ALL"]
@@ -308,6 +359,8 @@ class NamespacesRuntime(HostRuntime):
         argv += ["--clearenv"]
         for key, value in agent_env(spec.orphan_grace).items():
             argv += ["--setenv", key, value]
+        if spec.gpu is not None:
+            argv += ["--setenv", "NVIDIA_VISIBLE_DEVICES", "all"]
         argv += ["--", *agent_command()]
         try:
             process = await asyncio.create_subprocess_exec(

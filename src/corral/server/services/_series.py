@@ -9,8 +9,8 @@ A series keeps its samples in two runs, oldest first:
 
 So a series never holds more than :data:`MAX_SAMPLES` samples whatever the interval or the
 sandbox's life: a sandbox that lives longer than a day loses its oldest minutes first. Each
-is kept packed (:data:`_PACKED`, 80 bytes and a bytes object's header: ~120 bytes, against
-~330 as objects), so a full series takes about 260 KB.
+is kept packed (:data:`_PACKED`, 96 bytes and a bytes object's header: ~136 bytes, against
+~350 as objects), so a full series takes about 290 KB.
 """
 
 from __future__ import annotations
@@ -49,10 +49,15 @@ class Sample:
     pids: int
     net_rx_bytes: int | None
     net_tx_bytes: int | None
+    #: Its GPUs' mean utilisation (percent of time a kernel ran) and memory in use, from
+    #: NVML; None without a GPU or without NVML.
+    gpu_percent: float | None = None
+    gpu_memory_used: int | None = None
 
 
-#: A sample packed: time, CPU %, then the eight counts (-1: no network).
-_PACKED = struct.Struct("<dd8q")
+#: A sample packed: time, CPU %, the eight counts (-1: no network), GPU % and GPU memory
+#: (-1: none).
+_PACKED = struct.Struct("<dd8qdq")
 
 
 def _pack(sample: Sample) -> bytes:
@@ -60,14 +65,17 @@ def _pack(sample: Sample) -> bytes:
                         sample.memory_limit, sample.memory_cache, sample.disk_used,
                         sample.disk_limit, sample.pids,
                         -1 if sample.net_rx_bytes is None else sample.net_rx_bytes,
-                        -1 if sample.net_tx_bytes is None else sample.net_tx_bytes)
+                        -1 if sample.net_tx_bytes is None else sample.net_tx_bytes,
+                        -1.0 if sample.gpu_percent is None else sample.gpu_percent,
+                        -1 if sample.gpu_memory_used is None else sample.gpu_memory_used)
 
 
 def _unpack(packed: bytes) -> Sample:
     (time, cpu, used, limit, cache, disk, disk_limit, pids, rx,
-     tx) = _PACKED.unpack(packed)
+     tx, gpu, gpu_memory) = _PACKED.unpack(packed)
     return Sample(time, cpu, used, limit, cache, disk, disk_limit, pids,
-                  None if rx < 0 else rx, None if tx < 0 else tx)
+                  None if rx < 0 else rx, None if tx < 0 else tx,
+                  None if gpu < 0 else gpu, None if gpu_memory < 0 else gpu_memory)
 
 
 def _time(packed: bytes) -> float:

@@ -33,7 +33,7 @@ class ServiceBackend:
         self._sandboxes = sandboxes
 
     async def create(self, ctx: Context[Any, Any, Any], name: str | None, image: str,
-                     timeout: float, network: NetworkPolicy) -> str:
+                     timeout: float, network: NetworkPolicy, gpu: int = 0) -> str:
         tenant = _tenant(ctx)
         if name:
             found = await self._sandboxes.list(tenant, {NAME_KEY: name}, SandboxState.RUNNING)
@@ -41,7 +41,8 @@ class ServiceBackend:
                 return found.sandboxes[0].id
         info = await self._sandboxes.create(tenant, models.SandboxCreate(
             image=image, timeout=float(timeout), metadata={NAME_KEY: name} if name else {},
-            network=models.network_spec(network)))
+            network=models.network_spec(network),
+            resources=models.ResourcesSpec(gpu=gpu or None)))
         return info.id
 
     @contextlib.asynccontextmanager

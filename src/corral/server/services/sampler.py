@@ -25,7 +25,10 @@ from datetime import UTC, datetime
 from corral.api import models
 from corral.api.errors import SandboxError
 from corral.node import NodeSandbox, SandboxState
+from corral.node.gpus import recorded as recorded_gpus
 from corral.runtime import Usage
+from corral.runtime.gpu import GpuUsage
+from corral.runtime.gpu import usage as gpu_usage
 
 from ._series import Sample, Series, cpu_percent, past_retention
 from .sandboxes import SandboxService
@@ -33,7 +36,7 @@ from .sandboxes import SandboxService
 log = logging.getLogger(__name__)
 
 #: Stopped sandboxes whose series are kept at most (then the longest stopped go first): with
-#: a full series at ~260 KB, at most ~270 MB for all of them.
+#: a full series at ~290 KB, at most ~300 MB for all of them.
 MAX_STOPPED = 1024
 
 
@@ -156,6 +159,7 @@ class MetricsSampler:
         if memory_limit <= 0 or memory_limit > configured:
             memory_limit = configured  # the cgroup's may be unset, or higher (gVisor's)
         net = reading.net
+        gpu = reading.gpu
         return Sample(time=now_wall,
                       cpu_percent=cpu_percent(before[1], usage.cpu_seconds, now - before[0],
                                               cpus),
@@ -163,7 +167,9 @@ class MetricsSampler:
                       memory_cache=usage.memory_cache_bytes,
                       disk_used=usage.disk_used_bytes, disk_limit=usage.disk_total_bytes,
                       pids=usage.pids, net_rx_bytes=net[0] if net else None,
-                      net_tx_bytes=net[1] if net else None)
+                      net_tx_bytes=net[1] if net else None,
+                      gpu_percent=gpu[0] if gpu else None,
+                      gpu_memory_used=gpu[1] if gpu else None)
 
     def _age(self, live: set[str], now: float) -> None:
         """Start the retention of series whose sandbox is no longer live; drop those past it
@@ -197,6 +203,8 @@ class MetricsSampler:
 class _Reading:
     usage: Usage
     net: tuple[int, int] | None
+    #: Its GPUs' mean utilisation (%) and memory in use (bytes); None: no GPU or no NVML.
+    gpu: tuple[float, int] | None = None
 
 
 def wire(sample: Sample) -> models.MetricSample:
@@ -204,7 +212,8 @@ def wire(sample: Sample) -> models.MetricSample:
         time=datetime.fromtimestamp(sample.time, UTC), cpu_percent=sample.cpu_percent,
         memory_used=sample.memory_used, memory_limit=sample.memory_limit,
         disk_used=sample.disk_used, disk_limit=sample.disk_limit, pids=sample.pids,
-        net_rx_bytes=sample.net_rx_bytes, net_tx_bytes=sample.net_tx_bytes)
+        net_rx_bytes=sample.net_rx_bytes, net_tx_bytes=sample.net_tx_bytes,
+        gpu_percent=sample.gpu_percent, gpu_memory_used=sample.gpu_memory_used)
 
 
 def _running(sandbox: NodeSandbox) -> bool:
@@ -212,12 +221,26 @@ def _running(sandbox: NodeSandbox) -> bool:
     return sandbox.state is SandboxState.RUNNING and sandbox.changing is None
 
 
+def gpu_reading(minors: tuple[int, ...], readings: dict[int, GpuUsage]
+                ) -> tuple[float, int] | None:
+    """A sandbox's GPUs' mean utilisation and summed memory in use, from NVML's readings
+    of every GPU; None unless each of its GPUs was read."""
+    if not minors or any(m not in readings for m in minors):
+        return None
+    mine = [readings[m] for m in minors]
+    return (round(sum(r.utilization_percent for r in mine) / len(mine), 2),
+            sum(r.memory_used_bytes for r in mine))
+
+
 def _read_all(sandboxes: list[NodeSandbox]) -> list[_Reading | None]:
     """Each sandbox's usage and interface counters (in a thread: file reads)."""
     readings: list[_Reading | None] = []
+    held = {sandbox.id: recorded_gpus(sandbox.handle.extra) for sandbox in sandboxes}
+    gpus = gpu_usage(tuple(sorted({m for minors in held.values() for m in minors})))
     for sandbox in sandboxes:
         try:
-            readings.append(_Reading(sandbox.usage(), sandbox.network.interface_bytes()))
+            readings.append(_Reading(sandbox.usage(), sandbox.network.interface_bytes(),
+                                     gpu_reading(held[sandbox.id], gpus)))
         except (SandboxError, OSError):
             readings.append(None)  # stopping under us, or a runtime without usage
     return readings
