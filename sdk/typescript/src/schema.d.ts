@@ -2196,7 +2196,9 @@ export interface components {
          * MetricSample
          * @description One look at a sandbox. ``cpu_percent``: the share of its cores busy since the look
          *     before (100: all of them); sizes in bytes; ``pids``: its pids cgroup's tasks;
-         *     ``net_*_bytes``: through its interface so far, None without a network.
+         *     ``net_*_bytes``: through its interface so far, None without a network; ``gpu_percent``
+         *     and ``gpu_memory_used``: its GPUs' mean utilisation and memory in use (bytes), None
+         *     without a GPU (or where the node cannot read them: no NVML).
          */
         MetricSample: {
             /** Cpu Percent */
@@ -2205,6 +2207,10 @@ export interface components {
             disk_limit: number;
             /** Disk Used */
             disk_used: number;
+            /** Gpu Memory Used */
+            gpu_memory_used?: number | null;
+            /** Gpu Percent */
+            gpu_percent?: number | null;
             /** Memory Limit */
             memory_limit: number;
             /** Memory Used */
@@ -2402,6 +2408,11 @@ export interface components {
             cpus?: number | null;
             /** Disk */
             disk?: string | number | null;
+            /**
+             * Gpu
+             * @description NVIDIA GPUs it has to itself: a count (0-8), a model name matched against the node's GPUs ("H200": one of them) or "<model>:<count>"; a node without a usable GPU refuses it (400, saying why). See docs/gpu.md
+             */
+            gpu?: string | number | null;
             /** Memory */
             memory?: string | number | null;
             /** Pids */
