@@ -92,3 +92,18 @@ def test_ray_node_names_become_corral_names() -> None:
     assert node_name("Worker_Node 7") == "worker-node-7"
     assert node_name("---") == "node"
     assert len(node_name("x" * 200)) == 64
+
+
+def test_gpus_place_on_nodes_with_that_many_free_of_the_model() -> None:
+    h200 = node("g1", gpus=(("NVIDIA H200", True), ("NVIDIA H200", False)))
+    a100 = node("g2", gpus=(("NVIDIA A100-SXM4-80GB", True),))
+    plain = node("c1")
+    assert place([plain, h200, a100], Want("t", "python", 1.0, 512, gpus=1,
+                                           gpu_model="h200")).name == "g1"
+    assert place([plain, h200, a100], Want("t", "python", 1.0, 512, gpus=1,
+                                           gpu_model="A100")).name == "g2"
+    with pytest.raises(ResourceExhaustedError, match="and 2 GPU .*3 GPUs"):
+        place([plain, h200, a100], Want("t", "python", 1.0, 512, gpus=2))
+    # no GPU asked: a node without one when there is one that fits
+    assert place([h200, a100, plain], WANT).name == "c1"
+    assert place([h200], WANT).name == "g1"

@@ -233,10 +233,11 @@ class Cluster:
             node.view.sandboxes.pop(sandbox_id, None)
 
     async def create(self, key: KeyRef, body: dict[str, Any], *, image: str, cpus: float,
-                     memory_mib: int, selector: Mapping[str, str]) -> dict[str, Any]:
+                     memory_mib: int, selector: Mapping[str, str], gpus: int = 0,
+                     gpu_model: str | None = None) -> dict[str, Any]:
         """Place a sandbox, start it on its node, and record where it runs."""
         want = Want(tenant=key.tenant, image=image, cpus=cpus, memory_mib=memory_mib,
-                    selector=selector)
+                    selector=selector, gpus=gpus, gpu_model=gpu_model)
         tried: set[str] = set()
         last: SandboxError | None = None
         for _ in range(PLACEMENT_TRIES):
@@ -489,7 +490,8 @@ def _view(status: dict[str, Any], record: Any) -> NodeView:
         images=frozenset(status.get("images", [])),
         pool_ready={p["image"]: int(p["ready"]) for p in status.get("pools", [])},
         sandboxes={s["id"]: (s["tenant"], float(s["cpus"]), int(s["memory_mib"]))
-                   for s in status.get("sandboxes", [])})
+                   for s in status.get("sandboxes", [])},
+        gpus=tuple((str(g["name"]), bool(g["free"])) for g in status.get("gpus", [])))
 
 
 def _error(status: int, payload: Any) -> SandboxError:

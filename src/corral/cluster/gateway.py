@@ -82,7 +82,8 @@ async def create(body: models.SandboxCreate, request: Request, _tenant: Tenant
     payload = body.model_dump(mode="json", exclude_unset=True, exclude={"node_selector"})
     info = await _cluster(request).create(
         _key(request), payload, image=body.image, cpus=resources.cpus,
-        memory_mib=resources.memory_mib, selector=body.node_selector)
+        memory_mib=resources.memory_mib, selector=body.node_selector, gpus=resources.gpus,
+        gpu_model=resources.gpu_model)
     return JSONResponse(info, status_code=201)
 
 

@@ -12,6 +12,9 @@ and holds fewer than its ``max_sandboxes``. Among those, in order:
    so one node's loss takes a share of each tenant, not all of one);
 4. the most memory left, then the name (so that equal nodes are chosen the same way).
 
+A sandbox asking for GPUs goes only to a node with that many free (of the model, if it
+names one); one asking for none goes to a node without GPUs when there is one that fits.
+
 None can: :class:`~corral.api.errors.ResourceExhaustedError`, saying what is short.
 """
 
@@ -41,6 +44,12 @@ class NodeView:
     pool_ready: dict[str, int] = field(default_factory=dict)
     #: sandbox id -> (tenant, cpus, memory MiB)
     sandboxes: dict[str, tuple[str, float, int]] = field(default_factory=dict)
+    #: its GPUs: (name, free now)
+    gpus: tuple[tuple[str, bool], ...] = ()
+
+    def free_gpus(self, model: str | None) -> int:
+        return sum(1 for name, free in self.gpus
+                   if free and (model is None or model.casefold() in name.casefold()))
 
     def allocated(self) -> tuple[float, int]:
         cpus = sum(s[1] for s in self.sandboxes.values())
@@ -55,13 +64,15 @@ class Want:
     cpus: float
     memory_mib: int
     selector: Mapping[str, str] = field(default_factory=dict)
+    gpus: int = 0
+    gpu_model: str | None = None
 
 
 def place(nodes: Sequence[NodeView], want: Want, *, cpu_overcommit: float = 4.0) -> NodeView:
     """The node ``want`` goes to (see the module's docstring)."""
     fits: list[NodeView] = []
     why: dict[str, int] = {"not ready": 0, "cordoned or draining": 0, "labels": 0,
-                           "CPU": 0, "memory": 0, "sandbox count": 0}
+                           "CPU": 0, "memory": 0, "sandbox count": 0, "GPUs": 0}
     for node in nodes:
         cpus, memory = node.allocated()
         if not node.ready:
@@ -76,12 +87,16 @@ def place(nodes: Sequence[NodeView], want: Want, *, cpu_overcommit: float = 4.0)
             why["memory"] += 1
         elif len(node.sandboxes) >= node.max_sandboxes:
             why["sandbox count"] += 1
+        elif want.gpus and node.free_gpus(want.gpu_model) < want.gpus:
+            why["GPUs"] += 1
         else:
             fits.append(node)
     if not fits:
         short = ", ".join(f"{count} {reason}" for reason, count in why.items() if count)
         raise ResourceExhaustedError(
             f"no node can take a sandbox of {want.cpus:g} CPU and {want.memory_mib} MiB"
+            + (f" and {want.gpus} {want.gpu_model or ''} GPU".replace("  ", " ")
+               if want.gpus else "")
             + (f" with labels {dict(want.selector)}" if want.selector else "")
             + f" ({len(nodes)} nodes: {short or 'none joined'}); try again when sandboxes "
             "end, or add or uncordon nodes (`corral node ls`)")
@@ -92,4 +107,7 @@ def place(nodes: Sequence[NodeView], want: Want, *, cpu_overcommit: float = 4.0)
         return (0 if node.pool_ready.get(want.image, 0) > 0 else 1,
                 0 if want.image in node.images else 1, same_tenant, -free, node.name)
 
+    if not want.gpus:  # keep GPU nodes for those that need them, when there is a choice
+        plain = [node for node in fits if not node.gpus]
+        fits = plain or fits
     return min(fits, key=rank)

@@ -70,8 +70,11 @@ async def status(request: Request) -> dict[str, object]:
         sandboxes.append({"id": sandbox.id, "tenant": owner, "state": sandbox.state.value,
                           "image": sandbox.image, "cpus": sandbox.resources.cpus,
                           "memory_mib": sandbox.resources.memory_mib})
+    held = node.gpus.holders()
     return {
         "sandboxes": sandboxes,
+        "gpus": [{"name": gpu.name, "minor": gpu.minor, "free": gpu.minor not in held}
+                 for gpu in node.gpus.host.gpus],
         "images": sorted(image.name for image in node.images.list()),
         "pools": [{"image": p.spec.image, "runtime": p.runtime, "size": p.spec.size,
                    "ready": p.stats.ready, "spec": p.spec.text} for p in node.pools],
