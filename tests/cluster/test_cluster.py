@@ -18,6 +18,8 @@ from corral.cluster.gateway import create_gateway_app
 from corral.cluster.trust import CLUSTER_HEADER, TENANT_HEADER
 from tests.server._serving import serving
 
+from tests.conftest import IMAGE_DIR
+
 from .conftest import Cluster, wait_until
 
 pytestmark = [pytest.mark.gvisor, pytest.mark.timeout(600)]
@@ -231,8 +233,7 @@ def test_a_killed_node_is_reported_lost_then_reconciled(cluster: Cluster) -> Non
 
 def test_what_cluster_mode_does_not_serve_yet_says_so(cluster: Cluster) -> None:
     with sandboxes(cluster, 1) as (sb,), cluster.http() as http:
-        for path in (f"/v1/sandboxes/{sb.id}/fork", f"/v1/sandboxes/{sb.id}/snapshots",
-                     f"/v1/sandboxes/{sb.id}/ports/8000/"):
+        for path in (f"/v1/sandboxes/{sb.id}/fork", f"/v1/sandboxes/{sb.id}/snapshots"):
             reply = http.post(path, json={})
             assert reply.status_code == 400, (path, reply.text)
             assert "not served in cluster mode yet" in reply.json()["error"]["message"]
@@ -252,6 +253,7 @@ def test_a_host_joins_with_corral_node_join(cluster: Cluster, tmp_path: Path) ->
     result = CliRunner().invoke(app, [
         "node", "join", cluster.cluster_settings.address, "--name", "joined",
         "--host", "127.0.0.1", "--label", "joined=yes", "--data-dir", str(data),
+        "--image-dir", str(IMAGE_DIR),
         "--secret-file", str(cluster.cluster_settings.secret_file)])
     assert result.exit_code == 0, result.output
     with cluster.http(cluster.operator_key) as ops:
@@ -275,3 +277,33 @@ def test_a_host_joins_with_corral_node_join(cluster: Cluster, tmp_path: Path) ->
                                    "--label", "Bad Label", "--secret-file",
                                    str(cluster.cluster_settings.secret_file)])
     assert bad.exit_code != 0 and "KEY=VALUE" in bad.output
+
+
+def test_exposed_ports_through_the_api_server(cluster: Cluster) -> None:
+    with sandboxes(cluster, 1) as (sb,):
+        sb.files.write("/tmp/site/hello.txt", b"hello from a port")
+        sb.commands.run_background("cd /tmp/site && exec python3 -m http.server 8000")
+        token = sb.refresh().ports.token  # type: ignore[union-attr]
+        path = f"/v1/sandboxes/{sb.id}/ports/8000/hello.txt"
+
+        def serving() -> bool:
+            with cluster.http() as owner:
+                return owner.get(path).status_code == 200
+
+        wait_until(serving, timeout=60.0, step=0.3)
+        with cluster.http() as owner:  # the owner's key, checked by the API server
+            reply = owner.get(path)
+            assert reply.text == "hello from a port"
+            host_based = owner.get("/hello.txt",
+                                   headers={"host": f"8000-{sb.id}.localhost"})
+            assert host_based.status_code == 200 and host_based.text == "hello from a port"
+        anyone = httpx.Client(base_url=cluster.url, timeout=60)
+        with anyone:
+            assert anyone.get(path).status_code == 401  # private: a credential is needed
+            by_token = anyone.get(path, headers={"x-corral-port-token": token})
+            assert by_token.text == "hello from a port"
+            forged = anyone.get(path, headers={"x-corral-cluster": "x" * 64,
+                                               "x-corral-tenant": "alpha"})
+            assert forged.status_code == 401  # a client's cluster headers are dropped
+        with cluster.http(cluster.other_key) as other:
+            assert other.get(path).status_code == 401

@@ -117,6 +117,9 @@ def join(
         "(node_selector); repeat for more.")] = None,
     data_dir: Annotated[Path, typer.Option(
         "--data-dir", help="The node's data (sandboxes, images).")] = Path("/var/lib/corral"),
+    image_dir: Annotated[Path | None, typer.Option(
+        "--image-dir", envvar="CORRAL_IMAGE_DIR", show_default="DATA_DIR/images",
+        help="Where the node's built images are (env CORRAL_IMAGE_DIR).")] = None,
     secret_file: Annotated[Path, typer.Option(
         "--secret-file", help="The cluster secret (mode 0600), copied from the first API "
                               "server's data dir.")] = Path("/var/lib/corral/cluster-secret"),
@@ -153,7 +156,8 @@ def join(
             name=ACTOR_PREFIX + chosen, namespace=NAMESPACE, lifetime="detached",
             get_if_exists=True,
             scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
-        ).remote(chosen, token, str(data_dir), host, labels, {})
+        ).remote(chosen, token, str(data_dir), host, labels,
+                 {"CORRAL_IMAGE_DIR": str(image_dir)} if image_dir else {})
         status = ray.get(handle.ready.remote(token))
         ray_boot.disconnect()
     say(f"node {chosen} serving at {status['url']}, "

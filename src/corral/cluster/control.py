@@ -508,7 +508,7 @@ def env_settings(address: str, data_dir: Path, pools: tuple[PoolSpec, ...] = ()
         return float(raw) if raw else default
     node_env = {k: v for k, v in os.environ.items()
                 if k in ("CORRAL_IMAGE_DIR", "CORRAL_GVISOR_PLATFORM", "CORRAL_NET_OPEN",
-                         "CORRAL_NET_DNS")}
+                         "CORRAL_NET_DNS", "CORRAL_PORTS_DOMAIN")}
     return ClusterSettings(
         address=address,
         secret_file=Path(os.environ.get("CORRAL_CLUSTER_SECRET_FILE",

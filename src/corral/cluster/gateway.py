@@ -12,11 +12,13 @@ so keys, tenants, limits and the audit log are the cluster's. Then:
   network, pause, the terminal) is passed to its node server over HTTP
   (:mod:`.proxy`), after the tenant is checked against the shared records; a lost
   sandbox's calls get 410 with the reason;
+* an exposed port's traffic (:class:`ClusterPorts`) goes to the node before any key is
+  asked for, as on a single server, and the node checks its credential;
 * ``/v1/nodes`` (operators' keys): the nodes, and cordon, uncordon and drain.
 
-What this app does not serve yet in cluster mode (images, volumes, snapshots, pools,
-exposed ports, the E2B, MCP and ACA façades, the console) is answered 404 with a sentence
-saying so; docs/cluster.md lists it.
+What this app does not serve yet in cluster mode (images, volumes, snapshots, pools, the
+E2B, MCP and ACA façades, the console) is answered with a sentence saying so;
+docs/cluster.md lists it.
 """
 
 from __future__ import annotations
@@ -30,18 +32,23 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from corral import __version__
 from corral.api import models
-from corral.api.errors import InvalidArgumentError, NotFoundError, PermissionDeniedError
+from corral.api.errors import (AuthenticationError, InvalidArgumentError, NotFoundError,
+                               PermissionDeniedError, SandboxError, SandboxNotRunningError)
 
 from ..server import errors, openapi
 from ..server.audit import AuditTrail
-from ..server.auth import OPERATOR_SCOPE, OperatorTenant, Tenant, tenant_of
+from ..server.auth import (OPERATOR_SCOPE, OperatorTenant, Tenant, presented_key, refuse,
+                           tenant_of)
 from ..server.limits import BodyLimit, HeaderLimit
 from ..server.logs import RequestLog
 from ..server.metrics import RouteTemplates
+from ..server.ports import host_pattern
 from ..server.ratelimit import KEY_ID_SCOPE, Buckets, KeyLimits, ServerCap
 from ..server.routes import files as files_routes
 from ..server.settings import ServerSettings
@@ -127,7 +134,8 @@ def _metadata_matches(info: dict[str, Any], params: dict[str, str]) -> bool:
 
 #: Calls on a sandbox that would make something only its node knows of (copies, snapshots,
 #: images) or that need the node's own port credentials: refused, saying so.
-_NOT_YET = re.compile(r"^(fork|snapshots|snapshot-filesystem|ports/\d+)(/|$)")
+_NOT_YET = re.compile(r"^(fork|snapshots|snapshot-filesystem)(/|$)")
+_PORT_PATH = re.compile(r"^/v1/sandboxes/([^/]+)/ports/([0-9]+)(/.*)?$")
 
 
 @router.api_route(_SANDBOX, methods=_METHODS, include_in_schema=False)
@@ -136,8 +144,8 @@ async def on_sandbox(request: Request, sandbox_id: str, _tenant: Tenant,
                      rest: str = "") -> Response:
     if _NOT_YET.match(rest):
         raise InvalidArgumentError(
-            f"{rest.split('/')[0]} is not served in cluster mode yet: forks, snapshots and "
-            "exposed ports' traffic stay on a sandbox's node (docs/cluster.md)")
+            f"{rest.split('/')[0]} is not served in cluster mode yet: forks and snapshots "
+            "stay on a sandbox's node (docs/cluster.md)")
     key = _key(request)
     cluster = _cluster(request)
     placement = await asyncio.to_thread(cluster.placement, key.tenant, sandbox_id)
@@ -168,6 +176,66 @@ async def terminal(websocket: WebSocket, sandbox_id: str) -> None:
     url = ("ws" + base.removeprefix("http") + websocket.url.path
            + (f"?{query}" if query else ""))
     await forward_websocket(websocket, url, forward_headers(cluster.token, key))
+
+
+# -- exposed ports -----------------------------------------------------------------------
+
+class ClusterPorts:
+    """ASGI middleware, in front of authentication as on a single server: a request for a
+    sandbox's exposed port (``/v1/sandboxes/{id}/ports/{port}/...`` or
+    ``{port}-{id}.{domain}``) goes to the sandbox's node, whose port proxy checks its
+    credential (port token, cookie, signed URL, public port). One carrying its owner's API
+    key is checked here and passed on as the owner, the key left behind."""
+
+    def __init__(self, app: ASGIApp, cluster: Cluster, keys: KeyStore, forwarder: Forwarder,
+                 domain: str) -> None:
+        self.app = app
+        self.cluster = cluster
+        self.keys = keys
+        self.forwarder = forwarder
+        self._host = host_pattern(domain)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        host = self._host.match(headers.get("host", "").lower())
+        path = _PORT_PATH.match(scope["path"])
+        sandbox_id = host[2] if host else path[1] if path else None
+        if sandbox_id is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            placement = await asyncio.to_thread(self.cluster.directory.get, sandbox_id)
+            if placement is None or placement.state not in (LIVE, LOST):
+                raise NotFoundError(f"no running sandbox {sandbox_id!r:.40}")
+            if placement.state == LOST:
+                raise SandboxNotRunningError(f"sandbox {sandbox_id} is lost: {placement.reason}")
+            base = self.cluster.node_url(placement.node)
+            extra: dict[str, str] = {}
+            key = presented_key(headers)
+            if key is not None:
+                found = await asyncio.to_thread(self.keys.identify, key)
+                if found is None or found.tenant != placement.tenant:
+                    raise AuthenticationError("the API key is not valid for this sandbox")
+                extra = forward_headers(self.cluster.token, found)
+        except SandboxError as error:
+            await refuse(scope, receive, send, error.code, error.message)
+            return
+        if scope["type"] == "websocket":
+            port = host[1] if host else path[2] if path else ""
+            rest = scope["path"] if host else path[3] if path else ""
+            query = scope.get("query_string", b"").decode("latin-1")
+            url = (f"ws{base.removeprefix('http')}/v1/sandboxes/{sandbox_id}/ports/{port}"
+                   f"{rest or '/'}" + (f"?{query}" if query else ""))
+            cookie = headers.get("cookie")
+            await forward_websocket(WebSocket(scope, receive, send), url,
+                                    {**extra, **({"cookie": cookie} if cookie else {})})
+            return
+        reply = await self.forwarder.forward(Request(scope, receive), base, extra,
+                                             placement.node, keep_credentials=True)
+        await reply(scope, receive, send)
 
 
 # -- nodes -------------------------------------------------------------------------------
@@ -318,6 +386,8 @@ def create_gateway_app(settings: ServerSettings, cluster_settings: ClusterSettin
                        in_flight=limits.in_flight_per_key, size=limits.buckets)
     app.add_middleware(openapi.AuthenticateExceptSpec, keys=keys, failures=failures,
                        recent_size=limits.buckets)
+    app.add_middleware(ClusterPorts, cluster=cluster, keys=keys, forwarder=forwarder,
+                       domain=settings.ports_domain)
     app.add_middleware(HeaderLimit)
     app.add_middleware(ServerCap, limit=limits.in_flight)
     app.add_middleware(RequestLog, route=routes)

@@ -47,10 +47,14 @@ class Forwarder:
         await self._client.aclose()
 
     async def forward(self, request: Request, base_url: str, extra: dict[str, str],
-                      node: str, adding: dict[str, str] | None = None) -> Response:
+                      node: str, adding: dict[str, str] | None = None,
+                      keep_credentials: bool = False) -> Response:
         """``request`` passed to ``base_url``, its answer streamed back; ``adding``: fields
-        put into a JSON object answered 200 (read whole: a sandbox's description)."""
-        headers = [(k, v) for k, v in request.headers.items() if k not in _DROP_REQUEST]
+        put into a JSON object answered 200 (read whole: a sandbox's description).
+        ``keep_credentials``: pass on the caller's cookie and Host (an exposed port's
+        request, whose credential the node checks), never its API key."""
+        kept = _DROP_REQUEST - {"cookie", "host"} if keep_credentials else _DROP_REQUEST
+        headers = [(k, v) for k, v in request.headers.items() if k not in kept]
         headers += list(extra.items())
         query = request.url.query
         url = base_url + request.url.path + (f"?{query}" if query else "")

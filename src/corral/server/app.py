@@ -82,7 +82,8 @@ def create_app(settings: ServerSettings, *,
                                      paused_ttl=settings.paused_ttl)
     limits = settings.limits
     failures = Buckets(limits.auth_failure_rate, limits.auth_failure_burst, limits.buckets)
-    port_proxy = PortProxy(sandbox_service, keys, settings.ports_domain, failures)
+    port_proxy = PortProxy(sandbox_service, keys, settings.ports_domain, failures,
+                           cluster_token=settings.cluster_token)
     ui_sessions = UiSessionStore(engine, SessionPolicy(
         idle=timedelta(seconds=settings.ui.session_idle),
         lifetime=timedelta(seconds=settings.ui.session_lifetime),

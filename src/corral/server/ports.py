@@ -183,7 +183,10 @@ class PortProxy:
     """Finds the sandbox and port a request names, checks its credential, and relays it."""
 
     def __init__(self, service: SandboxService, keys: KeyStore, domain: str,
-                 failures: Buckets | None = None) -> None:
+                 failures: Buckets | None = None, cluster_token: str = "") -> None:
+        """``cluster_token``: on a cluster's node, the node token with which the control
+        plane passes on a request whose owner's key it has checked (it names the tenant)."""
+        self.cluster_token = cluster_token
         self.service = service
         self.keys = keys
         self.domain = domain
@@ -292,6 +295,12 @@ class PortProxy:
                 return sandbox, plain
             if presented_key(headers) is None and TOKEN_PARAM not in values:
                 self._failed(scope, "the port cookie has expired or is not this port's")
+        passed_on = headers.get("x-corral-cluster")
+        if passed_on is not None and self.cluster_token:
+            if (hmac.compare_digest(passed_on.encode(), self.cluster_token.encode())
+                    and headers.get("x-corral-tenant") == self.service.owner(sandbox.id)):
+                return sandbox, _Grant(query=plain.query, strip_key=True)
+            self._failed(scope, "the control plane's credential is not valid for this sandbox")
         key = presented_key(headers)
         if key is not None:
             found_key = await asyncio.to_thread(self.keys.identify, key)
@@ -463,7 +472,7 @@ def _forwarding(name: str) -> bool:
     """A header only the proxy may set (whatever its case or ``_`` for ``-``)."""
     name = name.replace("_", "-")
     return name in ("forwarded", "x-real-ip", "x-client-ip", "true-client-ip") or \
-        name.startswith("x-forwarded-") or name == TOKEN_HEADER
+        name.startswith(("x-forwarded-", "x-corral-"))
 
 
 def _corral_key(value: bytes) -> bool:
