@@ -10,22 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from corral.api.errors import InvalidArgumentError
+
 
 from .cluster_report import RESOURCE_NAMES, RESOURCES
+from .plots import pyplot
 
 DPI = 110
 
 
 def render_cluster_plots(results: list[tuple[str, dict[str, Any]]],
                          directory: Path) -> list[Path]:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InvalidArgumentError("plots need matplotlib: install the `bench` extra "
-                                   "(pip install -e '.[bench]')") from None
+    plt = pyplot()
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for name, draw in (("scaling-create-rate.png", _rate),

@@ -19,8 +19,8 @@ CORRAL, BARE = "#1f77b4", "#7f7f7f"
 DPI = 110
 
 
-def render_plots(report: dict[str, Any], directory: Path) -> list[Path]:
-    """Write the plots this report has data for into ``directory``; returns their paths."""
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (files only), or a clear error without it."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -28,6 +28,12 @@ def render_plots(report: dict[str, Any], directory: Path) -> list[Path]:
     except ImportError:
         raise InvalidArgumentError("plots need matplotlib: install the `bench` extra "
                                    "(pip install -e '.[bench]')") from None
+    return plt
+
+
+def render_plots(report: dict[str, Any], directory: Path) -> list[Path]:
+    """Write the plots this report has data for into ``directory``; returns their paths."""
+    plt = pyplot()
     directory.mkdir(parents=True, exist_ok=True)
     runtimes = report["runtimes"]
     stamp = f"corral bench, {report['started'][:16].replace('T', ' ')} UTC"
@@ -184,13 +190,7 @@ def comparison(reports: list[tuple[str, dict[str, Any]]],
 def render_comparison(reports: list[tuple[str, dict[str, Any]]], runtime: str,
                       path: Path) -> Path:
     """One runtime's p50s of several reports (named configurations) as grouped bars."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InvalidArgumentError("plots need matplotlib: install the `bench` extra "
-                                   "(pip install -e '.[bench]')") from None
+    plt = pyplot()
     rows = comparison(reports, runtime)
     if not rows:
         raise InvalidArgumentError(f"no report has timed rows for runtime {runtime!r}")
