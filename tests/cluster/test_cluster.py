@@ -307,3 +307,33 @@ def test_exposed_ports_through_the_api_server(cluster: Cluster) -> None:
             assert forged.status_code == 401  # a client's cluster headers are dropped
         with cluster.http(cluster.other_key) as other:
             assert other.get(path).status_code == 401
+
+
+def test_a_terminal_websocket_through_the_api_server(cluster: Cluster) -> None:
+    import json
+
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    with sandboxes(cluster, 1) as (sb,):
+        url = cluster.url.replace("http://", "ws://") + f"/v1/sandboxes/{sb.id}/terminal"
+        with connect(url, open_timeout=60,
+                     additional_headers={"Authorization": f"Bearer {cluster.key}"}) as ws:
+            ws.send(json.dumps({"pty": {"cols": 80, "rows": 24}, "cmd": ["cat"]}))
+            assert json.loads(ws.recv(timeout=60))["type"] == "started"
+            ws.send(b"hello\n")
+            shown = b""
+            while b"hello\r\nhello\r\n" not in shown:
+                message = ws.recv(timeout=60)
+                if isinstance(message, bytes):
+                    shown += message
+            ws.send(json.dumps({"type": "signal", "signal": 15}))
+            while True:
+                message = ws.recv(timeout=60)
+                if isinstance(message, str) and json.loads(message)["type"] == "exit":
+                    break
+        for key, status in (("crl_nope", 401), (cluster.other_key, 403)):
+            with pytest.raises(InvalidStatus) as refused:  # a bad key, another tenant's
+                connect(url, open_timeout=60,
+                        additional_headers={"Authorization": f"Bearer {key}"})
+            assert refused.value.response.status_code == status
