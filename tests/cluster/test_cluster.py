@@ -337,3 +337,39 @@ def test_a_terminal_websocket_through_the_api_server(cluster: Cluster) -> None:
                 connect(url, open_timeout=60,
                         additional_headers={"Authorization": f"Bearer {key}"})
             assert refused.value.response.status_code == status
+
+
+def test_the_console_and_what_its_pages_ask_for(cluster: Cluster) -> None:
+    with sandboxes(cluster, 1) as (sb,):
+        page = httpx.get(cluster.url + "/ui", timeout=60)
+        assert page.status_code == 200 and "<html" in page.text.lower()
+        with httpx.Client(base_url=cluster.url, timeout=60) as browser:
+            login = browser.post("/ui/api/login", json={"key": cluster.key})
+            assert login.status_code == 200, login.text
+            csrf = {"X-Corral-CSRF": login.json()["csrf"]}
+            assert browser.get("/v1/sandboxes").status_code == 401  # the cookie alone
+            listed = browser.get("/v1/sandboxes", headers=csrf)
+            assert sb.id in {s["id"] for s in listed.json()["sandboxes"]}
+            assert browser.get(f"/v1/sandboxes/{sb.id}", headers=csrf).status_code == 200
+
+            def sampled() -> bool:
+                reply = browser.get("/v1/metrics/sandboxes",
+                                    params={"ids": f"{sb.id},sbx-0000000000000000"},
+                                    headers=csrf)
+                assert reply.status_code == 200, reply.text
+                return bool(reply.json()["sandboxes"].get(sb.id))
+
+            wait_until(sampled, timeout=60.0, step=0.5)
+            many = browser.get("/v1/metrics/sandboxes", headers=csrf,
+                               params={"ids": ",".join(f"sbx-{i:016x}" for i in range(101))})
+            assert many.status_code == 400
+            images = browser.get("/v1/images", headers=csrf).json()["images"]
+            assert "python" in {i["name"] for i in images}
+            assert browser.get("/v1/pools", headers=csrf).status_code == 403
+        with cluster.http(cluster.other_key) as other:  # another tenant: not in its answer
+            reply = other.get("/v1/metrics/sandboxes", params={"ids": sb.id})
+            assert reply.status_code == 200 and reply.json()["sandboxes"] == {}
+        with cluster.http(cluster.operator_key) as ops:
+            pools = ops.get("/v1/pools").json()["pools"]
+            assert pools and pools[0]["runtime"] == "namespaces"
+            assert sum(p["size"] for p in pools) == 3

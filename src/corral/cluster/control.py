@@ -123,6 +123,8 @@ class _Node:
     #: Sandboxes placed here that its last description may not list yet:
     #: id -> (tenant, cpus, memory MiB, when placed), kept for SETTLE seconds at most.
     placed: dict[str, tuple[str, float, int, float]] = field(default_factory=dict)
+    #: The pools of its last description, as it gave them.
+    pools_seen: list[dict[str, Any]] = field(default_factory=list)
 
     def hold(self, sandbox_id: str, tenant: str, cpus: float, memory_mib: int) -> None:
         self.placed[sandbox_id] = (tenant, cpus, memory_mib, time.monotonic())
@@ -195,6 +197,24 @@ class Cluster:
 
     def views(self) -> list[NodeView]:
         return [node.view for node in self._nodes.values()]
+
+    def pools(self) -> list[dict[str, Any]]:
+        """The warm pools of the nodes that answer, summed by image and runtime."""
+        summed: dict[tuple[str, str], dict[str, Any]] = {}
+        for node in self._nodes.values():
+            if node.lost:
+                continue
+            for pool in node.pools_seen:
+                entry = summed.setdefault((str(pool["image"]), str(pool["runtime"])), {
+                    "image": pool["image"], "runtime": pool["runtime"], "size": 0,
+                    "ready": 0, "hits": 0, "misses": 0})
+                for field_name in ("size", "ready", "hits", "misses"):
+                    entry[field_name] += int(pool.get(field_name, 0))
+        return [summed[k] for k in sorted(summed)]
+
+    def ready_nodes(self) -> list[str]:
+        return sorted(name for name, node in self._nodes.items()
+                      if not node.lost and node.view.ready)
 
     def node_url(self, name: str) -> str:
         node = self._nodes.get(name)
@@ -417,6 +437,7 @@ class Cluster:
         record = await asyncio.to_thread(self.directory.node, name)
         view = _view(status, record)
         node.describe(view)
+        node.pools_seen = [p for p in status.get("pools", []) if isinstance(p, dict)]
         back = False
         written = self._written.get(name)
         if (written is None or written[:2] != (view.url, view.labels)

@@ -16,9 +16,12 @@ so keys, tenants, limits and the audit log are the cluster's. Then:
   asked for, as on a single server, and the node checks its credential;
 * ``/v1/nodes`` (operators' keys): the nodes, and cordon, uncordon and drain.
 
-What this app does not serve yet in cluster mode (images, volumes, snapshots, pools, the
-E2B, MCP and ACA façades, the console) is answered with a sentence saying so;
-docs/cluster.md lists it.
+* the web console (``/ui``, its sessions in the shared database), the sandboxes' metrics
+  for lists (asked of their nodes), the cluster's pools (summed) and the public images
+  the nodes hold.
+
+What this app does not serve yet in cluster mode (tenants' images, volumes, snapshots, the
+E2B, MCP and ACA façades) is answered with a sentence saying so; docs/cluster.md lists it.
 """
 
 from __future__ import annotations
@@ -27,10 +30,10 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, FastAPI, Request
+from fastapi import APIRouter, Body, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -38,6 +41,9 @@ from starlette.websockets import WebSocket
 
 from corral import __version__
 from corral.api import models
+from corral.api.audit import PoolList
+from corral.api.limits import (DEFAULT_METRICS_POINTS, MAX_METRICS_IDS,
+                               MAX_METRICS_POINTS)
 from corral.api.errors import (AuthenticationError, InvalidArgumentError, NotFoundError,
                                PermissionDeniedError, SandboxError, SandboxNotRunningError)
 
@@ -54,6 +60,7 @@ from ..server.routes import files as files_routes
 from ..server.settings import ServerSettings
 from ..server.store import KeyStore, open_engine
 from ..server.store.audit import AuditStore
+from ..server.store.ui_sessions import SessionPolicy, UiSessionStore
 from ..server.store.keys import KeyRef
 from .control import Cluster, ClusterSettings
 from .directory import LIVE, LOST, STOPPED, Directory
@@ -124,6 +131,68 @@ async def list_(request: Request, _tenant: Tenant) -> models.SandboxList:
                               "paused_at": None, "node": row.node})
     found.sort(key=lambda info: str(info.get("created_at", "")))
     return models.SandboxList.model_validate({"sandboxes": found})
+
+
+@router.get("/v1/metrics/sandboxes", tags=["sandboxes"])
+async def sandboxes_metrics(request: Request, _tenant: Tenant,
+                            ids: Annotated[str, Query(max_length=MAX_METRICS_IDS * 65)],
+                            points: Annotated[int, Query(ge=1, le=MAX_METRICS_POINTS)]
+                            = DEFAULT_METRICS_POINTS) -> models.SandboxesMetrics:
+    """The newest samples of each of the caller's sandboxes in ``ids``, asked of their
+    nodes in parallel (the single server's bounds and answer)."""
+    key = _key(request)
+    cluster = _cluster(request)
+    wanted = list(dict.fromkeys(i.strip() for i in ids.split(",") if i.strip()))
+    if not wanted:
+        raise InvalidArgumentError("ids is empty: give 1 to 100 sandbox ids, comma-separated")
+    if len(wanted) > MAX_METRICS_IDS:
+        raise InvalidArgumentError(f"ids names {len(wanted)} sandboxes; at most "
+                                   f"{MAX_METRICS_IDS} at once: split the request")
+    by_node: dict[str, list[str]] = {}
+    for sandbox_id in wanted:
+        found = await asyncio.to_thread(cluster.directory.get, sandbox_id)
+        if found is not None and found.tenant == key.tenant and found.state == LIVE:
+            by_node.setdefault(found.node, []).append(sandbox_id)
+    nodes = sorted(by_node)
+    replies = await asyncio.gather(*(cluster.call(
+        key, node, "GET", "/v1/metrics/sandboxes",
+        params={"ids": ",".join(by_node[node]), "points": str(points)}) for node in nodes),
+        return_exceptions=True)
+    merged: dict[str, Any] = {}
+    interval = 0.0
+    for reply in replies:
+        if isinstance(reply, BaseException) or reply[0] != 200:
+            continue  # a node that does not answer: its sandboxes are left out
+        interval = max(interval, float(reply[1]["interval"]))
+        merged.update(reply[1]["sandboxes"])
+    return models.SandboxesMetrics.model_validate({"interval": interval,
+                                                   "sandboxes": merged})
+
+
+@router.get("/v1/pools", tags=["operators"])
+async def pools(request: Request, _tenant: OperatorTenant) -> PoolList:
+    """The cluster's warm pools: each image and runtime's, summed over the nodes."""
+    return PoolList.model_validate({"pools": _cluster(request).pools()})
+
+
+@router.get("/v1/images", tags=["images"])
+async def images(request: Request, _tenant: Tenant) -> models.ImageList:
+    """The public images the nodes hold (in cluster mode a tenant has no images of its
+    own yet): each name once, as the first node that answers describes it."""
+    key = _key(request)
+    cluster = _cluster(request)
+    nodes = cluster.ready_nodes()
+    replies = await asyncio.gather(*(cluster.call(key, node, "GET", "/v1/images")
+                                     for node in nodes), return_exceptions=True)
+    seen: dict[str, Any] = {}
+    for reply in replies:
+        if isinstance(reply, BaseException) or reply[0] != 200:
+            continue
+        for image in reply[1]["images"]:
+            if image.get("public"):
+                seen.setdefault(str(image.get("name")), image)
+    return models.ImageList.model_validate({"images": [seen[k] for k in sorted(seen)],
+                                            "used_bytes": 0, "quota_bytes": 0})
 
 
 def _metadata_matches(info: dict[str, Any], params: dict[str, str]) -> bool:
@@ -333,6 +402,7 @@ def create_gateway_app(settings: ServerSettings, cluster_settings: ClusterSettin
                        ) -> FastAPI:
     """The cluster API server's app (see the module's docstring)."""
     from ..server.routes import audit as audit_routes
+    from ..server.routes import console
     engine = open_engine(settings.database_url)
     keys = KeyStore(engine)
     directory = Directory(engine)
@@ -356,6 +426,15 @@ def create_gateway_app(settings: ServerSettings, cluster_settings: ClusterSettin
     app.state.cluster = cluster
     app.state.forwarder = forwarder
     app.state.audit = AuditStore(engine)
+    limits = settings.limits
+    failures = Buckets(limits.auth_failure_rate, limits.auth_failure_burst, limits.buckets)
+    ui_sessions = UiSessionStore(engine, SessionPolicy(
+        idle=timedelta(seconds=settings.ui.session_idle),
+        lifetime=timedelta(seconds=settings.ui.session_lifetime),
+        per_key=settings.ui.sessions_per_key))
+    app.state.auth_failures = failures
+    app.state.ui_sessions = ui_sessions
+    app.state.ui_dist = None
     errors.install(app)
     spec: dict[str, Any] = {}
 
@@ -368,14 +447,13 @@ def create_gateway_app(settings: ServerSettings, cluster_settings: ClusterSettin
     app.include_router(router)
     app.include_router(nodes_router)
     app.include_router(audit_routes.router)
+    app.include_router(console.router)
 
     @app.api_route("/{path:path}", methods=_METHODS, include_in_schema=False)
     async def elsewhere(path: str, _tenant: Tenant) -> Response:
         raise NotFoundError(f"/{path:.100} is not served in cluster mode yet (docs/cluster.md "
                             "lists what is)")
 
-    limits = settings.limits
-    failures = Buckets(limits.auth_failure_rate, limits.auth_failure_burst, limits.buckets)
     routes = RouteTemplates(lambda: openapi.templates(app.openapi()))
     app.add_middleware(BodyLimit, limit=settings.max_body, exempt=files_routes.is_upload,
                        json_depth=limits.json_depth, timeout=limits.body_timeout,
@@ -385,7 +463,7 @@ def create_gateway_app(settings: ServerSettings, cluster_settings: ClusterSettin
     app.add_middleware(KeyLimits, rate=limits.rate, burst=limits.burst,
                        in_flight=limits.in_flight_per_key, size=limits.buckets)
     app.add_middleware(openapi.AuthenticateExceptSpec, keys=keys, failures=failures,
-                       recent_size=limits.buckets)
+                       recent_size=limits.buckets, sessions=ui_sessions)
     app.add_middleware(ClusterPorts, cluster=cluster, keys=keys, forwarder=forwarder,
                        domain=settings.ports_domain)
     app.add_middleware(HeaderLimit)
