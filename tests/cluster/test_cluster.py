@@ -4,6 +4,7 @@ runtimes, and what stays closed (Ray, the node servers) to anyone without the to
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -143,10 +144,16 @@ def test_a_second_api_server_serves_any_sandbox(cluster: Cluster) -> None:
 def test_node_servers_and_actors_want_the_token(cluster: Cluster) -> None:
     with cluster.http(cluster.operator_key) as ops:
         node = next(n for n in ops.get("/v1/nodes").json()["nodes"] if n["name"] == "n1")
+    assert node["url"].startswith("https://")
+    ca = next(v.ca for v in cluster.app.state.cluster.views() if v.name == "n1")
+    trusted = ssl.create_default_context(cadata=ca)
     for headers in ({}, {CLUSTER_HEADER: "x" * 64, TENANT_HEADER: "alpha"},
                     {"Authorization": f"Bearer {cluster.key}"}):
-        reply = httpx.get(node["url"] + "/v1/sandboxes", headers=headers, timeout=30)
+        reply = httpx.get(node["url"] + "/v1/sandboxes", headers=headers, timeout=30,
+                          verify=trusted)
         assert reply.status_code == 401, reply.text
+    with pytest.raises(httpx.ConnectError):  # its certificate is of the node's own CA
+        httpx.get(node["url"] + "/v1/sandboxes", timeout=30)
     import ray
 
     from corral.cluster import ray_boot
@@ -237,9 +244,11 @@ def test_what_cluster_mode_does_not_serve_yet_says_so(cluster: Cluster) -> None:
             reply = http.post(path, json={})
             assert reply.status_code == 400, (path, reply.text)
             assert "not served in cluster mode yet" in reply.json()["error"]["message"]
-        images = http.get("/v1/images")
-        assert images.status_code == 404
-        assert "cluster mode" in images.json()["error"]["message"]
+        for method, path in (("GET", "/v1/volumes"), ("POST", "/v1/images/prune"),
+                             ("GET", "/e2b/sandboxes")):
+            refused = http.request(method, path)
+            assert refused.status_code == 404, (path, refused.text)
+            assert "cluster mode" in refused.json()["error"]["message"]
         from_snapshot = http.post("/v1/sandboxes", json={"snapshot": "snap-0123456789abcdef"})
         assert from_snapshot.status_code == 400
         assert sb.commands.run("echo fine").stdout == "fine\n"  # the sandbox is untouched

@@ -35,6 +35,8 @@ from typing import Any
 
 import httpx
 
+from corral.cluster.proxy import tls_context
+
 Progress = Callable[[str], None]
 STREAM_MIB = 32
 
@@ -114,7 +116,8 @@ def run_cluster_benchmark(rounds: int = 20, progress: Progress = print) -> dict[
                 time.sleep(0.2)
             result["nodes_ready_s"] = time.perf_counter() - started
             progress(f"cluster up in {result['nodes_ready_s']:.1f} s; measuring")
-            node_url = next(v.url for v in cluster.views() if v.name == "b1")
+            node_url, node_ca = next((v.url, v.ca) for v in cluster.views()
+                                     if v.name == "b1")
             direct = forward_headers(cluster.token, KeyRef(id=new.id, tenant="bench"))
             writes: Counter[str] = Counter()
 
@@ -128,7 +131,8 @@ def run_cluster_benchmark(rounds: int = 20, progress: Progress = print) -> dict[
             engine = cluster.directory._engine
             with httpx.Client(base_url=url, timeout=120,
                               headers={"Authorization": f"Bearer {new.key}"}) as api, \
-                    httpx.Client(base_url=node_url, timeout=120, headers=direct) as node:
+                    httpx.Client(base_url=node_url, timeout=120, headers=direct,
+                                 verify=tls_context(node_ca)) as node:
                 result.update(_create_rows(api, node, rounds, cluster, engine, event,
                                            count, writes))
                 result.update(_call_rows(api, node, rounds, url, node_url, new.key, direct,
@@ -188,8 +192,9 @@ def _call_rows(api: httpx.Client, node: httpx.Client, rounds: int, url: str, nod
     made.raise_for_status()
     sandbox_id = made.json()["id"]
     holder = made.json()["node"]
-    node_base = next(v.url for v in cluster.views() if v.name == holder)
-    node = httpx.Client(base_url=node_base, timeout=120, headers=direct)
+    node_base, node_ca = next((v.url, v.ca) for v in cluster.views() if v.name == holder)
+    node = httpx.Client(base_url=node_base, timeout=120, headers=direct,
+                        verify=tls_context(node_ca))
     out: dict[str, Any] = {}
     try:
         gateway: list[float] = []
@@ -206,7 +211,7 @@ def _call_rows(api: httpx.Client, node: httpx.Client, rounds: int, url: str, nod
             "cluster_per_s": asyncio.run(_rate(url, {"Authorization": f"Bearer {key}"},
                                                f"/v1/sandboxes/{sandbox_id}", rounds * 50)),
             "node_per_s": asyncio.run(_rate(node_base, direct, f"/v1/sandboxes/{sandbox_id}",
-                                            rounds * 50))}
+                                            rounds * 50, verify=tls_context(node_ca)))}
         out["get_ops"]["ratio"] = out["get_ops"]["node_per_s"] / out["get_ops"][
             "cluster_per_s"]
         api.post(f"/v1/sandboxes/{sandbox_id}/commands", json={"cmd": [
@@ -220,8 +225,9 @@ def _call_rows(api: httpx.Client, node: httpx.Client, rounds: int, url: str, nod
 
 
 async def _rate(base: str, headers: dict[str, str], path: str, total: int,
-                concurrency: int = 16) -> float:
-    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
+                concurrency: int = 16, verify: Any = True) -> float:
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60,
+                                 verify=verify) as client:
         left = total
 
         async def worker() -> None:

@@ -217,10 +217,14 @@ class Cluster:
                       if not node.lost and node.view.ready)
 
     def node_url(self, name: str) -> str:
+        return self.node_address(name)[0]
+
+    def node_address(self, name: str) -> tuple[str, str]:
+        """A node server's URL and the PEM of the CA to trust for it."""
         node = self._nodes.get(name)
-        if node is None or node.lost:
+        if node is None or node.lost or not node.view.url:
             raise UnavailableError(f"node {name} is not reachable now; try again shortly")
-        return node.view.url
+        return node.view.url, node.view.ca
 
     def placement(self, tenant: str, sandbox_id: str) -> Placement:
         """Where the tenant's sandbox runs: NotFoundError if it is not theirs; a lost one
@@ -504,6 +508,7 @@ def _view(status: dict[str, Any], record: Any) -> NodeView:
     capacity = status.get("capacity", {})
     return NodeView(
         name=status["name"], url=status["url"], labels=dict(status.get("labels") or {}),
+        ca=str(status.get("ca", "")),
         ready=True, cordoned=bool(record.cordoned) if record else False,
         draining=bool(record.draining) if record else False,
         cpus=float(capacity.get("cpus", 1)), memory_mib=int(capacity.get("memory_mib", 0)),

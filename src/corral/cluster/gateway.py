@@ -220,7 +220,7 @@ async def on_sandbox(request: Request, sandbox_id: str, _tenant: Tenant,
     placement = await asyncio.to_thread(cluster.placement, key.tenant, sandbox_id)
     forwarder: Forwarder = request.app.state.forwarder
     describes = request.method == "GET" and not rest or rest in ("pause", "resume")
-    reply = await forwarder.forward(request, cluster.node_url(placement.node),
+    reply = await forwarder.forward(request, cluster.node_address(placement.node),
                                     forward_headers(cluster.token, key), placement.node,
                                     adding={"node": placement.node} if describes else None)
     if (request.method == "DELETE" and request.url.path.rstrip("/") ==
@@ -237,14 +237,14 @@ async def terminal(websocket: WebSocket, sandbox_id: str) -> None:
     cluster = _cluster(websocket)
     try:
         placement = await asyncio.to_thread(cluster.placement, key.tenant, sandbox_id)
-        base = cluster.node_url(placement.node)
+        base, ca = cluster.node_address(placement.node)
     except Exception:  # not theirs, lost, or its node unreachable: as the node would
         await websocket.close(1008)
         return
     query = websocket.url.query
     url = ("ws" + base.removeprefix("http") + websocket.url.path
            + (f"?{query}" if query else ""))
-    await forward_websocket(websocket, url, forward_headers(cluster.token, key))
+    await forward_websocket(websocket, url, forward_headers(cluster.token, key), ca)
 
 
 # -- exposed ports -----------------------------------------------------------------------
@@ -281,7 +281,7 @@ class ClusterPorts:
                 raise NotFoundError(f"no running sandbox {sandbox_id!r:.40}")
             if placement.state == LOST:
                 raise SandboxNotRunningError(f"sandbox {sandbox_id} is lost: {placement.reason}")
-            base = self.cluster.node_url(placement.node)
+            base, ca = self.cluster.node_address(placement.node)
             extra: dict[str, str] = {}
             key = presented_key(headers)
             if key is not None:
@@ -300,9 +300,9 @@ class ClusterPorts:
                    f"{rest or '/'}" + (f"?{query}" if query else ""))
             cookie = headers.get("cookie")
             await forward_websocket(WebSocket(scope, receive, send), url,
-                                    {**extra, **({"cookie": cookie} if cookie else {})})
+                                    {**extra, **({"cookie": cookie} if cookie else {})}, ca)
             return
-        reply = await self.forwarder.forward(Request(scope, receive), base, extra,
+        reply = await self.forwarder.forward(Request(scope, receive), (base, ca), extra,
                                              placement.node, keep_credentials=True)
         await reply(scope, receive, send)
 

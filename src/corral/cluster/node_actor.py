@@ -6,7 +6,9 @@ server**, the single-host Corral server (:func:`corral.server.create_app`) on th
 cluster address with its own data dir and SQLite records, which owns the host's runtimes,
 images, pools and sandboxes. The actor is how the control plane reaches it for control
 calls (create, describe, end), over Ray; byte streams (command output, files, terminals)
-go from the API server straight to the node server over HTTP (docs/cluster.md says why).
+go from the API server straight to the node server over HTTPS (docs/cluster.md says why).
+The node server's certificate is signed by a CA of its own, made in its data dir, which
+the control plane learns from :meth:`NodeActor.describe` and trusts for that node only.
 
 Every method takes the node token first and checks it (:func:`.trust.check_token`), so a
 Ray client that got hold of the actor's handle but not the token can do nothing. The node
@@ -25,6 +27,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -35,6 +38,7 @@ from typing import Any, Final
 
 import httpx
 
+from ..server.tls import ensure_tls
 from .trust import CLUSTER_HEADER, KEY_HEADER, TENANT_HEADER, check_token, write_secret
 
 log = logging.getLogger(__name__)
@@ -84,18 +88,24 @@ class NodeActor:
         self.data_dir.chmod(0o711)  # namespaces sandboxes' uids traverse it to their root
         token_file = self.data_dir / "node-token"
         write_secret(token_file, token)
+        # The node server speaks TLS with a certificate of its own CA (made here, kept in
+        # its data dir); the control plane trusts that CA for this node alone (describe).
+        tls = ensure_tls(self.data_dir / "tls", [host])
+        self.ca = tls.ca_cert.read_text()
         self.port = free_port(host)
-        self.url = f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
+        self.url = f"https://{'[' + host + ']' if ':' in host else host}:{self.port}"
         log_file = open(self.data_dir / "node-server.log", "ab")  # noqa: SIM115
         self._process = subprocess.Popen(
             [sys.executable, "-c", "from corral.cli import main; main()", "serve",
              "--host", host, "--port", str(self.port)],
-            env=server_env(self.data_dir, token_file, env),
+            env=server_env(self.data_dir, token_file,
+                           {**env, "CORRAL_TLS": "1", "CORRAL_TLS_NAMES": host}),
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
             start_new_session=True)
         log_file.close()
         self.started_at = time.time()
-        self._client = httpx.AsyncClient(base_url=self.url, timeout=CALL_TIMEOUT)
+        self._client = httpx.AsyncClient(base_url=self.url, timeout=CALL_TIMEOUT,
+                                         verify=ssl.create_default_context(cadata=self.ca))
 
     def _headers(self, tenant: str, key_id: str) -> dict[str, str]:
         return {CLUSTER_HEADER: self._token, TENANT_HEADER: tenant, KEY_HEADER: key_id}
@@ -125,7 +135,7 @@ class NodeActor:
                                        timeout=10)
         reply.raise_for_status()
         status: dict[str, Any] = reply.json()
-        status.update(name=self.name, url=self.url, labels=self.labels,
+        status.update(name=self.name, url=self.url, labels=self.labels, ca=self.ca,
                       ray_node_id=self.ray_node_id, started_at=self.started_at)
         return status
 

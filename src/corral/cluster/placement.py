@@ -44,6 +44,8 @@ class NodeView:
     pool_ready: dict[str, int] = field(default_factory=dict)
     #: sandbox id -> (tenant, cpus, memory MiB)
     sandboxes: dict[str, tuple[str, float, int]] = field(default_factory=dict)
+    #: the PEM of the CA its node server's certificate is signed by
+    ca: str = ""
     #: its GPUs: (name, free now)
     gpus: tuple[tuple[str, bool], ...] = ()
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import ssl
 from typing import Final
 
 import httpx
@@ -35,35 +37,56 @@ _DROP_RESPONSE: Final = frozenset({
 CONNECT_TIMEOUT: Final = 5.0
 
 
+def tls_context(ca: str) -> ssl.SSLContext:
+    """Trust exactly the CA ``ca`` (PEM): one node server's own."""
+    return _contexts(ca)
+
+
+@functools.lru_cache(maxsize=4096)
+def _contexts(ca: str) -> ssl.SSLContext:
+    return ssl.create_default_context(cadata=ca)
+
+
 class Forwarder:
-    """One HTTP client (a connection pool per node) for all passed-on requests."""
+    """HTTP clients for passed-on requests: one per node CA (a connection pool each)."""
 
     def __init__(self) -> None:
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
-                                         limits=httpx.Limits(max_connections=None,
-                                                             max_keepalive_connections=64))
+        self._clients: dict[str, httpx.AsyncClient] = {}
+
+    def _client_for(self, ca: str) -> httpx.AsyncClient:
+        client = self._clients.get(ca)
+        if client is None:
+            client = httpx.AsyncClient(
+                timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT), verify=tls_context(ca),
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+            self._clients[ca] = client
+        return client
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        for client in self._clients.values():
+            await client.aclose()
 
-    async def forward(self, request: Request, base_url: str, extra: dict[str, str],
-                      node: str, adding: dict[str, str] | None = None,
+    async def forward(self, request: Request, node_address: tuple[str, str],
+                      extra: dict[str, str], node: str, adding: dict[str, str] | None = None,
                       keep_credentials: bool = False) -> Response:
         """``request`` passed to ``base_url``, its answer streamed back; ``adding``: fields
         put into a JSON object answered 200 (read whole: a sandbox's description).
         ``keep_credentials``: pass on the caller's cookie and Host (an exposed port's
-        request, whose credential the node checks), never its API key."""
+        request, whose credential the node checks), never its API key. ``node_address``:
+        the node server's URL and its CA."""
+        base_url, ca = node_address
+        client = self._client_for(ca)
         kept = _DROP_REQUEST - {"cookie", "host"} if keep_credentials else _DROP_REQUEST
         headers = [(k, v) for k, v in request.headers.items() if k not in kept]
         headers += list(extra.items())
         query = request.url.query
         url = base_url + request.url.path + (f"?{query}" if query else "")
         has_body = request.method not in ("GET", "HEAD", "OPTIONS")
-        upstream = self._client.build_request(
+        upstream = client.build_request(
             request.method, url, headers=headers,
             content=request.stream() if has_body else None)
         try:
-            reply = await self._client.send(upstream, stream=True)
+            reply = await client.send(upstream, stream=True)
         except httpx.TransportError as error:
             raise UnavailableError(f"node {node} of this sandbox did not answer "
                                    f"({type(error).__name__}); try again shortly") from None
@@ -79,11 +102,13 @@ class Forwarder:
                                  headers=out, background=BackgroundTask(reply.aclose))
 
 
-async def forward_websocket(websocket: WebSocket, url: str, extra: dict[str, str]) -> None:
-    """Pass a WebSocket to ``url`` (the node's same path), frame by frame, until either
-    side closes."""
+async def forward_websocket(websocket: WebSocket, url: str, extra: dict[str, str],
+                            ca: str) -> None:
+    """Pass a WebSocket to ``url`` (the node's same path, ``wss://``, its CA ``ca``),
+    frame by frame, until either side closes."""
     try:
         upstream = await websockets.connect(url, additional_headers=extra,
+                                            ssl=tls_context(ca),
                                             open_timeout=CONNECT_TIMEOUT, max_size=2 ** 22)
     except (OSError, websockets.WebSocketException, TimeoutError):
         await websocket.close(1011)
