@@ -174,7 +174,10 @@ class Cluster:
             self._head = await asyncio.to_thread(ray_boot.start_head, settings.host,
                                                  settings.secret_file.parent / "ray")
             address = self._head.address
-        await asyncio.to_thread(ray_boot.connect, address, settings.host)
+            events.info("Ray head started at %s", address, extra={"event": "cluster.head"})
+        # In this thread: Ray's driver wants the main thread, where the server starts it
+        # (it blocks the loop for the moment it takes, before any request is served).
+        ray_boot.connect(address, settings.host)
         self._token = node_token(secret)
         await self._discover()
         self._task = asyncio.create_task(self._monitor(), name="cluster-monitor")
@@ -186,10 +189,7 @@ class Cluster:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        try:
-            await asyncio.wait_for(asyncio.to_thread(ray_boot.disconnect), 30)
-        except TimeoutError:
-            log.warning("Ray did not let go in 30 s")
+        ray_boot.disconnect()  # in the thread that connected (see start)
         if self._head is not None:
             await asyncio.to_thread(self._head.stop)
 

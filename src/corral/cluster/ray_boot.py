@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,10 +83,13 @@ def _ray() -> str:
     return found
 
 
-def start_head(host: str, temp_dir: Path, port: int = HEAD_PORT) -> Head:
+def start_head(host: str, temp_dir: Path, port: int | None = None) -> Head:
     """Start a Ray head on this machine at ``host`` (``--cluster auto``); returns once its
-    GCS accepts connections."""
+    GCS accepts connections. Its port: ``port``, else :data:`HEAD_PORT` if it is free,
+    else any free one (the address is printed and in the log)."""
     temp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if port is None:
+        port = HEAD_PORT if _free(host, HEAD_PORT) else _any_port(host)
     log = open(temp_dir / "head.log", "ab")  # noqa: SIM115
     process = subprocess.Popen(
         [_ray(), "start", "--head", "--block", f"--node-ip-address={host}", f"--port={port}",
@@ -109,6 +113,21 @@ def start_head(host: str, temp_dir: Path, port: int = HEAD_PORT) -> Head:
         time.sleep(0.2)
 
 
+def _free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _any_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
 _users = 0
 
 
@@ -116,12 +135,20 @@ def connect(address: str, host: str) -> None:
     """Connect this process to Ray as a driver (once: API servers in one process share it,
     and :func:`disconnect` lets go when the last is done)."""
     global _users
+    # A driver of Ray's installs its own SIGTERM handling: C++ (which aborts the process)
+    # and Python (sys.exit). The API server's own (uvicorn's graceful stop) must stay.
+    os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] = "1"
     import ray
     _users += 1
     if ray.is_initialized():
         return
-    ray.init(address=gcs_address(address), namespace="corral", _node_ip_address=host,
-             log_to_driver=False, configure_logging=False, include_dashboard=False)
+    on_sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        ray.init(address=gcs_address(address), namespace="corral", _node_ip_address=host,
+                 log_to_driver=False, configure_logging=False, include_dashboard=False)
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def disconnect() -> None:
