@@ -483,8 +483,10 @@ class Cluster:
         if ended:
             await asyncio.to_thread(self.directory.set_state, ended, STOPPED,
                                     "ended on its node", was=(LIVE,))
+        # Given-up sandboxes exist only on a node that was lost: look for them when it is
+        # back (on another heartbeat, a stopped row is a kill this description predates).
         strangers = [i for i in running if i not in known and i not in self._ended]
-        if not strangers:
+        if not back or not strangers:
             return
         given_up = []
         for sandbox_id in strangers[:1000]:
