@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import threading
@@ -151,6 +152,7 @@ def run_cluster_benchmark(rounds: int = 20, progress: Progress = print) -> dict[
                     ray.kill(handle)
             ray.shutdown()
         ray_cluster.shutdown()  # type: ignore[no-untyped-call]
+        shutil.rmtree(root, ignore_errors=True)  # its sandboxes are ended, nothing mounted
     return result
 
 
