@@ -402,6 +402,11 @@ def test_absurd_parameters_are_400(guarded: Guarded, victim: tuple[Sandbox, str]
     {"image": "python", "resources": {"disk": "99999999999999T"}},
     {"image": "python", "idle_timeout": -5},
     {"image": "python", "metadata": {f"k{i}": "v" for i in range(10_000)}},
+    {"image": "python", "node_selector": {f"k{i}": "v" for i in range(17)}},
+    {"image": "python", "node_selector": {"Zone!": "a"}},
+    {"image": "python", "node_selector": {"zone": "a" * 64}},
+    # a valid selector, on a server that is not a cluster's: refused, saying so
+    {"image": "python", "node_selector": {"zone": "a"}},
 ])
 def test_absurd_limits_in_bodies_are_400(guarded: Guarded, victim: tuple[Sandbox, str],
                                          body: dict[str, object]) -> None:
