@@ -7,6 +7,8 @@ import os
 import shutil
 import ssl
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -114,7 +116,9 @@ async def test_a_model_asks_for_network_only_within_the_operators_ceiling(
         assert http.delete(f"/v1/sandboxes/{sandbox_id}").status_code == 204
 
 
-async def test_without_a_ceiling_a_model_gets_no_network(corral: Corral) -> None:
+@asynccontextmanager
+async def _mcp_session(corral: Corral) -> AsyncIterator[ClientSession]:
+    """An MCP client session on the server's /mcp, over its TLS, with the tenant's key."""
     def factory(headers: Any = None, timeout: Any = None, auth: Any = None
                 ) -> httpx.AsyncClient:
         return httpx.AsyncClient(headers=headers, timeout=timeout, auth=auth,
@@ -125,22 +129,18 @@ async def test_without_a_ceiling_a_model_gets_no_network(corral: Corral) -> None
                                      httpx_client_factory=factory) as (r, w, _), \
             ClientSession(r, w) as session:
         await session.initialize()
+        yield session
+
+
+async def test_without_a_ceiling_a_model_gets_no_network(corral: Corral) -> None:
+    async with _mcp_session(corral) as session:
         result = await session.call_tool("create_sandbox", {"network": ["pypi.org:443"]})
         text = "".join(getattr(c, "text", "") for c in result.content)
     assert text.startswith("error:") and "allows none" in text
 
 
 async def test_create_sandbox_with_a_gpu_says_why_it_cannot(corral: Corral) -> None:
-    def factory(headers: Any = None, timeout: Any = None, auth: Any = None
-                ) -> httpx.AsyncClient:
-        return httpx.AsyncClient(headers=headers, timeout=timeout, auth=auth,
-                                 verify=ssl.create_default_context(cafile=str(corral.ca)))
-
-    async with streamablehttp_client(f"{corral.url}/mcp",
-                                     headers={"Authorization": f"Bearer {corral.key}"},
-                                     httpx_client_factory=factory) as (r, w, _), \
-            ClientSession(r, w) as session:
-        await session.initialize()
+    async with _mcp_session(corral) as session:
         tools = {t.name: t for t in (await session.list_tools()).tools}
         assert tools["create_sandbox"].inputSchema["properties"]["gpu"]["maximum"] == 8
         result = await session.call_tool("create_sandbox", {"gpu": 1})

@@ -52,6 +52,7 @@ from ..server.logs import RequestLog
 from ..server.metrics import RouteTemplates
 from ..server.ratelimit import KEY_ID_SCOPE, Buckets, KeyLimits, ServerCap
 from ..server.routes import files as files_routes
+from ..server.routes.sandbox_metrics import metrics_ids
 from ..server.settings import ServerSettings
 from ..server.store import KeyStore, open_engine
 from ..server.store.audit import AuditStore
@@ -114,14 +115,8 @@ async def sandboxes_metrics(request: Request, _tenant: Tenant,
                             = DEFAULT_METRICS_POINTS) -> models.SandboxesMetrics:
     """The newest samples of each of the caller's sandboxes in ``ids``, asked of their
     nodes in parallel (the single server's bounds and answer)."""
-    wanted = list(dict.fromkeys(i.strip() for i in ids.split(",") if i.strip()))
-    if not wanted:
-        raise InvalidArgumentError("ids is empty: give 1 to 100 sandbox ids, comma-separated")
-    if len(wanted) > MAX_METRICS_IDS:
-        raise InvalidArgumentError(f"ids names {len(wanted)} sandboxes; at most "
-                                   f"{MAX_METRICS_IDS} at once: split the request")
     return models.SandboxesMetrics.model_validate(await service.sandbox_metrics(
-        _cluster(request), _key(request), wanted, points))
+        _cluster(request), _key(request), metrics_ids(ids), points))
 
 
 @router.get("/v1/pools", tags=["operators"])

@@ -77,10 +77,15 @@ async def sandboxes_metrics(
     """The newest ``points`` samples (1 to 120, default 30) of each sandbox in ``ids``
     (comma-separated, 1 to 100), oldest first. Only the caller's own sandboxes are in the
     answer: another tenant's, or an unknown id, is simply absent."""
+    return _sampler(request).latest_of(tenant, metrics_ids(ids), points)
+
+
+def metrics_ids(ids: str) -> list[str]:
+    """``ids`` of ``GET /v1/metrics/sandboxes``: distinct, 1 to 100."""
     wanted = list(dict.fromkeys(i.strip() for i in ids.split(",") if i.strip()))
     if not wanted:
         raise InvalidArgumentError("ids is empty: give 1 to 100 sandbox ids, comma-separated")
     if len(wanted) > MAX_METRICS_IDS:
         raise InvalidArgumentError(f"ids names {len(wanted)} sandboxes; at most "
                                    f"{MAX_METRICS_IDS} at once: split the request")
-    return _sampler(request).latest_of(tenant, wanted, points)
+    return wanted
