@@ -154,6 +154,17 @@ def test_node_servers_and_actors_want_the_token(cluster: Cluster) -> None:
         assert reply.status_code == 401, reply.text
     with pytest.raises(httpx.ConnectError):  # its certificate is of the node's own CA
         httpx.get(node["url"] + "/v1/sandboxes", timeout=30)
+    # the node token with a tenant's key id (a request passed on) never reaches the
+    # node-only routes; only the actor's own calls do
+    passed_on = {CLUSTER_HEADER: cluster.app.state.cluster.token, TENANT_HEADER: "alpha",
+                 "x-corral-key-id": "key-0123456789ab"}
+    assert httpx.get(node["url"] + "/v1/node", headers=passed_on, timeout=30,
+                     verify=trusted).status_code == 404
+    with sandboxes(cluster, 1) as (sb,), cluster.http() as http:  # no way round by path
+        for path in (f"/v1/sandboxes/{sb.id}/%2e%2e/%2e%2e/node",
+                     f"/v1/sandboxes/{sb.id}/%2E%2E/x/commands",
+                     f"/v1/sandboxes/{sb.id}/ports/80/%2e%2e/%2e%2e/%2e%2e/node"):
+            assert http.get(path).status_code == 404, path
     import ray
 
     from corral.cluster import ray_boot

@@ -226,20 +226,24 @@ class Cluster:
             raise UnavailableError(f"node {name} is not reachable now; try again shortly")
         return node.view.url, node.view.ca
 
-    def placement(self, tenant: str, sandbox_id: str) -> Placement:
-        """Where the tenant's sandbox runs: NotFoundError if it is not theirs; a lost one
-        is SandboxNotRunningError with the reason. A live one is remembered for
+    def locate(self, sandbox_id: str) -> Placement | None:
+        """Where a sandbox runs, whoever's it is. A live one is remembered for
         ``PLACEMENT_TTL`` seconds (a node's loss, which this server marks itself, forgets
         its sandboxes at once; another server's marking is seen within that time)."""
         cached = self._placements.get(sandbox_id)
         if cached is not None and time.monotonic() - cached[1] < PLACEMENT_TTL:
-            found: Placement | None = cached[0]
-        else:
-            found = self.directory.get(sandbox_id)
-            if found is not None and found.state == LIVE:
-                if len(self._placements) >= MAX_PLACEMENTS:
-                    self._placements.pop(next(iter(self._placements)))
-                self._placements[sandbox_id] = (found, time.monotonic())
+            return cached[0]
+        found = self.directory.get(sandbox_id)
+        if found is not None and found.state == LIVE:
+            if len(self._placements) >= MAX_PLACEMENTS:
+                self._placements.pop(next(iter(self._placements)))
+            self._placements[sandbox_id] = (found, time.monotonic())
+        return found
+
+    def placement(self, tenant: str, sandbox_id: str) -> Placement:
+        """Where the tenant's sandbox runs: NotFoundError if it is not theirs; a lost one
+        is SandboxNotRunningError with the reason."""
+        found = self.locate(sandbox_id)
         if found is None or found.tenant != tenant:
             raise NotFoundError(f"no sandbox {sandbox_id!r:.80}")
         if found.state == LOST:

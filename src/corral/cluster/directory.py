@@ -137,6 +137,20 @@ class Directory:
                              .where(cluster_sandboxes.c.id == sandbox_id)).first()
         return None if row is None else _placement(row)
 
+    def get_many(self, sandbox_ids: list[str]) -> list[Placement]:
+        with self._engine.connect() as db:
+            rows = db.execute(select(cluster_sandboxes)
+                              .where(cluster_sandboxes.c.id.in_(sandbox_ids))).all()
+        return [_placement(r) for r in rows]
+
+    def nodes_of(self, tenant: str) -> list[str]:
+        """The nodes that run, or ran, sandboxes of ``tenant`` (but for lost ones)."""
+        with self._engine.connect() as db:
+            rows = db.execute(select(cluster_sandboxes.c.node).distinct().where(
+                cluster_sandboxes.c.tenant == tenant, cluster_sandboxes.c.state != LOST)
+                .order_by(cluster_sandboxes.c.node)).all()
+        return [r.node for r in rows]
+
     def of_tenant(self, tenant: str, states: tuple[str, ...]) -> list[Placement]:
         with self._engine.connect() as db:
             rows = db.execute(select(cluster_sandboxes).where(

@@ -56,6 +56,7 @@ from ..server.routes.sandbox_metrics import metrics_ids
 from ..server.settings import ServerSettings
 from ..server.store import KeyStore, open_engine
 from ..server.store.audit import AuditStore
+from ..node.validation import SANDBOX_ID
 from ..server.store.keys import KeyRef
 from ..server.store.ui_sessions import SessionPolicy, UiSessionStore
 from . import service
@@ -142,6 +143,8 @@ _NOT_YET = re.compile(r"^(fork|snapshots|snapshot-filesystem)(/|$)")
 @router.api_route(_SANDBOX + "/{rest:path}", methods=_METHODS, include_in_schema=False)
 async def on_sandbox(request: Request, sandbox_id: str, _tenant: Tenant,
                      rest: str = "") -> Response:
+    if not SANDBOX_ID.match(sandbox_id):
+        raise NotFoundError(f"no sandbox {sandbox_id!r:.80}")
     if _NOT_YET.match(rest):
         raise InvalidArgumentError(
             f"{rest.split('/')[0]} is not served in cluster mode yet: forks and snapshots "
@@ -173,7 +176,7 @@ async def terminal(websocket: WebSocket, sandbox_id: str) -> None:
         await websocket.close(1008)
         return
     query = websocket.url.query
-    url = ("ws" + base.removeprefix("http") + websocket.url.path
+    url = (f"ws{base.removeprefix('http')}/v1/sandboxes/{placement.id}/terminal"
            + (f"?{query}" if query else ""))
     await forward_websocket(websocket, url, forward_headers(cluster.token, key), ca)
 

@@ -54,6 +54,8 @@ START_TIMEOUT: Final = 120.0
 CALL_TIMEOUT: Final = 300.0
 #: The control plane's own name in a node's records (describe, reconcile).
 CONTROL_TENANT: Final = "corral-control"
+#: The key id the actor's own calls carry; no caller's key id is ever this.
+CONTROL_KEY: Final = "control"
 
 
 def free_port(host: str) -> int:
@@ -131,7 +133,7 @@ class NodeActor:
         """The node: its name, labels, address, capacity, images, pools and sandboxes."""
         check_token(token, self._token)
         reply = await self._client.get("/v1/node", headers=self._headers(CONTROL_TENANT,
-                                                                          "control"),
+                                                                          CONTROL_KEY),
                                        timeout=10)
         reply.raise_for_status()
         status: dict[str, Any] = reply.json()
@@ -177,7 +179,7 @@ class NodeActor:
         """Keep these warm pools (``CORRAL_POOLS`` syntax) on this node; the specs it now
         keeps."""
         check_token(token, self._token)
-        status, payload = await self.call(token, CONTROL_TENANT, "control", "PUT",
+        status, payload = await self.call(token, CONTROL_TENANT, CONTROL_KEY, "PUT",
                                           "/v1/node/pools", {"pools": pools})
         if status != 200:
             raise RuntimeError(f"the node refused the pools {pools!r:.200}: {payload}")
@@ -190,7 +192,7 @@ class NodeActor:
         check_token(token, self._token)
         ended = []
         for sandbox_id, tenant in owned[:10_000]:
-            status, _ = await self.call(token, tenant, "control", "DELETE",
+            status, _ = await self.call(token, tenant, CONTROL_KEY, "DELETE",
                                         f"/v1/sandboxes/{sandbox_id}")
             if status in (204, 404):
                 ended.append(sandbox_id)

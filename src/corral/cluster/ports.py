@@ -25,7 +25,7 @@ from ..server.ports import host_pattern
 from ..server.store import KeyStore
 from .control import Cluster
 from .directory import LIVE, LOST
-from .proxy import Forwarder, forward_websocket
+from .proxy import Forwarder, forward_websocket, passed_path
 from .trust import forward_headers
 
 _PORT_PATH: Final = re.compile(r"^/v1/sandboxes/([^/]+)/ports/([0-9]+)(/.*)?$")
@@ -58,7 +58,8 @@ class ClusterPorts:
             await self.app(scope, receive, send)
             return
         try:
-            placement = await asyncio.to_thread(self.cluster.directory.get, sandbox_id)
+            raw = passed_path(scope)  # no . or .. segment: what is authorized is reached
+            placement = await asyncio.to_thread(self.cluster.locate, sandbox_id)
             if placement is None or placement.state not in (LIVE, LOST):
                 raise NotFoundError(f"no running sandbox {sandbox_id!r:.40}")
             if placement.state == LOST:
@@ -76,7 +77,8 @@ class ClusterPorts:
             return
         if scope["type"] == "websocket":
             port = host[1] if host else path[2] if path else ""
-            rest = scope["path"] if host else path[3] if path else ""
+            in_raw = _PORT_PATH.match(raw)
+            rest = raw if host else (in_raw[3] if in_raw else None) or ""
             query = scope.get("query_string", b"").decode("latin-1")
             url = (f"ws{base.removeprefix('http')}/v1/sandboxes/{sandbox_id}/ports/{port}"
                    f"{rest or '/'}" + (f"?{query}" if query else ""))

@@ -14,16 +14,18 @@ import contextlib
 import functools
 import json
 import ssl
+from urllib.parse import unquote
 from typing import Final
 
 import httpx
 import websockets
 from starlette.background import BackgroundTask
 from starlette.requests import Request
+from starlette.types import Scope
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from corral.api.errors import UnavailableError
+from corral.api.errors import NotFoundError, UnavailableError
 
 #: Request headers a node server never sees: hop-by-hop ones, and the caller's credentials.
 _DROP_REQUEST: Final = frozenset({
@@ -35,6 +37,17 @@ _DROP_RESPONSE: Final = frozenset({
     "connection", "keep-alive", "transfer-encoding", "upgrade", "server", "date"})
 #: Seconds to connect to a node server; reads may last as long as a command does.
 CONNECT_TIMEOUT: Final = 5.0
+
+
+def passed_path(scope: Scope) -> str:
+    """The path as the client sent it (still percent-encoded), to pass on unchanged; one
+    with a ``.`` or ``..`` segment (literal or encoded) is refused, since the node, or the
+    URL library on the way, would resolve it to another route than the one authorized."""
+    raw: str = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+    decoded = unquote(raw)
+    if any(part in (".", "..") for part in decoded.split("/")) or "\\" in decoded:
+        raise NotFoundError("no such route (a path may not hold . or .. segments)")
+    return raw
 
 
 def tls_context(ca: str) -> ssl.SSLContext:
@@ -80,7 +93,7 @@ class Forwarder:
         headers = [(k, v) for k, v in request.headers.items() if k not in kept]
         headers += list(extra.items())
         query = request.url.query
-        url = base_url + request.url.path + (f"?{query}" if query else "")
+        url = base_url + passed_path(request.scope) + (f"?{query}" if query else "")
         has_body = request.method not in ("GET", "HEAD", "OPTIONS")
         upstream = client.build_request(
             request.method, url, headers=headers,

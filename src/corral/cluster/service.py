@@ -25,11 +25,9 @@ async def list_sandboxes(cluster: Cluster, key: KeyRef, params: Mapping[str, str
     """The tenant's sandboxes with ``params``' filters: (200, the list), or a node's
     refusal of the filters as it gave it."""
     state = params.get("state")
-    rows = await asyncio.to_thread(cluster.directory.of_tenant, key.tenant,
-                                   (LIVE, LOST, STOPPED))
     found: list[dict[str, Any]] = []
     if state != "lost":
-        nodes = sorted({row.node for row in rows if row.state != LOST})
+        nodes = await asyncio.to_thread(cluster.directory.nodes_of, key.tenant)
         replies = await asyncio.gather(*(cluster.call(key, node, "GET", "/v1/sandboxes",
                                                       params=params) for node in nodes),
                                        return_exceptions=True)
@@ -43,8 +41,9 @@ async def list_sandboxes(cluster: Cluster, key: KeyRef, params: Mapping[str, str
                 info["node"] = node
                 found.append(info)
     if state in (None, "lost"):
-        for row in rows:
-            if row.state == LOST and _metadata_matches(row.info, params):
+        lost = await asyncio.to_thread(cluster.directory.of_tenant, key.tenant, (LOST,))
+        for row in lost:
+            if _metadata_matches(row.info, params):
                 found.append({**row.info, "state": "lost", "state_reason": row.reason,
                               "paused_at": None, "node": row.node})
     found.sort(key=lambda info: str(info.get("created_at", "")))
@@ -61,10 +60,9 @@ async def sandbox_metrics(cluster: Cluster, key: KeyRef, wanted: list[str], poin
                           ) -> dict[str, Any]:
     """The newest samples of each of the tenant's live sandboxes in ``wanted``."""
     by_node: dict[str, list[str]] = {}
-    for sandbox_id in wanted:
-        found = await asyncio.to_thread(cluster.directory.get, sandbox_id)
-        if found is not None and found.tenant == key.tenant and found.state == LIVE:
-            by_node.setdefault(found.node, []).append(sandbox_id)
+    for found in await asyncio.to_thread(cluster.directory.get_many, wanted):
+        if found.tenant == key.tenant and found.state == LIVE:
+            by_node.setdefault(found.node, []).append(found.id)
     nodes = sorted(by_node)
     replies = await asyncio.gather(*(cluster.call(
         key, node, "GET", "/v1/metrics/sandboxes",

@@ -91,6 +91,8 @@ def check_token(presented: object, expected: str) -> None:
 
 def forward_headers(token: str, key: KeyRef) -> dict[str, str]:
     """The headers a node server needs to act for ``key``'s tenant."""
+    if key.id == "control":  # the node actor's own calls' name (node_actor.CONTROL_KEY)
+        raise PermissionDeniedError("this key id cannot be passed on to a node")
     headers = {CLUSTER_HEADER: token, TENANT_HEADER: key.tenant, KEY_HEADER: key.id}
     if key.operator:
         headers[OPERATOR_HEADER] = "1"

@@ -36,8 +36,16 @@ def _memory_mib() -> tuple[int, int]:
 
 
 def _from_control_plane(request: Request) -> None:
+    """Only the node's own actor calls these: the node token, and the control plane's
+    own name. A tenant's request passed on by the control plane carries the token too, but
+    its caller's key id, never ``control``."""
+    from corral.cluster.node_actor import CONTROL_KEY, CONTROL_TENANT
     from corral.cluster.trust import CLUSTER_SCOPE
-    if request.scope.get(CLUSTER_SCOPE) is not True:
+    from corral.server.auth import tenant_of
+    from corral.server.ratelimit import KEY_ID_SCOPE
+    if (request.scope.get(CLUSTER_SCOPE) is not True
+            or tenant_of(request.scope) != CONTROL_TENANT
+            or request.scope.get(KEY_ID_SCOPE) != CONTROL_KEY):
         raise NotFoundError("no such route")
 
 
