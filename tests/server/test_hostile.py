@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from corral import Sandbox
+from corral import InvalidArgumentError, NotFoundError, Sandbox, Snapshot, Volume
 
 from ._guarded import LIMITS, Guarded, guarded_server
 from .conftest import assert_error
@@ -378,6 +378,29 @@ def test_path_tricks_are_refused_in_the_shape(guarded: Guarded, victim: tuple[Sa
     error = json.loads(body)["error"]
     assert set(error) == {"code", "message"} and error["code"] in (
         "invalid_argument", "not_found")
+
+
+@pytest.mark.parametrize("bad", ["..", ".", ""])
+def test_the_sdk_never_turns_an_id_into_another_route(guarded: Guarded,
+                                                      victim: tuple[Sandbox, str],
+                                                      bad: str) -> None:
+    """An id an agent's model chose goes into one path segment or nowhere: ``..`` would
+    make ``/v1/sandboxes/..`` ask ``/v1/`` (httpx resolves dot segments), so the SDK
+    refuses it before sending; ``/``, ``?`` and ``#`` are encoded, so they name no
+    sandbox rather than another route."""
+    sb, key = victim
+    with pytest.raises(InvalidArgumentError, match="not a valid"):
+        Sandbox.connect(bad, url=guarded.url, api_key=key)
+    with pytest.raises(InvalidArgumentError, match="not a valid"):
+        sb.code.interrupt(bad)
+    with pytest.raises(InvalidArgumentError, match="not a valid"):
+        Snapshot.get(bad, url=guarded.url, api_key=key)
+    with pytest.raises(InvalidArgumentError, match="not a valid"):
+        Volume.from_name(bad, url=guarded.url, api_key=key)
+    for other_route in ("../../v1/keys", "x/../../../v1/audit", "x?state=running", "x#y"):
+        with pytest.raises(NotFoundError):
+            Sandbox.connect(other_route, url=guarded.url, api_key=key)
+    _assert_intact(guarded, victim)
 
 
 @pytest.mark.parametrize(("path", "params"), [

@@ -4,6 +4,8 @@ an older schema."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -27,6 +29,35 @@ def _record(sandbox_id: str, tenant: str = "alpha", state: str = "running",
         created_at=now, expires_at=now + timedelta(seconds=300), stop_reason=None)
     fields.update(changes)
     return SandboxRecord(**fields)  # type: ignore[arg-type]
+
+
+OPEN = """
+import sys
+from corral.server.store import open_engine
+sys.stdin.readline()  # everyone started: open at once
+try:
+    open_engine(sys.argv[1])
+    print("ok")
+except Exception as exc:
+    print(f"{type(exc).__name__}: {exc}"[:300])
+"""
+
+
+def test_processes_opening_a_new_database_at_once_all_get_it(store_url: str) -> None:
+    """``corral serve`` and ``corral keys create`` (or several API servers) opening a new
+    database together: each makes the tables or finds them made, none fails on a table
+    another has just made."""
+    children = [subprocess.Popen([sys.executable, "-c", OPEN, store_url], text=True,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                for _ in range(4)]
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    said = [child.communicate(timeout=120)[0].strip() for child in children]
+    assert said == ["ok"] * 4
+    tables = sqlalchemy.inspect(open_engine(store_url)).get_table_names()
+    assert {"tenants", "api_keys", "sandboxes"} <= set(tables)
 
 
 def test_keys(store_url: str) -> None:

@@ -16,6 +16,7 @@ import os
 import ssl
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -43,6 +44,15 @@ Params = Mapping[str, str | int | float | bool]
 #: Servers in this process, by URL: filled only by :mod:`corral.sdk.testing`, under
 #: ``.invalid`` URLs (RFC 2606: no real host has one), so it is empty in production.
 IN_PROCESS: dict[str, httpx.AsyncBaseTransport] = {}
+
+
+def segment(value: object, what: str = "id") -> str:
+    """``value`` as one segment of a request's path: percent-encoded, and never empty,
+    ``.`` or ``..``, which a URL resolves into another route (``connect("../keys")`` would
+    otherwise ask for ``/v1/keys``)."""
+    if not isinstance(value, str) or value in ("", ".", ".."):
+        raise InvalidArgumentError(f"{str(value)[:80]!r} is not a valid {what}")
+    return quote(value, safe="")
 
 
 def error_of(response: httpx.Response) -> SandboxError:

@@ -37,7 +37,7 @@ from corral.api.limits import DEFAULT_CODE_TIMEOUT as DEFAULT_TIMEOUT
 from corral.api.models import CodeContext as Context
 from corral.api.models import Execution, ExecutionError, Logs, Result
 
-from ._http import checked, transport_errors
+from ._http import checked, segment, transport_errors
 
 if TYPE_CHECKING:
     from .sandbox import AsyncSandbox
@@ -53,7 +53,7 @@ class AsyncCodeInterpreter:
 
     def __init__(self, sandbox: AsyncSandbox) -> None:
         self._api = sandbox._api
-        self._base = f"/v1/sandboxes/{sandbox.id}/code"
+        self._base = f"/v1/sandboxes/{segment(sandbox.id)}/code"
 
     async def run(self, code: str, *, language: str | None = None,
                   context: ContextArg = None, timeout: float = DEFAULT_TIMEOUT,
@@ -102,21 +102,25 @@ class AsyncCodeInterpreter:
 
     async def restart_context(self, context: Context | str) -> Context:
         """A fresh kernel for the context: its state is lost, its id kept."""
-        reply = await self._api.json("POST", f"{self._base}/contexts/{_context_id(context)}"
+        reply = await self._api.json("POST", f"{self._base}/contexts/{_context_segment(context)}"
                                      "/restart", read_timeout=180.0)
         return Context.model_validate(reply)
 
     async def interrupt(self, context: Context | str = "default") -> None:
         """Interrupt the cell the context runs (it ends with ``KeyboardInterrupt``)."""
-        await self._api.call("POST", f"{self._base}/contexts/{_context_id(context)}/interrupt")
+        await self._api.call("POST", f"{self._base}/contexts/{_context_segment(context)}/interrupt")
 
     async def delete_context(self, context: Context | str) -> None:
         """Stop the context's kernel and forget it."""
-        await self._api.call("DELETE", f"{self._base}/contexts/{_context_id(context)}")
+        await self._api.call("DELETE", f"{self._base}/contexts/{_context_segment(context)}")
 
 
 def _context_id(context: ContextArg) -> str | None:
     return context.id if isinstance(context, Context) else context
+
+
+def _context_segment(context: Context | str) -> str:
+    return segment(_context_id(context), "context id")
 
 
 async def _events(lines: AsyncIterator[str], url: str) -> AsyncIterator[models.CodeEvent]:

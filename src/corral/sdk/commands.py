@@ -31,7 +31,7 @@ from corral.api.errors import (CommandTimeoutError, InvalidArgumentError, Sandbo
                                error_from_code)
 from corral.api.limits import DEFAULT_COMMAND_TIMEOUT
 
-from ._http import checked, transport_errors
+from ._http import checked, segment, transport_errors
 
 if TYPE_CHECKING:
     from .sandbox import AsyncSandbox
@@ -132,7 +132,7 @@ class AsyncCommands:
 
     def __init__(self, sandbox: AsyncSandbox) -> None:
         self._api = sandbox._api
-        self._base = f"/v1/sandboxes/{sandbox.id}/commands"
+        self._base = f"/v1/sandboxes/{segment(sandbox.id)}/commands"
 
     async def run(self, cmd: contract.Cmd, *, env: Mapping[str, str] | None = None,
                   cwd: str | None = None, user: str | int | None = None,

@@ -25,7 +25,7 @@ from corral.api import contract, models
 from corral.api.errors import InvalidArgumentError, SandboxError, error_from_code
 from corral.api.limits import DEFAULT_WATCH_LIFETIME
 
-from ._http import ApiClient, checked, transport_errors
+from ._http import ApiClient, checked, segment, transport_errors
 
 if TYPE_CHECKING:
     from .sandbox import AsyncSandbox
@@ -98,7 +98,7 @@ class AsyncFiles:
 
     def __init__(self, sandbox: AsyncSandbox) -> None:
         self._api = sandbox._api
-        self._base = f"/v1/sandboxes/{sandbox.id}/files"
+        self._base = f"/v1/sandboxes/{segment(sandbox.id)}/files"
 
     @classmethod
     def _at(cls, api: ApiClient, base: str) -> AsyncFiles:

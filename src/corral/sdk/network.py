@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from corral.api import contract, models
 
-from ._http import checked
+from ._http import checked, segment
 
 if TYPE_CHECKING:
     from .sandbox import AsyncSandbox
@@ -50,14 +50,14 @@ class AsyncNetwork:
         """
         body = checked(models.NetworkUpdate, network=network_spec(network))
         return models.NetworkInfo.model_validate(await self._sandbox._api.json(
-            "PUT", f"/v1/sandboxes/{self._sandbox.id}/network", body=body))
+            "PUT", f"/v1/sandboxes/{segment(self._sandbox.id)}/network", body=body))
 
 
     async def events(self) -> models.EgressEvents:
         """Its resolver's and proxy's latest verdicts (names looked up and connected to,
         allowed or why not), oldest first."""
         return models.EgressEvents.model_validate(await self._sandbox._api.json(
-            "GET", f"/v1/sandboxes/{self._sandbox.id}/network/events"))
+            "GET", f"/v1/sandboxes/{segment(self._sandbox.id)}/network/events"))
 
 
 _conforms: type[contract.NetworkContract] = AsyncNetwork

@@ -28,7 +28,7 @@ from corral.api import models
 from corral.api.models import check_port
 from corral.api.errors import SandboxError
 
-from ._http import checked
+from ._http import checked, segment
 
 if TYPE_CHECKING:
     from .sandbox import AsyncSandbox
@@ -71,7 +71,7 @@ class AsyncPorts:
         check_port(port)
         base = self._sandbox._api.url
         if not host_based:
-            return f"{base}/v1/sandboxes/{self._sandbox.id}/ports/{port}/"
+            return f"{base}/v1/sandboxes/{segment(self._sandbox.id)}/ports/{port}/"
         parts = urlsplit(base)
         netloc = f"{port}-{self._sandbox.id}.{self._info().domain}"
         if parts.port is not None:
@@ -86,7 +86,7 @@ class AsyncPorts:
         body = checked(models.SignedUrlRequest, port=port, expires_in=float(expires_in),
                        path=path, host_based=host_based)
         reply = models.SignedUrl.model_validate(await self._sandbox._api.json(
-            "POST", f"/v1/sandboxes/{self._sandbox.id}/signed-urls", body=body))
+            "POST", f"/v1/sandboxes/{segment(self._sandbox.id)}/signed-urls", body=body))
         return reply.url
 
     async def get(self) -> models.PortsInfo:
@@ -98,6 +98,6 @@ class AsyncPorts:
         every port private again."""
         body = checked(models.PortsUpdate, public=list(ports))
         info = models.PortsInfo.model_validate(await self._sandbox._api.json(
-            "PUT", f"/v1/sandboxes/{self._sandbox.id}/ports", body=body))
+            "PUT", f"/v1/sandboxes/{segment(self._sandbox.id)}/ports", body=body))
         self._sandbox.info = self._sandbox.info.model_copy(update={"ports": info})
         return info

@@ -36,7 +36,7 @@ from corral.api.resources import Resources
 
 from .images import Image, build_with
 from .volumes import volume_map
-from ._http import CREATE_TIMEOUT, ApiClient, checked
+from ._http import CREATE_TIMEOUT, ApiClient, checked, segment
 from .code import AsyncCodeInterpreter, Execution
 from .commands import AsyncCommands
 from .files import AsyncFiles
@@ -262,9 +262,10 @@ class AsyncSandbox:
         connection = _Connection.of(url, api_key, ca_file, max_retries)
         api = connection.client()
         try:
-            reply = await api.json("GET", f"/v1/sandboxes/{sandbox_id}")
+            path = f"/v1/sandboxes/{segment(sandbox_id, 'sandbox id')}"
+            reply = await api.json("GET", path)
             if reply.get("state") == "paused":  # connecting resumes it, as E2B's does
-                reply = await api.json("POST", f"/v1/sandboxes/{sandbox_id}/resume",
+                reply = await api.json("POST", f"{path}/resume",
                                        read_timeout=CREATE_TIMEOUT)
         except BaseException:
             await api.aclose()
@@ -323,7 +324,7 @@ class AsyncSandbox:
     async def refresh(self) -> models.SandboxInfo:
         """Fetch the sandbox's current description (state, expiry, stop reason)."""
         self.info = models.SandboxInfo.model_validate(
-            await self._api.json("GET", f"/v1/sandboxes/{self.id}"))
+            await self._api.json("GET", f"/v1/sandboxes/{segment(self.id)}"))
         return self.info
 
     async def pause(self) -> models.SandboxInfo:
@@ -332,14 +333,14 @@ class AsyncSandbox:
         namespaces: frozen in place). Any later call on it resumes it, as does
         :meth:`resume` or :meth:`connect`."""
         self.info = models.SandboxInfo.model_validate(
-            await self._api.json("POST", f"/v1/sandboxes/{self.id}/pause",
+            await self._api.json("POST", f"/v1/sandboxes/{segment(self.id)}/pause",
                                  read_timeout=CREATE_TIMEOUT))
         return self.info
 
     async def resume(self) -> models.SandboxInfo:
         """Resume it after :meth:`pause` (a running sandbox: nothing to do)."""
         self.info = models.SandboxInfo.model_validate(
-            await self._api.json("POST", f"/v1/sandboxes/{self.id}/resume",
+            await self._api.json("POST", f"/v1/sandboxes/{segment(self.id)}/resume",
                                  read_timeout=CREATE_TIMEOUT))
         return self.info
 
@@ -363,7 +364,8 @@ class AsyncSandbox:
         """
         params = {name: f"{_seconds(value):.6f}"
                   for name, value in (("start", start), ("end", end)) if value is not None}
-        reply = await self._api.json("GET", f"/v1/sandboxes/{self.id}/metrics", params=params)
+        reply = await self._api.json("GET", f"/v1/sandboxes/{segment(self.id)}/metrics",
+                                     params=params)
         return models.SandboxMetrics.model_validate(reply).samples
 
     async def snapshot_filesystem(self, name: str | None = None) -> models.ImageInfo:
@@ -378,7 +380,8 @@ class AsyncSandbox:
             clone = await AsyncSandbox.create(image="after-setup:1")
         """
         request = checked(models.FilesystemSnapshot, name=name)
-        reply = await self._api.json("POST", f"/v1/sandboxes/{self.id}/snapshot-filesystem",
+        reply = await self._api.json("POST",
+                                     f"/v1/sandboxes/{segment(self.id)}/snapshot-filesystem",
                                      body=request, read_timeout=CREATE_TIMEOUT)
         return models.ImageInfo.model_validate(reply)
 
@@ -410,7 +413,7 @@ class AsyncSandbox:
             again = await AsyncSandbox.create(snapshot=snap)   # model is there
         """
         request = checked(models.SnapshotCreate, name=name, memory=memory, ttl=ttl)
-        reply = await self._api.json("POST", f"/v1/sandboxes/{self.id}/snapshots",
+        reply = await self._api.json("POST", f"/v1/sandboxes/{segment(self.id)}/snapshots",
                                      body=request, read_timeout=CREATE_TIMEOUT)
         return models.SnapshotInfo.model_validate(reply)
 
@@ -439,7 +442,7 @@ class AsyncSandbox:
         request = checked(models.ForkRequest, count=count,
                           timeout=None if timeout is None else float(timeout),
                           metadata=None if metadata is None else dict(metadata))
-        reply = await self._api.json("POST", f"/v1/sandboxes/{self.id}/fork", body=request,
+        reply = await self._api.json("POST", f"/v1/sandboxes/{segment(self.id)}/fork", body=request,
                                      read_timeout=CREATE_TIMEOUT)
         return [type(self)(info, self._connection.client(), self._connection)
                 for info in models.SandboxList.model_validate(reply).sandboxes]
@@ -447,7 +450,7 @@ class AsyncSandbox:
     async def set_timeout(self, seconds: float) -> None:
         """Let the sandbox live ``seconds`` more from now."""
         self.info = models.SandboxInfo.model_validate(await self._api.json(
-            "POST", f"/v1/sandboxes/{self.id}/timeout",
+            "POST", f"/v1/sandboxes/{segment(self.id)}/timeout",
             body=checked(models.TimeoutUpdate, timeout=float(seconds))))
 
     async def run_code(self, code: str, *, language: str | None = None,
@@ -472,7 +475,7 @@ class AsyncSandbox:
 
     async def kill(self) -> None:
         """Stop the sandbox now (killing a stopped one is not an error)."""
-        await self._api.call("DELETE", f"/v1/sandboxes/{self.id}")
+        await self._api.call("DELETE", f"/v1/sandboxes/{segment(self.id)}")
 
     async def close(self) -> None:
         """Close the connection, leaving the sandbox running."""

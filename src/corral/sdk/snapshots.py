@@ -33,11 +33,10 @@ Example::
 from __future__ import annotations
 
 import os
-from urllib.parse import quote
 
 from corral.api import models
 
-from ._http import ApiClient
+from ._http import ApiClient, segment
 
 CaFile = str | os.PathLike[str]
 
@@ -74,7 +73,7 @@ class AsyncSnapshot:
         that id (never had, deleted, or expired)."""
         api = ApiClient(url, api_key, ca_file, max_retries=max_retries)
         try:
-            reply = await api.json("GET", f"/v1/snapshots/{quote(snapshot_id, safe='')}")
+            reply = await api.json("GET", f"/v1/snapshots/{segment(snapshot_id, 'snapshot id')}")
         finally:
             await api.aclose()
         return models.SnapshotInfo.model_validate(reply)
@@ -87,6 +86,6 @@ class AsyncSnapshot:
         run on. NotFoundError if you have none of that id."""
         api = ApiClient(url, api_key, ca_file, max_retries=max_retries)
         try:
-            await api.call("DELETE", f"/v1/snapshots/{quote(snapshot_id, safe='')}")
+            await api.call("DELETE", f"/v1/snapshots/{segment(snapshot_id, 'snapshot id')}")
         finally:
             await api.aclose()

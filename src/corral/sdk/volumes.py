@@ -19,12 +19,11 @@ Example::
 from __future__ import annotations
 
 import os
-from urllib.parse import quote
 
 from corral.api import models
 from corral.api.errors import InvalidArgumentError, NotFoundError
 
-from ._http import ApiClient, checked
+from ._http import ApiClient, checked, segment
 from .files import AsyncFiles
 
 CaFile = str | os.PathLike[str]
@@ -57,7 +56,8 @@ class AsyncVolume:
     def __init__(self, info: models.VolumeInfo, api: ApiClient) -> None:
         self.info = info
         self._api = api
-        self.files = AsyncVolumeFiles._at(api, f"/v1/volumes/{quote(info.name)}/files")
+        self.files = AsyncVolumeFiles._at(
+            api, f"/v1/volumes/{segment(info.name, 'volume name')}/files")
 
     @property
     def name(self) -> str:
@@ -92,7 +92,7 @@ class AsyncVolume:
         ``create_if_missing`` (then of ``size``)."""
         api = ApiClient(url, api_key, ca_file, max_retries=max_retries)
         try:
-            reply = await api.json("GET", f"/v1/volumes/{quote(name, safe='')}")
+            reply = await api.json("GET", f"/v1/volumes/{segment(name, 'volume name')}")
         except NotFoundError:
             await api.aclose()
             if not create_if_missing:
@@ -119,12 +119,12 @@ class AsyncVolume:
     async def refresh(self) -> models.VolumeInfo:
         """Fetch its current description (used bytes, which sandboxes mount it)."""
         self.info = models.VolumeInfo.model_validate(
-            await self._api.json("GET", f"/v1/volumes/{quote(self.name, safe='')}"))
+            await self._api.json("GET", f"/v1/volumes/{segment(self.name, 'volume name')}"))
         return self.info
 
     async def delete(self) -> None:
         """Delete it and its files; refused while a sandbox mounts it."""
-        await self._api.call("DELETE", f"/v1/volumes/{quote(self.name, safe='')}")
+        await self._api.call("DELETE", f"/v1/volumes/{segment(self.name, 'volume name')}")
 
     async def close(self) -> None:
         """Close the connection (the volume stays)."""

@@ -4,11 +4,16 @@ Portable across SQLite and PostgreSQL: only Core types, no dialect's SQL. Postgr
 enforces ``String`` lengths where SQLite does not, so writers bound free text to the column
 (:func:`bounded`). Columns added after a database was first created are added on open
 (:func:`_add_missing_columns`): nullable ones only, which every dialect can add in place.
+Processes opening one database at once (``corral serve`` and ``corral keys create``, or
+several API servers on one PostgreSQL) make its tables one at a time (:func:`_schema_lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,8 @@ from sqlalchemy import (
 )
 
 STOP_REASON_LENGTH = 2048
+#: PostgreSQL advisory lock held while the tables are made (any constant: "corral").
+SCHEMA_LOCK_KEY = 0x636F7272616C
 
 metadata = MetaData()
 
@@ -246,9 +253,39 @@ def open_engine(url: str) -> Engine:
             path = Path(engine.url.database)
             path.parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-    metadata.create_all(engine)
-    _add_missing_columns(engine)
+    with _schema_lock(engine):
+        metadata.create_all(engine)
+        _add_missing_columns(engine)
     return engine
+
+
+@contextlib.contextmanager
+def _schema_lock(engine: Engine) -> Iterator[None]:
+    """Held while this process makes the tables, so that two processes opening a new
+    database at once do not both find a table missing and both make it (the second would
+    fail with "table ... already exists"): an advisory lock on PostgreSQL, a ``flock`` on
+    ``<database>.lock`` beside a SQLite file (never on the database file itself, whose
+    POSIX locks SQLite owns)."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as db:
+            db.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            db.commit()
+            try:
+                yield
+            finally:
+                db.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                db.commit()
+        return
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    fd = os.open(f"{database}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def bounded(text: str | None, length: int) -> str | None:
