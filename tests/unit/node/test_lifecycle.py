@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
 
 import pytest
@@ -149,7 +150,15 @@ async def test_what_cannot_be_adopted_is_listed_as_lost(
     finally:
         await first.close(detach=True)
     assert isinstance(pid, int)
-    os.kill(pid, signal.SIGKILL)
+    pidfd = os.pidfd_open(pid)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        # kill() only queues the signal: on a busy host the agent can still be running
+        # (and be adopted) a moment later. Its pidfd turns readable once it has exited.
+        readable, _, _ = select.select([pidfd], [], [], 60)
+        assert readable, f"agent {pid} still runs 60 s after SIGKILL"
+    finally:
+        os.close(pidfd)
 
     async with Node(node_settings, runtimes={"fake": fake_runtime}) as second:
         assert sandbox.id in second.lost
