@@ -28,17 +28,20 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from corral.api.errors import (NotFoundError, SandboxError, SandboxNotRunningError,
-                               UnavailableError, error_from_code)
+from corral.api.errors import (InvalidArgumentError, NotFoundError, ResourceExhaustedError,
+                               SandboxError, SandboxNotRunningError, UnavailableError,
+                               error_from_code)
+from corral.api.resources import parse_gpu
 
 from ..node.pools import PoolSpec
+from ..server.settings import TenantQuota
 from ..server.store.keys import KeyRef
 from . import ray_boot
 from .directory import LIVE, LOST, STOPPED, Directory, Placement
@@ -144,9 +147,14 @@ class _Node:
 class Cluster:
     """The nodes of a cluster and the calls that reach them (one per API server)."""
 
-    def __init__(self, settings: ClusterSettings, directory: Directory) -> None:
+    def __init__(self, settings: ClusterSettings, directory: Directory,
+                 quota: TenantQuota | None = None) -> None:
         self.settings = settings
         self.directory = directory
+        #: What one tenant may hold on the whole cluster (counted from the directory).
+        self.quota = quota or TenantQuota()
+        #: Creates under way through this API server, by tenant: (sandboxes, GPUs).
+        self._admitting: dict[str, tuple[int, int]] = {}
         self._nodes: dict[str, _Node] = {}
         self._token = ""
         self._head: ray_boot.Head | None = None
@@ -264,6 +272,48 @@ class Cluster:
                      memory_mib: int, selector: Mapping[str, str], gpus: int = 0,
                      gpu_model: str | None = None) -> dict[str, Any]:
         """Place a sandbox, start it on its node, and record where it runs."""
+        with await self._admit(key.tenant, gpus):
+            return await self._create(key, body, image=image, cpus=cpus,
+                                      memory_mib=memory_mib, selector=selector, gpus=gpus,
+                                      gpu_model=gpu_model)
+
+    async def _admit(self, tenant: str, gpus: int) -> contextlib.AbstractContextManager[None]:
+        """Check one more sandbox (with ``gpus``) against the tenant's quota, counting its
+        live and lost sandboxes in the directory (every API server's) and the creates under
+        way here; the returned context counts this one as under way. Several API servers
+        admitting at the same moment can each pass the last free place."""
+        quota = self.quota
+        if not quota.sandboxes and not (quota.gpus and gpus):
+            return contextlib.nullcontext()
+        rows = await asyncio.to_thread(self.directory.of_tenant, tenant, (LIVE, LOST))
+        sandboxes, held_gpus = self._admitting.get(tenant, (0, 0))
+        sandboxes += len(rows)
+        held_gpus += sum(_gpus_of(row.info) for row in rows)
+        if quota.sandboxes and sandboxes + 1 > quota.sandboxes:
+            raise ResourceExhaustedError(
+                f"your sandboxes would number {sandboxes + 1}, past this cluster's cap of "
+                f"{quota.sandboxes} a tenant (CORRAL_TENANT_MAX_SANDBOXES); kill some first")
+        if quota.gpus and gpus and held_gpus + gpus > quota.gpus:
+            raise ResourceExhaustedError(
+                f"your sandboxes would hold {held_gpus + gpus} GPUs, past this cluster's cap "
+                f"of {quota.gpus} a tenant (CORRAL_TENANT_MAX_GPUS); kill a GPU sandbox "
+                "first")
+        return self._admitting_one(tenant, gpus)
+
+    @contextlib.contextmanager
+    def _admitting_one(self, tenant: str, gpus: int) -> Iterator[None]:
+        before = self._admitting.get(tenant, (0, 0))
+        self._admitting[tenant] = (before[0] + 1, before[1] + gpus)
+        try:
+            yield
+        finally:
+            after = self._admitting.pop(tenant)
+            if after != (1, gpus):
+                self._admitting[tenant] = (after[0] - 1, after[1] - gpus)
+
+    async def _create(self, key: KeyRef, body: dict[str, Any], *, image: str, cpus: float,
+                      memory_mib: int, selector: Mapping[str, str], gpus: int,
+                      gpu_model: str | None) -> dict[str, Any]:
         want = Want(tenant=key.tenant, image=image, cpus=cpus, memory_mib=memory_mib,
                     selector=selector, gpus=gpus, gpu_model=gpu_model)
         tried: set[str] = set()
@@ -552,3 +602,14 @@ def env_settings(address: str, data_dir: Path, pools: tuple[PoolSpec, ...] = ()
         autostart=os.environ.get("CORRAL_CLUSTER_AUTOSTART", "1") not in ("0", "false", "no"),
         node_root=Path(os.environ.get("CORRAL_CLUSTER_NODE_ROOT", str(data_dir / "nodes"))),
         node_env=node_env, pools=pools)
+
+
+def _gpus_of(info: Mapping[str, Any]) -> int:
+    """The GPUs a sandbox's description (as created) says it holds (0 if it says nothing
+    readable: the description is the node's, checked when it was made)."""
+    resources = info.get("resources")
+    gpu = resources.get("gpu") if isinstance(resources, Mapping) else None
+    try:
+        return parse_gpu(gpu)[0]
+    except (InvalidArgumentError, ValueError):
+        return 0

@@ -237,7 +237,7 @@ def create_gateway_app(settings: ServerSettings, cluster_settings: ClusterSettin
     engine = open_engine(settings.database_url)
     keys = KeyStore(engine)
     directory = Directory(engine)
-    cluster = Cluster(cluster_settings, directory)
+    cluster = Cluster(cluster_settings, directory, settings.quota)
     forwarder = Forwarder()
 
     @asynccontextmanager

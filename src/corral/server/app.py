@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from corral import __version__
 from corral.node import Node
 from corral.runtime import Runtime
+from corral.runtime.gpu import GpuHost
 
 from . import e2b, errors, middleware, openapi
 from .auth import Alternative
@@ -60,16 +61,19 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: ServerSettings, *,
                runtimes: Mapping[str, Runtime] | None = None,
-               ui_dist: Path | None = None) -> FastAPI:
+               ui_dist: Path | None = None, gpus: GpuHost | None = None,
+               gpu_root: Path = Path("/")) -> FastAPI:
     """The app serving ``settings``; its node starts when the server does.
 
     ``runtimes``: the node's only runtimes instead of the host's (tests give a fake one;
     see :class:`corral.node.Node`); only this function takes them, never a setting.
     ``ui_dist``: the console's built files instead of the package's (tests give theirs).
+    ``gpus`` and ``gpu_root``: the node's GPUs instead of the host's, and the root their
+    driver's files are read from (tests give a fake driver tree).
     """
     engine = open_engine(database_url(settings.node.data_dir, settings.database_url or None))
     keys = KeyStore(engine)
-    node = Node(settings.node, runtimes=runtimes)
+    node = Node(settings.node, runtimes=runtimes, gpus=gpus, gpu_root=gpu_root)
     images = ImageService(node, ImageNameStore(engine), settings.node.data_dir / "contexts",
                           settings.image_quota)
     volumes = VolumeService(node, VolumeNameStore(engine), settings.volume_quota_mib)
@@ -79,7 +83,8 @@ def create_app(settings: ServerSettings, *,
     sandbox_service = SandboxService(node, SandboxStore(engine), settings.ports_domain,
                                      images=images.resolve, volumes=volumes.mounts,
                                      snapshots=snapshots.get,
-                                     paused_ttl=settings.paused_ttl)
+                                     paused_ttl=settings.paused_ttl,
+                                     quota=settings.quota)
     limits = settings.limits
     failures = Buckets(limits.auth_failure_rate, limits.auth_failure_burst, limits.buckets)
     port_proxy = PortProxy(sandbox_service, keys, settings.ports_domain, failures,

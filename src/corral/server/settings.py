@@ -211,6 +211,51 @@ class UiSettings:
                 "seconds, CORRAL_UI_SESSIONS_PER_KEY a whole number") from None
 
 
+#: Bounds of the per-tenant caps (0: none of its own).
+TENANT_MAX_SANDBOXES = 100_000
+TENANT_MAX_GPUS = 1024
+
+
+@dataclass(frozen=True)
+class TenantQuota:
+    """What one tenant may hold at once on this server (in cluster mode, on the cluster),
+    whichever of its keys asks. A create (or fork, or resume of a GPU sandbox) past either
+    is refused with ``429 resource_exhausted`` naming the cap; nothing starts.
+
+    Attributes:
+        sandboxes: live sandboxes, paused ones included (``CORRAL_TENANT_MAX_SANDBOXES``,
+            0 to 100000; default 0: no cap but the node's ``max_sandboxes``).
+        gpus: GPUs held by the tenant's sandboxes (``CORRAL_TENANT_MAX_GPUS``, 0 to 1024;
+            default 0: no cap but the GPUs there are). A paused namespaces sandbox holds
+            none; in cluster mode every live sandbox counts its GPUs.
+    """
+
+    sandboxes: int = 0
+    gpus: int = 0
+
+    def __post_init__(self) -> None:
+        for name, value, high in (("CORRAL_TENANT_MAX_SANDBOXES", self.sandboxes,
+                                   TENANT_MAX_SANDBOXES),
+                                  ("CORRAL_TENANT_MAX_GPUS", self.gpus, TENANT_MAX_GPUS)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+                raise InvalidArgumentError(f"{name} must be a whole number from 0 (no cap) "
+                                           f"to {high}, not {value!r:.40}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TenantQuota:
+        env = os.environ if env is None else env
+        values = {}
+        for field_name, name in (("sandboxes", "CORRAL_TENANT_MAX_SANDBOXES"),
+                                 ("gpus", "CORRAL_TENANT_MAX_GPUS")):
+            raw = env.get(name, "").strip()
+            try:
+                values[field_name] = int(raw) if raw else 0
+            except ValueError:
+                raise InvalidArgumentError(f"{name} must be a whole number from 0 (no cap), "
+                                           f"not {raw!r:.40}") from None
+        return cls(**values)
+
+
 def _mib_env(name: str, default: int) -> int:
     raw = os.environ.get(name, "")
     try:
@@ -270,6 +315,7 @@ class ServerSettings:
         metrics_retention: seconds a stopped sandbox's metrics and command history are
             kept (``CORRAL_METRICS_RETENTION``, default 3600; 0 to 7 days).
         ui: the web console's session lifetimes (:class:`UiSettings`).
+        quota: what one tenant may hold at once (:class:`TenantQuota`).
         cluster_token: set on a cluster's node server (read from the file
             ``CORRAL_CLUSTER_TOKEN_FILE``, which the node actor writes): the node token
             requests from the control plane carry (:mod:`corral.cluster.trust`); empty on a
@@ -301,6 +347,7 @@ class ServerSettings:
     metrics_interval: float = METRICS_INTERVAL
     metrics_retention: float = METRICS_RETENTION
     ui: UiSettings = field(default_factory=UiSettings)
+    quota: TenantQuota = field(default_factory=TenantQuota)
     cluster_token: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
@@ -357,6 +404,7 @@ class ServerSettings:
             metrics_interval=_seconds_env("CORRAL_METRICS_INTERVAL", METRICS_INTERVAL),
             metrics_retention=_seconds_env("CORRAL_METRICS_RETENTION", METRICS_RETENTION),
             ui=UiSettings.from_env(),
+            quota=TenantQuota.from_env(),
             cluster_token=_cluster_token(os.environ.get("CORRAL_CLUSTER_TOKEN_FILE", "")),
         )
 

@@ -24,6 +24,7 @@ from corral.node.files import NodeFiles
 from corral.sdk import code as sdk_code
 from corral.sdk import commands as sdk_commands
 from corral.sdk.sandbox import AsyncSandbox
+from corral.server.settings import TENANT_MAX_GPUS, TENANT_MAX_SANDBOXES, TenantQuota
 from tests.fakes.agent import AgentProcess
 
 
@@ -274,7 +275,13 @@ def test_the_documented_bounds_are_the_values() -> None:
         "`resources.gpu`: a count; a model name's characters (letters, digits, space, `.`, "
         "`_`, `-`); `\"<model>:<count>\"` (docs/gpu.md)":
             "{} to {}; 1 to ".format(*resources.GPUS_RANGE) + f"{resources.MAX_GPU_MODEL}",
+        "a tenant's live sandboxes (paused ones included), all its keys together "
+        "(`CORRAL_TENANT_MAX_SANDBOXES`); the GPUs they hold (`CORRAL_TENANT_MAX_GPUS`, a "
+        "paused namespaces sandbox holding none); 0: no cap but the node's":
+            f"0 to {TENANT_MAX_SANDBOXES}; 0 to {TENANT_MAX_GPUS}; default "
+            f"{TenantQuota().sandboxes}",
     }
+    assert TenantQuota().gpus == TenantQuota().sandboxes  # one default says both
     assert limits.DEFAULT_CODE_TIMEOUT == limits.DEFAULT_COMMAND_TIMEOUT  # one row says both
     security = " ".join((DOCS / "SECURITY.md").read_text().split())
     assert (f"Paths with NUL bytes, over {MAX_PATH} bytes, or with a component over {NAME_MAX} "

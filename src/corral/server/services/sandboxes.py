@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral.api import models
-from corral.api.errors import (InvalidArgumentError, NotFoundError, SandboxError,
-                               SandboxNotRunningError)
+from corral.api.errors import (InvalidArgumentError, NotFoundError, ResourceExhaustedError,
+                               SandboxError, SandboxNotRunningError)
 from corral.api.limits import DEFAULT_PAUSED_TTL
 from corral.api.network import NetworkPolicy
 from corral.node import Node, SandboxState
@@ -47,6 +47,7 @@ from corral.node import NodeSandbox
 from corral.node.validation import SANDBOX_ID, check_metadata
 from corral.node.volumes import VolumeMount
 
+from ..settings import TenantQuota
 from ..store import SandboxRecord, SandboxStore
 from ..store.snapshots import SnapshotRecord
 from ..store._time import from_epoch
@@ -106,13 +107,15 @@ class SandboxService:
                  images: Callable[[str, str], Awaitable[str]] | None = None,
                  volumes: VolumeResolver | None = None,
                  snapshots: SnapshotResolver | None = None,
-                 paused_ttl: float = DEFAULT_PAUSED_TTL) -> None:
+                 paused_ttl: float = DEFAULT_PAUSED_TTL,
+                 quota: TenantQuota | None = None) -> None:
         """``images``: what the node calls a tenant's image reference (the image service's
         ``resolve``); None: references go to the node as they are. ``volumes``: the node's
         mounts for a tenant's ``volumes`` (the volume service's ``mounts``); None: a create
         asking for volumes is refused. ``snapshots``: a tenant's snapshot by id (the
         snapshot service's ``get``); None: a create from a snapshot is refused.
-        ``paused_ttl``: the server's (a create's default, and the most it may ask for)."""
+        ``paused_ttl``: the server's (a create's default, and the most it may ask for).
+        ``quota``: what one tenant may hold at once (none: no caps of its own)."""
         self._node = node
         self._images = images
         self._volumes = volumes
@@ -124,6 +127,9 @@ class SandboxService:
         self._ports: dict[str, PortAccess] = {}
         self._written: dict[str, _Written] = {}
         self.paused_ttl = paused_ttl
+        self.quota = quota or TenantQuota()
+        #: Sandboxes and GPUs of creates under way, by tenant (counted against the quota).
+        self._admitting: dict[str, tuple[int, int]] = {}
         self._changed: asyncio.Queue[NodeSandbox] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -195,13 +201,15 @@ class SandboxService:
             if self._volumes is None:
                 raise InvalidArgumentError("this server has no volumes")
             mounts, described = await self._volumes(tenant, request.volumes)
-        sandbox = await self._node.create(
-            image, runtime=request.runtime, resources=request.resources.to_resources(),
-            env=request.env, timeout=request.timeout, metadata=request.metadata,
-            network=models.network_policy(request.network), volumes=mounts)
-        await self._register(tenant, sandbox, request.image, _Keeping(
-            request.idle_timeout, request.on_idle, request.on_timeout, paused_ttl,
-            tuple(request.public_ports), tuple(m.model_dump() for m in described)))
+        resources = request.resources.to_resources()
+        with self._admit(tenant, 1, resources.gpus):
+            sandbox = await self._node.create(
+                image, runtime=request.runtime, resources=resources,
+                env=request.env, timeout=request.timeout, metadata=request.metadata,
+                network=models.network_policy(request.network), volumes=mounts)
+            await self._register(tenant, sandbox, request.image, _Keeping(
+                request.idle_timeout, request.on_idle, request.on_timeout, paused_ttl,
+                tuple(request.public_ports), tuple(m.model_dump() for m in described)))
         log.info("sandbox %s created for tenant %s", sandbox.id, tenant)
         return await self.describe(tenant, sandbox.id)
 
@@ -265,14 +273,16 @@ class SandboxService:
         source = await asyncio.to_thread(self._store.get, snapshot.sandbox_id)
         if source is not None and source.tenant != tenant:
             source = None
-        sandbox = await self._node.create_from_snapshot(
-            snapshot.id, timeout=request.timeout,
-            metadata=request.metadata if "metadata" in given else None)
-        await self._register(tenant, sandbox, source.image if source else snapshot.image,
-                             _Keeping(request.idle_timeout, request.on_idle,
-                                      request.on_timeout, paused_ttl,
-                                      tuple(request.public_ports),
-                                      tuple(source.volumes) if source else ()))
+        # A memory snapshot never holds a GPU: a GPU sandbox cannot be checkpointed.
+        with self._admit(tenant, 1, 0):
+            sandbox = await self._node.create_from_snapshot(
+                snapshot.id, timeout=request.timeout,
+                metadata=request.metadata if "metadata" in given else None)
+            await self._register(tenant, sandbox, source.image if source else snapshot.image,
+                                 _Keeping(request.idle_timeout, request.on_idle,
+                                          request.on_timeout, paused_ttl,
+                                          tuple(request.public_ports),
+                                          tuple(source.volumes) if source else ()))
         log.info("sandbox %s started from snapshot %s for tenant %s", sandbox.id,
                  snapshot.id, tenant)
         return await self.describe(tenant, sandbox.id)
@@ -284,13 +294,14 @@ class SandboxService:
         end, paused TTL, public ports and volumes, with a port token of its own."""
         sandbox = await self.owned(tenant, sandbox_id)
         source = await self._record(tenant, sandbox_id)
-        clones = await self._node.fork(sandbox.id, request.count, timeout=request.timeout,
-                                       metadata=request.metadata)
         keeping = _Keeping(source.idle_timeout, source.on_idle, source.on_timeout,
                            source.paused_ttl if source.paused_ttl is not None
                            else self.paused_ttl, source.public_ports, source.volumes)
-        for clone in clones:
-            await self._register(tenant, clone, source.image, keeping)
+        with self._admit(tenant, request.count, request.count * sandbox.resources.gpus):
+            clones = await self._node.fork(sandbox.id, request.count,
+                                           timeout=request.timeout, metadata=request.metadata)
+            for clone in clones:
+                await self._register(tenant, clone, source.image, keeping)
         log.info("sandbox %s of tenant %s forked into %d", sandbox_id, tenant, len(clones))
         return models.SandboxList(sandboxes=[await self.describe(tenant, c.id)
                                              for c in clones])
@@ -405,9 +416,54 @@ class SandboxService:
         return await self.describe(tenant, sandbox_id)
 
     async def _resume(self, sandbox: NodeSandbox, reason: str) -> None:
-        await self._node.resume(sandbox.id, reason=reason)
+        live = self._live.get(sandbox.id)
+        if sandbox.is_paused and sandbox.resources.gpus and live is not None:
+            # A paused sandbox holds no GPU: its resume takes them again, within the quota.
+            with self._admit(live[0], 0, sandbox.resources.gpus):
+                await self._node.resume(sandbox.id, reason=reason)
+        else:
+            await self._node.resume(sandbox.id, reason=reason)
         self.touch(sandbox.id)
         await self._sync(sandbox)
+
+    def held(self, tenant: str) -> tuple[int, int]:
+        """The tenant's live sandboxes (paused ones included) and the GPUs they hold (paused
+        ones hold none), creates under way counted."""
+        sandboxes, gpus = self._admitting.get(tenant, (0, 0))
+        for owner, sandbox in self._live.values():
+            if owner != tenant or sandbox.state in (SandboxState.STOPPING,
+                                                    SandboxState.STOPPED):
+                continue
+            sandboxes += 1
+            if not sandbox.is_paused:
+                gpus += sandbox.resources.gpus
+        return sandboxes, gpus
+
+    @contextlib.contextmanager
+    def _admit(self, tenant: str, sandboxes: int, gpus: int) -> Iterator[None]:
+        """Count ``sandboxes`` more and ``gpus`` more against the tenant's quota while they
+        start (they are live, and counted as such, once registered); refused past it."""
+        quota = self.quota
+        held_sandboxes, held_gpus = self.held(tenant)
+        if quota.sandboxes and sandboxes and held_sandboxes + sandboxes > quota.sandboxes:
+            raise ResourceExhaustedError(
+                f"your sandboxes would number {held_sandboxes + sandboxes}, past this "
+                f"server's cap of {quota.sandboxes} a tenant (CORRAL_TENANT_MAX_SANDBOXES); "
+                "kill some first")
+        if quota.gpus and gpus and held_gpus + gpus > quota.gpus:
+            raise ResourceExhaustedError(
+                f"your sandboxes would hold {held_gpus + gpus} GPUs, past this server's cap "
+                f"of {quota.gpus} a tenant (CORRAL_TENANT_MAX_GPUS); kill or pause a GPU "
+                "sandbox first")
+        before = self._admitting.get(tenant, (0, 0))
+        self._admitting[tenant] = (before[0] + sandboxes, before[1] + gpus)
+        try:
+            yield
+        finally:
+            after = self._admitting.pop(tenant)
+            left = (after[0] - sandboxes, after[1] - gpus)
+            if left != (0, 0):
+                self._admitting[tenant] = left
 
     async def _live_one(self, tenant: str, sandbox_id: str) -> tuple[str, NodeSandbox]:
         """The tenant's live sandbox; not found, or stopped (saying why), otherwise."""
