@@ -341,8 +341,13 @@ class Cluster:
                 info = dict(payload)
                 info["node"] = node.name
                 holder.hold(info["id"], key.tenant, cpus, memory_mib)
-                await asyncio.to_thread(self.directory.add, info["id"], key.tenant, node.name,
-                                        info)
+                try:
+                    await asyncio.to_thread(self.directory.add, info["id"], key.tenant,
+                                            node.name, info)
+                except BaseException:
+                    # Unrecorded, nobody could reach or end it: end it now, not at its timeout.
+                    await self._end_unrecorded(node.name, info["id"], key.tenant)
+                    raise
                 return info
             refused = _error(status, payload)
             if status not in (429, 503):
@@ -350,6 +355,14 @@ class Cluster:
             last = refused  # that node is full or busy: another may not be
         assert last is not None
         raise last
+
+    async def _end_unrecorded(self, node: str, sandbox_id: str, tenant: str) -> None:
+        self.forget(sandbox_id)
+        try:
+            await asyncio.shield(self.end(node, [(sandbox_id, tenant)]))
+        except Exception as error:  # noqa: BLE001 - the node's own timeout ends it then
+            log.warning("sandbox %s on node %s was not recorded and could not be ended "
+                        "(%r); it stops at its timeout", sandbox_id, node, error)
 
     async def call(self, key: KeyRef, node: str, method: str, path: str,
                    body: Any = None, params: Mapping[str, str] | None = None

@@ -1,16 +1,20 @@
-"""The per-tenant caps in cluster mode: counted from the cluster's records (every API
-server's), lost sandboxes included, stopped ones not; a create past a cap is refused
-before any node is asked. No Ray here: the cluster has no node, so a create the caps let
-through is refused by placement instead, in other words."""
+"""The control plane's create without Ray: the per-tenant caps, counted from the cluster's
+records (every API server's), lost sandboxes included, stopped ones not, refusing before
+any node is asked (with no node, a create the caps let through is refused by placement
+instead, in other words); and a sandbox whose record cannot be written is ended on its
+node (a stand-in for the node's actor answers)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from corral.api.errors import ResourceExhaustedError
-from corral.cluster.control import Cluster, ClusterSettings
+from corral.cluster.control import Cluster, ClusterSettings, _Node
+from corral.cluster.placement import NodeView
 from corral.cluster.directory import LIVE, LOST, STOPPED, Directory
 from corral.server.settings import TenantQuota
 from corral.server.store import open_engine
@@ -56,3 +60,45 @@ async def test_no_caps_read_no_records(tmp_path: Path) -> None:
         directory.add(f"sbx-{n}", "alpha", "n1", {"resources": {"gpu": 8}})
     with pytest.raises(ResourceExhaustedError, match=NO_NODE):
         await _create(cluster, gpus=8)
+
+
+class _Remote:
+    def __init__(self, method: Any) -> None:
+        self.remote = method
+
+
+class _Actor:
+    """What the control plane calls on a node's actor: ``call`` creates, ``end`` ends."""
+
+    def __init__(self) -> None:
+        self.ended: list[tuple[str, str]] = []
+        self.call = _Remote(self._call)
+        self.end = _Remote(self._end)
+
+    async def _call(self, token: str, tenant: str, key_id: str, method: str, path: str,
+                    body: Any, params: Any) -> tuple[int, dict[str, Any]]:
+        assert (method, path) == ("POST", "/v1/sandboxes")
+        return 201, {"id": "sbx-made", "resources": {"gpu": None}}
+
+    async def _end(self, token: str, owned: list[tuple[str, str]]) -> list[str]:
+        self.ended += owned
+        return [sandbox_id for sandbox_id, _ in owned]
+
+
+class _FailingDirectory(Directory):
+    def add(self, sandbox_id: str, tenant: str, node: str, info: dict[str, Any]) -> None:
+        raise RuntimeError("the database is gone")
+
+
+async def test_a_sandbox_whose_record_fails_is_ended_on_its_node(tmp_path: Path) -> None:
+    directory = _FailingDirectory(open_engine(f"sqlite:///{tmp_path / 'corral.db'}"))
+    cluster = Cluster(ClusterSettings(address="auto", secret_file=tmp_path / "secret"),
+                      directory)
+    actor = _Actor()
+    cluster._nodes["n1"] = _Node(view=NodeView(name="n1", url="https://n1:1", cpus=4.0,
+                                               memory_mib=8192),
+                                 handle=actor, last_ok=time.monotonic())
+    with pytest.raises(RuntimeError, match="the database is gone"):
+        await _create(cluster)
+    assert actor.ended == [("sbx-made", "alpha")]  # not left to run to its timeout
+    assert "sbx-made" not in cluster._nodes["n1"].view.sandboxes
