@@ -131,21 +131,27 @@ class _Tenants(Collector):
 
 
 class Metrics:
-    """The server's metrics; :meth:`exposition` renders them for Prometheus."""
+    """The server's metrics; :meth:`exposition` renders them for Prometheus.
 
-    def __init__(self, node: Node) -> None:
+    ``node``: the node whose sandboxes, pools and egress verdicts are shown. A cluster's
+    API server has none (its own figures are added with :meth:`add`); it passes commands on
+    to the nodes, whose own ``/metrics`` count them, so it shows no command counts.
+    """
+
+    def __init__(self, node: Node | None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         #: What only an operator's scrape shows: every tenant's figures.
         self.operator_registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_SandboxStates(node))
-        self.registry.register(_Pools(node))
-        self.registry.register(_Egress(node))
+        if node is not None:
+            self.registry.register(_SandboxStates(node))
+            self.registry.register(_Pools(node))
+            self.registry.register(_Egress(node))
         self.create_seconds = Histogram(
             "corral_sandbox_create_seconds", "Time to create a sandbox that started",
             buckets=CREATE_BUCKETS, registry=self.registry)
         self.commands = Counter(
             "corral_commands", "Commands run through the API, by how they ended",
-            ["outcome"], registry=self.registry)
+            ["outcome"], registry=self.registry if node is not None else None)
         self.requests = Counter(
             "corral_http_requests", "HTTP requests by route template, method and status",
             ["route", "method", "status"], registry=self.registry)
@@ -158,6 +164,10 @@ class Metrics:
     def add_tenants(self, sandboxes: SandboxService, sampler: MetricsSampler) -> None:
         """Add the per-tenant figures (``corral_tenant_*``), for operators' scrapes."""
         self.operator_registry.register(_Tenants(sandboxes, sampler))
+
+    def add(self, collector: Collector, *, operator: bool = False) -> None:
+        """Show ``collector``'s figures too; with ``operator``, to operators' scrapes only."""
+        (self.operator_registry if operator else self.registry).register(collector)
 
     def command_ended(self, exit_code: int, reason: str | None) -> None:
         self.commands.labels(outcome_of(exit_code, reason)).inc()
@@ -223,28 +233,36 @@ class HttpMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500  # an exception that escapes every handler ends as a 500
-        code: str | None = None
+        status: int | None = None
+        counted = False
 
         async def recording(message: Message) -> None:
-            nonlocal status, code
+            # Counted before the client can have the answer, so that a scrape made after
+            # it saw a response always counts that response.
+            nonlocal status, counted
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-            elif (message["type"] == "http.response.body" and status >= 400
-                  and code is None):
-                code = error_code_of(message.get("body", b""))
+                self.metrics.requests.labels(self.route(scope["path"]), scope["method"],
+                                             str(status)).inc()
+                counted = status < 400
+            elif message["type"] == "http.response.body" and not counted:
+                assert status is not None  # noqa: S101 - ASGI: the start comes first
+                self._error(status, error_code_of(message.get("body", b"")))
+                counted = True
             await send(message)
 
         try:
             await self.app(scope, receive, recording)
         finally:
-            self._count(scope, status, code)
+            if status is None:  # an exception escaped every handler: it ends as a 500
+                self.metrics.requests.labels(self.route(scope["path"]), scope["method"],
+                                             "500").inc()
+                self._error(500, None)
+            elif not counted:  # an error answer that sent no body
+                self._error(status, None)
 
-    def _count(self, scope: Scope, status: int, code: str | None) -> None:
-        self.metrics.requests.labels(self.route(scope["path"]), scope["method"],
-                                     str(status)).inc()
-        if status >= 400:
-            self.metrics.errors.labels(code or code_for_status(status).value).inc()
+    def _error(self, status: int, code: str | None) -> None:
+        self.metrics.errors.labels(code or code_for_status(status).value).inc()
 
     def route(self, path: str) -> str:
         """The template ``path`` matches (``/v1/sandboxes/{sandbox_id}``), or ``unmatched``."""
