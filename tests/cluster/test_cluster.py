@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from corral import Sandbox
 from corral.cluster.gateway import create_gateway_app
@@ -71,6 +72,46 @@ def test_another_tenant_sees_nothing(cluster: Cluster) -> None:
             assert http.post(f"/v1/sandboxes/{sb.id}/commands",
                              json={"cmd": ["true"]}).status_code == 404
             assert sb.id not in http.get("/v1/sandboxes").text
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a Prometheus exposition: (name, labels) -> value."""
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_the_api_servers_metrics_show_the_cluster(cluster: Cluster) -> None:
+    with sandboxes(cluster, 2), cluster.http(cluster.operator_key) as ops, \
+            cluster.http() as mine:
+        scraped = ops.get("/metrics")
+        assert scraped.status_code == 200, scraped.text
+        assert scraped.headers["content-type"].startswith("text/plain")
+        got = _samples(scraped.text)
+
+        def one(name: str, **labels: str) -> float:
+            return got[(name, frozenset(labels.items()))]
+
+        assert one("corral_cluster_nodes", state="ready") == 3
+        assert one("corral_cluster_nodes", state="lost") == 0
+        assert one("corral_tenant_sandboxes", tenant="alpha", state="live") == 2
+        assert one("corral_sandboxes", state="live") >= 2  # other tenants' too
+        assert one("corral_cluster_ray_calls_total", method="call") >= 2
+        assert one("corral_sandbox_create_seconds_count") >= 2
+        assert one("corral_http_requests_total", route="/v1/sandboxes", method="POST",
+                   status="201") >= 2
+        held = sum(one("corral_cluster_node_sandboxes", node=n) for n in ("n1", "n2", "n3"))
+        assert held >= 2
+        assert one("corral_cluster_node_cpus", node="n1") > 0
+        assert one("corral_cluster_node_memory_bytes", node="n1") > 0
+        assert ("corral_pool_ready", frozenset({("image", "python"),
+                                                ("runtime", "namespaces")})) in got
+        assert not any(name.startswith("corral_commands") for name, _ in got)
+
+        # A tenant's key: the cluster's totals, not its nodes' nor other tenants' figures.
+        theirs = _samples(mine.get("/metrics").text)
+        names = {name for name, _ in theirs}
+        assert "corral_cluster_nodes" in names and "corral_sandboxes" in names
+        assert not any(n.startswith(("corral_tenant_", "corral_cluster_node_")) for n in names)
 
 
 def test_node_selector_picks_labelled_nodes(cluster: Cluster) -> None:

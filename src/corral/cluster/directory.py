@@ -173,6 +173,15 @@ class Directory:
         with self._engine.connect() as db:
             return int(db.execute(query).scalar_one())
 
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Sandboxes live or lost, by (tenant, state): one grouped query."""
+        with self._engine.connect() as db:
+            rows = db.execute(
+                select(cluster_sandboxes.c.tenant, cluster_sandboxes.c.state, func.count())
+                .where(cluster_sandboxes.c.state.in_((LIVE, LOST)))
+                .group_by(cluster_sandboxes.c.tenant, cluster_sandboxes.c.state)).all()
+        return {(str(tenant), str(state)): int(count) for tenant, state, count in rows}
+
     def set_state(self, sandbox_ids: list[str], state: str, reason: str | None, *,
                   was: tuple[str, ...]) -> int:
         if not sandbox_ids:

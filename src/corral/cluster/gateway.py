@@ -17,7 +17,8 @@ so keys, tenants, limits and the audit log are the cluster's. Then:
 * ``/v1/nodes`` (operators' keys): the nodes, and cordon, uncordon and drain;
 * the web console (``/ui``, its sessions in the shared database), the sandboxes' metrics
   for lists (asked of their nodes), the cluster's pools (summed) and the public images
-  the nodes hold.
+  the nodes hold;
+* ``/metrics``: the API server's request figures and the cluster's (:mod:`.metrics`).
 
 What this app does not serve yet in cluster mode (tenants' images, volumes, snapshots, the
 E2B, MCP and ACA façades) is answered with a sentence saying so; docs/cluster.md lists it.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -34,6 +36,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.websockets import WebSocket
 
 from corral import __version__
@@ -46,10 +49,10 @@ from corral.api.errors import (InvalidArgumentError, NotFoundError,
 
 from ..server import errors, openapi
 from ..server.audit import AuditTrail
-from ..server.auth import OPERATOR_SCOPE, OperatorTenant, Tenant, tenant_of
+from ..server.auth import OPERATOR_SCOPE, OperatorTenant, Tenant, is_operator, tenant_of
 from ..server.limits import BodyLimit, HeaderLimit
 from ..server.logs import RequestLog
-from ..server.metrics import RouteTemplates
+from ..server.metrics import HttpMetrics, Metrics, RouteTemplates
 from ..server.ratelimit import KEY_ID_SCOPE, Buckets, KeyLimits, ServerCap
 from ..server.routes import files as files_routes
 from ..server.routes.sandbox_metrics import metrics_ids
@@ -62,6 +65,7 @@ from ..server.store.ui_sessions import SessionPolicy, UiSessionStore
 from . import service
 from .control import Cluster, ClusterSettings
 from .directory import LIVE, STOPPED, Directory
+from .metrics import ClusterFigures, NodeFigures, TenantFigures
 from .ports import ClusterPorts
 from .proxy import Forwarder, forward_websocket
 from .trust import forward_headers
@@ -93,11 +97,26 @@ async def create(body: models.SandboxCreate, request: Request, _tenant: Tenant
                                    "and are not served in cluster mode yet (docs/cluster.md)")
     resources = body.resources.to_resources()
     payload = body.model_dump(mode="json", exclude_unset=True, exclude={"node_selector"})
+    started = time.perf_counter()
     info = await _cluster(request).create(
         _key(request), payload, image=body.image, cpus=resources.cpus,
         memory_mib=resources.memory_mib, selector=body.node_selector, gpus=resources.gpus,
         gpu_model=resources.gpu_model)
+    metrics: Metrics = request.app.state.metrics
+    metrics.create_seconds.observe(time.perf_counter() - started)  # only those that started
     return JSONResponse(info, status_code=201)
+
+
+@router.get("/metrics", response_class=Response, tags=["meta"])
+async def prometheus(request: Request, _tenant: Tenant) -> Response:
+    """The API server's figures and the cluster's (nodes, pools, sandboxes by state, Ray
+    calls); an operator's key also gets each node's and each tenant's. Each node's own
+    ``/metrics`` has its sandboxes' figures."""
+    metrics: Metrics = request.app.state.metrics
+    figures: ClusterFigures = request.app.state.cluster_figures
+    await figures.refresh()
+    return Response(metrics.exposition(is_operator(request.scope)),
+                    media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/sandboxes", tags=["sandboxes"])
@@ -257,6 +276,11 @@ def create_gateway_app(settings: ServerSettings, cluster_settings: ClusterSettin
     app.state.cluster = cluster
     app.state.forwarder = forwarder
     app.state.audit = AuditStore(engine)
+    app.state.metrics = Metrics(None)
+    app.state.cluster_figures = figures = ClusterFigures(cluster)
+    app.state.metrics.add(figures)
+    app.state.metrics.add(NodeFigures(cluster), operator=True)
+    app.state.metrics.add(TenantFigures(figures), operator=True)
     limits = settings.limits
     failures = Buckets(limits.auth_failure_rate, limits.auth_failure_burst, limits.buckets)
     ui_sessions = UiSessionStore(engine, SessionPolicy(
@@ -299,5 +323,6 @@ def create_gateway_app(settings: ServerSettings, cluster_settings: ClusterSettin
                        domain=settings.ports_domain)
     app.add_middleware(HeaderLimit)
     app.add_middleware(ServerCap, limit=limits.in_flight)
+    app.add_middleware(HttpMetrics, metrics=app.state.metrics, templates=routes)
     app.add_middleware(RequestLog, route=routes)
     return app
