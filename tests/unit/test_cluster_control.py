@@ -16,7 +16,7 @@ from corral.api.errors import ResourceExhaustedError
 from corral.cluster.control import Cluster, ClusterSettings, _Node
 from corral.cluster.placement import NodeView
 from corral.cluster.directory import LIVE, LOST, STOPPED, Directory
-from corral.server.settings import TenantQuota
+from corral.server.quota import TenantQuota
 from corral.server.store import open_engine
 from corral.server.store.keys import KeyRef
 
@@ -52,8 +52,18 @@ async def test_caps_count_the_tenants_live_and_lost_records(tmp_path: Path) -> N
         await _create(cluster)
 
 
+class _UnreadDirectory(Directory):
+    """A directory whose tenant counts must not be read."""
+
+    def of_tenant(self, tenant: str, states: tuple[str, ...]) -> Any:
+        raise AssertionError("a create without caps read the tenant's records")
+
+    def count(self, tenant: str | None = None) -> int:
+        raise AssertionError("a create without caps counted the tenant's records")
+
+
 async def test_no_caps_read_no_records(tmp_path: Path) -> None:
-    directory = Directory(open_engine(f"sqlite:///{tmp_path / 'corral.db'}"))
+    directory = _UnreadDirectory(open_engine(f"sqlite:///{tmp_path / 'corral.db'}"))
     cluster = Cluster(ClusterSettings(address="auto", secret_file=tmp_path / "secret"),
                       directory)
     for n in range(3):

@@ -28,20 +28,19 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from corral.api.errors import (InvalidArgumentError, NotFoundError, ResourceExhaustedError,
-                               SandboxError, SandboxNotRunningError, UnavailableError,
-                               error_from_code)
+from corral.api.errors import (InvalidArgumentError, NotFoundError, SandboxError,
+                               SandboxNotRunningError, UnavailableError, error_from_code)
 from corral.api.resources import parse_gpu
 
 from ..node.pools import PoolSpec
-from ..server.settings import TenantQuota
+from ..server.quota import TenantQuota, Underway
 from ..server.store.keys import KeyRef
 from . import ray_boot
 from .directory import LIVE, LOST, STOPPED, Directory, Placement
@@ -153,8 +152,8 @@ class Cluster:
         self.directory = directory
         #: What one tenant may hold on the whole cluster (counted from the directory).
         self.quota = quota or TenantQuota()
-        #: Creates under way through this API server, by tenant: (sandboxes, GPUs).
-        self._admitting: dict[str, tuple[int, int]] = {}
+        #: Creates under way through this API server.
+        self._underway = Underway()
         self._nodes: dict[str, _Node] = {}
         self._token = ""
         self._head: ray_boot.Head | None = None
@@ -285,31 +284,16 @@ class Cluster:
         quota = self.quota
         if not quota.sandboxes and not (quota.gpus and gpus):
             return contextlib.nullcontext()
-        rows = await asyncio.to_thread(self.directory.of_tenant, tenant, (LIVE, LOST))
-        sandboxes, held_gpus = self._admitting.get(tenant, (0, 0))
-        sandboxes += len(rows)
-        held_gpus += sum(_gpus_of(row.info) for row in rows)
-        if quota.sandboxes and sandboxes + 1 > quota.sandboxes:
-            raise ResourceExhaustedError(
-                f"your sandboxes would number {sandboxes + 1}, past this cluster's cap of "
-                f"{quota.sandboxes} a tenant (CORRAL_TENANT_MAX_SANDBOXES); kill some first")
-        if quota.gpus and gpus and held_gpus + gpus > quota.gpus:
-            raise ResourceExhaustedError(
-                f"your sandboxes would hold {held_gpus + gpus} GPUs, past this cluster's cap "
-                f"of {quota.gpus} a tenant (CORRAL_TENANT_MAX_GPUS); kill a GPU sandbox "
-                "first")
-        return self._admitting_one(tenant, gpus)
-
-    @contextlib.contextmanager
-    def _admitting_one(self, tenant: str, gpus: int) -> Iterator[None]:
-        before = self._admitting.get(tenant, (0, 0))
-        self._admitting[tenant] = (before[0] + 1, before[1] + gpus)
-        try:
-            yield
-        finally:
-            after = self._admitting.pop(tenant)
-            if after != (1, gpus):
-                self._admitting[tenant] = (after[0] - 1, after[1] - gpus)
+        held_sandboxes = held_gpus = 0
+        if quota.gpus and gpus:  # the GPUs are in the rows' descriptions
+            rows = await asyncio.to_thread(self.directory.of_tenant, tenant, (LIVE, LOST))
+            held_sandboxes, held_gpus = len(rows), sum(_gpus_of(row.info) for row in rows)
+        else:
+            held_sandboxes = await asyncio.to_thread(self.directory.count, tenant)
+        underway = self._underway.of(tenant)
+        quota.check((held_sandboxes + underway[0], held_gpus + underway[1]), (1, gpus),
+                    "cluster")
+        return self._underway.adding(tenant, 1, gpus)
 
     async def _create(self, key: KeyRef, body: dict[str, Any], *, image: str, cpus: float,
                       memory_mib: int, selector: Mapping[str, str], gpus: int,

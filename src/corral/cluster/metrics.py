@@ -42,8 +42,8 @@ class ClusterFigures(Collector):
     async def refresh(self) -> None:
         """Read the nodes' and sandboxes' records (call before each scrape)."""
         directory = self._cluster.directory
-        self._records = await asyncio.to_thread(directory.nodes)
-        self.counts = await asyncio.to_thread(directory.counts)
+        self._records, self.counts = await asyncio.to_thread(
+            lambda: (directory.nodes(), directory.counts()))
 
     def collect(self) -> Iterable[Metric]:
         cluster = self._cluster
@@ -95,7 +95,8 @@ class NodeFigures(Collector):
                          "Memory limits of the sandboxes on each node, summed"),
                         ("gpus", "Each node's GPUs"),
                         ("gpus_free", "Each node's GPUs that no sandbox holds"))}
-        for name, view in sorted((v.name, v) for v in self._cluster.views()):
+        for view in sorted(self._cluster.views(), key=lambda v: v.name):
+            name = view.name
             cpus, memory = view.allocated()
             for figure, value in (("sandboxes", len(view.sandboxes)), ("cpus", view.cpus),
                                   ("cpus_allocated", cpus),

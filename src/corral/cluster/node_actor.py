@@ -39,7 +39,8 @@ from typing import Any, Final
 import httpx
 
 from ..server.tls import ensure_tls
-from .trust import CLUSTER_HEADER, KEY_HEADER, TENANT_HEADER, check_token, write_secret
+from .trust import (CLUSTER_HEADER, CONTROL_KEY, KEY_HEADER, TENANT_HEADER, check_token,
+                    write_secret)
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,6 @@ START_TIMEOUT: Final = 120.0
 CALL_TIMEOUT: Final = 300.0
 #: The control plane's own name in a node's records (describe, reconcile).
 CONTROL_TENANT: Final = "corral-control"
-#: The key id the actor's own calls carry; no caller's key id is ever this.
-CONTROL_KEY: Final = "control"
 
 
 def free_port(host: str) -> int:

@@ -89,9 +89,13 @@ def check_token(presented: object, expected: str) -> None:
         raise PermissionDeniedError("this call does not carry the cluster's node token")
 
 
+#: The key id the node actor's own calls carry; no caller's key id is ever passed as this.
+CONTROL_KEY: Final = "control"
+
+
 def forward_headers(token: str, key: KeyRef) -> dict[str, str]:
     """The headers a node server needs to act for ``key``'s tenant."""
-    if key.id == "control":  # the node actor's own calls' name (node_actor.CONTROL_KEY)
+    if key.id == CONTROL_KEY:
         raise PermissionDeniedError("this key id cannot be passed on to a node")
     headers = {CLUSTER_HEADER: token, TENANT_HEADER: key.tenant, KEY_HEADER: key.id}
     if key.operator:

@@ -15,6 +15,7 @@ from corral.api.network import NetworkPolicy
 from corral.api.resources import check_paused_ttl
 from corral.node import NodeSettings
 
+from .quota import TenantQuota
 from .store.schema import database_url
 
 DEFAULT_HOST = "127.0.0.1"
@@ -209,51 +210,6 @@ class UiSettings:
             raise InvalidArgumentError(
                 "CORRAL_UI_SESSION_IDLE and CORRAL_UI_SESSION_LIFETIME must be numbers of "
                 "seconds, CORRAL_UI_SESSIONS_PER_KEY a whole number") from None
-
-
-#: Bounds of the per-tenant caps (0: none of its own).
-TENANT_MAX_SANDBOXES = 100_000
-TENANT_MAX_GPUS = 1024
-
-
-@dataclass(frozen=True)
-class TenantQuota:
-    """What one tenant may hold at once on this server (in cluster mode, on the cluster),
-    whichever of its keys asks. A create (or fork, or resume of a GPU sandbox) past either
-    is refused with ``429 resource_exhausted`` naming the cap; nothing starts.
-
-    Attributes:
-        sandboxes: live sandboxes, paused ones included (``CORRAL_TENANT_MAX_SANDBOXES``,
-            0 to 100000; default 0: no cap but the node's ``max_sandboxes``).
-        gpus: GPUs held by the tenant's sandboxes (``CORRAL_TENANT_MAX_GPUS``, 0 to 1024;
-            default 0: no cap but the GPUs there are). A paused namespaces sandbox holds
-            none; in cluster mode every live sandbox counts its GPUs.
-    """
-
-    sandboxes: int = 0
-    gpus: int = 0
-
-    def __post_init__(self) -> None:
-        for name, value, high in (("CORRAL_TENANT_MAX_SANDBOXES", self.sandboxes,
-                                   TENANT_MAX_SANDBOXES),
-                                  ("CORRAL_TENANT_MAX_GPUS", self.gpus, TENANT_MAX_GPUS)):
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
-                raise InvalidArgumentError(f"{name} must be a whole number from 0 (no cap) "
-                                           f"to {high}, not {value!r:.40}")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> TenantQuota:
-        env = os.environ if env is None else env
-        values = {}
-        for field_name, name in (("sandboxes", "CORRAL_TENANT_MAX_SANDBOXES"),
-                                 ("gpus", "CORRAL_TENANT_MAX_GPUS")):
-            raw = env.get(name, "").strip()
-            try:
-                values[field_name] = int(raw) if raw else 0
-            except ValueError:
-                raise InvalidArgumentError(f"{name} must be a whole number from 0 (no cap), "
-                                           f"not {raw!r:.40}") from None
-        return cls(**values)
 
 
 def _mib_env(name: str, default: int) -> int:

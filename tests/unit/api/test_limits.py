@@ -24,7 +24,7 @@ from corral.node.files import NodeFiles
 from corral.sdk import code as sdk_code
 from corral.sdk import commands as sdk_commands
 from corral.sdk.sandbox import AsyncSandbox
-from corral.server.settings import TENANT_MAX_GPUS, TENANT_MAX_SANDBOXES, TenantQuota
+from corral.server.quota import TENANT_MAX_GPUS, TENANT_MAX_SANDBOXES, TenantQuota
 from tests.fakes.agent import AgentProcess
 
 

@@ -16,7 +16,7 @@ from corral.api.errors import InvalidArgumentError
 from corral.node import NodeSettings
 from corral.sdk.testing import in_process
 from corral.server import ServerSettings, create_app
-from corral.server.settings import TenantQuota
+from corral.server.quota import TenantQuota
 from corral.server.store import KeyStore, open_engine
 from corral.server.store.schema import database_url
 from tests.fakes.gpu import make_driver_tree

@@ -39,8 +39,8 @@ def _from_control_plane(request: Request) -> None:
     """Only the node's own actor calls these: the node token, and the control plane's
     own name. A tenant's request passed on by the control plane carries the token too, but
     its caller's key id, never ``control``."""
-    from corral.cluster.node_actor import CONTROL_KEY, CONTROL_TENANT
-    from corral.cluster.trust import CLUSTER_SCOPE
+    from corral.cluster.node_actor import CONTROL_TENANT
+    from corral.cluster.trust import CLUSTER_SCOPE, CONTROL_KEY
     from corral.server.auth import tenant_of
     from corral.server.ratelimit import KEY_ID_SCOPE
     if (request.scope.get(CLUSTER_SCOPE) is not True

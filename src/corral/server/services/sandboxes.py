@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral.api import models
-from corral.api.errors import (InvalidArgumentError, NotFoundError, ResourceExhaustedError,
-                               SandboxError, SandboxNotRunningError)
+from corral.api.errors import (InvalidArgumentError, NotFoundError, SandboxError,
+                               SandboxNotRunningError)
 from corral.api.limits import DEFAULT_PAUSED_TTL
 from corral.api.network import NetworkPolicy
 from corral.node import Node, SandboxState
@@ -47,7 +47,7 @@ from corral.node import NodeSandbox
 from corral.node.validation import SANDBOX_ID, check_metadata
 from corral.node.volumes import VolumeMount
 
-from ..settings import TenantQuota
+from ..quota import TenantQuota, Underway
 from ..store import SandboxRecord, SandboxStore
 from ..store.snapshots import SnapshotRecord
 from ..store._time import from_epoch
@@ -128,8 +128,7 @@ class SandboxService:
         self._written: dict[str, _Written] = {}
         self.paused_ttl = paused_ttl
         self.quota = quota or TenantQuota()
-        #: Sandboxes and GPUs of creates under way, by tenant (counted against the quota).
-        self._admitting: dict[str, tuple[int, int]] = {}
+        self._underway = Underway()
         self._changed: asyncio.Queue[NodeSandbox] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -429,7 +428,7 @@ class SandboxService:
     def held(self, tenant: str) -> tuple[int, int]:
         """The tenant's live sandboxes (paused ones included) and the GPUs they hold (paused
         ones hold none), creates under way counted."""
-        sandboxes, gpus = self._admitting.get(tenant, (0, 0))
+        sandboxes, gpus = self._underway.of(tenant)
         for owner, sandbox in self._live.values():
             if owner != tenant or sandbox.state in (SandboxState.STOPPING,
                                                     SandboxState.STOPPED):
@@ -439,31 +438,16 @@ class SandboxService:
                 gpus += sandbox.resources.gpus
         return sandboxes, gpus
 
-    @contextlib.contextmanager
-    def _admit(self, tenant: str, sandboxes: int, gpus: int) -> Iterator[None]:
+    def _admit(self, tenant: str, sandboxes: int,
+               gpus: int) -> contextlib.AbstractContextManager[None]:
         """Count ``sandboxes`` more and ``gpus`` more against the tenant's quota while they
-        start (they are live, and counted as such, once registered); refused past it."""
+        start (they are live, and counted as such, once registered); refused past it.
+        Without a cap that applies, nothing is counted."""
         quota = self.quota
-        held_sandboxes, held_gpus = self.held(tenant)
-        if quota.sandboxes and sandboxes and held_sandboxes + sandboxes > quota.sandboxes:
-            raise ResourceExhaustedError(
-                f"your sandboxes would number {held_sandboxes + sandboxes}, past this "
-                f"server's cap of {quota.sandboxes} a tenant (CORRAL_TENANT_MAX_SANDBOXES); "
-                "kill some first")
-        if quota.gpus and gpus and held_gpus + gpus > quota.gpus:
-            raise ResourceExhaustedError(
-                f"your sandboxes would hold {held_gpus + gpus} GPUs, past this server's cap "
-                f"of {quota.gpus} a tenant (CORRAL_TENANT_MAX_GPUS); kill or pause a GPU "
-                "sandbox first")
-        before = self._admitting.get(tenant, (0, 0))
-        self._admitting[tenant] = (before[0] + sandboxes, before[1] + gpus)
-        try:
-            yield
-        finally:
-            after = self._admitting.pop(tenant)
-            left = (after[0] - sandboxes, after[1] - gpus)
-            if left != (0, 0):
-                self._admitting[tenant] = left
+        if not (quota.sandboxes and sandboxes) and not (quota.gpus and gpus):
+            return contextlib.nullcontext()
+        quota.check(self.held(tenant), (sandboxes, gpus), "server")
+        return self._underway.adding(tenant, sandboxes, gpus)
 
     async def _live_one(self, tenant: str, sandbox_id: str) -> tuple[str, NodeSandbox]:
         """The tenant's live sandbox; not found, or stopped (saying why), otherwise."""
